@@ -1,0 +1,16 @@
+"""fastconv: an educational CNN engine, NumPy references side by side with fast kernels.
+
+>>> import numpy as np, fastconv.functional as F
+>>> x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+>>> w = np.random.default_rng(1).standard_normal((16, 3, 3, 3)).astype(np.float32)
+>>> F.conv2d(x, w, padding=1).shape
+(8, 16, 32, 32)
+"""
+from ._backend import get_backend, set_backend, use_backend
+from ._threads import get_num_threads, num_threads, set_num_threads
+from ._info import info
+
+__version__ = "0.1.0"
+
+__all__ = ["get_backend", "set_backend", "use_backend", "get_num_threads", "set_num_threads",
+           "num_threads", "info", "__version__"]

@@ -1,0 +1,69 @@
+"""fastconv.info(): what was built, what loaded, and how many threads run."""
+import platform
+import sys
+
+import numpy as np
+
+from . import _threads
+from ._backend import get_backend
+
+KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "pool", "batchnorm")
+
+
+def _build_config():
+    try:
+        from . import _build_config
+    except ImportError:
+        return None
+    return _build_config
+
+
+def info(file=None):
+    """Print, and return as a dict, fastconv's version, build and runtime settings.
+
+    Shows the compiled kernel modules (and why one failed to load), whether OpenMP is on,
+    the thread count, the BLAS libraries with the kernel threadpoolctl reports, and the
+    compiler flags of the build.
+    """
+    from . import __version__
+    modules = {}
+    for name in KERNEL_MODULES:
+        try:
+            __import__(f"fastconv._ext.{name}")
+            modules[name] = "ok"
+        except ImportError as exc:
+            modules[name] = f"MISSING ({exc})"
+    openmp = None
+    if modules["_openmp"] == "ok":
+        from ._ext import _openmp
+        openmp = _openmp.openmp_enabled()
+    cfg = _build_config()
+    report = {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "backend": get_backend(),
+        "kernels": modules,
+        "openmp": openmp,
+        "threads": _threads.get_num_threads(),
+        "blas": _threads.blas_info(),
+        "compile_args": cfg.COMPILE_ARGS if cfg else None,
+        "link_args": cfg.LINK_ARGS if cfg else None,
+    }
+    lines = [
+        f"fastconv {report['version']}  (Python {report['python']}, NumPy {report['numpy']}, "
+        f"{report['platform']})",
+        f"  default backend : {report['backend']}",
+        f"  OpenMP          : {'on' if openmp else 'OFF (kernels run on one thread)' if openmp is False else 'unknown (module missing)'}",
+        f"  threads         : {report['threads']}",
+        f"  compile flags   : {' '.join(report['compile_args']) if cfg else 'unknown'}",
+    ]
+    for name, status in modules.items():
+        lines.append(f"  kernel {name:<10}: {status}")
+    for lib in report["blas"]:
+        lines.append(f"  BLAS            : {lib['internal_api']} {lib['version']} "
+                     f"kernel={lib['architecture']} threads={lib['num_threads']} "
+                     f"({lib['filepath']})")
+    print("\n".join(lines), file=file)
+    return report

@@ -1,0 +1,82 @@
+"""One thread setting for fastconv's OpenMP kernels and for BLAS.
+
+The fast kernels parallelise over an outer axis with OpenMP; some of them call BLAS
+inside that parallel loop. If BLAS were multi-threaded there, every OpenMP thread
+would start its own BLAS team (oversubscription: tens of times slower), so those
+calls run under :func:`blas_single_thread`. The NumPy reference, which calls BLAS
+from Python, gets the same number of BLAS threads that the kernels get OpenMP threads.
+"""
+import contextlib
+import os
+
+from threadpoolctl import ThreadpoolController
+
+_controller = None      # created on first use: inspecting the loaded libraries costs ~ms
+_n_threads = None       # None: the default, see default_num_threads()
+
+
+def _threadpools():
+    global _controller
+    if _controller is None:
+        import scipy.linalg  # noqa: F401  loads SciPy's BLAS (the one cython_blas calls) first
+        _controller = ThreadpoolController()
+    return _controller
+
+
+def default_num_threads():
+    """OMP_NUM_THREADS when it is set to a positive integer, else the cores this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def get_num_threads():
+    """The number of threads the fast kernels (and BLAS) use."""
+    return _n_threads if _n_threads is not None else default_num_threads()
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for the fast kernels and for BLAS; ``None`` restores the default.
+
+    The default is ``OMP_NUM_THREADS`` when set, else every core this process may use.
+    Results are bitwise identical for any ``n``: only the speed changes.
+    """
+    global _n_threads
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"set_num_threads: n must be an int or None, got {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    _n_threads = n
+    _threadpools().limit(limits=get_num_threads(), user_api="blas")
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """Context manager: ``with fastconv.num_threads(1): ...`` runs the block on ``n`` threads."""
+    previous = _n_threads
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """Run the block with BLAS on one thread (for BLAS calls inside OpenMP loops)."""
+    with _threadpools().limit(limits=1, user_api="blas"):
+        yield
+
+
+def blas_info():
+    """A list of dicts describing the BLAS libraries loaded (threadpoolctl's view)."""
+    return [
+        {k: info.get(k) for k in ("internal_api", "version", "architecture",
+                                   "threading_layer", "num_threads", "filepath")}
+        for info in _threadpools().info() if info.get("user_api") == "blas"
+    ]

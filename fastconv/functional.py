@@ -1,0 +1,385 @@
+"""The public op API: validate, pick backend and algorithm, call the kernel.
+
+Every op exists twice with the same internal signature: ``fastconv.reference.<family>``
+(NumPy, the oracle) and ``fastconv._ext.<family>`` (Cython + OpenMP). This module is the
+only place that normalises arguments (``int`` -> ``(h, w)``), converts arrays
+(C-contiguous, one float dtype), checks shapes and resolves ``backend``, ``algo`` and the
+thread count; the kernels trust what they are given, so no input, however odd, reaches
+them unchecked.
+
+Arrays are NCHW. Weights are ``(K, C, R, S)``: K output channels, C input channels,
+an R x S window. Output size (conv.out): ``P = floor((H + 2*pad - R) / stride) + 1``.
+Semantics match PyTorch (``torch.nn.functional``).
+"""
+import numpy as np
+
+from . import _threads
+from ._backend import implementation, resolve_backend
+
+__all__ = [
+    "conv2d", "conv2d_backward",
+    "max_pool2d", "max_pool2d_backward",
+    "avg_pool2d", "avg_pool2d_backward",
+    "batch_norm", "batch_norm_backward",
+    "conv_output_size", "choose_conv_algo",
+]
+
+ALGOS = ("direct", "im2col", "auto")
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INT_MAX = 2**31 - 1   # BLAS and OpenMP loop bounds are C ints
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _as_float_array(op, name, a, dtype=None):
+    """``a`` as a C-contiguous float32/float64 ndarray (copied only when needed).
+
+    Raises TypeError for integer, bool, complex or float16 data, or a dtype other than ``dtype``.
+    """
+    if a is None:
+        raise TypeError(f"{op}: {name} must be an array, got None")
+    arr = np.asarray(a)
+    if arr.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {arr.dtype}"
+                        " (convert with .astype(np.float32))")
+    if dtype is not None and arr.dtype != dtype:
+        raise TypeError(f"{op}: {name} has dtype {arr.dtype} but x has dtype {dtype}; "
+                        "all arrays of one call must share a dtype")
+    return np.ascontiguousarray(arr)
+
+
+def _check_ndim(op, name, a, ndims, meaning):
+    if a.ndim not in ndims:
+        raise ValueError(f"{op}: {name} must be {meaning}, got shape {a.shape}")
+
+
+def _pair(op, name, value, minimum):
+    """An int or an (h, w) pair of ints -> (h, w), each >= minimum."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    if max(pair) > _INT_MAX:
+        raise ValueError(f"{op}: {name}={value!r} is too large (limit {_INT_MAX})")
+    return pair
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """(conv.out) floor((size + 2*padding - kernel) / stride) + 1, for conv and pooling."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _output_shape(op, x_shape, window, stride, padding, window_name):
+    """(P, Q) of a window sliding over x's last two axes; the window must fit the padded input."""
+    H, W = x_shape[-2:]
+    (R, S), (sh, sw), (ph, pw) = window, stride, padding
+    if R > H + 2 * ph or S > W + 2 * pw:
+        raise ValueError(f"{op}: {window_name} {R}x{S} is larger than the padded input "
+                         f"{H + 2 * ph}x{W + 2 * pw} (x shape {tuple(x_shape)}, padding {padding})")
+    return conv_output_size(H, R, sh, ph), conv_output_size(W, S, sw, pw)
+
+
+def _check_int_sizes(op, **sizes):
+    for name, value in sizes.items():
+        if value > _INT_MAX:
+            raise ValueError(f"{op}: {name} = {value} overflows the kernels' 32-bit sizes "
+                             f"(limit {_INT_MAX}); split the batch or the layer")
+
+
+def _check_dy(op, dy, expected_shape):
+    if dy.shape != tuple(expected_shape):
+        raise ValueError(f"{op}: dy must have the output's shape {tuple(expected_shape)}, "
+                         f"got {dy.shape}")
+
+
+def _n_threads():
+    return _threads.get_num_threads()
+
+
+# --------------------------------------------------------------------------- convolution
+
+def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
+    """The algorithm ``algo="auto"`` runs for this shape: "direct" or "im2col".
+
+    The reference backend always uses im2col (one big matrix product is NumPy's fast path).
+    For the fast backend the rule comes from measurements of both kernels on the layer suite
+    (``fastconv bench``): see the comments below for the numbers behind each branch.
+    """
+    if backend == "reference":
+        return "im2col"
+    K, C, R, S = w_shape
+    # 1x1, stride 1, no padding: the input already is the column matrix, so GEMM wins.
+    if R == 1 and S == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0):
+        return "im2col"
+    # Few input channels times a small window give a short reduction (C*R*S), too short
+    # for GEMM to amortise building the column matrix: the direct kernel wins there.
+    if C * R * S < 32:
+        return "direct"
+    return "im2col"
+
+
+def _conv_setup(op, x, w, stride, padding, algo, backend):
+    """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved choices."""
+    x = _as_float_array(op, "x", x)
+    w = _as_float_array(op, "w", w, dtype=x.dtype)
+    _check_ndim(op, "x", x, (4,), "4-D (N, C, H, W)")
+    _check_ndim(op, "w", w, (4,), "4-D (K, C, R, S)")
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: w has {w.shape[1]} input channels (shape {w.shape}) but x has "
+                         f"{x.shape[1]} (shape {x.shape})")
+    if min(x.shape) == 0 or min(w.shape) == 0:
+        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
+    stride = _pair(op, "stride", stride, minimum=1)
+    padding = _pair(op, "padding", padding, minimum=0)
+    P, Q = _output_shape(op, x.shape, w.shape[2:], stride, padding, "kernel")
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    _check_int_sizes(op, N=N, K=K, **{"C*R*S": C * R * S, "P*Q": P * Q,
+                                      "(H+2p)*(W+2p)": (H + 2 * padding[0]) * (W + 2 * padding[1])})
+    if algo not in ALGOS:
+        raise ValueError(f"{op}: algo must be one of {ALGOS}, got {algo!r}")
+    backend = resolve_backend(backend, op)
+    if algo == "auto":
+        algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend)
+    return x, w, stride, padding, (N, K, P, Q), implementation(f"conv_{algo}", backend)
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
+    """2-D convolution (cross-correlation, as in PyTorch's ``conv2d``), notes eq. (conv.fwd).
+
+    ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r - ph, q*sw + s - pw]``
+    with x = 0 outside the image. The kernel is not flipped; a true (mathematical)
+    convolution is ``conv2d(x, w[:, :, ::-1, ::-1])``.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64
+    w : ndarray (K, C, R, S), same dtype
+    b : ndarray (K,) or None
+    stride, padding : int or (h, w)
+    algo : "direct", "im2col" or "auto" (the faster for the shape, see ``choose_conv_algo``)
+    backend : "fast", "reference" or None (the default, see ``fastconv.set_backend``)
+
+    Returns
+    -------
+    y : ndarray (N, K, P, Q), P = floor((H + 2*ph - R) / sh) + 1 (conv.out), likewise Q.
+    """
+    op = "conv2d"
+    x, w, stride, padding, _, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    if b is not None:
+        b = _as_float_array(op, "b", b, dtype=x.dtype)
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"{op}: b must have shape ({w.shape[0]},) for w of shape {w.shape}, "
+                             f"got {b.shape}")
+    with _threads.blas_single_thread():
+        return impl.conv2d_forward(x, w, b, stride, padding, _n_threads())
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None):
+    """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
+
+    ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
+    ``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r - ph, q*sw + s - pw]``;
+    ``dx`` is the transposed convolution of dy with w (each dy value scatters back
+    through the window that produced it).
+
+    Parameters
+    ----------
+    dy : ndarray (N, K, P, Q), the gradient of the loss with respect to conv2d's output
+    x, w, stride, padding, algo, backend : as in :func:`conv2d`
+
+    Returns
+    -------
+    dx : (N, C, H, W), dw : (K, C, R, S), db : (K,), all of x's dtype
+    """
+    op = "conv2d_backward"
+    x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
+    _check_dy(op, dy, y_shape)
+    with _threads.blas_single_thread():
+        return impl.conv2d_backward(dy, x, w, stride, padding, _n_threads())
+
+
+# --------------------------------------------------------------------------- pooling
+
+def _pool_setup(op, x, kernel_size, stride, padding, backend):
+    x = _as_float_array(op, "x", x)
+    _check_ndim(op, "x", x, (4,), "4-D (N, C, H, W)")
+    if min(x.shape) == 0:
+        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape})")
+    kernel_size = _pair(op, "kernel_size", kernel_size, minimum=1)
+    stride = kernel_size if stride is None else _pair(op, "stride", stride, minimum=1)
+    padding = _pair(op, "padding", padding, minimum=0)
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"{op}: padding {padding} must be at most half the window "
+                         f"{kernel_size} (as in PyTorch)")
+    P, Q = _output_shape(op, x.shape, kernel_size, stride, padding, "window")
+    N, C, H, W = x.shape
+    _check_int_sizes(op, **{"N*C": N * C, "H*W": H * W})
+    return x, kernel_size, stride, padding, (N, C, P, Q), implementation("pool", resolve_backend(backend, op))
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, backend=None):
+    """Max pooling, notes eq. (pool.max): ``y[n,c,p,q] = max over the window of x``.
+
+    Padding acts as -inf (it never wins the max). Parameters as :func:`avg_pool2d`.
+
+    x : (N, C, H, W)  ->  y : (N, C, P, Q), P = floor((H + 2*ph - kh) / sh) + 1.
+    ``stride`` defaults to ``kernel_size``; ``padding`` is at most half the window.
+    """
+    x, k, s, p, _, impl = _pool_setup("max_pool2d", x, kernel_size, stride, padding, backend)
+    return impl.max_pool2d_forward(x, k, s, p, _n_threads())
+
+
+def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, backend=None):
+    """Gradient of :func:`max_pool2d`: each dy goes to the window's maximum.
+
+    On ties the gradient goes to the first maximum in row-major window order (as PyTorch).
+    dy : (N, C, P, Q), x : (N, C, H, W)  ->  dx : (N, C, H, W).
+    """
+    op = "max_pool2d_backward"
+    x, k, s, p, y_shape, impl = _pool_setup(op, x, kernel_size, stride, padding, backend)
+    dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
+    _check_dy(op, dy, y_shape)
+    return impl.max_pool2d_backward(dy, x, k, s, p, _n_threads())
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, backend=None):
+    """Average pooling, notes eq. (pool.avg): the mean of each window.
+
+    With ``count_include_pad=True`` (PyTorch's default) padded zeros count in the mean, so
+    every window divides by kh*kw; otherwise only the input cells inside the window count.
+    Global average pooling is ``avg_pool2d(x, x.shape[2:])``.
+
+    x : (N, C, H, W)  ->  y : (N, C, P, Q), P = floor((H + 2*ph - kh) / sh) + 1.
+    ``stride`` defaults to ``kernel_size``; ``padding`` is at most half the window.
+    """
+    x, k, s, p, _, impl = _pool_setup("avg_pool2d", x, kernel_size, stride, padding, backend)
+    return impl.avg_pool2d_forward(x, k, s, p, bool(count_include_pad), _n_threads())
+
+
+def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, count_include_pad=True,
+                        backend=None):
+    """Gradient of :func:`avg_pool2d`: each dy spreads evenly over its window.
+
+    dy : (N, C, P, Q), x : (N, C, H, W) (only its shape and dtype are used)  ->  dx like x.
+    """
+    op = "avg_pool2d_backward"
+    x, k, s, p, y_shape, impl = _pool_setup(op, x, kernel_size, stride, padding, backend)
+    dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
+    _check_dy(op, dy, y_shape)
+    return impl.avg_pool2d_backward(dy, x, k, s, p, bool(count_include_pad), _n_threads())
+
+
+# --------------------------------------------------------------------------- batch norm
+
+def _bn_setup(op, x, eps, backend):
+    """x as 4-D (N, C, H, W): an (N, C) input is viewed as (N, C, 1, 1)."""
+    x = _as_float_array(op, "x", x)
+    _check_ndim(op, "x", x, (2, 4), "2-D (N, C) or 4-D (N, C, H, W)")
+    if min(x.shape) == 0:
+        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape})")
+    if not (isinstance(eps, (float, int, np.floating)) and eps > 0):
+        raise ValueError(f"{op}: eps must be a positive number, got {eps!r}")
+    x4 = x.reshape(x.shape + (1, 1)) if x.ndim == 2 else x
+    N, C, H, W = x4.shape
+    _check_int_sizes(op, C=C, **{"N*H*W": N * H * W})
+    return x, x4, float(eps), implementation("batchnorm", resolve_backend(backend, op))
+
+
+def _bn_param(op, name, a, C, dtype, default):
+    if a is None:
+        return np.full(C, default, dtype=dtype)
+    a = _as_float_array(op, name, a, dtype=dtype)
+    if a.shape != (C,):
+        raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
+    return a
+
+
+def _check_running(op, name, a, C):
+    if not isinstance(a, np.ndarray) or a.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: {name} must be a float32 or float64 ndarray (it is updated "
+                        f"in place), got {type(a).__name__}")
+    if a.shape != (C,):
+        raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
+
+
+def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
+               backend=None):
+    """Batch normalisation over N (and H, W) per channel, notes eqs. (bn.fwd) and (bn.run).
+
+    ``x_hat = (x - mean) / sqrt(var + eps)``, ``y = gamma * x_hat + beta``.
+
+    In training mode mean and var are the batch statistics over the M = N*H*W values of each
+    channel (var is the biased estimate, divided by M), and the running statistics are updated
+    in place with PyTorch's convention
+    ``running = (1 - momentum) * running + momentum * batch_stat``, where running_var takes the
+    unbiased variance var * M / (M - 1). The course notes (and Keras) write the same update
+    with ``momentum_keras = 0.9 = 1 - momentum``. In eval mode the running statistics are used.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) or (N, C)
+    gamma, beta : (C,) or None (None means 1 and 0: no affine transform)
+    running_mean, running_var : (C,) float ndarrays, or None in training mode (not tracked)
+    training : bool
+    momentum : float in [0, 1]; eps : float > 0
+
+    Returns
+    -------
+    y : like x
+    """
+    op = "batch_norm"
+    x, x4, eps, impl = _bn_setup(op, x, eps, backend)
+    C = x4.shape[1]
+    gamma = _bn_param(op, "gamma", gamma, C, x.dtype, 1.0)
+    beta = _bn_param(op, "beta", beta, C, x.dtype, 0.0)
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        if a is not None or not training:
+            _check_running(op, name, a, C)
+    if training:
+        if not (isinstance(momentum, (float, int, np.floating)) and 0 <= momentum <= 1):
+            raise ValueError(f"{op}: momentum must be a number in [0, 1], got {momentum!r}")
+        M = x4.shape[0] * x4.shape[2] * x4.shape[3]
+        if M < 2:
+            raise ValueError(f"{op}: training needs more than one value per channel, got x of "
+                             f"shape {x.shape}")
+        y, mean, var = impl.batch_norm_train_forward(x4, gamma, beta, eps, _n_threads())
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean
+        if running_var is not None:
+            running_var *= 1 - momentum
+            running_var += momentum * var * (M / (M - 1))   # unbiased, as PyTorch
+    else:
+        mean = np.asarray(running_mean, dtype=np.float64)
+        var = np.asarray(running_var, dtype=np.float64)
+        y = impl.batch_norm_eval_forward(x4, gamma, beta, mean, var, eps, _n_threads())
+    return y.reshape(x.shape)
+
+
+def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None):
+    """Gradients of training-mode :func:`batch_norm`, notes eq. (bn.bwd).
+
+    With M = N*H*W values per channel and x_hat, var the batch statistics:
+    ``dbeta = sum dy``, ``dgamma = sum dy * x_hat``,
+    ``dx = gamma / (M * sqrt(var + eps)) * (M * dy - sum dy - x_hat * sum(dy * x_hat))``.
+
+    dy, x : (N, C, H, W) or (N, C); gamma : (C,) or None  ->  dx like x, dgamma (C,), dbeta (C,).
+    """
+    op = "batch_norm_backward"
+    x, x4, eps, impl = _bn_setup(op, x, eps, backend)
+    dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
+    _check_dy(op, dy, x.shape)
+    gamma = _bn_param(op, "gamma", gamma, x4.shape[1], x.dtype, 1.0)
+    if x4.shape[0] * x4.shape[2] * x4.shape[3] < 2:
+        raise ValueError(f"{op}: training needs more than one value per channel, got x of "
+                         f"shape {x.shape}")
+    dx, dgamma, dbeta = impl.batch_norm_backward(dy.reshape(x4.shape), x4, gamma, eps,
+                                                 _n_threads())
+    return dx.reshape(x.shape), dgamma, dbeta

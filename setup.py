@@ -1,0 +1,130 @@
+"""Build fastconv's Cython kernels: every src_pyx/<name>.pyx becomes fastconv._ext.<name>.
+
+Environment variables
+---------------------
+FASTCONV_REQUIRE_OPENMP=1   fail the build when OpenMP does not work (CI sets it).
+FASTCONV_NO_OPENMP=1        build without OpenMP (prange then runs serially).
+FASTCONV_MARCH=native       add -march=<value>; opt-in, since wheels must stay portable.
+FASTCONV_DEBUG_CYTHON=1     bounds and initialisation checks on, for hunting segfaults.
+FASTCONV_ANNOTATE=1         write the cython -a HTML next to each .pyx.
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OPENMP_FLAG = "-fopenmp"
+
+OPENMP_TEST_PROGRAM = textwrap.dedent("""
+    #include <omp.h>
+    #include <stdio.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        printf("%d", n == omp_get_max_threads());
+        return 0;
+    }
+""")
+
+
+def _env_flag(name):
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def openmp_works(compiler):
+    """Compile, link and run a tiny OpenMP program (scikit-learn's check), True if it prints 1."""
+    tmp = tempfile.mkdtemp()
+    try:
+        src = os.path.join(tmp, "omp_check.c")
+        with open(src, "w") as f:
+            f.write(OPENMP_TEST_PROGRAM)
+        objects = compiler.compile([src], output_dir=tmp, extra_postargs=[OPENMP_FLAG])
+        exe = os.path.join(tmp, "omp_check")
+        compiler.link_executable(objects, "omp_check", output_dir=tmp,
+                                 extra_postargs=[OPENMP_FLAG])
+        out = subprocess.run([exe], capture_output=True, text=True, timeout=60).stdout
+        return out.strip() == "1"
+    except Exception as exc:  # a compile, link or run failure all mean "no OpenMP"
+        print(f"fastconv: OpenMP check failed: {exc}", file=sys.stderr)
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    """build_ext that decides the OpenMP and optimisation flags once, from the real compiler."""
+
+    def build_extensions(self):
+        compile_args = ["-O3"]
+        link_args = []
+        march = os.environ.get("FASTCONV_MARCH", "")
+        if march:
+            compile_args.append(f"-march={march}")
+        use_openmp = False
+        if _env_flag("FASTCONV_NO_OPENMP"):
+            print("fastconv: FASTCONV_NO_OPENMP is set, building serial kernels.", file=sys.stderr)
+        elif openmp_works(self.compiler):
+            use_openmp = True
+            compile_args.append(OPENMP_FLAG)
+            link_args.append(OPENMP_FLAG)
+        elif _env_flag("FASTCONV_REQUIRE_OPENMP"):
+            raise RuntimeError("fastconv: FASTCONV_REQUIRE_OPENMP=1 but the compiler cannot "
+                               "build and run an OpenMP program (is libgomp installed?).")
+        else:
+            print("\n" + "*" * 72 + "\nWARNING fastconv: OpenMP not available; the kernels will "
+                  "run on ONE thread.\nInstall an OpenMP-capable compiler (gcc with libgomp) "
+                  "and rebuild.\n" + "*" * 72 + "\n", file=sys.stderr)
+        for ext in self.extensions:
+            ext.extra_compile_args = compile_args + list(ext.extra_compile_args or [])
+            ext.extra_link_args = link_args + list(ext.extra_link_args or [])
+        self._write_build_config(use_openmp, compile_args, link_args)
+        super().build_extensions()
+
+    def _write_build_config(self, use_openmp, compile_args, link_args):
+        """Record how the kernels were built, for fastconv.info(): in the build tree and,
+        for in-place and editable builds, in the source tree too."""
+        text = ('"""Written by setup.py at build time; read by fastconv.info()."""\n'
+                f"OPENMP = {use_openmp!r}\n"
+                f"COMPILE_ARGS = {compile_args!r}\n"
+                f"LINK_ARGS = {link_args!r}\n")
+        for root in {self.build_lib, HERE}:
+            folder = os.path.join(root, "fastconv")
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "_build_config.py"), "w") as f:
+                f.write(text)
+
+
+def extensions():
+    debug = _env_flag("FASTCONV_DEBUG_CYTHON")
+    sources = sorted(glob.glob(os.path.join("src_pyx", "*.pyx")))
+    exts = [Extension(f"fastconv._ext.{os.path.splitext(os.path.basename(src))[0]}", [src],
+                      include_dirs=[numpy.get_include()],
+                      define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
+            for src in sources]
+    return cythonize(
+        exts,
+        include_path=["src_pyx"],
+        annotate=_env_flag("FASTCONV_ANNOTATE"),
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": debug,
+            "initializedcheck": debug,
+            "wraparound": False,
+            "cdivision": True,
+            "nonecheck": False,
+            "embedsignature": True,
+        },
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -1,0 +1,32 @@
+# cython: language_level=3
+"""What the OpenMP runtime says: whether the build has it, and how many threads it would use."""
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define FASTCONV_OPENMP 1
+    #else
+    #define FASTCONV_OPENMP 0
+    static int omp_get_max_threads(void) { return 1; }
+    static void omp_set_num_threads(int n) { (void)n; }
+    #endif
+    """
+    int FASTCONV_OPENMP
+    int omp_get_max_threads() noexcept nogil
+    void omp_set_num_threads(int n) noexcept nogil
+
+
+def openmp_enabled():
+    """True when the kernels were compiled with OpenMP (otherwise prange runs serially)."""
+    return bool(FASTCONV_OPENMP)
+
+
+def omp_max_threads():
+    """omp_get_max_threads(): the OpenMP default team size (1 without OpenMP)."""
+    return omp_get_max_threads()
+
+
+def omp_set_max_threads(int n):
+    """omp_set_num_threads(n) for OpenMP regions that do not name num_threads."""
+    omp_set_num_threads(n)

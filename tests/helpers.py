@@ -1,0 +1,41 @@
+"""Shared test helpers: tolerances, comparisons and finite differences (imported as `helpers`)."""
+import numpy as np
+
+# float64 agrees to ~1e-10; float32 to a relative 1e-4, with atol growing like sqrt(n)
+# for a reduction of n terms (rounding errors of a sum grow like a random walk).
+RTOL = {np.float32: 1e-4, np.float64: 1e-10}
+ATOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def assert_close(got, want, dtype=None, reduction=1, err_msg=""):
+    """Assert got == want to the dtype's tolerance; ``reduction`` is the length of the sums."""
+    got, want = np.asarray(got), np.asarray(want)
+    dtype = np.dtype(dtype or want.dtype).type
+    assert got.shape == want.shape, f"shape {got.shape} != {want.shape} {err_msg}"
+    assert got.dtype == want.dtype, f"dtype {got.dtype} != {want.dtype} {err_msg}"
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    atol = ATOL[dtype] * np.sqrt(reduction) * scale
+    np.testing.assert_allclose(got, want, rtol=RTOL[dtype], atol=atol, err_msg=err_msg)
+
+
+def numerical_grad(f, x, h=1e-6):
+    """Central differences d f / d x of a scalar function f() of the float64 array x (changed
+    in place and restored); returns an array like x."""
+    assert x.dtype == np.float64
+    grad = np.empty_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        f_plus = f()
+        flat[i] = old - h
+        f_minus = f()
+        flat[i] = old
+        gflat[i] = (f_plus - f_minus) / (2 * h)
+    return grad
+
+
+def assert_grad_matches(analytic, f, x, h=1e-6, rtol=1e-5, atol=1e-7, err_msg=""):
+    """Check an analytic gradient of scalar f() w.r.t. float64 x against central differences."""
+    numeric = numerical_grad(f, x, h)
+    np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol, err_msg=err_msg)
