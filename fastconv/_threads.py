@@ -12,7 +12,7 @@ import os
 from threadpoolctl import ThreadpoolController
 
 _controller = None      # created on first use: inspecting the loaded libraries costs ~ms
-_n_threads = None       # None: the default, see default_num_threads()
+_n_threads = None       # None until first asked: then default_num_threads()
 
 
 def _threadpools():
@@ -36,7 +36,10 @@ def default_num_threads():
 
 def get_num_threads():
     """The number of threads the fast kernels (and BLAS) use."""
-    return _n_threads if _n_threads is not None else default_num_threads()
+    global _n_threads
+    if _n_threads is None:   # read the environment once, as OpenMP itself does
+        _n_threads = default_num_threads()
+    return _n_threads
 
 
 def set_num_threads(n):
@@ -46,19 +49,20 @@ def set_num_threads(n):
     Results are bitwise identical for any ``n``: only the speed changes.
     """
     global _n_threads
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"set_num_threads: n must be an int or None, got {type(n).__name__}")
-        if n < 1:
-            raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if n is None:
+        n = default_num_threads()
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"set_num_threads: n must be an int or None, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
     _n_threads = n
-    _threadpools().limit(limits=get_num_threads(), user_api="blas")
+    _threadpools().limit(limits=n, user_api="blas")
 
 
 @contextlib.contextmanager
 def num_threads(n):
     """Context manager: ``with fastconv.num_threads(1): ...`` runs the block on ``n`` threads."""
-    previous = _n_threads
+    previous = get_num_threads()
     set_num_threads(n)
     try:
         yield

@@ -1,0 +1,599 @@
+# cython: language_level=3
+"""Direct 2-D convolution: the formula (conv.fwd) as loops, in register tiles and row updates.
+
+Compiled twin of ``fastconv/reference/conv_direct.py`` (same functions and signatures);
+``fastconv.functional`` validates every argument before calling here.
+
+(conv.out)  P = floor((H + 2*ph - R) / sh) + 1,  Q likewise with W, S, sw, pw
+(conv.fwd)  y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*sh + r - ph, q*sw + s - pw]
+(conv.bwd)  db[k] = sum_{n,p,q} dy[n,k,p,q]
+            dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r - ph, q*sw + s - pw]
+            dx[n, c, p*sh + r - ph, q*sw + s - pw] += sum_k dy[n,k,p,q] * w[k,c,r,s]
+(x is zero outside the image.)
+
+How the loops are laid out, and why
+-----------------------------------
+* Forward: x is zero-padded once (x̄ = one extra copy of x, so the hot loop has no bounds
+  tests). Each task computes KB = 4 output channels of one image, in register tiles of
+  4 channels x 8 columns (float; 4 columns for double): the tile's accumulators stay in
+  registers for the whole sum over c, r, s, so each input vector loaded feeds 4 channels
+  and no partial output goes back to memory. The tile is a few lines of C with GCC/Clang
+  vector extensions (see ``FASTCONV_TILE``): written as Cython loops, gcc vectorised the
+  tap loop instead, spilled the accumulators, and ran about 3x slower.
+  Layers narrower than a tile (K < 4 or Q < 8) use a row update over whole output rows,
+  ``y[p, :] += w[k,c,r,s] * x̄[c, p*sh + r, s::sw]``, which gcc vectorises along q.
+* dx with stride 1 is itself a convolution (of dy, zero-padded, with the kernel flipped and
+  its channel axes swapped), so it reuses the forward's tiles. With a larger stride, each
+  input plane dx[n, c] gathers its windows' contributions as row updates along q; padding
+  never becomes a per-element test: the rows p and columns q whose input lies inside the
+  image form one interval per tap (``_first_inside``, ``_end_inside``).
+* dw[k, c, r, s] is a long dot product over (n, p, q). Vector lanes run along q, 4 output
+  channels share each input vector (``FASTCONV_DW_TILE``), and the lanes are added up once
+  at the end in a fixed order. With K < 4, each tap accumulates a row of partial sums along
+  q instead (``_dw_slice``).
+* Parallel axes need no locks and give the same bits for any thread count: forward over
+  (image, block of 4 channels), dx over (image, block of channels) or over the N*C input
+  planes, dw over (block of 4 output channels, input channel) pairs or the K*C slices
+  (each reduces over n, p, q in a fixed order), db over K. No task's result depends on which thread ran it, so the big loops use
+  ``schedule="dynamic"``: on a shared machine one thread often runs slower (another process
+  on its core), and a static split would make the whole call wait for it.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from _common cimport out_size
+
+
+# --------------------------------------------------------------------------- index helpers
+
+cdef inline Py_ssize_t _first_inside(Py_ssize_t off, Py_ssize_t stride,
+                                     Py_ssize_t n_out) noexcept nogil:
+    """The first output index i whose input i*stride + off is >= 0 (clamped to n_out)."""
+    cdef Py_ssize_t lo = 0
+    if off < 0:
+        lo = (-off + stride - 1) // stride      # ceil(-off / stride), both positive
+    return lo if lo < n_out else n_out
+
+
+cdef inline Py_ssize_t _end_inside(Py_ssize_t size, Py_ssize_t off, Py_ssize_t stride,
+                                   Py_ssize_t n_out, Py_ssize_t lo) noexcept nogil:
+    """One past the last output index i whose input i*stride + off is < size; >= lo.
+
+    Together with _first_inside: outputs [lo, hi) read inputs inside [0, size).
+    """
+    cdef Py_ssize_t hi
+    if off > size - 1:
+        return lo
+    hi = (size - 1 - off) // stride + 1         # floor((size - 1 - off) / stride) + 1
+    if hi > n_out:
+        hi = n_out
+    return hi if hi > lo else lo
+
+
+# --------------------------------------------------------------------------- padding
+
+cdef void _pad_plane(const floating* src, floating* dst, Py_ssize_t Hs, Py_ssize_t Ws,
+                     Py_ssize_t Hd, Py_ssize_t Wd, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    """dst (Hd x Wd) = src (Hs x Ws) shifted by (oh, ow), zeros elsewhere:
+    ``dst[i, j] = src[i - oh, j - ow]`` where that is inside src. Negative offsets crop."""
+    cdef Py_ssize_t i, j, j_lo, j_hi
+    cdef floating* row
+    cdef const floating* src_row
+    j_lo = ow if ow > 0 else 0                       # first j with j - ow >= 0
+    if j_lo > Wd:
+        j_lo = Wd
+    j_hi = Ws + ow if Ws + ow < Wd else Wd            # one past the last j with j - ow < Ws
+    if j_hi < j_lo:
+        j_hi = j_lo
+    for i in range(Hd):
+        row = dst + i * Wd
+        if i - oh < 0 or i - oh >= Hs:
+            for j in range(Wd):
+                row[j] = 0
+            continue
+        src_row = src + (i - oh) * Ws
+        for j in range(j_lo):
+            row[j] = 0
+        for j in range(j_lo, j_hi):
+            row[j] = src_row[j - ow]
+        for j in range(j_hi, Wd):
+            row[j] = 0
+
+
+def _padded(const floating[:, :, :, ::1] a, Py_ssize_t Hd, Py_ssize_t Wd, Py_ssize_t oh,
+            Py_ssize_t ow, int n_threads):
+    """a (N, C, Hs, Ws) -> a new (N, C, Hd, Wd) array, a shifted by (oh, ow), zeros around."""
+    cdef Py_ssize_t N = a.shape[0], C = a.shape[1], Hs = a.shape[2], Ws = a.shape[3], i
+    out_arr = np.empty((N, C, Hd, Wd), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, :, :, ::1] out = out_arr
+    with nogil:
+        for i in prange(N * C, schedule="static", num_threads=n_threads):
+            _pad_plane(&a[i // C, i % C, 0, 0], &out[i // C, i % C, 0, 0], Hs, Ws, Hd, Wd, oh, ow)
+    return out_arr
+
+
+# --------------------------------------------------------------------------- forward
+
+# The register tile, in C. Written as plain Cython loops, gcc -O3 vectorises the wrong loop
+# (the taps s, with the accumulators spilled to the stack) and runs ~3x slower. GCC/Clang
+# vector extensions state the intent: 2 vectors of L lanes (16 bytes: 4 floats or 2
+# doubles, the SSE2 baseline every x86-64 has) for each of 4 output channels = 8
+# accumulator registers, updated by one multiply-add per weight and vector of inputs.
+cdef extern from *:
+    """
+    #include <string.h>
+    #define FASTCONV_TILE(T, NAME)                                                        \
+    static inline void NAME(const T *x, const T *w, const T *b, T *y, Py_ssize_t C,       \
+                            Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp, Py_ssize_t Wp,     \
+                            Py_ssize_t sw, Py_ssize_t y_step, Py_ssize_t j_first)         \
+    {                                                                                     \
+        typedef T vec __attribute__((vector_size(16)));                                   \
+        enum { L = 16 / sizeof(T) };                                                      \
+        const Py_ssize_t CRS = C * R * S;                                                 \
+        vec zero = {0}, x0 = zero, x1 = zero;                                                   \
+        vec a00 = zero, a01 = zero, a10 = zero, a11 = zero;                               \
+        vec a20 = zero, a21 = zero, a30 = zero, a31 = zero;                               \
+        if (b) {                                                                          \
+            a00 = a01 = zero + b[0]; a10 = a11 = zero + b[1];                             \
+            a20 = a21 = zero + b[2]; a30 = a31 = zero + b[3];                             \
+        }                                                                                 \
+        for (Py_ssize_t c = 0; c < C; c++) {                                              \
+            for (Py_ssize_t r = 0; r < R; r++) {                                          \
+                const T *x_row = x + (c * Hp + r) * Wp;                                   \
+                const T *w_row = w + (c * R + r) * S;                                     \
+                for (Py_ssize_t s = 0; s < S; s++) {                                      \
+                    if (sw == 1) {                                                        \
+                        memcpy(&x0, x_row + s, 16);                                       \
+                        memcpy(&x1, x_row + s + L, 16);                                   \
+                    } else {                                                              \
+                        for (int i = 0; i < L; i++) {                                     \
+                            x0[i] = x_row[s + i * sw];                                    \
+                            x1[i] = x_row[s + (i + L) * sw];                              \
+                        }                                                                 \
+                    }                                                                     \
+                    T w0 = w_row[s], w1 = w_row[CRS + s];                                 \
+                    T w2 = w_row[2 * CRS + s], w3 = w_row[3 * CRS + s];                   \
+                    a00 += w0 * x0; a01 += w0 * x1; a10 += w1 * x0; a11 += w1 * x1;       \
+                    a20 += w2 * x0; a21 += w2 * x1; a30 += w3 * x0; a31 += w3 * x1;       \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+        if (j_first <= 0) { memcpy(y, &a00, 16); memcpy(y + L, &a01, 16); }              \
+        y += y_step;                                                                      \
+        if (j_first <= 1) { memcpy(y, &a10, 16); memcpy(y + L, &a11, 16); }               \
+        y += y_step;                                                                      \
+        if (j_first <= 2) { memcpy(y, &a20, 16); memcpy(y + L, &a21, 16); }               \
+        y += y_step;                                                                      \
+        memcpy(y, &a30, 16); memcpy(y + L, &a31, 16);                                     \
+    }
+    FASTCONV_TILE(float, fastconv_tile_f32)
+    FASTCONV_TILE(double, fastconv_tile_f64)
+    """
+    void fastconv_tile_f32(const float* x, const float* w, const float* b, float* y,
+                           Py_ssize_t C, Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp,
+                           Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t y_step,
+                           Py_ssize_t j_first) noexcept nogil
+    void fastconv_tile_f64(const double* x, const double* w, const double* b, double* y,
+                           Py_ssize_t C, Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp,
+                           Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t y_step,
+                           Py_ssize_t j_first) noexcept nogil
+
+cdef enum:
+    KB = 4      # output channels per register tile (the C tile above is written for 4)
+
+
+cdef inline Py_ssize_t _qb(floating dummy) noexcept nogil:
+    """Output columns per register tile: two 16-byte vectors, 8 floats or 4 doubles."""
+    return 8 if floating is float else 4
+
+
+cdef inline void _tile(const floating* xp, const floating* w, const floating* b, floating* y,
+                       Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S,
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t P, Py_ssize_t Q,
+                       Py_ssize_t k0, Py_ssize_t j_first, Py_ssize_t p,
+                       Py_ssize_t q0) noexcept nogil:
+    """y[k0 + j, p, q0 + i] for j < KB, i < QB: a KB x QB tile of outputs (conv.fwd).
+
+    The tile's accumulators stay in registers for the whole sum over c, r, s; each input
+    vector loaded is used KB times and each weight QB times (the plain row-axpy form would
+    load and store y for every multiply-add). xp is one padded image (C, Hp, Wp), w is
+    (K, C, R, S), y is one image's output (K, P, Q); b is NULL or the bias (K,). Rows
+    j < j_first are not stored (the last block of channels may overlap the one before).
+    """
+    cdef const floating* x_tile = xp + p * sh * Wp + q0 * sw          # xp[0, p*sh, q0*sw]
+    cdef const floating* w_tile = w + k0 * C * R * S                  # w[k0, 0, 0, 0]
+    cdef const floating* b_tile = NULL
+    cdef floating* y_tile = y + (k0 * P + p) * Q + q0                 # y[k0, p, q0]
+    if b != NULL:
+        b_tile = b + k0
+    if floating is float:
+        fastconv_tile_f32(x_tile, w_tile, b_tile, y_tile, C, R, S, Hp, Wp, sw, P * Q, j_first)
+    else:
+        fastconv_tile_f64(x_tile, w_tile, b_tile, y_tile, C, R, S, Hp, Wp, sw, P * Q, j_first)
+
+
+cdef void _plane_axpy(const floating* xp, const floating* w, const floating* b, floating* y,
+                      Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S,
+                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t P, Py_ssize_t Q,
+                      Py_ssize_t k) noexcept nogil:
+    """Output plane y[k] (P x Q) for layers narrower than one tile (K < KB or Q < QB):
+    bias, then for each tap (c, r, s) one row update ``y[p, :] += w[k,c,r,s] * xp[c, p*sh + r,
+    s::sw]`` (conv.fwd); the padded input needs no bounds tests, and the q loop vectorises."""
+    cdef Py_ssize_t c, r, s, p, q
+    cdef floating wv
+    cdef floating* y_plane = y + k * P * Q
+    cdef floating* y_row
+    cdef const floating* x_row
+    for q in range(P * Q):
+        y_plane[q] = 0 if b == NULL else b[k]
+    for c in range(C):
+        for r in range(R):
+            for p in range(P):
+                x_row = xp + (c * Hp + p * sh + r) * Wp
+                y_row = y_plane + p * Q
+                for s in range(S):
+                    wv = w[((k * C + c) * R + r) * S + s]
+                    if sw == 1:
+                        for q in range(Q):
+                            y_row[q] += wv * x_row[q + s]
+                    else:
+                        for q in range(Q):
+                            y_row[q] += wv * x_row[q * sw + s]
+
+
+cdef void _conv_block(const floating* xp, const floating* w, const floating* b, floating* y,
+                      Py_ssize_t K, Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t R,
+                      Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t P, Py_ssize_t Q,
+                      Py_ssize_t kb) noexcept nogil:
+    """Output channels [kb*KB, kb*KB + KB) of one image, all (p, q), in register tiles.
+
+    A partial last block of channels (or of columns) is computed as a full tile shifted back
+    to end at K (or Q). It overlaps outputs already computed, which is cheaper than a scalar
+    remainder loop; the overlapping channels (owned by the previous task) are not stored.
+    """
+    cdef Py_ssize_t QB = _qb(<floating>0)
+    cdef Py_ssize_t k0 = kb * KB, j_first = 0, p, q0, k
+    if K < KB or Q < QB:
+        for k in range(k0, min(k0 + KB, K)):
+            _plane_axpy(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, P, Q, k)
+        return
+    if k0 + KB > K:
+        j_first = k0 + KB - K                     # rows j < j_first belong to block kb - 1
+        k0 = K - KB
+    for p in range(P):
+        q0 = 0
+        while q0 < Q:
+            if q0 + QB > Q:
+                q0 = Q - QB                       # last columns: a shifted full tile
+            _tile(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, P, Q, k0, j_first, p, q0)
+            q0 = q0 + QB
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, b,
+                   stride, padding, int n_threads):
+    """Direct convolution (cross-correlation, as PyTorch), notes eq. (conv.fwd).
+
+    The input is zero-padded once (one copy of x, so the hot loop has no bounds tests);
+    then each task computes KB output channels of one image in register tiles.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64, C-contiguous (read-only is fine)
+    w : ndarray (K, C, R, S), same dtype
+    b : ndarray (K,) or None
+    stride, padding : (int, int)
+        (sh, sw) >= 1 and (ph, pw) >= 0.
+    n_threads : int
+        OpenMP threads; the result is bitwise the same for any value.
+
+    Returns
+    -------
+    y : ndarray (N, K, P, Q), x's dtype; P, Q by (conv.out).
+    """
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q, t, n_kb
+    cdef int nt = max(n_threads, 1)
+    sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
+    P = out_size(H, R, sh, ph)                                       # (conv.out)
+    Q = out_size(W, S, sw, pw)
+    if b is not None and np.shape(b) != (K,):
+        raise ValueError(f"conv2d_forward: b must have shape ({K},), got {np.shape(b)}")
+    cdef const floating[::1] bv
+    cdef const floating* b_ptr = NULL
+    if b is not None:
+        bv = b
+        b_ptr = &bv[0]
+    cdef const floating[:, :, :, ::1] xp = x
+    if ph > 0 or pw > 0:
+        xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)         # x with its zero border
+    cdef Py_ssize_t Hp = xp.shape[2], Wp = xp.shape[3]
+    y_arr = np.empty((N, K, P, Q), dtype=dtype)
+    cdef floating[:, :, :, ::1] y = y_arr
+    n_kb = (K + KB - 1) // KB
+    with nogil:
+        for t in prange(N * n_kb, schedule="dynamic", num_threads=nt):
+            _conv_block(&xp[t // n_kb, 0, 0, 0], &w[0, 0, 0, 0], b_ptr, &y[t // n_kb, 0, 0, 0],
+                        K, C, Hp, Wp, R, S, sh, sw, P, Q, t % n_kb)
+    return y_arr
+
+
+# --------------------------------------------------------------------------- backward
+
+# The dw tile, in C for the same reason as FASTCONV_TILE: one kernel tap (r, s) of one input
+# channel for 4 output channels at once, as 4 vector accumulators over L lanes of q. Each
+# input vector loaded feeds 4 channels and no partial sum goes back to memory. The lanes and
+# the scalar tail (Q % L columns) are added in a fixed order at the end, so the result
+# depends on the shapes only.
+cdef extern from *:
+    """
+    #define FASTCONV_DW_TILE(T, NAME)                                                     \
+    static inline void NAME(const T *x, const T *dy, T *out, Py_ssize_t N, Py_ssize_t P,  \
+                            Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t sw,  \
+                            Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t j_first)         \
+    {                                                                                     \
+        typedef T vec __attribute__((vector_size(16)));                                   \
+        enum { L = 16 / sizeof(T) };                                                      \
+        vec zero = {0}, xv = zero, d0, d1, d2, d3;                                        \
+        vec a0 = zero, a1 = zero, a2 = zero, a3 = zero;                                   \
+        T t0 = 0, t1 = 0, t2 = 0, t3 = 0, sums[4];                                        \
+        for (Py_ssize_t n = 0; n < N; n++) {                                              \
+            for (Py_ssize_t p = 0; p < P; p++) {                                          \
+                const T *x_row = x + n * x_n + p * x_p;                                   \
+                const T *dy0 = dy + n * dy_n + p * Q, *dy1 = dy0 + dy_k;                  \
+                const T *dy2 = dy1 + dy_k, *dy3 = dy2 + dy_k;                             \
+                Py_ssize_t q = 0;                                                         \
+                for (; q + L <= Q; q += L) {                                              \
+                    if (sw == 1) {                                                        \
+                        memcpy(&xv, x_row + q, 16);                                       \
+                    } else {                                                              \
+                        for (int i = 0; i < L; i++) xv[i] = x_row[(q + i) * sw];          \
+                    }                                                                     \
+                    memcpy(&d0, dy0 + q, 16); memcpy(&d1, dy1 + q, 16);                   \
+                    memcpy(&d2, dy2 + q, 16); memcpy(&d3, dy3 + q, 16);                   \
+                    a0 += d0 * xv; a1 += d1 * xv; a2 += d2 * xv; a3 += d3 * xv;           \
+                }                                                                         \
+                for (; q < Q; q++) {                                                      \
+                    T xs = x_row[q * sw];                                                 \
+                    t0 += dy0[q] * xs; t1 += dy1[q] * xs;                                 \
+                    t2 += dy2[q] * xs; t3 += dy3[q] * xs;                                 \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+        sums[0] = t0; sums[1] = t1; sums[2] = t2; sums[3] = t3;                           \
+        for (int i = 0; i < L; i++) {                                                     \
+            sums[0] += a0[i]; sums[1] += a1[i]; sums[2] += a2[i]; sums[3] += a3[i];       \
+        }                                                                                 \
+        for (int j = (int)j_first; j < 4; j++) out[j] = sums[j];                          \
+    }
+    FASTCONV_DW_TILE(float, fastconv_dw_tile_f32)
+    FASTCONV_DW_TILE(double, fastconv_dw_tile_f64)
+    """
+    void fastconv_dw_tile_f32(const float* x, const float* dy, float* out, Py_ssize_t N,
+                              Py_ssize_t P, Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p,
+                              Py_ssize_t sw, Py_ssize_t dy_n, Py_ssize_t dy_k,
+                              Py_ssize_t j_first) noexcept nogil
+    void fastconv_dw_tile_f64(const double* x, const double* dy, double* out, Py_ssize_t N,
+                              Py_ssize_t P, Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p,
+                              Py_ssize_t sw, Py_ssize_t dy_n, Py_ssize_t dy_k,
+                              Py_ssize_t j_first) noexcept nogil
+
+
+cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] xp,
+                    floating[:, :, :, ::1] dw, Py_ssize_t kb, Py_ssize_t c,
+                    Py_ssize_t sh, Py_ssize_t sw) noexcept nogil:
+    """dw[k, c, r, s] for the 4 channels k of block kb, every tap (r, s), by (conv.bwd):
+    ``sum_{n,p,q} dy[n,k,p,q] * xp[n, c, p*sh + r, q*sw + s]`` over the padded input xp.
+    A partial last block is shifted back to end at K; its overlap is not stored."""
+    cdef Py_ssize_t N = dy.shape[0], K = dy.shape[1], P = dy.shape[2], Q = dy.shape[3]
+    cdef Py_ssize_t C = xp.shape[1], Hp = xp.shape[2], Wp = xp.shape[3]
+    cdef Py_ssize_t R = dw.shape[2], S = dw.shape[3], r, s, j, k0 = kb * KB, j_first = 0
+    cdef floating out[KB]
+    if k0 + KB > K:
+        j_first = k0 + KB - K
+        k0 = K - KB
+    for r in range(R):
+        for s in range(S):
+            if floating is float:
+                fastconv_dw_tile_f32(&xp[0, c, r, s], &dy[0, k0, 0, 0], out, N, P, Q,
+                                     C * Hp * Wp, sh * Wp, sw, K * P * Q, P * Q, j_first)
+            else:
+                fastconv_dw_tile_f64(&xp[0, c, r, s], &dy[0, k0, 0, 0], out, N, P, Q,
+                                     C * Hp * Wp, sh * Wp, sw, K * P * Q, P * Q, j_first)
+            for j in range(j_first, KB):
+                dw[k0 + j, c, r, s] = out[j]
+
+
+cdef void _dx_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] w,
+                    floating[:, :, :, ::1] dx, Py_ssize_t n, Py_ssize_t c,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """Input-gradient plane dx[n, c] (H x W), for strides > 1: every dy[n, k, p, q] * w[k, c, r, s]
+    goes back to the input pixel it was multiplied with (conv.bwd), as row updates along q.
+    Only this call writes dx[n, c]."""
+    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
+    cdef Py_ssize_t H = dx.shape[2], W = dx.shape[3], P = dy.shape[2], Q = dy.shape[3]
+    cdef Py_ssize_t k, r, s, p, q, i, p_lo, p_hi, q_lo, q_hi, off
+    cdef floating wv
+    cdef floating* dx_plane = &dx[n, c, 0, 0]
+    cdef floating* dx_row
+    cdef const floating* dy_row
+
+    for i in range(H * W):
+        dx_plane[i] = 0
+    for k in range(K):
+        for r in range(R):
+            p_lo = _first_inside(r - ph, sh, P)
+            p_hi = _end_inside(H, r - ph, sh, P, p_lo)
+            for p in range(p_lo, p_hi):
+                dx_row = dx_plane + (p * sh + r - ph) * W
+                dy_row = &dy[n, k, p, 0]
+                for s in range(S):
+                    wv = w[k, c, r, s]
+                    off = s - pw
+                    q_lo = _first_inside(off, sw, Q)
+                    q_hi = _end_inside(W, off, sw, Q, q_lo)
+                    if sw == 1:
+                        for q in range(q_lo, q_hi):
+                            dx_row[q + off] += wv * dy_row[q]
+                    else:
+                        for q in range(q_lo, q_hi):
+                            dx_row[q * sw + off] += wv * dy_row[q]
+
+
+cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                    floating[:, :, :, ::1] dw, floating* acc, Py_ssize_t k, Py_ssize_t c,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """Kernel-gradient slice dw[k, c] (R x S) by (conv.bwd), reducing over n, p, q in order
+    (used when K < 4, too few channels for the dw tile).
+
+    A dot product ``sum_q dy_row[q] * x_row[...]`` does not vectorise (gcc keeps the
+    floating-point order of a scalar sum), so each tap accumulates elementwise into its own
+    row ``acc[(r*S + s)*Q + q]`` (vectorised, no reordering) over all n and p, and the Q
+    lanes are summed once at the end. ``acc`` is this thread's scratch of R*S*Q elements.
+    """
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t R = dw.shape[2], S = dw.shape[3], P = dy.shape[2], Q = dy.shape[3]
+    cdef Py_ssize_t n, r, s, p, q, i, p_lo, p_hi, q_lo, q_hi, off
+    cdef floating total
+    cdef floating* a
+    cdef const floating* x_row
+    cdef const floating* dy_row
+
+    for i in range(R * S * Q):
+        acc[i] = 0
+    for n in range(N):
+        for r in range(R):
+            p_lo = _first_inside(r - ph, sh, P)
+            p_hi = _end_inside(H, r - ph, sh, P, p_lo)
+            for p in range(p_lo, p_hi):
+                x_row = &x[n, c, p * sh + r - ph, 0]
+                dy_row = &dy[n, k, p, 0]
+                for s in range(S):
+                    a = acc + (r * S + s) * Q
+                    off = s - pw
+                    q_lo = _first_inside(off, sw, Q)
+                    q_hi = _end_inside(W, off, sw, Q, q_lo)
+                    if sw == 1:
+                        for q in range(q_lo, q_hi):
+                            a[q] += dy_row[q] * x_row[q + off]
+                    else:
+                        for q in range(q_lo, q_hi):
+                            a[q] += dy_row[q] * x_row[q * sw + off]
+    for r in range(R):
+        for s in range(S):
+            a = acc + (r * S + s) * Q
+            total = 0
+            for q in range(Q):
+                total = total + a[q]
+            dw[k, c, r, s] = total
+
+
+cdef void _db_one(const floating[:, :, :, ::1] dy, floating[::1] db, Py_ssize_t k) noexcept nogil:
+    """db[k] = sum_{n,p,q} dy[n, k, p, q], accumulated in double (cheap: N*P*Q adds)."""
+    cdef Py_ssize_t N = dy.shape[0], PQ = dy.shape[2] * dy.shape[3], n, i
+    cdef double total = 0
+    cdef const floating* dy_plane
+    for n in range(N):
+        dy_plane = &dy[n, k, 0, 0]
+        for i in range(PQ):
+            total += dy_plane[i]
+    db[k] = <floating>total
+
+
+def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                    const floating[:, :, :, ::1] w, stride, padding, int n_threads):
+    """Gradients of :func:`conv2d_forward`, notes eq. (conv.bwd).
+
+    Parameters
+    ----------
+    dy : ndarray (N, K, P, Q), dLoss/dy
+    x : ndarray (N, C, H, W);  w : ndarray (K, C, R, S); all of one dtype
+    stride, padding : (int, int)
+    n_threads : int (results are bitwise the same for any value)
+
+    Returns
+    -------
+    dx : (N, C, H, W), dw : (K, C, R, S), db : (K,), all of x's dtype.
+    """
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q, i, k
+    cdef int nt = max(n_threads, 1)
+    sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
+    P = out_size(H, R, sh, ph)
+    Q = out_size(W, S, sw, pw)
+    dy_shape = (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3])
+    if dy_shape != (N, K, P, Q):
+        raise ValueError(f"conv2d_backward: dy must have shape {(N, K, P, Q)}, got {dy_shape}")
+    dx_arr = np.empty((N, C, H, W), dtype=dtype)
+    dw_arr = np.empty((K, C, R, S), dtype=dtype)
+    db_arr = np.empty(K, dtype=dtype)
+    acc_arr = np.empty((nt, R * S * Q), dtype=dtype)     # per-thread dw scratch (small)
+    cdef floating[:, :, :, ::1] dx = dx_arr
+    cdef floating[:, :, :, ::1] dw = dw_arr
+    cdef floating[::1] db = db_arr
+    cdef floating[:, ::1] acc = acc_arr
+    cdef const floating[:, :, :, ::1] dyp
+    cdef const floating[:, :, :, ::1] wt
+    cdef Py_ssize_t Hd = H + R - 1, Wd = W + S - 1, n_cb = (C + KB - 1) // KB, t
+    if sh == 1 and sw == 1:
+        # With stride 1, dx is itself a convolution (the transposed convolution):
+        #   dx[n, c, ih, iw] = sum_{k,r,s} wt[c, k, r, s] * dyp[n, k, ih + r, iw + s]
+        # with the kernel flipped and its channel axes swapped, wt[c, k, r, s] =
+        # w[k, c, R-1-r, S-1-s], and dy shifted by (R-1-ph, S-1-pw) into a zero border
+        # (dyp, (N, K, H+R-1, W+S-1)). So it runs on the forward's register tiles.
+        dyp = _padded(dy, Hd, Wd, R - 1 - ph, S - 1 - pw, nt)
+        wt = np.ascontiguousarray(np.asarray(w).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        with nogil:
+            for t in prange(N * n_cb, schedule="dynamic", num_threads=nt):
+                _conv_block(&dyp[t // n_cb, 0, 0, 0], &wt[0, 0, 0, 0], NULL,
+                            &dx[t // n_cb, 0, 0, 0], C, K, Hd, Wd, R, S, 1, 1, H, W, t % n_cb)
+    else:
+        # Strided: each dy value scatters into its window, one input plane per task.
+        with nogil:
+            for i in prange(N * C, schedule="dynamic", num_threads=nt):
+                _dx_plane(dy, w, dx, i // C, i % C, sh, sw, ph, pw)
+    cdef const floating[:, :, :, ::1] xp
+    cdef Py_ssize_t n_kb = (K + KB - 1) // KB
+    if K >= KB:
+        # dw in register tiles over the padded input, one (block of 4 k, c) pair per task
+        xp = x
+        if ph > 0 or pw > 0:
+            xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)
+        with nogil:
+            for i in prange(n_kb * C, schedule="dynamic", num_threads=nt):
+                _dw_block(dy, xp, dw, i // C, i % C, sh, sw)
+    else:
+        with nogil:
+            for i in prange(K * C, schedule="dynamic", num_threads=nt):
+                _dw_slice(dy, x, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, ph, pw)
+    with nogil:
+        for k in prange(K, schedule="static", num_threads=nt):
+            _db_one(dy, db, k)
+    return dx_arr, dw_arr, db_arr
+
+
+# --------------------------------------------------------------------------- guard
+
+def _check_conv_args(x_shape, w_shape, stride, padding):
+    """O(1) shape checks so that a direct call with inconsistent arguments raises instead of
+    reading out of bounds (fastconv.functional does the user-facing validation).
+    Returns (sh, sw, ph, pw)."""
+    sh, sw = (int(v) for v in stride)
+    ph, pw = (int(v) for v in padding)
+    H, W = x_shape[2], x_shape[3]
+    R, S = w_shape[2], w_shape[3]
+    if w_shape[1] != x_shape[1]:
+        raise ValueError(f"conv: w has {w_shape[1]} input channels but x has {x_shape[1]}")
+    if sh < 1 or sw < 1 or ph < 0 or pw < 0:
+        raise ValueError(f"conv: need stride >= 1 and padding >= 0, got {stride}, {padding}")
+    if R > H + 2 * ph or S > W + 2 * pw:
+        raise ValueError(f"conv: kernel {R}x{S} larger than the padded input "
+                         f"{H + 2 * ph}x{W + 2 * pw}")
+    if min(x_shape) == 0 or min(w_shape) == 0:
+        raise ValueError("conv: empty arrays are not supported")
+    return sh, sw, ph, pw

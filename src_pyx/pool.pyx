@@ -1,0 +1,601 @@
+# cython: language_level=3
+"""Max and average pooling: Cython + OpenMP twin of ``fastconv.reference.pool``.
+
+Same functions and signatures as the reference; read its docstring for the formulas
+(conv.out), (pool.max), (pool.avg) and PyTorch's divisor rule for average pooling.
+
+How the kernels work
+--------------------
+Every (n, c) plane is independent, so ``prange`` runs over the N*C planes
+(``schedule="static"``): each output value is computed by one thread in a fixed order,
+and the results are bitwise identical for any number of threads.
+
+Forward (max and avg) is separable, one output row p at a time:
+
+1. vertical pass: ``v[iw] = reduce over the window's rows ih of x[ih, iw]`` for all W
+   columns; a contiguous, vectorised loop over iw (the window's rows are clipped to the
+   image, so padded rows are simply skipped);
+2. horizontal pass: ``y[p, q] = reduce over s of vbuf[q*sw + s]``, where vbuf is v with pw
+   cells of padding on each side (-inf for max, 0 for avg), so no window needs clipping.
+
+This reads each input row kh/sh times instead of kh*kw/(sh*sw) times.
+
+Backward, per plane:
+
+* max: zero the dx plane, then add each dy to its window's argmax, recomputed from x
+  (the first maximum in row-major window order wins ties, as in PyTorch); overlapping
+  windows add up. 2x2 stride 2 (tiling windows) has a branch-free version.
+* avg: separable again, and each dx row is written exactly once: a horizontal scatter of
+  dy / D into one row buffer per output row p, then every dx row is the sum of the rows of
+  the windows that cover it (a memcpy when only one does). Global average pooling (the
+  window is the whole plane) has its own sum / fill loops.
+
+Calls on fewer than GRAIN = 32768 input values run on one thread (an OpenMP team costs
+more than it saves there); which thread runs a plane never changes a result.
+
+NaN inputs: not specified (PyTorch propagates NaN through max pooling; these kernels use
+plain ``>`` comparisons so that the compiler can vectorise them).
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.math cimport INFINITY
+from libc.string cimport memcpy, memset
+
+from _common cimport out_size
+
+
+# Below this many input values a call runs on one thread: starting the OpenMP team costs
+# more than it saves (PyTorch's grain size is the same order). Results do not change.
+cdef Py_ssize_t GRAIN = 32768
+
+
+cdef int _threads_for(Py_ssize_t work, int n_threads) noexcept:
+    return 1 if work < GRAIN or n_threads < 1 else n_threads
+
+
+cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+def _check(op, x_shape, kh, kw, sh, sw, ph, pw, dy_shape=None):
+    """O(1) guard for direct calls (functional.py validates for users): reject what would
+    read or write out of bounds. Returns (P, Q). (A memoryview's shape has 8 entries.)"""
+    x_shape = tuple(x_shape[:4])
+    H, W = x_shape[2], x_shape[3]
+    if min(x_shape) <= 0:
+        raise ValueError(f"{op}: empty arrays are not supported, got x of shape {x_shape}")
+    if min(kh, kw, sh, sw) < 1 or ph < 0 or pw < 0 or ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{op}: need kernel_size, stride >= 1 and 0 <= padding <= kernel_size"
+                         f" // 2, got {(kh, kw)}, {(sh, sw)}, {(ph, pw)}")
+    if kh > H + 2 * ph or kw > W + 2 * pw:
+        raise ValueError(f"{op}: window {kh}x{kw} larger than the padded input "
+                         f"{H + 2 * ph}x{W + 2 * pw}")
+    P, Q = out_size(H, kh, sh, ph), out_size(W, kw, sw, pw)
+    if dy_shape is not None and tuple(dy_shape[:4]) != (x_shape[0], x_shape[1], P, Q):
+        raise ValueError(f"{op}: dy must have shape {(x_shape[0], x_shape[1], P, Q)}, "
+                         f"got {tuple(dy_shape[:4])}")
+    return P, Q
+
+
+# --------------------------------------------------------------------------- max pooling
+
+cdef void _max_hpass(const floating* vbuf, floating* yrow, Py_ssize_t Q, Py_ssize_t kw,
+                     Py_ssize_t sw) noexcept nogil:
+    """yrow[q] = max_{s < kw} vbuf[q*sw + s]: the horizontal half of (pool.max).
+
+    The common windows get their own loops with a fixed trip count, which gcc vectorises;
+    ``b if b > a else a`` is the pattern it turns into a vector max.
+    """
+    cdef Py_ssize_t q, s
+    cdef floating m, t
+    if kw == 2 and sw == 2:
+        for q in range(Q):
+            m = vbuf[2 * q]
+            t = vbuf[2 * q + 1]
+            yrow[q] = t if t > m else m
+    elif kw == 3 and sw == 2:
+        for q in range(Q):
+            m = vbuf[2 * q]
+            t = vbuf[2 * q + 1]
+            m = t if t > m else m
+            t = vbuf[2 * q + 2]
+            yrow[q] = t if t > m else m
+    else:
+        for q in range(Q):
+            m = vbuf[q * sw]
+            for s in range(1, kw):
+                t = vbuf[q * sw + s]
+                m = t if t > m else m
+            yrow[q] = m
+
+
+cdef void _max_plane(const floating* xp, floating* yp, floating* vbuf,
+                     Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
+                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                     Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """One (n, c) plane of (pool.max): xp (H, W) -> yp (P, Q), separably (module docstring).
+
+    vbuf holds W + 2*pw values; its pw cells on each side are -inf, so padding never wins.
+    """
+    cdef Py_ssize_t p, ih, iw, h0, h1, i
+    cdef const floating* row
+    cdef const floating* row2
+    cdef floating* v = vbuf + pw
+    cdef floating a, b
+    for i in range(pw):
+        vbuf[i] = -INFINITY
+        v[W + i] = -INFINITY
+    for p in range(P):
+        h0 = _imax(p * sh - ph, 0)                 # the window's rows, clipped to the image
+        h1 = _imin(p * sh - ph + kh, H)            # (never empty: padding <= kh // 2)
+        row = xp + h0 * W
+        if h1 - h0 >= 2:                           # first two rows in one pass
+            row2 = row + W
+            for iw in range(W):
+                a = row[iw]
+                b = row2[iw]
+                v[iw] = b if b > a else a
+            h0 += 2
+        else:
+            for iw in range(W):
+                v[iw] = row[iw]
+            h0 += 1
+        for ih in range(h0, h1):
+            row = xp + ih * W
+            for iw in range(W):
+                a = v[iw]
+                b = row[iw]
+                v[iw] = b if b > a else a
+        _max_hpass(vbuf, yp + p * Q, Q, kw, sw)
+
+
+cdef void _max_plane_backward(const floating* dyp, const floating* xp, floating* dxp,
+                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
+                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """One plane of the (pool.max) gradient: dxp (H, W) = 0, then dxp[argmax] += dy[p, q].
+
+    The argmax is the first maximum of the window in row-major order (strict ``>``), scanned
+    over the window's real cells only: padding (-inf) cannot win, and an all -inf window
+    sends its gradient to its first real cell, as PyTorch does.
+    """
+    cdef Py_ssize_t p, q, ih, iw, h0, h1, w0, w1, best_i
+    cdef floating best, v
+    memset(dxp, 0, H * W * sizeof(floating))
+    for p in range(P):
+        h0 = _imax(p * sh - ph, 0)
+        h1 = _imin(p * sh - ph + kh, H)
+        for q in range(Q):
+            w0 = _imax(q * sw - pw, 0)
+            w1 = _imin(q * sw - pw + kw, W)
+            best_i = h0 * W + w0
+            best = xp[best_i]
+            for ih in range(h0, h1):
+                for iw in range(w0, w1):
+                    v = xp[ih * W + iw]
+                    if v > best:                   # strict: the first maximum keeps ties
+                        best = v
+                        best_i = ih * W + iw
+            dxp[best_i] += dyp[p * Q + q]
+
+
+cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, floating* dxp,
+                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
+                                  Py_ssize_t Q) noexcept nogil:
+    """_max_plane_backward for the 2x2, stride 2, unpadded window, without branches.
+
+    The first maximum of the window (a b / c d) in row-major order is found as a tournament
+    with strict ``>``: the top row's winner (a unless b > a), the bottom row's (c unless
+    d > c), then the bottom one only if it is strictly larger than the top one. The winner's
+    offset is computed with integer arithmetic on the comparison results: on random data a
+    branch per comparison would be mispredicted half the time (that version ran 3x slower).
+    The plane is zeroed first (it is in L1 cache), then each dy is stored at its winner.
+    """
+    cdef Py_ssize_t p, q, off
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef floating* d0
+    cdef floating a, b, c, d, top, bottom
+    cdef Py_ssize_t b_wins, d_wins, bottom_wins
+    memset(dxp, 0, H * W * sizeof(floating))
+    for p in range(P):
+        r0 = xp + 2 * p * W
+        r1 = r0 + W
+        d0 = dxp + 2 * p * W
+        for q in range(Q):
+            a = r0[2 * q]
+            b = r0[2 * q + 1]
+            c = r1[2 * q]
+            d = r1[2 * q + 1]
+            b_wins = b > a
+            d_wins = d > c
+            top = b if b > a else a
+            bottom = d if d > c else c
+            bottom_wins = bottom > top
+            # offset from (2p, 2q): 0 = a, 1 = b, W = c, W + 1 = d
+            off = bottom_wins * (W + d_wins) + (1 - bottom_wins) * b_wins
+            d0[2 * q + off] = dyp[p * Q + q]
+
+
+def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padding,
+                       int n_threads):
+    """Max pooling, notes eq. (pool.max); padding acts as -inf, as in PyTorch.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64, C-contiguous (may be read-only)
+    kernel_size, stride, padding : (int, int)
+        (kh, kw), (sh, sw), (ph, pw); ph <= kh // 2 and pw <= kw // 2 (checked by functional).
+    n_threads : int
+        OpenMP threads; the result does not depend on it.
+
+    Returns
+    -------
+    y : ndarray (N, C, P, Q), x's dtype; P, Q by eq. (conv.out).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1]
+    cdef Py_ssize_t ph = padding[0], pw = padding[1]
+    cdef Py_ssize_t P, Q, nc
+    P, Q = _check("max_pool2d_forward", x.shape, kh, kw, sh, sw, ph, pw)
+    dtype = np.float32 if floating is float else np.float64
+    y_arr = np.empty((N, C, P, Q), dtype=dtype)
+    # One row buffer per thread (indexed by threadid()); which thread uses which buffer
+    # does not change any result.
+    n_threads = _threads_for(N * C * H * W, n_threads)
+    buf_arr = np.empty((n_threads, W + 2 * pw), dtype=dtype)
+    cdef floating[:, :, :, ::1] y = y_arr
+    cdef floating[:, ::1] buf = buf_arr
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=n_threads):
+            _max_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0], &buf[threadid(), 0],
+                       H, W, P, Q, kh, kw, sh, sw, ph, pw)
+    return y_arr
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                        kernel_size, stride, padding, int n_threads):
+    """Gradient of :func:`max_pool2d_forward`: each dy goes to its window's argmax (pool.max).
+
+    The argmax is recomputed from x; ties go to the first maximum in row-major window order,
+    as in PyTorch; overlapping windows add up.
+
+    Parameters
+    ----------
+    dy : ndarray (N, C, P, Q)
+    x : ndarray (N, C, H, W), same dtype
+    kernel_size, stride, padding : (int, int)
+    n_threads : int
+
+    Returns
+    -------
+    dx : ndarray (N, C, H, W), x's dtype.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], nc
+    cdef Py_ssize_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1]
+    cdef Py_ssize_t ph = padding[0], pw = padding[1]
+    _check("max_pool2d_backward", x.shape, kh, kw, sh, sw, ph, pw, dy.shape)
+    cdef bint tile2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    dx_arr = np.empty((N, C, H, W), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, :, :, ::1] dx = dx_arr
+    n_threads = _threads_for(N * C * H * W, n_threads)
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=n_threads):
+            if tile2x2:
+                _max_plane_backward_2x2(&dy[nc // C, nc % C, 0, 0], &x[nc // C, nc % C, 0, 0],
+                                        &dx[nc // C, nc % C, 0, 0], H, W, P, Q)
+            else:
+                _max_plane_backward(&dy[nc // C, nc % C, 0, 0], &x[nc // C, nc % C, 0, 0],
+                                    &dx[nc // C, nc % C, 0, 0], H, W, P, Q,
+                                    kh, kw, sh, sw, ph, pw)
+    return dx_arr
+
+
+# --------------------------------------------------------------------------- average pooling
+
+cdef inline Py_ssize_t _avg_count(Py_ssize_t i, Py_ssize_t size, Py_ssize_t k, Py_ssize_t s,
+                                  Py_ssize_t pad, bint count_include_pad) noexcept nogil:
+    """Rows (or columns) of window i that count in the divisor D of (pool.avg), PyTorch's rule:
+    clipped to the padded input if count_include_pad, else to the real input."""
+    cdef Py_ssize_t start = i * s - pad
+    if count_include_pad:
+        return _imin(start + k, size + pad) - start
+    return _imin(start + k, size) - _imax(start, 0)
+
+
+cdef void _avg_plane(const floating* xp, floating* yp, double* vbuf, const double* inv_rows,
+                     const double* inv_cols, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
+                     Py_ssize_t Q, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                     Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """One (n, c) plane of (pool.avg): xp (H, W) -> yp (P, Q), separably, sums in double.
+
+    vbuf holds W + 2*pw doubles whose pw cells on each side are 0 (zero padding);
+    D[p, q] = 1 / (inv_rows[p] * inv_cols[q]) (the window is a rectangle), precomputed.
+    """
+    cdef Py_ssize_t p, q, s, ih, iw, h0, h1, i
+    cdef const floating* row
+    cdef double* v = vbuf + pw
+    cdef double acc, inv_r
+    for i in range(pw):
+        vbuf[i] = 0
+        v[W + i] = 0
+    for p in range(P):
+        h0 = _imax(p * sh - ph, 0)
+        h1 = _imin(p * sh - ph + kh, H)
+        inv_r = inv_rows[p]
+        row = xp + h0 * W
+        for iw in range(W):
+            v[iw] = row[iw]
+        for ih in range(h0 + 1, h1):
+            row = xp + ih * W
+            for iw in range(W):
+                v[iw] += row[iw]
+        if kw == 2 and sw == 2:
+            for q in range(Q):
+                yp[p * Q + q] = <floating>((vbuf[2 * q] + vbuf[2 * q + 1])
+                                           * (inv_r * inv_cols[q]))
+        else:
+            for q in range(Q):
+                acc = vbuf[q * sw]
+                for s in range(1, kw):
+                    acc = acc + vbuf[q * sw + s]
+                yp[p * Q + q] = <floating>(acc * (inv_r * inv_cols[q]))
+
+
+cdef void _avg_plane_backward(const floating* dyp, floating* dxp, double* buf, floating* fbuf,
+                              const double* inv_rows, const double* inv_cols,
+                              const Py_ssize_t* first_p, const Py_ssize_t* last_p,
+                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
+                              Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pw) noexcept nogil:
+    """One plane of the (pool.avg) gradient: dxp[cell] = sum of dy[p, q] / D[p, q] over the
+    windows that contain the cell; separable, and each dx row is written exactly once.
+
+    1. horizontal scatter: G[p, j] = sum over the windows q of row p that cover padded
+       column j of dy[p, q] / D[p, q]  (G: P rows of W + 2*pw doubles, at buf), and the
+       real columns of each G row once more in x's dtype (fbuf, P rows of W);
+    2. vertical gather: dx[ih, :] = sum of G[p, pw:pw + W] over the windows p that cover
+       row ih, ascending p (a fixed order). A row covered by one window is a memcpy of
+       its fbuf row (the usual case: 2x2 stride 2, and half the rows of 3x3 stride 2).
+       Writing rows once (rather than zeroing dx and adding each window into it) saves a
+       read-modify-write pass over dx.
+    buf holds P*(W + 2*pw) + W doubles; the last W are scratch for rows in 3+ windows.
+    Row ih is covered by the windows first_p[ih] .. last_p[ih] (none if first > last), and
+    1 / D[p, q] = inv_rows[p] * inv_cols[q]: both precomputed once per call, since integer
+    divisions in this per-plane loop cost more than the arithmetic.
+    """
+    cdef Py_ssize_t Wp = W + 2 * pw, p, q, s, ih, iw, p_lo, p_hi
+    cdef double g, inv_r, carry
+    cdef double* grow
+    cdef floating* frow
+    cdef const double* g0
+    cdef const double* g1
+    cdef double* t = buf + P * Wp
+    cdef floating* drow
+    for p in range(P):
+        grow = buf + p * Wp
+        inv_r = inv_rows[p]
+        # The common windows write each cell of the row once, without a read-modify-write
+        # chain through memory (3x3 stride 2: the shared column gets the previous g + g).
+        if kw == 2 and sw == 2:
+            for q in range(Q):
+                g = dyp[p * Q + q] * (inv_r * inv_cols[q])
+                grow[2 * q] = g
+                grow[2 * q + 1] = g
+            memset(grow + 2 * Q, 0, (Wp - 2 * Q) * sizeof(double))
+        elif kw == 3 and sw == 2:
+            carry = 0
+            for q in range(Q):
+                g = dyp[p * Q + q] * (inv_r * inv_cols[q])
+                grow[2 * q] = carry + g
+                grow[2 * q + 1] = g
+                carry = g
+            grow[2 * Q] = carry
+            memset(grow + 2 * Q + 1, 0, (Wp - 2 * Q - 1) * sizeof(double))
+        else:
+            memset(grow, 0, Wp * sizeof(double))
+            for q in range(Q):
+                g = dyp[p * Q + q] * (inv_r * inv_cols[q])
+                for s in range(kw):
+                    grow[q * sw + s] += g
+        frow = fbuf + p * W
+        for iw in range(W):
+            frow[iw] = <floating>grow[pw + iw]
+    for ih in range(H):
+        p_lo = first_p[ih]
+        p_hi = last_p[ih]
+        drow = dxp + ih * W
+        if p_lo > p_hi:                            # a row no window covers (stride > kernel)
+            memset(drow, 0, W * sizeof(floating))
+        elif p_lo == p_hi:
+            memcpy(drow, fbuf + p_lo * W, W * sizeof(floating))
+        elif p_hi == p_lo + 1:
+            g0 = buf + p_lo * Wp + pw
+            g1 = g0 + Wp
+            for iw in range(W):
+                drow[iw] = <floating>(g0[iw] + g1[iw])
+        else:
+            g0 = buf + p_lo * Wp + pw
+            for iw in range(W):
+                t[iw] = g0[iw]
+            for p in range(p_lo + 1, p_hi + 1):
+                g0 = buf + p * Wp + pw
+                for iw in range(W):
+                    t[iw] += g0[iw]
+            for iw in range(W):
+                drow[iw] = <floating>t[iw]
+
+
+cdef void _avg_plane_backward_2x2(const floating* dyp, floating* dxp, Py_ssize_t H,
+                                  Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q) noexcept nogil:
+    """_avg_plane_backward for the 2x2, stride 2, unpadded window (D = 4 everywhere): each
+    window's 4 cells get dy / 4; the second row of each pair is a copy of the first."""
+    cdef Py_ssize_t p, q
+    cdef floating* d0
+    cdef floating v
+    for p in range(P):
+        d0 = dxp + 2 * p * W
+        for q in range(Q):
+            v = <floating>(dyp[p * Q + q] * 0.25)
+            d0[2 * q] = v
+            d0[2 * q + 1] = v
+        if W > 2 * Q:                              # odd W: the last column is in no window
+            d0[W - 1] = 0
+        memcpy(d0 + W, d0, W * sizeof(floating))
+    if H > 2 * P:                                  # odd H: nor is the last row
+        memset(dxp + (H - 1) * W, 0, W * sizeof(floating))
+
+
+cdef void _global_avg_plane(const floating* xp, floating* yp, Py_ssize_t HW) noexcept nogil:
+    """Global average pooling (the window is the whole plane): yp[0] = sum(xp[:HW]) / HW.
+
+    The plane is contiguous; 8 lanes (lane k sums the i with i % 8 == k), added in a fixed
+    order, let gcc vectorise the sum. Each block of 64 values is first summed in x's dtype
+    (8 values per lane: for float32 at most ~7 roundings of 6e-8 each), then added to double
+    lanes: converting every value to double made this loop compute-bound, at 2 doubles per
+    SSE2 instruction instead of 4 floats.
+    """
+    cdef double acc[8]
+    cdef floating part[8]
+    cdef Py_ssize_t b, j, i, k, nblk = HW // 64, done = HW // 64 * 64
+    cdef const floating* base
+    for k in range(8):
+        acc[k] = 0
+    for b in range(nblk):
+        base = xp + b * 64
+        for k in range(8):
+            part[k] = base[k]
+        for j in range(8, 64, 8):
+            for k in range(8):
+                part[k] = part[k] + base[j + k]
+        for k in range(8):
+            acc[k] += part[k]
+    for i in range(done, HW):
+        acc[(i - done) % 8] += xp[i]
+    yp[0] = <floating>((((acc[0] + acc[1]) + (acc[2] + acc[3]))
+                        + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) / HW)
+
+
+cdef void _global_avg_plane_backward(const floating* dyp, floating* dxp,
+                                     Py_ssize_t HW) noexcept nogil:
+    """Gradient of global average pooling: every cell of the plane gets dy / HW."""
+    cdef Py_ssize_t i
+    cdef floating g = <floating>(<double>dyp[0] / HW)
+    for i in range(HW):
+        dxp[i] = g
+
+
+def _inv_counts(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t k, Py_ssize_t stride,
+                Py_ssize_t pad, bint count_include_pad):
+    """1 / (rows, or columns, of each window that count in the divisor D), an (n_out,) array."""
+    cdef Py_ssize_t i
+    return np.array([1.0 / _avg_count(i, size, k, stride, pad, count_include_pad)
+                     for i in range(n_out)], dtype=np.float64)
+
+
+def _covering_windows(Py_ssize_t size, Py_ssize_t n_out, Py_ssize_t k, Py_ssize_t stride,
+                      Py_ssize_t pad):
+    """For each input row i: the first and last window p with p*stride - pad <= i <=
+    p*stride - pad + k - 1, clipped to [0, n_out); first > last when no window covers i."""
+    i = np.arange(size)
+    first = np.maximum(0, -((k - 1 - i - pad) // stride))     # ceil((i + pad - k + 1) / stride)
+    last = np.minimum(n_out - 1, (i + pad) // stride)
+    return first.astype(np.intp), last.astype(np.intp)
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padding,
+                       bint count_include_pad, int n_threads):
+    """Average pooling, notes eq. (pool.avg), with PyTorch's divisor rule.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64, C-contiguous (may be read-only)
+    kernel_size, stride, padding : (int, int)
+    count_include_pad : bool
+        True: padded zeros count in the mean (divide by kh*kw); False: only real cells.
+    n_threads : int
+
+    Returns
+    -------
+    y : ndarray (N, C, P, Q), x's dtype.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1]
+    cdef Py_ssize_t ph = padding[0], pw = padding[1]
+    cdef Py_ssize_t P, Q, nc
+    P, Q = _check("avg_pool2d_forward", x.shape, kh, kw, sh, sw, ph, pw)
+    y_arr = np.empty((N, C, P, Q), dtype=np.float32 if floating is float else np.float64)
+    n_threads = _threads_for(N * C * H * W, n_threads)
+    buf_arr = np.empty((n_threads, W + 2 * pw), dtype=np.float64)   # one row per thread
+    cdef floating[:, :, :, ::1] y = y_arr
+    cdef double[:, ::1] buf = buf_arr
+    cdef const double[::1] inv_rows = _inv_counts(H, P, kh, sh, ph, count_include_pad)
+    cdef const double[::1] inv_cols = _inv_counts(W, Q, kw, sw, pw, count_include_pad)
+    # the window is the whole plane (a padded window with P == 1 would not be)
+    cdef bint is_global = P == 1 and Q == 1 and kh == H and kw == W and ph == 0 and pw == 0
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=n_threads):
+            if is_global:
+                _global_avg_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0], H * W)
+            else:
+                _avg_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0],
+                           &buf[threadid(), 0], &inv_rows[0], &inv_cols[0], H, W, P, Q,
+                           kh, kw, sh, sw, ph, pw)
+    return y_arr
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                        kernel_size, stride, padding, bint count_include_pad, int n_threads):
+    """Gradient of :func:`avg_pool2d_forward`: dy / D spreads evenly over its window.
+
+    Parameters
+    ----------
+    dy : ndarray (N, C, P, Q)
+    x : ndarray (N, C, H, W) (only its shape and dtype are used)
+    kernel_size, stride, padding, count_include_pad : as in :func:`avg_pool2d_forward`
+    n_threads : int
+
+    Returns
+    -------
+    dx : ndarray (N, C, H, W), x's dtype.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], nc
+    cdef Py_ssize_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1]
+    cdef Py_ssize_t ph = padding[0], pw = padding[1]
+    _check("avg_pool2d_backward", x.shape, kh, kw, sh, sw, ph, pw, dy.shape)
+    cdef bint is_global = P == 1 and Q == 1 and kh == H and kw == W and ph == 0 and pw == 0
+    cdef bint tile2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    n_threads = _threads_for(N * C * H * W, n_threads)
+    dx_arr = np.empty((N, C, H, W), dtype=np.float32 if floating is float else np.float64)
+    # per thread: the P rows of G and one scratch row (see _avg_plane_backward)
+    cdef bint no_buffers = is_global or tile2x2
+    buf_arr = np.empty((n_threads, 1 if no_buffers else P * (W + 2 * pw) + W), dtype=np.float64)
+    fbuf_arr = np.empty((n_threads, 1 if no_buffers else P * W), dtype=dx_arr.dtype)
+    cdef floating[:, :, :, ::1] dx = dx_arr
+    cdef double[:, ::1] buf = buf_arr
+    cdef floating[:, ::1] fbuf = fbuf_arr
+    cdef const double[::1] inv_rows = _inv_counts(H, P, kh, sh, ph, count_include_pad)
+    cdef const double[::1] inv_cols = _inv_counts(W, Q, kw, sw, pw, count_include_pad)
+    first_arr, last_arr = _covering_windows(H, P, kh, sh, ph)
+    cdef const Py_ssize_t[::1] first_p = first_arr
+    cdef const Py_ssize_t[::1] last_p = last_arr
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=n_threads):
+            if is_global:
+                _global_avg_plane_backward(&dy[nc // C, nc % C, 0, 0], &dx[nc // C, nc % C, 0, 0],
+                                           H * W)
+            elif tile2x2:
+                _avg_plane_backward_2x2(&dy[nc // C, nc % C, 0, 0], &dx[nc // C, nc % C, 0, 0],
+                                        H, W, P, Q)
+            else:
+                _avg_plane_backward(&dy[nc // C, nc % C, 0, 0], &dx[nc // C, nc % C, 0, 0],
+                                    &buf[threadid(), 0], &fbuf[threadid(), 0], &inv_rows[0],
+                                    &inv_cols[0], &first_p[0], &last_p[0], H, W, P, Q, kw, sw, pw)
+    return dx_arr

@@ -1,0 +1,348 @@
+"""Batch norm: naive loops vs reference, fast vs reference, gradients, running statistics.
+
+The chain of trust: naive Python loops (below, the formulas written out channel by channel)
+are checked on a hand-made example, then check the NumPy reference on tiny shapes; the
+reference checks the compiled kernels on a grid of shapes (4-D, BatchNorm1d's (N, C), few
+and many channels) and on random ones; finite differences check the backward pass through
+the public API; the running statistics follow PyTorch's update; and the fast kernels must
+give the same bits on 1 and 2 threads. Formulas: (bn.fwd), (bn.bwd), (bn.run).
+"""
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+import fastconv.functional as F
+from fastconv.reference import batchnorm as ref
+from helpers import ATOL, RTOL, assert_close, assert_grad_matches
+
+BACKENDS = ["reference", "fast"]
+EPS = 1e-5
+
+
+# --------------------------------------------------------------------------- naive oracle
+
+def naive_batch_norm(x, dy, gamma, beta, eps):
+    """(bn.fwd) and (bn.bwd) with explicit loops over each channel's M = N*H*W values, float64.
+
+    Returns y, mean, var (biased), dx, dgamma, dbeta.
+    """
+    N, C, H, W = x.shape
+    M = N * H * W
+    y, dx = np.zeros(x.shape), np.zeros(x.shape)
+    mean, var, dgamma, dbeta = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C)
+    for c in range(C):
+        cells = list(itertools.product(range(N), range(H), range(W)))
+        vals = [float(x[n, c, h, w]) for n, h, w in cells]
+        mean[c] = math.fsum(vals) / M
+        var[c] = math.fsum((v - mean[c]) ** 2 for v in vals) / M
+        invstd = 1.0 / math.sqrt(var[c] + eps)
+        x_hat = [(v - mean[c]) * invstd for v in vals]
+        g = [float(dy[n, c, h, w]) for n, h, w in cells]
+        dbeta[c] = math.fsum(g)
+        dgamma[c] = math.fsum(gi * xi for gi, xi in zip(g, x_hat))
+        for (n, h, w), xi, gi in zip(cells, x_hat, g):
+            y[n, c, h, w] = gamma[c] * xi + beta[c]
+            dx[n, c, h, w] = gamma[c] * invstd / M * (M * gi - dbeta[c] - xi * dgamma[c])
+    return y, mean, var, dx, dgamma, dbeta
+
+
+def test_naive_batch_norm_by_hand():
+    x = np.array([1., 2., 3., 4.]).reshape(2, 1, 1, 2)        # one channel, M = 4
+    dy = np.array([1., 0., 0., 0.]).reshape(x.shape)
+    y, mean, var, dx, dgamma, dbeta = naive_batch_norm(x, dy, np.array([2.]), np.array([1.]), 0.0)
+    assert mean[0] == 2.5 and var[0] == 1.25                  # biased: sum of squares / 4
+    x_hat = (np.array([1., 2., 3., 4.]) - 2.5) / math.sqrt(1.25)
+    assert np.allclose(y.ravel(), 2 * x_hat + 1)
+    assert dbeta[0] == 1.0 and np.isclose(dgamma[0], x_hat[0])
+    # dx sums to 0 (shifting x changes nothing) and is orthogonal to x_hat (nor does scaling)
+    assert np.isclose(dx.sum(), 0) and np.isclose(np.dot(dx.ravel(), x_hat), 0)
+
+
+def test_naive_backward_matches_finite_differences(rng):
+    x = rng.standard_normal((3, 2, 2, 2))
+    g = rng.standard_normal(x.shape)
+    gamma, beta = rng.standard_normal(2), rng.standard_normal(2)
+    dx = naive_batch_norm(x, g, gamma, beta, EPS)[3]
+    assert_grad_matches(dx, lambda: float(np.sum(naive_batch_norm(x, g, gamma, beta, EPS)[0] * g)),
+                        x)
+
+
+# --------------------------------------------------------------------------- shapes
+
+TINY = [(2, 3, 2, 3), (4, 1, 1, 1), (1, 2, 3, 3), (5, 4, 1, 1), (3, 2, 2, 1)]
+
+GRID = [
+    (8, 3, 5, 7),          # odd image
+    (1, 4, 6, 6),          # N = 1
+    (16, 1, 4, 4),         # C = 1
+    (2, 5, 1, 3),          # H = 1
+    (4, 6, 17, 9),         # HW not a multiple of the 8 accumulator lanes
+    (3, 7, 2, 2),          # tiny image
+    (32, 10, 1, 1),        # BatchNorm1d as (N, C, 1, 1)
+    (7, 130, 1, 1),        # > 64 channels: several channel blocks on the (N, C) path
+    (2, 3, 1, 1),          # M = 2, the smallest batch training accepts
+]
+
+# Bigger than the kernels' one-thread grain (32768 values), so 2 threads really run.
+THREAD_SHAPES = [(8, 16, 32, 32), (32, 24, 9, 7), (600, 130), (64, 64, 3, 3)]
+
+
+def make_inputs(rng, dtype, shape, shift=0.0):
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2.0 + shift).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, C).astype(dtype)
+    beta = rng.standard_normal(C).astype(dtype)
+    return x, dy, gamma, beta
+
+
+def shape_id(shape):
+    return "x".join(map(str, shape))
+
+
+# --------------------------------------------------------------------------- reference
+
+@pytest.mark.parametrize("shape", TINY, ids=shape_id)
+def test_reference_matches_naive(shape, rng):
+    x, dy, gamma, beta = make_inputs(rng, np.float64, shape, shift=1.0)
+    y, mean, var, dx, dgamma, dbeta = naive_batch_norm(x, dy, gamma, beta, EPS)
+    M = shape[0] * shape[2] * shape[3]
+    got = ref.batch_norm_train_forward(x, gamma, beta, EPS)
+    for a, b in zip(got, (y, mean, var)):
+        assert_close(a, b, reduction=M)
+    assert_close(ref.batch_norm_eval_forward(x, gamma, beta, mean, var, EPS), y, reduction=M)
+    for a, b in zip(ref.batch_norm_backward(dy, x, gamma, EPS), (dx, dgamma, dbeta)):
+        assert_close(a, b, reduction=M)
+
+
+def test_reference_dtypes(rng):
+    x, dy, gamma, beta = make_inputs(rng, np.float32, (4, 3, 2, 2))
+    y, mean, var = ref.batch_norm_train_forward(x, gamma, beta, EPS)
+    assert y.dtype == np.float32 and mean.dtype == np.float64 and var.dtype == np.float64
+    assert all(a.dtype == np.float32 for a in ref.batch_norm_backward(dy, x, gamma, EPS))
+
+
+# --------------------------------------------------------------------------- fast vs reference
+
+def assert_fast_matches_reference(x, dy, gamma, beta, dtype):
+    """Every kernel of the family, fast vs reference, on one (N, C, H, W) input."""
+    from fastconv._backend import load_kernels
+    fast = load_kernels("batchnorm")
+    n_threads = fastconv.get_num_threads()
+    M = x.shape[0] * x.shape[2] * x.shape[3]
+    want = ref.batch_norm_train_forward(x, gamma, beta, EPS)
+    got = fast.batch_norm_train_forward(x, gamma, beta, EPS, n_threads)
+    for name, a, b in zip(("y", "mean", "var"), got, want):
+        # mean and var are float64 for both dtypes, from float64 sums of the same data
+        assert_close(a, b, np.float64 if name != "y" else dtype, reduction=M, err_msg=name)
+    mean, var = want[1], want[2] + 0.25
+    assert_close(fast.batch_norm_eval_forward(x, gamma, beta, mean, var, EPS, n_threads),
+                 ref.batch_norm_eval_forward(x, gamma, beta, mean, var, EPS), dtype)
+    want = ref.batch_norm_backward(dy, x, gamma, EPS)
+    got = fast.batch_norm_backward(dy, x, gamma, EPS, n_threads)
+    for name, a, b in zip(("dgamma", "dbeta"), got[1:], want[1:]):
+        assert_close(a, b, dtype, reduction=M, err_msg=name)
+    # dx = gamma*invstd*dy + (terms that nearly cancel it): its rounding error scales with
+    # the size of gamma*invstd*dy, not with dx (which is exactly 0 when M = 2, for example).
+    invstd = 1 / np.sqrt(ref.batch_norm_train_forward(x, gamma, beta, EPS)[2] + EPS)
+    term = np.max(np.abs(dy * (gamma * invstd)[None, :, None, None]))
+    np.testing.assert_allclose(got[0], want[0], rtol=RTOL[dtype],
+                               atol=ATOL[dtype] * np.sqrt(M) * max(1.0, term), err_msg="dx")
+    assert got[0].dtype == want[0].dtype
+
+
+@pytest.mark.parametrize("shape", GRID, ids=shape_id)
+def test_fast_matches_reference(shape, dtype, rng, n_threads):
+    x, dy, gamma, beta = make_inputs(rng, dtype, shape, shift=0.5)
+    assert_fast_matches_reference(x, dy, gamma, beta, dtype)
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 12, 12), (256, 40)], ids=shape_id)
+def test_fast_matches_reference_far_from_zero(shape, rng):
+    """|mean| >> std: the two-pass variance keeps its digits (E[x^2] - E[x]^2 would not)."""
+    x, dy, gamma, beta = make_inputs(rng, np.float64, shape, shift=1e4)
+    x4 = x.reshape(x.shape + (1, 1)) if x.ndim == 2 else x
+    assert_fast_matches_reference(x4, dy.reshape(x4.shape), gamma, beta, np.float64)
+    y = F.batch_norm(x, gamma, beta, None, None, True, backend="fast")
+    x_hat = (y - beta.reshape((1, -1) + (1,) * (x.ndim - 2))) / gamma.reshape((1, -1) + (1,) * (x.ndim - 2))
+    axes = (0,) + tuple(range(2, x.ndim))
+    assert np.allclose(x_hat.var(axis=axes), 1.0, rtol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 9), C=st.integers(1, 70), H=st.integers(1, 9), W=st.integers(1, 9),
+       seed=st.integers(0, 2**32 - 1), double=st.booleans())
+def test_fast_matches_reference_random_shapes(N, C, H, W, seed, double):
+    if N * H * W < 2:
+        H = 2
+    dtype = np.float64 if double else np.float32
+    x, dy, gamma, beta = make_inputs(np.random.default_rng(seed), dtype, (N, C, H, W), shift=1.0)
+    assert_fast_matches_reference(x, dy, gamma, beta, dtype)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (40, 70), (3, 4, 5, 6)], ids=shape_id)
+def test_functional_fast_matches_reference_2d_and_4d(shape, dtype, rng):
+    x, dy, gamma, beta = make_inputs(rng, dtype, shape, shift=0.5)
+    M = x.size // shape[1]
+    for training in (True, False):
+        outs = []
+        for backend in BACKENDS:
+            rm, rv = np.linspace(-1, 1, shape[1]), np.linspace(0.5, 2, shape[1])
+            outs.append((F.batch_norm(x, gamma, beta, rm, rv, training, backend=backend), rm, rv))
+        for a, b in zip(*outs):
+            assert_close(a, b, a.dtype, reduction=M)
+    grads = [F.batch_norm_backward(dy, x, gamma, backend=b) for b in BACKENDS]
+    for a, b in zip(*grads):
+        assert a.shape == b.shape and a.dtype == dtype
+        assert_close(a, b, dtype, reduction=M)
+
+
+# --------------------------------------------------------------------------- running statistics
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(8, 3, 4, 5), (10, 6)], ids=shape_id)
+def test_running_statistics_follow_pytorch(shape, backend, rng):
+    """(bn.run): running = (1 - m) * running + m * stat, with the unbiased variance."""
+    x, _, gamma, beta = make_inputs(rng, np.float64, shape, shift=3.0)
+    axes = (0,) + tuple(range(2, x.ndim))
+    M = x.size // shape[1]
+    running_mean = rng.standard_normal(shape[1])
+    running_var = rng.uniform(0.5, 2.0, shape[1])
+    rm, rv = running_mean.copy(), running_var.copy()
+    momentum = 0.3
+    y = F.batch_norm(x, gamma, beta, rm, rv, True, momentum=momentum, backend=backend)
+    mean, var_biased = x.mean(axis=axes), x.var(axis=axes)
+    np.testing.assert_allclose(rm, (1 - momentum) * running_mean + momentum * mean, rtol=1e-12)
+    np.testing.assert_allclose(
+        rv, (1 - momentum) * running_var + momentum * var_biased * M / (M - 1), rtol=1e-12)
+    # the output itself uses the BIASED batch variance
+    shape_c = (1, -1) + (1,) * (x.ndim - 2)
+    want = (x - mean.reshape(shape_c)) / np.sqrt(var_biased.reshape(shape_c) + EPS)
+    assert_close(y, want * gamma.reshape(shape_c) + beta.reshape(shape_c), reduction=M)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_mode_uses_running_statistics(backend, dtype, rng):
+    x, _, gamma, beta = make_inputs(rng, dtype, (5, 4, 3, 3), shift=2.0)
+    rm, rv = np.array([0.5, -1., 2., 0.]), np.array([1., 0.25, 4., 2.])
+    before = (rm.copy(), rv.copy())
+    y = F.batch_norm(x, gamma, beta, rm, rv, False, backend=backend)
+    want = ((x.astype(np.float64) - rm[None, :, None, None]) / np.sqrt(rv + EPS)[None, :, None, None]
+            * gamma[None, :, None, None] + beta[None, :, None, None]).astype(dtype)
+    assert_close(y, want, dtype)
+    assert np.array_equal(rm, before[0]) and np.array_equal(rv, before[1])   # not updated
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_without_running_statistics(backend, rng):
+    x, _, gamma, beta = make_inputs(rng, np.float32, (6, 3, 2, 2))
+    y = F.batch_norm(x, gamma, beta, None, None, True, backend=backend)
+    y2 = F.batch_norm(x, gamma, beta, np.zeros(3, np.float32), np.ones(3, np.float32), True,
+                      backend=backend)
+    assert np.array_equal(y, y2)
+    y3 = F.batch_norm(x, None, None, None, None, True, backend=backend)   # no affine transform
+    assert_close(y3.mean(axis=(0, 2, 3)), np.zeros(3, np.float32), reduction=24)
+
+
+# --------------------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(3, 2, 3, 4), (5, 3), (2, 2, 1, 3)], ids=shape_id)
+def test_backward_matches_finite_differences(shape, backend, rng):
+    """dx, dgamma and dbeta of the scalar loss sum(y * g), y = batch_norm in training mode."""
+    x, _, gamma, beta = make_inputs(rng, np.float64, shape, shift=0.5)
+    g = rng.standard_normal(shape)
+
+    def loss():
+        return float(np.sum(F.batch_norm(x, gamma, beta, None, None, True, backend=backend) * g))
+
+    dx, dgamma, dbeta = F.batch_norm_backward(g, x, gamma, backend=backend)
+    assert dx.shape == x.shape
+    assert_grad_matches(dx, loss, x, err_msg="dx")
+    assert_grad_matches(dgamma, loss, gamma, err_msg="dgamma")
+    assert_grad_matches(dbeta, loss, beta, err_msg="dbeta")
+
+
+# --------------------------------------------------------------------------- threads, inputs
+
+@pytest.mark.parametrize("shape", THREAD_SHAPES, ids=shape_id)
+def test_fast_is_bitwise_thread_invariant(shape, dtype, rng):
+    """Statistics are reduced in an order fixed by the shape: 1 and 2 threads, same bits."""
+    x, dy, gamma, beta = make_inputs(rng, dtype, shape, shift=1.0)
+    C = shape[1]
+    results = []
+    for n in (1, 2):
+        with fastconv.num_threads(n):
+            rm, rv = np.zeros(C), np.ones(C)
+            y = F.batch_norm(x, gamma, beta, rm, rv, True, backend="fast")
+            y_eval = F.batch_norm(x, gamma, beta, rm, rv, False, backend="fast")
+            results.append((y, rm, rv, y_eval) + F.batch_norm_backward(dy, x, gamma, backend="fast"))
+    for name, one, two in zip(("y", "running_mean", "running_var", "y_eval", "dx", "dgamma",
+                               "dbeta"), *results):
+        assert np.array_equal(one, two), f"{name} differs between 1 and 2 threads"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (9, 70)], ids=shape_id)
+def test_inputs_are_not_modified_and_may_be_read_only(shape, backend, rng):
+    x, dy, gamma, beta = make_inputs(rng, np.float32, shape)
+    arrays = (x, dy, gamma, beta)
+    copies = [a.copy() for a in arrays]
+    want = (F.batch_norm(x, gamma, beta, None, None, True, backend=backend),
+            F.batch_norm(x, gamma, beta, np.zeros(shape[1]), np.ones(shape[1]), False,
+                         backend=backend)) + F.batch_norm_backward(dy, x, gamma, backend=backend)
+    for a in arrays:
+        a.flags.writeable = False
+    got = (F.batch_norm(x, gamma, beta, None, None, True, backend=backend),
+           F.batch_norm(x, gamma, beta, np.zeros(shape[1]), np.ones(shape[1]), False,
+                        backend=backend)) + F.batch_norm_backward(dy, x, gamma, backend=backend)
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+    for a, before in zip(arrays, copies):
+        assert np.array_equal(a, before)
+
+
+def test_kernels_called_directly_reject_inconsistent_shapes():
+    """functional.py validates for users; the kernels still guard O(1) shape consistency."""
+    from fastconv._backend import load_kernels
+    kern = load_kernels("batchnorm")
+    x = np.zeros((2, 3, 4, 4))
+    c3, c2 = np.ones(3), np.ones(2)
+    with pytest.raises(ValueError):
+        kern.batch_norm_train_forward(x, c2, c3, EPS, 1)
+    with pytest.raises(ValueError):
+        kern.batch_norm_eval_forward(x, c3, c3, c3, c2, EPS, 1)
+    with pytest.raises(ValueError):
+        kern.batch_norm_backward(x[:1], x, c3, EPS, 1)
+
+
+# --------------------------------------------------------------------------- torch (optional)
+
+@pytest.mark.parametrize("shape", [(8, 3, 5, 7), (16, 10), (7, 130, 1, 1)], ids=shape_id)
+def test_matches_torch(shape, rng):
+    torch = pytest.importorskip("torch")
+    x, dy, gamma, beta = make_inputs(rng, np.float64, shape, shift=1.0)
+    C = shape[1]
+    M = x.size // C
+    rm, rv = np.zeros(C), np.ones(C)
+    trm, trv = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
+    xt = torch.tensor(x, requires_grad=True)
+    gt, bt = torch.tensor(gamma, requires_grad=True), torch.tensor(beta, requires_grad=True)
+    yt = torch.nn.functional.batch_norm(xt, trm, trv, gt, bt, training=True, momentum=0.1, eps=EPS)
+    yt.backward(torch.tensor(dy))
+    y = F.batch_norm(x, gamma, beta, rm, rv, True, momentum=0.1, eps=EPS, backend="fast")
+    assert_close(y, yt.detach().numpy(), reduction=M)
+    assert_close(rm, trm.numpy(), reduction=M)
+    assert_close(rv, trv.numpy(), reduction=M)
+    for a, b in zip(F.batch_norm_backward(dy, x, gamma, eps=EPS, backend="fast"),
+                    (xt.grad, gt.grad, bt.grad)):
+        assert_close(a, b.numpy(), reduction=M)
+    y_eval = F.batch_norm(x, gamma, beta, rm, rv, False, eps=EPS, backend="fast")
+    yt_eval = torch.nn.functional.batch_norm(torch.tensor(x), trm, trv, torch.tensor(gamma),
+                                             torch.tensor(beta), training=False, eps=EPS)
+    assert_close(y_eval, yt_eval.numpy())

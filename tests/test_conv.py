@@ -1,0 +1,315 @@
+"""Convolution: reference vs naive loops, fast vs reference, gradients, threads, inputs.
+
+The chain of trust: naive Python loops (below, the formula written out) check both NumPy
+references on tiny shapes; the references check the compiled kernels on a grid of awkward
+shapes and on random ones; finite differences check the backward pass through the public
+API; and the fast kernels must give the same bits on 1 and 2 threads.
+Formulas: (conv.out), (conv.fwd), (conv.bwd), (im2col), see STYLE.md.
+"""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastconv
+import fastconv.functional as F
+from fastconv.reference import conv_direct as ref_direct
+from fastconv.reference import conv_im2col as ref_im2col
+from helpers import assert_close, assert_grad_matches
+
+ALGOS = ["direct", "im2col"]
+IMPLS = [("reference", "direct"), ("reference", "im2col"), ("fast", "direct"), ("fast", "im2col")]
+
+
+# --------------------------------------------------------------------------- naive oracle
+
+def naive_conv2d_forward(x, w, b, stride, padding):
+    """(conv.fwd) with explicit loops; float64."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1      # (conv.out)
+    y = np.zeros((N, K, P, Q))
+    for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
+        total = 0.0 if b is None else b[k]
+        for c, r, s in itertools.product(range(C), range(R), range(S)):
+            ih, iw = p * sh + r - ph, q * sw + s - pw
+            if 0 <= ih < H and 0 <= iw < W:           # zero padding
+                total += w[k, c, r, s] * x[n, c, ih, iw]
+        y[n, k, p, q] = total
+    return y
+
+
+def naive_conv2d_backward(dy, x, w, stride, padding):
+    """(conv.bwd) with explicit loops: every product of the forward sends dy back to both
+    of its factors; float64."""
+    N, C, H, W = x.shape
+    K, _, R, S = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    P, Q = dy.shape[2:]
+    dx, dw, db = np.zeros(x.shape), np.zeros(w.shape), np.zeros(K)
+    for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
+        db[k] += dy[n, k, p, q]
+        for c, r, s in itertools.product(range(C), range(R), range(S)):
+            ih, iw = p * sh + r - ph, q * sw + s - pw
+            if 0 <= ih < H and 0 <= iw < W:
+                dw[k, c, r, s] += dy[n, k, p, q] * x[n, c, ih, iw]
+                dx[n, c, ih, iw] += dy[n, k, p, q] * w[k, c, r, s]
+    return dx, dw, db
+
+
+def out_shape(x_shape, w_shape, stride, padding):
+    N, _, H, W = x_shape
+    K, _, R, S = w_shape
+    return (N, K, (H + 2 * padding[0] - R) // stride[0] + 1,
+            (W + 2 * padding[1] - S) // stride[1] + 1)
+
+
+def make_inputs(rng, dtype, x_shape, w_shape, stride, padding):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    dy = rng.standard_normal(out_shape(x_shape, w_shape, stride, padding)).astype(dtype)
+    return x, w, b, dy
+
+
+# (x shape (N, C, H, W), w shape (K, C, R, S), stride, padding)
+TINY = [
+    ((2, 3, 5, 4), (2, 3, 3, 2), (1, 1), (0, 0)),
+    ((1, 2, 6, 7), (3, 2, 3, 3), (2, 3), (1, 2)),     # strides not dividing, asymmetric
+    ((2, 1, 4, 4), (1, 1, 1, 1), (1, 1), (0, 0)),     # 1x1 (im2col skipped in the fast twin)
+    ((1, 2, 3, 3), (2, 2, 5, 4), (1, 2), (2, 3)),     # kernel = padded input, pad > R//2
+]
+
+# A grid of awkward shapes for fast vs reference.
+GRID = [
+    ((3, 1, 9, 8), (4, 1, 3, 3), (1, 1), (1, 1)),     # C = 1
+    ((2, 5, 7, 9), (1, 5, 3, 3), (1, 1), (0, 0)),     # K = 1
+    ((1, 4, 8, 8), (6, 4, 3, 3), (1, 1), (1, 1)),     # N = 1
+    ((3, 6, 5, 7), (4, 6, 1, 1), (1, 1), (0, 0)),     # 1x1, stride 1, unpadded: no im2col
+    ((2, 6, 9, 7), (4, 6, 1, 1), (2, 2), (0, 0)),     # 1x1 strided
+    ((2, 3, 6, 5), (4, 3, 1, 1), (1, 1), (1, 0)),     # 1x1 padded
+    ((2, 3, 11, 10), (5, 3, 3, 5), (1, 1), (1, 2)),   # R != S
+    ((2, 3, 10, 11), (4, 3, 5, 2), (1, 1), (2, 1)),   # R != S, asymmetric padding
+    ((2, 3, 12, 11), (4, 3, 3, 3), (2, 2), (1, 1)),   # stride 2, odd size
+    ((2, 2, 13, 11), (3, 2, 4, 3), (3, 3), (1, 0)),   # stride 3, not dividing
+    ((2, 3, 11, 13), (2, 3, 3, 3), (2, 3), (0, 2)),   # stride (h, w) different
+    ((2, 3, 9, 9), (3, 3, 3, 4), (3, 1), (2, 3)),     # padding R-1 / S-1
+    ((2, 2, 5, 4), (3, 2, 7, 6), (1, 1), (1, 1)),     # kernel = padded input: P = Q = 1
+    ((2, 2, 3, 2), (3, 2, 5, 6), (2, 1), (1, 2)),     # kernel = padded input, stride > 1
+    ((1, 2, 1, 1), (2, 2, 3, 3), (1, 1), (1, 1)),     # 1x1 image, padded
+    ((2, 3, 6, 6), (2, 3, 6, 6), (1, 1), (0, 0)),     # kernel = whole image (a dense layer)
+    ((2, 3, 6, 7), (5, 3, 3, 3), (1, 1), (3, 4)),     # padding > R-1 (dx: dy is cropped)
+    ((2, 3, 9, 21), (6, 3, 3, 3), (2, 2), (1, 1)),    # strided register tiles, K % 4 != 0
+    ((1, 2, 7, 30), (4, 2, 2, 3), (1, 3), (0, 1)),    # stride (1, 3), wide rows
+    ((2, 9, 10, 19), (9, 9, 3, 3), (1, 1), (1, 1)),   # Q % 8 != 0: shifted last tile
+    ((17, 3, 6, 5), (4, 3, 3, 3), (1, 1), (1, 1)),    # N > 16: several images per dW chunk
+    ((20, 2, 5, 5), (3, 2, 2, 2), (2, 2), (0, 0)),
+]
+
+
+def grid_id(case):
+    (N, C, H, W), (K, _, R, S), s, p = case
+    return f"N{N}C{C}H{H}W{W}-K{K}R{R}S{S}-s{s[0]}{s[1]}-p{p[0]}{p[1]}"
+
+
+def check_against_reference(x, w, b, dy, stride, padding, algo, dtype):
+    """fast(algo) vs the reference, forward and backward, tolerances scaled by the reduction
+    lengths: C*R*S for y, K*R*S for dx, N*P*Q for dw and db."""
+    N, K, P, Q = dy.shape
+    _, C, R, S = w.shape
+    y_ref = F.conv2d(x, w, b, stride, padding, algo="direct", backend="reference")
+    y = F.conv2d(x, w, b, stride, padding, algo=algo, backend="fast")
+    assert_close(y, y_ref, dtype, reduction=C * R * S, err_msg=f"y ({algo})")
+    grads_ref = F.conv2d_backward(dy, x, w, stride, padding, algo="direct", backend="reference")
+    grads = F.conv2d_backward(dy, x, w, stride, padding, algo=algo, backend="fast")
+    for name, got, want, red in zip(("dx", "dw", "db"), grads, grads_ref,
+                                    (K * R * S, N * P * Q, N * P * Q)):
+        assert_close(got, want, dtype, reduction=red, err_msg=f"{name} ({algo})")
+
+
+# --------------------------------------------------------------------------- the oracle
+
+@pytest.mark.parametrize("case", TINY, ids=grid_id)
+def test_references_match_naive_loops(case, rng):
+    x, w, b, dy = make_inputs(rng, np.float64, *case)
+    stride, padding = case[2], case[3]
+    y_naive = naive_conv2d_forward(x, w, b, stride, padding)
+    grads_naive = naive_conv2d_backward(dy, x, w, stride, padding)
+    for ref in (ref_direct, ref_im2col):
+        y = ref.conv2d_forward(x, w, b, stride, padding, 1)
+        assert y.dtype == np.float64 and y.flags.c_contiguous
+        assert_close(y, y_naive, err_msg=ref.__name__)
+        assert_close(ref.conv2d_forward(x, w, None, stride, padding, 1),
+                     y_naive - b[None, :, None, None], err_msg=ref.__name__)
+        for name, got, want in zip(("dx", "dw", "db"),
+                                   ref.conv2d_backward(dy, x, w, stride, padding, 1), grads_naive):
+            assert_close(got, want, err_msg=f"{ref.__name__} {name}")
+
+
+def test_references_keep_float32(rng):
+    x, w, b, dy = make_inputs(rng, np.float32, *TINY[1])
+    for ref in (ref_direct, ref_im2col):
+        assert ref.conv2d_forward(x, w, b, TINY[1][2], TINY[1][3], 1).dtype == np.float32
+        assert all(g.dtype == np.float32
+                   for g in ref.conv2d_backward(dy, x, w, TINY[1][2], TINY[1][3], 1))
+
+
+def test_output_size_matches_conv_out():
+    """(conv.out): floor((H + 2p - R) / s) + 1, e.g. 7x7, 3x3, stride 2, pad 1 -> 4x4."""
+    x = np.ones((1, 1, 7, 7))
+    assert F.conv2d(x, np.ones((1, 1, 3, 3)), stride=2, padding=1).shape == (1, 1, 4, 4)
+    assert F.conv2d(x, np.ones((1, 1, 3, 3)), stride=3, padding=0).shape == (1, 1, 2, 2)
+
+
+# --------------------------------------------------------------------------- fast vs reference
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", GRID, ids=grid_id)
+def test_fast_matches_reference(case, algo, dtype, rng, n_threads):
+    x, w, b, dy = make_inputs(rng, dtype, *case)
+    check_against_reference(x, w, b, dy, case[2], case[3], algo, dtype)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_fast_without_bias(algo, dtype, rng):
+    x, w, b, _ = make_inputs(rng, dtype, *GRID[6])
+    want = F.conv2d(x, w, None, GRID[6][2], GRID[6][3], algo="direct", backend="reference")
+    got = F.conv2d(x, w, None, GRID[6][2], GRID[6][3], algo=algo, backend="fast")
+    assert_close(got, want, dtype, reduction=w[0].size)
+
+
+@st.composite
+def conv_cases(draw):
+    N, C, K = (draw(st.integers(1, 4)) for _ in range(3))
+    R, S = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, R - 1)), draw(st.integers(0, S - 1))
+    H = draw(st.integers(max(1, R - 2 * ph), 12))       # the kernel fits the padded input
+    W = draw(st.integers(max(1, S - 2 * pw), 12))
+    return (N, C, H, W), (K, C, R, S), (sh, sw), (ph, pw)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=conv_cases(), seed=st.integers(0, 2**32 - 1))
+def test_fast_matches_reference_random_shapes(case, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b, dy = make_inputs(rng, np.float64, *case)
+    for algo in ALGOS:
+        check_against_reference(x, w, b, dy, case[2], case[3], algo, np.float64)
+
+
+# --------------------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+def test_backward_matches_finite_differences(backend, algo, rng):
+    """(conv.bwd) against central differences of L = sum(conv2d(x, w, b) * g), float64."""
+    stride, padding = (2, 1), (1, 1)
+    x, w, b, g = make_inputs(rng, np.float64, (2, 2, 5, 4), (3, 2, 3, 2), stride, padding)
+
+    def loss():
+        return float(np.sum(F.conv2d(x, w, b, stride, padding, algo=algo, backend=backend) * g))
+
+    dx, dw, db = F.conv2d_backward(g, x, w, stride, padding, algo=algo, backend=backend)
+    assert_grad_matches(dx, loss, x, err_msg="dx")
+    assert_grad_matches(dw, loss, w, err_msg="dw")
+    assert_grad_matches(db, loss, b, err_msg="db")
+
+
+# --------------------------------------------------------------------------- threads
+
+THREAD_CASES = [
+    ((19, 5, 11, 10), (6, 5, 3, 3), (1, 1), (1, 1)),
+    ((9, 4, 12, 13), (7, 4, 3, 2), (2, 3), (1, 0)),
+    ((21, 8, 6, 6), (5, 8, 1, 1), (1, 1), (0, 0)),
+]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", THREAD_CASES, ids=grid_id)
+def test_fast_is_bitwise_thread_invariant(case, algo, rng):
+    """The reductions (dw, db) use a fixed order, so 1 and 2 threads give the same bits,
+    and so do two runs on 2 threads."""
+    x, w, b, dy = make_inputs(rng, np.float32, *case)
+    stride, padding = case[2], case[3]
+    results = []
+    for n in (1, 2):
+        with fastconv.num_threads(n):
+            y = F.conv2d(x, w, b, stride, padding, algo=algo, backend="fast")
+            results.append((y,) + F.conv2d_backward(dy, x, w, stride, padding, algo=algo,
+                                                     backend="fast"))
+    with fastconv.num_threads(2):      # dynamic scheduling: a rerun may split work differently
+        y = F.conv2d(x, w, b, stride, padding, algo=algo, backend="fast")
+        results.append((y,) + F.conv2d_backward(dy, x, w, stride, padding, algo=algo,
+                                                 backend="fast"))
+    for name, one, two, again in zip(("y", "dx", "dw", "db"), *results):
+        assert np.array_equal(one, two), f"{name} differs between 1 and 2 threads"
+        assert np.array_equal(two, again), f"{name} differs between two 2-thread runs"
+
+
+# --------------------------------------------------------------------------- inputs
+
+@pytest.mark.parametrize("backend,algo", IMPLS)
+def test_inputs_are_not_modified(backend, algo, rng):
+    x, w, b, dy = make_inputs(rng, np.float64, *GRID[8])
+    copies = [a.copy() for a in (x, w, b, dy)]
+    F.conv2d(x, w, b, GRID[8][2], GRID[8][3], algo=algo, backend=backend)
+    F.conv2d_backward(dy, x, w, GRID[8][2], GRID[8][3], algo=algo, backend=backend)
+    for a, before in zip((x, w, b, dy), copies):
+        assert np.array_equal(a, before)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_read_only_and_non_contiguous_inputs(algo, rng):
+    x, w, b, dy = make_inputs(rng, np.float32, (2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (1, 1))
+    want_y = F.conv2d(x, w, b, 1, 1, algo=algo, backend="fast")
+    want_grads = F.conv2d_backward(dy, x, w, 1, 1, algo=algo, backend="fast")
+    for a in (x, w, b, dy):
+        a.flags.writeable = False
+    assert np.array_equal(F.conv2d(x, w, b, 1, 1, algo=algo, backend="fast"), want_y)
+    for got, want in zip(F.conv2d_backward(dy, x, w, 1, 1, algo=algo, backend="fast"),
+                         want_grads):
+        assert np.array_equal(got, want)
+    # Non-contiguous views: NHWC storage seen as NCHW, and a strided slice.
+    x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    assert not x_nhwc.flags.c_contiguous
+    assert np.array_equal(F.conv2d(x_nhwc, w, b, 1, 1, algo=algo, backend="fast"), want_y)
+    x_big = np.zeros((2, 6, 9, 16), np.float32)
+    x_big[:, ::2, :, ::2] = x
+    y_strided = F.conv2d(x_big[:, ::2, :, ::2], w, b, 1, 1, algo=algo, backend="fast")
+    assert np.array_equal(y_strided, want_y)
+
+
+def test_auto_picks_a_valid_algorithm():
+    for name, N, C, H, W, K, R, S, s, p in [("a", 8, 1, 28, 28, 6, 5, 5, 1, 2),
+                                            ("b", 8, 64, 8, 8, 64, 1, 1, 1, 0),
+                                            ("c", 8, 16, 16, 16, 32, 3, 3, 2, 1)]:
+        algo = F.choose_conv_algo((N, C, H, W), (K, C, R, S), (s, s), (p, p))
+        assert algo in ("direct", "im2col"), name
+    assert F.choose_conv_algo((1, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), "reference") == "im2col"
+
+
+# --------------------------------------------------------------------------- kernel guards
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_kernels_called_directly_reject_inconsistent_shapes(algo):
+    """functional.py validates for users; the kernels still guard O(1) shape consistency so a
+    direct call raises instead of reading out of bounds."""
+    from fastconv._backend import load_kernels
+    kern = load_kernels(f"conv_{algo}")
+    x = np.zeros((2, 3, 5, 5))
+    w = np.zeros((4, 3, 3, 3))
+    with pytest.raises(ValueError):
+        kern.conv2d_forward(x, np.zeros((4, 2, 3, 3)), None, (1, 1), (0, 0), 1)  # channels
+    with pytest.raises(ValueError):
+        kern.conv2d_forward(x, np.zeros((4, 3, 8, 3)), None, (1, 1), (1, 1), 1)  # kernel too big
+    with pytest.raises(ValueError):
+        kern.conv2d_forward(x, w, np.zeros(3), (1, 1), (0, 0), 1)                 # bias length
+    with pytest.raises(ValueError):
+        kern.conv2d_forward(x, w, None, (0, 1), (0, 0), 1)                        # stride 0
+    with pytest.raises(ValueError):
+        kern.conv2d_backward(np.zeros((2, 4, 3, 4)), x, w, (1, 1), (0, 0), 1)     # dy shape
+    with pytest.raises(ValueError):                                              # mixed dtypes
+        kern.conv2d_forward(x, w.astype(np.float32), None, (1, 1), (0, 0), 1)

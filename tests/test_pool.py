@@ -1,0 +1,401 @@
+"""Pooling: naive loops vs reference, fast vs reference, gradients, ties, padding, threads.
+
+The chain of trust: naive Python loops (below, PyTorch's rules written out window by window)
+are checked on hand-made examples, then check the NumPy reference on tiny shapes; the
+reference checks the compiled kernels on a grid of awkward shapes and on random ones;
+finite differences check both backward passes through the public API; and the fast kernels
+must give the same bits on 1 and 2 threads. Formulas: (conv.out), (pool.max), (pool.avg).
+"""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+import fastconv.functional as F
+from fastconv.reference import pool as ref
+from helpers import assert_close, assert_grad_matches
+
+BACKENDS = ["reference", "fast"]
+
+
+# --------------------------------------------------------------------------- naive oracle
+
+def _window(i, size, k, s, pad):
+    """PyTorch's window bounds for output index i: (start, end) in input coordinates,
+    clipped to the padded input (so they may reach into the padding)."""
+    start = i * s - pad
+    return start, min(start + k, size + pad)
+
+
+def naive_max_pool(x, dy, kernel_size, stride, padding):
+    """(pool.max) and its gradient with explicit loops, float64: y (N,C,P,Q), dx (N,C,H,W).
+
+    Padding is -inf, the window is scanned in row-major order and only a strictly larger
+    value replaces the running maximum: the first maximum wins ties.
+    """
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1      # (conv.out)
+    y = np.zeros((N, C, P, Q))
+    dx = np.zeros(x.shape)
+    for n, c, p, q in itertools.product(range(N), range(C), range(P), range(Q)):
+        best, where = -np.inf, None
+        h0, h1 = _window(p, H, kh, sh, ph)
+        w0, w1 = _window(q, W, kw, sw, pw)
+        for ih in range(h0, h1):
+            for iw in range(w0, w1):
+                inside = 0 <= ih < H and 0 <= iw < W
+                v = x[n, c, ih, iw] if inside else -np.inf
+                if v > best or (where is None and inside):
+                    best, where = v, (ih, iw)
+        y[n, c, p, q] = best
+        if dy is not None:
+            dx[n, c, where[0], where[1]] += dy[n, c, p, q]
+    return y, dx
+
+
+def naive_avg_pool(x, dy, kernel_size, stride, padding, count_include_pad):
+    """(pool.avg) and its gradient with explicit loops, float64, PyTorch's divisor:
+    the window clipped to the padded input (count_include_pad) or to the real input."""
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    y = np.zeros((N, C, P, Q))
+    dx = np.zeros(x.shape)
+    for n, c, p, q in itertools.product(range(N), range(C), range(P), range(Q)):
+        h0, h1 = _window(p, H, kh, sh, ph)
+        w0, w1 = _window(q, W, kw, sw, pw)
+        cells = [(ih, iw) for ih in range(max(h0, 0), min(h1, H))
+                 for iw in range(max(w0, 0), min(w1, W))]
+        divisor = (h1 - h0) * (w1 - w0) if count_include_pad else len(cells)
+        y[n, c, p, q] = sum(x[n, c, ih, iw] for ih, iw in cells) / divisor
+        if dy is not None:
+            for ih, iw in cells:
+                dx[n, c, ih, iw] += dy[n, c, p, q] / divisor
+    return y, dx
+
+
+def test_naive_max_pool_by_hand():
+    x = np.array([[[[1., 5., 2.],
+                    [4., 3., 0.],
+                    [-1., 6., 7.]]]])
+    y, dx = naive_max_pool(x, np.ones((1, 1, 2, 2)), (2, 2), (1, 1), (0, 0))
+    assert y[0, 0].tolist() == [[5., 5.], [6., 7.]]
+    # 5 is the max of two windows: its gradient adds up
+    assert dx[0, 0].tolist() == [[0., 2., 0.], [0., 0., 0.], [0., 1., 1.]]
+
+
+def test_naive_max_pool_ties_go_to_first_cell_and_padding_never_wins():
+    x = np.full((1, 1, 4, 4), -3.0)        # all equal and negative, padded with -inf
+    y, dx = naive_max_pool(x, np.arange(1., 5.).reshape(1, 1, 2, 2), (3, 3), (2, 2), (1, 1))
+    assert np.all(y == -3.0)
+    # windows start at rows/cols -1 and 1: their first real cells are (0,0), (0,1), (1,0), (1,1)
+    assert dx[0, 0].tolist() == [[1., 2., 0., 0.], [3., 4., 0., 0.], [0.] * 4, [0.] * 4]
+
+
+def test_naive_avg_pool_by_hand():
+    x = np.arange(1., 10.).reshape(1, 1, 3, 3)     # 1..9, padded by one zero on each side
+    dy = np.ones((1, 1, 2, 2))
+    y, dx = naive_avg_pool(x, dy, (2, 2), (2, 2), (1, 1), count_include_pad=True)
+    assert np.allclose(y[0, 0], [[1 / 4, (2 + 3) / 4], [(4 + 7) / 4, (5 + 6 + 8 + 9) / 4]])
+    assert np.allclose(dx[0, 0], np.full((3, 3), 1 / 4))
+    y, dx = naive_avg_pool(x, dy, (2, 2), (2, 2), (1, 1), count_include_pad=False)
+    assert np.allclose(y[0, 0], [[1., 2.5], [5.5, 7.]])
+    assert np.allclose(dx[0, 0], [[1., 1 / 2, 1 / 2], [1 / 2, 1 / 4, 1 / 4], [1 / 2, 1 / 4, 1 / 4]])
+
+
+# --------------------------------------------------------------------------- shapes
+
+# (x shape, kernel_size, stride, padding)
+TINY = [
+    ((2, 3, 4, 4), (2, 2), (2, 2), (0, 0)),
+    ((1, 2, 5, 7), (3, 3), (2, 2), (1, 1)),       # overlapping windows, padding
+    ((2, 1, 6, 5), (2, 3), (1, 2), (1, 1)),       # non-square kernel, stride != kernel
+    ((1, 2, 7, 7), (2, 2), (3, 3), (0, 0)),       # stride > kernel: rows no window covers
+    ((2, 2, 4, 5), (4, 5), (1, 1), (0, 0)),       # global
+    ((1, 1, 6, 6), (5, 4), (2, 1), (2, 2)),       # padding k // 2
+]
+
+GRID = TINY + [
+    ((3, 4, 9, 11), (2, 2), (2, 2), (0, 0)),      # odd sizes: last row/column unused
+    ((1, 5, 16, 16), (3, 3), (2, 2), (1, 1)),     # N = 1
+    ((4, 1, 13, 10), (3, 3), (1, 1), (1, 1)),     # C = 1, stride 1 (heavy overlap)
+    ((2, 3, 12, 9), (3, 2), (2, 3), (1, 1)),
+    ((2, 3, 10, 10), (2, 2), (4, 3), (1, 0)),     # stride > kernel
+    ((2, 6, 8, 8), (8, 8), (1, 1), (0, 0)),       # global average (window = whole plane)
+    ((2, 3, 7, 6), (7, 6), (1, 1), (3, 3)),       # whole-plane window with padding: P, Q > 1
+    ((3, 2, 15, 17), (5, 5), (3, 2), (2, 1)),
+    ((2, 2, 1, 9), (1, 3), (1, 2), (0, 1)),       # H = 1
+]
+
+# Bigger than the kernels' one-thread grain (32768 input values), so 2 threads really run.
+THREAD_CASES = [
+    ((8, 16, 32, 32), (2, 2), (2, 2), (0, 0)),
+    ((4, 24, 23, 21), (3, 3), (2, 2), (1, 1)),
+    ((16, 64, 8, 8), (8, 8), (1, 1), (0, 0)),
+    ((4, 8, 30, 31), (3, 2), (3, 1), (1, 1)),
+]
+
+
+def grid_id(case):
+    shape, k, s, p = case
+    return "x{}-k{}{}-s{}{}-p{}{}".format("x".join(map(str, shape)), *k, *s, *p)
+
+
+def out_shape(case):
+    (N, C, H, W), (kh, kw), (sh, sw), (ph, pw) = case
+    return (N, C, (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1)
+
+
+def make_inputs(rng, dtype, case):
+    x = rng.standard_normal(case[0]).astype(dtype)
+    dy = rng.standard_normal(out_shape(case)).astype(dtype)
+    return x, dy
+
+
+# --------------------------------------------------------------------------- reference
+
+@pytest.mark.parametrize("case", TINY, ids=grid_id)
+def test_reference_max_matches_naive(case, rng):
+    x, dy = make_inputs(rng, np.float64, case)
+    y_want, dx_want = naive_max_pool(x, dy, *case[1:])
+    assert_close(ref.max_pool2d_forward(x, *case[1:]), y_want)
+    assert_close(ref.max_pool2d_backward(dy, x, *case[1:]), dx_want)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("case", TINY, ids=grid_id)
+def test_reference_avg_matches_naive(case, count_include_pad, rng):
+    x, dy = make_inputs(rng, np.float64, case)
+    y_want, dx_want = naive_avg_pool(x, dy, *case[1:], count_include_pad)
+    assert_close(ref.avg_pool2d_forward(x, *case[1:], count_include_pad), y_want)
+    assert_close(ref.avg_pool2d_backward(dy, x, *case[1:], count_include_pad), dx_want)
+
+
+def test_reference_keeps_float32(rng):
+    case = TINY[1]
+    x, dy = make_inputs(rng, np.float32, case)
+    outs = [ref.max_pool2d_forward(x, *case[1:]), ref.max_pool2d_backward(dy, x, *case[1:]),
+            ref.avg_pool2d_forward(x, *case[1:], True),
+            ref.avg_pool2d_backward(dy, x, *case[1:], False)]
+    assert all(o.dtype == np.float32 and o.flags.c_contiguous for o in outs)
+
+
+# --------------------------------------------------------------------------- fast vs reference
+
+def run_all(x, dy, case, backend, count_include_pad=True):
+    """Every pooling op on one case through the public API: (y_max, dx_max, y_avg, dx_avg)."""
+    _, k, s, p = case
+    return (F.max_pool2d(x, k, s, p, backend=backend),
+            F.max_pool2d_backward(dy, x, k, s, p, backend=backend),
+            F.avg_pool2d(x, k, s, p, count_include_pad, backend=backend),
+            F.avg_pool2d_backward(dy, x, k, s, p, count_include_pad, backend=backend))
+
+
+def assert_fast_matches_reference(x, dy, case, count_include_pad, dtype):
+    reduction = case[1][0] * case[1][1]
+    fast = run_all(x, dy, case, "fast", count_include_pad)
+    want = run_all(x, dy, case, "reference", count_include_pad)
+    for name, got, exp in zip(("max y", "max dx", "avg y", "avg dx"), fast, want):
+        assert_close(got, exp, dtype, reduction=reduction, err_msg=f"{name} {grid_id(case)}")
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False], ids=["incl_pad", "excl_pad"])
+@pytest.mark.parametrize("case", GRID, ids=grid_id)
+def test_fast_matches_reference(case, count_include_pad, dtype, rng, n_threads):
+    x, dy = make_inputs(rng, dtype, case)
+    assert_fast_matches_reference(x, dy, case, count_include_pad, dtype)
+
+
+@st.composite
+def pool_cases(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    H = draw(st.integers(max(1, kh - 2 * ph), 14))
+    W = draw(st.integers(max(1, kw - 2 * pw), 14))
+    N, C = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    return ((N, C, H, W), (kh, kw), (draw(st.integers(1, 4)), draw(st.integers(1, 4))), (ph, pw))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=pool_cases(), count_include_pad=st.booleans(), seed=st.integers(0, 2**32 - 1),
+       double=st.booleans())
+def test_fast_matches_reference_random_shapes(case, count_include_pad, seed, double):
+    dtype = np.float64 if double else np.float32
+    x, dy = make_inputs(np.random.default_rng(seed), dtype, case)
+    assert_fast_matches_reference(x, dy, case, count_include_pad, dtype)
+
+
+# --------------------------------------------------------------------------- ties and padding
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", [((2, 3, 6, 6), (2, 2), (2, 2), (0, 0)),
+                                  ((1, 2, 7, 7), (3, 3), (2, 2), (1, 1)),
+                                  ((1, 1, 5, 6), (2, 3), (1, 2), (1, 1))], ids=grid_id)
+def test_max_ties_send_gradient_to_first_cell(case, backend, dtype, rng):
+    """Constant input: every window's gradient lands on its first real cell (row-major)."""
+    x = np.full(case[0], 0.5, dtype)
+    dy = rng.standard_normal(out_shape(case)).astype(dtype)
+    _, dx_want = naive_max_pool(x.astype(np.float64), dy.astype(np.float64), *case[1:])
+    dx = F.max_pool2d_backward(dy, x, *case[1:], backend=backend)
+    assert_close(dx, dx_want.astype(dtype), dtype)
+    if case[1] == (2, 2) and case[2] == (2, 2):        # tiling windows: the top-left cell
+        assert np.array_equal(dx[:, :, ::2, ::2], dy)
+        assert np.all(dx[:, :, 1::2, :] == 0) and np.all(dx[:, :, :, 1::2] == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_ties_inside_window(backend, dtype):
+    """The first of two equal maxima wins, wherever they are in the 2x2 window."""
+    for first, second in itertools.combinations(range(4), 2):
+        window = np.zeros(4, dtype)
+        window[[first, second]] = 1.0
+        x = window.reshape(1, 1, 2, 2)
+        dx = F.max_pool2d_backward(np.ones((1, 1, 1, 1), dtype), x, 2, backend=backend)
+        assert dx.reshape(4).tolist() == [1.0 if i == first else 0.0 for i in range(4)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", [((2, 3, 5, 5), (3, 3), (2, 2), (1, 1)),
+                                  ((1, 2, 6, 7), (2, 2), (1, 1), (1, 1)),
+                                  ((1, 1, 4, 4), (4, 4), (3, 3), (2, 2))], ids=grid_id)
+def test_max_padding_never_wins_on_negative_input(case, backend, dtype, rng):
+    x = (-1.0 - rng.random(case[0])).astype(dtype)          # all in [-2, -1)
+    dy = rng.standard_normal(out_shape(case)).astype(dtype)
+    y = F.max_pool2d(x, *case[1:], backend=backend)
+    assert np.all(np.isfinite(y)) and np.all(y < -0.5)
+    y_want, dx_want = naive_max_pool(x.astype(np.float64), dy.astype(np.float64), *case[1:])
+    assert_close(y, y_want.astype(dtype), dtype)
+    dx = F.max_pool2d_backward(dy, x, *case[1:], backend=backend)
+    assert_close(dx, dx_want.astype(dtype), dtype)
+    assert_close(dx.sum(), dy.sum(), dtype, reduction=dy.size)   # no gradient is lost
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_all_minus_infinity_keeps_the_gradient(backend, dtype):
+    """Real -inf cells tie with the -inf padding: the gradient goes to the first real cell
+    (PyTorch), never to the padding where it would be lost."""
+    x = np.full((1, 1, 4, 4), -np.inf, dtype)
+    dy = np.arange(1., 5., dtype=dtype).reshape(1, 1, 2, 2)
+    assert np.all(F.max_pool2d(x, 3, 2, 1, backend=backend) == -np.inf)
+    dx = F.max_pool2d_backward(dy, x, 3, 2, 1, backend=backend)
+    assert dx[0, 0].tolist() == [[1., 2., 0., 0.], [3., 4., 0., 0.], [0.] * 4, [0.] * 4]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_avg_divisor_rule(backend, dtype):
+    """Ones in, so y is the fraction of the divisor's cells that are real."""
+    x = np.ones((1, 1, 5, 5), dtype)
+    y_in = F.avg_pool2d(x, 3, 2, 1, count_include_pad=True, backend=backend)
+    assert_close(y_in[0, 0], np.array([[4, 6, 4], [6, 9, 6], [4, 6, 4]], dtype) / 9, dtype)
+    y_ex = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False, backend=backend)
+    assert_close(y_ex, np.ones_like(y_ex), dtype)
+
+
+def test_global_average_is_the_plane_mean(dtype, rng):
+    x = rng.standard_normal((3, 5, 7, 6)).astype(dtype)
+    for backend in BACKENDS:
+        y = F.avg_pool2d(x, x.shape[2:], backend=backend)
+        assert_close(y, x.mean(axis=(2, 3), keepdims=True, dtype=np.float64).astype(dtype),
+                     dtype, reduction=42)
+
+
+# --------------------------------------------------------------------------- gradients
+
+GRAD_CASES = [((2, 2, 7, 6), (3, 3), (2, 2), (1, 1)),     # overlapping windows
+              ((1, 2, 6, 7), (2, 3), (1, 2), (1, 1)),
+              ((2, 1, 6, 6), (2, 2), (2, 2), (0, 0))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=grid_id)
+def test_max_backward_matches_finite_differences(case, backend, rng):
+    """Distinct values at least 0.01 apart, so a step of 1e-6 never changes an argmax."""
+    x_shape, k, s, p = case
+    x = (rng.permutation(int(np.prod(x_shape))) * 0.01).reshape(x_shape).astype(np.float64)
+    g = rng.standard_normal(out_shape(case))
+    dx = F.max_pool2d_backward(g, x, k, s, p, backend=backend)
+    assert_grad_matches(dx, lambda: float(np.sum(F.max_pool2d(x, k, s, p, backend=backend) * g)),
+                        x)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", GRAD_CASES, ids=grid_id)
+def test_avg_backward_matches_finite_differences(case, backend, count_include_pad, rng):
+    x_shape, k, s, p = case
+    x = rng.standard_normal(x_shape)
+    g = rng.standard_normal(out_shape(case))
+    dx = F.avg_pool2d_backward(g, x, k, s, p, count_include_pad, backend=backend)
+    assert_grad_matches(
+        dx, lambda: float(np.sum(F.avg_pool2d(x, k, s, p, count_include_pad, backend=backend) * g)),
+        x)
+
+
+# --------------------------------------------------------------------------- threads, inputs
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=grid_id)
+def test_fast_is_bitwise_thread_invariant(case, dtype, rng):
+    x, dy = make_inputs(rng, dtype, case)
+    results = []
+    for n in (1, 2):
+        with fastconv.num_threads(n):
+            results.append(run_all(x, dy, case, "fast", True)
+                           + run_all(x, dy, case, "fast", False)[2:])
+    for name, one, two in zip(("max y", "max dx", "avg y", "avg dx", "avg y excl", "avg dx excl"),
+                              *results):
+        assert np.array_equal(one, two), f"{name} differs between 1 and 2 threads"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inputs_are_not_modified_and_may_be_read_only(backend, rng):
+    case = GRID[1]
+    x, dy = make_inputs(rng, np.float32, case)
+    copies = (x.copy(), dy.copy())
+    want = run_all(x, dy, case, backend)
+    x.flags.writeable = False
+    dy.flags.writeable = False
+    for got, exp in zip(run_all(x, dy, case, backend), want):
+        assert np.array_equal(got, exp)
+    assert np.array_equal(x, copies[0]) and np.array_equal(dy, copies[1])
+
+
+def test_kernels_called_directly_reject_inconsistent_shapes():
+    """functional.py validates for users; the kernels still guard O(1) shape consistency so
+    a direct call raises instead of reading or writing out of bounds."""
+    from fastconv._backend import load_kernels
+    kern = load_kernels("pool")
+    x = np.zeros((2, 3, 5, 5))
+    with pytest.raises(ValueError):
+        kern.max_pool2d_backward(np.zeros((2, 3, 3, 3)), x, (2, 2), (2, 2), (0, 0), 1)
+    with pytest.raises(ValueError):
+        kern.avg_pool2d_backward(np.zeros((2, 3, 3, 3)), x, (2, 2), (2, 2), (0, 0), True, 1)
+    with pytest.raises(ValueError):
+        kern.avg_pool2d_forward(x, (8, 8), (1, 1), (0, 0), True, 1)        # window too big
+    with pytest.raises(ValueError):
+        kern.max_pool2d_forward(x, (2, 2), (2, 2), (2, 2), 1)              # padding > k // 2
+    with pytest.raises(ValueError):
+        kern.max_pool2d_forward(x, (2, 2), (0, 2), (0, 0), 1)              # stride 0
+
+
+# --------------------------------------------------------------------------- torch (optional)
+
+@pytest.mark.parametrize("case", GRID[:10], ids=grid_id)
+def test_matches_torch(case, rng):
+    torch = pytest.importorskip("torch")
+    x, dy = make_inputs(rng, np.float64, case)
+    _, k, s, p = case
+    for cip in (True, False):
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.avg_pool2d(xt, k, s, p, count_include_pad=cip)
+        yt.backward(torch.tensor(dy))
+        assert_close(F.avg_pool2d(x, k, s, p, cip, backend="fast"), yt.detach().numpy())
+        assert_close(F.avg_pool2d_backward(dy, x, k, s, p, cip, backend="fast"), xt.grad.numpy())
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.nn.functional.max_pool2d(xt, k, s, p)
+    yt.backward(torch.tensor(dy))
+    assert_close(F.max_pool2d(x, k, s, p, backend="fast"), yt.detach().numpy())
+    assert_close(F.max_pool2d_backward(dy, x, k, s, p, backend="fast"), xt.grad.numpy())
