@@ -9,8 +9,10 @@
 from ._backend import get_backend, set_backend, use_backend
 from ._threads import get_num_threads, num_threads, set_num_threads
 from ._info import info
+from .gradcheck import gradcheck
+from .summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = ["get_backend", "set_backend", "use_backend", "get_num_threads", "set_num_threads",
-           "num_threads", "info", "__version__"]
+           "num_threads", "info", "summary", "gradcheck", "__version__"]

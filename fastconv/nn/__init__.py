@@ -1,4 +1,38 @@
-"""Layers with explicit forward and backward, built only on fastconv.functional."""
-from .module import Module, Parameter
+"""Layers with explicit forward and backward, built only on fastconv.functional.
 
-__all__ = ["Module", "Parameter"]
+No autograd: each layer's ``backward(dy)`` sits next to its ``forward(x)``, returns dx and
+adds its parameter gradients into ``param.grad``. Names, arguments, initialisation and
+semantics follow PyTorch's ``torch.nn``. Weights are drawn from :mod:`fastconv.nn.init`'s
+generator (``fastconv.nn.init.seed(0)`` makes a model reproducible) or from an ``rng``
+argument.
+
+>>> import numpy as np, fastconv.nn as nn
+>>> net = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+...                     nn.Flatten(), nn.Linear(6 * 14 * 14, 10))
+>>> net(np.zeros((4, 1, 28, 28), np.float32)).shape
+(4, 10)
+"""
+from . import init
+from .activation import ReLU, Sigmoid, Softmax, Tanh
+from .container import Concat, Residual, Sequential
+from .conv import Conv2d
+from .dropout import Dropout
+from .fold import fold_batchnorm
+from .linear import Identity, Linear
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module, Parameter
+from .normalization import BatchNorm1d, BatchNorm2d
+from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .shape import Flatten, ZeroPad2d
+
+__all__ = [
+    "Module", "Parameter", "init",
+    "Conv2d", "Linear", "Identity",
+    "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "BatchNorm1d", "BatchNorm2d",
+    "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
+    "Flatten", "ZeroPad2d",
+    "Sequential", "Residual", "Concat",
+    "CrossEntropyLoss", "MSELoss",
+    "fold_batchnorm",
+]

@@ -4,7 +4,14 @@ There is no autograd: every layer writes its own ``backward``, next to its ``for
 so a student sees the whole backward pass. A layer caches in ``forward`` what its
 ``backward`` needs, and ``backward(dy)`` returns ``dx`` while *adding* the parameter
 gradients into ``param.grad`` (call ``zero_grad()`` before each step, as in PyTorch).
+
+Two rules keep the containers correct without copies: ``backward`` never changes ``dy``
+(a residual block hands the same ``dy`` to two branches), and ``forward`` never changes
+``x`` unless the layer says so (``ReLU(inplace=True)``, used by the models only where no
+other layer keeps ``x``). ``backward`` uses what the latest ``forward`` cached.
 """
+import copy
+
 import numpy as np
 
 
@@ -48,6 +55,17 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    def __deepcopy__(self, memo):
+        """Copy parameters, buffers and children, but not the arrays a forward pass cached
+        for backward (private ``_name`` arrays): a copy starts with a fresh forward."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for name, value in vars(self).items():
+            if name.startswith("_") and isinstance(value, np.ndarray):
+                value = None
+            setattr(new, name, copy.deepcopy(value, memo))
+        return new
+
     # --- structure -------------------------------------------------------------
     def children(self):
         """Direct sub-modules as (name, module), in definition order."""
@@ -59,6 +77,7 @@ class Module:
                     yield f"{name}.{i}", v
 
     def named_modules(self, prefix=""):
+        """(dotted name, module) for this module (name ``prefix``) and every descendant."""
         yield prefix, self
         for name, child in self.children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
@@ -73,6 +92,19 @@ class Module:
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
+
+    def modules(self):
+        """This module and every descendant, depth first."""
+        return [m for _, m in self.named_modules()]
+
+    @property
+    def dtype(self):
+        """The dtype of the first parameter (or buffer); None for a layer without state."""
+        for _, p in self.named_parameters():
+            return p.data.dtype
+        for _, b in self.named_buffers():
+            return b.dtype
+        return None
 
     def register_buffer(self, name, array):
         """Keep ``array`` as saved, untrained state (``self.<name>``), e.g. running statistics."""
@@ -133,6 +165,7 @@ class Module:
         return self
 
     def num_parameters(self):
+        """The number of trainable values (what PyTorch's ``sum(p.numel() ...)`` counts)."""
         return sum(p.data.size for p in self.parameters())
 
     # --- printing --------------------------------------------------------------

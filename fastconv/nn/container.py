@@ -1,0 +1,157 @@
+"""Containers: Sequential (a chain), Residual (y = f(x) + shortcut(x)) and Concat (branches
+joined along channels). Every model of fastconv.models is built from these three."""
+import numpy as np
+
+from .module import Module
+
+
+def _named(modules, owner):
+    """(names, modules) from ``(m0, m1, ...)`` (named "0", "1", ...) or one ``{name: module}``."""
+    if len(modules) == 1 and isinstance(modules[0], dict):
+        names, mods = list(modules[0]), list(modules[0].values())
+    else:
+        names, mods = [str(i) for i in range(len(modules))], list(modules)
+    for name, m in zip(names, mods):
+        if not isinstance(m, Module):
+            raise TypeError(f"{owner}: {name!r} must be a Module, got {type(m).__name__}")
+    return names, mods
+
+
+def _add(a, b, *protected):
+    """a + b, in place into a when a is a fresh array: one that overlaps neither b nor the
+    ``protected`` arrays (the dy we were given, which a layer such as Identity may pass on)."""
+    if not a.flags.writeable or any(np.may_share_memory(a, o) for o in (b,) + protected):
+        return a + b
+    a += b
+    return a
+
+
+class Sequential(Module):
+    """Layers applied one after the other; backward runs them in reverse order.
+
+    ``Sequential(conv, relu, pool)`` names its layers "0", "1", "2" (as PyTorch);
+    ``Sequential({"conv1": conv, "relu1": relu})`` names them, and ``seq.conv1`` works.
+    Indexing (``seq[0]``, ``seq[-1]``, ``seq["conv1"]``), ``len`` and iteration work too.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        self._names, self._layers = _named(layers, type(self).__name__)
+
+    def children(self):
+        return zip(self._names, self._layers)
+
+    def __getattr__(self, name):
+        # Only called when normal lookup fails: gives access to named layers.
+        names = self.__dict__.get("_names", ())
+        if name in names:
+            return self.__dict__["_layers"][names.index(name)]
+        raise AttributeError(f"{type(self).__name__} has no attribute or layer {name!r}")
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            return self._layers[self._names.index(index)]
+        return self._layers[index]
+
+    def __setitem__(self, index, module):
+        if isinstance(index, str):
+            index = self._names.index(index)
+        self._layers[index] = module
+
+    def __len__(self):
+        return len(self._layers)
+
+    def __iter__(self):
+        return iter(self._layers)
+
+    def append(self, module, name=None):
+        self._names.append(str(len(self._layers)) if name is None else name)
+        self._layers.append(module)
+        return self
+
+    def forward(self, x):
+        for layer in self._layers:
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self._layers):
+            dy = layer.backward(dy)
+        return dy
+
+
+class Residual(Module):
+    """A residual block: ``y = activation(body(x) + shortcut(x))`` (ResNet's "add").
+
+    Parameters
+    ----------
+    body : Module
+        The residual branch F(x), e.g. conv-BN-ReLU-conv-BN.
+    shortcut : Module or None
+        None is the identity (x itself); a projection (1x1 conv + BN) when the shape changes.
+    activation : Module or None
+        Applied after the add (ReLU in ResNet).
+
+    Backward: the gradient of the sum reaches both branches unchanged, and the gradients
+    that flow back to x are added: ``dx = body.backward(d) + shortcut.backward(d)``.
+    """
+
+    def __init__(self, body, shortcut=None, activation=None):
+        super().__init__()
+        self.body = body
+        self.shortcut = shortcut
+        self.activation = activation
+
+    def forward(self, x):
+        f = self.body(x)
+        s = x if self.shortcut is None else self.shortcut(x)
+        if f.shape != s.shape:
+            raise ValueError(f"Residual: the body gives shape {f.shape} but the shortcut gives "
+                             f"{s.shape}; use a projection shortcut")
+        y = f + s    # a new array: body's last layer may cache its output
+        return y if self.activation is None else self.activation(y)
+
+    def backward(self, dy):
+        d = dy if self.activation is None else self.activation.backward(dy)
+        ds = d if self.shortcut is None else self.shortcut.backward(d)
+        return _add(self.body.backward(d), ds, d, dy)
+
+
+class Concat(Module):
+    """Parallel branches on the same input, joined along channels (GoogLeNet's Inception).
+
+    ``Concat(b1, b2, ...)`` or ``Concat({"b1": b1, ...})``;
+    ``y = concatenate([b(x) for b in branches], axis=1)``. Backward slices dy by channel,
+    sends each slice back through its branch and adds the gradients of x.
+    """
+
+    def __init__(self, *branches):
+        super().__init__()
+        self._names, self._branches = _named(branches, type(self).__name__)
+        self._splits = None
+
+    def children(self):
+        return zip(self._names, self._branches)
+
+    def __getattr__(self, name):
+        names = self.__dict__.get("_names", ())
+        if name in names:
+            return self.__dict__["_branches"][names.index(name)]
+        raise AttributeError(f"{type(self).__name__} has no attribute or branch {name!r}")
+
+    def __setitem__(self, index, module):
+        if isinstance(index, str):
+            index = self._names.index(index)
+        self._branches[index] = module
+
+    def forward(self, x):
+        ys = [b(x) for b in self._branches]
+        self._splits = np.cumsum([0] + [y.shape[1] for y in ys])
+        return np.concatenate(ys, axis=1)
+
+    def backward(self, dy):
+        dx = None
+        for b, c0, c1 in zip(self._branches, self._splits[:-1], self._splits[1:]):
+            d = b.backward(np.ascontiguousarray(dy[:, c0:c1]))
+            dx = d if dx is None else _add(dx, d, dy)
+        return dx

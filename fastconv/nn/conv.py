@@ -1,0 +1,95 @@
+"""Conv2d: a convolution layer over ``fastconv.functional.conv2d``."""
+import numpy as np
+
+from .. import functional as F
+from . import init
+from .module import Module, Parameter
+
+
+def _pair(value, name):
+    """int or (h, w) -> (h, w) of ints (the ops validate ranges again; this is for shapes)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+class Conv2d(Module):
+    r"""2-D convolution layer (cross-correlation, as PyTorch's ``nn.Conv2d``), notes eq. (conv.fwd).
+
+    ``y[n, k, p, q] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x[n, c, p*stride + r - pad,
+    q*stride + s - pad]`` with x = 0 outside the image.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        C and K.
+    kernel_size, stride, padding : int or (h, w)
+        The R x S window, its step and the zeros added on each side.
+    bias : bool
+        Learn an additive bias per output channel.
+    algo : "auto", "direct" or "im2col"
+        Passed to :func:`fastconv.functional.conv2d` ("auto" picks the faster for the shape).
+    dtype : float32 (default) or float64
+    rng : numpy Generator, optional
+        Draws the initial weights (default: the generator of :mod:`fastconv.nn.init`).
+
+    Shape
+    -----
+    x : (N, C, H, W)  ->  y : (N, K, P, Q), P = floor((H + 2*pad_h - R) / stride_h) + 1 (conv.out).
+
+    Attributes
+    ----------
+    weight : Parameter (K, C, R, S), ``U(-1/sqrt(C*R*S), 1/sqrt(C*R*S))`` (PyTorch's
+        ``kaiming_uniform_(a=sqrt(5))``).
+    bias : Parameter (K,) with the same bound, or None.
+
+    Examples
+    --------
+    >>> Conv2d(1, 6, 5, padding=2)(np.zeros((8, 1, 28, 28), np.float32)).shape
+    (8, 6, 28, 28)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 algo="auto", dtype=np.float32, rng=None):
+        super().__init__()
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _pair(kernel_size, "Conv2d: kernel_size")
+        self.stride = _pair(stride, "Conv2d: stride")
+        self.padding = _pair(padding, "Conv2d: padding")
+        self.algo = algo
+        R, S = self.kernel_size
+        fan_in = self.in_channels * R * S
+        self.weight = Parameter(init.kaiming_uniform((self.out_channels, self.in_channels, R, S),
+                                                     fan_in, rng=rng, dtype=dtype))
+        self.bias = (Parameter(init.uniform_bias((self.out_channels,), fan_in, rng=rng, dtype=dtype))
+                     if bias else None)
+        self._x = None
+
+    def forward(self, x):
+        # Contiguous once here, so that backward does not copy x a second time.
+        self._x = x = np.ascontiguousarray(x)
+        b = None if self.bias is None else self.bias.data
+        return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
+                        algo=self.algo)
+
+    def backward(self, dy):
+        """Eq. (conv.bwd): adds dw and db into the gradients and returns dx."""
+        dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
+                                       padding=self.padding, algo=self.algo)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.algo != "auto":
+            s += f", algo={self.algo!r}"
+        return s

@@ -1,0 +1,125 @@
+"""Batch normalisation layers: BatchNorm1d (N, C) and BatchNorm2d (N, C, H, W)."""
+import numpy as np
+
+from .. import functional as F
+from .module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    """Shared code of BatchNorm1d and BatchNorm2d (they differ only in the input's ndim)."""
+
+    _ndim = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, dtype=np.float32):
+        super().__init__()
+        C = self.num_features = int(num_features)
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        # PyTorch's names: weight is gamma, bias is beta.
+        self.weight = Parameter(np.ones(C, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(C, dtype)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(C, dtype))
+            self.register_buffer("running_var", np.ones(C, dtype))
+        else:
+            self.running_mean = self.running_var = None
+        self._x = None
+        self._batch_stats = True
+
+    def _check(self, x):
+        if x.ndim != self._ndim or x.shape[1] != self.num_features:
+            want = "(N, C)" if self._ndim == 2 else "(N, C, H, W)"
+            raise ValueError(f"{type(self).__name__}({self.num_features}): x must be {want} with "
+                             f"C = {self.num_features}, got shape {x.shape}")
+
+    def forward(self, x):
+        self._check(x)
+        self._x = x = np.ascontiguousarray(x)
+        # Without running statistics PyTorch uses the batch statistics in eval mode too.
+        self._batch_stats = self.training or not self.track_running_stats
+        gamma = None if self.weight is None else self.weight.data
+        beta = None if self.bias is None else self.bias.data
+        return F.batch_norm(x, gamma, beta, self.running_mean, self.running_var,
+                            training=self._batch_stats, momentum=self.momentum, eps=self.eps)
+
+    def backward(self, dy):
+        """Eq. (bn.bwd) in training mode; in eval mode BN is the affine map of :meth:`affine_params`."""
+        gamma = None if self.weight is None else self.weight.data
+        if self._batch_stats:
+            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, gamma, eps=self.eps)
+        else:
+            # y = scale * x + shift per channel, so dx = scale * dy,
+            # dgamma = sum(dy * x_hat), dbeta = sum(dy).
+            shape = (1, -1) + (1,) * (self._x.ndim - 2)
+            axes = (0,) + tuple(range(2, self._x.ndim))
+            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            scale = invstd if gamma is None else gamma * invstd
+            dx = dy * scale.astype(dy.dtype).reshape(shape)
+            x_hat = (self._x - self.running_mean.reshape(shape)) * invstd.astype(dy.dtype).reshape(shape)
+            dgamma = np.sum(dy * x_hat, axis=axes)
+            dbeta = np.sum(dy, axis=axes)
+        if self.weight is not None:
+            self.weight.grad += dgamma
+            self.bias.grad += dbeta
+        return dx
+
+    def affine_params(self):
+        """(scale, shift), float64 (C,): eval-mode BN is ``y = scale * x + shift`` per channel,
+        with ``scale = gamma / sqrt(running_var + eps)`` and ``shift = beta - scale * running_mean``
+        (what :func:`fastconv.nn.fold_batchnorm` folds into the preceding layer)."""
+        scale = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+        shift = -scale * self.running_mean.astype(np.float64)
+        if self.weight is not None:
+            gamma = self.weight.data.astype(np.float64)
+            scale, shift = gamma * scale, gamma * shift + self.bias.data.astype(np.float64)
+        return scale, shift
+
+    def extra_repr(self):
+        s = f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"
+        if not self.affine:
+            s += ", affine=False"
+        if not self.track_running_stats:
+            s += ", track_running_stats=False"
+        return s
+
+
+class BatchNorm2d(_BatchNorm):
+    r"""Batch normalisation of conv feature maps, per channel, notes eqs. (bn.fwd), (bn.run).
+
+    ``y = gamma * (x - mean) / sqrt(var + eps) + beta``, with the batch statistics over the
+    M = N*H*W values of each channel in training mode (biased variance) and the running
+    statistics in eval mode. The running statistics follow PyTorch:
+    ``running = (1 - momentum) * running + momentum * batch_stat`` (unbiased variance), the
+    notes' ``momentum = 0.9`` written the other way round.
+
+    Parameters
+    ----------
+    num_features : int
+        C.
+    eps : float
+    momentum : float
+        PyTorch's convention (0.1 = the notes' 0.9).
+    affine : bool
+        Learn gamma (``weight``, init 1) and beta (``bias``, init 0).
+    track_running_stats : bool
+        Keep ``running_mean`` (init 0) and ``running_var`` (init 1) as buffers (saved in the
+        state_dict, not trained); without them eval mode uses batch statistics too.
+
+    Shape
+    -----
+    x : (N, C, H, W)  ->  y : (N, C, H, W).
+    """
+
+    _ndim = 4
+
+
+class BatchNorm1d(_BatchNorm):
+    r"""Batch normalisation of fully connected features: as :class:`BatchNorm2d`, M = N.
+
+    Shape
+    -----
+    x : (N, C)  ->  y : (N, C).
+    """
+
+    _ndim = 2
