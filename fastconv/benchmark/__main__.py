@@ -1,0 +1,6 @@
+"""``python -m fastconv.benchmark ...``: the same as ``fastconv bench ...``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
