@@ -21,8 +21,8 @@ Two memory layouts, one per common case, chosen by HW = H*W:
   blocks of CBLOCK = 64 channels.
 
 Either way every channel's sums are taken in an order fixed by the shape alone, so the
-results are bitwise identical for any number of threads. Calls on fewer than GRAIN = 32768
-values run on one thread (an OpenMP team costs more than it saves there).
+results are bitwise identical for any number of threads. Small calls run on one thread
+(``threads_for_values`` in _common.pxd).
 
 Training forward: pass 1 the mean, pass 2 the centred variance sum((x - mean)^2) / M
 (two passes are numerically better than E[x^2] - E[x]^2, which cancels catastrophically
@@ -36,19 +36,13 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 
+from _common cimport threads_for_values
+
 
 cdef enum:
     LANES = 8       # independent partial sums per channel (vectorisable, fixed order)
     CBLOCK = 64     # channels per work unit on the row path (HW == 1)
 
-
-# Below this many values a call runs on one thread: starting the OpenMP team costs more
-# than it saves. The results do not change (every channel is reduced in the same order).
-cdef Py_ssize_t GRAIN = 32768
-
-
-cdef int _threads_for(Py_ssize_t work, int n_threads) noexcept:
-    return 1 if work < GRAIN or n_threads < 1 else n_threads
 
 
 cdef inline double _lanes_total(const double* acc) noexcept nogil:
@@ -341,7 +335,7 @@ def batch_norm_train_forward(const floating[:, :, :, ::1] x, const floating[::1]
     cdef floating[:, :, :, ::1] y = y_arr
     cdef double[::1] mean = mean_arr
     cdef double[::1] var = var_arr
-    n_threads = _threads_for(N * C * HW, n_threads)
+    n_threads = threads_for_values(N * C * HW, n_threads)
     with nogil:
         if HW == 1:
             for blk in prange(nblk, schedule="static", num_threads=n_threads):
@@ -378,7 +372,7 @@ def batch_norm_eval_forward(const floating[:, :, :, ::1] x, const floating[::1] 
     y_arr = np.empty((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
                      dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, :, :, ::1] y = y_arr
-    n_threads = _threads_for(N * C * HW, n_threads)
+    n_threads = threads_for_values(N * C * HW, n_threads)
     with nogil:
         if HW == 1:
             for blk in prange(nblk, schedule="static", num_threads=n_threads):
@@ -417,7 +411,7 @@ def batch_norm_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     cdef floating[:, :, :, ::1] dx = dx_arr
     cdef floating[::1] dgamma = dgamma_arr
     cdef floating[::1] dbeta = dbeta_arr
-    n_threads = _threads_for(N * C * HW, n_threads)
+    n_threads = threads_for_values(N * C * HW, n_threads)
     with nogil:
         if HW == 1:
             for blk in prange(nblk, schedule="static", num_threads=n_threads):

@@ -26,7 +26,7 @@ How the loops are laid out, and why
   its channel axes swapped), so it reuses the forward's tiles. With a larger stride, each
   input plane dx[n, c] gathers its windows' contributions as row updates along q; padding
   never becomes a per-element test: the rows p and columns q whose input lies inside the
-  image form one interval per tap (``_first_inside``, ``_end_inside``).
+  image form one interval per tap (``first_inside``, ``end_inside``).
 * dw[k, c, r, s] is a long dot product over (n, p, q). Vector lanes run along q, 4 output
   channels share each input vector (``FASTCONV_DW_TILE``), and the lanes are added up once
   at the end in a fixed order. With K < 4, each tap accumulates a row of partial sums along
@@ -43,33 +43,11 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from _common cimport out_size
+from _common cimport end_inside, first_inside, out_size, threads_for_macs
 
 
 # --------------------------------------------------------------------------- index helpers
 
-cdef inline Py_ssize_t _first_inside(Py_ssize_t off, Py_ssize_t stride,
-                                     Py_ssize_t n_out) noexcept nogil:
-    """The first output index i whose input i*stride + off is >= 0 (clamped to n_out)."""
-    cdef Py_ssize_t lo = 0
-    if off < 0:
-        lo = (-off + stride - 1) // stride      # ceil(-off / stride), both positive
-    return lo if lo < n_out else n_out
-
-
-cdef inline Py_ssize_t _end_inside(Py_ssize_t size, Py_ssize_t off, Py_ssize_t stride,
-                                   Py_ssize_t n_out, Py_ssize_t lo) noexcept nogil:
-    """One past the last output index i whose input i*stride + off is < size; >= lo.
-
-    Together with _first_inside: outputs [lo, hi) read inputs inside [0, size).
-    """
-    cdef Py_ssize_t hi
-    if off > size - 1:
-        return lo
-    hi = (size - 1 - off) // stride + 1         # floor((size - 1 - off) / stride) + 1
-    if hi > n_out:
-        hi = n_out
-    return hi if hi > lo else lo
 
 
 # --------------------------------------------------------------------------- padding
@@ -296,10 +274,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, t, n_kb
-    cdef int nt = max(n_threads, 1)
+    cdef int nt = 1
     sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
     P = out_size(H, R, sh, ph)                                       # (conv.out)
     Q = out_size(W, S, sw, pw)
+    nt = threads_for_macs(N * K * P * Q * C * R * S, n_threads)
     if b is not None and np.shape(b) != (K,):
         raise ValueError(f"conv2d_forward: b must have shape ({K},), got {np.shape(b)}")
     cdef const floating[::1] bv
@@ -425,16 +404,16 @@ cdef void _dx_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         dx_plane[i] = 0
     for k in range(K):
         for r in range(R):
-            p_lo = _first_inside(r - ph, sh, P)
-            p_hi = _end_inside(H, r - ph, sh, P, p_lo)
+            p_lo = first_inside(r - ph, sh, P)
+            p_hi = end_inside(H, r - ph, sh, P, p_lo)
             for p in range(p_lo, p_hi):
                 dx_row = dx_plane + (p * sh + r - ph) * W
                 dy_row = &dy[n, k, p, 0]
                 for s in range(S):
                     wv = w[k, c, r, s]
                     off = s - pw
-                    q_lo = _first_inside(off, sw, Q)
-                    q_hi = _end_inside(W, off, sw, Q, q_lo)
+                    q_lo = first_inside(off, sw, Q)
+                    q_hi = end_inside(W, off, sw, Q, q_lo)
                     if sw == 1:
                         for q in range(q_lo, q_hi):
                             dx_row[q + off] += wv * dy_row[q]
@@ -466,16 +445,16 @@ cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         acc[i] = 0
     for n in range(N):
         for r in range(R):
-            p_lo = _first_inside(r - ph, sh, P)
-            p_hi = _end_inside(H, r - ph, sh, P, p_lo)
+            p_lo = first_inside(r - ph, sh, P)
+            p_hi = end_inside(H, r - ph, sh, P, p_lo)
             for p in range(p_lo, p_hi):
                 x_row = &x[n, c, p * sh + r - ph, 0]
                 dy_row = &dy[n, k, p, 0]
                 for s in range(S):
                     a = acc + (r * S + s) * Q
                     off = s - pw
-                    q_lo = _first_inside(off, sw, Q)
-                    q_hi = _end_inside(W, off, sw, Q, q_lo)
+                    q_lo = first_inside(off, sw, Q)
+                    q_hi = end_inside(W, off, sw, Q, q_lo)
                     if sw == 1:
                         for q in range(q_lo, q_hi):
                             a[q] += dy_row[q] * x_row[q + off]
@@ -522,10 +501,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, i, k
-    cdef int nt = max(n_threads, 1)
+    cdef int nt = 1
     sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
     P = out_size(H, R, sh, ph)
     Q = out_size(W, S, sw, pw)
+    nt = threads_for_macs(N * K * P * Q * C * R * S, n_threads)
     dy_shape = (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3])
     if dy_shape != (N, K, P, Q):
         raise ValueError(f"conv2d_backward: dy must have shape {(N, K, P, Q)}, got {dy_shape}")

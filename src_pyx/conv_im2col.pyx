@@ -30,7 +30,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 
 from _blas cimport gemm_rm
-from _common cimport out_size
+from _common cimport end_inside, first_inside, out_size, threads_for_macs
 
 _INT_MAX = 2**31 - 1                   # BLAS sizes are C ints
 _MAX_CHUNKS = 16                       # batch chunks of the dW reduction (parallelism of it)
@@ -39,28 +39,6 @@ _PARTIALS_BYTES = 64 * 2**20           # ... and at most this much memory for th
 
 # --------------------------------------------------------------------------- index helpers
 
-cdef inline Py_ssize_t _first_inside(Py_ssize_t off, Py_ssize_t stride,
-                                     Py_ssize_t n_out) noexcept nogil:
-    """The first output index i whose input i*stride + off is >= 0 (clamped to n_out)."""
-    cdef Py_ssize_t lo = 0
-    if off < 0:
-        lo = (-off + stride - 1) // stride      # ceil(-off / stride), both positive
-    return lo if lo < n_out else n_out
-
-
-cdef inline Py_ssize_t _end_inside(Py_ssize_t size, Py_ssize_t off, Py_ssize_t stride,
-                                   Py_ssize_t n_out, Py_ssize_t lo) noexcept nogil:
-    """One past the last output index i whose input i*stride + off is < size; >= lo.
-
-    Together with _first_inside: outputs [lo, hi) read inputs inside [0, size).
-    """
-    cdef Py_ssize_t hi
-    if off > size - 1:
-        return lo
-    hi = (size - 1 - off) // stride + 1
-    if hi > n_out:
-        hi = n_out
-    return hi if hi > lo else lo
 
 
 # --------------------------------------------------------------------------- im2col / col2im
@@ -80,13 +58,13 @@ cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ss
     cdef const floating* x_row
     for c in range(C):
         for r in range(R):
-            p_lo = _first_inside(r - ph, sh, P)
-            p_hi = _end_inside(H, r - ph, sh, P, p_lo)
+            p_lo = first_inside(r - ph, sh, P)
+            p_hi = end_inside(H, r - ph, sh, P, p_lo)
             for s in range(S):
                 col_row = col + ((c * R + r) * S + s) * P * Q
                 off = s - pw
-                q_lo = _first_inside(off, sw, Q)
-                q_hi = _end_inside(W, off, sw, Q, q_lo)
+                q_lo = first_inside(off, sw, Q)
+                q_hi = end_inside(W, off, sw, Q, q_lo)
                 for q in range(p_lo * Q):                  # rows above the image
                     col_row[q] = 0
                 for p in range(p_lo, p_hi):
@@ -119,12 +97,12 @@ cdef void _col2im_sample(const floating* col, floating* dx_n, Py_ssize_t C, Py_s
         dx_n[i] = 0
     for c in range(C):
         for r in range(R):
-            p_lo = _first_inside(r - ph, sh, P)
-            p_hi = _end_inside(H, r - ph, sh, P, p_lo)
+            p_lo = first_inside(r - ph, sh, P)
+            p_hi = end_inside(H, r - ph, sh, P, p_lo)
             for s in range(S):
                 off = s - pw
-                q_lo = _first_inside(off, sw, Q)
-                q_hi = _end_inside(W, off, sw, Q, q_lo)
+                q_lo = first_inside(off, sw, Q)
+                q_hi = end_inside(W, off, sw, Q, q_lo)
                 for p in range(p_lo, p_hi):
                     src = col + ((c * R + r) * S + s) * P * Q + p * Q
                     dx_row = dx_n + (c * H + p * sh + r - ph) * W
@@ -185,10 +163,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, n
-    cdef int nt = max(n_threads, 1)
+    cdef int nt = 1
     sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
     P = out_size(H, R, sh, ph)                                       # (conv.out)
     Q = out_size(W, S, sw, pw)
+    nt = threads_for_macs(N * K * P * Q * C * R * S, n_threads)
     _check_blas_sizes(K, C * R * S, P * Q)
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     b_arr = np.zeros(K, dtype=dtype) if b is None else np.asarray(b)
@@ -295,10 +274,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, i, k, ch, chunk, n_chunks, CRS = C * R * S
-    cdef int nt = max(n_threads, 1)
+    cdef int nt = 1
     sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
     P = out_size(H, R, sh, ph)
     Q = out_size(W, S, sw, pw)
+    nt = threads_for_macs(N * K * P * Q * C * R * S, n_threads)
     dy_shape = (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3])
     if dy_shape != (N, K, P, Q):
         raise ValueError(f"conv2d_backward: dy must have shape {(N, K, P, Q)}, got {dy_shape}")

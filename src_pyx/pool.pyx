@@ -30,8 +30,8 @@ Backward, per plane:
   the windows that cover it (a memcpy when only one does). Global average pooling (the
   window is the whole plane) has its own sum / fill loops.
 
-Calls on fewer than GRAIN = 32768 input values run on one thread (an OpenMP team costs
-more than it saves there); which thread runs a plane never changes a result.
+Small calls run on one thread (``threads_for_values`` in _common.pxd); which thread runs
+a plane never changes a result.
 
 NaN inputs: not specified (PyTorch propagates NaN through max pooling; these kernels use
 plain ``>`` comparisons so that the compiler can vectorise them).
@@ -43,24 +43,12 @@ from cython.parallel cimport prange, threadid
 from libc.math cimport INFINITY
 from libc.string cimport memcpy, memset
 
-from _common cimport out_size
+from _common cimport imax, imin, out_size, threads_for_values
 
 
-# Below this many input values a call runs on one thread: starting the OpenMP team costs
-# more than it saves (PyTorch's grain size is the same order). Results do not change.
-cdef Py_ssize_t GRAIN = 32768
 
 
-cdef int _threads_for(Py_ssize_t work, int n_threads) noexcept:
-    return 1 if work < GRAIN or n_threads < 1 else n_threads
 
-
-cdef inline Py_ssize_t _imax(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return a if a > b else b
-
-
-cdef inline Py_ssize_t _imin(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    return a if a < b else b
 
 
 def _check(op, x_shape, kh, kw, sh, sw, ph, pw, dy_shape=None):
@@ -132,8 +120,8 @@ cdef void _max_plane(const floating* xp, floating* yp, floating* vbuf,
         vbuf[i] = -INFINITY
         v[W + i] = -INFINITY
     for p in range(P):
-        h0 = _imax(p * sh - ph, 0)                 # the window's rows, clipped to the image
-        h1 = _imin(p * sh - ph + kh, H)            # (never empty: padding <= kh // 2)
+        h0 = imax(p * sh - ph, 0)                 # the window's rows, clipped to the image
+        h1 = imin(p * sh - ph + kh, H)            # (never empty: padding <= kh // 2)
         row = xp + h0 * W
         if h1 - h0 >= 2:                           # first two rows in one pass
             row2 = row + W
@@ -169,11 +157,11 @@ cdef void _max_plane_backward(const floating* dyp, const floating* xp, floating*
     cdef floating best, v
     memset(dxp, 0, H * W * sizeof(floating))
     for p in range(P):
-        h0 = _imax(p * sh - ph, 0)
-        h1 = _imin(p * sh - ph + kh, H)
+        h0 = imax(p * sh - ph, 0)
+        h1 = imin(p * sh - ph + kh, H)
         for q in range(Q):
-            w0 = _imax(q * sw - pw, 0)
-            w1 = _imin(q * sw - pw + kw, W)
+            w0 = imax(q * sw - pw, 0)
+            w1 = imin(q * sw - pw + kw, W)
             best_i = h0 * W + w0
             best = xp[best_i]
             for ih in range(h0, h1):
@@ -248,7 +236,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     y_arr = np.empty((N, C, P, Q), dtype=dtype)
     # One row buffer per thread (indexed by threadid()); which thread uses which buffer
     # does not change any result.
-    n_threads = _threads_for(N * C * H * W, n_threads)
+    n_threads = threads_for_values(N * C * H * W, n_threads)
     buf_arr = np.empty((n_threads, W + 2 * pw), dtype=dtype)
     cdef floating[:, :, :, ::1] y = y_arr
     cdef floating[:, ::1] buf = buf_arr
@@ -285,7 +273,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     cdef bint tile2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     dx_arr = np.empty((N, C, H, W), dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, :, :, ::1] dx = dx_arr
-    n_threads = _threads_for(N * C * H * W, n_threads)
+    n_threads = threads_for_values(N * C * H * W, n_threads)
     with nogil:
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
             if tile2x2:
@@ -306,8 +294,8 @@ cdef inline Py_ssize_t _avg_count(Py_ssize_t i, Py_ssize_t size, Py_ssize_t k, P
     clipped to the padded input if count_include_pad, else to the real input."""
     cdef Py_ssize_t start = i * s - pad
     if count_include_pad:
-        return _imin(start + k, size + pad) - start
-    return _imin(start + k, size) - _imax(start, 0)
+        return imin(start + k, size + pad) - start
+    return imin(start + k, size) - imax(start, 0)
 
 
 cdef void _avg_plane(const floating* xp, floating* yp, double* vbuf, const double* inv_rows,
@@ -327,8 +315,8 @@ cdef void _avg_plane(const floating* xp, floating* yp, double* vbuf, const doubl
         vbuf[i] = 0
         v[W + i] = 0
     for p in range(P):
-        h0 = _imax(p * sh - ph, 0)
-        h1 = _imin(p * sh - ph + kh, H)
+        h0 = imax(p * sh - ph, 0)
+        h1 = imin(p * sh - ph + kh, H)
         inv_r = inv_rows[p]
         row = xp + h0 * W
         for iw in range(W):
@@ -531,7 +519,7 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     cdef Py_ssize_t P, Q, nc
     P, Q = _check("avg_pool2d_forward", x.shape, kh, kw, sh, sw, ph, pw)
     y_arr = np.empty((N, C, P, Q), dtype=np.float32 if floating is float else np.float64)
-    n_threads = _threads_for(N * C * H * W, n_threads)
+    n_threads = threads_for_values(N * C * H * W, n_threads)
     buf_arr = np.empty((n_threads, W + 2 * pw), dtype=np.float64)   # one row per thread
     cdef floating[:, :, :, ::1] y = y_arr
     cdef double[:, ::1] buf = buf_arr
@@ -572,7 +560,7 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     _check("avg_pool2d_backward", x.shape, kh, kw, sh, sw, ph, pw, dy.shape)
     cdef bint is_global = P == 1 and Q == 1 and kh == H and kw == W and ph == 0 and pw == 0
     cdef bint tile2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
-    n_threads = _threads_for(N * C * H * W, n_threads)
+    n_threads = threads_for_values(N * C * H * W, n_threads)
     dx_arr = np.empty((N, C, H, W), dtype=np.float32 if floating is float else np.float64)
     # per thread: the P rows of G and one scratch row (see _avg_plane_backward)
     cdef bint no_buffers = is_global or tile2x2

@@ -220,10 +220,11 @@ def test_backward_matches_finite_differences(backend, algo, rng):
 
 # --------------------------------------------------------------------------- threads
 
+# Each case is above the kernels' grain (131072 multiply-adds), so two threads really run.
 THREAD_CASES = [
     ((19, 5, 11, 10), (6, 5, 3, 3), (1, 1), (1, 1)),
-    ((9, 4, 12, 13), (7, 4, 3, 2), (2, 3), (1, 0)),
-    ((21, 8, 6, 6), (5, 8, 1, 1), (1, 1), (0, 0)),
+    ((9, 4, 24, 26), (7, 4, 3, 2), (2, 3), (1, 0)),
+    ((21, 16, 12, 12), (5, 16, 1, 1), (1, 1), (0, 0)),
 ]
 
 
