@@ -120,30 +120,32 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
         return "im2col"
     K, C, R, S = w_shape
     # Measured on the layer suite (shared/bench/shapes.py), fast backend, float32, 1 thread,
-    # medians of 9 block-interleaved runs, GFLOP/s direct / im2col, forward; backward
-    # (2-core AMD EPYC VM, OpenBLAS 0.3.30 SkylakeX kernel via SciPy, 2026-11-25):
-    #   lenet_c1 (C=1, K=6, 5x5)     17.9 / 30.6;   4.3 / 16.7
-    #   lenet_c2 (C=6, K=16, 5x5)    14.9 / 42.4;   6.1 / 31.2
-    #   resnet20_s1 (16->16, 3x3)    19.3 / 25.6;  20.8 / 24.1
-    #   resnet20_s2 (32->32)         26.5 / 52.7;  19.7 / 53.1
-    #   resnet20_s3 (64->64, 8x8)    28.6 / 60.6;  19.3 / 59.0
-    #   resnet20_down (stride 2)     13.0 / 41.2;   4.5 / 41.1
-    #   alexnet_c1 (C=3, stride 2)   13.4 / 64.8;   5.0 / 36.4
-    #   vgg_c3 (64->128)             27.3 / 86.4;  22.2 / 78.1
-    #   nin_1x1 (192->160, 1x1)      16.6 / 80.3;  16.8 / 74.3
+    # `fastconv bench` medians, GFLOP/s direct / im2col, forward; backward (2-core AMD EPYC
+    # (Zen 4) VM shared with other jobs, OpenBLAS 0.3.30 SkylakeX kernel via SciPy, 2026-11-25,
+    # im2col with its channels-last path and AVX-512 micro-kernel, see conv_im2col.pyx):
+    #   lenet_c1 (C=1, K=6, 5x5)     18.8 / 32.8;  11.5 / 27.0
+    #   lenet_c2 (C=6, K=16, 5x5)    19.3 / 71.2;  11.0 / 54.4
+    #   resnet20_s1 (16->16, 3x3)    27.1 / 67.4;  21.1 / 52.4 (71 in interleaved runs)
+    #   resnet20_s2 (32->32)         26.4 / 75.2;  17.9 / 65.8
+    #   resnet20_s3 (64->64, 8x8)    27.8 / 96.5;  16.6 / 75.5
+    #   resnet20_down (stride 2)     13.0 / 55.6;   4.9 / 57.5
+    #   alexnet_c1 (C=3, stride 2)   13.9 / 67.4;   4.9 / 38.5
+    #   vgg_c3 (64->128)             27.1 / 96.9;  22.8 / 89.9
+    #   nin_1x1 (192->160, 1x1)      17.2 / 96.7;  13.8 / 78.3
     # im2col wins every layer of the suite, forward and backward, even with few input
-    # channels (C*R*S = 25 for lenet_c1): BLAS's AVX-512 micro-kernel outruns the direct
-    # kernel's portable 16-byte vectors as soon as there are a few output channels to share
-    # each column. So im2col is the default, and 1x1 / stride 1 / unpadded convolutions
-    # (nin_1x1) need no branch: the im2col kernel already skips building columns for them.
+    # channels (C*R*S = 25 for lenet_c1): its GEMMs (BLAS, or the AVX-512 micro-kernel that
+    # keeps a tile of outputs in registers) outrun the direct kernel's portable 16-byte
+    # vectors as soon as there are a few output channels to share each input value. So
+    # im2col is the default, and 1x1 / stride 1 / unpadded convolutions (nin_1x1) need no
+    # branch: the im2col kernel already skips building columns for them.
     #
     # One output channel (K == 1) is the exception: the GEMM degenerates into a
-    # matrix-vector product (1 x CRS times CRS x PQ), where BLAS has nothing to reuse and
+    # matrix-vector product (1 x CRS times CRS x PQ), where there is nothing to reuse and
     # building the column matrix is pure overhead. Extra shapes, time direct / im2col,
-    # forward + backward: N16 C16 32x32 K1 3x3: 0.69; N16 C1 28x28 K1 3x3: 1.06;
-    # N8 C1 64x64 K1 3x3: 1.01 (a tie for tiny reductions, a clear win for longer ones).
-    # By contrast K = 2..16 with small C*R*S (18..75) still favour im2col by 1.7-2.9x, and
-    # K = 4 with C*R*S = 196 is a tie (0.97), so the rule stays K == 1.
+    # forward + backward (remeasured with the new im2col, same day): N16 C16 32x32 K1 3x3:
+    # 0.77; N16 C1 28x28 K1 3x3: 0.86; N8 C1 64x64 K1 3x3: 0.75. By contrast K = 2 with
+    # C = 16 favours im2col (1.39) and K = 4 with C*R*S = 36 is a tie (1.02), so the rule
+    # stays K == 1.
     if K == 1:
         return "direct"
     return "im2col"

@@ -181,6 +181,39 @@ def test_fast_without_bias(algo, dtype, rng):
     assert_close(got, want, dtype, reduction=w[0].size)
 
 
+# Channel counts that fill the im2col micro-kernel's register tiles (16 float32 columns per
+# vector, 1..4 vectors per tile) and leave tails: K = 16, 40, 64, 70, 20 output channels;
+# S*C a multiple of 16 (the in-place backward) or not.
+TILE_CASES = [
+    ((3, 16, 9, 9), (16, 16, 3, 3), (1, 1), (1, 1)),
+    ((2, 8, 7, 6), (40, 8, 3, 3), (2, 1), (1, 1)),
+    ((2, 20, 6, 6), (64, 20, 3, 3), (1, 1), (1, 1)),
+    ((2, 5, 10, 10), (70, 5, 5, 5), (1, 1), (2, 2)),
+    ((2, 16, 9, 8), (20, 16, 3, 2), (2, 1), (1, 0)),      # S*C = 32: backward reads the
+    ((2, 32, 6, 7), (16, 32, 3, 1), (1, 2), (2, 0)),      # padded image in place
+]
+
+
+@pytest.mark.parametrize("case", TILE_CASES, ids=grid_id)
+def test_fast_im2col_matches_reference_on_full_tiles(case, dtype, rng, n_threads):
+    x, w, b, dy = make_inputs(rng, dtype, *case)
+    check_against_reference(x, w, b, dy, case[2], case[3], "im2col", dtype)
+
+
+@pytest.mark.parametrize("case", GRID + TILE_CASES, ids=grid_id)
+def test_fast_im2col_blas_path_matches_reference(case, rng):
+    """float32 products run on the AVX-512 micro-kernel where the CPU has it; the BLAS path
+    that other CPUs take must agree with the reference too."""
+    from fastconv._backend import load_kernels
+    kern = load_kernels("conv_im2col")
+    previous = kern._set_microkernel(False)
+    try:
+        x, w, b, dy = make_inputs(rng, np.float32, *case)
+        check_against_reference(x, w, b, dy, case[2], case[3], "im2col", np.float32)
+    finally:
+        kern._set_microkernel(previous)
+
+
 @st.composite
 def conv_cases(draw):
     N, C, K = (draw(st.integers(1, 4)) for _ in range(3))
@@ -225,6 +258,7 @@ THREAD_CASES = [
     ((19, 5, 11, 10), (6, 5, 3, 3), (1, 1), (1, 1)),
     ((9, 4, 24, 26), (7, 4, 3, 2), (2, 3), (1, 0)),
     ((21, 16, 12, 12), (5, 16, 1, 1), (1, 1), (0, 0)),
+    ((18, 16, 10, 10), (32, 16, 3, 3), (1, 1), (1, 1)),   # full micro-kernel tiles
 ]
 
 
