@@ -50,8 +50,16 @@ def load_kernels(name):
                           f"imported ({exc}). {REBUILD_HINT}") from exc
 
 
+_implementations = {}   # (name, backend) -> module: an op call should not pay for an import
+
+
 def implementation(name, backend):
     """The module that implements op family ``name`` for ``backend``: both have the same functions."""
-    if backend == "fast":
-        return load_kernels(name)
-    return importlib.import_module(f"fastconv.reference.{name}")
+    module = _implementations.get((name, backend))
+    if module is None:
+        if backend == "fast":
+            module = load_kernels(name)
+        else:
+            module = importlib.import_module(f"fastconv.reference.{name}")
+        _implementations[name, backend] = module
+    return module

@@ -220,6 +220,7 @@ def test_directly_called_kernel_rejects_inconsistent_shapes():
 
 def test_missing_compiled_module_says_how_to_rebuild(monkeypatch, rng):
     monkeypatch.setitem(sys.modules, "fastconv._ext.pool", None)   # makes the import fail
+    monkeypatch.setattr(fastconv._backend, "_implementations", {})  # forget loaded modules
     x = rng.standard_normal((1, 1, 4, 4))
     with pytest.raises(ImportError, match="pip install"):
         F.max_pool2d(x, 2, backend="fast")
