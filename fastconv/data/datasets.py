@@ -1,0 +1,250 @@
+"""Finding and loading datasets: Fashion-MNIST, MNIST, CIFAR-10 and the embedded subset.
+
+Search path for the files of a dataset (first hit wins):
+
+1. the ``data_dir`` argument (``fastconv train --data-dir``),
+2. each directory in the ``FASTCONV_DATA`` environment variable (``os.pathsep``-separated),
+3. the Debian package's directory, ``/usr/share/datasets/<name>/``
+   (``apt-get install dataset-fashion-mnist`` for Fashion-MNIST).
+
+Each directory is tried as is and with the dataset's usual sub-folder names
+(``fashion-mnist/``, ``FashionMNIST/raw/``, ``cifar-10-batches-bin/`` ...).
+
+The embedded subset (``name="fashion-mnist-subset"``) ships inside the package, so
+training works with nothing installed; see ``make_subset.py`` for how it was made.
+"""
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .idx import read_cifar10_bin, read_idx
+
+__all__ = ["Dataset", "load_dataset", "find_dataset_dir", "dataset_available", "DATASETS",
+           "SUBSET_PATH", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES", "DatasetNotFoundError"]
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+SUBSET_PATH = Path(__file__).with_name("fashion_mnist_subset.npz")
+SUBSET_NAME = "fashion-mnist-subset"
+DATASETS = ("fashion-mnist", "mnist", "cifar10", SUBSET_NAME)
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
+            "embedded": SUBSET_NAME, "subset": SUBSET_NAME}
+
+_SUBDIRS = {
+    "fashion-mnist": ("", "fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"),
+    "mnist": ("", "mnist", "MNIST/raw", "MNIST"),
+    "cifar10": ("", "cifar-10-batches-bin", "cifar10/cifar-10-batches-bin", "cifar10", "cifar-10"),
+}
+_SYSTEM_DIRS = {
+    "fashion-mnist": "/usr/share/datasets/fashion-mnist",
+    "mnist": "/usr/share/datasets/mnist",
+    "cifar10": "/usr/share/datasets/cifar10",
+}
+# The four IDX files; MNIST's original site names them with a dot (train-images.idx3-ubyte).
+_IDX_FILES = {
+    "x_train": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "y_train": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "x_test": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "y_test": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+_CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR_TEST = "test_batch.bin"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are in none of the search-path directories."""
+
+
+@dataclass
+class Dataset:
+    """Train and test splits held in memory.
+
+    x_* are uint8 (N, C, H, W) images, y_* int64 (N,) labels; ``mean``/``std`` are the
+    training images' per-channel statistics on the [0, 1] scale (for ``Normalize``).
+    """
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple
+    source: str = ""
+    mean: tuple = field(default=None)
+    std: tuple = field(default=None)
+
+    def __post_init__(self):
+        if self.mean is None or self.std is None:
+            self.mean, self.std = channel_stats(self.x_train)
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+    @property
+    def image_shape(self):
+        return tuple(self.x_train.shape[1:])
+
+    def limit(self, n_train=None, n_test=None):
+        """The first n_train / n_test images (for quick runs); statistics are kept."""
+        return Dataset(self.name, self.x_train[:n_train], self.y_train[:n_train],
+                       self.x_test[:n_test], self.y_test[:n_test], self.classes,
+                       self.source, self.mean, self.std)
+
+    def __repr__(self):
+        return (f"Dataset({self.name!r}, train {self.x_train.shape}, test {self.x_test.shape}, "
+                f"from {self.source})")
+
+
+def channel_stats(x):
+    """Per-channel mean and std of uint8 images scaled to [0, 1], in float64 (exact, fixed order)."""
+    x = np.asarray(x)
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    mean, sq = [], []
+    for c in range(x.shape[1]):
+        xc = x[:, c].astype(np.float64) / scale
+        mean.append(float(xc.mean()))
+        sq.append(float(xc.std()))
+    return tuple(mean), tuple(sq)
+
+
+def canonical_name(name):
+    key = name.lower()
+    key = _ALIASES.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    return key
+
+
+def search_path(name, data_dir=None):
+    """The directories searched for ``name``, in order (see the module docstring)."""
+    bases = []
+    if data_dir:
+        bases.append(Path(data_dir))
+    for entry in os.environ.get("FASTCONV_DATA", "").split(os.pathsep):
+        if entry.strip():
+            bases.append(Path(entry.strip()))
+    if name in _SYSTEM_DIRS:
+        bases.append(Path(_SYSTEM_DIRS[name]))
+    dirs = []
+    for base in bases:
+        for sub in _SUBDIRS[name]:
+            d = base / sub if sub else base
+            if d not in dirs:
+                dirs.append(d)
+    return dirs
+
+
+def _idx_files(directory):
+    """{'x_train': path, ...} when all four IDX files are in directory, else None."""
+    found = {}
+    for key, stems in _IDX_FILES.items():
+        for stem in stems:
+            for suffix in ("", ".gz"):
+                if (directory / (stem + suffix)).is_file():
+                    found[key] = directory / (stem + suffix)
+                    break
+            if key in found:
+                break
+        if key not in found:
+            return None
+    return found
+
+
+def _has_cifar(directory):
+    return all((directory / f).is_file() for f in _CIFAR_TRAIN + (_CIFAR_TEST,))
+
+
+def find_dataset_dir(name, data_dir=None):
+    """The first directory of the search path holding ``name``'s files.
+
+    Raises DatasetNotFoundError listing every directory tried and how to get the data.
+    """
+    name = canonical_name(name)
+    if name == SUBSET_NAME:
+        return SUBSET_PATH.parent
+    tried = search_path(name, data_dir)
+    for d in tried:
+        if (name == "cifar10" and _has_cifar(d)) or (name != "cifar10" and _idx_files(d)):
+            return d
+    hint = {
+        "fashion-mnist": "install it with `apt-get install dataset-fashion-mnist`, or download the "
+                         "four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist",
+        "mnist": "download the four *-ubyte.gz files of MNIST",
+        "cifar10": "download and unpack the binary version, cifar-10-binary.tar.gz, from "
+                   "https://www.cs.toronto.edu/~kriz/cifar.html",
+    }[name]
+    raise DatasetNotFoundError(
+        f"dataset {name!r} not found; searched: {', '.join(str(d) for d in tried) or '(nothing)'}. "
+        f"Name a folder with --data-dir or FASTCONV_DATA, or {hint}. "
+        f"The embedded subset needs nothing: --dataset {SUBSET_NAME}.")
+
+
+def dataset_available(name, data_dir=None):
+    try:
+        find_dataset_dir(name, data_dir)
+        return True
+    except DatasetNotFoundError:
+        return False
+
+
+def _as_nchw(images):
+    """IDX images (N, H, W) -> (N, 1, H, W)."""
+    return images[:, None] if images.ndim == 3 else images
+
+
+def _check_pair(name, x, y, split):
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: {split} has {x.shape[0]} images but {y.shape[0]} labels")
+
+
+def load_dataset(name="fashion-mnist", data_dir=None):
+    """Load a dataset as a :class:`Dataset` of uint8 NCHW images and int64 labels.
+
+    Parameters
+    ----------
+    name : "fashion-mnist", "mnist", "cifar10" or "fashion-mnist-subset" (embedded)
+    data_dir : str or None, searched first (then FASTCONV_DATA, then /usr/share/datasets).
+
+    Examples
+    --------
+    >>> ds = load_dataset("fashion-mnist-subset")
+    >>> ds.x_train.shape[1:], ds.x_train.dtype, ds.num_classes
+    ((1, 28, 28), dtype('uint8'), 10)
+    """
+    name = canonical_name(name)
+    if name == SUBSET_NAME:
+        return load_subset()
+    directory = find_dataset_dir(name, data_dir)
+    if name == "cifar10":
+        parts = [read_cifar10_bin(directory / f) for f in _CIFAR_TRAIN]
+        x_train = np.concatenate([p[0] for p in parts])
+        y_train = np.concatenate([p[1] for p in parts])
+        x_test, y_test = read_cifar10_bin(directory / _CIFAR_TEST)
+        classes = CIFAR10_CLASSES
+    else:
+        files = _idx_files(directory)
+        x_train, y_train = _as_nchw(read_idx(files["x_train"])), read_idx(files["y_train"])
+        x_test, y_test = _as_nchw(read_idx(files["x_test"])), read_idx(files["y_test"])
+        classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
+    _check_pair(name, x_train, y_train, "train")
+    _check_pair(name, x_test, y_test, "test")
+    return Dataset(name, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64),
+                   classes, source=str(directory))
+
+
+def load_subset(path=SUBSET_PATH):
+    """The embedded, class-balanced Fashion-MNIST subset (see make_subset.py)."""
+    if not Path(path).is_file():
+        raise DatasetNotFoundError(f"the embedded subset {path} is missing from this installation; "
+                                   "rebuild it with `python -m fastconv.data.make_subset`")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    return Dataset(SUBSET_NAME, arrays["x_train"], arrays["y_train"].astype(np.int64),
+                   arrays["x_test"], arrays["y_test"].astype(np.int64),
+                   FASHION_MNIST_CLASSES, source=f"embedded ({Path(path).name})")

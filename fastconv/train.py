@@ -1,0 +1,317 @@
+"""The training loop: fit, evaluate, history, and resumable ``.npz`` checkpoints.
+
+One training step is the whole of backpropagation, written out (no autograd)::
+
+    optimizer.zero_grad()
+    logits = model(xb)                     # forward, layers cache what backward needs
+    loss = loss_fn.forward(logits, yb)     # mean softmax cross-entropy
+    model.backward(loss_fn.backward())     # dlogits -> every layer adds into p.grad
+    optimizer.step()                       # p <- p - lr * (update from p.grad)
+
+Reproducibility: the same seed and the same thread count give the same numbers. The
+loader's order and augmentation depend only on (seed, epoch), the schedule only on the
+step, and a checkpoint stores the model, the optimiser state, the epoch, the history and
+the state of every random generator held by a layer (e.g. Dropout), so a run resumed from
+epoch k ends exactly where the uninterrupted run ends.
+
+Checkpoints are ``.npz`` files of plain arrays (metadata as a JSON string array), written
+to a temporary file in the same folder and renamed over the old one (``os.replace`` is
+atomic), and read with ``allow_pickle=False``. Ctrl-C during training therefore leaves the
+checkpoint of the last finished epoch intact.
+"""
+import json
+import math
+import os
+import sys
+import time
+import zipfile
+import zlib
+
+import numpy as np
+
+__all__ = ["fit", "evaluate", "train_epoch", "save_checkpoint", "load_checkpoint", "read_checkpoint",
+           "CheckpointError", "atomic_savez", "atomic_write_text", "HISTORY_KEYS", "write_history"]
+
+CHECKPOINT_FORMAT = "fastconv-checkpoint"
+CHECKPOINT_VERSION = 1
+HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
+                "images_per_s")
+
+
+# --------------------------------------------------------------------------- atomic files
+
+def _atomic(path, write):
+    """Call write(file object) on a temporary file next to ``path``, then rename it onto
+    ``path``; on any error (Ctrl-C included) remove the temporary file, leaving ``path`` as it was."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())        # the data is on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def atomic_savez(path, **arrays):
+    """``np.savez`` to ``path`` atomically (a file object, so no ".npz" is appended)."""
+    return _atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def atomic_write_text(path, text):
+    return _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: truncated, not a fastconv checkpoint, or written
+    for another model or optimiser (names or shapes differ)."""
+
+
+def _generators(model):
+    """(name, numpy Generator) for every random generator a layer holds (e.g. Dropout's)."""
+    for mod_name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, np.random.Generator):
+                yield (f"{mod_name}.{attr}" if mod_name else attr), value
+
+
+def save_checkpoint(path, model, optimizer=None, epoch=0, history=None, meta=None):
+    """Write model parameters and buffers, optimiser state, the number of finished epochs,
+    the history and the layers' random-generator states to ``path`` atomically.
+
+    Keys: ``model/<param>``, ``optim/<state>``, ``history/<key>``, ``epoch`` and ``meta``
+    (a JSON string: format, version, optimiser class, generator states, and ``meta``).
+    """
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
+    for key, values in (history or {}).items():
+        arrays[f"history/{key}"] = np.asarray(values, dtype=np.float64)
+    info = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": int(epoch),
+        "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+        "rng": {name: g.bit_generator.state for name, g in _generators(model)},
+        "meta": meta or {},
+    }
+    arrays["epoch"] = np.array(epoch, np.int64)
+    arrays["meta"] = np.array(json.dumps(info))
+    return atomic_savez(path, **arrays)
+
+
+def read_checkpoint(path):
+    """Read a checkpoint into a dict: ``model``, ``optim``, ``history`` (dicts of arrays),
+    ``epoch`` (int) and ``meta`` (dict). Raises CheckpointError when unreadable."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            data = {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: it is truncated or not a "
+                              f"fastconv .npz checkpoint ({type(exc).__name__}: {exc})") from exc
+    try:
+        info = json.loads(str(data.pop("meta")))
+        if info.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {info.get('format')!r}")
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a fastconv checkpoint (no valid 'meta' entry: {exc})") \
+            from exc
+    out = {"model": {}, "optim": {}, "history": {}, "epoch": int(data.pop("epoch", info["epoch"])),
+           "meta": info}
+    for key, value in data.items():
+        group, _, name = key.partition("/")
+        if group in ("model", "optim", "history") and name:
+            out[group][name] = value
+    return out
+
+
+def _check_state(path, what, saved, expected):
+    """Names and shapes of ``saved`` must equal ``expected``'s (dicts of arrays)."""
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit this {what}: missing {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                              f"{' ...' if len(unexpected) > 5 else ''} (another model or optimiser?)")
+    for name, want in expected.items():
+        got = np.shape(saved[name])
+        if got != np.shape(want):
+            raise CheckpointError(f"checkpoint {path} does not fit this {what}: {name} has shape {got} "
+                                  f"in the checkpoint but {np.shape(want)} here")
+
+
+def load_checkpoint(path, model, optimizer=None):
+    """Restore ``model`` (and ``optimizer``) from ``path``; return (epoch, history, meta).
+
+    Everything is checked before anything changes: a checkpoint of another architecture or
+    a damaged file raises CheckpointError and leaves the model as it was.
+    """
+    ck = read_checkpoint(path)
+    _check_state(path, "model", ck["model"], model.state_dict())
+    gens = dict(_generators(model))
+    if optimizer is not None:
+        saved_class = ck["meta"].get("optimizer")
+        if saved_class != type(optimizer).__name__:
+            raise CheckpointError(f"checkpoint {path} holds {saved_class} state, not "
+                                  f"{type(optimizer).__name__}; resume with the same --optimizer")
+        _check_state(path, "optimizer", ck["optim"], optimizer.state_dict())
+    model.load_state_dict(ck["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(ck["optim"])
+    for name, state in ck["meta"].get("rng", {}).items():
+        if name in gens:
+            gens[name].bit_generator.state = state
+    history = {k: [float(v) for v in ck["history"].get(k, [])] for k in HISTORY_KEYS}
+    for k in ("epoch",):
+        history[k] = [int(v) for v in history[k]]
+    return ck["epoch"], history, ck["meta"].get("meta", {})
+
+
+def write_history(history, folder):
+    """Write ``history.csv`` and ``history.json`` into ``folder`` (atomically); return the paths."""
+    keys = [k for k in HISTORY_KEYS if k in history]
+    n = len(history.get("epoch", []))
+    lines = [",".join(keys)] + [",".join(repr(history[k][i]) for k in keys) for i in range(n)]
+    return [atomic_write_text(os.path.join(folder, "history.csv"), "\n".join(lines) + "\n"),
+            atomic_write_text(os.path.join(folder, "history.json"), json.dumps(history, indent=1))]
+
+
+# --------------------------------------------------------------------------- loop
+
+def _default_loss():
+    from .nn import CrossEntropyLoss
+    return CrossEntropyLoss()
+
+
+def evaluate(model, loader, loss_fn=None):
+    """Mean loss and accuracy of ``model`` (in eval mode) over every batch of ``loader``.
+
+    The model's train/eval mode is restored afterwards.
+    """
+    loss_fn = loss_fn or _default_loss()
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        for xb, yb in loader:
+            logits = model(xb)
+            total_loss += float(loss_fn.forward(logits, yb)) * len(yb)
+            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+            count += len(yb)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        return math.nan, math.nan
+    return total_loss / count, correct / count
+
+
+def train_epoch(model, loader, optimizer, loss_fn=None, schedule=None, first_step=0,
+                progress=True, desc="train"):
+    """One pass over ``loader``; returns (mean loss, accuracy, images per second).
+
+    ``schedule(t)`` sets ``optimizer.lr`` before step t = first_step, first_step + 1, ...
+    The progress bar (tqdm, on stderr) shows the running loss, accuracy, images/s and LR.
+    """
+    loss_fn = loss_fn or _default_loss()
+    model.train()
+    total_loss, correct, count = 0.0, 0, 0
+    bar = _progress_bar(loader, progress, desc)
+    start = time.perf_counter()
+    try:
+        for b, (xb, yb) in enumerate(loader if bar is None else bar):
+            if schedule is not None:
+                optimizer.lr = schedule(first_step + b)
+            optimizer.zero_grad()
+            logits = model(xb)
+            loss = float(loss_fn.forward(logits, yb))
+            if not math.isfinite(loss):     # diverged: stop before the update spreads NaNs
+                raise FloatingPointError(f"{desc}: the loss became {loss} at step {first_step + b} "
+                                         f"(lr {optimizer.lr:.3g}); lower the learning rate")
+            model.backward(loss_fn.backward())
+            optimizer.step()
+            total_loss += loss * len(yb)
+            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+            count += len(yb)
+            if bar is not None and (b % 10 == 0 or b == len(loader) - 1):
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}",
+                                img_s=f"{count / max(elapsed, 1e-9):.0f}", lr=f"{optimizer.lr:.3g}",
+                                refresh=False)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    return total_loss / max(count, 1), correct / max(count, 1), count / max(elapsed, 1e-9)
+
+
+def _progress_bar(loader, progress, desc):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(loader, total=len(loader), desc=desc, unit="batch", dynamic_ncols=True,
+                leave=True, file=sys.stderr)
+
+
+def fit(model, train_loader, optimizer, epochs, schedule=None, loss_fn=None, test_loader=None,
+        checkpoint=None, resume=None, progress=True, log=print, meta=None, on_epoch_end=None):
+    """Train ``model`` for ``epochs`` epochs and return the history.
+
+    Parameters
+    ----------
+    model : fastconv.nn.Module
+    train_loader, test_loader : fastconv.data.DataLoader (test_loader may be None)
+    optimizer : fastconv.optim.Optimizer
+    epochs : int, the total number of epochs (a resumed run continues up to it)
+    schedule : callable step -> lr, or None for a constant ``optimizer.lr``
+    loss_fn : default ``fastconv.nn.CrossEntropyLoss()``
+    checkpoint : path or None; written atomically after every epoch
+    resume : path or None; load this checkpoint first and continue after its epoch
+    progress : show a tqdm bar per epoch
+    log : callable for one line per epoch (None: silent)
+    meta : dict saved in the checkpoint (e.g. the command-line arguments)
+    on_epoch_end : callable(history) after each epoch (e.g. to write history files)
+
+    Returns
+    -------
+    history : dict of lists, keys HISTORY_KEYS (epoch is 1-based; test_* are NaN
+    without a test_loader).
+    """
+    loss_fn = loss_fn or _default_loss()
+    history = {k: [] for k in HISTORY_KEYS}
+    start_epoch = 0
+    if resume is not None:
+        start_epoch, history, _ = load_checkpoint(resume, model, optimizer)
+        if log:
+            log(f"resumed from {resume} after epoch {start_epoch}")
+    steps = len(train_loader)
+    for epoch in range(start_epoch, epochs):
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        train_loss, train_acc, ips = train_epoch(
+            model, train_loader, optimizer, loss_fn, schedule, first_step=epoch * steps,
+            progress=progress, desc=f"epoch {epoch + 1}/{epochs}")
+        test_loss, test_acc = (evaluate(model, test_loader, loss_fn) if test_loader is not None
+                               else (math.nan, math.nan))
+        seconds = time.perf_counter() - t0
+        row = dict(epoch=epoch + 1, lr=optimizer.lr, train_loss=train_loss, train_acc=train_acc,
+                   test_loss=test_loss, test_acc=test_acc, seconds=seconds, images_per_s=ips)
+        for k in HISTORY_KEYS:
+            history[k].append(row[k])
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, optimizer, epoch + 1, history, meta)
+        if log:
+            log(f"epoch {epoch + 1:3d}/{epochs}  train loss {train_loss:.4f} acc {train_acc:.4f}  "
+                f"test loss {test_loss:.4f} acc {test_acc:.4f}  {seconds / 60:.2f} min  "
+                f"{ips:.0f} img/s")
+        if on_epoch_end is not None:
+            on_epoch_end(history)
+    return history
