@@ -199,25 +199,10 @@ class LRFinderResult:
         written.append(atomic_write_text(f"{prefix}.csv", "\n".join(rows) + "\n"))
         written.append(atomic_savez(f"{prefix}.npz", lrs=self.lrs, losses=self.losses,
                                     smoothed=self.smoothed, suggestion=np.array(self.suggestion)))
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return written
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(self.lrs, self.losses, alpha=0.3, label="loss")
-        ax.plot(self.lrs, self.smoothed, label="smoothed loss")
-        ax.axvline(self.suggestion, color="k", ls="--", label=f"suggested lr {self.suggestion:.2g}")
-        ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="LR range test")
-        finite = self.smoothed[np.isfinite(self.smoothed)]
-        if finite.size:
-            ax.set_ylim(top=min(float(finite.max()), 3 * float(finite.min()) + 1))
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(f"{prefix}.png", dpi=100)
-        plt.close(fig)
-        written.append(f"{prefix}.png")
+        from .viz import available, plot_lr_find
+        if available():                  # the PNG is optional: matplotlib may be missing
+            plot_lr_find(self.lrs, self.losses, self.smoothed, self.suggestion, path=f"{prefix}.png")
+            written.append(f"{prefix}.png")
         return written
 
 

@@ -42,7 +42,7 @@ def test_train_tiny_run_and_resume(tmp_path, capsys, monkeypatch):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "epoch   1/1" in text and "done: test accuracy" in text
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "history.csv", "history.json"]
+    assert {"checkpoint.npz", "history.csv", "history.json"} <= set(os.listdir(out))
     history = json.loads((out / "history.json").read_text())
     assert history["epoch"] == [1] and 0 <= history["test_acc"][0] <= 1
     # resume to 2 epochs from the checkpoint
