@@ -39,3 +39,18 @@ def assert_grad_matches(analytic, f, x, h=1e-6, rtol=1e-5, atol=1e-7, err_msg=""
     """Check an analytic gradient of scalar f() w.r.t. float64 x against central differences."""
     numeric = numerical_grad(f, x, h)
     np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
+def run_python(args, timeout=120, **kwargs):
+    """Run ``python ARGS`` in a child process from a neutral folder, capturing text output.
+
+    Not from the repository root: there ``python -c``/``-m`` would import the source folder
+    ``fastconv/`` (which holds no compiled kernels after a plain ``pip install .``) instead of
+    the installed package.
+    """
+    import subprocess
+    import sys
+    import tempfile
+    kwargs.setdefault("cwd", tempfile.gettempdir())
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)

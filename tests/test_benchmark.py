@@ -6,13 +6,13 @@ takes seconds. No test asserts a time.
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from fastconv.benchmark import cases, cli, jsonfile, memory, models, plot, runner, shapes, timing
+from helpers import run_python
 
 SHARED_SHAPES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
                              "shapes.py")
@@ -319,8 +319,7 @@ def test_torch_rows_when_torch_is_installed(capsys, tmp_path):
 
 
 def test_python_dash_m_entry_point():
-    out = subprocess.run([sys.executable, "-m", "fastconv.benchmark", "--help"],
-                         capture_output=True, text=True, timeout=120)
+    out = run_python(["-m", "fastconv.benchmark", "--help"])
     assert out.returncode == 0 and "--compare" in out.stdout
 
 

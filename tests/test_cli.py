@@ -1,12 +1,12 @@
 """The fastconv command: train, summary, info, bench and --help."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from fastconv.cli import build_parser, main
+from helpers import run_python
 
 
 def test_help_explains_every_train_option(capsys):
@@ -132,9 +132,7 @@ def test_bench_dispatch(capsys, monkeypatch):
 
 def test_console_entry_points():
     """`python -m fastconv` works (the `fastconv` script is the same main, via [project.scripts])."""
-    res = subprocess.run([sys.executable, "-m", "fastconv", "--version"], capture_output=True,
-                         text=True, timeout=120)
+    res = run_python(["-m", "fastconv", "--version"])
     assert res.returncode == 0 and "fastconv" in res.stdout
-    res = subprocess.run([sys.executable, "-m", "fastconv", "summary", "lenet5"], capture_output=True,
-                         text=True, timeout=120)
+    res = run_python(["-m", "fastconv", "summary", "lenet5"])
     assert res.returncode == 0 and "conv1" in res.stdout

@@ -4,7 +4,6 @@ The numerical agreement of fast and reference kernels is tested per op family in
 test_conv.py, test_pool.py and test_batchnorm.py; this file tests the layer that guards them.
 """
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -13,6 +12,7 @@ import pytest
 
 import fastconv
 import fastconv.functional as F
+from helpers import run_python
 
 BACKENDS = ["fast", "reference"]
 
@@ -199,8 +199,7 @@ def test_bad_input_never_crashes_the_interpreter():
         print(raised, len(t.BAD))
     """)
     here = os.path.dirname(__file__)
-    out = subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True,
-                         timeout=120)
+    out = run_python(["-c", code, here])
     assert out.returncode == 0, out.stderr
     raised, total = map(int, out.stdout.split())
     assert raised == total
@@ -274,8 +273,7 @@ def test_one_setting_governs_blas_too():
 
 def test_omp_num_threads_is_the_default():
     env = dict(os.environ, OMP_NUM_THREADS="3")
-    out = subprocess.run([sys.executable, "-c", "import fastconv; print(fastconv.get_num_threads())"],
-                         capture_output=True, text=True, env=env, timeout=60)
+    out = run_python(["-c", "import fastconv; print(fastconv.get_num_threads())"], env=env)
     assert out.stdout.strip() == "3", out.stderr
 
 

@@ -5,7 +5,6 @@ import argparse
 import html.parser
 import os
 import struct
-import subprocess
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ from fastconv.viz import (activation, confusion_matrix, layer_names, plot_confus
                           plot_feature_maps, plot_filters, plot_history, plot_lr_find,
                           plot_receptive_field, resolve_layer, save_training_figures, write_index)
 from fastconv.viz import _mpl
+from helpers import run_python
 
 DPI = 40          # small PNGs: the tests check sizes and contents, not looks
 
@@ -381,7 +381,7 @@ def test_package_imports_without_matplotlib():
             "    v.plot_history({'train_loss': [1.0]})\n"
             "except ImportError as e:\n"
             "    print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = run_python(["-c", code])
     assert out.returncode == 0, out.stderr
     assert "pip install 'fastconv[viz]'" in out.stdout
 
