@@ -191,7 +191,7 @@ class LRFinderResult:
     def save(self, prefix):
         """Write ``prefix.csv``, ``prefix.npz`` and, when matplotlib is installed, ``prefix.png``.
         Returns the list of paths written."""
-        from .train import atomic_savez, atomic_write_text
+        from ._files import atomic_savez, atomic_write_text
         written = []
         rows = ["lr,loss,smoothed_loss"] + [f"{a!r},{b!r},{c!r}" for a, b, c in
                                             zip(self.lrs.tolist(), self.losses.tolist(),

@@ -29,44 +29,15 @@ import zlib
 
 import numpy as np
 
+from ._files import atomic_savez, atomic_write_text
+
 __all__ = ["fit", "evaluate", "train_epoch", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "CheckpointError", "atomic_savez", "atomic_write_text", "HISTORY_KEYS", "write_history"]
+           "CheckpointError", "HISTORY_KEYS", "write_history"]
 
 CHECKPOINT_FORMAT = "fastconv-checkpoint"
 CHECKPOINT_VERSION = 1
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
                 "images_per_s")
-
-
-# --------------------------------------------------------------------------- atomic files
-
-def _atomic(path, write):
-    """Call write(file object) on a temporary file next to ``path``, then rename it onto
-    ``path``; on any error (Ctrl-C included) remove the temporary file, leaving ``path`` as it was."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())        # the data is on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def atomic_savez(path, **arrays):
-    """``np.savez`` to ``path`` atomically (a file object, so no ".npz" is appended)."""
-    return _atomic(path, lambda f: np.savez(f, **arrays))
-
-
-def atomic_write_text(path, text):
-    return _atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 # --------------------------------------------------------------------------- checkpoints

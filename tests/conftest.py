@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 
@@ -20,3 +22,22 @@ def n_threads(request):
     """Run the test body with 1 and with 2 threads (restored afterwards)."""
     with fastconv.num_threads(request.param):
         yield request.param
+
+
+def fast_kernels_built():
+    try:
+        for name in ("conv_direct", "conv_im2col", "pool", "batchnorm"):
+            importlib.import_module(f"fastconv._ext.{name}")
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def layer_test_backend():
+    """For the layer, model and summary tests: the fast kernels when they are built (quicker),
+    else the NumPy reference; one thread, because these tests run many tiny ops (threads and
+    the agreement of the backends are tested with the kernels themselves)."""
+    with fastconv.use_backend("fast" if fast_kernels_built() else "reference"), \
+            fastconv.num_threads(1):
+        yield

@@ -1,7 +1,6 @@
 """The fastconv command: train, summary, info, bench and --help."""
 import json
 import os
-import sys
 
 import pytest
 

@@ -1,7 +1,6 @@
 """The classic models: output shapes on 28x28 grey and 32x32 colour input, parameter counts
 (verified against the same architectures built with torch.nn), forward parity with PyTorch
 when torch is installed, fold_batchnorm on whole models, and a whole-model gradcheck."""
-import importlib
 
 import numpy as np
 import pytest
@@ -13,22 +12,7 @@ from fastconv.models import MODELS, get_model
 from helpers import assert_close
 
 
-def _fast_available():
-    try:
-        for name in ("conv_direct", "conv_im2col", "pool", "batchnorm"):
-            importlib.import_module(f"fastconv._ext.{name}")
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _backend():
-    """The fast kernels when they are built (quicker), else the NumPy reference; one thread,
-    because these tests run many tiny ops, where waking a second OpenMP thread on a busy
-    2-core machine costs more than the op (threads are tested with the kernels)."""
-    with fastconv.use_backend("fast" if _fast_available() else "reference"), fastconv.num_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("layer_test_backend")
 
 
 # Counted with torch 2.13 on the equivalent torch.nn models (the mirrors below):

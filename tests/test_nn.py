@@ -1,30 +1,15 @@
 """fastconv.nn: every layer's backward against finite differences (gradcheck, float64),
 train/eval behaviour, state_dict, initialisation, losses, fold_batchnorm and repr."""
 import copy
-import importlib
 
 import numpy as np
 import pytest
 
-import fastconv
 from fastconv import nn
 from fastconv.gradcheck import GradcheckError, gradcheck
 
 
-def _fast_available():
-    try:
-        for name in ("conv_direct", "conv_im2col", "pool", "batchnorm"):
-            importlib.import_module(f"fastconv._ext.{name}")
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _backend():
-    """The fast kernels when built, else the reference; one thread (tiny ops: see test_models)."""
-    with fastconv.use_backend("fast" if _fast_available() else "reference"), fastconv.num_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("layer_test_backend")
 
 
 # --------------------------------------------------------------------------- gradcheck per layer

@@ -1,5 +1,4 @@
 """Optimisers against hand-computed updates (PyTorch's formulas) and schedules' values."""
-import math
 
 import numpy as np
 import pytest

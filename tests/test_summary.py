@@ -1,6 +1,5 @@
 """fastconv.summary: shapes, parameters, multiply-adds and receptive fields (the notes' formula
 r_out = r_in + (k - 1) * j_in, j_out = j_in * s)."""
-import importlib
 
 import pytest
 
@@ -10,19 +9,7 @@ from fastconv.models import MODELS, get_model
 from fastconv.summary import receptive_field, summary
 
 
-def _fast_available():
-    try:
-        for name in ("conv_direct", "conv_im2col", "pool", "batchnorm"):
-            importlib.import_module(f"fastconv._ext.{name}")
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _backend():
-    with fastconv.use_backend("fast" if _fast_available() else "reference"), fastconv.num_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("layer_test_backend")
 
 
 def _rows(s):

@@ -8,8 +8,8 @@ with ``json`` alone (no pickle).
 """
 import json
 import math
-import os
-import tempfile
+
+from .._files import atomic_write_text
 
 
 def _clean(value):
@@ -25,15 +25,7 @@ def _clean(value):
 
 def write_text(text, path):
     """Write ``text`` to ``path`` atomically: a temporary file beside it, then a rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastconv-bench-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def save(doc, path):

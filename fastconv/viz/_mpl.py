@@ -5,7 +5,8 @@ with ``matplotlib.figure.Figure`` on an explicit Agg canvas, never through ``pyp
 window opens, no global backend is switched (a notebook's backend is left alone) and no
 figure is kept alive in pyplot's registry.
 """
-import os
+
+from .._files import atomic_write
 
 MISSING = ("fastconv.viz needs matplotlib, which is not installed. Install it with "
            "`pip install 'fastconv[viz]'` (or `pip install matplotlib`).")
@@ -47,19 +48,7 @@ def save_png(fig, path):
     """Write ``fig`` as PNG to ``path`` atomically (temporary file in the same folder, then
     ``os.replace``), creating the folder. The size is exactly figsize x dpi pixels (no
     ``bbox_inches="tight"``, which would change it). Returns ``path``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png", dpi=fig.dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi))
 
 
 def finish(fig, path):

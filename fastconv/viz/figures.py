@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..nn import Conv2d, Module
+from ..nn import Module
 from . import _mpl
 
 __all__ = ["plot_filters", "plot_feature_maps", "plot_history", "plot_receptive_field",
