@@ -3,7 +3,8 @@
 
 Same functions and signatures as the reference; read its docstring for (bn.fwd), (bn.bwd)
 and (bn.run). x is always 4-D (N, C, H, W) (BatchNorm1d input arrives as (N, C, 1, 1)),
-channel c holds M = N*H*W values, and statistics are accumulated in double even for float32.
+channel c holds M = N*H*W values, and statistics are accumulated in double even for float32
+(the row path's backward first sums blocks of RBLOCK rows in x's dtype, see _rows_backward).
 
 How the kernels work
 --------------------
@@ -16,21 +17,30 @@ Two memory layouts, one per common case, chosen by HW = H*W:
   run, in order), which lets gcc vectorise the reduction without -ffast-math; the lanes
   are added in a fixed tree at the end.
 * HW == 1 ("row path", BatchNorm1d): channel c is strided by C, which is slow to walk
-  channel by channel. Instead loop n outer and c inner with one double accumulator per
-  channel: rows are contiguous and the loop over c vectorises. ``prange`` runs over fixed
-  blocks of CBLOCK = 64 channels.
+  value by value. Instead take 8 neighbouring channels at a time (32 contiguous bytes of
+  each row) down all N rows, their running sums in registers, or loop n outer and c inner
+  with one accumulator per channel: either way the loop over c vectorises. ``prange`` runs
+  over fixed blocks of CBLOCK = 64 channels.
 
 Either way every channel's sums are taken in an order fixed by the shape alone, so the
 results are bitwise identical for any number of threads. Small calls run on one thread
 (``threads_for_values`` in _common.pxd).
 
-Training forward: pass 1 the mean, pass 2 the centred variance sum((x - mean)^2) / M
-(two passes are numerically better than E[x^2] - E[x]^2, which cancels catastrophically
-when |mean| >> std), pass 3 y = (x - mean) * (gamma * invstd) + beta, one read and one write.
-Backward (bn.bwd): pass 1 sum x and sum dy; pass 2 sum (x - mean)^2 and sum dy * (x - mean);
-pass 3 dx = a * dy + b * (x - mean) + c0 with per-channel a, b, c0 (derived below).
+Training forward, channel path: pass 1 the mean, pass 2 the centred variance
+sum((x - mean)^2) / M (two passes are numerically better than E[x^2] - E[x]^2, which cancels
+catastrophically when |mean| >> std), pass 3 y = (x - mean) * (gamma * invstd) + beta, one
+read and one write. (Fusing passes 1 and 2 with shifted sums, as below, measured no faster
+here: a channel's data are still in L2 for pass 2, and the fused loop is compute-bound.)
+Row path: one pass of shifted sums (_shifted_moments), then y.
+Backward (bn.bwd), both paths: pass 1 the shifted sums sum (x - K), sum (x - K)^2, sum dy
+and sum dy * (x - K) with K = x[0, c] (_shifted_moments says why that is accurate), from
+which mean, var and sum dy * (x - mean) follow; pass 2 dx = a * dy + b * (x - mean) + c0
+with per-channel a, b, c0 (derived below). Two reads of x and dy instead of three: on
+bn2d_s1 (16 MB of x and dy) the backward went from 3.2 to 2.6 ms on one thread.
 """
 import numpy as np
+
+cimport numpy as cnp
 
 from cython cimport floating
 from cython.parallel cimport prange
@@ -38,16 +48,44 @@ from libc.math cimport sqrt
 
 from _common cimport threads_for_values
 
+cnp.import_array()
+
+
+cdef inline cnp.ndarray _empty(int ndim, const Py_ssize_t* shape, bint single):
+    """np.empty(shape[:ndim], float32 if single else float64), without np.empty's ~0.2 us of
+    argument parsing (noticeable on BatchNorm1d calls of ~10 us)."""
+    return cnp.PyArray_EMPTY(ndim, <cnp.npy_intp*>shape,
+                             cnp.NPY_FLOAT32 if single else cnp.NPY_FLOAT64, 0)
+
 
 cdef enum:
     LANES = 8       # independent partial sums per channel (vectorisable, fixed order)
     CBLOCK = 64     # channels per work unit on the row path (HW == 1)
+    RBLOCK = 8      # rows summed in x's dtype before being added to the double sums (row path)
 
 
 
 cdef inline double _lanes_total(const double* acc) noexcept nogil:
     """The LANES partial sums added in a fixed tree order."""
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+cdef inline void _shifted_moments(double K, double s1, double s2, Py_ssize_t M,
+                                  double* mean, double* var) noexcept nogil:
+    """mean and biased var from the shifted sums s1 = sum (x - K), s2 = sum (x - K)^2.
+
+    mean = K + s1/M and var = s2/M - (s1/M)^2. Why this is accurate: the textbook one-pass
+    E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std (both terms ~ mean^2, their
+    difference ~ var), but here the terms are s2/M = var + (mean - K)^2 and (mean - K)^2, so
+    the relative error of var is about 1e-16 * (1 + (mean - K)^2 / var). K is one of the
+    channel's own values, and for any value (K - mean)^2 <= M * var (it is one term of the
+    sum M * var = sum (x - mean)^2), so the error is at most ~1e-16 * (M + 1) even for an
+    outlier, and ~1e-16 * (a few) for a typical K within a few std of the mean. The shift
+    costs nothing and merges the mean and variance passes into one (one fewer read of x).
+    """
+    cdef double m1 = s1 / M, v = s2 / M - m1 * m1
+    mean[0] = K + m1
+    var[0] = v if v > 0 else 0.0        # rounding could leave a constant channel at -1e-30
 
 
 # --------------------------------------------------------------------------- channel path (HW > 1)
@@ -112,53 +150,50 @@ cdef void _channel_train(const floating* x0, floating* y0, Py_ssize_t N, Py_ssiz
 cdef void _channel_backward(const floating* dy0, const floating* x0, floating* dx0,
                             Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW, floating gamma,
                             double eps, floating* dgamma, floating* dbeta) noexcept nogil:
-    """(bn.bwd) for one channel, statistics recomputed from x.
+    """(bn.bwd) for one channel, statistics recomputed from x: two passes over x and dy.
 
     With xc = x - mean, S1 = sum dy and S2 = sum dy * xc (so dgamma = S2 * invstd):
     dx = gamma*invstd/M * (M*dy - S1 - xhat*dgamma)
        = (gamma*invstd) * dy  -  (gamma*invstd^3*S2/M) * xc  -  gamma*invstd*S1/M.
+    Pass 1 takes every sum at once with the shift K = x0[0] (d = x - K, see
+    _shifted_moments): sum d, sum d^2, S1 = sum dy and E = sum dy * d; then
+    S2 = sum dy * (d - (mean - K)) = E - (mean - K) * S1. Pass 2 writes dx.
     """
-    cdef double accx[LANES]
-    cdef double accdy[LANES]
+    cdef double sx[LANES]
+    cdef double sxx[LANES]
+    cdef double sdy[LANES]
+    cdef double sdyx[LANES]
     cdef Py_ssize_t n, i, k, nfull = HW - HW % LANES
     cdef Py_ssize_t M = N * HW
     cdef const floating* a
     cdef const floating* g
     cdef floating* o
-    cdef double m, d, var, invstd, s1, s2
+    cdef double K = x0[0], d, m, var, invstd, s1, s2
     cdef floating ca, cb, cc, fm
     for k in range(LANES):
-        accx[k] = 0
-        accdy[k] = 0
-    for n in range(N):                                       # pass 1: sum x, sum dy
+        sx[k] = 0
+        sxx[k] = 0
+        sdy[k] = 0
+        sdyx[k] = 0
+    for n in range(N):                                       # pass 1: all four sums
         a = x0 + n * sn
         g = dy0 + n * sn
         for i in range(0, nfull, 8):       # LANES (a literal, so Cython emits a C loop)
             for k in range(LANES):
-                accx[k] += a[i + k]
-                accdy[k] += g[i + k]
+                d = a[i + k] - K
+                sx[k] += d
+                sxx[k] += d * d
+                sdy[k] += g[i + k]
+                sdyx[k] += g[i + k] * d
         for i in range(nfull, HW):
-            accx[i - nfull] += a[i]
-            accdy[i - nfull] += g[i]
-    m = _lanes_total(accx) / M
-    s1 = _lanes_total(accdy)
-    for k in range(LANES):
-        accx[k] = 0
-        accdy[k] = 0
-    for n in range(N):                                       # pass 2: sum xc^2, sum dy*xc
-        a = x0 + n * sn
-        g = dy0 + n * sn
-        for i in range(0, nfull, 8):       # LANES (a literal, so Cython emits a C loop)
-            for k in range(LANES):
-                d = a[i + k] - m
-                accx[k] += d * d
-                accdy[k] += g[i + k] * d
-        for i in range(nfull, HW):
-            d = a[i] - m
-            accx[i - nfull] += d * d
-            accdy[i - nfull] += g[i] * d
-    var = _lanes_total(accx) / M
-    s2 = _lanes_total(accdy)
+            d = a[i] - K
+            sx[i - nfull] += d
+            sxx[i - nfull] += d * d
+            sdy[i - nfull] += g[i]
+            sdyx[i - nfull] += g[i] * d
+    _shifted_moments(K, _lanes_total(sx), _lanes_total(sxx), M, &m, &var)
+    s1 = _lanes_total(sdy)
+    s2 = _lanes_total(sdyx) - (m - K) * s1
     invstd = 1.0 / sqrt(var + eps)
     dgamma[0] = <floating>(s2 * invstd)
     dbeta[0] = <floating>s1
@@ -166,7 +201,7 @@ cdef void _channel_backward(const floating* dy0, const floating* x0, floating* d
     cb = <floating>(-gamma * invstd * invstd * invstd * s2 / M)
     cc = <floating>(-gamma * invstd * s1 / M)
     fm = <floating>m
-    for n in range(N):                                       # pass 3: dx
+    for n in range(N):                                       # pass 2: dx
         a = x0 + n * sn
         g = dy0 + n * sn
         o = dx0 + n * sn
@@ -176,44 +211,87 @@ cdef void _channel_backward(const floating* dy0, const floating* x0, floating* d
 
 # --------------------------------------------------------------------------- row path (HW == 1)
 
+cdef void _rows_affine(const floating* x, floating* y, const floating* fm, const floating* fa,
+                       const floating* fb, Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
+                       Py_ssize_t cb) noexcept nogil:
+    """y[n, c0 + j] = (x[n, c0 + j] - fm[j]) * fa[j] + fb[j] for j < cb: (bn.fwd) on rows.
+
+    8 channels at a time over all N rows, so that their fm, fa, fb stay in registers
+    instead of being reloaded for every row.
+    """
+    cdef floating m[8]
+    cdef floating a[8]
+    cdef floating b[8]
+    cdef Py_ssize_t n, j, j0, k, cfull = cb - cb % 8
+    cdef const floating* row
+    cdef floating* out
+    for j0 in range(0, cfull, 8):
+        for k in range(8):
+            m[k] = fm[j0 + k]
+            a[k] = fa[j0 + k]
+            b[k] = fb[j0 + k]
+        for n in range(N):
+            row = x + n * C + c0 + j0
+            out = y + n * C + c0 + j0
+            for k in range(8):
+                out[k] = (row[k] - m[k]) * a[k] + b[k]
+    for j in range(cfull, cb):                               # the last cb % 8 channels
+        for n in range(N):
+            y[n * C + c0 + j] = (x[n * C + c0 + j] - fm[j]) * fa[j] + fb[j]
+
+
 cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
                       const floating* beta, double eps, double* mean, double* var,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """Training forward of channels [c0, c1) (at most CBLOCK) of an (N, C) input, n outer."""
-    cdef double acc[CBLOCK]
-    cdef double m[CBLOCK]
+    """Training forward of channels [c0, c1) (at most CBLOCK) of an (N, C) input.
+
+    Pass 1: the shifted sums of _shifted_moments with K = x[0, c], in double (mean and var
+    are returned in float64 and must agree with the reference to float64 precision, so
+    unlike _rows_backward no partial sums in x's dtype here). Pass 2: y.
+    """
+    cdef double s1[CBLOCK]
+    cdef double s2[CBLOCK]
+    cdef double K[CBLOCK]
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
     cdef floating fb[CBLOCK]
-    cdef Py_ssize_t n, j, cb = c1 - c0
+    cdef double a1[8]
+    cdef double a2[8]
+    cdef Py_ssize_t n, j, j0, k, cb = c1 - c0, cfull = cb - cb % 8
     cdef const floating* row
-    cdef floating* out
     cdef double d
     for j in range(cb):
-        acc[j] = 0
-    for n in range(N):                                       # pass 1: sum x
-        row = x + n * C + c0
-        for j in range(cb):
-            acc[j] += row[j]
+        K[j] = x[c0 + j]
+    # Pass 1: shifted sums, 8 channels at a time over all N rows, so that the 16 running
+    # sums stay in registers (a loop over all cb channels per row would load and store them
+    # for every row: twice the instructions in this compute-bound loop). Each channel's sums
+    # still run over n in order, so the grouping does not change a bit of the result.
+    for j0 in range(0, cfull, 8):
+        for k in range(8):
+            a1[k] = 0
+            a2[k] = 0
+        for n in range(N):
+            row = x + n * C + c0 + j0
+            for k in range(8):
+                d = row[k] - K[j0 + k]
+                a1[k] += d
+                a2[k] += d * d
+        for k in range(8):
+            s1[j0 + k] = a1[k]
+            s2[j0 + k] = a2[k]
+    for j in range(cfull, cb):                               # the last cb % 8 channels
+        s1[j] = 0
+        s2[j] = 0
+        for n in range(N):
+            d = x[n * C + c0 + j] - K[j]
+            s1[j] += d
+            s2[j] += d * d
     for j in range(cb):
-        m[j] = acc[j] / N
-        acc[j] = 0
-    for n in range(N):                                       # pass 2: sum (x - mean)^2
-        row = x + n * C + c0
-        for j in range(cb):
-            d = row[j] - m[j]
-            acc[j] += d * d
-    for j in range(cb):
-        mean[c0 + j] = m[j]
-        var[c0 + j] = acc[j] / N
-        fm[j] = <floating>m[j]
+        _shifted_moments(K[j], s1[j], s2[j], N, &mean[c0 + j], &var[c0 + j])
+        fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
-    for n in range(N):                                       # pass 3: y
-        row = x + n * C + c0
-        out = y + n * C + c0
-        for j in range(cb):
-            out[j] = (row[j] - fm[j]) * fa[j] + fb[j]
+    _rows_affine(x, y, fm, fa, fb, N, C, c0, cb)               # pass 2: y
 
 
 cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
@@ -223,67 +301,84 @@ cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
     cdef floating fb[CBLOCK]
-    cdef Py_ssize_t n, j, cb = c1 - c0
-    cdef const floating* row
-    cdef floating* out
+    cdef Py_ssize_t j, cb = c1 - c0
     for j in range(cb):
         fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
-    for n in range(N):
-        row = x + n * C + c0
-        out = y + n * C + c0
-        for j in range(cb):
-            out[j] = (row[j] - fm[j]) * fa[j] + fb[j]
+    _rows_affine(x, y, fm, fa, fb, N, C, c0, cb)
 
 
 cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
                          const floating* gamma, double eps, floating* dgamma, floating* dbeta,
                          Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """(bn.bwd) for channels [c0, c1) of an (N, C) input; formulas as in _channel_backward."""
-    cdef double acc[CBLOCK]           # sum x, then sum xc^2
+    """(bn.bwd) for channels [c0, c1) of an (N, C) input; formulas as in _channel_backward.
+
+    Pass 1 takes the four shifted sums of _channel_backward (K = x[0, c]). Each block of
+    RBLOCK rows is summed in x's dtype first, then added to the double sums: for float32
+    that runs 4 values per SSE instruction instead of 2 doubles (the loop is compute-bound,
+    the data sit in L1/L2), at the price of at most RBLOCK - 1 float roundings per block,
+    well inside float32's tolerance for dgamma and dbeta. (The forward cannot do this: its
+    mean and var are float64 outputs.) Pass 2 writes dx.
+    """
+    cdef double sx[CBLOCK]            # sum d, d = x - K
+    cdef double sxx[CBLOCK]           # sum d^2
     cdef double s1[CBLOCK]            # sum dy
-    cdef double s2[CBLOCK]            # sum dy * xc
-    cdef double m[CBLOCK]
+    cdef double sdx[CBLOCK]           # sum dy * d
+    cdef floating K[CBLOCK]
+    cdef floating px[CBLOCK]
+    cdef floating pxx[CBLOCK]
+    cdef floating p1[CBLOCK]
+    cdef floating pdx[CBLOCK]
     cdef floating fm[CBLOCK]
     cdef floating ca[CBLOCK]
     cdef floating cb_[CBLOCK]
     cdef floating cc[CBLOCK]
-    cdef Py_ssize_t n, j, cb = c1 - c0
+    cdef Py_ssize_t n, n0, n1, j, cb = c1 - c0
     cdef const floating* row
     cdef const floating* grow
     cdef floating* out
-    cdef double d, invstd, gi
+    cdef floating d
+    cdef double m, var, s2, invstd, gi
     for j in range(cb):
-        acc[j] = 0
+        K[j] = x[c0 + j]
+        sx[j] = 0
+        sxx[j] = 0
         s1[j] = 0
-        s2[j] = 0
-    for n in range(N):                                       # pass 1: sum x, sum dy
-        row = x + n * C + c0
-        grow = dy + n * C + c0
+        sdx[j] = 0
+    for n0 in range(0, N, 8):     # pass 1: shifted sums; RBLOCK (a literal: a C loop)
         for j in range(cb):
-            acc[j] += row[j]
-            s1[j] += grow[j]
-    for j in range(cb):
-        m[j] = acc[j] / N
-        acc[j] = 0
-    for n in range(N):                                       # pass 2: sum xc^2, sum dy*xc
-        row = x + n * C + c0
-        grow = dy + n * C + c0
+            px[j] = 0
+            pxx[j] = 0
+            p1[j] = 0
+            pdx[j] = 0
+        n1 = n0 + RBLOCK if n0 + RBLOCK < N else N
+        for n in range(n0, n1):
+            row = x + n * C + c0
+            grow = dy + n * C + c0
+            for j in range(cb):
+                d = row[j] - K[j]
+                px[j] += d
+                pxx[j] += d * d
+                p1[j] += grow[j]
+                pdx[j] += grow[j] * d
         for j in range(cb):
-            d = row[j] - m[j]
-            acc[j] += d * d
-            s2[j] += grow[j] * d
+            sx[j] += px[j]
+            sxx[j] += pxx[j]
+            s1[j] += p1[j]
+            sdx[j] += pdx[j]
     for j in range(cb):
-        invstd = 1.0 / sqrt(acc[j] / N + eps)
+        _shifted_moments(K[j], sx[j], sxx[j], N, &m, &var)
+        s2 = sdx[j] - (m - K[j]) * s1[j]                     # sum dy * (x - mean)
+        invstd = 1.0 / sqrt(var + eps)
         gi = gamma[c0 + j] * invstd
-        dgamma[c0 + j] = <floating>(s2[j] * invstd)
+        dgamma[c0 + j] = <floating>(s2 * invstd)
         dbeta[c0 + j] = <floating>s1[j]
-        fm[j] = <floating>m[j]
+        fm[j] = <floating>m
         ca[j] = <floating>gi
-        cb_[j] = <floating>(-gi * invstd * invstd * s2[j] / N)
+        cb_[j] = <floating>(-gi * invstd * invstd * s2 / N)
         cc[j] = <floating>(-gi * s1[j] / N)
-    for n in range(N):                                       # pass 3: dx
+    for n in range(N):                                       # pass 2: dx
         row = x + n * C + c0
         grow = dy + n * C + c0
         out = dx + n * C + c0
@@ -293,9 +388,26 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
 
 # --------------------------------------------------------------------------- the twins' API
 
+cdef inline bint _x_ok(const Py_ssize_t* shape) noexcept:
+    """x's shape (a memoryview's, 8 entries) has no empty axis."""
+    return shape[0] > 0 and shape[1] > 0 and shape[2] > 0 and shape[3] > 0
+
+
+cdef inline bint _single(x):
+    """x is a float32 ndarray: run the float kernels (anything else goes to the double ones,
+    whose memoryview conversion raises for a wrong dtype or layout). The def wrappers
+    dispatch on this themselves because Cython's automatic dispatch of a fused def function
+    costs ~0.6 us per call, a few percent of a small BatchNorm1d call."""
+    return cnp.PyArray_Check(x) and cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32
+
+
 def _check(op, x_shape, C_arrays, dy_shape=None):
     """O(1) guard for direct calls (functional.py validates for users): reject shapes that
-    would read or write out of bounds. C_arrays: name -> shape of each (C,) argument."""
+    would read or write out of bounds. C_arrays: name -> shape of each (C,) argument.
+
+    The wrappers first test the same conditions in C (a few ns) and call this, which builds
+    Python objects for the message (~1 us, a tenth of a small BatchNorm1d call), only when
+    one fails."""
     if min(x_shape[:4]) <= 0:
         raise ValueError(f"{op}: empty arrays are not supported, got x of shape {tuple(x_shape[:4])}")
     C = x_shape[1]
@@ -308,8 +420,7 @@ def _check(op, x_shape, C_arrays, dy_shape=None):
 
 
 
-def batch_norm_train_forward(const floating[:, :, :, ::1] x, const floating[::1] gamma,
-                             const floating[::1] beta, double eps, int n_threads):
+def batch_norm_train_forward(x, gamma, beta, double eps, int n_threads):
     """Training-mode batch norm with the batch statistics, notes eq. (bn.fwd).
 
     Parameters
@@ -325,13 +436,21 @@ def batch_norm_train_forward(const floating[:, :, :, ::1] x, const floating[::1]
     y : ndarray (N, C, H, W), x's dtype
     mean, var : ndarray (C,) float64; var is the biased batch variance (divided by M).
     """
+    if _single(x):
+        return _train_forward[float](x, gamma, beta, eps, n_threads)
+    return _train_forward[double](x, gamma, beta, eps, n_threads)
+
+
+cdef _train_forward(const floating[:, :, :, ::1] x, const floating[::1] gamma,
+                    const floating[::1] beta, double eps, int n_threads):
+    """batch_norm_train_forward: the typed body (see _single)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], HW = x.shape[2] * x.shape[3], c, blk
     cdef Py_ssize_t nblk = (C + CBLOCK - 1) // CBLOCK
-    _check("batch_norm_train_forward", x.shape, {"gamma": gamma.shape, "beta": beta.shape})
-    y_arr = np.empty((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
-                     dtype=np.float32 if floating is float else np.float64)
-    mean_arr = np.empty(C, dtype=np.float64)
-    var_arr = np.empty(C, dtype=np.float64)
+    if not (_x_ok(x.shape) and gamma.shape[0] == C and beta.shape[0] == C):
+        _check("batch_norm_train_forward", x.shape, {"gamma": gamma.shape, "beta": beta.shape})
+    y_arr = _empty(4, x.shape, floating is float)
+    mean_arr = _empty(1, &x.shape[1], False)
+    var_arr = _empty(1, &x.shape[1], False)
     cdef floating[:, :, :, ::1] y = y_arr
     cdef double[::1] mean = mean_arr
     cdef double[::1] var = var_arr
@@ -348,9 +467,7 @@ def batch_norm_train_forward(const floating[:, :, :, ::1] x, const floating[::1]
     return y_arr, mean_arr, var_arr
 
 
-def batch_norm_eval_forward(const floating[:, :, :, ::1] x, const floating[::1] gamma,
-                            const floating[::1] beta, const double[::1] mean,
-                            const double[::1] var, double eps, int n_threads):
+def batch_norm_eval_forward(x, gamma, beta, mean, var, double eps, int n_threads):
     """Eval-mode batch norm: eq. (bn.fwd) with the given (running) statistics.
 
     Parameters
@@ -365,12 +482,22 @@ def batch_norm_eval_forward(const floating[:, :, :, ::1] x, const floating[::1] 
     -------
     y : ndarray (N, C, H, W), x's dtype.
     """
+    if _single(x):
+        return _eval_forward[float](x, gamma, beta, mean, var, eps, n_threads)
+    return _eval_forward[double](x, gamma, beta, mean, var, eps, n_threads)
+
+
+cdef _eval_forward(const floating[:, :, :, ::1] x, const floating[::1] gamma,
+                   const floating[::1] beta, const double[::1] mean,
+                   const double[::1] var, double eps, int n_threads):
+    """batch_norm_eval_forward: the typed body (see _single)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], HW = x.shape[2] * x.shape[3], c, blk
     cdef Py_ssize_t nblk = (C + CBLOCK - 1) // CBLOCK
-    _check("batch_norm_eval_forward", x.shape, {"gamma": gamma.shape, "beta": beta.shape,
-                                                "mean": mean.shape, "var": var.shape})
-    y_arr = np.empty((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
-                     dtype=np.float32 if floating is float else np.float64)
+    if not (_x_ok(x.shape) and gamma.shape[0] == C and beta.shape[0] == C
+            and mean.shape[0] == C and var.shape[0] == C):
+        _check("batch_norm_eval_forward", x.shape, {"gamma": gamma.shape, "beta": beta.shape,
+                                                    "mean": mean.shape, "var": var.shape})
+    y_arr = _empty(4, x.shape, floating is float)
     cdef floating[:, :, :, ::1] y = y_arr
     n_threads = threads_for_values(N * C * HW, n_threads)
     with nogil:
@@ -386,8 +513,7 @@ def batch_norm_eval_forward(const floating[:, :, :, ::1] x, const floating[::1] 
     return y_arr
 
 
-def batch_norm_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                        const floating[::1] gamma, double eps, int n_threads):
+def batch_norm_backward(dy, x, gamma, double eps, int n_threads):
     """Training-mode gradients, notes eq. (bn.bwd); the batch statistics are recomputed from x.
 
     Parameters
@@ -401,13 +527,22 @@ def batch_norm_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     -------
     dx : ndarray (N, C, H, W), dgamma : ndarray (C,), dbeta : ndarray (C,), all x's dtype.
     """
+    if _single(x):
+        return _backward[float](dy, x, gamma, eps, n_threads)
+    return _backward[double](dy, x, gamma, eps, n_threads)
+
+
+cdef _backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+               const floating[::1] gamma, double eps, int n_threads):
+    """batch_norm_backward: the typed body (see _single)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], HW = x.shape[2] * x.shape[3], c, blk
     cdef Py_ssize_t nblk = (C + CBLOCK - 1) // CBLOCK
-    _check("batch_norm_backward", x.shape, {"gamma": gamma.shape}, dy.shape)
-    dtype = np.float32 if floating is float else np.float64
-    dx_arr = np.empty((N, C, x.shape[2], x.shape[3]), dtype=dtype)
-    dgamma_arr = np.empty(C, dtype=dtype)
-    dbeta_arr = np.empty(C, dtype=dtype)
+    if not (_x_ok(x.shape) and gamma.shape[0] == C and dy.shape[0] == N and dy.shape[1] == C
+            and dy.shape[2] == x.shape[2] and dy.shape[3] == x.shape[3]):
+        _check("batch_norm_backward", x.shape, {"gamma": gamma.shape}, dy.shape)
+    dx_arr = _empty(4, x.shape, floating is float)
+    dgamma_arr = _empty(1, &x.shape[1], floating is float)
+    dbeta_arr = _empty(1, &x.shape[1], floating is float)
     cdef floating[:, :, :, ::1] dx = dx_arr
     cdef floating[::1] dgamma = dgamma_arr
     cdef floating[::1] dbeta = dbeta_arr

@@ -520,21 +520,29 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     P, Q = _check("avg_pool2d_forward", x.shape, kh, kw, sh, sw, ph, pw)
     y_arr = np.empty((N, C, P, Q), dtype=np.float32 if floating is float else np.float64)
     n_threads = threads_for_values(N * C * H * W, n_threads)
-    buf_arr = np.empty((n_threads, W + 2 * pw), dtype=np.float64)   # one row per thread
     cdef floating[:, :, :, ::1] y = y_arr
+    cdef const floating* x0
+    cdef floating* y0
+    if P == 1 and Q == 1 and kh == H and kw == W and ph == 0 and pw == 0:
+        # Global average pooling (the window is the whole plane; a padded window with P == 1
+        # would not be): planes are contiguous, so plane nc starts at x0 + nc*H*W. Its own
+        # loop skips the separable path's buffers and divisor tables (a few us of Python per
+        # call) and the nc // C, nc % C index divisions (~40% of a 64-value plane's time).
+        x0 = &x[0, 0, 0, 0]
+        y0 = &y[0, 0, 0, 0]
+        with nogil:
+            for nc in prange(N * C, schedule="static", num_threads=n_threads):
+                _global_avg_plane(x0 + nc * H * W, y0 + nc, H * W)
+        return y_arr
+    buf_arr = np.empty((n_threads, W + 2 * pw), dtype=np.float64)   # one row per thread
     cdef double[:, ::1] buf = buf_arr
     cdef const double[::1] inv_rows = _inv_counts(H, P, kh, sh, ph, count_include_pad)
     cdef const double[::1] inv_cols = _inv_counts(W, Q, kw, sw, pw, count_include_pad)
-    # the window is the whole plane (a padded window with P == 1 would not be)
-    cdef bint is_global = P == 1 and Q == 1 and kh == H and kw == W and ph == 0 and pw == 0
     with nogil:
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
-            if is_global:
-                _global_avg_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0], H * W)
-            else:
-                _avg_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0],
-                           &buf[threadid(), 0], &inv_rows[0], &inv_cols[0], H, W, P, Q,
-                           kh, kw, sh, sw, ph, pw)
+            _avg_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0],
+                       &buf[threadid(), 0], &inv_rows[0], &inv_cols[0], H, W, P, Q,
+                       kh, kw, sh, sw, ph, pw)
     return y_arr
 
 

@@ -174,6 +174,18 @@ def test_fast_matches_reference_far_from_zero(shape, rng):
     assert np.allclose(x_hat.var(axis=axes), 1.0, rtol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(16, 8, 12, 12), (256, 40)], ids=shape_id)
+@pytest.mark.parametrize("offset", [1e2, 1e4])
+def test_fast_matches_reference_first_value_an_outlier(shape, offset, dtype, rng):
+    """The fast kernels take their sums shifted by each channel's first value K = x[0, c]
+    (one pass instead of two; see _shifted_moments in batchnorm.pyx). The worst case for the
+    shift is a K far from the mean, here up to offset / std = 5000 standard deviations."""
+    x, dy, gamma, beta = make_inputs(rng, dtype, shape, shift=1.0)
+    x4 = x.reshape(x.shape + (1, 1)) if x.ndim == 2 else x
+    x4[0, :, 0, 0] += offset
+    assert_fast_matches_reference(x4, dy.reshape(x4.shape), gamma, beta, dtype)
+
+
 @settings(max_examples=40, deadline=None)
 @given(N=st.integers(1, 9), C=st.integers(1, 70), H=st.integers(1, 9), W=st.integers(1, 9),
        seed=st.integers(0, 2**32 - 1), double=st.booleans())
