@@ -330,12 +330,14 @@ def _bn_param(op, name, a, C, dtype, default):
     return a
 
 
-def _check_running(op, name, a, C):
+def _check_running(op, name, a, C, updated):
     if not isinstance(a, np.ndarray) or a.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be a float32 or float64 ndarray (it is updated "
                         f"in place), got {type(a).__name__}")
     if a.shape != (C,):
         raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
+    if updated and not a.flags.writeable:
+        raise ValueError(f"{op}: {name} is read-only, but training updates it in place")
 
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
@@ -370,7 +372,7 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1
     beta = _bn_param(op, "beta", beta, C, x.dtype, 0.0)
     for name, a in (("running_mean", running_mean), ("running_var", running_var)):
         if a is not None or not training:
-            _check_running(op, name, a, C)
+            _check_running(op, name, a, C, updated=training)
     if training:
         if not (isinstance(momentum, (float, int, np.floating)) and 0 <= momentum <= 1):
             raise ValueError(f"{op}: momentum must be a number in [0, 1], got {momentum!r}")
@@ -381,11 +383,9 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1
         y, mean, var = impl.batch_norm_train_forward(*_contiguous(x4, gamma, beta), eps,
                                                      _n_threads())
         if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean
+            impl.running_update(running_mean, mean, momentum, 1.0)
         if running_var is not None:
-            running_var *= 1 - momentum
-            running_var += momentum * var * (M / (M - 1))   # unbiased, as PyTorch
+            impl.running_update(running_var, var, momentum, M / (M - 1))   # unbiased, as PyTorch
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)

@@ -558,3 +558,21 @@ cdef _backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                 _channel_backward(&dy[0, c, 0, 0], &x[0, c, 0, 0], &dx[0, c, 0, 0], N, C * HW, HW,
                                   gamma[c], eps, &dgamma[c], &dbeta[c])
     return dx_arr, dgamma_arr, dbeta_arr
+
+
+def running_update(floating[:] running, const double[::1] stat, double momentum, double scale):
+    """(bn.run) In place: ``running = (1 - momentum) * running + momentum * scale * stat``.
+
+    running : ndarray (C,), float32 or float64 (any stride), a running mean or variance
+    stat : ndarray (C,) float64, the batch statistic
+    scale : float, M / (M - 1) for the variance (biased -> unbiased, as PyTorch), 1 for the mean
+
+    One C loop in double, where the same update in NumPy is four ufunc calls: this alone took
+    a quarter of a BatchNorm1d(120) training step at batch 128.
+    """
+    cdef Py_ssize_t c, C = running.shape[0]
+    cdef double keep = 1.0 - momentum, add = momentum * scale
+    if stat.shape[0] != C:
+        raise ValueError(f"running_update: running has {C} channels, stat {stat.shape[0]}")
+    for c in range(C):
+        running[c] = <floating>(keep * running[c] + add * stat[c])

@@ -108,3 +108,13 @@ def batch_norm_backward(dy, x, gamma, eps, n_threads=None):
     scale = gamma.astype(np.float64) * invstd / M
     dx = _per_channel(scale) * (M * dy64 - _per_channel(dbeta) - x_hat * _per_channel(dgamma))
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+def running_update(running, stat, momentum, scale):
+    """(bn.run) In place: ``running = (1 - momentum) * running + momentum * scale * stat``.
+
+    running : ndarray (C,), a running mean or variance; stat : ndarray (C,) float64, the batch
+    statistic; scale : M / (M - 1) for the variance (biased -> unbiased, as PyTorch), 1 for the mean.
+    """
+    running *= 1 - momentum
+    running += (momentum * scale) * stat
