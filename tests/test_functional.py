@@ -159,6 +159,8 @@ def bad_pool_and_bn_inputs():
          ["running_mean"]),
         ("bn running shape", lambda: F.batch_norm(x, g, g, np.zeros(2), np.ones(3), True),
          ValueError, ["running_mean"]),
+        ("bn running read-only", lambda: F.batch_norm(x, g, g, _read_only(np.zeros(3)), np.ones(3), True),
+         ValueError, ["running_mean", "read-only"]),
         ("bn one value", lambda: F.batch_norm(x[:1, :, :1, :1], g, g, None, None, True),
          ValueError, ["more than one value"]),
         ("bn eps", lambda: F.batch_norm(x, g, g, None, None, True, eps=0), ValueError, ["eps"]),
