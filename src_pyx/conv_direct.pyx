@@ -275,10 +275,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, t, n_kb
     cdef int nt = 1
-    sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
-    P = out_size(H, R, sh, ph)                                       # (conv.out)
-    Q = out_size(W, S, sw, pw)
-    nt = threads_for_macs(N * K * P * Q * C * R * S, n_threads)
+    sh, sw, ph, pw, P, Q, nt = _conv_geometry((N, C, H, W), (K, w.shape[1], R, S), stride,
+                                              padding, n_threads)   # (conv.out)
     if b is not None and np.shape(b) != (K,):
         raise ValueError(f"conv2d_forward: b must have shape ({K},), got {np.shape(b)}")
     cdef const floating[::1] bv
@@ -502,13 +500,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, i, k
     cdef int nt = 1
-    sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
-    P = out_size(H, R, sh, ph)
-    Q = out_size(W, S, sw, pw)
-    nt = threads_for_macs(N * K * P * Q * C * R * S, n_threads)
-    dy_shape = (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3])
-    if dy_shape != (N, K, P, Q):
-        raise ValueError(f"conv2d_backward: dy must have shape {(N, K, P, Q)}, got {dy_shape}")
+    sh, sw, ph, pw, P, Q, nt = _conv_geometry(
+        (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
+        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
     dx_arr = np.empty((N, C, H, W), dtype=dtype)
     dw_arr = np.empty((K, C, R, S), dtype=dtype)
     db_arr = np.empty(K, dtype=dtype)

@@ -636,10 +636,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, n, work_size
     cdef int nt = 1
-    sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
-    P = out_size(H, R, sh, ph)                                       # (conv.out)
-    Q = out_size(W, S, sw, pw)
-    nt = threads_for_macs(N * K * P * Q * C * R * S, n_threads)
+    sh, sw, ph, pw, P, Q, nt = _conv_geometry((N, C, H, W), (K, w.shape[1], R, S), stride,
+                                              padding, n_threads)   # (conv.out)
     _check_blas_sizes(K, C * R * S, P * Q)
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint hwc = _use_hwc(C, S, is_1x1)
@@ -826,13 +824,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, ch, chunk, n_chunks, work_size, CRS = C * R * S
     cdef int nt = 1
-    sh, sw, ph, pw = _check_conv_args((N, C, H, W), (K, w.shape[1], R, S), stride, padding)
-    P = out_size(H, R, sh, ph)
-    Q = out_size(W, S, sw, pw)
-    nt = threads_for_macs(N * K * P * Q * C * R * S, n_threads)
-    dy_shape = (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3])
-    if dy_shape != (N, K, P, Q):
-        raise ValueError(f"conv2d_backward: dy must have shape {(N, K, P, Q)}, got {dy_shape}")
+    sh, sw, ph, pw, P, Q, nt = _conv_geometry(
+        (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
+        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
     _check_blas_sizes(K, CRS, P * Q)
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint hwc = _use_hwc(C, S, is_1x1)
