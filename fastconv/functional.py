@@ -330,6 +330,14 @@ def _bn_param(op, name, a, C, dtype, default):
     return a
 
 
+def _saved_stat(op, name, a, C):
+    """A saved batch statistic for batch_norm_backward: (C,) float64, C-contiguous."""
+    a = _as_float_array(op, name, a)
+    if a.shape != (C,):
+        raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
 def _check_running(op, name, a, C, updated):
     if not isinstance(a, np.ndarray) or a.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{op}: {name} must be a float32 or float64 ndarray (it is updated "
@@ -341,7 +349,7 @@ def _check_running(op, name, a, C, updated):
 
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
-               backend=None):
+               backend=None, *, return_stats=False):
     """Batch normalisation over N (and H, W) per channel, notes eqs. (bn.fwd) and (bn.run).
 
     ``x_hat = (x - mean) / sqrt(var + eps)``, ``y = gamma * x_hat + beta``.
@@ -360,10 +368,14 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1
     running_mean, running_var : (C,) float ndarrays, or None in training mode (not tracked)
     training : bool
     momentum : float in [0, 1]; eps : float > 0
+    return_stats : bool, keyword only
+        Also return the statistics x was normalised with (the batch's in training mode),
+        for :func:`batch_norm_backward` to reuse instead of recomputing them.
 
     Returns
     -------
     y : like x
+    mean, var : (C,) float64, only with ``return_stats`` (var biased, divided by M)
     """
     op = "batch_norm"
     x, x4, eps, impl = _bn_setup(op, x, eps, backend)
@@ -391,10 +403,12 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1
         var = np.asarray(running_var, dtype=np.float64)
         y = impl.batch_norm_eval_forward(*_contiguous(x4, gamma, beta, mean, var), eps,
                                          _n_threads())
+    if return_stats:
+        return y.reshape(x.shape), mean, var
     return y.reshape(x.shape)
 
 
-def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None):
+def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=None):
     """Gradients of training-mode :func:`batch_norm`, notes eq. (bn.bwd).
 
     With M = N*H*W values per channel and x_hat, var the batch statistics:
@@ -402,6 +416,9 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None):
     ``dx = gamma / (M * sqrt(var + eps)) * (M * dy - sum dy - x_hat * sum(dy * x_hat))``.
 
     dy, x : (N, C, H, W) or (N, C); gamma : (C,) or None  ->  dx like x, dgamma (C,), dbeta (C,).
+    mean, var : (C,), keyword only: the batch statistics of the forward pass
+    (``batch_norm(..., return_stats=True)``), used instead of being recomputed from x, as
+    PyTorch's backward uses the ones its forward saved. Give both or neither.
     """
     op = "batch_norm_backward"
     x, x4, eps, impl = _bn_setup(op, x, eps, backend)
@@ -411,6 +428,12 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None):
     if x4.shape[0] * x4.shape[2] * x4.shape[3] < 2:
         raise ValueError(f"{op}: training needs more than one value per channel, got x of "
                          f"shape {x.shape}")
+    if (mean is None) != (var is None):
+        raise ValueError(f"{op}: give both saved statistics mean and var, or neither")
+    stats = ()
+    if mean is not None:
+        stats = tuple(_saved_stat(op, name, a, x4.shape[1]) for name, a in (("mean", mean),
+                                                                             ("var", var)))
     dx, dgamma, dbeta = impl.batch_norm_backward(*_contiguous(dy.reshape(x4.shape), x4, gamma),
-                                                 eps, _n_threads())
+                                                 eps, _n_threads(), *stats)
     return dx.reshape(x.shape), dgamma, dbeta

@@ -143,17 +143,21 @@ def assert_fast_matches_reference(x, dy, gamma, beta, dtype):
     mean, var = want[1], want[2] + 0.25
     assert_close(fast.batch_norm_eval_forward(x, gamma, beta, mean, var, EPS, n_threads),
                  ref.batch_norm_eval_forward(x, gamma, beta, mean, var, EPS), dtype)
-    want = ref.batch_norm_backward(dy, x, gamma, EPS)
-    got = fast.batch_norm_backward(dy, x, gamma, EPS, n_threads)
-    for name, a, b in zip(("dgamma", "dbeta"), got[1:], want[1:]):
-        assert_close(a, b, dtype, reduction=M, err_msg=name)
-    # dx = gamma*invstd*dy + (terms that nearly cancel it): its rounding error scales with
-    # the size of gamma*invstd*dy, not with dx (which is exactly 0 when M = 2, for example).
-    invstd = 1 / np.sqrt(ref.batch_norm_train_forward(x, gamma, beta, EPS)[2] + EPS)
-    term = np.max(np.abs(dy * (gamma * invstd)[None, :, None, None]))
-    np.testing.assert_allclose(got[0], want[0], rtol=RTOL[dtype],
-                               atol=ATOL[dtype] * np.sqrt(M) * max(1.0, term), err_msg="dx")
-    assert got[0].dtype == want[0].dtype
+    # backward with the statistics recomputed, with the ones the forward saved (as the layer
+    # passes them), and with other ones (which must be used as given)
+    saved = ref.batch_norm_train_forward(x, gamma, beta, EPS)[1:]
+    for stats in ((), saved, (saved[0] + 0.1, saved[1] * 1.5)):
+        want = ref.batch_norm_backward(dy, x, gamma, EPS, None, *stats)
+        got = fast.batch_norm_backward(dy, x, gamma, EPS, n_threads, *stats)
+        for name, a, b in zip(("dgamma", "dbeta"), got[1:], want[1:]):
+            assert_close(a, b, dtype, reduction=M, err_msg=name)
+        # dx = gamma*invstd*dy + (terms that nearly cancel it): its rounding error scales with
+        # the size of gamma*invstd*dy, not with dx (which is exactly 0 when M = 2, for example).
+        invstd = 1 / np.sqrt((stats or saved)[1] + EPS)
+        term = np.max(np.abs(dy * (gamma * invstd)[None, :, None, None]))
+        np.testing.assert_allclose(got[0], want[0], rtol=RTOL[dtype],
+                                   atol=ATOL[dtype] * np.sqrt(M) * max(1.0, term), err_msg="dx")
+        assert got[0].dtype == want[0].dtype
 
 
 @pytest.mark.parametrize("shape", GRID, ids=shape_id)
@@ -319,6 +323,47 @@ def test_inputs_are_not_modified_and_may_be_read_only(shape, backend, rng):
         assert np.array_equal(a, before)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(6, 3, 5, 4), (20, 7)], ids=shape_id)
+def test_saved_statistics(shape, backend, dtype, rng):
+    """batch_norm(return_stats=True) gives the batch statistics; batch_norm_backward given
+    them matches the backward that recomputes them (the layer passes them, as PyTorch)."""
+    x, dy, gamma, beta = make_inputs(rng, dtype, shape, shift=1.0)
+    M = x.size // shape[1]
+    y, mean, var = F.batch_norm(x, gamma, beta, None, None, True, backend=backend,
+                                return_stats=True)
+    want_y, want_mean, want_var = ref.batch_norm_train_forward(
+        x.reshape(shape[:2] + (-1, 1)), gamma, beta, EPS)
+    assert mean.dtype == var.dtype == np.float64
+    assert_close(mean, want_mean, np.float64, reduction=M)
+    assert_close(var, want_var, np.float64, reduction=M)
+    assert_close(y, want_y.reshape(shape), dtype, reduction=M)
+    recomputed = F.batch_norm_backward(dy, x, gamma, backend=backend)
+    given = F.batch_norm_backward(dy, x, gamma, backend=backend, mean=mean, var=var)
+    for a, b in zip(given, recomputed):
+        assert_close(a, b, dtype, reduction=M)
+    # in eval mode the statistics used are the running ones
+    rm, rv = rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])
+    _, m_eval, v_eval = F.batch_norm(x, gamma, beta, rm, rv, False, backend=backend,
+                                     return_stats=True)
+    np.testing.assert_array_equal(m_eval, rm)
+    np.testing.assert_array_equal(v_eval, rv)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_saved_statistics_bad_input(backend):
+    x = np.ones((4, 3, 2, 2), np.float32)
+    c3 = np.ones(3)
+    with pytest.raises(ValueError, match="both"):
+        F.batch_norm_backward(x, x, None, backend=backend, mean=c3)
+    with pytest.raises(ValueError, match="both"):
+        F.batch_norm_backward(x, x, None, backend=backend, var=c3)
+    with pytest.raises(ValueError, match=r"var must have shape \(3,\)"):
+        F.batch_norm_backward(x, x, None, backend=backend, mean=c3, var=np.ones(2))
+    with pytest.raises(TypeError):
+        F.batch_norm_backward(x, x, None, backend=backend, mean=c3, var=np.ones(3, np.int64))
+
+
 def test_kernels_called_directly_reject_inconsistent_shapes():
     """functional.py validates for users; the kernels still guard O(1) shape consistency."""
     from fastconv._backend import load_kernels
@@ -331,6 +376,10 @@ def test_kernels_called_directly_reject_inconsistent_shapes():
         kern.batch_norm_eval_forward(x, c3, c3, c3, c2, EPS, 1)
     with pytest.raises(ValueError):
         kern.batch_norm_backward(x[:1], x, c3, EPS, 1)
+    with pytest.raises(ValueError):
+        kern.batch_norm_backward(x, x, c3, EPS, 1, c3, c2)
+    with pytest.raises(ValueError):
+        kern.batch_norm_backward(x, x, c3, EPS, 1, c3, None)
 
 
 # --------------------------------------------------------------------------- torch (optional)

@@ -140,7 +140,11 @@ def fastconv_call(op, impl, layer, d):
         return lambda: F.batch_norm(d["x"], d["gamma"], d["beta"], d["running_mean"],
                                     d["running_var"], training=True, backend=backend)
     if op == "batch_norm_bwd":
-        return lambda: F.batch_norm_backward(d["dy"], d["x"], d["gamma"], backend=backend)
+        # With the statistics saved by the forward, as PyTorch's side (and a training step).
+        _, mean, var = F.batch_norm(d["x"], d["gamma"], d["beta"], None, None, training=True,
+                                    backend=backend, return_stats=True)
+        return lambda: F.batch_norm_backward(d["dy"], d["x"], d["gamma"], backend=backend,
+                                             mean=mean, var=var)
     raise ValueError(f"unknown op {op!r}")
 
 

@@ -25,6 +25,7 @@ class _BatchNorm(Module):
         else:
             self.running_mean = self.running_var = None
         self._x = None
+        self._mean = self._var = None      # the forward's batch statistics, for backward
         self._batch_stats = True
 
     def _check(self, x):
@@ -40,14 +41,19 @@ class _BatchNorm(Module):
         self._batch_stats = self.training or not self.track_running_stats
         gamma = None if self.weight is None else self.weight.data
         beta = None if self.bias is None else self.bias.data
-        return F.batch_norm(x, gamma, beta, self.running_mean, self.running_var,
-                            training=self._batch_stats, momentum=self.momentum, eps=self.eps)
+        # the batch statistics are kept for backward, which then need not recompute them
+        y, self._mean, self._var = F.batch_norm(x, gamma, beta, self.running_mean,
+                                                self.running_var, training=self._batch_stats,
+                                                momentum=self.momentum, eps=self.eps,
+                                                return_stats=True)
+        return y
 
     def backward(self, dy):
         """Eq. (bn.bwd) in training mode; in eval mode BN is the affine map of :meth:`affine_params`."""
         gamma = None if self.weight is None else self.weight.data
         if self._batch_stats:
-            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, gamma, eps=self.eps)
+            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, gamma, eps=self.eps,
+                                                      mean=self._mean, var=self._var)
         else:
             # y = scale * x + shift per channel, so dx = scale * dy,
             # dgamma = sum(dy * x_hat), dbeta = sum(dy).

@@ -83,8 +83,9 @@ def batch_norm_eval_forward(x, gamma, beta, mean, var, eps, n_threads=None):
     return _normalise(x, gamma, beta, mean, var, eps)
 
 
-def batch_norm_backward(dy, x, gamma, eps, n_threads=None):
-    """Training-mode gradients, notes eq. (bn.bwd); the batch statistics are recomputed from x.
+def batch_norm_backward(dy, x, gamma, eps, n_threads=None, mean=None, var=None):
+    """Training-mode gradients, notes eq. (bn.bwd), with the batch statistics mean and var
+    saved by the forward pass, or recomputed from x when they are None.
 
     Parameters
     ----------
@@ -92,6 +93,8 @@ def batch_norm_backward(dy, x, gamma, eps, n_threads=None):
     gamma : ndarray (C,)
     eps : float
     n_threads : ignored
+    mean, var : ndarray (C,) float64 (var biased), as batch_norm_train_forward returns
+        them, or None (both or neither)
 
     Returns
     -------
@@ -99,8 +102,11 @@ def batch_norm_backward(dy, x, gamma, eps, n_threads=None):
     """
     N, C, H, W = x.shape
     M = N * H * W
-    mean, var = _batch_stats(x)
-    invstd = 1.0 / np.sqrt(var + eps)
+    if (mean is None) != (var is None):
+        raise ValueError("batch_norm_backward: give both saved statistics mean and var, or neither")
+    if mean is None:
+        mean, var = _batch_stats(x)
+    invstd = 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
     x_hat = (x.astype(np.float64, copy=False) - _per_channel(mean)) * _per_channel(invstd)
     dy64 = dy.astype(np.float64, copy=False)
     dbeta = dy64.sum(axis=_AXES)                                     # sum dy
