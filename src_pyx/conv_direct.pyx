@@ -468,18 +468,6 @@ cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             dw[k, c, r, s] = total
 
 
-cdef void _db_one(const floating[:, :, :, ::1] dy, floating[::1] db, Py_ssize_t k) noexcept nogil:
-    """db[k] = sum_{n,p,q} dy[n, k, p, q], accumulated in double (cheap: N*P*Q adds)."""
-    cdef Py_ssize_t N = dy.shape[0], PQ = dy.shape[2] * dy.shape[3], n, i
-    cdef double total = 0
-    cdef const floating* dy_plane
-    for n in range(N):
-        dy_plane = &dy[n, k, 0, 0]
-        for i in range(PQ):
-            total += dy_plane[i]
-    db[k] = <floating>total
-
-
 def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                     const floating[:, :, :, ::1] w, stride, padding, int n_threads):
     """Gradients of :func:`conv2d_forward`, notes eq. (conv.bwd).
@@ -553,4 +541,4 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
 # --------------------------------------------------------------------------- guard
 
-include "_conv_checks.pxi"
+include "_conv_shared.pxi"

@@ -784,18 +784,6 @@ cdef void _sum_partials(const floating[:, ::1] parts, floating* dw, Py_ssize_t k
                 dw[k * CRS + (c * R + r) * S + s] = total
 
 
-cdef void _db_one(const floating[:, :, :, ::1] dy, floating[::1] db, Py_ssize_t k) noexcept nogil:
-    """db[k] = sum_{n,p,q} dy[n, k, p, q], accumulated in double (cheap: N*P*Q adds)."""
-    cdef Py_ssize_t N = dy.shape[0], PQ = dy.shape[2] * dy.shape[3], n, i
-    cdef double total = 0
-    cdef const floating* dy_plane
-    for n in range(N):
-        dy_plane = &dy[n, k, 0, 0]
-        for i in range(PQ):
-            total += dy_plane[i]
-    db[k] = <floating>total
-
-
 def _n_chunks(Py_ssize_t N, Py_ssize_t dw_bytes):
     """How many fixed batch chunks the dW reduction uses: a function of the shapes only
     (never of the thread count), so the summation order, hence the bits, never change.
@@ -880,4 +868,4 @@ def _check_blas_sizes(*sizes):
         raise ValueError(f"conv: a GEMM dimension of {sizes} overflows BLAS's 32-bit int")
 
 
-include "_conv_checks.pxi"
+include "_conv_shared.pxi"
