@@ -345,3 +345,270 @@ def test_contention_warning():
     assert len(runner.contention_warnings(busy)) == 1
     assert runner.contention_warnings(free) == []
     assert runner.contention_warnings(busy[:1]) == []
+
+
+# --------------------------------------------------------------------------- targets of issue 6
+
+def _layer_rec(op, case, impl, threads, median_ms, status="ok", **extra):
+    rec = {"id": f"{op}:{case}:{impl}", "op": op, "case": case, "impl": impl,
+           "threads": threads, "status": status, **extra}
+    if status == "ok":
+        rec["median_ms"] = median_ms
+    return rec
+
+
+def synthetic_doc(threads=(1,), torch_over_fast=None, fast_ms=None, with_torch=True,
+                  models=None, sgemm=None, conv_gflops=None):
+    """A made-up run of the whole suite: the default fast impl of every (op, layer) takes
+    ``fast_ms(op, case, threads)`` ms (1.0 by default), PyTorch ``torch_over_fast(op, case,
+    threads)`` times that (1.0 by default); ``models``: {(model, impl, threads): ms}."""
+    fast_ms = fast_ms or (lambda op, case, t: 1.0)
+    torch_over_fast = torch_over_fast or (lambda op, case, t: 1.0)
+    results = []
+    for lay in cases.suite_layers(with_torch=False):
+        for t in threads:
+            ms = fast_ms(lay.op, lay.name, t)
+            extra = {}
+            if lay.op == "conv2d_fwd" and conv_gflops:
+                extra["gflops"] = conv_gflops(lay.name, t)
+            results.append(_layer_rec(lay.op, lay.name, runner.default_impl(lay.op), t, ms,
+                                      **extra))
+            results.append(_layer_rec(lay.op, lay.name, "reference", t, 10 * ms))
+            if with_torch:
+                results.append(_layer_rec(lay.op, lay.name, "torch", t,
+                                          ms * torch_over_fast(lay.op, lay.name, t)))
+    model_recs = [{"id": f"train_step:{m}:{impl}", "model": m, "impl": impl, "threads": t,
+                   "status": "ok", "median_ms": ms, "batch": 8}
+                  for (m, impl, t), ms in (models or {}).items()]
+    return {"schema": runner.SCHEMA, "settings": {"threads": list(threads), "quick": False},
+            "environment": {"warnings": []}, "results": results, "models": model_recs,
+            "sgemm": sgemm or []}
+
+
+def _target(recs, target_id, threads=None):
+    found = [r for r in recs if r["id"] == target_id
+             and (threads is None or r["threads"] == threads)]
+    assert len(found) == 1, (target_id, threads, found)
+    return found[0]
+
+
+def test_targets_have_stable_keys_and_one_record_per_thread_count():
+    from fastconv.benchmark import targets
+    recs = targets.evaluate(synthetic_doc(threads=(1, 2)))
+    for r in recs:
+        assert set(r) == {"id", "description", "threads", "value", "threshold", "status",
+                          "detail"}
+        assert r["status"] in (targets.MET, targets.NOT_MET, targets.NOT_MEASURED)
+        assert set(r["value"]) == set(r["threshold"])
+    per_thread = [t.id for t in targets.TARGETS if t.scaling is None]
+    scaling = [t.id for t in targets.TARGETS if t.scaling is not None]
+    assert len(recs) == 2 * len(per_thread) + len(scaling)
+    assert {r["threads"] for r in recs if r["id"] == "conv_fwd"} == {1, 2}
+    json.dumps(recs, allow_nan=False)
+
+
+def test_conv_targets_geomean_and_worst_layer():
+    from fastconv.benchmark import targets
+    # conv_fwd: every layer 2x except vgg_c3 at 0.4x -> geomean fine, minimum not.
+    # conv_bwd: every layer 0.9x -> minimum fine, geomean not.  threads 2: all 1.2x.
+    def ratio(op, case, t):
+        if t == 2:
+            return 1.2
+        if op == "conv2d_fwd":
+            return 0.4 if case == "vgg_c3" else 2.0
+        return 0.9
+
+    recs = targets.evaluate(synthetic_doc(threads=(1, 2), torch_over_fast=ratio))
+    fwd = _target(recs, "conv_fwd", 1)
+    n = len(targets.CONV_CASES)
+    assert math.isclose(fwd["value"]["geomean"],
+                        math.exp(((n - 1) * math.log(2.0) + math.log(0.4)) / n))
+    assert fwd["value"]["geomean"] >= 1.0
+    assert math.isclose(fwd["value"]["min"], 0.4)
+    assert fwd["threshold"] == {"geomean": 1.0, "min": 0.5}
+    assert fwd["status"] == "NOT met" and "vgg_c3" in fwd["detail"]
+    bwd = _target(recs, "conv_bwd", 1)
+    assert math.isclose(bwd["value"]["geomean"], 0.9) and bwd["status"] == "NOT met"
+    for op in ("conv_fwd", "conv_bwd"):
+        rec = _target(recs, op, 2)
+        assert math.isclose(rec["value"]["geomean"], 1.2) and rec["status"] == "met"
+
+
+def _fwd_bwd_ms(fwd_fast, bwd_fast):
+    return lambda op, case, t: fwd_fast if op.endswith("_fwd") else bwd_fast
+
+
+def test_pool_and_bn_targets_two_ways():
+    """(a) per layer (torch fwd + bwd) / (fast fwd + bwd); (b) every entry on its own."""
+    from fastconv.benchmark import targets
+    # forward: fast 1 ms, torch 1 ms (1x); backward: fast 10 ms, torch 30 ms (3x)
+    # -> (a) 31/11 = 2.82x on every layer, (b) sqrt(1 * 3) = 1.73x
+    doc = synthetic_doc(fast_ms=_fwd_bwd_ms(1.0, 10.0),
+                        torch_over_fast=lambda op, case, t: 1.0 if op.endswith("_fwd") else 3.0)
+    recs = targets.evaluate(doc)
+    for target_id, threshold in (("pool_fwd_bwd", 2.0), ("bn_fwd_bwd", 1.5)):
+        rec = _target(recs, target_id, 1)
+        assert math.isclose(rec["value"]["per_case_sum"], 31 / 11)
+        assert math.isclose(rec["value"]["all_entries"], math.sqrt(3))
+        assert rec["threshold"] == {"per_case_sum": threshold, "all_entries": threshold}
+    assert _target(recs, "pool_fwd_bwd")["status"] == "NOT met"       # (b) 1.73 < 2
+    assert _target(recs, "bn_fwd_bwd")["status"] == "met"             # both >= 1.5
+    # forward 5x, backward 1x, backward 10x longer: (a) 15/11 = 1.36x, (b) sqrt(5) = 2.24x
+    doc = synthetic_doc(fast_ms=_fwd_bwd_ms(1.0, 10.0),
+                        torch_over_fast=lambda op, case, t: 5.0 if op.endswith("_fwd") else 1.0)
+    recs = targets.evaluate(doc)
+    for target_id in ("pool_fwd_bwd", "bn_fwd_bwd"):
+        rec = _target(recs, target_id)
+        assert math.isclose(rec["value"]["per_case_sum"], 15 / 11)
+        assert math.isclose(rec["value"]["all_entries"], math.sqrt(5))
+        assert rec["status"] == "NOT met"                             # (a) below both
+    # max pooling 4x, average pooling 1x, fwd and bwd alike: geomean over the 6 layers 2x
+    doc = synthetic_doc(torch_over_fast=lambda op, case, t: 4.0 if op.startswith("max") else 1.0)
+    rec = _target(targets.evaluate(doc), "pool_fwd_bwd")
+    assert math.isclose(rec["value"]["per_case_sum"], 2.0)
+    assert math.isclose(rec["value"]["all_entries"], 2.0) and rec["status"] == "met"
+
+
+def test_training_step_targets():
+    from fastconv.benchmark import targets
+    models = {("lenet5", "fastconv", 1): 10.0, ("lenet5", "torch", 1): 16.0,
+              ("resnet20", "fastconv", 1): 100.0, ("resnet20", "torch", 1): 90.0}
+    recs = targets.evaluate(synthetic_doc(models=models))
+    lenet, resnet = _target(recs, "train_lenet5"), _target(recs, "train_resnet20")
+    assert math.isclose(lenet["value"]["speedup"], 1.6) and lenet["status"] == "met"
+    assert lenet["threshold"] == {"speedup": 1.5}
+    assert math.isclose(resnet["value"]["speedup"], 0.9) and resnet["status"] == "NOT met"
+    del models[("resnet20", "torch", 1)]
+    resnet = _target(targets.evaluate(synthetic_doc(models=models)), "train_resnet20")
+    assert resnet["status"] == "not measured" and resnet["value"] == {"speedup": None}
+    assert "train_step:resnet20:torch (not run)" in resnet["detail"]
+
+
+def test_sgemm_share_targets():
+    from fastconv.benchmark import targets
+    sgemm = [{"threads": 1, "gflops": 100.0}]
+    gflops = {"vgg_c3": 80.0, "nin_1x1": 60.0}
+    doc = synthetic_doc(sgemm=sgemm, conv_gflops=lambda case, t: gflops.get(case, 10.0))
+    recs = targets.evaluate(doc)
+    vgg, nin = _target(recs, "sgemm_vgg_c3"), _target(recs, "sgemm_nin_1x1")
+    assert math.isclose(vgg["value"]["share"], 0.8) and vgg["status"] == "met"
+    assert math.isclose(nin["value"]["share"], 0.6) and nin["status"] == "NOT met"
+    assert vgg["threshold"] == {"share": 0.7}
+    doc["sgemm"] = []                                  # e.g. an old file without it
+    assert _target(targets.evaluate(doc), "sgemm_vgg_c3")["status"] == "not measured"
+    for r in doc["results"]:                           # ... but with the records' shares
+        if r["op"] == "conv2d_fwd" and r["impl"] == "fast:auto":
+            r["sgemm_share"] = 0.75
+    assert _target(targets.evaluate(doc), "sgemm_nin_1x1")["status"] == "met"
+
+
+def test_scaling_targets():
+    from fastconv.benchmark import targets
+    speed = {1: 1.0, 2: 1.9, 16: 12.0}                  # vgg_c3 speed-up with t threads
+    fast_ms = lambda op, case, t: 100.0 / speed[t]     # noqa: E731
+    models = {("resnet20", "fastconv", 1): 500.0, ("resnet20", "fastconv", 16): 62.5}
+    recs = targets.evaluate(synthetic_doc(threads=(1, 16), fast_ms=fast_ms, models=models))
+    vgg, resnet = _target(recs, "scale_vgg_c3_fwd"), _target(recs, "scale_resnet20_train")
+    assert vgg["threads"] == 16 and math.isclose(vgg["value"]["speedup"], 12.0)
+    assert vgg["status"] == "met" and vgg["threshold"] == {"speedup": 10.0}
+    assert math.isclose(resnet["value"]["speedup"], 8.0) and resnet["status"] == "NOT met"
+    # 1 and 2 threads only: not evaluable, the 2-thread speed-up in the detail
+    recs = targets.evaluate(synthetic_doc(threads=(1, 2), fast_ms=fast_ms))
+    vgg = _target(recs, "scale_vgg_c3_fwd")
+    assert vgg["status"] == "not measured" and vgg["threads"] == 2
+    assert vgg["value"] == {"speedup": None}
+    assert "not evaluable (needs 1 and 16 threads; this run has 1, 2)" in vgg["detail"]
+    assert "2 threads: 1.90x" in vgg["detail"]
+    resnet = _target(recs, "scale_resnet20_train")     # no model in the run at all
+    assert resnet["status"] == "not measured" and "not evaluable" in resnet["detail"]
+
+
+def test_targets_without_torch():
+    from fastconv.benchmark import targets
+    models = {("lenet5", "fastconv", 1): 10.0}
+    doc = synthetic_doc(with_torch=False, models=models, sgemm=[{"threads": 1, "gflops": 50.0}],
+                        conv_gflops=lambda case, t: 40.0)
+    recs = targets.evaluate(doc)
+    for target_id in ("conv_fwd", "conv_bwd", "pool_fwd_bwd", "bn_fwd_bwd", "train_lenet5",
+                      "train_resnet20"):
+        rec = _target(recs, target_id)
+        assert rec["status"] == "not measured", rec
+        assert all(v is None for v in rec["value"].values())
+    assert "no PyTorch figures" in _target(recs, "conv_fwd")["detail"]
+    assert _target(recs, "sgemm_vgg_c3")["status"] == "met"     # needs no PyTorch
+
+
+def test_targets_with_a_layer_missing_or_failed():
+    from fastconv.benchmark import targets
+    doc = synthetic_doc(torch_over_fast=lambda op, case, t: 3.0)
+    doc["results"] = [r for r in doc["results"]                # as --filter would
+                      if not (r["op"] == "conv2d_fwd" and r["case"] == "vgg_c3")]
+    for r in doc["results"]:
+        if r["op"] == "batch_norm_bwd" and r["case"] == "bn1d_fc" and r["impl"] == "torch":
+            r["status"] = "error"
+            del r["median_ms"]
+    recs = targets.evaluate(doc)
+    fwd = _target(recs, "conv_fwd")
+    assert fwd["status"] == "not measured" and fwd["value"] == {"geomean": None, "min": None}
+    assert "partial, 8 of 9 layers" in fwd["detail"]
+    assert "conv2d_fwd:vgg_c3:fast:auto (not run)" in fwd["detail"]
+    bn = _target(recs, "bn_fwd_bwd")
+    assert bn["status"] == "not measured" and "batch_norm_bwd:bn1d_fc:torch (error)" in bn["detail"]
+    assert _target(recs, "conv_bwd")["status"] == "met"
+    assert _target(recs, "pool_fwd_bwd")["status"] == "met"
+
+
+def test_targets_of_an_old_or_empty_document_do_not_crash():
+    from fastconv.benchmark import report, targets
+    for doc in ({"results": [], "environment": {}},
+                {"results": [{"op": "conv2d_fwd", "case": "vgg_c3", "impl": "fast:auto",
+                              "threads": 1, "status": "ok", "median_ms": 1.0}],
+                 "environment": {"cpu": "old"},
+                 "models": [{"model": "lenet5", "impl": "fastconv", "threads": 1,
+                             "status": "ok", "median_ms": 3.0}]}):
+        recs = targets.evaluate(doc)
+        assert all(r["status"] == "not measured" for r in recs)
+        assert "== targets (issue 6)" in report.format_report(doc)
+        report.markdown(doc)
+
+
+def test_report_and_markdown_show_the_targets_table():
+    from fastconv.benchmark import report, targets
+    models = {("lenet5", "fastconv", 1): 10.0, ("lenet5", "torch", 1): 16.0}
+    doc = synthetic_doc(torch_over_fast=lambda op, case, t: 2.5, models=models,
+                        sgemm=[{"threads": 1, "n": 64, "gflops": 100.0}],
+                        conv_gflops=lambda case, t: 75.0)
+    doc["summary"] = runner.summarize(doc["results"], doc["models"])
+    text = report.format_report(doc)
+    assert "== targets (issue 6)" in text
+    table = text[text.index("== targets (issue 6)"):]
+    assert "conv_fwd" in table and "geomean 2.50x, min 2.50x" in table
+    assert "(a) per-case fwd+bwd 2.50x, (b) all entries 2.50x" in table
+    assert "of sgemm 75%" in table and ">= 70%" in table
+    assert "train_lenet5" in table and "speed-up 1.60x" in table
+    assert "not evaluable" in table
+    md = report.markdown(doc)
+    assert "| target | threads | value | threshold | status | detail |" in md
+    assert "| conv_fwd | 1 | geomean 2.50x, min 2.50x | >= 1.00x, >= 0.50x | met |" in md
+    assert "| train_resnet20 | 1 | speed-up - | >= 1.00x | not measured |" in md
+    assert targets.of_doc(doc) == targets.evaluate(doc)       # computed when absent
+    doc["targets"] = [dict(targets.evaluate(doc)[0], status="NOT met")]
+    assert "NOT met" in report.markdown(doc)                  # a saved list is used as is
+
+
+def test_quick_run_has_targets_and_report_option(tiny_json, capsys):
+    status, out, path = tiny_json
+    assert status == 0 and "== targets (issue 6)" in out
+    saved = jsonfile.load(path)
+    assert {r["id"] for r in saved["targets"]} >= {"conv_fwd", "train_lenet5",
+                                                   "scale_vgg_c3_fwd"}
+    assert all(r["status"] == "not measured" for r in saved["targets"]
+               if not r["id"].startswith("sgemm"))                  # --no-torch, filtered
+    del saved["targets"]                                            # as an older file
+    old = path.parent / "old.json"
+    jsonfile.save(saved, str(old))
+    status = cli.main(["--report", str(old)])
+    out = capsys.readouterr().out
+    assert status == 0 and "== targets (issue 6)" in out and "== conv2d forward ==" in out
+    assert "QUICK RUN" in out
+    assert cli.main(["--report", str(path.parent / "absent.json")]) == 2

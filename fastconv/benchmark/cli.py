@@ -24,6 +24,7 @@ examples:
   fastconv bench --filter conv2d_fwd --threads 1,2,4
   fastconv bench --filter resnet20_s1,lenet --json new.json --compare old.json
   fastconv bench --json run.json --plot run.png
+  fastconv bench --report run.json --markdown run.md   # a saved run again, nothing timed
 """
 
 
@@ -68,6 +69,10 @@ def configure_parser(parser):
                              "medians per layer and thread count) for a README")
     parser.add_argument("--compare", metavar="OLD.json",
                         help="show the change of each median against a saved --json run")
+    parser.add_argument("--report", metavar="SAVED.json",
+                        help="time nothing: print the report (tables and the targets of "
+                             "issue 6, re-evaluated) of a saved --json run; --markdown, "
+                             "--compare, --json and --plot then use that run")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-models", action="store_true", help="skip the training steps")
@@ -99,7 +104,7 @@ def run(args):
     0: every selected case ran or was unavailable (a kernel not built yet, PyTorch not
     installed); 1: a case raised an error; 2: bad options or files.
     """
-    from . import jsonfile, plot, report, runner
+    from . import jsonfile, plot, report, runner, targets
 
     settings = runner.Settings.from_options(
         threads=args.threads, quick=args.quick, budget_s=args.budget,
@@ -119,7 +124,15 @@ def run(args):
             print(f"fastconv bench: cannot read --compare file: {exc}", file=sys.stderr)
             return 2
 
-    doc = runner.run_benchmarks(settings)
+    if args.report:
+        try:
+            doc = jsonfile.load(args.report)
+        except (OSError, ValueError) as exc:
+            print(f"fastconv bench: cannot read --report file: {exc}", file=sys.stderr)
+            return 2
+        doc["targets"] = targets.evaluate(doc)      # with the definitions of this version
+    else:
+        doc = runner.run_benchmarks(settings)
     print(report.format_report(doc))
     if old is not None:
         doc["compared_with"] = args.compare
@@ -133,6 +146,8 @@ def run(args):
     if args.plot:
         plot.save(doc, args.plot)
         print(f"fastconv bench: wrote {args.plot}", file=sys.stderr)
+    if args.report:
+        return 0
     if not doc["results"] and not doc["models"]:
         print("fastconv bench: no case matches the filter (see --list)", file=sys.stderr)
         return 2

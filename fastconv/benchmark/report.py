@@ -4,6 +4,7 @@ Everything here reads the JSON document that :func:`runner.run_benchmarks` retur
 saved one), so a saved ``--json`` file can be printed again and compared later.
 """
 from . import cases as cases_mod
+from . import targets as targets_mod
 from .environment import summary_line
 from .runner import default_impl, geomean
 
@@ -29,21 +30,22 @@ def _not_run_lines(records, indent="  "):
     """One line per distinct (impl, reason) that could not run, instead of one per row."""
     seen = {}
     for r in records:
-        if r["status"] != "ok":
-            seen.setdefault((r["status"], r["impl"], r.get("reason", "")), []).append(r)
+        if r.get("status") != "ok":
+            seen.setdefault((r.get("status", "no status"), r.get("impl"), r.get("reason", "")),
+                            []).append(r)
     lines = []
     for (status, impl, reason), recs in seen.items():
-        names = sorted({r.get("case") or r.get("model") for r in recs})
+        names = sorted({str(r.get("case") or r.get("model")) for r in recs})
         where = "all layers" if len(names) > 3 else ", ".join(names)
         lines.append(f"{indent}{status.upper()}: {impl} ({where}): {reason}")
     return lines
 
 
 def op_table(results, op):
-    recs = [r for r in results if r["op"] == op]
+    recs = [r for r in results if r.get("op") == op]
     if not recs:
         return []
-    unit = recs[0]["unit"]
+    unit = recs[0].get("unit") or ("flop" if op.startswith("conv") else "byte")
     rate_key, rate_name = ("gflops", "GFLOP/s") if unit == "flop" else ("gbps", "GB/s")
     header = ["layer", "impl", "thr", "median ms", "min ms", "max ms", rate_name]
     if unit == "flop":
@@ -51,13 +53,14 @@ def op_table(results, op):
     header += ["faults/call", "vs ref", "vs torch", "vs 1 thr"]
     rows = []
     for r in recs:
-        if r["status"] != "ok":
+        if r.get("status") != "ok":
             continue
-        row = [r["case"], r["impl"], r["threads"], _num(r["median_ms"], ".3f"),
-               _num(r["min_ms"], ".3f"), _num(r["max_ms"], ".3f"), _num(r.get(rate_key), ".1f")]
+        row = [r["case"], r["impl"], r["threads"], _num(r.get("median_ms"), ".3f"),
+               _num(r.get("min_ms"), ".3f"), _num(r.get("max_ms"), ".3f"),
+               _num(r.get(rate_key), ".1f")]
         if unit == "flop":
             row.append(_num(100 * r["sgemm_share"], ".0f") + "%" if "sgemm_share" in r else "")
-        row += [_num(r["minflt_per_call"], ".0f"), _ratio(r.get("speedup_vs_reference")),
+        row += [_num(r.get("minflt_per_call"), ".0f"), _ratio(r.get("speedup_vs_reference")),
                 _ratio(r.get("speedup_vs_torch")), _ratio(r.get("speedup_vs_1thread"))]
         rows.append(row)
     title = cases_mod.OP_TITLES.get(op, op)
@@ -72,11 +75,12 @@ def model_table(model_results):
         return []
     header = ["model", "impl", "batch", "thr", "median ms", "min ms", "images/s",
               "faults/call", "params", "vs torch", "vs 1 thr"]
-    rows = [[m["model"], m["impl"], m["batch"], m["threads"], _num(m["median_ms"], ".2f"),
-             _num(m["min_ms"], ".2f"), _num(m["images_per_s"], ".0f"),
-             _num(m["minflt_per_call"], ".0f"), m.get("params", ""),
+    rows = [[m["model"], m["impl"], m.get("batch", ""), m["threads"],
+             _num(m.get("median_ms"), ".2f"), _num(m.get("min_ms"), ".2f"),
+             _num(m.get("images_per_s"), ".0f"), _num(m.get("minflt_per_call"), ".0f"),
+             m.get("params", ""),
              _ratio(m.get("speedup_vs_torch")), _ratio(m.get("speedup_vs_1thread"))]
-            for m in model_results if m["status"] == "ok"]
+            for m in model_results if m.get("status") == "ok"]
     lines = ["== training step: forward + loss + backward + SGD update =="]
     if rows:
         lines += _table(header, rows, "<<" + ">" * (len(header) - 2))
@@ -116,24 +120,62 @@ def summary_table(summary):
             + _table(header, rows, "<<" + ">" * (len(header) - 2)) + [""])
 
 
+def targets_table(doc):
+    """The targets of issue 6 (:mod:`targets`): one row per target and thread count."""
+    recs = targets_mod.of_doc(doc)
+    if not recs:
+        return []
+    rows = [[t["id"], "" if t["threads"] is None else t["threads"],
+             targets_mod.format_value(t), targets_mod.format_threshold(t), t["status"],
+             t.get("detail") or ""] for t in recs]
+    lines = ["== targets (issue 6) ==",
+             "  from this run's medians: speed-up, geomean, min, (a), (b) = PyTorch median / "
+             "fastconv median, same thread count;",
+             "  of sgemm = conv GFLOP/s / sgemm GFLOP/s, same thread count; vs 1 thread = "
+             f"t(1 thread) / t({targets_mod.SCALING_THREADS} threads)"]
+    lines += [line.rstrip() for line in _table(
+        ["target", "thr", "value", "threshold", "status", "detail"], rows, "<><<<<")]
+    met = sum(t["status"] == targets_mod.MET for t in recs)
+    not_met = sum(t["status"] == targets_mod.NOT_MET for t in recs)
+    lines.append(f"  {met} met, {not_met} NOT met, {len(recs) - met - not_met} not measured "
+                 f"(of {len(recs)}); definitions: fastconv/benchmark/targets.py")
+    if (doc.get("settings") or {}).get("quick"):
+        lines.append("  QUICK RUN: capped batches, so these targets are not meaningful either")
+    return lines + [""]
+
+
+def _summary_line(env):
+    """environment.summary_line, or what there is of it in an old or partial document."""
+    try:
+        return summary_line(env)
+    except (KeyError, TypeError, AttributeError):
+        return f"{env.get('date_utc', '?')}  {env.get('cpu', '?')} (environment incomplete)"
+
+
 def format_report(doc):
-    """The whole terminal report of a run, as one string."""
-    env = doc["environment"]
-    lines = [f"fastconv bench: {summary_line(env)}"]
-    if doc["settings"].get("quick"):
+    """The whole terminal report of a run, as one string.
+
+    Reads only ``doc`` (a fresh run or a saved ``--json``); fields missing from an older
+    or partial document leave their table out rather than fail.
+    """
+    env = doc.get("environment") or {}
+    lines = [f"fastconv bench: {_summary_line(env)}"]
+    if (doc.get("settings") or {}).get("quick"):
         lines.append("QUICK RUN (--quick): tiny batches and few repeats, a smoke test; "
                      "the figures are not meaningful")
-    lines += [f"WARNING: {w}" for w in env["warnings"]]
+    lines += [f"WARNING: {w}" for w in env.get("warnings") or []]
     lines.append("sgemm " + ", ".join(
-        f"{s['n']}^2 x{s['threads']} thread(s): {s['gflops']:.1f} GFLOP/s" for s in doc["sgemm"]))
+        f"{s.get('n', '?')}^2 x{s.get('threads')} thread(s): {_num(s.get('gflops'), '.1f')} "
+        "GFLOP/s" for s in doc.get("sgemm") or []))
     lines.append("times: median (min, max) of repeated calls after warm-up; faults/call = minor "
                  "page faults per call (~1.6 us each here); vs X = X's median / this median")
     lines.append("")
     for op in cases_mod.OPS:
-        lines += op_table(doc["results"], op)
-    lines += model_table(doc["models"])
-    lines += memory_table(doc["memory"], doc.get("memory_error"))
-    lines += summary_table(doc["summary"])
+        lines += op_table(doc.get("results") or [], op)
+    lines += model_table(doc.get("models") or [])
+    lines += memory_table(doc.get("memory") or [], doc.get("memory_error"))
+    lines += summary_table(doc.get("summary"))
+    lines += targets_table(doc)
     return "\n".join(lines)
 
 
@@ -186,9 +228,11 @@ def compare(new, old):
 def markdown(doc):
     """A compact Markdown table of a run (for a README): per op and layer, the medians of
     the reference, the default fast implementation and PyTorch at every thread count."""
-    threads = doc["settings"]["threads"]
+    results, model_results = doc.get("results") or [], doc.get("models") or []
+    threads = (doc.get("settings") or {}).get("threads") or sorted(
+        {r["threads"] for r in results + model_results})
     ms = {(r["op"], r["case"], r["impl"], r["threads"]): r["median_ms"]
-          for r in doc["results"] if r["status"] == "ok"}
+          for r in results if r["status"] == "ok"}
 
     def cell(op, name, impl):
         values = [ms.get((op, name, impl, t)) for t in threads]
@@ -203,12 +247,12 @@ def markdown(doc):
         return " / ".join(values)
 
     per = " / ".join(str(t) for t in threads)
-    lines = [f"Measured {summary_line(doc['environment'])}.", "",
+    lines = [f"Measured {_summary_line(doc.get('environment') or {})}.", "",
              f"Median ms with {per} thread(s); speed-up = PyTorch time / fastconv time.", "",
              "| op | layer | reference | fastconv | PyTorch | fastconv speed-up vs PyTorch |",
              "|---|---|---|---|---|---|"]
     seen = []
-    for r in doc["results"]:
+    for r in results:
         key = (r["op"], r["case"])
         if key in seen:
             continue
@@ -217,16 +261,33 @@ def markdown(doc):
         lines.append(f"| {op} | {name} | {cell(op, name, 'reference')} | "
                      f"{cell(op, name, default_impl(op))} | {cell(op, name, 'torch')} | "
                      f"{ratio(op, name)} |")
-    models = {(m["model"], m["impl"], m["threads"]): m for m in doc["models"]
-              if m["status"] == "ok"}
+    models = {(m["model"], m["impl"], m["threads"]): m for m in model_results
+              if m["status"] == "ok" and m.get("images_per_s")}
     if models:
         lines += ["", f"Training step (forward, loss, backward, SGD), images/s with {per} "
                       "thread(s):", "", "| model | batch | fastconv | PyTorch |",
                   "|---|---|---|---|"]
-        for name in dict.fromkeys(m["model"] for m in doc["models"]):
-            batch = next(m["batch"] for m in doc["models"] if m["model"] == name)
+        for name in dict.fromkeys(m["model"] for m in model_results):
+            batch = next(m.get("batch", "") for m in model_results if m["model"] == name)
             cells = [" / ".join(f"{models[(name, impl, t)]['images_per_s']:.0f}"
                                 if (name, impl, t) in models else "-" for t in threads)
                      for impl in ("fastconv", "torch")]
             lines.append(f"| {name} | {batch} | {cells[0]} | {cells[1]} |")
+    lines += markdown_targets(doc)
     return "\n".join(lines) + "\n"
+
+
+def markdown_targets(doc):
+    """The targets of issue 6 as Markdown lines (empty when there are none)."""
+    recs = targets_mod.of_doc(doc)
+    if not recs:
+        return []
+    lines = ["", "Targets of issue 6 (definitions in `fastconv/benchmark/targets.py`):", "",
+             "| target | threads | value | threshold | status | detail |",
+             "|---|---|---|---|---|---|"]
+    for t in recs:
+        cells = [t["id"], "" if t["threads"] is None else str(t["threads"]),
+                 targets_mod.format_value(t), targets_mod.format_threshold(t), t["status"],
+                 t.get("detail") or ""]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return lines

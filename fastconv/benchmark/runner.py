@@ -5,7 +5,8 @@ so they never overlap a timing), then the sgemm yardstick for each thread count,
 suite layer at a time: its inputs are made once, and every thread count and every
 implementation is timed back to back on them, so that the ratios of a row (fast vs
 reference, vs PyTorch, n threads vs 1) come from measurements seconds apart.
-Whole-model training steps come last.
+Whole-model training steps come last. ``doc["targets"]`` holds the targets of issue 6,
+evaluated from the document's own medians by :func:`targets.evaluate`.
 
 Ratios are speed-ups (> 1 means faster): ``speedup_vs_reference = t_reference / t``,
 ``speedup_vs_torch = t_torch / t``, ``speedup_vs_1thread = t(1 thread) / t(n threads)``,
@@ -19,7 +20,7 @@ import numpy as np
 
 from .. import num_threads
 from . import cases as cases_mod
-from . import environment, memory, models, torch_impl
+from . import environment, memory, models, targets, torch_impl
 from .timing import DEFAULT_BUDGET, QUICK_BUDGET, Budget, measure, sgemm_rate
 
 SCHEMA = "fastconv-bench/1"
@@ -254,6 +255,7 @@ def run_benchmarks(settings):
     doc["models"] = model_results
     doc["summary"] = summarize(results, model_results)
     doc["unavailable"] = unavailable_summary(results + model_results + doc["memory"])
+    doc["targets"] = targets.evaluate(doc)
     return doc
 
 
