@@ -208,7 +208,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
         return impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads())
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None):
+def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
+                    need_dx=True):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
     ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
@@ -220,17 +221,21 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None):
     ----------
     dy : ndarray (N, K, P, Q), the gradient of the loss with respect to conv2d's output
     x, w, stride, padding, algo, backend : as in :func:`conv2d`
+    need_dx : bool, keyword only
+        False skips dx, returned as None: a network's first layer (whose input is the data)
+        needs only dw and db, and PyTorch skips it there too.
 
     Returns
     -------
-    dx : (N, C, H, W), dw : (K, C, R, S), db : (K,), all of x's dtype
+    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype
     """
     op = "conv2d_backward"
     x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, y_shape)
     with _threads.blas_single_thread():
-        return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads())
+        return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads(),
+                                    bool(need_dx))
 
 
 # --------------------------------------------------------------------------- pooling

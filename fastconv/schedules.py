@@ -233,7 +233,7 @@ def lr_find(model, loader, optimizer, loss_fn=None, start_lr=1e-7, end_lr=10.0, 
                 optimizer.lr = lr
                 optimizer.zero_grad()
                 loss = float(loss_fn.forward(model(xb), yb))
-                model.backward(loss_fn.backward())
+                model.backward_params(loss_fn.backward())
                 optimizer.step()
                 # Exponential moving average with bias correction (fastai's smoothing).
                 avg = smooth * avg + (1 - smooth) * loss

@@ -5,7 +5,8 @@ One training step is the whole of backpropagation, written out (no autograd)::
     optimizer.zero_grad()
     logits = model(xb)                     # forward, layers cache what backward needs
     loss = loss_fn.forward(logits, yb)     # mean softmax cross-entropy
-    model.backward(loss_fn.backward())     # dlogits -> every layer adds into p.grad
+    model.backward_params(loss_fn.backward())  # dlogits -> every layer adds into p.grad
+                                           # (backward() would also return dL/dimages)
     optimizer.step()                       # p <- p - lr * (update from p.grad)
 
 Reproducibility: the same seed and the same thread count give the same numbers. The
@@ -207,7 +208,7 @@ def train_epoch(model, loader, optimizer, loss_fn=None, schedule=None, first_ste
             if not math.isfinite(loss):     # diverged: stop before the update spreads NaNs
                 raise FloatingPointError(f"{desc}: the loss became {loss} at step {first_step + b} "
                                          f"(lr {optimizer.lr:.3g}); lower the learning rate")
-            model.backward(loss_fn.backward())
+            model.backward_params(loss_fn.backward())
             optimizer.step()
             total_loss += loss * len(yb)
             correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))

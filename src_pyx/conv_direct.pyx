@@ -469,7 +469,8 @@ cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
 
 def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                    const floating[:, :, :, ::1] w, stride, padding, int n_threads):
+                    const floating[:, :, :, ::1] w, stride, padding, int n_threads,
+                    bint need_dx=True):
     """Gradients of :func:`conv2d_forward`, notes eq. (conv.bwd).
 
     Parameters
@@ -478,10 +479,12 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     x : ndarray (N, C, H, W);  w : ndarray (K, C, R, S); all of one dtype
     stride, padding : (int, int)
     n_threads : int (results are bitwise the same for any value)
+    need_dx : bool
+        False skips dx (None is returned in its place): a network's first layer needs only dw, db.
 
     Returns
     -------
-    dx : (N, C, H, W), dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
     """
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -491,7 +494,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry(
         (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
         (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
-    dx_arr = np.empty((N, C, H, W), dtype=dtype)
+    # without need_dx, a one-element placeholder that is never read
+    dx_arr = np.empty((N if need_dx else 1, C if need_dx else 1, H if need_dx else 1,
+                       W if need_dx else 1), dtype=dtype)
     dw_arr = np.empty((K, C, R, S), dtype=dtype)
     db_arr = np.empty(K, dtype=dtype)
     acc_arr = np.empty((nt, R * S * Q), dtype=dtype)     # per-thread dw scratch (small)
@@ -502,7 +507,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef const floating[:, :, :, ::1] dyp
     cdef const floating[:, :, :, ::1] wt
     cdef Py_ssize_t Hd = H + R - 1, Wd = W + S - 1, n_cb = (C + KB - 1) // KB, t
-    if sh == 1 and sw == 1:
+    if not need_dx:
+        dx_arr = None
+    elif sh == 1 and sw == 1:
         # With stride 1, dx is itself a convolution (the transposed convolution):
         #   dx[n, c, ih, iw] = sum_{k,r,s} wt[c, k, r, s] * dyp[n, k, ih + r, iw + s]
         # with the kernel flipped and its channel axes swapped, wt[c, k, r, s] =

@@ -682,8 +682,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
 cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                           const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
                           floating* dw_part, floating* col, Py_ssize_t n_begin,
-                          Py_ssize_t n_end, bint is_1x1, Py_ssize_t sh, Py_ssize_t sw,
-                          Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+                          Py_ssize_t n_end, bint is_1x1, bint need_dx, Py_ssize_t sh,
+                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """Images n_begin <= n < n_end: dx[n], and their partial dW^T = sum_n col_n @ dY_n^T.
 
     Per image: build col_n, accumulate dW_part^T += col_n @ dY_n^T, then reuse the same buffer
@@ -710,6 +710,8 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, 
         # small dY_n, where dW = dY_n @ col_n^T made it re-pack col_n for K = 16..64 outputs
         # only: 2.2x faster for 16 channels (30 -> 69 GFLOP/s), 1.3x for 32.
         gemm_rm(False, True, CRS, Ki, PQ, 1, col_n, PQ, dy_n, PQ, beta, dw_part, Ki)
+        if not need_dx:
+            continue
         if is_1x1:
             # dx[n] (C, HW) = W^T (C, K) @ dY_n (K, HW): no col2im needed
             _gemm_small(CRS, PQ, Ki, w_mat, 1, CRS, dy_n, PQ, False, &dx[n, 0, 0, 0], PQ)
@@ -722,9 +724,9 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, 
 cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                               const floating[:, ::1] wr, const Py_ssize_t[::1] offs,
                               floating[:, :, :, ::1] dx, floating* dwr_part, floating* work,
-                              Py_ssize_t n_begin, Py_ssize_t n_end, Py_ssize_t R,
-                              Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                              Py_ssize_t pw) noexcept nogil:
+                              Py_ssize_t n_begin, Py_ssize_t n_end, bint need_dx,
+                              Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                              Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """As _backward_chunk in the channels-last layout of eq. (im2col.hwc); wr is Wr (K, RSC).
 
     Per image: xp and colT as in the forward pass, dWr_part (K, RSC) += dY_n @ colT, then
@@ -748,6 +750,8 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
             # dWr_part (K, RSC) += dY_n (K, PQ) @ colT (PQ, RSC), colT read inside xp
             fc_bgemm_f32(K, CRS, PQ, dy_n, PQ, 1, xp, &offs[0], S * C, Wp * C, n != n_begin,
                          dwr_part, CRS)
+            if not need_dx:
+                continue
             for i in range(Hp * Wp * C):                     # xp becomes its gradient
                 xp[i] = 0
             # each window of xp += its row of dcolT = dY_n^T @ Wr (dY_n read transposed)
@@ -757,6 +761,8 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
             _patches_hwc(xp, colT, C, Wp, R, S, P, Q, sh, sw)
             # dWr_part (K, RSC) += dY_n (K, PQ) @ colT (PQ, RSC); the first image overwrites
             _gemm_small(K, CRS, PQ, dy_n, PQ, 1, colT, CRS, n != n_begin, dwr_part, CRS)
+            if not need_dx:
+                continue
             # dcolT (PQ, RSC) = dY_n^T (PQ, K) @ Wr (K, RSC) (dY_n read transposed, in place)
             _gemm_small(PQ, CRS, K, dy_n, 1, PQ, &wr[0, 0], CRS, False, colT, CRS)
             _unpatch_hwc(colT, xp, C, Hp, Wp, R, S, P, Q, sh, sw)
@@ -793,7 +799,8 @@ def _n_chunks(Py_ssize_t N, Py_ssize_t dw_bytes):
 
 
 def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                    const floating[:, :, :, ::1] w, stride, padding, int n_threads):
+                    const floating[:, :, :, ::1] w, stride, padding, int n_threads,
+                    bint need_dx=True):
     """Gradients of :func:`conv2d_forward` by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -802,10 +809,13 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     x : ndarray (N, C, H, W);  w : ndarray (K, C, R, S); all of one dtype
     stride, padding : (int, int)
     n_threads : int (BLAS limited to one thread by the caller; bitwise the same for any value)
+    need_dx : bool
+        False skips dx (None is returned in its place): a network's first layer needs only
+        dw and db, and dx (dcol and col2im) is about a third of the work.
 
     Returns
     -------
-    dx : (N, C, H, W), dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
     """
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -821,7 +831,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     n_chunks = _n_chunks(N, K * CRS * np.dtype(dtype).itemsize)
     chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
     n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty
-    dx_arr = np.empty((N, C, H, W), dtype=dtype)
+    # without need_dx, a one-element placeholder that is never read
+    dx_arr = np.empty((N if need_dx else 1, C if need_dx else 1, H if need_dx else 1,
+                       W if need_dx else 1), dtype=dtype)
     dw_arr = np.empty((K, C, R, S), dtype=dtype)
     db_arr = np.empty(K, dtype=dtype)
     parts_arr = np.empty((n_chunks, K * CRS), dtype=dtype)
@@ -849,16 +861,17 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         if hwc:
             for ch in prange(n_chunks, schedule="dynamic", num_threads=nt):
                 _backward_chunk_hwc(dy, x, wr, offs, dx, &parts[ch, 0], &col[threadid(), 0],
-                                    ch * chunk, min((ch + 1) * chunk, N), R, S, sh, sw, ph, pw)
+                                    ch * chunk, min((ch + 1) * chunk, N), need_dx, R, S, sh, sw,
+                                    ph, pw)
         else:
             for ch in prange(n_chunks, schedule="dynamic", num_threads=nt):
                 _backward_chunk(dy, x, w, dx, &parts[ch, 0], &col[threadid(), 0], ch * chunk,
-                                min((ch + 1) * chunk, N), is_1x1, sh, sw, ph, pw)
+                                min((ch + 1) * chunk, N), is_1x1, need_dx, sh, sw, ph, pw)
         for k in prange(K, schedule="static", num_threads=nt):
             _sum_partials(parts, &dw[0, 0, 0, 0], k, C, R, S, K, hwc)
         for k in prange(K, schedule="static", num_threads=nt):
             _db_one(dy, db, k)
-    return dx_arr, dw_arr, db_arr
+    return (dx_arr if need_dx else None), dw_arr, db_arr
 
 
 # --------------------------------------------------------------------------- guards

@@ -164,6 +164,11 @@ def test_output_size_matches_conv_out():
     assert F.conv2d(x, np.ones((1, 1, 3, 3)), stride=3, padding=0).shape == (1, 1, 2, 2)
 
 
+# the channels-last paths of the im2col backward: S*C a multiple of 16 (in place) or not
+TILE_CASES_NEED_DX = [((2, 16, 6, 6), (8, 16, 3, 3), (1, 1), (1, 1)),
+                      ((2, 6, 9, 8), (5, 6, 3, 3), (2, 1), (1, 0))]
+
+
 # --------------------------------------------------------------------------- fast vs reference
 
 @pytest.mark.parametrize("algo", ALGOS)
@@ -179,6 +184,22 @@ def test_fast_without_bias(algo, dtype, rng):
     want = F.conv2d(x, w, None, GRID[6][2], GRID[6][3], algo="direct", backend="reference")
     got = F.conv2d(x, w, None, GRID[6][2], GRID[6][3], algo=algo, backend="fast")
     assert_close(got, want, dtype, reduction=w[0].size)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", [GRID[0], GRID[6], TILE_CASES_NEED_DX[0], TILE_CASES_NEED_DX[1]],
+                         ids=grid_id)
+def test_backward_without_dx(case, algo, backend, dtype, rng):
+    """need_dx=False returns None for dx and bitwise the same dw and db (the first layer of a
+    network: its input is the data)."""
+    x, w, b, dy = make_inputs(rng, dtype, *case)
+    dx, dw, db = F.conv2d_backward(dy, x, w, case[2], case[3], algo=algo, backend=backend)
+    none, dw2, db2 = F.conv2d_backward(dy, x, w, case[2], case[3], algo=algo, backend=backend,
+                                       need_dx=False)
+    assert none is None and dx is not None
+    np.testing.assert_array_equal(dw2, dw)
+    np.testing.assert_array_equal(db2, db)
 
 
 # Channel counts that fill the im2col micro-kernel's register tiles (16 float32 columns per

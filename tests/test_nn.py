@@ -130,6 +130,27 @@ def test_backward_accumulates_parameter_gradients(rng):
     assert not layer.weight.grad.any() and not layer.bias.grad.any()
 
 
+def test_backward_params_fills_the_same_gradients(rng):
+    """backward_params(dy): the parameter gradients of backward(dy), bitwise, and no dx; a
+    Sequential skips the parameter-free layers in front of its first trainable one."""
+    x = rng.standard_normal((3, 2, 9, 9)).astype(np.float32)
+    for make in (lambda: nn.Sequential(nn.MaxPool2d(1), nn.Conv2d(2, 4, 3, padding=1),
+                                       nn.BatchNorm2d(4), nn.ReLU(True), nn.Flatten(),
+                                       nn.Linear(4 * 81, 5)),
+                 lambda: nn.Sequential(nn.Flatten(), nn.Linear(162, 7), nn.ReLU(),
+                                       nn.Linear(7, 5))):
+        nets = [make(), make()]
+        nets[1].load_state_dict(nets[0].state_dict())
+        dy = rng.standard_normal((3, 5)).astype(np.float32)
+        for net in nets:
+            net(x.copy())
+        assert nets[0].backward(dy) is not None
+        assert nets[1].backward_params(dy) is None
+        for (name, p0), (_, p1) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
+            np.testing.assert_array_equal(p1.grad, p0.grad, err_msg=name)
+            assert p0.grad.any(), name
+
+
 def test_layers_keep_float32(rng):
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(True), nn.MaxPool2d(2),

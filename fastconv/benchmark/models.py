@@ -60,7 +60,7 @@ def fastconv_train_step(model_name, x, labels, lr=0.01, momentum=0.9):
         logits = model(x)
         loss = loss_fn.forward(logits, labels)
         model.zero_grad()
-        model.backward(loss_fn.backward())
+        model.backward_params(loss_fn.backward())   # no dL/dx of the images, as PyTorch
         opt.step()
         return loss
 

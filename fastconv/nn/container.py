@@ -79,6 +79,16 @@ class Sequential(Module):
             dy = layer.backward(dy)
         return dy
 
+    def backward_params(self, dy):
+        """Parameter gradients only (see Module.backward_params): layers in front of the first
+        one with parameters are skipped, and that one computes no dx."""
+        first = next((i for i, layer in enumerate(self._layers) if layer.parameters()), None)
+        if first is None:
+            return
+        for layer in reversed(self._layers[first + 1:]):
+            dy = layer.backward(dy)
+        self._layers[first].backward_params(dy)
+
 
 class Residual(Module):
     """A residual block: ``y = activation(body(x) + shortcut(x))`` (ResNet's "add").

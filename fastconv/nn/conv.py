@@ -76,8 +76,15 @@ class Conv2d(Module):
 
     def backward(self, dy):
         """Eq. (conv.bwd): adds dw and db into the gradients and returns dx."""
+        return self._backward(dy, need_dx=True)
+
+    def backward_params(self, dy):
+        """dw and db only: skips dx, about a third of the backward pass (first layer)."""
+        self._backward(dy, need_dx=False)
+
+    def _backward(self, dy, need_dx):
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
-                                       padding=self.padding, algo=self.algo)
+                                       padding=self.padding, algo=self.algo, need_dx=need_dx)
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db

@@ -58,10 +58,14 @@ class Linear(Module):
         return y
 
     def backward(self, dy):
+        self.backward_params(dy)
+        return dy @ self.weight.data
+
+    def backward_params(self, dy):
+        """dweight and dbias only (no dx): see Module.backward_params."""
         self.weight.grad += dy.T @ self._x
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0)
-        return dy @ self.weight.data
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}"

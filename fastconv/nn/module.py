@@ -4,6 +4,8 @@ There is no autograd: every layer writes its own ``backward``, next to its ``for
 so a student sees the whole backward pass. A layer caches in ``forward`` what its
 ``backward`` needs, and ``backward(dy)`` returns ``dx`` while *adding* the parameter
 gradients into ``param.grad`` (call ``zero_grad()`` before each step, as in PyTorch).
+Training calls ``backward_params(dy)`` on the model instead: the same parameter gradients,
+without the gradient of the input images, which nothing uses (PyTorch skips it too).
 
 Two rules keep the containers correct without copies: ``backward`` never changes ``dy``
 (a residual block hands the same ``dy`` to two branches), and ``forward`` never changes
@@ -51,6 +53,13 @@ class Module:
 
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def backward_params(self, dy):
+        """As ``backward(dy)``, for a module whose input needs no gradient (the first layer
+        of a network, whose input is the data): adds the parameter gradients and returns
+        None. Conv2d and Linear then skip computing dx; containers skip the layers in front
+        of their first trainable one."""
+        self.backward(dy)
 
     def __call__(self, x):
         return self.forward(x)

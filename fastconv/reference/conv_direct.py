@@ -67,7 +67,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
-def conv2d_backward(dy, x, w, stride, padding, n_threads=None):
+def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
     """Gradients of :func:`conv2d_forward`, notes eq. (conv.bwd).
 
     Parameters
@@ -76,10 +76,12 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None):
     x : ndarray (N, C, H, W);  w : ndarray (K, C, R, S)
     stride, padding : (int, int)
     n_threads : ignored
+    need_dx : bool
+        False skips dx (None is returned in its place): a network's first layer needs only dw, db.
 
     Returns
     -------
-    dx : (N, C, H, W), dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
     """
     N, C, H, W = x.shape
     K, _, R, S = w.shape
@@ -92,6 +94,10 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None):
     db = dy.sum(axis=(0, 2, 3))
     # dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * win[n,c,p,q,r,s]
     dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))              # (K, C, R, S)
+    dtype = x.dtype
+    dw, db = np.ascontiguousarray(dw, dtype=dtype), np.ascontiguousarray(db, dtype=dtype)
+    if not need_dx:
+        return None, dw, db
     # dx: every dy[n,k,p,q] flows back through the window that produced it. For one kernel
     # tap (r, s) the windows' pixels xp[:, :, p*sh + r, q*sw + s] form a strided grid, so
     # the taps are R*S strided scatter-adds of (sum_k dy * w[k, :, r, s]).
@@ -101,6 +107,4 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None):
             contrib = np.tensordot(w[:, :, r, s], dy, axes=([0], [1]))   # (C, N, P, Q)
             dxp[:, :, r:r + sh * P:sh, s:s + sw * Q:sw] += contrib.transpose(1, 0, 2, 3)
     dx = dxp[:, :, ph:ph + H, pw:pw + W]                                 # cut the padding off
-    dtype = x.dtype
-    return (np.ascontiguousarray(dx, dtype=dtype), np.ascontiguousarray(dw, dtype=dtype),
-            np.ascontiguousarray(db, dtype=dtype))
+    return np.ascontiguousarray(dx, dtype=dtype), dw, db

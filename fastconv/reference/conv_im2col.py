@@ -84,7 +84,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     return y.reshape(N, K, P, Q).astype(x.dtype, copy=False)
 
 
-def conv2d_backward(dy, x, w, stride, padding, n_threads=None):
+def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
     """Gradients by GEMM and col2im, notes eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -92,10 +92,12 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None):
     dy : ndarray (N, K, P, Q);  x : ndarray (N, C, H, W);  w : ndarray (K, C, R, S)
     stride, padding : (int, int)
     n_threads : ignored
+    need_dx : bool
+        False skips dx (None is returned in its place): a network's first layer needs only dw, db.
 
     Returns
     -------
-    dx : (N, C, H, W), dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
     """
     N = x.shape[0]
     K, C, R, S = w.shape
@@ -104,8 +106,10 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None):
     col = im2col(x, R, S, stride, padding, P, Q)                     # (N, CRS, PQ)
     db = dy.sum(axis=(0, 2, 3))                                      # db[k] = sum_{n,p,q} dy
     dW = np.tensordot(dY, col, axes=([0, 2], [0, 2]))                # sum_n dY_n @ col_n^T: (K, CRS)
+    dtype = x.dtype
+    dW, db = dW.reshape(K, C, R, S).astype(dtype, copy=False), db.astype(dtype, copy=False)
+    if not need_dx:
+        return None, dW, db
     dcol = np.matmul(w.reshape(K, C * R * S).T, dY)                  # W^T @ dY_n: (N, CRS, PQ)
     dx = col2im(dcol, x.shape, R, S, stride, padding, P, Q)
-    dtype = x.dtype
-    return (np.ascontiguousarray(dx, dtype=dtype), dW.reshape(K, C, R, S).astype(dtype, copy=False),
-            db.astype(dtype, copy=False))
+    return np.ascontiguousarray(dx, dtype=dtype), dW, db
