@@ -21,6 +21,7 @@ __all__ = [
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "batch_norm", "batch_norm_backward",
+    "relu_backward",
     "conv_output_size", "choose_conv_algo",
 ]
 
@@ -442,3 +443,21 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=
     dx, dgamma, dbeta = impl.batch_norm_backward(*_contiguous(dy.reshape(x4.shape), x4, gamma),
                                                  eps, _n_threads(), *stats)
     return dx.reshape(x.shape), dgamma, dbeta
+
+
+# --------------------------------------------------------------------------- activation
+
+def relu_backward(dy, y, backend=None):
+    """Gradient of ReLU, ``y = max(x, 0)``: ``dx = dy`` where ``y > 0``, else 0 (the gradient
+    at 0 is taken as 0, as in PyTorch). One pass in the fast kernel, where NumPy's
+    ``dy * (y > 0)`` makes two and a temporary.
+
+    dy, y : ndarrays of one shape and float dtype  ->  dx : like dy.
+    """
+    op = "relu_backward"
+    y = _as_float_array(op, "y", y)
+    dy = _as_float_array(op, "dy", dy, dtype=y.dtype)
+    _check_dy(op, dy, y.shape)
+    impl = implementation("activation", resolve_backend(backend, op))
+    dy_flat, y_flat = (a.reshape(-1) for a in _contiguous(dy, y))
+    return impl.relu_backward(dy_flat, y_flat, _n_threads()).reshape(y.shape)

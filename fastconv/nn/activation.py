@@ -2,6 +2,7 @@
 import numpy as np
 from scipy.special import expit
 
+from .. import functional as F
 from .module import Module
 
 
@@ -26,7 +27,7 @@ class ReLU(Module):
         return y
 
     def backward(self, dy):
-        return np.multiply(dy, self._y > 0)
+        return F.relu_backward(dy, self._y)
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""

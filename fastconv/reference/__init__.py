@@ -1,5 +1,5 @@
 """NumPy reference implementations: the readable oracle of every fast kernel.
 
 Each module here has a compiled twin in ``fastconv._ext`` with the same functions and
-signatures: ``conv_direct``, ``conv_im2col``, ``pool``, ``batchnorm``.
+signatures: ``conv_direct``, ``conv_im2col``, ``pool``, ``batchnorm``, ``activation``.
 """

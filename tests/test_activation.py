@@ -1,0 +1,70 @@
+"""ReLU's backward pass: fast kernel vs NumPy reference, PyTorch's semantics, bad input.
+
+(relu.bwd): dx = dy where y > 0, else 0 (at 0, and even where dy is NaN, as PyTorch).
+"""
+import numpy as np
+import pytest
+
+import fastconv.functional as F
+from fastconv.reference import activation as ref
+
+BACKENDS = ["reference", "fast"]
+# sizes around the kernel's block of 16384 values, and a 4-D layer output
+SHAPES = [(1,), (7,), (16384,), (16385,), (3, 40000), (4, 6, 28, 28)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_fast_matches_reference(shape, dtype, rng, n_threads):
+    y = np.maximum(rng.standard_normal(shape), 0).astype(dtype)     # a ReLU output: many zeros
+    dy = rng.standard_normal(shape).astype(dtype)
+    got = F.relu_backward(dy, y, backend="fast")
+    want = F.relu_backward(dy, y, backend="reference")
+    assert got.dtype == dtype and got.shape == shape
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_semantics_by_hand(backend):
+    """dx = dy where y > 0; 0 where y <= 0 (also where dy is NaN or inf), as PyTorch."""
+    y = np.array([2.0, 0.0, -1.0, 0.5, 0.0, 3.0], np.float32)
+    dy = np.array([1.5, 7.0, 2.0, -4.0, np.nan, np.inf], np.float32)
+    np.testing.assert_array_equal(F.relu_backward(dy, y, backend=backend),
+                                  np.array([1.5, 0, 0, -4.0, 0, np.inf], np.float32))
+
+
+def test_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    x[0, :3] = 0.0                                                  # the kink
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.relu(xt).backward(torch.tensor(dy))
+    np.testing.assert_array_equal(F.relu_backward(dy, np.maximum(x, 0), backend="fast"),
+                                  xt.grad.numpy())
+
+
+def test_inputs_untouched_and_strided_input(rng):
+    y = np.maximum(rng.standard_normal((6, 8)), 0)
+    dy = rng.standard_normal((8, 6)).T                              # Fortran order
+    y0, dy0 = y.copy(), dy.copy()
+    got = F.relu_backward(dy, y, backend="fast")
+    np.testing.assert_array_equal(got, ref.relu_backward(np.ascontiguousarray(dy), y))
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(dy, dy0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input(backend):
+    y = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="relu_backward: dy must have"):
+        F.relu_backward(np.ones((3, 2), np.float32), y, backend=backend)
+    with pytest.raises(TypeError, match="relu_backward: dy has dtype float64"):
+        F.relu_backward(np.ones((2, 3)), y, backend=backend)
+    with pytest.raises(TypeError, match="relu_backward: y must be float32 or float64"):
+        F.relu_backward(y, y.astype(np.int32), backend=backend)
+
+
+def test_kernel_called_directly_rejects_mismatched_lengths():
+    from fastconv._backend import load_kernels
+    with pytest.raises(ValueError, match="relu_backward"):
+        load_kernels("activation").relu_backward(np.ones(3), np.ones(4), 1)
