@@ -13,7 +13,8 @@ each call, so the GEMMs issued from inside ``prange`` do not oversubscribe the c
 Design notes
 ------------
 * Two layouts of the columns. Where S*C >= _HWC_MIN_RUN (every 3x3 and 5x5 layer of the
-  suite but lenet_c1 and alexnet_c1), the "hwc" path of eq. (im2col.hwc) below: the image
+  suite but lenet_c1 and alexnet_c1; the float32 forward on the micro-kernel from S*C = 9 on,
+  alexnet_c1 included, see _use_hwc), the "hwc" path of eq. (im2col.hwc) below: the image
   is copied to channels-last with its padding, so that the columns of each output pixel are
   R runs of S*C contiguous values, the reduction axis ordered (r, s, c); the products run as
   Y_n^T = colT @ Wr^T, dWr += dY_n @ colT, dcolT = dY_n^T @ Wr, in the orientations that
@@ -26,6 +27,18 @@ Design notes
   straight back onto it (dx). 1 thread, float32, medians of interleaved runs against
   classic im2col + OpenBLAS (the previous kernel): resnet20_s1 1.8x forward / 2.3x
   backward, s2 1.4x / 1.5x, s3 1.6x / 1.5x, down 1.4x / 1.6x, lenet_c2 1.5x / 1.5x.
+* Around the float32 products (AVX-512): the image goes to channels-last and Y_n^T back to
+  (K, P*Q) by 16 x 16 blocks transposed in registers (fc_pad_hwc_f32, fc_unpack_yT_f32,
+  fc_unpad_hwc_f32); output rows whose windows reach into the zero rows of the padding
+  skip those taps; and with K <= 16 output channels (where fc_itile's one-vector tile is
+  held back by its broadcasts) the forward runs on row tiles that broadcast each input
+  value once for S outputs (fc_dtile). Forward, 1 thread, medians of interleaved runs
+  against the previous version of this file, and (after) the ratio of PyTorch 2.13's time
+  (oneDNN, 1 thread, same process) to ours: resnet20_s1 1.26x (1.31), s2 1.21x (0.96),
+  s3 1.13x (0.95), down 1.20x (1.25), lenet_c2 1.22x (1.02), vgg_c3 1.11x (0.97),
+  alexnet_c1 1.12x (0.97), lenet_c1 1.1-1.2x (1.5; memcpy in _im2col_sample), nin_1x1
+  1.0x (1.19); geometric mean of the ratios to PyTorch 1.11 (before: 0.97-1.03). The
+  comments at each piece give its share.
 * Memory is bounded: each thread owns ONE scratch buffer (at most one image's columns, plus
   for the hwc path its padded channels-last copy and Y_n^T) and reuses it for every image
   it handles; the batch's column matrix is never built.
@@ -42,6 +55,7 @@ Design notes
 import numpy as np
 
 from cython cimport floating
+from libc.string cimport memcpy
 from cython.parallel cimport prange, threadid
 
 from _blas cimport gemm_rm
@@ -62,11 +76,28 @@ cdef extern from *:
      * (fc_avx512_ok), so the module still runs on any x86-64 or other CPU. */
     #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     #include <immintrin.h>
+    #include <string.h>
     #define FC_TARGET __attribute__((target("avx512f,fma")))
 
     static int fc_avx512_ok(void) { return __builtin_cpu_supports("avx512f"); }
 
     #define FC_UNROLL _Pragma("GCC unroll 32")  /* unrolled: the tile lives in registers */
+    /* Step kk + u of fc_itile's reduction (Ar: run r of the windows, Br: its rows of B): NV
+     * vectors of B, MR broadcasts of A, MR * NV FMAs. fc_itile takes two steps per loop
+     * turn, so that each pixel's address (Ar + kk + offs[i]) is worked out once for two
+     * broadcasts: with one step per turn the integer work per FMA (indexing 12 or 16 pixel
+     * windows) kept the K = 16 and 32 tiles well under the FMA peak. Kernel alone, 1 core,
+     * GFLOP/s (% of a pure-FMA loop, 117): one step -> two per turn: 16 -> 16 channels
+     * 32 x 32: 91 (77%) -> 100 (85%); 32 -> 32 on 16 x 16: 103 (88%) -> 111 (95%);
+     * 64 -> 64 on 8 x 8: 112 -> 114; lenet_c2: 91 -> 101; resnet20_down: 98 -> 105. */
+    #define FC_ISTEP(MR, NV, u)                                                               \
+        FC_UNROLL for (int j = 0; j < NV; j++)                                              \
+            b[j] = _mm512_maskz_loadu_ps(mask[j], Br + (kk + (u)) * ldb + 16 * j);          \
+        FC_UNROLL for (int i = 0; i < MR; i++) {                                            \
+            __m512 a = _mm512_set1_ps((Ar + kk)[offs[i] + (u)]);                            \
+            FC_UNROLL for (int j = 0; j < NV; j++)                                          \
+                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);                            \
+        }
     #define FC_TILE(MR, NV)                                                                 \
     FC_TARGET static void fc_tile_##MR##_##NV(Py_ssize_t KR, const float *A, Py_ssize_t a_rs, \
         Py_ssize_t a_cs, const float *B, Py_ssize_t ldb, int accumulate, float *C,           \
@@ -109,15 +140,11 @@ cdef extern from *:
             FC_UNROLL for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();         \
         for (Py_ssize_t r = 0; r < R; r++) {                                                \
             const float *Ar = A + r * seg, *Br = B + r * SC * ldb;                          \
-            for (Py_ssize_t kk = 0; kk < SC; kk++) {                                        \
-                FC_UNROLL for (int j = 0; j < NV; j++)                                      \
-                    b[j] = _mm512_maskz_loadu_ps(mask[j], Br + kk * ldb + 16 * j);          \
-                FC_UNROLL for (int i = 0; i < MR; i++) {                                    \
-                    __m512 a = _mm512_set1_ps(Ar[offs[i] + kk]);                            \
-                    FC_UNROLL for (int j = 0; j < NV; j++)                                  \
-                        acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);                    \
-                }                                                                           \
+            Py_ssize_t kk = 0;                                                              \
+            for (; kk + 2 <= SC; kk += 2) {                                                 \
+                FC_ISTEP(MR, NV, 0) FC_ISTEP(MR, NV, 1)                                     \
             }                                                                               \
+            for (; kk < SC; kk++) { FC_ISTEP(MR, NV, 0) }                                   \
         }                                                                                   \
         FC_UNROLL for (int i = 0; i < MR; i++)                                              \
             FC_UNROLL for (int j = 0; j < NV; j++)                                          \
@@ -251,6 +278,230 @@ cdef extern from *:
         }
     }
 
+    /* Few output channels (K <= 16, one vector), stride 1 along the rows: in fc_itile each
+     * broadcast pixel value feeds one FMA only (NV = 1), and the broadcasts, not the FMAs,
+     * set the pace (its 16 x 1 tile ran at 85% of the FMA peak). Here a tile is M
+     * neighbouring outputs of one row, and the loop runs over the INPUT columns instead:
+     * each value xp[h, q0 + u, c], broadcast once, goes to the S outputs q = u - s that
+     * use it, with the S weight vectors w[:, c, r, s] held in registers. Per (r, c):
+     * M + S - 1 broadcasts and S loads for M * S FMAs (16 x 5: 20 + 5 for 80). Each output
+     * sums over r, then c, then s. Kernel alone, 1 core, GFLOP/s counting every tap,
+     * fc_itile -> fc_dtile (a pure-FMA loop: 117): 16 -> 16 channels 3x3 on 32 x 32:
+     * 102 -> 110; lenet_c2 (6 -> 16, 5x5, 10 x 10 outputs): 102 -> 106 (with tiles of 8 + 2
+     * per row instead of 10: 91, hence the 12 and 10); 3 -> 16 5x5 on 28 x 28: 100 -> 111.
+     * In conv2d_forward: lenet_c2 0.43 -> 0.35 ms, resnet20_s1 7.5 -> 6.7 ms. */
+    #define FC_DTILE(M, S)                                                                  \
+    FC_TARGET static void fc_dtile_##M##_##S(Py_ssize_t R, Py_ssize_t C, Py_ssize_t seg,  \
+        const float *A, const float *B, Py_ssize_t K, float *Y, __mmask16 kmask)            \
+    {                                                                                       \
+        __m512 acc[M], w[S];                                                                \
+        FC_UNROLL for (int i = 0; i < M; i++) acc[i] = _mm512_setzero_ps();                 \
+        for (Py_ssize_t r = 0; r < R; r++) {                                                \
+            const float *Ar = A + r * seg, *Br = B + r * S * C * K;                         \
+            for (Py_ssize_t c = 0; c < C; c++) {                                            \
+                FC_UNROLL for (int s = 0; s < S; s++)                                       \
+                    w[s] = _mm512_maskz_loadu_ps(kmask, Br + (s * C + c) * K);              \
+                FC_UNROLL for (int u = 0; u < M + S - 1; u++) {                             \
+                    __m512 a = _mm512_set1_ps(Ar[u * C + c]);                               \
+                    FC_UNROLL for (int s = 0; s < S; s++)                                   \
+                        if (u - s >= 0 && u - s < M)                                        \
+                            acc[u - s] = _mm512_fmadd_ps(a, w[s], acc[u - s]);              \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        FC_UNROLL for (int i = 0; i < M; i++) _mm512_mask_storeu_ps(Y + i * K, kmask, acc[i]); \
+    }
+    FC_DTILE(16, 3) FC_DTILE(12, 3) FC_DTILE(10, 3) FC_DTILE(8, 3) FC_DTILE(4, 3)
+    FC_DTILE(2, 3) FC_DTILE(1, 3)
+    FC_DTILE(16, 5) FC_DTILE(12, 5) FC_DTILE(10, 5) FC_DTILE(8, 5) FC_DTILE(4, 5)
+    FC_DTILE(2, 5) FC_DTILE(1, 5)
+    typedef void (*fc_dtile_fn)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
+                                const float *, Py_ssize_t, float *, __mmask16);
+    static const int fc_dtile_m[7] = {16, 12, 10, 8, 4, 2, 1};
+    static const fc_dtile_fn fc_dtiles[2][7] = {
+        {fc_dtile_16_3, fc_dtile_12_3, fc_dtile_10_3, fc_dtile_8_3, fc_dtile_4_3, fc_dtile_2_3,
+         fc_dtile_1_3},
+        {fc_dtile_16_5, fc_dtile_12_5, fc_dtile_10_5, fc_dtile_8_5, fc_dtile_4_5, fc_dtile_2_5,
+         fc_dtile_1_5}};
+
+    /* Y_n^T (P*Q, K) for K <= 16, S = 3 or 5, column stride 1, by fc_dtile: each output row
+     * in tiles of 16, 12, 10, 8, 4, 2, 1 outputs; taps in the zero rows of the padding skipped (as
+     * in _forward_sample_hwc). xp (Hp, Wp, C) padded channels-last, wrT (R*S*C, K). */
+    static void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R,
+                             Py_ssize_t S, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t ph,
+                             Py_ssize_t H, Py_ssize_t Wp, const float *xp, const float *wrT,
+                             float *yT)
+    {
+        __mmask16 kmask = (__mmask16)(K >= 16 ? 0xFFFF : (1u << K) - 1);
+        const fc_dtile_fn *tiles = fc_dtiles[S == 5];
+        for (Py_ssize_t p = 0; p < P; p++) {
+            Py_ssize_t r0 = ph > p * sh ? ph - p * sh : 0;
+            Py_ssize_t r1 = H + ph - p * sh < R ? H + ph - p * sh : R;
+            Py_ssize_t nr = r1 > r0 ? r1 - r0 : 0;
+            const float *A = xp + (p * sh + r0) * Wp * C;
+            Py_ssize_t q0 = 0;
+            for (int t = 0; t < 7; t++)
+                for (int m = fc_dtile_m[t]; q0 + m <= Q; q0 += m)
+                    tiles[t](nr, C, Wp * C, A + q0 * C, wrT + r0 * S * C * K, K,
+                             yT + (p * Q + q0) * K, kmask);
+        }
+    }
+
+    /* Layout changes by 16 x 16 blocks transposed in registers (AVX-512F shuffles only):
+     * 16 row loads, 64 shuffles, 16 row stores per block, where a scalar loop pays one
+     * strided load and store per element. Partial blocks at the edges use masked loads
+     * and stores. They move data without arithmetic (the output's bias add is the same
+     * single float add as in the scalar loop), so results are bitwise those of the
+     * scalar code; measured in conv2d_forward, see _pad_hwc and _forward_sample_hwc. */
+    FC_TARGET static inline void fc_transpose16(__m512 r[16])
+    {   /* r[i][j] -> r[j][i]: rows interleaved by 32-bit, 64-bit, then 128-bit lanes */
+        __m512 t[16];
+        FC_UNROLL for (int i = 0; i < 16; i += 2) {
+            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+        }
+        FC_UNROLL for (int i = 0; i < 16; i += 4) {   /* r[i + j], lane L: column 4L + j */
+            r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]),
+                                                       _mm512_castps_pd(t[i + 2])));
+            r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]),
+                                                           _mm512_castps_pd(t[i + 2])));
+            r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]),
+                                                           _mm512_castps_pd(t[i + 3])));
+            r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]),
+                                                           _mm512_castps_pd(t[i + 3])));
+        }
+        FC_UNROLL for (int j = 0; j < 4; j++) {
+            t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+            t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+            t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+            t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+        }
+        FC_UNROLL for (int j = 0; j < 4; j++) {
+            r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+            r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
+            r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
+            r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
+        }
+    }
+
+    static inline __mmask16 fc_mask(Py_ssize_t n)    /* the first min(n, 16) lanes */
+    {
+        return (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+    }
+
+    /* xp (H + 2ph, W + 2pw, C) = x (C, H, W) channels-last, zero border: blocks of 16
+     * channels x 16 pixels, the pixels counted along the flattened image (h*W + w) so that
+     * narrow images (W = 8) still fill whole blocks; each transposed row (one pixel's 16
+     * channels) is stored at that pixel's place in the padded image. */
+    FC_TARGET static void fc_pad_hwc_f32(const float *x, float *xp, Py_ssize_t C, Py_ssize_t H,
+                                         Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw)
+    {
+        Py_ssize_t Wp = W + 2 * pw, HW = H * W;
+        memset(xp, 0, sizeof(float) * ph * Wp * C);
+        memset(xp + (ph + H) * Wp * C, 0, sizeof(float) * ph * Wp * C);
+        for (Py_ssize_t h = 0; h < H; h++) {
+            float *row = xp + (h + ph) * Wp * C;
+            memset(row, 0, sizeof(float) * pw * C);
+            memset(row + (pw + W) * C, 0, sizeof(float) * pw * C);
+        }
+        if (C == 3) {
+            /* RGB images: 16 pixels of the 3 planes a, b, c become 48 interleaved floats,
+             * each output vector by two permutes (16 x 16 blocks would be 13/16 empty):
+             * out[E] = plane E % 3 at pixel E / 3, first a or b, then c over it. */
+            __m512i jab[3], jc[3];
+            for (int v = 0; v < 3; v++) {
+                int iab[16], ic[16];
+                for (int e = 0; e < 16; e++) {
+                    int E = 16 * v + e, I = E / 3, j = E % 3;
+                    iab[e] = j == 1 ? 16 + I : I;        /* b or a (don't care for c) */
+                    ic[e] = j == 2 ? 16 + I : e;         /* c, or keep */
+                }
+                jab[v] = _mm512_loadu_si512(iab);
+                jc[v] = _mm512_loadu_si512(ic);
+            }
+            for (Py_ssize_t h = 0; h < H; h++) {
+                float *row = xp + ((h + ph) * Wp + pw) * 3;
+                const float *x0 = x + h * W;
+                for (Py_ssize_t w0 = 0; w0 < W; w0 += 16) {
+                    __mmask16 m = fc_mask(W - w0);
+                    __m512 a = _mm512_maskz_loadu_ps(m, x0 + w0);
+                    __m512 b = _mm512_maskz_loadu_ps(m, x0 + HW + w0);
+                    __m512 c = _mm512_maskz_loadu_ps(m, x0 + 2 * HW + w0);
+                    Py_ssize_t n = 3 * (W - w0 < 16 ? W - w0 : 16);   /* floats to store */
+                    for (int v = 0; v < 3 && 16 * v < n; v++) {
+                        __m512 ab = _mm512_permutex2var_ps(a, jab[v], b);
+                        _mm512_mask_storeu_ps(row + 3 * w0 + 16 * v, fc_mask(n - 16 * v),
+                                              _mm512_permutex2var_ps(ab, jc[v], c));
+                    }
+                }
+            }
+            return;
+        }
+        __m512 v[16];
+        for (Py_ssize_t c0 = 0; c0 < C; c0 += 16) {
+            __mmask16 cmask = fc_mask(C - c0);
+            for (Py_ssize_t i0 = 0; i0 < HW; i0 += 16) {
+                __mmask16 imask = fc_mask(HW - i0);
+                FC_UNROLL for (int j = 0; j < 16; j++)
+                    v[j] = c0 + j < C ? _mm512_maskz_loadu_ps(imask, x + (c0 + j) * HW + i0)
+                                      : _mm512_setzero_ps();
+                fc_transpose16(v);                   /* v[j]: pixel i0 + j, 16 channels */
+                Py_ssize_t h = i0 / W, w = i0 % W;
+                FC_UNROLL for (int j = 0; j < 16; j++) {
+                    if (i0 + j >= HW) break;
+                    _mm512_mask_storeu_ps(xp + ((h + ph) * Wp + w + pw) * C + c0, cmask, v[j]);
+                    if (++w == W) { w = 0; h++; }
+                }
+            }
+        }
+    }
+
+    /* dx (C, H, W) = the inside of dxp (H + 2ph, W + 2pw, C): fc_pad_hwc_f32 backwards. */
+    FC_TARGET static void fc_unpad_hwc_f32(const float *dxp, float *dx, Py_ssize_t C,
+                                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t ph,
+                                           Py_ssize_t pw)
+    {
+        Py_ssize_t Wp = W + 2 * pw, HW = H * W;
+        __m512 v[16];
+        for (Py_ssize_t c0 = 0; c0 < C; c0 += 16) {
+            __mmask16 cmask = fc_mask(C - c0);
+            for (Py_ssize_t i0 = 0; i0 < HW; i0 += 16) {
+                __mmask16 imask = fc_mask(HW - i0);
+                Py_ssize_t h = i0 / W, w = i0 % W;
+                FC_UNROLL for (int j = 0; j < 16; j++) {
+                    v[j] = i0 + j < HW ? _mm512_maskz_loadu_ps(
+                               cmask, dxp + ((h + ph) * Wp + w + pw) * C + c0)
+                                       : _mm512_setzero_ps();
+                    if (++w == W) { w = 0; h++; }
+                }
+                fc_transpose16(v);                   /* v[j]: channel c0 + j, 16 pixels */
+                FC_UNROLL for (int j = 0; j < 16; j++)
+                    if (c0 + j < C) _mm512_mask_storeu_ps(dx + (c0 + j) * HW + i0, imask, v[j]);
+            }
+        }
+    }
+
+    /* y (K, PQ) = yT (PQ, K) transposed, plus b[k] on row k. */
+    FC_TARGET static void fc_unpack_yT_f32(const float *yT, const float *b, float *y,
+                                           Py_ssize_t K, Py_ssize_t PQ)
+    {
+        __m512 v[16];
+        for (Py_ssize_t i0 = 0; i0 < PQ; i0 += 16) {
+            __mmask16 imask = fc_mask(PQ - i0);
+            for (Py_ssize_t k0 = 0; k0 < K; k0 += 16) {
+                __mmask16 kmask = fc_mask(K - k0);
+                FC_UNROLL for (int j = 0; j < 16; j++)
+                    v[j] = i0 + j < PQ ? _mm512_maskz_loadu_ps(kmask, yT + (i0 + j) * K + k0)
+                                       : _mm512_setzero_ps();
+                fc_transpose16(v);                   /* v[j]: channel k0 + j, 16 pixels */
+                FC_UNROLL for (int j = 0; j < 16; j++)
+                    if (k0 + j < K)
+                        _mm512_mask_storeu_ps(y + (k0 + j) * PQ + i0, imask,
+                                              _mm512_add_ps(v[j], _mm512_set1_ps(b[k0 + j])));
+            }
+        }
+    }
+
     /* C (M, N) = A' (M, R*SC) @ B with A' given by the indirection of fc_itile. */
     static void fc_igemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t R, Py_ssize_t SC,
                              Py_ssize_t seg, const float *A, const Py_ssize_t *offs,
@@ -291,6 +542,16 @@ cdef extern from *:
     }
     #else
     static int fc_avx512_ok(void) { return 0; }
+    static void fc_pad_hwc_f32(const float *x, float *xp, Py_ssize_t C, Py_ssize_t H,
+                               Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) {}
+    static void fc_unpad_hwc_f32(const float *dxp, float *dx, Py_ssize_t C, Py_ssize_t H,
+                                 Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) {}
+    static void fc_unpack_yT_f32(const float *yT, const float *b, float *y, Py_ssize_t K,
+                                 Py_ssize_t PQ) {}
+    static void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R,
+                             Py_ssize_t S, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t ph,
+                             Py_ssize_t H, Py_ssize_t Wp, const float *xp, const float *wrT,
+                             float *yT) {}
     static void fc_gemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float *A,
                             Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B, Py_ssize_t ldb,
                             int accumulate, float *C, Py_ssize_t ldc) {}
@@ -307,6 +568,15 @@ cdef extern from *:
     #endif
     """
     int fc_avx512_ok() noexcept nogil
+    void fc_pad_hwc_f32(const float* x, float* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                        Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
+    void fc_unpad_hwc_f32(const float* dxp, float* dx, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
+    void fc_unpack_yT_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
+                          Py_ssize_t PQ) noexcept nogil
+    void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S,
+                      Py_ssize_t C, Py_ssize_t sh, Py_ssize_t ph, Py_ssize_t H, Py_ssize_t Wp,
+                      const float* xp, const float* wrT, float* yT) noexcept nogil
     void fc_gemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
                      Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B, Py_ssize_t ldb,
                      int accumulate, float* C, Py_ssize_t ldc) noexcept nogil
@@ -326,7 +596,8 @@ _INT_MAX = 2**31 - 1                   # BLAS sizes are C ints
 _MAX_CHUNKS = 16                       # batch chunks of the dW reduction (parallelism of it)
 _PARTIALS_BYTES = 64 * 2**20           # ... and at most this much memory for their partial dWs
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
-DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path
+DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
+DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
 
 
 # --------------------------------------------------------------------------- small GEMMs
@@ -406,12 +677,15 @@ cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ss
                     x_row = x_n + (c * H + p * sh + r - ph) * W
                     for q in range(q_lo):
                         dst[q] = 0
-                    if sw == 1:
-                        for q in range(q_lo, q_hi):
-                            dst[q] = x_row[q + off]
-                    else:
+                    if sw != 1:
                         for q in range(q_lo, q_hi):
                             dst[q] = x_row[q * sw + off]
+                    elif q_hi > q_lo:
+                        # memcpy: libc's copy at full vector width; the loop it replaces,
+                        # vectorised by gcc with 16-byte moves, took 1.2x longer for
+                        # lenet_c1's forward (and swung with code alignment)
+                        memcpy(dst + q_lo, x_row + q_lo + off,
+                               (q_hi - q_lo) * sizeof(floating))
                     for q in range(q_hi, Q):
                         dst[q] = 0
                 for q in range(p_hi * Q, P * Q):           # rows below the image
@@ -471,9 +745,22 @@ cdef void _col2im_sample(const floating* col, floating* dx_n, Py_ssize_t C, Py_s
 
 cdef void _pad_hwc(const floating* x_n, floating* xp, Py_ssize_t C, Py_ssize_t H,
                    Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
-    """xp (H + 2ph, W + 2pw, C) = x_n (C, H, W) moved to channels-last, zero border."""
+    """xp (H + 2ph, W + 2pw, C) = x_n (C, H, W) moved to channels-last, zero border.
+
+    float32 with AVX-512: fc_pad_hwc_f32, by 16 x 16 blocks transposed in registers (the
+    scalar transpose below stores with a stride of C floats); 3 channels by permutes instead
+    (13 of the 16 rows of a block would be empty): alexnet_c1's forward 0.84 -> 0.74 ms,
+    where the scalar loop took 12% of it; 1 or 2 channels by the loop. With
+    fc_unpack_yT_f32, forward / backward (with fc_unpad_hwc_f32): resnet20_s1 1.07x /
+    1.08x, s2 1.12x / 1.09x, s3 1.03x / 1.03x, down 1.14x / 1.16x, vgg_c3 1.08x / 1.05x;
+    this copy went from 10% to 3% of resnet20_s2's forward (profile).
+    """
     cdef Py_ssize_t Wp = W + 2 * pw, h, w, c, i
     cdef floating* row
+    if floating is float:
+        if _use_microkernel and C >= 3:
+            fc_pad_hwc_f32(x_n, xp, C, H, W, ph, pw)
+            return
     for i in range(ph * Wp * C):                                # top and bottom border rows
         xp[i] = 0
         xp[(ph + H) * Wp * C + i] = 0
@@ -525,14 +812,31 @@ cdef void _unpatch_hwc(const floating* dcolT, floating* dxp, Py_ssize_t C, Py_ss
 cdef void _unpad_hwc(const floating* dxp, floating* dx_n, Py_ssize_t C, Py_ssize_t H,
                      Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """dx_n (C, H, W) = the inside of dxp (H + 2ph, W + 2pw, C), back to channels-first (the
-    border held gradients of padding zeros, dropped)."""
+    border held gradients of padding zeros, dropped). float32 with AVX-512: fc_unpad_hwc_f32."""
     cdef Py_ssize_t Wp = W + 2 * pw, h, w, c
     cdef const floating* row
+    if floating is float:
+        if _use_microkernel and C >= 4:
+            fc_unpad_hwc_f32(dxp, dx_n, C, H, W, ph, pw)
+            return
     for h in range(H):                           # row by row: each (W, C) block stays in L1
         row = dxp + ((h + ph) * Wp + pw) * C
         for c in range(C):
             for w in range(W):
                 dx_n[(c * H + h) * W + w] = row[w * C + c]
+
+
+def _window_starts(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Wp,
+                   Py_ssize_t C):
+    """offs (P*Q,): offs[p*Q + q] = (p*sh*Wp + q*sw)*C, where output pixel (p, q)'s window
+    starts in the padded channels-last image (a loop: cheaper than five NumPy calls)."""
+    offs_arr = np.empty(P * Q, dtype=np.intp)
+    cdef Py_ssize_t[::1] offs = offs_arr
+    cdef Py_ssize_t p, q
+    for p in range(P):
+        for q in range(Q):
+            offs[p * Q + q] = (p * sh * Wp + q * sw) * C
+    return offs_arr
 
 
 cdef bint _in_place_runs(Py_ssize_t C, Py_ssize_t S) noexcept nogil:
@@ -541,11 +845,16 @@ cdef bint _in_place_runs(Py_ssize_t C, Py_ssize_t S) noexcept nogil:
     return _use_microkernel and (S * C) % 16 == 0
 
 
-cdef bint _use_hwc(Py_ssize_t C, Py_ssize_t S, bint is_1x1) noexcept nogil:
+cdef bint _use_hwc(Py_ssize_t C, Py_ssize_t S, bint is_1x1, bint fwd_mk) noexcept nogil:
     """The channels-last path, unless there are no columns to build (1x1) or its contiguous
-    runs of S*C values are too short to pay (alexnet_c1, S*C = 9: forward 0.66x of the
-    classic path; lenet_c1, S*C = 5)."""
-    return not is_1x1 and S * C >= _HWC_MIN_RUN
+    runs of S*C values are too short to pay (lenet_c1, S*C = 5). ``fwd_mk``: the float32
+    forward pass on the micro-kernel, which reads the windows in place and pays from
+    S*C = 9 on: alexnet_c1 (3 channels, 3x3, stride 2) 1.13x the classic path (BLAS) with
+    the RGB copy of fc_pad_hwc_f32 (about 1.0x before it), 3 channels 3x3 stride 1: 1.10x,
+    2 channels 5x5: 1.27x, 4 channels 3x3: 1.22x (before fc_dtile, which adds to these). Not the
+    float64 forward (BLAS on colT: 0.79x for alexnet_c1) nor the backward (0.70x for 2
+    channels 5x5 -> 16, 0.86x for 4 channels 3x3 -> 32), which keep _HWC_MIN_RUN."""
+    return not is_1x1 and S * C >= (_HWC_MIN_RUN_FWD_MK if fwd_mk else _HWC_MIN_RUN)
 
 
 # --------------------------------------------------------------------------- forward
@@ -574,9 +883,20 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
         col_n = col
     if is_1x1:      # the micro-kernel: 1.28x for nin_1x1 (192 -> 160 channels, 16x16)
         _gemm_small(K, PQ, CRS, &w[0, 0, 0, 0], CRS, 1, col_n, PQ, has_bias, y_n, PQ)
-    else:           # BLAS: the micro-kernel was 10% slower with few taps (C*R*S = 25, 27)
+    else:           # BLAS: the micro-kernel was 10% slower with few taps (lenet_c1, C*R*S = 25)
         gemm_rm(False, False, <int>K, PQ, CRS, 1, &w[0, 0, 0, 0], CRS, col_n, PQ, beta, y_n,
                 PQ)
+
+
+cdef inline Py_ssize_t _first_tap(Py_ssize_t p, Py_ssize_t sh, Py_ssize_t ph) noexcept nogil:
+    """The first kernel row r whose input row p*sh + r - ph of output row p is in the image."""
+    return ph - p * sh if ph > p * sh else 0
+
+
+cdef inline Py_ssize_t _end_tap(Py_ssize_t p, Py_ssize_t sh, Py_ssize_t ph, Py_ssize_t H,
+                                Py_ssize_t R) noexcept nogil:
+    """One past the last kernel row r whose input row p*sh + r - ph is in the image."""
+    return H + ph - p * sh if H + ph - p * sh < R else R
 
 
 cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, ::1] wrT,
@@ -598,14 +918,38 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
     cdef floating* colT = yT + PQ * K
     cdef floating* y_n = &y[n, 0, 0, 0]
     cdef Py_ssize_t i0, i1
+    cdef Py_ssize_t p0, p1, r0, r1, SC = S * C
     _pad_hwc(&x[n, 0, 0, 0], xp, C, H, W, ph, pw)
-    if floating is float and _use_microkernel:
-        fc_igemm_f32(PQ, K, R, S * C, Wp * C, xp, &offs[0], &wrT[0, 0], K, yT, K)
+    if floating is float and _use_microkernel and K <= 16 and sw == 1 and (S == 3 or S == 5):
+        # few output channels: tiles along the output rows, fc_dtile (see its comment)
+        fc_dconv_f32(P, Q, K, R, S, C, sh, ph, H, Wp, xp, &wrT[0, 0], yT)
+    elif floating is float and _use_microkernel:
+        # Output rows p whose windows reach into the zero rows above or below the image
+        # skip those taps: only r0 <= r < r1 is summed (runs of zeros add nothing). The
+        # rows with the same range go in one call; all the inner rows in one. Saves 1/R of
+        # the products of the first and last rows: 8% of resnet20_s3's (8 x 8), 4% of s2's.
+        # (They are exact zeros, so y keeps its bits but for the sign of a zero sum.)
+        p0 = 0
+        while p0 < P:
+            r0 = _first_tap(p0, sh, ph)
+            r1 = _end_tap(p0, sh, ph, H, R)
+            p1 = p0 + 1
+            while p1 < P and _first_tap(p1, sh, ph) == r0 and _end_tap(p1, sh, ph, H, R) == r1:
+                p1 += 1
+            fc_igemm_f32((p1 - p0) * Q, K, r1 - r0 if r1 > r0 else 0, SC, Wp * C,
+                         xp + r0 * Wp * C, &offs[p0 * Q], &wrT[0, 0] + r0 * SC * K, K,
+                         yT + p0 * Q * K, K)
+            p0 = p1
     else:
         _patches_hwc(xp, colT, C, Wp, R, S, P, Q, sh, sw)
         _gemm_small(PQ, K, CRS, colT, CRS, 1, &wrT[0, 0], K, False, yT, K)  # colT @ Wr^T
-    # y[n] (K, PQ) = Y_n^T transposed, plus the bias; in blocks of _TBLOCK rows of Y_n^T, which
-    # stay in L1 while they are read K times (3.3 -> 0.5 ms for resnet20_s1 unblocked/blocked)
+    # y[n] (K, PQ) = Y_n^T transposed, plus the bias
+    if floating is float:
+        if _use_microkernel:    # 16 x 16 blocks transposed in registers (see _pad_hwc)
+            fc_unpack_yT_f32(yT, &b[0], y_n, K, PQ)
+            return
+    # in blocks of _TBLOCK rows of Y_n^T, which stay in L1 while they are read K times
+    # (3.3 -> 0.5 ms for resnet20_s1 unblocked/blocked)
     for i0 in range(0, PQ, _TBLOCK):
         i1 = i0 + _TBLOCK if i0 + _TBLOCK < PQ else PQ
         for k in range(K):
@@ -640,7 +984,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                                               padding, n_threads)   # (conv.out)
     _check_blas_sizes(K, C * R * S, P * Q)
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    cdef bint hwc = _use_hwc(C, S, is_1x1)
+    cdef bint hwc = _use_hwc(C, S, is_1x1, floating is float and _use_microkernel)
     b_arr = np.zeros(K, dtype=dtype) if b is None else np.asarray(b)
     if b_arr.shape != (K,):
         raise ValueError(f"conv2d_forward: b must have shape ({K},), got {b_arr.shape}")
@@ -660,8 +1004,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                else np.empty((1, 1), dtype=dtype))
     cdef const floating[:, ::1] wrT = wrT_arr
     # where each output pixel's window starts in the padded channels-last image (hwc path)
-    pix = np.arange(P)[:, None] * (sh * (W + 2 * pw)) + np.arange(Q)[None, :] * sw
-    offs_arr = (pix.reshape(-1) * C).astype(np.intp) if hwc else np.zeros(1, dtype=np.intp)
+    offs_arr = _window_starts(P, Q, sh, sw, W + 2 * pw, C) if hwc else np.zeros(1, np.intp)
     cdef const Py_ssize_t[::1] offs = offs_arr
     cdef floating[:, :, :, ::1] y = y_arr
     cdef floating[:, ::1] col = col_arr
@@ -827,7 +1170,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
     _check_blas_sizes(K, CRS, P * Q)
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    cdef bint hwc = _use_hwc(C, S, is_1x1)
+    cdef bint hwc = _use_hwc(C, S, is_1x1, False)
     n_chunks = _n_chunks(N, K * CRS * np.dtype(dtype).itemsize)
     chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
     n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty
@@ -849,8 +1192,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     wr_arr = (np.ascontiguousarray(np.asarray(w).transpose(0, 2, 3, 1).reshape(K, -1)) if hwc
               else np.empty((1, 1), dtype=dtype))
     cdef const floating[:, ::1] wr = wr_arr
-    pix = np.arange(P)[:, None] * (sh * (W + 2 * pw)) + np.arange(Q)[None, :] * sw
-    offs_arr = (pix.reshape(-1) * C).astype(np.intp) if hwc else np.zeros(1, dtype=np.intp)
+    offs_arr = _window_starts(P, Q, sh, sw, W + 2 * pw, C) if hwc else np.zeros(1, np.intp)
     cdef const Py_ssize_t[::1] offs = offs_arr
     cdef floating[:, :, :, ::1] dx = dx_arr
     cdef floating[:, :, :, ::1] dw = dw_arr

@@ -221,7 +221,41 @@ def test_fast_im2col_matches_reference_on_full_tiles(case, dtype, rng, n_threads
     check_against_reference(x, w, b, dy, case[2], case[3], "im2col", dtype)
 
 
-@pytest.mark.parametrize("case", GRID + TILE_CASES, ids=grid_id)
+# The channels-last ("hwc") path of the float32 forward on the micro-kernel: images moved to
+# and from channels-last by 16 x 16 blocks with partial blocks at the edges (C = 8, 20, 33
+# channels, H*W not a multiple of 16) or, for 3 channels, by permutes (W = 10, 21, 37);
+# short runs S*C = 9..15 (this path from S*C = 9 on); output rows whose windows reach into
+# the zero rows of the padding, which skip those taps (padding >= R leaves whole output
+# rows with no tap at all: y = b there); and the row tiles of fc_dtile (K <= 16, S = 3 or
+# 5, column stride 1).
+HWC_CASES = [
+    ((2, 8, 7, 5), (16, 8, 3, 3), (1, 1), (1, 1)),
+    ((2, 20, 9, 6), (24, 20, 3, 3), (1, 1), (1, 1)),
+    ((2, 33, 5, 7), (17, 33, 3, 3), (2, 1), (2, 1)),
+    ((2, 3, 11, 10), (64, 3, 3, 3), (2, 2), (1, 1)),      # S*C = 9, alexnet_c1-like
+    ((2, 2, 9, 9), (16, 2, 5, 5), (1, 1), (2, 2)),        # S*C = 10
+    ((2, 5, 8, 9), (12, 5, 3, 3), (1, 2), (0, 1)),        # S*C = 15
+    ((2, 16, 5, 6), (16, 16, 3, 3), (1, 1), (4, 1)),      # padding > R: rows with no taps
+    ((2, 16, 12, 10), (32, 16, 5, 3), (3, 2), (4, 1)),    # stride 3, R = 5, deep padding
+    ((2, 4, 9, 31), (7, 4, 5, 5), (2, 1), (2, 2)),        # K <= 16 row tiles: Q = 16+12+2+1
+    ((1, 3, 6, 21), (16, 3, 3, 3), (1, 1), (4, 1)),       # ... and rows with no taps
+    ((2, 3, 5, 37), (20, 3, 3, 3), (1, 2), (1, 1)),       # 3 channels: the RGB copy
+]
+
+
+@pytest.mark.parametrize("case", HWC_CASES, ids=grid_id)
+def test_fast_im2col_channels_last_paths(case, dtype, rng):
+    x, w, b, dy = make_inputs(rng, dtype, *case)
+    stride, padding = case[2], case[3]
+    check_against_reference(x, w, b, dy, stride, padding, "im2col", dtype)
+    ys = []
+    for n in (1, 2, 3):
+        with fastconv.num_threads(n):
+            ys.append(F.conv2d(x, w, b, stride, padding, algo="im2col", backend="fast"))
+    assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2])
+
+
+@pytest.mark.parametrize("case", GRID + TILE_CASES + HWC_CASES, ids=grid_id)
 def test_fast_im2col_blas_path_matches_reference(case, rng):
     """float32 products run on the AVX-512 micro-kernel where the CPU has it; the BLAS path
     that other CPUs take must agree with the reference too."""
