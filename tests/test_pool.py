@@ -135,6 +135,7 @@ GRID = TINY + [
 THREAD_CASES = [
     ((8, 16, 32, 32), (2, 2), (2, 2), (0, 0)),
     ((4, 24, 23, 21), (3, 3), (2, 2), (1, 1)),
+    ((4, 24, 22, 20), (3, 3), (2, 2), (1, 1)),    # even W: the one-loop horizontal pass
     ((16, 64, 8, 8), (8, 8), (1, 1), (0, 0)),
     ((4, 8, 30, 31), (3, 2), (3, 1), (1, 1)),
 ]
@@ -234,6 +235,8 @@ def test_fast_matches_reference_random_shapes(case, count_include_pad, seed, dou
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", [((2, 3, 6, 6), (2, 2), (2, 2), (0, 0)),
                                   ((1, 2, 7, 7), (3, 3), (2, 2), (1, 1)),
+                                  ((1, 2, 6, 8), (3, 3), (2, 2), (1, 1)),   # even W: 1 loop
+                                  ((1, 2, 7, 8), (2, 2), (2, 2), (1, 1)),   # split rows, pw 1
                                   ((1, 1, 5, 6), (2, 3), (1, 2), (1, 1))], ids=grid_id)
 def test_max_ties_send_gradient_to_first_cell(case, backend, dtype, rng):
     """Constant input: every window's gradient lands on its first real cell (row-major)."""
@@ -242,7 +245,7 @@ def test_max_ties_send_gradient_to_first_cell(case, backend, dtype, rng):
     _, dx_want = naive_max_pool(x.astype(np.float64), dy.astype(np.float64), *case[1:])
     dx = F.max_pool2d_backward(dy, x, *case[1:], backend=backend)
     assert_close(dx, dx_want.astype(dtype), dtype)
-    if case[1] == (2, 2) and case[2] == (2, 2):        # tiling windows: the top-left cell
+    if case[1:] == ((2, 2), (2, 2), (0, 0)):          # tiling windows: the top-left cell
         assert np.array_equal(dx[:, :, ::2, ::2], dy)
         assert np.all(dx[:, :, 1::2, :] == 0) and np.all(dx[:, :, :, 1::2] == 0)
 
@@ -260,6 +263,7 @@ def test_max_ties_inside_window(backend, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", [((2, 3, 5, 5), (3, 3), (2, 2), (1, 1)),
+                                  ((2, 3, 6, 6), (3, 3), (2, 2), (1, 1)),
                                   ((1, 2, 6, 7), (2, 2), (1, 1), (1, 1)),
                                   ((1, 1, 4, 4), (4, 4), (3, 3), (2, 2))], ids=grid_id)
 def test_max_padding_never_wins_on_negative_input(case, backend, dtype, rng):
@@ -283,6 +287,14 @@ def test_max_all_minus_infinity_keeps_the_gradient(backend, dtype):
     assert np.all(F.max_pool2d(x, 3, 2, 1, backend=backend) == -np.inf)
     dx = F.max_pool2d_backward(dy, x, 3, 2, 1, backend=backend)
     assert dx[0, 0].tolist() == [[1., 2., 0., 0.], [3., 4., 0., 0.], [0.] * 4, [0.] * 4]
+    # odd W (the fast kernel's row-by-row path) and other windows with padding
+    x5 = np.full((1, 1, 4, 5), -np.inf, dtype)
+    for k, s, p in ((3, 2, 1), (2, 2, 1), (3, 1, 1), (5, 3, 2)):
+        dy5 = np.ones(F.max_pool2d(x5, k, s, p, backend=backend).shape, dtype)
+        _, want = naive_max_pool(x5.astype(np.float64), dy5.astype(np.float64), (k, k),
+                                 (s, s), (p, p))
+        got = F.max_pool2d_backward(dy5, x5, k, s, p, backend=backend)
+        assert np.array_equal(got, want.astype(dtype)), (k, s, p)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
