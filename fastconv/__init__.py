@@ -8,13 +8,19 @@
 """
 import os
 
-# libgomp spin-waits between parallel regions by default. When there are more runnable
-# threads than cores (BLAS threads of a NumPy matmul between two layers, or any other busy
-# process), a spinning thread steals the core its partner needs: a LeNet-5 training step
-# (batch 64) measured 6.5 ms on 1 thread, 17-90 ms on 2 spinning threads and 6.6-9.5 ms on 2
-# passive ones; ResNet-20 steps were the same either way. Set before any kernel module loads
-# (they load lazily); an OMP_WAIT_POLICY already in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How long an OpenMP thread spins, waiting for the next parallel region, before it sleeps.
+# Spinning wakes it at once for the next layer, but a spinning thread steals the core of any
+# other busy thread (a NumPy matmul's BLAS threads, another process). Measured on 2 cores,
+# 2 threads, medians: a LeNet-5 training step (batch 64) took 4.4 ms sleeping at once
+# (OMP_WAIT_POLICY=PASSIVE), 3.8 ms spinning 2000 rounds (libgomp's GOMP_SPINCOUNT, a few
+# microseconds) and 3.6 ms spinning 20000; a loop that alternates NumPy matmuls with
+# fastconv calls took 3.8, 4.1 and 7.0 ms (libgomp's default, 300000 rounds, and
+# OMP_WAIT_POLICY=ACTIVE are worse still). So 2000 for libgomp (gcc builds), and no spinning
+# for LLVM's libomp (KMP_BLOCKTIME=0). Set before any kernel module loads (they load
+# lazily); values already in the environment win.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+    os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 from ._backend import get_backend, set_backend, use_backend  # noqa: E402
 from ._threads import get_num_threads, num_threads, set_num_threads  # noqa: E402

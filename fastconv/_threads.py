@@ -70,11 +70,51 @@ def num_threads(n):
         set_num_threads(previous)
 
 
+_blas_sides = None      # (kernel side, NumPy side): see _blas_controllers
+
+
+def _blas_controllers():
+    """(kernel side, NumPy side): threadpoolctl's controllers of the BLAS the kernels call
+    (SciPy's, through cython_blas) and of the BLAS behind NumPy's matmul. In wheels these are
+    two libraries (NumPy's lives under numpy.libs); where one library serves both, it is on
+    both sides."""
+    global _blas_sides
+    if _blas_sides is None:
+        blas = [lc for lc in _threadpools().lib_controllers if lc.user_api == "blas"]
+        numpy_side = [lc for lc in blas if "numpy" in os.path.normcase(lc.filepath or "")]
+        kernel_side = [lc for lc in blas if lc not in numpy_side]
+        _blas_sides = (kernel_side or blas, numpy_side or blas)
+    return _blas_sides
+
+
 @contextlib.contextmanager
-def blas_single_thread():
-    """Run the block with BLAS on one thread (for BLAS calls inside OpenMP loops)."""
-    with _threadpools().limit(limits=1, user_api="blas"):
+def _one_thread(controllers):
+    """The block with these BLAS libraries on one thread, their settings restored after.
+
+    Straight calls to the libraries' own get/set functions (~2 us a library), where
+    threadpoolctl's ``limit`` context re-reads every library's state (~12 us): the kernels
+    pay this on every call, and a LeNet-5 step makes dozens."""
+    changed = [(lc, n) for lc, n in ((lc, lc.get_num_threads()) for lc in controllers) if n != 1]
+    for lc, _ in changed:
+        lc.set_num_threads(1)
+    try:
         yield
+    finally:
+        for lc, n in changed:
+            lc.set_num_threads(n)
+
+
+def blas_single_thread():
+    """Context manager: the kernels' BLAS on one thread (their BLAS calls run inside OpenMP
+    loops, one per thread)."""
+    return _one_thread(_blas_controllers()[0])
+
+
+def numpy_blas_single_thread():
+    """Context manager: NumPy's BLAS on one thread, for products too small to share (see
+    nn.Linear): a multi-threaded BLAS call leaves its worker threads spinning for a while
+    afterwards, on the cores the kernels' OpenMP threads need next."""
+    return _one_thread(_blas_controllers()[1])
 
 
 def blas_info():

@@ -273,6 +273,32 @@ def test_one_setting_governs_blas_too():
         assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
 
 
+@pytest.mark.parametrize("which", ["blas_single_thread", "numpy_blas_single_thread"])
+def test_single_thread_blas_contexts_limit_and_restore(which):
+    """The kernels' BLAS (SciPy's) or NumPy's is on one thread inside the block, and every
+    library is back to the setting of set_num_threads after it, even after an error."""
+    from fastconv import _threads
+    kernel_side, numpy_side = _threads._blas_controllers()
+    limited = kernel_side if which == "blas_single_thread" else numpy_side
+    with fastconv.num_threads(2):
+        with pytest.raises(RuntimeError):
+            with getattr(_threads, which)():
+                assert all(lc.get_num_threads() == 1 for lc in limited)
+                raise RuntimeError
+        assert all(lc.get_num_threads() == 2 for lc in kernel_side + numpy_side)
+
+
+def test_openmp_waiting_defaults():
+    """Unless the user chose, libgomp spins briefly and libomp not at all (fastconv/__init__)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    code = ("import os, fastconv; print(os.environ.get('GOMP_SPINCOUNT'), "
+            "os.environ.get('KMP_BLOCKTIME'))")
+    assert run_python(["-c", code], env=env).stdout.split() == ["2000", "0"]
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    assert run_python(["-c", code], env=env).stdout.split() == ["None", "None"]
+
+
 def test_omp_num_threads_is_the_default():
     env = dict(os.environ, OMP_NUM_THREADS="3")
     out = run_python(["-c", "import fastconv; print(fastconv.get_num_threads())"], env=env)
