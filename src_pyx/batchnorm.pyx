@@ -450,10 +450,11 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
                          const double* saved_var, floating* dgamma, floating* dbeta,
                          Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     """(bn.bwd) for channels [c0, c1) of an (N, C) input; formulas as in _channel_backward.
-    saved_mean, saved_var: NULL, or the forward's statistics of all C channels, used instead
-    of the ones the sums give (the sums cost little here; the saving is in the channel path).
+    saved_mean, saved_var: NULL, or the forward's statistics of all C channels.
 
-    Pass 1 takes the four shifted sums of _channel_backward (K = x[0, c]). Each block of
+    Pass 1 takes the four shifted sums of _channel_backward (K = x[0, c]), or with saved
+    statistics only sum dy and sum dy * (x - K) with K = the saved mean in x's dtype (half
+    the work: BatchNorm1d(120) at batch 128, 1 thread, 13.6 -> 11.9 us). Each block of
     RBLOCK rows is summed in x's dtype first, then added to the double sums: for float32
     that runs 4 values per SSE instruction instead of 2 doubles (the loop is compute-bound,
     the data sit in L1/L2), at the price of at most RBLOCK - 1 float roundings per block,
@@ -480,37 +481,49 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
     cdef floating d
     cdef double m, var, s2, invstd, gi
     for j in range(cb):
-        K[j] = x[c0 + j]
+        K[j] = x[c0 + j] if saved_mean == NULL else <floating>saved_mean[c0 + j]
         sx[j] = 0
         sxx[j] = 0
         s1[j] = 0
         sdx[j] = 0
+        px[j] = 0
+        pxx[j] = 0
     for n0 in range(0, N, 8):     # pass 1: shifted sums; RBLOCK (a literal: a C loop)
         for j in range(cb):
-            px[j] = 0
-            pxx[j] = 0
             p1[j] = 0
             pdx[j] = 0
         n1 = n0 + RBLOCK if n0 + RBLOCK < N else N
-        for n in range(n0, n1):
-            row = x + n * C + c0
-            grow = dy + n * C + c0
+        if saved_mean != NULL:
+            for n in range(n0, n1):
+                row = x + n * C + c0
+                grow = dy + n * C + c0
+                for j in range(cb):
+                    p1[j] += grow[j]
+                    pdx[j] += grow[j] * (row[j] - K[j])
+        else:
             for j in range(cb):
-                d = row[j] - K[j]
-                px[j] += d
-                pxx[j] += d * d
-                p1[j] += grow[j]
-                pdx[j] += grow[j] * d
+                px[j] = 0
+                pxx[j] = 0
+            for n in range(n0, n1):
+                row = x + n * C + c0
+                grow = dy + n * C + c0
+                for j in range(cb):
+                    d = row[j] - K[j]
+                    px[j] += d
+                    pxx[j] += d * d
+                    p1[j] += grow[j]
+                    pdx[j] += grow[j] * d
         for j in range(cb):
             sx[j] += px[j]
             sxx[j] += pxx[j]
             s1[j] += p1[j]
             sdx[j] += pdx[j]
     for j in range(cb):
-        _shifted_moments(K[j], sx[j], sxx[j], N, &m, &var)
         if saved_mean != NULL:
             m = saved_mean[c0 + j]
             var = saved_var[c0 + j]
+        else:
+            _shifted_moments(K[j], sx[j], sxx[j], N, &m, &var)
         s2 = sdx[j] - (m - K[j]) * s1[j]                     # sum dy * (x - mean)
         invstd = 1.0 / sqrt(var + eps)
         gi = gamma[c0 + j] * invstd

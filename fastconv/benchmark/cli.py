@@ -116,20 +116,19 @@ def run(args):
     if args.plot and plot.require():
         print(f"fastconv bench: {plot.require()}", file=sys.stderr)
         return 2
-    old = None
-    if args.compare:
-        try:
-            old = jsonfile.load(args.compare)
-        except (OSError, ValueError) as exc:
-            print(f"fastconv bench: cannot read --compare file: {exc}", file=sys.stderr)
-            return 2
+    saved = {}
+    for option in ("compare", "report"):
+        path = getattr(args, option)
+        if path:
+            try:
+                saved[option] = jsonfile.load(path)
+            except (OSError, ValueError) as exc:
+                print(f"fastconv bench: cannot read --{option} file: {exc}", file=sys.stderr)
+                return 2
+    old = saved.get("compare")
 
     if args.report:
-        try:
-            doc = jsonfile.load(args.report)
-        except (OSError, ValueError) as exc:
-            print(f"fastconv bench: cannot read --report file: {exc}", file=sys.stderr)
-            return 2
+        doc = saved["report"]
         doc["targets"] = targets.evaluate(doc)      # with the definitions of this version
     else:
         doc = runner.run_benchmarks(settings)
