@@ -133,6 +133,8 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
     #   alexnet_c1 (C=3, stride 2)   13.9 / 67.4;   4.9 / 38.5
     #   vgg_c3 (64->128)             27.1 / 96.9;  22.8 / 89.9
     #   nin_1x1 (192->160, 1x1)      17.2 / 96.7;  13.8 / 78.3
+    # (Numbers from the build that set this rule; im2col has only become faster since, see
+    # conv_im2col.pyx and docs/bench.json.)
     # im2col wins every layer of the suite, forward and backward, even with few input
     # channels (C*R*S = 25 for lenet_c1): its GEMMs (BLAS, or the AVX-512 micro-kernel that
     # keeps a tile of outputs in registers) outrun the direct kernel's portable 16-byte
