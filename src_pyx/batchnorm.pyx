@@ -206,10 +206,68 @@ cdef extern from *:
         fc_add4(out + 16, gd0);
         fc_add4(out + 20, gd1);
     }
+
+    /* Pass 2 of _channel_backward for a float32 channel (runs of HW values, sn apart), the
+     * same loop as its Cython version for double: acc[0:8] += sum d^2 (if with_dd),
+     * acc[8:16] += sum g, acc[16:24] += sum g * d, d = a - K, lane k holding the values
+     * i % 8 == k of each piece of at most 128 values of a run, in float sums moved to acc
+     * every 256 values or so. In C so that short runs (bn2d_s3: 64 values) do not pay a call
+     * and the bookkeeping in Python's calling convention per run. */
+    static void fc_channel_sums_f32(const float* x0, const float* g0, Py_ssize_t N,
+                                    Py_ssize_t sn, Py_ssize_t HW, float K, int with_dd,
+                                    double* acc) {
+        float part[24] = {0};
+        Py_ssize_t pending = 0;
+        for (Py_ssize_t n = 0; n < N; n++) {
+            const float* a = x0 + n * sn;
+            const float* g = g0 + n * sn;
+            for (Py_ssize_t i0 = 0; i0 < HW; i0 += 128) {
+                Py_ssize_t i1 = i0 + 128 < HW ? i0 + 128 : HW, full = i1 - (i1 - i0) % 8;
+                fc_run_moments_f32(a + i0, g + i0, full - i0, K, with_dd, part);
+                for (Py_ssize_t i = full; i < i1; i++) {
+                    float d = a[i] - K;
+                    part[i - full] += d * d;
+                    part[8 + i - full] += g[i];
+                    part[16 + i - full] += g[i] * d;
+                }
+                pending += i1 - i0;
+                if (pending >= 256) {
+                    for (int k = 0; k < 24; k++) { acc[k] += part[k]; part[k] = 0; }
+                    pending = 0;
+                }
+            }
+        }
+        for (int k = 0; k < 24; k++) acc[k] += part[k];
+    }
+
+    /* Pass 3 of _channel_backward for a float32 channel: dx = ca*dy + cb*(x - fm) + cc. In
+     * C with restrict pointers and explicit vectors: the Cython loop re-checked on every run
+     * that dx does not overlap x and dy before its vector loop, a cost short runs felt. */
+    static void fc_channel_dx_f32(const float* restrict x0, const float* restrict g0,
+                                  float* restrict dx0, Py_ssize_t N, Py_ssize_t sn,
+                                  Py_ssize_t HW, float ca, float cb, float cc, float fm) {
+        Py_ssize_t full = HW - HW % 4;
+        for (Py_ssize_t n = 0; n < N; n++) {
+            const float* a = x0 + n * sn;
+            const float* g = g0 + n * sn;
+            float* o = dx0 + n * sn;
+            for (Py_ssize_t i = 0; i < full; i += 4) {
+                fc_v4sf v = ca * fc_load4(g + i) + cb * (fc_load4(a + i) - fm) + cc;
+                memcpy(o + i, &v, sizeof v);
+            }
+            for (Py_ssize_t i = full; i < HW; i++)
+                o[i] = ca * g[i] + cb * (a[i] - fm) + cc;
+        }
+    }
     """
     void fc_run_sum_f32(const float* a, Py_ssize_t n, float* out) noexcept nogil
     void fc_run_moments_f32(const float* a, const float* g, Py_ssize_t n, float K,
                             int with_dd, float* out) noexcept nogil
+    void fc_channel_sums_f32(const float* x0, const float* g0, Py_ssize_t N, Py_ssize_t sn,
+                             Py_ssize_t HW, float K, int with_dd, double* acc) noexcept nogil
+    void fc_channel_dx_f32(const float* x0, const float* g0, float* dx0, Py_ssize_t N,
+                           Py_ssize_t sn, Py_ssize_t HW, float ca, float cb, float cc,
+                           float fm) noexcept nogil
 
 
 cdef inline void _flush(floating* part, double* acc, Py_ssize_t lanes) noexcept nogil:
@@ -297,31 +355,31 @@ cdef void _channel_backward(const floating* dy0, const floating* x0, floating* d
     for k in range(3 * LANES):
         part[k] = 0
         acc[k] = 0
-    for n in range(N):                                       # pass 2: three sums
-        a = x0 + n * sn
-        g = dy0 + n * sn
-        for i0 in range(0, HW, 128):     # RUN_PIECE (a literal, so Cython emits a C loop)
-            i1 = i0 + RUN_PIECE if i0 + RUN_PIECE < HW else HW
-            full = i1 - (i1 - i0) % LANES
-            if floating is float:
-                fc_run_moments_f32(a + i0, g + i0, full - i0, K, saved_var == NULL, part)
-            else:
+    if floating is float:                                    # pass 2: three sums
+        fc_channel_sums_f32(x0, dy0, N, sn, HW, K, saved_var == NULL, acc)
+    else:
+        for n in range(N):
+            a = x0 + n * sn
+            g = dy0 + n * sn
+            for i0 in range(0, HW, 128):     # RUN_PIECE (a literal, so Cython emits a C loop)
+                i1 = i0 + RUN_PIECE if i0 + RUN_PIECE < HW else HW
+                full = i1 - (i1 - i0) % LANES
                 for i in range(i0, full, 8):   # LANES
                     for k in range(LANES):
                         d = a[i + k] - K
                         part[k] += d * d
                         part[LANES + k] += g[i + k]
                         part[2 * LANES + k] += g[i + k] * d
-            for i in range(full, i1):
-                d = a[i] - K
-                part[i - full] += d * d
-                part[LANES + i - full] += g[i]
-                part[2 * LANES + i - full] += g[i] * d
-            pending += i1 - i0
-            if pending >= CHUNK:
-                _flush(part, acc, 3 * LANES)
-                pending = 0
-    _flush(part, acc, 3 * LANES)
+                for i in range(full, i1):
+                    d = a[i] - K
+                    part[i - full] += d * d
+                    part[LANES + i - full] += g[i]
+                    part[2 * LANES + i - full] += g[i] * d
+                pending += i1 - i0
+                if pending >= CHUNK:
+                    _flush(part, acc, 3 * LANES)
+                    pending = 0
+        _flush(part, acc, 3 * LANES)
     shift = m - K
     if saved_var != NULL:
         var = saved_var[0]
@@ -337,12 +395,15 @@ cdef void _channel_backward(const floating* dy0, const floating* x0, floating* d
     cb = <floating>(-gamma * invstd * invstd * invstd * s2 / M)
     cc = <floating>(-gamma * invstd * s1 / M)
     fm = <floating>m
-    for n in range(N):                                       # pass 3: dx
-        a = x0 + n * sn
-        g = dy0 + n * sn
-        o = dx0 + n * sn
-        for i in range(HW):
-            o[i] = ca * g[i] + cb * (a[i] - fm) + cc
+    if floating is float:                                    # pass 3: dx
+        fc_channel_dx_f32(x0, dy0, dx0, N, sn, HW, ca, cb, cc, fm)
+    else:
+        for n in range(N):
+            a = x0 + n * sn
+            g = dy0 + n * sn
+            o = dx0 + n * sn
+            for i in range(HW):
+                o[i] = ca * g[i] + cb * (a[i] - fm) + cc
 
 
 # --------------------------------------------------------------------------- row path (HW == 1)
