@@ -4,11 +4,12 @@
 (relu.bwd)  dx = dy where y > 0, else 0,   y = max(x, 0)
             (the gradient at 0 is taken as 0, and dx is 0 there even where dy is NaN, as PyTorch)
 
-NumPy spends two passes and a temporary on this (``y > 0`` as a bool array, then a select);
-here one pass reads y and dy and writes dx, a select that gcc vectorises. The arrays are flat (any shape, C-contiguous), cut into blocks of BLOCK
-values shared among the threads; each value is computed alone, so any thread count gives
-the same result. 1 thread, float32, interleaved medians against NumPy's dy * (y > 0):
-LeNet-5's first ReLU (64 x 6 x 28 x 28) 89 -> 47 us, ResNet-20's (128 x 16 x 32 x 32) 968 -> 553 us.
+NumPy spends two passes and a temporary on this (``y > 0`` as a bool array, then a
+product); here one pass reads y and dy and writes dx, a select that gcc vectorises. The
+arrays are flat (any shape, C-contiguous), cut into blocks of BLOCK values shared among the
+threads; each value is computed alone, so any thread count gives the same result. 1 thread,
+float32, interleaved medians against NumPy's dy * (y > 0): LeNet-5's first ReLU
+(64 x 6 x 28 x 28) 89 -> 47 us, ResNet-20's (128 x 16 x 32 x 32) 968 -> 553 us.
 """
 import numpy as np
 
