@@ -78,9 +78,13 @@ ctypedef fused index_t:
 
 
 
-def _check(op, x_shape, kh, kw, sh, sw, ph, pw, dy_shape=None):
-    """O(1) guard for direct calls (functional.py validates for users): reject what would
-    read or write out of bounds. Returns (P, Q). (A memoryview's shape has 8 entries.)"""
+def _pool_geometry(op, x_shape, kernel_size, stride, padding, dy_shape=None):
+    """(kh, kw, sh, sw, ph, pw, P, Q) of a pooling call, P, Q by (conv.out), after an O(1)
+    guard for direct calls (functional.py validates for users) that rejects what would read
+    or write out of bounds. (A memoryview's shape has 8 entries.)"""
+    kh, kw = kernel_size
+    sh, sw = stride
+    ph, pw = padding
     x_shape = tuple(x_shape[:4])
     H, W = x_shape[2], x_shape[3]
     if min(x_shape) <= 0:
@@ -95,7 +99,7 @@ def _check(op, x_shape, kh, kw, sh, sw, ph, pw, dy_shape=None):
     if dy_shape is not None and tuple(dy_shape[:4]) != (x_shape[0], x_shape[1], P, Q):
         raise ValueError(f"{op}: dy must have shape {(x_shape[0], x_shape[1], P, Q)}, "
                          f"got {tuple(dy_shape[:4])}")
-    return P, Q
+    return kh, kw, sh, sw, ph, pw, P, Q
 
 
 # --------------------------------------------------------------------------- max pooling
@@ -453,10 +457,9 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     y : ndarray (N, C, P, Q), x's dtype; P, Q by eq. (conv.out).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1]
-    cdef Py_ssize_t ph = padding[0], pw = padding[1]
-    cdef Py_ssize_t P, Q, nc
-    P, Q = _check("max_pool2d_forward", x.shape, kh, kw, sh, sw, ph, pw)
+    cdef Py_ssize_t kh, kw, sh, sw, ph, pw, P, Q, nc
+    kh, kw, sh, sw, ph, pw, P, Q = _pool_geometry("max_pool2d_forward", x.shape, kernel_size,
+                                                  stride, padding)
     dtype = np.float32 if floating is float else np.float64
     y_arr = np.empty((N, C, P, Q), dtype=dtype)
     # One row buffer per thread (indexed by threadid()); which thread uses which buffer
@@ -493,10 +496,9 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     dx : ndarray (N, C, H, W), x's dtype.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], nc
-    cdef Py_ssize_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1]
-    cdef Py_ssize_t ph = padding[0], pw = padding[1]
-    _check("max_pool2d_backward", x.shape, kh, kw, sh, sw, ph, pw, dy.shape)
+    cdef Py_ssize_t kh, kw, sh, sw, ph, pw, P, Q, nc
+    kh, kw, sh, sw, ph, pw, P, Q = _pool_geometry("max_pool2d_backward", x.shape, kernel_size, stride,
+                                                  padding, dy.shape)
     if floating is float and H * W + pw > INT32_MAX:
         # float32 keeps the argmax as an int32 flat index into the plane (see index_t)
         raise ValueError(f"max_pool2d_backward: float32 planes of 2**31 values or more are "
@@ -791,10 +793,9 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     y : ndarray (N, C, P, Q), x's dtype.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1]
-    cdef Py_ssize_t ph = padding[0], pw = padding[1]
-    cdef Py_ssize_t P, Q, nc
-    P, Q = _check("avg_pool2d_forward", x.shape, kh, kw, sh, sw, ph, pw)
+    cdef Py_ssize_t kh, kw, sh, sw, ph, pw, P, Q, nc
+    kh, kw, sh, sw, ph, pw, P, Q = _pool_geometry("avg_pool2d_forward", x.shape, kernel_size,
+                                                  stride, padding)
     y_arr = np.empty((N, C, P, Q), dtype=np.float32 if floating is float else np.float64)
     n_threads = threads_for_values(N * C * H * W, n_threads)
     cdef floating[:, :, :, ::1] y = y_arr
@@ -839,10 +840,9 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     dx : ndarray (N, C, H, W), x's dtype.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], nc
-    cdef Py_ssize_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1]
-    cdef Py_ssize_t ph = padding[0], pw = padding[1]
-    _check("avg_pool2d_backward", x.shape, kh, kw, sh, sw, ph, pw, dy.shape)
+    cdef Py_ssize_t kh, kw, sh, sw, ph, pw, P, Q, nc
+    kh, kw, sh, sw, ph, pw, P, Q = _pool_geometry("avg_pool2d_backward", x.shape, kernel_size, stride,
+                                                  padding, dy.shape)
     cdef bint is_global = P == 1 and Q == 1 and kh == H and kw == W and ph == 0 and pw == 0
     cdef bint tile2x2 = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     n_threads = threads_for_values(N * C * H * W, n_threads)
