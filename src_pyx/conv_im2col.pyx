@@ -90,14 +90,22 @@ cdef extern from *:
      * GFLOP/s (% of a pure-FMA loop, 117): one step -> two per turn: 16 -> 16 channels
      * 32 x 32: 91 (77%) -> 100 (85%); 32 -> 32 on 16 x 16: 103 (88%) -> 111 (95%);
      * 64 -> 64 on 8 x 8: 112 -> 114; lenet_c2: 91 -> 101; resnet20_down: 98 -> 105. */
-    #define FC_ISTEP(MR, NV, u)                                                               \
-        FC_UNROLL for (int j = 0; j < NV; j++)                                              \
-            b[j] = _mm512_maskz_loadu_ps(mask[j], Br + (kk + (u)) * ldb + 16 * j);          \
+    /* acc (MR x NV vectors) = 0 */
+    #define FC_ZERO(MR, NV)                                                                 \
+        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
+            FC_UNROLL for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();
+    /* acc[i][j] += A_i * b[j]: row i's value of A (the expression A_I, which uses i)
+     * broadcast, times the NV vectors b of one row of B; the rank-1 step of every tile */
+    #define FC_RANK1(MR, NV, A_I)                                                           \
         FC_UNROLL for (int i = 0; i < MR; i++) {                                            \
-            __m512 a = _mm512_set1_ps((Ar + kk)[offs[i] + (u)]);                            \
+            __m512 a = _mm512_set1_ps(A_I);                                                 \
             FC_UNROLL for (int j = 0; j < NV; j++)                                          \
                 acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);                            \
         }
+    #define FC_ISTEP(MR, NV, u)                                                               \
+        FC_UNROLL for (int j = 0; j < NV; j++)                                              \
+            b[j] = _mm512_maskz_loadu_ps(mask[j], Br + (kk + (u)) * ldb + 16 * j);          \
+        FC_RANK1(MR, NV, (Ar + kk)[offs[i] + (u)])
     #define FC_TILE(MR, NV)                                                                 \
     FC_TARGET static void fc_tile_##MR##_##NV(Py_ssize_t KR, const float *A, Py_ssize_t a_rs, \
         Py_ssize_t a_cs, const float *B, Py_ssize_t ldb, int accumulate, float *C,           \
@@ -106,16 +114,11 @@ cdef extern from *:
         __m512 acc[MR][NV], b[NV];                                                          \
         __mmask16 mask[NV];                                                                 \
         FC_UNROLL for (int j = 0; j < NV; j++) mask[j] = j == NV - 1 ? tail : 0xFFFF;       \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();         \
+        FC_ZERO(MR, NV)                                                                     \
         for (Py_ssize_t kk = 0; kk < KR; kk++) {                                            \
             FC_UNROLL for (int j = 0; j < NV; j++)                                          \
                 b[j] = _mm512_maskz_loadu_ps(mask[j], B + kk * ldb + 16 * j);               \
-            FC_UNROLL for (int i = 0; i < MR; i++) {                                        \
-                __m512 a = _mm512_set1_ps(A[i * a_rs + kk * a_cs]);                         \
-                FC_UNROLL for (int j = 0; j < NV; j++)                                      \
-                    acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);                        \
-            }                                                                               \
+            FC_RANK1(MR, NV, A[i * a_rs + kk * a_cs])                                       \
         }                                                                                   \
         FC_UNROLL for (int i = 0; i < MR; i++)                                              \
             FC_UNROLL for (int j = 0; j < NV; j++) {                                        \
@@ -136,8 +139,7 @@ cdef extern from *:
         __m512 acc[MR][NV], b[NV];                                                          \
         __mmask16 mask[NV];                                                                 \
         FC_UNROLL for (int j = 0; j < NV; j++) mask[j] = j == NV - 1 ? tail : 0xFFFF;       \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();         \
+        FC_ZERO(MR, NV)                                                                     \
         for (Py_ssize_t r = 0; r < R; r++) {                                                \
             const float *Ar = A + r * seg, *Br = B + r * SC * ldb;                          \
             Py_ssize_t kk = 0;                                                              \
@@ -157,16 +159,11 @@ cdef extern from *:
         int accumulate, float *C, Py_ssize_t ldc)                                           \
     {                                                                                       \
         __m512 acc[MR][NV], b[NV];                                                          \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();         \
+        FC_ZERO(MR, NV)                                                                     \
         for (Py_ssize_t kk = 0; kk < KR; kk++) {                                            \
             const float *Bk = B + boffs[kk];                                                \
             FC_UNROLL for (int j = 0; j < NV; j++) b[j] = _mm512_loadu_ps(Bk + coff[j]);    \
-            FC_UNROLL for (int i = 0; i < MR; i++) {                                        \
-                __m512 a = _mm512_set1_ps(A[i * a_rs + kk * a_cs]);                         \
-                FC_UNROLL for (int j = 0; j < NV; j++)                                      \
-                    acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);                        \
-            }                                                                               \
+            FC_RANK1(MR, NV, A[i * a_rs + kk * a_cs])                                       \
         }                                                                                   \
         FC_UNROLL for (int i = 0; i < MR; i++)                                              \
             FC_UNROLL for (int j = 0; j < NV; j++) {                                        \
@@ -184,16 +181,11 @@ cdef extern from *:
         const Py_ssize_t *coff)                                                             \
     {                                                                                       \
         __m512 acc[MR][NV], b[NV];                                                          \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();         \
+        FC_ZERO(MR, NV)                                                                     \
         for (Py_ssize_t kk = 0; kk < KR; kk++) {                                            \
             FC_UNROLL for (int j = 0; j < NV; j++)                                          \
                 b[j] = _mm512_loadu_ps(B + kk * ldb + 16 * j);                              \
-            FC_UNROLL for (int i = 0; i < MR; i++) {                                        \
-                __m512 a = _mm512_set1_ps(A[i * a_rs + kk * a_cs]);                         \
-                FC_UNROLL for (int j = 0; j < NV; j++)                                      \
-                    acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);                        \
-            }                                                                               \
+            FC_RANK1(MR, NV, A[i * a_rs + kk * a_cs])                                       \
         }                                                                                   \
         FC_UNROLL for (int i = 0; i < MR; i++)                                              \
             FC_UNROLL for (int j = 0; j < NV; j++) {                                        \
