@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 ALGOS = ("direct", "im2col", "auto")
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+_FLOAT_DTYPES = (_FLOAT32, _FLOAT64)
 _INT_MAX = 2**31 - 1   # BLAS and OpenMP loop bounds are C ints
 
 
@@ -39,11 +40,13 @@ def _as_float_array(op, name, a, dtype=None):
     """
     if a is None:
         raise TypeError(f"{op}: {name} must be an array, got None")
-    arr = np.asarray(a)
-    if arr.dtype not in _FLOAT_DTYPES:
+    arr = a if type(a) is np.ndarray else np.asarray(a)
+    # `is` first: comparing dtypes with == (as `in` does) costs ~0.1 us each, and this runs
+    # for every array of every op call.
+    if not (arr.dtype is _FLOAT32 or arr.dtype is _FLOAT64 or arr.dtype in _FLOAT_DTYPES):
         raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {arr.dtype}"
                         " (convert with .astype(np.float32))")
-    if dtype is not None and arr.dtype != dtype:
+    if dtype is not None and arr.dtype is not dtype and arr.dtype != dtype:
         raise TypeError(f"{op}: {name} has dtype {arr.dtype} but x has dtype {dtype}; "
                         "all arrays of one call must share a dtype")
     return arr
@@ -318,14 +321,18 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, count_includ
 def _bn_setup(op, x, eps, backend):
     """x as 4-D (N, C, H, W): an (N, C) input is viewed as (N, C, 1, 1)."""
     x = _as_float_array(op, "x", x)
-    _check_ndim(op, "x", x, (2, 4), "2-D (N, C) or 4-D (N, C, H, W)")
-    if min(x.shape) == 0:
+    if x.ndim == 4:
+        x4 = x
+    else:
+        _check_ndim(op, "x", x, (2,), "2-D (N, C) or 4-D (N, C, H, W)")
+        x4 = x.reshape(x.shape[0], x.shape[1], 1, 1)
+    N, C, H, W = x4.shape
+    if not (N and C and H and W):
         raise ValueError(f"{op}: empty arrays are not supported (x {x.shape})")
     if not (isinstance(eps, (float, int, np.floating)) and eps > 0):
         raise ValueError(f"{op}: eps must be a positive number, got {eps!r}")
-    x4 = x.reshape(x.shape + (1, 1)) if x.ndim == 2 else x
-    N, C, H, W = x4.shape
-    _check_int_sizes(op, C=C, **{"N*H*W": N * H * W})
+    if C > _INT_MAX or N * H * W > _INT_MAX:
+        _check_int_sizes(op, C=C, **{"N*H*W": N * H * W})
     return x, x4, float(eps), implementation("batchnorm", resolve_backend(backend, op))
 
 
@@ -343,11 +350,12 @@ def _saved_stat(op, name, a, C):
     a = _as_float_array(op, name, a)
     if a.shape != (C,):
         raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float64)
+    return a if a.dtype is _FLOAT64 and a.flags.c_contiguous else np.ascontiguousarray(a, np.float64)
 
 
 def _check_running(op, name, a, C, updated):
-    if not isinstance(a, np.ndarray) or a.dtype not in _FLOAT_DTYPES:
+    if not (isinstance(a, np.ndarray) and (a.dtype is _FLOAT32 or a.dtype is _FLOAT64
+                                           or a.dtype in _FLOAT_DTYPES)):
         raise TypeError(f"{op}: {name} must be a float32 or float64 ndarray (it is updated "
                         f"in place), got {type(a).__name__}")
     if a.shape != (C,):
@@ -402,18 +410,15 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1
                              f"shape {x.shape}")
         y, mean, var = impl.batch_norm_train_forward(*_contiguous(x4, gamma, beta), eps,
                                                      _n_threads())
-        if running_mean is not None:
-            impl.running_update(running_mean, mean, momentum, 1.0)
-        if running_var is not None:
-            impl.running_update(running_var, var, momentum, M / (M - 1))   # unbiased, as PyTorch
+        impl.running_update(running_mean, running_var, mean, var, momentum, M)
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
         y = impl.batch_norm_eval_forward(*_contiguous(x4, gamma, beta, mean, var), eps,
                                          _n_threads())
-    if return_stats:
-        return y.reshape(x.shape), mean, var
-    return y.reshape(x.shape)
+    if x.ndim == 2:
+        y = y.reshape(x.shape)
+    return (y, mean, var) if return_stats else y
 
 
 def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=None):
@@ -438,13 +443,12 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=
                          f"shape {x.shape}")
     if (mean is None) != (var is None):
         raise ValueError(f"{op}: give both saved statistics mean and var, or neither")
-    stats = ()
     if mean is not None:
-        stats = tuple(_saved_stat(op, name, a, x4.shape[1]) for name, a in (("mean", mean),
-                                                                             ("var", var)))
-    dx, dgamma, dbeta = impl.batch_norm_backward(*_contiguous(dy.reshape(x4.shape), x4, gamma),
-                                                 eps, _n_threads(), *stats)
-    return dx.reshape(x.shape), dgamma, dbeta
+        mean = _saved_stat(op, "mean", mean, x4.shape[1])
+        var = _saved_stat(op, "var", var, x4.shape[1])
+    dy4, x4, gamma = _contiguous(dy.reshape(x4.shape) if dy.ndim == 2 else dy, x4, gamma)
+    dx, dgamma, dbeta = impl.batch_norm_backward(dy4, x4, gamma, eps, _n_threads(), mean, var)
+    return (dx.reshape(x.shape) if x.ndim == 2 else dx), dgamma, dbeta
 
 
 # --------------------------------------------------------------------------- activation

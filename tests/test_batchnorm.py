@@ -380,6 +380,23 @@ def test_kernels_called_directly_reject_inconsistent_shapes():
         kern.batch_norm_backward(x, x, c3, EPS, 1, c3, c2)
     with pytest.raises(ValueError):
         kern.batch_norm_backward(x, x, c3, EPS, 1, c3, None)
+    # the wrappers read raw data pointers: dtype, axes and layout are checked before that
+    with pytest.raises(TypeError, match="gamma must be a float64 ndarray"):
+        kern.batch_norm_train_forward(x, c3.astype(np.float32), c3, EPS, 1)
+    with pytest.raises(TypeError, match="x must be a float64 ndarray"):
+        kern.batch_norm_train_forward(x.astype(np.int64), c3, c3, EPS, 1)
+    with pytest.raises(TypeError, match="beta must be a float64 ndarray"):
+        kern.batch_norm_train_forward(x, c3, [1.0, 1.0, 1.0], EPS, 1)
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        kern.batch_norm_eval_forward(x[:, :, ::2], c3, c3, c3, c3, EPS, 1)
+    with pytest.raises(ValueError, match="4 axes"):
+        kern.batch_norm_backward(x[0], x, c3, EPS, 1)
+    with pytest.raises(TypeError, match="mean must be a float64 ndarray"):
+        kern.batch_norm_backward(x, x, c3, EPS, 1, c3.astype(np.float32), c3)
+    with pytest.raises(TypeError, match="writeable"):
+        kern.running_update(c3.astype(np.int64), None, c3, c3, 0.1, 4)
+    with pytest.raises(ValueError, match="channels"):
+        kern.running_update(c2.copy(), None, c3, c3, 0.1, 4)
 
 
 # --------------------------------------------------------------------------- torch (optional)
@@ -407,3 +424,24 @@ def test_matches_torch(shape, rng):
     yt_eval = torch.nn.functional.batch_norm(torch.tensor(x), trm, trv, torch.tensor(gamma),
                                              torch.tensor(beta), training=False, eps=EPS)
     assert_close(y_eval, yt_eval.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_running_update_fast_matches_reference(dtype, rng):
+    """(bn.run) on strided running statistics, either of them None, both backends alike."""
+    from fastconv._backend import load_kernels
+    fast = load_kernels("batchnorm")
+    mean, var = rng.standard_normal(5), rng.random(5) + 0.5
+    for skip in (None, "mean", "var"):
+        runs = {}
+        for name, impl in (("fast", fast), ("ref", ref)):
+            buf_m, buf_v = np.ones(10, dtype), np.full(10, 2.0, dtype)
+            impl.running_update(None if skip == "mean" else buf_m[::2],
+                                None if skip == "var" else buf_v[::2], mean, var, 0.3, 7)
+            runs[name] = (buf_m, buf_v)
+        for got, want in zip(runs["fast"], runs["ref"]):
+            assert_close(got, want, dtype)
+        buf_m, buf_v = runs["fast"]
+        assert np.all(buf_m[1::2] == 1) and np.all(buf_v[1::2] == 2)    # the gaps untouched
+        if skip != "var":
+            assert_close(buf_v[::2], (0.7 * 2 + 0.3 * var * 7 / 6).astype(dtype), dtype)

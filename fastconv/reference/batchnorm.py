@@ -116,11 +116,15 @@ def batch_norm_backward(dy, x, gamma, eps, n_threads=None, mean=None, var=None):
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
-def running_update(running, stat, momentum, scale):
-    """(bn.run) In place: ``running = (1 - momentum) * running + momentum * scale * stat``.
+def running_update(running_mean, running_var, mean, var, momentum, M):
+    """(bn.run) In place, for each running statistic that is not None:
+    ``running = (1 - momentum) * running + momentum * stat``, where the running variance takes
+    the unbiased batch variance ``var * M / (M - 1)`` (as PyTorch).
 
-    running : ndarray (C,), a running mean or variance; stat : ndarray (C,) float64, the batch
-    statistic; scale : M / (M - 1) for the variance (biased -> unbiased, as PyTorch), 1 for the mean.
+    running_mean, running_var : ndarray (C,) or None; mean, var : ndarray (C,) float64, the
+    batch statistics; M : values per channel (>= 2).
     """
-    running *= 1 - momentum
-    running += (momentum * scale) * stat
+    for running, stat, scale in ((running_mean, mean, 1.0), (running_var, var, M / (M - 1))):
+        if running is not None:
+            running *= 1 - momentum
+            running += (momentum * scale) * stat
