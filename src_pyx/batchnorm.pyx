@@ -17,10 +17,10 @@ Two memory layouts, one per common case, chosen by HW = H*W:
   run, in order), which lets gcc vectorise the reduction without -ffast-math; the lanes
   are added in a fixed tree at the end.
 * HW == 1 ("row path", BatchNorm1d): channel c is strided by C, which is slow to walk
-  value by value. Instead take 8 neighbouring channels at a time (32 contiguous bytes of
-  each row) down all N rows, their running sums in registers, or loop n outer and c inner
-  with one accumulator per channel: either way the loop over c vectorises. ``prange`` runs
-  over fixed blocks of CBLOCK = 64 channels.
+  value by value. Instead every pass takes 8 neighbouring channels at a time (32
+  contiguous bytes of each row) down all N rows, with their running sums or coefficients
+  in registers, so the loop over the 8 channels vectorises. ``prange`` runs over fixed
+  blocks of CBLOCK = 64 channels.
 
 Either way every channel's sums are taken in an order fixed by the shape alone, so the
 results are bitwise identical for any number of threads. Small calls run on one thread
