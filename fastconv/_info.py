@@ -37,6 +37,13 @@ def info(file=None):
     if modules["_openmp"] == "ok":
         from ._ext import _openmp
         openmp = _openmp.openmp_enabled()
+    simd = {}      # which copy of the runtime-dispatched float32 kernels this CPU runs
+    if modules["conv_im2col"] == "ok":
+        from ._ext import conv_im2col
+        simd["conv_im2col"] = "avx512 micro-kernel" if conv_im2col._microkernel_in_use() else "BLAS"
+    if modules["batchnorm"] == "ok":
+        from ._ext import batchnorm
+        simd["batchnorm"] = batchnorm._kernel_isa()
     cfg = _build_config()
     report = {
         "version": __version__,
@@ -48,6 +55,7 @@ def info(file=None):
         "openmp": openmp,
         "threads": _threads.get_num_threads(),
         "blas": _threads.blas_info(),
+        "simd": simd,
         "compile_args": cfg.COMPILE_ARGS if cfg else None,
         "link_args": cfg.LINK_ARGS if cfg else None,
     }
@@ -60,7 +68,8 @@ def info(file=None):
         f"  compile flags   : {' '.join(report['compile_args']) if cfg else 'unknown'}",
     ]
     for name, status in modules.items():
-        lines.append(f"  kernel {name:<10}: {status}")
+        extra = f" (float32: {simd[name]})" if name in simd else ""
+        lines.append(f"  kernel {name:<10}: {status}{extra}")
     for lib in report["blas"]:
         lines.append(f"  BLAS            : {lib['internal_api']} {lib['version']} "
                      f"kernel={lib['architecture']} threads={lib['num_threads']} "

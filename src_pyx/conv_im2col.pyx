@@ -597,6 +597,11 @@ DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the 
 cdef bint _use_microkernel = fc_avx512_ok() != 0      # float32 products by the micro-kernel
 
 
+def _microkernel_in_use():
+    """Whether float32 products run on the AVX-512 micro-kernel (see _set_microkernel)."""
+    return bool(_use_microkernel)
+
+
 def _set_microkernel(bint on):
     """Use the AVX-512 micro-kernel for float32 (the default where the CPU has AVX-512) or
     BLAS; returns the previous setting. For tests and benchmarks: the results of the two

@@ -445,3 +445,29 @@ def test_running_update_fast_matches_reference(dtype, rng):
         assert np.all(buf_m[1::2] == 1) and np.all(buf_v[1::2] == 2)    # the gaps untouched
         if skip != "var":
             assert_close(buf_v[::2], (0.7 * 2 + 0.3 * var * 7 / 6).astype(dtype), dtype)
+
+
+@pytest.mark.parametrize("shape", [(5, 70, 9, 7), (3, 16, 8, 8), (9, 130, 1, 1), (33, 21)],
+                         ids=shape_id)
+def test_baseline_and_avx2_kernels_give_the_same_bits(shape, rng):
+    """The float32 kernels exist in a baseline (SSE2) and an AVX2 copy, picked at import by
+    the CPU; both do the same operations in the same order, so every output is identical."""
+    from fastconv._backend import load_kernels
+    kern = load_kernels("batchnorm")
+    if kern._kernel_isa("avx2") != "avx2":
+        kern._kernel_isa("baseline")
+        pytest.skip("this CPU or build has no AVX2 copy: only the baseline kernels exist")
+    x, dy, gamma, beta = make_inputs(rng, np.float32, shape, shift=0.5)
+    x, dy = (a.reshape(a.shape + (1,) * (4 - a.ndim)) for a in (x, dy))     # (N, C) as BN1d
+    runs = {}
+    try:
+        for isa in ("baseline", "avx2"):
+            assert kern._kernel_isa(isa) == isa
+            y, mean, var = kern.batch_norm_train_forward(x, gamma, beta, EPS, 2)
+            runs[isa] = (y, mean, var, kern.batch_norm_eval_forward(x, gamma, beta, mean, var, EPS, 2),
+                         *kern.batch_norm_backward(dy, x, gamma, EPS, 2),
+                         *kern.batch_norm_backward(dy, x, gamma, EPS, 2, mean, var))
+    finally:
+        kern._kernel_isa("avx2")
+    for a, b in zip(runs["baseline"], runs["avx2"]):
+        np.testing.assert_array_equal(a, b)

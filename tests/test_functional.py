@@ -314,3 +314,5 @@ def test_info_reports_the_build(capsys):
     assert report["openmp"] is _build_config.OPENMP
     assert report["threads"] == fastconv.get_num_threads()
     assert report["blas"] and ("OpenMP          : on" in printed) == report["openmp"]
+    assert report["simd"]["batchnorm"] in ("avx2", "baseline")
+    assert f"(float32: {report['simd']['batchnorm']})" in printed
