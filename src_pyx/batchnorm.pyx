@@ -244,50 +244,6 @@ cdef extern from *:
             }                                                                             \\
     }                                                                                     \\
                                                                                           \\
-    /* _group_mean: acc[8j + k] = lane k of channel j's sum of x, summed in float over    \\
-     * chunks of about FC_CHUNK values, each chunk then added to the double sums */        \\
-    TARGET static void fc_group_chunked_sum_##ISA(const float* x0, Py_ssize_t N,          \\
-                                                  Py_ssize_t sn, Py_ssize_t HW,           \\
-                                                  Py_ssize_t nc, double* acc) {           \\
-        enum { NV = 8 / (W) };                  /* float vectors per 8 lanes */           \\
-        float part[FC_GROUP * 8];                                                         \\
-        Py_ssize_t pending = 0, p = 0;                                                    \\
-        memset(part, 0, nc * 8 * sizeof(float));                                          \\
-        memset(acc, 0, nc * 8 * sizeof(double));                                          \\
-        for (Py_ssize_t n = 0; n < N; n++) {                                              \\
-            for (Py_ssize_t j = 0; j < nc; j++) {                                         \\
-                const float* a = x0 + n * sn + j * HW;                                    \\
-                float* pt = part + 8 * j;                                                 \\
-                p = pending;            /* the same count for every channel of the group */ \\
-                for (Py_ssize_t i0 = 0; i0 < HW; i0 += FC_PIECE) {                        \\
-                    Py_ssize_t i1 = i0 + FC_PIECE < HW ? i0 + FC_PIECE : HW;              \\
-                    Py_ssize_t full = i1 - (i1 - i0) % 8;                                 \\
-                    VF v[NV] = {{0}}, t;                                                  \\
-                    for (Py_ssize_t i = i0; i < full; i += 8)                             \\
-                        for (int q = 0; q < NV; q++) {                                    \\
-                            FC_LOAD(t, a + i + q * (W));                                  \\
-                            v[q] += t;                                                    \\
-                        }                                                                 \\
-                    for (int q = 0; q < NV; q++) {                                        \\
-                        FC_LOAD(t, pt + q * (W));                                         \\
-                        t += v[q];                                                        \\
-                        FC_STORE(pt + q * (W), t);                                        \\
-                    }                                                                     \\
-                    for (Py_ssize_t i = full; i < i1; i++)                                \\
-                        pt[i - full] += a[i];                                             \\
-                    p += i1 - i0;                                                         \\
-                    if (p >= FC_CHUNK) {                                                  \\
-                        for (int k = 0; k < 8; k++) { acc[8 * j + k] += pt[k]; pt[k] = 0; } \\
-                        p = 0;                                                            \\
-                    }                                                                     \\
-                }                                                                         \\
-            }                                                                             \\
-            pending = p;                                                                  \\
-        }                                                                                 \\
-        for (Py_ssize_t k = 0; k < nc * 8; k++)                                           \\
-            acc[k] += part[k];                                                            \\
-    }                                                                                     \\
-                                                                                          \\
     /* _group_moments: with d = x - K[j], acc[24j + k] = lane k of channel j's sum of d^2 \\
      * (only if with_dd), acc[24j + 8 + k] of dy, acc[24j + 16 + k] of dy * d, in float   \\
      * chunks as above */                                                                 \\
@@ -502,8 +458,6 @@ cdef extern from *:
      * (run once at import) finds AVX2 on this CPU. */
     static __typeof__(fc_group_sum_base)* fc_group_sum_f32 = fc_group_sum_base;
     static __typeof__(fc_group_affine_base)* fc_group_affine_f32 = fc_group_affine_base;
-    static __typeof__(fc_group_chunked_sum_base)* fc_group_chunked_sum_f32 =
-        fc_group_chunked_sum_base;
     static __typeof__(fc_group_moments_base)* fc_group_moments_f32 = fc_group_moments_base;
     static __typeof__(fc_group_dx_base)* fc_group_dx_f32 = fc_group_dx_base;
     static __typeof__(fc_rows_moments_base)* fc_rows_moments_f32 = fc_rows_moments_base;
@@ -520,7 +474,6 @@ cdef extern from *:
         on = use_avx2 && __builtin_cpu_supports("avx2");
         fc_group_sum_f32 = on ? fc_group_sum_avx2 : fc_group_sum_base;
         fc_group_affine_f32 = on ? fc_group_affine_avx2 : fc_group_affine_base;
-        fc_group_chunked_sum_f32 = on ? fc_group_chunked_sum_avx2 : fc_group_chunked_sum_base;
         fc_group_moments_f32 = on ? fc_group_moments_avx2 : fc_group_moments_base;
         fc_group_dx_f32 = on ? fc_group_dx_avx2 : fc_group_dx_base;
         fc_rows_moments_f32 = on ? fc_rows_moments_avx2 : fc_rows_moments_base;
@@ -537,8 +490,6 @@ cdef extern from *:
     void fc_group_affine_f32(const float* x0, float* y0, Py_ssize_t N, Py_ssize_t sn,
                              Py_ssize_t HW, Py_ssize_t nc, const float* fm, const float* fa,
                              const float* fb) noexcept nogil
-    void fc_group_chunked_sum_f32(const float* x0, Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW,
-                                  Py_ssize_t nc, double* acc) noexcept nogil
     void fc_group_moments_f32(const float* x0, const float* g0, Py_ssize_t N, Py_ssize_t sn,
                               Py_ssize_t HW, Py_ssize_t nc, const float* K, int with_dd,
                               double* acc) noexcept nogil
@@ -694,50 +645,14 @@ cdef inline void _flush(floating* part, double* acc, Py_ssize_t lanes) noexcept 
         part[k] = 0
 
 
-cdef void _group_mean(const floating* x0, Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW,
-                      Py_ssize_t nc, double* m) noexcept nogil:
-    """m[j] = the mean of channel j, summed in chunks of about CHUNK values in x's dtype
-    (pieces of at most RUN_PIECE values of a run, or several short runs), each chunk's LANES
-    partial sums then added to double sums: pass 1 of the backward without saved statistics."""
-    cdef double acc[CGROUP * LANES]
-    cdef floating part[CGROUP * LANES]
-    cdef Py_ssize_t n, j, i, i0, i1, full, k, pending = 0, p = 0
-    cdef const floating* a
-    if floating is float:
-        fc_group_chunked_sum_f32(x0, N, sn, HW, nc, acc)
-    else:
-        for k in range(nc * LANES):
-            part[k] = 0
-            acc[k] = 0
-        for n in range(N):
-            for j in range(nc):
-                a = x0 + n * sn + j * HW
-                p = pending                # the same count for every channel of the group
-                for i0 in range(0, HW, 128):   # RUN_PIECE (a literal, so Cython emits a C loop)
-                    i1 = i0 + RUN_PIECE if i0 + RUN_PIECE < HW else HW
-                    full = i1 - (i1 - i0) % LANES
-                    for i in range(i0, full, 8):   # LANES
-                        for k in range(LANES):
-                            part[LANES * j + k] += a[i + k]
-                    for i in range(full, i1):
-                        part[LANES * j + i - full] += a[i]
-                    p += i1 - i0
-                    if p >= CHUNK:
-                        _flush(part + LANES * j, acc + LANES * j, LANES)
-                        p = 0
-            pending = p
-        for j in range(nc):
-            _flush(part + LANES * j, acc + LANES * j, LANES)
-    for j in range(nc):
-        m[j] = _lanes_total(acc + LANES * j) / (N * HW)
-
-
 cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, Py_ssize_t sn,
                          Py_ssize_t HW, Py_ssize_t nc, const floating* K, bint with_dd,
                          double* acc) noexcept nogil:
     """With d = x - K[j] and g = dy: acc[3*LANES*j + k] = lane k of channel j's sum of d^2
     (only if with_dd), acc[3*LANES*j + LANES + k] of g, acc[3*LANES*j + 2*LANES + k] of g*d,
-    summed in chunks in x's dtype as in _group_mean: pass 2 of the backward."""
+    each over chunks of about CHUNK values (pieces of at most RUN_PIECE values of a run, or
+    several short runs) summed in x's dtype, then added to the double sums: pass 2 of the
+    backward."""
     cdef floating part[CGROUP * 3 * LANES]
     cdef floating* pt
     cdef Py_ssize_t n, j, i, i0, i1, full, k, pending = 0, p = 0
@@ -812,7 +727,8 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
     With xc = x - mean, S1 = sum dy and S2 = sum dy * xc (so dgamma = S2 * invstd):
     dx = gamma*invstd/M * (M*dy - S1 - xhat*dgamma)
        = (gamma*invstd) * dy  -  (gamma*invstd^3*S2/M) * xc  -  gamma*invstd*S1/M.
-    Pass 1: the mean m (double), and K = m rounded to x's dtype. Pass 2: with d = x - K,
+    Pass 1: the mean m, summed in double exactly as the training forward's pass 1 (so it is
+    the very mean the forward saved), and K = m rounded to x's dtype. Pass 2: with d = x - K,
     sum d^2, S1 and E = sum dy * d; then (shifted sums, as in _shifted_moments)
     var = sum d^2 / M - (m - K)^2 and S2 = E - (m - K) * S1. Pass 3 writes dx.
 
@@ -840,7 +756,9 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
         for j in range(nc):
             m[j] = saved_mean[c0 + j]
     else:
-        _group_mean(x + c0 * HW, N, sn, HW, nc, m)                          # pass 1
+        _group_sum(x + c0 * HW, N, sn, HW, nc, NULL, acc)                   # pass 1
+        for j in range(nc):
+            m[j] = _lanes_total(acc + LANES * j) / M
     for j in range(nc):
         K[j] = <floating>m[j]
     _group_moments(x + c0 * HW, dy + c0 * HW, N, sn, HW, nc, K, saved_var == NULL, acc)  # 2
