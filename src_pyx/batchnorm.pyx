@@ -1069,77 +1069,49 @@ cdef inline Py_ssize_t _item_start(Py_ssize_t i, Py_ssize_t n_items, Py_ssize_t 
     return min(C, i * CBLOCK) if HW == 1 else i * C // n_items
 
 
-cdef inline void _train_item(const floating* x, floating* y, const floating* gamma,
-                             const floating* beta, double eps, double* mean, double* var,
-                             Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t i,
-                             Py_ssize_t n_items) noexcept nogil:
+cdef enum:                  # what _run computes
+    TRAIN = 0               # out = y; mean, var written
+    EVAL = 1                # out = y; mean, var read
+    BACKWARD = 2            # out = dx; dgamma, dbeta written; mean, var read, or NULL
+
+
+cdef inline void _run_item(int op, const floating* x, const floating* dy, floating* out,
+                           const floating* gamma, const floating* beta, double* mean,
+                           double* var, floating* dgamma, floating* dbeta, double eps,
+                           Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t i,
+                           Py_ssize_t n_items) noexcept nogil:
+    """Item i of a call: the op on channels [c0, c1), by the row or the channel path."""
     cdef Py_ssize_t c0 = _item_start(i, n_items, C, HW), c1 = _item_start(i + 1, n_items, C, HW)
-    if HW == 1:
-        _rows_train(x, y, gamma, beta, eps, mean, var, N, C, c0, c1)
+    if op == TRAIN:
+        if HW == 1:
+            _rows_train(x, out, gamma, beta, eps, mean, var, N, C, c0, c1)
+        else:
+            _group_train(x, out, gamma, beta, eps, mean, var, N, C, HW, c0, c1)
+    elif op == EVAL:
+        if HW == 1:
+            _rows_eval(x, out, gamma, beta, mean, var, eps, N, C, c0, c1)
+        else:
+            _group_eval(x, out, gamma, beta, mean, var, eps, N, C, HW, c0, c1)
+    elif HW == 1:
+        _rows_backward(dy, x, out, gamma, eps, mean, var, dgamma, dbeta, N, C, c0, c1)
     else:
-        _group_train(x, y, gamma, beta, eps, mean, var, N, C, HW, c0, c1)
+        _group_backward(dy, x, out, gamma, eps, mean, var, dgamma, dbeta, N, C, HW, c0, c1)
 
 
-cdef void _train_forward(const floating* x, floating* y, const floating* gamma,
-                         const floating* beta, double eps, double* mean, double* var,
-                         Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, int n_threads) noexcept nogil:
+cdef void _run(int op, const floating* x, const floating* dy, floating* out,
+               const floating* gamma, const floating* beta, double* mean, double* var,
+               floating* dgamma, floating* dbeta, double eps, Py_ssize_t N, Py_ssize_t C,
+               Py_ssize_t HW, int n_threads) noexcept nogil:
+    """A whole call: its items on n_threads threads (the arrays as _run_item takes them)."""
     cdef Py_ssize_t i, n_items = _n_items(C, HW, n_threads)
     if n_threads == 1:
         for i in range(n_items):
-            _train_item(x, y, gamma, beta, eps, mean, var, N, C, HW, i, n_items)
+            _run_item(op, x, dy, out, gamma, beta, mean, var, dgamma, dbeta, eps, N, C, HW,
+                      i, n_items)
     else:
         for i in prange(n_items, schedule="static", num_threads=n_threads):
-            _train_item(x, y, gamma, beta, eps, mean, var, N, C, HW, i, n_items)
-
-
-cdef inline void _eval_item(const floating* x, floating* y, const floating* gamma,
-                            const floating* beta, const double* mean, const double* var,
-                            double eps, Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t i,
-                            Py_ssize_t n_items) noexcept nogil:
-    cdef Py_ssize_t c0 = _item_start(i, n_items, C, HW), c1 = _item_start(i + 1, n_items, C, HW)
-    if HW == 1:
-        _rows_eval(x, y, gamma, beta, mean, var, eps, N, C, c0, c1)
-    else:
-        _group_eval(x, y, gamma, beta, mean, var, eps, N, C, HW, c0, c1)
-
-
-cdef void _eval_forward(const floating* x, floating* y, const floating* gamma,
-                        const floating* beta, const double* mean, const double* var, double eps,
-                        Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, int n_threads) noexcept nogil:
-    cdef Py_ssize_t i, n_items = _n_items(C, HW, n_threads)
-    if n_threads == 1:
-        for i in range(n_items):
-            _eval_item(x, y, gamma, beta, mean, var, eps, N, C, HW, i, n_items)
-    else:
-        for i in prange(n_items, schedule="static", num_threads=n_threads):
-            _eval_item(x, y, gamma, beta, mean, var, eps, N, C, HW, i, n_items)
-
-
-cdef inline void _backward_item(const floating* dy, const floating* x, floating* dx,
-                                const floating* gamma, double eps, const double* mean,
-                                const double* var, floating* dgamma, floating* dbeta,
-                                Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t i,
-                                Py_ssize_t n_items) noexcept nogil:
-    cdef Py_ssize_t c0 = _item_start(i, n_items, C, HW), c1 = _item_start(i + 1, n_items, C, HW)
-    if HW == 1:
-        _rows_backward(dy, x, dx, gamma, eps, mean, var, dgamma, dbeta, N, C, c0, c1)
-    else:
-        _group_backward(dy, x, dx, gamma, eps, mean, var, dgamma, dbeta, N, C, HW, c0, c1)
-
-
-cdef void _backward(const floating* dy, const floating* x, floating* dx, const floating* gamma,
-                    double eps, const double* mean, const double* var, floating* dgamma,
-                    floating* dbeta, Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW,
-                    int n_threads) noexcept nogil:
-    cdef Py_ssize_t i, n_items = _n_items(C, HW, n_threads)
-    if n_threads == 1:
-        for i in range(n_items):
-            _backward_item(dy, x, dx, gamma, eps, mean, var, dgamma, dbeta, N, C, HW, i,
-                           n_items)
-    else:
-        for i in prange(n_items, schedule="static", num_threads=n_threads):
-            _backward_item(dy, x, dx, gamma, eps, mean, var, dgamma, dbeta, N, C, HW, i,
-                           n_items)
+            _run_item(op, x, dy, out, gamma, beta, mean, var, dgamma, dbeta, eps, N, C, HW,
+                      i, n_items)
 
 
 # --------------------------------------------------------------------------- the twins' API
@@ -1225,11 +1197,11 @@ def batch_norm_train_forward(x, gamma, beta, double eps, int n_threads):
     n_threads = threads_for_values(N * C * HW, n_threads)
     with nogil:
         if single:
-            _train_forward(<const float*>px, <float*>py, <const float*>pgamma,
-                           <const float*>pbeta, eps, mean, var, N, C, HW, n_threads)
+            _run(TRAIN, <const float*>px, NULL, <float*>py, <const float*>pgamma,
+                 <const float*>pbeta, mean, var, NULL, NULL, eps, N, C, HW, n_threads)
         else:
-            _train_forward(<const double*>px, <double*>py, <const double*>pgamma,
-                           <const double*>pbeta, eps, mean, var, N, C, HW, n_threads)
+            _run(TRAIN, <const double*>px, NULL, <double*>py, <const double*>pgamma,
+                 <const double*>pbeta, mean, var, NULL, NULL, eps, N, C, HW, n_threads)
     return y_arr, mean_arr, var_arr
 
 
@@ -1253,8 +1225,8 @@ def batch_norm_eval_forward(x, gamma, beta, mean, var, double eps, int n_threads
     cdef char* px = _data(x, single, 4, op, "x")
     cdef char* pgamma = _data(gamma, single, 1, op, "gamma")
     cdef char* pbeta = _data(beta, single, 1, op, "beta")
-    cdef const double* pmean = <double*>_data(mean, False, 1, op, "mean")
-    cdef const double* pvar = <double*>_data(var, False, 1, op, "var")
+    cdef double* pmean = <double*>_data(mean, False, 1, op, "mean")     # read only
+    cdef double* pvar = <double*>_data(var, False, 1, op, "var")
     cdef cnp.npy_intp* shape = cnp.PyArray_DIMS(<cnp.ndarray>x)
     cdef Py_ssize_t N = shape[0], C = shape[1], HW = shape[2] * shape[3]
     if not (N * C * HW > 0 and _len(gamma) == C and _len(beta) == C and _len(mean) == C
@@ -1266,11 +1238,11 @@ def batch_norm_eval_forward(x, gamma, beta, mean, var, double eps, int n_threads
     n_threads = threads_for_values(N * C * HW, n_threads)
     with nogil:
         if single:
-            _eval_forward(<const float*>px, <float*>py, <const float*>pgamma,
-                          <const float*>pbeta, pmean, pvar, eps, N, C, HW, n_threads)
+            _run(EVAL, <const float*>px, NULL, <float*>py, <const float*>pgamma,
+                 <const float*>pbeta, pmean, pvar, NULL, NULL, eps, N, C, HW, n_threads)
         else:
-            _eval_forward(<const double*>px, <double*>py, <const double*>pgamma,
-                          <const double*>pbeta, pmean, pvar, eps, N, C, HW, n_threads)
+            _run(EVAL, <const double*>px, NULL, <double*>py, <const double*>pgamma,
+                 <const double*>pbeta, pmean, pvar, NULL, NULL, eps, N, C, HW, n_threads)
     return y_arr
 
 
@@ -1298,8 +1270,8 @@ def batch_norm_backward(dy, x, gamma, double eps, int n_threads, mean=None, var=
     cdef char* px = _data(x, single, 4, op, "x")
     cdef char* pdy = _data(dy, single, 4, op, "dy")
     cdef char* pgamma = _data(gamma, single, 1, op, "gamma")
-    cdef const double* pmean = NULL
-    cdef const double* pvar = NULL
+    cdef double* pmean = NULL       # read only
+    cdef double* pvar = NULL
     cdef cnp.npy_intp* shape = cnp.PyArray_DIMS(<cnp.ndarray>x)
     cdef cnp.npy_intp* dy_shape = cnp.PyArray_DIMS(<cnp.ndarray>dy)
     cdef Py_ssize_t N = shape[0], C = shape[1], HW = shape[2] * shape[3]
@@ -1321,12 +1293,13 @@ def batch_norm_backward(dy, x, gamma, double eps, int n_threads, mean=None, var=
     n_threads = threads_for_values(N * C * HW, n_threads)
     with nogil:
         if single:
-            _backward(<const float*>pdy, <const float*>px, <float*>pdx, <const float*>pgamma,
-                      eps, pmean, pvar, <float*>pdgamma, <float*>pdbeta, N, C, HW, n_threads)
+            _run(BACKWARD, <const float*>px, <const float*>pdy, <float*>pdx,
+                 <const float*>pgamma, NULL, pmean, pvar, <float*>pdgamma, <float*>pdbeta, eps,
+                 N, C, HW, n_threads)
         else:
-            _backward(<const double*>pdy, <const double*>px, <double*>pdx,
-                      <const double*>pgamma, eps, pmean, pvar, <double*>pdgamma,
-                      <double*>pdbeta, N, C, HW, n_threads)
+            _run(BACKWARD, <const double*>px, <const double*>pdy, <double*>pdx,
+                 <const double*>pgamma, NULL, pmean, pvar, <double*>pdgamma, <double*>pdbeta,
+                 eps, N, C, HW, n_threads)
     return dx_arr, dgamma_arr, dbeta_arr
 
 
