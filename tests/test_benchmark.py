@@ -400,9 +400,9 @@ def test_targets_have_stable_keys_and_one_record_per_thread_count():
                           "detail"}
         assert r["status"] in (targets.MET, targets.NOT_MET, targets.NOT_MEASURED)
         assert set(r["value"]) == set(r["threshold"])
-    per_thread = [t.id for t in targets.TARGETS if t.scaling is None]
-    scaling = [t.id for t in targets.TARGETS if t.scaling is not None]
-    assert len(recs) == 2 * len(per_thread) + len(scaling)
+    per_thread = [t.id for t in targets.TARGETS if t.scaling is None and not t.probed]
+    once = [t.id for t in targets.TARGETS if t.scaling is not None or t.probed]
+    assert len(recs) == 2 * len(per_thread) + len(once)     # no memory probes: one record
     assert {r["threads"] for r in recs if r["id"] == "conv_fwd"} == {1, 2}
     json.dumps(recs, allow_nan=False)
 
@@ -612,3 +612,36 @@ def test_quick_run_has_targets_and_report_option(tiny_json, capsys):
     assert status == 0 and "== targets (issue 6)" in out and "== conv2d forward ==" in out
     assert "QUICK RUN" in out
     assert cli.main(["--report", str(path.parent / "absent.json")]) == 2
+
+
+def _memory_doc(workspace_mb, threads=2, skip=()):
+    """synthetic_doc plus fresh-process memory probes of every conv layer's auto algorithm;
+    ``workspace_mb(case, direction)`` gives the scratch memory measured."""
+    from fastconv.benchmark import shapes
+    from fastconv.functional import choose_conv_algo
+    doc = synthetic_doc(threads=(1, threads))
+    doc["memory"] = [
+        {"case": name, "direction": d, "threads": threads, "status": "ok",
+         "impl": "fast:" + choose_conv_algo((N, C, H, W), (K, C, R, S), stride, pad),
+         "workspace_mb": workspace_mb(name, d)}
+        for name, N, C, H, W, K, R, S, stride, pad in shapes.CONV for d in ("fwd", "bwd")
+        if name not in skip]
+    return doc
+
+
+def test_memory_targets_compare_the_workspace_with_threads_times_one_image_columns():
+    from fastconv.benchmark import targets
+    # resnet20_s3 (64 channels, 3x3, 8x8 output): one image's columns are 64*9 x 64 floats
+    # = 0.140625 MB, so the bound at 2 threads is 0.28125 MB.
+    small = {"fwd": 0.28125 / 2, "bwd": 0.28125 * 4}
+    recs = targets.evaluate(_memory_doc(
+        lambda case, d: small[d] if case == "resnet20_s3" else 0.0))
+    fwd, bwd = _target(recs, "memory_conv_fwd"), _target(recs, "memory_conv_bwd")
+    assert fwd["threads"] == bwd["threads"] == 2            # only where the probes ran
+    assert fwd["status"] == "met" and fwd["value"]["headroom"] == pytest.approx(2.0)
+    assert "resnet20_s3" in fwd["detail"]
+    assert bwd["status"] == "NOT met" and bwd["value"]["headroom"] == pytest.approx(0.25)
+    # a layer without its probe: not measured (a bound over part of the suite is not it)
+    recs = targets.evaluate(_memory_doc(lambda case, d: 0.0, skip=("vgg_c3",)))
+    rec = _target(recs, "memory_conv_fwd")
+    assert rec["status"] == "not measured" and "vgg_c3" in rec["detail"]

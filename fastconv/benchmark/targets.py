@@ -67,7 +67,21 @@ class Figures:
         self.models = {(m.get("model"), m.get("impl"), m.get("threads")): m
                        for m in doc.get("models") or []}
         self.sgemm = {s.get("threads"): s.get("gflops") for s in doc.get("sgemm") or []}
+        self.memory = {(m.get("case"), m.get("direction"), m.get("impl"), m.get("threads")): m
+                       for m in doc.get("memory") or []}
         self.missing = []
+
+    def memory_threads(self):
+        """The thread counts of the memory probes (the run's largest, see runner.memory_jobs)."""
+        return sorted({k[-1] for k in self.memory if isinstance(k[-1], int)})
+
+    def memory_record(self, case, direction, impl, threads):
+        rec = self.memory.get((case, direction, impl, threads))
+        if rec is None or rec.get("status") != "ok" or rec.get("workspace_mb") is None:
+            status = "not run" if rec is None else rec.get("status", "no figure")
+            self.missing.append(f"memory:{direction}:{case}:{impl} ({status})")
+            return None
+        return rec
 
     def _median(self, rec, what):
         if rec is None:
@@ -210,6 +224,44 @@ def measure_sgemm_share(case):
     return measure
 
 
+_PAGE_MB = 4096 / 2**20       # a workspace this small is allocator noise, not scratch
+
+
+def measure_memory(direction):
+    """Conv ``direction`` ("fwd" or "bwd") scratch memory against issue 6's bound: "conv
+    workspace never more than threads x one image's columns".
+
+    From the fresh-process probes in ``doc["memory"]`` (``workspace_mb`` = peak extra
+    memory of one call minus its outputs; see memory.py), which run at the run's largest
+    thread count only. For every conv layer of the suite, with the algorithm
+    ``algo="auto"`` picks for it: ``headroom = threads x one image's columns (C*R*S x P*Q
+    values of the layer's dtype) / workspace``; ``min`` = the smallest headroom (>= 1:
+    every layer within the bound).
+    """
+    def measure(fig, threads):
+        from ..functional import choose_conv_algo
+        from .shapes import conv_out
+        found = {}                                  # case -> (headroom, workspace, bound)
+        for name, N, C, H, W, K, R, S, stride, pad in shapes.CONV:
+            algo = choose_conv_algo((N, C, H, W), (K, C, R, S), stride, pad)
+            rec = fig.memory_record(name, direction, f"fast:{algo}", threads)
+            if rec is None:
+                continue
+            P, Q = conv_out(H, W, R, S, stride, pad)
+            bound = threads * C * R * S * P * Q * 4 / 2**20
+            found[name] = (bound / max(rec["workspace_mb"], _PAGE_MB), rec["workspace_mb"],
+                           bound)
+        if not found:
+            return None, ""
+        worst = min(found, key=lambda case: found[case][0])
+        headroom, workspace, bound = found[worst]
+        detail = f"worst: {worst} {workspace:.2f} MB for a bound of {bound:.2f} MB"
+        if len(found) < len(CONV_CASES):
+            return None, f"partial, {len(found)} of {len(CONV_CASES)} layers: {detail}"
+        return {"headroom": headroom}, detail
+    return measure
+
+
 def scaling_time(kind, name):
     """The function giving the median scaled by a scaling target: the fastconv training
     step of model ``name`` (kind "model") or the default impl of conv forward layer
@@ -244,6 +296,7 @@ class Target:
     measures: tuple
     measure: object = None
     scaling: object = None
+    probed: bool = False     # evaluated only at the memory probes' thread count
 
 
 def _x(name, label, threshold):
@@ -279,6 +332,12 @@ TARGETS = (
     Target("sgemm_nin_1x1", "nin_1x1 conv forward at >= 70% of the sgemm rate (same run, "
            "same threads)", (Measure("share", "of sgemm", 0.70, "%"),),
            measure_sgemm_share("nin_1x1")),
+    Target("memory_conv_fwd", "conv forward scratch memory within threads x one image's "
+           "columns (algo='auto', fresh-process probe): headroom = bound / workspace >= 1",
+           (_x("headroom", "headroom", 1.0),), measure_memory("fwd"), probed=True),
+    Target("memory_conv_bwd", "conv backward scratch memory within threads x one image's "
+           "columns (algo='auto', fresh-process probe): headroom = bound / workspace >= 1",
+           (_x("headroom", "headroom", 1.0),), measure_memory("bwd"), probed=True),
     Target("scale_resnet20_train", f"ResNet-20 training step: {SCALING_THREADS} threads "
            ">= 10x faster than 1 thread", (_x("speedup", "vs 1 thread", 10.0),),
            scaling=scaling_time("model", "resnet20")),
@@ -338,7 +397,14 @@ def evaluate(doc):
             fig.missing = []
             out.append(_evaluate_scaling(target, fig, all_threads))
             continue
-        for threads in all_threads:
+        thread_counts = all_threads
+        if target.probed:
+            thread_counts = fig.memory_threads()
+            if not thread_counts:
+                out.append(_record(target, None, None, "no memory probes in this run "
+                                   "(--no-memory, --filter, or not Linux)"))
+                continue
+        for threads in thread_counts:
             fig.missing = []
             try:
                 values, detail = target.measure(fig, threads)
