@@ -25,10 +25,11 @@ if "OMP_WAIT_POLICY" not in os.environ:
 from ._backend import get_backend, set_backend, use_backend  # noqa: E402
 from ._threads import get_num_threads, num_threads, set_num_threads  # noqa: E402
 from ._info import info  # noqa: E402
+from ._malloc import keep_freed_memory  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402
 from .summary import summary  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["get_backend", "set_backend", "use_backend", "get_num_threads", "set_num_threads",
-           "num_threads", "info", "summary", "gradcheck", "__version__"]
+           "num_threads", "info", "summary", "gradcheck", "keep_freed_memory", "__version__"]

@@ -7,7 +7,8 @@ import numpy as np
 from . import _threads
 from ._backend import get_backend
 
-KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "pool", "batchnorm", "activation")
+KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "pool", "batchnorm", "activation",
+                  "linear")
 
 
 def _build_config():

@@ -110,13 +110,6 @@ def blas_single_thread():
     return _one_thread(_blas_controllers()[0])
 
 
-def numpy_blas_single_thread():
-    """Context manager: NumPy's BLAS on one thread, for products too small to share (see
-    nn.Linear): a multi-threaded BLAS call leaves its worker threads spinning for a while
-    afterwards, on the cores the kernels' OpenMP threads need next."""
-    return _one_thread(_blas_controllers()[1])
-
-
 def blas_info():
     """A list of dicts describing the BLAS libraries loaded (threadpoolctl's view)."""
     return [

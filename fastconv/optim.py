@@ -125,7 +125,10 @@ class SGD(Optimizer):
                 v[...] = g                          # PyTorch starts the buffer at g, not 0
             else:
                 v *= self.momentum
-                v += (1 - self.dampening) * g
+                if self.dampening:
+                    v += (1 - self.dampening) * g
+                else:                               # the same bits, without a temporary
+                    v += g
             g = g + self.momentum * v if self.nesterov else v
         p.data -= p.data.dtype.type(self.lr) * g
 

@@ -22,6 +22,8 @@ import sys
 
 import numpy as np
 
+from ._malloc import keep_freed_memory
+
 __all__ = ["Schedule", "ConstantLR", "StepLR", "CosineLR", "CosineWarmRestarts", "OneCycleLR",
            "make_schedule", "SCHEDULES", "lr_find", "LRFinderResult"]
 
@@ -220,6 +222,7 @@ def lr_find(model, loader, optimizer, loss_fn=None, start_lr=1e-7, end_lr=10.0, 
     if loss_fn is None:
         from .nn import CrossEntropyLoss
         loss_fn = CrossEntropyLoss()
+    keep_freed_memory()     # as fit: each step reuses the memory the last one freed
     saved_model, saved_opt = model.state_dict(), optimizer.state_dict()
     ratio = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
     lrs, losses, smoothed = [], [], []

@@ -10,7 +10,8 @@ Every (n, c) plane is independent, so ``prange`` runs over the N*C planes
 (``schedule="static"``): each output value is computed by one thread in a fixed order,
 and the results are bitwise identical for any number of threads.
 
-Forward (max and avg) is separable, one output row p at a time:
+Forward (max and avg) is separable, one output row p at a time (2x2 stride 2 unpadded
+max pooling has its own one-pass loop, _max_rows_2x2, with the same folds):
 
 1. vertical pass: ``v[iw] = reduce over the window's rows ih of x[ih, iw]`` for all W
    columns; a contiguous, vectorised loop over iw (the window's rows are clipped to the
@@ -62,6 +63,10 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 from _common cimport imax, imin, out_size, threads_for_values
+
+
+cdef enum:
+    _ROW_PAIRS = 32     # row pairs per work unit of the 2x2 kernels (any split: same bits)
 
 
 # The argmax of a max-pooling window is kept as a flat index into its plane, in an integer
@@ -440,6 +445,33 @@ cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
         memset(dxp + (H - 1) * W, 0, W * sizeof(floating))
 
 
+cdef void _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py_ssize_t W,
+                       Py_ssize_t Q) noexcept nogil:
+    """(pool.max) for the 2x2, stride 2, unpadded window, one pass: output row j (Q values)
+    from input rows 2j and 2j + 1, for n_pairs row pairs. The same folds as _max_plane
+    (vertical pairs first, then the two columns), so the same bits, zeros' signs included.
+    Called on one plane, or, when H is even, on a run of whole planes at once: their rows
+    are contiguous and no pair straddles two planes, so the per-plane set-up (row buffer,
+    plane indices) disappears, which cost more than the work on 10 x 10 planes."""
+    cdef Py_ssize_t j, q
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef floating* yr
+    cdef floating a, b, c, d
+    for j in range(n_pairs):
+        r0 = xp + 2 * j * W
+        r1 = r0 + W
+        yr = yp + j * Q
+        for q in range(Q):
+            a = r0[2 * q]
+            c = r1[2 * q]
+            a = c if c > a else a
+            b = r0[2 * q + 1]
+            d = r1[2 * q + 1]
+            b = d if d > b else b
+            yr[q] = b if b > a else a
+
+
 def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padding,
                        int n_threads):
     """Max pooling, notes eq. (pool.max); padding acts as -inf, as in PyTorch.
@@ -462,11 +494,30 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
                                                   stride, padding)
     dtype = np.float32 if floating is float else np.float64
     y_arr = np.empty((N, C, P, Q), dtype=dtype)
-    # One row buffer per thread (indexed by threadid()); which thread uses which buffer
-    # does not change any result.
     n_threads = threads_for_values(N * C * H * W, n_threads)
-    buf_arr = np.empty((n_threads, W + 2 * pw), dtype=dtype)
     cdef floating[:, :, :, ::1] y = y_arr
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    cdef floating* y0 = &y[0, 0, 0, 0]
+    cdef Py_ssize_t n_pairs = N * C * P, blk
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
+        # 2x2 stride 2: one pass, no buffer; with even H, blocks of _ROW_PAIRS row pairs
+        # over all planes (_max_rows_2x2). 1 thread, float32, interleaved medians against
+        # the separable path: LeNet-5's pool2 (64 x 16 x 10 x 10) 68 -> 34 us, pool1
+        # (64 x 6 x 28 x 28) 55 -> 40 us.
+        with nogil:
+            if H % 2 == 0:
+                for blk in prange((n_pairs + _ROW_PAIRS - 1) // _ROW_PAIRS, schedule="static",
+                                  num_threads=n_threads):
+                    _max_rows_2x2(x0 + 2 * blk * _ROW_PAIRS * W, y0 + blk * _ROW_PAIRS * Q,
+                                  imin(_ROW_PAIRS, n_pairs - blk * _ROW_PAIRS), W, Q)
+            else:
+                for nc in prange(N * C, schedule="static", num_threads=n_threads):
+                    _max_rows_2x2(x0 + nc * H * W, y0 + nc * P * Q, P, W, Q)
+        return y_arr
+    # One row buffer per thread (indexed by threadid()); which thread uses which buffer
+    # does not change any result. Rows padded to whole 64-byte lines and one more, so two
+    # threads never write to one cache line (as in max_pool2d_backward).
+    buf_arr = np.empty((n_threads, (W + 2 * pw) // 16 * 16 + 32), dtype=dtype)
     cdef floating[:, ::1] buf = buf_arr
     with nogil:
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
@@ -507,30 +558,53 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     dtype = np.float32 if floating is float else np.float64
     dx_arr = np.empty((N, C, H, W), dtype=dtype)
     n_threads = threads_for_values(N * C * H * W, n_threads)
+    cdef floating[:, :, :, ::1] dx = dx_arr
+    # planes are contiguous: plane nc starts at nc*H*W (no nc // C, nc % C divisions)
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    cdef const floating* dy0 = &dy[0, 0, 0, 0]
+    cdef floating* dx0 = &dx[0, 0, 0, 0]
+    cdef Py_ssize_t n_pairs = N * C * P, blk, np0
+    if tile2x2:
+        # No scratch at all: the dozen NumPy calls that set up the buffers below cost
+        # more than this kernel on small layers. With even H the planes are one tall plane
+        # of N*C*P row pairs (no pair straddles two planes), cut into blocks of _ROW_PAIRS.
+        # 1 thread, float32, interleaved medians against the previous version: LeNet-5's
+        # pool2 (64 x 16 x 10 x 10) 73 -> 55 us, pool1 (64 x 6 x 28 x 28) 101 -> 86 us.
+        with nogil:
+            if H % 2 == 0:
+                for blk in prange((n_pairs + _ROW_PAIRS - 1) // _ROW_PAIRS, schedule="static",
+                                  num_threads=n_threads):
+                    np0 = imin(_ROW_PAIRS, n_pairs - blk * _ROW_PAIRS)
+                    _max_plane_backward_2x2(dy0 + blk * _ROW_PAIRS * Q,
+                                            x0 + 2 * blk * _ROW_PAIRS * W,
+                                            dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W, np0, Q)
+            else:
+                for nc in prange(N * C, schedule="static", num_threads=n_threads):
+                    _max_plane_backward_2x2(dy0 + nc * P * Q, x0 + nc * H * W,
+                                            dx0 + nc * H * W, H, W, P, Q)
+        return dx_arr
     # Per thread, for _max_plane_backward: the split row (sw phases of L values; -inf where
     # no real column lands, and _split_row never writes there), the horizontal maxima and
     # argmaxes (H*Q each), a scratch row best (Q) and the windows' argmaxes widx (P*Q).
     # Separate arrays: before it enters a vectorised loop, gcc checks at run time that they
-    # do not overlap. (The 2x2 path needs none: n = 0.)
+    # do not overlap.
     cdef Py_ssize_t L = (W + 2 * pw + sw - 1) // sw + 1
-    cdef Py_ssize_t n = 0 if tile2x2 else 1
     itype = np.int32 if floating is float else np.int64
     # Each thread's row leaves at least 16 unused values (>= 64 bytes) before the next
     # thread's, so two threads never write to the same cache line (that false sharing made
     # float64 nin_max3s2 on 2 threads 6.7 ms instead of 4.4).
     pad = lambda size: (size // 16 + 2) * 16
-    buf_arr = np.full((n_threads, pad(n * sw * L)), -np.inf, dtype=dtype)
-    hbest_arr = np.empty((n_threads, pad(n * H * Q)), dtype=dtype)
-    best_arr = np.empty((n_threads, pad(n * Q)), dtype=dtype)
-    hidx_arr = np.empty((n_threads, pad(n * H * Q)), dtype=itype)
-    idx_arr = np.empty((n_threads, pad(n * P * Q)), dtype=itype)
+    buf_arr = np.full((n_threads, pad(sw * L)), -np.inf, dtype=dtype)
+    hbest_arr = np.empty((n_threads, pad(H * Q)), dtype=dtype)
+    best_arr = np.empty((n_threads, pad(Q)), dtype=dtype)
+    hidx_arr = np.empty((n_threads, pad(H * Q)), dtype=itype)
+    idx_arr = np.empty((n_threads, pad(P * Q)), dtype=itype)
     # _split_row's range of j for each column phase t (the same for every row)
     t_arr = np.arange(sw)
     lo_arr = np.maximum(0, -((t_arr - pw) // sw))            # first j: j*sw + t - pw >= 0
     hi_arr = np.minimum(L, np.maximum(lo_arr, (W - 1 - t_arr + pw) // sw + 1))  # ... < W
     bounds_arr = np.ascontiguousarray(np.stack([lo_arr, hi_arr], axis=1).ravel(), dtype=np.intp)
     cdef const Py_ssize_t[::1] bounds = bounds_arr
-    cdef floating[:, :, :, ::1] dx = dx_arr
     cdef floating[:, ::1] buf = buf_arr
     cdef floating[:, ::1] hbest = hbest_arr
     cdef floating[:, ::1] best = best_arr
@@ -540,17 +614,10 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
         hidx32, idx32 = hidx_arr, idx_arr
     else:
         hidx64, idx64 = hidx_arr, idx_arr
-    # planes are contiguous: plane nc starts at nc*H*W (no nc // C, nc % C divisions)
-    cdef const floating* x0 = &x[0, 0, 0, 0]
-    cdef const floating* dy0 = &dy[0, 0, 0, 0]
-    cdef floating* dx0 = &dx[0, 0, 0, 0]
     cdef int t
     with nogil:
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
-            if tile2x2:
-                _max_plane_backward_2x2(dy0 + nc * P * Q, x0 + nc * H * W, dx0 + nc * H * W,
-                                        H, W, P, Q)
-            elif floating is float:
+            if floating is float:
                 t = threadid()
                 _max_plane_backward(dy0 + nc * P * Q, x0 + nc * H * W, dx0 + nc * H * W,
                                     &buf[t, 0], &hbest[t, 0], &hidx32[t, 0], &best[t, 0],

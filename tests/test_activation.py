@@ -68,3 +68,51 @@ def test_kernel_called_directly_rejects_mismatched_lengths():
     from fastconv._backend import load_kernels
     with pytest.raises(ValueError, match="relu_backward"):
         load_kernels("activation").relu_backward(np.ones(3), np.ones(4), 1)
+
+
+# --------------------------------------------------------------------------- forward (relu.fwd)
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_forward_fast_matches_reference(shape, inplace, dtype, rng, n_threads):
+    x = rng.standard_normal(shape).astype(dtype)
+    want = F.relu(x, backend="reference")
+    xc = x.copy()
+    got = F.relu(xc, inplace=inplace, backend="fast")
+    assert got.dtype == dtype and got.shape == shape
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, np.maximum(x, 0))
+    assert (got is xc) == inplace
+    if not inplace:
+        np.testing.assert_array_equal(xc, x)                        # x untouched
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_semantics_by_hand(backend):
+    """max(x, 0); NaN stays NaN and inf stays inf, as np.maximum and PyTorch."""
+    x = np.array([2.0, 0.0, -1.0, np.nan, -np.inf, np.inf, -0.0], np.float32)
+    np.testing.assert_array_equal(F.relu(x, backend=backend),
+                                  np.array([2.0, 0, 0, np.nan, 0, np.inf, 0], np.float32))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_strided_and_readonly(backend, rng):
+    x = rng.standard_normal((8, 6)).T                               # Fortran order
+    x0 = x.copy()
+    np.testing.assert_array_equal(F.relu(x, backend=backend), np.maximum(x0, 0))
+    np.testing.assert_array_equal(x, x0)
+    assert F.relu(x, inplace=True, backend=backend) is x           # copied back in place
+    np.testing.assert_array_equal(x, np.maximum(x0, 0))
+    r = x0.copy()
+    r.flags.writeable = False
+    np.testing.assert_array_equal(F.relu(r, backend=backend), np.maximum(x0, 0))
+    with pytest.raises(ValueError, match="relu: inplace=True needs a writeable x"):
+        F.relu(r, inplace=True, backend=backend)
+    with pytest.raises(TypeError, match="relu: x must be float32 or float64"):
+        F.relu(np.ones(3, np.int32), backend=backend)
+
+
+def test_forward_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    np.testing.assert_array_equal(F.relu(x, backend="fast"), torch.relu(torch.tensor(x)).numpy())

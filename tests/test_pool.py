@@ -411,3 +411,17 @@ def test_matches_torch(case, rng):
     yt.backward(torch.tensor(dy))
     assert_close(F.max_pool2d(x, k, s, p, backend="fast"), yt.detach().numpy())
     assert_close(F.max_pool2d_backward(dy, x, k, s, p, backend="fast"), xt.grad.numpy())
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 10, 10), (2, 3, 9, 7), (2, 2, 8, 5), (1, 1, 2, 2),
+                                   (5, 7, 6, 6), (2, 40, 12, 9)], ids=str)
+def test_max_2x2_one_pass_paths_match_reference(shape, dtype, rng, n_threads):
+    """The 2x2 stride-2 kernels: even H runs all planes as one run of row pairs, odd H and
+    odd W leave the last row / column out of every window (dx = 0 there)."""
+    x = rng.standard_normal(shape).astype(dtype)
+    x[0, 0, 0, :2] = 1.5                                             # a tie in a window
+    y = F.max_pool2d(x, 2, backend="fast")
+    np.testing.assert_array_equal(y, F.max_pool2d(x, 2, backend="reference"))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(F.max_pool2d_backward(dy, x, 2, backend="fast"),
+                                  F.max_pool2d_backward(dy, x, 2, backend="reference"))

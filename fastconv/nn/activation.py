@@ -23,7 +23,7 @@ class ReLU(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = y = np.maximum(x, 0, out=x if self.inplace else None)
+        self._y = y = F.relu(x, inplace=self.inplace)
         return y
 
     def backward(self, dy):

@@ -1,31 +1,17 @@
 """Linear (fully connected) and Identity layers."""
-import contextlib
-
 import numpy as np
 
-from .. import _threads
+from .. import functional as F
 from . import init
 from .module import Module, Parameter
-
-# Products of fewer multiply-adds than this run NumPy's BLAS on one thread: splitting them
-# gains little, and a multi-threaded BLAS call leaves worker threads spinning on the cores
-# the next layer's OpenMP threads need. LeNet-5's fc1 (64 x 400 x 120 = 3.1M) is below it:
-# its training step on 2 threads went from 5.4 to 4.6 ms (medians, one session).
-SINGLE_THREAD_MACS = 1 << 23
-
-
-def _blas_threads(macs):
-    """The context for one product: NumPy's BLAS on one thread when it is small."""
-    if macs < SINGLE_THREAD_MACS:
-        return _threads.numpy_blas_single_thread()
-    return contextlib.nullcontext()
 
 
 class Linear(Module):
     r"""Fully connected layer, as PyTorch's ``nn.Linear``: ``y = x @ weight.T + bias``.
 
-    One matrix product (BLAS) forward and two backward:
-    ``dx = dy @ weight``, ``dweight = dy.T @ x``, ``dbias = sum_n dy``.
+    One matrix product forward and two backward (:func:`fastconv.functional.linear`,
+    which shares them among the threads): ``dx = dy @ weight``, ``dweight = dy.T @ x``,
+    ``dbias = sum_n dy``.
 
     Parameters
     ----------
@@ -67,24 +53,22 @@ class Linear(Module):
         if x.dtype != self.weight.data.dtype:
             raise TypeError(f"Linear: x has dtype {x.dtype} but the layer is "
                             f"{self.weight.data.dtype} (convert x, or the model with .to())")
-        self._x = x
-        with _blas_threads(self.weight.data.size * x.shape[0]):
-            y = x @ self.weight.data.T   # weight.T is a view: BLAS reads it transposed, no copy
-        if self.bias is not None:
-            y += self.bias.data           # y is ours: add in place
-        return y
+        self._x = x = np.ascontiguousarray(x)     # once here, not again in backward
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
     def backward(self, dy):
-        self.backward_params(dy)
-        with _blas_threads(self.weight.data.size * dy.shape[0]):
-            return dy @ self.weight.data
+        return self._backward(dy, need_dx=True)
 
     def backward_params(self, dy):
         """dweight and dbias only (no dx): see Module.backward_params."""
-        with _blas_threads(self.weight.data.size * dy.shape[0]):
-            self.weight.grad += dy.T @ self._x
+        self._backward(dy, need_dx=False)
+
+    def _backward(self, dy, need_dx):
+        dx, dw, db = F.linear_backward(dy, self._x, self.weight.data, need_dx=need_dx)
+        self.weight.grad += dw
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+            self.bias.grad += db
+        return dx
 
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}"

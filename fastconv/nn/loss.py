@@ -47,7 +47,7 @@ class CrossEntropyLoss(_Loss):
         if logits.ndim != 2:
             raise ValueError(f"CrossEntropyLoss: logits must be (N, classes), got {logits.shape}")
         N, K = logits.shape
-        if labels.shape != (N,) or not np.issubdtype(labels.dtype, np.integer):
+        if labels.shape != (N,) or labels.dtype.kind not in "iu":    # signed or unsigned ints
             raise ValueError(f"CrossEntropyLoss: labels must be ({N},) integers, got shape "
                              f"{labels.shape} dtype {labels.dtype}")
         if N and (labels.min() < 0 or labels.max() >= K):

@@ -81,7 +81,10 @@ class Module:
         for name, value in vars(self).items():
             if isinstance(value, Module):
                 yield name, value
-            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
+            # (value[0] first: the tuples of ints of every layer, e.g. kernel_size, stop
+            # there without a generator; zero_grad walks the model every training step)
+            elif (isinstance(value, (list, tuple)) and value and isinstance(value[0], Module)
+                  and all(isinstance(v, Module) for v in value)):
                 for i, v in enumerate(value):
                     yield f"{name}.{i}", v
 
@@ -100,7 +103,16 @@ class Module:
             yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
 
     def parameters(self):
-        return [p for _, p in self.named_parameters()]
+        return list(self._parameters())
+
+    def _parameters(self):
+        """The Parameters of parameters(), in the same order, without building their dotted
+        names (the f-strings cost most of a walk; zero_grad walks every training step)."""
+        for value in vars(self).values():
+            if isinstance(value, Parameter):
+                yield value
+        for _, child in self.children():
+            yield from child._parameters()
 
     def modules(self):
         """This module and every descendant, depth first."""
@@ -127,8 +139,8 @@ class Module:
             yield from child.named_buffers(f"{prefix}.{name}" if prefix else name)
 
     def zero_grad(self):
-        for p in self.parameters():
-            p.grad[...] = 0
+        for p in self._parameters():
+            p.grad.fill(0)
 
     def train(self, mode=True):
         """Set training mode (BN uses batch statistics, Dropout drops) here and in every child."""

@@ -1,9 +1,21 @@
-"""ReLU's backward pass in NumPy: the readable twin of ``fastconv._ext.activation``.
+"""ReLU, forward and backward, in NumPy: the readable twin of ``fastconv._ext.activation``.
 
+(relu.fwd)  y = max(x, 0)   (NaN stays NaN, as PyTorch and np.maximum; -0 gives +0)
 (relu.bwd)  dx = dy where y > 0, else 0,   y = max(x, 0)
             (the gradient at 0 is taken as 0, and dx is 0 there even where dy is NaN, as PyTorch)
 """
 import numpy as np
+
+
+def relu_forward(x, out, n_threads=None):
+    """ReLU, eq. (relu.fwd): out = max(x, 0), written into ``out`` (which may be x).
+
+    x, out : ndarray (n,), one float dtype; n_threads : ignored  ->  None (out is written).
+    """
+    if out.shape != x.shape:
+        raise ValueError(f"relu_forward: x has {x.shape[0]} values but out has {out.shape[0]}")
+    # "not x <= 0" rather than "x > 0": NaN is kept, as np.maximum and PyTorch keep it
+    np.copyto(out, np.where(x <= 0, x.dtype.type(0), x))
 
 
 def relu_backward(dy, y, n_threads=None):

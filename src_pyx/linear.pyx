@@ -1,0 +1,182 @@
+# cython: language_level=3
+"""Fully connected layer: Cython + OpenMP twin of ``fastconv.reference.linear``.
+
+(linear.fwd)  y[n, o] = b[o] + sum_i x[n, i] * w[o, i]          y = x @ w^T + b
+(linear.bwd)  dx = dy @ w,   dw = dy^T @ x,   db[o] = sum_n dy[n, o]
+
+Why a kernel for three matrix products that NumPy does in one line each: NumPy's BLAS runs
+them on one thread (nn.Linear keeps it there for small products, as a multi-threaded BLAS
+leaves its threads spinning on the cores the next layer's OpenMP threads need), so on
+2 cores LeNet-5's fully connected layers were a quarter of a training step that did not
+scale. Here the products are cut into fixed blocks that OpenMP threads share, each block
+one single-threaded GEMM (SciPy's BLAS, as the convolutions; call under
+``_threads.blas_single_thread()``, as fastconv.functional does):
+
+* forward: blocks of FWD_BLOCK rows of x (y's rows);
+* backward: blocks of BWD_BLOCK rows of dw (output features) with their db entries, and
+  blocks of BWD_BLOCK rows of dx, all in ONE parallel region (one wake-up of the threads).
+
+Every output value is computed by one GEMM call whose shape depends only on the shapes of
+the arrays, never on the thread count, so any thread count gives the same bits.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+
+from _blas cimport gemm_rm
+from _common cimport imin, threads_for
+
+
+cdef enum:
+    # Rows per work unit. Each GEMM call packs (copies) its operands again, so fewer,
+    # larger blocks are cheaper on one thread; LeNet-5's fc1 (64 x 400 -> 120, float32),
+    # medians, NumPy's one product -> blocks of 16 / 32 rows: forward 1 thread 90 -> 126 /
+    # 100 us, 2 threads 92 -> 71 / 69 us; backward 1 thread 145 -> 127 / 161 us,
+    # 2 threads 148 -> 77 / 98 us.
+    FWD_BLOCK = 32      # rows of y (forward)
+    BWD_BLOCK = 16      # rows of dw and of dx (backward)
+    # Products of fewer multiply-adds than this run on one thread. A second thread saves
+    # only 5-10 us on LeNet-5's fc2 (64 x 120 -> 84: 26 -> 21 us forward, 37 -> 28 us
+    # backward, float32), less than it costs to wake an OpenMP thread that went to sleep
+    # during the NumPy and Python work between layers (30-50 us on the 2-core VM, and
+    # ~170 us when another process holds the second core); fc1 (3.1M) gains 35 and 70 us.
+    GRAIN = 2097152
+
+
+def _check(name, cond, msg):
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
+cdef void _forward_block(const floating* x, const floating* w, const floating* b,
+                         bint has_bias, floating* y, Py_ssize_t n0, Py_ssize_t n1,
+                         Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+    """Rows n0 <= n < n1 of (linear.fwd): y = b, then y += x @ w^T (GEMM with beta = 1)."""
+    cdef Py_ssize_t n, o
+    cdef floating beta = 0
+    if has_bias:
+        beta = 1
+        for n in range(n0, n1):
+            for o in range(O):
+                y[n * O + o] = b[o]
+    gemm_rm(False, True, <int>(n1 - n0), <int>O, <int>I, 1, x + n0 * I, <int>I, w, <int>I,
+            beta, y + n0 * O, <int>O)
+
+
+def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_threads):
+    """Fully connected layer, notes eq. (linear.fwd): y = x @ w^T + b.
+
+    Parameters
+    ----------
+    x : ndarray (N, I), float32 or float64, C-contiguous (read-only is fine)
+    w : ndarray (O, I), same dtype
+    b : ndarray (O,) or None
+    n_threads : int
+        OpenMP threads (BLAS limited to one thread by the caller); the result does not
+        depend on it.
+
+    Returns
+    -------
+    y : ndarray (N, O), x's dtype.
+    """
+    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = w.shape[0], blk, nblk
+    _check("linear_forward", w.shape[1] == I, f"w has {w.shape[1]} inputs, x has {I}")
+    dtype = np.float32 if floating is float else np.float64
+    cdef bint has_bias = b is not None
+    b_arr = np.zeros(1, dtype=dtype) if b is None else np.asarray(b)
+    _check("linear_forward", not has_bias or b_arr.shape == (O,),
+           f"b must have shape ({O},), got {b_arr.shape}")
+    _check("linear_forward", max(N, I, O) < 2**31, "sizes overflow BLAS's 32-bit int")
+    cdef const floating[::1] bv = b_arr
+    y_arr = np.empty((N, O), dtype=dtype)
+    if N == 0 or O == 0:
+        return y_arr
+    if I == 0:                                   # an empty sum: y = b
+        y_arr[...] = b_arr if has_bias else 0
+        return y_arr
+    cdef floating[:, ::1] y = y_arr
+    # Below GRAIN one thread, whatever n_threads is, runs one GEMM over all the rows: the
+    # partition still depends on the shapes only (the same bits for any thread count).
+    cdef Py_ssize_t rows = N if N * I * O < GRAIN else FWD_BLOCK
+    nblk = (N + rows - 1) // rows
+    n_threads = threads_for(N * I * O, n_threads, GRAIN)
+    with nogil:
+        for blk in prange(nblk, schedule="static", num_threads=n_threads):
+            _forward_block(&x[0, 0], &w[0, 0], &bv[0], has_bias, &y[0, 0], blk * rows,
+                           imin((blk + 1) * rows, N), I, O)
+    return y_arr
+
+
+cdef void _dw_block(const floating* dy, const floating* x, floating* dw, floating* db,
+                    Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t N, Py_ssize_t I,
+                    Py_ssize_t O) noexcept nogil:
+    """Rows o0 <= o < o1 of dw = dy^T @ x (dy read transposed in place) and db[o0:o1], the
+    sum over n in order, (linear.bwd)."""
+    cdef Py_ssize_t n, o
+    gemm_rm(True, False, <int>(o1 - o0), <int>I, <int>N, 1, dy + o0, <int>O, x, <int>I, 0,
+            dw + o0 * I, <int>I)
+    for o in range(o0, o1):
+        db[o] = 0
+    for n in range(N):                           # contiguous runs of dy's row n
+        for o in range(o0, o1):
+            db[o] += dy[n * O + o]
+
+
+cdef void _dx_block(const floating* dy, const floating* w, floating* dx, Py_ssize_t n0,
+                    Py_ssize_t n1, Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+    """Rows n0 <= n < n1 of dx = dy @ w, (linear.bwd)."""
+    gemm_rm(False, False, <int>(n1 - n0), <int>I, <int>O, 1, dy + n0 * O, <int>O, w, <int>I,
+            0, dx + n0 * I, <int>I)
+
+
+def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
+                    const floating[:, ::1] w, int n_threads, bint need_dx=True):
+    """Gradients of :func:`linear_forward`, notes eq. (linear.bwd).
+
+    Parameters
+    ----------
+    dy : ndarray (N, O);  x : ndarray (N, I);  w : ndarray (O, I); one dtype, C-contiguous
+    n_threads : int (BLAS limited to one thread by the caller; the same bits for any value)
+    need_dx : bool
+        False skips dx (None is returned in its place): a network's first layer.
+
+    Returns
+    -------
+    dx : (N, I) or None, dw : (O, I), db : (O,), all of x's dtype.
+    """
+    cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = w.shape[0], task, n_dw, n_dx
+    _check("linear_backward", w.shape[1] == I, f"w has {w.shape[1]} inputs, x has {I}")
+    _check("linear_backward", dy.shape[0] == N and dy.shape[1] == O,
+           f"dy must have shape ({N}, {O}), got ({dy.shape[0]}, {dy.shape[1]})")
+    _check("linear_backward", max(N, I, O) < 2**31, "sizes overflow BLAS's 32-bit int")
+    dtype = np.float32 if floating is float else np.float64
+    # without need_dx, a one-element placeholder that is never read
+    dx_arr = np.empty((N if need_dx else 1, I if need_dx else 1), dtype=dtype)
+    dw_arr = np.empty((O, I), dtype=dtype)
+    db_arr = np.empty(O, dtype=dtype)
+    if N == 0 or I == 0 or O == 0:               # empty products: zeros
+        dx_arr[...] = 0
+        dw_arr[...] = 0
+        db_arr[...] = 0
+        return (dx_arr if need_dx else None), dw_arr, db_arr
+    cdef floating[:, ::1] dx = dx_arr
+    cdef floating[:, ::1] dw = dw_arr
+    cdef floating[::1] db = db_arr
+    cdef Py_ssize_t macs = N * I * O * (2 if need_dx else 1)
+    # below GRAIN: one thread, one GEMM per product (see linear_forward)
+    cdef Py_ssize_t dw_rows = O if macs < GRAIN else BWD_BLOCK
+    cdef Py_ssize_t dx_rows = N if macs < GRAIN else BWD_BLOCK
+    n_dw = (O + dw_rows - 1) // dw_rows
+    n_dx = (N + dx_rows - 1) // dx_rows if need_dx else 0
+    n_threads = threads_for(macs, n_threads, GRAIN)
+    with nogil:
+        # dw blocks first, then dx blocks; dynamic: the two kinds of tasks differ in cost
+        for task in prange(n_dw + n_dx, schedule="dynamic", num_threads=n_threads):
+            if task < n_dw:
+                _dw_block(&dy[0, 0], &x[0, 0], &dw[0, 0], &db[0], task * dw_rows,
+                          imin((task + 1) * dw_rows, O), N, I, O)
+            else:
+                _dx_block(&dy[0, 0], &w[0, 0], &dx[0, 0], (task - n_dw) * dx_rows,
+                          imin((task - n_dw + 1) * dx_rows, N), I, O)
+    return (dx_arr if need_dx else None), dw_arr, db_arr

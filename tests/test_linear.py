@@ -1,0 +1,102 @@
+"""Fully connected layer: fast kernel vs NumPy reference vs PyTorch, thread invariance, bad input.
+
+(linear.fwd) y = x @ w^T + b;  (linear.bwd) dx = dy @ w, dw = dy^T @ x, db = sum_n dy.
+"""
+import numpy as np
+import pytest
+
+import fastconv
+import fastconv.functional as F
+from helpers import assert_close
+
+# (N, in, out): LeNet-5's three layers, sizes around the kernels' blocks of 16 and 32 rows,
+# single rows and columns
+SHAPES = [(64, 400, 120), (64, 120, 84), (64, 84, 10), (1, 7, 3), (33, 5, 17), (17, 1, 1),
+          (50, 16, 33)]
+
+
+def _inputs(rng, dtype, N, I, O):
+    x = rng.standard_normal((N, I)).astype(dtype)
+    w = rng.standard_normal((O, I)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    dy = rng.standard_normal((N, O)).astype(dtype)
+    return x, w, b, dy
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_fast_matches_reference(shape, bias, dtype, rng, n_threads):
+    x, w, b, dy = _inputs(rng, dtype, *shape)
+    b = b if bias else None
+    y = F.linear(x, w, b, backend="fast")
+    assert y.dtype == dtype and y.shape == (shape[0], shape[2])
+    assert_close(y, F.linear(x, w, b, backend="reference"), dtype, reduction=shape[1])
+    got = F.linear_backward(dy, x, w, backend="fast")
+    want = F.linear_backward(dy, x, w, backend="reference")
+    for g, r, n in zip(got, want, (shape[2], shape[0], shape[0])):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert_close(g, r, dtype, reduction=n)
+    dx, dw, db = F.linear_backward(dy, x, w, backend="fast", need_dx=False)
+    assert dx is None
+    np.testing.assert_array_equal(dw, got[1])
+    np.testing.assert_array_equal(db, got[2])
+
+
+@pytest.mark.parametrize("shape", [(64, 400, 120), (50, 16, 33)], ids=str)
+def test_same_bits_for_any_thread_count(shape, rng):
+    x, w, b, dy = _inputs(rng, np.float32, *shape)
+    results = []
+    for n in (1, 2, 3):
+        with fastconv.num_threads(n):
+            results.append((F.linear(x, w, b),) + F.linear_backward(dy, x, w))
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            np.testing.assert_array_equal(a, c)
+
+
+def test_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x, w, b, dy = _inputs(rng, np.float64, 9, 13, 5)
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    yt = torch.nn.functional.linear(xt, wt, bt)
+    yt.backward(torch.tensor(dy))
+    assert_close(F.linear(x, w, b, backend="fast"), yt.detach().numpy(), np.float64)
+    for g, t in zip(F.linear_backward(dy, x, w, backend="fast"), (xt, wt, bt)):
+        assert_close(g, t.grad.numpy(), np.float64)
+
+
+def test_inputs_untouched_strided_and_readonly(rng):
+    x, w, b, dy = _inputs(rng, np.float32, 6, 8, 4)
+    xf = np.asfortranarray(x)
+    w.flags.writeable = False
+    copies = [a.copy() for a in (xf, w, b, dy)]
+    assert_close(F.linear(xf, w, b), F.linear(x, w, b, backend="reference"), np.float32)
+    F.linear_backward(dy, xf, w)
+    for a, c in zip((xf, w, b, dy), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_bad_input(backend):
+    x, w = np.ones((4, 3), np.float32), np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match="linear: w has 5 input features"):
+        F.linear(x, np.ones((2, 5), np.float32), backend=backend)
+    with pytest.raises(ValueError, match="linear: x must be 2-D"):
+        F.linear(np.ones((4, 3, 1), np.float32), w, backend=backend)
+    with pytest.raises(ValueError, match="linear: b must have shape"):
+        F.linear(x, w, np.ones(3, np.float32), backend=backend)
+    with pytest.raises(TypeError, match="linear: w has dtype float64"):
+        F.linear(x, w.astype(np.float64), backend=backend)
+    with pytest.raises(TypeError, match="linear: x must be float32 or float64"):
+        F.linear(x.astype(np.int64), w, backend=backend)
+    with pytest.raises(ValueError, match="linear_backward: dy must have the output's shape"):
+        F.linear_backward(np.ones((4, 3), np.float32), x, w, backend=backend)
+
+
+def test_kernel_called_directly_rejects_bad_shapes():
+    from fastconv._backend import load_kernels
+    k = load_kernels("linear")
+    with pytest.raises(ValueError, match="linear_forward"):
+        k.linear_forward(np.ones((2, 3)), np.ones((4, 5)), None, 1)
+    with pytest.raises(ValueError, match="linear_backward"):
+        k.linear_backward(np.ones((2, 3)), np.ones((2, 5)), np.ones((4, 5)), 1)
