@@ -158,15 +158,23 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
     return "im2col"
 
 
-def _conv_setup(op, x, w, stride, padding, algo, backend):
-    """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved choices."""
+def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs):
+    """x and w as float arrays of one dtype, ``ndim`` axes each, with as many ``inputs``
+    (input channels, input features) on axis 1 of both."""
     x = _as_float_array(op, "x", x)
     w = _as_float_array(op, "w", w, dtype=x.dtype)
-    _check_ndim(op, "x", x, (4,), "4-D (N, C, H, W)")
-    _check_ndim(op, "w", w, (4,), "4-D (K, C, R, S)")
+    _check_ndim(op, "x", x, (ndim,), x_axes)
+    _check_ndim(op, "w", w, (ndim,), w_axes)
     if w.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: w has {w.shape[1]} input channels (shape {w.shape}) but x has "
+        raise ValueError(f"{op}: w has {w.shape[1]} {inputs} (shape {w.shape}) but x has "
                          f"{x.shape[1]} (shape {x.shape})")
+    return x, w
+
+
+def _conv_setup(op, x, w, stride, padding, algo, backend):
+    """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved choices."""
+    x, w = _input_and_weight(op, x, w, 4, "4-D (N, C, H, W)", "4-D (K, C, R, S)",
+                             "input channels")
     if min(x.shape) == 0 or min(w.shape) == 0:
         raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
     stride = _pair(op, "stride", stride, minimum=1)
@@ -455,13 +463,8 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=
 # --------------------------------------------------------------------------- fully connected
 
 def _linear_setup(op, x, w):
-    x = _as_float_array(op, "x", x)
-    w = _as_float_array(op, "w", w, dtype=x.dtype)
-    _check_ndim(op, "x", x, (2,), "2-D (N, in_features)")
-    _check_ndim(op, "w", w, (2,), "2-D (out_features, in_features)")
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"{op}: w has {w.shape[1]} input features (shape {w.shape}) but x "
-                         f"has {x.shape[1]} (shape {x.shape})")
+    x, w = _input_and_weight(op, x, w, 2, "2-D (N, in_features)",
+                             "2-D (out_features, in_features)", "input features")
     _check_int_sizes(op, N=x.shape[0], in_features=x.shape[1], out_features=w.shape[0])
     return x, w
 
