@@ -101,15 +101,47 @@ def test_first_call_error_propagates():
 
 
 def test_page_faults_are_seen():
-    """A fresh 64 MB array per call (above glibc's largest mmap threshold, so it is mapped
-    and unmapped every time) faults in new pages on every call: 16384 of 4 KiB, or as few as
-    32 where NumPy gets transparent huge pages (2 MiB). The count must show it."""
+    """A fresh 64 MB mapping per call, every page written, faults in new pages on every
+    call: 16384 of 4 KiB, or as few as 32 where the kernel gives transparent huge pages
+    (2 MiB). The count must show it. (An mmap of its own, not a NumPy array: whether malloc
+    maps a large array afresh depends on its settings, which keep_freed_memory changes.)"""
+    import mmap
     if timing.resource is None:
         pytest.skip("no getrusage")
+
+    def fresh_pages():
+        with mmap.mmap(-1, 64 << 20) as m:
+            m.write(b"\1" * len(m))
+
     budget = timing.Budget(seconds=0.0, min_repeats=2, max_repeats=2, warmup_s=0.0,
                            warmup_calls=0)
-    t = timing.measure(lambda: np.ones(2**24, np.float32), budget)
+    t = timing.measure(fresh_pages, budget)
     assert t.minflt_per_call >= 16
+
+
+def test_measure_interleaved_takes_turns():
+    import time
+    order = []
+
+    def call(name):
+        order.append(name)
+        time.sleep(0.002)
+
+    budget = timing.Budget(seconds=0.04, min_repeats=3, max_repeats=100, warmup_s=0.0,
+                           warmup_calls=1)
+    a, b = timing.measure_interleaved([lambda: call("a"), lambda: call("b")], budget,
+                                      rounds=2)
+    assert order[:4] == ["a", "a", "b", "b"]          # first call and warm-up, each in turn
+    timed = order[4:]
+    turns = "".join(timed)                            # two rounds: a..b..a..b..
+    assert turns[0] == "a" and turns.count("ab") == 2 and turns.count("ba") == 1
+    assert len(a.samples) == timed.count("a") >= 3 and len(b.samples) == timed.count("b") >= 3
+    assert a.warmup_calls == b.warmup_calls == 1
+    # a callable slower than its turn still gets one call per round, and min_repeats rounds
+    slow = timing.Budget(seconds=0.0, min_repeats=3, max_repeats=9, warmup_s=0.0,
+                         warmup_calls=0)
+    a, b = timing.measure_interleaved([lambda: None, lambda: None], slow, rounds=1)
+    assert len(a.samples) == len(b.samples) == 3
 
 
 # --------------------------------------------------------------------------- the command

@@ -77,6 +77,10 @@ def configure_parser(parser):
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-models", action="store_true", help="skip the training steps")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="leave glibc's malloc at its defaults (by default it keeps freed "
+                             "memory for reuse, as a training run does: "
+                             "fastconv.keep_freed_memory)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -110,6 +114,7 @@ def run(args):
         threads=args.threads, quick=args.quick, budget_s=args.budget,
         filters=_filters(args.filter), with_torch=not args.no_torch,
         with_models=not args.no_models, with_memory=not args.no_memory,
+        keep_freed_memory=not args.glibc_malloc,
         progress=not args.no_progress, command=shlex.join(sys.argv))
     if args.list:
         return _list_cases(settings)

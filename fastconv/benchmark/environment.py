@@ -121,4 +121,5 @@ def summary_line(env):
             f"OpenMP {'on' if env['openmp'] else 'off'}, BLAS {blas}; "
             f"fastconv {env['versions']['fastconv']}, NumPy {env['versions']['numpy']}, "
             f"PyTorch {torch or 'not installed'}; "
-            f"OPENBLAS_CORETYPE={env['env'].get('OPENBLAS_CORETYPE', 'unset')}")
+            f"OPENBLAS_CORETYPE={env['env'].get('OPENBLAS_CORETYPE', 'unset')}"
+            + (f"; malloc {env['malloc']}" if env.get("malloc") else ""))

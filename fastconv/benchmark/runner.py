@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .. import num_threads
+from .._malloc import keep_freed_memory
 from . import cases as cases_mod
 from . import environment, memory, models, targets, torch_impl
-from .timing import DEFAULT_BUDGET, QUICK_BUDGET, Budget, measure, sgemm_rate
+from .timing import DEFAULT_BUDGET, QUICK_BUDGET, Budget, measure, measure_interleaved, sgemm_rate
 
 SCHEMA = "fastconv-bench/1"
 QUICK_BATCH = 2          # --quick caps every batch at this size
@@ -39,6 +40,7 @@ class Settings:
     with_torch: bool = True
     with_models: bool = True
     with_memory: bool = True
+    keep_freed_memory: bool = True      # glibc keeps freed memory for reuse (see run_benchmarks)
     batch_cap: int = None
     sgemm_n: int = 2048
     progress: bool = True
@@ -58,6 +60,7 @@ class Settings:
         return {"threads": self.threads, "quick": self.quick, "filters": self.filters,
                 "budget": vars(self.budget), "with_torch": self.with_torch,
                 "with_models": self.with_models, "with_memory": self.with_memory,
+                "keep_freed_memory": self.keep_freed_memory,
                 "batch_cap": self.batch_cap, "sgemm_n": self.sgemm_n, "dtype": "float32"}
 
 
@@ -92,25 +95,32 @@ def time_case(case, inputs, threads, budget):
     return rec
 
 
-def time_model(mcase, threads, budget):
-    rec = {"id": mcase.id, "model": mcase.model, "impl": mcase.impl, "threads": threads,
-           "batch": mcase.batch, "image_shape": list(mcase.image_shape)}
-    x, labels = models.model_inputs(mcase.batch, mcase.image_shape)
-    n_params = []
-
-    def build():
-        step, count = mcase.build(mcase.model, x, labels)
-        n_params.append(count)
-        return step
-
-    status, timing = _time(build, threads, budget)
-    rec.update(status)
-    if n_params:
-        rec["params"] = n_params[0]
-    if timing is not None:
-        rec.update(timing.as_dict())
-        rec["images_per_s"] = mcase.batch / (timing.median_ms * 1e-3)
-    return rec
+def time_models(mcases, threads, budget):
+    """The result records of the training steps of one model by every engine in ``mcases``
+    (fastconv, PyTorch), timed taking turns (:func:`timing.measure_interleaved`): the
+    ratio of the two is the target, so a noisy neighbour should slow both alike."""
+    recs, steps = [], []
+    torch_impl.set_threads(threads)
+    with num_threads(threads):
+        for mcase in mcases:
+            rec = {"id": mcase.id, "model": mcase.model, "impl": mcase.impl,
+                   "threads": threads, "batch": mcase.batch,
+                   "image_shape": list(mcase.image_shape), "status": "ok"}
+            x, labels = models.model_inputs(mcase.batch, mcase.image_shape)
+            try:
+                step, rec["params"] = mcase.build(mcase.model, x, labels)
+                step()                              # raises here if unavailable
+                steps.append((rec, step))
+            except Exception as exc:                # noqa: BLE001  reported, never fatal
+                status, reason = cases_mod.classify_exception(exc)
+                rec.update(status=status, reason=reason)
+            recs.append(rec)
+        if steps:
+            timings = measure_interleaved([step for _, step in steps], budget)
+            for (rec, _), timing in zip(steps, timings):
+                rec.update(timing.as_dict())
+                rec["images_per_s"] = rec["batch"] / (timing.median_ms * 1e-3)
+    return recs
 
 
 # --------------------------------------------------------------------------- ratios
@@ -195,7 +205,18 @@ def memory_jobs(layers, settings):
 
 
 def run_benchmarks(settings):
-    """Run everything ``settings`` selects; return the JSON document (see ``report``)."""
+    """Run everything ``settings`` selects; return the JSON document (see ``report``).
+
+    Both engines run in this process, so under the same allocator. By default that is
+    glibc told to keep freed memory for reuse (fastconv.keep_freed_memory), as a training
+    run has it (fit calls it) and as issue 6 measured PyTorch: with glibc's defaults a call
+    that frees a large array faults its pages in again next time (1.6 us per 4 KiB here),
+    which measures the allocator's mood more than the kernel (PyTorch's resnet20_s1
+    forward: 6 ms tuned, 14-22 ms not). ``keep_freed_memory=False`` keeps the defaults
+    (``fastconv bench --glibc-malloc``); the page faults per call are reported either way.
+    """
+    if settings.keep_freed_memory:
+        settings.keep_freed_memory = keep_freed_memory()      # False where not glibc
     layers = []
     for lay in cases_mod.suite_layers(settings.batch_cap, settings.with_torch):
         lay.cases = [c for c in lay.cases if cases_mod.matches(c.id, settings.filters)]
@@ -207,6 +228,8 @@ def run_benchmarks(settings):
 
     doc = {"schema": SCHEMA, "command": settings.command, "settings": settings.as_dict(),
            "environment": environment.collect(settings.threads, settings.with_torch)}
+    doc["environment"]["malloc"] = ("keeps freed memory" if settings.keep_freed_memory
+                                    else "C library defaults")
     n_threads = len(settings.threads)
     total = (n_threads * (1 + sum(len(lay.cases) for lay in layers) + len(mcases))
              + (1 if jobs else 0))
@@ -240,11 +263,12 @@ def run_benchmarks(settings):
                     bar.update()
             del inputs
         model_results = []
-        for mcase in mcases:
+        for name in dict.fromkeys(m.model for m in mcases):
+            group = [m for m in mcases if m.model == name]
             for threads in settings.threads:
-                bar.set_postfix_str(f"{mcase.id} x{threads}", refresh=False)
-                model_results.append(time_model(mcase, threads, settings.budget))
-                bar.update()
+                bar.set_postfix_str(f"train_step:{name} x{threads}", refresh=False)
+                model_results += time_models(group, threads, settings.budget)
+                bar.update(len(group))
     finally:
         bar.close()
         torch_impl.set_threads(environment.usable_cores())
