@@ -272,29 +272,49 @@ def _pool_setup(op, x, kernel_size, stride, padding, backend):
     return x, kernel_size, stride, padding, (N, C, P, Q), implementation("pool", resolve_backend(backend, op))
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, backend=None):
+def max_pool2d(x, kernel_size, stride=None, padding=0, backend=None, *, return_indices=False):
     """Max pooling, notes eq. (pool.max): ``y[n,c,p,q] = max over the window of x``.
 
     Padding acts as -inf (it never wins the max). Parameters as :func:`avg_pool2d`.
 
     x : (N, C, H, W)  ->  y : (N, C, P, Q), P = floor((H + 2*ph - kh) / sh) + 1.
     ``stride`` defaults to ``kernel_size``; ``padding`` is at most half the window.
+
+    return_indices : bool, keyword only
+        Also return ``indices`` (N, C, P, Q) int64: the flat index ``ih*W + iw`` in its
+        (n, c) plane of each window's argmax (the first maximum in row-major window order),
+        as PyTorch's ``return_indices``, for :func:`max_pool2d_backward` to scatter to
+        instead of finding the argmax again (what a training step does).
     """
     x, k, s, p, _, impl = _pool_setup("max_pool2d", x, kernel_size, stride, padding, backend)
-    return impl.max_pool2d_forward(*_contiguous(x), k, s, p, _n_threads())
+    return impl.max_pool2d_forward(*_contiguous(x), k, s, p, _n_threads(), bool(return_indices))
 
 
-def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, backend=None):
+def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, backend=None, *,
+                        indices=None):
     """Gradient of :func:`max_pool2d`: each dy goes to the window's maximum.
 
     On ties the gradient goes to the first maximum in row-major window order (as PyTorch).
     dy : (N, C, P, Q), x : (N, C, H, W)  ->  dx : (N, C, H, W).
+    indices : (N, C, P, Q) integers, keyword only: the argmaxes
+    ``max_pool2d(..., return_indices=True)`` returned, used instead of recomputing them
+    from x (PyTorch's backward uses the ones its forward saved). An index outside its
+    plane raises ValueError.
     """
     op = "max_pool2d_backward"
     x, k, s, p, y_shape, impl = _pool_setup(op, x, kernel_size, stride, padding, backend)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, y_shape)
-    return impl.max_pool2d_backward(*_contiguous(dy, x), k, s, p, _n_threads())
+    if indices is not None:
+        indices = np.asarray(indices)
+        if indices.dtype.kind not in "iu":
+            raise TypeError(f"{op}: indices must be integers (max_pool2d(..., "
+                            f"return_indices=True)), got dtype {indices.dtype}")
+        if indices.shape != dy.shape:
+            raise ValueError(f"{op}: indices must have dy's shape {dy.shape}, got "
+                             f"{indices.shape}")
+        indices = np.ascontiguousarray(indices, dtype=np.int64)
+    return impl.max_pool2d_backward(*_contiguous(dy, x), k, s, p, _n_threads(), indices)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, backend=None):

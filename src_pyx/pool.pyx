@@ -43,6 +43,13 @@ Backward, per plane:
   Measured at 1 thread, float32, against the previous version (PyTorch's backward from
   saved indices in brackets): lenet_max2 0.15 -> 0.11 ms (0.07), vgg_max2 4.6-5.4 -> 3.0
   ms (3.6-3.8), nin_max3s2 9.5 -> 4.7 ms (2.6-3.4).
+* max with the argmaxes given (``indices``, from ``max_pool2d_forward(...,
+  return_indices=True)``, which finds them as steps 1-2 above): only step 3. nin_max3s2,
+  float32, 1 thread: backward 4.8 -> 1.5 ms, but the forward that also returns the
+  argmaxes takes 5.1 ms instead of 1.8, so a training step gains next to nothing (6.7 ->
+  6.6 ms; 2x2 stride 2 loses: 0.14 -> 0.52 ms on LeNet-5's first pooling), and
+  nn.MaxPool2d does not keep them. The option is PyTorch's API (return_indices), and what
+  the benchmark compares with PyTorch's backward, which reads its forward's indices.
 * avg: separable again, and each dx row is written exactly once: a horizontal scatter of
   dy / D into one row buffer per output row p, then every dx row is the sum of the rows of
   the windows that cover it (a memcpy when only one does). Global average pooling (the
@@ -312,13 +319,15 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
         hbest[ih * Q] = v if v > m else m
 
 
-cdef void _max_plane_backward(const floating* dyp, const floating* xp, floating* dxp,
-                              floating* rowbuf, floating* hbest, index_t* hidx,
-                              floating* best, index_t* widx, const Py_ssize_t* bounds,
-                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
-                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t L) noexcept nogil:
-    """One plane of the (pool.max) gradient: dxp (H, W) = 0, then dxp[argmax] += dy[p, q].
+cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbest,
+                            index_t* hidx, floating* best, index_t* widx,
+                            const Py_ssize_t* bounds, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
+                            Py_ssize_t Q, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                            Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                            Py_ssize_t L) noexcept nogil:
+    """widx[p, q] = the flat index ih*W + iw in the plane xp (H, W) of window (p, q)'s
+    argmax, (pool.max): steps 1 and 2 below; the gradient scatters dy there
+    (_scatter_plane), the forward with indices returns them (_max_planes_by_argmax).
 
     The argmax is the first maximum of the window in row-major order (strict ``>``). It is
     separable, horizontal pass first: the first maximum of the window is in the first of
@@ -331,7 +340,7 @@ cdef void _max_plane_backward(const floating* dyp, const floating* xp, floating*
     2. vertical: for each output row p, fold the window's rows h0 .. h1-1 top to bottom
        with strict ``>``; widx[p, q] = the winner's flat index. 3 rows (3x3 windows) are
        folded in registers, more in best / widx in memory.
-    3. dxp = 0, then dxp[widx[p, q]] += dy[p, q] for all windows (overlaps add up).
+    (3. in _scatter_plane: dxp = 0, then dxp[widx[p, q]] += dy[p, q].)
 
     Padding never wins: padded rows are not in [h0, h1), padded columns are -inf in rowbuf
     (sw*L values, see _split_row; bounds are its column ranges). A window whose real cells
@@ -393,15 +402,30 @@ cdef void _max_plane_backward(const floating* dyp, const floating* xp, floating*
                 k = hi[q]
                 w[q] = k if v > m else j
                 best[q] = m if m >= v else v
-    memset(dxp, 0, H * W * sizeof(floating))
-    for q in range(P * Q):                        # overlapping windows add up
-        dxp[widx[q]] += dyp[q]
+
+
+cdef inline Py_ssize_t _scatter_plane(const floating* dyp, const index_t* widx, floating* dxp,
+                                      Py_ssize_t HW, Py_ssize_t PQ) noexcept nogil:
+    """dxp (HW values) = 0, then dxp[widx[i]] += dyp[i] for i < PQ, in order (overlapping
+    windows add up): step 3 of the (pool.max) gradient. An index outside [0, HW) (only
+    indices given by a caller can be) is skipped and counted: the number is returned."""
+    cdef Py_ssize_t i, bad = 0
+    cdef index_t j
+    memset(dxp, 0, HW * sizeof(floating))
+    for i in range(PQ):
+        j = widx[i]
+        if j < 0 or j >= HW:
+            bad += 1
+        else:
+            dxp[j] += dyp[i]
+    return bad
 
 
 cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, floating* dxp,
                                   Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
                                   Py_ssize_t Q) noexcept nogil:
-    """_max_plane_backward for the 2x2, stride 2, unpadded window, without branches.
+    """The (pool.max) gradient of one plane for the 2x2, stride 2, unpadded window, without
+    branches (the other windows: _max_planes_by_argmax).
 
     The first maximum of the window (a b / c d) in row-major order: a unless b > a in the
     top row (top = max(a, b)), c unless d > c in the bottom row, and the bottom row only
@@ -473,7 +497,7 @@ cdef void _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padding,
-                       int n_threads):
+                       int n_threads, bint return_indices=False):
     """Max pooling, notes eq. (pool.max); padding acts as -inf, as in PyTorch.
 
     Parameters
@@ -483,15 +507,22 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
         (kh, kw), (sh, sw), (ph, pw); ph <= kh // 2 and pw <= kw // 2 (checked by functional).
     n_threads : int
         OpenMP threads; the result does not depend on it.
+    return_indices : bool
+        Also return each window's argmax, for max_pool2d_backward(indices=...).
 
     Returns
     -------
     y : ndarray (N, C, P, Q), x's dtype; P, Q by eq. (conv.out).
+    indices : ndarray (N, C, P, Q) int64, only with return_indices: the flat index
+        ih*W + iw in its (n, c) plane of each window's argmax (as PyTorch's return_indices),
+        the first maximum in row-major window order.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t kh, kw, sh, sw, ph, pw, P, Q, nc
     kh, kw, sh, sw, ph, pw, P, Q = _pool_geometry("max_pool2d_forward", x.shape, kernel_size,
                                                   stride, padding)
+    if return_indices:
+        return _max_forward_with_indices(x, kh, kw, sh, sw, ph, pw, P, Q, n_threads)
     dtype = np.float32 if floating is float else np.float64
     y_arr = np.empty((N, C, P, Q), dtype=dtype)
     n_threads = threads_for_values(N * C * H * W, n_threads)
@@ -527,13 +558,15 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
 
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                        kernel_size, stride, padding, int n_threads):
+                        kernel_size, stride, padding, int n_threads, indices=None):
     """Gradient of :func:`max_pool2d_forward`: each dy goes to its window's argmax (pool.max).
 
-    The argmax is recomputed from x (module docstring, "Backward"); ties go to the first
-    maximum in row-major window order, as in PyTorch; padding never wins, and a window
-    whose real cells are all -inf sends its gradient to its first real cell; overlapping
-    windows add up. float32 planes must hold fewer than 2**31 values (int32 indices).
+    The argmax is recomputed from x (module docstring, "Backward"), or taken from
+    ``indices``, as the forward returned them (then only dx = 0 and the scatter remain, as
+    in PyTorch's backward); ties go to the first maximum in row-major window order, as in
+    PyTorch; padding never wins, and a window whose real cells are all -inf sends its
+    gradient to its first real cell; overlapping windows add up. float32 planes must hold
+    fewer than 2**31 values (int32 indices).
 
     Parameters
     ----------
@@ -541,6 +574,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     x : ndarray (N, C, H, W), same dtype
     kernel_size, stride, padding : (int, int)
     n_threads : int
+    indices : ndarray (N, C, P, Q) int64, C-contiguous, or None
 
     Returns
     -------
@@ -550,6 +584,8 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     cdef Py_ssize_t kh, kw, sh, sw, ph, pw, P, Q, nc
     kh, kw, sh, sw, ph, pw, P, Q = _pool_geometry("max_pool2d_backward", x.shape, kernel_size, stride,
                                                   padding, dy.shape)
+    if indices is not None:
+        return _max_backward_from_indices(dy, indices, H, W, n_threads)
     if floating is float and H * W + pw > INT32_MAX:
         # float32 keeps the argmax as an int32 flat index into the plane (see index_t)
         raise ValueError(f"max_pool2d_backward: float32 planes of 2**31 values or more are "
@@ -583,27 +619,70 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
                     _max_plane_backward_2x2(dy0 + nc * P * Q, x0 + nc * H * W,
                                             dx0 + nc * H * W, H, W, P, Q)
         return dx_arr
-    # Per thread, for _max_plane_backward: the split row (sw phases of L values; -inf where
-    # no real column lands, and _split_row never writes there), the horizontal maxima and
-    # argmaxes (H*Q each), a scratch row best (Q) and the windows' argmaxes widx (P*Q).
-    # Separate arrays: before it enters a vectorised loop, gcc checks at run time that they
-    # do not overlap.
+    _max_planes_by_argmax(x, dy0, dx0, NULL, kh, kw, sh, sw, ph, pw, P, Q, n_threads)
+    return dx_arr
+
+
+def _argmax_scratch(int n_threads, dtype, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
+                    Py_ssize_t Q, Py_ssize_t sw, Py_ssize_t pw):
+    """Per-thread scratch of _max_plane_argmax, and its bounds: (buf, hbest, best, hidx,
+    widx, bounds, L).
+
+    Per thread: the split row (sw phases of L values; -inf where no real column lands, and
+    _split_row never writes there), the horizontal maxima and argmaxes (H*Q each), a scratch
+    row best (Q) and the windows' argmaxes widx (P*Q), the indices int32 for float32 and
+    int64 for float64 (see index_t). Separate arrays: before it enters a vectorised loop, gcc
+    checks at run time that they do not overlap. Each thread's row leaves at least 16 unused
+    values (>= 64 bytes) before the next thread's, so two threads never write to the same
+    cache line (that false sharing made float64 nin_max3s2 on 2 threads 6.7 ms instead of
+    4.4). bounds: _split_row's range of j for each column phase t (the same for every row).
+    """
     cdef Py_ssize_t L = (W + 2 * pw + sw - 1) // sw + 1
-    itype = np.int32 if floating is float else np.int64
-    # Each thread's row leaves at least 16 unused values (>= 64 bytes) before the next
-    # thread's, so two threads never write to the same cache line (that false sharing made
-    # float64 nin_max3s2 on 2 threads 6.7 ms instead of 4.4).
+    itype = np.int32 if dtype == np.float32 else np.int64
     pad = lambda size: (size // 16 + 2) * 16
-    buf_arr = np.full((n_threads, pad(sw * L)), -np.inf, dtype=dtype)
-    hbest_arr = np.empty((n_threads, pad(H * Q)), dtype=dtype)
-    best_arr = np.empty((n_threads, pad(Q)), dtype=dtype)
-    hidx_arr = np.empty((n_threads, pad(H * Q)), dtype=itype)
-    idx_arr = np.empty((n_threads, pad(P * Q)), dtype=itype)
-    # _split_row's range of j for each column phase t (the same for every row)
     t_arr = np.arange(sw)
     lo_arr = np.maximum(0, -((t_arr - pw) // sw))            # first j: j*sw + t - pw >= 0
     hi_arr = np.minimum(L, np.maximum(lo_arr, (W - 1 - t_arr + pw) // sw + 1))  # ... < W
-    bounds_arr = np.ascontiguousarray(np.stack([lo_arr, hi_arr], axis=1).ravel(), dtype=np.intp)
+    return (np.full((n_threads, pad(sw * L)), -np.inf, dtype=dtype),
+            np.empty((n_threads, pad(H * Q)), dtype=dtype),
+            np.empty((n_threads, pad(Q)), dtype=dtype),
+            np.empty((n_threads, pad(H * Q)), dtype=itype),
+            np.empty((n_threads, pad(P * Q)), dtype=itype),
+            np.ascontiguousarray(np.stack([lo_arr, hi_arr], axis=1).ravel(), dtype=np.intp),
+            L)
+
+
+cdef _max_forward_with_indices(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw,
+                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                               Py_ssize_t P, Py_ssize_t Q, int n_threads):
+    """max_pool2d_forward(..., return_indices=True): (y, indices), see _max_planes_by_argmax."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    if floating is float and H * W + pw > INT32_MAX:
+        raise ValueError(f"max_pool2d_forward: float32 planes of 2**31 values or more are "
+                         f"not supported, got {H}x{W}")
+    y_arr = np.empty((N, C, P, Q), dtype=np.float32 if floating is float else np.float64)
+    ind_arr = np.empty((N, C, P, Q), dtype=np.int64)
+    cdef floating[:, :, :, ::1] y = y_arr
+    cdef int64_t[:, :, :, ::1] ind = ind_arr
+    _max_planes_by_argmax(x, NULL, &y[0, 0, 0, 0], &ind[0, 0, 0, 0], kh, kw, sh, sw, ph, pw,
+                          P, Q, threads_for_values(N * C * H * W, n_threads))
+    return y_arr, ind_arr
+
+
+cdef _max_planes_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
+                           floating* out0, int64_t* ind0, Py_ssize_t kh, Py_ssize_t kw,
+                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                           Py_ssize_t P, Py_ssize_t Q, int n_threads):
+    """Per (n, c) plane of x, the windows' argmaxes (_max_plane_argmax), then either the
+    gradient (dy0 given: out0 = dx, each dy scattered to its argmax, _scatter_plane) or the
+    forward with indices (dy0 NULL: out0 = y = x at each argmax, ind0 = the argmaxes).
+    Arrays C-contiguous: dy, y, indices (N, C, P, Q), dx (N, C, H, W)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t nc, i, L
+    cdef int t
+    dtype = np.float32 if floating is float else np.float64
+    buf_arr, hbest_arr, best_arr, hidx_arr, idx_arr, bounds_arr, L = _argmax_scratch(
+        n_threads, dtype, H, W, P, Q, sw, pw)
     cdef const Py_ssize_t[::1] bounds = bounds_arr
     cdef floating[:, ::1] buf = buf_arr
     cdef floating[:, ::1] hbest = hbest_arr
@@ -614,21 +693,55 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
         hidx32, idx32 = hidx_arr, idx_arr
     else:
         hidx64, idx64 = hidx_arr, idx_arr
-    cdef int t
+    cdef const floating* x0 = &x[0, 0, 0, 0]     # planes are contiguous: plane nc at nc*H*W
     with nogil:
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
+            t = threadid()
             if floating is float:
-                t = threadid()
-                _max_plane_backward(dy0 + nc * P * Q, x0 + nc * H * W, dx0 + nc * H * W,
-                                    &buf[t, 0], &hbest[t, 0], &hidx32[t, 0], &best[t, 0],
-                                    &idx32[t, 0], &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph,
-                                    pw, L)
+                _max_plane_argmax(x0 + nc * H * W, &buf[t, 0], &hbest[t, 0], &hidx32[t, 0],
+                                  &best[t, 0], &idx32[t, 0], &bounds[0], H, W, P, Q, kh, kw,
+                                  sh, sw, ph, pw, L)
+                if dy0 != NULL:
+                    _scatter_plane(dy0 + nc * P * Q, &idx32[t, 0], out0 + nc * H * W, H * W,
+                                   P * Q)
+                else:
+                    for i in range(P * Q):
+                        out0[nc * P * Q + i] = x0[nc * H * W + idx32[t, i]]
+                        ind0[nc * P * Q + i] = idx32[t, i]
             else:
-                t = threadid()
-                _max_plane_backward(dy0 + nc * P * Q, x0 + nc * H * W, dx0 + nc * H * W,
-                                    &buf[t, 0], &hbest[t, 0], &hidx64[t, 0], &best[t, 0],
-                                    &idx64[t, 0], &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph,
-                                    pw, L)
+                _max_plane_argmax(x0 + nc * H * W, &buf[t, 0], &hbest[t, 0], &hidx64[t, 0],
+                                  &best[t, 0], &idx64[t, 0], &bounds[0], H, W, P, Q, kh, kw,
+                                  sh, sw, ph, pw, L)
+                if dy0 != NULL:
+                    _scatter_plane(dy0 + nc * P * Q, &idx64[t, 0], out0 + nc * H * W, H * W,
+                                   P * Q)
+                else:
+                    for i in range(P * Q):
+                        out0[nc * P * Q + i] = x0[nc * H * W + idx64[t, i]]
+                        ind0[nc * P * Q + i] = idx64[t, i]
+
+
+cdef _max_backward_from_indices(const floating[:, :, :, ::1] dy, indices, Py_ssize_t H,
+                                Py_ssize_t W, int n_threads):
+    """max_pool2d_backward(..., indices=...): per plane dx = 0, then dx[indices] += dy
+    (_scatter_plane); an index outside its plane raises ValueError (dx is not returned)."""
+    cdef const int64_t[:, :, :, ::1] ind = indices
+    cdef Py_ssize_t N = dy.shape[0], C = dy.shape[1], PQ = dy.shape[2] * dy.shape[3], nc
+    cdef Py_ssize_t bad = 0
+    if not (ind.shape[0] == N and ind.shape[1] == C and ind.shape[2] == dy.shape[2]
+            and ind.shape[3] == dy.shape[3]):
+        raise ValueError(f"max_pool2d_backward: indices must have dy's shape "
+                         f"{(N, C, dy.shape[2], dy.shape[3])}, got {indices.shape}")
+    dx_arr = np.empty((N, C, H, W), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, :, :, ::1] dx = dx_arr
+    n_threads = threads_for_values(N * C * H * W, n_threads)
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=n_threads):
+            bad += _scatter_plane(&dy[0, 0, 0, 0] + nc * PQ, &ind[0, 0, 0, 0] + nc * PQ,
+                                  &dx[0, 0, 0, 0] + nc * H * W, H * W, PQ)
+    if bad:
+        raise ValueError(f"max_pool2d_backward: {bad} indices lie outside their {H}x{W} "
+                         f"plane (they must be max_pool2d(..., return_indices=True)'s)")
     return dx_arr
 
 

@@ -425,3 +425,55 @@ def test_max_2x2_one_pass_paths_match_reference(shape, dtype, rng, n_threads):
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_array_equal(F.max_pool2d_backward(dy, x, 2, backend="fast"),
                                   F.max_pool2d_backward(dy, x, 2, backend="reference"))
+
+
+# --------------------------------------------------------------------------- saved argmaxes
+
+@pytest.mark.parametrize("case", GRID + THREAD_CASES[:2], ids=grid_id)
+def test_max_with_indices_fast_matches_reference(case, dtype, rng, n_threads):
+    """return_indices gives the same maxima and, exactly, the same argmaxes (flat index in
+    the plane, first maximum on ties) in both backends; the backward from them gives the
+    gradient of the backward that finds them again (bitwise, in the fast kernels)."""
+    x, dy = make_inputs(rng, dtype, case)
+    x[..., ::3, 1::2] = x[..., :1, :1]              # ties: equal values across windows
+    _, k, s, p = case
+    y, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+    y_ref, idx_ref = F.max_pool2d(x, k, s, p, return_indices=True, backend="reference")
+    assert idx.dtype == np.int64 and idx.shape == y.shape
+    np.testing.assert_array_equal(idx, idx_ref)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(y, F.max_pool2d(x, k, s, p))
+    H, W = x.shape[2:]
+    assert np.array_equal(np.take_along_axis(x.reshape(*x.shape[:2], H * W),
+                                             idx.reshape(*idx.shape[:2], -1), axis=2),
+                          y.reshape(*y.shape[:2], -1))          # x at the argmax is the max
+    dx = F.max_pool2d_backward(dy, x, k, s, p, indices=idx)
+    np.testing.assert_array_equal(dx, F.max_pool2d_backward(dy, x, k, s, p))
+    assert_close(F.max_pool2d_backward(dy, x, k, s, p, indices=idx, backend="reference"), dx,
+                 dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_backward_rejects_bad_indices(backend):
+    x = np.zeros((1, 2, 4, 4))
+    dy = np.ones((1, 2, 2, 2))
+    _, idx = F.max_pool2d(x, 2, backend=backend, return_indices=True)
+    with pytest.raises(TypeError, match="integers"):
+        F.max_pool2d_backward(dy, x, 2, backend=backend, indices=idx.astype(float))
+    with pytest.raises(ValueError, match="shape"):
+        F.max_pool2d_backward(dy, x, 2, backend=backend, indices=idx[:, :1])
+    for bad in (16, -1):
+        wrong = idx.copy()
+        wrong[0, 1, 1, 0] = bad
+        with pytest.raises(ValueError, match="outside"):
+            F.max_pool2d_backward(dy, x, 2, backend=backend, indices=wrong)
+
+
+def test_max_indices_match_torch(rng):
+    torch = pytest.importorskip("torch")
+    for case in GRID:
+        x, _ = make_inputs(rng, np.float64, case)
+        _, k, s, p = case
+        _, idx_t = torch.nn.functional.max_pool2d(torch.tensor(x), k, s, p, return_indices=True)
+        np.testing.assert_array_equal(F.max_pool2d(x, k, s, p, return_indices=True)[1],
+                                      idx_t.numpy(), err_msg=grid_id(case))

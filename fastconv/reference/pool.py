@@ -82,7 +82,26 @@ def _avg_divisor(H, W, kernel_size, stride, padding, count_include_pad):
     return np.outer(rows, cols)                            # the window is a rectangle
 
 
-def max_pool2d_forward(x, kernel_size, stride, padding, n_threads=None):
+def _argmax(x, kernel_size, stride, padding, P, Q):
+    """Each window's argmax as the flat index ih*W + iw in its (n, c) plane, (N, C, P, Q)
+    int64: the FIRST real cell holding the window's maximum, in row-major window order.
+
+    (argmax of a boolean is its first True.) Plain np.argmax over the padded window would
+    agree except for a window whose real cells are all -inf: there a padded cell would come
+    first and the gradient would be lost; PyTorch gives it to the first real cell."""
+    N, C, H, W = x.shape
+    kh, kw = kernel_size
+    win = _windows(_pad(x, padding, -np.inf), kernel_size, stride, P, Q).reshape(
+        N, C, P, Q, kh * kw)
+    real = _windows(_pad(np.ones((1, 1, H, W), bool), padding, False), kernel_size, stride,
+                    P, Q).reshape(1, 1, P, Q, kh * kw)
+    first = np.argmax((win == win.max(axis=4, keepdims=True)) & real, axis=4)  # r*kw + s
+    ih = np.arange(P)[:, None] * stride[0] - padding[0] + first // kw
+    iw = np.arange(Q)[None, :] * stride[1] - padding[1] + first % kw
+    return (ih * W + iw).astype(np.int64)
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding, n_threads=None, return_indices=False):
     """Max pooling, notes eq. (pool.max); padding acts as -inf, as in PyTorch.
 
     Parameters
@@ -91,23 +110,30 @@ def max_pool2d_forward(x, kernel_size, stride, padding, n_threads=None):
     kernel_size, stride, padding : (int, int)
         (kh, kw), (sh, sw), (ph, pw); ph <= kh // 2 and pw <= kw // 2.
     n_threads : ignored (the fast twin uses it)
+    return_indices : bool
+        Also return each window's argmax (see :func:`_argmax`), for the backward.
 
     Returns
     -------
     y : ndarray (N, C, P, Q), x's dtype; P, Q by eq. (conv.out).
+    indices : ndarray (N, C, P, Q) int64, only with return_indices.
     """
     N, C, H, W = x.shape
     P = _out_size(H, kernel_size[0], stride[0], padding[0])
     Q = _out_size(W, kernel_size[1], stride[1], padding[1])
     win = _windows(_pad(x, padding, -np.inf), kernel_size, stride, P, Q)
-    return np.ascontiguousarray(win.max(axis=(4, 5)), dtype=x.dtype)
+    y = np.ascontiguousarray(win.max(axis=(4, 5)), dtype=x.dtype)
+    if return_indices:
+        return y, _argmax(x, kernel_size, stride, padding, P, Q)
+    return y
 
 
-def max_pool2d_backward(dy, x, kernel_size, stride, padding, n_threads=None):
+def max_pool2d_backward(dy, x, kernel_size, stride, padding, n_threads=None, indices=None):
     """Gradient of :func:`max_pool2d_forward`: dy goes to each window's argmax (pool.max).
 
-    The argmax is recomputed from x; on ties it is the first maximum in row-major window
-    order, as in PyTorch. Overlapping windows that share their argmax add their gradients.
+    The argmax is recomputed from x, or taken from ``indices`` (the forward's, with
+    return_indices); on ties it is the first maximum in row-major window order, as in
+    PyTorch. Overlapping windows that share their argmax add their gradients.
 
     Parameters
     ----------
@@ -115,28 +141,25 @@ def max_pool2d_backward(dy, x, kernel_size, stride, padding, n_threads=None):
     x : ndarray (N, C, H, W)
     kernel_size, stride, padding : (int, int)
     n_threads : ignored
+    indices : ndarray (N, C, P, Q) of ints, or None
 
     Returns
     -------
     dx : ndarray (N, C, H, W), x's dtype.
     """
     N, C, H, W = x.shape
-    kh, kw = kernel_size
     P, Q = dy.shape[2:]
-    xp = _pad(x, padding, -np.inf)
-    win = _windows(xp, kernel_size, stride, P, Q).reshape(N, C, P, Q, kh * kw)
-    # The first REAL cell holding the window's maximum (argmax of a boolean is its first
-    # True). Plain np.argmax(win) would agree except for a window whose real cells are all
-    # -inf: there a padded cell would come first and the gradient would be lost; PyTorch
-    # gives it to the first real cell.
-    real = _windows(_pad(np.ones((1, 1, H, W), bool), padding, False), kernel_size, stride,
-                    P, Q).reshape(1, 1, P, Q, kh * kw)
-    first_max = np.argmax((win == win.max(axis=4, keepdims=True)) & real, axis=4)  # (N,C,P,Q)
-    # One-hot of the argmax, times dy: the gradient of each window over its own cells.
-    onehot = first_max[..., None] == np.arange(kh * kw)                 # (N, C, P, Q, kh*kw)
-    g = (onehot * dy[..., None]).reshape(N, C, P, Q, kh, kw)
-    dxp = _scatter_windows(g, kernel_size, stride, xp.shape)
-    return np.ascontiguousarray(_crop(dxp, padding, H, W), dtype=x.dtype)
+    if indices is None:
+        indices = _argmax(x, kernel_size, stride, padding, P, Q)
+    flat = np.asarray(indices).reshape(N * C, P * Q)
+    if flat.size and (flat.min() < 0 or flat.max() >= H * W):
+        raise ValueError(f"max_pool2d_backward: indices lie outside their {H}x{W} plane "
+                         "(they must be max_pool2d(..., return_indices=True)'s)")
+    dx = np.zeros((N * C, H * W), dtype=x.dtype)
+    # dx[plane, flat[plane, i]] += dy[plane, i], repeated indices (overlapping windows with
+    # one argmax) adding up: np.add.at does not buffer, unlike dx[...] += dy.
+    np.add.at(dx, (np.arange(N * C)[:, None], flat), dy.reshape(N * C, P * Q))
+    return dx.reshape(N, C, H, W)
 
 
 def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad, n_threads=None):
