@@ -44,12 +44,11 @@ Backward, per plane:
   saved indices in brackets): lenet_max2 0.15 -> 0.11 ms (0.07), vgg_max2 4.6-5.4 -> 3.0
   ms (3.6-3.8), nin_max3s2 9.5 -> 4.7 ms (2.6-3.4).
 * max with the argmaxes given (``indices``, from ``max_pool2d_forward(...,
-  return_indices=True)``, which finds them as steps 1-2 above): only step 3. nin_max3s2,
-  float32, 1 thread: backward 4.8 -> 1.5 ms, but the forward that also returns the
-  argmaxes takes 5.1 ms instead of 1.8, so a training step gains next to nothing (6.7 ->
-  6.6 ms; 2x2 stride 2 loses: 0.14 -> 0.52 ms on LeNet-5's first pooling), and
-  nn.MaxPool2d does not keep them. The option is PyTorch's API (return_indices), and what
-  the benchmark compares with PyTorch's backward, which reads its forward's indices.
+  return_indices=True)``, which finds them as steps 1-2 above and takes the maxima from
+  the same fold): only step 3. nin_max3s2, float32, 1 thread: backward 5.0 -> 1.5 ms, the
+  forward with the argmaxes 1.7 -> 3.9 ms, forward + backward 6.7 -> 5.3 ms, which is why
+  nn.MaxPool2d keeps them in training; but not for 2x2 stride 2 unpadded, whose one-pass
+  kernels above make 0.14 ms of LeNet-5's first pooling, against 0.46 with the argmaxes.
 * avg: separable again, and each dx row is written exactly once: a horizontal scatter of
   dy / D into one row buffer per output row p, then every dx row is the sum of the rows of
   the windows that cover it (a memcpy when only one does). Global average pooling (the
@@ -320,14 +319,15 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
 
 
 cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbest,
-                            index_t* hidx, floating* best, index_t* widx,
+                            index_t* hidx, floating* best, index_t* widx, floating* yp,
                             const Py_ssize_t* bounds, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
                             Py_ssize_t Q, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                             Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                             Py_ssize_t L) noexcept nogil:
     """widx[p, q] = the flat index ih*W + iw in the plane xp (H, W) of window (p, q)'s
     argmax, (pool.max): steps 1 and 2 below; the gradient scatters dy there
-    (_scatter_plane), the forward with indices returns them (_max_planes_by_argmax).
+    (_scatter_plane), the forward with indices returns them (_max_planes_by_argmax), and
+    the maxima, yp[p, q], unless yp is NULL.
 
     The argmax is the first maximum of the window in row-major order (strict ``>``). It is
     separable, horizontal pass first: the first maximum of the window is in the first of
@@ -355,6 +355,7 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
     cdef const floating* fb
     cdef const index_t* fi
     cdef index_t* w
+    cdef floating* yr
     if kw == 3 and sw == 2 and pw == 1 and W == 2 * Q:
         _row_argmax_3s2_plane(xp, hbest, hidx, H, W, Q)
     else:
@@ -368,8 +369,10 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
         fb = hbest + h0 * Q                       # the window's first row: the result so far
         fi = hidx + h0 * Q
         w = widx + p * Q                          # -> the argmax of window (p, q)
+        yr = best if yp == NULL else yp + p * Q   # -> its maximum (scratch if not wanted)
         if h1 - h0 == 1:
             memcpy(w, fi, Q * sizeof(index_t))
+            memcpy(yr, fb, Q * sizeof(floating))
             continue
         hb = fb + Q
         hi = fi + Q
@@ -384,6 +387,7 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
                 v = hb[Q + q]
                 k = hi[Q + q]
                 w[q] = k if v > m else j
+                yr[q] = m if m >= v else v
             continue
         for q in range(Q):                        # rows h0 and h0 + 1
             m = fb[q]
@@ -402,6 +406,15 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
                 k = hi[q]
                 w[q] = k if v > m else j
                 best[q] = m if m >= v else v
+        if yp != NULL:
+            memcpy(yr, best, Q * sizeof(floating))
+
+
+cdef inline void _widen(const index_t* src, int64_t* dst, Py_ssize_t n) noexcept nogil:
+    """dst[i] = src[i] as int64, i < n: the argmaxes as the forward returns them."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        dst[i] = src[i]
 
 
 cdef inline Py_ssize_t _scatter_plane(const floating* dyp, const index_t* widx, floating* dxp,
@@ -675,7 +688,7 @@ cdef _max_planes_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
                            Py_ssize_t P, Py_ssize_t Q, int n_threads):
     """Per (n, c) plane of x, the windows' argmaxes (_max_plane_argmax), then either the
     gradient (dy0 given: out0 = dx, each dy scattered to its argmax, _scatter_plane) or the
-    forward with indices (dy0 NULL: out0 = y = x at each argmax, ind0 = the argmaxes).
+    forward with indices (dy0 NULL: out0 = y, the maxima, ind0 = the argmaxes in int64).
     Arrays C-contiguous: dy, y, indices (N, C, P, Q), dx (N, C, H, W)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t nc, i, L
@@ -699,26 +712,24 @@ cdef _max_planes_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
             t = threadid()
             if floating is float:
                 _max_plane_argmax(x0 + nc * H * W, &buf[t, 0], &hbest[t, 0], &hidx32[t, 0],
-                                  &best[t, 0], &idx32[t, 0], &bounds[0], H, W, P, Q, kh, kw,
-                                  sh, sw, ph, pw, L)
+                                  &best[t, 0], &idx32[t, 0],
+                                  NULL if dy0 != NULL else out0 + nc * P * Q, &bounds[0], H,
+                                  W, P, Q, kh, kw, sh, sw, ph, pw, L)
                 if dy0 != NULL:
                     _scatter_plane(dy0 + nc * P * Q, &idx32[t, 0], out0 + nc * H * W, H * W,
                                    P * Q)
                 else:
-                    for i in range(P * Q):
-                        out0[nc * P * Q + i] = x0[nc * H * W + idx32[t, i]]
-                        ind0[nc * P * Q + i] = idx32[t, i]
+                    _widen(&idx32[t, 0], ind0 + nc * P * Q, P * Q)
             else:
                 _max_plane_argmax(x0 + nc * H * W, &buf[t, 0], &hbest[t, 0], &hidx64[t, 0],
-                                  &best[t, 0], &idx64[t, 0], &bounds[0], H, W, P, Q, kh, kw,
-                                  sh, sw, ph, pw, L)
+                                  &best[t, 0], &idx64[t, 0],
+                                  NULL if dy0 != NULL else out0 + nc * P * Q, &bounds[0], H,
+                                  W, P, Q, kh, kw, sh, sw, ph, pw, L)
                 if dy0 != NULL:
                     _scatter_plane(dy0 + nc * P * Q, &idx64[t, 0], out0 + nc * H * W, H * W,
                                    P * Q)
                 else:
-                    for i in range(P * Q):
-                        out0[nc * P * Q + i] = x0[nc * H * W + idx64[t, i]]
-                        ind0[nc * P * Q + i] = idx64[t, i]
+                    _widen(&idx64[t, 0], ind0 + nc * P * Q, P * Q)
 
 
 cdef _max_backward_from_indices(const floating[:, :, :, ::1] dy, indices, Py_ssize_t H,

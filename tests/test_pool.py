@@ -469,6 +469,22 @@ def test_max_backward_rejects_bad_indices(backend):
             F.max_pool2d_backward(dy, x, 2, backend=backend, indices=wrong)
 
 
+def test_max_pool_layer_keeps_argmaxes_in_training(rng):
+    """nn.MaxPool2d keeps the argmaxes in training (not in eval, nor for 2x2 stride 2, whose
+    kernels find them again more cheaply); the gradient is the same either way."""
+    from fastconv import nn
+    x = rng.standard_normal((2, 3, 9, 9))
+    for k, s, p, kept in ((3, 2, 1, True), (3, 3, 0, True), (2, 2, 0, False)):
+        layer = nn.MaxPool2d(k, s, p)
+        y = layer(x)
+        assert (layer._indices is not None) == kept
+        dy = rng.standard_normal(y.shape)
+        np.testing.assert_array_equal(layer.backward(dy), F.max_pool2d_backward(dy, x, k, s, p))
+        layer.eval()
+        layer(x)
+        assert layer._indices is None
+
+
 def test_max_indices_match_torch(rng):
     torch = pytest.importorskip("torch")
     for case in GRID:
