@@ -41,7 +41,8 @@ cdef extern from *:
      * The backward reads dy[i] whatever y[i] is: read inside the condition (or as the
      * product dy[i] * (y[i] > 0)), gcc kept a branch per value, mispredicted on about half
      * of them; read first, the select vectorises. */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    /* target_clones needs ifunc, which glibc's loader provides (musl's does not). */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
     #define FC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
     #else
     #define FC_CLONES
