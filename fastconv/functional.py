@@ -34,6 +34,12 @@ _INT_MAX = 2**31 - 1   # BLAS and OpenMP loop bounds are C ints
 
 # --------------------------------------------------------------------------- helpers
 
+def _is_float_dtype(dtype):
+    """float32 or float64. ``is`` first: comparing dtypes with == (as ``in`` does) costs
+    ~0.1 us each, and this runs for every array of every op call."""
+    return dtype is _FLOAT32 or dtype is _FLOAT64 or dtype in _FLOAT_DTYPES
+
+
 def _as_float_array(op, name, a, dtype=None):
     """``a`` as a float32/float64 ndarray, not copied (see ``_contiguous``).
 
@@ -42,9 +48,7 @@ def _as_float_array(op, name, a, dtype=None):
     if a is None:
         raise TypeError(f"{op}: {name} must be an array, got None")
     arr = a if type(a) is np.ndarray else np.asarray(a)
-    # `is` first: comparing dtypes with == (as `in` does) costs ~0.1 us each, and this runs
-    # for every array of every op call.
-    if not (arr.dtype is _FLOAT32 or arr.dtype is _FLOAT64 or arr.dtype in _FLOAT_DTYPES):
+    if not _is_float_dtype(arr.dtype):
         raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {arr.dtype}"
                         " (convert with .astype(np.float32))")
     if dtype is not None and arr.dtype is not dtype and arr.dtype != dtype:
@@ -383,8 +387,7 @@ def _saved_stat(op, name, a, C):
 
 
 def _check_running(op, name, a, C, updated):
-    if not (isinstance(a, np.ndarray) and (a.dtype is _FLOAT32 or a.dtype is _FLOAT64
-                                           or a.dtype in _FLOAT_DTYPES)):
+    if not (isinstance(a, np.ndarray) and _is_float_dtype(a.dtype)):
         raise TypeError(f"{op}: {name} must be a float32 or float64 ndarray (it is updated "
                         f"in place), got {type(a).__name__}")
     if a.shape != (C,):

@@ -682,6 +682,24 @@ cdef _max_forward_with_indices(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py
     return y_arr, ind_arr
 
 
+cdef inline void _plane_by_argmax(const floating* x0, const floating* dy0, floating* out0,
+                                  int64_t* ind0, Py_ssize_t nc, floating* rowbuf,
+                                  floating* hbest, index_t* hidx, floating* best,
+                                  index_t* widx, const Py_ssize_t* bounds, Py_ssize_t H,
+                                  Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t kh,
+                                  Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                  Py_ssize_t pw, Py_ssize_t L) noexcept nogil:
+    """Plane nc of _max_planes_by_argmax, with one thread's scratch: the argmaxes, then the
+    gradient scattered to them (dy0 given) or the maxima and the int64 argmaxes (dy0 NULL)."""
+    _max_plane_argmax(x0 + nc * H * W, rowbuf, hbest, hidx, best, widx,
+                      NULL if dy0 != NULL else out0 + nc * P * Q, bounds, H, W, P, Q, kh, kw,
+                      sh, sw, ph, pw, L)
+    if dy0 != NULL:
+        _scatter_plane(dy0 + nc * P * Q, widx, out0 + nc * H * W, H * W, P * Q)
+    else:
+        _widen(widx, ind0 + nc * P * Q, P * Q)
+
+
 cdef _max_planes_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
                            floating* out0, int64_t* ind0, Py_ssize_t kh, Py_ssize_t kw,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
@@ -691,7 +709,7 @@ cdef _max_planes_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
     forward with indices (dy0 NULL: out0 = y, the maxima, ind0 = the argmaxes in int64).
     Arrays C-contiguous: dy, y, indices (N, C, P, Q), dx (N, C, H, W)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t nc, i, L
+    cdef Py_ssize_t nc, L
     cdef int t
     dtype = np.float32 if floating is float else np.float64
     buf_arr, hbest_arr, best_arr, hidx_arr, idx_arr, bounds_arr, L = _argmax_scratch(
@@ -711,25 +729,13 @@ cdef _max_planes_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
             t = threadid()
             if floating is float:
-                _max_plane_argmax(x0 + nc * H * W, &buf[t, 0], &hbest[t, 0], &hidx32[t, 0],
-                                  &best[t, 0], &idx32[t, 0],
-                                  NULL if dy0 != NULL else out0 + nc * P * Q, &bounds[0], H,
-                                  W, P, Q, kh, kw, sh, sw, ph, pw, L)
-                if dy0 != NULL:
-                    _scatter_plane(dy0 + nc * P * Q, &idx32[t, 0], out0 + nc * H * W, H * W,
-                                   P * Q)
-                else:
-                    _widen(&idx32[t, 0], ind0 + nc * P * Q, P * Q)
+                _plane_by_argmax(x0, dy0, out0, ind0, nc, &buf[t, 0], &hbest[t, 0],
+                                 &hidx32[t, 0], &best[t, 0], &idx32[t, 0], &bounds[0], H, W,
+                                 P, Q, kh, kw, sh, sw, ph, pw, L)
             else:
-                _max_plane_argmax(x0 + nc * H * W, &buf[t, 0], &hbest[t, 0], &hidx64[t, 0],
-                                  &best[t, 0], &idx64[t, 0],
-                                  NULL if dy0 != NULL else out0 + nc * P * Q, &bounds[0], H,
-                                  W, P, Q, kh, kw, sh, sw, ph, pw, L)
-                if dy0 != NULL:
-                    _scatter_plane(dy0 + nc * P * Q, &idx64[t, 0], out0 + nc * H * W, H * W,
-                                   P * Q)
-                else:
-                    _widen(&idx64[t, 0], ind0 + nc * P * Q, P * Q)
+                _plane_by_argmax(x0, dy0, out0, ind0, nc, &buf[t, 0], &hbest[t, 0],
+                                 &hidx64[t, 0], &best[t, 0], &idx64[t, 0], &bounds[0], H, W,
+                                 P, Q, kh, kw, sh, sw, ph, pw, L)
 
 
 cdef _max_backward_from_indices(const floating[:, :, :, ::1] dy, indices, Py_ssize_t H,
