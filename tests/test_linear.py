@@ -1,4 +1,5 @@
-"""Fully connected layer: fast kernel vs NumPy reference vs PyTorch, thread invariance, bad input.
+"""Fully connected layer: fast kernel vs NumPy reference vs PyTorch, gradients by finite
+differences, thread invariance, bad input.
 
 (linear.fwd) y = x @ w^T + b;  (linear.bwd) dx = dy @ w, dw = dy^T @ x, db = sum_n dy.
 """
@@ -7,7 +8,7 @@ import pytest
 
 import fastconv
 import fastconv.functional as F
-from helpers import assert_close
+from helpers import assert_close, assert_grad_matches
 
 # (N, in, out): LeNet-5's three layers, sizes around the kernels' blocks of 16 and 32 rows,
 # single rows and columns
@@ -100,3 +101,17 @@ def test_kernel_called_directly_rejects_bad_shapes():
         k.linear_forward(np.ones((2, 3)), np.ones((4, 5)), None, 1)
     with pytest.raises(ValueError, match="linear_backward"):
         k.linear_backward(np.ones((2, 3)), np.ones((2, 5)), np.ones((4, 5)), 1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_backward_matches_finite_differences(backend, rng):
+    """(linear.bwd) against central differences of sum(linear(x, w, b) * g), float64."""
+    x, w, b, g = _inputs(rng, np.float64, 5, 7, 4)
+    dx, dw, db = F.linear_backward(g, x, w, backend=backend)
+
+    def loss():
+        return float(np.sum(F.linear(x, w, b, backend=backend) * g))
+
+    assert_grad_matches(dx, loss, x, err_msg="dx")
+    assert_grad_matches(dw, loss, w, err_msg="dw")
+    assert_grad_matches(db, loss, b, err_msg="db")
