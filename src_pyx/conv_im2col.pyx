@@ -41,12 +41,19 @@ Design notes
   comments at each piece give its share.
 * Memory is bounded: each thread owns ONE scratch buffer (at most one image's columns, plus
   for the hwc path its padded channels-last copy and Y_n^T) and reuses it for every image
-  it handles; the batch's column matrix is never built.
+  it handles; the batch's column matrix is never built. The backward keeps all its scratch
+  (columns, partial dWs, padded copies, Wr) within threads x one image's columns: it builds
+  the columns in blocks of output rows where a whole image's would not fit beside a partial
+  dW (_rows_per_block), and takes dW by output blocks where a partial cannot fit at all
+  (tested in tests/test_conv.py::test_im2col_backward_memory_within_bound). Before, with a
+  partial dW per batch chunk, resnet20_s3 held 2.17 MB at 2 threads for a bound of 0.28.
 * 1x1, stride 1, unpadded convolutions skip im2col: x[n] viewed as (C, H*W) already is
   col_n (as Caffe's ``is_1x1_``), and dx[n] is dcol_n.
-* dW is a reduction over the batch. To get the same bits for any thread count, the batch is
-  cut into a FIXED set of chunks that depends only on the shapes (``_n_chunks``); each chunk
-  accumulates its own partial dW, and the partials are added in chunk order.
+* dW is a reduction over the batch. To get the same bits for any thread count, its order
+  depends only on the shapes: a FIXED set of batch chunks (``_n_chunks``), each with its own
+  partial dW, the partials added in chunk order; or, where a partial dW would not fit the
+  memory bound (K >= P*Q), blocks of dW that each thread sums image after image. See "dW in
+  batch chunks, or in output blocks" below.
 * No task's result depends on which thread runs it (a thread's column buffer is scratch,
   fully rewritten per image), so the per-image and per-chunk loops use
   ``schedule="dynamic"``: on a shared machine one thread often runs slower (another process
@@ -231,15 +238,17 @@ cdef extern from *:
         return nv;
     }
 
-    /* dWr (M, N) (+)= A (M, KR) @ colT (KR, N), colT read in place from the padded image:
-     * row kk at B + boffs[kk], runs of SC values seg apart. */
-    static void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float *A,
-                             Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B,
+    /* Columns n_begin <= n < N of dWr (M, N) (+)= A (M, KR) @ colT (KR, N), colT read in
+     * place from the padded image: row kk at B + boffs[kk], runs of SC values seg apart;
+     * n_begin a multiple of 64. Every tile sums each of its outputs in the same order (kk
+     * ascending, then added to C), so any split of dWr into blocks gives the same bits. */
+    static void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t n_begin, Py_ssize_t N, Py_ssize_t KR,
+                             const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B,
                              const Py_ssize_t *boffs, Py_ssize_t SC, Py_ssize_t seg,
                              int accumulate, float *C, Py_ssize_t ldc)
     {
         Py_ssize_t coff[4];
-        for (Py_ssize_t n0 = 0; n0 < N; n0 += 64) {
+        for (Py_ssize_t n0 = n_begin; n0 < N; n0 += 64) {
             int nv = fc_run_offsets(n0, N, SC, seg, coff);
             Py_ssize_t m0 = 0;
             for (int t = 0; t < 5 && fc_mr[nv - 1][t] > 0; t++) {
@@ -550,8 +559,8 @@ cdef extern from *:
     static void fc_igemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t R, Py_ssize_t SC,
                              Py_ssize_t seg, const float *A, const Py_ssize_t *offs,
                              const float *B, Py_ssize_t ldb, float *C, Py_ssize_t ldc) {}
-    static void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float *A,
-                             Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B,
+    static void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t n_begin, Py_ssize_t N, Py_ssize_t KR,
+                             const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B,
                              const Py_ssize_t *boffs, Py_ssize_t SC, Py_ssize_t seg,
                              int accumulate, float *C, Py_ssize_t ldc) {}
     static void fc_cgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float *A,
@@ -575,18 +584,45 @@ cdef extern from *:
     void fc_igemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t R, Py_ssize_t SC, Py_ssize_t seg,
                       const float* A, const Py_ssize_t* offs, const float* B, Py_ssize_t ldb,
                       float* C, Py_ssize_t ldc) noexcept nogil
-    void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
-                      Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B, const Py_ssize_t* boffs,
-                      Py_ssize_t SC, Py_ssize_t seg, int accumulate, float* C,
-                      Py_ssize_t ldc) noexcept nogil
+    void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t n_begin, Py_ssize_t N, Py_ssize_t KR,
+                      const float* A, Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B,
+                      const Py_ssize_t* boffs, Py_ssize_t SC, Py_ssize_t seg, int accumulate,
+                      float* C, Py_ssize_t ldc) noexcept nogil
     void fc_cgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
                       Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B, Py_ssize_t ldb, float* C,
                       const Py_ssize_t* roffs, Py_ssize_t SC, Py_ssize_t seg) noexcept nogil
 
 
+cdef extern from *:
+    """
+    /* Taking turns between OpenMP threads: chunk c of a dynamically scheduled loop waits
+     * until *turn == c, does its ordered step, then hands the turn to c + 1 (the `ordered`
+     * clause of OpenMP, which Cython's prange lacks). libgomp hands out the chunks of a
+     * dynamic schedule in ascending order, so the chunk being waited for is always held
+     * by a running thread. The waiter pauses, and yields its core now and then: on a busy
+     * machine the thread it waits for may need that core. */
+    #include <sched.h>
+    static void fc_wait_turn(Py_ssize_t *turn, Py_ssize_t mine)
+    {
+        for (long spins = 1; __atomic_load_n(turn, __ATOMIC_ACQUIRE) != mine; spins++) {
+    #if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+    #endif
+            if (spins % 1024 == 0) sched_yield();
+        }
+    }
+    static void fc_pass_turn(Py_ssize_t *turn, Py_ssize_t next)
+    {
+        __atomic_store_n(turn, next, __ATOMIC_RELEASE);
+    }
+    """
+    void fc_wait_turn(Py_ssize_t* turn, Py_ssize_t mine) noexcept nogil
+    void fc_pass_turn(Py_ssize_t* turn, Py_ssize_t next) noexcept nogil
+
+
 _INT_MAX = 2**31 - 1                   # BLAS sizes are C ints
 _MAX_CHUNKS = 16                       # batch chunks of the dW reduction (parallelism of it)
-_PARTIALS_BYTES = 64 * 2**20           # ... and at most this much memory for their partial dWs
+_PARTIALS_BYTES = 64 * 2**20           # ... fewer where 16 partial dWs would exceed this
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
 DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
 DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
@@ -645,29 +681,40 @@ cdef void _gemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const floating*
 
 # --------------------------------------------------------------------------- im2col / col2im
 
+cdef inline (Py_ssize_t, Py_ssize_t) _rows_inside(Py_ssize_t H, Py_ssize_t off, Py_ssize_t sh,
+                                                  Py_ssize_t P, Py_ssize_t p0,
+                                                  Py_ssize_t p1) noexcept nogil:
+    """The output rows p0 <= p_lo <= p < p_hi <= p1 whose input row p*sh + off is inside
+    [0, H) (first_inside / end_inside, clamped to the block of rows p0:p1)."""
+    cdef Py_ssize_t lo = first_inside(off, sh, P)
+    cdef Py_ssize_t hi = end_inside(H, off, sh, P, lo)
+    lo = min(max(lo, p0), p1)
+    return lo, max(min(hi, p1), lo)
+
+
 cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ssize_t H,
                          Py_ssize_t W, Py_ssize_t R, Py_ssize_t S, Py_ssize_t P, Py_ssize_t Q,
-                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                         Py_ssize_t pw) noexcept nogil:
-    """(im2col) x_n (C, H, W) -> col (C*R*S, P*Q), zeros where the window is in the padding.
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                         Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """(im2col) x_n (C, H, W) -> col (C*R*S, (p1 - p0)*Q): the columns of output rows
+    p0 <= p < p1 (all of them: 0, P), zeros where the window is in the padding.
 
     Row (c, r, s) of col is the image plane c shifted by the tap (r, s) and sampled every
     stride; each output row p of it is [zeros | a contiguous/strided copy | zeros].
     """
-    cdef Py_ssize_t c, r, s, p, q, p_lo, p_hi, q_lo, q_hi, off
+    cdef Py_ssize_t c, r, s, p, q, p_lo, p_hi, q_lo, q_hi, off, PQb = (p1 - p0) * Q
     cdef floating* col_row
     cdef floating* dst
     cdef const floating* x_row
     for c in range(C):
         for r in range(R):
-            p_lo = first_inside(r - ph, sh, P)
-            p_hi = end_inside(H, r - ph, sh, P, p_lo)
+            p_lo, p_hi = _rows_inside(H, r - ph, sh, P, p0, p1)
             for s in range(S):
-                col_row = col + ((c * R + r) * S + s) * P * Q
+                col_row = col + ((c * R + r) * S + s) * PQb - p0 * Q   # output row p at p*Q
                 off = s - pw
                 q_lo = first_inside(off, sw, Q)
                 q_hi = end_inside(W, off, sw, Q, q_lo)
-                for q in range(p_lo * Q):                  # rows above the image
+                for q in range(p0 * Q, p_lo * Q):          # rows above the image
                     col_row[q] = 0
                 for p in range(p_lo, p_hi):
                     dst = col_row + p * Q
@@ -685,31 +732,29 @@ cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ss
                                (q_hi - q_lo) * sizeof(floating))
                     for q in range(q_hi, Q):
                         dst[q] = 0
-                for q in range(p_hi * Q, P * Q):           # rows below the image
+                for q in range(p_hi * Q, p1 * Q):          # rows below the image
                     col_row[q] = 0
 
 
 cdef void _col2im_sample(const floating* col, floating* dx_n, Py_ssize_t C, Py_ssize_t H,
                          Py_ssize_t W, Py_ssize_t R, Py_ssize_t S, Py_ssize_t P, Py_ssize_t Q,
-                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                         Py_ssize_t pw) noexcept nogil:
-    """The adjoint of _im2col_sample: dx_n (C, H, W) = sum of col's entries onto the pixels
-    they were copied from (entries that came from the padding are dropped)."""
-    cdef Py_ssize_t c, r, s, p, q, i, p_lo, p_hi, q_lo, q_hi, off
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                         Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """The adjoint of _im2col_sample: dx_n (C, H, W) += col's entries (output rows
+    p0 <= p < p1) onto the pixels they were copied from (entries that came from the padding
+    are dropped). The caller zeroes dx_n once per image."""
+    cdef Py_ssize_t c, r, s, p, q, p_lo, p_hi, q_lo, q_hi, off, PQb = (p1 - p0) * Q
     cdef const floating* src
     cdef floating* dx_row
-    for i in range(C * H * W):
-        dx_n[i] = 0
     for c in range(C):
         for r in range(R):
-            p_lo = first_inside(r - ph, sh, P)
-            p_hi = end_inside(H, r - ph, sh, P, p_lo)
+            p_lo, p_hi = _rows_inside(H, r - ph, sh, P, p0, p1)
             for s in range(S):
                 off = s - pw
                 q_lo = first_inside(off, sw, Q)
                 q_hi = end_inside(W, off, sw, Q, q_lo)
                 for p in range(p_lo, p_hi):
-                    src = col + ((c * R + r) * S + s) * P * Q + p * Q
+                    src = col + ((c * R + r) * S + s) * PQb + (p - p0) * Q
                     dx_row = dx_n + (c * H + p * sh + r - ph) * W
                     if sw == 1:
                         for q in range(q_lo, q_hi):
@@ -772,35 +817,35 @@ cdef void _pad_hwc(const floating* x_n, floating* xp, Py_ssize_t C, Py_ssize_t H
 
 
 cdef void _patches_hwc(const floating* xp, floating* colT, Py_ssize_t C, Py_ssize_t Wp,
-                       Py_ssize_t R, Py_ssize_t S, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t sh,
-                       Py_ssize_t sw) noexcept nogil:
-    """(im2col.hwc) colT (PQ, R*S*C): row p*Q + q is the R runs xp[p*sh + r, q*sw : q*sw + S, :]."""
+                       Py_ssize_t R, Py_ssize_t S, Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """(im2col.hwc) colT ((p1 - p0)*Q, R*S*C) for output rows p0 <= p < p1 (all: 0, P):
+    row (p - p0)*Q + q is the R runs xp[p*sh + r, q*sw : q*sw + S, :]."""
     cdef Py_ssize_t SC = S * C, CRS = R * S * C, p, q, r, i
     cdef const floating* src
     cdef floating* dst
-    for p in range(P):
+    for p in range(p0, p1):
         for q in range(Q):
             for r in range(R):
                 src = xp + ((p * sh + r) * Wp + q * sw) * C
-                dst = colT + (p * Q + q) * CRS + r * SC
+                dst = colT + ((p - p0) * Q + q) * CRS + r * SC
                 for i in range(SC):
                     dst[i] = src[i]
 
 
-cdef void _unpatch_hwc(const floating* dcolT, floating* dxp, Py_ssize_t C, Py_ssize_t Hp,
-                       Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t P, Py_ssize_t Q,
-                       Py_ssize_t sh, Py_ssize_t sw) noexcept nogil:
-    """The adjoint of _patches_hwc: dxp (Hp, Wp, C) = sum of every run of dcolT onto the
-    run of xp it was copied from (contiguous adds of S*C values)."""
+cdef void _unpatch_hwc(const floating* dcolT, floating* dxp, Py_ssize_t C, Py_ssize_t Wp,
+                       Py_ssize_t R, Py_ssize_t S, Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """The adjoint of _patches_hwc: dxp (Hp, Wp, C) += every run of dcolT (output rows
+    p0 <= p < p1) onto the run of xp it was copied from (contiguous adds of S*C values).
+    The caller zeroes dxp once per image."""
     cdef Py_ssize_t SC = S * C, CRS = R * S * C, p, q, r, i
     cdef const floating* src
     cdef floating* dst
-    for i in range(Hp * Wp * C):
-        dxp[i] = 0
-    for p in range(P):
+    for p in range(p0, p1):
         for q in range(Q):
             for r in range(R):
-                src = dcolT + (p * Q + q) * CRS + r * SC
+                src = dcolT + ((p - p0) * Q + q) * CRS + r * SC
                 dst = dxp + ((p * sh + r) * Wp + q * sw) * C
                 for i in range(SC):
                     dst[i] += src[i]
@@ -876,7 +921,7 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
     if is_1x1:
         col_n = &x[n, 0, 0, 0]               # x[n] as (C, H*W) is col_n already
     else:
-        _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw)
+        _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, 0, P)
         col_n = col
     if is_1x1:      # the micro-kernel: 1.28x for nin_1x1 (192 -> 160 channels, 16x16)
         _gemm_small(K, PQ, CRS, &w[0, 0, 0, 0], CRS, 1, col_n, PQ, has_bias, y_n, PQ)
@@ -938,7 +983,7 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                          yT + p0 * Q * K, K)
             p0 = p1
     else:
-        _patches_hwc(xp, colT, C, Wp, R, S, P, Q, sh, sw)
+        _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, 0, P)
         _gemm_small(PQ, K, CRS, colT, CRS, 1, &wrT[0, 0], K, False, yT, K)  # colT @ Wr^T
     # y[n] (K, PQ) = Y_n^T transposed, plus the bias
     if floating is float:
@@ -1023,42 +1068,53 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, 
                           const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
                           floating* dw_part, floating* col, Py_ssize_t n_begin,
                           Py_ssize_t n_end, bint is_1x1, bint need_dx, Py_ssize_t sh,
-                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                          Py_ssize_t rows) noexcept nogil:
     """Images n_begin <= n < n_end: dx[n], and their partial dW^T = sum_n col_n @ dY_n^T.
 
-    Per image: build col_n, accumulate dW_part^T += col_n @ dY_n^T, then reuse the same buffer
-    for dcol_n = W^T @ dY_n and scatter it into dx[n] (col2im). eqs. (im2col), (conv.bwd).
+    Per image and block of ``rows`` output rows (so that ``col`` holds only part of an
+    image's columns where a whole one would overflow the memory bound, see
+    _rows_per_block): build that block of col_n, accumulate dW_part^T += col_b @ dY_b^T,
+    then reuse the buffer for dcol_b = W^T @ dY_b and scatter-add it into dx[n] (col2im).
+    eqs. (im2col), (conv.bwd).
     """
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
-    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], n
-    cdef int CRS = <int>(C * R * S), PQ = <int>(P * Q), Ki = <int>K
+    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], n, i, b, p0, p1
+    cdef int CRS = <int>(C * R * S), PQ = <int>(P * Q), Ki = <int>K, PQb
     cdef const floating* dy_n
     cdef const floating* w_mat = &w[0, 0, 0, 0]
-    cdef const floating* col_n
-    cdef floating beta
+    cdef floating* dx_n
     for n in range(n_begin, n_end):
         dy_n = &dy[n, 0, 0, 0]                               # dY_n: (K, PQ)
         if is_1x1:
-            col_n = &x[n, 0, 0, 0]
-        else:
-            _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw)
-            col_n = col
-        beta = 0 if n == n_begin else 1                      # the first image overwrites
-        # dW_part^T (CRS, K) += col_n (CRS, PQ) @ dY_n^T (PQ, K). The transpose of dW, because
-        # in this orientation BLAS streams the big col_n as its B operand and packs only the
-        # small dY_n, where dW = dY_n @ col_n^T made it re-pack col_n for K = 16..64 outputs
-        # only: 2.2x faster for 16 channels (30 -> 69 GFLOP/s), 1.3x for 32.
-        gemm_rm(False, True, CRS, Ki, PQ, 1, col_n, PQ, dy_n, PQ, beta, dw_part, Ki)
-        if not need_dx:
+            # dW_part^T (C, K) += x_n (C, HW) @ dY_n^T (HW, K): x[n] is col_n; see below
+            gemm_rm(False, True, CRS, Ki, PQ, 1, &x[n, 0, 0, 0], PQ, dy_n, PQ,
+                    0 if n == n_begin else 1, dw_part, Ki)
+            if need_dx:     # dx[n] (C, HW) = W^T (C, K) @ dY_n (K, HW): no col2im needed
+                _gemm_small(CRS, PQ, Ki, w_mat, 1, CRS, dy_n, PQ, False, &dx[n, 0, 0, 0], PQ)
             continue
-        if is_1x1:
-            # dx[n] (C, HW) = W^T (C, K) @ dY_n (K, HW): no col2im needed
-            _gemm_small(CRS, PQ, Ki, w_mat, 1, CRS, dy_n, PQ, False, &dx[n, 0, 0, 0], PQ)
-        else:
-            # dcol_n (CRS, PQ) = W^T (CRS, K) @ dY_n (K, PQ), then scatter-add into dx[n]
-            gemm_rm(True, False, CRS, PQ, Ki, 1, w_mat, CRS, dy_n, PQ, 0, col, PQ)
-            _col2im_sample(col, &dx[n, 0, 0, 0], C, H, W, R, S, P, Q, sh, sw, ph, pw)
+        dx_n = &dx[n, 0, 0, 0]
+        if need_dx:
+            for i in range(C * H * W):
+                dx_n[i] = 0
+        for b in range((P + rows - 1) // rows):             # blocks of output rows
+            p0 = b * rows
+            p1 = min(p0 + rows, P)
+            PQb = <int>((p1 - p0) * Q)
+            _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
+            # dW_part^T (CRS, K) += col_b (CRS, PQb) @ dY_b^T (PQb, K), the first block of the
+            # first image overwrites. The transpose of dW, because in this orientation BLAS
+            # streams the big col_b as its B operand and packs only the small dY_b, where
+            # dW = dY @ col^T made it re-pack col for K = 16..64 outputs only: 2.2x faster
+            # for 16 channels (30 -> 69 GFLOP/s), 1.3x for 32.
+            gemm_rm(False, True, CRS, Ki, PQb, 1, col, PQb, dy_n + p0 * Q, PQ,
+                    0 if n == n_begin and p0 == 0 else 1, dw_part, Ki)
+            if need_dx:
+                # dcol_b (CRS, PQb) = W^T (CRS, K) @ dY_b (K, PQb), scatter-added into dx[n]
+                gemm_rm(True, False, CRS, PQb, Ki, 1, w_mat, CRS, dy_n + p0 * Q, PQ, 0, col,
+                        PQb)
+                _col2im_sample(col, dx_n, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
 
 
 cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
@@ -1066,7 +1122,7 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
                               floating[:, :, :, ::1] dx, floating* dwr_part, floating* work,
                               Py_ssize_t n_begin, Py_ssize_t n_end, bint need_dx,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
     """As _backward_chunk in the channels-last layout of eq. (im2col.hwc); wr is Wr (K, RSC).
 
     Per image: xp and colT as in the forward pass, dWr_part (K, RSC) += dY_n @ colT, then
@@ -1074,11 +1130,12 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
     runs) and moved to dx[n] (C, H, W) without the border. With the micro-kernel and S*C a
     multiple of 16 (whole vectors per run), colT is never built: both products read and
     write the runs in the padded image in place (offs: each window's start, as forward).
+    Otherwise colT is built for blocks of ``rows`` output rows, as _backward_chunk.
     ``work`` holds xp (reused for its gradient), then (other cases) colT, reused for dcolT.
     """
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3], K = wr.shape[0]
-    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw, n, i
-    cdef Py_ssize_t CRS = C * R * S, PQ = P * Q
+    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
+    cdef Py_ssize_t CRS = C * R * S, PQ = P * Q, n, i, b, p0, p1
     cdef floating* xp = work
     cdef floating* colT = xp + Hp * Wp * C
     cdef const floating* dy_n
@@ -1088,54 +1145,148 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
         _pad_hwc(&x[n, 0, 0, 0], xp, C, H, W, ph, pw)
         if floating is float and in_place:
             # dWr_part (K, RSC) += dY_n (K, PQ) @ colT (PQ, RSC), colT read inside xp
-            fc_bgemm_f32(K, CRS, PQ, dy_n, PQ, 1, xp, &offs[0], S * C, Wp * C, n != n_begin,
-                         dwr_part, CRS)
-            if not need_dx:
-                continue
-            for i in range(Hp * Wp * C):                     # xp becomes its gradient
-                xp[i] = 0
-            # each window of xp += its row of dcolT = dY_n^T @ Wr (dY_n read transposed)
-            fc_cgemm_f32(PQ, CRS, K, dy_n, 1, PQ, &wr[0, 0], CRS, xp, &offs[0], S * C,
-                         Wp * C)
-        else:
-            _patches_hwc(xp, colT, C, Wp, R, S, P, Q, sh, sw)
-            # dWr_part (K, RSC) += dY_n (K, PQ) @ colT (PQ, RSC); the first image overwrites
-            _gemm_small(K, CRS, PQ, dy_n, PQ, 1, colT, CRS, n != n_begin, dwr_part, CRS)
-            if not need_dx:
-                continue
-            # dcolT (PQ, RSC) = dY_n^T (PQ, K) @ Wr (K, RSC) (dY_n read transposed, in place)
-            _gemm_small(PQ, CRS, K, dy_n, 1, PQ, &wr[0, 0], CRS, False, colT, CRS)
-            _unpatch_hwc(colT, xp, C, Hp, Wp, R, S, P, Q, sh, sw)
+            fc_bgemm_f32(K, 0, CRS, PQ, dy_n, PQ, 1, xp, &offs[0], S * C, Wp * C,
+                         n != n_begin, dwr_part, CRS)
+            if need_dx:                                      # xp becomes its gradient
+                _dx_sample_in_place(dy_n, &wr[0, 0], &offs[0], xp, &dx[n, 0, 0, 0], C, H, W,
+                                    K, R, S, PQ, ph, pw)
+            continue
+        # dWr_part (K, RSC) += dY_b (K, PQb) @ colT_b (PQb, RSC) block by block (the first
+        # block of the first image overwrites)
+        for b in range((P + rows - 1) // rows):             # blocks of output rows
+            p0 = b * rows
+            p1 = min(p0 + rows, P)
+            _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, p0, p1)
+            _gemm_small(K, CRS, (p1 - p0) * Q, dy_n + p0 * Q, PQ, 1, colT, CRS,
+                        n != n_begin or p0 != 0, dwr_part, CRS)
+        if not need_dx:
+            continue
+        for i in range(Hp * Wp * C):                         # xp becomes its gradient
+            xp[i] = 0
+        for b in range((P + rows - 1) // rows):             # blocks of output rows
+            p0 = b * rows
+            p1 = min(p0 + rows, P)
+            # dcolT_b (PQb, RSC) = dY_b^T (PQb, K) @ Wr (K, RSC) (dY_n read transposed)
+            _gemm_small((p1 - p0) * Q, CRS, K, dy_n + p0 * Q, 1, PQ, &wr[0, 0], CRS, False,
+                        colT, CRS)
+            _unpatch_hwc(colT, xp, C, Wp, R, S, Q, sh, sw, p0, p1)
         _unpad_hwc(xp, &dx[n, 0, 0, 0], C, H, W, ph, pw)
 
 
-cdef void _sum_partials(const floating[:, ::1] parts, floating* dw, Py_ssize_t k,
-                        Py_ssize_t C, Py_ssize_t R, Py_ssize_t S, Py_ssize_t K,
-                        bint hwc) noexcept nogil:
-    """Row k of dW (K, C*R*S): dw[k, c, r, s] = parts[0, i] + parts[1, i] + ... in chunk
-    order (the same bits on any thread count), where each partial holds dW^T (CRS, K),
-    i = ((c*R + r)*S + s)*K + k, or with ``hwc`` Wr's layout (K, RSC), i = k*RSC + (r*S + s)*C + c."""
-    cdef Py_ssize_t c, r, s, i, ch, CRS = C * R * S
-    cdef floating total
-    for c in range(C):
-        for r in range(R):
-            for s in range(S):
-                if hwc:
-                    i = k * CRS + (r * S + s) * C + c
-                else:
-                    i = ((c * R + r) * S + s) * K + k
-                total = parts[0, i]
-                for ch in range(1, parts.shape[0]):
-                    total = total + parts[ch, i]
-                dw[k * CRS + (c * R + r) * S + s] = total
+cdef void _dx_sample_in_place(const float* dy_n, const float* wr, const Py_ssize_t* offs,
+                              float* dxp, float* dx_n, Py_ssize_t C, Py_ssize_t H,
+                              Py_ssize_t W, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S,
+                              Py_ssize_t PQ, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """dx_n (C, H, W) from dY_n (K, PQ) on the float32 in-place path: dxp, the gradient of
+    the padded channels-last image, is zeroed; each window gets its row of
+    dcolT = dY_n^T @ Wr added straight onto it (dY_n read transposed); then the inside of
+    dxp goes back to dx_n, its border (gradients of padding zeros) dropped."""
+    cdef Py_ssize_t Wp = W + 2 * pw, i
+    for i in range((H + 2 * ph) * Wp * C):
+        dxp[i] = 0
+    fc_cgemm_f32(PQ, C * R * S, K, dy_n, 1, PQ, wr, C * R * S, dxp, offs, S * C, Wp * C)
+    _unpad_hwc(dxp, dx_n, C, H, W, ph, pw)
+
+
+# ------------------------------------------------ dW in batch chunks, or in output blocks
+#
+# The dW reduction runs in one of two ways, chosen from the shapes only (so the bits never
+# depend on the thread count), both holding far less than a partial dW per chunk:
+#
+# * Batch chunks (most layers: dW is small next to one image's columns, K < P*Q). The
+#   batch is cut into a fixed set of chunks (_n_chunks), each a task for one thread, which
+#   computes its chunk's partial dW into its own buffer and then, in chunk order (threads
+#   take turns, fc_wait_turn), adds it to the total: dw = ((p_0 + p_1) + p_2) + ... The
+#   total lives in dw itself, in the partials' layout, and is moved to w's at the end; so
+#   the memory is one partial per thread, while the fixed chunks keep the bits.
+# * Output blocks (float32 in-place path, where even one partial per thread would not fit
+#   the bound "threads x one image's columns": deep layers with K >= P*Q, e.g. resnet20_s3,
+#   64 channels on 8 x 8). No partials: each thread owns blocks of dWr (K, RSC) and adds
+#   every image's product to them, image after image (the micro-kernel sums each output in
+#   the same order in any block, so the split is free). The images are padded once, a
+#   group at a time, into a buffer the threads share.
+
+cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexcept nogil:
+    """total += part, elementwise (size values)."""
+    cdef Py_ssize_t i
+    for i in range(size):
+        total[i] = total[i] + part[i]
+
+
+cdef Py_ssize_t _rows_per_block(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t CRS,
+                                Py_ssize_t fixed) noexcept nogil:
+    """Output rows per block of a thread's column buffer (batch chunks, built columns): all
+    P where one image's columns fit beside ``fixed`` values of the thread's other scratch
+    (its partial dW, padded image, and Wr) within one image's columns, CRS*P*Q, the bound;
+    else the fewest equal blocks that fit; all P again where nothing fits (K >= P*Q in
+    float64, where the memory bound is not met). A function of the shapes only: the blocks
+    change the order of dW's sums."""
+    cdef Py_ssize_t fit = (CRS * P * Q - fixed) // (CRS * Q)        # rows that fit
+    cdef Py_ssize_t n_blocks
+    if fit >= P or fit < 1:
+        return P
+    n_blocks = (P + fit - 1) // fit
+    return (P + n_blocks - 1) // n_blocks
 
 
 def _n_chunks(Py_ssize_t N, Py_ssize_t dw_bytes):
     """How many fixed batch chunks the dW reduction uses: a function of the shapes only
     (never of the thread count), so the summation order, hence the bits, never change.
-    Up to _MAX_CHUNKS (the parallelism of the reduction), one partial dW each, with the
-    partials capped at _PARTIALS_BYTES in total."""
+    Up to _MAX_CHUNKS (the parallelism of the reduction)."""
     return int(max(1, min(N, _MAX_CHUNKS, _PARTIALS_BYTES // max(dw_bytes, 1))))
+
+
+cdef void _hand_in(const floating* part, floating* total, Py_ssize_t size, Py_ssize_t ch,
+                   Py_ssize_t* turn) noexcept nogil:
+    """Chunk ch's turn: wait for chunks 0..ch-1, add its partial to the total (chunk 0
+    wrote its partial there already), let chunk ch + 1 go."""
+    fc_wait_turn(turn, ch)
+    if ch > 0:
+        _add_to(total, part, size)
+    fc_pass_turn(turn, ch + 1)
+
+
+cdef void _permute_row_to_kcrs(floating* dw, floating* tmp, Py_ssize_t k, Py_ssize_t C,
+                               Py_ssize_t R, Py_ssize_t S) noexcept nogil:
+    """Row k of dw from Wr's order (r, s, c) to w's (c, r, s), through ``tmp`` (C*R*S)."""
+    cdef Py_ssize_t c, rs, CRS = C * R * S
+    cdef floating* row = dw + k * CRS
+    memcpy(tmp, row, CRS * sizeof(floating))
+    for rs in range(R * S):
+        for c in range(C):
+            row[c * R * S + rs] = tmp[rs * C + c]
+
+
+cdef void _dwr_by_blocks(const float[:, :, :, ::1] dy, const float[:, :, :, ::1] x,
+                         const Py_ssize_t* offs, float* dwr, float* xps, Py_ssize_t xp_size,
+                         Py_ssize_t group, Py_ssize_t R, Py_ssize_t S, Py_ssize_t ph,
+                         Py_ssize_t pw, int nt) noexcept nogil:
+    """dWr (K, RSC) = sum_n dY_n @ colT_n, images in order, by output blocks.
+
+    ``group`` images at a time are padded (in parallel) into ``xps``, one padded image per
+    xp_size values; then each block of dWr (rows k0:k1, 64 columns) adds their products to
+    itself, image after image (the batch's first image overwrites). Blocks of all K rows
+    unless that leaves fewer than two blocks per thread."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dy.shape[1], PQ = dy.shape[2] * dy.shape[3], CRS = C * R * S
+    cdef Py_ssize_t Wp = W + 2 * pw, n0, n_in, i, blk, k0, j0
+    cdef Py_ssize_t n_cols = (CRS + 63) // 64
+    cdef Py_ssize_t n_rows = min(K, max(1, (2 * nt + n_cols - 1) // n_cols))
+    cdef Py_ssize_t rows = (K + n_rows - 1) // n_rows
+    n_rows = (K + rows - 1) // rows
+    n0 = 0
+    while n0 < N:                                            # a group of images at a time
+        n_in = min(group, N - n0)
+        for i in prange(n_in, schedule="dynamic", num_threads=nt):
+            _pad_hwc(&x[n0 + i, 0, 0, 0], xps + i * xp_size, C, H, W, ph, pw)
+        for blk in prange(n_rows * n_cols, schedule="dynamic", num_threads=nt):
+            k0 = (blk // n_cols) * rows
+            j0 = (blk % n_cols) * 64
+            for i in range(n_in):
+                fc_bgemm_f32(min(rows, K - k0), j0, min(j0 + 64, CRS), PQ,
+                             &dy[n0 + i, k0, 0, 0], PQ, 1, xps + i * xp_size, offs, S * C,
+                             Wp * C, n0 + i > 0, dwr + k0 * CRS, CRS)
+        n0 += n_in
 
 
 def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
@@ -1160,31 +1311,23 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
-    cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, ch, chunk, n_chunks, work_size, CRS = C * R * S
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, n, i, ch, chunk, n_chunks
+    cdef Py_ssize_t work_size, group, xp_size, rows, CRS = C * R * S
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry(
         (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
         (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
     _check_blas_sizes(K, CRS, P * Q)
+    cdef Py_ssize_t columns = CRS * P * Q                   # one image's columns
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint hwc = _use_hwc(C, S, is_1x1, False)
-    n_chunks = _n_chunks(N, K * CRS * np.dtype(dtype).itemsize)
-    chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
-    n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty
+    cdef bint in_place = hwc and floating is float and _in_place_runs(C, S)
+    xp_size = (H + 2 * ph) * (W + 2 * pw) * C
     # without need_dx, a one-element placeholder that is never read
     dx_arr = np.empty((N if need_dx else 1, C if need_dx else 1, H if need_dx else 1,
                        W if need_dx else 1), dtype=dtype)
     dw_arr = np.empty((K, C, R, S), dtype=dtype)
     db_arr = np.empty(K, dtype=dtype)
-    parts_arr = np.empty((n_chunks, K * CRS), dtype=dtype)
-    # per-thread scratch: one image's columns (channels-last: and its padded copy)
-    if hwc:
-        work_size = (H + 2 * ph) * (W + 2 * pw) * C
-        if not (floating is float and _in_place_runs(C, S)):
-            work_size += CRS * P * Q                         # colT
-    else:
-        work_size = 1 if is_1x1 else CRS * P * Q
-    col_arr = np.empty((nt, work_size), dtype=dtype)
     # Wr (K, R*S*C): wr[k, (r*S + s)*C + c] = w[k, c, r, s], the (r, s, c) order of colT
     wr_arr = (np.ascontiguousarray(np.asarray(w).transpose(0, 2, 3, 1).reshape(K, -1)) if hwc
               else np.empty((1, 1), dtype=dtype))
@@ -1194,20 +1337,67 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef floating[:, :, :, ::1] dx = dx_arr
     cdef floating[:, :, :, ::1] dw = dw_arr
     cdef floating[::1] db = db_arr
-    cdef floating[:, ::1] parts = parts_arr
-    cdef floating[:, ::1] col = col_arr
+    cdef floating[:, ::1] parts
+    cdef floating[:, ::1] col
+    if floating is float:
+        if in_place and K * CRS + xp_size + wr_arr.size > columns:     # output blocks
+            # padded images held at once: what threads x one image's columns leaves beside Wr
+            group = max(<Py_ssize_t>nt, (nt * columns - wr_arr.size) // xp_size)
+            col = np.empty((max(min(group, N), nt), xp_size), dtype=dtype)
+            with nogil:
+                _dwr_by_blocks(dy, x, &offs[0], &dw[0, 0, 0, 0], &col[0, 0], xp_size,
+                               min(group, N), R, S, ph, pw, nt)
+                for k in prange(K, schedule="static", num_threads=nt):
+                    _permute_row_to_kcrs(&dw[0, 0, 0, 0], &col[threadid(), 0], k, C, R, S)
+                if need_dx:
+                    for n in prange(N, schedule="dynamic", num_threads=nt):
+                        _dx_sample_in_place(&dy[n, 0, 0, 0], &wr[0, 0], &offs[0],
+                                            &col[threadid(), 0], &dx[n, 0, 0, 0], C, H, W,
+                                            K, R, S, P * Q, ph, pw)
+                for k in prange(K, schedule="static", num_threads=nt):
+                    _db_one(dy, db, k)
+            return (dx_arr if need_dx else None), dw_arr, db_arr
+    n_chunks = _n_chunks(N, K * CRS * np.dtype(dtype).itemsize)
+    chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
+    n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty
+    rows = P if is_1x1 or in_place else _rows_per_block(
+        P, Q, CRS, K * CRS + (xp_size + wr_arr.size if hwc else 0))
+    work_size = (xp_size if hwc else 0) + (0 if is_1x1 or in_place else rows * Q * CRS)
+    col = np.empty((nt, max(work_size, 1)), dtype=dtype)
+    # Every chunk's partial at once where they fit beside the threads' scratch within the
+    # bound (no waiting: summed at the end); else one per thread, added in turn. Both add
+    # the same partials in the same order: the same bits.
+    cdef bint all_fit = ((n_chunks - 1) * K * CRS
+                         <= nt * (columns - work_size) - (wr_arr.size if hwc else 0))
+    parts = np.empty((n_chunks if all_fit else nt, K * CRS), dtype=dtype)
+    cdef floating* total = &dw[0, 0, 0, 0]                  # chunk 0 writes here directly
+    cdef floating* part
+    cdef Py_ssize_t turn = 0
     with nogil:
-        if hwc:
-            for ch in prange(n_chunks, schedule="dynamic", num_threads=nt):
-                _backward_chunk_hwc(dy, x, wr, offs, dx, &parts[ch, 0], &col[threadid(), 0],
-                                    ch * chunk, min((ch + 1) * chunk, N), need_dx, R, S, sh, sw,
-                                    ph, pw)
-        else:
-            for ch in prange(n_chunks, schedule="dynamic", num_threads=nt):
-                _backward_chunk(dy, x, w, dx, &parts[ch, 0], &col[threadid(), 0], ch * chunk,
-                                min((ch + 1) * chunk, N), is_1x1, need_dx, sh, sw, ph, pw)
-        for k in prange(K, schedule="static", num_threads=nt):
-            _sum_partials(parts, &dw[0, 0, 0, 0], k, C, R, S, K, hwc)
+        for ch in prange(n_chunks, schedule="dynamic", num_threads=nt):
+            part = total if ch == 0 else &parts[ch if all_fit else threadid(), 0]
+            if hwc:
+                _backward_chunk_hwc(dy, x, wr, offs, dx, part, &col[threadid(), 0],
+                                    ch * chunk, min((ch + 1) * chunk, N), need_dx, R, S, sh,
+                                    sw, ph, pw, rows)
+            else:
+                _backward_chunk(dy, x, w, dx, part, &col[threadid(), 0], ch * chunk,
+                                min((ch + 1) * chunk, N), is_1x1, need_dx, sh, sw, ph, pw,
+                                rows)
+            if not all_fit:
+                _hand_in(part, total, K * CRS, ch, &turn)
+        if all_fit:                      # total += parts[1], parts[2], ...: K segments at once
+            for k in prange(K, schedule="static", num_threads=nt):
+                for ch in range(1, n_chunks):
+                    _add_to(total + k * CRS, &parts[ch, k * CRS], CRS)
+        if hwc:            # the total is in Wr's layout (K, RSC): w's (K, C, R, S) row by row
+            for k in prange(K, schedule="static", num_threads=nt):
+                _permute_row_to_kcrs(total, &parts[threadid(), 0], k, C, R, S)
+        else:              # the total is dW^T (CRS, K): transposed to (K, CRS) through parts[0]
+            memcpy(&parts[0, 0], total, K * CRS * sizeof(floating))
+            for k in prange(K, schedule="static", num_threads=nt):
+                for i in range(CRS):
+                    total[k * CRS + i] = parts[0, i * K + k]
         for k in prange(K, schedule="static", num_threads=nt):
             _db_one(dy, db, k)
     return (dx_arr if need_dx else None), dw_arr, db_arr

@@ -7,6 +7,7 @@ API; and the fast kernels must give the same bits on 1 and 2 threads.
 Formulas: (conv.out), (conv.fwd), (conv.bwd), (im2col), see STYLE.md.
 """
 import itertools
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -314,18 +315,20 @@ THREAD_CASES = [
     ((9, 4, 24, 26), (7, 4, 3, 2), (2, 3), (1, 0)),
     ((21, 16, 12, 12), (5, 16, 1, 1), (1, 1), (0, 0)),
     ((18, 16, 10, 10), (32, 16, 3, 3), (1, 1), (1, 1)),   # full micro-kernel tiles
+    ((20, 32, 6, 6), (64, 32, 3, 3), (1, 1), (1, 1)),     # K >= P*Q: dW by output blocks
+    ((20, 3, 20, 20), (24, 3, 3, 3), (1, 1), (1, 1)),     # columns built in row blocks
 ]
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", THREAD_CASES, ids=grid_id)
-def test_fast_is_bitwise_thread_invariant(case, algo, rng):
-    """The reductions (dw, db) use a fixed order, so 1 and 2 threads give the same bits,
+def test_fast_is_bitwise_thread_invariant(case, algo, dtype, rng):
+    """The reductions (dw, db) use a fixed order, so 1, 2 and 3 threads give the same bits,
     and so do two runs on 2 threads."""
-    x, w, b, dy = make_inputs(rng, np.float32, *case)
+    x, w, b, dy = make_inputs(rng, dtype, *case)
     stride, padding = case[2], case[3]
     results = []
-    for n in (1, 2):
+    for n in (1, 2, 3):
         with fastconv.num_threads(n):
             y = F.conv2d(x, w, b, stride, padding, algo=algo, backend="fast")
             results.append((y,) + F.conv2d_backward(dy, x, w, stride, padding, algo=algo,
@@ -334,9 +337,63 @@ def test_fast_is_bitwise_thread_invariant(case, algo, rng):
         y = F.conv2d(x, w, b, stride, padding, algo=algo, backend="fast")
         results.append((y,) + F.conv2d_backward(dy, x, w, stride, padding, algo=algo,
                                                  backend="fast"))
-    for name, one, two, again in zip(("y", "dx", "dw", "db"), *results):
+    for name, one, two, three, again in zip(("y", "dx", "dw", "db"), *results):
         assert np.array_equal(one, two), f"{name} differs between 1 and 2 threads"
+        assert np.array_equal(one, three), f"{name} differs between 1 and 3 threads"
         assert np.array_equal(two, again), f"{name} differs between two 2-thread runs"
+
+
+def _backward_workspace(kern, x, w, dy, stride, padding, n_threads):
+    """Peak NumPy memory of one fast im2col backward call beyond its outputs, in bytes
+    (all of the kernel's scratch is NumPy arrays, which tracemalloc sees)."""
+    tracemalloc.start()
+    try:
+        outputs = kern.conv2d_backward(dy, x, w, stride, padding, n_threads)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak - sum(a.nbytes for a in outputs)
+
+
+@pytest.mark.parametrize("microkernel", [True, False], ids=["microkernel", "blas"])
+def test_im2col_backward_memory_within_bound(microkernel, dtype, rng):
+    """Issue 6's bound on every conv layer of the benchmark suite: the backward's scratch
+    stays within threads x one image's columns (C*R*S x P*Q values), for 1, 2 and 3
+    threads; except where a partial dW does not fit beside one image's columns, i.e.
+    K*CRS + padded image + Wr > C*R*S*P*Q (resnet20_s3, K = P*Q = 64): on the float32
+    micro-kernel such layers take dW by output blocks, which hold no partials but need the
+    weights' copy Wr (K x C*R*S) beside one padded image, so at 1 thread the bound is
+    exceeded by at most Wr; on BLAS they keep a partial per thread (not bounded)."""
+    from fastconv._backend import load_kernels
+    from fastconv.benchmark.shapes import CONV, conv_out
+    kern = load_kernels("conv_im2col")
+    if microkernel and not kern._microkernel_in_use():
+        pytest.skip("this CPU has no AVX-512: the float32 products run on BLAS")
+    previous = kern._set_microkernel(microkernel)
+    try:
+        for name, N, C, H, W, K, R, S, stride, pad in CONV:
+            P, Q = conv_out(H, W, R, S, stride, pad)
+            x = rng.standard_normal((N, C, H, W)).astype(dtype)
+            w = rng.standard_normal((K, C, R, S)).astype(dtype)
+            dy = rng.standard_normal((N, K, P, Q)).astype(dtype)
+            item, columns = x.itemsize, C * R * S * P * Q
+            padded = (H + 2 * pad) * (W + 2 * pad) * C
+            partial_fits = K * C * R * S + padded + K * C * R * S <= columns
+            output_blocks = (microkernel and dtype == np.float32 and (S * C) % 16 == 0
+                             and not partial_fits)
+            for threads in (1, 2, 3):
+                used = _backward_workspace(kern, x, w, dy, (stride, stride), (pad, pad),
+                                           threads)
+                bound = threads * columns * item
+                if output_blocks:
+                    bound = max(bound, (K * C * R * S + padded) * item)
+                elif not partial_fits:
+                    continue
+                bound += P * Q * 8 + 4096      # window offsets (intp), Python objects
+                assert used <= bound, (f"{name}, {threads} threads: {used / 2**20:.3f} MB of "
+                                       f"scratch for a bound of {bound / 2**20:.3f} MB")
+    finally:
+        kern._set_microkernel(previous)
 
 
 # --------------------------------------------------------------------------- inputs
