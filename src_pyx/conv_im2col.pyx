@@ -1173,7 +1173,7 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
         _unpad_hwc(xp, &dx[n, 0, 0, 0], C, H, W, ph, pw)
 
 
-cdef void _dx_sample_in_place(const float* dy_n, const float* wr, const Py_ssize_t* offs,
+cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr, const Py_ssize_t* offs,
                               float* dxp, float* dx_n, Py_ssize_t C, Py_ssize_t H,
                               Py_ssize_t W, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S,
                               Py_ssize_t PQ, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
