@@ -623,6 +623,7 @@ cdef extern from *:
 _INT_MAX = 2**31 - 1                   # BLAS sizes are C ints
 _MAX_CHUNKS = 16                       # batch chunks of the dW reduction (parallelism of it)
 _PARTIALS_BYTES = 64 * 2**20           # ... fewer where 16 partial dWs would exceed this
+DEF _BLAS_BLOCK_ROWS = 32             # rows of dW per output block on BLAS (fixed: the bits)
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
 DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
 DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
@@ -1159,18 +1160,29 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
             _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, p0, p1)
             _gemm_small(K, CRS, (p1 - p0) * Q, dy_n + p0 * Q, PQ, 1, colT, CRS,
                         n != n_begin or p0 != 0, dwr_part, CRS)
-        if not need_dx:
-            continue
-        for i in range(Hp * Wp * C):                         # xp becomes its gradient
-            xp[i] = 0
-        for b in range((P + rows - 1) // rows):             # blocks of output rows
-            p0 = b * rows
-            p1 = min(p0 + rows, P)
-            # dcolT_b (PQb, RSC) = dY_b^T (PQb, K) @ Wr (K, RSC) (dY_n read transposed)
-            _gemm_small((p1 - p0) * Q, CRS, K, dy_n + p0 * Q, 1, PQ, &wr[0, 0], CRS, False,
-                        colT, CRS)
-            _unpatch_hwc(colT, xp, C, Wp, R, S, Q, sh, sw, p0, p1)
-        _unpad_hwc(xp, &dx[n, 0, 0, 0], C, H, W, ph, pw)
+        if need_dx:                                          # xp becomes its gradient
+            _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, &dx[n, 0, 0, 0], C, H, W, K, R, S, P,
+                           Q, sh, sw, ph, pw, rows)
+
+
+cdef void _dx_sample_hwc(const floating* dy_n, const floating* wr, floating* dxp,
+                         floating* colT, floating* dx_n, Py_ssize_t C, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S, Py_ssize_t P,
+                         Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                         Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
+    """dx_n (C, H, W) from dY_n (K, PQ) on the channels-last path with colT built: dxp, the
+    gradient of the padded image, is zeroed; per block of ``rows`` output rows,
+    dcolT_b = dY_b^T @ Wr (dY_n read transposed) goes to colT and is added onto the runs of
+    dxp it came from; then the inside of dxp goes back to dx_n."""
+    cdef Py_ssize_t Wp = W + 2 * pw, CRS = C * R * S, PQ = P * Q, i, b, p0, p1
+    for i in range((H + 2 * ph) * Wp * C):
+        dxp[i] = 0
+    for b in range((P + rows - 1) // rows):                 # blocks of output rows
+        p0 = b * rows
+        p1 = min(p0 + rows, P)
+        _gemm_small((p1 - p0) * Q, CRS, K, dy_n + p0 * Q, 1, PQ, wr, CRS, False, colT, CRS)
+        _unpatch_hwc(colT, dxp, C, Wp, R, S, Q, sh, sw, p0, p1)
+    _unpad_hwc(dxp, dx_n, C, H, W, ph, pw)
 
 
 cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr, const Py_ssize_t* offs,
@@ -1257,22 +1269,46 @@ cdef void _permute_row_to_kcrs(floating* dw, floating* tmp, Py_ssize_t k, Py_ssi
             row[c * R * S + rs] = tmp[rs * C + c]
 
 
-cdef void _dwr_by_blocks(const float[:, :, :, ::1] dy, const float[:, :, :, ::1] x,
-                         const Py_ssize_t* offs, float* dwr, float* xps, Py_ssize_t xp_size,
-                         Py_ssize_t group, Py_ssize_t R, Py_ssize_t S, Py_ssize_t ph,
-                         Py_ssize_t pw, int nt) noexcept nogil:
+cdef void _column_slice(const floating* xp, floating* buf, const Py_ssize_t* offs,
+                        Py_ssize_t PQ, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t SC,
+                        Py_ssize_t seg) noexcept nogil:
+    """buf (PQ, j1 - j0) = columns j0 <= j < j1 of colT (PQ, RSC), read from the padded
+    channels-last image xp: column j = r*SC + (s*C + c) of row pq is xp[offs[pq] + r*seg +
+    j % SC] (whole runs copied at once)."""
+    cdef Py_ssize_t pq, j, end, r, width = j1 - j0
+    for pq in range(PQ):
+        j = j0
+        while j < j1:
+            r = j // SC
+            end = min(j1, (r + 1) * SC)
+            memcpy(buf + pq * width + (j - j0), xp + offs[pq] + r * seg + (j - r * SC),
+                   (end - j) * sizeof(floating))
+            j = end
+
+
+cdef void _dwr_by_blocks(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                         const Py_ssize_t* offs, floating* dwr, floating* xps,
+                         Py_ssize_t xp_size, Py_ssize_t group, floating* bufs,
+                         Py_ssize_t buf_size, bint in_place, Py_ssize_t R, Py_ssize_t S,
+                         Py_ssize_t ph, Py_ssize_t pw, int nt) noexcept nogil:
     """dWr (K, RSC) = sum_n dY_n @ colT_n, images in order, by output blocks.
 
     ``group`` images at a time are padded (in parallel) into ``xps``, one padded image per
     xp_size values; then each block of dWr (rows k0:k1, 64 columns) adds their products to
-    itself, image after image (the batch's first image overwrites). Blocks of all K rows
-    unless that leaves fewer than two blocks per thread."""
+    itself, image after image (the batch's first image overwrites). ``in_place`` (float32
+    micro-kernel, whole-vector runs): colT read inside the padded images, and blocks of all
+    K rows unless that leaves fewer than two blocks per thread (any split, same bits).
+    Otherwise each block's 64 columns of colT are copied into the thread's buffer (``bufs``,
+    buf_size apart) for one GEMM per image, and the blocks are all K rows (fixed shapes,
+    whatever the thread count: BLAS may round differently for other shapes)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dy.shape[1], PQ = dy.shape[2] * dy.shape[3], CRS = C * R * S
-    cdef Py_ssize_t Wp = W + 2 * pw, n0, n_in, i, blk, k0, j0
+    cdef Py_ssize_t Wp = W + 2 * pw, n0, n_in, i, blk, k0, j0, j1
     cdef Py_ssize_t n_cols = (CRS + 63) // 64
-    cdef Py_ssize_t n_rows = min(K, max(1, (2 * nt + n_cols - 1) // n_cols))
+    cdef Py_ssize_t n_rows = (min(K, max(1, (2 * nt + n_cols - 1) // n_cols)) if in_place
+                              else (K + _BLAS_BLOCK_ROWS - 1) // _BLAS_BLOCK_ROWS)
     cdef Py_ssize_t rows = (K + n_rows - 1) // n_rows
+    cdef floating* buf
     n_rows = (K + rows - 1) // rows
     n0 = 0
     while n0 < N:                                            # a group of images at a time
@@ -1282,10 +1318,17 @@ cdef void _dwr_by_blocks(const float[:, :, :, ::1] dy, const float[:, :, :, ::1]
         for blk in prange(n_rows * n_cols, schedule="dynamic", num_threads=nt):
             k0 = (blk // n_cols) * rows
             j0 = (blk % n_cols) * 64
+            j1 = min(j0 + 64, CRS)
+            buf = bufs + threadid() * buf_size
             for i in range(n_in):
-                fc_bgemm_f32(min(rows, K - k0), j0, min(j0 + 64, CRS), PQ,
-                             &dy[n0 + i, k0, 0, 0], PQ, 1, xps + i * xp_size, offs, S * C,
-                             Wp * C, n0 + i > 0, dwr + k0 * CRS, CRS)
+                if floating is float and in_place:
+                    fc_bgemm_f32(min(rows, K - k0), j0, j1, PQ, &dy[n0 + i, k0, 0, 0], PQ, 1,
+                                 xps + i * xp_size, offs, S * C, Wp * C, n0 + i > 0,
+                                 dwr + k0 * CRS, CRS)
+                else:
+                    _column_slice(xps + i * xp_size, buf, offs, PQ, j0, j1, S * C, Wp * C)
+                    _gemm_small(min(rows, K - k0), j1 - j0, PQ, &dy[n0 + i, k0, 0, 0], PQ, 1,
+                                buf, j1 - j0, n0 + i > 0, dwr + k0 * CRS + j0, CRS)
         n0 += n_in
 
 
@@ -1339,24 +1382,40 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef floating[::1] db = db_arr
     cdef floating[:, ::1] parts
     cdef floating[:, ::1] col
-    if floating is float:
-        if in_place and K * CRS + xp_size + wr_arr.size > columns:     # output blocks
-            # padded images held at once: what threads x one image's columns leaves beside Wr
-            group = max(<Py_ssize_t>nt, (nt * columns - wr_arr.size) // xp_size)
-            col = np.empty((max(min(group, N), nt), xp_size), dtype=dtype)
-            with nogil:
-                _dwr_by_blocks(dy, x, &offs[0], &dw[0, 0, 0, 0], &col[0, 0], xp_size,
-                               min(group, N), R, S, ph, pw, nt)
-                for k in prange(K, schedule="static", num_threads=nt):
-                    _permute_row_to_kcrs(&dw[0, 0, 0, 0], &col[threadid(), 0], k, C, R, S)
-                if need_dx:
-                    for n in prange(N, schedule="dynamic", num_threads=nt):
+    cdef floating[:, ::1] bufs
+    cdef Py_ssize_t buf_size
+    if hwc and K * CRS + xp_size + wr_arr.size > columns:  # dW by output blocks, see above
+        if in_place:
+            rows, buf_size = P, 1
+        else:
+            # a thread's buffer: 64 columns of colT (dW), then blocks of rows of dcolT (dx),
+            # within one image's columns beside its padded image and its share of Wr (half:
+            # at 1 thread the bound is exceeded by the other half)
+            rows = _rows_per_block(P, Q, CRS, xp_size + wr_arr.size // 2)
+            buf_size = max(P * Q * min(64, CRS), rows * Q * CRS)
+        # padded images held at once: what threads x one image's columns leaves
+        group = min(N, max(<Py_ssize_t>nt,
+                           (nt * (columns - buf_size) - wr_arr.size) // xp_size))
+        col = np.empty((max(group, nt), xp_size), dtype=dtype)
+        bufs = np.empty((nt, buf_size), dtype=dtype)
+        with nogil:
+            _dwr_by_blocks(dy, x, &offs[0], &dw[0, 0, 0, 0], &col[0, 0], xp_size, group,
+                           &bufs[0, 0], buf_size, in_place, R, S, ph, pw, nt)
+            for k in prange(K, schedule="static", num_threads=nt):
+                _permute_row_to_kcrs(&dw[0, 0, 0, 0], &col[threadid(), 0], k, C, R, S)
+            if need_dx:
+                for n in prange(N, schedule="dynamic", num_threads=nt):
+                    if floating is float and in_place:
                         _dx_sample_in_place(&dy[n, 0, 0, 0], &wr[0, 0], &offs[0],
                                             &col[threadid(), 0], &dx[n, 0, 0, 0], C, H, W,
                                             K, R, S, P * Q, ph, pw)
-                for k in prange(K, schedule="static", num_threads=nt):
-                    _db_one(dy, db, k)
-            return (dx_arr if need_dx else None), dw_arr, db_arr
+                    else:
+                        _dx_sample_hwc(&dy[n, 0, 0, 0], &wr[0, 0], &col[threadid(), 0],
+                                       &bufs[threadid(), 0], &dx[n, 0, 0, 0], C, H, W, K, R,
+                                       S, P, Q, sh, sw, ph, pw, rows)
+            for k in prange(K, schedule="static", num_threads=nt):
+                _db_one(dy, db, k)
+        return (dx_arr if need_dx else None), dw_arr, db_arr
     n_chunks = _n_chunks(N, K * CRS * np.dtype(dtype).itemsize)
     chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
     n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty

@@ -359,11 +359,10 @@ def _backward_workspace(kern, x, w, dy, stride, padding, n_threads):
 def test_im2col_backward_memory_within_bound(microkernel, dtype, rng):
     """Issue 6's bound on every conv layer of the benchmark suite: the backward's scratch
     stays within threads x one image's columns (C*R*S x P*Q values), for 1, 2 and 3
-    threads; except where a partial dW does not fit beside one image's columns, i.e.
-    K*CRS + padded image + Wr > C*R*S*P*Q (resnet20_s3, K = P*Q = 64): on the float32
-    micro-kernel such layers take dW by output blocks, which hold no partials but need the
-    weights' copy Wr (K x C*R*S) beside one padded image, so at 1 thread the bound is
-    exceeded by at most Wr; on BLAS they keep a partial per thread (not bounded)."""
+    threads. The one exception is by design: where a partial dW does not fit beside one
+    image's columns (K*CRS + padded image + Wr > C*R*S*P*Q: resnet20_s3, K = P*Q = 64), dW
+    is taken by output blocks, which hold no partials but need the weights' copy Wr
+    (K x C*R*S) beside a padded image, so on 1 thread the bound is exceeded by at most Wr."""
     from fastconv._backend import load_kernels
     from fastconv.benchmark.shapes import CONV, conv_out
     kern = load_kernels("conv_im2col")
@@ -376,20 +375,15 @@ def test_im2col_backward_memory_within_bound(microkernel, dtype, rng):
             x = rng.standard_normal((N, C, H, W)).astype(dtype)
             w = rng.standard_normal((K, C, R, S)).astype(dtype)
             dy = rng.standard_normal((N, K, P, Q)).astype(dtype)
-            item, columns = x.itemsize, C * R * S * P * Q
-            padded = (H + 2 * pad) * (W + 2 * pad) * C
-            partial_fits = K * C * R * S + padded + K * C * R * S <= columns
-            output_blocks = (microkernel and dtype == np.float32 and (S * C) % 16 == 0
-                             and not partial_fits)
+            columns, weights = C * R * S * P * Q, w.size
+            output_blocks = 2 * weights + (H + 2 * pad) * (W + 2 * pad) * C > columns
             for threads in (1, 2, 3):
                 used = _backward_workspace(kern, x, w, dy, (stride, stride), (pad, pad),
                                            threads)
-                bound = threads * columns * item
-                if output_blocks:
-                    bound = max(bound, (K * C * R * S + padded) * item)
-                elif not partial_fits:
-                    continue
-                bound += P * Q * 8 + 4096      # window offsets (intp), Python objects
+                bound = threads * columns
+                if output_blocks and threads == 1:
+                    bound += weights
+                bound = bound * x.itemsize + P * Q * 8 + 4096   # + window offsets, objects
                 assert used <= bound, (f"{name}, {threads} threads: {used / 2**20:.3f} MB of "
                                        f"scratch for a bound of {bound / 2**20:.3f} MB")
     finally:
