@@ -595,29 +595,26 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    /* Taking turns between OpenMP threads: chunk c of a dynamically scheduled loop waits
-     * until *turn == c, does its ordered step, then hands the turn to c + 1 (the `ordered`
-     * clause of OpenMP, which Cython's prange lacks). libgomp hands out the chunks of a
-     * dynamic schedule in ascending order, so the chunk being waited for is always held
-     * by a running thread. The waiter pauses, and yields its core now and then: on a busy
-     * machine the thread it waits for may need that core. */
+    /* Atomics (sequentially consistent) for the ordered hand-in of partial dWs between
+     * OpenMP threads (see _hand_in): Cython's prange has no `ordered` clause. */
     #include <sched.h>
-    static void fc_wait_turn(Py_ssize_t *turn, Py_ssize_t mine)
+    static Py_ssize_t fc_load(const Py_ssize_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+    static void fc_store(Py_ssize_t *p, Py_ssize_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
+    static int fc_try_lock(Py_ssize_t *lock) { return __atomic_exchange_n(lock, 1, __ATOMIC_SEQ_CST) == 0; }
+    /* A waiter's pause; now and then it yields its core, which on a busy machine the
+     * thread it waits for may need. */
+    static void fc_pause(long spins)
     {
-        for (long spins = 1; __atomic_load_n(turn, __ATOMIC_ACQUIRE) != mine; spins++) {
     #if defined(__x86_64__) || defined(__i386__)
-            __builtin_ia32_pause();
+        __builtin_ia32_pause();
     #endif
-            if (spins % 1024 == 0) sched_yield();
-        }
-    }
-    static void fc_pass_turn(Py_ssize_t *turn, Py_ssize_t next)
-    {
-        __atomic_store_n(turn, next, __ATOMIC_RELEASE);
+        if (spins % 1024 == 1023) sched_yield();
     }
     """
-    void fc_wait_turn(Py_ssize_t* turn, Py_ssize_t mine) noexcept nogil
-    void fc_pass_turn(Py_ssize_t* turn, Py_ssize_t next) noexcept nogil
+    Py_ssize_t fc_load(const Py_ssize_t* p) noexcept nogil
+    void fc_store(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
+    int fc_try_lock(Py_ssize_t* lock) noexcept nogil
+    void fc_pause(long spins) noexcept nogil
 
 
 _INT_MAX = 2**31 - 1                   # BLAS sizes are C ints
@@ -1206,11 +1203,14 @@ cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr, const P
 # depend on the thread count), both holding far less than a partial dW per chunk:
 #
 # * Batch chunks (most layers: dW is small next to one image's columns, K < P*Q). The
-#   batch is cut into a fixed set of chunks (_n_chunks), each a task for one thread, which
-#   computes its chunk's partial dW into its own buffer and then, in chunk order (threads
-#   take turns, fc_wait_turn), adds it to the total: dw = ((p_0 + p_1) + p_2) + ... The
-#   total lives in dw itself, in the partials' layout, and is moved to w's at the end; so
-#   the memory is one partial per thread, while the fixed chunks keep the bits.
+#   batch is cut into a fixed set of chunks (_n_chunks), each a task for one thread. Where
+#   every chunk's partial dW fits in memory beside the threads' scratch, they are summed at
+#   the end, in chunk order. Otherwise the partials go to as many buffers ("slots") as fit,
+#   and are added to the total in chunk order as they complete, by whichever thread gets
+#   there (_hand_in); a thread waits only when the slot for its next chunk still holds a
+#   partial not yet added. Either way dw = ((p_0 + p_1) + p_2) + ...: the fixed chunks keep
+#   the bits. The total lives in dw itself, in the partials' layout, and is moved to w's
+#   layout at the end.
 # * Output blocks (float32 in-place path, where even one partial per thread would not fit
 #   the bound "threads x one image's columns": deep layers with K >= P*Q, e.g. resnet20_s3,
 #   64 channels on 8 x 8). No partials: each thread owns blocks of dWr (K, RSC) and adds
@@ -1225,6 +1225,12 @@ cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexce
         total[i] = total[i] + part[i]
 
 
+cdef inline Py_ssize_t _usable(Py_ssize_t columns) noexcept nogil:
+    """Of the memory bound's one image's columns, what the scratch buffers may fill: all but
+    1/16, left for a call's small arrays (window offsets, flags) and objects."""
+    return columns - columns // 16
+
+
 cdef Py_ssize_t _rows_per_block(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t CRS,
                                 Py_ssize_t fixed) noexcept nogil:
     """Output rows per block of a thread's column buffer (batch chunks, built columns): all
@@ -1233,7 +1239,7 @@ cdef Py_ssize_t _rows_per_block(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t CRS,
     else the fewest equal blocks that fit; all P again where nothing fits (K >= P*Q in
     float64, where the memory bound is not met). A function of the shapes only: the blocks
     change the order of dW's sums."""
-    cdef Py_ssize_t fit = (CRS * P * Q - fixed) // (CRS * Q)        # rows that fit
+    cdef Py_ssize_t fit = (_usable(CRS * P * Q) - fixed) // (CRS * Q)   # rows that fit
     cdef Py_ssize_t n_blocks
     if fit >= P or fit < 1:
         return P
@@ -1248,14 +1254,50 @@ def _n_chunks(Py_ssize_t N, Py_ssize_t dw_bytes):
     return int(max(1, min(N, _MAX_CHUNKS, _PARTIALS_BYTES // max(dw_bytes, 1))))
 
 
-cdef void _hand_in(const floating* part, floating* total, Py_ssize_t size, Py_ssize_t ch,
-                   Py_ssize_t* turn) noexcept nogil:
-    """Chunk ch's turn: wait for chunks 0..ch-1, add its partial to the total (chunk 0
-    wrote its partial there already), let chunk ch + 1 go."""
-    fc_wait_turn(turn, ch)
-    if ch > 0:
-        _add_to(total, part, size)
-    fc_pass_turn(turn, ch + 1)
+cdef struct _Pipeline:
+    # the ordered hand-in of the partial dWs of one call (see _hand_in); all fields shared
+    Py_ssize_t n_chunks, n_slots, size   # chunks, partial buffers (slots), values per partial
+    Py_ssize_t added                     # chunks added to the total so far (0..n_chunks)
+    Py_ssize_t lock                      # 1 while a thread is adding
+    Py_ssize_t* ready                    # ready[c] = 1 once chunk c's partial is complete
+
+
+cdef floating* _slot(floating* parts, floating* total, _Pipeline* pl, Py_ssize_t ch) noexcept nogil:
+    """Where chunk ch's partial goes: chunk 0 straight into the total, chunk c >= 1 into
+    slot c % n_slots, free once chunk c - n_slots has been added; until then the thread
+    helps adding (_add_ready) and waits."""
+    cdef long spins = 0
+    if ch == 0:
+        return total
+    while fc_load(&pl.added) <= ch - pl.n_slots:
+        _add_ready(parts, total, pl)
+        fc_pause(spins)
+        spins += 1
+    return parts + (ch % pl.n_slots) * pl.size
+
+
+cdef void _add_ready(floating* parts, floating* total, _Pipeline* pl) noexcept nogil:
+    """Add the ready partials to the total in chunk order, as far as they go: by one thread
+    at a time (the one that gets the lock; the others go on with their chunks)."""
+    cdef Py_ssize_t c
+    while fc_try_lock(&pl.lock):
+        c = pl.added
+        while c < pl.n_chunks and fc_load(&pl.ready[c]):
+            if c > 0:                                        # chunk 0 wrote into the total
+                _add_to(total, parts + (c % pl.n_slots) * pl.size, pl.size)
+            c += 1
+            fc_store(&pl.added, c)
+        fc_store(&pl.lock, 0)
+        # a chunk that turned ready after the check above and failed to get the lock is
+        # left to us: look once more
+        if not (c < pl.n_chunks and fc_load(&pl.ready[c])):
+            return
+
+
+cdef void _hand_in(floating* parts, floating* total, _Pipeline* pl, Py_ssize_t ch) noexcept nogil:
+    """Chunk ch's partial is complete: mark it ready and add what is ready, in order."""
+    fc_store(&pl.ready[ch], 1)
+    _add_ready(parts, total, pl)
 
 
 cdef void _permute_row_to_kcrs(floating* dw, floating* tmp, Py_ssize_t k, Py_ssize_t C,
@@ -1395,7 +1437,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             buf_size = max(P * Q * min(64, CRS), rows * Q * CRS)
         # padded images held at once: what threads x one image's columns leaves
         group = min(N, max(<Py_ssize_t>nt,
-                           (nt * (columns - buf_size) - wr_arr.size) // xp_size))
+                           (nt * (_usable(columns) - buf_size) - wr_arr.size) // xp_size))
         col = np.empty((max(group, nt), xp_size), dtype=dtype)
         bufs = np.empty((nt, buf_size), dtype=dtype)
         with nogil:
@@ -1426,15 +1468,24 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     # Every chunk's partial at once where they fit beside the threads' scratch within the
     # bound (no waiting: summed at the end); else one per thread, added in turn. Both add
     # the same partials in the same order: the same bits.
-    cdef bint all_fit = ((n_chunks - 1) * K * CRS
-                         <= nt * (columns - work_size) - (wr_arr.size if hwc else 0))
-    parts = np.empty((n_chunks if all_fit else nt, K * CRS), dtype=dtype)
+    # partial buffers: as many as the bound leaves beside the threads' scratch and Wr, at
+    # least one per thread
+    cdef Py_ssize_t n_slots = max(<Py_ssize_t>nt, min(n_chunks - 1, (
+        nt * (_usable(columns) - work_size) - (wr_arr.size if hwc else 0)) // (K * CRS)))
+    cdef bint all_fit = n_slots >= n_chunks - 1
+    if all_fit:
+        n_slots = max(n_chunks - 1, 1)
+    parts = np.empty((n_slots, K * CRS), dtype=dtype)
+    cdef Py_ssize_t[::1] ready = np.zeros(n_chunks, dtype=np.intp)
+    cdef _Pipeline pl
+    pl.n_chunks, pl.n_slots, pl.size, pl.added, pl.lock = n_chunks, n_slots, K * CRS, 0, 0
+    pl.ready = &ready[0]
     cdef floating* total = &dw[0, 0, 0, 0]                  # chunk 0 writes here directly
     cdef floating* part
-    cdef Py_ssize_t turn = 0
     with nogil:
         for ch in prange(n_chunks, schedule="dynamic", num_threads=nt):
-            part = total if ch == 0 else &parts[ch if all_fit else threadid(), 0]
+            part = (total if ch == 0 else &parts[ch - 1, 0]) if all_fit else _slot(
+                &parts[0, 0], total, &pl, ch)
             if hwc:
                 _backward_chunk_hwc(dy, x, wr, offs, dx, part, &col[threadid(), 0],
                                     ch * chunk, min((ch + 1) * chunk, N), need_dx, R, S, sh,
@@ -1444,14 +1495,14 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                                 min((ch + 1) * chunk, N), is_1x1, need_dx, sh, sw, ph, pw,
                                 rows)
             if not all_fit:
-                _hand_in(part, total, K * CRS, ch, &turn)
-        if all_fit:                      # total += parts[1], parts[2], ...: K segments at once
+                _hand_in(&parts[0, 0], total, &pl, ch)
+        if all_fit:                      # total += parts[0], parts[1], ...: K segments at once
             for k in prange(K, schedule="static", num_threads=nt):
-                for ch in range(1, n_chunks):
+                for ch in range(n_chunks - 1):
                     _add_to(total + k * CRS, &parts[ch, k * CRS], CRS)
         if hwc:            # the total is in Wr's layout (K, RSC): w's (K, C, R, S) row by row
             for k in prange(K, schedule="static", num_threads=nt):
-                _permute_row_to_kcrs(total, &parts[threadid(), 0], k, C, R, S)
+                _permute_row_to_kcrs(total, &col[threadid(), 0], k, C, R, S)
         else:              # the total is dW^T (CRS, K): transposed to (K, CRS) through parts[0]
             memcpy(&parts[0, 0], total, K * CRS * sizeof(floating))
             for k in prange(K, schedule="static", num_threads=nt):
