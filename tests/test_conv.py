@@ -317,6 +317,7 @@ THREAD_CASES = [
     ((18, 16, 10, 10), (32, 16, 3, 3), (1, 1), (1, 1)),   # full micro-kernel tiles
     ((20, 32, 6, 6), (64, 32, 3, 3), (1, 1), (1, 1)),     # K >= P*Q: dW by output blocks
     ((20, 3, 20, 20), (24, 3, 3, 3), (1, 1), (1, 1)),     # columns built in row blocks
+    ((1, 32, 24, 24), (32, 32, 3, 3), (1, 1), (1, 1)),    # one image: fewer chunks than threads
 ]
 
 
