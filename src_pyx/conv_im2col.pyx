@@ -1211,12 +1211,12 @@ cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr, const P
 #   partial not yet added. Either way dw = ((p_0 + p_1) + p_2) + ...: the fixed chunks keep
 #   the bits. The total lives in dw itself, in the partials' layout, and is moved to w's
 #   layout at the end.
-# * Output blocks (float32 in-place path, where even one partial per thread would not fit
-#   the bound "threads x one image's columns": deep layers with K >= P*Q, e.g. resnet20_s3,
-#   64 channels on 8 x 8). No partials: each thread owns blocks of dWr (K, RSC) and adds
-#   every image's product to them, image after image (the micro-kernel sums each output in
-#   the same order in any block, so the split is free). The images are padded once, a
-#   group at a time, into a buffer the threads share.
+# * Output blocks (channels-last path, where even one partial per thread would not fit the
+#   bound "threads x one image's columns": deep layers with K >= P*Q, e.g. resnet20_s3, 64
+#   channels on 8 x 8). No partials: each thread owns blocks of dWr (K, RSC) and adds every
+#   image's product to them, image after image. The images are padded once, a group at a
+#   time, into a buffer the threads share; dx follows, image by image. (The channels-first
+#   path, S*C < 16, has no such mode: such a layer would keep a partial per thread.)
 
 cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexcept nogil:
     """total += part, elementwise (size values)."""
@@ -1235,10 +1235,10 @@ cdef Py_ssize_t _rows_per_block(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t CRS,
                                 Py_ssize_t fixed) noexcept nogil:
     """Output rows per block of a thread's column buffer (batch chunks, built columns): all
     P where one image's columns fit beside ``fixed`` values of the thread's other scratch
-    (its partial dW, padded image, and Wr) within one image's columns, CRS*P*Q, the bound;
-    else the fewest equal blocks that fit; all P again where nothing fits (K >= P*Q in
-    float64, where the memory bound is not met). A function of the shapes only: the blocks
-    change the order of dW's sums."""
+    (its partial dW, padded image, Wr) within one image's columns, CRS*P*Q, the bound;
+    else the fewest equal blocks that fit; all P again where not even one row fits (then
+    blocks would not bring the memory within the bound). A function of the shapes only: the
+    blocks change the order of dW's sums."""
     cdef Py_ssize_t fit = (_usable(CRS * P * Q) - fixed) // (CRS * Q)   # rows that fit
     cdef Py_ssize_t n_blocks
     if fit >= P or fit < 1:
@@ -1496,6 +1496,10 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                                 rows)
             if not all_fit:
                 _hand_in(&parts[0, 0], total, &pl, ch)
+        if not all_fit and pl.added != n_chunks:
+            with gil:
+                raise RuntimeError(f"conv2d_backward: {pl.added} of {n_chunks} partial dWs "
+                                   "added (a bug in the hand-in; please report it)")
         if all_fit:                      # total += parts[0], parts[1], ...: K segments at once
             for k in prange(K, schedule="static", num_threads=nt):
                 for ch in range(n_chunks - 1):
