@@ -232,6 +232,30 @@ def test_unavailable_cases_are_reported_not_fatal(monkeypatch, capsys):
     assert "fast:im2col" in out
 
 
+def test_default_impl_and_torch_take_turns(monkeypatch, capsys, tmp_path):
+    """fastconv's default implementation of a layer and PyTorch's (their ratio is a target)
+    are timed by one measure_interleaved call; the records keep the suite's case order."""
+    calls = []
+    real = runner.measure_interleaved
+
+    def spy(fns, budget, **kwargs):
+        calls.append(len(fns))
+        return real(fns, budget, **kwargs)
+
+    monkeypatch.setattr(runner, "measure_interleaved", spy)
+    path = tmp_path / "run.json"
+    status, _ = bench(capsys, "--filter", "conv2d_fwd:lenet_c1", "--no-models", "--no-memory",
+                      "--json", str(path))
+    assert status == 0
+    torch_ok = "torch" in {r["impl"] for r in json.loads(path.read_text())["results"]
+                           if r["status"] == "ok"}
+    assert calls == [2 if torch_ok else 1]
+    impls = [r["impl"] for r in json.loads(path.read_text())["results"]]
+    suite = [c.impl for lay in cases.suite_layers(with_torch=True)
+             if lay.name == "lenet_c1" and lay.op == "conv2d_fwd" for c in lay.cases]
+    assert impls == suite
+
+
 def test_an_error_is_reported_and_sets_the_exit_status(monkeypatch, capsys):
     def broken(op, impl, layer, d):
         raise ValueError("kernel exploded (test)")
