@@ -484,8 +484,8 @@ cdef extern from *:
 
     /* y (K, PQ) = yT (PQ, K) transposed, plus b[k] on row k. */
     FC_TARGET static void fc_unpack_yT_f32(const float *yT, const float *b, float *y,
-                                           Py_ssize_t K, Py_ssize_t PQ)
-    {
+                                           Py_ssize_t K, Py_ssize_t PQ, Py_ssize_t ldy)
+    {   /* y[k, i] (row stride ldy) = yT[i, k] + b[k] for PQ pixels i and K channels k */
         __m512 v[16];
         for (Py_ssize_t i0 = 0; i0 < PQ; i0 += 16) {
             __mmask16 imask = fc_mask(PQ - i0);
@@ -497,7 +497,7 @@ cdef extern from *:
                 fc_transpose16(v);                   /* v[j]: channel k0 + j, 16 pixels */
                 FC_UNROLL for (int j = 0; j < 16; j++)
                     if (k0 + j < K)
-                        _mm512_mask_storeu_ps(y + (k0 + j) * PQ + i0, imask,
+                        _mm512_mask_storeu_ps(y + (k0 + j) * ldy + i0, imask,
                                               _mm512_add_ps(v[j], _mm512_set1_ps(b[k0 + j])));
             }
         }
@@ -548,7 +548,7 @@ cdef extern from *:
     static void fc_unpad_hwc_f32(const float *dxp, float *dx, Py_ssize_t C, Py_ssize_t H,
                                  Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) {}
     static void fc_unpack_yT_f32(const float *yT, const float *b, float *y, Py_ssize_t K,
-                                 Py_ssize_t PQ) {}
+                                 Py_ssize_t PQ, Py_ssize_t ldy) {}
     static void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R,
                              Py_ssize_t S, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t ph,
                              Py_ssize_t H, Py_ssize_t Wp, const float *xp, const float *wrT,
@@ -574,7 +574,7 @@ cdef extern from *:
     void fc_unpad_hwc_f32(const float* dxp, float* dx, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                           Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
     void fc_unpack_yT_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
-                          Py_ssize_t PQ) noexcept nogil
+                          Py_ssize_t PQ, Py_ssize_t ldy) noexcept nogil
     void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S,
                       Py_ssize_t C, Py_ssize_t sh, Py_ssize_t ph, Py_ssize_t H, Py_ssize_t Wp,
                       const float* xp, const float* wrT, float* yT) noexcept nogil
@@ -902,30 +902,34 @@ cdef bint _use_hwc(Py_ssize_t C, Py_ssize_t S, bint is_1x1, bint fwd_mk) noexcep
 cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                           const floating[::1] b, floating[:, :, :, ::1] y, floating* col,
                           Py_ssize_t n, bint is_1x1, bint has_bias, Py_ssize_t sh,
-                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
-    """Y_n (K x PQ) = W (K x CRS) @ col_n (CRS x PQ) (+ b), eq. (im2col)."""
+                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                          Py_ssize_t rows) noexcept nogil:
+    """Y_n (K x PQ) = W (K x CRS) @ col_n (CRS x PQ) (+ b), eq. (im2col), by blocks of
+    ``rows`` output rows (col holds one block's columns: see _rows_per_block)."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
-    cdef Py_ssize_t P = y.shape[2], Q = y.shape[3], k, i
-    cdef int CRS = <int>(C * R * S), PQ = <int>(P * Q)
+    cdef Py_ssize_t P = y.shape[2], Q = y.shape[3], k, i, blk, p0, p1
+    cdef int CRS = <int>(C * R * S), PQ = <int>(P * Q), PQb
     cdef floating* y_n = &y[n, 0, 0, 0]
-    cdef const floating* col_n
     cdef floating beta = 0
     if has_bias:                             # Y_n = b, then GEMM with beta = 1 adds W @ col_n
         beta = 1
         for k in range(K):
             for i in range(PQ):
                 y_n[k * PQ + i] = b[k]
-    if is_1x1:
-        col_n = &x[n, 0, 0, 0]               # x[n] as (C, H*W) is col_n already
-    else:
-        _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, 0, P)
-        col_n = col
-    if is_1x1:      # the micro-kernel: 1.28x for nin_1x1 (192 -> 160 channels, 16x16)
-        _gemm_small(K, PQ, CRS, &w[0, 0, 0, 0], CRS, 1, col_n, PQ, has_bias, y_n, PQ)
-    else:           # BLAS: the micro-kernel was 10% slower with few taps (lenet_c1, C*R*S = 25)
-        gemm_rm(False, False, <int>K, PQ, CRS, 1, &w[0, 0, 0, 0], CRS, col_n, PQ, beta, y_n,
-                PQ)
+    if is_1x1:      # x[n] as (C, H*W) is col_n already; the micro-kernel: 1.28x for nin_1x1
+        _gemm_small(K, PQ, CRS, &w[0, 0, 0, 0], CRS, 1, &x[n, 0, 0, 0], PQ, has_bias, y_n,
+                    PQ)
+        return
+    for blk in range((P + rows - 1) // rows):               # blocks of output rows
+        p0 = blk * rows
+        p1 = min(p0 + rows, P)
+        PQb = <int>((p1 - p0) * Q)
+        _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
+        # Y_b (K, PQb) (+)= W @ col_b, in place in y[n] (row stride PQ). BLAS: the
+        # micro-kernel was 10% slower with few taps (lenet_c1, C*R*S = 25)
+        gemm_rm(False, False, <int>K, PQb, CRS, 1, &w[0, 0, 0, 0], CRS, col, PQb, beta,
+                y_n + p0 * Q, PQ)
 
 
 cdef inline Py_ssize_t _first_tap(Py_ssize_t p, Py_ssize_t sh, Py_ssize_t ph) noexcept nogil:
@@ -943,58 +947,67 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                               const floating[::1] b, const Py_ssize_t[::1] offs,
                               floating[:, :, :, ::1] y, floating* work, Py_ssize_t n,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
     """Y_n = (colT @ Wr^T)^T + b by eq. (im2col.hwc); wrT is Wr^T (R*S*C, K).
 
-    With the micro-kernel, colT is never built: fc_igemm_f32 reads each output pixel's window
-    straight from xp, at offs[p*Q + q] = (p*sh*Wp + q*sw)*C (its R runs one row of xp apart).
-    ``work`` holds the padded channels-last image xp, then Y_n^T (PQ, K), then (BLAS path) colT.
+    By blocks of ``rows`` output rows (see _rows_per_block), each computed as Y_b^T
+    (PQb, K) and moved, transposed, into y[n]. With the micro-kernel, colT is never built:
+    fc_igemm_f32 reads each output pixel's window straight from xp, at
+    offs[p*Q + q] = (p*sh*Wp + q*sw)*C (its R runs one row of xp apart). ``work`` holds the
+    padded channels-last image xp, then a block of Y_n^T, then (BLAS path) of colT.
     """
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3], K = y.shape[1]
     cdef Py_ssize_t P = y.shape[2], Q = y.shape[3], Wp = W + 2 * pw, k, i
-    cdef Py_ssize_t CRS = C * R * S, PQ = P * Q
+    cdef Py_ssize_t CRS = C * R * S, PQ = P * Q, PQb
     cdef floating* xp = work
     cdef floating* yT = xp + (H + 2 * ph) * Wp * C
-    cdef floating* colT = yT + PQ * K
+    cdef floating* colT = yT + rows * Q * K
     cdef floating* y_n = &y[n, 0, 0, 0]
-    cdef Py_ssize_t i0, i1
+    cdef Py_ssize_t i0, i1, blk, b0, b1
     cdef Py_ssize_t p0, p1, r0, r1, SC = S * C
     _pad_hwc(&x[n, 0, 0, 0], xp, C, H, W, ph, pw)
-    if floating is float and _use_microkernel and K <= 16 and sw == 1 and (S == 3 or S == 5):
-        # few output channels: tiles along the output rows, fc_dtile (see its comment)
-        fc_dconv_f32(P, Q, K, R, S, C, sh, ph, H, Wp, xp, &wrT[0, 0], yT)
-    elif floating is float and _use_microkernel:
-        # Output rows p whose windows reach into the zero rows above or below the image
-        # skip those taps: only r0 <= r < r1 is summed (runs of zeros add nothing). The
-        # rows with the same range go in one call; all the inner rows in one. Saves 1/R of
-        # the products of the first and last rows: 8% of resnet20_s3's (8 x 8), 4% of s2's.
-        # (They are exact zeros, so y keeps its bits but for the sign of a zero sum.)
-        p0 = 0
-        while p0 < P:
-            r0 = _first_tap(p0, sh, ph)
-            r1 = _end_tap(p0, sh, ph, H, R)
-            p1 = p0 + 1
-            while p1 < P and _first_tap(p1, sh, ph) == r0 and _end_tap(p1, sh, ph, H, R) == r1:
-                p1 += 1
-            fc_igemm_f32((p1 - p0) * Q, K, r1 - r0 if r1 > r0 else 0, SC, Wp * C,
-                         xp + r0 * Wp * C, &offs[p0 * Q], &wrT[0, 0] + r0 * SC * K, K,
-                         yT + p0 * Q * K, K)
-            p0 = p1
-    else:
-        _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, 0, P)
-        _gemm_small(PQ, K, CRS, colT, CRS, 1, &wrT[0, 0], K, False, yT, K)  # colT @ Wr^T
-    # y[n] (K, PQ) = Y_n^T transposed, plus the bias
-    if floating is float:
-        if _use_microkernel:    # 16 x 16 blocks transposed in registers (see _pad_hwc)
-            fc_unpack_yT_f32(yT, &b[0], y_n, K, PQ)
-            return
-    # in blocks of _TBLOCK rows of Y_n^T, which stay in L1 while they are read K times
-    # (3.3 -> 0.5 ms for resnet20_s1 unblocked/blocked)
-    for i0 in range(0, PQ, _TBLOCK):
-        i1 = i0 + _TBLOCK if i0 + _TBLOCK < PQ else PQ
-        for k in range(K):
-            for i in range(i0, i1):
-                y_n[k * PQ + i] = yT[i * K + k] + b[k]
+    for blk in range((P + rows - 1) // rows):               # blocks of output rows
+        b0 = blk * rows
+        b1 = min(b0 + rows, P)
+        PQb = (b1 - b0) * Q
+        if floating is float and _use_microkernel and K <= 16 and sw == 1 and (S == 3 or S == 5):
+            # few output channels: tiles along the output rows, fc_dtile (see its comment);
+            # the block's rows as an image of b1 - b0 rows starting b0*sh rows down xp
+            fc_dconv_f32(b1 - b0, Q, K, R, S, C, sh, ph - b0 * sh, H, Wp,
+                         xp + b0 * sh * Wp * C, &wrT[0, 0], yT)
+        elif floating is float and _use_microkernel:
+            # Output rows p whose windows reach into the zero rows above or below the image
+            # skip those taps: only r0 <= r < r1 is summed (runs of zeros add nothing). The
+            # rows with the same range go in one call; all the inner rows in one. Saves 1/R
+            # of the products of the first and last rows: 8% of resnet20_s3's (8 x 8), 4% of
+            # s2's. (They are exact zeros, so y keeps its bits but for the sign of a zero sum.)
+            p0 = b0
+            while p0 < b1:
+                r0 = _first_tap(p0, sh, ph)
+                r1 = _end_tap(p0, sh, ph, H, R)
+                p1 = p0 + 1
+                while (p1 < b1 and _first_tap(p1, sh, ph) == r0
+                       and _end_tap(p1, sh, ph, H, R) == r1):
+                    p1 += 1
+                fc_igemm_f32((p1 - p0) * Q, K, r1 - r0 if r1 > r0 else 0, SC, Wp * C,
+                             xp + r0 * Wp * C, &offs[p0 * Q], &wrT[0, 0] + r0 * SC * K, K,
+                             yT + (p0 - b0) * Q * K, K)
+                p0 = p1
+        else:
+            _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, b0, b1)
+            _gemm_small(PQb, K, CRS, colT, CRS, 1, &wrT[0, 0], K, False, yT, K)  # colT @ Wr^T
+        # y[n][:, b0*Q : b1*Q] (K, PQb) = the block of Y_n^T transposed, plus the bias
+        if floating is float:
+            if _use_microkernel:    # 16 x 16 blocks transposed in registers (see _pad_hwc)
+                fc_unpack_yT_f32(yT, &b[0], y_n + b0 * Q, K, PQb, PQ)
+                continue
+        # in blocks of _TBLOCK rows of Y_b^T, which stay in L1 while they are read K times
+        # (3.3 -> 0.5 ms for resnet20_s1 unblocked/blocked)
+        for i0 in range(0, PQb, _TBLOCK):
+            i1 = i0 + _TBLOCK if i0 + _TBLOCK < PQb else PQb
+            for k in range(K):
+                for i in range(i0, i1):
+                    y_n[k * PQ + b0 * Q + i] = yT[i * K + k] + b[k]
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, b,
@@ -1031,13 +1044,18 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef const floating[::1] bv = b_arr
     cdef bint has_bias = b is not None
     y_arr = np.empty((N, K, P, Q), dtype=dtype)
-    # per-thread scratch: one image's columns (plus, channels-last, its padded copy and Y_n^T)
+    # per-thread scratch, within one image's columns (the memory bound) beside Wr^T's share:
+    # channels-last, the padded image and a block of rows of Y_n^T (and of colT for BLAS);
+    # else a block of rows of the columns
+    cdef Py_ssize_t columns = C * R * S * P * Q, xp_size = 0, row_size, rows
     if hwc:
-        work_size = (H + 2 * ph) * (W + 2 * pw) * C + P * Q * K
-        if not (floating is float and _use_microkernel):
-            work_size += P * Q * C * R * S                   # colT, for BLAS
+        xp_size = (H + 2 * ph) * (W + 2 * pw) * C
+        row_size = Q * (K if floating is float and _use_microkernel else K + C * R * S)
+        rows = _rows_per_block(P, row_size, _usable(columns) - xp_size - K * C * R * S // 2)
     else:
-        work_size = 1 if is_1x1 else C * R * S * P * Q
+        row_size = 0 if is_1x1 else Q * C * R * S
+        rows = P if is_1x1 else _rows_per_block(P, row_size, _usable(columns))
+    work_size = max(xp_size + rows * row_size, 1)
     col_arr = np.empty((nt, work_size), dtype=dtype)
     # Wr^T (R*S*C, K): wrT[(r*S + s)*C + c, k] = w[k, c, r, s], the (r, s, c) order of colT
     wrT_arr = (np.ascontiguousarray(np.asarray(w).transpose(2, 3, 1, 0).reshape(-1, K)) if hwc
@@ -1052,11 +1070,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         if hwc:
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample_hwc(x, wrT, bv, offs, y, &col[threadid(), 0], n, R, S, sh, sw,
-                                    ph, pw)
+                                    ph, pw, rows)
         else:
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample(x, w, bv, y, &col[threadid(), 0], n, is_1x1, has_bias,
-                                sh, sw, ph, pw)
+                                sh, sw, ph, pw, rows)
     return y_arr
 
 
@@ -1227,19 +1245,19 @@ cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexce
 
 cdef inline Py_ssize_t _usable(Py_ssize_t columns) noexcept nogil:
     """Of the memory bound's one image's columns, what the scratch buffers may fill: all but
-    1/16, left for a call's small arrays (window offsets, flags) and objects."""
-    return columns - columns // 16
+    1/8, left for a call's small arrays (window offsets: P*Q indices; flags) and objects."""
+    return columns - columns // 8
 
 
-cdef Py_ssize_t _rows_per_block(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t CRS,
-                                Py_ssize_t fixed) noexcept nogil:
-    """Output rows per block of a thread's column buffer (batch chunks, built columns): all
-    P where one image's columns fit beside ``fixed`` values of the thread's other scratch
-    (its partial dW, padded image, Wr) within one image's columns, CRS*P*Q, the bound;
-    else the fewest equal blocks that fit; all P again where not even one row fits (then
-    blocks would not bring the memory within the bound). A function of the shapes only: the
-    blocks change the order of dW's sums."""
-    cdef Py_ssize_t fit = (_usable(CRS * P * Q) - fixed) // (CRS * Q)   # rows that fit
+cdef Py_ssize_t _rows_per_block(Py_ssize_t P, Py_ssize_t row_size,
+                                Py_ssize_t room) noexcept nogil:
+    """Output rows per block of a thread's buffer of ``row_size`` values per output row
+    (columns, Y^T): all P where P rows fit in ``room`` values (what the memory bound, one
+    image's columns, leaves beside the thread's other scratch); else the fewest equal
+    blocks that fit; all P again where not even one row fits (blocks would not bring the
+    memory within the bound then). A function of the shapes only (the blocks may change
+    the order of a sum, never with the thread count)."""
+    cdef Py_ssize_t fit = room // max(row_size, 1)              # rows that fit
     cdef Py_ssize_t n_blocks
     if fit >= P or fit < 1:
         return P
@@ -1433,7 +1451,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             # a thread's buffer: 64 columns of colT (dW), then blocks of rows of dcolT (dx),
             # within one image's columns beside its padded image and its share of Wr (half:
             # at 1 thread the bound is exceeded by the other half)
-            rows = _rows_per_block(P, Q, CRS, xp_size + wr_arr.size // 2)
+            rows = _rows_per_block(P, Q * CRS, _usable(columns) - xp_size - wr_arr.size // 2)
             buf_size = max(P * Q * min(64, CRS), rows * Q * CRS)
         # padded images held at once: what threads x one image's columns leaves
         group = min(N, max(<Py_ssize_t>nt,
@@ -1462,12 +1480,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
     n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty
     rows = P if is_1x1 or in_place else _rows_per_block(
-        P, Q, CRS, K * CRS + (xp_size + wr_arr.size if hwc else 0))
+        P, Q * CRS, _usable(columns) - K * CRS - (xp_size + wr_arr.size if hwc else 0))
     work_size = (xp_size if hwc else 0) + (0 if is_1x1 or in_place else rows * Q * CRS)
     col = np.empty((nt, max(work_size, 1)), dtype=dtype)
-    # Every chunk's partial at once where they fit beside the threads' scratch within the
-    # bound (no waiting: summed at the end); else one per thread, added in turn. Both add
-    # the same partials in the same order: the same bits.
     # partial buffers: as many as the bound leaves beside the threads' scratch and Wr, at
     # least one per thread
     cdef Py_ssize_t n_slots = max(<Py_ssize_t>nt, min(n_chunks - 1, (
