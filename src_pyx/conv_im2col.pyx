@@ -39,14 +39,17 @@ Design notes
   alexnet_c1 1.12x (0.97), lenet_c1 1.1-1.2x (1.5; memcpy in _im2col_sample), nin_1x1
   1.0x (1.19); geometric mean of the ratios to PyTorch 1.11 (before: 0.97-1.03). The
   comments at each piece give its share.
-* Memory is bounded: each thread owns ONE scratch buffer (at most one image's columns, plus
-  for the hwc path its padded channels-last copy and Y_n^T) and reuses it for every image
-  it handles; the batch's column matrix is never built. The backward keeps all its scratch
-  (columns, partial dWs, padded copies, Wr) within threads x one image's columns: it builds
-  the columns in blocks of output rows where a whole image's would not fit beside a partial
-  dW (_rows_per_block), and takes dW by output blocks where a partial cannot fit at all
-  (tested in tests/test_conv.py::test_im2col_backward_memory_within_bound). Before, with a
-  partial dW per batch chunk, resnet20_s3 held 2.17 MB at 2 threads for a bound of 0.28.
+* Memory is bounded: all scratch (columns, padded channels-last copies, Y_n^T, partial dWs,
+  the weights' own layout) stays within threads x one image's columns, issue 6's bound;
+  the batch's column matrix is never built. Each thread owns ONE buffer, reused for every
+  image it handles, holding at most a block of output rows of the columns (or of Y_n^T)
+  where a whole image's would not fit beside its other scratch (_rows_per_block); dW is
+  summed through a few partial buffers, or by output blocks where even one partial per
+  thread would not fit (see "dW in batch chunks, or in output blocks"). On 1 thread, the
+  channels-last layout of the weights can exceed the bound by its own size (resnet20_s3,
+  alexnet_c1's forward). Tested in tests/test_conv.py::test_im2col_memory_within_bound.
+  Before (stop 9), with a partial dW per batch chunk and a whole Y_n^T per thread,
+  resnet20_s3's backward held 8.7x the bound at 2 threads, alexnet_c1's forward 3.1x.
 * 1x1, stride 1, unpadded convolutions skip im2col: x[n] viewed as (C, H*W) already is
   col_n (as Caffe's ``is_1x1_``), and dx[n] is dcol_n.
 * dW is a reduction over the batch. To get the same bits for any thread count, its order
