@@ -6,8 +6,9 @@ suite layer at a time: its inputs are made once, and every thread count and ever
 implementation is timed back to back on them, so that the ratios of a row (fast vs
 reference, vs PyTorch, n threads vs 1) come from measurements seconds apart; fastconv's
 default implementation and PyTorch, whose ratio is a target, take turns (``time_pair``).
-Whole-model training steps come last, the two engines also taking turns. ``doc["targets"]`` holds the targets of issue 6,
-evaluated from the document's own medians by :func:`targets.evaluate`.
+Whole-model training steps come last, the two engines also taking turns.
+``doc["targets"]`` holds the targets of issue 6, evaluated from the document's own medians
+by :func:`targets.evaluate`.
 
 Ratios are speed-ups (> 1 means faster): ``speedup_vs_reference = t_reference / t``,
 ``speedup_vs_torch = t_torch / t``, ``speedup_vs_1thread = t(1 thread) / t(n threads)``,
@@ -104,58 +105,62 @@ def time_case(case, inputs, threads, budget):
     return rec
 
 
-def time_pair(cases, inputs, threads, budget):
-    """The result records of the cases whose ratio is a target (fastconv's default
-    implementation of a layer and PyTorch's), timed taking turns
-    (:func:`timing.measure_interleaved`), so that a neighbour loading the machine slows both
-    alike: timed one after the other, alexnet_c1's 2-thread forward measured 0.54 ms
-    against PyTorch's 0.36 in one run, where taking turns gave 0.46 against 0.47."""
-    recs, timed = [], []
+def _time_taking_turns(entries, threads, budget):
+    """Time callables that are compared with each other, taking turns
+    (:func:`timing.measure_interleaved`), so that a neighbour loading the machine slows
+    them alike. ``entries``: (record, build) pairs; ``build()`` returns the callable, whose
+    first call here raises if it is unavailable (the record then gets its status and
+    reason). Returns (record, Timing) for the callables that ran."""
+    built = []
     torch_impl.set_threads(threads)
     with num_threads(threads):
-        for case in cases:
-            rec = _case_record(case, threads)
+        for rec, build in entries:
             try:
-                fn = case.build(inputs)
+                fn = build()
                 fn()                                # raises here if unavailable
                 rec["status"] = "ok"
-                timed.append((rec, case, fn))
+                built.append((rec, fn))
             except Exception as exc:                # noqa: BLE001  reported, never fatal
                 status, reason = cases_mod.classify_exception(exc)
                 rec.update(status=status, reason=reason)
-            recs.append(rec)
-        if timed:
-            timings = measure_interleaved([fn for _, _, fn in timed], budget)
-            for (rec, case, _), timing in zip(timed, timings):
-                _add_timing(rec, case, timing)
+        timings = measure_interleaved([fn for _, fn in built], budget) if built else []
+    return [(rec, timing) for (rec, _), timing in zip(built, timings)]
+
+
+def time_pair(cases, inputs, threads, budget):
+    """The result records of the cases whose ratio is a target (fastconv's default
+    implementation of a layer and PyTorch's), timed taking turns: timed one after the
+    other, alexnet_c1's 2-thread forward measured 0.54 ms against PyTorch's 0.36 in one
+    run, where taking turns gave 0.46 against 0.47."""
+    recs = [_case_record(case, threads) for case in cases]
+    timed = _time_taking_turns(
+        [(rec, lambda case=case: case.build(inputs)) for rec, case in zip(recs, cases)],
+        threads, budget)
+    by_id = {case.id: case for case in cases}
+    for rec, timing in timed:
+        _add_timing(rec, by_id[rec["id"]], timing)
     return recs
 
 
 def time_models(mcases, threads, budget):
     """The result records of the training steps of one model by every engine in ``mcases``
-    (fastconv, PyTorch), timed taking turns (:func:`timing.measure_interleaved`): the
-    ratio of the two is the target, so a noisy neighbour should slow both alike."""
-    recs, steps = [], []
-    torch_impl.set_threads(threads)
-    with num_threads(threads):
-        for mcase in mcases:
-            rec = {"id": mcase.id, "model": mcase.model, "impl": mcase.impl,
-                   "threads": threads, "batch": mcase.batch,
-                   "image_shape": list(mcase.image_shape), "status": "ok"}
+    (fastconv, PyTorch), timed taking turns: the ratio of the two is the target."""
+    recs, entries = [], []
+    for mcase in mcases:
+        rec = {"id": mcase.id, "model": mcase.model, "impl": mcase.impl,
+               "threads": threads, "batch": mcase.batch,
+               "image_shape": list(mcase.image_shape)}
+
+        def build(mcase=mcase, rec=rec):
             x, labels = models.model_inputs(mcase.batch, mcase.image_shape)
-            try:
-                step, rec["params"] = mcase.build(mcase.model, x, labels)
-                step()                              # raises here if unavailable
-                steps.append((rec, step))
-            except Exception as exc:                # noqa: BLE001  reported, never fatal
-                status, reason = cases_mod.classify_exception(exc)
-                rec.update(status=status, reason=reason)
-            recs.append(rec)
-        if steps:
-            timings = measure_interleaved([step for _, step in steps], budget)
-            for (rec, _), timing in zip(steps, timings):
-                rec.update(timing.as_dict())
-                rec["images_per_s"] = rec["batch"] / (timing.median_ms * 1e-3)
+            step, rec["params"] = mcase.build(mcase.model, x, labels)
+            return step
+
+        recs.append(rec)
+        entries.append((rec, build))
+    for rec, timing in _time_taking_turns(entries, threads, budget):
+        rec.update(timing.as_dict())
+        rec["images_per_s"] = rec["batch"] / (timing.median_ms * 1e-3)
     return recs
 
 
