@@ -603,7 +603,10 @@ cdef extern from *:
     #include <sched.h>
     static Py_ssize_t fc_load(const Py_ssize_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
     static void fc_store(Py_ssize_t *p, Py_ssize_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
-    static int fc_try_lock(Py_ssize_t *lock) { return __atomic_exchange_n(lock, 1, __ATOMIC_SEQ_CST) == 0; }
+    static int fc_try_lock(Py_ssize_t *lock)
+    {
+        return __atomic_exchange_n(lock, 1, __ATOMIC_SEQ_CST) == 0;
+    }
     /* A waiter's pause; now and then it yields its core, which on a busy machine the
      * thread it waits for may need. */
     static void fc_pause(long spins)
@@ -1203,10 +1206,11 @@ cdef void _dx_sample_hwc(const floating* dy_n, const floating* wr, floating* dxp
     _unpad_hwc(dxp, dx_n, C, H, W, ph, pw)
 
 
-cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr, const Py_ssize_t* offs,
-                              float* dxp, float* dx_n, Py_ssize_t C, Py_ssize_t H,
-                              Py_ssize_t W, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S,
-                              Py_ssize_t PQ, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr,
+                                     const Py_ssize_t* offs, float* dxp, float* dx_n,
+                                     Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t K,
+                                     Py_ssize_t R, Py_ssize_t S, Py_ssize_t PQ, Py_ssize_t ph,
+                                     Py_ssize_t pw) noexcept nogil:
     """dx_n (C, H, W) from dY_n (K, PQ) on the float32 in-place path: dxp, the gradient of
     the padded channels-last image, is zeroed; each window gets its row of
     dcolT = dY_n^T @ Wr added straight onto it (dY_n read transposed); then the inside of
@@ -1445,6 +1449,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef floating[::1] db = db_arr
     cdef floating[:, ::1] parts
     cdef floating[:, ::1] col
+    cdef floating[:, ::1] xps
     cdef floating[:, ::1] bufs
     cdef Py_ssize_t buf_size
     if hwc and K * CRS + xp_size + wr_arr.size > columns:  # dW by output blocks, see above
@@ -1459,21 +1464,21 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         # padded images held at once: what threads x one image's columns leaves
         group = min(N, max(<Py_ssize_t>nt,
                            (nt * (_usable(columns) - buf_size) - wr_arr.size) // xp_size))
-        col = np.empty((max(group, nt), xp_size), dtype=dtype)
+        xps = np.empty((max(group, nt), xp_size), dtype=dtype)   # padded images
         bufs = np.empty((nt, buf_size), dtype=dtype)
         with nogil:
-            _dwr_by_blocks(dy, x, &offs[0], &dw[0, 0, 0, 0], &col[0, 0], xp_size, group,
+            _dwr_by_blocks(dy, x, &offs[0], &dw[0, 0, 0, 0], &xps[0, 0], xp_size, group,
                            &bufs[0, 0], buf_size, in_place, R, S, ph, pw, nt)
             for k in prange(K, schedule="static", num_threads=nt):
-                _permute_row_to_kcrs(&dw[0, 0, 0, 0], &col[threadid(), 0], k, C, R, S)
+                _permute_row_to_kcrs(&dw[0, 0, 0, 0], &xps[threadid(), 0], k, C, R, S)
             if need_dx:
                 for n in prange(N, schedule="dynamic", num_threads=nt):
                     if floating is float and in_place:
                         _dx_sample_in_place(&dy[n, 0, 0, 0], &wr[0, 0], &offs[0],
-                                            &col[threadid(), 0], &dx[n, 0, 0, 0], C, H, W,
+                                            &xps[threadid(), 0], &dx[n, 0, 0, 0], C, H, W,
                                             K, R, S, P * Q, ph, pw)
                     else:
-                        _dx_sample_hwc(&dy[n, 0, 0, 0], &wr[0, 0], &col[threadid(), 0],
+                        _dx_sample_hwc(&dy[n, 0, 0, 0], &wr[0, 0], &xps[threadid(), 0],
                                        &bufs[threadid(), 0], &dx[n, 0, 0, 0], C, H, W, K, R,
                                        S, P, Q, sh, sw, ph, pw, rows)
             for k in prange(K, schedule="static", num_threads=nt):
