@@ -108,7 +108,7 @@ def extensions():
     debug = _env_flag("FASTCONV_DEBUG_CYTHON")
     sources = sorted(glob.glob(os.path.join("src_pyx", "*.pyx")))
     exts = [Extension(f"fastconv._ext.{os.path.splitext(os.path.basename(src))[0]}", [src],
-                      include_dirs=[numpy.get_include()],
+                      include_dirs=[numpy.get_include(), os.path.join("src_pyx", "include")],
                       define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
             for src in sources]
     return cythonize(

@@ -38,6 +38,9 @@ def info(file=None):
     if modules["_openmp"] == "ok":
         from ._ext import _openmp
         openmp = _openmp.openmp_enabled()
+        isa_used, isa_cpu = _openmp.simd_isa()
+    else:
+        isa_used = isa_cpu = None
     simd = {}      # which copy of the runtime-dispatched float32 kernels this CPU runs
     if modules["conv_im2col"] == "ok":
         from ._ext import conv_im2col
@@ -57,6 +60,8 @@ def info(file=None):
         "threads": _threads.get_num_threads(),
         "blas": _threads.blas_info(),
         "simd": simd,
+        "isa": isa_used,
+        "isa_cpu": isa_cpu,
         "compile_args": cfg.COMPILE_ARGS if cfg else None,
         "link_args": cfg.LINK_ARGS if cfg else None,
     }
@@ -66,6 +71,7 @@ def info(file=None):
         f"  default backend : {report['backend']}",
         f"  OpenMP          : {'on' if openmp else 'OFF (kernels run on one thread)' if openmp is False else 'unknown (module missing)'}",
         f"  threads         : {report['threads']}",
+        f"  SIMD            : {isa_used} (this CPU: {isa_cpu})",
         f"  compile flags   : {' '.join(report['compile_args']) if cfg else 'unknown'}",
     ]
     for name, status in modules.items():

@@ -30,3 +30,15 @@ def omp_max_threads():
 def omp_set_max_threads(int n):
     """omp_set_num_threads(n) for OpenMP regions that do not name num_threads."""
     omp_set_num_threads(n)
+
+
+from _isa cimport fc_isa_cpu, fc_isa_level, fc_isa_name
+
+
+def simd_isa():
+    """(level the kernels use, best level of this CPU): "baseline", "avx2" or "avx512".
+
+    Both come from include/fc_isa.h, the one place that picks the SIMD copies of the inner
+    loops; FASTCONV_ISA=baseline|avx2 lowers the first.
+    """
+    return (fc_isa_name(fc_isa_level()).decode(), fc_isa_name(fc_isa_cpu()).decode())
