@@ -14,8 +14,6 @@ import pytest
 from fastconv.benchmark import cases, cli, jsonfile, memory, models, plot, runner, shapes, timing
 from helpers import run_python
 
-SHARED_SHAPES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
-                             "shapes.py")
 TINY = "conv2d_fwd:lenet_c1,conv2d_bwd:lenet_c2,max_pool2d_bwd:lenet_max2,bn1d_fc"
 
 
@@ -34,18 +32,6 @@ def tiny_json(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- the suite
-
-@pytest.mark.skipif(not os.path.exists(SHARED_SHAPES), reason="shared/bench/shapes.py absent")
-def test_packaged_suite_is_the_shared_suite():
-    namespace = {}
-    with open(SHARED_SHAPES) as f:
-        exec(f.read(), namespace)
-    assert shapes.CONV == namespace["CONV"]
-    assert shapes.POOL == namespace["POOL"]
-    assert shapes.BN == namespace["BN"]
-    for row in shapes.CONV:
-        assert shapes.conv_flops(*row[1:]) == namespace["conv_flops"](*row[1:])
-
 
 def test_suite_lists_every_op_and_impl():
     layers = cases.suite_layers(with_torch=True)

@@ -126,10 +126,9 @@ def _time_taking_turns(entries, threads, budget):
 
 
 def time_pair(cases, inputs, threads, budget):
-    """The result records of the cases whose ratio is a target (fastconv's default
-    implementation of a layer and PyTorch's), timed taking turns: timed one after the
-    other, alexnet_c1's 2-thread forward measured 0.54 ms against PyTorch's 0.36 in one
-    run, where taking turns gave 0.46 against 0.47."""
+    """The result records of the cases whose ratio the report leads with (fastconv's
+    default implementation of a layer and PyTorch's), timed taking turns, so that a busy
+    neighbour does not fall on one of the two only."""
     recs = [_case_record(case, threads) for case in cases]
     timed = _time_taking_turns(
         [(rec, lambda case=case: case.build(inputs)) for rec, case in zip(recs, cases)],
@@ -249,9 +248,8 @@ def run_benchmarks(settings):
     Both engines run in this process, so under the same allocator. By default that is
     glibc told to keep freed memory for reuse (fastconv.keep_freed_memory), as a training
     run has it (fit calls it) and as PyTorch is usually measured: with glibc's defaults a call
-    that frees a large array faults its pages in again next time (1.6 us per 4 KiB here),
-    which measures the allocator's mood more than the kernel (PyTorch's resnet20_s1
-    forward: 6 ms tuned, 14-22 ms not). ``keep_freed_memory=False`` keeps the defaults
+    that frees a large array faults its pages in again next time, which measures the
+    allocator's mood more than the kernel. ``keep_freed_memory=False`` keeps the defaults
     (``fastconv bench --glibc-malloc``); the page faults per call are reported either way.
     """
     if settings.keep_freed_memory:

@@ -33,10 +33,8 @@ class MaxPool2d(Module):
         self.padding = _pair("MaxPool2d", "padding", padding, minimum=0)
         self._x = self._indices = None
         # Keep the argmaxes in training, as PyTorch's autograd does, so that backward only
-        # scatters dy: nin_max3s2 (3x3 stride 2, 64 x 96 x 32 x 32, float32, 1 thread)
-        # forward + backward 6.7 -> 5.3 ms. Not for 2x2 stride 2 without padding, whose
-        # kernels find them again in one branch-free pass: LeNet-5's first pooling 0.14 ms,
-        # against 0.46 keeping them.
+        # scatters dy; not for 2x2 stride 2 without padding, whose kernels find them again
+        # in one branch-free pass faster than they write and read them (docs/performance.md).
         self._keep_indices = not (self.kernel_size == self.stride == (2, 2)
                                   and self.padding == (0, 0))
 
