@@ -34,7 +34,7 @@ def _openmp_started():
     return any(f"/{lib}" in maps for lib in _RUNTIMES)
 
 
-def tune_openmp_waiting():
+def tune_openmp_waiting(*, warn=True):
     """Make idle OpenMP threads spin briefly, then sleep: the waiting policy fastconv's
     kernels are fastest with (it is what the ``fastconv`` command uses).
 
@@ -45,7 +45,13 @@ def tune_openmp_waiting():
 
     It must run before the first fast kernel loads (first thing in a script, before any
     ``fastconv.functional`` call or model step): OpenMP reads these variables only when it
-    starts. Called later it changes nothing and warns.
+    starts. Called later it changes nothing and warns (unless ``warn=False``).
+
+    Parameters
+    ----------
+    warn : bool, keyword only
+        Warn (RuntimeWarning) when called too late. The ``fastconv`` command passes False:
+        its ``main`` may also be called in a process whose kernels already ran.
 
     Returns
     -------
@@ -58,9 +64,10 @@ def tune_openmp_waiting():
     if not todo:
         return {}
     if _openmp_started():
-        warnings.warn("fastconv.tune_openmp_waiting() was called after the OpenMP runtime "
-                      "started, so it has no effect: call it before the first fastconv kernel "
-                      "runs", RuntimeWarning, stacklevel=2)
+        if warn:
+            warnings.warn("fastconv.tune_openmp_waiting() was called after the OpenMP runtime "
+                          "started, so it has no effect: call it before the first fastconv "
+                          "kernel runs", RuntimeWarning, stacklevel=2)
         return {}
     os.environ.update(todo)
     return todo

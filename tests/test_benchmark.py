@@ -310,6 +310,7 @@ def test_plot_without_matplotlib_is_a_clear_message(monkeypatch, tmp_path, capsy
     assert "needs matplotlib" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plot_is_written(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "p.png"

@@ -54,10 +54,11 @@ def test_tune_openmp_waiting_after_a_kernel_ran_warns_and_changes_nothing():
             "F.relu(np.ones(4, np.float32)); "
             "with_w = warnings.catch_warnings(record=True); w = with_w.__enter__(); "
             "warnings.simplefilter('always'); set_ = fastconv.tune_openmp_waiting(); "
-            "print(json.dumps([set_, 'GOMP_SPINCOUNT' in os.environ, "
+            "quiet = fastconv.tune_openmp_waiting(warn=False); "
+            "print(json.dumps([set_, quiet, 'GOMP_SPINCOUNT' in os.environ, "
             "[str(x.message) for x in w]]))")
-    set_, present, messages = json.loads(_run(code, _clean_env()).stdout)
-    assert set_ == {} and present is False
+    set_, quiet, present, messages = json.loads(_run(code, _clean_env()).stdout)
+    assert set_ == quiet == {} and present is False
     assert len(messages) == 1 and "before the first fastconv kernel" in messages[0]
 
 
