@@ -346,6 +346,8 @@ def build_parser(with_bench=False):
 
 def main(argv=None):
     """Entry point of the ``fastconv`` console script; returns the exit status."""
+    from . import tune_openmp_waiting
+    tune_openmp_waiting(warn=False)  # before any kernel loads: OpenMP reads it once, at start
     argv = list(sys.argv[1:] if argv is None else argv)
     with_bench = bool(argv) and argv[0] == "bench"
     try:

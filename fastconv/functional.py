@@ -12,6 +12,7 @@ an R x S window. Output size (conv.out): ``P = floor((H + 2*pad - R) / stride) +
 Semantics match PyTorch (``torch.nn.functional``).
 """
 import numpy as np
+from scipy.special import expit
 
 from . import _threads
 from ._backend import implementation, resolve_backend
@@ -24,6 +25,8 @@ __all__ = [
     "linear", "linear_backward",
     "relu", "relu_backward",
     "conv_output_size", "choose_conv_algo",
+    "batch_norm_affine", "batch_norm_eval_backward",
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward",
 ]
 
 ALGOS = ("direct", "im2col", "auto")
@@ -596,3 +599,167 @@ def relu_backward(dy, y, backend=None):
     impl = implementation("activation", resolve_backend(backend, op))
     dy_flat, y_flat = (a.reshape(-1) for a in _contiguous(dy, y))
     return impl.relu_backward(dy_flat, y_flat, _n_threads()).reshape(y.shape)
+
+
+# --------------------------------------------------------------------------- NumPy-only ops
+# The ops below have no compiled kernel: each is one or two NumPy expressions that already
+# make a single pass over the data (or, for batch_norm_affine, works on C numbers), so one
+# NumPy implementation serves both backends. ``backend`` is still validated, so that code
+# written against the other ops runs unchanged.
+
+def batch_norm_affine(gamma, beta, running_mean, running_var, eps=1e-5):
+    """Eval-mode batch norm as a per-channel affine map, notes eq. (bn.fwd) with the running
+    statistics: ``y = scale * x + shift``, where
+
+    ``scale = gamma / sqrt(running_var + eps)`` and ``shift = beta - scale * running_mean``.
+
+    This is what :func:`fastconv.nn.fold_batchnorm` folds into the preceding layer.
+
+    Parameters
+    ----------
+    gamma, beta : (C,) or None (None means 1 and 0: no affine transform); give both or neither
+    running_mean, running_var : (C,) float arrays
+    eps : float > 0
+
+    Returns
+    -------
+    scale, shift : (C,) float64 (computed in float64 whatever the parameters' dtype).
+    """
+    op = "batch_norm_affine"
+    if not (isinstance(eps, (float, int, np.floating)) and eps > 0):
+        raise ValueError(f"{op}: eps must be a positive number, got {eps!r}")
+    if (gamma is None) != (beta is None):
+        raise ValueError(f"{op}: give both gamma and beta, or neither")
+    running_mean = _as_float_array(op, "running_mean", running_mean)
+    running_var = _as_float_array(op, "running_var", running_var)
+    _check_ndim(op, "running_mean", running_mean, (1,), "1-D (C,)")
+    C = running_mean.shape[0]
+    for name, a in (("running_var", running_var), ("gamma", gamma), ("beta", beta)):
+        if a is not None and np.shape(a) != (C,):
+            raise ValueError(f"{op}: {name} must have shape ({C},), got {np.shape(a)}")
+    scale = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    shift = -scale * running_mean.astype(np.float64)
+    if gamma is not None:
+        gamma = _as_float_array(op, "gamma", gamma).astype(np.float64)
+        beta = _as_float_array(op, "beta", beta).astype(np.float64)
+        scale, shift = gamma * scale, gamma * shift + beta
+    return scale, shift
+
+
+def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps=1e-5, backend=None):
+    """Gradients of eval-mode :func:`batch_norm` (``training=False``), where the statistics
+    are the running ones, constants, so BN is the affine map of :func:`batch_norm_affine`:
+
+    ``dx = dy * gamma / sqrt(running_var + eps)``, ``dgamma = sum dy * x_hat``,
+    ``dbeta = sum dy``, with ``x_hat = (x - running_mean) / sqrt(running_var + eps)`` and the
+    sums over every axis but the channels'. (Training mode: :func:`batch_norm_backward`.)
+
+    One NumPy implementation for both backends (see the note above this section).
+
+    dy, x : (N, C, H, W) or (N, C); gamma : (C,) or None; running_mean, running_var : (C,)
+    ->  dx like x, dgamma (C,), dbeta (C,).
+    """
+    op = "batch_norm_eval_backward"
+    x, x4, eps, _ = _bn_setup(op, x, eps, backend)
+    dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
+    _check_dy(op, dy, x.shape)
+    C = x4.shape[1]
+    if gamma is not None:
+        gamma = _bn_param(op, "gamma", gamma, C, x.dtype, 1.0)
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        _check_running(op, name, a, C, updated=False)
+    shape = (1, -1) + (1,) * (x.ndim - 2)      # broadcast a (C,) vector over x
+    axes = (0,) + tuple(range(2, x.ndim))      # every axis but the channels'
+    invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+    scale = invstd if gamma is None else gamma * invstd
+    dx = dy * scale.astype(dy.dtype).reshape(shape)
+    x_hat = (x - running_mean.reshape(shape)) * invstd.astype(dy.dtype).reshape(shape)
+    return dx, np.sum(dy * x_hat, axis=axes), np.sum(dy, axis=axes)
+
+
+def _elementwise_setup(op, x, backend):
+    x = _as_float_array(op, "x", x)
+    resolve_backend(backend, op)
+    return x
+
+
+def _elementwise_backward_setup(op, dy, y, backend):
+    y = _as_float_array(op, "y", y)
+    dy = _as_float_array(op, "dy", dy, dtype=y.dtype)
+    _check_dy(op, dy, y.shape)
+    resolve_backend(backend, op)
+    return dy, y
+
+
+def sigmoid(x, backend=None):
+    """Logistic sigmoid, ``y = 1 / (1 + exp(-x))`` element-wise, computed by SciPy's ``expit``,
+    which never overflows (``exp(-x)`` alone would for x < -88 in float32).
+
+    x : ndarray of any shape, float32 or float64  ->  y : like x.
+    One NumPy/SciPy implementation for both backends.
+    """
+    return expit(_elementwise_setup("sigmoid", x, backend))
+
+
+def sigmoid_backward(dy, y, backend=None):
+    """Gradient of :func:`sigmoid` from its output: ``dx = dy * y * (1 - y)``.
+
+    dy, y : ndarrays of one shape and float dtype  ->  dx : like dy.
+    """
+    dy, y = _elementwise_backward_setup("sigmoid_backward", dy, y, backend)
+    return dy * y * (1 - y)
+
+
+def tanh(x, backend=None):
+    """Hyperbolic tangent element-wise, ``y = tanh(x)`` (NumPy's ``np.tanh``).
+
+    x : ndarray of any shape, float32 or float64  ->  y : like x.
+    One NumPy implementation for both backends.
+    """
+    return np.tanh(_elementwise_setup("tanh", x, backend))
+
+
+def tanh_backward(dy, y, backend=None):
+    """Gradient of :func:`tanh` from its output: ``dx = dy * (1 - y**2)``.
+
+    dy, y : ndarrays of one shape and float dtype  ->  dx : like dy.
+    """
+    dy, y = _elementwise_backward_setup("tanh_backward", dy, y, backend)
+    return dy * (1 - y * y)
+
+
+def _check_dim(op, x, dim):
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"{op}: dim must be an int in [{-x.ndim}, {x.ndim}) for x of shape "
+                         f"{x.shape}, got {dim!r}")
+    return int(dim)
+
+
+def softmax(x, dim=1, backend=None):
+    """Softmax along ``dim``: ``y_i = exp(x_i) / sum_j exp(x_j)``, computed as
+    ``exp(x - max x)`` so that no exp overflows (the shift cancels in the ratio).
+
+    x : ndarray, float32 or float64; dim : int (default 1, the classes of (N, classes))
+    ->  y : like x, each slice along ``dim`` summing to 1.
+    One NumPy implementation for both backends. For training prefer
+    :class:`fastconv.nn.CrossEntropyLoss` on the logits, which fuses softmax and the log.
+    """
+    op = "softmax"
+    x = _elementwise_setup(op, x, backend)
+    dim = _check_dim(op, x, dim)
+    z = x - x.max(axis=dim, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=dim, keepdims=True)
+    return z
+
+
+def softmax_backward(dy, y, dim=1, backend=None):
+    """Gradient of :func:`softmax` from its output: ``dx = y * (dy - sum_j dy_j y_j)``, the
+    sum along ``dim``.
+
+    dy, y : ndarrays of one shape and float dtype  ->  dx : like dy.
+    """
+    op = "softmax_backward"
+    dy, y = _elementwise_backward_setup(op, dy, y, backend)
+    dim = _check_dim(op, y, dim)
+    return y * (dy - np.sum(dy * y, axis=dim, keepdims=True))

@@ -14,8 +14,6 @@ import pytest
 from fastconv.benchmark import cases, cli, jsonfile, memory, models, plot, runner, shapes, timing
 from helpers import run_python
 
-SHARED_SHAPES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench",
-                             "shapes.py")
 TINY = "conv2d_fwd:lenet_c1,conv2d_bwd:lenet_c2,max_pool2d_bwd:lenet_max2,bn1d_fc"
 
 
@@ -34,18 +32,6 @@ def tiny_json(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- the suite
-
-@pytest.mark.skipif(not os.path.exists(SHARED_SHAPES), reason="shared/bench/shapes.py absent")
-def test_packaged_suite_is_the_shared_suite():
-    namespace = {}
-    with open(SHARED_SHAPES) as f:
-        exec(f.read(), namespace)
-    assert shapes.CONV == namespace["CONV"]
-    assert shapes.POOL == namespace["POOL"]
-    assert shapes.BN == namespace["BN"]
-    for row in shapes.CONV:
-        assert shapes.conv_flops(*row[1:]) == namespace["conv_flops"](*row[1:])
-
 
 def test_suite_lists_every_op_and_impl():
     layers = cases.suite_layers(with_torch=True)
@@ -324,6 +310,7 @@ def test_plot_without_matplotlib_is_a_clear_message(monkeypatch, tmp_path, capsy
     assert "needs matplotlib" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plot_is_written(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     png = tmp_path / "p.png"
@@ -421,7 +408,22 @@ def test_contention_warning():
     assert runner.contention_warnings(busy[:1]) == []
 
 
-# --------------------------------------------------------------------------- targets of issue 6
+# --------------------------------------------------------------------------- performance targets
+
+BENCH_TARGETS = os.path.join(os.path.dirname(__file__), "..", "bench", "targets.py")
+
+
+def _bench_targets():
+    """bench/targets.py, the developer tool that evaluates the performance targets (it is
+    not part of the installed package, so it is loaded from the checkout)."""
+    import importlib.util
+    module = sys.modules.get("bench_targets")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("bench_targets", BENCH_TARGETS)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_targets"] = module         # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return module
 
 def _layer_rec(op, case, impl, threads, median_ms, status="ok", **extra):
     rec = {"id": f"{op}:{case}:{impl}", "op": op, "case": case, "impl": impl,
@@ -467,7 +469,7 @@ def _target(recs, target_id, threads=None):
 
 
 def test_targets_have_stable_keys_and_one_record_per_thread_count():
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     recs = targets.evaluate(synthetic_doc(threads=(1, 2)))
     for r in recs:
         assert set(r) == {"id", "description", "threads", "value", "threshold", "status",
@@ -482,7 +484,7 @@ def test_targets_have_stable_keys_and_one_record_per_thread_count():
 
 
 def test_conv_targets_geomean_and_worst_layer():
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     # conv_fwd: every layer 2x except vgg_c3 at 0.4x -> geomean fine, minimum not.
     # conv_bwd: every layer 0.9x -> minimum fine, geomean not.  threads 2: all 1.2x.
     def ratio(op, case, t):
@@ -514,7 +516,7 @@ def _fwd_bwd_ms(fwd_fast, bwd_fast):
 
 def test_pool_and_bn_targets_two_ways():
     """(a) per layer (torch fwd + bwd) / (fast fwd + bwd); (b) every entry on its own."""
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     # forward: fast 1 ms, torch 1 ms (1x); backward: fast 10 ms, torch 30 ms (3x)
     # -> (a) 31/11 = 2.82x on every layer, (b) sqrt(1 * 3) = 1.73x
     doc = synthetic_doc(fast_ms=_fwd_bwd_ms(1.0, 10.0),
@@ -544,7 +546,7 @@ def test_pool_and_bn_targets_two_ways():
 
 
 def test_training_step_targets():
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     models = {("lenet5", "fastconv", 1): 10.0, ("lenet5", "torch", 1): 16.0,
               ("resnet20", "fastconv", 1): 100.0, ("resnet20", "torch", 1): 90.0}
     recs = targets.evaluate(synthetic_doc(models=models))
@@ -559,7 +561,7 @@ def test_training_step_targets():
 
 
 def test_sgemm_share_targets():
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     sgemm = [{"threads": 1, "gflops": 100.0}]
     gflops = {"vgg_c3": 80.0, "nin_1x1": 60.0}
     doc = synthetic_doc(sgemm=sgemm, conv_gflops=lambda case, t: gflops.get(case, 10.0))
@@ -577,7 +579,7 @@ def test_sgemm_share_targets():
 
 
 def test_scaling_targets():
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     speed = {1: 1.0, 2: 1.9, 16: 12.0}                  # vgg_c3 speed-up with t threads
     fast_ms = lambda op, case, t: 100.0 / speed[t]     # noqa: E731
     models = {("resnet20", "fastconv", 1): 500.0, ("resnet20", "fastconv", 16): 62.5}
@@ -598,7 +600,7 @@ def test_scaling_targets():
 
 
 def test_targets_without_torch():
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     models = {("lenet5", "fastconv", 1): 10.0}
     doc = synthetic_doc(with_torch=False, models=models, sgemm=[{"threads": 1, "gflops": 50.0}],
                         conv_gflops=lambda case, t: 40.0)
@@ -613,7 +615,7 @@ def test_targets_without_torch():
 
 
 def test_targets_with_a_layer_missing_or_failed():
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     doc = synthetic_doc(torch_over_fast=lambda op, case, t: 3.0)
     doc["results"] = [r for r in doc["results"]                # as --filter would
                       if not (r["op"] == "conv2d_fwd" and r["case"] == "vgg_c3")]
@@ -633,7 +635,8 @@ def test_targets_with_a_layer_missing_or_failed():
 
 
 def test_targets_of_an_old_or_empty_document_do_not_crash():
-    from fastconv.benchmark import report, targets
+    from fastconv.benchmark import report
+    targets = _bench_targets()
     for doc in ({"results": [], "environment": {}},
                 {"results": [{"op": "conv2d_fwd", "case": "vgg_c3", "impl": "fast:auto",
                               "threads": 1, "status": "ok", "median_ms": 1.0}],
@@ -642,50 +645,57 @@ def test_targets_of_an_old_or_empty_document_do_not_crash():
                              "status": "ok", "median_ms": 3.0}]}):
         recs = targets.evaluate(doc)
         assert all(r["status"] == "not measured" for r in recs)
-        assert "== targets (issue 6)" in report.format_report(doc)
+        assert "== performance targets ==" in "\n".join(targets.table_lines(doc))
+        report.format_report(doc)
         report.markdown(doc)
 
 
 def test_report_and_markdown_show_the_targets_table():
-    from fastconv.benchmark import report, targets
+    from fastconv.benchmark import report
+    targets = _bench_targets()
     models = {("lenet5", "fastconv", 1): 10.0, ("lenet5", "torch", 1): 16.0}
     doc = synthetic_doc(torch_over_fast=lambda op, case, t: 2.5, models=models,
                         sgemm=[{"threads": 1, "n": 64, "gflops": 100.0}],
                         conv_gflops=lambda case, t: 75.0)
     doc["summary"] = runner.summarize(doc["results"], doc["models"])
-    text = report.format_report(doc)
-    assert "== targets (issue 6)" in text
-    table = text[text.index("== targets (issue 6)"):]
+    assert "targets" not in report.format_report(doc)          # the package has no targets
+    table = "\n".join(targets.table_lines(doc))
+    assert table.startswith("== performance targets ==")
     assert "conv_fwd" in table and "geomean 2.50x, min 2.50x" in table
     assert "(a) per-case fwd+bwd 2.50x, (b) all entries 2.50x" in table
     assert "of sgemm 75%" in table and ">= 70%" in table
     assert "train_lenet5" in table and "speed-up 1.60x" in table
     assert "not evaluable" in table
-    md = report.markdown(doc)
+    md = "\n".join(targets.markdown_lines(doc))
     assert "| target | threads | value | threshold | status | detail |" in md
     assert "| conv_fwd | 1 | geomean 2.50x, min 2.50x | >= 1.00x, >= 0.50x | met |" in md
     assert "| train_resnet20 | 1 | speed-up - | >= 1.00x | not measured |" in md
-    assert targets.of_doc(doc) == targets.evaluate(doc)       # computed when absent
-    doc["targets"] = [dict(targets.evaluate(doc)[0], status="NOT met")]
-    assert "NOT met" in report.markdown(doc)                  # a saved list is used as is
+    assert "target" not in report.markdown(doc)
 
 
-def test_quick_run_has_targets_and_report_option(tiny_json, capsys):
+def test_quick_run_and_report_option_and_the_targets_script(tiny_json, capsys, tmp_path):
     status, out, path = tiny_json
-    assert status == 0 and "== targets (issue 6)" in out
+    assert status == 0 and "targets" not in out
     saved = jsonfile.load(path)
-    assert {r["id"] for r in saved["targets"]} >= {"conv_fwd", "train_lenet5",
-                                                   "scale_vgg_c3_fwd"}
-    assert all(r["status"] == "not measured" for r in saved["targets"]
-               if not r["id"].startswith("sgemm"))                  # --no-torch, filtered
-    del saved["targets"]                                            # as an older file
-    old = path.parent / "old.json"
-    jsonfile.save(saved, str(old))
-    status = cli.main(["--report", str(old)])
+    assert "targets" not in saved
+    targets = _bench_targets()
+    assert targets.main([str(path), "--markdown", str(tmp_path / "t.md")]) == 0
     out = capsys.readouterr().out
-    assert status == 0 and "== targets (issue 6)" in out and "== conv2d forward ==" in out
-    assert "QUICK RUN" in out
+    assert "== performance targets ==" in out and "QUICK RUN" in out
+    assert "| conv_fwd |" in (tmp_path / "t.md").read_text()
+    assert targets.main([str(tmp_path / "absent.json")]) == 2
+    status = cli.main(["--report", str(path)])
+    out = capsys.readouterr().out
+    assert status == 0 and "== conv2d forward ==" in out and "QUICK RUN" in out
     assert cli.main(["--report", str(path.parent / "absent.json")]) == 2
+
+
+def test_the_package_does_not_import_the_targets():
+    code = ("import sys, fastconv.benchmark.cli, fastconv.benchmark.runner, "
+            "fastconv.benchmark.report; "
+            "print(sorted(m for m in sys.modules if 'target' in m))")
+    out = run_python(["-c", code])
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 def _memory_doc(workspace_mb, threads=2, skip=()):
@@ -704,7 +714,7 @@ def _memory_doc(workspace_mb, threads=2, skip=()):
 
 
 def test_memory_targets_compare_the_workspace_with_threads_times_one_image_columns():
-    from fastconv.benchmark import targets
+    targets = _bench_targets()
     # resnet20_s3 (64 channels, 3x3, 8x8 output): one image's columns are 64*9 x 64 floats
     # = 0.140625 MB, so the bound at 2 threads is 0.28125 MB.
     small = {"fwd": 0.28125 / 2, "bwd": 0.28125 * 4}

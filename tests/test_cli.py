@@ -32,6 +32,7 @@ def test_top_level_help(capsys):
         assert cmd in out
 
 
+@pytest.mark.slow
 def test_train_tiny_run_and_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FASTCONV_DATA", str(tmp_path / "nothing"))
     out = tmp_path / "run"
@@ -129,6 +130,7 @@ def test_bench_dispatch(capsys, monkeypatch):
     assert "bench ran quick=True" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_console_entry_points():
     """`python -m fastconv` works (the `fastconv` script is the same main, via [project.scripts])."""
     res = run_python(["-m", "fastconv", "--version"])

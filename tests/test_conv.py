@@ -357,6 +357,7 @@ def _workspace(call):
     return peak - sum(a.nbytes for a in outputs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 @pytest.mark.parametrize("microkernel", [True, False], ids=["microkernel", "blas"])
 def test_im2col_memory_within_bound(direction, microkernel, dtype, rng):

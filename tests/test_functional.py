@@ -286,17 +286,6 @@ def test_single_thread_blas_context_limits_and_restores():
         assert all(lc.get_num_threads() == 2 for lc in kernel_side + numpy_side)
 
 
-def test_openmp_waiting_defaults():
-    """Unless the user chose, libgomp spins briefly and libomp not at all (fastconv/__init__)."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
-    code = ("import os, fastconv; print(os.environ.get('GOMP_SPINCOUNT'), "
-            "os.environ.get('KMP_BLOCKTIME'))")
-    assert run_python(["-c", code], env=env).stdout.split() == ["2000", "0"]
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    assert run_python(["-c", code], env=env).stdout.split() == ["None", "None"]
-
-
 def test_omp_num_threads_is_the_default():
     env = dict(os.environ, OMP_NUM_THREADS="3")
     out = run_python(["-c", "import fastconv; print(fastconv.get_num_threads())"], env=env)

@@ -40,7 +40,8 @@ def test_registry_lists_every_model():
     assert get_model("LeNet5").num_parameters() == 61_706
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "alexnet" else n
+                                  for n in MODELS])
 def test_parameter_counts(name):
     grey = get_model(name, in_channels=1, input_size=28)
     colour = get_model(name, in_channels=3, input_size=32)
@@ -323,9 +324,12 @@ def _copy_into_torch(ours, theirs, torch):
 
 
 @pytest.mark.parametrize("name,kwargs", [
-    ("lenet5", {}), ("lenet5_bn", {}), ("nin", {}), ("alexnet", {}),
-    ("resnet20", {"shortcut": "B"}), ("resnet20", {"shortcut": "A"}),
-    ("resnet20", {"shortcut": "conv3x3"}),
+    ("lenet5", {}), ("lenet5_bn", {}),
+    pytest.param("nin", {}, marks=pytest.mark.slow),
+    pytest.param("alexnet", {}, marks=pytest.mark.slow),
+    pytest.param("resnet20", {"shortcut": "B"}, marks=pytest.mark.slow),
+    pytest.param("resnet20", {"shortcut": "A"}, marks=pytest.mark.slow),
+    pytest.param("resnet20", {"shortcut": "conv3x3"}, marks=pytest.mark.slow),
 ], ids=["lenet5", "lenet5_bn", "nin", "alexnet", "resnet20-B", "resnet20-A", "resnet20-conv3x3"])
 def test_forward_backward_match_torch(name, kwargs, torch_models, rng):
     """float64, weights copied over: training-mode logits, input gradient and BN running

@@ -180,6 +180,7 @@ def test_interrupt_keeps_last_checkpoint(tmp_path, subset):
     assert load_checkpoint(ck, TinyMLP())[0] == 1
 
 
+@pytest.mark.slow
 def test_lenet5_on_embedded_subset(subset):
     """The real thing: LeNet-5 (fast kernels), 2 epochs on 3,000 embedded images, seeded
     (measured: 0.77 test accuracy on 1,000 test images; chance is 0.10)."""
@@ -196,6 +197,7 @@ def test_lenet5_on_embedded_subset(subset):
     assert hist["test_acc"][-1] > 0.70, hist
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_stops_refaulting_the_same_pages():
     """fit() tunes glibc's malloc so that a step reuses the memory the last one freed: a
     40 MB array (above glibc's largest automatic mmap threshold, 32 MiB) allocated again

@@ -307,6 +307,7 @@ def _viz_args(*argv):
     return configure_parser(argparse.ArgumentParser()).parse_args(list(argv))
 
 
+@pytest.mark.slow
 def test_viz_command_end_to_end(tiny_checkpoint, tmp_path, capsys):
     from fastconv.viz.cli import run
     out = tmp_path / "viz"
@@ -388,6 +389,7 @@ def test_package_imports_without_matplotlib():
 
 # --------------------------------------------------------------------------- hooks in the CLI
 
+@pytest.mark.slow
 def test_fastconv_viz_subcommand(tiny_checkpoint, tmp_path, capsys):
     from fastconv.cli import main
     out = tmp_path / "v"
@@ -399,6 +401,7 @@ def test_fastconv_viz_subcommand(tiny_checkpoint, tmp_path, capsys):
     assert "viz" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_writes_history_and_filter_pictures(tmp_path, monkeypatch, capsys):
     from fastconv.cli import main
     monkeypatch.setenv("FASTCONV_DATA", str(tmp_path / "nothing"))

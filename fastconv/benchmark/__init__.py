@@ -11,8 +11,7 @@ models         whole-model training steps (LeNet-5, ResNet-20)
 memory         peak extra memory of each conv algorithm, in a fresh process
 environment    CPU, cores, OpenMP, BLAS (threadpoolctl), versions, warnings
 runner         runs the selection and computes the ratios: one JSON-ready document
-targets        the performance targets of issue 6, evaluated from a document
-report         the terminal tables (targets last), --compare and --markdown
+report         the terminal tables, --compare and --markdown
 jsonfile       --json (atomic write) and --compare (load)
 plot           --plot (matplotlib, optional)
 cli            configure_parser(parser) and run(args), used by ``fastconv bench``
@@ -22,4 +21,7 @@ Programmatic use::
 
     from fastconv.benchmark.runner import Settings, run_benchmarks
     doc = run_benchmarks(Settings.from_options(quick=True, filters=["conv2d_fwd"]))
+
+The project's performance targets are a developer tool outside the package:
+``python bench/targets.py RUN.json`` in a source checkout evaluates them from a ``--json`` run.
 """

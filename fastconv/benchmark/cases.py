@@ -3,7 +3,7 @@
 The suite layers come from :mod:`fastconv.benchmark.shapes`. For every layer the inputs are
 made once (float32, seeded) and shared by all implementations, so fastconv and PyTorch
 compute on the very same numbers. Each case knows its *work*, the figure its speed is quoted
-in (DESIGN.md "Performance method"):
+in:
 
 * convolution: FLOPs, ``2*N*K*C*R*S*P*Q`` forward (a multiply-add is 2), twice that backward
   (dx and dw each cost one forward; db is negligible) -> GFLOP/s;

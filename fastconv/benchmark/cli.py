@@ -70,9 +70,8 @@ def configure_parser(parser):
     parser.add_argument("--compare", metavar="OLD.json",
                         help="show the change of each median against a saved --json run")
     parser.add_argument("--report", metavar="SAVED.json",
-                        help="time nothing: print the report (tables and the targets of "
-                             "issue 6, re-evaluated) of a saved --json run; --markdown, "
-                             "--compare, --json and --plot then use that run")
+                        help="time nothing: print the report of a saved --json run; "
+                             "--markdown, --compare, --json and --plot then use that run")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument("--no-models", action="store_true", help="skip the training steps")
@@ -108,7 +107,7 @@ def run(args):
     0: every selected case ran or was unavailable (a kernel not built yet, PyTorch not
     installed); 1: a case raised an error; 2: bad options or files.
     """
-    from . import jsonfile, plot, report, runner, targets
+    from . import jsonfile, plot, report, runner
 
     settings = runner.Settings.from_options(
         threads=args.threads, quick=args.quick, budget_s=args.budget,
@@ -134,7 +133,6 @@ def run(args):
 
     if args.report:
         doc = saved["report"]
-        doc["targets"] = targets.evaluate(doc)      # with the definitions of this version
     else:
         doc = runner.run_benchmarks(settings)
     print(report.format_report(doc))
@@ -160,6 +158,9 @@ def run(args):
 
 
 def main(argv=None):
+    """``python -m fastconv.benchmark``: the same as ``fastconv bench``."""
+    from .. import tune_openmp_waiting
+    tune_openmp_waiting(warn=False)  # as the fastconv command does, before any kernel loads
     parser = argparse.ArgumentParser(prog="fastconv bench")
     configure_parser(parser)
     return run(parser.parse_args(argv))

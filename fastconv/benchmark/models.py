@@ -1,14 +1,11 @@
 """Whole-model training steps: forward, cross-entropy loss, backward and one SGD update.
 
-The two models of the issue, at their usual training batch: LeNet-5 (batch 64, 1x28x28) and
-ResNet-20 (batch 128, 3x32x32). fastconv's side uses the public layer API
-(``fastconv.models``, ``fastconv.nn.CrossEntropyLoss``, ``fastconv.optim.SGD``); until
-those modules exist the case reports itself unavailable. PyTorch's side builds the same
+Two models, at their usual training batch: LeNet-5 (batch 64, 1x28x28) and ResNet-20
+(batch 128, 3x32x32). fastconv's side uses the public layer API (``fastconv.models``,
+``fastconv.nn.CrossEntropyLoss``, ``fastconv.optim.SGD``). PyTorch's side builds the same
 architecture (:mod:`fastconv.benchmark.torch_impl`); both report their parameter counts so
 that a mismatch of the two architectures shows in the JSON.
 """
-import importlib
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,16 +38,10 @@ def model_inputs(batch, image_shape, seed=0):
 
 
 def fastconv_train_step(model_name, x, labels, lr=0.01, momentum=0.9):
-    """(step, n_params) for fastconv's model; ImportError while the layer API is missing."""
-    models = importlib.import_module("fastconv.models")
-    nn = importlib.import_module("fastconv.nn")
-    optim = importlib.import_module("fastconv.optim")
-    if not hasattr(models, model_name):
-        raise ImportError(f"fastconv.models has no {model_name}() yet")
-    builder = getattr(models, model_name)
-    accepted = inspect.signature(builder).parameters
-    shape = {"in_channels": x.shape[1], "input_size": x.shape[2]}   # as the images are
-    model = builder(**{k: v for k, v in shape.items() if k in accepted})
+    """(step, n_params) for fastconv's model ``model_name`` on images ``x`` (N, C, H, H)."""
+    from .. import nn, optim
+    from ..models import get_model
+    model = get_model(model_name, in_channels=x.shape[1], input_size=x.shape[2])
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     params = model.parameters()

@@ -4,7 +4,6 @@ Everything here reads the JSON document that :func:`runner.run_benchmarks` retur
 saved one), so a saved ``--json`` file can be printed again and compared later.
 """
 from . import cases as cases_mod
-from . import targets as targets_mod
 from .environment import summary_line
 from .runner import default_impl, geomean
 
@@ -120,30 +119,6 @@ def summary_table(summary):
             + _table(header, rows, "<<" + ">" * (len(header) - 2)) + [""])
 
 
-def targets_table(doc):
-    """The targets of issue 6 (:mod:`targets`): one row per target and thread count."""
-    recs = targets_mod.of_doc(doc)
-    if not recs:
-        return []
-    rows = [[t["id"], "" if t["threads"] is None else t["threads"],
-             targets_mod.format_value(t), targets_mod.format_threshold(t), t["status"],
-             t.get("detail") or ""] for t in recs]
-    lines = ["== targets (issue 6) ==",
-             "  from this run's medians: speed-up, geomean, min, (a), (b) = PyTorch median / "
-             "fastconv median, same thread count;",
-             "  of sgemm = conv GFLOP/s / sgemm GFLOP/s, same thread count; vs 1 thread = "
-             f"t(1 thread) / t({targets_mod.SCALING_THREADS} threads)"]
-    lines += [line.rstrip() for line in _table(
-        ["target", "thr", "value", "threshold", "status", "detail"], rows, "<><<<<")]
-    met = sum(t["status"] == targets_mod.MET for t in recs)
-    not_met = sum(t["status"] == targets_mod.NOT_MET for t in recs)
-    lines.append(f"  {met} met, {not_met} NOT met, {len(recs) - met - not_met} not measured "
-                 f"(of {len(recs)}); definitions: fastconv/benchmark/targets.py")
-    if (doc.get("settings") or {}).get("quick"):
-        lines.append("  QUICK RUN: capped batches, so these targets are not meaningful either")
-    return lines + [""]
-
-
 def _summary_line(env):
     """environment.summary_line, or what there is of it in an old or partial document."""
     try:
@@ -175,7 +150,6 @@ def format_report(doc):
     lines += model_table(doc.get("models") or [])
     lines += memory_table(doc.get("memory") or [], doc.get("memory_error"))
     lines += summary_table(doc.get("summary"))
-    lines += targets_table(doc)
     return "\n".join(lines)
 
 
@@ -273,21 +247,4 @@ def markdown(doc):
                                 if (name, impl, t) in models else "-" for t in threads)
                      for impl in ("fastconv", "torch")]
             lines.append(f"| {name} | {batch} | {cells[0]} | {cells[1]} |")
-    lines += markdown_targets(doc)
     return "\n".join(lines) + "\n"
-
-
-def markdown_targets(doc):
-    """The targets of issue 6 as Markdown lines (empty when there are none)."""
-    recs = targets_mod.of_doc(doc)
-    if not recs:
-        return []
-    lines = ["", "Targets of issue 6 (definitions in `fastconv/benchmark/targets.py`):", "",
-             "| target | threads | value | threshold | status | detail |",
-             "|---|---|---|---|---|---|"]
-    for t in recs:
-        cells = [t["id"], "" if t["threads"] is None else str(t["threads"]),
-                 targets_mod.format_value(t), targets_mod.format_threshold(t), t["status"],
-                 t.get("detail") or ""]
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    return lines

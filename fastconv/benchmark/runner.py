@@ -7,8 +7,6 @@ implementation is timed back to back on them, so that the ratios of a row (fast 
 reference, vs PyTorch, n threads vs 1) come from measurements seconds apart; fastconv's
 default implementation and PyTorch, whose ratio is a target, take turns (``time_pair``).
 Whole-model training steps come last, the two engines also taking turns.
-``doc["targets"]`` holds the targets of issue 6, evaluated from the document's own medians
-by :func:`targets.evaluate`.
 
 Ratios are speed-ups (> 1 means faster): ``speedup_vs_reference = t_reference / t``,
 ``speedup_vs_torch = t_torch / t``, ``speedup_vs_1thread = t(1 thread) / t(n threads)``,
@@ -23,7 +21,7 @@ import numpy as np
 from .. import num_threads
 from .._malloc import keep_freed_memory
 from . import cases as cases_mod
-from . import environment, memory, models, targets, torch_impl
+from . import environment, memory, models, torch_impl
 from .timing import DEFAULT_BUDGET, QUICK_BUDGET, Budget, measure, measure_interleaved, sgemm_rate
 
 SCHEMA = "fastconv-bench/1"
@@ -128,10 +126,9 @@ def _time_taking_turns(entries, threads, budget):
 
 
 def time_pair(cases, inputs, threads, budget):
-    """The result records of the cases whose ratio is a target (fastconv's default
-    implementation of a layer and PyTorch's), timed taking turns: timed one after the
-    other, alexnet_c1's 2-thread forward measured 0.54 ms against PyTorch's 0.36 in one
-    run, where taking turns gave 0.46 against 0.47."""
+    """The result records of the cases whose ratio the report leads with (fastconv's
+    default implementation of a layer and PyTorch's), timed taking turns, so that a busy
+    neighbour does not fall on one of the two only."""
     recs = [_case_record(case, threads) for case in cases]
     timed = _time_taking_turns(
         [(rec, lambda case=case: case.build(inputs)) for rec, case in zip(recs, cases)],
@@ -204,7 +201,7 @@ def geomean(values):
 
 def summarize(results, model_results):
     """Per op and thread count: geometric means (and minimum) of the default fast
-    implementation's speed-ups over the layers measured, the figures issue 6 targets."""
+    implementation's speed-ups over the layers measured."""
     rows = []
     for op in cases_mod.OPS:
         for threads in sorted({r["threads"] for r in results}):
@@ -250,10 +247,9 @@ def run_benchmarks(settings):
 
     Both engines run in this process, so under the same allocator. By default that is
     glibc told to keep freed memory for reuse (fastconv.keep_freed_memory), as a training
-    run has it (fit calls it) and as issue 6 measured PyTorch: with glibc's defaults a call
-    that frees a large array faults its pages in again next time (1.6 us per 4 KiB here),
-    which measures the allocator's mood more than the kernel (PyTorch's resnet20_s1
-    forward: 6 ms tuned, 14-22 ms not). ``keep_freed_memory=False`` keeps the defaults
+    run has it (fit calls it) and as PyTorch is usually measured: with glibc's defaults a call
+    that frees a large array faults its pages in again next time, which measures the
+    allocator's mood more than the kernel. ``keep_freed_memory=False`` keeps the defaults
     (``fastconv bench --glibc-malloc``); the page faults per call are reported either way.
     """
     if settings.keep_freed_memory:
@@ -330,7 +326,6 @@ def run_benchmarks(settings):
     doc["models"] = model_results
     doc["summary"] = summarize(results, model_results)
     doc["unavailable"] = unavailable_summary(results + model_results + doc["memory"])
-    doc["targets"] = targets.evaluate(doc)
     return doc
 
 

@@ -1,9 +1,7 @@
 """The layer suite every anchor and the project are measured on (NCHW, float32).
 
-A verbatim copy of the project's shared suite, ``shared/bench/shapes.py`` (kept outside the
-repository), shipped inside the package so that ``fastconv bench`` works after a plain
-``pip install``. Keep the two identical: ``tests/test_benchmark.py`` compares them when the
-shared file is present.
+Shipped inside the package so that ``fastconv bench`` works after a plain ``pip install``;
+``bench/`` (the pytest-benchmark suite and the performance targets) uses it too.
 
 conv: (name, N, C, H, W, K, R, S, stride, pad)
 pool: (name, kind, N, C, H, W, k, stride, pad)

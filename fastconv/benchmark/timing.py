@@ -1,6 +1,6 @@
 """The one place where fastconv's benchmarks take time: :func:`measure`.
 
-Method (the machines here are noisy, see DESIGN.md "Performance method"):
+Method (shared machines are noisy; docs/performance.md has the measurements behind it):
 
 1. one untimed first call: it imports lazily loaded kernels, starts the OpenMP and BLAS
    thread pools and faults in caches; if it raises, the caller learns it before any timing;
@@ -10,9 +10,9 @@ Method (the machines here are noisy, see DESIGN.md "Performance method"):
 
 The garbage collector is off while timing (as in ``timeit``), and the page faults of the
 timed calls are counted with ``getrusage`` (``ru_minflt``, every thread of the process):
-on this machine a first touch of a 4 KiB page costs about 1.6 us, so an op that allocates a
-fresh 16 MB array per call pays ~6.5 ms in faults alone. Report medians (and min/max), not
-means: a noisy neighbour shows up as a long tail, not as a shift of the median.
+an op that allocates a fresh large array per call can spend more time faulting its pages in
+than computing. Report medians (and min/max), not means: a noisy neighbour shows up as a
+long tail, not as a shift of the median.
 """
 import gc
 import statistics
@@ -116,9 +116,7 @@ def measure_interleaved(fns, budget=DEFAULT_BUDGET, rounds=5):
     rounds give every callable in turn ``budget.seconds / rounds`` of timed calls (at least
     one per round, more rounds until each has ``budget.min_repeats`` samples). A neighbour
     that loads the machine for a while then slows every callable alike, where timing one
-    after the other lets it fall on whichever was being timed: on the 2-core development
-    machine the 2-thread LeNet-5 step of one engine measured 3.5 ms in one run and 2.2 ms
-    in the next, timed one after the other.
+    after the other lets it fall on whichever was being timed.
     """
     warmups = []
     for fn in fns:

@@ -4,8 +4,6 @@ import numpy as np
 from ..functional import conv_output_size
 from ..nn import ZeroPad2d, init
 
-_ACTIVATIONS = ("relu", "sigmoid", "tanh")
-
 
 def check_args(name, in_channels, num_classes, input_size):
     for arg, value in (("in_channels", in_channels), ("num_classes", num_classes),
@@ -31,4 +29,4 @@ def seeded(seed):
     return init.seeded(seed)
 
 
-__all__ = ["check_args", "pad_to_32", "seeded", "conv_output_size", "_ACTIVATIONS"]
+__all__ = ["check_args", "pad_to_32", "seeded", "conv_output_size"]

@@ -3,37 +3,8 @@ the code the notes quote is facebookresearch/mixup-cifar10's models/googlenet.py
 import numpy as np
 
 from .. import nn
+from ..nn.blocks import Inception, conv_bn_relu
 from ._common import check_args, seeded
-
-
-def _conv_bn_relu(c_in, c_out, k, d):
-    return [nn.Conv2d(c_in, c_out, k, padding=k // 2, **d), nn.BatchNorm2d(c_out, **d),
-            nn.ReLU(inplace=True)]
-
-
-class Inception(nn.Concat):
-    """The Inception block: four branches on the same input, joined along channels.
-
-    b1: 1x1 conv; b2: 1x1 conv then 3x3 conv; b3: 1x1 conv then two 3x3 convs (in place of
-    one 5x5); b4: 3x3/1 max pool then 1x1 conv. Every conv is followed by BatchNorm and ReLU,
-    and every branch keeps the height and width, so the output has
-    ``n1x1 + n3x3 + n5x5 + pool_planes`` channels.
-    """
-
-    def __init__(self, in_planes, n1x1, n3x3red, n3x3, n5x5red, n5x5, pool_planes,
-                 dtype=np.float32):
-        d = dict(dtype=dtype)
-        super().__init__({
-            "b1": nn.Sequential(*_conv_bn_relu(in_planes, n1x1, 1, d)),
-            "b2": nn.Sequential(*_conv_bn_relu(in_planes, n3x3red, 1, d),
-                                *_conv_bn_relu(n3x3red, n3x3, 3, d)),
-            "b3": nn.Sequential(*_conv_bn_relu(in_planes, n5x5red, 1, d),
-                                *_conv_bn_relu(n5x5red, n5x5, 3, d),
-                                *_conv_bn_relu(n5x5, n5x5, 3, d)),
-            "b4": nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1),
-                                *_conv_bn_relu(in_planes, pool_planes, 1, d)),
-        })
-        self.out_channels = n1x1 + n3x3 + n5x5 + pool_planes
 
 
 class GoogLeNet(nn.Sequential):
@@ -55,7 +26,7 @@ class GoogLeNet(nn.Sequential):
         d = dict(dtype=dtype)
         with seeded(seed):
             layers = {
-                "pre_layers": nn.Sequential(*_conv_bn_relu(in_channels, 192, 3, d)),
+                "pre_layers": nn.Sequential(*conv_bn_relu(in_channels, 192, 3, dtype)),
                 "a3": Inception(192, 64, 96, 128, 16, 32, 32, **d),
                 "b3": Inception(256, 128, 128, 192, 32, 96, 64, **d),
                 "maxpool3": nn.MaxPool2d(3, stride=2, padding=1),

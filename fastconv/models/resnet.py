@@ -3,75 +3,8 @@ notes (003: "ResNet") with the paper's shortcuts."""
 import numpy as np
 
 from .. import nn
+from ..nn.blocks import SHORTCUTS, BasicBlock
 from ._common import check_args, seeded
-
-SHORTCUTS = ("B", "A", "conv3x3")
-
-
-class ZeroPadShortcut(nn.Module):
-    """He et al.'s option A shortcut, parameter-free: take every ``stride``-th pixel and add
-    zero channels (half before, half after) up to ``out_channels``.
-
-    x : (N, C, H, W)  ->  y : (N, out_channels, ceil(H / stride), ceil(W / stride)).
-    """
-
-    def __init__(self, in_channels, out_channels, stride):
-        super().__init__()
-        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self._shape = None
-
-    def forward(self, x):
-        self._shape = x.shape
-        s = self.stride
-        sub = x[:, :, ::s, ::s]
-        before = (self.out_channels - self.in_channels) // 2
-        y = np.zeros((x.shape[0], self.out_channels) + sub.shape[2:], dtype=x.dtype)
-        y[:, before:before + self.in_channels] = sub
-        return y
-
-    def backward(self, dy):
-        s = self.stride
-        before = (self.out_channels - self.in_channels) // 2
-        dx = np.zeros(self._shape, dtype=dy.dtype)
-        dx[:, :, ::s, ::s] = dy[:, before:before + self.in_channels]
-        return dx
-
-    def extra_repr(self):
-        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
-
-
-class BasicBlock(nn.Residual):
-    """ResNet's basic block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`` with
-    3x3 convs (no bias: BN follows), conv1 carrying the stride.
-
-    The shortcut is the identity when the shape is kept. When it changes (stride 2, more
-    channels) it is, by ``shortcut``:
-
-    * "B" (default): a 1x1 conv with the stride + BN, He et al.'s projection (option B), as
-      torchvision's ResNets;
-    * "A": :class:`ZeroPadShortcut`, He et al.'s parameter-free option A (their CIFAR models);
-    * "conv3x3": a 3x3 conv with the stride + BN, the course notes' code.
-    """
-
-    def __init__(self, in_channels, out_channels, stride=1, shortcut="B", dtype=np.float32):
-        d = dict(dtype=dtype)
-        body = nn.Sequential({
-            "conv1": nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False, **d),
-            "bn1": nn.BatchNorm2d(out_channels, **d),
-            "relu": nn.ReLU(inplace=True),
-            "conv2": nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False, **d),
-            "bn2": nn.BatchNorm2d(out_channels, **d),
-        })
-        proj = None
-        if stride != 1 or in_channels != out_channels:
-            if shortcut == "A":
-                proj = ZeroPadShortcut(in_channels, out_channels, stride)
-            else:
-                k = 1 if shortcut == "B" else 3
-                proj = nn.Sequential(nn.Conv2d(in_channels, out_channels, k, stride, k // 2,
-                                               bias=False, **d),
-                                     nn.BatchNorm2d(out_channels, **d))
-        super().__init__(body, proj, nn.ReLU(inplace=True))
 
 
 class ResNet(nn.Sequential):

@@ -14,6 +14,7 @@ argument.
 """
 from . import init
 from .activation import ReLU, Sigmoid, Softmax, Tanh
+from .blocks import BasicBlock, Inception, ZeroPadShortcut
 from .container import Concat, Residual, Sequential
 from .conv import Conv2d
 from .dropout import Dropout
@@ -33,6 +34,7 @@ __all__ = [
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
     "Flatten", "ZeroPad2d",
     "Sequential", "Residual", "Concat",
+    "BasicBlock", "Inception", "ZeroPadShortcut",
     "CrossEntropyLoss", "MSELoss",
     "fold_batchnorm",
 ]

@@ -1,7 +1,5 @@
-"""Element-wise activations (ReLU, Sigmoid, Tanh) and Softmax."""
-import numpy as np
-from scipy.special import expit
-
+"""Element-wise activations (ReLU, Sigmoid, Tanh) and Softmax: thin layers over
+fastconv.functional, which holds the math (the layers keep the output for backward)."""
 from .. import functional as F
 from .module import Module
 
@@ -41,12 +39,11 @@ class Sigmoid(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = y = expit(x)
+        self._y = y = F.sigmoid(x)
         return y
 
     def backward(self, dy):
-        y = self._y
-        return dy * y * (1 - y)
+        return F.sigmoid_backward(dy, self._y)
 
 
 class Tanh(Module):
@@ -57,12 +54,11 @@ class Tanh(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = y = np.tanh(x)
+        self._y = y = F.tanh(x)
         return y
 
     def backward(self, dy):
-        y = self._y
-        return dy * (1 - y * y)
+        return F.tanh_backward(dy, self._y)
 
 
 class Softmax(Module):
@@ -79,15 +75,11 @@ class Softmax(Module):
         self._y = None
 
     def forward(self, x):
-        z = x - x.max(axis=self.dim, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=self.dim, keepdims=True)
-        self._y = z
-        return z
+        self._y = y = F.softmax(x, self.dim)
+        return y
 
     def backward(self, dy):
-        y = self._y
-        return y * (dy - np.sum(dy * y, axis=self.dim, keepdims=True))
+        return F.softmax_backward(dy, self._y, self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim}"

@@ -2,17 +2,9 @@
 import numpy as np
 
 from .. import functional as F
+from ..functional import _pair
 from . import init
 from .module import Module, Parameter
-
-
-def _pair(value, name):
-    """int or (h, w) -> (h, w) of ints (the ops validate ranges again; this is for shapes)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
 class Conv2d(Module):
@@ -55,9 +47,9 @@ class Conv2d(Module):
                  algo="auto", dtype=np.float32, rng=None):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "Conv2d: kernel_size")
-        self.stride = _pair(stride, "Conv2d: stride")
-        self.padding = _pair(padding, "Conv2d: padding")
+        self.kernel_size = _pair("Conv2d", "kernel_size", kernel_size, minimum=1)
+        self.stride = _pair("Conv2d", "stride", stride, minimum=1)
+        self.padding = _pair("Conv2d", "padding", padding, minimum=0)
         self.algo = algo
         R, S = self.kernel_size
         fan_in = self.in_channels * R * S

@@ -49,22 +49,15 @@ class _BatchNorm(Module):
         return y
 
     def backward(self, dy):
-        """Eq. (bn.bwd) in training mode; in eval mode BN is the affine map of :meth:`affine_params`."""
+        """Eq. (bn.bwd) in training mode; in eval mode BN is the affine map of :meth:`affine_params`
+        (:func:`fastconv.functional.batch_norm_eval_backward`)."""
         gamma = None if self.weight is None else self.weight.data
         if self._batch_stats:
             dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, gamma, eps=self.eps,
                                                       mean=self._mean, var=self._var)
         else:
-            # y = scale * x + shift per channel, so dx = scale * dy,
-            # dgamma = sum(dy * x_hat), dbeta = sum(dy).
-            shape = (1, -1) + (1,) * (self._x.ndim - 2)
-            axes = (0,) + tuple(range(2, self._x.ndim))
-            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            scale = invstd if gamma is None else gamma * invstd
-            dx = dy * scale.astype(dy.dtype).reshape(shape)
-            x_hat = (self._x - self.running_mean.reshape(shape)) * invstd.astype(dy.dtype).reshape(shape)
-            dgamma = np.sum(dy * x_hat, axis=axes)
-            dbeta = np.sum(dy, axis=axes)
+            dx, dgamma, dbeta = F.batch_norm_eval_backward(dy, self._x, gamma, self.running_mean,
+                                                           self.running_var, eps=self.eps)
         if self.weight is not None:
             self.weight.grad += dgamma
             self.bias.grad += dbeta
@@ -74,12 +67,9 @@ class _BatchNorm(Module):
         """(scale, shift), float64 (C,): eval-mode BN is ``y = scale * x + shift`` per channel,
         with ``scale = gamma / sqrt(running_var + eps)`` and ``shift = beta - scale * running_mean``
         (what :func:`fastconv.nn.fold_batchnorm` folds into the preceding layer)."""
-        scale = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-        shift = -scale * self.running_mean.astype(np.float64)
-        if self.weight is not None:
-            gamma = self.weight.data.astype(np.float64)
-            scale, shift = gamma * scale, gamma * shift + self.bias.data.astype(np.float64)
-        return scale, shift
+        gamma = None if self.weight is None else self.weight.data
+        beta = None if self.bias is None else self.bias.data
+        return F.batch_norm_affine(gamma, beta, self.running_mean, self.running_var, self.eps)
 
     def extra_repr(self):
         s = f"{self.num_features}, eps={self.eps:g}, momentum={self.momentum:g}"

@@ -1,15 +1,22 @@
-"""The performance targets of issue 6, evaluated from a run's JSON document.
+"""fastconv's performance targets, evaluated from a ``fastconv bench --json`` document.
+
+A developer tool, kept out of the installed package: ``fastconv bench`` measures and
+reports fastconv against PyTorch; this script says whether a run meets the targets the
+project set itself::
+
+    fastconv bench --json bench.json
+    python bench/targets.py bench.json [--markdown targets.md]
 
 Everything is computed from the medians in the document (``doc["results"]``,
 ``doc["models"]``, ``doc["sgemm"]``), never from the derived ``speedup_*`` fields, so a
 saved ``--json`` file (also one written before this module existed) gives the same figures
 when it is reported again. The definitions live in ONE place, :data:`TARGETS`; the report,
-the Markdown and the JSON all read the list that :func:`evaluate` returns.
+the terminal table and the Markdown both read the list that :func:`evaluate` returns.
 
 All ratios are speed-ups, ``PyTorch median / fastconv median`` (> 1: fastconv is faster),
 taken at the same thread count in the same run. fastconv's side is the default
 implementation of each op (``fast:auto`` for convolution, ``fast`` for the others,
-:func:`runner.default_impl`); the training step's is ``fastconv``.
+:func:`fastconv.benchmark.runner.default_impl`); the training step's is ``fastconv``.
 
 One record per target and thread count (a scaling target has one record in all)::
 
@@ -28,10 +35,15 @@ None when measure ``m`` could not be computed). ``status`` is
   layers needs ALL of them: a mean over part of the suite is not the target's figure, so
   then every value is None and ``detail`` gives the partial figure and what is missing.
 """
+import argparse
 import math
+import sys
 from dataclasses import dataclass
 
-from . import shapes
+from fastconv.benchmark import jsonfile, shapes
+from fastconv.benchmark.report import _table as table   # the report's column layout
+from fastconv.benchmark.runner import default_impl
+from fastconv.functional import choose_conv_algo
 
 MET, NOT_MET, NOT_MEASURED = "met", "NOT met", "not measured"
 SCALING_THREADS = 16          # the thread count the scaling targets are defined at
@@ -43,11 +55,6 @@ BN_CASES = tuple(row[0] for row in shapes.BN)
 
 def _geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
-
-
-def _default_impl(op):
-    from .runner import default_impl        # runner imports this module: import lazily
-    return default_impl(op)
 
 
 # --------------------------------------------------------------------------- the document
@@ -131,7 +138,7 @@ def _torch_ratios(fig, pairs, threads):
     torch medians over the sum of the default-impl medians of the (op, case) entries."""
     ratios = {}
     for label, entries in pairs:
-        fast = [fig.layer(op, case, _default_impl(op), threads) for op, case in entries]
+        fast = [fig.layer(op, case, default_impl(op), threads) for op, case in entries]
         torch = [fig.layer(op, case, "torch", threads) for op, case in entries]
         if None not in fast and None not in torch:
             ratios[label] = sum(torch) / sum(fast)
@@ -211,7 +218,7 @@ def measure_sgemm_share(case):
     ``share`` = its GFLOP/s / the sgemm GFLOP/s measured in the same run at the same
     thread count (``doc["sgemm"]``), i.e. the record's ``sgemm_share``."""
     def measure(fig, threads):
-        rec = fig.layer_record("conv2d_fwd", case, _default_impl("conv2d_fwd"), threads)
+        rec = fig.layer_record("conv2d_fwd", case, default_impl("conv2d_fwd"), threads)
         sgemm = fig.sgemm.get(threads)
         if rec is not None and rec.get("gflops") and sgemm:
             return ({"share": rec["gflops"] / sgemm},
@@ -228,7 +235,7 @@ _PAGE_MB = 4096 / 2**20       # a workspace this small is allocator noise, not s
 
 
 def measure_memory(direction):
-    """Conv ``direction`` ("fwd" or "bwd") scratch memory against issue 6's bound: "conv
+    """Conv ``direction`` ("fwd" or "bwd") scratch memory against the bound "conv
     workspace never more than threads x one image's columns".
 
     From the fresh-process probes in ``doc["memory"]`` (``workspace_mb`` = peak extra
@@ -239,15 +246,13 @@ def measure_memory(direction):
     every layer within the bound).
     """
     def measure(fig, threads):
-        from ..functional import choose_conv_algo
-        from .shapes import conv_out
         found = {}                                  # case -> (headroom, workspace, bound)
         for name, N, C, H, W, K, R, S, stride, pad in shapes.CONV:
             algo = choose_conv_algo((N, C, H, W), (K, C, R, S), stride, pad)
             rec = fig.memory_record(name, direction, f"fast:{algo}", threads)
             if rec is None:
                 continue
-            P, Q = conv_out(H, W, R, S, stride, pad)
+            P, Q = shapes.conv_out(H, W, R, S, stride, pad)
             bound = threads * C * R * S * P * Q * 4 / 2**20
             found[name] = (bound / max(rec["workspace_mb"], _PAGE_MB), rec["workspace_mb"],
                            bound)
@@ -268,7 +273,7 @@ def scaling_time(kind, name):
     ``name`` (kind "conv2d_fwd")."""
     if kind == "model":
         return lambda fig, t: fig.model(name, "fastconv", t)
-    return lambda fig, t: fig.layer(kind, name, _default_impl(kind), t)
+    return lambda fig, t: fig.layer(kind, name, default_impl(kind), t)
 
 
 # --------------------------------------------------------------------------- the targets
@@ -283,7 +288,7 @@ class Measure:
 
 @dataclass(frozen=True)
 class Target:
-    """One target of issue 6.
+    """One performance target.
 
     ``measure(fig, threads)`` computes the values at one thread count (see the
     ``measure_*`` functions); a scaling target (``scaling`` set: its ``time(fig, threads)``)
@@ -417,12 +422,6 @@ def evaluate(doc):
     return out
 
 
-def of_doc(doc):
-    """``doc["targets"]`` when the document has them, else evaluated now."""
-    found = doc.get("targets")
-    return found if isinstance(found, list) else evaluate(doc)
-
-
 # --------------------------------------------------------------------------- formatting
 
 def _measures(target_id):
@@ -449,3 +448,64 @@ def format_threshold(rec):
         Measure(k, k, v) for k, v in (rec.get("threshold") or {}).items())
     thresholds = rec.get("threshold") or {}
     return ", ".join(f">= {_fmt(m, thresholds.get(m.name, m.threshold))}" for m in measures)
+
+
+def table_lines(doc, recs=None):
+    """The terminal table: one row per target and thread count."""
+    recs = evaluate(doc) if recs is None else recs
+    rows = [[t["id"], "" if t["threads"] is None else t["threads"], format_value(t),
+             format_threshold(t), t["status"], t.get("detail") or ""] for t in recs]
+    lines = ["== performance targets ==",
+             "  from this run's medians: speed-up, geomean, min, (a), (b) = PyTorch median / "
+             "fastconv median, same thread count;",
+             "  of sgemm = conv GFLOP/s / sgemm GFLOP/s, same thread count; vs 1 thread = "
+             f"t(1 thread) / t({SCALING_THREADS} threads)"]
+    lines += [line.rstrip() for line in table(
+        ["target", "thr", "value", "threshold", "status", "detail"], rows, "<><<<<")]
+    met = sum(t["status"] == MET for t in recs)
+    not_met = sum(t["status"] == NOT_MET for t in recs)
+    lines.append(f"  {met} met, {not_met} NOT met, {len(recs) - met - not_met} not measured "
+                 f"(of {len(recs)}); definitions: bench/targets.py")
+    if (doc.get("settings") or {}).get("quick"):
+        lines.append("  QUICK RUN: capped batches, so these targets are not meaningful either")
+    return lines
+
+
+def markdown_lines(doc, recs=None):
+    """The same table in Markdown."""
+    recs = evaluate(doc) if recs is None else recs
+    lines = ["Performance targets (definitions in `bench/targets.py`):", "",
+             "| target | threads | value | threshold | status | detail |",
+             "|---|---|---|---|---|---|"]
+    for t in recs:
+        cells = [t["id"], "" if t["threads"] is None else str(t["threads"]),
+                 format_value(t), format_threshold(t), t["status"], t.get("detail") or ""]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    return lines
+
+
+def main(argv=None):
+    """``python bench/targets.py RUN.json [--markdown FILE.md]``; returns the exit status:
+    0 when every target that was measured is met, 1 when one is not, 2 on a bad file."""
+    parser = argparse.ArgumentParser(
+        prog="python bench/targets.py",
+        description="Evaluate fastconv's performance targets from a saved "
+                    "`fastconv bench --json` run.")
+    parser.add_argument("run", metavar="RUN.json", help="a `fastconv bench --json` file")
+    parser.add_argument("--markdown", metavar="FILE.md", help="also write the table as Markdown")
+    args = parser.parse_args(argv)
+    try:
+        doc = jsonfile.load(args.run)
+    except (OSError, ValueError) as exc:
+        print(f"bench/targets.py: cannot read {args.run}: {exc}", file=sys.stderr)
+        return 2
+    recs = evaluate(doc)
+    print("\n".join(table_lines(doc, recs)))
+    if args.markdown:
+        jsonfile.write_text("\n".join(markdown_lines(doc, recs)) + "\n", args.markdown)
+        print(f"bench/targets.py: wrote {args.markdown}", file=sys.stderr)
+    return 1 if any(t["status"] == NOT_MET for t in recs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
