@@ -56,6 +56,9 @@ class CheckResult:
         errors = [e for _, e, _, _ in self.cases if e is not None]
         return max(errors) if errors else None
 
+    def _ipython_display_(self):
+        """In a notebook the report is already printed: show nothing more (no ``Out[n]``)."""
+
     def __repr__(self):
         if self.status == "not implemented":
             return f"<{self.name}: not implemented yet>"
