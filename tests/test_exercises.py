@@ -127,7 +127,8 @@ def sgd_momentum_step(w, dw, v, lr, momentum, weight_decay, dampen=False):
     return w - lr * v, v
 
 
-def conv_params_macs(C, K, R, P, bias=True):
+def conv_params_macs(in_channels, out_channels, kernel_size, out_size, bias=True):
+    C, K, R, P = in_channels, out_channels, kernel_size, out_size
     return K * (C * R * R + (1 if bias else 0)), K * C * R * R * P * P
 
 

@@ -62,3 +62,26 @@ def test_runs_top_to_bottom(path):
         out = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
         assert "not implemented yet" in out, f"{path.name}: {cell.source!r} printed {out!r}"
     assert "PASS" not in text and "FAIL" not in text
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_exercise_skeletons_match_working_solutions(path):
+    """Each skeleton has the signature of a solution that passes its check (the solutions
+    live in test_exercises.py, not in the notebooks), and the cell after it checks it."""
+    import ast
+    import inspect
+
+    import test_exercises as solutions
+    cells = nbformat.read(path, as_version=4).cells
+    skeletons = 0
+    for i, cell in enumerate(cells):
+        if cell.cell_type != "code" or "raise NotImplementedError" not in cell.source:
+            continue
+        (fn,) = [n for n in ast.parse(cell.source).body if isinstance(n, ast.FunctionDef)]
+        params = [a.arg for a in fn.args.args]
+        solution = getattr(solutions, fn.name)
+        assert list(inspect.signature(solution).parameters)[:len(params)] == params, fn.name
+        check_cell = next(c for c in cells[i + 1:] if c.cell_type == "code")
+        assert f"({fn.name})" in check_cell.source and "check_" in check_cell.source
+        skeletons += 1
+    assert skeletons >= 1
