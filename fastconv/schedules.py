@@ -216,7 +216,8 @@ def lr_find(model, loader, optimizer, loss_fn=None, start_lr=1e-7, end_lr=10.0, 
 
     Prints a loss-vs-LR table and the suggested LR; with ``out`` (a path prefix) also
     saves ``out.csv``, ``out.npz`` and ``out.png`` (when matplotlib is present);
-    ``verbose=False`` prints nothing.
+    ``verbose=False`` prints nothing. With parameter groups (differential LRs) the LR
+    tested is the optimiser's reference ``lr``: every group moves with it, keeping its ratio.
     Returns an :class:`LRFinderResult`.
     """
     if loss_fn is None:

@@ -34,7 +34,8 @@ from ._files import atomic_savez, atomic_write_text
 from ._malloc import keep_freed_memory
 
 __all__ = ["fit", "evaluate", "train_epoch", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "CheckpointError", "HISTORY_KEYS", "write_history"]
+           "CheckpointError", "HISTORY_KEYS", "write_history", "load_pretrained",
+           "precompute_features", "fit_multi", "evaluate_multi", "accuracy", "box_iou"]
 
 CHECKPOINT_FORMAT = "fastconv-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -293,3 +294,115 @@ def fit(model, train_loader, optimizer, epochs, schedule=None, loss_fn=None, tes
         if on_epoch_end is not None:
             on_epoch_end(history)
     return history
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+def load_pretrained(path, model, new_head=False, log=None):
+    """Start ``model`` from a trained checkpoint's weights (fine-tuning; the optimiser,
+    epoch and history of the checkpoint are not used).
+
+    Every parameter and buffer outside the head (``model.head_names()``: the last top-level
+    layer with parameters) must be in the checkpoint with the same shape, else
+    CheckpointError names what does not fit and the model is left unchanged. The head is
+    loaded too, unless its shapes differ (another number of classes) or ``new_head`` is
+    True: then it keeps the model's fresh initialisation.
+
+    Returns the names of the entries left at their initial values (the new head, or []).
+    """
+    ck = read_checkpoint(path)
+    saved, own = ck["model"], model.state_dict()
+    head = model.head_layer()
+    in_head = model.head_names()
+    body = {n: v for n, v in own.items() if n not in in_head}
+    missing = sorted(set(body) - set(saved))
+    unexpected = sorted(n for n in set(saved) - set(own)
+                        if head and not n.startswith(head + "."))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path}: its body does not fit {type(model).__name__}: "
+                              f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
+                              f"(a checkpoint of another model?)")
+    bad = [f"{n} {np.shape(saved[n])} in the checkpoint, {np.shape(v)} here"
+           for n, v in body.items() if np.shape(saved[n]) != np.shape(v)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: its body does not fit {type(model).__name__}: "
+                              + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+    keep_head = not new_head and all(n in saved and np.shape(saved[n]) == np.shape(own[n])
+                                     for n in in_head)
+    state = dict(own)
+    state.update({n: saved[n] for n in body})
+    if keep_head:
+        state.update({n: saved[n] for n in in_head})
+    model.load_state_dict(state)
+    fresh = [] if keep_head else in_head
+    if log and fresh:
+        log(f"loaded {path}; new head {head!r} "
+            + ("(as asked)" if new_head else "(its shape differs: another number of classes)"))
+    elif log:
+        log(f"loaded {path} (all {len(state)} entries)")
+    return fresh
+
+
+def _fingerprint(body, loader):
+    """A hash of the body's weights and of the loader's images and preprocessing: a cache
+    of features is reused only for the same body and data."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, value in sorted(body.state_dict().items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    h.update(np.ascontiguousarray(loader.x).tobytes())
+    h.update(repr((loader.x.shape, loader.dtype, loader.normalize)).encode())
+    return h.hexdigest()
+
+
+def precompute_features(body, loader, path=None, log=None):
+    """Run a (frozen) body once over every image of ``loader`` and keep its outputs, so a new
+    head trains on them without the body's forward and backward at every step (the notes'
+    ``precompute=True``).
+
+    Parameters
+    ----------
+    body : Module, run in eval mode (BatchNorm uses running statistics, no dropout)
+    loader : fastconv.data.DataLoader without augmentation (a cache of features holds one
+        view of each image; augmenting needs the body in the loop). Its order is kept.
+    path : .npz file or None. When it holds features of the same body weights and images
+        they are loaded instead of computed; else they are computed and written atomically.
+
+    Returns
+    -------
+    (features, labels) : arrays (N, ...) in the loader's dtype, and (N,) int64.
+    """
+    if loader.augment is not None:
+        raise ValueError("precompute_features: the loader augments its images; precomputed "
+                         "features would freeze one random view of each. Use a loader without "
+                         "augmentation (augment the whole model's training instead)")
+    if loader.shuffle:
+        raise ValueError("precompute_features: the loader shuffles; give one with shuffle=False "
+                         "(the features are stored in the images' order)")
+    key = _fingerprint(body, loader)
+    if path is not None and os.path.isfile(path):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if str(f["fingerprint"]) == key:
+                    if log:
+                        log(f"features from the cache {path}")
+                    return f["features"], f["labels"]
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError):
+            pass       # damaged or foreign file: compute again and replace it
+    was_training = body.training
+    body.eval()
+    feats, labels = [], []
+    try:
+        for xb, yb in loader:
+            feats.append(body(xb).copy())     # copy: a layer may reuse its output buffer
+            labels.append(yb)
+    finally:
+        body.train(was_training)
+    features, labels = np.concatenate(feats), np.concatenate(labels)
+    if path is not None:
+        atomic_savez(path, features=features, labels=labels, fingerprint=np.array(key))
+        if log:
+            log(f"wrote {path}: features {features.shape} {features.dtype}")
+    return features, labels

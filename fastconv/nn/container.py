@@ -81,8 +81,10 @@ class Sequential(Module):
 
     def backward_params(self, dy):
         """Parameter gradients only (see Module.backward_params): layers in front of the first
-        one with parameters are skipped, and that one computes no dx."""
-        first = next((i for i, layer in enumerate(self._layers) if layer.parameters()), None)
+        one with trainable parameters are skipped (a frozen body costs no backward at all),
+        and that one computes no dx."""
+        first = next((i for i, layer in enumerate(self._layers)
+                      if any(p.requires_grad for p in layer._parameters())), None)
         if first is None:
             return
         for layer in reversed(self._layers[first + 1:]):

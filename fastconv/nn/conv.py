@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import functional as F
 from . import init
-from .module import Module, Parameter
+from .module import Module, Parameter, _trainable
 
 
 def _pair(value, name):
@@ -83,10 +83,14 @@ class Conv2d(Module):
         self._backward(dy, need_dx=False)
 
     def _backward(self, dy, need_dx):
+        if not _trainable(self.weight, self.bias):      # frozen: no dw, db to compute
+            return (F.conv2d_input_grad(dy, self.weight.data, self._x.shape, self.stride,
+                                        self.padding, self.algo) if need_dx else None)
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
                                        padding=self.padding, algo=self.algo, need_dx=need_dx)
-        self.weight.grad += dw
-        if self.bias is not None:
+        if self.weight.requires_grad:
+            self.weight.grad += dw
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += db
         return dx
 

@@ -65,8 +65,9 @@ class _BatchNorm(Module):
             x_hat = (self._x - self.running_mean.reshape(shape)) * invstd.astype(dy.dtype).reshape(shape)
             dgamma = np.sum(dy * x_hat, axis=axes)
             dbeta = np.sum(dy, axis=axes)
-        if self.weight is not None:
+        if self.weight is not None and self.weight.requires_grad:
             self.weight.grad += dgamma
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dbeta
         return dx
 
