@@ -184,6 +184,15 @@ class LRFinderResult:
         slope = np.gradient(self.smoothed[:lowest + 1], np.log(self.lrs[:lowest + 1]))
         return float(self.lrs[int(np.argmin(slope))])
 
+    @property
+    def tenth_of_lowest(self):
+        """A tenth of the LR where the smoothed loss is lowest (the notes' second rule): the
+        steadier choice for a model that is already trained, whose loss barely moves at
+        small LRs, so that the steepest-descent point is noise."""
+        if not len(self.lrs):
+            return float("nan")
+        return float(self.lrs[int(np.nanargmin(self.smoothed))]) / 10
+
     def table(self, rows=15):
         idx = np.unique(np.linspace(0, len(self.lrs) - 1, min(rows, len(self.lrs))).astype(int))
         lines = [f"{'lr':>12} {'loss':>10} {'smoothed':>10}"]
