@@ -406,3 +406,124 @@ def precompute_features(body, loader, path=None, log=None):
         if log:
             log(f"wrote {path}: features {features.shape} {features.dtype}")
     return features, labels
+
+
+# --------------------------------------------------------------------------- several outputs
+
+def accuracy(logits, labels):
+    """The fraction of rows whose largest logit is at the label: (N, classes), (N,) -> float."""
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def box_iou(pred, target):
+    """Mean intersection over union of boxes given as (N, 4) rows (x0, y0, x1, y1), x1 >= x0,
+    y1 >= y0 (a predicted box with x1 < x0 is empty). Each IoU is in [0, 1]."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    ix = np.clip(np.minimum(pred[:, 2], target[:, 2]) - np.maximum(pred[:, 0], target[:, 0]), 0, None)
+    iy = np.clip(np.minimum(pred[:, 3], target[:, 3]) - np.maximum(pred[:, 1], target[:, 1]), 0, None)
+    inter = ix * iy
+    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
+    union = area(pred) + area(target) - inter
+    return float(np.mean(np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)))
+
+
+def _check_heads(losses, loss_weights, metrics):
+    losses = list(losses)
+    weights = [1.0] * len(losses) if loss_weights is None else [float(w) for w in loss_weights]
+    if len(weights) != len(losses):
+        raise ValueError(f"loss_weights has {len(weights)} values {weights} but there are "
+                         f"{len(losses)} losses (one per output)")
+    metrics = [None] * len(losses) if metrics is None else list(metrics)
+    if len(metrics) != len(losses):
+        raise ValueError(f"metrics has {len(metrics)} entries but there are {len(losses)} "
+                         f"losses (one per output; None for no metric)")
+    return losses, weights, metrics
+
+
+def _as_tuple(v):
+    return v if isinstance(v, tuple) else (v,)
+
+
+def evaluate_multi(model, loader, losses, metrics=None, names=None):
+    """Per output: the mean loss and the mean metric over ``loader`` (an ArraysLoader),
+    model in eval mode. Returns {name: {"loss": ..., "metric": ...}}."""
+    losses, _, metrics = _check_heads(losses, None, metrics)
+    names = list(names or getattr(model, "outputs", range(len(losses))))
+    sums = np.zeros((len(losses), 2))
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for xs, ts in loader:
+            outs = _as_tuple(model(xs))
+            n = len(ts[0])
+            for i, (o, t, lf, mf) in enumerate(zip(outs, ts, losses, metrics)):
+                sums[i, 0] += float(lf.forward(o, t)) * n
+                sums[i, 1] += (mf(o, t) if mf else math.nan) * n
+            count += n
+    finally:
+        model.train(was_training)
+    return {str(name): {"loss": s[0] / max(count, 1), "metric": s[1] / max(count, 1)}
+            for name, s in zip(names, sums)}
+
+
+def fit_multi(model, train_loader, optimizer, epochs, losses, loss_weights=None, metrics=None,
+              schedule=None, test_loader=None, log=print):
+    """Train a model with several outputs (e.g. a :class:`fastconv.nn.Graph`) on the
+    weighted sum of one loss per output: ``L = sum_i loss_weights[i] * losses[i](out_i, t_i)``,
+    so output i's gradient is ``loss_weights[i] * dloss_i`` (the notes' Keras
+    ``loss_weights=[.001, 1.]``).
+
+    Parameters
+    ----------
+    model : Module whose forward takes the loader's input tuple and returns one array per output
+    train_loader, test_loader : fastconv.data.ArraysLoader yielding (inputs, targets) tuples
+    losses : one loss module per output (e.g. CrossEntropyLoss(), MSELoss())
+    loss_weights : one float per output (default all 1); a wrong length is a ValueError
+    metrics : one callable (output, target) -> float per output, or None entries
+        (e.g. [accuracy, box_iou]); reported per output on the test set
+    schedule : callable step -> lr, or None
+
+    Returns the history: {"epoch", "train_loss", "<output>_loss", "<output>_metric" (test)}.
+    """
+    keep_freed_memory()
+    losses, weights, metrics = _check_heads(losses, loss_weights, metrics)
+    names = [str(n) for n in getattr(model, "outputs", range(len(losses)))]
+    if len(names) != len(losses):
+        raise ValueError(f"fit_multi: {len(losses)} losses for a model with {len(names)} outputs "
+                         f"{names}")
+    history = {"epoch": [], "train_loss": [], "seconds": []}
+    for n in names:
+        history[f"{n}_loss"], history[f"{n}_metric"] = [], []
+    steps = len(train_loader)
+    for epoch in range(epochs):
+        train_loader.set_epoch(epoch)
+        model.train()
+        t0, total, count = time.perf_counter(), 0.0, 0
+        for b, (xs, ts) in enumerate(train_loader):
+            if schedule is not None:
+                optimizer.lr = schedule(epoch * steps + b)
+            optimizer.zero_grad()
+            outs = _as_tuple(model(xs))
+            loss = sum(w * float(lf.forward(o, t)) for o, t, lf, w in zip(outs, ts, losses, weights))
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"fit_multi: the loss became {loss} at epoch {epoch + 1} "
+                                         f"step {b} (lr {optimizer.lr:.3g}); lower the learning rate")
+            model.backward_params(tuple(lf.backward() * o.dtype.type(w)
+                                        for o, lf, w in zip(outs, losses, weights)))
+            optimizer.step()
+            total += loss * len(ts[0])
+            count += len(ts[0])
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(total / max(count, 1))
+        history["seconds"].append(time.perf_counter() - t0)
+        report = evaluate_multi(model, test_loader, losses, metrics, names) if test_loader else {}
+        for n in names:
+            history[f"{n}_loss"].append(report.get(n, {}).get("loss", math.nan))
+            history[f"{n}_metric"].append(report.get(n, {}).get("metric", math.nan))
+        if log:
+            heads = "  ".join(f"{n}: loss {history[f'{n}_loss'][-1]:.4f} metric "
+                              f"{history[f'{n}_metric'][-1]:.4f}" for n in names)
+            log(f"epoch {epoch + 1:3d}/{epochs}  train loss {history['train_loss'][-1]:.4f}  "
+                f"test {heads}  {history['seconds'][-1] / 60:.2f} min")
+    return history

@@ -18,6 +18,7 @@ from .container import Concat, Residual, Sequential
 from .conv import Conv2d
 from .dropout import Dropout
 from .fold import fold_batchnorm
+from .graph import Concatenate, Graph
 from .linear import Identity, Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
@@ -32,7 +33,7 @@ __all__ = [
     "BatchNorm1d", "BatchNorm2d",
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
     "Flatten", "ZeroPad2d",
-    "Sequential", "Residual", "Concat",
+    "Sequential", "Residual", "Concat", "Graph", "Concatenate",
     "CrossEntropyLoss", "MSELoss",
     "fold_batchnorm",
 ]
