@@ -67,8 +67,7 @@ def box_model(num_classes=10, meta_features=2, input_size=28, seed=0, dtype=np.f
     """The two-input, two-output Graph drawn in the module docstring (outputs: "class", "box")."""
     from .models import lenet5
     lenet = lenet5(num_classes=num_classes, input_size=input_size, seed=seed, dtype=dtype)
-    names = [n for n, _ in lenet.children()]
-    body = nn.Sequential({n: lenet[n] for n in names[:names.index("fc3")]})   # up to fc2 + ReLU
+    body, _ = lenet.split("fc3")          # conv1 ... fc2 + ReLU: 84 features
     rng = np.random.default_rng(seed)
     width = lenet.fc3.in_features + meta_features
     return nn.Graph(

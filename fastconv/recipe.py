@@ -33,12 +33,11 @@ import numpy as np
 from ._files import atomic_write_text
 from .data import DataLoader, Normalize, load_dataset, make_augmentation
 from .models import lenet5
-from .nn import Sequential
 from .optim import SGD, param_groups
 from .schedules import CosineWarmRestarts, OneCycleLR, lr_find
 from .train import (evaluate, fit, load_pretrained, precompute_features, save_checkpoint)
 
-__all__ = ["split_classes", "few_shot", "split_body_head", "run_recipe", "main"]
+__all__ = ["split_classes", "few_shot", "run_recipe", "table", "main"]
 
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 NEW_CLASSES = (5, 6, 7, 8, 9)
@@ -63,16 +62,6 @@ def few_shot(x, y, n, seed=0):
     idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), size=n, replace=False)
                                   for c in np.unique(y)]))
     return x[idx], y[idx]
-
-
-def split_body_head(model):
-    """(body, head) of a Sequential model: the head is its last layer with parameters (and
-    any layer after it), the body the layers before; both share the model's layers, so
-    training either trains the model."""
-    names = [n for n, _ in model.children()]
-    cut = names.index(model.head_layer())
-    return (Sequential({n: model[n] for n in names[:cut]}),
-            Sequential({n: model[n] for n in names[cut:]}))
 
 
 def _repeat(x, y, epoch_images):
@@ -164,7 +153,7 @@ def run_recipe(ds, out="runs/finetune-recipe", ns=(10, 100, 1000), pretrain_epoc
         clock = _Clock()
         model = lenet5(num_classes=k, seed=seed + 1)
         load_pretrained(ckpt, model, new_head=True)
-        body, head = split_body_head(model)
+        body, head = model.split(model.head_layer())     # conv1..act4 | fc3
         body.freeze()
         plain = DataLoader(x[:n * k], y[:n * k], 1000, normalize=norm)   # each image once
         f_train, l_train = precompute_features(body, plain, os.path.join(out, f"features_n{n}.npz"))

@@ -220,8 +220,9 @@ def test_cli_init_freeze_and_lr_groups(tmp_path, capsys):
 def test_precompute_features_caches_and_checks(tmp_path):
     ds = load_dataset("fashion-mnist-subset").limit(96)
     m = lenet5(seed=0)
-    names = [n for n, _ in m.children()]
-    body = nn.Sequential({n: m[n] for n in names[:names.index("fc3")]})
+    body, head = m.split("fc3")
+    with pytest.raises(ValueError, match="no layer 'fc9'"):
+        m.split("fc9")
     loader = DataLoader(ds.x_train, ds.y_train, 40)
     path = tmp_path / "f.npz"
     f, labels = precompute_features(body, loader, path)
@@ -237,7 +238,7 @@ def test_precompute_features_caches_and_checks(tmp_path):
         precompute_features(body, DataLoader(ds.x_train, ds.y_train, 40,
                                              augment=make_augmentation("flip", 28)))
     # the head trains on (N, features) arrays
-    head = nn.Sequential({"fc3": m.fc3})
+    assert head.fc3 is m.fc3
     fit(head, DataLoader(f3, labels, 32, shuffle=True), SGD(head.parameters(), 0.05), 1,
         progress=False, log=None)
 

@@ -69,6 +69,16 @@ class Sequential(Module):
         self._layers.append(module)
         return self
 
+    def split(self, name):
+        """(body, head): the layers before layer ``name`` and those from it on, as two
+        Sequentials that share this one's layers (training either trains this model), e.g.
+        ``body, head = lenet.split("fc3")`` to precompute the body's outputs for a new head."""
+        if name not in self._names:
+            raise ValueError(f"{type(self).__name__}.split: no layer {name!r}; layers: {self._names}")
+        i = self._names.index(name)
+        return (Sequential(dict(zip(self._names[:i], self._layers[:i]))),
+                Sequential(dict(zip(self._names[i:], self._layers[i:]))))
+
     def forward(self, x):
         for layer in self._layers:
             x = layer(x)
