@@ -18,8 +18,8 @@ Data leakage (the notes' lesson): metadata can predict the label for reasons tha
 hold in use — in the Fisheries data the photo's size identified the boat, hence the fish.
 Here the statistics come from the image itself, so they are also there at prediction time;
 a column such as "which photographer" would lift the test score and fail on new data.
-Metadata the network can compute from the image is also redundant (the notes' "redundant
-metadata"): expect little gain from it.
+Metadata the network could compute from the image itself may also be redundant (the notes'
+"redundant metadata").
 """
 import argparse
 import os

@@ -55,6 +55,22 @@ def test_freeze_prefix_that_matches_nothing_is_a_clear_error():
     assert all(p.requires_grad for p in m.parameters())
 
 
+def test_freeze_bn_stats_keeps_frozen_batchnorm_in_eval_mode(rng):
+    m = lenet5(batch_norm=True, seed=0)
+    m.freeze(until="bn2", freeze_bn_stats=True)
+    m.train()
+    assert not m.bn1.training and not m.bn2.training and m.bn3.training
+    stats = m.bn1.running_mean.copy()
+    _step(m, *_batch(rng))
+    np.testing.assert_array_equal(m.bn1.running_mean, stats)     # not updated
+    assert not np.array_equal(m.bn3.running_mean, np.zeros(120, np.float32))
+    m.unfreeze()
+    m.train()
+    assert m.bn1.training
+    m.freeze("bn1")                                  # default: BN keeps training mode
+    assert m.train().bn1.training
+
+
 def test_frozen_parameters_get_no_gradient_and_no_update(rng):
     m = lenet5(seed=0)
     m.freeze("conv1", "fc1")

@@ -154,9 +154,10 @@ class Module:
             p.grad.fill(0)
 
     def train(self, mode=True):
-        """Set training mode (BN uses batch statistics, Dropout drops) here and in every child."""
+        """Set training mode (BN uses batch statistics, Dropout drops) here and in every child
+        (a BatchNorm frozen with ``freeze(..., freeze_bn_stats=True)`` stays in eval mode)."""
         for _, module in self.named_modules():
-            module.training = bool(mode)
+            module.training = bool(mode) and not getattr(module, "frozen_stats", False)
         return self
 
     def eval(self):
@@ -180,7 +181,7 @@ class Module:
             chosen.update(hits)
         return chosen
 
-    def _set_requires_grad(self, flag, names, until, what):
+    def _set_requires_grad(self, flag, names, until, what, freeze_bn_stats=False):
         if names and until is not None:
             raise ValueError(f"{what}: give layer names or until=, not both")
         if until is not None:
@@ -199,9 +200,17 @@ class Module:
             p.requires_grad = flag
             if not flag:
                 p.grad.fill(0)
+        ids = {id(p) for p in chosen.values()}
+        for _, m in self.named_modules():       # BatchNorm layers whose parameters all changed
+            own = [p for p in vars(m).values() if isinstance(p, Parameter)]
+            if "running_mean" in getattr(m, "_buffers", {}) and own and all(id(p) in ids for p in own):
+                if flag:
+                    m.frozen_stats = False
+                elif freeze_bn_stats:
+                    m.frozen_stats, m.training = True, False
         return self
 
-    def freeze(self, *names, until=None):
+    def freeze(self, *names, until=None, freeze_bn_stats=False):
         """Stop training some parameters (fine-tuning): they get no gradient (the layers skip
         that work) and optimisers leave them as they are.
 
@@ -209,10 +218,14 @@ class Module:
         parameters) with these dotted names and everything under them;
         ``freeze(until="layer3")`` every parameter in definition order up to and including
         layer3's (fastai's ``freeze_to``). A name that matches nothing is a ValueError.
-        Returns the module. BatchNorm layers keep their mode: call ``.eval()`` on a frozen
-        part to freeze its running statistics too.
+        Returns the module.
+
+        BatchNorm layers of a frozen part still normalise with the batch's statistics in
+        training mode and update their running ones; ``freeze_bn_stats=True`` keeps them in
+        eval mode instead (running statistics used and left unchanged, even under
+        ``train()``), until they are unfrozen.
         """
-        return self._set_requires_grad(False, names, until, "freeze")
+        return self._set_requires_grad(False, names, until, "freeze", freeze_bn_stats)
 
     def unfreeze(self, *names, until=None):
         """Train again what :meth:`freeze` froze (same arguments; no argument: everything)."""
