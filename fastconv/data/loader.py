@@ -9,8 +9,8 @@ class DataLoader:
 
     Parameters
     ----------
-    x : ndarray (N, C, H, W), uint8 (pixels 0..255, scaled to [0, 1]) or float; any
-        (N, ...) float array without ``augment`` (e.g. precomputed features).
+    x : ndarray (N, C, H, W), uint8 (pixels 0..255, scaled to [0, 1]) or float; or a
+        float (N, ...) array without ``augment`` (e.g. precomputed features).
     y : ndarray (N,) of integer labels.
     batch_size : int
     shuffle : bool
@@ -38,10 +38,10 @@ class DataLoader:
     def __init__(self, x, y, batch_size=128, shuffle=False, seed=0, drop_last=False,
                  augment=None, normalize=None, dtype=np.float32):
         x, y = np.asarray(x), np.asarray(y)
-        if x.ndim != 4 and (augment is not None or x.ndim < 2):
-            raise ValueError(f"DataLoader: x must be 4-D (N, C, H, W)"
-                             f"{'' if augment is not None else ' or (N, features...)'}, "
-                             f"got shape {x.shape}")
+        # images are 4-D; float arrays of other shapes (precomputed features) pass unaugmented
+        if x.ndim != 4 and (augment is not None or x.ndim < 2 or x.dtype == np.uint8):
+            raise ValueError(f"DataLoader: x must be 4-D (N, C, H, W) images, or float "
+                             f"(N, features...) without augment; got {x.dtype} of shape {x.shape}")
         if y.shape != (x.shape[0],):
             raise ValueError(f"DataLoader: y must have shape ({x.shape[0]},), got {y.shape}")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
