@@ -24,6 +24,7 @@ layer that reads it, and returns one gradient per input.
 """
 import numpy as np
 
+from .container import Sequential
 from .module import Module
 
 
@@ -101,17 +102,11 @@ class Graph(Module):
             raise ValueError(f"Graph: outputs {missing} are not layers (layers: {self._names})")
         self._input_shapes = None
 
-    def children(self):
-        return zip(self._names, self._layers)
-
-    def __getattr__(self, name):
-        names = self.__dict__.get("_names", ())
-        if name in names:
-            return self.__dict__["_layers"][names.index(name)]
-        raise AttributeError(f"{type(self).__name__} has no attribute or layer {name!r}")
-
-    def __getitem__(self, name):
-        return self._layers[self._names.index(name)]
+    # Sequential's access to named layers (the same _names and _layers): children(),
+    # model.body, model["box"]
+    children = Sequential.children
+    __getattr__ = Sequential.__getattr__
+    __getitem__ = Sequential.__getitem__
 
     def forward(self, x):
         xs = (x,) if isinstance(x, np.ndarray) else tuple(x)
