@@ -17,7 +17,7 @@ from . import _threads
 from ._backend import implementation, resolve_backend
 
 __all__ = [
-    "conv2d", "conv2d_backward", "conv2d_input_grad",
+    "conv2d", "conv2d_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "batch_norm", "batch_norm_backward",
@@ -255,47 +255,6 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
     with _threads.blas_single_thread():
         return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads(),
                                     bool(need_dx))
-
-
-def conv2d_input_grad(dy, w, x_shape, stride=1, padding=0, algo="auto", backend=None):
-    """dx of :func:`conv2d` alone, for a frozen layer (no dw, db: fine-tuning skips them).
-
-    The transposed convolution written as a forward one: dy is dilated by the stride
-    (stride - 1 zeros between its values), zero-padded by R - 1 - pad (plus the rows and
-    columns the forward's floor left out), and correlated with w flipped in space and with
-    its channel axes swapped, ``w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)``. Equal to
-    ``conv2d_backward(dy, x, w, ...)[0]`` for any x of shape ``x_shape``.
-
-    Parameters
-    ----------
-    dy : ndarray (N, K, P, Q);  w : ndarray (K, C, R, S);  x_shape : (N, C, H, W)
-    stride, padding, algo, backend : as in :func:`conv2d`
-
-    Returns
-    -------
-    dx : ndarray (N, C, H, W), dy's dtype.
-    """
-    op = "conv2d_input_grad"
-    dy = _as_float_array(op, "dy", dy)
-    w = _as_float_array(op, "w", w, dtype=dy.dtype)
-    _check_ndim(op, "dy", dy, (4,), "4-D (N, K, P, Q)")
-    _check_ndim(op, "w", w, (4,), "4-D (K, C, R, S)")
-    N, C, H, W = (int(v) for v in x_shape)
-    K, Cw, R, S = w.shape
-    stride = _pair(op, "stride", stride, minimum=1)
-    padding = _pair(op, "padding", padding, minimum=0)
-    P, Q = _output_shape(op, (N, C, H, W), (R, S), stride, padding, "kernel")
-    if Cw != C or dy.shape != (N, K, P, Q):
-        raise ValueError(f"{op}: dy {dy.shape} and w {w.shape} do not fit x of shape "
-                         f"{tuple(x_shape)} (dy must be {(N, K, P, Q)})")
-    (sh, sw), (ph, pw) = stride, padding
-    extra_h, extra_w = (H + 2 * ph - R) % sh, (W + 2 * pw - S) % sw
-    full = np.zeros((N, K, (P - 1) * sh + 2 * R - 1 + extra_h, (Q - 1) * sw + 2 * S - 1 + extra_w),
-                    dy.dtype)
-    full[:, :, R - 1:R - 1 + (P - 1) * sh + 1:sh, S - 1:S - 1 + (Q - 1) * sw + 1:sw] = dy
-    full = full[:, :, ph:full.shape[2] - ph, pw:full.shape[3] - pw]    # pad R-1-ph, not R-1
-    w_t = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    return conv2d(np.ascontiguousarray(full), w_t, None, 1, 0, algo, backend)
 
 
 # --------------------------------------------------------------------------- pooling

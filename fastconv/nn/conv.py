@@ -83,9 +83,11 @@ class Conv2d(Module):
         self._backward(dy, need_dx=False)
 
     def _backward(self, dy, need_dx):
-        if not _trainable(self.weight, self.bias):      # frozen: no dw, db to compute
-            return (F.conv2d_input_grad(dy, self.weight.data, self._x.shape, self.stride,
-                                        self.padding, self.algo) if need_dx else None)
+        if not need_dx and not _trainable(self.weight, self.bias):
+            return None                                  # frozen, and nothing needs dx
+        # A frozen layer that must pass dx on still gets dw and db from the kernel (which
+        # computes them with dx) and drops them: dx alone as a transposed convolution in
+        # NumPy was slower than the kernel's whole backward.
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
                                        padding=self.padding, algo=self.algo, need_dx=need_dx)
         if self.weight.requires_grad:
