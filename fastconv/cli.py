@@ -197,6 +197,9 @@ def _finetune(args, model, say):
     except (ValueError, TypeError) as exc:
         say(f"error: --freeze: {exc}")
         return None
+    if not model.trainable_parameters():
+        say(f"error: --freeze {args.freeze}: every layer is frozen; nothing would train")
+        return None
     if not args.lr_groups:
         return model.parameters(), None
     try:

@@ -212,7 +212,8 @@ def test_cli_init_freeze_and_lr_groups(tmp_path, capsys):
     assert "frozen: all but the head 'fc3'" in out and "lr 0.001" in out
     for extra, message in ((["--freeze", "features"], "--freeze: freeze: 'features' matches no"),
                            (["--lr-groups", "0.1,0.1,0.1,0.1,0.1,0.1"], "--lr-groups: layer_groups"),
-                           (["--model", "resnet20", "--init", ck], "--init: checkpoint")):
+                           (["--model", "resnet20", "--init", ck], "--init: checkpoint"),
+                           (["--freeze", "conv1,conv2,fc1,fc2,fc3"], "every layer is frozen")):
         assert main(base + ["--out", str(tmp_path / "c")] + extra) == 2
         assert message in capsys.readouterr().out
 
