@@ -341,8 +341,9 @@ def test_multitask_demo_and_boxes_figure(tmp_path):
     from fastconv.multitask import run_boxes_demo
     ds = load_dataset("fashion-mnist-subset").limit(1000, 200)
     _, res = run_boxes_demo(ds, epochs=2, out=str(tmp_path), log=None)
-    # a short run: above chance (10 classes) and boxes that overlap the garments
-    assert 0.25 < res["test_accuracy"] <= 1 and 0.25 < res["test_box_iou"] <= 1
+    # a short run: above chance (10 classes), and boxes closer than the mean training box
+    assert 0.25 < res["test_accuracy"] <= 1
+    assert res["baseline_box_iou"] < res["test_box_iou"] <= 1
     assert (tmp_path / "boxes.png").stat().st_size > 1000
 
 
