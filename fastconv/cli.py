@@ -82,7 +82,8 @@ def _add_train_parser(sub):
                    help="use only the first N test images")
     g.add_argument("--augment", default=DEFAULTS["augment"], metavar="LIST",
                    help="comma list of crop (random crop after zero padding by size/8), "
-                        "translate (random shift up to 10%%), flip (horizontal), or none; "
+                        "translate (random shift up to 10%%), flip (horizontal), rotate (up to 10 "
+                        "degrees), zoom (0.9 to 1.1), or none; "
                         "'auto' = none for 28x28 grey images, crop,flip for 32x32 colour")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="dtype of weights and activations")
@@ -147,8 +148,71 @@ def _add_train_parser(sub):
     g.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=1000,
                    help="batch size for evaluating on the test set")
+    _add_finetune_args(p)
     p.set_defaults(func=cmd_train)
     return p
+
+
+# --- fine-tuning options of `fastconv train` (--init, --new-head, --freeze, --lr-groups) ----
+
+def _add_finetune_args(p):
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--init", default=None, metavar="CKPT",
+                   help="start from this checkpoint's weights (a fresh optimiser and epoch 0); "
+                        "the head (last layer with parameters) is replaced when the number of "
+                        "classes differs; the rest must fit the model")
+    g.add_argument("--new-head", action="store_true",
+                   help="with --init: start the head from scratch even when its shape fits "
+                        "(new classes)")
+    g.add_argument("--freeze", nargs="?", const="body", default=None, metavar="LAYERS",
+                   help="train only part of the model: 'body' (no value) freezes everything but "
+                        "the head; or a comma list of layer names (dotted, e.g. conv1,conv2) to "
+                        "freeze. Frozen layers get no gradient and no update")
+    g.add_argument("--lr-groups", default=None, metavar="LRS",
+                   help="differential learning rates, earliest layers first, e.g. "
+                        "0.001,0.01,0.1: the model's top-level layers are split into that many "
+                        "groups; the schedule scales them all (replaces --lr)")
+
+
+def _finetune(args, model, say):
+    """Apply --init, --freeze and --lr-groups to ``model``; returns (params for the optimiser,
+    reference lr or None), or None after printing an error."""
+    from .optim import param_groups
+    from .train import CheckpointError, load_pretrained
+    try:
+        if args.init:
+            load_pretrained(args.init, model, new_head=args.new_head, log=say)
+        if args.freeze == "body":
+            head = model.head_layer()
+            model.freeze()
+            model.unfreeze(head)
+            say(f"  frozen: all but the head {head!r}")
+        elif args.freeze:
+            names = [n.strip() for n in args.freeze.split(",") if n.strip()]
+            model.freeze(*names)
+            say(f"  frozen: {', '.join(names)}")
+    except (CheckpointError, OSError) as exc:
+        say(f"error: --init: {exc}")
+        return None
+    except (ValueError, TypeError) as exc:
+        say(f"error: --freeze: {exc}")
+        return None
+    if not model.trainable_parameters():
+        say(f"error: --freeze {args.freeze}: every layer is frozen; nothing would train")
+        return None
+    if not args.lr_groups:
+        return model.parameters(), None
+    try:
+        lrs = [float(v) for v in args.lr_groups.split(",")]
+        if not lrs or min(lrs) < 0 or max(lrs) <= 0:
+            raise ValueError(f"need positive learning rates, got {args.lr_groups!r}")
+        groups = param_groups(model, lrs)
+    except ValueError as exc:
+        say(f"error: --lr-groups: {exc}")
+        return None
+    say("  layer groups: " + "; ".join(f"{model.layer_groups(len(lrs))[i]} lr {lr:g}"
+                                       for i, lr in enumerate(lrs)))
+    return groups, max(lrs)
 
 
 def _resolve_dataset(args, say):
@@ -228,7 +292,11 @@ def cmd_train(args):
                                   augment=augment, normalize=Normalize(ds.mean, ds.std), dtype=dtype)
         test_loader = DataLoader(ds.x_test, ds.y_test, args.eval_batch_size,
                                  normalize=Normalize(ds.mean, ds.std), dtype=dtype)
-        optimizer = make_optimizer(args.optimizer, model.parameters(), lr, momentum=args.momentum,
+        tuned = _finetune(args, model, say)
+        if tuned is None:
+            return 2
+        params, lr = tuned[0], (tuned[1] if tuned[1] is not None else lr)
+        optimizer = make_optimizer(args.optimizer, params, lr, momentum=args.momentum,
                                    nesterov=args.nesterov and args.optimizer == "sgd" and args.momentum > 0,
                                    weight_decay=args.weight_decay)
         say(f"fastconv train: {args.model} ({model.num_parameters():,} parameters) on {ds.name} "

@@ -20,6 +20,10 @@ train/eval mode is kept: in training mode BatchNorm uses batch statistics, which
 smooth function of x and are checked as such (its running statistics change between the
 evaluations but do not affect the output).
 
+Models with several inputs or outputs (:class:`fastconv.nn.Graph`): give ``x`` as a tuple
+of arrays; the loss sums one random projection per output, and each input is checked
+("input.0", "input.1", ...).
+
 Kinks (ReLU at 0, ties in max pooling) are not differentiable; with random float64 inputs
 a perturbation of h = 1e-6 crosses one with negligible probability.
 """
@@ -89,7 +93,7 @@ def gradcheck(module, x, *, h=1e-6, rtol=1e-5, atol=1e-7, max_coords=12, seed=0,
     ----------
     module : fastconv.nn.Module
         A layer or a whole model (deep-copied and converted to float64; not changed).
-    x : array
+    x : array, or tuple of arrays for a model with several inputs
         An input batch (converted to float64).
     h : float
         The finite-difference step.
@@ -111,26 +115,31 @@ def gradcheck(module, x, *, h=1e-6, rtol=1e-5, atol=1e-7, max_coords=12, seed=0,
     GradcheckReport
     """
     m = copy.deepcopy(module).to(np.float64)
-    x = np.array(x, dtype=np.float64)                  # our own copy
+    multi = isinstance(x, (tuple, list))
+    xs = [np.array(a, dtype=np.float64) for a in (x if multi else [x])]    # our own copies
     rng = np.random.default_rng(seed)
     generators = [(owner, name, gen.bit_generator.state) for owner, name, gen in _generators(m)]
 
-    def run(inp):
+    def run():
         for owner, name, state in generators:          # same Dropout masks every time
             getattr(owner, name).bit_generator.state = copy.deepcopy(state)
-        return m(inp.copy())                           # a copy: in-place layers may write to it
+        # copies: in-place layers may write to their input
+        y = m(tuple(a.copy() for a in xs) if multi else xs[0].copy())
+        return y if isinstance(y, tuple) else (y,)
 
-    y = run(x)
-    g = rng.standard_normal(y.shape)
+    ys = run()
+    gs = [rng.standard_normal(y.shape) for y in ys]
     m.zero_grad()
-    dx = m.backward(g.copy())
+    dx = m.backward(tuple(g.copy() for g in gs) if len(gs) > 1 else gs[0].copy())
+    dxs = list(dx) if multi else [dx]
 
     def loss():
-        return float(np.sum(run(x) * g))
+        return float(sum(np.sum(y * g) for y, g in zip(run(), gs)))
 
     targets = []
     if check_input:
-        targets.append(("input", x, np.asarray(dx)))
+        targets += [(f"input.{i}" if multi else "input", a, np.asarray(d))
+                    for i, (a, d) in enumerate(zip(xs, dxs))]
     targets += [(name, p.data, p.grad.copy()) for name, p in m.named_parameters()]
 
     rows = []

@@ -25,42 +25,78 @@ as plain arrays, which is what a checkpoint stores.
 """
 import numpy as np
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "make_optimizer", "OPTIMIZERS"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "make_optimizer", "OPTIMIZERS", "param_groups"]
 
 
 class Optimizer:
-    """Base class: holds the parameter list, ``lr`` and per-parameter state arrays."""
+    """Base class: holds the parameter groups, ``lr`` and per-parameter state arrays.
+
+    ``params`` is a list of Parameters, or a list of parameter groups as in PyTorch:
+    dicts ``{"params": [...], "lr": ..., "weight_decay": ...}`` whose ``lr`` and
+    ``weight_decay`` (optional) override the optimiser's for that group. This is how the
+    layers of a model get different learning rates (see :func:`param_groups`).
+
+    ``optimizer.lr`` is the reference learning rate (the one a schedule sets): setting it
+    scales every group's LR by the same factor, so each group keeps its ratio to it
+    (``optimizer.param_groups[g]["lr"]`` is the LR group g uses now). Frozen parameters
+    (``requires_grad`` False) are skipped by ``step``.
+    """
 
     #: names of the per-parameter state arrays (one array like p.data per name)
     state_names = ()
 
-    def __init__(self, params, lr):
-        self.params = list(params)
-        if not self.params:
-            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+    def __init__(self, params, lr, weight_decay=0.0):
+        name = type(self).__name__
         if not lr >= 0:
-            raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
-        self.lr = float(lr)
+            raise ValueError(f"{name}: lr must be >= 0, got {lr}")
+        if not weight_decay >= 0:
+            raise ValueError(f"{name}: weight_decay must be >= 0, got {weight_decay}")
+        self._lr, self.weight_decay = float(lr), float(weight_decay)
+        self.param_groups = _as_groups(name, params, self._lr, self.weight_decay)
+        self.params = [p for g in self.param_groups for p in g["params"]]
+        if not self.params:
+            raise ValueError(f"{name}: got an empty parameter list")
         self.step_count = 0
         self.state = {name: [np.zeros_like(p.data) for p in self.params]
                       for name in self.state_names}
+
+    @property
+    def lr(self):
+        """The reference LR; each group runs at ``lr * group["lr_scale"]``."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = float(value)
+        for g in self.param_groups:
+            g["lr"] = self._lr * g["lr_scale"]
 
     def zero_grad(self):
         for p in self.params:
             p.grad[...] = 0
 
     def step(self):
-        """Update every parameter from its gradient (call after ``model.backward``)."""
+        """Update every trainable parameter from its gradient (call after ``model.backward``)."""
         self.step_count += 1
-        for i, p in enumerate(self.params):
-            self._update(i, p)
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    self._update(i, p, group["lr"], group["weight_decay"])
+                i += 1
 
-    def _update(self, i, p):
+    def _update(self, i, p, lr, weight_decay):
         raise NotImplementedError
+
+    def _group_keys(self):
+        return [f"group_lr.{g}" for g in range(len(self.param_groups))] \
+            if len(self.param_groups) > 1 else []
 
     def state_dict(self):
         """{'step': array, '<state name>.<i>': array, ...}: everything needed to resume."""
         out = {"step": np.array(self.step_count, np.int64), "lr": np.array(self.lr)}
+        for key, g in zip(self._group_keys(), self.param_groups):
+            out[key] = np.array(g["lr"])
         for name, arrays in self.state.items():
             for i, a in enumerate(arrays):
                 out[f"{name}.{i}"] = a.copy()
@@ -68,7 +104,8 @@ class Optimizer:
 
     def load_state_dict(self, state):
         """Restore a ``state_dict``; names and shapes must match (checked before any change)."""
-        expected = {"step", "lr"} | {f"{n}.{i}" for n in self.state for i in range(len(self.params))}
+        expected = ({"step", "lr"} | set(self._group_keys())
+                    | {f"{n}.{i}" for n in self.state for i in range(len(self.params))})
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
             raise ValueError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
@@ -83,9 +120,50 @@ class Optimizer:
                 a[...] = state[f"{name}.{i}"]
         self.step_count = int(state["step"])
         self.lr = float(state["lr"])
+        for key, g in zip(self._group_keys(), self.param_groups):
+            g["lr"] = float(state[key])
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
+
+    def _groups_repr(self):
+        if len(self.param_groups) == 1:
+            return ""
+        return ", groups=[" + ", ".join(f"lr {g['lr']:.3g}" for g in self.param_groups) + "]"
+
+
+def _as_groups(owner, params, lr, weight_decay):
+    """The parameter groups of ``params`` (Parameters, or dicts as in PyTorch), each a dict
+    with params, lr, weight_decay and lr_scale (its LR over the reference ``lr``)."""
+    params = list(params)
+    if not params or not isinstance(params[0], dict):
+        params = [{"params": params}]
+    groups, seen = [], set()
+    for g, group in enumerate(params):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{owner}: a parameter group must be a dict with a 'params' list, "
+                            f"got {type(group).__name__} at position {g}")
+        unknown = sorted(set(group) - {"params", "lr", "weight_decay"})
+        if unknown:
+            raise ValueError(f"{owner}: parameter group {g} has unknown keys {unknown} "
+                             f"(allowed: params, lr, weight_decay)")
+        ps = list(group["params"])
+        for p in ps:
+            if id(p) in seen:
+                raise ValueError(f"{owner}: a parameter appears in more than one group "
+                                 f"(group {g})")
+            seen.add(id(p))
+        g_lr = float(group.get("lr", lr))
+        g_wd = float(group.get("weight_decay", weight_decay))
+        if not (g_lr >= 0 and g_wd >= 0):
+            raise ValueError(f"{owner}: group {g} needs lr >= 0 and weight_decay >= 0, "
+                             f"got {g_lr}, {g_wd}")
+        if lr == 0 and g_lr != 0:
+            raise ValueError(f"{owner}: the reference lr is 0 but group {g} has lr {g_lr}; "
+                             f"give the reference lr (e.g. the largest group LR)")
+        groups.append({"params": ps, "lr": g_lr, "weight_decay": g_wd,
+                       "lr_scale": g_lr / lr if lr else 1.0})
+    return groups
 
 
 class SGD(Optimizer):
@@ -108,17 +186,16 @@ class SGD(Optimizer):
                  nesterov=False):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("SGD: nesterov=True needs momentum > 0 and dampening = 0")
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: momentum and weight_decay must be >= 0, got "
-                             f"{momentum}, {weight_decay}")
-        super().__init__(params, lr)
+        if momentum < 0:
+            raise ValueError(f"SGD: momentum must be >= 0, got {momentum}")
+        super().__init__(params, lr, weight_decay)
         self.momentum, self.dampening = float(momentum), float(dampening)
-        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+        self.nesterov = bool(nesterov)
 
-    def _update(self, i, p):
+    def _update(self, i, p, lr, weight_decay):
         g = p.grad
-        if self.weight_decay:
-            g = g + p.data.dtype.type(self.weight_decay) * p.data
+        if weight_decay:
+            g = g + p.data.dtype.type(weight_decay) * p.data
         if self.momentum:
             v = self.state["momentum_buffer"][i]
             if self.step_count == 1:
@@ -130,11 +207,11 @@ class SGD(Optimizer):
                 else:                               # the same bits, without a temporary
                     v += g
             g = g + self.momentum * v if self.nesterov else v
-        p.data -= p.data.dtype.type(self.lr) * g
+        p.data -= p.data.dtype.type(lr) * g
 
     def extra_repr(self):
         return (f"lr={self.lr}, momentum={self.momentum}, dampening={self.dampening}, "
-                f"weight_decay={self.weight_decay}, nesterov={self.nesterov}")
+                f"weight_decay={self.weight_decay}, nesterov={self.nesterov}{self._groups_repr()}")
 
 
 class Adam(Optimizer):
@@ -155,19 +232,19 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
-        super().__init__(params, lr)
+        super().__init__(params, lr, weight_decay)
         self.betas = (float(betas[0]), float(betas[1]))
-        self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self.eps = float(eps)
 
-    def _update(self, i, p):
+    def _update(self, i, p, lr, weight_decay):
         beta1, beta2 = self.betas
         t = self.step_count
         g = p.grad
-        if self.weight_decay:
+        if weight_decay:
             if self.decoupled:     # AdamW: shrink the weights directly
-                p.data *= p.data.dtype.type(1 - self.lr * self.weight_decay)
+                p.data *= p.data.dtype.type(1 - lr * weight_decay)
             else:                  # Adam: L2 penalty through the gradient
-                g = g + p.data.dtype.type(self.weight_decay) * p.data
+                g = g + p.data.dtype.type(weight_decay) * p.data
         m, v = self.state["exp_avg"][i], self.state["exp_avg_sq"][i]
         m *= beta1
         m += (1 - beta1) * g
@@ -175,10 +252,11 @@ class Adam(Optimizer):
         v += (1 - beta2) * (g * g)
         bias1, bias2 = 1 - beta1 ** t, 1 - beta2 ** t
         denom = np.sqrt(v / bias2) + self.eps
-        p.data -= (self.lr / bias1) * m / denom
+        p.data -= (lr / bias1) * m / denom
 
     def extra_repr(self):
-        return f"lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay}"
+        return (f"lr={self.lr}, betas={self.betas}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay}{self._groups_repr()}")
 
 
 class AdamW(Adam):
@@ -201,3 +279,49 @@ def make_optimizer(name, params, lr, momentum=0.9, nesterov=False, weight_decay=
     if name == "sgd":
         return SGD(params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     return OPTIMIZERS[name](params, lr, weight_decay=weight_decay)
+
+
+def param_groups(model, lrs, groups=None, weight_decay=None):
+    """Parameter groups with one learning rate per layer group (the notes' differential LRs).
+
+    Parameters
+    ----------
+    model : fastconv.nn.Module
+    lrs : list of floats, one per layer group, earliest layers first, e.g. [1e-3, 1e-2, 1e-1]
+    groups : list of lists of layer names, or None for ``model.layer_groups(len(lrs))``
+    weight_decay : float or None (None: the optimiser's)
+
+    Returns a list of ``{"params": [...], "lr": lr}`` for any optimiser of this module; give
+    the optimiser ``lr=max(lrs)`` so that a schedule scales every group alike.
+
+    >>> from fastconv.models import lenet5
+    >>> [g["lr"] for g in param_groups(lenet5(seed=0), [1e-3, 1e-2, 1e-1])]
+    [0.001, 0.01, 0.1]
+    """
+    lrs = [float(v) for v in lrs]
+    if groups is None:
+        groups = model.layer_groups(len(lrs))
+    if len(groups) != len(lrs):
+        raise ValueError(f"param_groups: {len(lrs)} learning rates {lrs} for {len(groups)} layer "
+                         f"groups {groups}; give one LR per group")
+    named = list(model.named_parameters())
+    out, used = [], set()
+    for names, lr in zip(groups, lrs):
+        names = [names] if isinstance(names, str) else list(names)
+        ps = []
+        for prefix in names:
+            hits = [(n, p) for n, p in named if n == prefix or n.startswith(prefix + ".")]
+            if not hits:
+                raise ValueError(f"param_groups: layer {prefix!r} matches no parameter of "
+                                 f"{type(model).__name__}")
+            ps += [p for n, p in hits if n not in used]
+            used.update(n for n, _ in hits)
+        group = {"params": ps, "lr": lr}
+        if weight_decay is not None:
+            group["weight_decay"] = float(weight_decay)
+        out.append(group)
+    left = [n for n, _ in named if n not in used]
+    if left:
+        raise ValueError(f"param_groups: parameters {left[:4]}{' ...' if len(left) > 4 else ''} "
+                         f"are in no layer group")
+    return out

@@ -184,6 +184,15 @@ class LRFinderResult:
         slope = np.gradient(self.smoothed[:lowest + 1], np.log(self.lrs[:lowest + 1]))
         return float(self.lrs[int(np.argmin(slope))])
 
+    @property
+    def tenth_of_lowest(self):
+        """A tenth of the LR where the smoothed loss is lowest (the notes' second rule): the
+        steadier choice for a model that is already trained, whose loss barely moves at
+        small LRs, so that the steepest-descent point is noise."""
+        if not len(self.lrs):
+            return float("nan")
+        return float(self.lrs[int(np.nanargmin(self.smoothed))]) / 10
+
     def table(self, rows=15):
         idx = np.unique(np.linspace(0, len(self.lrs) - 1, min(rows, len(self.lrs))).astype(int))
         lines = [f"{'lr':>12} {'loss':>10} {'smoothed':>10}"]
@@ -216,7 +225,8 @@ def lr_find(model, loader, optimizer, loss_fn=None, start_lr=1e-7, end_lr=10.0, 
 
     Prints a loss-vs-LR table and the suggested LR; with ``out`` (a path prefix) also
     saves ``out.csv``, ``out.npz`` and ``out.png`` (when matplotlib is present);
-    ``verbose=False`` prints nothing.
+    ``verbose=False`` prints nothing. With parameter groups (differential LRs) the LR
+    tested is the optimiser's reference ``lr``: every group moves with it, keeping its ratio.
     Returns an :class:`LRFinderResult`.
     """
     if loss_fn is None:

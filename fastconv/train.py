@@ -34,7 +34,8 @@ from ._files import atomic_savez, atomic_write_text
 from ._malloc import keep_freed_memory
 
 __all__ = ["fit", "evaluate", "train_epoch", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "CheckpointError", "HISTORY_KEYS", "write_history"]
+           "CheckpointError", "HISTORY_KEYS", "write_history", "load_pretrained",
+           "precompute_features", "fit_multi", "evaluate_multi", "accuracy", "box_iou"]
 
 CHECKPOINT_FORMAT = "fastconv-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -292,4 +293,237 @@ def fit(model, train_loader, optimizer, epochs, schedule=None, loss_fn=None, tes
                 f"{ips:.0f} img/s")
         if on_epoch_end is not None:
             on_epoch_end(history)
+    return history
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+def load_pretrained(path, model, new_head=False, log=None):
+    """Start ``model`` from a trained checkpoint's weights (fine-tuning; the optimiser,
+    epoch and history of the checkpoint are not used).
+
+    Every parameter and buffer outside the head (``model.head_names()``: the last top-level
+    layer with parameters) must be in the checkpoint with the same shape, else
+    CheckpointError names what does not fit and the model is left unchanged. The head is
+    loaded too, unless its shapes differ (another number of classes) or ``new_head`` is
+    True: then it keeps the model's fresh initialisation.
+
+    Returns the names of the entries left at their initial values (the new head, or []).
+    """
+    ck = read_checkpoint(path)
+    saved, own = ck["model"], model.state_dict()
+    head = model.head_layer()
+    in_head = model.head_names()
+    body = {n: v for n, v in own.items() if n not in in_head}
+    missing = sorted(set(body) - set(saved))
+    unexpected = sorted(n for n in set(saved) - set(own)
+                        if head and not n.startswith(head + "."))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path}: its body does not fit {type(model).__name__}: "
+                              f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} "
+                              f"(a checkpoint of another model?)")
+    bad = [f"{n} {np.shape(saved[n])} in the checkpoint, {np.shape(v)} here"
+           for n, v in body.items() if np.shape(saved[n]) != np.shape(v)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: its body does not fit {type(model).__name__}: "
+                              + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
+    keep_head = not new_head and all(n in saved and np.shape(saved[n]) == np.shape(own[n])
+                                     for n in in_head)
+    state = dict(own)
+    state.update({n: saved[n] for n in body})
+    if keep_head:
+        state.update({n: saved[n] for n in in_head})
+    model.load_state_dict(state)
+    fresh = [] if keep_head else in_head
+    if log and fresh:
+        log(f"loaded {path}; new head {head!r} "
+            + ("(as asked)" if new_head else "(its shape differs: another number of classes)"))
+    elif log:
+        log(f"loaded {path} (all {len(state)} entries)")
+    return fresh
+
+
+def _fingerprint(body, loader):
+    """A hash of the body's weights and of the loader's images and preprocessing: a cache
+    of features is reused only for the same body and data."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, value in sorted(body.state_dict().items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    h.update(np.ascontiguousarray(loader.x).tobytes())
+    h.update(repr((loader.x.shape, loader.dtype, loader.normalize)).encode())
+    return h.hexdigest()
+
+
+def precompute_features(body, loader, path=None, log=None):
+    """Run a (frozen) body once over every image of ``loader`` and keep its outputs, so a new
+    head trains on them without the body's forward and backward at every step (the notes'
+    ``precompute=True``).
+
+    Parameters
+    ----------
+    body : Module, run in eval mode (BatchNorm uses running statistics, no dropout)
+    loader : fastconv.data.DataLoader without augmentation (a cache of features holds one
+        view of each image; augmenting needs the body in the loop). Its order is kept.
+    path : .npz file or None. When it holds features of the same body weights and images
+        they are loaded instead of computed; else they are computed and written atomically.
+
+    Returns
+    -------
+    (features, labels) : arrays (N, ...) in the loader's dtype, and (N,) int64.
+    """
+    if loader.augment is not None:
+        raise ValueError("precompute_features: the loader augments its images; precomputed "
+                         "features would freeze one random view of each. Use a loader without "
+                         "augmentation (augment the whole model's training instead)")
+    if loader.shuffle:
+        raise ValueError("precompute_features: the loader shuffles; give one with shuffle=False "
+                         "(the features are stored in the images' order)")
+    key = _fingerprint(body, loader)
+    if path is not None and os.path.isfile(path):
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if str(f["fingerprint"]) == key:
+                    if log:
+                        log(f"features from the cache {path}")
+                    return f["features"], f["labels"]
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError):
+            pass       # damaged or foreign file: compute again and replace it
+    was_training = body.training
+    body.eval()
+    feats, labels = [], []
+    try:
+        for xb, yb in loader:
+            feats.append(body(xb).copy())     # copy: a layer may reuse its output buffer
+            labels.append(yb)
+    finally:
+        body.train(was_training)
+    features, labels = np.concatenate(feats), np.concatenate(labels)
+    if path is not None:
+        atomic_savez(path, features=features, labels=labels, fingerprint=np.array(key))
+        if log:
+            log(f"wrote {path}: features {features.shape} {features.dtype}")
+    return features, labels
+
+
+# --------------------------------------------------------------------------- several outputs
+
+def accuracy(logits, labels):
+    """The fraction of rows whose largest logit is at the label: (N, classes), (N,) -> float."""
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+def box_iou(pred, target):
+    """Mean intersection over union of boxes given as (N, 4) rows (x0, y0, x1, y1), x1 >= x0,
+    y1 >= y0 (a predicted box with x1 < x0 is empty). Each IoU is in [0, 1]."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    ix = np.clip(np.minimum(pred[:, 2], target[:, 2]) - np.maximum(pred[:, 0], target[:, 0]), 0, None)
+    iy = np.clip(np.minimum(pred[:, 3], target[:, 3]) - np.maximum(pred[:, 1], target[:, 1]), 0, None)
+    inter = ix * iy
+    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
+    union = area(pred) + area(target) - inter
+    return float(np.mean(np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)))
+
+
+def _check_heads(losses, loss_weights, metrics):
+    losses = list(losses)
+    weights = [1.0] * len(losses) if loss_weights is None else [float(w) for w in loss_weights]
+    if len(weights) != len(losses):
+        raise ValueError(f"loss_weights has {len(weights)} values {weights} but there are "
+                         f"{len(losses)} losses (one per output)")
+    metrics = [None] * len(losses) if metrics is None else list(metrics)
+    if len(metrics) != len(losses):
+        raise ValueError(f"metrics has {len(metrics)} entries but there are {len(losses)} "
+                         f"losses (one per output; None for no metric)")
+    return losses, weights, metrics
+
+
+def _as_tuple(v):
+    return v if isinstance(v, tuple) else (v,)
+
+
+def evaluate_multi(model, loader, losses, metrics=None, names=None):
+    """Per output: the mean loss and the mean metric over ``loader`` (an ArraysLoader),
+    model in eval mode. Returns {name: {"loss": ..., "metric": ...}}."""
+    losses, _, metrics = _check_heads(losses, None, metrics)
+    names = list(names or getattr(model, "outputs", range(len(losses))))
+    sums = np.zeros((len(losses), 2))
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for xs, ts in loader:
+            outs = _as_tuple(model(xs))
+            n = len(ts[0])
+            for i, (o, t, lf, mf) in enumerate(zip(outs, ts, losses, metrics)):
+                sums[i, 0] += float(lf.forward(o, t)) * n
+                sums[i, 1] += (mf(o, t) if mf else math.nan) * n
+            count += n
+    finally:
+        model.train(was_training)
+    return {str(name): {"loss": s[0] / max(count, 1), "metric": s[1] / max(count, 1)}
+            for name, s in zip(names, sums)}
+
+
+def fit_multi(model, train_loader, optimizer, epochs, losses, loss_weights=None, metrics=None,
+              schedule=None, test_loader=None, log=print):
+    """Train a model with several outputs (e.g. a :class:`fastconv.nn.Graph`) on the
+    weighted sum of one loss per output: ``L = sum_i loss_weights[i] * losses[i](out_i, t_i)``,
+    so output i's gradient is ``loss_weights[i] * dloss_i`` (the notes' Keras
+    ``loss_weights=[.001, 1.]``).
+
+    Parameters
+    ----------
+    model : Module whose forward takes the loader's input tuple and returns one array per output
+    train_loader, test_loader : fastconv.data.ArraysLoader yielding (inputs, targets) tuples
+    losses : one loss module per output (e.g. CrossEntropyLoss(), MSELoss())
+    loss_weights : one float per output (default all 1); a wrong length is a ValueError
+    metrics : one callable (output, target) -> float per output, or None entries
+        (e.g. [accuracy, box_iou]); reported per output on the test set
+    schedule : callable step -> lr, or None
+
+    Returns the history: {"epoch", "train_loss", "<output>_loss", "<output>_metric" (test)}.
+    """
+    keep_freed_memory()
+    losses, weights, metrics = _check_heads(losses, loss_weights, metrics)
+    names = [str(n) for n in getattr(model, "outputs", range(len(losses)))]
+    if len(names) != len(losses):
+        raise ValueError(f"fit_multi: {len(losses)} losses for a model with {len(names)} outputs "
+                         f"{names}")
+    history = {"epoch": [], "train_loss": [], "seconds": []}
+    for n in names:
+        history[f"{n}_loss"], history[f"{n}_metric"] = [], []
+    steps = len(train_loader)
+    for epoch in range(epochs):
+        train_loader.set_epoch(epoch)
+        model.train()
+        t0, total, count = time.perf_counter(), 0.0, 0
+        for b, (xs, ts) in enumerate(train_loader):
+            if schedule is not None:
+                optimizer.lr = schedule(epoch * steps + b)
+            optimizer.zero_grad()
+            outs = _as_tuple(model(xs))
+            loss = sum(w * float(lf.forward(o, t)) for o, t, lf, w in zip(outs, ts, losses, weights))
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"fit_multi: the loss became {loss} at epoch {epoch + 1} "
+                                         f"step {b} (lr {optimizer.lr:.3g}); lower the learning rate")
+            model.backward_params(tuple(lf.backward() * o.dtype.type(w)
+                                        for o, lf, w in zip(outs, losses, weights)))
+            optimizer.step()
+            total += loss * len(ts[0])
+            count += len(ts[0])
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(total / max(count, 1))
+        history["seconds"].append(time.perf_counter() - t0)
+        report = evaluate_multi(model, test_loader, losses, metrics, names) if test_loader else {}
+        for n in names:
+            history[f"{n}_loss"].append(report.get(n, {}).get("loss", math.nan))
+            history[f"{n}_metric"].append(report.get(n, {}).get("metric", math.nan))
+        if log:
+            heads = "  ".join(f"{n}: loss {history[f'{n}_loss'][-1]:.4f} metric "
+                              f"{history[f'{n}_metric'][-1]:.4f}" for n in names)
+            log(f"epoch {epoch + 1:3d}/{epochs}  train loss {history['train_loss'][-1]:.4f}  "
+                f"test {heads}  {history['seconds'][-1] / 60:.2f} min")
     return history

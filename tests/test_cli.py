@@ -92,7 +92,7 @@ def test_bad_option_values(capsys):
         main(["train", "--epochs", "0"])
     with pytest.raises(SystemExit):
         main(["train", "--model", "nosuchnet"])
-    assert main(["train", "--dataset", "fashion-mnist-subset", "--augment", "rotate",
+    assert main(["train", "--dataset", "fashion-mnist-subset", "--augment", "spin",
                  "--no-progress"]) == 2
     assert "unknown augmentation" in capsys.readouterr().out
 

@@ -245,7 +245,7 @@ def test_make_augmentation_and_loader(small):
     aug = make_augmentation("crop,flip,translate", 28)
     assert len(aug.transforms) == 3
     with pytest.raises(ValueError, match="unknown augmentation"):
-        make_augmentation("rotate", 28)
+        make_augmentation("spin", 28)
     x, y = small
     run = lambda: [b[0] for b in DataLoader(x, y, 4, shuffle=True, seed=3, augment=aug,
                                             normalize=Normalize(0.5, 0.25))]

@@ -10,12 +10,12 @@ from .datasets import (CIFAR10_CLASSES, DATASETS, FASHION_MNIST_CLASSES, SUBSET_
                        DatasetNotFoundError, dataset_available, find_dataset_dir, load_dataset,
                        load_subset, search_path)
 from .idx import read_cifar10_bin, read_idx, write_idx
-from .loader import DataLoader
-from .transforms import (Compose, Normalize, RandomCrop, RandomHorizontalFlip, RandomTranslate,
-                         make_augmentation)
+from .loader import ArraysLoader, DataLoader
+from .transforms import (Compose, Normalize, RandomCrop, RandomHorizontalFlip, RandomRotation,
+                         RandomTranslate, RandomZoom, affine_batch, make_augmentation)
 
 __all__ = ["CIFAR10_CLASSES", "DATASETS", "FASHION_MNIST_CLASSES", "SUBSET_PATH", "Dataset",
            "DatasetNotFoundError", "dataset_available", "find_dataset_dir", "load_dataset",
            "load_subset", "search_path", "read_cifar10_bin", "read_idx", "write_idx", "DataLoader",
-           "Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip", "RandomTranslate",
-           "make_augmentation"]
+           "ArraysLoader", "Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip",
+           "RandomTranslate", "RandomRotation", "RandomZoom", "affine_batch", "make_augmentation"]

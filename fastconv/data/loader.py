@@ -1,7 +1,7 @@
 """A batch loader over in-memory arrays: shuffle by seed, drop_last, transforms."""
 import numpy as np
 
-__all__ = ["DataLoader"]
+__all__ = ["DataLoader", "ArraysLoader"]
 
 
 class DataLoader:
@@ -9,7 +9,8 @@ class DataLoader:
 
     Parameters
     ----------
-    x : ndarray (N, C, H, W), uint8 (pixels 0..255, scaled to [0, 1]) or float.
+    x : ndarray (N, C, H, W), uint8 (pixels 0..255, scaled to [0, 1]) or float; or a
+        float (N, ...) array without ``augment`` (e.g. precomputed features).
     y : ndarray (N,) of integer labels.
     batch_size : int
     shuffle : bool
@@ -37,8 +38,10 @@ class DataLoader:
     def __init__(self, x, y, batch_size=128, shuffle=False, seed=0, drop_last=False,
                  augment=None, normalize=None, dtype=np.float32):
         x, y = np.asarray(x), np.asarray(y)
-        if x.ndim != 4:
-            raise ValueError(f"DataLoader: x must be 4-D (N, C, H, W), got shape {x.shape}")
+        # images are 4-D; float arrays of other shapes (precomputed features) pass unaugmented
+        if x.ndim != 4 and (augment is not None or x.ndim < 2 or x.dtype == np.uint8):
+            raise ValueError(f"DataLoader: x must be 4-D (N, C, H, W) images, or float "
+                             f"(N, features...) without augment; got {x.dtype} of shape {x.shape}")
         if y.shape != (x.shape[0],):
             raise ValueError(f"DataLoader: y must have shape ({x.shape[0]},), got {y.shape}")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -81,4 +84,50 @@ class DataLoader:
             if self.normalize is not None:
                 xb = self.normalize(xb, rng)
             yield np.ascontiguousarray(xb, dtype=self.dtype), self.y[idx].astype(np.int64)
+        self.epoch += 1
+
+
+class ArraysLoader:
+    """Mini-batches of several inputs and several targets, for models with more than one
+    input or output (see :class:`fastconv.nn.Graph`): yields ``(inputs, targets)``, two
+    tuples of arrays cut from the same rows.
+
+    Parameters
+    ----------
+    inputs, targets : sequences of arrays with the same first dimension N (float inputs are
+        converted to ``dtype``; targets are passed as they are)
+    batch_size, shuffle, seed, drop_last : as :class:`DataLoader` (order from (seed, epoch))
+    """
+
+    def __init__(self, inputs, targets, batch_size=128, shuffle=False, seed=0, drop_last=False,
+                 dtype=np.float32):
+        self.inputs = [np.asarray(a) for a in inputs]
+        self.targets = [np.asarray(a) for a in targets]
+        sizes = {a.shape[0] for a in self.inputs + self.targets if a.ndim}
+        if not self.inputs or len(sizes) != 1:
+            raise ValueError(f"ArraysLoader: inputs and targets must have the same number of rows, "
+                             f"got {[a.shape for a in self.inputs]} and "
+                             f"{[a.shape for a in self.targets]}")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"ArraysLoader: batch_size must be a positive int, got {batch_size!r}")
+        self.n = sizes.pop()
+        self.batch_size = int(batch_size)
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.dtype = np.dtype(dtype)
+        self.epoch = 0
+
+    def __len__(self):
+        n = self.n
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield (tuple(np.ascontiguousarray(a[idx], dtype=self.dtype) for a in self.inputs),
+                   tuple(a[idx] for a in self.targets))
         self.epoch += 1

@@ -10,7 +10,7 @@ before normalisation, so padding is black (pixel 0), as in torchvision's
 import numpy as np
 
 __all__ = ["Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip", "RandomTranslate",
-           "make_augmentation", "AUGMENTATIONS"]
+           "RandomRotation", "RandomZoom", "affine_batch", "make_augmentation", "AUGMENTATIONS"]
 
 
 class Compose:
@@ -128,7 +128,74 @@ class RandomTranslate:
         return f"RandomTranslate(max_shift={self.max_shift})"
 
 
-AUGMENTATIONS = ("none", "flip", "crop", "translate")
+def affine_batch(x, angles, scales):
+    """Rotate image n by ``angles[n]`` degrees (counter-clockwise) and scale it by
+    ``scales[n]`` (> 1 zooms in) about its centre, with bilinear interpolation and 0
+    outside the image (Keras's ``rotation_range``/``zoom_range`` with ``fill_mode="constant"``).
+
+    Each output pixel (i, j) reads the input at the inverse map of its position,
+    ``src = R(-angle) (dst - centre) / scale + centre``, as a weighted mean of the four
+    pixels around it. x : (N, C, H, W) float; angles, scales : (N,). Returns x's shape and dtype.
+    """
+    N, C, H, W = x.shape
+    theta = np.deg2rad(np.asarray(angles, np.float64))[:, None, None]
+    scale = np.asarray(scales, np.float64)[:, None, None]
+    cy, cx = (H - 1) / 2, (W - 1) / 2
+    yy, xx = np.meshgrid(np.arange(H) - cy, np.arange(W) - cx, indexing="ij")
+    cos, sin = np.cos(theta), np.sin(theta)
+    # inverse rotation of (row, col) = (y, x) coordinates, y pointing down
+    src_y = (cos * yy + sin * xx) / scale + cy
+    src_x = (-sin * yy + cos * xx) / scale + cx
+    y0, x0 = np.floor(src_y).astype(np.int64), np.floor(src_x).astype(np.int64)
+    wy, wx = (src_y - y0).astype(x.dtype), (src_x - x0).astype(x.dtype)
+    n = np.arange(N)[:, None, None]
+    out = np.zeros_like(x)
+    for dy, dx, weight in ((0, 0, (1 - wy) * (1 - wx)), (0, 1, (1 - wy) * wx),
+                           (1, 0, wy * (1 - wx)), (1, 1, wy * wx)):
+        r, c = y0 + dy, x0 + dx
+        inside = (r >= 0) & (r < H) & (c >= 0) & (c < W)
+        values = x[n, :, np.clip(r, 0, H - 1), np.clip(c, 0, W - 1)]    # (N, H, W, C)
+        out += np.moveaxis(values * (weight * inside)[..., None], -1, 1)
+    return out
+
+
+class RandomRotation:
+    """Rotate each image by an angle drawn uniformly from [-degrees, degrees], about its
+    centre, bilinear, filling with 0 (torchvision's ``RandomRotation(degrees)``)."""
+
+    def __init__(self, degrees=15.0):
+        if not degrees >= 0:
+            raise ValueError(f"RandomRotation: degrees must be >= 0, got {degrees}")
+        self.degrees = float(degrees)
+
+    def __call__(self, x, rng):
+        angles = rng.uniform(-self.degrees, self.degrees, size=x.shape[0])
+        return affine_batch(x, angles, np.ones(x.shape[0]))
+
+    def __repr__(self):
+        return f"RandomRotation(degrees={self.degrees})"
+
+
+class RandomZoom:
+    """Scale each image about its centre by a factor drawn uniformly from ``scale`` =
+    (low, high); > 1 zooms in (crops the border), < 1 zooms out (adds a black border)
+    (Keras's ``zoom_range``)."""
+
+    def __init__(self, scale=(0.9, 1.1)):
+        low, high = (1 - scale, 1 + scale) if np.isscalar(scale) else scale
+        if not 0 < low <= high:
+            raise ValueError(f"RandomZoom: scale must be (low, high) with 0 < low <= high, got {scale}")
+        self.scale = (float(low), float(high))
+
+    def __call__(self, x, rng):
+        scales = rng.uniform(*self.scale, size=x.shape[0])
+        return affine_batch(x, np.zeros(x.shape[0]), scales)
+
+    def __repr__(self):
+        return f"RandomZoom(scale={self.scale})"
+
+
+AUGMENTATIONS = ("none", "flip", "crop", "translate", "rotate", "zoom")
 
 
 def make_augmentation(spec, image_size):
@@ -136,7 +203,9 @@ def make_augmentation(spec, image_size):
 
     ``crop`` pads by image_size // 8 (4 pixels for 32x32 as in the ResNet CIFAR recipe,
     3 for 28x28) and crops back; ``translate`` shifts by up to 10% of the size;
-    ``flip`` mirrors half the images; ``none`` (or "") turns augmentation off.
+    ``flip`` mirrors half the images; ``rotate`` turns by up to 10 degrees either way;
+    ``zoom`` scales by 0.9 to 1.1; ``none`` (or "") turns augmentation off. Augment the
+    training data only (the loader of the test set gets none).
     """
     names = [s.strip() for s in (spec or "none").split(",") if s.strip()]
     unknown = [n for n in names if n not in AUGMENTATIONS]
@@ -150,4 +219,8 @@ def make_augmentation(spec, image_size):
             transforms.append(RandomTranslate(0.1))
         elif name == "flip":
             transforms.append(RandomHorizontalFlip())
+        elif name == "rotate":
+            transforms.append(RandomRotation(10.0))
+        elif name == "zoom":
+            transforms.append(RandomZoom((0.9, 1.1)))
     return Compose(transforms) if transforms else None

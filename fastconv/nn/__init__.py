@@ -19,6 +19,7 @@ from .container import Concat, Residual, Sequential
 from .conv import Conv2d
 from .dropout import Dropout
 from .fold import fold_batchnorm
+from .graph import Concatenate, Graph
 from .linear import Identity, Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
@@ -33,7 +34,7 @@ __all__ = [
     "BatchNorm1d", "BatchNorm2d",
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
     "Flatten", "ZeroPad2d",
-    "Sequential", "Residual", "Concat",
+    "Sequential", "Residual", "Concat", "Graph", "Concatenate",
     "BasicBlock", "Inception", "ZeroPadShortcut",
     "CrossEntropyLoss", "MSELoss",
     "fold_batchnorm",

@@ -69,6 +69,16 @@ class Sequential(Module):
         self._layers.append(module)
         return self
 
+    def split(self, name):
+        """(body, head): the layers before layer ``name`` and those from it on, as two
+        Sequentials that share this one's layers (training either trains this model), e.g.
+        ``body, head = lenet.split("fc3")`` to precompute the body's outputs for a new head."""
+        if name not in self._names:
+            raise ValueError(f"{type(self).__name__}.split: no layer {name!r}; layers: {self._names}")
+        i = self._names.index(name)
+        return (Sequential(dict(zip(self._names[:i], self._layers[:i]))),
+                Sequential(dict(zip(self._names[i:], self._layers[i:]))))
+
     def forward(self, x):
         for layer in self._layers:
             x = layer(x)
@@ -81,8 +91,10 @@ class Sequential(Module):
 
     def backward_params(self, dy):
         """Parameter gradients only (see Module.backward_params): layers in front of the first
-        one with parameters are skipped, and that one computes no dx."""
-        first = next((i for i, layer in enumerate(self._layers) if layer.parameters()), None)
+        one with trainable parameters are skipped (a frozen body costs no backward at all),
+        and that one computes no dx."""
+        first = next((i for i, layer in enumerate(self._layers)
+                      if any(p.requires_grad for p in layer._parameters())), None)
         if first is None:
             return
         for layer in reversed(self._layers[first + 1:]):

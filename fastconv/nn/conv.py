@@ -4,7 +4,7 @@ import numpy as np
 from .. import functional as F
 from ..functional import _pair
 from . import init
-from .module import Module, Parameter
+from .module import Module, Parameter, _trainable
 
 
 class Conv2d(Module):
@@ -75,10 +75,16 @@ class Conv2d(Module):
         self._backward(dy, need_dx=False)
 
     def _backward(self, dy, need_dx):
+        if not need_dx and not _trainable(self.weight, self.bias):
+            return None                                  # frozen, and nothing needs dx
+        # A frozen layer that must pass dx on still gets dw and db from the kernel (which
+        # computes them with dx) and drops them: dx alone as a transposed convolution in
+        # NumPy was slower than the kernel's whole backward.
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
                                        padding=self.padding, algo=self.algo, need_dx=need_dx)
-        self.weight.grad += dw
-        if self.bias is not None:
+        if self.weight.requires_grad:
+            self.weight.grad += dw
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += db
         return dx
 

@@ -3,7 +3,7 @@ import numpy as np
 
 from .. import functional as F
 from . import init
-from .module import Module, Parameter
+from .module import Module, Parameter, _trainable
 
 
 class Linear(Module):
@@ -64,9 +64,12 @@ class Linear(Module):
         self._backward(dy, need_dx=False)
 
     def _backward(self, dy, need_dx):
+        if not _trainable(self.weight, self.bias):      # frozen: dx = dy @ weight only
+            return F.linear(dy, np.ascontiguousarray(self.weight.data.T)) if need_dx else None
         dx, dw, db = F.linear_backward(dy, self._x, self.weight.data, need_dx=need_dx)
-        self.weight.grad += dw
-        if self.bias is not None:
+        if self.weight.requires_grad:
+            self.weight.grad += dw
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += db
         return dx
 

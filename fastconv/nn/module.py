@@ -18,18 +18,29 @@ import numpy as np
 
 
 class Parameter:
-    """A trainable array and its gradient (``grad`` has data's shape and dtype)."""
+    """A trainable array and its gradient (``grad`` has data's shape and dtype).
 
-    def __init__(self, data):
+    ``requires_grad`` False freezes it (``Module.freeze``): layers then do not compute its
+    gradient, which stays zero, and optimisers leave it unchanged.
+    """
+
+    def __init__(self, data, requires_grad=True):
         self.data = np.ascontiguousarray(data)
         self.grad = np.zeros_like(self.data)
+        self.requires_grad = bool(requires_grad)
 
     @property
     def shape(self):
         return self.data.shape
 
     def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        frozen = "" if self.requires_grad else ", requires_grad=False"
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
+
+
+def _trainable(*params):
+    """True when any of ``params`` (Parameters or None) needs a gradient."""
+    return any(p is not None and p.requires_grad for p in params)
 
 
 class Module:
@@ -143,13 +154,113 @@ class Module:
             p.grad.fill(0)
 
     def train(self, mode=True):
-        """Set training mode (BN uses batch statistics, Dropout drops) here and in every child."""
+        """Set training mode (BN uses batch statistics, Dropout drops) here and in every child
+        (a BatchNorm frozen with ``freeze(..., freeze_bn_stats=True)`` stays in eval mode)."""
         for _, module in self.named_modules():
-            module.training = bool(mode)
+            module.training = bool(mode) and not getattr(module, "frozen_stats", False)
         return self
 
     def eval(self):
         return self.train(False)
+
+    # --- freezing (fine-tuning) --------------------------------------------------
+    def _match(self, prefixes, what):
+        """{parameter name: Parameter} under each dotted ``prefix`` (a layer or parameter
+        name: "features" matches "features.0.weight", not "features2.weight")."""
+        params = dict(self.named_parameters())
+        chosen = {}
+        for prefix in prefixes:
+            if not isinstance(prefix, str):
+                raise TypeError(f"{what}: layer names must be strings, got {prefix!r}")
+            hits = {n: p for n, p in params.items() if n == prefix or n.startswith(prefix + ".")}
+            if not hits:
+                top = [n for n, m in self.children() if m.parameters()]
+                raise ValueError(f"{what}: {prefix!r} matches no parameter of "
+                                 f"{type(self).__name__}; its layers with parameters are "
+                                 f"{top} (dotted names reach inside them)")
+            chosen.update(hits)
+        return chosen
+
+    def _set_requires_grad(self, flag, names, until, what, freeze_bn_stats=False):
+        if names and until is not None:
+            raise ValueError(f"{what}: give layer names or until=, not both")
+        if until is not None:
+            under = set(self._match([until], what))
+            params, chosen, seen = list(self.named_parameters()), {}, False
+            for name, p in params:      # every parameter up to the last one under `until`
+                if seen and name not in under:
+                    break
+                seen |= name in under
+                chosen[name] = p
+        elif names:
+            chosen = self._match(names, what)
+        else:
+            chosen = dict(self.named_parameters())
+        for p in chosen.values():
+            p.requires_grad = flag
+            if not flag:
+                p.grad.fill(0)
+        ids = {id(p) for p in chosen.values()}
+        for _, m in self.named_modules():       # BatchNorm layers whose parameters all changed
+            own = [p for p in vars(m).values() if isinstance(p, Parameter)]
+            if "running_mean" in getattr(m, "_buffers", {}) and own and all(id(p) in ids for p in own):
+                if flag:
+                    m.frozen_stats = False
+                elif freeze_bn_stats:
+                    m.frozen_stats, m.training = True, False
+        return self
+
+    def freeze(self, *names, until=None, freeze_bn_stats=False):
+        """Stop training some parameters (fine-tuning): they get no gradient (the layers skip
+        that work) and optimisers leave them as they are.
+
+        ``freeze()`` freezes everything; ``freeze("features", "fc1")`` the layers (or
+        parameters) with these dotted names and everything under them;
+        ``freeze(until="layer3")`` every parameter in definition order up to and including
+        layer3's (fastai's ``freeze_to``). A name that matches nothing is a ValueError.
+        Returns the module.
+
+        BatchNorm layers of a frozen part still normalise with the batch's statistics in
+        training mode and update their running ones; ``freeze_bn_stats=True`` keeps them in
+        eval mode instead (running statistics used and left unchanged, even under
+        ``train()``), until they are unfrozen.
+        """
+        return self._set_requires_grad(False, names, until, "freeze", freeze_bn_stats)
+
+    def unfreeze(self, *names, until=None):
+        """Train again what :meth:`freeze` froze (same arguments; no argument: everything)."""
+        return self._set_requires_grad(True, names, until, "unfreeze")
+
+    def trainable_parameters(self):
+        """The parameters that are not frozen."""
+        return [p for p in self._parameters() if p.requires_grad]
+
+    def layer_groups(self, n=3):
+        """Split the model into ``n`` layer groups for differential learning rates: the
+        top-level layers that have parameters, in order, cut into n contiguous runs of
+        nearly equal length (the first ones longer). Returns a list of n lists of layer names.
+
+        LeNet-5 with n=3: [["conv1", "conv2"], ["fc1", "fc2"], ["fc3"]] — early, general
+        filters; the middle; the head. The notes train them at e.g. [0.001, 0.01, 0.1].
+        """
+        names = [name for name, m in self.children() if m.parameters()]
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"layer_groups: n must be a positive int, got {n!r}")
+        if len(names) < n:
+            raise ValueError(f"layer_groups: {type(self).__name__} has {len(names)} top-level "
+                             f"layers with parameters ({names}), too few for {n} groups")
+        return [list(part) for part in np.array_split(np.array(names, dtype=object), n)]
+
+    def head_layer(self):
+        """The name of the head: the last top-level layer that has parameters (the layer a
+        new task replaces, e.g. LeNet-5's "fc3", ResNet's "fc"); "" for a single layer."""
+        names = [name for name, m in self.children() if m.parameters()]
+        return names[-1] if names else ""
+
+    def head_names(self):
+        """The dotted names of the head's parameters and buffers (see :meth:`head_layer`)."""
+        head = self.head_layer()
+        return [n for n in self.state_dict() if not head or n.startswith(head + ".")]
 
     # --- saving ----------------------------------------------------------------
     def state_dict(self):

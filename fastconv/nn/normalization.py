@@ -58,8 +58,9 @@ class _BatchNorm(Module):
         else:
             dx, dgamma, dbeta = F.batch_norm_eval_backward(dy, self._x, gamma, self.running_mean,
                                                            self.running_var, eps=self.eps)
-        if self.weight is not None:
+        if self.weight is not None and self.weight.requires_grad:
             self.weight.grad += dgamma
+        if self.bias is not None and self.bias.requires_grad:
             self.bias.grad += dbeta
         return dx
 

@@ -15,11 +15,11 @@ notebook's backend included) is not touched.
 """
 from ._mpl import MISSING, available
 from .figures import (activation, confusion_matrix, layer_names, plot_confusion_matrix,
-                      plot_feature_maps, plot_filters, plot_history, plot_lr_find,
+                      plot_boxes, plot_feature_maps, plot_filters, plot_history, plot_lr_find,
                       plot_receptive_field, resolve_layer)
 from .report import save_training_figures, write_index, write_report
 
 __all__ = ["plot_filters", "plot_feature_maps", "plot_history", "plot_receptive_field",
-           "plot_lr_find", "plot_confusion_matrix", "confusion_matrix", "activation",
+           "plot_lr_find", "plot_confusion_matrix", "plot_boxes", "confusion_matrix", "activation",
            "layer_names", "resolve_layer", "write_report", "write_index",
            "save_training_figures", "available", "MISSING"]

@@ -496,3 +496,47 @@ def plot_confusion_matrix(y_true, y_pred, class_names=None, path=None, dpi=100, 
     acc = np.trace(cm) / total if total else float("nan")
     ax.set_title(title or f"Confusion matrix: accuracy {acc:.3f} on {total:,} images", fontsize=10)
     return _mpl.finish(fig, path)
+
+
+# --------------------------------------------------------------------------- boxes
+
+def plot_boxes(images, boxes, predicted_boxes=None, labels=None, predicted=None, classes=None,
+               path=None, max_images=16, dpi=100, title=None):
+    """Images with their bounding boxes: the true box in green, the predicted one in red
+    (dashed), and the true / predicted class above each image (for a model with a class head
+    and a box head, see ``python -m fastconv.multitask``).
+
+    images : (N, C, H, W) or (N, H, W); boxes, predicted_boxes : (N, 4) rows (x0, y0, x1, y1)
+    in pixels, x1 and y1 one past the last column and row; labels, predicted : (N,) ints.
+    """
+    from matplotlib.patches import Rectangle
+    from ..train import box_iou
+    n = min(len(images), max_images)
+    rows, cols = _grid(n)
+    fig = _mpl.new_figure(1.5 * cols, 1.7 * rows + 0.5, dpi)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for i, ax in enumerate(axes):
+        _off(ax)
+        if i >= n:
+            ax.axis("off")
+            continue
+        _show(ax, images[i])
+        for box, colour, style in ((boxes[i], "lime", "-"),
+                                   (None if predicted_boxes is None else predicted_boxes[i], "red", "--")):
+            if box is None:
+                continue
+            x0, y0, x1, y1 = (float(v) for v in box)
+            # pixel j covers [j - 0.5, j + 0.5] in imshow's coordinates
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                   edgecolor=colour, linestyle=style, linewidth=1.2))
+        name = (lambda c: classes[int(c)] if classes is not None else str(int(c)))  # noqa: E731
+        text = []
+        if labels is not None:
+            text.append(name(labels[i]))
+        if predicted is not None:
+            text.append(f"pred {name(predicted[i])}")
+        if predicted_boxes is not None:
+            text.append(f"IoU {box_iou(np.asarray(predicted_boxes[i:i + 1]), np.asarray(boxes[i:i + 1])):.2f}")
+        ax.set_title("\n".join(text), fontsize=7)
+    fig.suptitle(title or "true box (green), predicted box (red, dashed)", fontsize=9)
+    return _mpl.finish(fig, path)
