@@ -176,15 +176,25 @@ def _centred_mean(values, window):
     return (padded[hi] - padded[lo]) / (hi - lo)
 
 
+def _centred_median(values, window):
+    """Median of ``values`` over ``window`` points centred on each one (the ends repeated):
+    one lucky or unlucky batch cannot move it."""
+    half = window // 2
+    padded = np.pad(np.asarray(values, dtype=np.float64), half, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+
+
 def _suggest(lrs, losses):
     """(steepest, min_div_10, window) from an LR range test.
 
-    steepest: the LR where the loss falls fastest. The raw losses are averaged over a centred
-    window of ``window`` steps (a twentieth of the test, at least 5), the slope against
-    log(LR) is the least-squares slope over the same window, and only points after the first
-    tenth of the test (where the loss is still the initial loss plus noise) and before the
-    lowest averaged loss are considered. min_div_10: a tenth of the LR of the lowest averaged
-    loss (the other rule of thumb). Both are NaN when the loss never falls.
+    steepest: the LR where the loss falls fastest. The raw losses are replaced by their median
+    over a centred window of ``window`` steps (a twentieth of the test, at least 5; a median,
+    so that a single batch cannot make a cliff), the slope against log(LR) is the
+    least-squares slope over the same window, and only points after the first tenth of the
+    test (where the loss is still the initial loss plus noise) and before the lowest loss of
+    that curve are considered. min_div_10: a tenth of the LR of the lowest averaged
+    loss (the other rule of thumb). Both are NaN when the loss never falls by more than twice
+    the noise of the first steps.
     """
     n = len(lrs)
     finite = np.isfinite(losses)
@@ -192,17 +202,18 @@ def _suggest(lrs, losses):
         return math.nan, math.nan, 0
     stop = n if finite.all() else int(np.argmin(finite))     # up to the first NaN / Inf
     window = max(5, n // 20) | 1
-    curve = _centred_mean(losses[:stop], window)
+    curve = _centred_median(losses[:stop], window)
     log_lr = np.log10(lrs[:stop])
     # Least-squares slope over the window: cov(log_lr, curve) / var(log_lr).
-    x_mean, y_mean = _centred_mean(log_lr, window), curve
+    x_mean, y_mean = _centred_mean(log_lr, window), _centred_mean(curve, window)
     xy, xx = _centred_mean(log_lr * curve, window), _centred_mean(log_lr * log_lr, window)
     slope = (xy - x_mean * y_mean) / np.maximum(xx - x_mean ** 2, 1e-30)
     skip = max(window // 2, n // 10)
     if stop - skip < 3:
         return math.nan, math.nan, window
     lowest = skip + int(np.argmin(curve[skip:]))
-    if lowest <= skip or curve[lowest] >= curve[skip]:
+    noise = float(np.std(losses[:skip])) if skip > 1 else 0.0
+    if lowest <= skip or curve[skip] - curve[lowest] <= 2 * noise:     # it never really fell
         return math.nan, math.nan, window
     steepest = skip + int(np.argmin(slope[skip:lowest + 1]))
     if slope[steepest] >= 0:

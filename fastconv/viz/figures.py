@@ -432,7 +432,7 @@ def _colours(n):
 def plot_lr_find(lrs, losses=None, smoothed=None, suggestion=None, path=None, dpi=100, title=None,
                  min_div_10=None):
     """Training loss against learning rate (log scale) from the LR range test
-    (``fastconv.schedules.lr_find``): the loss of each step (faint), its average over a few
+    (``fastconv.schedules.lr_find``): the loss of each step (faint), its median over a few
     steps, and the two suggestions: the steepest fall (``suggestion``) and a tenth of the LR
     of the lowest loss (``min_div_10``). The y-axis shows the loss from its lowest value up to
     a little above the starting loss; the explosion at the end runs off the top.
@@ -440,7 +440,7 @@ def plot_lr_find(lrs, losses=None, smoothed=None, suggestion=None, path=None, dp
     ``lrs`` may also be an ``LRFinderResult`` (then leave out ``losses``). When ``smoothed``
     is given, it is drawn instead of the centred average of ``losses``.
     """
-    from ..schedules import _centred_mean, _suggest
+    from ..schedules import _centred_median, _suggest
     if losses is None and hasattr(lrs, "losses"):
         result = lrs
         lrs, losses, suggestion, min_div_10 = result.lrs, result.losses, result.steepest, result.min_div_10
@@ -461,8 +461,8 @@ def plot_lr_find(lrs, losses=None, smoothed=None, suggestion=None, path=None, dp
     else:
         stop = lrs.size if finite.all() else int(np.argmin(finite))
         curve = np.full(lrs.size, np.nan)
-        curve[:stop] = _centred_mean(losses[:stop], max(window, 1))
-        label = f"mean of {max(window, 1)} steps"
+        curve[:stop] = _centred_median(losses[:stop], max(window, 1))
+        label = f"median of {max(window, 1)} steps"
     ax.plot(lrs, curve, color="C0", lw=1.8, label=label)
     for value, style, text in ((suggestion, "--", "steepest fall"), (min_div_10, ":", "minimum / 10")):
         if value is not None and np.isfinite(value):
