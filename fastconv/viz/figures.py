@@ -291,8 +291,8 @@ def plot_history(history, path=None, dpi=100, title=None):
         for split, style in (("train", "o-"), ("test", "s--")):
             values = np.asarray(history.get(f"{split}_{key}", []), dtype=np.float64)[:n]
             if values.size == n and np.isfinite(values).any():
-                ax.plot(epochs, values, style, ms=4, label=f"{split}, epoch mean" if split == "train"
-                        and key == "loss" else split)
+                steps_drawn = split == "train" and key == "loss" and ax_loss.lines
+                ax.plot(epochs, values, style, ms=4, label="train, epoch mean" if steps_drawn else split)
         ax.set(xlabel="epoch", ylabel=label)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -443,7 +443,9 @@ def plot_lr_find(lrs, losses=None, smoothed=None, suggestion=None, path=None, dp
     from ..schedules import _centred_median, _suggest
     if losses is None and hasattr(lrs, "losses"):
         result = lrs
-        lrs, losses, suggestion, min_div_10 = result.lrs, result.losses, result.steepest, result.min_div_10
+        lrs, losses = result.lrs, result.losses
+        suggestion = getattr(result, "steepest", getattr(result, "suggestion", None))
+        min_div_10 = getattr(result, "min_div_10", None)
     lrs = np.asarray(lrs, dtype=np.float64)
     losses = np.asarray(losses if losses is not None else [], dtype=np.float64)
     if lrs.shape != losses.shape or lrs.ndim != 1 or lrs.size == 0:
