@@ -35,7 +35,7 @@ def tiny_json(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- the suite
 
-@pytest.mark.skipif(not os.path.exists(SHARED_SHAPES), reason="shared/bench/shapes.py absent")
+@pytest.mark.skipif(not os.path.exists(SHARED_SHAPES), reason="no second copy of the layer suite here to compare with")
 def test_packaged_suite_is_the_shared_suite():
     namespace = {}
     with open(SHARED_SHAPES) as f:
@@ -421,7 +421,7 @@ def test_contention_warning():
     assert runner.contention_warnings(busy[:1]) == []
 
 
-# --------------------------------------------------------------------------- targets of issue 6
+# --------------------------------------------------------------------------- performance targets
 
 def _layer_rec(op, case, impl, threads, median_ms, status="ok", **extra):
     rec = {"id": f"{op}:{case}:{impl}", "op": op, "case": case, "impl": impl,
@@ -642,7 +642,7 @@ def test_targets_of_an_old_or_empty_document_do_not_crash():
                              "status": "ok", "median_ms": 3.0}]}):
         recs = targets.evaluate(doc)
         assert all(r["status"] == "not measured" for r in recs)
-        assert "== targets (issue 6)" in report.format_report(doc)
+        assert "== performance targets" in report.format_report(doc)
         report.markdown(doc)
 
 
@@ -654,8 +654,8 @@ def test_report_and_markdown_show_the_targets_table():
                         conv_gflops=lambda case, t: 75.0)
     doc["summary"] = runner.summarize(doc["results"], doc["models"])
     text = report.format_report(doc)
-    assert "== targets (issue 6)" in text
-    table = text[text.index("== targets (issue 6)"):]
+    assert "== performance targets" in text
+    table = text[text.index("== performance targets"):]
     assert "conv_fwd" in table and "geomean 2.50x, min 2.50x" in table
     assert "(a) per-case fwd+bwd 2.50x, (b) all entries 2.50x" in table
     assert "of sgemm 75%" in table and ">= 70%" in table
@@ -672,7 +672,7 @@ def test_report_and_markdown_show_the_targets_table():
 
 def test_quick_run_has_targets_and_report_option(tiny_json, capsys):
     status, out, path = tiny_json
-    assert status == 0 and "== targets (issue 6)" in out
+    assert status == 0 and "== performance targets" in out
     saved = jsonfile.load(path)
     assert {r["id"] for r in saved["targets"]} >= {"conv_fwd", "train_lenet5",
                                                    "scale_vgg_c3_fwd"}
@@ -683,7 +683,7 @@ def test_quick_run_has_targets_and_report_option(tiny_json, capsys):
     jsonfile.save(saved, str(old))
     status = cli.main(["--report", str(old)])
     out = capsys.readouterr().out
-    assert status == 0 and "== targets (issue 6)" in out and "== conv2d forward ==" in out
+    assert status == 0 and "== performance targets" in out and "== conv2d forward ==" in out
     assert "QUICK RUN" in out
     assert cli.main(["--report", str(path.parent / "absent.json")]) == 2
 

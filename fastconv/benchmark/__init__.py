@@ -11,7 +11,7 @@ models         whole-model training steps (LeNet-5, ResNet-20)
 memory         peak extra memory of each conv algorithm, in a fresh process
 environment    CPU, cores, OpenMP, BLAS (threadpoolctl), versions, warnings
 runner         runs the selection and computes the ratios: one JSON-ready document
-targets        the performance targets of issue 6, evaluated from a document
+targets        the performance targets, evaluated from a document
 report         the terminal tables (targets last), --compare and --markdown
 jsonfile       --json (atomic write) and --compare (load)
 plot           --plot (matplotlib, optional)

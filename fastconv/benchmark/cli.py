@@ -70,8 +70,8 @@ def configure_parser(parser):
     parser.add_argument("--compare", metavar="OLD.json",
                         help="show the change of each median against a saved --json run")
     parser.add_argument("--report", metavar="SAVED.json",
-                        help="time nothing: print the report (tables and the targets of "
-                             "issue 6, re-evaluated) of a saved --json run; --markdown, "
+                        help="time nothing: print the report (tables and the performance targets, "
+                             "re-evaluated) of a saved --json run; --markdown, "
                              "--compare, --json and --plot then use that run")
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")

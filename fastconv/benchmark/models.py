@@ -1,6 +1,6 @@
 """Whole-model training steps: forward, cross-entropy loss, backward and one SGD update.
 
-The two models of the issue, at their usual training batch: LeNet-5 (batch 64, 1x28x28) and
+The two models of the performance targets, at their usual training batch: LeNet-5 (batch 64, 1x28x28) and
 ResNet-20 (batch 128, 3x32x32). fastconv's side uses the public layer API
 (``fastconv.models``, ``fastconv.nn.CrossEntropyLoss``, ``fastconv.optim.SGD``); until
 those modules exist the case reports itself unavailable. PyTorch's side builds the same

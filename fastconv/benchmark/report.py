@@ -121,14 +121,14 @@ def summary_table(summary):
 
 
 def targets_table(doc):
-    """The targets of issue 6 (:mod:`targets`): one row per target and thread count."""
+    """The performance targets (:mod:`targets`): one row per target and thread count."""
     recs = targets_mod.of_doc(doc)
     if not recs:
         return []
     rows = [[t["id"], "" if t["threads"] is None else t["threads"],
              targets_mod.format_value(t), targets_mod.format_threshold(t), t["status"],
              t.get("detail") or ""] for t in recs]
-    lines = ["== targets (issue 6) ==",
+    lines = ["== performance targets ==",
              "  from this run's medians: speed-up, geomean, min, (a), (b) = PyTorch median / "
              "fastconv median, same thread count;",
              "  of sgemm = conv GFLOP/s / sgemm GFLOP/s, same thread count; vs 1 thread = "
@@ -278,11 +278,11 @@ def markdown(doc):
 
 
 def markdown_targets(doc):
-    """The targets of issue 6 as Markdown lines (empty when there are none)."""
+    """The performance targets as Markdown lines (empty when there are none)."""
     recs = targets_mod.of_doc(doc)
     if not recs:
         return []
-    lines = ["", "Targets of issue 6 (definitions in `fastconv/benchmark/targets.py`):", "",
+    lines = ["", "Performance targets (definitions in `fastconv/benchmark/targets.py`):", "",
              "| target | threads | value | threshold | status | detail |",
              "|---|---|---|---|---|---|"]
     for t in recs:

@@ -7,7 +7,7 @@ implementation is timed back to back on them, so that the ratios of a row (fast 
 reference, vs PyTorch, n threads vs 1) come from measurements seconds apart; fastconv's
 default implementation and PyTorch, whose ratio is a target, take turns (``time_pair``).
 Whole-model training steps come last, the two engines also taking turns.
-``doc["targets"]`` holds the targets of issue 6, evaluated from the document's own medians
+``doc["targets"]`` holds the performance targets, evaluated from the document's own medians
 by :func:`targets.evaluate`.
 
 Ratios are speed-ups (> 1 means faster): ``speedup_vs_reference = t_reference / t``,
@@ -204,7 +204,7 @@ def geomean(values):
 
 def summarize(results, model_results):
     """Per op and thread count: geometric means (and minimum) of the default fast
-    implementation's speed-ups over the layers measured, the figures issue 6 targets."""
+    implementation's speed-ups over the layers measured, the figures the performance targets use."""
     rows = []
     for op in cases_mod.OPS:
         for threads in sorted({r["threads"] for r in results}):
@@ -250,7 +250,7 @@ def run_benchmarks(settings):
 
     Both engines run in this process, so under the same allocator. By default that is
     glibc told to keep freed memory for reuse (fastconv.keep_freed_memory), as a training
-    run has it (fit calls it) and as issue 6 measured PyTorch: with glibc's defaults a call
+    run has it (fit calls it) and as the performance targets measure PyTorch: with glibc's defaults a call
     that frees a large array faults its pages in again next time (1.6 us per 4 KiB here),
     which measures the allocator's mood more than the kernel (PyTorch's resnet20_s1
     forward: 6 ms tuned, 14-22 ms not). ``keep_freed_memory=False`` keeps the defaults

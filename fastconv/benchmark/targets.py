@@ -1,4 +1,4 @@
-"""The performance targets of issue 6, evaluated from a run's JSON document.
+"""The performance targets, evaluated from a run's JSON document.
 
 Everything is computed from the medians in the document (``doc["results"]``,
 ``doc["models"]``, ``doc["sgemm"]``), never from the derived ``speedup_*`` fields, so a
@@ -228,7 +228,7 @@ _PAGE_MB = 4096 / 2**20       # a workspace this small is allocator noise, not s
 
 
 def measure_memory(direction):
-    """Conv ``direction`` ("fwd" or "bwd") scratch memory against issue 6's bound: "conv
+    """Conv ``direction`` ("fwd" or "bwd") scratch memory against its bound: "conv
     workspace never more than threads x one image's columns".
 
     From the fresh-process probes in ``doc["memory"]`` (``workspace_mb`` = peak extra
@@ -283,7 +283,7 @@ class Measure:
 
 @dataclass(frozen=True)
 class Target:
-    """One target of issue 6.
+    """One performance target.
 
     ``measure(fig, threads)`` computes the values at one thread count (see the
     ``measure_*`` functions); a scaling target (``scaling`` set: its ``time(fig, threads)``)
