@@ -10,7 +10,9 @@ FASTCONV_ANNOTATE=1         write the cython -a HTML next to each .pyx.
 
 The modules are cythonized and compiled in parallel (one job per core unless
 ``build_ext -j N`` says otherwise), with one line per module (``pip install -v .`` shows them).
-Compiler flags follow the compiler: gcc and clang get -O3 -fopenmp, MSVC /O2 /openmp.
+Compiler flags follow the compiler (``compiler_flags``): gcc and clang get -O3 -fopenmp,
+MSVC /O2 /openmp, Apple clang -Xpreprocessor -fopenmp -lomp with Homebrew's libomp. Only
+Linux with gcc is tested.
 """
 import glob
 import os
@@ -27,9 +29,6 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# (optimisation flags, OpenMP flag) by distutils compiler type; "unix" is gcc or clang.
-FLAGS = {"unix": (["-O3"], "-fopenmp"), "mingw32": (["-O3"], "-fopenmp"),
-         "msvc": (["/O2"], "/openmp")}
 
 OPENMP_TEST_PROGRAM = textwrap.dedent("""
     #include <omp.h>
@@ -48,18 +47,42 @@ def _env_flag(name):
     return os.environ.get(name, "") not in ("", "0")
 
 
-def openmp_works(compiler, flag):
+def _brew_prefix(formula):
+    try:
+        out = subprocess.run(["brew", "--prefix", formula], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    prefix = out.stdout.strip()
+    return prefix if out.returncode == 0 and os.path.isdir(prefix) else None
+
+
+def compiler_flags(compiler_type):
+    """(optimisation flags, OpenMP compile flags, OpenMP link flags) for this compiler.
+
+    gcc and clang: -O3 -fopenmp. MSVC: /O2 /openmp (its linker needs nothing more). macOS:
+    Apple clang has no OpenMP runtime and no -fopenmp driver flag; with Homebrew's libomp
+    (or LIBOMP_PREFIX=<its folder>) it is -Xpreprocessor -fopenmp plus -lomp.
+    """
+    if compiler_type == "msvc":
+        return ["/O2"], ["/openmp"], []
+    if sys.platform == "darwin":
+        prefix = os.environ.get("LIBOMP_PREFIX") or _brew_prefix("libomp")
+        include = [f"-I{prefix}/include"] if prefix else []
+        libs = [f"-L{prefix}/lib", f"-Wl,-rpath,{prefix}/lib"] if prefix else []
+        return ["-O3"], ["-Xpreprocessor", "-fopenmp"] + include, libs + ["-lomp"]
+    return ["-O3"], ["-fopenmp"], ["-fopenmp"]
+
+
+def openmp_works(compiler, compile_flags, link_flags):
     """Compile, link and run a tiny OpenMP program (scikit-learn's check), True if it prints 1."""
     tmp = tempfile.mkdtemp()
     try:
         src = os.path.join(tmp, "omp_check.c")
         with open(src, "w") as f:
             f.write(OPENMP_TEST_PROGRAM)
-        objects = compiler.compile([src], output_dir=tmp, extra_postargs=[flag])
+        objects = compiler.compile([src], output_dir=tmp, extra_postargs=compile_flags)
         exe = os.path.join(tmp, "omp_check" + (compiler.exe_extension or ""))
-        # MSVC links its OpenMP runtime by itself; gcc and clang need the flag again.
-        compiler.link_executable(objects, "omp_check", output_dir=tmp,
-                                 extra_postargs=[] if flag.startswith("/") else [flag])
+        compiler.link_executable(objects, "omp_check", output_dir=tmp, extra_postargs=link_flags)
         out = subprocess.run([exe], capture_output=True, text=True, timeout=60).stdout
         return out.strip() == "1"
     except Exception as exc:  # a compile, link or run failure all mean "no OpenMP"
@@ -86,7 +109,7 @@ class BuildExt(build_ext):
 
     def build_extensions(self):
         ctype = self.compiler.compiler_type
-        optimise, openmp_flag = FLAGS.get(ctype, FLAGS["unix"])
+        optimise, openmp_compile, openmp_link = compiler_flags(ctype)
         compile_args = list(optimise)
         link_args = []
         march = os.environ.get("FASTCONV_MARCH", "")
@@ -97,11 +120,10 @@ class BuildExt(build_ext):
               f"({self.parallel} at a time)", flush=True)
         if _env_flag("FASTCONV_NO_OPENMP"):
             print("fastconv: FASTCONV_NO_OPENMP is set, building serial kernels.", file=sys.stderr)
-        elif openmp_works(self.compiler, openmp_flag):
+        elif openmp_works(self.compiler, openmp_compile, openmp_link):
             use_openmp = True
-            compile_args.append(openmp_flag)
-            if ctype != "msvc":
-                link_args.append(openmp_flag)
+            compile_args += openmp_compile
+            link_args += openmp_link
         elif _env_flag("FASTCONV_REQUIRE_OPENMP"):
             raise RuntimeError("fastconv: FASTCONV_REQUIRE_OPENMP=1 but the compiler cannot "
                                "build and run an OpenMP program (is libgomp installed?).")
