@@ -417,6 +417,8 @@ def cmd_train(args):
         say(f"done: test accuracy {history['test_acc'][-1]:.4f} after {history['epoch'][-1]} epochs "
             f"({minutes:.2f} min this run, {np.mean(history['seconds']) / 60:.2f} min/epoch); "
             f"history in {out}" + (f", checkpoint {checkpoint}" if checkpoint else ""))
+        if checkpoint:
+            say(f"next: fastconv viz {out}   (pictures of what the network learned)")
     return 0
 
 
