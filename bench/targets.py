@@ -235,7 +235,7 @@ _PAGE_MB = 4096 / 2**20       # a workspace this small is allocator noise, not s
 
 
 def measure_memory(direction):
-    """Conv ``direction`` ("fwd" or "bwd") scratch memory against the bound "conv
+    """Conv ``direction`` ("fwd" or "bwd") scratch memory against its bound: "conv
     workspace never more than threads x one image's columns".
 
     From the fresh-process probes in ``doc["memory"]`` (``workspace_mb`` = peak extra

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 
 from . import _threads
-from ._backend import get_backend
+from ._backend import get_backend, source_folder_problem
 
 KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "pool", "batchnorm", "activation",
                   "linear")
@@ -64,6 +64,7 @@ def info(file=None):
         "isa_cpu": isa_cpu,
         "compile_args": cfg.COMPILE_ARGS if cfg else None,
         "link_args": cfg.LINK_ARGS if cfg else None,
+        "source_folder_problem": source_folder_problem(),
     }
     lines = [
         f"fastconv {report['version']}  (Python {report['python']}, NumPy {report['numpy']}, "
@@ -81,5 +82,7 @@ def info(file=None):
         lines.append(f"  BLAS            : {lib['internal_api']} {lib['version']} "
                      f"kernel={lib['architecture']} threads={lib['num_threads']} "
                      f"({lib['filepath']})")
+    if report["source_folder_problem"]:
+        lines.insert(1, f"WARNING: {report['source_folder_problem']}")
     print("\n".join(lines), file=file)
     return report

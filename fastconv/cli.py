@@ -2,17 +2,19 @@
 
     fastconv train                                  # LeNet-5 on Fashion-MNIST (or the embedded subset)
     fastconv train --model resnet20 --epochs 30 --augment crop,flip
-    fastconv train --resume                         # continue from OUT/checkpoint.npz
+    fastconv train --resume                         # continue the latest run, same options
     fastconv summary resnet20 --input-shape 3 32 32
     fastconv info
-    fastconv viz runs/lenet5-fashion-mnist/checkpoint.npz   # PNGs + index.html
+    fastconv viz runs/lenet5-fashion-mnist/latest/checkpoint.npz   # PNGs + index.html
     fastconv bench ...
 
-``python -m fastconv`` is the same command.
+``python -m fastconv`` is the same command. Errors are one line on stderr: exit status 2 for
+a wrong command line, 1 for a failure while running (``--debug`` shows the traceback).
 """
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -26,18 +28,51 @@ DEFAULTS = dict(model="lenet5", dataset="auto", epochs=10, batch_size=64, optimi
 DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3}
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+# Options that may differ when a run is resumed (how it runs, not what it computes), and
+# those that describe this invocation only and are never taken from the checkpoint.
+RESUME_MAY_CHANGE = {"epochs", "threads", "no_progress", "backend", "eval_batch_size", "data_dir",
+                     "resume", "out", "checkpoint", "no_checkpoint", "overwrite", "debug", "lr_find"}
+NOT_RESUMED = {"resume", "out", "checkpoint", "no_checkpoint", "overwrite", "debug", "lr_find"}
+# What a run folder holds (--overwrite removes these before a new run).
+RUN_FILES = ("checkpoint.npz", "history.csv", "history_steps.csv", "history.json", "history.png",
+             "filters.png", "lr_find.csv", "lr_find.npz", "lr_find.png")
+
+
+class UsageError(Exception):
+    """A command line that cannot work: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'fastconv train: error: ... (see fastconv train --help)'."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(text, kind, test, wanted):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if not test(value):
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
     return value
+
+
+def _positive_int(text):
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _nonneg_float(text):
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
+    return _number(text, float, lambda v: v >= 0 and math.isfinite(v), "a number >= 0")
+
+
+def _positive_float(text):
+    return _number(text, float, lambda v: v > 0 and math.isfinite(v), "a number > 0")
+
+
+def _fraction(text):
+    return _number(text, float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -65,8 +100,9 @@ def _add_train_parser(sub):
         epilog="Examples: `fastconv train` (LeNet-5, 10 epochs, >= 91% on the full Fashion-MNIST); "
                "`fastconv train --model resnet20 --epochs 30 --augment crop,flip`; "
                "`fastconv train --lr-find` (LR range test, then exit); "
-               "`fastconv train --resume` after Ctrl-C. The same --seed gives the same result "
-               "(for any --threads).")
+               "`fastconv train --resume` after Ctrl-C (the latest run, with its own options). "
+               "Each run writes into a new folder runs/MODEL-DATASET/001, 002, ... (latest points "
+               "to the newest). The same --seed gives the same result (for any --threads).")
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default=DEFAULTS["model"], choices=MODELS, metavar="MODEL",
                    help=f"network to train, one of: {', '.join(MODELS)}")
@@ -95,7 +131,7 @@ def _add_train_parser(sub):
                    help="images per training step (the last, smaller batch is dropped)")
     g.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=sorted(OPTIMIZERS),
                    help="sgd (with --momentum, --nesterov), adam, or adamw (decoupled weight decay)")
-    g.add_argument("--lr", type=_nonneg_float, default=None,
+    g.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate; the peak LR for onecycle, the start LR for the others "
                         f"(default: {DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adam']} for adam/adamw)")
     g.add_argument("--momentum", type=_nonneg_float, default=DEFAULTS["momentum"],
@@ -121,35 +157,43 @@ def _add_train_parser(sub):
                    help="restarts: length of the first cycle")
     g.add_argument("--cycle-mult", type=_positive_int, default=1,
                    help="restarts: each cycle is this many times longer than the previous")
-    g.add_argument("--pct-start", type=float, default=0.3,
+    g.add_argument("--pct-start", type=_fraction, default=0.3,
                    help="onecycle: fraction of the run spent raising the LR")
     g.add_argument("--lr-find", action="store_true",
                    help="run the LR range test instead of training: print and save loss vs LR "
-                        "(OUT/lr_find.csv, .npz, .png) with a suggested LR, then exit")
+                        "(OUT/lr_find.csv, .npz, .png) with two suggested LRs, then exit")
 
     g = p.add_argument_group("run")
     g.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for the kernels and BLAS (default: $OMP_NUM_THREADS or all cores); "
-                        "results are identical for any count. On a busy machine 1 can be faster")
+                        "results are identical for any count. On a busy machine fewer can be "
+                        "faster: compare the img/s of --threads 1 and 2")
     g.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                    help="seeds the weights, the shuffling, augmentation and dropout")
     g.add_argument("--backend", default=None, choices=("fast", "reference"),
                    help="kernels: fast (Cython/OpenMP) or reference (NumPy); default: fastconv's")
     g.add_argument("--out", default=None, metavar="DIR",
                    help="output folder for checkpoint.npz, history.csv/json and lr_find.* "
-                        "(default: runs/MODEL-DATASET)")
+                        "(default: a new folder runs/MODEL-DATASET/NNN for every run, "
+                        "runs/MODEL-DATASET/latest pointing to the newest)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow --out or --checkpoint to name a folder or file of an earlier run "
+                        "(its files are replaced); without it such a run is refused")
     g.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="checkpoint file, rewritten atomically after each epoch "
                         "(default: OUT/checkpoint.npz)")
     g.add_argument("--no-checkpoint", action="store_true", help="do not write checkpoints")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
-                   help="continue from a checkpoint (no PATH: the --checkpoint file); the same "
-                        "model, optimiser and seed must be given")
+                   help="continue a run with the options it was started with (PATH: its "
+                        "checkpoint or folder; no PATH: --checkpoint or OUT/checkpoint.npz when "
+                        "given, else the newest run under runs/, of --model when given). Only "
+                        "--epochs and how it runs (--threads, --backend, ...) may change")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=1000,
                    help="batch size for evaluating on the test set")
     _add_finetune_args(p)
-    p.set_defaults(func=cmd_train)
+    _add_debug(g)
+    p.set_defaults(func=cmd_train, parser=p)
     return p
 
 
@@ -215,10 +259,19 @@ def _finetune(args, model, say):
     return groups, max(lrs)
 
 
+def _add_debug(parser):
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+
+
 def _resolve_dataset(args, say):
     from .data import DatasetNotFoundError, load_dataset, search_path
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir}: no such folder")
     name = args.dataset
     if name == "auto":
+        if args.data_dir is not None:      # a folder was named: use it or fail, never the subset
+            return load_dataset("fashion-mnist", args.data_dir)
         try:
             return load_dataset("fashion-mnist", args.data_dir)
         except DatasetNotFoundError:
@@ -231,6 +284,113 @@ def _resolve_dataset(args, say):
     return load_dataset(name, args.data_dir)
 
 
+def _given_options(args):
+    """The destinations of the options written on this command line (not left at defaults)."""
+    parser = args.parser
+    argv = list(getattr(args, "argv", None) or [])
+    argv = argv[argv.index(args.command) + 1:] if args.command in argv else argv
+    actions = [a for a in parser._actions if a.dest != "help"]
+    defaults = [a.default for a in actions]
+    try:
+        for a in actions:
+            a.default = argparse.SUPPRESS
+        given, _ = parser.parse_known_args(argv)
+    finally:
+        for a, d in zip(actions, defaults):
+            a.default = d
+    return set(vars(given)) - set(parser._defaults)
+
+
+def _train_options(args):
+    """The values of every ``fastconv train`` option, as stored in the checkpoint's meta."""
+    return {a.dest: getattr(args, a.dest) for a in args.parser._actions
+            if a.dest not in ("help", "debug") and hasattr(args, a.dest)}
+
+
+def _find_resume(args, given):
+    """The checkpoint that --resume continues."""
+    from .train import latest_checkpoint
+    if args.resume != "auto":
+        path = args.resume
+        if os.path.isdir(path):
+            path = os.path.join(path, "checkpoint.npz")
+    elif args.checkpoint:
+        path = args.checkpoint
+    elif args.out:
+        path = os.path.join(args.out, "checkpoint.npz")
+    else:
+        prefix = f"{args.model}-" if "model" in given else ""
+        path = latest_checkpoint("runs", prefix)
+        if path is None:
+            raise UsageError(f"--resume: no checkpoint in runs/{prefix or '*-'}*/NNN/ to resume; "
+                             f"give the checkpoint: --resume PATH")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume: no checkpoint at {path}")
+    return path
+
+
+def _resume_options(args, given, path, say):
+    """Take the resumed run's options from its checkpoint; an option given again with another
+    value is an error (only RESUME_MAY_CHANGE may change)."""
+    from .train import read_checkpoint
+    meta = read_checkpoint(path)["meta"].get("meta") or {}
+    saved = meta.get("options")
+    if saved is None:           # a checkpoint written before options were stored
+        for key in ("model", "dataset_resolved", "optimizer", "seed", "dtype"):
+            mine = getattr(args, key.replace("_resolved", ""))
+            if key in meta and meta[key] != mine and not (key == "dataset_resolved" and mine == "auto"):
+                raise UsageError(f"the checkpoint {path} was made with {key}={meta[key]!r}, this run "
+                                 f"has {mine!r}; give the same options to resume")
+        return args
+    resolved = {"dataset": meta.get("dataset_resolved"), "lr": meta.get("lr_resolved"),
+                "augment": meta.get("augment_resolved")}
+    for dest in sorted(given - RESUME_MAY_CHANGE):
+        mine = json.loads(json.dumps(getattr(args, dest)))
+        if dest in saved and mine != saved[dest] and mine != resolved.get(dest):
+            flag = "--" + dest.replace("_", "-")
+            theirs = saved[dest] if saved[dest] is not None else resolved.get(dest)
+            raise UsageError(f"{flag} {getattr(args, dest)} conflicts with the run being resumed "
+                             f"({dest}={theirs!r} in {path}); leave it out to resume with the "
+                             f"run's own options, or start a new run without --resume")
+    for dest, value in saved.items():
+        if dest not in given and dest not in NOT_RESUMED and hasattr(args, dest):
+            setattr(args, dest, value)
+    if "dataset" not in given and resolved["dataset"]:
+        args.dataset = resolved["dataset"]      # 'auto' stays what it found then
+    say(f"resuming {path} with the options it was started with")
+    return args
+
+
+def _prepare_output(args, ds_name):
+    """(out folder, checkpoint path or None) of a new run; refuses to overwrite a run."""
+    from .train import new_run_folder
+    if args.out is None:
+        out = new_run_folder(os.path.join("runs", f"{args.model}-{ds_name}"))
+    else:
+        out = args.out
+    checkpoint = None if args.no_checkpoint else (args.checkpoint or os.path.join(out, "checkpoint.npz"))
+    old = [os.path.join(out, f) for f in RUN_FILES if os.path.isfile(os.path.join(out, f))]
+    if checkpoint and os.path.isfile(checkpoint) and checkpoint not in old:
+        old.append(checkpoint)
+    if old and not args.overwrite:
+        raise UsageError(f"{out} already holds a run ({', '.join(os.path.basename(f) for f in old)}); "
+                         f"give --resume to continue it, --overwrite to replace it, or leave out "
+                         f"--out for a new folder")
+    for path in old:
+        os.remove(path)
+    os.makedirs(out, exist_ok=True)
+    return out, checkpoint
+
+
+def _load_warning(threads, say):
+    """One line when other programs keep the cores busy and --threads was not given."""
+    from .benchmark.environment import busy_cores_warning
+    text = busy_cores_warning()
+    if text and threads > 1:
+        say(f"note: {text}; {threads} threads may then run slower than fewer: compare the img/s "
+            f"of --threads 1 and --threads {threads}")
+
+
 def cmd_train(args):
     import numpy as np
 
@@ -239,23 +399,21 @@ def cmd_train(args):
     from .models import get_model
     from .optim import make_optimizer
     from .schedules import lr_find, make_schedule
-    from .train import CheckpointError, fit, read_checkpoint, write_history
+    from .train import fit, write_history
 
     def say(msg):
         print(msg, flush=True)
 
+    given = _given_options(args)
+    resume = None
+    if args.resume is not None:
+        if args.lr_find:
+            raise UsageError("--lr-find starts a new run; it cannot be combined with --resume")
+        resume = _find_resume(args, given)
+        args = _resume_options(args, given, resume, say)
     ds = _resolve_dataset(args, say)
     if args.limit or args.limit_test:
         ds = ds.limit(args.limit, args.limit_test)
-    out = args.out or os.path.join("runs", f"{args.model}-{ds.name}")
-    checkpoint = None if args.no_checkpoint else (args.checkpoint or os.path.join(out, "checkpoint.npz"))
-    resume = None
-    if args.resume is not None:
-        resume = (args.checkpoint or os.path.join(out, "checkpoint.npz")) if args.resume == "auto" \
-            else args.resume
-        if not os.path.isfile(resume):
-            say(f"error: --resume: no checkpoint at {resume}")
-            return 2
     C, H, W = ds.image_shape
     augment_spec = args.augment
     if augment_spec == "auto":
@@ -263,24 +421,17 @@ def cmd_train(args):
     try:
         augment = make_augmentation(augment_spec, H)
     except ValueError as exc:
-        say(f"error: --augment: {exc}")
-        return 2
+        raise UsageError(f"--augment: {exc}") from None
+    if resume is not None:
+        out = args.out or os.path.dirname(resume) or "."
+        checkpoint = None if args.no_checkpoint else (args.checkpoint or resume)
+    else:
+        out, checkpoint = _prepare_output(args, ds.name)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     dtype = np.dtype(args.dtype)
-    meta = {k: v for k, v in vars(args).items() if k != "func"}
-    meta.update(dataset_resolved=ds.name, lr_resolved=lr, augment_resolved=augment_spec)
-
-    if resume is not None:
-        try:
-            saved = read_checkpoint(resume)["meta"].get("meta", {})
-        except (CheckpointError, OSError) as exc:
-            say(f"error: {exc}")
-            return 2
-        for key in ("model", "dataset_resolved", "optimizer", "seed", "dtype"):
-            if key in saved and saved[key] != meta[key]:
-                say(f"error: the checkpoint {resume} was made with {key}={saved[key]!r}, this run "
-                    f"has {meta[key]!r}; give the same options to resume")
-                return 2
+    meta = {k: v for k, v in vars(args).items() if k not in ("func", "parser", "argv")}
+    meta.update(dataset_resolved=ds.name, lr_resolved=lr, augment_resolved=augment_spec,
+                options=_train_options(args))
 
     threads = fastconv.num_threads(args.threads) if args.threads else contextlib.nullcontext()
     backend = fastconv.use_backend(args.backend) if args.backend else contextlib.nullcontext()
@@ -304,16 +455,17 @@ def cmd_train(args):
         say(f"  {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
             f"augment {augment_spec}, seed {args.seed}, threads {fastconv.get_num_threads()}, "
             f"backend {fastconv.get_backend()}, {args.epochs} epochs")
+        say(f"  output folder {out}")
+        if not args.threads:
+            _load_warning(fastconv.get_num_threads(), say)
         if args.lr_find:
-            os.makedirs(out, exist_ok=True)
-            lr_find(model, train_loader, optimizer, num_steps=min(200, 4 * len(train_loader)),
-                    out=os.path.join(out, "lr_find"))
+            lr_find(model, train_loader, optimizer, start_lr=1e-6,
+                    num_steps=min(300, 4 * len(train_loader)), out=os.path.join(out, "lr_find"))
             return 0
         schedule = make_schedule(args.schedule, lr, args.epochs, len(train_loader),
                                  step_size=args.step_size, gamma=args.gamma, min_lr=args.min_lr,
                                  warmup_epochs=args.warmup_epochs, cycle_len=args.cycle_len,
                                  cycle_mult=args.cycle_mult, pct_start=args.pct_start)
-        os.makedirs(out, exist_ok=True)
         start = time.perf_counter()
         try:
             history = fit(model, train_loader, optimizer, args.epochs, schedule,
@@ -322,12 +474,9 @@ def cmd_train(args):
                           on_epoch_end=lambda h: write_history(h, out))
         except KeyboardInterrupt:
             say("\ninterrupted." + (f" The checkpoint {checkpoint} holds the last finished epoch; "
-                                    f"continue with the same options and --resume."
+                                    f"continue with: fastconv train --resume {out}"
                                     if checkpoint and os.path.isfile(checkpoint) else ""))
             return 130
-        except CheckpointError as exc:
-            say(f"error: {exc}")
-            return 2
     from .viz import save_training_figures      # [] without matplotlib: never fails training
     for path in save_training_figures(model, history, out):
         say(f"wrote {path}")
@@ -336,6 +485,8 @@ def cmd_train(args):
         say(f"done: test accuracy {history['test_acc'][-1]:.4f} after {history['epoch'][-1]} epochs "
             f"({minutes:.2f} min this run, {np.mean(history['seconds']) / 60:.2f} min/epoch); "
             f"history in {out}" + (f", checkpoint {checkpoint}" if checkpoint else ""))
+        if checkpoint:
+            say(f"next: fastconv viz {out}   (pictures of what the network learned)")
     return 0
 
 
@@ -347,8 +498,7 @@ def cmd_summary(args):
         C, H, W = args.input_shape
         kwargs = dict(in_channels=C, input_size=H)
         if H != W:
-            print(f"error: --input-shape: the models take square images, got {H}x{W}")
-            return 2
+            raise UsageError(f"--input-shape: the models take square images, got {H}x{W}")
     else:
         C, H, W = 1, 28, 28
     model = get_model(args.model, num_classes=args.num_classes, seed=0, **kwargs)
@@ -374,10 +524,11 @@ def build_parser(with_bench=False):
     """The argument parser; the bench options are added only when ``with_bench`` (lazy import)."""
     from . import __version__
     from .models import MODELS
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fastconv", description="fastconv: an educational CNN engine (NumPy references side "
                                      "by side with fast Cython/OpenMP kernels).")
     parser.add_argument("--version", action="version", version=f"fastconv {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_train_parser(sub)
@@ -391,17 +542,20 @@ def build_parser(with_bench=False):
     p.add_argument("--num-classes", type=_positive_int, default=10, help="number of classes")
     p.add_argument("--batch", type=_positive_int, default=1,
                    help="batch size N the multiply-adds are counted for")
+    _add_debug(p)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("info", help="version, kernels built, OpenMP, threads, BLAS, compiler flags",
                        description="Print fastconv.info(): what was built and how it will run.")
     p.add_argument("--json", action="store_true", help="also print the report as JSON")
+    _add_debug(p)
     p.set_defaults(func=cmd_info)
 
     from .viz.cli import configure_parser as configure_viz   # no matplotlib import until run
-    configure_viz(sub.add_parser("viz", help="draw a trained model's filters, feature maps, "
-                                             "receptive field, confusion matrix and curves "
-                                             "into PNGs and an offline index.html"))
+    _add_debug(configure_viz(sub.add_parser("viz", help="draw a trained model's filters, feature "
+                                                        "maps, receptive field, confusion matrix "
+                                                        "and curves into PNGs and an offline "
+                                                        "index.html")))
 
     p = sub.add_parser("bench", help="benchmark the kernels and models (fastconv.benchmark)",
                        description="Benchmarks: see `fastconv bench --help`.")
@@ -409,15 +563,22 @@ def build_parser(with_bench=False):
         module = _bench_module()
         module.configure_parser(p)
         p.set_defaults(func=module.run)
+        _add_debug(p)
     return parser
 
 
+# Failures of a run (files, data, numerics, kernels that did not build) are reported in one
+# line; anything else is a bug and keeps its traceback.
+RUNTIME_ERRORS = (OSError, ValueError, FloatingPointError, ImportError, MemoryError, RuntimeError)
+
+
 def main(argv=None):
-    """Entry point of the ``fastconv`` console script; returns the exit status."""
+    """Entry point of the ``fastconv`` console script; returns the exit status: 0, 1 when the
+    command failed, 2 for a wrong command line, 130 after Ctrl-C."""
     from . import tune_openmp_waiting
     tune_openmp_waiting(warn=False)  # before any kernel loads: OpenMP reads it once, at start
     argv = list(sys.argv[1:] if argv is None else argv)
-    with_bench = bool(argv) and argv[0] == "bench"
+    with_bench = "bench" in argv[:2]
     try:
         parser = build_parser(with_bench)
     except ImportError as exc:
@@ -427,7 +588,32 @@ def main(argv=None):
               f"could not be imported ({exc}).", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    args.argv = argv
+    prog = f"fastconv {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`fastconv ... | head`): stop quietly, as other tools do, and
+        # send what Python still flushes at exit nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except RUNTIME_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {exc}" + ("" if "--debug" in str(exc) else
+                                        " (--debug shows the traceback)"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -165,24 +165,77 @@ def make_schedule(name, lr, epochs, steps_per_epoch, step_size=None, gamma=0.1, 
 
 # --------------------------------------------------------------------------- LR range test
 
+def _centred_mean(values, window):
+    """Mean of ``values`` over ``window`` points centred on each one (fewer at the ends).
+    Unlike the running average it does not lag behind: a fall shows at the LR that caused it."""
+    values = np.asarray(values, dtype=np.float64)
+    half = window // 2
+    padded = np.concatenate([[0.0], np.cumsum(values)])
+    lo = np.clip(np.arange(len(values)) - half, 0, len(values))
+    hi = np.clip(np.arange(len(values)) + half + 1, 0, len(values))
+    return (padded[hi] - padded[lo]) / (hi - lo)
+
+
+def _centred_median(values, window):
+    """Median of ``values`` over ``window`` points centred on each one (the ends repeated):
+    one lucky or unlucky batch cannot move it."""
+    half = window // 2
+    padded = np.pad(np.asarray(values, dtype=np.float64), half, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
+
+
+def _suggest(lrs, losses):
+    """(steepest, min_div_10, window) from an LR range test.
+
+    steepest: the LR where the loss falls fastest. The raw losses are replaced by their median
+    over a centred window of ``window`` steps (a twentieth of the test, at least 5; a median,
+    so that a single batch cannot make a cliff), the slope against log(LR) is the
+    least-squares slope over the same window, and only points after the first tenth of the
+    test (where the loss is still the initial loss plus noise) and before the lowest loss of
+    that curve are considered. min_div_10: a tenth of the LR of the lowest averaged
+    loss (the other rule of thumb). Both are NaN when the loss never falls by more than twice
+    the noise of the first steps.
+    """
+    n = len(lrs)
+    finite = np.isfinite(losses)
+    if n < 8 or not finite.any():
+        return math.nan, math.nan, 0
+    stop = n if finite.all() else int(np.argmin(finite))     # up to the first NaN / Inf
+    window = max(5, n // 20) | 1
+    curve = _centred_median(losses[:stop], window)
+    log_lr = np.log10(lrs[:stop])
+    # Least-squares slope over the window: cov(log_lr, curve) / var(log_lr).
+    x_mean, y_mean = _centred_mean(log_lr, window), _centred_mean(curve, window)
+    xy, xx = _centred_mean(log_lr * curve, window), _centred_mean(log_lr * log_lr, window)
+    slope = (xy - x_mean * y_mean) / np.maximum(xx - x_mean ** 2, 1e-30)
+    skip = max(window // 2, n // 10)
+    if stop - skip < 3:
+        return math.nan, math.nan, window
+    lowest = skip + int(np.argmin(curve[skip:]))
+    noise = float(np.std(losses[:skip])) if skip > 1 else 0.0
+    if lowest <= skip or curve[skip] - curve[lowest] <= 2 * noise:     # it never really fell
+        return math.nan, math.nan, window
+    steepest = skip + int(np.argmin(slope[skip:lowest + 1]))
+    if slope[steepest] >= 0:
+        return math.nan, float(lrs[lowest]) / 10, window
+    return float(lrs[steepest]), float(lrs[lowest]) / 10, window
+
+
 class LRFinderResult:
-    """What ``lr_find`` measured: ``lrs``, raw ``losses``, ``smoothed`` losses, and ``suggestion``."""
+    """What ``lr_find`` measured: ``lrs``, raw ``losses``, ``smoothed`` losses (the running
+    average used to stop the test), and two suggestions: ``steepest`` (= ``suggestion``), the
+    LR where the loss falls fastest, and ``min_div_10``, a tenth of the LR of the lowest loss
+    (NaN when the loss never fell: then no LR in the range trained).
+    """
 
     def __init__(self, lrs, losses, smoothed):
         self.lrs, self.losses, self.smoothed = np.asarray(lrs), np.asarray(losses), np.asarray(smoothed)
-        self.suggestion = self._suggest()
+        self.steepest, self.min_div_10, self.window = _suggest(self.lrs, self.losses)
+        self.suggestion = self.steepest
 
-    def _suggest(self):
-        """The LR where the smoothed loss falls fastest (most negative slope against log LR),
-        looking only before the lowest loss; the notes' other rule, a tenth of the LR of the
-        lowest loss, is the fallback when the loss never falls."""
-        if len(self.lrs) < 3:
-            return float(self.lrs[0]) if len(self.lrs) else float("nan")
-        lowest = int(np.nanargmin(self.smoothed))
-        if lowest < 2:
-            return float(self.lrs[lowest]) / 10
-        slope = np.gradient(self.smoothed[:lowest + 1], np.log(self.lrs[:lowest + 1]))
-        return float(self.lrs[int(np.argmin(slope))])
+    def __repr__(self):
+        return (f"LRFinderResult({len(self.lrs)} steps, lr {self.lrs[0]:.2g} to {self.lrs[-1]:.2g}: "
+                f"steepest descent at {self.steepest:.3g}, minimum / 10 = {self.min_div_10:.3g})")
 
     @property
     def tenth_of_lowest(self):
@@ -209,10 +262,11 @@ class LRFinderResult:
                                                 self.smoothed.tolist())]
         written.append(atomic_write_text(f"{prefix}.csv", "\n".join(rows) + "\n"))
         written.append(atomic_savez(f"{prefix}.npz", lrs=self.lrs, losses=self.losses,
-                                    smoothed=self.smoothed, suggestion=np.array(self.suggestion)))
+                                    smoothed=self.smoothed, suggestion=np.array(self.suggestion),
+                                    min_div_10=np.array(self.min_div_10)))
         from .viz import available, plot_lr_find
         if available():                  # the PNG is optional: matplotlib may be missing
-            plot_lr_find(self.lrs, self.losses, self.smoothed, self.suggestion, path=f"{prefix}.png")
+            plot_lr_find(self, path=f"{prefix}.png")
             written.append(f"{prefix}.png")
         return written
 
@@ -266,8 +320,11 @@ def lr_find(model, loader, optimizer, loss_fn=None, start_lr=1e-7, end_lr=10.0, 
     if file is not None:
         print("LR range test (loss vs learning rate):", file=file)
         print(result.table(), file=file)
-        print(f"suggested lr: {result.suggestion:.3g} (steepest descent of the smoothed loss)",
-              file=file)
+        print(f"suggested lr: {result.steepest:.3g} (where the loss falls fastest); "
+              f"{result.min_div_10:.3g} by the other rule (a tenth of the LR of the lowest loss). "
+              f"Train at either (--lr); the plot shows both." if math.isfinite(result.steepest) else
+              "no suggested lr: the loss did not fall in this range (more steps, or another "
+              "range: start_lr, end_lr)", file=file)
     if out is not None:
         paths = result.save(out)
         if file is not None:

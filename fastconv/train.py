@@ -34,13 +34,17 @@ from ._files import atomic_savez, atomic_write_text
 from ._malloc import keep_freed_memory
 
 __all__ = ["fit", "evaluate", "train_epoch", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-           "CheckpointError", "HISTORY_KEYS", "write_history", "load_pretrained",
+           "CheckpointError", "HISTORY_KEYS", "STEP_KEYS", "write_history", "new_run_folder",
+           "latest_checkpoint", "load_pretrained",
            "precompute_features", "fit_multi", "evaluate_multi", "accuracy", "box_iou"]
 
 CHECKPOINT_FORMAT = "fastconv-checkpoint"
 CHECKPOINT_VERSION = 1
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
                 "images_per_s")
+# One entry per training step (a 1-epoch run still has a curve): the global step (1-based),
+# the position in epochs at the end of that step (step 30 of 60 in epoch 2 is 1.5), its loss.
+STEP_KEYS = ("step", "step_epoch", "step_loss")
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -144,19 +148,80 @@ def load_checkpoint(path, model, optimizer=None):
     for name, state in ck["meta"].get("rng", {}).items():
         if name in gens:
             gens[name].bit_generator.state = state
-    history = {k: [float(v) for v in ck["history"].get(k, [])] for k in HISTORY_KEYS}
-    for k in ("epoch",):
+    history = {k: [float(v) for v in ck["history"].get(k, [])] for k in HISTORY_KEYS + STEP_KEYS}
+    for k in ("epoch", "step"):
         history[k] = [int(v) for v in history[k]]
     return ck["epoch"], history, ck["meta"].get("meta", {})
 
 
-def write_history(history, folder):
-    """Write ``history.csv`` and ``history.json`` into ``folder`` (atomically); return the paths."""
-    keys = [k for k in HISTORY_KEYS if k in history]
-    n = len(history.get("epoch", []))
+def _csv(history, keys):
+    keys = [k for k in keys if k in history]
+    n = len(history[keys[0]]) if keys else 0
     lines = [",".join(keys)] + [",".join(repr(history[k][i]) for k in keys) for i in range(n)]
-    return [atomic_write_text(os.path.join(folder, "history.csv"), "\n".join(lines) + "\n"),
-            atomic_write_text(os.path.join(folder, "history.json"), json.dumps(history, indent=1))]
+    return "\n".join(lines) + "\n"
+
+
+def write_history(history, folder):
+    """Write ``history.csv`` (one row per epoch), ``history_steps.csv`` (one row per training
+    step: step, step_epoch, step_loss) and ``history.json`` (both) into ``folder``, atomically.
+    Returns the paths."""
+    paths = [atomic_write_text(os.path.join(folder, "history.csv"), _csv(history, HISTORY_KEYS))]
+    if history.get("step"):
+        paths.append(atomic_write_text(os.path.join(folder, "history_steps.csv"),
+                                       _csv(history, STEP_KEYS)))
+    paths.append(atomic_write_text(os.path.join(folder, "history.json"), json.dumps(history, indent=1)))
+    return paths
+
+
+# --------------------------------------------------------------------------- run folders
+
+def _numbered_runs(parent):
+    """{number: path} of the run folders 001, 002, ... in ``parent``."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return {}
+    return {int(n): os.path.join(parent, n) for n in names
+            if n.isdigit() and os.path.isdir(os.path.join(parent, n))}
+
+
+def new_run_folder(parent):
+    """Create and return ``parent/NNN``, one more than the highest run number there, and point
+    ``parent/latest`` at it (a symbolic link, where the file system allows one). A run never
+    writes into another run's folder."""
+    os.makedirs(parent, exist_ok=True)
+    number = max(_numbered_runs(parent), default=0) + 1
+    while True:
+        path = os.path.join(parent, f"{number:03d}")
+        try:
+            os.mkdir(path)              # fails if a run started at the same time took it
+            break
+        except FileExistsError:
+            number += 1
+    link, tmp = os.path.join(parent, "latest"), os.path.join(parent, f".latest.tmp{os.getpid()}")
+    try:
+        os.symlink(os.path.basename(path), tmp)
+        os.replace(tmp, link)
+    except OSError:                     # no symlinks (e.g. Windows without developer mode)
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def latest_checkpoint(root, prefix=""):
+    """The newest ``checkpoint.npz`` (by modification time) in the run folders
+    ``root/<prefix>*/NNN/``, or None."""
+    found = []
+    try:
+        groups = [g for g in os.listdir(root) if g.startswith(prefix)]
+    except OSError:
+        return None
+    for group in groups:
+        for run in _numbered_runs(os.path.join(root, group)).values():
+            path = os.path.join(run, "checkpoint.npz")
+            if os.path.isfile(path):
+                found.append((os.path.getmtime(path), path))
+    return max(found)[1] if found else None
 
 
 # --------------------------------------------------------------------------- loop
@@ -189,10 +254,11 @@ def evaluate(model, loader, loss_fn=None):
 
 
 def train_epoch(model, loader, optimizer, loss_fn=None, schedule=None, first_step=0,
-                progress=True, desc="train"):
+                progress=True, desc="train", on_step=None):
     """One pass over ``loader``; returns (mean loss, accuracy, images per second).
 
     ``schedule(t)`` sets ``optimizer.lr`` before step t = first_step, first_step + 1, ...
+    ``on_step(b, loss)`` is called after batch b (0-based, in this epoch) with its loss.
     The progress bar (tqdm, on stderr) shows the running loss, accuracy, images/s and LR.
     """
     loss_fn = loss_fn or _default_loss()
@@ -212,6 +278,8 @@ def train_epoch(model, loader, optimizer, loss_fn=None, schedule=None, first_ste
                                          f"(lr {optimizer.lr:.3g}); lower the learning rate")
             model.backward_params(loss_fn.backward())
             optimizer.step()
+            if on_step is not None:
+                on_step(b, loss)
             total_loss += loss * len(yb)
             correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
             count += len(yb)
@@ -260,12 +328,14 @@ def fit(model, train_loader, optimizer, epochs, schedule=None, loss_fn=None, tes
 
     Returns
     -------
-    history : dict of lists, keys HISTORY_KEYS (epoch is 1-based; test_* are NaN
-    without a test_loader).
+    history : dict of lists, keys HISTORY_KEYS, one value per epoch (epoch is 1-based;
+    test_* are NaN without a test_loader), and STEP_KEYS, one value per training step
+    (``step_loss`` is that batch's loss, before the update; ``step_epoch`` the step's end in
+    epochs, to plot it under the per-epoch curves).
     """
     keep_freed_memory()     # every step reuses the memory the last one freed (no page faults)
     loss_fn = loss_fn or _default_loss()
-    history = {k: [] for k in HISTORY_KEYS}
+    history = {k: [] for k in HISTORY_KEYS + STEP_KEYS}
     start_epoch = 0
     if resume is not None:
         start_epoch, history, _ = load_checkpoint(resume, model, optimizer)
@@ -275,9 +345,14 @@ def fit(model, train_loader, optimizer, epochs, schedule=None, loss_fn=None, tes
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
+
+        def record_step(b, loss, epoch=epoch):
+            history["step"].append(epoch * steps + b + 1)
+            history["step_epoch"].append(epoch + (b + 1) / steps)
+            history["step_loss"].append(loss)
         train_loss, train_acc, ips = train_epoch(
             model, train_loader, optimizer, loss_fn, schedule, first_step=epoch * steps,
-            progress=progress, desc=f"epoch {epoch + 1}/{epochs}")
+            progress=progress, desc=f"epoch {epoch + 1}/{epochs}", on_step=record_step)
         test_loss, test_acc = (evaluate(model, test_loader, loss_fn) if test_loader is not None
                                else (math.nan, math.nan))
         seconds = time.perf_counter() - t0

@@ -11,8 +11,8 @@ from fastconv.data import DataLoader, Normalize, load_dataset
 from fastconv.nn import CrossEntropyLoss, Module, Parameter
 from fastconv.optim import SGD, Adam
 from fastconv.schedules import OneCycleLR
-from fastconv.train import (CheckpointError, evaluate, fit, load_checkpoint, read_checkpoint,
-                            save_checkpoint)
+from fastconv.train import (CheckpointError, evaluate, fit, latest_checkpoint, load_checkpoint,
+                            new_run_folder, read_checkpoint, save_checkpoint, write_history)
 
 
 class TinyMLP(Module):
@@ -98,6 +98,7 @@ def test_resume_equals_uninterrupted(subset, tmp_path):
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
     assert hist["epoch"] == [1, 2, 3]
     assert hist["test_acc"] == full_hist["test_acc"]
+    assert hist["step_loss"] == full_hist["step_loss"] and hist["step"] == full_hist["step"]
     assert resumed_opt.step_count == full_opt.step_count
     assert read_checkpoint(ck)["epoch"] == 3
 
@@ -224,3 +225,38 @@ def test_keep_freed_memory_stops_refaulting_the_same_pages():
     assert applied == "True", out.stderr
     # (fewer than 10000 faults per array where the kernel maps huge pages)
     assert int(plain) > 1000 and int(kept) * 10 < int(plain), (plain, kept)
+
+
+def test_history_has_every_step(subset, tmp_path):
+    """A 1-epoch run still has a training curve: one loss per step, placed in epochs."""
+    _, _, hist = _run(subset, epochs=1)
+    steps = 1024 // 64
+    assert hist["step"] == list(range(1, steps + 1))
+    assert hist["step_epoch"][0] == pytest.approx(1 / steps) and hist["step_epoch"][-1] == 1.0
+    assert len(hist["step_loss"]) == steps and all(np.isfinite(hist["step_loss"]))
+    # the epoch's mean loss is the mean of its steps (all batches have 64 images)
+    assert np.mean(hist["step_loss"]) == pytest.approx(hist["train_loss"][0], rel=1e-12)
+    paths = write_history(hist, tmp_path)
+    assert sorted(os.path.basename(p) for p in paths) == ["history.csv", "history.json",
+                                                          "history_steps.csv"]
+    rows = (tmp_path / "history_steps.csv").read_text().splitlines()
+    assert rows[0] == "step,step_epoch,step_loss" and len(rows) == steps + 1
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 2
+
+
+def test_run_folders(tmp_path):
+    group = tmp_path / "runs" / "lenet5-mnist"
+    first, second = new_run_folder(group), new_run_folder(group)
+    assert os.path.basename(first) == "001" and os.path.basename(second) == "002"
+    assert os.path.realpath(group / "latest") == os.path.realpath(second)
+    assert latest_checkpoint(tmp_path / "runs") is None
+    for folder in (second, first):          # the newest checkpoint wins, not the highest number
+        (tmp_path / folder / "checkpoint.npz").write_bytes(b"x")
+    other = new_run_folder(tmp_path / "runs" / "resnet20-mnist")
+    os.utime(os.path.join(first, "checkpoint.npz"), (1e9, 2e9))
+    os.utime(os.path.join(second, "checkpoint.npz"), (1e9, 1e9))
+    assert latest_checkpoint(tmp_path / "runs") == os.path.join(first, "checkpoint.npz")
+    (tmp_path / other / "checkpoint.npz").write_bytes(b"x")
+    os.utime(os.path.join(other, "checkpoint.npz"), (1e9, 3e9))
+    assert latest_checkpoint(tmp_path / "runs") == os.path.join(other, "checkpoint.npz")
+    assert latest_checkpoint(tmp_path / "runs", "lenet5-") == os.path.join(first, "checkpoint.npz")

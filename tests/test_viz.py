@@ -166,6 +166,20 @@ def test_plot_history(tmp_path):
         plot_history({"train_loss": []})
 
 
+def test_plot_history_draws_every_step_under_the_epochs():
+    """A 1-epoch run: two dots alone said nothing; the loss of every step makes the curve."""
+    steps = 200
+    step_loss = list(2.3 * np.exp(-np.arange(steps) / 60) + 0.3)
+    history = dict(epoch=[1], train_loss=[float(np.mean(step_loss))], test_loss=[0.5],
+                   train_acc=[0.7], test_acc=[0.8], step=list(range(1, steps + 1)),
+                   step_epoch=list((np.arange(steps) + 1) / steps), step_loss=step_loss)
+    ax_loss = plot_history(history, dpi=DPI).axes[0]
+    labels = [ln.get_label() for ln in ax_loss.lines]
+    assert labels == ["train, each step", "train, mean of 4 steps", "train, epoch mean", "test"]
+    np.testing.assert_array_equal(ax_loss.lines[0].get_ydata(), step_loss)
+    assert ax_loss.get_xlim()[0] == 0 and ax_loss.get_xlim()[1] >= 1
+
+
 def test_plot_lr_find(tmp_path):
     lrs = np.logspace(-5, 1, 50)
     losses = 2.3 - np.log10(lrs / 1e-5) * 0.3
@@ -175,11 +189,11 @@ def test_plot_lr_find(tmp_path):
     assert_png_of(fig, path)
     assert fig.axes[0].get_xscale() == "log"
 
-    class Result:                       # what fastconv.schedules.lr_find returns
-        pass
-    r = Result()
-    r.lrs, r.losses, r.smoothed, r.suggestion = lrs, losses, losses, 1e-2
-    assert len(plot_lr_find(r, None, dpi=DPI).axes[0].lines) == 3     # loss, smoothed, suggestion
+    from fastconv.schedules import LRFinderResult     # what fastconv.schedules.lr_find returns
+    r = LRFinderResult(lrs, losses, losses)
+    lines = plot_lr_find(r, dpi=DPI).axes[0].lines    # loss, its median, the two suggestions
+    assert [ln.get_label().split(":")[0] for ln in lines] == [
+        "loss of each step", "median of 5 steps", "steepest fall", "minimum / 10"]
     with pytest.raises(ValueError, match="same length"):
         plot_lr_find([1, 2], [1.0])
 
@@ -413,9 +427,38 @@ def test_train_writes_history_and_filter_pictures(tmp_path, monkeypatch, capsys)
     assert {"history.png", "filters.png"} <= set(os.listdir(out))
     assert png_size(out / "history.png") == (800, 320)          # plot_history's 8 x 3.2 in
     # the LR range test draws its curve with plot_lr_find (6 x 4 in at 100 dpi)
-    assert main(args + ["--lr-find"]) == 0
-    assert png_size(out / "lr_find.png") == (600, 400)
+    lr_out = tmp_path / "lr"
+    assert main(args[:args.index("--out")] + ["--out", str(lr_out), "--no-progress", "--lr-find"]) == 0
+    assert png_size(lr_out / "lr_find.png") == (600, 400)
     capsys.readouterr()
+
+
+def test_viz_shows_the_runs_own_test_data(tmp_path, monkeypatch, capsys):
+    """viz scores the data the run was tested on (dataset and --limit-test from the
+    checkpoint), says so, and says when it has to fall back to the embedded subset."""
+    from fastconv.cli import main
+    import fastconv.data.datasets as datasets
+    monkeypatch.setenv("FASTCONV_DATA", str(tmp_path / "nothing"))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "fashion-mnist-subset", "--limit", "128", "--limit-test",
+                 "300", "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["viz", str(out), "--dpi", str(DPI)]) == 0          # a run folder is enough
+    page = (out / "viz" / "index.html").read_text()
+    assert "the run&#x27;s own test data" in page or "the run's own test data" in page
+    assert "test accuracy on 300 images" in page
+    # a run on full Fashion-MNIST, viewed where that data is missing: the subset, and a note
+    from fastconv.train import read_checkpoint, save_checkpoint
+    from fastconv.models import get_model
+    meta = read_checkpoint(out / "checkpoint.npz")["meta"]["meta"]
+    meta["dataset_resolved"] = "fashion-mnist"
+    save_checkpoint(tmp_path / "full" / "checkpoint.npz", get_model("lenet5"), meta=meta)
+    monkeypatch.setitem(datasets._SYSTEM_DIRS, "fashion-mnist", str(tmp_path / "none"))
+    assert main(["viz", str(tmp_path / "full"), "--dpi", str(DPI)]) == 0
+    captured = capsys.readouterr()
+    assert "the run was tested on fashion-mnist, which is not found here" in captured.err
+    page = (tmp_path / "full" / "viz" / "index.html").read_text()
+    assert "fashion-mnist-subset" in page and "not found here" in page
 
 
 def test_train_without_matplotlib_still_works(tmp_path, monkeypatch, capsys):

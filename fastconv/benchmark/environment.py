@@ -47,6 +47,16 @@ def load_average():
         return None
 
 
+def busy_cores_warning(threshold=0.5):
+    """'load average X on N usable cores: other programs are busy' when the 1-minute load
+    average exceeds ``threshold``, else None. ``fastconv bench`` and ``fastconv train`` say it."""
+    load = load_average()
+    if not load or load[0] <= threshold:
+        return None
+    return (f"load average {load[0]:.2f} on {usable_cores()} usable cores: other programs "
+            f"compete for the cores")
+
+
 def torch_details():
     """PyTorch's version and threading/back-end summary (it imports torch), or None."""
     from . import torch_impl
@@ -83,10 +93,10 @@ def collect(threads, with_torch=True):
     if info.get("openmp") is False:
         warnings.append("fastconv was built without OpenMP: its kernels run on one thread.")
     load = load_average()
-    if load and load[0] > 0.5:
-        warnings.append(f"load average {load[0]:.2f} when the run started: other processes "
-                        "compete for the cores, so the figures (multi-thread ones most) are "
-                        "noisy; rerun on a quiet machine for figures to quote.")
+    busy = busy_cores_warning()
+    if busy:
+        warnings.append(f"{busy} when the run started, so the figures (multi-thread ones most) "
+                        "are noisy; rerun on a quiet machine for figures to quote.")
     if max(threads) > usable_cores():
         warnings.append(f"{max(threads)} threads requested on {usable_cores()} usable cores: "
                         "oversubscribed, figures for those thread counts are not meaningful.")

@@ -3,6 +3,10 @@
     fastconv train --epochs 2 --out runs/lenet          # writes runs/lenet/checkpoint.npz
     fastconv viz runs/lenet/checkpoint.npz              # -> runs/lenet/viz/index.html
 
+The figures use the run's own test data (the dataset, folder and --limit-test stored in the
+checkpoint by ``fastconv train``) unless --dataset names another; the page and the titles
+say which data they show.
+
 ``configure_parser(parser)`` adds the options to a (sub)parser and ``run(args)`` does the
 work and returns the exit status, so fastconv.cli only has to hook them in.
 """
@@ -35,16 +39,17 @@ def configure_parser(p):
                      "training curves into a folder of PNGs, with an index.html that explains "
                      "each picture. The page works offline. Needs matplotlib "
                      "(pip install 'fastconv[viz]').")
-    p.add_argument("checkpoint", help="a checkpoint written by `fastconv train` "
-                                      "(e.g. runs/lenet5-fashion-mnist/checkpoint.npz)")
+    p.add_argument("checkpoint", help="a checkpoint written by `fastconv train`, or its run folder "
+                                      "(e.g. runs/lenet5-fashion-mnist/latest)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for the PNGs and index.html (default: viz/ next to the checkpoint)")
     p.add_argument("--model", default=None, metavar="MODEL",
                    help="the model's name (default: the one saved in the checkpoint by fastconv train)")
-    p.add_argument("--dataset", default="fashion-mnist-subset",
-                   help="test images to draw and score: fashion-mnist-subset (embedded, the "
-                        "default), fashion-mnist, mnist or cifar10; it must match the model's "
-                        "input (channels, size, classes)")
+    p.add_argument("--dataset", default=None,
+                   help="test images to draw and score: fashion-mnist-subset (embedded), "
+                        "fashion-mnist, mnist or cifar10; it must match the model's input "
+                        "(channels, size, classes). Default: the data the run was trained and "
+                        "tested on (the embedded subset when that is not found here)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="folder holding the dataset files")
     p.add_argument("--image", type=_nonneg_int, default=0, metavar="INDEX",
                    help="index of the test image for the feature maps and the receptive field")
@@ -54,8 +59,9 @@ def configure_parser(p):
     p.add_argument("--rf-layer", default=None, metavar="LAYER",
                    help="layer whose receptive field to draw (default: the last one with a "
                         "spatial output)")
-    p.add_argument("--limit-test", type=_positive_int, default=2000, metavar="N",
-                   help="test images scored for the confusion matrix")
+    p.add_argument("--limit-test", type=_positive_int, default=None, metavar="N",
+                   help="test images scored for the confusion matrix (default: those the run "
+                        "was tested on)")
     p.add_argument("--lr-find", default=None, metavar="FILE.npz",
                    help="an LR range test saved by `fastconv train --lr-find` (default: "
                         "lr_find.npz next to the checkpoint, when present)")
@@ -80,6 +86,7 @@ def run(args):
     import fastconv
     from ..data import DatasetNotFoundError, Normalize, load_dataset
     from ..models import MODELS, get_model
+    from ..schedules import LRFinderResult
     from ..train import CheckpointError, load_checkpoint, read_checkpoint
     from . import _mpl
     from .report import write_report
@@ -90,6 +97,8 @@ def run(args):
 
     if not _mpl.available():
         return fail(_mpl.MISSING)
+    if os.path.isdir(args.checkpoint):
+        args.checkpoint = os.path.join(args.checkpoint, "checkpoint.npz")
     try:
         ck = read_checkpoint(args.checkpoint)
     except (CheckpointError, OSError) as exc:
@@ -99,10 +108,31 @@ def run(args):
     if not model_name:
         return fail(f"the checkpoint {args.checkpoint} does not say which model it holds; "
                     f"give --model (one of {', '.join(MODELS)})")
+    options = meta.get("options") or {}
+    run_data = meta.get("dataset_resolved")
+    limit_test = args.limit_test
+    whose = "chosen with --dataset"
     try:
-        ds = load_dataset(args.dataset, args.data_dir)
+        if args.dataset is not None or not run_data:
+            ds = load_dataset(args.dataset or "fashion-mnist-subset", args.data_dir)
+            whose = "chosen with --dataset" if args.dataset else \
+                "the embedded subset: the checkpoint does not say which data the run used"
+        else:
+            try:
+                ds = load_dataset(run_data, args.data_dir or options.get("data_dir"))
+                whose = "the run's own test data"
+                limit_test = limit_test or options.get("limit_test")
+            except DatasetNotFoundError:
+                ds = load_dataset("fashion-mnist-subset")
+                whose = (f"the embedded subset: the run's data ({run_data}) is not found here, "
+                         f"give --data-dir")
+                print(f"fastconv viz: note: the run was tested on {run_data}, which is not found "
+                      f"here; showing the embedded subset instead (--data-dir DIR to use "
+                      f"{run_data})", file=sys.stderr)
     except (DatasetNotFoundError, ValueError) as exc:
         return fail(str(exc))
+    if limit_test:
+        ds = ds.limit(None, limit_test)
     C, H, W = ds.image_shape
     first = next(iter(ck["model"].values()), None)
     dtype = np.dtype(meta.get("dtype") or (first.dtype if first is not None else np.float32))
@@ -114,8 +144,8 @@ def run(args):
     if os.path.isfile(lr_path):
         try:
             with np.load(lr_path, allow_pickle=False) as f:
-                lr = (f["lrs"], f["losses"], f["smoothed"] if "smoothed" in f.files else None,
-                      float(f["suggestion"]) if "suggestion" in f.files else None)
+                lr = LRFinderResult(f["lrs"], f["losses"],
+                                    f["smoothed"] if "smoothed" in f.files else f["losses"])
         except (OSError, ValueError, KeyError) as exc:
             return fail(f"cannot read the LR range test {lr_path}: {exc}")
     elif args.lr_find:
@@ -138,7 +168,7 @@ def run(args):
         print(f"fastconv viz: {model_name} from {args.checkpoint} (epoch {epoch}) on "
               f"{ds.name} [{ds.source}] -> {out}", flush=True)
         info = [("model", model_name), ("checkpoint", f"{args.checkpoint} (after epoch {epoch})"),
-                ("dataset", f"{ds.name}: {len(ds.y_test):,} test images {C}x{H}x{W}")]
+                ("data shown", f"{ds.name}: {len(ds.y_test):,} test images {C}x{H}x{W} ({whose})")]
         if history.get("test_acc"):
             info.append(("test accuracy in training (last epoch)", f"{history['test_acc'][-1]:.4f}"))
         try:
@@ -147,8 +177,8 @@ def run(args):
                 history=history, lr_find=lr, image_index=args.image,
                 feature_layers=[_layer_arg(v) for v in args.layers] if args.layers else None,
                 rf_layer=_layer_arg(args.rf_layer) if args.rf_layer is not None else None,
-                limit=args.limit_test, title=f"fastconv viz: {model_name}", info=info,
-                dpi=args.dpi, log=print)
+                limit=None, title=f"fastconv viz: {model_name} on {ds.name}", info=info,
+                dpi=args.dpi, log=print, data_name=ds.name)
         except ValueError as exc:
             return fail(str(exc))
     print(f"open {page}")

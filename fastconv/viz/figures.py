@@ -260,11 +260,12 @@ def plot_feature_maps(model, x, layer, path=None, image=None, max_maps=32, dpi=1
 # --------------------------------------------------------------------------- history
 
 def plot_history(history, path=None, dpi=100, title=None):
-    """Loss and accuracy per epoch, training vs test, side by side.
+    """Loss and accuracy per epoch, training vs test, side by side, with the loss of every
+    training step drawn faintly under the epoch curves (so a 1-epoch run has a curve too).
 
     history : dict of lists as ``fastconv.train.fit`` returns (keys ``epoch``,
     ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``; NaN or missing test values
-    are left out).
+    are left out; optional ``step_epoch`` and ``step_loss``, one value per step).
     """
     train_loss = np.asarray(history.get("train_loss", []), dtype=np.float64)
     n = train_loss.size
@@ -273,19 +274,31 @@ def plot_history(history, path=None, dpi=100, title=None):
     epochs = np.asarray(history.get("epoch", []), dtype=np.float64)[:n]
     if epochs.size != n:
         epochs = np.arange(1, n + 1, dtype=np.float64)
+    step_x = np.asarray(history.get("step_epoch", []), dtype=np.float64)
+    step_loss = np.asarray(history.get("step_loss", []), dtype=np.float64)
     fig = _mpl.new_figure(8.0, 3.2, dpi)
     ax_loss, ax_acc = fig.subplots(1, 2)
+    if step_x.size and step_x.size == step_loss.size:
+        ax_loss.plot(step_x, step_loss, color="0.6", lw=0.5, alpha=0.6, label="train, each step")
+        window = max(1, step_loss.size // 50)      # a running mean shows the trend in the noise
+        if window > 1:
+            smooth = np.convolve(step_loss, np.ones(window) / window, mode="valid")
+            ax_loss.plot(step_x[window - 1:], smooth, color="0.3", lw=1.0,
+                         label=f"train, mean of {window} steps")
+        for ax in (ax_loss, ax_acc):
+            ax.set_xlim(0, max(float(step_x.max()), float(epochs.max())) * 1.02)
     for ax, key, label in ((ax_loss, "loss", "loss (cross-entropy)"), (ax_acc, "acc", "accuracy")):
         for split, style in (("train", "o-"), ("test", "s--")):
             values = np.asarray(history.get(f"{split}_{key}", []), dtype=np.float64)[:n]
             if values.size == n and np.isfinite(values).any():
-                ax.plot(epochs, values, style, ms=4, label=split)
+                steps_drawn = split == "train" and key == "loss" and ax_loss.lines
+                ax.plot(epochs, values, style, ms=4, label="train, epoch mean" if steps_drawn else split)
         ax.set(xlabel="epoch", ylabel=label)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         if n <= 20:
-            ax.set_xticks(epochs)
+            ax.set_xticks(np.concatenate([[0], epochs]) if step_x.size else epochs)
     fig.suptitle(title or "Training history", fontsize=10)
     return _mpl.finish(fig, path)
 
@@ -416,35 +429,59 @@ def _colours(n):
 
 # --------------------------------------------------------------------------- LR finder
 
-def plot_lr_find(lrs, losses, smoothed=None, suggestion=None, path=None, dpi=100, title=None):
+def plot_lr_find(lrs, losses=None, smoothed=None, suggestion=None, path=None, dpi=100, title=None,
+                 min_div_10=None):
     """Training loss against learning rate (log scale) from the LR range test
-    (``fastconv.schedules.lr_find``), with the smoothed loss and the suggested LR.
+    (``fastconv.schedules.lr_find``): the loss of each step (faint), its median over a few
+    steps, and the two suggestions: the steepest fall (``suggestion``) and a tenth of the LR
+    of the lowest loss (``min_div_10``). The y-axis shows the loss from its lowest value up to
+    a little above the starting loss; the explosion at the end runs off the top.
 
-    ``lrs`` may also be an ``LRFinderResult`` (then ``losses`` may be None).
+    ``lrs`` may also be an ``LRFinderResult`` (then leave out ``losses``). When ``smoothed``
+    is given, it is drawn instead of the centred average of ``losses``.
     """
+    from ..schedules import _centred_median, _suggest
     if losses is None and hasattr(lrs, "losses"):
-        lrs, losses, smoothed, suggestion = lrs.lrs, lrs.losses, lrs.smoothed, lrs.suggestion
+        result = lrs
+        lrs, losses = result.lrs, result.losses
+        suggestion = getattr(result, "steepest", getattr(result, "suggestion", None))
+        min_div_10 = getattr(result, "min_div_10", None)
     lrs = np.asarray(lrs, dtype=np.float64)
-    losses = np.asarray(losses, dtype=np.float64)
+    losses = np.asarray(losses if losses is not None else [], dtype=np.float64)
     if lrs.shape != losses.shape or lrs.ndim != 1 or lrs.size == 0:
         raise ValueError(f"plot_lr_find: lrs and losses must be 1-D of the same length, got "
                          f"{lrs.shape} and {losses.shape}")
+    steepest, lowest_div_10, window = _suggest(lrs, losses)
+    suggestion = steepest if suggestion is None else suggestion
+    min_div_10 = lowest_div_10 if min_div_10 is None else min_div_10
     fig = _mpl.new_figure(6.0, 4.0, dpi)
     ax = fig.subplots()
-    ax.plot(lrs, losses, alpha=0.35 if smoothed is not None else 1.0, label="loss")
-    curve = losses
+    ax.plot(lrs, losses, color="0.6", lw=0.7, label="loss of each step")
+    finite = np.isfinite(losses)
     if smoothed is not None:
-        curve = np.asarray(smoothed, dtype=np.float64)
-        ax.plot(lrs, curve, label="smoothed loss")
-    if suggestion is not None and np.isfinite(suggestion):
-        ax.axvline(float(suggestion), color="k", ls="--", label=f"suggested lr {float(suggestion):.2g}")
-    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss")
-    finite = curve[np.isfinite(curve)]
-    if finite.size:     # the loss explodes at the end: keep the interesting part in view
-        ax.set_ylim(top=min(float(finite.max()), 3 * float(finite.min()) + 1))
+        curve, label = np.asarray(smoothed, dtype=np.float64), "smoothed loss"
+    else:
+        stop = lrs.size if finite.all() else int(np.argmin(finite))
+        curve = np.full(lrs.size, np.nan)
+        curve[:stop] = _centred_median(losses[:stop], max(window, 1))
+        label = f"median of {max(window, 1)} steps"
+    ax.plot(lrs, curve, color="C0", lw=1.8, label=label)
+    for value, style, text in ((suggestion, "--", "steepest fall"), (min_div_10, ":", "minimum / 10")):
+        if value is not None and np.isfinite(value):
+            ax.axvline(float(value), color="k" if style == "--" else "C3", ls=style,
+                       label=f"{text}: lr {float(value):.2g}")
+    ax.set(xscale="log", xlabel="learning rate (log scale)", ylabel="training loss")
+    good = curve[np.isfinite(curve)]
+    if good.size:       # from the lowest loss to a little above the start: the explosion runs off
+        start = float(np.median(good[:max(1, good.size // 10)]))
+        low = min(float(good.min()), start)
+        raw = losses[finite]
+        low = min(low, float(np.percentile(raw, 2))) if raw.size else low
+        span = max(start - low, 0.05 * max(abs(start), 1e-3))
+        ax.set_ylim(max(0.0, low - 0.1 * span) if low >= 0 else low - 0.1 * span, start + 0.6 * span)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    ax.set_title(title or "LR range test", fontsize=10)
+    ax.set_title(title or "LR range test: train at an LR where the loss falls fastest", fontsize=10)
     return _mpl.finish(fig, path)
 
 

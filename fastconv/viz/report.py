@@ -152,7 +152,7 @@ def _fmt(v):
 
 def write_report(model, out, x_test, y_test, classes=None, normalize=None, history=None,
                  lr_find=None, image_index=0, feature_layers=None, rf_layer=None, limit=2000,
-                 title=None, info=None, dpi=100, log=None):
+                 title=None, info=None, dpi=100, log=None, data_name=None):
     """Draw every figure for ``model`` into folder ``out`` and write ``out/index.html``.
 
     Parameters
@@ -169,6 +169,7 @@ def write_report(model, out, x_test, y_test, classes=None, normalize=None, histo
     rf_layer : the layer whose receptive field is drawn (default: the last spatial layer)
     limit : at most this many test images for the confusion matrix (None: all)
     info : extra (label, value) rows for the page's header
+    data_name : what the test images are (e.g. "fashion-mnist"), named in the figures' titles
 
     Returns the path of ``index.html``. Needs matplotlib (ImportError with the install
     command otherwise).
@@ -260,13 +261,17 @@ def write_report(model, out, x_test, y_test, classes=None, normalize=None, histo
     i, j = np.unravel_index(int(np.argmax(off)), off.shape)
     worst = (f" The pair mixed up most often: {cm[i, j]} {classes[i]} images were called "
              f"{classes[j]}." if off[i, j] else "")
-    caption = (f"Row = true class, column = the model's answer, on {n:,} test images "
+    caption = (f"Row = true class, column = the model's answer, on {n:,} test images"
+               f"{' of ' + data_name if data_name else ''} "
                f"(accuracy {acc:.3f}; chance is 1/{len(classes)}, and notes 004 warn that an "
                f"accuracy near chance means the model learned nothing, e.g. a too-large LR). "
                f"The diagonal holds the correct answers; bright cells off it are classes the "
                f"model confuses.{worst}")
+    data = f" {data_name}" if data_name else ""
     fig("confusion_matrix.png", "Confusion matrix", caption,
-        lambda p: plot_confusion_matrix(y_test[:n], y_pred, classes, path=p, dpi=dpi))
+        lambda p: plot_confusion_matrix(
+            y_test[:n], y_pred, classes, path=p, dpi=dpi,
+            title=f"Confusion matrix: accuracy {acc:.3f} on {n:,}{data} test images"))
     rows.append((f"test accuracy on {n:,} images", f"{acc:.4f}"))
 
     # 5. Training history and LR range test, when known.
@@ -276,14 +281,17 @@ def write_report(model, out, x_test, y_test, classes=None, normalize=None, histo
                    "that turns up while the training loss keeps falling is over-fitting, which "
                    "data augmentation (notes 003, AlexNet) and Dropout (notes 004) fight. A jump or plateau "
                    "often follows the learning-rate schedule (notes 004, LR annealing).")
+        if history.get("step_loss"):
+            caption += (" The grey line is the loss of every training step (each on one batch, "
+                        "so it is noisy), the dark one its running mean.")
         fig("history.png", "Training history", caption, lambda p: plot_history(history, path=p, dpi=dpi))
     if lr_find is not None:
-        args = (lr_find.lrs, lr_find.losses, lr_find.smoothed, lr_find.suggestion) \
-            if hasattr(lr_find, "lrs") else tuple(lr_find)
+        args = (lr_find,) if hasattr(lr_find, "lrs") else tuple(lr_find)
         caption = ("The LR range test: a short run whose learning rate grows exponentially, with "
                    "the loss recorded at each step. Notes 004 (fastai's lr_find()): pick the LR "
                    "where the loss falls fastest (the dashed line), or one tenth of the LR where "
-                   "it is lowest; past that the loss explodes.")
+                   "it is lowest (the dotted line); past that the loss explodes. The first steps "
+                   "are left out of the choice: there the loss is the initial loss plus noise.")
         fig("lr_find.png", "Learning-rate finder", caption,
             lambda p: plot_lr_find(*args, path=p, dpi=dpi))
 
