@@ -220,7 +220,8 @@ def _add_finetune_args(p):
 
 def _finetune(args, model, say):
     """Apply --init, --freeze and --lr-groups to ``model``; returns (params for the optimiser,
-    reference lr or None), or None after printing an error."""
+    reference lr or None). A checkpoint that does not fit raises CheckpointError (exit status 1);
+    a --freeze or --lr-groups that does not fit the model raises UsageError (exit status 2)."""
     from .optim import param_groups
     from .train import CheckpointError, load_pretrained
     try:
@@ -235,15 +236,12 @@ def _finetune(args, model, say):
             names = [n.strip() for n in args.freeze.split(",") if n.strip()]
             model.freeze(*names)
             say(f"  frozen: {', '.join(names)}")
-    except (CheckpointError, OSError) as exc:
-        say(f"error: --init: {exc}")
-        return None
+    except CheckpointError as exc:
+        raise CheckpointError(f"--init: {exc}") from exc
     except (ValueError, TypeError) as exc:
-        say(f"error: --freeze: {exc}")
-        return None
+        raise UsageError(f"--freeze: {exc}") from exc
     if not model.trainable_parameters():
-        say(f"error: --freeze {args.freeze}: every layer is frozen; nothing would train")
-        return None
+        raise UsageError(f"--freeze {args.freeze}: every layer is frozen; nothing would train")
     if not args.lr_groups:
         return model.parameters(), None
     try:
@@ -252,8 +250,7 @@ def _finetune(args, model, say):
             raise ValueError(f"need positive learning rates, got {args.lr_groups!r}")
         groups = param_groups(model, lrs)
     except ValueError as exc:
-        say(f"error: --lr-groups: {exc}")
-        return None
+        raise UsageError(f"--lr-groups: {exc}") from exc
     say("  layer groups: " + "; ".join(f"{model.layer_groups(len(lrs))[i]} lr {lr:g}"
                                        for i, lr in enumerate(lrs)))
     return groups, max(lrs)
@@ -444,8 +441,6 @@ def cmd_train(args):
         test_loader = DataLoader(ds.x_test, ds.y_test, args.eval_batch_size,
                                  normalize=Normalize(ds.mean, ds.std), dtype=dtype)
         tuned = _finetune(args, model, say)
-        if tuned is None:
-            return 2
         params, lr = tuned[0], (tuned[1] if tuned[1] is not None else lr)
         optimizer = make_optimizer(args.optimizer, params, lr, momentum=args.momentum,
                                    nesterov=args.nesterov and args.optimizer == "sgd" and args.momentum > 0,

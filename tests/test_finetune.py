@@ -212,10 +212,12 @@ def test_cli_init_freeze_and_lr_groups(tmp_path, capsys):
     assert "frozen: all but the head 'fc3'" in out and "lr 0.001" in out
     for extra, message in ((["--freeze", "features"], "--freeze: freeze: 'features' matches no"),
                            (["--lr-groups", "0.1,0.1,0.1,0.1,0.1,0.1"], "--lr-groups: layer_groups"),
-                           (["--model", "resnet20", "--init", ck], "--init: checkpoint"),
                            (["--freeze", "conv1,conv2,fc1,fc2,fc3"], "every layer is frozen")):
-        assert main(base + ["--out", str(tmp_path / "c")] + extra) == 2
-        assert message in capsys.readouterr().out
+        assert main(base + ["--out", str(tmp_path / "c")] + extra) == 2     # a usage error
+        assert message in capsys.readouterr().err
+    # a checkpoint that does not fit the model is a runtime failure: one line, status 1
+    assert main(base + ["--out", str(tmp_path / "d"), "--model", "resnet20", "--init", ck]) == 1
+    assert "--init: checkpoint" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- precomputed features
