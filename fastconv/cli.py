@@ -147,6 +147,9 @@ def _add_train_parser(sub):
     g.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=1000,
                    help="batch size for evaluating on the test set")
+    g.add_argument("--sync-batchnorm", action="store_true",
+                   help="under mpirun: BatchNorm statistics of the global batch, not of each "
+                        "process's shard (then P processes compute what one process computes)")
     p.set_defaults(func=cmd_train)
     return p
 
@@ -171,14 +174,19 @@ def cmd_train(args):
     import numpy as np
 
     import fastconv
+    from . import distributed
     from .data import DataLoader, Normalize, make_augmentation
     from .models import get_model
     from .optim import make_optimizer
     from .schedules import lr_find, make_schedule
     from .train import CheckpointError, fit, read_checkpoint, write_history
 
+    mpi = _mpi_world()     # under mpirun: one model, trained data-parallel by every process
+    root = mpi is None or mpi.Get_rank() == 0
+
     def say(msg):
-        print(msg, flush=True)
+        if root:    # one log for the whole job
+            print(msg, flush=True)
 
     ds = _resolve_dataset(args, say)
     if args.limit or args.limit_test:
@@ -218,7 +226,8 @@ def cmd_train(args):
                     f"has {meta[key]!r}; give the same options to resume")
                 return 2
 
-    threads = fastconv.num_threads(args.threads) if args.threads else contextlib.nullcontext()
+    n_threads = args.threads or (mpi and distributed.threads_per_rank(mpi))
+    threads = fastconv.num_threads(n_threads) if n_threads else contextlib.nullcontext()
     backend = fastconv.use_backend(args.backend) if args.backend else contextlib.nullcontext()
     with threads, backend:
         model = get_model(args.model, in_channels=C, num_classes=ds.num_classes, input_size=H,
@@ -231,6 +240,19 @@ def cmd_train(args):
         optimizer = make_optimizer(args.optimizer, model.parameters(), lr, momentum=args.momentum,
                                    nesterov=args.nesterov and args.optimizer == "sgd" and args.momentum > 0,
                                    weight_decay=args.weight_decay)
+        if mpi is not None:
+            if args.lr_find:
+                say("error: --lr-find runs in one process, not under mpirun")
+                return 2
+            dp = distributed.DataParallel(model, mpi, sync_batchnorm=args.sync_batchnorm)
+            try:
+                train_loader, test_loader = dp.shard(train_loader), dp.shard(test_loader)
+            except ValueError as exc:
+                say(f"error: {exc}")
+                return 2
+            optimizer = dp.distribute(optimizer)
+            say(f"data-parallel: {distributed.mpi_description(mpi)}; "
+                f"BatchNorm statistics {'of the global batch' if args.sync_batchnorm else 'per process'}")
         say(f"fastconv train: {args.model} ({model.num_parameters():,} parameters) on {ds.name} "
             f"[{ds.source}]: {len(ds.y_train):,} train / {len(ds.y_test):,} test images {C}x{H}x{W}")
         say(f"  {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
@@ -247,11 +269,13 @@ def cmd_train(args):
                                  cycle_mult=args.cycle_mult, pct_start=args.pct_start)
         os.makedirs(out, exist_ok=True)
         start = time.perf_counter()
+        stop_all = distributed.stop_all_on_error(mpi) if mpi else contextlib.nullcontext()
         try:
-            history = fit(model, train_loader, optimizer, args.epochs, schedule,
-                          test_loader=test_loader, checkpoint=checkpoint, resume=resume,
-                          progress=not args.no_progress, log=say, meta=meta,
-                          on_epoch_end=lambda h: write_history(h, out))
+            with stop_all:      # a failing process ends the whole job, with its message
+                history = fit(model, train_loader, optimizer, args.epochs, schedule,
+                              test_loader=test_loader, checkpoint=checkpoint if root else None,
+                              resume=resume, progress=root and not args.no_progress, log=say,
+                              meta=meta, on_epoch_end=lambda h: root and write_history(h, out))
         except KeyboardInterrupt:
             say("\ninterrupted." + (f" The checkpoint {checkpoint} holds the last finished epoch; "
                                     f"continue with the same options and --resume."
@@ -260,6 +284,8 @@ def cmd_train(args):
         except CheckpointError as exc:
             say(f"error: {exc}")
             return 2
+    if not root:
+        return 0
     from .viz import save_training_figures      # [] without matplotlib: never fails training
     for path in save_training_figures(model, history, out):
         say(f"wrote {path}")
@@ -269,6 +295,21 @@ def cmd_train(args):
             f"({minutes:.2f} min this run, {np.mean(history['seconds']) / 60:.2f} min/epoch); "
             f"history in {out}" + (f", checkpoint {checkpoint}" if checkpoint else ""))
     return 0
+
+
+def _mpi_world():
+    """COMM_WORLD when launched by mpirun/mpiexec (None otherwise); exits with a clear
+    message when launched as several processes without mpi4py (each would train alone)."""
+    from . import distributed
+    if not distributed.launched_by_mpi():
+        return None
+    if not distributed.available():
+        n = next((os.environ[v] for v in distributed._SIZE_VARS if os.environ.get(v)), "1")
+        if n != "1":
+            sys.exit(f"error: launched as {n} MPI processes, but mpi4py is not installed: "
+                     f"pip install \"fastconv[mpi]\" (or run without mpirun)")
+        return None
+    return distributed.world()
 
 
 def cmd_summary(args):
