@@ -47,6 +47,7 @@ import numpy as np
 from . import functional as F
 from .nn.dropout import Dropout
 from .nn.normalization import BatchNorm1d, BatchNorm2d
+from .train import _generators
 
 __all__ = ["available", "launched_by_mpi", "world", "rank", "size", "is_root",
            "threads_per_rank", "DataParallel", "ShardedLoader", "stop_all_on_error",
@@ -264,14 +265,19 @@ class DataParallel:
 
     # --- setup -----------------------------------------------------------------------
     def broadcast_state(self, optimizer=None):
-        """Copy rank 0's parameters, buffers (and ``optimizer``'s state) to every rank, in
-        place (one Bcast per array, no pickling)."""
+        """Copy rank 0's parameters, buffers, layers' random generators (and ``optimizer``'s
+        state) to every rank, in place (one Bcast per array, no pickling)."""
         arrays = [p.data for p in self.model.parameters()]
         arrays += [b for _, b in self.model.named_buffers() if isinstance(b, np.ndarray)]
         if optimizer is not None:
             arrays += [a for group in optimizer.state.values() for a in group]
         for a in arrays:
             self.comm.Bcast(a, root=0)
+        # the layers' random generators (Dropout's): small dicts of ints, sent as objects
+        gens = [g for _, g in _generators(self.model)]
+        states = self.comm.bcast([g.bit_generator.state for g in gens], root=0)
+        for g, state in zip(gens, states):
+            g.bit_generator.state = state
 
     def _wrap_layers(self):
         swap = {Dropout: ShardedDropout}
