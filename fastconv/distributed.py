@@ -38,6 +38,7 @@ others waiting forever in a collective.
 """
 import contextlib
 import os
+import signal
 import sys
 import time
 import traceback
@@ -50,7 +51,7 @@ from .nn.normalization import BatchNorm1d, BatchNorm2d
 from .train import _generators
 
 __all__ = ["available", "launched_by_mpi", "world", "rank", "size", "is_root",
-           "threads_per_rank", "DataParallel", "ShardedLoader", "stop_all_on_error",
+           "threads_per_rank", "DataParallel", "ShardedLoader", "stop_all_on_error", "StoppedByLauncher",
            "mpi_description", "SyncBatchNorm2d", "SyncBatchNorm1d"]
 
 # What launchers put in each process's environment: Open MPI, then MPICH / Intel MPI / PMIx.
@@ -127,10 +128,18 @@ def threads_per_rank(comm=None):
 
 # --------------------------------------------------------------------------- errors
 
+class StoppedByLauncher(KeyboardInterrupt):
+    """mpirun sent SIGTERM: Ctrl-C was pressed, or another rank ended the job."""
+
+
 def _abort(comm, exc, code):
     """Print why this rank stops, then end every rank of the job (never returns)."""
     me, n = comm.Get_rank(), comm.Get_size()
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, StoppedByLauncher):
+        if me == 0:     # every rank gets the signal: one line is enough
+            print(f"\nfastconv: stopped by mpirun (Ctrl-C, or another rank ended the job); "
+                  f"stopping all {n} ranks.", file=sys.stderr, flush=True)
+    elif isinstance(exc, KeyboardInterrupt):
         print(f"\nfastconv: rank {me} of {n} interrupted; stopping all {n} ranks.",
               file=sys.stderr, flush=True)
     else:
@@ -140,12 +149,20 @@ def _abort(comm, exc, code):
     comm.Abort(code)
 
 
+def _raise_stopped(signum, frame):
+    raise StoppedByLauncher()
+
+
 @contextlib.contextmanager
 def stop_all_on_error(comm=None):
     """Context manager: an exception (or Ctrl-C) inside the block, on any rank, prints that
     rank's message and traceback and ends the whole job with MPI_Abort, rather than
-    leaving the other ranks waiting in a collective. With one process it just propagates."""
+    leaving the other ranks waiting in a collective. With one process it just propagates.
+
+    (Ctrl-C reaches mpirun, which sends SIGTERM to every rank: inside the block that
+    becomes :class:`StoppedByLauncher`, a KeyboardInterrupt.)"""
     comm = comm or world()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if comm.Get_size() > 1 else None
     try:
         yield
     except SystemExit:
@@ -154,6 +171,9 @@ def stop_all_on_error(comm=None):
         if comm.Get_size() == 1:
             raise
         _abort(comm, exc, 130 if isinstance(exc, KeyboardInterrupt) else 1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------- data

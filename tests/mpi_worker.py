@@ -4,7 +4,7 @@ writes what the test compares with one process into OUT/rank<r>.npz.
 Modes: ``plain`` (no BatchNorm), ``sync`` (synchronised BatchNorm), ``sync-ordered`` (and the
 rank-order sum): rank r builds the model with seed 100 + r, DataParallel broadcasts rank 0's,
 then two training steps on shards of the global batches. ``raise``: rank 1 raises at its
-third step while rank 0 waits in the gradient allreduce.
+third step while rank 0 waits in the gradient allreduce; ``train``: trains until stopped.
 """
 import os
 import sys
@@ -38,14 +38,16 @@ def steps(out, batchnorm, sync_batchnorm, deterministic):
              buckets=dp.stats["buckets"], **arrays)
 
 
-def fail():
+def fail(mode):
     comm = dist.world()
     model = make_model(seed=0)
     dp = dist.DataParallel(model)
 
     def maybe_raise(step):
-        if comm.Get_rank() == 1 and step == 2:
+        if mode == "raise" and comm.Get_rank() == 1 and step == 2:
             raise RuntimeError("rank 1 fails on purpose at step 2")
+        if mode == "train" and comm.Get_rank() == 0 and step == 2:
+            print("training", flush=True)     # the test presses Ctrl-C now
     with dist.stop_all_on_error():
         train(model, dp.shard(make_loader(batches=1000)), dp.distribute, on_step=maybe_raise)
 
@@ -53,8 +55,8 @@ def fail():
 if __name__ == "__main__":
     fastconv.set_num_threads(1)
     mode, out = sys.argv[1], sys.argv[2]
-    if mode == "raise":
-        fail()
+    if mode in ("raise", "train"):
+        fail(mode)
     else:
         steps(out, batchnorm=mode != "plain", sync_batchnorm="sync" in mode,
               deterministic="ordered" in mode)

@@ -5,6 +5,7 @@ FASTCONV_REQUIRE_MPI=1 (set by CI, which installs them): then they fail instead.
 """
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -125,6 +126,24 @@ def test_a_failing_rank_stops_the_job_with_its_message(tmp_path):
     text = r.stdout + r.stderr
     assert "rank 1 of 2 failed, stopping all 2 ranks" in text and "fails on purpose" in text, text
     assert elapsed < 60, f"the job took {elapsed:.0f} s to stop"
+
+
+def test_ctrl_c_stops_every_rank_with_a_message():
+    """Ctrl-C reaches mpirun, which sends SIGTERM to the ranks: they say so and stop."""
+    cmd = _mpirun(2) + [sys.executable, os.path.join(HERE, "mpi_worker.py"), "train", "-"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "training"
+            proc.send_signal(signal.SIGINT)
+            t0 = time.perf_counter()
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "stopped by mpirun (Ctrl-C" in err, err
+    assert time.perf_counter() - t0 < 30
 
 
 def test_cli_checkpoint_of_two_processes_resumes_in_one(tmp_path):
