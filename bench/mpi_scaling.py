@@ -20,8 +20,10 @@ Model (prints a table)::
 predicts the efficiency of P nodes, each computing a batch of the measured size per step
 (weak scaling: the global batch grows with P), with ring Allreduce over a link of 10, 25
 and 100 Gb/s:  T_ar = 2 (P-1) alpha + 2 (P-1)/P * bytes / bandwidth + (P-1)/P * bytes * gamma,
-efficiency = T_compute / (T_compute + T_exposed), with T_exposed = T_ar (no overlap) or
-max(0, T_ar - T_backward) (the whole Allreduce hidden behind backward as far as it lasts).
+summed over the gradient buckets of ResNet-20 (float32), efficiency = T_compute /
+(T_compute + T_exposed), with T_exposed = T_ar (no overlap) or max(T_ar - T_backward,
+T_ar of the last bucket) (hidden behind backward as far as it lasts, except the bucket of
+the first layers, which can only start when backward ends).
 """
 import argparse
 import json
@@ -104,19 +106,24 @@ def ring_allreduce_s(P, nbytes, alpha, bandwidth, gamma):
 
 
 def model(args):
+    from fastconv.distributed import bucket_groups
+    from fastconv.models import get_model
+    params = get_model("resnet20", in_channels=3, num_classes=10, input_size=32).parameters()
+    buckets = [sum(p.grad.nbytes for p in g) for g in bucket_groups(params, args.bucket_mb)]
     nodes = [2, 4, 8, 16, 32, 64, 128, 256]
     print(f"inputs: compute {args.step_s * 1e3:.0f} ms/step (backward {args.backward_s * 1e3:.0f} ms), "
-          f"gradient {args.bytes / 1e6:.2f} MB, alpha {args.alpha_us:.0f} us, "
-          f"gamma {args.gamma_ns_per_byte:.3f} ns/byte")
+          f"gradient buckets {buckets} bytes, alpha {args.alpha_us:.0f} us, "
+          f"gamma {args.gamma_ns_per_byte:.2f} ns/byte")
     print("| link | overlap | " + " | ".join(f"P={p}" for p in nodes) + " |")
     print("|---|---|" + "---|" * len(nodes))
     for gbps in (10, 25, 100):
         for overlap in (False, True):
             cells = []
             for p in nodes:
-                t = ring_allreduce_s(p, args.bytes, args.alpha_us * 1e-6, gbps * 1e9 / 8,
-                                     args.gamma_ns_per_byte * 1e-9)
-                exposed = max(0.0, t - args.backward_s) if overlap else t
+                each = [ring_allreduce_s(p, b, args.alpha_us * 1e-6, gbps * 1e9 / 8,
+                                         args.gamma_ns_per_byte * 1e-9) for b in buckets]
+                # the last bucket (the first layers) can only start when backward ends
+                exposed = max(sum(each) - args.backward_s, each[-1]) if overlap else sum(each)
                 cells.append(f"{100 * args.step_s / (args.step_s + exposed):.1f}%")
             print(f"| {gbps} Gb/s | {'behind backward' if overlap else 'none'} | "
                   + " | ".join(cells) + " |")
@@ -135,7 +142,7 @@ def main(argv=None):
     m = sub.add_parser("model")
     m.add_argument("--step-s", type=float, required=True, help="measured compute time per step")
     m.add_argument("--backward-s", type=float, required=True, help="measured backward time per step")
-    m.add_argument("--bytes", type=float, default=272186 * 4, help="gradient bytes (ResNet-20, float32)")
+    m.add_argument("--bucket-mb", type=float, default=1.0, help="DataParallel's bucket size")
     m.add_argument("--alpha-us", type=float, required=True, help="per-message latency")
     m.add_argument("--gamma-ns-per-byte", type=float, default=0.0, help="reduction cost")
     m.set_defaults(func=model)

@@ -223,6 +223,20 @@ class ShardedLoader:
 
 # --------------------------------------------------------------------------- gradients
 
+def bucket_groups(params, bucket_mb=1.0):
+    """The parameters in backward order (last layer first), cut into groups of about
+    ``bucket_mb`` MiB of one dtype: the gradient buckets of :class:`DataParallel`."""
+    limit = max(1, int(bucket_mb * 2**20))
+    groups, current, nbytes = [], [], 0
+    for p in reversed(list(params)):
+        if current and (nbytes + p.grad.nbytes > limit or p.grad.dtype != current[0].grad.dtype):
+            groups.append(current)
+            current, nbytes = [], 0
+        current.append(p)
+        nbytes += p.grad.nbytes
+    return groups + [current] if current else groups
+
+
 class _Bucket:
     """A contiguous gradient buffer shared by some parameters (their grads are views)."""
 
@@ -309,17 +323,7 @@ class DataParallel:
                 m._dp = self
 
     def _make_buckets(self, params, bucket_mb):
-        """Buckets in backward order (last layer first), about ``bucket_mb`` each, one dtype."""
-        limit = max(1, int(bucket_mb * 2**20))
-        buckets, current, nbytes = [], [], 0
-        for p in reversed(params):
-            if current and (nbytes + p.grad.nbytes > limit or p.grad.dtype != current[0].grad.dtype):
-                buckets.append(_Bucket(current, current[0].grad.dtype))
-                current, nbytes = [], 0
-            current.append(p)
-            nbytes += p.grad.nbytes
-        if current:
-            buckets.append(_Bucket(current, current[0].grad.dtype))
+        buckets = [_Bucket(group, group[0].grad.dtype) for group in bucket_groups(params, bucket_mb)]
         self._bucket_of = {id(p): b for b in buckets for p in b.params}
         self.stats["buckets"] = len(buckets)
         return buckets
