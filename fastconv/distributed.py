@@ -329,35 +329,29 @@ class DataParallel:
         return buckets
 
     def _hook_backward(self):
-        """Wrap backward/backward_params of every layer that owns parameters: when the
-        outermost call returns, its gradients are final and their bucket may start."""
+        """Give every layer that owns parameters the _ReportsGradients mix-in (a subclass of
+        its class, same name): when its outermost backward returns, its gradients are final
+        and their bucket may start."""
         from .nn.module import Parameter
+        self._own_params = {}
         for _, m in self.model.named_modules():
             own = [v for v in vars(m).values() if isinstance(v, Parameter)]
             if own:
-                for name in ("backward", "backward_params"):
-                    setattr(m, name, self._hooked(m, getattr(m, name), own))
+                m.__class__ = _reporting_class(type(m))
+                m._dp = self
+                self._own_params[id(m)] = own
 
-    def _hooked(self, module, method, params):
-        depth = [0]         # backward_params may call backward: only the outermost counts
-
-        def call(dy):
-            depth[0] += 1
-            try:
-                return method(dy)
-            finally:
-                depth[0] -= 1
-                if depth[0] == 0:
-                    self._params_done(module, params)
-        return call
+    def __deepcopy__(self, memo):
+        """A copy of the model is an ordinary 1-process model: its layers' ``_dp`` is None."""
+        return None
 
     # --- per step --------------------------------------------------------------------
     def _begin_batch(self, lo, hi, n):
         self._shard = (lo, hi, n)
         self._weight = (hi - lo) / n
 
-    def _params_done(self, module, params):
-        for p in params:
+    def _params_done(self, module):
+        for p in self._own_params[id(module)]:
             b = self._bucket_of[id(p)]
             if b.request is not None:
                 raise RuntimeError(f"DataParallel: {type(module).__name__}'s backward ran twice in "
@@ -446,12 +440,47 @@ def _distributed_step(self):
 
 # --------------------------------------------------------------------------- layers
 
+class _ReportsGradients:
+    """Mixed into each layer with parameters by DataParallel: tells it when the layer's
+    backward has finished (backward_params may call backward: only the outermost counts)."""
+
+    _dp = None
+    _dp_depth = 0
+
+    def backward(self, dy):
+        return self._reporting(super().backward, dy)
+
+    def backward_params(self, dy):
+        return self._reporting(super().backward_params, dy)
+
+    def _reporting(self, method, dy):
+        self._dp_depth += 1
+        try:
+            return method(dy)
+        finally:
+            self._dp_depth -= 1
+            if self._dp_depth == 0 and self._dp is not None:
+                self._dp._params_done(self)
+
+
+_reporting_classes = {}
+
+
+def _reporting_class(cls):
+    if cls not in _reporting_classes:
+        _reporting_classes[cls] = type(cls.__name__, (_ReportsGradients, cls),
+                                       {"__module__": cls.__module__})
+    return _reporting_classes[cls]
+
+
 class ShardedDropout(Dropout):
     """Dropout under DataParallel: draws the mask of the global batch (as one process would,
     from the same generator) and keeps this rank's rows."""
 
+    _dp = None
+
     def forward(self, x):
-        shard = self._dp._shard
+        shard = None if self._dp is None else self._dp._shard
         if not self.training or shard is None or shard[2] == x.shape[0]:
             return super().forward(x)
         lo, hi, n = shard
@@ -471,9 +500,13 @@ class _SyncBatchNorm:
     dbeta stay this rank's sums (the optimiser sums them over the ranks).
     """
 
+    _dp = None
+
     def forward(self, x):
-        if not (self.training or not self.track_running_stats):
+        if self._dp is None or not (self.training or not self.track_running_stats):
+            self._synced = False
             return super().forward(x)
+        self._synced = True
         self._check(x)
         self._x = x = np.ascontiguousarray(x)
         self._batch_stats = True
@@ -501,7 +534,7 @@ class _SyncBatchNorm:
                             training=False, eps=self.eps)
 
     def backward(self, dy):
-        if not self._batch_stats:
+        if not (self._batch_stats and self._synced):
             return super().backward(dy)
         x, C = self._x, self.num_features
         shape = (1, C) + (1,) * (x.ndim - 2)

@@ -6,6 +6,7 @@ rank-order sum): rank r builds the model with seed 100 + r, DataParallel broadca
 then two training steps on shards of the global batches. ``raise``: rank 1 raises at its
 third step while rank 0 waits in the gradient allreduce; ``train``: trains until stopped.
 """
+import copy
 import os
 import sys
 
@@ -16,6 +17,7 @@ from distributed_common import make_loader, make_model, train  # noqa: E402
 
 import fastconv  # noqa: E402
 from fastconv import distributed as dist  # noqa: E402
+from fastconv.train import _generators  # noqa: E402
 
 
 def steps(out, batchnorm, sync_batchnorm, deterministic):
@@ -28,6 +30,15 @@ def steps(out, batchnorm, sync_batchnorm, deterministic):
     loader = dp.shard(make_loader())
     grads, losses = train(model, loader, dp.distribute)
     dp.check_in_sync()
+    copied = copy.deepcopy(model)       # an ordinary 1-process model, e.g. for fold_batchnorm
+    xb, yb = next(iter(make_loader()))
+    copied_grads, _ = train(copied, [(xb, yb)])
+    plain = make_model(seed=0, batchnorm=batchnorm)
+    plain.load_state_dict(model.state_dict())
+    for (_, g), (_, h) in zip(_generators(plain), _generators(model)):     # Dropout's
+        g.bit_generator.state = h.bit_generator.state
+    for a, b in zip(copied_grads, train(plain, [(xb, yb)])[0]):
+        assert np.array_equal(a, b), "a copy of a DataParallel model must train on its own"
     loss_sums = [dp.sum_over_ranks(s, n) for s, n in losses]
     shard_sizes = comm.allgather(len(losses) and losses[0][1])
     arrays = {f"bcast/{k}": v for k, v in after_bcast.items()}
