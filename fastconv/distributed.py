@@ -136,9 +136,9 @@ def _abort(comm, exc, code):
     """Print why this rank stops, then end every rank of the job (never returns)."""
     me, n = comm.Get_rank(), comm.Get_size()
     if isinstance(exc, StoppedByLauncher):
-        if me == 0:     # every rank gets the signal: one line is enough
-            print(f"\nfastconv: stopped by mpirun (Ctrl-C, or another rank ended the job); "
-                  f"stopping all {n} ranks.", file=sys.stderr, flush=True)
+        # (every rank gets the signal, but one may be inside MPI and never see it)
+        print(f"\nfastconv: rank {me} of {n} stopped by mpirun (Ctrl-C, or another rank "
+              f"ended the job); stopping all {n} ranks.", file=sys.stderr, flush=True)
     elif isinstance(exc, KeyboardInterrupt):
         print(f"\nfastconv: rank {me} of {n} interrupted; stopping all {n} ranks.",
               file=sys.stderr, flush=True)
@@ -191,6 +191,10 @@ class ShardedLoader:
     Every rank iterates the same global batches (same order and augmentation, from the
     loader's seed and epoch) and keeps rows ``[lo, hi)``: shards differ in size by at most
     one image. ``len``, ``set_epoch`` and ``batch_size`` are the wrapped loader's (global).
+
+    A last batch of fewer images than ranks leaves some ranks without a shard: they skip
+    it. That is right for evaluation; for training use ``drop_last=True`` (as ``fastconv
+    train`` does), since every rank must take part in every step's gradient sum.
     """
 
     def __init__(self, loader, group):
@@ -203,6 +207,8 @@ class ShardedLoader:
         return len(self.loader)
 
     def __getattr__(self, name):        # batch_size, dtype, epoch, num_samples, ...
+        if name == "loader":            # not set yet (e.g. while being copied)
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def set_epoch(self, epoch):
@@ -212,6 +218,8 @@ class ShardedLoader:
         g = self._group
         for xb, yb in self.loader:
             lo, hi = _shard_bounds(len(yb), g.size, g.rank)
+            if hi == lo:    # a last batch of fewer images than ranks: nothing for this one
+                continue
             g._begin_batch(lo, hi, len(yb))
             yield xb[lo:hi], yb[lo:hi]
 

@@ -17,7 +17,8 @@ from distributed_common import make_loader, make_model, train  # noqa: E402
 
 import fastconv  # noqa: E402
 from fastconv import distributed as dist  # noqa: E402
-from fastconv.train import _generators  # noqa: E402
+from fastconv.data import DataLoader  # noqa: E402
+from fastconv.train import _generators, evaluate  # noqa: E402
 
 
 def steps(out, batchnorm, sync_batchnorm, deterministic):
@@ -40,12 +41,15 @@ def steps(out, batchnorm, sync_batchnorm, deterministic):
     for a, b in zip(copied_grads, train(plain, [(xb, yb)])[0]):
         assert np.array_equal(a, b), "a copy of a DataParallel model must train on its own"
     loss_sums = [dp.sum_over_ranks(s, n) for s, n in losses]
+    # evaluation on batches of 5, 5 and 1 images: rank 1 has no share of the last one
+    xe, ye = make_loader().x[:11], make_loader().y[:11]
+    test_loss, test_acc = evaluate(model, dp.shard(DataLoader(xe, ye, 5, dtype=np.float64)))
     shard_sizes = comm.allgather(len(losses) and losses[0][1])
     arrays = {f"bcast/{k}": v for k, v in after_bcast.items()}
     arrays.update({f"grad/{i}": g for i, g in enumerate(grads)})
     arrays.update({f"state/{k}": v for k, v in model.state_dict().items()})
     np.savez(os.path.join(out, f"rank{me}.npz"), shard_sizes=np.array(shard_sizes),
-             losses=np.array(loss_sums), started_in_backward=dp.stats["started_in_backward"],
+             losses=np.array(loss_sums), test=np.array([test_loss, test_acc]), started_in_backward=dp.stats["started_in_backward"],
              buckets=dp.stats["buckets"], **arrays)
 
 

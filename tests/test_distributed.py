@@ -15,7 +15,8 @@ import pytest
 
 from distributed_common import BATCH, make_loader, make_model, train
 from fastconv import distributed as dist
-from fastconv.train import read_checkpoint
+from fastconv.data import DataLoader
+from fastconv.train import evaluate, read_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -74,7 +75,7 @@ def test_sharded_loader_needs_an_image_per_process():
     class Group:
         size, rank = 4, 0
     with pytest.raises(ValueError, match="batch_size 3 is smaller than the 4 processes"):
-        dist.ShardedLoader(make_loader().__class__(np.zeros((6, 1, 2, 2)), np.zeros(6), 3), Group())
+        dist.ShardedLoader(DataLoader(np.zeros((6, 1, 2, 2)), np.zeros(6), 3), Group())
 
 
 # ----------------------------------------------------------------------- mpirun -n 2
@@ -83,7 +84,8 @@ def test_sharded_loader_needs_an_image_per_process():
 def test_two_processes_compute_what_one_process_computes(mode, tmp_path):
     """Broadcast of rank 0's state, shards of 6 + 5 images, gradients summed (and weighted by
     the shard sizes), Dropout masks of the global batch, and with synchronised BatchNorm the
-    global batch statistics: two steps equal one process's two steps on the whole batches."""
+    global batch statistics: two steps equal one process's two steps on the whole batches,
+    and a sharded evaluation (whose last batch of 1 image leaves rank 1 out) equals one's."""
     ranks = _worker(mode, tmp_path)
     model, grads, losses = _one_process(batchnorm=mode != "plain")
     start = make_model(seed=100, batchnorm=mode != "plain").state_dict()
@@ -101,6 +103,9 @@ def test_two_processes_compute_what_one_process_computes(mode, tmp_path):
             np.testing.assert_allclose(res[f"state/{k}"], v, rtol=1e-10, atol=1e-13,
                                        err_msg=f"rank {r} {k}")
         np.testing.assert_allclose(res["losses"], losses, rtol=1e-12)
+        loader = make_loader()
+        want = evaluate(model, DataLoader(loader.x[:11], loader.y[:11], 5, dtype=np.float64))
+        np.testing.assert_allclose(res["test"], want, rtol=1e-10)
     for k in ranks[0]:      # every rank ends with the same bits
         np.testing.assert_array_equal(ranks[0][k], ranks[1][k], err_msg=k)
 
@@ -142,7 +147,7 @@ def test_ctrl_c_stops_every_rank_with_a_message():
         finally:
             proc.kill()
     assert proc.returncode != 0
-    assert "stopped by mpirun (Ctrl-C" in err, err
+    assert "of 2 stopped by mpirun (Ctrl-C" in err, err
     assert time.perf_counter() - t0 < 30
 
 
