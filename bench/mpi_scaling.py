@@ -8,7 +8,8 @@ Measure (one JSON line on stdout from rank 0)::
 
 ResNet-20 (float32, 3x32x32 inputs, synthetic data), a global batch of --batch images per
 step split over the P processes, SGD. Reports images/s, and per step: forward, backward,
-the time step() waited for the gradient sums (the most over the ranks, which includes
+the share of the gradient bytes already summed when backward ended (fully hidden), the
+time step() waited for the gradient sums (the most over the ranks, which includes
 waiting for a slower rank, and the least, the slowest rank's: the communication that did not
 overlap backward), and the cost of the same gradient Allreduce alone (blocking), plus the
 time of an 8-byte Allreduce (the per-message latency).
@@ -68,6 +69,7 @@ def measure(args):
         t4 = time.perf_counter()
         rows.append((t4 - t0, t1 - t0, t2 - t1, waited, t4 - t3))
     rows = np.array(rows[1:])               # the first step warms up
+    hidden = dp.stats["bytes_done_in_backward"] / (dp.stats["bytes_per_step"] * dp.stats["steps"])
     # the same sums alone, blocking: what communication costs when nothing overlaps it
     grads = [b.flat for b in dp._buckets]
     ar = []
@@ -97,7 +99,7 @@ def measure(args):
                    backward_s=med[2], wait_s=med[3], least_wait_s=least_wait, update_s=med[4],
                    images_per_s=args.batch / med[0], allreduce_s=float(np.median(ar)), allreduce_min_s=float(np.min(ar)),
                    allreduce_8B_s=float(np.median(small)), gradient_bytes=int(sum(g.nbytes for g in grads)),
-                   buckets=len(grads), add_s_per_byte=gamma)
+                   buckets=len(grads), add_s_per_byte=gamma, summed_during_backward=hidden)
         print(json.dumps(out), flush=True)
 
 

@@ -297,7 +297,7 @@ class DataParallel:
         self._weight = 1.0                      # n_r / B of the current batch
         self._shard = None                      # (lo, hi, B) of the current batch
         self.stats = dict(steps=0, wait_s=0.0, started_in_backward=0, buckets=0,
-                          bytes_per_step=0)
+                          bytes_per_step=0, bytes_done_in_backward=0)
         self.broadcast_state()
         self._wrap_layers()
         self._buckets = self._make_buckets(model.parameters(), bucket_mb)
@@ -389,6 +389,8 @@ class DataParallel:
         for b in self._buckets:
             if b.request is None:       # not started during backward (overlap off, frozen layer)
                 self._start(b)
+            elif b.request.Test():      # summed while backward ran: fully hidden
+                self.stats["bytes_done_in_backward"] += b.flat.nbytes
         self.MPI.Request.Waitall([b.request for b in self._buckets])
         for b in self._buckets:
             if self.deterministic:      # sum in rank order: the same bits on every rank
