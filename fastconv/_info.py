@@ -19,11 +19,22 @@ def _build_config():
     return _build_config
 
 
+def _mpi():
+    """The MPI line: library and world size under mpirun; else whether mpi4py is there."""
+    from . import distributed
+    if not distributed.available():
+        return 'not installed (data-parallel training: pip install "fastconv[mpi]")'
+    if distributed.launched_by_mpi():
+        return distributed.mpi_description()
+    import mpi4py
+    return f"mpi4py {mpi4py.__version__} (not launched by mpirun: one process)"
+
+
 def info(file=None):
     """Print, and return as a dict, fastconv's version, build and runtime settings.
 
     Shows the compiled kernel modules (and why one failed to load), whether OpenMP is on,
-    the thread count, the BLAS libraries with the kernel threadpoolctl reports, and the
+    the thread count, MPI (library and world size when run under mpirun), the BLAS libraries with the kernel threadpoolctl reports, and the
     compiler flags of the build.
     """
     from . import __version__
@@ -65,6 +76,7 @@ def info(file=None):
         "compile_args": cfg.COMPILE_ARGS if cfg else None,
         "link_args": cfg.LINK_ARGS if cfg else None,
         "source_folder_problem": source_folder_problem(),
+        "mpi": _mpi(),
     }
     lines = [
         f"fastconv {report['version']}  (Python {report['python']}, NumPy {report['numpy']}, "
@@ -73,6 +85,7 @@ def info(file=None):
         f"  OpenMP          : {'on' if openmp else 'OFF (kernels run on one thread)' if openmp is False else 'unknown (module missing)'}",
         f"  threads         : {report['threads']}",
         f"  SIMD            : {isa_used} (this CPU: {isa_cpu})",
+        f"  MPI             : {report['mpi']}",
         f"  compile flags   : {' '.join(report['compile_args']) if cfg else 'unknown'}",
     ]
     for name, status in modules.items():

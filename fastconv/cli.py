@@ -191,6 +191,9 @@ def _add_train_parser(sub):
     g.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=1000,
                    help="batch size for evaluating on the test set")
+    g.add_argument("--sync-batchnorm", action="store_true",
+                   help="under mpirun: BatchNorm statistics of the global batch, not of each "
+                        "process's shard (then P processes compute what one process computes)")
     _add_finetune_args(p)
     _add_debug(g)
     p.set_defaults(func=cmd_train, parser=p)
@@ -392,14 +395,19 @@ def cmd_train(args):
     import numpy as np
 
     import fastconv
+    from . import distributed
     from .data import DataLoader, Normalize, make_augmentation
     from .models import get_model
     from .optim import make_optimizer
     from .schedules import lr_find, make_schedule
     from .train import fit, write_history
 
+    mpi = _mpi_world()     # under mpirun: one model, trained data-parallel by every process
+    root = mpi is None or mpi.Get_rank() == 0
+
     def say(msg):
-        print(msg, flush=True)
+        if root:    # one log for the whole job
+            print(msg, flush=True)
 
     given = _given_options(args)
     resume = None
@@ -422,15 +430,18 @@ def cmd_train(args):
     if resume is not None:
         out = args.out or os.path.dirname(resume) or "."
         checkpoint = None if args.no_checkpoint else (args.checkpoint or resume)
-    else:
+    elif root:
         out, checkpoint = _prepare_output(args, ds.name)
+    else:               # under mpirun only the first process writes the run's files
+        out, checkpoint = None, None
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     dtype = np.dtype(args.dtype)
     meta = {k: v for k, v in vars(args).items() if k not in ("func", "parser", "argv")}
     meta.update(dataset_resolved=ds.name, lr_resolved=lr, augment_resolved=augment_spec,
                 options=_train_options(args))
 
-    threads = fastconv.num_threads(args.threads) if args.threads else contextlib.nullcontext()
+    n_threads = args.threads or (mpi and distributed.threads_per_rank(mpi))
+    threads = fastconv.num_threads(n_threads) if n_threads else contextlib.nullcontext()
     backend = fastconv.use_backend(args.backend) if args.backend else contextlib.nullcontext()
     with threads, backend:
         model = get_model(args.model, in_channels=C, num_classes=ds.num_classes, input_size=H,
@@ -445,6 +456,17 @@ def cmd_train(args):
         optimizer = make_optimizer(args.optimizer, params, lr, momentum=args.momentum,
                                    nesterov=args.nesterov and args.optimizer == "sgd" and args.momentum > 0,
                                    weight_decay=args.weight_decay)
+        if mpi is not None:
+            if args.lr_find:
+                raise UsageError("--lr-find runs in one process, not under mpirun")
+            dp = distributed.DataParallel(model, mpi, sync_batchnorm=args.sync_batchnorm)
+            try:
+                train_loader, test_loader = dp.shard(train_loader), dp.shard(test_loader)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            optimizer = dp.distribute(optimizer)
+            say(f"data-parallel: {distributed.mpi_description(mpi)}; "
+                f"BatchNorm statistics {'of the global batch' if args.sync_batchnorm else 'per process'}")
         say(f"fastconv train: {args.model} ({model.num_parameters():,} parameters) on {ds.name} "
             f"[{ds.source}]: {len(ds.y_train):,} train / {len(ds.y_test):,} test images {C}x{H}x{W}")
         say(f"  {optimizer!r}, schedule {args.schedule}, batch {args.batch_size}, "
@@ -462,16 +484,20 @@ def cmd_train(args):
                                  warmup_epochs=args.warmup_epochs, cycle_len=args.cycle_len,
                                  cycle_mult=args.cycle_mult, pct_start=args.pct_start)
         start = time.perf_counter()
+        stop_all = distributed.stop_all_on_error(mpi) if mpi else contextlib.nullcontext()
         try:
-            history = fit(model, train_loader, optimizer, args.epochs, schedule,
-                          test_loader=test_loader, checkpoint=checkpoint, resume=resume,
-                          progress=not args.no_progress, log=say, meta=meta,
-                          on_epoch_end=lambda h: write_history(h, out))
+            with stop_all:      # a failing process ends the whole job, with its message
+                history = fit(model, train_loader, optimizer, args.epochs, schedule,
+                              test_loader=test_loader, checkpoint=checkpoint if root else None,
+                              resume=resume, progress=root and not args.no_progress, log=say,
+                              meta=meta, on_epoch_end=lambda h: root and write_history(h, out))
         except KeyboardInterrupt:
             say("\ninterrupted." + (f" The checkpoint {checkpoint} holds the last finished epoch; "
                                     f"continue with: fastconv train --resume {out}"
                                     if checkpoint and os.path.isfile(checkpoint) else ""))
             return 130
+    if not root:
+        return 0
     from .viz import save_training_figures      # [] without matplotlib: never fails training
     for path in save_training_figures(model, history, out):
         say(f"wrote {path}")
@@ -483,6 +509,21 @@ def cmd_train(args):
         if checkpoint:
             say(f"next: fastconv viz {out}   (pictures of what the network learned)")
     return 0
+
+
+def _mpi_world():
+    """COMM_WORLD when launched by mpirun/mpiexec (None otherwise); exits with a clear
+    message when launched as several processes without mpi4py (each would train alone)."""
+    from . import distributed
+    if not distributed.launched_by_mpi():
+        return None
+    if not distributed.available():
+        n = next((os.environ[v] for v in distributed._SIZE_VARS if os.environ.get(v)), "1")
+        if n != "1":
+            sys.exit(f"error: launched as {n} MPI processes, but mpi4py is not installed: "
+                     f"pip install \"fastconv[mpi]\" (or run without mpirun)")
+        return None
+    return distributed.world()
 
 
 def cmd_summary(args):
