@@ -73,7 +73,8 @@ cimport numpy as cnp
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.float cimport FLT_MAX
+from libc.math cimport isfinite, sqrt
 
 from _common cimport threads_for_values
 
@@ -118,7 +119,72 @@ cdef inline void _shifted_moments(double K, double s1, double s2, Py_ssize_t M,
     """
     cdef double m1 = s1 / M, v = s2 / M - m1 * m1
     mean[0] = K + m1
-    var[0] = v if v > 0 else 0.0        # rounding could leave a constant channel at -1e-30
+    var[0] = 0.0 if v < 0 else v    # rounding can leave a constant channel at -1e-30; NaN stays
+
+
+# --------------------------------------------------------------------------- teaching path
+# One channel c at a time, every loop plain, every sum in double: the loop nest of (bn.fwd)
+# and (bn.bwd) to study. Value i of sample n in channel c is x[(n*C + c)*HW + i]. The tuned
+# path below gives the same results to rounding; it calls these for a float32 channel whose
+# float32 arithmetic would overflow (values near float32's largest) and for a row-path
+# channel whose statistics are not finite, so that Inf and NaN come out as in the reference.
+
+cdef void _plain_stats(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW,
+                       Py_ssize_t c,
+                       double* mean, double* var) noexcept nogil:    # IN: x; OUT: mean, var
+    """(bn.fwd) mean and biased variance of channel c, two passes in double."""
+    cdef Py_ssize_t n, i, M = N * HW
+    cdef double s = 0, d
+    for n in range(N):
+        for i in range(HW):
+            s += x[(n * C + c) * HW + i]
+    mean[0] = s / M
+    s = 0
+    for n in range(N):
+        for i in range(HW):
+            d = x[(n * C + c) * HW + i] - mean[0]
+            s += d * d
+    var[0] = s / M
+
+
+cdef void _plain_affine(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
+                        Py_ssize_t HW, Py_ssize_t c, double mean, double scale,
+                        double shift) noexcept nogil:                # IN: x; OUT: y
+    """(bn.fwd) y = (x - mean) * scale + shift on channel c, scale = gamma / sqrt(var + eps),
+    shift = beta, in double."""
+    cdef Py_ssize_t n, i, k
+    for n in range(N):
+        for i in range(HW):
+            k = (n * C + c) * HW + i
+            y[k] = <floating>((x[k] - mean) * scale + shift)
+
+
+cdef void _plain_backward(const floating* dy, const floating* x, floating* dx, double gamma,
+                          double eps, double mean, double var, Py_ssize_t N, Py_ssize_t C,
+                          Py_ssize_t HW, Py_ssize_t c, floating* dgamma,
+                          floating* dbeta) noexcept nogil:   # IN: dy, x; OUT: dx, dgamma, dbeta
+    """(bn.bwd) on channel c, in double: dbeta = sum dy, dgamma = sum dy * xhat,
+    dx = gamma * invstd * (dy - dbeta / M - xhat * dgamma / M)."""
+    cdef Py_ssize_t n, i, k, M = N * HW
+    cdef double invstd = 1.0 / sqrt(var + eps), sum_dy = 0, sum_dy_xhat = 0, xhat
+    for n in range(N):
+        for i in range(HW):
+            k = (n * C + c) * HW + i
+            sum_dy += dy[k]
+            sum_dy_xhat += dy[k] * ((x[k] - mean) * invstd)
+    dbeta[c] = <floating>sum_dy
+    dgamma[c] = <floating>sum_dy_xhat
+    for n in range(N):
+        for i in range(HW):
+            k = (n * C + c) * HW + i
+            xhat = (x[k] - mean) * invstd
+            dx[k] = <floating>(gamma * invstd * (dy[k] - sum_dy / M - xhat * sum_dy_xhat / M))
+
+
+cdef inline bint _float_overflows(double var, Py_ssize_t M) noexcept nogil:
+    """True when x - mean may overflow float32 on a channel of M values with variance var
+    (|x - mean| <= sqrt(M * var)): the tuned float32 loops then leave it to the plain ones."""
+    return M * var >= 0.25 * FLT_MAX * FLT_MAX
 
 
 # --------------------------------------------------------------------------- channel path (HW > 1)
@@ -622,6 +688,11 @@ cdef void _group_train(const floating* x, floating* y, const floating* gamma,
         fa[j] = <floating>(gamma[c0 + j] * invstd)
         fb[j] = beta[c0 + j]
     _group_affine(x + c0 * HW, y + c0 * HW, N, sn, HW, nc, fm, fa, fb)     # pass 3: y
+    if floating is float:
+        for j in range(nc):
+            if _float_overflows(var[c0 + j], M):
+                _plain_affine(x, y, N, C, HW, c0 + j, mean[c0 + j],
+                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
 cdef void _group_eval(const floating* x, floating* y, const floating* gamma,
@@ -638,6 +709,11 @@ cdef void _group_eval(const floating* x, floating* y, const floating* gamma,
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
     _group_affine(x + c0 * HW, y + c0 * HW, N, C * HW, HW, c1 - c0, fm, fa, fb)
+    if floating is float:
+        for j in range(c1 - c0):
+            if _float_overflows(var[c0 + j], N * HW):
+                _plain_affine(x, y, N, C, HW, c0 + j, mean[c0 + j],
+                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
 cdef inline void _flush(floating* part, double* acc, Py_ssize_t lanes) noexcept nogil:
@@ -753,6 +829,8 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
     cdef floating cb[CGROUP]
     cdef floating cc[CGROUP]
     cdef floating fm[CGROUP]
+    cdef double v[CGROUP]             # the variances, kept for the plain redo below
+    cdef bint redo[CGROUP]
     cdef Py_ssize_t j, nc = c1 - c0, sn = C * HW, M = N * HW
     cdef double var, invstd, s1, s2, shift, gi
     cdef const double* sums
@@ -773,9 +851,13 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
             var = saved_var[c0 + j]
         else:
             var = _lanes_total(sums) / M - shift * shift
-            var = var if var > 0 else 0.0    # rounding could leave a constant channel at -1e-30
+            var = 0.0 if var < 0 else var    # -1e-30 from rounding becomes 0; NaN stays
         s1 = _lanes_total(sums + LANES)
         s2 = _lanes_total(sums + 2 * LANES) - shift * s1
+        v[j] = var
+        # float32 partial sums or coefficients that overflowed or underflowed: redo in double
+        redo[j] = floating is float and not (isfinite(s1) and isfinite(s2)
+                                             and not _float_overflows(var, M))
         invstd = 1.0 / sqrt(var + eps)
         gi = gamma[c0 + j]
         dgamma[c0 + j] = <floating>(s2 * invstd)
@@ -785,6 +867,12 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
         cc[j] = <floating>(-gi * invstd * s1 / M)
         fm[j] = <floating>m[j]
     _group_dx(x + c0 * HW, dy + c0 * HW, dx + c0 * HW, N, sn, HW, nc, ca, cb, cc, fm)  # pass 3
+    for j in range(nc):
+        if redo[j]:
+            if saved_var == NULL:     # the float32 sums of d^2 may have overflowed too
+                _plain_stats(x, N, C, HW, c0 + j, &m[j], &v[j])
+            _plain_backward(dy, x, dx, gamma[c0 + j], eps, m[j], v[j], N, C, HW, c0 + j,
+                            dgamma, dbeta)
 
 
 # --------------------------------------------------------------------------- row path (HW == 1)
@@ -870,10 +958,19 @@ cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
             s2[j] += d * d
     for j in range(cb):
         _shifted_moments(K[j], s1[j], s2[j], N, &mean[c0 + j], &var[c0 + j])
+        if not (isfinite(mean[c0 + j]) and isfinite(var[c0 + j])):
+            # Inf or NaN in the channel: the shift K may itself be Inf, so take the plain
+            # sums, whose Inf/NaN are those of the reference (an Inf mean stays Inf)
+            _plain_stats(x, N, C, 1, c0 + j, &mean[c0 + j], &var[c0 + j])
         fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
     _rows_affine(x, y, fm, fa, fb, N, C, c0, cb)               # pass 2: y
+    if floating is float:
+        for j in range(cb):
+            if _float_overflows(var[c0 + j], N):
+                _plain_affine(x, y, N, C, 1, c0 + j, mean[c0 + j],
+                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
 cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
@@ -889,6 +986,11 @@ cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
     _rows_affine(x, y, fm, fa, fb, N, C, c0, cb)
+    if floating is float:
+        for j in range(cb):
+            if _float_overflows(var[c0 + j], N):
+                _plain_affine(x, y, N, C, 1, c0 + j, mean[c0 + j],
+                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
 cdef inline void _rows_group_sums(const floating* dy, const floating* x, const floating* K,
@@ -1008,6 +1110,9 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
     for k in range(32):
         acc[k] = 0
     cdef double m, var, s2, invstd, gi
+    cdef double ms[CBLOCK]            # mean and variance, kept for the plain redo below
+    cdef double vs[CBLOCK]
+    cdef bint redo[CBLOCK]
     for j in range(cb):
         K[j] = x[c0 + j] if with_x else <floating>saved_mean[c0 + j]
     for j0 in range(0, cb - cb % 8, 8):                      # pass 1: shifted sums
@@ -1033,6 +1138,12 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
             m = saved_mean[c0 + j]
             var = saved_var[c0 + j]
         s2 = sdx[j] - (m - K[j]) * s1[j]                     # sum dy * (x - mean)
+        ms[j] = m
+        vs[j] = var
+        # Inf/NaN sums (the shift K may be Inf), or float32 coefficients that overflowed or
+        # underflowed: redo the channel in double, statistics included unless saved
+        redo[j] = not (isfinite(s2) and isfinite(var)) or (
+            floating is float and _float_overflows(var, N))
         invstd = 1.0 / sqrt(var + eps)
         gi = gamma[c0 + j] * invstd
         dgamma[c0 + j] = <floating>(s2 * invstd)
@@ -1052,6 +1163,12 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
     if j0 < cb:
         _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0], &cb_[j0],
                        &cc[j0], N, C, cb - j0)
+    for j in range(cb):
+        if redo[j]:
+            if with_x:
+                _plain_stats(x, N, C, 1, c0 + j, &ms[j], &vs[j])
+            _plain_backward(dy, x, dx, gamma[c0 + j], eps, ms[j], vs[j], N, C, 1, c0 + j,
+                            dgamma, dbeta)
 
 
 # --------------------------------------------------------------------------- one call's work
