@@ -1,10 +1,18 @@
 # cython: language_level=3
 """Batch normalisation: Cython + OpenMP twin of ``fastconv.reference.batchnorm``.
 
+Runs by default: the tuned path, ``_run`` -> ``_run_item`` -> ``_group_*`` (HW > 1) or
+``_rows_*`` (HW == 1); their float32 inner loops are in src_pyx/include/fc_batchnorm.h
+(e.g. fc_group_moments_f32 for the backward's sums, fc_group_dx_f32 for dx), their float64
+inner loops the Cython ``_group_sum``, ``_group_moments``, ``_group_dx``, ``_rows_group_*``
+below. To study the arithmetic first, read the teaching path: ``_plain_stats``,
+``_plain_affine``, ``_plain_backward`` (one channel, plain loops, sums in double).
+
 Same functions and signatures as the reference; read its docstring for (bn.fwd), (bn.bwd)
-and (bn.run). x is always 4-D (N, C, H, W) (BatchNorm1d input arrives as (N, C, 1, 1)),
-channel c holds M = N*H*W values, and statistics are accumulated in double even for float32
-(the backward first sums short blocks in x's dtype: see _group_backward, _rows_backward).
+and (bn.run) (docs/formulas.md). x is always 4-D (N, C, H, W) (BatchNorm1d input arrives as
+(N, C, 1, 1)), channel c holds M = N*H*W values, and statistics are accumulated in double
+even for float32 (the backward first sums short blocks in x's dtype: see _group_backward,
+_rows_backward). Timings behind these choices: docs/performance.md.
 
 How the kernels work
 --------------------
@@ -13,59 +21,37 @@ Two memory layouts, one per common case, chosen by HW = H*W:
 * HW > 1 ("channel path"): channel c is N runs of HW contiguous values, C*HW apart. The
   channels are cut into groups of at most CGROUP neighbours, the same number of groups for
   every thread (``prange`` over groups, see _n_groups). Each pass walks its group in memory
-  order, n outer and the group's channels inner: for one n the group's runs are adjacent
-  (nc*HW values in a row), so the pass streams through memory in address order and the
-  hardware prefetchers keep up. Walking one channel at a time instead jumps C*HW values
-  after every run, and every run starts cold: with bn2d_s3's runs of 64 values (4 cache
-  lines) the prefetchers never got going. (1 thread, float32, interleaved medians, baseline
-  SSE2 code both: backward with saved statistics bn2d_s1 1.98 -> 1.02 ms, bn2d_s3
-  0.262 -> 0.182, bn2d_vgg 4.30 -> 2.45; training forward 1.65 -> 1.25, 0.283 -> 0.267,
-  4.29 -> 2.75. The AVX2 copies below then give 0.92, 0.161, 2.28 and 0.96, 0.204, 2.16.)
-  Each channel keeps its own running sums, taken over its runs in order of n, so a channel's
-  sums are the same whatever group it falls in: the grouping may depend on the thread count
+  order, n outer and the group's channels inner, so it streams through memory in address
+  order and the hardware prefetchers keep up (walking one channel at a time jumps C*HW
+  values after every run, and every run starts cold). Each channel keeps its own running
+  sums, taken over its runs in order of n, so the grouping may depend on the thread count
   without changing a bit. Sums use LANES = 8 independent accumulators per channel (lane k
-  takes the values i with i % 8 == k of each run, in order), which lets the compiler
-  vectorise the reduction without -ffast-math; the lanes are added in a fixed tree at the end.
-* HW == 1 ("row path", BatchNorm1d): channel c is strided by C, which is slow to walk
-  value by value. Instead every pass takes 8 neighbouring channels at a time (32
-  contiguous bytes of each row) down all N rows, with their running sums or coefficients
-  in registers, so the loop over the 8 channels vectorises. ``prange`` runs over fixed
-  blocks of CBLOCK = 64 channels.
+  takes the values i with i % 8 == k of each run), which lets the compiler vectorise the
+  reduction without -ffast-math; the lanes are added in a fixed tree at the end.
+* HW == 1 ("row path", BatchNorm1d): channel c is strided by C. Every pass takes 8
+  neighbouring channels at a time (32 contiguous bytes of each row) down all N rows, their
+  sums or coefficients in registers. ``prange`` runs over blocks of CBLOCK = 64 channels.
 
-Either way every channel's sums are taken in an order fixed by the shape alone, so the
-results are bitwise identical for any number of threads. Small calls run on one thread
-(``threads_for_values`` in _common.pxd), in a plain loop (see _run). The wrappers read
-their arrays through raw pointers after a few C checks (_data): with typed memoryviews, the
-fused-def dispatch and an OpenMP region, a BatchNorm1d(120) call at batch 128 paid 2.5 us
-before any arithmetic, 0.36 us now.
+Either way every channel's sums run in an order fixed by the shape alone, so the results
+are bitwise identical for any number of threads.
 
-Training forward, channel path: pass 1 the mean, pass 2 the centred variance
-sum((x - mean)^2) / M (two passes are numerically better than E[x^2] - E[x]^2, which cancels
-catastrophically when |mean| >> std), pass 3 y = (x - mean) * (gamma * invstd) + beta, one
-read and one write.
+Training forward, channel path: pass 1 the mean, pass 2 the centred variance (two passes:
+E[x^2] - E[x]^2 cancels when |mean| >> std), pass 3 y = (x - mean) * (gamma * invstd) + beta.
 Row path: one pass of shifted sums (_shifted_moments), then y.
-Backward (bn.bwd): the sums sum dy and sum dy * (x - mean), then dx = a * dy + b * (x - mean)
-+ c0 with per-channel a, b, c0 (derived in _group_backward). It takes the batch statistics
-the forward saved (mean, var), as PyTorch's backward does, or recomputes them from x.
-Channel path: pass 1 the mean (skipped with saved statistics), pass 2 the sums shifted by
-K = the mean rounded to x's dtype, pass 3 dx. Row path: pass 1 the shifted sums with
-K = x[0, c] (_shifted_moments says why that is accurate), pass 2 dx.
+Backward (bn.bwd): dx = ca * dy + cb * (x - mean) + cc with per-channel coefficients ca, cb,
+cc (derived in _group_backward) from sum dy and sum dy * (x - mean). It takes the statistics
+the forward saved, as PyTorch's backward does, or recomputes them from x. Channel path: pass 1
+the mean (skipped with saved statistics), pass 2 the sums shifted by K = the mean rounded to
+x's dtype, pass 3 dx. Row path: pass 1 the shifted sums (K = x[0, c]), pass 2 dx. (K is
+always a per-channel shift; in the row path the number of channels of a block is ``cb``,
+not to be confused with the coefficient array ``cb_``.)
 
-float32: C kernels in two copies
---------------------------------
-The float32 loops of both paths are C functions (the ``cdef extern`` block below) written
-with GCC vector types; the _group_* and _rows_* helpers call them for float32 and run the
-same loops in Cython for float64. A portable build may only assume baseline x86-64 (SSE2:
-4 floats per instruction), so each C kernel is compiled twice from one template
-(FC_KERNELS): a baseline copy and, on x86-64 with GCC >= 9 (or clang), an AVX2 copy (8
-floats per instruction) that the module picks at import when the CPU has AVX2 (fc_init;
-_kernel_isa tells or switches which). Both copies do the same additions and multiplications
-in the same order, without fused multiply-adds, so they give the same bits; other platforms
-(or a build with -DFC_NO_AVX2) have the baseline copy only, with the same results. The
-AVX2 copy is 1.1-1.3x faster (numbers in the channel-path item above; on the row path the
-forward, whose sums are in double, gains most: BatchNorm1d(120) at batch 128, 1 thread,
-7.5 -> 5.6 us); AVX-512 measured no faster than AVX2 here (AMD Zen 4, which splits 512-bit
-operations in two), and would need 16 lanes, changing the bits.
+The float32 SIMD kernels exist in a baseline (SSE2) and an AVX2 copy with the same operations
+in the same order (no FMA), so the same bits; fc_isa_level() (fc_isa.h) picks one at import,
+``_kernel_isa`` lets the tests switch. NaN and Inf propagate as in PyTorch: the variance is
+never clamped across NaN, a row-path channel whose statistics are not finite is recomputed by
+_plain_stats, and a float32 channel whose values would overflow float32 arithmetic (values
+near its largest) is redone by the plain double loops.
 """
 import numpy as np
 
@@ -233,8 +219,8 @@ def _kernel_isa(isa=None):
 # The _group_* helpers: one pass over a group of nc <= CGROUP neighbouring channels, in
 # memory order (see the module docstring). x0 (and g0, y0, dx0) point at channel 0 of the
 # group, x[0, c0, 0, 0]; the run of channel j for sample n is the HW values at
-# x0 + n*sn + j*HW, sn = C*HW. float32 goes to the C kernels above; the Cython loops, the
-# same loops, run float64.
+# x0 + n*sn + j*HW, sn = C*HW. float32 goes to the C kernels of fc_batchnorm.h; the Cython
+# loops, the same loops, run float64.
 
 cdef inline Py_ssize_t _n_groups(Py_ssize_t C, int n_threads) noexcept nogil:
     """Number of channel groups: the same number for each of the n_threads threads, each

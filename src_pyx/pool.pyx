@@ -115,20 +115,12 @@ def _pool_geometry(op, x_shape, kernel_size, stride, padding, dy_shape=None):
 
 # --------------------------------------------------------------------------- max pooling
 
-
-cdef inline bint _wins(floating v, floating m) noexcept nogil:
-    """(pool.max)'s rule, PyTorch's: the value v read after m replaces it as the window's
-    maximum (and v's cell becomes the argmax) if v > m or v is NaN. So the maximum of a
-    window holding NaN is NaN, at its LAST NaN in row-major order, and among equal maxima
-    the first one stays. Written with ``|``, not ``or``: no branch, gcc vectorises it."""
-    return (v > m) | (v != v)
-
 cdef void _max_hpass(const floating* vbuf, floating* yrow, Py_ssize_t Q, Py_ssize_t kw,
                      Py_ssize_t sw) noexcept nogil:
     """yrow[q] = max_{s < kw} vbuf[q*sw + s]: the horizontal half of (pool.max).
 
     The common windows get their own loops with a fixed trip count, which gcc vectorises;
-    ``b if _wins(b, a) else a`` becomes a vector compare and select.
+    ``b if b > a else a`` is the pattern it turns into a vector max.
     """
     cdef Py_ssize_t q, s
     cdef floating m, t
@@ -136,20 +128,20 @@ cdef void _max_hpass(const floating* vbuf, floating* yrow, Py_ssize_t Q, Py_ssiz
         for q in range(Q):
             m = vbuf[2 * q]
             t = vbuf[2 * q + 1]
-            yrow[q] = t if _wins(t, m) else m
+            yrow[q] = t if t > m else m
     elif kw == 3 and sw == 2:
         for q in range(Q):
             m = vbuf[2 * q]
             t = vbuf[2 * q + 1]
-            m = t if _wins(t, m) else m
+            m = t if t > m else m
             t = vbuf[2 * q + 2]
-            yrow[q] = t if _wins(t, m) else m
+            yrow[q] = t if t > m else m
     else:
         for q in range(Q):
             m = vbuf[q * sw]
             for s in range(1, kw):
                 t = vbuf[q * sw + s]
-                m = t if _wins(t, m) else m
+                m = t if t > m else m
             yrow[q] = m
 
 
@@ -178,7 +170,7 @@ cdef void _max_plane(const floating* xp, floating* yp, floating* vbuf,
             for iw in range(W):
                 a = row[iw]
                 b = row2[iw]
-                v[iw] = b if _wins(b, a) else a
+                v[iw] = b if b > a else a
             h0 += 2
         else:
             for iw in range(W):
@@ -189,7 +181,7 @@ cdef void _max_plane(const floating* xp, floating* yp, floating* vbuf,
             for iw in range(W):
                 a = v[iw]
                 b = row[iw]
-                v[iw] = b if _wins(b, a) else a
+                v[iw] = b if b > a else a
         _max_hpass(vbuf, yp + p * Q, Q, kw, sw)
 
 
@@ -247,11 +239,11 @@ cdef inline void _row_argmax(const floating* rowbuf, floating* hb, index_t* hi,
             m = ev[q]                                       # column 0
             j = pos
             v = od[q]
-            j = pos + 1 if _wins(v, m) else j
-            m = v if _wins(v, m) else m
+            j = pos + 1 if v > m else j
+            m = v if v > m else m
             v = ev[q + 1]
-            j = pos + 2 if _wins(v, m) else j
-            m = v if _wins(v, m) else m
+            j = pos + 2 if v > m else j
+            m = v if v > m else m
             hb[q] = m
             hi[q] = j
     elif sw == 2 and kw == 2:
@@ -260,8 +252,8 @@ cdef inline void _row_argmax(const floating* rowbuf, floating* hb, index_t* hi,
             m = ev[q]                                       # column 0
             j = pos
             v = od[q]
-            j = pos + 1 if _wins(v, m) else j
-            m = v if _wins(v, m) else m
+            j = pos + 1 if v > m else j
+            m = v if v > m else m
             hb[q] = m
             hi[q] = j
     else:
@@ -276,8 +268,8 @@ cdef inline void _row_argmax(const floating* rowbuf, floating* hb, index_t* hi,
                 m = hb[q]
                 j = hi[q]
                 pos = base + <index_t>(q * sw + s)
-                hi[q] = pos if _wins(v, m) else j
-                hb[q] = v if _wins(v, m) else m
+                hi[q] = pos if v > m else j
+                hb[q] = m if m >= v else v
         return
     # The two loops above start window q at its column 0, a real cell and so its first
     # real cell, except in window 0 when pw = 1 (pw <= kw // 2): there column 0 is padding
@@ -309,11 +301,11 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
         m = x[c]
         j = pos
         v = x[c + 1]
-        j = pos + 1 if _wins(v, m) else j
-        m = v if _wins(v, m) else m
+        j = pos + 1 if v > m else j
+        m = v if v > m else m
         v = x[c + 2]
-        j = pos + 2 if _wins(v, m) else j
-        m = v if _wins(v, m) else m
+        j = pos + 2 if v > m else j
+        m = v if v > m else m
         hbest[k] = m
         hidx[k] = j
     for ih in range(H):                           # window 0: columns 0 and 1
@@ -322,8 +314,8 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
         v = x[r + 1]
         # the index as an integer plus the comparison, not a select: gcc branched on the
         # select, mispredicted half the time on random data (nin_max3s2: 6.0 -> 4.8 ms)
-        hidx[ih * Q] = <index_t>r + <index_t>_wins(v, m)
-        hbest[ih * Q] = v if _wins(v, m) else m
+        hidx[ih * Q] = <index_t>r + <index_t>(v > m)
+        hbest[ih * Q] = v if v > m else m
 
 
 cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbest,
@@ -390,20 +382,20 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
                 j = fi[q]
                 v = hb[q]
                 k = hi[q]
-                j = k if _wins(v, m) else j
-                m = v if _wins(v, m) else m
+                j = k if v > m else j
+                m = m if m >= v else v
                 v = hb[Q + q]
                 k = hi[Q + q]
-                w[q] = k if _wins(v, m) else j
-                yr[q] = v if _wins(v, m) else m
+                w[q] = k if v > m else j
+                yr[q] = m if m >= v else v
             continue
         for q in range(Q):                        # rows h0 and h0 + 1
             m = fb[q]
             v = hb[q]
             j = fi[q]
             k = hi[q]
-            w[q] = k if _wins(v, m) else j
-            best[q] = v if _wins(v, m) else m
+            w[q] = k if v > m else j
+            best[q] = m if m >= v else v
         for ih in range(h0 + 2, h1):              # later rows: update best, w in place
             hb = hbest + ih * Q
             hi = hidx + ih * Q
@@ -412,8 +404,8 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
                 v = hb[q]
                 j = w[q]
                 k = hi[q]
-                w[q] = k if _wins(v, m) else j
-                best[q] = v if _wins(v, m) else m
+                w[q] = k if v > m else j
+                best[q] = m if m >= v else v
         if yp != NULL:
             memcpy(yr, best, Q * sizeof(floating))
 
@@ -465,7 +457,6 @@ cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     cdef floating* d1
     cdef const floating* g
     cdef floating a, b, c, d, v, top, bottom
-    cdef bint right, right2, down
     for p in range(P):
         r0 = xp + 2 * p * W
         r1 = r0 + W
@@ -478,15 +469,12 @@ cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
             c = r1[2 * q]
             d = r1[2 * q + 1]
             v = g[q]
-            right = _wins(b, a)                    # b beats a in the top row
-            top = b if right else a
-            right2 = _wins(d, c)                   # d beats c in the bottom row
-            bottom = d if right2 else c
-            down = _wins(bottom, top)              # the bottom row beats the top one
-            d0[2 * q] = v if (not right) & (not down) else 0
-            d0[2 * q + 1] = v if right & (not down) else 0
-            d1[2 * q] = v if (not right2) & down else 0
-            d1[2 * q + 1] = v if right2 & down else 0
+            top = b if b > a else a
+            bottom = d if d > c else c
+            d0[2 * q] = v if (a >= b) & (top >= bottom) else 0
+            d0[2 * q + 1] = v if (b > a) & (top >= bottom) else 0
+            d1[2 * q] = v if (c >= d) & (bottom > top) else 0
+            d1[2 * q + 1] = v if (d > c) & (bottom > top) else 0
         if W > 2 * Q:                              # odd W: the last column is in no window
             d0[W - 1] = 0
             d1[W - 1] = 0
@@ -514,11 +502,11 @@ cdef void _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py
         for q in range(Q):
             a = r0[2 * q]
             c = r1[2 * q]
-            a = c if _wins(c, a) else a
+            a = c if c > a else a
             b = r0[2 * q + 1]
             d = r1[2 * q + 1]
-            b = d if _wins(d, b) else b
-            yr[q] = b if _wins(b, a) else a
+            b = d if d > b else b
+            yr[q] = b if b > a else a
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padding,
