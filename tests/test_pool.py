@@ -500,10 +500,8 @@ def test_max_indices_match_torch(rng):
 # PyTorch's rule (its CPU loop: ``if (val > maxval) || isnan(val)`` take val and its index):
 # the maximum of a window holding NaN is NaN, its argmax the window's LAST NaN in row-major
 # order, and the gradient goes there. Average pooling adds, so NaN and Inf spread as sums do.
-# The reference backend follows the rule; the fast max-pooling kernels compare with plain
-# ``>`` (vectorised) and do not yet: see docs/performance.md, "Pooling".
 
-@pytest.mark.parametrize("backend", ["reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_max_nan_by_hand(backend, dtype):
     nan = np.nan
     for x, want_idx in (([[1, nan], [2, 3]], 1), ([[nan, 1], [nan, 3]], 2),
@@ -521,7 +519,7 @@ def test_max_nan_by_hand(backend, dtype):
             np.testing.assert_array_equal(dx.ravel(), want_dx)
 
 
-@pytest.mark.parametrize("backend", ["reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_max_nan_next_to_padding(backend, dtype):
     """3x3 stride 2 padding 1: NaN in the windows that reach into the padding gives NaN and
     a real index (the reference used to return -1 there, and its backward then refused
@@ -549,15 +547,24 @@ def _sprinkle(x, rng, values=(np.nan, np.inf, -np.inf), fraction=0.08):
 
 
 @pytest.mark.parametrize("case", GRID + THREAD_CASES, ids=grid_id)
-def test_avg_nonfinite_fast_matches_reference(case, dtype, rng, n_threads):
-    """NaN, Inf and -Inf in x and in dy: average pooling's every path gives the reference's
-    values and the same NaN and Inf."""
+def test_nonfinite_fast_matches_reference(case, dtype, rng, n_threads):
+    """NaN, Inf and -Inf in x and in dy: every path of both ops gives the reference's
+    values, the same argmaxes, and the same NaN and Inf."""
     x, dy = make_inputs(rng, dtype, case)
     x = _sprinkle(x, rng)
     dy = _sprinkle(dy, rng, fraction=0.03)
     _, k, s, p = case
     red = k[0] * k[1]
     with np.errstate(invalid="ignore"):
+        y, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+        y_ref, idx_ref = F.max_pool2d(x, k, s, p, return_indices=True, backend="reference")
+        np.testing.assert_array_equal(idx, idx_ref)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(F.max_pool2d(x, k, s, p), y_ref)
+        dx_ref = F.max_pool2d_backward(dy, x, k, s, p, backend="reference")
+        assert_close_nonfinite(F.max_pool2d_backward(dy, x, k, s, p), dx_ref, dtype, red)
+        assert_close_nonfinite(F.max_pool2d_backward(dy, x, k, s, p, indices=idx), dx_ref,
+                               dtype, red)
         for cip in (True, False):
             assert_close_nonfinite(F.avg_pool2d(x, k, s, p, cip),
                                    F.avg_pool2d(x, k, s, p, cip, backend="reference"),
@@ -576,7 +583,7 @@ def test_avg_nonfinite_by_hand(backend, dtype):
     assert np.isnan(dx[..., :2]).all() and (dx[..., 2:] == 1).all()
 
 
-def test_reference_nonfinite_matches_torch(rng):
+def test_nonfinite_matches_torch(rng):
     torch = pytest.importorskip("torch")
     for case in GRID:
         x, dy = make_inputs(rng, np.float64, case)
@@ -585,9 +592,8 @@ def test_reference_nonfinite_matches_torch(rng):
         xt = torch.tensor(x, requires_grad=True)
         yt, it = torch.nn.functional.max_pool2d(xt, k, s, p, return_indices=True)
         yt.backward(torch.tensor(dy))
-        y, idx = F.max_pool2d(x, k, s, p, return_indices=True, backend="reference")
+        y, idx = F.max_pool2d(x, k, s, p, return_indices=True)
         np.testing.assert_array_equal(y, yt.detach().numpy(), err_msg=grid_id(case))
         np.testing.assert_array_equal(idx, it.numpy(), err_msg=grid_id(case))
-        assert_close_nonfinite(F.max_pool2d_backward(dy, x, k, s, p, backend="reference"),
-                               xt.grad.numpy(),
+        assert_close_nonfinite(F.max_pool2d_backward(dy, x, k, s, p), xt.grad.numpy(),
                                reduction=k[0] * k[1], err_msg=grid_id(case))
