@@ -41,10 +41,10 @@ Row path: one pass of shifted sums (_shifted_moments), then y.
 Backward (bn.bwd): dx = ca * dy + cb * (x - mean) + cc with per-channel coefficients ca, cb,
 cc (derived in _group_backward) from sum dy and sum dy * (x - mean). It takes the statistics
 the forward saved, as PyTorch's backward does, or recomputes them from x. Channel path: pass 1
-the mean (skipped with saved statistics), pass 2 the sums shifted by K = the mean rounded to
-x's dtype, pass 3 dx. Row path: pass 1 the shifted sums (K = x[0, c]), pass 2 dx. (K is
-always a per-channel shift; in the row path the number of channels of a block is ``cb``,
-not to be confused with the coefficient array ``cb_``.)
+the mean (skipped with saved statistics), pass 2 the sums of x - shift, shift = the mean
+rounded to x's dtype, pass 3 dx. Row path: pass 1 the shifted sums (shift = x[0, c]), pass 2
+dx. Names: ``shift`` is always that per-channel value; ``ca``, ``cb``, ``cc`` always dx's
+per-channel coefficients; ``nc`` / ``nch`` the channels of a group / block.
 
 The float32 SIMD kernels exist in a baseline (SSE2) and an AVX2 copy with the same operations
 in the same order (no FMA), so the same bits; fc_isa_level() (fc_isa.h) picks one at import,
@@ -91,21 +91,22 @@ cdef inline double _lanes_total(const double* acc) noexcept nogil:
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
-cdef inline void _shifted_moments(double K, double s1, double s2, Py_ssize_t M,
+cdef inline void _shifted_moments(double shift, double s1, double s2, Py_ssize_t M,
                                   double* mean, double* var) noexcept nogil:
-    """mean and biased var from the shifted sums s1 = sum (x - K), s2 = sum (x - K)^2.
+    """mean and biased var from the shifted sums s1 = sum (x - shift), s2 = sum (x - shift)^2.
 
-    mean = K + s1/M and var = s2/M - (s1/M)^2. Why this is accurate: the textbook one-pass
+    mean = shift + s1/M and var = s2/M - (s1/M)^2. Why this is accurate: the textbook one-pass
     E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std (both terms ~ mean^2, their
-    difference ~ var), but here the terms are s2/M = var + (mean - K)^2 and (mean - K)^2, so
-    the relative error of var is about 1e-16 * (1 + (mean - K)^2 / var). K is one of the
-    channel's own values, and for any value (K - mean)^2 <= M * var (it is one term of the
+    difference ~ var), but here the terms are s2/M = var + (mean - shift)^2 and
+    (mean - shift)^2, so
+    the relative error of var is about 1e-16 * (1 + (mean - shift)^2 / var). shift is one of the
+    channel's own values, and for any value (shift - mean)^2 <= M * var (it is one term of the
     sum M * var = sum (x - mean)^2), so the error is at most ~1e-16 * (M + 1) even for an
-    outlier, and ~1e-16 * (a few) for a typical K within a few std of the mean. The shift
+    outlier, and ~1e-16 * (a few) for a typical shift within a few std of the mean. The shift
     costs nothing and merges the mean and variance passes into one (one fewer read of x).
     """
     cdef double m1 = s1 / M, v = s2 / M - m1 * m1
-    mean[0] = K + m1
+    mean[0] = shift + m1
     var[0] = 0.0 if v < 0 else v    # rounding can leave a constant channel at -1e-30; NaN stays
 
 
@@ -136,14 +137,14 @@ cdef void _plain_stats(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t
 
 cdef void _plain_affine(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
                         Py_ssize_t HW, Py_ssize_t c, double mean, double scale,
-                        double shift) noexcept nogil:                # IN: x; OUT: y
-    """(bn.fwd) y = (x - mean) * scale + shift on channel c, scale = gamma / sqrt(var + eps),
-    shift = beta, in double."""
+                        double offset) noexcept nogil:               # IN: x; OUT: y
+    """(bn.fwd) y = (x - mean) * scale + offset on channel c, scale = gamma / sqrt(var + eps),
+    offset = beta, in double."""
     cdef Py_ssize_t n, i, k
     for n in range(N):
         for i in range(HW):
             k = (n * C + c) * HW + i
-            y[k] = <floating>((x[k] - mean) * scale + shift)
+            y[k] = <floating>((x[k] - mean) * scale + offset)
 
 
 cdef void _plain_backward(const floating* dy, const floating* x, floating* dx, double gamma,
@@ -178,25 +179,27 @@ cdef inline bint _float_overflows(double var, Py_ssize_t M) noexcept nogil:
 
 cdef extern from "fc_batchnorm.h":
     int FC_AVX2
-    void fc_group_sum_f32(int isa, const float* x0, Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW,
-                          Py_ssize_t nc, const double* m, double* acc) noexcept nogil
-    void fc_group_affine_f32(int isa, const float* x0, float* y0, Py_ssize_t N, Py_ssize_t sn,
-                             Py_ssize_t HW, Py_ssize_t nc, const float* fm, const float* fa,
-                             const float* fb) noexcept nogil
-    void fc_group_moments_f32(int isa, const float* x0, const float* g0, Py_ssize_t N, Py_ssize_t sn,
-                              Py_ssize_t HW, Py_ssize_t nc, const float* K, int with_dd,
-                              double* acc) noexcept nogil
+    void fc_group_sum_f32(int isa, const float* x0, Py_ssize_t N, Py_ssize_t sn,
+                          Py_ssize_t HW, Py_ssize_t nc, const double* m,
+                          double* acc) noexcept nogil
+    void fc_group_affine_f32(int isa, const float* x0, float* y0, Py_ssize_t N,
+                             Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const float* fm,
+                             const float* fa, const float* fb) noexcept nogil
+    void fc_group_moments_f32(int isa, const float* x0, const float* g0, Py_ssize_t N,
+                              Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc,
+                              const float* shift, int with_dd, double* acc) noexcept nogil
     void fc_group_dx_f32(int isa, const float* x0, const float* g0, float* dx0, Py_ssize_t N,
                          Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const float* ca,
                          const float* cb, const float* cc, const float* fm) noexcept nogil
-    void fc_rows_moments_f32(int isa, const float* x, Py_ssize_t N, Py_ssize_t C, const double* K,
-                             double* out) noexcept nogil
+    void fc_rows_moments_f32(int isa, const float* x, Py_ssize_t N, Py_ssize_t C,
+                             const double* shift, double* out) noexcept nogil
     void fc_rows_affine_f32(int isa, const float* x, float* y, Py_ssize_t N, Py_ssize_t C,
                             const float* fm, const float* fa, const float* fb) noexcept nogil
-    void fc_rows_sums_f32(int isa, const float* x, const float* g, Py_ssize_t N, Py_ssize_t C,
-                          const float* K, int with_x, double* acc) noexcept nogil
-    void fc_rows_dx_f32(int isa, const float* x, const float* g, float* dx, Py_ssize_t N, Py_ssize_t C,
-                        const float* fm, const float* ca, const float* cb,
+    void fc_rows_sums_f32(int isa, const float* x, const float* g, Py_ssize_t N,
+                          Py_ssize_t C, const float* shift, int with_x,
+                          double* acc) noexcept nogil
+    void fc_rows_dx_f32(int isa, const float* x, const float* g, float* dx, Py_ssize_t N,
+                        Py_ssize_t C, const float* fm, const float* ca, const float* cb,
                         const float* cc) noexcept nogil
 
 
@@ -349,9 +352,9 @@ cdef inline void _flush(floating* part, double* acc, Py_ssize_t lanes) noexcept 
 
 
 cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, Py_ssize_t sn,
-                         Py_ssize_t HW, Py_ssize_t nc, const floating* K, bint with_dd,
+                         Py_ssize_t HW, Py_ssize_t nc, const floating* shift, bint with_dd,
                          double* acc) noexcept nogil:
-    """With d = x - K[j] and g = dy: acc[3*LANES*j + k] = lane k of channel j's sum of d^2
+    """With d = x - shift[j] and g = dy: acc[3*LANES*j + k] = lane k of channel j's sum of d^2
     (only if with_dd), acc[3*LANES*j + LANES + k] of g, acc[3*LANES*j + 2*LANES + k] of g*d,
     each over chunks of about CHUNK values (pieces of at most RUN_PIECE values of a run, or
     several short runs) summed in x's dtype, then added to the double sums: pass 2 of the
@@ -363,7 +366,7 @@ cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, P
     cdef const floating* g
     cdef floating d
     if floating is float:
-        fc_group_moments_f32(_ISA, x0, g0, N, sn, HW, nc, K, with_dd, acc)
+        fc_group_moments_f32(_ISA, x0, g0, N, sn, HW, nc, shift, with_dd, acc)
     else:
         for k in range(nc * 3 * LANES):
             part[k] = 0
@@ -379,12 +382,12 @@ cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, P
                     full = i1 - (i1 - i0) % LANES
                     for i in range(i0, full, 8):   # LANES
                         for k in range(LANES):
-                            d = a[i + k] - K[j]
+                            d = a[i + k] - shift[j]
                             pt[k] += d * d
                             pt[LANES + k] += g[i + k]
                             pt[2 * LANES + k] += g[i + k] * d
                     for i in range(full, i1):
-                        d = a[i] - K[j]
+                        d = a[i] - shift[j]
                         pt[i - full] += d * d
                         pt[LANES + i - full] += g[i]
                         pt[2 * LANES + i - full] += g[i] * d
@@ -431,23 +434,24 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
     dx = gamma*invstd/M * (M*dy - S1 - xhat*dgamma)
        = (gamma*invstd) * dy  -  (gamma*invstd^3*S2/M) * xc  -  gamma*invstd*S1/M.
     Pass 1: the mean m, summed in double exactly as the training forward's pass 1 (so it is
-    the very mean the forward saved), and K = m rounded to x's dtype. Pass 2: with d = x - K,
+    the very mean the forward saved), and shift = m rounded to x's dtype. Pass 2: with
+    d = x - shift,
     sum d^2, S1 and E = sum dy * d; then (shifted sums, as in _shifted_moments)
-    var = sum d^2 / M - (m - K)^2 and S2 = E - (m - K) * S1. Pass 3 writes dx.
+    var = sum d^2 / M - (m - shift)^2 and S2 = E - (m - shift) * S1. Pass 3 writes dx.
 
-    Why sums in x's dtype, and K = m: summing chunks of CHUNK values in x's dtype before
+    Why sums in x's dtype, and shift = m: summing chunks of CHUNK values in x's dtype before
     adding them to the double sums runs pass 2 on 4 (SSE2) or 8 (AVX2) floats per
     instruction instead of half as many doubles converted from floats, in half the
     registers (a double loop spilled to the stack), which counts when the data come from
     L2 or L3 (bn2d_s3). A float partial sum of d^2 keeps about 1e-6 of its value, which is
-    only accurate for var with a shift near the mean: the error grows by
-    1 + (m - K)^2 / var, and an outlier K = x[0, c] 5000 std away would lose every digit.
-    With K = m the factor is 1, for the price of pass 1 (one add per value), which saved
+    only accurate for var with a dm near the mean: the error grows by
+    1 + (m - shift)^2 / var, and an outlier shift = x[0, c] 5000 std away would lose every digit.
+    With shift = m the factor is 1, for the price of pass 1 (one add per value), which saved
     statistics skip.
     """
     cdef double acc[CGROUP * 3 * LANES]
     cdef double m[CGROUP]
-    cdef floating K[CGROUP]
+    cdef floating shift[CGROUP]
     cdef floating ca[CGROUP]
     cdef floating cb[CGROUP]
     cdef floating cc[CGROUP]
@@ -455,7 +459,7 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
     cdef double v[CGROUP]             # the variances, kept for the plain redo below
     cdef bint redo[CGROUP]
     cdef Py_ssize_t j, nc = c1 - c0, sn = C * HW, M = N * HW
-    cdef double var, invstd, s1, s2, shift, gi
+    cdef double var, invstd, s1, s2, dm, gi
     cdef const double* sums
     if saved_mean != NULL:
         for j in range(nc):
@@ -465,18 +469,18 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
         for j in range(nc):
             m[j] = _lanes_total(acc + LANES * j) / M
     for j in range(nc):
-        K[j] = <floating>m[j]
-    _group_moments(x + c0 * HW, dy + c0 * HW, N, sn, HW, nc, K, saved_var == NULL, acc)  # 2
+        shift[j] = <floating>m[j]
+    _group_moments(x + c0 * HW, dy + c0 * HW, N, sn, HW, nc, shift, saved_var == NULL, acc)  # 2
     for j in range(nc):
         sums = acc + 3 * LANES * j
-        shift = m[j] - K[j]
+        dm = m[j] - shift[j]
         if saved_var != NULL:
             var = saved_var[c0 + j]
         else:
-            var = _lanes_total(sums) / M - shift * shift
+            var = _lanes_total(sums) / M - dm * dm
             var = 0.0 if var < 0 else var    # -1e-30 from rounding becomes 0; NaN stays
         s1 = _lanes_total(sums + LANES)
-        s2 = _lanes_total(sums + 2 * LANES) - shift * s1
+        s2 = _lanes_total(sums + 2 * LANES) - dm * s1
         v[j] = var
         # float32 partial sums or coefficients that overflowed or underflowed: redo in double
         redo[j] = floating is float and not (isfinite(s1) and isfinite(s2)
@@ -502,8 +506,8 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
 
 cdef void _rows_affine(const floating* x, floating* y, const floating* fm, const floating* fa,
                        const floating* fb, Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
-                       Py_ssize_t cb) noexcept nogil:
-    """y[n, c0 + j] = (x[n, c0 + j] - fm[j]) * fa[j] + fb[j] for j < cb: (bn.fwd) on rows.
+                       Py_ssize_t nch) noexcept nogil:
+    """y[n, c0 + j] = (x[n, c0 + j] - fm[j]) * fa[j] + fb[j] for j < nch: (bn.fwd) on rows.
 
     8 channels at a time over all N rows, so that their fm, fa, fb stay in registers
     instead of being reloaded for every row.
@@ -511,7 +515,7 @@ cdef void _rows_affine(const floating* x, floating* y, const floating* fm, const
     cdef floating m[8]
     cdef floating a[8]
     cdef floating b[8]
-    cdef Py_ssize_t n, j, j0, k, cfull = cb - cb % 8
+    cdef Py_ssize_t n, j, j0, k, cfull = nch - nch % 8
     cdef const floating* row
     cdef floating* out
     for j0 in range(0, cfull, 8):
@@ -527,7 +531,7 @@ cdef void _rows_affine(const floating* x, floating* y, const floating* fm, const
                 out = y + n * C + c0 + j0
                 for k in range(8):
                     out[k] = (row[k] - m[k]) * a[k] + b[k]
-    for j in range(cfull, cb):                               # the last cb % 8 channels
+    for j in range(cfull, nch):                               # the last nch % 8 channels
         for n in range(N):
             y[n * C + c0 + j] = (x[n * C + c0 + j] - fm[j]) * fa[j] + fb[j]
 
@@ -537,60 +541,60 @@ cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     """Training forward of channels [c0, c1) (at most CBLOCK) of an (N, C) input.
 
-    Pass 1: the shifted sums of _shifted_moments with K = x[0, c], in double (mean and var
+    Pass 1: the shifted sums of _shifted_moments with shift = x[0, c], in double (mean and var
     are returned in float64 and must agree with the reference to float64 precision, so
     unlike _rows_backward no partial sums in x's dtype here). Pass 2: y.
     """
     cdef double s1[CBLOCK]
     cdef double s2[CBLOCK]
-    cdef double K[CBLOCK]
+    cdef double shift[CBLOCK]
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
     cdef floating fb[CBLOCK]
     cdef double acc[16]               # sum d and sum d^2 of 8 channels
-    cdef Py_ssize_t n, j, j0, k, cb = c1 - c0, cfull = cb - cb % 8
+    cdef Py_ssize_t n, j, j0, k, nch = c1 - c0, cfull = nch - nch % 8
     cdef const floating* row
     cdef double d
-    for j in range(cb):
-        K[j] = x[c0 + j]
+    for j in range(nch):
+        shift[j] = x[c0 + j]
     # Pass 1: shifted sums, 8 channels at a time over all N rows, so that the 16 running
-    # sums stay in registers (a loop over all cb channels per row would load and store them
+    # sums stay in registers (a loop over all nch channels per row would load and store them
     # for every row: twice the instructions in this compute-bound loop). Each channel's sums
     # still run over n in order, so the grouping does not change a bit of the result.
     for j0 in range(0, cfull, 8):
         if floating is float:
-            fc_rows_moments_f32(_ISA, x + c0 + j0, N, C, &K[j0], acc)
+            fc_rows_moments_f32(_ISA, x + c0 + j0, N, C, &shift[j0], acc)
         else:
             for k in range(16):
                 acc[k] = 0
             for n in range(N):
                 row = x + n * C + c0 + j0
                 for k in range(8):
-                    d = row[k] - K[j0 + k]
+                    d = row[k] - shift[j0 + k]
                     acc[k] += d
                     acc[8 + k] += d * d
         for k in range(8):
             s1[j0 + k] = acc[k]
             s2[j0 + k] = acc[8 + k]
-    for j in range(cfull, cb):                               # the last cb % 8 channels
+    for j in range(cfull, nch):                               # the last nch % 8 channels
         s1[j] = 0
         s2[j] = 0
         for n in range(N):
-            d = x[n * C + c0 + j] - K[j]
+            d = x[n * C + c0 + j] - shift[j]
             s1[j] += d
             s2[j] += d * d
-    for j in range(cb):
-        _shifted_moments(K[j], s1[j], s2[j], N, &mean[c0 + j], &var[c0 + j])
+    for j in range(nch):
+        _shifted_moments(shift[j], s1[j], s2[j], N, &mean[c0 + j], &var[c0 + j])
         if not (isfinite(mean[c0 + j]) and isfinite(var[c0 + j])):
-            # Inf or NaN in the channel: the shift K may itself be Inf, so take the plain
+            # Inf or NaN in the channel: the shift may itself be Inf, so take the plain
             # sums, whose Inf/NaN are those of the reference (an Inf mean stays Inf)
             _plain_stats(x, N, C, 1, c0 + j, &mean[c0 + j], &var[c0 + j])
         fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
-    _rows_affine(x, y, fm, fa, fb, N, C, c0, cb)               # pass 2: y
+    _rows_affine(x, y, fm, fa, fb, N, C, c0, nch)               # pass 2: y
     if floating is float:
-        for j in range(cb):
+        for j in range(nch):
             if _float_overflows(var[c0 + j], N):
                 _plain_affine(x, y, N, C, 1, c0 + j, mean[c0 + j],
                               gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
@@ -603,25 +607,25 @@ cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
     cdef floating fb[CBLOCK]
-    cdef Py_ssize_t j, cb = c1 - c0
-    for j in range(cb):
+    cdef Py_ssize_t j, nch = c1 - c0
+    for j in range(nch):
         fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
-    _rows_affine(x, y, fm, fa, fb, N, C, c0, cb)
+    _rows_affine(x, y, fm, fa, fb, N, C, c0, nch)
     if floating is float:
-        for j in range(cb):
+        for j in range(nch):
             if _float_overflows(var[c0 + j], N):
                 _plain_affine(x, y, N, C, 1, c0 + j, mean[c0 + j],
                               gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
-cdef inline void _rows_group_sums(const floating* dy, const floating* x, const floating* K,
+cdef inline void _rows_group_sums(const floating* dy, const floating* x, const floating* shift,
                                   bint with_x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t w,
                                   double* sx, double* sxx, double* s1,
                                   double* sdx) noexcept nogil:
     """Pass 1 of _rows_backward for w <= 8 neighbouring channels (x, dy point at the first
-    one's column, K holds their shifts): with d = x - K, s1 = sum dy, sdx = sum dy * d, and
+    one's column, shift holds their shifts): with d = x - shift, s1 = sum dy, sdx = sum dy * d, and
     if with_x also sx = sum d, sxx = sum d^2, over all N rows.
 
     The w channels' partial sums live in registers for the whole loop (called with the
@@ -642,7 +646,7 @@ cdef inline void _rows_group_sums(const floating* dy, const floating* x, const f
     cdef const floating* row
     cdef const floating* grow
     for k in range(w):
-        k_[k] = K[k]
+        k_[k] = shift[k]
         sx[k] = 0
         sxx[k] = 0
         s1[k] = 0
@@ -712,23 +716,23 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
     """(bn.bwd) for channels [c0, c1) of an (N, C) input; formulas as in _group_backward.
     saved_mean, saved_var: NULL, or the forward's statistics of all C channels.
 
-    Pass 1 takes the four shifted sums of _group_backward (K = x[0, c]), or with saved
-    statistics only sum dy and sum dy * (x - K) with K = the saved mean in x's dtype (half
+    Pass 1 takes the four shifted sums of _group_backward (shift = x[0, c]), or with saved
+    statistics only sum dy and sum dy * (x - shift) with shift = the saved mean in x's dtype (half
     the work); pass 2 writes dx. Both go 8 channels at a time down all N rows
     (_rows_group_sums, _rows_group_dx): BatchNorm1d(120) at batch 128, float32, 1 thread,
-    saved statistics, 8.6 -> 5.2 us, against one loop over all the block's channels per row.
+    saved statistics: docs/performance.md), against one loop over all the block's channels per row.
     """
-    cdef double sx[CBLOCK]            # sum d, d = x - K
+    cdef double sx[CBLOCK]            # sum d, d = x - shift
     cdef double sxx[CBLOCK]           # sum d^2
     cdef double s1[CBLOCK]            # sum dy
     cdef double sdx[CBLOCK]           # sum dy * d
-    cdef floating K[CBLOCK]
+    cdef floating shift[CBLOCK]
     cdef floating fm[CBLOCK]
     cdef floating ca[CBLOCK]
-    cdef floating cb_[CBLOCK]
+    cdef floating cb[CBLOCK]
     cdef floating cc[CBLOCK]
     cdef double acc[32]               # fc_rows_sums_f32's sums of one group of 8 channels
-    cdef Py_ssize_t j, j0, k, cb = c1 - c0
+    cdef Py_ssize_t j, j0, k, nch = c1 - c0
     cdef bint with_x = saved_mean == NULL
     for k in range(32):
         acc[k] = 0
@@ -736,11 +740,11 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
     cdef double ms[CBLOCK]            # mean and variance, kept for the plain redo below
     cdef double vs[CBLOCK]
     cdef bint redo[CBLOCK]
-    for j in range(cb):
-        K[j] = x[c0 + j] if with_x else <floating>saved_mean[c0 + j]
-    for j0 in range(0, cb - cb % 8, 8):                      # pass 1: shifted sums
+    for j in range(nch):
+        shift[j] = x[c0 + j] if with_x else <floating>saved_mean[c0 + j]
+    for j0 in range(0, nch - nch % 8, 8):                      # pass 1: shifted sums
         if floating is float:
-            fc_rows_sums_f32(_ISA, x + c0 + j0, dy + c0 + j0, N, C, &K[j0], with_x, acc)
+            fc_rows_sums_f32(_ISA, x + c0 + j0, dy + c0 + j0, N, C, &shift[j0], with_x, acc)
             for k in range(8):
                 sx[j0 + k] = acc[k]
                 sxx[j0 + k] = acc[8 + k]
@@ -748,22 +752,22 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
                 sdx[j0 + k] = acc[24 + k]
                 acc[k] = acc[8 + k] = acc[16 + k] = acc[24 + k] = 0
         else:
-            _rows_group_sums(dy + c0 + j0, x + c0 + j0, &K[j0], with_x, N, C, 8,
+            _rows_group_sums(dy + c0 + j0, x + c0 + j0, &shift[j0], with_x, N, C, 8,
                              &sx[j0], &sxx[j0], &s1[j0], &sdx[j0])
-    j0 = cb - cb % 8
-    if j0 < cb:
-        _rows_group_sums(dy + c0 + j0, x + c0 + j0, &K[j0], with_x, N, C, cb - j0,
+    j0 = nch - nch % 8
+    if j0 < nch:
+        _rows_group_sums(dy + c0 + j0, x + c0 + j0, &shift[j0], with_x, N, C, nch - j0,
                          &sx[j0], &sxx[j0], &s1[j0], &sdx[j0])
-    for j in range(cb):
+    for j in range(nch):
         if with_x:
-            _shifted_moments(K[j], sx[j], sxx[j], N, &m, &var)
+            _shifted_moments(shift[j], sx[j], sxx[j], N, &m, &var)
         else:
             m = saved_mean[c0 + j]
             var = saved_var[c0 + j]
-        s2 = sdx[j] - (m - K[j]) * s1[j]                     # sum dy * (x - mean)
+        s2 = sdx[j] - (m - shift[j]) * s1[j]                     # sum dy * (x - mean)
         ms[j] = m
         vs[j] = var
-        # Inf/NaN sums (the shift K may be Inf), or float32 coefficients that overflowed or
+        # Inf/NaN sums (the shift shift may be Inf), or float32 coefficients that overflowed or
         # underflowed: redo the channel in double, statistics included unless saved
         redo[j] = not (isfinite(s2) and isfinite(var)) or (
             floating is float and _float_overflows(var, N))
@@ -773,20 +777,20 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
         dbeta[c0 + j] = <floating>s1[j]
         fm[j] = <floating>m
         ca[j] = <floating>gi
-        cb_[j] = <floating>(-gi * invstd * invstd * s2 / N)
+        cb[j] = <floating>(-gi * invstd * invstd * s2 / N)
         cc[j] = <floating>(-gi * s1[j] / N)
-    for j0 in range(0, cb - cb % 8, 8):                      # pass 2: dx
+    for j0 in range(0, nch - nch % 8, 8):                      # pass 2: dx
         if floating is float:
             fc_rows_dx_f32(_ISA, x + c0 + j0, dy + c0 + j0, dx + c0 + j0, N, C, &fm[j0], &ca[j0],
-                           &cb_[j0], &cc[j0])
+                           &cb[j0], &cc[j0])
         else:
             _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0],
-                           &cb_[j0], &cc[j0], N, C, 8)
-    j0 = cb - cb % 8
-    if j0 < cb:
-        _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0], &cb_[j0],
-                       &cc[j0], N, C, cb - j0)
-    for j in range(cb):
+                           &cb[j0], &cc[j0], N, C, 8)
+    j0 = nch - nch % 8
+    if j0 < nch:
+        _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0], &cb[j0],
+                       &cc[j0], N, C, nch - j0)
+    for j in range(nch):
         if redo[j]:
             if with_x:
                 _plain_stats(x, N, C, 1, c0 + j, &ms[j], &vs[j])

@@ -1,8 +1,16 @@
 # cython: language_level=3
 """Max and average pooling: Cython + OpenMP twin of ``fastconv.reference.pool``.
 
+Runs by default: the tuned kernels. max_pool2d_backward's inner loops are
+_max_plane_backward_2x2 (2x2 stride 2), _scatter_plane (with the forward's indices) or
+_max_plane_argmax + _scatter_plane (any other window); the forward's are _max_rows_2x2 and
+_max_plane / _max_hpass. To study max pooling first, read the teaching path just below:
+_window_argmax and the _max_plane_*_plain loops, which also take over any plane that holds
+NaN. Timings behind the choices here: docs/performance.md, "Pooling".
+
 Same functions and signatures as the reference; read its docstring for the formulas
-(conv.out), (pool.max), (pool.avg) and PyTorch's divisor rule for average pooling.
+(conv.out), (pool.max), (pool.avg) (docs/formulas.md) and PyTorch's divisor rule for
+average pooling.
 
 How the kernels work
 --------------------
@@ -34,21 +42,16 @@ Backward, per plane:
   2. vertical: for each output row p, fold the window's rows top to bottom;
   3. zero the dx plane and add dy[p, q] at each window's argmax (overlaps add up).
 
-  Every loop over q is branch-free (compare, then select) and vectorised: the previous
-  version scanned each window with ``if v > best``, a branch mispredicted half the time on
-  random data. Rows of stride-2 windows are first split into even and odd columns so that
-  the loads are unit-stride; 3x3 stride 2 with padding 1 and even W runs the horizontal
-  pass as one loop over the whole plane. 2x2 stride 2 unpadded (tiling windows) has its
-  own one-pass kernel that writes every dx cell (dy or 0) without zeroing or scattering.
-  Measured at 1 thread, float32, against the previous version (PyTorch's backward from
-  saved indices in brackets): lenet_max2 0.15 -> 0.11 ms (0.07), vgg_max2 4.6-5.4 -> 3.0
-  ms (3.6-3.8), nin_max3s2 9.5 -> 4.7 ms (2.6-3.4).
+  Every loop over q is branch-free (compare, then select) and vectorised: a branch per
+  cell (``if v > best``) is mispredicted half the time on random data. Rows of stride-2
+  windows are first split into even and odd columns so that the loads are unit-stride;
+  3x3 stride 2 with padding 1 and even W runs the horizontal pass as one loop over the
+  whole plane. 2x2 stride 2 unpadded (tiling windows) has its own one-pass kernel that
+  writes every dx cell (dy or 0) without zeroing or scattering.
 * max with the argmaxes given (``indices``, from ``max_pool2d_forward(...,
   return_indices=True)``, which finds them as steps 1-2 above and takes the maxima from
-  the same fold): only step 3. nin_max3s2, float32, 1 thread: backward 5.0 -> 1.5 ms, the
-  forward with the argmaxes 1.7 -> 3.9 ms, forward + backward 6.7 -> 5.3 ms, which is why
-  nn.MaxPool2d keeps them in training; but not for 2x2 stride 2 unpadded, whose one-pass
-  kernels above make 0.14 ms of LeNet-5's first pooling, against 0.46 with the argmaxes.
+  the same fold): only step 3, which is why nn.MaxPool2d keeps them in training (but not
+  for 2x2 stride 2 unpadded, whose one-pass kernels are cheaper still).
 * avg: separable again, and each dx row is written exactly once: a horizontal scatter of
   dy / D into one row buffer per output row p, then every dx row is the sum of the rows of
   the windows that cover it (a memcpy when only one does). Global average pooling (the
@@ -57,8 +60,11 @@ Backward, per plane:
 Small calls run on one thread (``threads_for_values`` in _common.pxd); which thread runs
 a plane never changes a result.
 
-NaN inputs: not specified (PyTorch propagates NaN through max pooling; these kernels use
-plain ``>`` comparisons so that the compiler can vectorise them).
+NaN, as PyTorch: a max-pooling window holding NaN gives NaN, its argmax (and gradient) at
+its last NaN in row-major order. The tuned loops compare with plain ``>``, which the
+compiler turns into vector max instructions but which drops NaN; so they also note whether
+they read a NaN (or the plane is scanned first), and such a plane is done by the teaching
+loops. Average pooling adds, so NaN and Inf spread through it as through any sum.
 """
 import numpy as np
 
@@ -374,7 +380,7 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
     and even W (the usual 3x3 stride 2 pooling; then W == 2*Q): window (ih, q) covers x
     columns 2q - 1 .. 2q + 1 of row ih, flat indices 2k - 1 .. 2k + 1 with k = ih*Q + q,
     so ONE loop over k covers the plane, with no row copy and no per-row loop set-up, which
-    cost more than the work in rows of Q = 16 (nin_max3s2 float32: 6.6 -> 6.1 ms).
+    cost more than the work in rows of Q = 16.
     Window 0 of each row reads the previous row's last cell as its column -1 (padding);
     it is redone afterwards on its two real cells. k starts at 1 so that no read leaves
     the plane (window (H-1, Q-1) ends at column W - 1).
@@ -401,7 +407,7 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
         m = x[r]
         v = x[r + 1]
         # the index as an integer plus the comparison, not a select: gcc branched on the
-        # select, mispredicted half the time on random data (nin_max3s2: 6.0 -> 4.8 ms)
+        # select, mispredicted half the time on random data
         hidx[ih * Q] = <index_t>r + <index_t>(v > m)
         hbest[ih * Q] = v if v > m else m
 
@@ -535,8 +541,7 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     gcc threaded jumps through them and the loop was no longer vectorised (3x slower).
     The windows tile the plane, so every dx cell of rows 2p, 2p + 1 and columns < 2Q is
     WRITTEN once (dy at the winner, 0 at the three others) instead of zeroing the plane and
-    scattering: one pass over dx, with no data-dependent address (vgg_max2, float32:
-    4.6 -> 3.0 ms; lenet_max2 0.15 -> 0.11 ms).
+    scattering: one pass over dx, with no data-dependent address.
     """
     cdef Py_ssize_t p, q
     cdef const floating* r0
@@ -639,9 +644,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     cdef Py_ssize_t n_pairs = N * C * P, blk, np0
     if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
         # 2x2 stride 2: one pass, no buffer; with even H, blocks of _ROW_PAIRS row pairs
-        # over all planes (_max_rows_2x2). 1 thread, float32, interleaved medians against
-        # the separable path: LeNet-5's pool2 (64 x 16 x 10 x 10) 68 -> 34 us, pool1
-        # (64 x 6 x 28 x 28) 55 -> 40 us.
+        # over all planes (_max_rows_2x2).
         with nogil:
             if H % 2 == 0:
                 for blk in prange((n_pairs + _ROW_PAIRS - 1) // _ROW_PAIRS, schedule="static",
@@ -721,8 +724,6 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
         # No scratch at all: the dozen NumPy calls that set up the buffers below cost
         # more than this kernel on small layers. With even H the planes are one tall plane
         # of N*C*P row pairs (no pair straddles two planes), cut into blocks of _ROW_PAIRS.
-        # 1 thread, float32, interleaved medians against the previous version: LeNet-5's
-        # pool2 (64 x 16 x 10 x 10) 73 -> 55 us, pool1 (64 x 6 x 28 x 28) 101 -> 86 us.
         with nogil:
             if H % 2 == 0:
                 for blk in prange((n_pairs + _ROW_PAIRS - 1) // _ROW_PAIRS, schedule="static",
@@ -759,8 +760,8 @@ def _argmax_scratch(int n_threads, dtype, Py_ssize_t H, Py_ssize_t W, Py_ssize_t
     int64 for float64 (see index_t). Separate arrays: before it enters a vectorised loop, gcc
     checks at run time that they do not overlap. Each thread's row leaves at least 16 unused
     values (>= 64 bytes) before the next thread's, so two threads never write to the same
-    cache line (that false sharing made float64 nin_max3s2 on 2 threads 6.7 ms instead of
-    4.4). bounds: _split_row's range of j for each column phase t (the same for every row).
+    cache line (false sharing: docs/performance.md). bounds: _split_row's range of j for
+    each column phase t (the same for every row).
     """
     cdef Py_ssize_t L = (W + 2 * pw + sw - 1) // sw + 1
     itype = np.int32 if dtype == np.float32 else np.int64

@@ -13,7 +13,7 @@
  * Other compilers or CPUs have the baseline copy only (FC_AVX2 is 0), with the same results.
  *
  * Names: the run of channel j of a group for sample n is the HW values at x0 + n*sn + j*HW
- * (sn = C*HW); "shift" arrays (K in the Cython drivers) hold the per-channel value subtracted
+ * (sn = C*HW); "shift" arrays (shift in the Cython drivers) hold the per-channel value subtracted
  * before a sum of squares; ca, cb, cc are dx's per-channel coefficients (bn.bwd).
  * Pointer arguments are marked IN (read) or OUT (written).
  */
@@ -137,12 +137,12 @@ TARGET static void fc_group_affine_##ISA(const float* x0, float* y0, Py_ssize_t 
         }                                                                             \
 }                                                                                     \
                                                                                       \
-/* _group_moments: with d = x - K[j], acc[24j + k] = lane k of channel j's sum of d^2 \
+/* _group_moments: with d = x - shift[j], acc[24j + k] = lane k of channel j's sum of d^2 \
  * (only if with_dd), acc[24j + 8 + k] of dy, acc[24j + 16 + k] of dy * d, in float   \
  * chunks as above */                                                                 \
 TARGET static void fc_group_moments_##ISA(const float* x0, const float* g0,           \
                                           Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW, \
-                                          Py_ssize_t nc, const float* K, int with_dd, \
+                                          Py_ssize_t nc, const float* shift, int with_dd, \
                                           double* acc) {                              \
     enum { NV = 8 / (W) };                                                            \
     float part[FC_GROUP * 24];                                                        \
@@ -154,7 +154,7 @@ TARGET static void fc_group_moments_##ISA(const float* x0, const float* g0,     
             const float* a = x0 + n * sn + j * HW;                                    \
             const float* g = g0 + n * sn + j * HW;                                    \
             float* pt = part + 24 * j;                                                \
-            float Kj = K[j];                                                          \
+            float Kj = shift[j];                                                          \
             p = pending;                                                              \
             for (Py_ssize_t i0 = 0; i0 < HW; i0 += FC_PIECE) {                        \
                 Py_ssize_t i1 = i0 + FC_PIECE < HW ? i0 + FC_PIECE : HW;              \
@@ -238,13 +238,13 @@ TARGET static void fc_group_dx_##ISA(const float* x0, const float* g0, float* dx
  * channels (x and g point at the first one's column, rows C apart) down all N rows,  \
  * their sums or coefficients in registers. _rows_train, _rows_backward say what for. */ \
                                                                                       \
-/* _rows_train pass 1: out[k] = sum d, out[8 + k] = sum d^2 in double, d = x - K[k] */ \
+/* _rows_train pass 1: out[k] = sum d, out[8 + k] = sum d^2 in double, d = x - shift[k] */ \
 TARGET static void fc_rows_moments_##ISA(const float* x, Py_ssize_t N, Py_ssize_t C,  \
-                                         const double* K, double* out) {              \
+                                         const double* shift, double* out) {              \
     enum { ND = 16 / (W) };                                                           \
     VD k[ND], s1[ND], s2[ND], lo, hi;                                                 \
     for (int q = 0; q < ND; q++) {                                                    \
-        FC_LOAD(k[q], K + q * (W) / 2);                                               \
+        FC_LOAD(k[q], shift + q * (W) / 2);                                               \
         s1[q] = s2[q] = (VD){0};                                                      \
     }                                                                                 \
     for (Py_ssize_t n = 0; n < N; n++)                                                \
@@ -282,17 +282,17 @@ TARGET static void fc_rows_affine_##ISA(const float* x, float* y, Py_ssize_t N, 
         }                                                                             \
 }                                                                                     \
                                                                                       \
-/* _rows_backward pass 1: with d = x - K[k], acc[k] += sum d, acc[8 + k] += sum d^2   \
+/* _rows_backward pass 1: with d = x - shift[k], acc[k] += sum d, acc[8 + k] += sum d^2   \
  * (only if with_x), acc[16 + k] += sum g, acc[24 + k] += sum g * d, each over blocks \
  * of 8 rows in float, then added to the double sums */                              \
 TARGET static void fc_rows_sums_##ISA(const float* x, const float* g, Py_ssize_t N,   \
-                                      Py_ssize_t C, const float* K, int with_x,       \
+                                      Py_ssize_t C, const float* shift, int with_x,       \
                                       double* acc) {                                  \
     enum { NV = 8 / (W) };                                                            \
     VF k[NV], sx[NV], sxx[NV], sg[NV], sgd[NV], d, y;                                 \
     float part[32];                                                                   \
     for (int q = 0; q < NV; q++)                                                      \
-        FC_LOAD(k[q], K + q * (W));                                                   \
+        FC_LOAD(k[q], shift + q * (W));                                                   \
     for (Py_ssize_t n0 = 0; n0 < N; n0 += 8) {                                        \
         Py_ssize_t n1 = n0 + 8 < N ? n0 + 8 : N;                                      \
         for (int q = 0; q < NV; q++)                                                  \
@@ -349,8 +349,9 @@ FC_KERNELS(avx2, __attribute__((target("avx2"))), fc_v8sf, fc_v4df, 8)
 
 /* The kernels the Cython drivers call: the copy for isa (fc_isa_level() at import). */
 
-static inline void fc_group_sum_f32(int isa, const float* x0, Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc,
-        const double* m, double* acc)   /* IN x0, m; OUT acc */
+/* IN x0, m; OUT acc */
+static inline void fc_group_sum_f32(int isa, const float* x0, Py_ssize_t N, Py_ssize_t sn,
+        Py_ssize_t HW, Py_ssize_t nc, const double* m, double* acc)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
@@ -362,8 +363,10 @@ static inline void fc_group_sum_f32(int isa, const float* x0, Py_ssize_t N, Py_s
     fc_group_sum_base(x0, N, sn, HW, nc, m, acc);
 }
 
-static inline void fc_group_affine_f32(int isa, const float* x0, float* y0, Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW,
-        Py_ssize_t nc, const float* fm, const float* fa, const float* fb)   /* IN x0, fm, fa, fb; OUT y0 */
+/* IN x0, fm, fa, fb; OUT y0 */
+static inline void fc_group_affine_f32(int isa, const float* x0, float* y0, Py_ssize_t N,
+        Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const float* fm, const float* fa, const
+        float* fb)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
@@ -375,22 +378,25 @@ static inline void fc_group_affine_f32(int isa, const float* x0, float* y0, Py_s
     fc_group_affine_base(x0, y0, N, sn, HW, nc, fm, fa, fb);
 }
 
-static inline void fc_group_moments_f32(int isa, const float* x0, const float* g0, Py_ssize_t N, Py_ssize_t sn,
-        Py_ssize_t HW, Py_ssize_t nc, const float* K, int with_dd, double* acc)   /* IN x0, g0, K; OUT acc */
+/* IN x0, g0, shift; OUT acc */
+static inline void fc_group_moments_f32(int isa, const float* x0, const float* g0, Py_ssize_t
+        N, Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const float* shift, int with_dd,
+        double* acc)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
-        fc_group_moments_avx2(x0, g0, N, sn, HW, nc, K, with_dd, acc);
+        fc_group_moments_avx2(x0, g0, N, sn, HW, nc, shift, with_dd, acc);
         return;
     }
 #endif
     (void)isa;
-    fc_group_moments_base(x0, g0, N, sn, HW, nc, K, with_dd, acc);
+    fc_group_moments_base(x0, g0, N, sn, HW, nc, shift, with_dd, acc);
 }
 
-static inline void fc_group_dx_f32(int isa, const float* x0, const float* g0, float* dx0, Py_ssize_t N, Py_ssize_t sn,
-        Py_ssize_t HW, Py_ssize_t nc, const float* ca, const float* cb, const float* cc,
-        const float* fm)   /* IN x0, g0, ca, cb, cc, fm; OUT dx0 */
+/* IN x0, g0, ca, cb, cc, fm; OUT dx0 */
+static inline void fc_group_dx_f32(int isa, const float* x0, const float* g0, float* dx0,
+        Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const float* ca, const
+        float* cb, const float* cc, const float* fm)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
@@ -402,20 +408,23 @@ static inline void fc_group_dx_f32(int isa, const float* x0, const float* g0, fl
     fc_group_dx_base(x0, g0, dx0, N, sn, HW, nc, ca, cb, cc, fm);
 }
 
-static inline void fc_rows_moments_f32(int isa, const float* x, Py_ssize_t N, Py_ssize_t C, const double* K, double* out)   /* IN x, K; OUT out */
+/* IN x, shift; OUT out */
+static inline void fc_rows_moments_f32(int isa, const float* x, Py_ssize_t N, Py_ssize_t C,
+        const double* shift, double* out)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
-        fc_rows_moments_avx2(x, N, C, K, out);
+        fc_rows_moments_avx2(x, N, C, shift, out);
         return;
     }
 #endif
     (void)isa;
-    fc_rows_moments_base(x, N, C, K, out);
+    fc_rows_moments_base(x, N, C, shift, out);
 }
 
-static inline void fc_rows_affine_f32(int isa, const float* x, float* y, Py_ssize_t N, Py_ssize_t C, const float* fm,
-        const float* fa, const float* fb)   /* IN x, fm, fa, fb; OUT y */
+/* IN x, fm, fa, fb; OUT y */
+static inline void fc_rows_affine_f32(int isa, const float* x, float* y, Py_ssize_t N,
+        Py_ssize_t C, const float* fm, const float* fa, const float* fb)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
@@ -427,21 +436,24 @@ static inline void fc_rows_affine_f32(int isa, const float* x, float* y, Py_ssiz
     fc_rows_affine_base(x, y, N, C, fm, fa, fb);
 }
 
-static inline void fc_rows_sums_f32(int isa, const float* x, const float* g, Py_ssize_t N, Py_ssize_t C, const float* K,
-        int with_x, double* acc)   /* IN x, g, K; OUT acc */
+/* IN x, g, shift; OUT acc */
+static inline void fc_rows_sums_f32(int isa, const float* x, const float* g, Py_ssize_t N,
+        Py_ssize_t C, const float* shift, int with_x, double* acc)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
-        fc_rows_sums_avx2(x, g, N, C, K, with_x, acc);
+        fc_rows_sums_avx2(x, g, N, C, shift, with_x, acc);
         return;
     }
 #endif
     (void)isa;
-    fc_rows_sums_base(x, g, N, C, K, with_x, acc);
+    fc_rows_sums_base(x, g, N, C, shift, with_x, acc);
 }
 
-static inline void fc_rows_dx_f32(int isa, const float* x, const float* g, float* dx, Py_ssize_t N, Py_ssize_t C,
-        const float* fm, const float* ca, const float* cb, const float* cc)   /* IN x, g, fm, ca, cb, cc; OUT dx */
+/* IN x, g, fm, ca, cb, cc; OUT dx */
+static inline void fc_rows_dx_f32(int isa, const float* x, const float* g, float* dx,
+        Py_ssize_t N, Py_ssize_t C, const float* fm, const float* ca, const float* cb, const
+        float* cc)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
