@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import fastconv
 import fastconv.functional as F
 from fastconv.reference import batchnorm as ref
+from fastconv.reference.naive import naive_batch_norm
 from helpers import ATOL, RTOL, assert_close, assert_close_nonfinite, assert_grad_matches
 
 BACKENDS = ["reference", "fast"]
@@ -25,31 +26,7 @@ EPS = 1e-5
 
 
 # --------------------------------------------------------------------------- naive oracle
-
-def naive_batch_norm(x, dy, gamma, beta, eps):
-    """(bn.fwd) and (bn.bwd) with explicit loops over each channel's M = N*H*W values, float64.
-
-    Returns y, mean, var (biased), dx, dgamma, dbeta.
-    """
-    N, C, H, W = x.shape
-    M = N * H * W
-    y, dx = np.zeros(x.shape), np.zeros(x.shape)
-    mean, var, dgamma, dbeta = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C)
-    for c in range(C):
-        cells = list(itertools.product(range(N), range(H), range(W)))
-        vals = [float(x[n, c, h, w]) for n, h, w in cells]
-        mean[c] = math.fsum(vals) / M
-        var[c] = math.fsum((v - mean[c]) ** 2 for v in vals) / M
-        invstd = 1.0 / math.sqrt(var[c] + eps)
-        x_hat = [(v - mean[c]) * invstd for v in vals]
-        g = [float(dy[n, c, h, w]) for n, h, w in cells]
-        dbeta[c] = math.fsum(g)
-        dgamma[c] = math.fsum(gi * xi for gi, xi in zip(g, x_hat))
-        for (n, h, w), xi, gi in zip(cells, x_hat, g):
-            y[n, c, h, w] = gamma[c] * xi + beta[c]
-            dx[n, c, h, w] = gamma[c] * invstd / M * (M * gi - dbeta[c] - xi * dgamma[c])
-    return y, mean, var, dx, dgamma, dbeta
-
+# (fastconv.reference.naive: the formulas as explicit loops)
 
 def test_naive_batch_norm_by_hand():
     x = np.array([1., 2., 3., 4.]).reshape(2, 1, 1, 2)        # one channel, M = 4

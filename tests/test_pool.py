@@ -16,67 +16,14 @@ from hypothesis import strategies as st
 import fastconv
 import fastconv.functional as F
 from fastconv.reference import pool as ref
+from fastconv.reference.naive import naive_avg_pool, naive_max_pool
 from helpers import assert_close, assert_close_nonfinite, assert_grad_matches
 
 BACKENDS = ["reference", "fast"]
 
 
 # --------------------------------------------------------------------------- naive oracle
-
-def _window(i, size, k, s, pad):
-    """PyTorch's window bounds for output index i: (start, end) in input coordinates,
-    clipped to the padded input (so they may reach into the padding)."""
-    start = i * s - pad
-    return start, min(start + k, size + pad)
-
-
-def naive_max_pool(x, dy, kernel_size, stride, padding):
-    """(pool.max) and its gradient with explicit loops, float64: y (N,C,P,Q), dx (N,C,H,W).
-
-    Padding is -inf, the window is scanned in row-major order and only a strictly larger
-    value replaces the running maximum: the first maximum wins ties.
-    """
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1      # (conv.out)
-    y = np.zeros((N, C, P, Q))
-    dx = np.zeros(x.shape)
-    for n, c, p, q in itertools.product(range(N), range(C), range(P), range(Q)):
-        best, where = -np.inf, None
-        h0, h1 = _window(p, H, kh, sh, ph)
-        w0, w1 = _window(q, W, kw, sw, pw)
-        for ih in range(h0, h1):
-            for iw in range(w0, w1):
-                inside = 0 <= ih < H and 0 <= iw < W
-                v = x[n, c, ih, iw] if inside else -np.inf
-                if v > best or (where is None and inside):
-                    best, where = v, (ih, iw)
-        y[n, c, p, q] = best
-        if dy is not None:
-            dx[n, c, where[0], where[1]] += dy[n, c, p, q]
-    return y, dx
-
-
-def naive_avg_pool(x, dy, kernel_size, stride, padding, count_include_pad):
-    """(pool.avg) and its gradient with explicit loops, float64, PyTorch's divisor:
-    the window clipped to the padded input (count_include_pad) or to the real input."""
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    y = np.zeros((N, C, P, Q))
-    dx = np.zeros(x.shape)
-    for n, c, p, q in itertools.product(range(N), range(C), range(P), range(Q)):
-        h0, h1 = _window(p, H, kh, sh, ph)
-        w0, w1 = _window(q, W, kw, sw, pw)
-        cells = [(ih, iw) for ih in range(max(h0, 0), min(h1, H))
-                 for iw in range(max(w0, 0), min(w1, W))]
-        divisor = (h1 - h0) * (w1 - w0) if count_include_pad else len(cells)
-        y[n, c, p, q] = sum(x[n, c, ih, iw] for ih, iw in cells) / divisor
-        if dy is not None:
-            for ih, iw in cells:
-                dx[n, c, ih, iw] += dy[n, c, p, q] / divisor
-    return y, dx
-
+# (fastconv.reference.naive: the formulas as explicit loops)
 
 def test_naive_max_pool_by_hand():
     x = np.array([[[[1., 5., 2.],
@@ -597,3 +544,13 @@ def test_nonfinite_matches_torch(rng):
         np.testing.assert_array_equal(idx, it.numpy(), err_msg=grid_id(case))
         assert_close_nonfinite(F.max_pool2d_backward(dy, x, k, s, p), xt.grad.numpy(),
                                reduction=k[0] * k[1], err_msg=grid_id(case))
+
+
+def test_naive_max_pool_nan_rule():
+    """The naive loops follow PyTorch's NaN rule too: NaN wins, the last NaN of the window."""
+    x = np.array([[np.nan, 1.0], [np.nan, 3.0]])[None, None]
+    y, dx = naive_max_pool(x, np.ones((1, 1, 1, 1)), (2, 2), (2, 2), (0, 0))
+    assert np.isnan(y).all()
+    np.testing.assert_array_equal(dx.ravel(), [0, 0, 1, 0])
+    y_ref = ref.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    assert np.isnan(y_ref).all()
