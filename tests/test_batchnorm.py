@@ -7,7 +7,6 @@ and many channels) and on random ones; finite differences check the backward pas
 the public API; the running statistics follow PyTorch's update; and the fast kernels must
 give the same bits on 1 and 2 threads. Formulas: (bn.fwd), (bn.bwd), (bn.run).
 """
-import itertools
 import math
 
 import numpy as np
