@@ -263,17 +263,16 @@ cdef bint _max_plane(const floating* xp, floating* yp, floating* vbuf,
                 v[iw] = b if b > a else a
             h0 += 2
         else:
-            for iw in range(W):
-                a = row[iw]
-                nan |= a != a
-                v[iw] = a
+            memcpy(v, row, W * sizeof(floating))
+            nan |= _has_nan(row, W)
             h0 += 1
         for ih in range(h0, h1):
             row = xp + ih * W
+            # (a NaN test inside this loop stopped gcc vectorising it: a scan of its own)
+            nan |= _has_nan(row, W)
             for iw in range(W):
                 a = v[iw]
                 b = row[iw]
-                nan |= b != b
                 v[iw] = b if b > a else a
         _max_hpass(vbuf, yp + p * Q, Q, kw, sw)
     return nan
@@ -599,10 +598,11 @@ cdef bint _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py
         for q in range(Q):
             a = r0[2 * q]
             c = r1[2 * q]
-            a = c if c > a else a
             b = r0[2 * q + 1]
             d = r1[2 * q + 1]
-            nan |= (a != a) | (b != b) | (c != c) | (d != d)
+            # each pair test is one "unordered" compare (NaN in either), on values loaded anyway
+            nan |= ((a != a) | (c != c)) | ((b != b) | (d != d))
+            a = c if c > a else a
             b = d if d > b else b
             yr[q] = b if b > a else a
     return nan      # True: x held NaN, the caller redoes it with _max_plane_plain
