@@ -5,15 +5,11 @@
 (relu.bwd)  dx = dy where y > 0, else 0,   y = max(x, 0)
             (the gradient at 0 is taken as 0, and dx is 0 there even where dy is NaN, as PyTorch)
 
-Forward: one pass, a compare and select per value; NumPy's ``np.maximum(x, 0, out=x)``
-took 112 us for LeNet-5's first ReLU (64 x 6 x 28 x 28, float32, 1 thread), this 22 us
-(PyTorch's relu_: 19 us). Backward: NumPy spends two passes and a temporary on it
-(``y > 0`` as a bool array, then a product); here one pass reads y and dy and writes dx.
-The loops are C (see the block below) so that gcc can compile them for AVX-512/AVX2 too.
-The arrays are flat (any shape, C-contiguous), cut into blocks of BLOCK values shared among
-the threads; each value is computed alone, so any thread count gives the same result.
-1 thread, float32, interleaved medians against NumPy's dy * (y > 0): LeNet-5's first ReLU
-(64 x 6 x 28 x 28) 89 -> 47 us, ResNet-20's (128 x 16 x 32 x 32) 968 -> 553 us.
+Runs by default: relu_forward / relu_backward below, which cut the flat array into blocks
+of BLOCK values shared among the threads; the inner loop is in src_pyx/include/fc_relu.h
+(fc_relu_fwd_f32 and friends), compiled for the instruction set fc_isa_level() picks. Each
+value is computed alone, so any thread count gives the same result. Why one pass beats
+NumPy, with timings: docs/performance.md, "ReLU".
 """
 import numpy as np
 
@@ -21,64 +17,32 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from _common cimport threads_for_values
+from _isa cimport fc_isa_level
 
 
 cdef enum:
     BLOCK = 16384       # values per work unit (64 KiB of float32)
 
 
-cdef extern from *:
-    """
-    /* The loops of (relu.fwd) and (relu.bwd) in C, compiled several times by gcc's
-     * target_clones: the module is built for baseline x86-64 (16-byte SSE2 vectors), and
-     * a loop this simple is limited by how many values one instruction handles, so the
-     * AVX-512 (or AVX2) clone, picked once at load time for the CPU it runs on, is about
-     * 2x faster (LeNet-5's first ReLU in place, 1 thread, float32: 45 -> 22 us). Every clone
-     * computes the same selects, so the results are the same bits on any CPU.
-     * v <= 0 is false for NaN: the forward keeps NaN, as np.maximum and PyTorch do. The
-     * in-place forward has its own loop over one pointer: with two, gcc guards the vector
-     * loop with a run-time overlap test, which x == y fails, and falls back to scalar code.
-     * The backward reads dy[i] whatever y[i] is: read inside the condition (or as the
-     * product dy[i] * (y[i] > 0)), gcc kept a branch per value, mispredicted on about half
-     * of them; read first, the select vectorises. */
-    /* target_clones needs ifunc, which glibc's loader provides (musl's does not). */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-    #define FC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-    #else
-    #define FC_CLONES
-    #endif
-    #define FC_RELU_LOOPS(T)                                                             \
-    FC_CLONES static void fc_relu_forward_##T(const T *x, T *y, Py_ssize_t n)           \
-    {                                                                                    \
-        if (x == y) {                                                                    \
-            for (Py_ssize_t i = 0; i < n; i++) { T v = y[i]; y[i] = v <= 0 ? 0 : v; }    \
-        } else {                                                                         \
-            for (Py_ssize_t i = 0; i < n; i++) { T v = x[i]; y[i] = v <= 0 ? 0 : v; }    \
-        }                                                                                \
-    }                                                                                    \
-    FC_CLONES static void fc_relu_backward_##T(const T *dy, const T *y, T *dx,          \
-                                               Py_ssize_t n)                             \
-    {                                                                                    \
-        for (Py_ssize_t i = 0; i < n; i++) { T d = dy[i]; dx[i] = y[i] > 0 ? d : 0; }    \
-    }
-    FC_RELU_LOOPS(float)
-    FC_RELU_LOOPS(double)
-    """
-    void fc_relu_forward_float(const float* x, float* y, Py_ssize_t n) noexcept nogil
-    void fc_relu_forward_double(const double* x, double* y, Py_ssize_t n) noexcept nogil
-    void fc_relu_backward_float(const float* dy, const float* y, float* dx,
+cdef extern from "fc_relu.h":
+    void fc_relu_forward_float(int isa, const float* x, float* y, Py_ssize_t n) noexcept nogil
+    void fc_relu_forward_double(int isa, const double* x, double* y, Py_ssize_t n) noexcept nogil
+    void fc_relu_backward_float(int isa, const float* dy, const float* y, float* dx,
                                 Py_ssize_t n) noexcept nogil
-    void fc_relu_backward_double(const double* dy, const double* y, double* dx,
+    void fc_relu_backward_double(int isa, const double* dy, const double* y, double* dx,
                                  Py_ssize_t n) noexcept nogil
+
+
+cdef int _ISA = fc_isa_level()      # which copy of the loops runs: fc_isa.h decides
 
 
 cdef inline void _relu_forward_block(const floating* x, floating* y,
                                      Py_ssize_t n) noexcept nogil:
     """y[i] = max(x[i], 0) for i < n (relu.fwd); y may be x (in place)."""
     if floating is float:
-        fc_relu_forward_float(x, y, n)
+        fc_relu_forward_float(_ISA, x, y, n)
     else:
-        fc_relu_forward_double(x, y, n)
+        fc_relu_forward_double(_ISA, x, y, n)
 
 
 def relu_forward(const floating[::1] x, floating[::1] out, int n_threads):
@@ -111,9 +75,9 @@ cdef inline void _relu_backward_block(const floating* dy, const floating* y, flo
                                       Py_ssize_t n) noexcept nogil:
     """dx[i] = dy[i] if y[i] > 0 else 0, for i < n (relu.bwd)."""
     if floating is float:
-        fc_relu_backward_float(dy, y, dx, n)
+        fc_relu_backward_float(_ISA, dy, y, dx, n)
     else:
-        fc_relu_backward_double(dy, y, dx, n)
+        fc_relu_backward_double(_ISA, dy, y, dx, n)
 
 
 def relu_backward(const floating[::1] dy, const floating[::1] y, int n_threads):

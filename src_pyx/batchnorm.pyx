@@ -1,10 +1,18 @@
 # cython: language_level=3
 """Batch normalisation: Cython + OpenMP twin of ``fastconv.reference.batchnorm``.
 
+Runs by default: the tuned path, ``_run`` -> ``_run_item`` -> ``_group_*`` (HW > 1) or
+``_rows_*`` (HW == 1); their float32 inner loops are in src_pyx/include/fc_batchnorm.h
+(e.g. fc_group_moments_f32 for the backward's sums, fc_group_dx_f32 for dx), their float64
+inner loops the Cython ``_group_sum``, ``_group_moments``, ``_group_dx``, ``_rows_group_*``
+below. To study the arithmetic first, read the teaching path: ``_plain_stats``,
+``_plain_affine``, ``_plain_backward`` (one channel, plain loops, sums in double).
+
 Same functions and signatures as the reference; read its docstring for (bn.fwd), (bn.bwd)
-and (bn.run). x is always 4-D (N, C, H, W) (BatchNorm1d input arrives as (N, C, 1, 1)),
-channel c holds M = N*H*W values, and statistics are accumulated in double even for float32
-(the backward first sums short blocks in x's dtype: see _group_backward, _rows_backward).
+and (bn.run) (docs/formulas.md). x is always 4-D (N, C, H, W) (BatchNorm1d input arrives as
+(N, C, 1, 1)), channel c holds M = N*H*W values, and statistics are accumulated in double
+even for float32 (the backward first sums short blocks in x's dtype: see _group_backward,
+_rows_backward). Timings behind these choices: docs/performance.md.
 
 How the kernels work
 --------------------
@@ -13,59 +21,37 @@ Two memory layouts, one per common case, chosen by HW = H*W:
 * HW > 1 ("channel path"): channel c is N runs of HW contiguous values, C*HW apart. The
   channels are cut into groups of at most CGROUP neighbours, the same number of groups for
   every thread (``prange`` over groups, see _n_groups). Each pass walks its group in memory
-  order, n outer and the group's channels inner: for one n the group's runs are adjacent
-  (nc*HW values in a row), so the pass streams through memory in address order and the
-  hardware prefetchers keep up. Walking one channel at a time instead jumps C*HW values
-  after every run, and every run starts cold: with bn2d_s3's runs of 64 values (4 cache
-  lines) the prefetchers never got going. (1 thread, float32, interleaved medians, baseline
-  SSE2 code both: backward with saved statistics bn2d_s1 1.98 -> 1.02 ms, bn2d_s3
-  0.262 -> 0.182, bn2d_vgg 4.30 -> 2.45; training forward 1.65 -> 1.25, 0.283 -> 0.267,
-  4.29 -> 2.75. The AVX2 copies below then give 0.92, 0.161, 2.28 and 0.96, 0.204, 2.16.)
-  Each channel keeps its own running sums, taken over its runs in order of n, so a channel's
-  sums are the same whatever group it falls in: the grouping may depend on the thread count
+  order, n outer and the group's channels inner, so it streams through memory in address
+  order and the hardware prefetchers keep up (walking one channel at a time jumps C*HW
+  values after every run, and every run starts cold). Each channel keeps its own running
+  sums, taken over its runs in order of n, so the grouping may depend on the thread count
   without changing a bit. Sums use LANES = 8 independent accumulators per channel (lane k
-  takes the values i with i % 8 == k of each run, in order), which lets the compiler
-  vectorise the reduction without -ffast-math; the lanes are added in a fixed tree at the end.
-* HW == 1 ("row path", BatchNorm1d): channel c is strided by C, which is slow to walk
-  value by value. Instead every pass takes 8 neighbouring channels at a time (32
-  contiguous bytes of each row) down all N rows, with their running sums or coefficients
-  in registers, so the loop over the 8 channels vectorises. ``prange`` runs over fixed
-  blocks of CBLOCK = 64 channels.
+  takes the values i with i % 8 == k of each run), which lets the compiler vectorise the
+  reduction without -ffast-math; the lanes are added in a fixed tree at the end.
+* HW == 1 ("row path", BatchNorm1d): channel c is strided by C. Every pass takes 8
+  neighbouring channels at a time (32 contiguous bytes of each row) down all N rows, their
+  sums or coefficients in registers. ``prange`` runs over blocks of CBLOCK = 64 channels.
 
-Either way every channel's sums are taken in an order fixed by the shape alone, so the
-results are bitwise identical for any number of threads. Small calls run on one thread
-(``threads_for_values`` in _common.pxd), in a plain loop (see _run). The wrappers read
-their arrays through raw pointers after a few C checks (_data): with typed memoryviews, the
-fused-def dispatch and an OpenMP region, a BatchNorm1d(120) call at batch 128 paid 2.5 us
-before any arithmetic, 0.36 us now.
+Either way every channel's sums run in an order fixed by the shape alone, so the results
+are bitwise identical for any number of threads.
 
-Training forward, channel path: pass 1 the mean, pass 2 the centred variance
-sum((x - mean)^2) / M (two passes are numerically better than E[x^2] - E[x]^2, which cancels
-catastrophically when |mean| >> std), pass 3 y = (x - mean) * (gamma * invstd) + beta, one
-read and one write.
+Training forward, channel path: pass 1 the mean, pass 2 the centred variance (two passes:
+E[x^2] - E[x]^2 cancels when |mean| >> std), pass 3 y = (x - mean) * (gamma * invstd) + beta.
 Row path: one pass of shifted sums (_shifted_moments), then y.
-Backward (bn.bwd): the sums sum dy and sum dy * (x - mean), then dx = a * dy + b * (x - mean)
-+ c0 with per-channel a, b, c0 (derived in _group_backward). It takes the batch statistics
-the forward saved (mean, var), as PyTorch's backward does, or recomputes them from x.
-Channel path: pass 1 the mean (skipped with saved statistics), pass 2 the sums shifted by
-K = the mean rounded to x's dtype, pass 3 dx. Row path: pass 1 the shifted sums with
-K = x[0, c] (_shifted_moments says why that is accurate), pass 2 dx.
+Backward (bn.bwd): dx = ca * dy + cb * (x - mean) + cc with per-channel coefficients ca, cb,
+cc (derived in _group_backward) from sum dy and sum dy * (x - mean). It takes the statistics
+the forward saved, as PyTorch's backward does, or recomputes them from x. Channel path: pass 1
+the mean (skipped with saved statistics), pass 2 the sums of x - shift, shift = the mean
+rounded to x's dtype, pass 3 dx. Row path: pass 1 the shifted sums (shift = x[0, c]), pass 2
+dx. Names: ``shift`` is always that per-channel value; ``ca``, ``cb``, ``cc`` always dx's
+per-channel coefficients; ``nc`` / ``nch`` the channels of a group / block.
 
-float32: C kernels in two copies
---------------------------------
-The float32 loops of both paths are C functions (the ``cdef extern`` block below) written
-with GCC vector types; the _group_* and _rows_* helpers call them for float32 and run the
-same loops in Cython for float64. A portable build may only assume baseline x86-64 (SSE2:
-4 floats per instruction), so each C kernel is compiled twice from one template
-(FC_KERNELS): a baseline copy and, on x86-64 with GCC >= 9 (or clang), an AVX2 copy (8
-floats per instruction) that the module picks at import when the CPU has AVX2 (fc_init;
-_kernel_isa tells or switches which). Both copies do the same additions and multiplications
-in the same order, without fused multiply-adds, so they give the same bits; other platforms
-(or a build with -DFC_NO_AVX2) have the baseline copy only, with the same results. The
-AVX2 copy is 1.1-1.3x faster (numbers in the channel-path item above; on the row path the
-forward, whose sums are in double, gains most: BatchNorm1d(120) at batch 128, 1 thread,
-7.5 -> 5.6 us); AVX-512 measured no faster than AVX2 here (AMD Zen 4, which splits 512-bit
-operations in two), and would need 16 lanes, changing the bits.
+The float32 SIMD kernels exist in a baseline (SSE2) and an AVX2 copy with the same operations
+in the same order (no FMA), so the same bits; fc_isa_level() (fc_isa.h) picks one at import,
+``_kernel_isa`` lets the tests switch. NaN and Inf propagate as in PyTorch: the variance is
+never clamped across NaN, a row-path channel whose statistics are not finite is recomputed by
+_plain_stats, and a float32 channel whose values would overflow float32 arithmetic (values
+near its largest) is redone by the plain double loops.
 """
 import numpy as np
 
@@ -73,9 +59,11 @@ cimport numpy as cnp
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.float cimport FLT_MAX
+from libc.math cimport isfinite, sqrt
 
 from _common cimport threads_for_values
+from _isa cimport FC_ISA_AVX2, FC_ISA_BASELINE, fc_isa_level
 
 cnp.import_array()
 
@@ -103,435 +91,139 @@ cdef inline double _lanes_total(const double* acc) noexcept nogil:
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 
 
-cdef inline void _shifted_moments(double K, double s1, double s2, Py_ssize_t M,
+cdef inline void _shifted_moments(double shift, double s1, double s2, Py_ssize_t M,
                                   double* mean, double* var) noexcept nogil:
-    """mean and biased var from the shifted sums s1 = sum (x - K), s2 = sum (x - K)^2.
+    """mean and biased var from the shifted sums s1 = sum (x - shift), s2 = sum (x - shift)^2.
 
-    mean = K + s1/M and var = s2/M - (s1/M)^2. Why this is accurate: the textbook one-pass
+    mean = shift + s1/M and var = s2/M - (s1/M)^2. Why this is accurate: the textbook one-pass
     E[x^2] - E[x]^2 cancels catastrophically when |mean| >> std (both terms ~ mean^2, their
-    difference ~ var), but here the terms are s2/M = var + (mean - K)^2 and (mean - K)^2, so
-    the relative error of var is about 1e-16 * (1 + (mean - K)^2 / var). K is one of the
-    channel's own values, and for any value (K - mean)^2 <= M * var (it is one term of the
+    difference ~ var), but here the terms are s2/M = var + (mean - shift)^2 and
+    (mean - shift)^2, so
+    the relative error of var is about 1e-16 * (1 + (mean - shift)^2 / var). shift is one of the
+    channel's own values, and for any value (shift - mean)^2 <= M * var (it is one term of the
     sum M * var = sum (x - mean)^2), so the error is at most ~1e-16 * (M + 1) even for an
-    outlier, and ~1e-16 * (a few) for a typical K within a few std of the mean. The shift
+    outlier, and ~1e-16 * (a few) for a typical shift within a few std of the mean. The shift
     costs nothing and merges the mean and variance passes into one (one fewer read of x).
     """
     cdef double m1 = s1 / M, v = s2 / M - m1 * m1
-    mean[0] = K + m1
-    var[0] = v if v > 0 else 0.0        # rounding could leave a constant channel at -1e-30
+    mean[0] = shift + m1
+    var[0] = 0.0 if v < 0 else v    # rounding can leave a constant channel at -1e-30; NaN stays
+
+
+# --------------------------------------------------------------------------- teaching path
+# One channel c at a time, every loop plain, every sum in double: the loop nest of (bn.fwd)
+# and (bn.bwd) to study. Value i of sample n in channel c is x[(n*C + c)*HW + i]. The tuned
+# path below gives the same results to rounding; it calls these for a float32 channel whose
+# float32 arithmetic would overflow (values near float32's largest) and for a row-path
+# channel whose statistics are not finite, so that Inf and NaN come out as in the reference.
+
+cdef void _plain_stats(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW,
+                       Py_ssize_t c,
+                       double* mean, double* var) noexcept nogil:    # IN: x; OUT: mean, var
+    """(bn.fwd) mean and biased variance of channel c, two passes in double."""
+    cdef Py_ssize_t n, i, M = N * HW
+    cdef double s = 0, d
+    for n in range(N):
+        for i in range(HW):
+            s += x[(n * C + c) * HW + i]
+    mean[0] = s / M
+    s = 0
+    for n in range(N):
+        for i in range(HW):
+            d = x[(n * C + c) * HW + i] - mean[0]
+            s += d * d
+    var[0] = s / M
+
+
+cdef void _plain_affine(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
+                        Py_ssize_t HW, Py_ssize_t c, double mean, double scale,
+                        double offset) noexcept nogil:               # IN: x; OUT: y
+    """(bn.fwd) y = (x - mean) * scale + offset on channel c, scale = gamma / sqrt(var + eps),
+    offset = beta, in double."""
+    cdef Py_ssize_t n, i, k
+    for n in range(N):
+        for i in range(HW):
+            k = (n * C + c) * HW + i
+            y[k] = <floating>((x[k] - mean) * scale + offset)
+
+
+cdef void _plain_backward(const floating* dy, const floating* x, floating* dx, double gamma,
+                          double eps, double mean, double var, Py_ssize_t N, Py_ssize_t C,
+                          Py_ssize_t HW, Py_ssize_t c, floating* dgamma,
+                          floating* dbeta) noexcept nogil:   # IN: dy, x; OUT: dx, dgamma, dbeta
+    """(bn.bwd) on channel c, in double: dbeta = sum dy, dgamma = sum dy * xhat,
+    dx = gamma * invstd * (dy - dbeta / M - xhat * dgamma / M)."""
+    cdef Py_ssize_t n, i, k, M = N * HW
+    cdef double invstd = 1.0 / sqrt(var + eps), sum_dy = 0, sum_dy_xhat = 0, xhat
+    for n in range(N):
+        for i in range(HW):
+            k = (n * C + c) * HW + i
+            sum_dy += dy[k]
+            sum_dy_xhat += dy[k] * ((x[k] - mean) * invstd)
+    dbeta[c] = <floating>sum_dy
+    dgamma[c] = <floating>sum_dy_xhat
+    for n in range(N):
+        for i in range(HW):
+            k = (n * C + c) * HW + i
+            xhat = (x[k] - mean) * invstd
+            dx[k] = <floating>(gamma * invstd * (dy[k] - sum_dy / M - xhat * sum_dy_xhat / M))
+
+
+cdef inline bint _float_overflows(double var, Py_ssize_t M) noexcept nogil:
+    """True when x - mean may overflow float32 on a channel of M values with variance var
+    (|x - mean| <= sqrt(M * var)): the tuned float32 loops then leave it to the plain ones."""
+    return M * var >= 0.25 * FLT_MAX * FLT_MAX
 
 
 # --------------------------------------------------------------------------- channel path (HW > 1)
 
-cdef extern from *:
-    """
-    #include <string.h>
-    #if defined(__SSE2__)
-    #  include <emmintrin.h>
-    #endif
-
-    /* FC_AVX2: besides the baseline copy of each kernel, compile one for AVX2 and pick it
-     * at import when the CPU has AVX2 (fc_init). The baseline copy does 4 floats per
-     * instruction on x86-64 (SSE2, all a portable build may assume), the AVX2 one 8. FMA is
-     * left off on purpose: a*b + c then rounds twice in both copies, which therefore give
-     * the same bits. Needs the target attribute, __builtin_cpu_supports and
-     * __builtin_convertvector (GCC 9 or later; clang should do, untested); elsewhere
-     * (other CPUs or compilers, or built with -DFC_NO_AVX2, which is how that fallback is
-     * tested) only the baseline copy exists. */
-    #if !defined(FC_NO_AVX2) && defined(__x86_64__) \\
-        && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9))
-    #  define FC_AVX2 1
-    #else
-    #  define FC_AVX2 0
-    #endif
-
-    /* the Cython enum's LANES, CGROUP, RUN_PIECE and CHUNK */
-    enum { FC_LANES = 8, FC_GROUP = 64, FC_PIECE = 128, FC_CHUNK = 256 };
-
-    typedef float fc_v4sf __attribute__((vector_size(16)));
-    typedef float fc_v8sf __attribute__((vector_size(32)));
-    typedef double fc_v2df __attribute__((vector_size(16)));
-    typedef double fc_v4df __attribute__((vector_size(32)));
-    /* unaligned vector load and store: memcpy is the portable way, one move instruction */
-    #define FC_LOAD(v, p) memcpy(&(v), (p), sizeof(v))
-    #define FC_STORE(p, v) memcpy((p), &(v), sizeof(v))
-
-    /* FC_CVT_<isa>(p, lo, hi): the W floats at p, in double, as two vectors of W/2 */
-    #define FC_CVT_avx2(p, lo, hi) do { fc_v4sf l_, h_; FC_LOAD(l_, p); FC_LOAD(h_, (p) + 4);  \\
-        lo = __builtin_convertvector(l_, fc_v4df); hi = __builtin_convertvector(h_, fc_v4df); \\
-    } while (0)
-    #if defined(__SSE2__)       /* gcc 12 converts a 2-float vector one value at a time */
-    #  define FC_CVT_base(p, lo, hi) do { __m128 l_ = _mm_loadu_ps(p);                    \\
-        lo = (fc_v2df)_mm_cvtps_pd(l_); hi = (fc_v2df)_mm_cvtps_pd(_mm_movehl_ps(l_, l_));  \\
-    } while (0)
-    #else
-    #  define FC_CVT_base(p, lo, hi) do { lo = (fc_v2df){(p)[0], (p)[1]};                 \\
-        hi = (fc_v2df){(p)[2], (p)[3]}; } while (0)
-    #endif
-
-    /* FC_KERNELS(ISA, TARGET, VF, VD, W) defines the five float32 kernels of the channel
-     * path, named fc_<kernel>_<ISA>, doing their arithmetic on vectors VF of W floats (VD:
-     * W/2 doubles). A channel's 8 lanes are 8/W such vectors, kept in small arrays that gcc
-     * unrolls into registers: the copies differ in width only, not in the order of any
-     * operation. (One vector type of 8 floats for both would have been simpler, but without
-     * AVX gcc keeps such vectors in memory: 2-2.5x slower.)
-     *
-     * Every kernel works on a group of nc <= FC_GROUP neighbouring channels of a float32
-     * (N, C, H, W) array: x0 points at channel 0 of the group, and the run of channel j
-     * for sample n is the HW values at x0 + n*sn + j*HW (sn = C*HW). Loops go n outer,
-     * j inner: memory order. Lane k takes the values i % 8 == k of a run (of a piece of
-     * FC_PIECE values in the chunked sums); the last HW % 8 values go to lanes 0, 1, ...
-     * The Cython _group_* helpers say what each computes, with the same loops for float64. */
-    #define FC_KERNELS(ISA, TARGET, VF, VD, W)                                             \\
-                                                                                           \\
-    /* _group_sum: acc[8j + k] = lane k of channel j's sum of x (m NULL) or of            \\
-     * (x - m[j])^2, in double */                                                         \\
-    TARGET static void fc_group_sum_##ISA(const float* x0, Py_ssize_t N, Py_ssize_t sn,   \\
-                                          Py_ssize_t HW, Py_ssize_t nc, const double* m,  \\
-                                          double* acc) {                                  \\
-        enum { ND = 16 / (W) };                 /* double vectors per 8 lanes */          \\
-        Py_ssize_t full = HW - HW % 8;                                                    \\
-        memset(acc, 0, nc * 8 * sizeof(double));                                          \\
-        for (Py_ssize_t n = 0; n < N; n++)                                                \\
-            for (Py_ssize_t j = 0; j < nc; j++) {                                         \\
-                const float* a = x0 + n * sn + j * HW;                                    \\
-                double* s = acc + 8 * j;                                                  \\
-                double mj = m == NULL ? 0 : m[j];                                         \\
-                VD t[ND], lo, hi;                                                         \\
-                for (int q = 0; q < ND; q++)                                              \\
-                    FC_LOAD(t[q], s + q * (W) / 2);                                       \\
-                if (m == NULL) {                                                          \\
-                    for (Py_ssize_t i = 0; i < full; i += 8)                              \\
-                        for (int q = 0; q < ND; q += 2) {                                 \\
-                            FC_CVT_##ISA(a + i + q * (W) / 2, lo, hi);                    \\
-                            t[q] += lo;                                                   \\
-                            t[q + 1] += hi;                                               \\
-                        }                                                                 \\
-                } else {                                                                  \\
-                    for (Py_ssize_t i = 0; i < full; i += 8)                              \\
-                        for (int q = 0; q < ND; q += 2) {                                 \\
-                            FC_CVT_##ISA(a + i + q * (W) / 2, lo, hi);                    \\
-                            lo -= mj;                                                     \\
-                            hi -= mj;                                                     \\
-                            t[q] += lo * lo;                                              \\
-                            t[q + 1] += hi * hi;                                          \\
-                        }                                                                 \\
-                }                                                                         \\
-                for (int q = 0; q < ND; q++)                                              \\
-                    FC_STORE(s + q * (W) / 2, t[q]);                                      \\
-                for (Py_ssize_t i = full; i < HW; i++) {                                  \\
-                    double d = m == NULL ? a[i] : (a[i] - mj) * (a[i] - mj);              \\
-                    s[i - full] += d;                                                     \\
-                }                                                                         \\
-            }                                                                             \\
-    }                                                                                     \\
-                                                                                          \\
-    /* _group_affine: y = (x - fm[j]) * fa[j] + fb[j] */                                  \\
-    TARGET static void fc_group_affine_##ISA(const float* x0, float* y0, Py_ssize_t N,    \\
-                                             Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, \\
-                                             const float* fm, const float* fa,            \\
-                                             const float* fb) {                           \\
-        Py_ssize_t full = HW - HW % (W);                                                  \\
-        for (Py_ssize_t n = 0; n < N; n++)                                                \\
-            for (Py_ssize_t j = 0; j < nc; j++) {                                         \\
-                const float* a = x0 + n * sn + j * HW;                                    \\
-                float* o = y0 + n * sn + j * HW;                                          \\
-                float m = fm[j], s = fa[j], b = fb[j];                                    \\
-                VF v;                                                                     \\
-                for (Py_ssize_t i = 0; i < full; i += (W)) {                              \\
-                    FC_LOAD(v, a + i);                                                    \\
-                    v = (v - m) * s + b;                                                  \\
-                    FC_STORE(o + i, v);                                                   \\
-                }                                                                         \\
-                for (Py_ssize_t i = full; i < HW; i++)                                    \\
-                    o[i] = (a[i] - m) * s + b;                                            \\
-            }                                                                             \\
-    }                                                                                     \\
-                                                                                          \\
-    /* _group_moments: with d = x - K[j], acc[24j + k] = lane k of channel j's sum of d^2 \\
-     * (only if with_dd), acc[24j + 8 + k] of dy, acc[24j + 16 + k] of dy * d, in float   \\
-     * chunks as above */                                                                 \\
-    TARGET static void fc_group_moments_##ISA(const float* x0, const float* g0,           \\
-                                              Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW, \\
-                                              Py_ssize_t nc, const float* K, int with_dd, \\
-                                              double* acc) {                              \\
-        enum { NV = 8 / (W) };                                                            \\
-        float part[FC_GROUP * 24];                                                        \\
-        Py_ssize_t pending = 0, p = 0;                                                    \\
-        memset(part, 0, nc * 24 * sizeof(float));                                         \\
-        memset(acc, 0, nc * 24 * sizeof(double));                                         \\
-        for (Py_ssize_t n = 0; n < N; n++) {                                              \\
-            for (Py_ssize_t j = 0; j < nc; j++) {                                         \\
-                const float* a = x0 + n * sn + j * HW;                                    \\
-                const float* g = g0 + n * sn + j * HW;                                    \\
-                float* pt = part + 24 * j;                                                \\
-                float Kj = K[j];                                                          \\
-                p = pending;                                                              \\
-                for (Py_ssize_t i0 = 0; i0 < HW; i0 += FC_PIECE) {                        \\
-                    Py_ssize_t i1 = i0 + FC_PIECE < HW ? i0 + FC_PIECE : HW;              \\
-                    Py_ssize_t full = i1 - (i1 - i0) % 8;                                 \\
-                    VF dd[NV] = {{0}}, sg[NV] = {{0}}, sgd[NV] = {{0}}, d, y, t;          \\
-                    if (with_dd) {                                                        \\
-                        for (Py_ssize_t i = i0; i < full; i += 8)                         \\
-                            for (int q = 0; q < NV; q++) {                                \\
-                                FC_LOAD(d, a + i + q * (W));                              \\
-                                FC_LOAD(y, g + i + q * (W));                              \\
-                                d -= Kj;                                                  \\
-                                dd[q] += d * d;                                           \\
-                                sg[q] += y;                                               \\
-                                sgd[q] += y * d;                                          \\
-                            }                                                             \\
-                    } else {        /* the saved-statistics backward: one sum fewer */    \\
-                        for (Py_ssize_t i = i0; i < full; i += 8)                         \\
-                            for (int q = 0; q < NV; q++) {                                \\
-                                FC_LOAD(d, a + i + q * (W));                              \\
-                                FC_LOAD(y, g + i + q * (W));                              \\
-                                d -= Kj;                                                  \\
-                                sg[q] += y;                                               \\
-                                sgd[q] += y * d;                                          \\
-                            }                                                             \\
-                    }                                                                     \\
-                    for (int q = 0; q < NV; q++) {                                        \\
-                        FC_LOAD(t, pt + q * (W));                                         \\
-                        t += dd[q];                                                       \\
-                        FC_STORE(pt + q * (W), t);                                        \\
-                        FC_LOAD(t, pt + 8 + q * (W));                                     \\
-                        t += sg[q];                                                       \\
-                        FC_STORE(pt + 8 + q * (W), t);                                    \\
-                        FC_LOAD(t, pt + 16 + q * (W));                                    \\
-                        t += sgd[q];                                                      \\
-                        FC_STORE(pt + 16 + q * (W), t);                                   \\
-                    }                                                                     \\
-                    for (Py_ssize_t i = full; i < i1; i++) {                              \\
-                        float e = a[i] - Kj;                                              \\
-                        pt[i - full] += e * e;                                            \\
-                        pt[8 + i - full] += g[i];                                         \\
-                        pt[16 + i - full] += g[i] * e;                                    \\
-                    }                                                                     \\
-                    p += i1 - i0;                                                         \\
-                    if (p >= FC_CHUNK) {                                                  \\
-                        for (int k = 0; k < 24; k++) { acc[24 * j + k] += pt[k]; pt[k] = 0; } \\
-                        p = 0;                                                            \\
-                    }                                                                     \\
-                }                                                                         \\
-            }                                                                             \\
-            pending = p;                                                                  \\
-        }                                                                                 \\
-        for (Py_ssize_t k = 0; k < nc * 24; k++)                                          \\
-            acc[k] += part[k];                                                            \\
-    }                                                                                     \\
-                                                                                          \\
-    /* _group_dx: dx = ca[j] * dy + cb[j] * (x - fm[j]) + cc[j] */                        \\
-    TARGET static void fc_group_dx_##ISA(const float* x0, const float* g0, float* dx0,    \\
-                                         Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW,      \\
-                                         Py_ssize_t nc, const float* ca, const float* cb, \\
-                                         const float* cc, const float* fm) {              \\
-        Py_ssize_t full = HW - HW % (W);                                                  \\
-        for (Py_ssize_t n = 0; n < N; n++)                                                \\
-            for (Py_ssize_t j = 0; j < nc; j++) {                                         \\
-                const float* a = x0 + n * sn + j * HW;                                    \\
-                const float* g = g0 + n * sn + j * HW;                                    \\
-                float* o = dx0 + n * sn + j * HW;                                         \\
-                float A = ca[j], B = cb[j], Cc = cc[j], m = fm[j];                        \\
-                VF u, y;                                                                  \\
-                for (Py_ssize_t i = 0; i < full; i += (W)) {                              \\
-                    FC_LOAD(u, a + i);                                                    \\
-                    FC_LOAD(y, g + i);                                                    \\
-                    u = A * y + B * (u - m) + Cc;                                         \\
-                    FC_STORE(o + i, u);                                                   \\
-                }                                                                         \\
-                for (Py_ssize_t i = full; i < HW; i++)                                    \\
-                    o[i] = A * g[i] + B * (a[i] - m) + Cc;                                \\
-            }                                                                             \\
-    }                                                                                     \\
-                                                                                          \\
-    /* The row path (BatchNorm1d, an (N, C) array): each kernel takes 8 neighbouring       \\
-     * channels (x and g point at the first one's column, rows C apart) down all N rows,  \\
-     * their sums or coefficients in registers. _rows_train, _rows_backward say what for. */ \\
-                                                                                          \\
-    /* _rows_train pass 1: out[k] = sum d, out[8 + k] = sum d^2 in double, d = x - K[k] */ \\
-    TARGET static void fc_rows_moments_##ISA(const float* x, Py_ssize_t N, Py_ssize_t C,  \\
-                                             const double* K, double* out) {              \\
-        enum { ND = 16 / (W) };                                                           \\
-        VD k[ND], s1[ND], s2[ND], lo, hi;                                                 \\
-        for (int q = 0; q < ND; q++) {                                                    \\
-            FC_LOAD(k[q], K + q * (W) / 2);                                               \\
-            s1[q] = s2[q] = (VD){0};                                                      \\
-        }                                                                                 \\
-        for (Py_ssize_t n = 0; n < N; n++)                                                \\
-            for (int q = 0; q < ND; q += 2) {                                             \\
-                FC_CVT_##ISA(x + n * C + q * (W) / 2, lo, hi);                            \\
-                lo -= k[q];                                                               \\
-                hi -= k[q + 1];                                                           \\
-                s1[q] += lo;                                                              \\
-                s1[q + 1] += hi;                                                          \\
-                s2[q] += lo * lo;                                                         \\
-                s2[q + 1] += hi * hi;                                                     \\
-            }                                                                             \\
-        for (int q = 0; q < ND; q++) {                                                    \\
-            FC_STORE(out + q * (W) / 2, s1[q]);                                           \\
-            FC_STORE(out + 8 + q * (W) / 2, s2[q]);                                       \\
-        }                                                                                 \\
-    }                                                                                     \\
-                                                                                          \\
-    /* _rows_affine: y = (x - fm[k]) * fa[k] + fb[k] */                                   \\
-    TARGET static void fc_rows_affine_##ISA(const float* x, float* y, Py_ssize_t N,       \\
-                                            Py_ssize_t C, const float* fm,                \\
-                                            const float* fa, const float* fb) {           \\
-        enum { NV = 8 / (W) };                                                            \\
-        VF m[NV], a[NV], b[NV], v;                                                        \\
-        for (int q = 0; q < NV; q++) {                                                    \\
-            FC_LOAD(m[q], fm + q * (W));                                                  \\
-            FC_LOAD(a[q], fa + q * (W));                                                  \\
-            FC_LOAD(b[q], fb + q * (W));                                                  \\
-        }                                                                                 \\
-        for (Py_ssize_t n = 0; n < N; n++)                                                \\
-            for (int q = 0; q < NV; q++) {                                                \\
-                FC_LOAD(v, x + n * C + q * (W));                                          \\
-                v = (v - m[q]) * a[q] + b[q];                                             \\
-                FC_STORE(y + n * C + q * (W), v);                                         \\
-            }                                                                             \\
-    }                                                                                     \\
-                                                                                          \\
-    /* _rows_backward pass 1: with d = x - K[k], acc[k] += sum d, acc[8 + k] += sum d^2   \\
-     * (only if with_x), acc[16 + k] += sum g, acc[24 + k] += sum g * d, each over blocks \\
-     * of 8 rows in float, then added to the double sums */                              \\
-    TARGET static void fc_rows_sums_##ISA(const float* x, const float* g, Py_ssize_t N,   \\
-                                          Py_ssize_t C, const float* K, int with_x,       \\
-                                          double* acc) {                                  \\
-        enum { NV = 8 / (W) };                                                            \\
-        VF k[NV], sx[NV], sxx[NV], sg[NV], sgd[NV], d, y;                                 \\
-        float part[32];                                                                   \\
-        for (int q = 0; q < NV; q++)                                                      \\
-            FC_LOAD(k[q], K + q * (W));                                                   \\
-        for (Py_ssize_t n0 = 0; n0 < N; n0 += 8) {                                        \\
-            Py_ssize_t n1 = n0 + 8 < N ? n0 + 8 : N;                                      \\
-            for (int q = 0; q < NV; q++)                                                  \\
-                sx[q] = sxx[q] = sg[q] = sgd[q] = (VF){0};                                \\
-            for (Py_ssize_t n = n0; n < n1; n++)                                          \\
-                for (int q = 0; q < NV; q++) {                                            \\
-                    FC_LOAD(d, x + n * C + q * (W));                                      \\
-                    FC_LOAD(y, g + n * C + q * (W));                                      \\
-                    d -= k[q];                                                            \\
-                    if (with_x) {                                                         \\
-                        sx[q] += d;                                                       \\
-                        sxx[q] += d * d;                                                  \\
-                    }                                                                     \\
-                    sg[q] += y;                                                           \\
-                    sgd[q] += y * d;                                                      \\
-                }                                                                         \\
-            for (int q = 0; q < NV; q++) {                                                \\
-                FC_STORE(part + q * (W), sx[q]);                                          \\
-                FC_STORE(part + 8 + q * (W), sxx[q]);                                     \\
-                FC_STORE(part + 16 + q * (W), sg[q]);                                     \\
-                FC_STORE(part + 24 + q * (W), sgd[q]);                                    \\
-            }                                                                             \\
-            for (int i = 0; i < 32; i++)                                                  \\
-                acc[i] += part[i];                                                        \\
-        }                                                                                 \\
-    }                                                                                     \\
-                                                                                          \\
-    /* _rows_backward pass 2: dx = ca[k] * g + cb[k] * (x - fm[k]) + cc[k] */             \\
-    TARGET static void fc_rows_dx_##ISA(const float* x, const float* g, float* dx,        \\
-                                        Py_ssize_t N, Py_ssize_t C, const float* fm,      \\
-                                        const float* ca, const float* cb,                 \\
-                                        const float* cc) {                                \\
-        enum { NV = 8 / (W) };                                                            \\
-        VF m[NV], a[NV], b[NV], c[NV], u, y;                                              \\
-        for (int q = 0; q < NV; q++) {                                                    \\
-            FC_LOAD(m[q], fm + q * (W));                                                  \\
-            FC_LOAD(a[q], ca + q * (W));                                                  \\
-            FC_LOAD(b[q], cb + q * (W));                                                  \\
-            FC_LOAD(c[q], cc + q * (W));                                                  \\
-        }                                                                                 \\
-        for (Py_ssize_t n = 0; n < N; n++)                                                \\
-            for (int q = 0; q < NV; q++) {                                                \\
-                FC_LOAD(u, x + n * C + q * (W));                                          \\
-                FC_LOAD(y, g + n * C + q * (W));                                          \\
-                u = a[q] * y + b[q] * (u - m[q]) + c[q];                                  \\
-                FC_STORE(dx + n * C + q * (W), u);                                        \\
-            }                                                                             \\
-    }
-
-    FC_KERNELS(base, , fc_v4sf, fc_v2df, 4)
-    #if FC_AVX2
-    FC_KERNELS(avx2, __attribute__((target("avx2"))), fc_v8sf, fc_v4df, 8)
-    #endif
-
-    /* The kernels the Cython code calls: the baseline copies, or the AVX2 ones if fc_init
-     * (run once at import) finds AVX2 on this CPU. */
-    static __typeof__(fc_group_sum_base)* fc_group_sum_f32 = fc_group_sum_base;
-    static __typeof__(fc_group_affine_base)* fc_group_affine_f32 = fc_group_affine_base;
-    static __typeof__(fc_group_moments_base)* fc_group_moments_f32 = fc_group_moments_base;
-    static __typeof__(fc_group_dx_base)* fc_group_dx_f32 = fc_group_dx_base;
-    static __typeof__(fc_rows_moments_base)* fc_rows_moments_f32 = fc_rows_moments_base;
-    static __typeof__(fc_rows_affine_base)* fc_rows_affine_f32 = fc_rows_affine_base;
-    static __typeof__(fc_rows_sums_base)* fc_rows_sums_f32 = fc_rows_sums_base;
-    static __typeof__(fc_rows_dx_base)* fc_rows_dx_f32 = fc_rows_dx_base;
-
-    /* use_avx2: 1 to take the AVX2 copies if the CPU can run them, 0 for the baseline ones;
-     * returns 1 if the AVX2 copies are now in use */
-    static int fc_init(int use_avx2) {
-        int on = 0;
-    #if FC_AVX2
-        __builtin_cpu_init();
-        on = use_avx2 && __builtin_cpu_supports("avx2");
-        fc_group_sum_f32 = on ? fc_group_sum_avx2 : fc_group_sum_base;
-        fc_group_affine_f32 = on ? fc_group_affine_avx2 : fc_group_affine_base;
-        fc_group_moments_f32 = on ? fc_group_moments_avx2 : fc_group_moments_base;
-        fc_group_dx_f32 = on ? fc_group_dx_avx2 : fc_group_dx_base;
-        fc_rows_moments_f32 = on ? fc_rows_moments_avx2 : fc_rows_moments_base;
-        fc_rows_affine_f32 = on ? fc_rows_affine_avx2 : fc_rows_affine_base;
-        fc_rows_sums_f32 = on ? fc_rows_sums_avx2 : fc_rows_sums_base;
-        fc_rows_dx_f32 = on ? fc_rows_dx_avx2 : fc_rows_dx_base;
-    #endif
-        return on;
-    }
-    """
-    int fc_init(int use_avx2) noexcept nogil
-    void fc_group_sum_f32(const float* x0, Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW,
-                          Py_ssize_t nc, const double* m, double* acc) noexcept nogil
-    void fc_group_affine_f32(const float* x0, float* y0, Py_ssize_t N, Py_ssize_t sn,
-                             Py_ssize_t HW, Py_ssize_t nc, const float* fm, const float* fa,
-                             const float* fb) noexcept nogil
-    void fc_group_moments_f32(const float* x0, const float* g0, Py_ssize_t N, Py_ssize_t sn,
-                              Py_ssize_t HW, Py_ssize_t nc, const float* K, int with_dd,
-                              double* acc) noexcept nogil
-    void fc_group_dx_f32(const float* x0, const float* g0, float* dx0, Py_ssize_t N,
+cdef extern from "fc_batchnorm.h":
+    int FC_AVX2
+    void fc_group_sum_f32(int isa, const float* x0, Py_ssize_t N, Py_ssize_t sn,
+                          Py_ssize_t HW, Py_ssize_t nc, const double* m,
+                          double* acc) noexcept nogil
+    void fc_group_affine_f32(int isa, const float* x0, float* y0, Py_ssize_t N,
+                             Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const float* fm,
+                             const float* fa, const float* fb) noexcept nogil
+    void fc_group_moments_f32(int isa, const float* x0, const float* g0, Py_ssize_t N,
+                              Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc,
+                              const float* shift, int with_dd, double* acc) noexcept nogil
+    void fc_group_dx_f32(int isa, const float* x0, const float* g0, float* dx0, Py_ssize_t N,
                          Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const float* ca,
                          const float* cb, const float* cc, const float* fm) noexcept nogil
-    void fc_rows_moments_f32(const float* x, Py_ssize_t N, Py_ssize_t C, const double* K,
-                             double* out) noexcept nogil
-    void fc_rows_affine_f32(const float* x, float* y, Py_ssize_t N, Py_ssize_t C,
+    void fc_rows_moments_f32(int isa, const float* x, Py_ssize_t N, Py_ssize_t C,
+                             const double* shift, double* out) noexcept nogil
+    void fc_rows_affine_f32(int isa, const float* x, float* y, Py_ssize_t N, Py_ssize_t C,
                             const float* fm, const float* fa, const float* fb) noexcept nogil
-    void fc_rows_sums_f32(const float* x, const float* g, Py_ssize_t N, Py_ssize_t C,
-                          const float* K, int with_x, double* acc) noexcept nogil
-    void fc_rows_dx_f32(const float* x, const float* g, float* dx, Py_ssize_t N, Py_ssize_t C,
-                        const float* fm, const float* ca, const float* cb,
+    void fc_rows_sums_f32(int isa, const float* x, const float* g, Py_ssize_t N,
+                          Py_ssize_t C, const float* shift, int with_x,
+                          double* acc) noexcept nogil
+    void fc_rows_dx_f32(int isa, const float* x, const float* g, float* dx, Py_ssize_t N,
+                        Py_ssize_t C, const float* fm, const float* ca, const float* cb,
                         const float* cc) noexcept nogil
 
 
-_AVX2 = fc_init(1)      # the kernels' copy for this CPU; see _kernel_isa
+cdef int _ISA = fc_isa_level()      # the float32 kernels' copy: fc_isa.h decides
 
 
 def _kernel_isa(isa=None):
-    """The instruction set of the float32 channel-path kernels in use: "avx2" or "baseline"
-    (they give the same bits). For tests and benchmarks, isa="baseline" or "avx2" switches
-    (avx2 only where the CPU and the build allow it); not thread-safe, do not call it while
-    a kernel runs."""
-    global _AVX2
+    """The instruction set of the float32 SIMD kernels in use: "avx2" or "baseline" (they
+    give the same bits). For tests and benchmarks, isa="baseline" or "avx2" switches (avx2
+    only where the CPU, the build and FASTCONV_ISA allow it); not thread-safe, do not call it
+    while a kernel runs."""
+    global _ISA
     if isa is not None:
         if isa not in ("avx2", "baseline"):
             raise ValueError(f"isa must be 'avx2' or 'baseline', got {isa!r}")
-        _AVX2 = fc_init(isa == "avx2")
-    return "avx2" if _AVX2 else "baseline"
+        _ISA = min(fc_isa_level(), FC_ISA_AVX2 if isa == "avx2" and FC_AVX2 else FC_ISA_BASELINE)
+    return "avx2" if _ISA >= FC_ISA_AVX2 else "baseline"
 
 
 # The _group_* helpers: one pass over a group of nc <= CGROUP neighbouring channels, in
 # memory order (see the module docstring). x0 (and g0, y0, dx0) point at channel 0 of the
 # group, x[0, c0, 0, 0]; the run of channel j for sample n is the HW values at
-# x0 + n*sn + j*HW, sn = C*HW. float32 goes to the C kernels above; the Cython loops, the
-# same loops, run float64.
+# x0 + n*sn + j*HW, sn = C*HW. float32 goes to the C kernels of fc_batchnorm.h; the Cython
+# loops, the same loops, run float64.
 
 cdef inline Py_ssize_t _n_groups(Py_ssize_t C, int n_threads) noexcept nogil:
     """Number of channel groups: the same number for each of the n_threads threads, each
@@ -550,7 +242,7 @@ cdef void _group_sum(const floating* x0, Py_ssize_t N, Py_ssize_t sn, Py_ssize_t
     cdef const floating* a
     cdef double d
     if floating is float:
-        fc_group_sum_f32(x0, N, sn, HW, nc, m, acc)
+        fc_group_sum_f32(_ISA, x0, N, sn, HW, nc, m, acc)
     else:
         for k in range(nc * LANES):
             acc[k] = 0
@@ -586,7 +278,7 @@ cdef void _group_affine(const floating* x0, floating* y0, Py_ssize_t N, Py_ssize
     cdef floating* o
     cdef floating m, s, b
     if floating is float:
-        fc_group_affine_f32(x0, y0, N, sn, HW, nc, fm, fa, fb)
+        fc_group_affine_f32(_ISA, x0, y0, N, sn, HW, nc, fm, fa, fb)
     else:
         for n in range(N):
             for j in range(nc):
@@ -622,6 +314,11 @@ cdef void _group_train(const floating* x, floating* y, const floating* gamma,
         fa[j] = <floating>(gamma[c0 + j] * invstd)
         fb[j] = beta[c0 + j]
     _group_affine(x + c0 * HW, y + c0 * HW, N, sn, HW, nc, fm, fa, fb)     # pass 3: y
+    if floating is float:
+        for j in range(nc):
+            if _float_overflows(var[c0 + j], M):
+                _plain_affine(x, y, N, C, HW, c0 + j, mean[c0 + j],
+                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
 cdef void _group_eval(const floating* x, floating* y, const floating* gamma,
@@ -638,6 +335,11 @@ cdef void _group_eval(const floating* x, floating* y, const floating* gamma,
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
     _group_affine(x + c0 * HW, y + c0 * HW, N, C * HW, HW, c1 - c0, fm, fa, fb)
+    if floating is float:
+        for j in range(c1 - c0):
+            if _float_overflows(var[c0 + j], N * HW):
+                _plain_affine(x, y, N, C, HW, c0 + j, mean[c0 + j],
+                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
 cdef inline void _flush(floating* part, double* acc, Py_ssize_t lanes) noexcept nogil:
@@ -650,9 +352,9 @@ cdef inline void _flush(floating* part, double* acc, Py_ssize_t lanes) noexcept 
 
 
 cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, Py_ssize_t sn,
-                         Py_ssize_t HW, Py_ssize_t nc, const floating* K, bint with_dd,
+                         Py_ssize_t HW, Py_ssize_t nc, const floating* shift, bint with_dd,
                          double* acc) noexcept nogil:
-    """With d = x - K[j] and g = dy: acc[3*LANES*j + k] = lane k of channel j's sum of d^2
+    """With d = x - shift[j] and g = dy: acc[3*LANES*j + k] = lane k of channel j's sum of d^2
     (only if with_dd), acc[3*LANES*j + LANES + k] of g, acc[3*LANES*j + 2*LANES + k] of g*d,
     each over chunks of about CHUNK values (pieces of at most RUN_PIECE values of a run, or
     several short runs) summed in x's dtype, then added to the double sums: pass 2 of the
@@ -664,7 +366,7 @@ cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, P
     cdef const floating* g
     cdef floating d
     if floating is float:
-        fc_group_moments_f32(x0, g0, N, sn, HW, nc, K, with_dd, acc)
+        fc_group_moments_f32(_ISA, x0, g0, N, sn, HW, nc, shift, with_dd, acc)
     else:
         for k in range(nc * 3 * LANES):
             part[k] = 0
@@ -680,12 +382,12 @@ cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, P
                     full = i1 - (i1 - i0) % LANES
                     for i in range(i0, full, 8):   # LANES
                         for k in range(LANES):
-                            d = a[i + k] - K[j]
+                            d = a[i + k] - shift[j]
                             pt[k] += d * d
                             pt[LANES + k] += g[i + k]
                             pt[2 * LANES + k] += g[i + k] * d
                     for i in range(full, i1):
-                        d = a[i] - K[j]
+                        d = a[i] - shift[j]
                         pt[i - full] += d * d
                         pt[LANES + i - full] += g[i]
                         pt[2 * LANES + i - full] += g[i] * d
@@ -707,7 +409,7 @@ cdef void _group_dx(const floating* x0, const floating* g0, floating* dx0, Py_ss
     cdef const floating* g
     cdef floating* o
     if floating is float:
-        fc_group_dx_f32(x0, g0, dx0, N, sn, HW, nc, ca, cb, cc, fm)
+        fc_group_dx_f32(_ISA, x0, g0, dx0, N, sn, HW, nc, ca, cb, cc, fm)
     else:
         for n in range(N):
             for j in range(nc):
@@ -732,29 +434,32 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
     dx = gamma*invstd/M * (M*dy - S1 - xhat*dgamma)
        = (gamma*invstd) * dy  -  (gamma*invstd^3*S2/M) * xc  -  gamma*invstd*S1/M.
     Pass 1: the mean m, summed in double exactly as the training forward's pass 1 (so it is
-    the very mean the forward saved), and K = m rounded to x's dtype. Pass 2: with d = x - K,
+    the very mean the forward saved), and shift = m rounded to x's dtype. Pass 2: with
+    d = x - shift,
     sum d^2, S1 and E = sum dy * d; then (shifted sums, as in _shifted_moments)
-    var = sum d^2 / M - (m - K)^2 and S2 = E - (m - K) * S1. Pass 3 writes dx.
+    var = sum d^2 / M - (m - shift)^2 and S2 = E - (m - shift) * S1. Pass 3 writes dx.
 
-    Why sums in x's dtype, and K = m: summing chunks of CHUNK values in x's dtype before
+    Why sums in x's dtype, and shift = m: summing chunks of CHUNK values in x's dtype before
     adding them to the double sums runs pass 2 on 4 (SSE2) or 8 (AVX2) floats per
     instruction instead of half as many doubles converted from floats, in half the
     registers (a double loop spilled to the stack), which counts when the data come from
     L2 or L3 (bn2d_s3). A float partial sum of d^2 keeps about 1e-6 of its value, which is
-    only accurate for var with a shift near the mean: the error grows by
-    1 + (m - K)^2 / var, and an outlier K = x[0, c] 5000 std away would lose every digit.
-    With K = m the factor is 1, for the price of pass 1 (one add per value), which saved
+    only accurate for var with a dm near the mean: the error grows by
+    1 + (m - shift)^2 / var, and an outlier shift = x[0, c] 5000 std away would lose every digit.
+    With shift = m the factor is 1, for the price of pass 1 (one add per value), which saved
     statistics skip.
     """
     cdef double acc[CGROUP * 3 * LANES]
     cdef double m[CGROUP]
-    cdef floating K[CGROUP]
+    cdef floating shift[CGROUP]
     cdef floating ca[CGROUP]
     cdef floating cb[CGROUP]
     cdef floating cc[CGROUP]
     cdef floating fm[CGROUP]
+    cdef double v[CGROUP]             # the variances, kept for the plain redo below
+    cdef bint redo[CGROUP]
     cdef Py_ssize_t j, nc = c1 - c0, sn = C * HW, M = N * HW
-    cdef double var, invstd, s1, s2, shift, gi
+    cdef double var, invstd, s1, s2, dm, gi
     cdef const double* sums
     if saved_mean != NULL:
         for j in range(nc):
@@ -764,18 +469,22 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
         for j in range(nc):
             m[j] = _lanes_total(acc + LANES * j) / M
     for j in range(nc):
-        K[j] = <floating>m[j]
-    _group_moments(x + c0 * HW, dy + c0 * HW, N, sn, HW, nc, K, saved_var == NULL, acc)  # 2
+        shift[j] = <floating>m[j]
+    _group_moments(x + c0 * HW, dy + c0 * HW, N, sn, HW, nc, shift, saved_var == NULL, acc)  # 2
     for j in range(nc):
         sums = acc + 3 * LANES * j
-        shift = m[j] - K[j]
+        dm = m[j] - shift[j]
         if saved_var != NULL:
             var = saved_var[c0 + j]
         else:
-            var = _lanes_total(sums) / M - shift * shift
-            var = var if var > 0 else 0.0    # rounding could leave a constant channel at -1e-30
+            var = _lanes_total(sums) / M - dm * dm
+            var = 0.0 if var < 0 else var    # -1e-30 from rounding becomes 0; NaN stays
         s1 = _lanes_total(sums + LANES)
-        s2 = _lanes_total(sums + 2 * LANES) - shift * s1
+        s2 = _lanes_total(sums + 2 * LANES) - dm * s1
+        v[j] = var
+        # float32 partial sums or coefficients that overflowed or underflowed: redo in double
+        redo[j] = floating is float and not (isfinite(s1) and isfinite(s2)
+                                             and not _float_overflows(var, M))
         invstd = 1.0 / sqrt(var + eps)
         gi = gamma[c0 + j]
         dgamma[c0 + j] = <floating>(s2 * invstd)
@@ -785,14 +494,20 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
         cc[j] = <floating>(-gi * invstd * s1 / M)
         fm[j] = <floating>m[j]
     _group_dx(x + c0 * HW, dy + c0 * HW, dx + c0 * HW, N, sn, HW, nc, ca, cb, cc, fm)  # pass 3
+    for j in range(nc):
+        if redo[j]:
+            if saved_var == NULL:     # the float32 sums of d^2 may have overflowed too
+                _plain_stats(x, N, C, HW, c0 + j, &m[j], &v[j])
+            _plain_backward(dy, x, dx, gamma[c0 + j], eps, m[j], v[j], N, C, HW, c0 + j,
+                            dgamma, dbeta)
 
 
 # --------------------------------------------------------------------------- row path (HW == 1)
 
 cdef void _rows_affine(const floating* x, floating* y, const floating* fm, const floating* fa,
                        const floating* fb, Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
-                       Py_ssize_t cb) noexcept nogil:
-    """y[n, c0 + j] = (x[n, c0 + j] - fm[j]) * fa[j] + fb[j] for j < cb: (bn.fwd) on rows.
+                       Py_ssize_t nch) noexcept nogil:
+    """y[n, c0 + j] = (x[n, c0 + j] - fm[j]) * fa[j] + fb[j] for j < nch: (bn.fwd) on rows.
 
     8 channels at a time over all N rows, so that their fm, fa, fb stay in registers
     instead of being reloaded for every row.
@@ -800,12 +515,12 @@ cdef void _rows_affine(const floating* x, floating* y, const floating* fm, const
     cdef floating m[8]
     cdef floating a[8]
     cdef floating b[8]
-    cdef Py_ssize_t n, j, j0, k, cfull = cb - cb % 8
+    cdef Py_ssize_t n, j, j0, k, cfull = nch - nch % 8
     cdef const floating* row
     cdef floating* out
     for j0 in range(0, cfull, 8):
         if floating is float:
-            fc_rows_affine_f32(x + c0 + j0, y + c0 + j0, N, C, &fm[j0], &fa[j0], &fb[j0])
+            fc_rows_affine_f32(_ISA, x + c0 + j0, y + c0 + j0, N, C, &fm[j0], &fa[j0], &fb[j0])
         else:
             for k in range(8):
                 m[k] = fm[j0 + k]
@@ -816,7 +531,7 @@ cdef void _rows_affine(const floating* x, floating* y, const floating* fm, const
                 out = y + n * C + c0 + j0
                 for k in range(8):
                     out[k] = (row[k] - m[k]) * a[k] + b[k]
-    for j in range(cfull, cb):                               # the last cb % 8 channels
+    for j in range(cfull, nch):                               # the last nch % 8 channels
         for n in range(N):
             y[n * C + c0 + j] = (x[n * C + c0 + j] - fm[j]) * fa[j] + fb[j]
 
@@ -826,54 +541,63 @@ cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     """Training forward of channels [c0, c1) (at most CBLOCK) of an (N, C) input.
 
-    Pass 1: the shifted sums of _shifted_moments with K = x[0, c], in double (mean and var
+    Pass 1: the shifted sums of _shifted_moments with shift = x[0, c], in double (mean and var
     are returned in float64 and must agree with the reference to float64 precision, so
     unlike _rows_backward no partial sums in x's dtype here). Pass 2: y.
     """
     cdef double s1[CBLOCK]
     cdef double s2[CBLOCK]
-    cdef double K[CBLOCK]
+    cdef double shift[CBLOCK]
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
     cdef floating fb[CBLOCK]
     cdef double acc[16]               # sum d and sum d^2 of 8 channels
-    cdef Py_ssize_t n, j, j0, k, cb = c1 - c0, cfull = cb - cb % 8
+    cdef Py_ssize_t n, j, j0, k, nch = c1 - c0, cfull = nch - nch % 8
     cdef const floating* row
     cdef double d
-    for j in range(cb):
-        K[j] = x[c0 + j]
+    for j in range(nch):
+        shift[j] = x[c0 + j]
     # Pass 1: shifted sums, 8 channels at a time over all N rows, so that the 16 running
-    # sums stay in registers (a loop over all cb channels per row would load and store them
+    # sums stay in registers (a loop over all nch channels per row would load and store them
     # for every row: twice the instructions in this compute-bound loop). Each channel's sums
     # still run over n in order, so the grouping does not change a bit of the result.
     for j0 in range(0, cfull, 8):
         if floating is float:
-            fc_rows_moments_f32(x + c0 + j0, N, C, &K[j0], acc)
+            fc_rows_moments_f32(_ISA, x + c0 + j0, N, C, &shift[j0], acc)
         else:
             for k in range(16):
                 acc[k] = 0
             for n in range(N):
                 row = x + n * C + c0 + j0
                 for k in range(8):
-                    d = row[k] - K[j0 + k]
+                    d = row[k] - shift[j0 + k]
                     acc[k] += d
                     acc[8 + k] += d * d
         for k in range(8):
             s1[j0 + k] = acc[k]
             s2[j0 + k] = acc[8 + k]
-    for j in range(cfull, cb):                               # the last cb % 8 channels
+    for j in range(cfull, nch):                               # the last nch % 8 channels
         s1[j] = 0
         s2[j] = 0
         for n in range(N):
-            d = x[n * C + c0 + j] - K[j]
+            d = x[n * C + c0 + j] - shift[j]
             s1[j] += d
             s2[j] += d * d
-    for j in range(cb):
-        _shifted_moments(K[j], s1[j], s2[j], N, &mean[c0 + j], &var[c0 + j])
+    for j in range(nch):
+        _shifted_moments(shift[j], s1[j], s2[j], N, &mean[c0 + j], &var[c0 + j])
+        if not (isfinite(mean[c0 + j]) and isfinite(var[c0 + j])):
+            # Inf or NaN in the channel: the shift may itself be Inf, so take the plain
+            # sums, whose Inf/NaN are those of the reference (an Inf mean stays Inf)
+            _plain_stats(x, N, C, 1, c0 + j, &mean[c0 + j], &var[c0 + j])
         fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
-    _rows_affine(x, y, fm, fa, fb, N, C, c0, cb)               # pass 2: y
+    _rows_affine(x, y, fm, fa, fb, N, C, c0, nch)               # pass 2: y
+    if floating is float:
+        for j in range(nch):
+            if _float_overflows(var[c0 + j], N):
+                _plain_affine(x, y, N, C, 1, c0 + j, mean[c0 + j],
+                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
 cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
@@ -883,20 +607,25 @@ cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
     cdef floating fb[CBLOCK]
-    cdef Py_ssize_t j, cb = c1 - c0
-    for j in range(cb):
+    cdef Py_ssize_t j, nch = c1 - c0
+    for j in range(nch):
         fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
-    _rows_affine(x, y, fm, fa, fb, N, C, c0, cb)
+    _rows_affine(x, y, fm, fa, fb, N, C, c0, nch)
+    if floating is float:
+        for j in range(nch):
+            if _float_overflows(var[c0 + j], N):
+                _plain_affine(x, y, N, C, 1, c0 + j, mean[c0 + j],
+                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
 
 
-cdef inline void _rows_group_sums(const floating* dy, const floating* x, const floating* K,
+cdef inline void _rows_group_sums(const floating* dy, const floating* x, const floating* shift,
                                   bint with_x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t w,
                                   double* sx, double* sxx, double* s1,
                                   double* sdx) noexcept nogil:
     """Pass 1 of _rows_backward for w <= 8 neighbouring channels (x, dy point at the first
-    one's column, K holds their shifts): with d = x - K, s1 = sum dy, sdx = sum dy * d, and
+    one's column, shift holds their shifts): with d = x - shift, s1 = sum dy, sdx = sum dy * d, and
     if with_x also sx = sum d, sxx = sum d^2, over all N rows.
 
     The w channels' partial sums live in registers for the whole loop (called with the
@@ -917,7 +646,7 @@ cdef inline void _rows_group_sums(const floating* dy, const floating* x, const f
     cdef const floating* row
     cdef const floating* grow
     for k in range(w):
-        k_[k] = K[k]
+        k_[k] = shift[k]
         sx[k] = 0
         sxx[k] = 0
         s1[k] = 0
@@ -987,32 +716,35 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
     """(bn.bwd) for channels [c0, c1) of an (N, C) input; formulas as in _group_backward.
     saved_mean, saved_var: NULL, or the forward's statistics of all C channels.
 
-    Pass 1 takes the four shifted sums of _group_backward (K = x[0, c]), or with saved
-    statistics only sum dy and sum dy * (x - K) with K = the saved mean in x's dtype (half
+    Pass 1 takes the four shifted sums of _group_backward (shift = x[0, c]), or with saved
+    statistics only sum dy and sum dy * (x - shift) with shift = the saved mean in x's dtype (half
     the work); pass 2 writes dx. Both go 8 channels at a time down all N rows
     (_rows_group_sums, _rows_group_dx): BatchNorm1d(120) at batch 128, float32, 1 thread,
-    saved statistics, 8.6 -> 5.2 us, against one loop over all the block's channels per row.
+    saved statistics: docs/performance.md), against one loop over all the block's channels per row.
     """
-    cdef double sx[CBLOCK]            # sum d, d = x - K
+    cdef double sx[CBLOCK]            # sum d, d = x - shift
     cdef double sxx[CBLOCK]           # sum d^2
     cdef double s1[CBLOCK]            # sum dy
     cdef double sdx[CBLOCK]           # sum dy * d
-    cdef floating K[CBLOCK]
+    cdef floating shift[CBLOCK]
     cdef floating fm[CBLOCK]
     cdef floating ca[CBLOCK]
-    cdef floating cb_[CBLOCK]
+    cdef floating cb[CBLOCK]
     cdef floating cc[CBLOCK]
     cdef double acc[32]               # fc_rows_sums_f32's sums of one group of 8 channels
-    cdef Py_ssize_t j, j0, k, cb = c1 - c0
+    cdef Py_ssize_t j, j0, k, nch = c1 - c0
     cdef bint with_x = saved_mean == NULL
     for k in range(32):
         acc[k] = 0
     cdef double m, var, s2, invstd, gi
-    for j in range(cb):
-        K[j] = x[c0 + j] if with_x else <floating>saved_mean[c0 + j]
-    for j0 in range(0, cb - cb % 8, 8):                      # pass 1: shifted sums
+    cdef double ms[CBLOCK]            # mean and variance, kept for the plain redo below
+    cdef double vs[CBLOCK]
+    cdef bint redo[CBLOCK]
+    for j in range(nch):
+        shift[j] = x[c0 + j] if with_x else <floating>saved_mean[c0 + j]
+    for j0 in range(0, nch - nch % 8, 8):                      # pass 1: shifted sums
         if floating is float:
-            fc_rows_sums_f32(x + c0 + j0, dy + c0 + j0, N, C, &K[j0], with_x, acc)
+            fc_rows_sums_f32(_ISA, x + c0 + j0, dy + c0 + j0, N, C, &shift[j0], with_x, acc)
             for k in range(8):
                 sx[j0 + k] = acc[k]
                 sxx[j0 + k] = acc[8 + k]
@@ -1020,38 +752,50 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
                 sdx[j0 + k] = acc[24 + k]
                 acc[k] = acc[8 + k] = acc[16 + k] = acc[24 + k] = 0
         else:
-            _rows_group_sums(dy + c0 + j0, x + c0 + j0, &K[j0], with_x, N, C, 8,
+            _rows_group_sums(dy + c0 + j0, x + c0 + j0, &shift[j0], with_x, N, C, 8,
                              &sx[j0], &sxx[j0], &s1[j0], &sdx[j0])
-    j0 = cb - cb % 8
-    if j0 < cb:
-        _rows_group_sums(dy + c0 + j0, x + c0 + j0, &K[j0], with_x, N, C, cb - j0,
+    j0 = nch - nch % 8
+    if j0 < nch:
+        _rows_group_sums(dy + c0 + j0, x + c0 + j0, &shift[j0], with_x, N, C, nch - j0,
                          &sx[j0], &sxx[j0], &s1[j0], &sdx[j0])
-    for j in range(cb):
+    for j in range(nch):
         if with_x:
-            _shifted_moments(K[j], sx[j], sxx[j], N, &m, &var)
+            _shifted_moments(shift[j], sx[j], sxx[j], N, &m, &var)
         else:
             m = saved_mean[c0 + j]
             var = saved_var[c0 + j]
-        s2 = sdx[j] - (m - K[j]) * s1[j]                     # sum dy * (x - mean)
+        s2 = sdx[j] - (m - shift[j]) * s1[j]                     # sum dy * (x - mean)
+        ms[j] = m
+        vs[j] = var
+        # Inf/NaN sums (the shift shift may be Inf), or float32 coefficients that overflowed or
+        # underflowed: redo the channel in double, statistics included unless saved
+        redo[j] = not (isfinite(s2) and isfinite(var)) or (
+            floating is float and _float_overflows(var, N))
         invstd = 1.0 / sqrt(var + eps)
         gi = gamma[c0 + j] * invstd
         dgamma[c0 + j] = <floating>(s2 * invstd)
         dbeta[c0 + j] = <floating>s1[j]
         fm[j] = <floating>m
         ca[j] = <floating>gi
-        cb_[j] = <floating>(-gi * invstd * invstd * s2 / N)
+        cb[j] = <floating>(-gi * invstd * invstd * s2 / N)
         cc[j] = <floating>(-gi * s1[j] / N)
-    for j0 in range(0, cb - cb % 8, 8):                      # pass 2: dx
+    for j0 in range(0, nch - nch % 8, 8):                      # pass 2: dx
         if floating is float:
-            fc_rows_dx_f32(x + c0 + j0, dy + c0 + j0, dx + c0 + j0, N, C, &fm[j0], &ca[j0],
-                           &cb_[j0], &cc[j0])
+            fc_rows_dx_f32(_ISA, x + c0 + j0, dy + c0 + j0, dx + c0 + j0, N, C, &fm[j0], &ca[j0],
+                           &cb[j0], &cc[j0])
         else:
             _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0],
-                           &cb_[j0], &cc[j0], N, C, 8)
-    j0 = cb - cb % 8
-    if j0 < cb:
-        _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0], &cb_[j0],
-                       &cc[j0], N, C, cb - j0)
+                           &cb[j0], &cc[j0], N, C, 8)
+    j0 = nch - nch % 8
+    if j0 < nch:
+        _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0], &cb[j0],
+                       &cc[j0], N, C, nch - j0)
+    for j in range(nch):
+        if redo[j]:
+            if with_x:
+                _plain_stats(x, N, C, 1, c0 + j, &ms[j], &vs[j])
+            _plain_backward(dy, x, dx, gamma[c0 + j], eps, ms[j], vs[j], N, C, 1, c0 + j,
+                            dgamma, dbeta)
 
 
 # --------------------------------------------------------------------------- one call's work

@@ -1,8 +1,16 @@
 # cython: language_level=3
 """Max and average pooling: Cython + OpenMP twin of ``fastconv.reference.pool``.
 
+Runs by default: the tuned kernels. max_pool2d_backward's inner loops are
+_max_plane_backward_2x2 (2x2 stride 2), _scatter_plane (with the forward's indices) or
+_max_plane_argmax + _scatter_plane (any other window); the forward's are _max_rows_2x2 and
+_max_plane / _max_hpass. To study max pooling first, read the teaching path just below:
+_window_argmax and the _max_plane_*_plain loops, which also take over any plane that holds
+NaN. Timings behind the choices here: docs/performance.md, "Pooling".
+
 Same functions and signatures as the reference; read its docstring for the formulas
-(conv.out), (pool.max), (pool.avg) and PyTorch's divisor rule for average pooling.
+(conv.out), (pool.max), (pool.avg) (docs/formulas.md) and PyTorch's divisor rule for
+average pooling.
 
 How the kernels work
 --------------------
@@ -34,21 +42,16 @@ Backward, per plane:
   2. vertical: for each output row p, fold the window's rows top to bottom;
   3. zero the dx plane and add dy[p, q] at each window's argmax (overlaps add up).
 
-  Every loop over q is branch-free (compare, then select) and vectorised: the previous
-  version scanned each window with ``if v > best``, a branch mispredicted half the time on
-  random data. Rows of stride-2 windows are first split into even and odd columns so that
-  the loads are unit-stride; 3x3 stride 2 with padding 1 and even W runs the horizontal
-  pass as one loop over the whole plane. 2x2 stride 2 unpadded (tiling windows) has its
-  own one-pass kernel that writes every dx cell (dy or 0) without zeroing or scattering.
-  Measured at 1 thread, float32, against the previous version (PyTorch's backward from
-  saved indices in brackets): lenet_max2 0.15 -> 0.11 ms (0.07), vgg_max2 4.6-5.4 -> 3.0
-  ms (3.6-3.8), nin_max3s2 9.5 -> 4.7 ms (2.6-3.4).
+  Every loop over q is branch-free (compare, then select) and vectorised: a branch per
+  cell (``if v > best``) is mispredicted half the time on random data. Rows of stride-2
+  windows are first split into even and odd columns so that the loads are unit-stride;
+  3x3 stride 2 with padding 1 and even W runs the horizontal pass as one loop over the
+  whole plane. 2x2 stride 2 unpadded (tiling windows) has its own one-pass kernel that
+  writes every dx cell (dy or 0) without zeroing or scattering.
 * max with the argmaxes given (``indices``, from ``max_pool2d_forward(...,
   return_indices=True)``, which finds them as steps 1-2 above and takes the maxima from
-  the same fold): only step 3. nin_max3s2, float32, 1 thread: backward 5.0 -> 1.5 ms, the
-  forward with the argmaxes 1.7 -> 3.9 ms, forward + backward 6.7 -> 5.3 ms, which is why
-  nn.MaxPool2d keeps them in training; but not for 2x2 stride 2 unpadded, whose one-pass
-  kernels above make 0.14 ms of LeNet-5's first pooling, against 0.46 with the argmaxes.
+  the same fold): only step 3, which is why nn.MaxPool2d keeps them in training (but not
+  for 2x2 stride 2 unpadded, whose one-pass kernels are cheaper still).
 * avg: separable again, and each dx row is written exactly once: a horizontal scatter of
   dy / D into one row buffer per output row p, then every dx row is the sum of the rows of
   the windows that cover it (a memcpy when only one does). Global average pooling (the
@@ -57,8 +60,11 @@ Backward, per plane:
 Small calls run on one thread (``threads_for_values`` in _common.pxd); which thread runs
 a plane never changes a result.
 
-NaN inputs: not specified (PyTorch propagates NaN through max pooling; these kernels use
-plain ``>`` comparisons so that the compiler can vectorise them).
+NaN, as PyTorch: a max-pooling window holding NaN gives NaN, its argmax (and gradient) at
+its last NaN in row-major order. The tuned loops compare with plain ``>``, which the
+compiler turns into vector max instructions but which drops NaN; so they also note whether
+they read a NaN (or the plane is scanned first), and such a plane is done by the teaching
+loops. Average pooling adds, so NaN and Inf spread through it as through any sum.
 """
 import numpy as np
 
@@ -113,7 +119,87 @@ def _pool_geometry(op, x_shape, kernel_size, stride, padding, dy_shape=None):
     return kh, kw, sh, sw, ph, pw, P, Q
 
 
-# --------------------------------------------------------------------------- max pooling
+# --------------------------------------------------------------------------- teaching path
+# The loop nest of (pool.max) to study: one window at a time, its cells in row-major order.
+# The tuned kernels below compute the same with plain ``>`` in vectorised loops, which drop
+# NaN; each of them reports whether its input held NaN, and the caller then redoes that
+# plane (or block of rows) with these loops, so NaN comes out as in PyTorch.
+
+cdef inline bint _wins(floating v, floating m) noexcept nogil:
+    """(pool.max)'s rule, PyTorch's: the cell v, read after the running maximum m, replaces
+    it (and becomes the argmax) if v > m or v is NaN. So a window holding NaN has the maximum
+    NaN at its LAST NaN in row-major order, and among equal maxima the first one stays."""
+    return (v > m) | (v != v)
+
+
+cdef Py_ssize_t _window_argmax(const floating* xp, Py_ssize_t H, Py_ssize_t W, Py_ssize_t p,
+                               Py_ssize_t q, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                               Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """The argmax of window (p, q) of the plane xp (H, W), as the flat index ih*W + iw. The
+    window is clipped to the image (padding is -inf and never wins), and it starts at its
+    first real cell, which keeps the gradient of a window whose real cells are all -inf."""
+    cdef Py_ssize_t h0 = imax(p * sh - ph, 0), h1 = imin(p * sh - ph + kh, H)
+    cdef Py_ssize_t w0 = imax(q * sw - pw, 0), w1 = imin(q * sw - pw + kw, W)
+    cdef Py_ssize_t ih, iw, best = h0 * W + w0
+    cdef floating m = xp[best], v
+    for ih in range(h0, h1):
+        for iw in range(w0, w1):
+            v = xp[ih * W + iw]
+            if _wins(v, m):
+                m = v
+                best = ih * W + iw
+    return best
+
+
+cdef void _max_plane_plain(const floating* xp, floating* yp, Py_ssize_t H, Py_ssize_t W,
+                           Py_ssize_t P, Py_ssize_t Q, Py_ssize_t kh, Py_ssize_t kw,
+                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                           Py_ssize_t pw) noexcept nogil:    # IN: xp (H, W); OUT: yp (P, Q)
+    """(pool.max) forward of one plane: y[p, q] = x at the window's argmax."""
+    cdef Py_ssize_t p, q
+    for p in range(P):
+        for q in range(Q):
+            yp[p * Q + q] = xp[_window_argmax(xp, H, W, p, q, kh, kw, sh, sw, ph, pw)]
+
+
+cdef void _max_plane_indices_plain(const floating* xp, floating* yp, int64_t* ind,
+                                   Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
+                                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                   Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """(pool.max) forward with the argmaxes: ind[p, q] = the window's argmax (flat index in
+    the plane), yp[p, q] = x there.   IN: xp (H, W); OUT: yp, ind (P, Q)"""
+    cdef Py_ssize_t p, q, j
+    for p in range(P):
+        for q in range(Q):
+            j = _window_argmax(xp, H, W, p, q, kh, kw, sh, sw, ph, pw)
+            ind[p * Q + q] = j
+            yp[p * Q + q] = xp[j]
+
+
+cdef void _max_plane_backward_plain(const floating* dyp, const floating* xp, floating* dxp,
+                                    Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
+                                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                                    Py_ssize_t sw, Py_ssize_t ph,
+                                    Py_ssize_t pw) noexcept nogil:  # IN: dyp, xp; OUT: dxp
+    """(pool.max) gradient of one plane: dx = 0, then dy[p, q] added at each window's argmax
+    (overlapping windows add up)."""
+    cdef Py_ssize_t p, q
+    memset(dxp, 0, H * W * sizeof(floating))
+    for p in range(P):
+        for q in range(Q):
+            dxp[_window_argmax(xp, H, W, p, q, kh, kw, sh, sw, ph, pw)] += dyp[p * Q + q]
+
+
+cdef inline bint _has_nan(const floating* p, Py_ssize_t n) noexcept nogil:
+    """True if one of the n values at p is NaN (a vectorised pass, no branch)."""
+    cdef Py_ssize_t i
+    cdef int found = 0
+    for i in range(n):
+        found |= p[i] != p[i]
+    return found
+
+
+# --------------------------------------------------------------------------- max pooling (tuned)
 
 cdef void _max_hpass(const floating* vbuf, floating* yrow, Py_ssize_t Q, Py_ssize_t kw,
                      Py_ssize_t sw) noexcept nogil:
@@ -145,11 +231,13 @@ cdef void _max_hpass(const floating* vbuf, floating* yrow, Py_ssize_t Q, Py_ssiz
             yrow[q] = m
 
 
-cdef void _max_plane(const floating* xp, floating* yp, floating* vbuf,
+cdef bint _max_plane(const floating* xp, floating* yp, floating* vbuf,
                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                      Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """One (n, c) plane of (pool.max): xp (H, W) -> yp (P, Q), separably (module docstring).
+    Returns True if a value it read was NaN (yp is then not PyTorch's: the caller redoes
+    the plane with _max_plane_plain).
 
     vbuf holds W + 2*pw values; its pw cells on each side are -inf, so padding never wins.
     """
@@ -158,6 +246,7 @@ cdef void _max_plane(const floating* xp, floating* yp, floating* vbuf,
     cdef const floating* row2
     cdef floating* v = vbuf + pw
     cdef floating a, b
+    cdef int nan = 0
     for i in range(pw):
         vbuf[i] = -INFINITY
         v[W + i] = -INFINITY
@@ -170,19 +259,23 @@ cdef void _max_plane(const floating* xp, floating* yp, floating* vbuf,
             for iw in range(W):
                 a = row[iw]
                 b = row2[iw]
+                nan |= (a != a) | (b != b)
                 v[iw] = b if b > a else a
             h0 += 2
         else:
-            for iw in range(W):
-                v[iw] = row[iw]
+            memcpy(v, row, W * sizeof(floating))
+            nan |= _has_nan(row, W)
             h0 += 1
         for ih in range(h0, h1):
             row = xp + ih * W
+            # (a NaN test inside this loop stopped gcc vectorising it: a scan of its own)
+            nan |= _has_nan(row, W)
             for iw in range(W):
                 a = v[iw]
                 b = row[iw]
                 v[iw] = b if b > a else a
         _max_hpass(vbuf, yp + p * Q, Q, kw, sw)
+    return nan
 
 
 cdef inline void _split_row(const floating* xrow, floating* rowbuf, const Py_ssize_t* bounds,
@@ -286,7 +379,7 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
     and even W (the usual 3x3 stride 2 pooling; then W == 2*Q): window (ih, q) covers x
     columns 2q - 1 .. 2q + 1 of row ih, flat indices 2k - 1 .. 2k + 1 with k = ih*Q + q,
     so ONE loop over k covers the plane, with no row copy and no per-row loop set-up, which
-    cost more than the work in rows of Q = 16 (nin_max3s2 float32: 6.6 -> 6.1 ms).
+    cost more than the work in rows of Q = 16.
     Window 0 of each row reads the previous row's last cell as its column -1 (padding);
     it is redone afterwards on its two real cells. k starts at 1 so that no read leaves
     the plane (window (H-1, Q-1) ends at column W - 1).
@@ -313,7 +406,7 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
         m = x[r]
         v = x[r + 1]
         # the index as an integer plus the comparison, not a select: gcc branched on the
-        # select, mispredicted half the time on random data (nin_max3s2: 6.0 -> 4.8 ms)
+        # select, mispredicted half the time on random data
         hidx[ih * Q] = <index_t>r + <index_t>(v > m)
         hbest[ih * Q] = v if v > m else m
 
@@ -434,7 +527,7 @@ cdef inline Py_ssize_t _scatter_plane(const floating* dyp, const index_t* widx, 
     return bad
 
 
-cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, floating* dxp,
+cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, floating* dxp,
                                   Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
                                   Py_ssize_t Q) noexcept nogil:
     """The (pool.max) gradient of one plane for the 2x2, stride 2, unpadded window, without
@@ -447,8 +540,7 @@ cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     gcc threaded jumps through them and the loop was no longer vectorised (3x slower).
     The windows tile the plane, so every dx cell of rows 2p, 2p + 1 and columns < 2Q is
     WRITTEN once (dy at the winner, 0 at the three others) instead of zeroing the plane and
-    scattering: one pass over dx, with no data-dependent address (vgg_max2, float32:
-    4.6 -> 3.0 ms; lenet_max2 0.15 -> 0.11 ms).
+    scattering: one pass over dx, with no data-dependent address.
     """
     cdef Py_ssize_t p, q
     cdef const floating* r0
@@ -457,6 +549,7 @@ cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     cdef floating* d1
     cdef const floating* g
     cdef floating a, b, c, d, v, top, bottom
+    cdef int nan = 0
     for p in range(P):
         r0 = xp + 2 * p * W
         r1 = r0 + W
@@ -469,6 +562,7 @@ cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
             c = r1[2 * q]
             d = r1[2 * q + 1]
             v = g[q]
+            nan |= (a != a) | (b != b) | (c != c) | (d != d)
             top = b if b > a else a
             bottom = d if d > c else c
             d0[2 * q] = v if (a >= b) & (top >= bottom) else 0
@@ -480,9 +574,10 @@ cdef void _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
             d1[W - 1] = 0
     if H > 2 * P:                                  # odd H: nor is the last row
         memset(dxp + (H - 1) * W, 0, W * sizeof(floating))
+    return nan      # True: x held NaN, the caller redoes it with _max_plane_backward_plain
 
 
-cdef void _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py_ssize_t W,
+cdef bint _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py_ssize_t W,
                        Py_ssize_t Q) noexcept nogil:
     """(pool.max) for the 2x2, stride 2, unpadded window, one pass: output row j (Q values)
     from input rows 2j and 2j + 1, for n_pairs row pairs. The same folds as _max_plane
@@ -495,6 +590,7 @@ cdef void _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py
     cdef const floating* r1
     cdef floating* yr
     cdef floating a, b, c, d
+    cdef int nan = 0
     for j in range(n_pairs):
         r0 = xp + 2 * j * W
         r1 = r0 + W
@@ -502,11 +598,14 @@ cdef void _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py
         for q in range(Q):
             a = r0[2 * q]
             c = r1[2 * q]
-            a = c if c > a else a
             b = r0[2 * q + 1]
             d = r1[2 * q + 1]
+            # each pair test is one "unordered" compare (NaN in either), on values loaded anyway
+            nan |= ((a != a) | (c != c)) | ((b != b) | (d != d))
+            a = c if c > a else a
             b = d if d > b else b
             yr[q] = b if b > a else a
+    return nan      # True: x held NaN, the caller redoes it with _max_plane_plain
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padding,
@@ -542,21 +641,27 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     cdef floating[:, :, :, ::1] y = y_arr
     cdef const floating* x0 = &x[0, 0, 0, 0]
     cdef floating* y0 = &y[0, 0, 0, 0]
-    cdef Py_ssize_t n_pairs = N * C * P, blk
+    cdef Py_ssize_t n_pairs = N * C * P, blk, np0
     if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
         # 2x2 stride 2: one pass, no buffer; with even H, blocks of _ROW_PAIRS row pairs
-        # over all planes (_max_rows_2x2). 1 thread, float32, interleaved medians against
-        # the separable path: LeNet-5's pool2 (64 x 16 x 10 x 10) 68 -> 34 us, pool1
-        # (64 x 6 x 28 x 28) 55 -> 40 us.
+        # over all planes (_max_rows_2x2).
         with nogil:
             if H % 2 == 0:
                 for blk in prange((n_pairs + _ROW_PAIRS - 1) // _ROW_PAIRS, schedule="static",
                                   num_threads=n_threads):
-                    _max_rows_2x2(x0 + 2 * blk * _ROW_PAIRS * W, y0 + blk * _ROW_PAIRS * Q,
-                                  imin(_ROW_PAIRS, n_pairs - blk * _ROW_PAIRS), W, Q)
+                    np0 = imin(_ROW_PAIRS, n_pairs - blk * _ROW_PAIRS)
+                    if _max_rows_2x2(x0 + 2 * blk * _ROW_PAIRS * W, y0 + blk * _ROW_PAIRS * Q,
+                                     np0, W, Q):
+                        # NaN in these rows: the teaching loops (the block is a plane of
+                        # 2*np0 rows, none of its windows straddles two planes)
+                        _max_plane_plain(x0 + 2 * blk * _ROW_PAIRS * W,
+                                         y0 + blk * _ROW_PAIRS * Q, 2 * np0, W, np0, Q,
+                                         2, 2, 2, 2, 0, 0)
             else:
                 for nc in prange(N * C, schedule="static", num_threads=n_threads):
-                    _max_rows_2x2(x0 + nc * H * W, y0 + nc * P * Q, P, W, Q)
+                    if _max_rows_2x2(x0 + nc * H * W, y0 + nc * P * Q, P, W, Q):
+                        _max_plane_plain(x0 + nc * H * W, y0 + nc * P * Q, H, W, P, Q,
+                                         2, 2, 2, 2, 0, 0)
         return y_arr
     # One row buffer per thread (indexed by threadid()); which thread uses which buffer
     # does not change any result. Rows padded to whole 64-byte lines and one more, so two
@@ -565,8 +670,10 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     cdef floating[:, ::1] buf = buf_arr
     with nogil:
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
-            _max_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0], &buf[threadid(), 0],
-                       H, W, P, Q, kh, kw, sh, sw, ph, pw)
+            if _max_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0],
+                          &buf[threadid(), 0], H, W, P, Q, kh, kw, sh, sw, ph, pw):
+                _max_plane_plain(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0], H, W,
+                                 P, Q, kh, kw, sh, sw, ph, pw)      # NaN in the plane
     return y_arr
 
 
@@ -617,22 +724,28 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
         # No scratch at all: the dozen NumPy calls that set up the buffers below cost
         # more than this kernel on small layers. With even H the planes are one tall plane
         # of N*C*P row pairs (no pair straddles two planes), cut into blocks of _ROW_PAIRS.
-        # 1 thread, float32, interleaved medians against the previous version: LeNet-5's
-        # pool2 (64 x 16 x 10 x 10) 73 -> 55 us, pool1 (64 x 6 x 28 x 28) 101 -> 86 us.
         with nogil:
             if H % 2 == 0:
                 for blk in prange((n_pairs + _ROW_PAIRS - 1) // _ROW_PAIRS, schedule="static",
                                   num_threads=n_threads):
                     np0 = imin(_ROW_PAIRS, n_pairs - blk * _ROW_PAIRS)
-                    _max_plane_backward_2x2(dy0 + blk * _ROW_PAIRS * Q,
-                                            x0 + 2 * blk * _ROW_PAIRS * W,
-                                            dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W, np0, Q)
+                    if _max_plane_backward_2x2(dy0 + blk * _ROW_PAIRS * Q,
+                                               x0 + 2 * blk * _ROW_PAIRS * W,
+                                               dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W,
+                                               np0, Q):
+                        _max_plane_backward_plain(dy0 + blk * _ROW_PAIRS * Q,      # NaN
+                                                  x0 + 2 * blk * _ROW_PAIRS * W,
+                                                  dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W,
+                                                  np0, Q, 2, 2, 2, 2, 0, 0)
             else:
                 for nc in prange(N * C, schedule="static", num_threads=n_threads):
-                    _max_plane_backward_2x2(dy0 + nc * P * Q, x0 + nc * H * W,
-                                            dx0 + nc * H * W, H, W, P, Q)
+                    if _max_plane_backward_2x2(dy0 + nc * P * Q, x0 + nc * H * W,
+                                               dx0 + nc * H * W, H, W, P, Q):
+                        _max_plane_backward_plain(dy0 + nc * P * Q, x0 + nc * H * W,
+                                                  dx0 + nc * H * W, H, W, P, Q,
+                                                  2, 2, 2, 2, 0, 0)
         return dx_arr
-    _max_planes_by_argmax(x, dy0, dx0, NULL, kh, kw, sh, sw, ph, pw, P, Q, n_threads)
+    _max_planes_by_argmax(True, x, dy0, dx0, NULL, kh, kw, sh, sw, ph, pw, P, Q, n_threads)
     return dx_arr
 
 
@@ -647,8 +760,8 @@ def _argmax_scratch(int n_threads, dtype, Py_ssize_t H, Py_ssize_t W, Py_ssize_t
     int64 for float64 (see index_t). Separate arrays: before it enters a vectorised loop, gcc
     checks at run time that they do not overlap. Each thread's row leaves at least 16 unused
     values (>= 64 bytes) before the next thread's, so two threads never write to the same
-    cache line (that false sharing made float64 nin_max3s2 on 2 threads 6.7 ms instead of
-    4.4). bounds: _split_row's range of j for each column phase t (the same for every row).
+    cache line (false sharing: docs/performance.md). bounds: _split_row's range of j for
+    each column phase t (the same for every row).
     """
     cdef Py_ssize_t L = (W + 2 * pw + sw - 1) // sw + 1
     itype = np.int32 if dtype == np.float32 else np.int64
@@ -677,36 +790,55 @@ cdef _max_forward_with_indices(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py
     ind_arr = np.empty((N, C, P, Q), dtype=np.int64)
     cdef floating[:, :, :, ::1] y = y_arr
     cdef int64_t[:, :, :, ::1] ind = ind_arr
-    _max_planes_by_argmax(x, NULL, &y[0, 0, 0, 0], &ind[0, 0, 0, 0], kh, kw, sh, sw, ph, pw,
+    _max_planes_by_argmax(False, x, NULL, &y[0, 0, 0, 0], &ind[0, 0, 0, 0], kh, kw, sh, sw, ph, pw,
                           P, Q, threads_for_values(N * C * H * W, n_threads))
     return y_arr, ind_arr
 
 
-cdef inline void _plane_by_argmax(const floating* x0, const floating* dy0, floating* out0,
-                                  int64_t* ind0, Py_ssize_t nc, floating* rowbuf,
-                                  floating* hbest, index_t* hidx, floating* best,
-                                  index_t* widx, const Py_ssize_t* bounds, Py_ssize_t H,
-                                  Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t kh,
-                                  Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                                  Py_ssize_t pw, Py_ssize_t L) noexcept nogil:
-    """Plane nc of _max_planes_by_argmax, with one thread's scratch: the argmaxes, then the
-    gradient scattered to them (dy0 given) or the maxima and the int64 argmaxes (dy0 NULL)."""
-    _max_plane_argmax(x0 + nc * H * W, rowbuf, hbest, hidx, best, widx,
-                      NULL if dy0 != NULL else out0 + nc * P * Q, bounds, H, W, P, Q, kh, kw,
-                      sh, sw, ph, pw, L)
-    if dy0 != NULL:
-        _scatter_plane(dy0 + nc * P * Q, widx, out0 + nc * H * W, H * W, P * Q)
-    else:
-        _widen(widx, ind0 + nc * P * Q, P * Q)
+cdef inline void _plane_backward_by_argmax(
+        const floating* x0, const floating* dy0, floating* dx0, Py_ssize_t nc,
+        floating* rowbuf, floating* hbest, index_t* hidx, floating* best, index_t* widx,
+        const Py_ssize_t* bounds, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
+        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+        Py_ssize_t pw, Py_ssize_t L) noexcept nogil:    # IN: x0, dy0; OUT: dx0 plane nc
+    """The gradient of plane nc, with one thread's scratch: the argmaxes
+    (_max_plane_argmax), then dy scattered to them (_scatter_plane); a plane holding NaN
+    goes to the teaching loops, which follow PyTorch's NaN rule."""
+    cdef const floating* xp = x0 + nc * H * W
+    if _has_nan(xp, H * W):
+        _max_plane_backward_plain(dy0 + nc * P * Q, xp, dx0 + nc * H * W, H, W, P, Q,
+                                  kh, kw, sh, sw, ph, pw)
+        return
+    _max_plane_argmax(xp, rowbuf, hbest, hidx, best, widx, NULL, bounds, H, W, P, Q, kh,
+                      kw, sh, sw, ph, pw, L)
+    _scatter_plane(dy0 + nc * P * Q, widx, dx0 + nc * H * W, H * W, P * Q)
 
 
-cdef _max_planes_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
-                           floating* out0, int64_t* ind0, Py_ssize_t kh, Py_ssize_t kw,
-                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                           Py_ssize_t P, Py_ssize_t Q, int n_threads):
-    """Per (n, c) plane of x, the windows' argmaxes (_max_plane_argmax), then either the
-    gradient (dy0 given: out0 = dx, each dy scattered to its argmax, _scatter_plane) or the
-    forward with indices (dy0 NULL: out0 = y, the maxima, ind0 = the argmaxes in int64).
+cdef inline void _plane_forward_with_indices(
+        const floating* x0, floating* y0, int64_t* ind0, Py_ssize_t nc,
+        floating* rowbuf, floating* hbest, index_t* hidx, floating* best, index_t* widx,
+        const Py_ssize_t* bounds, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
+        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+        Py_ssize_t pw, Py_ssize_t L) noexcept nogil:    # IN: x0; OUT: y0, ind0 plane nc
+    """The maxima and the int64 argmaxes of plane nc, with one thread's scratch; a plane
+    holding NaN goes to the teaching loops."""
+    cdef const floating* xp = x0 + nc * H * W
+    if _has_nan(xp, H * W):
+        _max_plane_indices_plain(xp, y0 + nc * P * Q, ind0 + nc * P * Q, H, W, P, Q,
+                                 kh, kw, sh, sw, ph, pw)
+        return
+    _max_plane_argmax(xp, rowbuf, hbest, hidx, best, widx, y0 + nc * P * Q, bounds, H, W,
+                      P, Q, kh, kw, sh, sw, ph, pw, L)
+    _widen(widx, ind0 + nc * P * Q, P * Q)
+
+
+cdef _max_planes_by_argmax(bint backward, const floating[:, :, :, ::1] x,
+                           const floating* dy0, floating* out0, int64_t* ind0, Py_ssize_t kh,
+                           Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                           Py_ssize_t pw, Py_ssize_t P, Py_ssize_t Q, int n_threads):
+    """Per (n, c) plane of x, the windows' argmaxes (_max_plane_argmax), then, if backward,
+    the gradient (out0 = dx, each dy of dy0 scattered to its argmax; ind0 unused), else the
+    forward with indices (out0 = y, the maxima, ind0 = the argmaxes in int64; dy0 unused).
     Arrays C-contiguous: dy, y, indices (N, C, P, Q), dx (N, C, H, W)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t nc, L
@@ -729,13 +861,25 @@ cdef _max_planes_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
             t = threadid()
             if floating is float:
-                _plane_by_argmax(x0, dy0, out0, ind0, nc, &buf[t, 0], &hbest[t, 0],
-                                 &hidx32[t, 0], &best[t, 0], &idx32[t, 0], &bounds[0], H, W,
-                                 P, Q, kh, kw, sh, sw, ph, pw, L)
+                if backward:
+                    _plane_backward_by_argmax(x0, dy0, out0, nc, &buf[t, 0], &hbest[t, 0],
+                                              &hidx32[t, 0], &best[t, 0], &idx32[t, 0],
+                                              &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph, pw, L)
+                else:
+                    _plane_forward_with_indices(x0, out0, ind0, nc, &buf[t, 0], &hbest[t, 0],
+                                                &hidx32[t, 0], &best[t, 0], &idx32[t, 0],
+                                                &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph,
+                                                pw, L)
             else:
-                _plane_by_argmax(x0, dy0, out0, ind0, nc, &buf[t, 0], &hbest[t, 0],
-                                 &hidx64[t, 0], &best[t, 0], &idx64[t, 0], &bounds[0], H, W,
-                                 P, Q, kh, kw, sh, sw, ph, pw, L)
+                if backward:
+                    _plane_backward_by_argmax(x0, dy0, out0, nc, &buf[t, 0], &hbest[t, 0],
+                                              &hidx64[t, 0], &best[t, 0], &idx64[t, 0],
+                                              &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph, pw, L)
+                else:
+                    _plane_forward_with_indices(x0, out0, ind0, nc, &buf[t, 0], &hbest[t, 0],
+                                                &hidx64[t, 0], &best[t, 0], &idx64[t, 0],
+                                                &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph,
+                                                pw, L)
 
 
 cdef _max_backward_from_indices(const floating[:, :, :, ::1] dy, indices, Py_ssize_t H,

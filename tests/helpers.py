@@ -54,3 +54,19 @@ def run_python(args, timeout=120, **kwargs):
     kwargs.setdefault("cwd", tempfile.gettempdir())
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def assert_close_nonfinite(got, want, dtype=None, reduction=1, err_msg="", same_kind=True):
+    """assert_close for arrays that may hold NaN and Inf: NaN exactly where want has NaN,
+    the same infinities, and the finite values close (scaled by the finite ones only).
+    same_kind=False only asks for non-finite values in the same places (where Inf meets
+    Inf of the other sign, which of NaN and Inf comes out depends on the order of the sums)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape and got.dtype == want.dtype, err_msg
+    finite = np.isfinite(want)
+    np.testing.assert_array_equal(np.isfinite(got), finite, err_msg=f"finite {err_msg}")
+    if same_kind:
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"NaN {err_msg}")
+        inf = np.isinf(want)
+        np.testing.assert_array_equal(got[inf], want[inf], err_msg=f"Inf {err_msg}")
+    assert_close(got[finite], want[finite], dtype, reduction, err_msg)

@@ -116,3 +116,40 @@ def test_forward_matches_torch(rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((5, 7)).astype(np.float32)
     np.testing.assert_array_equal(F.relu(x, backend="fast"), torch.relu(torch.tensor(x)).numpy())
+
+
+_RELU_RUN = """
+import sys
+import numpy as np
+import fastconv.functional as F
+rng = np.random.default_rng(5)
+out = {}
+for dt in (np.float32, np.float64):
+    x = rng.standard_normal(50000).astype(dt)
+    x[::97] = np.nan
+    x[::89] = -0.0
+    dy = rng.standard_normal(50000).astype(dt)
+    y = F.relu(x, backend="fast")
+    out[dt.__name__ + "_y"] = y
+    out[dt.__name__ + "_dx"] = F.relu_backward(dy, y, backend="fast")
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_every_instruction_set_gives_the_same_bits(tmp_path):
+    """The baseline, AVX2 and AVX-512 copies of the loops (whichever this CPU has), chosen by
+    FASTCONV_ISA in a fresh process, give identical outputs."""
+    import os
+    import subprocess
+    import sys
+    results = {}
+    for isa in ("baseline", "avx2", "avx512"):
+        path = tmp_path / f"{isa}.npz"
+        env = dict(os.environ, FASTCONV_ISA=isa)
+        subprocess.run([sys.executable, "-c", _RELU_RUN, str(path)], env=env, check=True)
+        results[isa] = np.load(path)
+    for isa in ("avx2", "avx512"):
+        for key in results["baseline"].files:
+            a, b = results[isa][key], results["baseline"][key]
+            np.testing.assert_array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"),
+                                          err_msg=f"{isa} {key}")          # bit for bit

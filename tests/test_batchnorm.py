@@ -7,7 +7,6 @@ and many channels) and on random ones; finite differences check the backward pas
 the public API; the running statistics follow PyTorch's update; and the fast kernels must
 give the same bits on 1 and 2 threads. Formulas: (bn.fwd), (bn.bwd), (bn.run).
 """
-import itertools
 import math
 
 import numpy as np
@@ -18,38 +17,15 @@ from hypothesis import strategies as st
 import fastconv
 import fastconv.functional as F
 from fastconv.reference import batchnorm as ref
-from helpers import ATOL, RTOL, assert_close, assert_grad_matches
+from fastconv.reference.naive import naive_batch_norm
+from helpers import ATOL, RTOL, assert_close, assert_close_nonfinite, assert_grad_matches
 
 BACKENDS = ["reference", "fast"]
 EPS = 1e-5
 
 
 # --------------------------------------------------------------------------- naive oracle
-
-def naive_batch_norm(x, dy, gamma, beta, eps):
-    """(bn.fwd) and (bn.bwd) with explicit loops over each channel's M = N*H*W values, float64.
-
-    Returns y, mean, var (biased), dx, dgamma, dbeta.
-    """
-    N, C, H, W = x.shape
-    M = N * H * W
-    y, dx = np.zeros(x.shape), np.zeros(x.shape)
-    mean, var, dgamma, dbeta = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C)
-    for c in range(C):
-        cells = list(itertools.product(range(N), range(H), range(W)))
-        vals = [float(x[n, c, h, w]) for n, h, w in cells]
-        mean[c] = math.fsum(vals) / M
-        var[c] = math.fsum((v - mean[c]) ** 2 for v in vals) / M
-        invstd = 1.0 / math.sqrt(var[c] + eps)
-        x_hat = [(v - mean[c]) * invstd for v in vals]
-        g = [float(dy[n, c, h, w]) for n, h, w in cells]
-        dbeta[c] = math.fsum(g)
-        dgamma[c] = math.fsum(gi * xi for gi, xi in zip(g, x_hat))
-        for (n, h, w), xi, gi in zip(cells, x_hat, g):
-            y[n, c, h, w] = gamma[c] * xi + beta[c]
-            dx[n, c, h, w] = gamma[c] * invstd / M * (M * gi - dbeta[c] - xi * dgamma[c])
-    return y, mean, var, dx, dgamma, dbeta
-
+# (fastconv.reference.naive: the formulas as explicit loops)
 
 def test_naive_batch_norm_by_hand():
     x = np.array([1., 2., 3., 4.]).reshape(2, 1, 1, 2)        # one channel, M = 4
@@ -471,3 +447,122 @@ def test_baseline_and_avx2_kernels_give_the_same_bits(shape, rng):
         kern._kernel_isa("avx2")
     for a, b in zip(runs["baseline"], runs["avx2"]):
         np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------- NaN, Inf, overflow
+
+# As in PyTorch: a channel holding NaN (or +Inf and -Inf, or an Inf, whose x - mean is NaN)
+# has a NaN batch variance, NaN outputs and gradients, and passes NaN on to the running
+# statistics; the other channels are untouched. Both paths (HW > 1 and BatchNorm1d's rows),
+# both dtypes, every kernel, fast == reference.
+
+NONFINITE_SHAPES = [(6, 3, 4, 5), (16, 10, 1, 1), (4, 70, 3, 3), (40, 20, 1, 1)]
+
+
+def _all_outputs(impl, x, dy, gamma, beta):
+    y, mean, var = impl.batch_norm_train_forward(x, gamma, beta, EPS, 1)
+    return (y, mean, var, impl.batch_norm_eval_forward(x, gamma, beta, mean, var, EPS, 1),
+            *impl.batch_norm_backward(dy, x, gamma, EPS, 1),
+            *impl.batch_norm_backward(dy, x, gamma, EPS, 1, mean, var))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", ["x", "x_first", "dy"])
+@pytest.mark.parametrize("shape", NONFINITE_SHAPES, ids=shape_id)
+def test_nonfinite_fast_matches_reference(shape, where, value, dtype, rng):
+    from fastconv._backend import load_kernels
+    fast = load_kernels("batchnorm")
+    x, dy, gamma, beta = make_inputs(rng, dtype, shape, shift=0.5)
+    target = dy if where == "dy" else x
+    target[0 if where == "x_first" else 2, 1].flat[0] = value   # x_first: the row path's shift
+    with np.errstate(invalid="ignore", over="ignore"):
+        got = _all_outputs(fast, x, dy, gamma, beta)
+        want = _all_outputs(ref, x, dy, gamma, beta)
+    M = x.size // shape[1]
+    # an Inf in dy meets Infs of both signs in dx's sums: NaN or Inf by the order of the sums
+    same_kind = not (where == "dy" and np.isinf(value))
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert_close_nonfinite(a, b, dtype, reduction=M, err_msg=f"output {i}",
+                               same_kind=same_kind)
+    if where != "dy":                                  # channel 1 is all NaN, the others finite
+        y, mean, var = got[:3]
+        assert np.isnan(var[1]) and np.isnan(y[:, 1]).all() and np.isnan(got[4][:, 1]).all()
+        assert np.isfinite(np.delete(y, 1, axis=1)).all() and np.isfinite(np.delete(var, 1)).all()
+        assert mean[1] == value if not np.isnan(value) else np.isnan(mean[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_reaches_the_running_statistics(backend, dtype):
+    x = np.array([[1.0, 2.0], [np.nan, 3.0], [3.0, 5.0]], dtype)
+    rm, rv = np.zeros(2, dtype), np.ones(2, dtype)
+    y = F.batch_norm(x, None, None, rm, rv, True, backend=backend)
+    assert np.isnan(y[:, 0]).all() and np.isfinite(y[:, 1]).all()
+    assert np.isnan(rm[0]) and np.isnan(rv[0]) and np.isfinite(rm[1]) and np.isfinite(rv[1])
+
+
+@pytest.mark.parametrize("shape", [(16, 3, 3, 3), (16, 10, 1, 1), (64, 9, 1, 1)], ids=shape_id)
+def test_float32_values_near_the_largest_float(shape, rng):
+    """Values near float32's largest: the variance (~1e76) only exists in double, where the
+    statistics are kept, and the outputs are the true normalised values, fast == reference
+    (the float32 loops would overflow on x - mean and lose dx's x term, so such channels go
+    to the plain double loops). PyTorch keeps its float32 variance, which overflows to Inf:
+    its output is beta and its gradient NaN; the running variance (float32) is Inf in both."""
+    from fastconv._backend import load_kernels
+    fast = load_kernels("batchnorm")
+    x, dy, gamma, beta = make_inputs(rng, np.float32, shape)
+    x[:, 0] = np.sign(x[:, 0]) * np.float32(0.9) * np.finfo(np.float32).max
+    got = _all_outputs(fast, x, dy, gamma, beta)
+    want = _all_outputs(ref, x, dy, gamma, beta)
+    M = x.size // shape[1]
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert np.isfinite(a).all(), i
+        assert_close(a, b, np.float32, reduction=M, err_msg=f"output {i}")
+    y = got[0]
+    assert_close(y[:, 0].mean(), np.float32(beta[0]), np.float32, reduction=M)
+    rm, rv = np.zeros(shape[1], np.float32), np.ones(shape[1], np.float32)
+    with np.errstate(over="ignore"):
+        F.batch_norm(x.reshape(shape[:2]) if shape[2] == 1 else x, gamma, beta, rm, rv, True,
+                     backend="fast")
+    assert np.isinf(rv[0]) and np.isfinite(rv[1:]).all()
+
+
+def test_float64_overflow_is_not_finite(dtype=np.float64):
+    """float64 values whose variance overflows: the variance says so (Inf or NaN, not a
+    finite number), in both backends, on both paths; the other channel is untouched."""
+    from fastconv._backend import load_kernels
+    for shape in ((8, 2, 1, 1), (8, 2, 3, 3)):
+        x = np.full(shape, 0.9 * np.finfo(np.float64).max)
+        x[::2, 0] *= -1
+        x[:, 1] = np.arange(shape[0]).reshape(-1, 1, 1)
+        g, b = np.ones(2), np.zeros(2)
+        with np.errstate(over="ignore", invalid="ignore"):
+            got = load_kernels("batchnorm").batch_norm_train_forward(x, g, b, EPS, 1)
+            want = ref.batch_norm_train_forward(x, g, b, EPS)
+        for out in (got, want):       # (the mean's own overflow depends on the sums' order)
+            assert not np.isfinite(out[2][0]) and np.isfinite(out[2][1])
+        for a, b_ in zip(got, want):
+            assert_close(a[..., 1:2, :, :] if a.ndim == 4 else a[1:], b_[..., 1:2, :, :]
+                         if b_.ndim == 4 else b_[1:])
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nonfinite_matches_torch(value, rng):
+    torch = pytest.importorskip("torch")
+    for shape in ((8, 3, 5, 7), (16, 10)):
+        x, dy, gamma, beta = make_inputs(rng, np.float64, shape)
+        x[2, 1] = value
+        C = shape[1]
+        rm, rv = np.zeros(C), np.ones(C)
+        trm, trv = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = torch.nn.functional.batch_norm(xt, trm, trv, torch.tensor(gamma),
+                                            torch.tensor(beta), training=True, eps=EPS)
+        yt.backward(torch.tensor(dy))
+        with np.errstate(invalid="ignore"):
+            y = F.batch_norm(x, gamma, beta, rm, rv, True, eps=EPS, backend="fast")
+            dx = F.batch_norm_backward(dy, x, gamma, eps=EPS, backend="fast")[0]
+        M = x.size // C
+        assert_close_nonfinite(y, yt.detach().numpy(), reduction=M)
+        assert_close_nonfinite(rm, trm.numpy(), reduction=M)
+        assert_close_nonfinite(rv, trv.numpy(), reduction=M)
+        assert_close_nonfinite(dx, xt.grad.numpy(), reduction=M)

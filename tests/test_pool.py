@@ -16,67 +16,14 @@ from hypothesis import strategies as st
 import fastconv
 import fastconv.functional as F
 from fastconv.reference import pool as ref
-from helpers import assert_close, assert_grad_matches
+from fastconv.reference.naive import naive_avg_pool, naive_max_pool
+from helpers import assert_close, assert_close_nonfinite, assert_grad_matches
 
 BACKENDS = ["reference", "fast"]
 
 
 # --------------------------------------------------------------------------- naive oracle
-
-def _window(i, size, k, s, pad):
-    """PyTorch's window bounds for output index i: (start, end) in input coordinates,
-    clipped to the padded input (so they may reach into the padding)."""
-    start = i * s - pad
-    return start, min(start + k, size + pad)
-
-
-def naive_max_pool(x, dy, kernel_size, stride, padding):
-    """(pool.max) and its gradient with explicit loops, float64: y (N,C,P,Q), dx (N,C,H,W).
-
-    Padding is -inf, the window is scanned in row-major order and only a strictly larger
-    value replaces the running maximum: the first maximum wins ties.
-    """
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1      # (conv.out)
-    y = np.zeros((N, C, P, Q))
-    dx = np.zeros(x.shape)
-    for n, c, p, q in itertools.product(range(N), range(C), range(P), range(Q)):
-        best, where = -np.inf, None
-        h0, h1 = _window(p, H, kh, sh, ph)
-        w0, w1 = _window(q, W, kw, sw, pw)
-        for ih in range(h0, h1):
-            for iw in range(w0, w1):
-                inside = 0 <= ih < H and 0 <= iw < W
-                v = x[n, c, ih, iw] if inside else -np.inf
-                if v > best or (where is None and inside):
-                    best, where = v, (ih, iw)
-        y[n, c, p, q] = best
-        if dy is not None:
-            dx[n, c, where[0], where[1]] += dy[n, c, p, q]
-    return y, dx
-
-
-def naive_avg_pool(x, dy, kernel_size, stride, padding, count_include_pad):
-    """(pool.avg) and its gradient with explicit loops, float64, PyTorch's divisor:
-    the window clipped to the padded input (count_include_pad) or to the real input."""
-    N, C, H, W = x.shape
-    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    y = np.zeros((N, C, P, Q))
-    dx = np.zeros(x.shape)
-    for n, c, p, q in itertools.product(range(N), range(C), range(P), range(Q)):
-        h0, h1 = _window(p, H, kh, sh, ph)
-        w0, w1 = _window(q, W, kw, sw, pw)
-        cells = [(ih, iw) for ih in range(max(h0, 0), min(h1, H))
-                 for iw in range(max(w0, 0), min(w1, W))]
-        divisor = (h1 - h0) * (w1 - w0) if count_include_pad else len(cells)
-        y[n, c, p, q] = sum(x[n, c, ih, iw] for ih, iw in cells) / divisor
-        if dy is not None:
-            for ih, iw in cells:
-                dx[n, c, ih, iw] += dy[n, c, p, q] / divisor
-    return y, dx
-
+# (fastconv.reference.naive: the formulas as explicit loops)
 
 def test_naive_max_pool_by_hand():
     x = np.array([[[[1., 5., 2.],
@@ -493,3 +440,117 @@ def test_max_indices_match_torch(rng):
         _, idx_t = torch.nn.functional.max_pool2d(torch.tensor(x), k, s, p, return_indices=True)
         np.testing.assert_array_equal(F.max_pool2d(x, k, s, p, return_indices=True)[1],
                                       idx_t.numpy(), err_msg=grid_id(case))
+
+
+# --------------------------------------------------------------------------- NaN and Inf
+
+# PyTorch's rule (its CPU loop: ``if (val > maxval) || isnan(val)`` take val and its index):
+# the maximum of a window holding NaN is NaN, its argmax the window's LAST NaN in row-major
+# order, and the gradient goes there. Average pooling adds, so NaN and Inf spread as sums do.
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_nan_by_hand(backend, dtype):
+    nan = np.nan
+    for x, want_idx in (([[1, nan], [2, 3]], 1), ([[nan, 1], [nan, 3]], 2),
+                        ([[1, nan], [nan, 3]], 2), ([[nan, nan], [nan, nan]], 3),
+                        ([[-np.inf, nan], [np.inf, 3]], 1)):
+        x = np.array(x, dtype)[None, None]
+        dy = np.array([[[[5.0]]]], dtype)
+        y, idx = F.max_pool2d(x, 2, backend=backend, return_indices=True)
+        assert np.isnan(F.max_pool2d(x, 2, backend=backend)[0, 0, 0, 0]) and np.isnan(y).all()
+        assert idx[0, 0, 0, 0] == want_idx, x
+        want_dx = np.zeros(4, dtype)
+        want_dx[want_idx] = 5
+        for indices in (None, idx):
+            dx = F.max_pool2d_backward(dy, x, 2, backend=backend, indices=indices)
+            np.testing.assert_array_equal(dx.ravel(), want_dx)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_nan_next_to_padding(backend, dtype):
+    """3x3 stride 2 padding 1: NaN in the windows that reach into the padding gives NaN and
+    a real index (the reference used to return -1 there, and its backward then refused
+    them); PyTorch 2.13 gives these indices."""
+    nan = np.nan
+    x = np.array([[nan, nan, 2, 3], [nan, 5, 6, 7], [8, 9, 10, 11], [1, 2, 3, 4]],
+                 dtype)[None, None]
+    y, idx = F.max_pool2d(x, 3, 2, 1, backend=backend, return_indices=True)
+    np.testing.assert_array_equal(idx.ravel(), [4, 1, 4, 11])
+    np.testing.assert_array_equal(y.ravel(), [nan, nan, nan, 11])
+    dy = np.array([1, 2, 4, 8], dtype).reshape(y.shape)
+    want = np.zeros(16, dtype)
+    np.add.at(want, [4, 1, 4, 11], [1, 2, 4, 8])
+    for indices in (None, idx):
+        dx = F.max_pool2d_backward(dy, x, 3, 2, 1, backend=backend, indices=indices)
+        np.testing.assert_array_equal(dx.ravel(), want)
+
+
+def _sprinkle(x, rng, values=(np.nan, np.inf, -np.inf), fraction=0.08):
+    """x with a fraction of its cells set to NaN, Inf or -Inf (a copy)."""
+    x = x.copy()
+    hit = rng.random(x.shape) < fraction
+    x[hit] = rng.choice(values, size=int(hit.sum()))
+    return x
+
+
+@pytest.mark.parametrize("case", GRID + THREAD_CASES, ids=grid_id)
+def test_nonfinite_fast_matches_reference(case, dtype, rng, n_threads):
+    """NaN, Inf and -Inf in x and in dy: every path of both ops gives the reference's
+    values, the same argmaxes, and the same NaN and Inf."""
+    x, dy = make_inputs(rng, dtype, case)
+    x = _sprinkle(x, rng)
+    dy = _sprinkle(dy, rng, fraction=0.03)
+    _, k, s, p = case
+    red = k[0] * k[1]
+    with np.errstate(invalid="ignore"):
+        y, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+        y_ref, idx_ref = F.max_pool2d(x, k, s, p, return_indices=True, backend="reference")
+        np.testing.assert_array_equal(idx, idx_ref)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(F.max_pool2d(x, k, s, p), y_ref)
+        dx_ref = F.max_pool2d_backward(dy, x, k, s, p, backend="reference")
+        assert_close_nonfinite(F.max_pool2d_backward(dy, x, k, s, p), dx_ref, dtype, red)
+        assert_close_nonfinite(F.max_pool2d_backward(dy, x, k, s, p, indices=idx), dx_ref,
+                               dtype, red)
+        for cip in (True, False):
+            assert_close_nonfinite(F.avg_pool2d(x, k, s, p, cip),
+                                   F.avg_pool2d(x, k, s, p, cip, backend="reference"),
+                                   dtype, red)
+            assert_close_nonfinite(F.avg_pool2d_backward(dy, x, k, s, p, cip),
+                                   F.avg_pool2d_backward(dy, x, k, s, p, cip,
+                                                         backend="reference"), dtype, red)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_avg_nonfinite_by_hand(backend, dtype):
+    x = np.array([[1, np.nan, 2, 3], [4, 5, np.inf, 1]], dtype)[None, None]
+    y = F.avg_pool2d(x, 2, backend=backend)
+    assert np.isnan(y[0, 0, 0, 0]) and y[0, 0, 0, 1] == np.inf
+    dx = F.avg_pool2d_backward(np.array([[[[np.nan, 4]]]], dtype), x, 2, backend=backend)
+    assert np.isnan(dx[..., :2]).all() and (dx[..., 2:] == 1).all()
+
+
+def test_nonfinite_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    for case in GRID:
+        x, dy = make_inputs(rng, np.float64, case)
+        x, dy = _sprinkle(x, rng), _sprinkle(dy, rng, fraction=0.03)
+        _, k, s, p = case
+        xt = torch.tensor(x, requires_grad=True)
+        yt, it = torch.nn.functional.max_pool2d(xt, k, s, p, return_indices=True)
+        yt.backward(torch.tensor(dy))
+        y, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+        np.testing.assert_array_equal(y, yt.detach().numpy(), err_msg=grid_id(case))
+        np.testing.assert_array_equal(idx, it.numpy(), err_msg=grid_id(case))
+        assert_close_nonfinite(F.max_pool2d_backward(dy, x, k, s, p), xt.grad.numpy(),
+                               reduction=k[0] * k[1], err_msg=grid_id(case))
+
+
+def test_naive_max_pool_nan_rule():
+    """The naive loops follow PyTorch's NaN rule too: NaN wins, the last NaN of the window."""
+    x = np.array([[np.nan, 1.0], [np.nan, 3.0]])[None, None]
+    y, dx = naive_max_pool(x, np.ones((1, 1, 1, 1)), (2, 2), (2, 2), (0, 0))
+    assert np.isnan(y).all()
+    np.testing.assert_array_equal(dx.ravel(), [0, 0, 1, 0])
+    y_ref = ref.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    assert np.isnan(y_ref).all()

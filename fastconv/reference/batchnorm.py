@@ -8,8 +8,9 @@ BatchNorm1d input (N, C) as (N, C, 1, 1). Each channel c has M = N*H*W values.
           x_hat = (x - mean) / sqrt(var + eps),   y = gamma * x_hat + beta
 (bn.bwd)  dbeta = sum dy,   dgamma = sum dy * x_hat,
           dx = gamma / (M * sqrt(var + eps)) * (M * dy - sum dy - x_hat * sum(dy * x_hat))
-(bn.run)  running = (1 - m) * running + m * stat, running_var taking var * M / (M - 1);
-          done by ``fastconv.functional.batch_norm``, not here.
+(bn.run)  running = (1 - m) * running + m * stat, running_var taking var * M / (M - 1)
+          (``running_update`` below; ``fastconv.functional.batch_norm`` calls it).
+NaN or Inf in a channel makes its variance, outputs and gradients NaN, as in PyTorch.
 
 Sums are over n, h, w for one channel. Statistics are computed in float64 even for float32
 input, and returned as float64 (C,) arrays.

@@ -6,7 +6,8 @@ it as the oracle. Read it next to the notes' labels:
 (conv.out)  P = floor((H + 2*ph - kh) / sh) + 1,  Q = floor((W + 2*pw - kw) / sw) + 1
 (pool.max)  y[n,c,p,q] = max_{r,s} xp[n, c, p*sh + r, q*sw + s]   (xp padded with -inf)
             dxp[n, c, p*sh + r*, q*sw + s*] += dy[n,c,p,q]  at the window's argmax (r*, s*),
-            the FIRST maximum in row-major window order when there are ties
+            the FIRST maximum in row-major window order when there are ties; a window
+            holding NaN has the maximum NaN and its argmax at its LAST NaN (as PyTorch)
 (pool.avg)  y[n,c,p,q] = sum_{r,s} xp[n, c, p*sh + r, q*sw + s] / D[p, q]  (xp padded with 0)
             dxp[n, c, p*sh + r, q*sw + s] += dy[n,c,p,q] / D[p, q]  for every cell of the window
 
@@ -84,7 +85,9 @@ def _avg_divisor(H, W, kernel_size, stride, padding, count_include_pad):
 
 def _argmax(x, kernel_size, stride, padding, P, Q):
     """Each window's argmax as the flat index ih*W + iw in its (n, c) plane, (N, C, P, Q)
-    int64: the FIRST real cell holding the window's maximum, in row-major window order.
+    int64, PyTorch's rule: the FIRST real cell holding the window's maximum, in row-major
+    window order, or, in a window holding NaN, its LAST NaN (PyTorch's loop lets a cell
+    replace the maximum if it is greater or NaN).
 
     (argmax of a boolean is its first True.) Plain np.argmax over the padded window would
     agree except for a window whose real cells are all -inf: there a padded cell would come
@@ -96,6 +99,9 @@ def _argmax(x, kernel_size, stride, padding, P, Q):
     real = _windows(_pad(np.ones((1, 1, H, W), bool), padding, False), kernel_size, stride,
                     P, Q).reshape(1, 1, P, Q, kh * kw)
     first = np.argmax((win == win.max(axis=4, keepdims=True)) & real, axis=4)  # r*kw + s
+    nan = np.isnan(win)                                 # padding is -inf, never NaN
+    last_nan = kh * kw - 1 - np.argmax(nan[..., ::-1], axis=4)
+    first = np.where(nan.any(axis=4), last_nan, first)
     ih = np.arange(P)[:, None] * stride[0] - padding[0] + first // kw
     iw = np.arange(Q)[None, :] * stride[1] - padding[1] + first % kw
     return (ih * W + iw).astype(np.int64)
