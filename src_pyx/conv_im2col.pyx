@@ -596,37 +596,9 @@ cdef extern from *:
                       const Py_ssize_t* roffs, Py_ssize_t SC, Py_ssize_t seg) noexcept nogil
 
 
-cdef extern from *:
-    """
-    /* Atomics (sequentially consistent) for the ordered hand-in of partial dWs between
-     * OpenMP threads (see _hand_in): Cython's prange has no `ordered` clause. */
-    #include <sched.h>
-    static Py_ssize_t fc_load(const Py_ssize_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
-    static void fc_store(Py_ssize_t *p, Py_ssize_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
-    static int fc_try_lock(Py_ssize_t *lock)
-    {
-        return __atomic_exchange_n(lock, 1, __ATOMIC_SEQ_CST) == 0;
-    }
-    /* A waiter's pause; now and then it yields its core, which on a busy machine the
-     * thread it waits for may need. */
-    static void fc_pause(long spins)
-    {
-    #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-    #endif
-        if (spins % 1024 == 1023) sched_yield();
-    }
-    """
-    Py_ssize_t fc_load(const Py_ssize_t* p) noexcept nogil
-    void fc_store(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
-    int fc_try_lock(Py_ssize_t* lock) noexcept nogil
-    void fc_pause(long spins) noexcept nogil
-
-
 _INT_MAX = 2**31 - 1                   # BLAS sizes are C ints
 _MAX_CHUNKS = 16                       # batch chunks of the dW reduction (parallelism of it)
-_PARTIALS_BYTES = 64 * 2**20           # ... fewer where 16 partial dWs would exceed this
-DEF _BLAS_BLOCK_ROWS = 32             # rows of dW per output block on BLAS (fixed: the bits)
+_PARTIALS_BYTES = 64 * 2**20           # ... fewer where adding 16 partial dWs would cost more
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
 DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
 DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
@@ -1086,13 +1058,17 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
 
 # --------------------------------------------------------------------------- backward
 
-cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                          const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
-                          floating* dw_part, floating* col, Py_ssize_t n_begin,
-                          Py_ssize_t n_end, bint is_1x1, bint need_dx, Py_ssize_t sh,
+cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
+                          const floating[:, :, :, ::1] x,    # IN (N, C, H, W)
+                          const floating[:, :, :, ::1] w,    # IN (K, C, R, S)
+                          floating* dx,                      # OUT (N, C, H, W), or NULL
+                          floating* dw_part,                 # OUT (C*R*S, K): dW^T
+                          floating* col,                     # scratch
+                          Py_ssize_t n_begin, Py_ssize_t n_end, bint is_1x1, Py_ssize_t sh,
                           Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                           Py_ssize_t rows) noexcept nogil:
-    """Images n_begin <= n < n_end: dx[n], and their partial dW^T = sum_n col_n @ dY_n^T.
+    """Images n_begin <= n < n_end: dx[n] (unless dx is NULL), and their partial
+    dW^T = sum_n col_n @ dY_n^T.
 
     Per image and block of ``rows`` output rows (so that ``col`` holds only part of an
     image's columns where a whole one would overflow the memory bound, see
@@ -1106,18 +1082,19 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, 
     cdef int CRS = <int>(C * R * S), PQ = <int>(P * Q), Ki = <int>K, PQb
     cdef const floating* dy_n
     cdef const floating* w_mat = &w[0, 0, 0, 0]
-    cdef floating* dx_n
+    cdef floating* dx_n = NULL
     for n in range(n_begin, n_end):
         dy_n = &dy[n, 0, 0, 0]                               # dY_n: (K, PQ)
+        if dx != NULL:
+            dx_n = dx + n * C * H * W
         if is_1x1:
             # dW_part^T (C, K) += x_n (C, HW) @ dY_n^T (HW, K): x[n] is col_n; see below
             gemm_rm(False, True, CRS, Ki, PQ, 1, &x[n, 0, 0, 0], PQ, dy_n, PQ,
                     0 if n == n_begin else 1, dw_part, Ki)
-            if need_dx:     # dx[n] (C, HW) = W^T (C, K) @ dY_n (K, HW): no col2im needed
-                _gemm_small(CRS, PQ, Ki, w_mat, 1, CRS, dy_n, PQ, False, &dx[n, 0, 0, 0], PQ)
+            if dx_n != NULL:    # dx[n] (C, HW) = W^T (C, K) @ dY_n (K, HW): no col2im needed
+                _gemm_small(CRS, PQ, Ki, w_mat, 1, CRS, dy_n, PQ, False, dx_n, PQ)
             continue
-        dx_n = &dx[n, 0, 0, 0]
-        if need_dx:
+        if dx_n != NULL:
             for i in range(C * H * W):
                 dx_n[i] = 0
         for b in range((P + rows - 1) // rows):             # blocks of output rows
@@ -1132,17 +1109,21 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, 
             # for 16 channels (30 -> 69 GFLOP/s), 1.3x for 32.
             gemm_rm(False, True, CRS, Ki, PQb, 1, col, PQb, dy_n + p0 * Q, PQ,
                     0 if n == n_begin and p0 == 0 else 1, dw_part, Ki)
-            if need_dx:
+            if dx_n != NULL:
                 # dcol_b (CRS, PQb) = W^T (CRS, K) @ dY_b (K, PQb), scatter-added into dx[n]
                 gemm_rm(True, False, CRS, PQb, Ki, 1, w_mat, CRS, dy_n + p0 * Q, PQ, 0, col,
                         PQb)
                 _col2im_sample(col, dx_n, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
 
 
-cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                              const floating[:, ::1] wr, const Py_ssize_t[::1] offs,
-                              floating[:, :, :, ::1] dx, floating* dwr_part, floating* work,
-                              Py_ssize_t n_begin, Py_ssize_t n_end, bint need_dx,
+cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q)
+                              const floating[:, :, :, ::1] x,   # IN (N, C, H, W)
+                              const floating[:, ::1] wr,        # IN (K, R*S*C): Wr
+                              const Py_ssize_t[::1] offs,       # IN (P*Q,) window starts
+                              floating* dx,                     # OUT (N, C, H, W), or NULL
+                              floating* dwr_part,               # OUT (K, R*S*C)
+                              floating* work,                   # scratch
+                              Py_ssize_t n_begin, Py_ssize_t n_end,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
     """As _backward_chunk in the channels-last layout of eq. (im2col.hwc); wr is Wr (K, RSC).
@@ -1169,9 +1150,9 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
             # dWr_part (K, RSC) += dY_n (K, PQ) @ colT (PQ, RSC), colT read inside xp
             fc_bgemm_f32(K, 0, CRS, PQ, dy_n, PQ, 1, xp, &offs[0], S * C, Wp * C,
                          n != n_begin, dwr_part, CRS)
-            if need_dx:                                      # xp becomes its gradient
-                _dx_sample_in_place(dy_n, &wr[0, 0], &offs[0], xp, &dx[n, 0, 0, 0], C, H, W,
-                                    K, R, S, PQ, ph, pw)
+            if dx != NULL:                                   # xp becomes its gradient
+                _dx_sample_in_place(dy_n, &wr[0, 0], &offs[0], xp, dx + n * C * H * W, C, H,
+                                    W, K, R, S, PQ, ph, pw)
             continue
         # dWr_part (K, RSC) += dY_b (K, PQb) @ colT_b (PQb, RSC) block by block (the first
         # block of the first image overwrites)
@@ -1181,9 +1162,9 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
             _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, p0, p1)
             _gemm_small(K, CRS, (p1 - p0) * Q, dy_n + p0 * Q, PQ, 1, colT, CRS,
                         n != n_begin or p0 != 0, dwr_part, CRS)
-        if need_dx:                                          # xp becomes its gradient
-            _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, &dx[n, 0, 0, 0], C, H, W, K, R, S, P,
-                           Q, sh, sw, ph, pw, rows)
+        if dx != NULL:                                       # xp becomes its gradient
+            _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, dx + n * C * H * W, C, H, W, K, R, S,
+                           P, Q, sh, sw, ph, pw, rows)
 
 
 cdef void _dx_sample_hwc(const floating* dy_n, const floating* wr, floating* dxp,
@@ -1222,26 +1203,16 @@ cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr,
     _unpad_hwc(dxp, dx_n, C, H, W, ph, pw)
 
 
-# ------------------------------------------------ dW in batch chunks, or in output blocks
+# --------------------------------------------------------------- dW: fixed batch chunks
 #
-# The dW reduction runs in one of two ways, chosen from the shapes only (so the bits never
-# depend on the thread count), both holding far less than a partial dW per chunk:
-#
-# * Batch chunks (most layers: dW is small next to one image's columns, K < P*Q). The
-#   batch is cut into a fixed set of chunks (_n_chunks), each a task for one thread. Where
-#   every chunk's partial dW fits in memory beside the threads' scratch, they are summed at
-#   the end, in chunk order. Otherwise the partials go to as many buffers ("slots") as fit,
-#   and are added to the total in chunk order as they complete, by whichever thread gets
-#   there (_hand_in); a thread waits only when the slot for its next chunk still holds a
-#   partial not yet added. Either way dw = ((p_0 + p_1) + p_2) + ...: the fixed chunks keep
-#   the bits. The total lives in dw itself, in the partials' layout, and is moved to w's
-#   layout at the end.
-# * Output blocks (channels-last path, where even one partial per thread would not fit the
-#   bound "threads x one image's columns": deep layers with K >= P*Q, e.g. resnet20_s3, 64
-#   channels on 8 x 8). No partials: each thread owns blocks of dWr (K, RSC) and adds every
-#   image's product to them, image after image. The images are padded once, a group at a
-#   time, into a buffer the threads share; dx follows, image by image. (The channels-first
-#   path, S*C < 16, has no such mode: such a layer would keep a partial per thread.)
+# dW is a sum over the batch. For the same bits on any thread count its order depends on
+# the shapes only: the batch is cut into G fixed chunks (_n_chunks), and
+#     dW = ((part_0 + part_1) + part_2) + ... + part_{G-1},   part_g = sum over chunk g.
+# The chunks run in rounds of T (the thread count): in round j, task t computes chunk
+# j*T + t into its own buffer (a static loop: the buffer is the task's, whichever thread
+# runs it), then the round's partials are added to dW in chunk order, in parallel over dW's
+# rows (every element still adds its partials in chunk order). No locks, no waiting on
+# another thread's progress; the scratch is T partial dWs beside T threads' columns.
 
 cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexcept nogil:
     """total += part, elementwise (size values)."""
@@ -1279,52 +1250,6 @@ def _n_chunks(Py_ssize_t N, Py_ssize_t dw_bytes):
     return int(max(1, min(N, _MAX_CHUNKS, _PARTIALS_BYTES // max(dw_bytes, 1))))
 
 
-cdef struct _Pipeline:
-    # the ordered hand-in of the partial dWs of one call (see _hand_in); all fields shared
-    Py_ssize_t n_chunks, n_slots, size   # chunks, partial buffers (slots), values per partial
-    Py_ssize_t added                     # chunks added to the total so far (0..n_chunks)
-    Py_ssize_t lock                      # 1 while a thread is adding
-    Py_ssize_t* ready                    # ready[c] = 1 once chunk c's partial is complete
-
-
-cdef floating* _slot(floating* parts, floating* total, _Pipeline* pl, Py_ssize_t ch) noexcept nogil:
-    """Where chunk ch's partial goes: chunk 0 straight into the total, chunk c >= 1 into
-    slot c % n_slots, free once chunk c - n_slots has been added; until then the thread
-    helps adding (_add_ready) and waits."""
-    cdef long spins = 0
-    if ch == 0:
-        return total
-    while fc_load(&pl.added) <= ch - pl.n_slots:
-        _add_ready(parts, total, pl)
-        fc_pause(spins)
-        spins += 1
-    return parts + (ch % pl.n_slots) * pl.size
-
-
-cdef void _add_ready(floating* parts, floating* total, _Pipeline* pl) noexcept nogil:
-    """Add the ready partials to the total in chunk order, as far as they go: by one thread
-    at a time (the one that gets the lock; the others go on with their chunks)."""
-    cdef Py_ssize_t c
-    while fc_try_lock(&pl.lock):
-        c = pl.added
-        while c < pl.n_chunks and fc_load(&pl.ready[c]):
-            if c > 0:                                        # chunk 0 wrote into the total
-                _add_to(total, parts + (c % pl.n_slots) * pl.size, pl.size)
-            c += 1
-            fc_store(&pl.added, c)
-        fc_store(&pl.lock, 0)
-        # a chunk that turned ready after the check above and failed to get the lock is
-        # left to us: look once more
-        if not (c < pl.n_chunks and fc_load(&pl.ready[c])):
-            return
-
-
-cdef void _hand_in(floating* parts, floating* total, _Pipeline* pl, Py_ssize_t ch) noexcept nogil:
-    """Chunk ch's partial is complete: mark it ready and add what is ready, in order."""
-    fc_store(&pl.ready[ch], 1)
-    _add_ready(parts, total, pl)
-
-
 cdef void _permute_row_to_kcrs(floating* dw, floating* tmp, Py_ssize_t k, Py_ssize_t C,
                                Py_ssize_t R, Py_ssize_t S) noexcept nogil:
     """Row k of dw from Wr's order (r, s, c) to w's (c, r, s), through ``tmp`` (C*R*S)."""
@@ -1336,72 +1261,10 @@ cdef void _permute_row_to_kcrs(floating* dw, floating* tmp, Py_ssize_t k, Py_ssi
             row[c * R * S + rs] = tmp[rs * C + c]
 
 
-cdef void _column_slice(const floating* xp, floating* buf, const Py_ssize_t* offs,
-                        Py_ssize_t PQ, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t SC,
-                        Py_ssize_t seg) noexcept nogil:
-    """buf (PQ, j1 - j0) = columns j0 <= j < j1 of colT (PQ, RSC), read from the padded
-    channels-last image xp: column j = r*SC + (s*C + c) of row pq is xp[offs[pq] + r*seg +
-    j % SC] (whole runs copied at once)."""
-    cdef Py_ssize_t pq, j, end, r, width = j1 - j0
-    for pq in range(PQ):
-        j = j0
-        while j < j1:
-            r = j // SC
-            end = min(j1, (r + 1) * SC)
-            memcpy(buf + pq * width + (j - j0), xp + offs[pq] + r * seg + (j - r * SC),
-                   (end - j) * sizeof(floating))
-            j = end
-
-
-cdef void _dwr_by_blocks(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                         const Py_ssize_t* offs, floating* dwr, floating* xps,
-                         Py_ssize_t xp_size, Py_ssize_t group, floating* bufs,
-                         Py_ssize_t buf_size, bint in_place, Py_ssize_t R, Py_ssize_t S,
-                         Py_ssize_t ph, Py_ssize_t pw, int nt) noexcept nogil:
-    """dWr (K, RSC) = sum_n dY_n @ colT_n, images in order, by output blocks.
-
-    ``group`` images at a time are padded (in parallel) into ``xps``, one padded image per
-    xp_size values; then each block of dWr (rows k0:k1, 64 columns) adds their products to
-    itself, image after image (the batch's first image overwrites). ``in_place`` (float32
-    micro-kernel, whole-vector runs): colT read inside the padded images, and blocks of all
-    K rows unless that leaves fewer than two blocks per thread (any split, same bits).
-    Otherwise each block's 64 columns of colT are copied into the thread's buffer (``bufs``,
-    buf_size apart) for one GEMM per image, and the blocks are all K rows (fixed shapes,
-    whatever the thread count: BLAS may round differently for other shapes)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = dy.shape[1], PQ = dy.shape[2] * dy.shape[3], CRS = C * R * S
-    cdef Py_ssize_t Wp = W + 2 * pw, n0, n_in, i, blk, k0, j0, j1
-    cdef Py_ssize_t n_cols = (CRS + 63) // 64
-    cdef Py_ssize_t n_rows = (min(K, max(1, (2 * nt + n_cols - 1) // n_cols)) if in_place
-                              else (K + _BLAS_BLOCK_ROWS - 1) // _BLAS_BLOCK_ROWS)
-    cdef Py_ssize_t rows = (K + n_rows - 1) // n_rows
-    cdef floating* buf
-    n_rows = (K + rows - 1) // rows
-    n0 = 0
-    while n0 < N:                                            # a group of images at a time
-        n_in = min(group, N - n0)
-        for i in prange(n_in, schedule="dynamic", num_threads=nt):
-            _pad_hwc(&x[n0 + i, 0, 0, 0], xps + i * xp_size, C, H, W, ph, pw)
-        for blk in prange(n_rows * n_cols, schedule="dynamic", num_threads=nt):
-            k0 = (blk // n_cols) * rows
-            j0 = (blk % n_cols) * 64
-            j1 = min(j0 + 64, CRS)
-            buf = bufs + threadid() * buf_size
-            for i in range(n_in):
-                if floating is float and in_place:
-                    fc_bgemm_f32(min(rows, K - k0), j0, j1, PQ, &dy[n0 + i, k0, 0, 0], PQ, 1,
-                                 xps + i * xp_size, offs, S * C, Wp * C, n0 + i > 0,
-                                 dwr + k0 * CRS, CRS)
-                else:
-                    _column_slice(xps + i * xp_size, buf, offs, PQ, j0, j1, S * C, Wp * C)
-                    _gemm_small(min(rows, K - k0), j1 - j0, PQ, &dy[n0 + i, k0, 0, 0], PQ, 1,
-                                buf, j1 - j0, n0 + i > 0, dwr + k0 * CRS + j0, CRS)
-        n0 += n_in
-
-
-def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                    const floating[:, :, :, ::1] w, stride, padding, int n_threads,
-                    bint need_dx=True):
+def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss/dy
+                    const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
+                    stride, padding, int n_threads, bint need_dx=True):
     """Gradients of :func:`conv2d_forward` by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -1421,8 +1284,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
-    cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, n, i, ch, chunk, n_chunks
-    cdef Py_ssize_t work_size, group, xp_size, rows, CRS = C * R * S
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, i, t, ch, rnd, first, in_round, chunk, n_chunks
+    cdef Py_ssize_t work_size, xp_size, rows, CRS = C * R * S
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry(
         (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
@@ -1432,10 +1295,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint hwc = _use_hwc(C, S, is_1x1, False)
     cdef bint in_place = hwc and floating is float and _in_place_runs(C, S)
-    xp_size = (H + 2 * ph) * (W + 2 * pw) * C
-    # without need_dx, a one-element placeholder that is never read
-    dx_arr = np.empty((N if need_dx else 1, C if need_dx else 1, H if need_dx else 1,
-                       W if need_dx else 1), dtype=dtype)
+    xp_size = (H + 2 * ph) * (W + 2 * pw) * C if hwc else 0
+    dx_arr = np.empty((N, C, H, W), dtype=dtype) if need_dx else None
     dw_arr = np.empty((K, C, R, S), dtype=dtype)
     db_arr = np.empty(K, dtype=dtype)
     # Wr (K, R*S*C): wr[k, (r*S + s)*C + c] = w[k, c, r, s], the (r, s, c) order of colT
@@ -1444,89 +1305,41 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef const floating[:, ::1] wr = wr_arr
     offs_arr = _window_starts(P, Q, sh, sw, W + 2 * pw, C) if hwc else np.zeros(1, np.intp)
     cdef const Py_ssize_t[::1] offs = offs_arr
-    cdef floating[:, :, :, ::1] dx = dx_arr
+    cdef floating[:, :, :, ::1] dx_view
+    cdef floating* dx = NULL                                 # NULL: dx not wanted
+    if need_dx:
+        dx_view = dx_arr
+        dx = &dx_view[0, 0, 0, 0]
     cdef floating[:, :, :, ::1] dw = dw_arr
     cdef floating[::1] db = db_arr
-    cdef floating[:, ::1] parts
-    cdef floating[:, ::1] col
-    cdef floating[:, ::1] xps
-    cdef floating[:, ::1] bufs
-    cdef Py_ssize_t buf_size
-    if hwc and K * CRS + xp_size + wr_arr.size > columns:  # dW by output blocks, see above
-        if in_place:
-            rows, buf_size = P, 1
-        else:
-            # a thread's buffer: 64 columns of colT (dW), then blocks of rows of dcolT (dx),
-            # within one image's columns beside its padded image and its share of Wr (half:
-            # at 1 thread the bound is exceeded by the other half)
-            rows = _rows_per_block(P, Q * CRS, _usable(columns) - xp_size - wr_arr.size // 2)
-            buf_size = max(P * Q * min(64, CRS), rows * Q * CRS)
-        # padded images held at once: what threads x one image's columns leaves
-        group = min(N, max(<Py_ssize_t>nt,
-                           (nt * (_usable(columns) - buf_size) - wr_arr.size) // xp_size))
-        xps = np.empty((max(group, nt), xp_size), dtype=dtype)   # padded images
-        bufs = np.empty((nt, buf_size), dtype=dtype)
-        with nogil:
-            _dwr_by_blocks(dy, x, &offs[0], &dw[0, 0, 0, 0], &xps[0, 0], xp_size, group,
-                           &bufs[0, 0], buf_size, in_place, R, S, ph, pw, nt)
-            for k in prange(K, schedule="static", num_threads=nt):
-                _permute_row_to_kcrs(&dw[0, 0, 0, 0], &xps[threadid(), 0], k, C, R, S)
-            if need_dx:
-                for n in prange(N, schedule="dynamic", num_threads=nt):
-                    if floating is float and in_place:
-                        _dx_sample_in_place(&dy[n, 0, 0, 0], &wr[0, 0], &offs[0],
-                                            &xps[threadid(), 0], &dx[n, 0, 0, 0], C, H, W,
-                                            K, R, S, P * Q, ph, pw)
-                    else:
-                        _dx_sample_hwc(&dy[n, 0, 0, 0], &wr[0, 0], &xps[threadid(), 0],
-                                       &bufs[threadid(), 0], &dx[n, 0, 0, 0], C, H, W, K, R,
-                                       S, P, Q, sh, sw, ph, pw, rows)
-            for k in prange(K, schedule="static", num_threads=nt):
-                _db_one(dy, db, k)
-        return (dx_arr if need_dx else None), dw_arr, db_arr
     n_chunks = _n_chunks(N, K * CRS * np.dtype(dtype).itemsize)
     chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
     n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty
-    rows = P if is_1x1 or in_place else _rows_per_block(
-        P, Q * CRS, _usable(columns) - K * CRS - (xp_size + wr_arr.size if hwc else 0))
-    work_size = (xp_size if hwc else 0) + (0 if is_1x1 or in_place else rows * Q * CRS)
-    col = np.empty((nt, max(work_size, 1)), dtype=dtype)
-    # partial buffers: as many as the bound leaves beside the threads' scratch and Wr, at
-    # least one per thread
-    cdef Py_ssize_t n_slots = max(<Py_ssize_t>nt, min(n_chunks - 1, (
-        nt * (_usable(columns) - work_size) - (wr_arr.size if hwc else 0)) // (K * CRS)))
-    cdef bint all_fit = n_slots >= n_chunks - 1
-    if all_fit:
-        n_slots = max(n_chunks - 1, 1)
-    parts = np.empty((n_slots, K * CRS), dtype=dtype)
-    cdef Py_ssize_t[::1] ready = np.zeros(n_chunks, dtype=np.intp)
-    cdef _Pipeline pl
-    pl.n_chunks, pl.n_slots, pl.size, pl.added, pl.lock = n_chunks, n_slots, K * CRS, 0, 0
-    pl.ready = &ready[0]
-    cdef floating* total = &dw[0, 0, 0, 0]                  # chunk 0 writes here directly
+    # a thread's scratch: its padded image (hwc), then a block of ``rows`` output rows of
+    # the columns, within one image's columns (see _rows_per_block)
+    rows = P if is_1x1 or in_place else _rows_per_block(P, Q * CRS, _usable(columns) - xp_size)
+    work_size = xp_size + (0 if is_1x1 or in_place else rows * Q * CRS)
+    cdef floating[:, ::1] col = np.empty((nt, max(work_size, CRS)), dtype=dtype)
+    cdef floating[:, ::1] parts = np.empty((min(<Py_ssize_t>nt, n_chunks), K * CRS), dtype=dtype)
+    cdef floating* total = &dw[0, 0, 0, 0]      # the sum, in the partials' layout until the end
     cdef floating* part
     with nogil:
-        for ch in prange(n_chunks, schedule="dynamic", num_threads=nt):
-            part = (total if ch == 0 else &parts[ch - 1, 0]) if all_fit else _slot(
-                &parts[0, 0], total, &pl, ch)
-            if hwc:
-                _backward_chunk_hwc(dy, x, wr, offs, dx, part, &col[threadid(), 0],
-                                    ch * chunk, min((ch + 1) * chunk, N), need_dx, R, S, sh,
-                                    sw, ph, pw, rows)
-            else:
-                _backward_chunk(dy, x, w, dx, part, &col[threadid(), 0], ch * chunk,
-                                min((ch + 1) * chunk, N), is_1x1, need_dx, sh, sw, ph, pw,
-                                rows)
-            if not all_fit:
-                _hand_in(&parts[0, 0], total, &pl, ch)
-        if not all_fit and pl.added != n_chunks:
-            with gil:
-                raise RuntimeError(f"conv2d_backward: {pl.added} of {n_chunks} partial dWs "
-                                   "added (a bug in the hand-in; please report it)")
-        if all_fit:                      # total += parts[0], parts[1], ...: K segments at once
+        for rnd in range((n_chunks + nt - 1) // nt):       # rounds of nt chunks
+            first = rnd * nt
+            in_round = min(<Py_ssize_t>nt, n_chunks - first)
+            for t in prange(in_round, schedule="static", num_threads=nt):
+                ch = first + t
+                part = total if ch == 0 else &parts[t, 0]   # chunk 0 starts the sum
+                if hwc:
+                    _backward_chunk_hwc(dy, x, wr, offs, dx, part, &col[threadid(), 0],
+                                        ch * chunk, min((ch + 1) * chunk, N), R, S, sh, sw,
+                                        ph, pw, rows)
+                else:
+                    _backward_chunk(dy, x, w, dx, part, &col[threadid(), 0], ch * chunk,
+                                    min((ch + 1) * chunk, N), is_1x1, sh, sw, ph, pw, rows)
             for k in prange(K, schedule="static", num_threads=nt):
-                for ch in range(n_chunks - 1):
-                    _add_to(total + k * CRS, &parts[ch, k * CRS], CRS)
+                for t in range(1 if first == 0 else 0, in_round):   # in chunk order
+                    _add_to(total + k * CRS, &parts[t, k * CRS], CRS)
         if hwc:            # the total is in Wr's layout (K, RSC): w's (K, C, R, S) row by row
             for k in prange(K, schedule="static", num_threads=nt):
                 _permute_row_to_kcrs(total, &col[threadid(), 0], k, C, R, S)
@@ -1537,7 +1350,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                     total[k * CRS + i] = parts[0, i * K + k]
         for k in prange(K, schedule="static", num_threads=nt):
             _db_one(dy, db, k)
-    return (dx_arr if need_dx else None), dw_arr, db_arr
+    return dx_arr, dw_arr, db_arr
 
 
 # --------------------------------------------------------------------------- guards
