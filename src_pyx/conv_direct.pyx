@@ -509,7 +509,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef Py_ssize_t Hd = H + R - 1, Wd = W + S - 1, n_cb = (C + KB - 1) // KB, t
     if not need_dx:
         dx_arr = None
-    elif sh == 1 and sw == 1:
+    elif sh == 1 and sw == 1 and _all_finite(&w[0, 0, 0, 0], K * C * R * S):
         # With stride 1, dx is itself a convolution (the transposed convolution):
         #   dx[n, c, ih, iw] = sum_{k,r,s} wt[c, k, r, s] * dyp[n, k, ih + r, iw + s]
         # with the kernel flipped and its channel axes swapped, wt[c, k, r, s] =
@@ -522,7 +522,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                 _conv_block(&dyp[t // n_cb, 0, 0, 0], &wt[0, 0, 0, 0], NULL,
                             &dx[t // n_cb, 0, 0, 0], C, K, Hd, Wd, R, S, 1, 1, H, W, t % n_cb)
     else:
-        # Strided: each dy value scatters into its window, one input plane per task.
+        # Strided (or non-finite weights, which the transposed convolution would also
+        # multiply with dy's zero border): each dy value scatters into its window, one
+        # input plane per task.
         with nogil:
             for i in prange(N * C, schedule="dynamic", num_threads=nt):
                 _dx_plane(dy, w, dx, i // C, i % C, sh, sw, ph, pw)
@@ -536,10 +538,17 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         with nogil:
             for i in prange(n_kb * C, schedule="dynamic", num_threads=nt):
                 _dw_block(dy, xp, dw, i // C, i % C, sh, sw)
-    else:
+    elif _all_finite(&dy[0, 0, 0, 0], N * K * P * Q):
         with nogil:
             for i in prange(K * C, schedule="dynamic", num_threads=nt):
                 _dw_slice(dy, x, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, ph, pw)
+    else:
+        # dy holds NaN or Inf: the padding's taps, which _dw_slice skips, are multiplied
+        # too (0 * NaN = NaN), on the zero-padded input
+        xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt) if ph > 0 or pw > 0 else x
+        with nogil:
+            for i in prange(K * C, schedule="dynamic", num_threads=nt):
+                _dw_slice(dy, xp, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, 0, 0)
     with nogil:
         for k in prange(K, schedule="static", num_threads=nt):
             _db_one(dy, db, k)

@@ -925,7 +925,8 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                               const floating[::1] b, const Py_ssize_t[::1] offs,
                               floating[:, :, :, ::1] y, floating* work, Py_ssize_t n,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows,
+                              bint skip_zero_taps) noexcept nogil:
     """Y_n = (colT @ Wr^T)^T + b by eq. (im2col.hwc); wrT is Wr^T (R*S*C, K).
 
     By blocks of ``rows`` output rows (see _rows_per_block), each computed as Y_b^T
@@ -948,7 +949,8 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
         b0 = blk * rows
         b1 = min(b0 + rows, P)
         PQb = (b1 - b0) * Q
-        if floating is float and _use_microkernel and K <= 16 and sw == 1 and (S == 3 or S == 5):
+        if (floating is float and _use_microkernel and skip_zero_taps and K <= 16 and sw == 1
+                and (S == 3 or S == 5)):
             # few output channels: tiles along the output rows, fc_dtile (see its comment);
             # the block's rows as an image of b1 - b0 rows starting b0*sh rows down xp
             fc_dconv_f32(b1 - b0, Q, K, R, S, C, sh, ph - b0 * sh, H, Wp,
@@ -961,12 +963,14 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
             # s2's. (They are exact zeros, so y keeps its bits but for the sign of a zero sum.)
             p0 = b0
             while p0 < b1:
-                r0 = _first_tap(p0, sh, ph)
-                r1 = _end_tap(p0, sh, ph, H, R)
-                p1 = p0 + 1
-                while (p1 < b1 and _first_tap(p1, sh, ph) == r0
-                       and _end_tap(p1, sh, ph, H, R) == r1):
-                    p1 += 1
+                r0, r1, p1 = 0, R, b1            # all taps (non-finite weights: see below)
+                if skip_zero_taps:
+                    r0 = _first_tap(p0, sh, ph)
+                    r1 = _end_tap(p0, sh, ph, H, R)
+                    p1 = p0 + 1
+                    while (p1 < b1 and _first_tap(p1, sh, ph) == r0
+                           and _end_tap(p1, sh, ph, H, R) == r1):
+                        p1 += 1
                 fc_igemm_f32((p1 - p0) * Q, K, r1 - r0 if r1 > r0 else 0, SC, Wp * C,
                              xp + r0 * Wp * C, &offs[p0 * Q], &wrT[0, 0] + r0 * SC * K, K,
                              yT + (p0 - b0) * Q * K, K)
@@ -1044,11 +1048,15 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef const Py_ssize_t[::1] offs = offs_arr
     cdef floating[:, :, :, ::1] y = y_arr
     cdef floating[:, ::1] col = col_arr
+    cdef bint skip_zero_taps = True
     with nogil:
         if hwc:
+            if floating is float and _use_microkernel:
+                # skipping the padding's taps is exact only for finite weights (0 * NaN = NaN)
+                skip_zero_taps = _all_finite(&w[0, 0, 0, 0], K * C * R * S)
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample_hwc(x, wrT, bv, offs, y, &col[threadid(), 0], n, R, S, sh, sw,
-                                    ph, pw, rows)
+                                    ph, pw, rows, skip_zero_taps)
         else:
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample(x, w, bv, y, &col[threadid(), 0], n, is_1x1, has_bias,

@@ -203,6 +203,81 @@ def test_backward_without_dx(case, algo, backend, dtype, rng):
     np.testing.assert_array_equal(db2, db)
 
 
+def test_backward_without_dx_needs_no_dx_buffer(dtype, rng):
+    """need_dx=False with several images: the kernels must not form a pointer into the absent
+    dx (a bounds-checked build once swallowed that error and returned a wrong dw)."""
+    x = rng.standard_normal((2, 1, 6, 6)).astype(dtype)
+    w = rng.standard_normal((2, 1, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((2, 2, 4, 4)).astype(dtype)
+    _, dw_ref, db_ref = F.conv2d_backward(dy, x, w, backend="reference")
+    for algo in ALGOS:
+        dx, dw, db = F.conv2d_backward(dy, x, w, algo=algo, backend="fast", need_dx=False)
+        assert dx is None
+        assert_close(dw, dw_ref, dtype, reduction=2 * 16, err_msg=algo)
+        assert_close(db, db_ref, dtype, reduction=2 * 16, err_msg=algo)
+
+
+# --------------------------------------------------------------------------- NaN and Inf
+
+# Padding next to the non-finite value is what matters: the fast kernels skip some taps in
+# the zero padding, which is exact for finite values only (0 * NaN = NaN, 0 * Inf = NaN).
+NONFINITE_CASES = [
+    ((2, 1, 6, 6), (2, 1, 3, 3), (1, 1), (1, 1)),     # K < 4 (direct: dw by slices), C*S < 16
+    ((2, 8, 6, 7), (16, 8, 3, 3), (1, 1), (1, 1)),    # channels-last im2col, K <= 16
+    ((2, 6, 7, 6), (5, 6, 3, 3), (2, 2), (2, 1)),     # strided, padding >= R - 1
+]
+
+
+def assert_same_values(got, want, dtype, reduction, err_msg):
+    """NaN where want is NaN, the same infinities, and close finite values."""
+    got, want = np.asarray(got), np.asarray(want)
+    for kind in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(kind(got), kind(want), err_msg=f"{err_msg} {kind.__name__}")
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], dtype, reduction=reduction, err_msg=err_msg)
+
+
+def check_nonfinite_like_reference(x, w, b, dy, stride, padding, dtype, what):
+    N, K, P, Q = dy.shape
+    _, C, R, S = w.shape
+    want_y = F.conv2d(x, w, b, stride, padding, backend="reference")
+    want_grads = F.conv2d_backward(dy, x, w, stride, padding, backend="reference")
+    for algo in ALGOS:
+        y = F.conv2d(x, w, b, stride, padding, algo=algo, backend="fast")
+        assert_same_values(y, want_y, dtype, C * R * S, f"{what}: y ({algo})")
+        grads = F.conv2d_backward(dy, x, w, stride, padding, algo=algo, backend="fast")
+        for name, got, want, red in zip(("dx", "dw", "db"), grads, want_grads,
+                                        (K * R * S, N * P * Q, N * P * Q)):
+            assert_same_values(got, want, dtype, red, f"{what}: {name} ({algo})")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", ["x", "w", "dy"])
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=grid_id)
+def test_nonfinite_values_propagate_as_in_the_formula(case, where, value, dtype, rng):
+    """A NaN or Inf in x, w or dy makes exactly the sums that contain it NaN or Inf, the
+    padding's zeros included (0 * NaN = NaN): fast == reference, both algorithms. Corner
+    positions, whose windows or taps reach into the padding."""
+    x, w, b, dy = make_inputs(rng, dtype, *case)
+    arrays = {"x": x, "w": w, "dy": dy}
+    arrays[where][0, 0, 0, 0] = value
+    arrays[where][-1, -1, -1, -1] = value
+    check_nonfinite_like_reference(x, w, b, dy, case[2], case[3], dtype, f"{value} in {where}")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=grid_id)
+def test_overflow_gives_inf_as_reference(case, dtype, rng):
+    """Products of large finite values overflow to Inf in both backends (all positive, so
+    the order of the sums cannot turn Inf into NaN)."""
+    x, w, b, dy = (np.abs(a) for a in make_inputs(rng, dtype, *case))
+    big = dtype(1e30 if dtype == np.float32 else 1e200)
+    x[0] *= big
+    w[0] *= big
+    dy[0] *= big
+    check_nonfinite_like_reference(x, w, b, dy, case[2], case[3], dtype, "overflow")
+
+
 # Channel counts that fill the im2col micro-kernel's register tiles (16 float32 columns per
 # vector, 1..4 vectors per tile) and leave tails: K = 16, 40, 64, 70, 20 output channels;
 # S*C a multiple of 16 (the in-place backward) or not.
