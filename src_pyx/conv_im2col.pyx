@@ -722,11 +722,11 @@ cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr,
 # dW is a sum over the batch. For the same bits on any thread count its order depends on
 # the shapes only: the batch is cut into G fixed chunks (_n_chunks), and
 #     dW = ((part_0 + part_1) + part_2) + ... + part_{G-1},   part_g = sum over chunk g.
-# The chunks run in rounds of T (the thread count): in round j, task t computes chunk
-# j*T + t into its own buffer (a static loop: the buffer is the task's, whichever thread
-# runs it), then the round's partials are added to dW in chunk order, in parallel over dW's
-# rows (every element still adds its partials in chunk order). No locks, no waiting on
-# another thread's progress; the scratch is T partial dWs beside T threads' columns.
+# The chunks run in rounds of B (a function of the shapes and the thread count T: as many
+# partial dWs as fit in T images' columns, at least T): in each round every chunk goes to
+# its own buffer, whichever thread computes it, then the round's partials are added to dW
+# in chunk order, in parallel over dW's rows (each element still adds them in chunk
+# order). No locks, no thread waits on another's progress but at the end of a round.
 
 cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexcept nogil:
     """total += part, elementwise (size values)."""
@@ -834,14 +834,17 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     rows = P if is_1x1 or in_place else _rows_per_block(P, Q * CRS, _usable(columns) - xp_size)
     work_size = xp_size + (0 if is_1x1 or in_place else rows * Q * CRS)
     cdef floating[:, ::1] col = np.empty((nt, max(work_size, CRS)), dtype=dtype)
-    cdef floating[:, ::1] parts = np.empty((min(<Py_ssize_t>nt, n_chunks), K * CRS), dtype=dtype)
+    # chunks per round: as many partial dWs as fit in nt images' columns, at least nt
+    cdef Py_ssize_t per_round = min(n_chunks, max(<Py_ssize_t>nt, nt * columns // (K * CRS)))
+    cdef floating[:, ::1] parts = np.empty((per_round, K * CRS), dtype=dtype)
     cdef floating* total = &dw[0, 0, 0, 0]      # the sum, in the partials' layout until the end
     cdef floating* part
     with nogil:
-        for rnd in range((n_chunks + nt - 1) // nt):       # rounds of nt chunks
-            first = rnd * nt
-            in_round = min(<Py_ssize_t>nt, n_chunks - first)
-            for t in prange(in_round, schedule="static", num_threads=nt):
+        for rnd in range((n_chunks + per_round - 1) // per_round):
+            first = rnd * per_round
+            in_round = min(per_round, n_chunks - first)
+            # each chunk has its own buffer, so any thread may take any chunk: dynamic
+            for t in prange(in_round, schedule="dynamic", num_threads=nt):
                 ch = first + t
                 part = total if ch == 0 else &parts[t, 0]   # chunk 0 starts the sum
                 if hwc:
@@ -851,7 +854,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                 else:
                     _backward_chunk(dy, x, w, dx, part, &col[threadid(), 0], ch * chunk,
                                     min((ch + 1) * chunk, N), is_1x1, sh, sw, ph, pw, rows)
-            for k in prange(K, schedule="static", num_threads=nt):
+            for k in prange(K, schedule="dynamic", num_threads=nt):
                 for t in range(1 if first == 0 else 0, in_round):   # in chunk order
                     _add_to(total + k * CRS, &parts[t, k * CRS], CRS)
         if hwc:            # the total is in Wr's layout (K, RSC): w's (K, C, R, S) row by row
