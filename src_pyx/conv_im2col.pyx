@@ -1,66 +1,50 @@
 # cython: language_level=3
 """2-D convolution as matrix products: im2col + GEMM, one image per thread (Caffe's method).
 
+``algo="auto"`` runs this module for every convolution but those with one output channel.
+Its inner loop is a GEMM: on CPUs without AVX-512 (and for float64) BLAS's, called from
+``_forward_sample_hwc`` -> ``_gemm_small`` -> ``gemm_rm`` (src_pyx/_blas.pxd); with
+AVX-512, float32, the register tile ``fc_itile`` of src_pyx/include/fc_conv_microkernel.h.
+
 Compiled twin of ``fastconv/reference/conv_im2col.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument and limits BLAS to one thread around
 each call, so the GEMMs issued from inside ``prange`` do not oversubscribe the cores.
 
-(im2col)    col_n[(c*R + r)*S + s, p*Q + q] = x[n, c, p*sh + r - ph, q*sw + s - pw]  (0 outside)
-            Y_n = W @ col_n  (+ b)          W = w viewed as (K, C*R*S)           (conv.fwd)
-            dcol_n = W^T @ dY_n, then col2im scatter-adds dcol_n into dx[n]
-            dW^T = sum_n col_n @ dY_n^T,  db[k] = sum_{n,p,q} dy[n,k,p,q]          (conv.bwd)
+(im2col)      col_n[(c*R + r)*S + s, p*Q + q] = x[n, c, p*sh + r - ph, q*sw + s - pw]
+              (0 outside the image)
+(conv.fwd)    Y_n = W @ col_n (+ b),   W = w viewed as (K, C*R*S)
+(conv.bwd)    dW = sum_n dY_n @ col_n^T,   db[k] = sum_{n,p,q} dy[n,k,p,q],
+              dcol_n = W^T @ dY_n, then col2im scatter-adds dcol_n into dx[n]
+(im2col.hwc)  the same with the image channels-last and the reduction axis in (r, s, c)
+              order, so that each window is R contiguous runs of S*C values
 
-Design notes
-------------
-* Two layouts of the columns. Where S*C >= _HWC_MIN_RUN (every 3x3 and 5x5 layer of the
-  suite but lenet_c1 and alexnet_c1; the float32 forward on the micro-kernel from S*C = 9 on,
-  alexnet_c1 included, see _use_hwc), the "hwc" path of eq. (im2col.hwc) below: the image
-  is copied to channels-last with its padding, so that the columns of each output pixel are
-  R runs of S*C contiguous values, the reduction axis ordered (r, s, c); the products run as
-  Y_n^T = colT @ Wr^T, dWr += dY_n @ colT, dcolT = dY_n^T @ Wr, in the orientations that
-  keep the small side (K channels) in registers. Otherwise the classic (CRS x PQ) columns
-  with BLAS, as Caffe.
-* The float32 products run on a small AVX-512 micro-kernel (C, in the block below) where
-  the CPU has AVX-512, else on BLAS (float64 always on BLAS); see _gemm_small for the
-  numbers. With it the hwc path never builds colT: the kernel reads each window straight
-  from the padded image through an offset per output pixel (forward, dW) and adds dcolT
-  straight back onto it (dx). 1 thread, float32, medians of interleaved runs against
-  classic im2col + OpenBLAS (the previous kernel): resnet20_s1 1.8x forward / 2.3x
-  backward, s2 1.4x / 1.5x, s3 1.6x / 1.5x, down 1.4x / 1.6x, lenet_c2 1.5x / 1.5x.
-* Around the float32 products (AVX-512): the image goes to channels-last and Y_n^T back to
-  (K, P*Q) by 16 x 16 blocks transposed in registers (fc_pad_hwc_f32, fc_unpack_yT_f32,
-  fc_unpad_hwc_f32); output rows whose windows reach into the zero rows of the padding
-  skip those taps; and with K <= 16 output channels (where fc_itile's one-vector tile is
-  held back by its broadcasts) the forward runs on row tiles that broadcast each input
-  value once for S outputs (fc_dtile). Forward, 1 thread, medians of interleaved runs
-  against the previous version of this file, and (after) the ratio of PyTorch 2.13's time
-  (oneDNN, 1 thread, same process) to ours: resnet20_s1 1.26x (1.31), s2 1.21x (0.96),
-  s3 1.13x (0.95), down 1.20x (1.25), lenet_c2 1.22x (1.02), vgg_c3 1.11x (0.97),
-  alexnet_c1 1.12x (0.97), lenet_c1 1.1-1.2x (1.5; memcpy in _im2col_sample), nin_1x1
-  1.0x (1.19); geometric mean of the ratios to PyTorch 1.11 (before: 0.97-1.03). The
-  comments at each piece give its share.
-* Memory is bounded: all scratch (columns, padded channels-last copies, Y_n^T, partial dWs,
-  the weights' own layout) stays within threads x one image's columns, issue 6's bound;
-  the batch's column matrix is never built. Each thread owns ONE buffer, reused for every
-  image it handles, holding at most a block of output rows of the columns (or of Y_n^T)
-  where a whole image's would not fit beside its other scratch (_rows_per_block); dW is
-  summed through a few partial buffers, or by output blocks where even one partial per
-  thread would not fit (see "dW in batch chunks, or in output blocks"). On 1 thread, the
-  channels-last layout of the weights can exceed the bound by its own size (resnet20_s3,
-  alexnet_c1's forward). Tested in tests/test_conv.py::test_im2col_memory_within_bound.
-  Before (stop 9), with a partial dW per batch chunk and a whole Y_n^T per thread,
-  resnet20_s3's backward held 8.7x the bound at 2 threads, alexnet_c1's forward 3.1x.
-* 1x1, stride 1, unpadded convolutions skip im2col: x[n] viewed as (C, H*W) already is
-  col_n (as Caffe's ``is_1x1_``), and dx[n] is dcol_n.
-* dW is a reduction over the batch. To get the same bits for any thread count, its order
-  depends only on the shapes: a FIXED set of batch chunks (``_n_chunks``), each with its own
-  partial dW, the partials added in chunk order; or, where a partial dW would not fit the
-  memory bound (K >= P*Q), blocks of dW that each thread sums image after image. See "dW in
-  batch chunks, or in output blocks" below.
-* No task's result depends on which thread runs it (a thread's column buffer is scratch,
-  fully rewritten per image), so the per-image and per-chunk loops use
-  ``schedule="dynamic"``: on a shared machine one thread often runs slower (another process
-  on its core), and a static split would make the whole call wait for it.
+Read it in this order:
+
+1. The classic path (the one to study): ``_im2col_sample`` builds one image's columns,
+   one GEMM per image gives Y_n (``_forward_sample``); backward, ``_backward_chunk``
+   accumulates dW^T and scatters dcol back with ``_col2im_sample``. It runs where the
+   runs S*C are short (lenet_c1: one channel) and, without building columns, for 1x1
+   stride-1 unpadded layers (x[n] viewed as (C, H*W) already is col_n).
+2. The tuned, channels-last path (``_forward_sample_hwc``, ``_backward_chunk_hwc``), eq.
+   (im2col.hwc): most layers. The products are in the orientations that keep the small
+   side (K channels) in registers; with the AVX-512 micro-kernel colT is never built (the
+   kernel reads each window in the padded image through an offset per output pixel).
+
+Threads and determinism. Forward: one image per task. Backward: dW is summed over fixed
+batch chunks in a fixed order (see "dW: fixed batch chunks" below), so every result is
+bitwise the same for any thread count, whichever thread runs which task.
+
+Memory (scratch beyond the outputs), in values; "columns" is one image's C*R*S x P*Q:
+  forward   threads x columns (plus Wr, the weights in the channels-last layout, K*C*R*S,
+            on one thread where it does not fit beside the padded image);
+  backward  threads x (columns + the larger of columns and one dW), plus Wr: a thread's
+            padded image and block of columns, and the round's partial dWs.
+Tested in tests/test_conv.py::test_im2col_memory_within_bound.
+
+NaN and Inf: as the formula, 0 * NaN = NaN, padding included. The AVX-512 forward skips
+taps that fall in the zero padding; one pass over w first (``_all_finite``) keeps them
+where w holds NaN or Inf, so both backends give NaN exactly where the reference does.
+Measurements behind the choices here: docs/performance.md, "Convolution".
 """
 import numpy as np
 
@@ -136,13 +120,9 @@ cdef void _gemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const floating*
     """C (M, N) = A (M, KR) @ B (KR, N), or += with ``accumulate``; B and C row-major, A read
     through strides: a_cs == 1 (row-major, lda = a_rs) or a_rs == 1 (A^T row-major, lda = a_cs).
 
-    These convolution products have one small side (K = 16..64 channels) and OpenBLAS runs
-    them at 50-90 GFLOP/s, as it packs (copies) the big operand for few uses of each element.
-    The micro-kernel reads both operands in place and keeps its tile of C in registers:
-    float32, 1 thread, GFLOP/s BLAS -> micro-kernel, forward / dW / dcol^T products:
-    16->16 on 32x32: 84 / 53 / 73 -> 98 / 102 / 100; 32->32 on 16x16: 93 / 70 / 86 ->
-    107 / 112 / 107; 64->64 on 8x8: 81 / 87 / 84 -> 115 / 111 / 111; lenet_c2: 113 / 106 /
-    98 -> 101 / 103 / 92 (a small loss there, kept for one simple rule).
+    These products have one small side (K channels), where BLAS packs (copies) the big
+    operand for few uses of each element; the AVX-512 micro-kernel (float32) reads both in
+    place and keeps its tile of C in registers. Elsewhere BLAS.
     """
     if floating is float:
         if _use_microkernel:
@@ -155,10 +135,6 @@ cdef void _gemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const floating*
     else:                                                    # a_rs == 1: A^T is row-major
         gemm_rm(True, False, <int>M, <int>N, <int>KR, 1, A, <int>imax(a_cs, M), B,
                 <int>ldb, 1 if accumulate else 0, C, <int>ldc)
-
-
-# --------------------------------------------------------------------------- index helpers
-
 
 
 # --------------------------------------------------------------------------- im2col / col2im
@@ -207,9 +183,7 @@ cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ss
                         for q in range(q_lo, q_hi):
                             dst[q] = x_row[q * sw + off]
                     elif q_hi > q_lo:
-                        # memcpy: libc's copy at full vector width; the loop it replaces,
-                        # vectorised by gcc with 16-byte moves, took 1.2x longer for
-                        # lenet_c1's forward (and swung with code alignment)
+                        # memcpy: libc copies at full vector width (gcc's loop: 16 bytes)
                         memcpy(dst + q_lo, x_row + q_lo + off,
                                (q_hi - q_lo) * sizeof(floating))
                     for q in range(q_hi, Q):
@@ -249,16 +223,13 @@ cdef void _col2im_sample(const floating* col, floating* dx_n, Py_ssize_t C, Py_s
 # ------------------------------------------------- channels-last patches (the "hwc" path)
 #
 # OpenBLAS is fast on these small-K GEMMs only when the big column matrix is its streamed B
-# operand with the reduction axis contiguous, i.e. stored as col^T (PQ, CRS): measured, 1
-# thread, float32, GFLOP/s for Y = W @ col with col stored (CRS, PQ) -> col^T (PQ, CRS):
-# 16->16 3x3 on 32x32: 53 -> 82; 32->32 on 16x16: 71 -> 91; 16->32 stride 2: 70 -> 88;
-# 64->64 on 8x8: 83 -> 83; and dcol^T = dY^T @ W against dcol = W^T @ dY: 51 -> 76 for 16
-# channels. Building col^T element by element would be a slow strided scatter, but if the
+# operand with the reduction axis contiguous, i.e. stored as col^T (PQ, CRS) (figures in
+# docs/performance.md). Building col^T element by element would be a slow strided scatter, but if the
 # reduction axis is ordered (r, s, c) instead of (c, r, s) and the image is first copied to
 # channels-last (H, W, C) with its zero padding, every (p, q, r) of col^T is ONE contiguous
 # run of S*C values, copied with vectorised loads and stores:
 #
-# (im2col.hwc)  xp[h + ph, w + pw, c] = x[n, c, h, w]     (0 in the border)
+# (im2col.hwc)  xp[ih + ph, iw + pw, c] = x[n, c, ih, iw]     (0 in the border)
 #               colT[p*Q + q, (r*S + s)*C + c] = xp[p*sh + r, q*sw + s, c]
 #               Y_n^T (PQ, K) = colT (PQ, CRS) @ Wr^T,  Wr[k, (r*S + s)*C + c] = w[k, c, r, s]
 #
@@ -271,15 +242,11 @@ cdef void _pad_hwc(const floating* x_n, floating* xp, Py_ssize_t C, Py_ssize_t H
                    Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """xp (H + 2ph, W + 2pw, C) = x_n (C, H, W) moved to channels-last, zero border.
 
-    float32 with AVX-512: fc_pad_hwc_f32, by 16 x 16 blocks transposed in registers (the
-    scalar transpose below stores with a stride of C floats); 3 channels by permutes instead
-    (13 of the 16 rows of a block would be empty): alexnet_c1's forward 0.84 -> 0.74 ms,
-    where the scalar loop took 12% of it; 1 or 2 channels by the loop. With
-    fc_unpack_yT_f32, forward / backward (with fc_unpad_hwc_f32): resnet20_s1 1.07x /
-    1.08x, s2 1.12x / 1.09x, s3 1.03x / 1.03x, down 1.14x / 1.16x, vgg_c3 1.08x / 1.05x;
-    this copy went from 10% to 3% of resnet20_s2's forward (profile).
+    float32 with AVX-512: fc_pad_hwc_f32 (include/fc_conv_pack.h), by 16 x 16 blocks
+    transposed in registers, since the scalar transpose below stores with a stride of C
+    floats; 1 or 2 channels by the loop.
     """
-    cdef Py_ssize_t Wp = W + 2 * pw, h, w, c, i
+    cdef Py_ssize_t Wp = W + 2 * pw, ih, iw, c, i
     cdef floating* row
     if floating is float:
         if _use_microkernel and C >= 3:
@@ -288,14 +255,14 @@ cdef void _pad_hwc(const floating* x_n, floating* xp, Py_ssize_t C, Py_ssize_t H
     for i in range(ph * Wp * C):                                # top and bottom border rows
         xp[i] = 0
         xp[(ph + H) * Wp * C + i] = 0
-    for h in range(H):
-        row = xp + (h + ph) * Wp * C
+    for ih in range(H):
+        row = xp + (ih + ph) * Wp * C
         for i in range(pw * C):                                 # left and right border
             row[i] = 0
             row[(pw + W) * C + i] = 0
         for c in range(C):                                      # a (C, W) -> (W, C) transpose
-            for w in range(W):
-                row[(w + pw) * C + c] = x_n[(c * H + h) * W + w]
+            for iw in range(W):
+                row[(iw + pw) * C + c] = x_n[(c * H + ih) * W + iw]
 
 
 cdef void _patches_hwc(const floating* xp, floating* colT, Py_ssize_t C, Py_ssize_t Wp,
@@ -337,17 +304,17 @@ cdef void _unpad_hwc(const floating* dxp, floating* dx_n, Py_ssize_t C, Py_ssize
                      Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """dx_n (C, H, W) = the inside of dxp (H + 2ph, W + 2pw, C), back to channels-first (the
     border held gradients of padding zeros, dropped). float32 with AVX-512: fc_unpad_hwc_f32."""
-    cdef Py_ssize_t Wp = W + 2 * pw, h, w, c
+    cdef Py_ssize_t Wp = W + 2 * pw, ih, iw, c
     cdef const floating* row
     if floating is float:
         if _use_microkernel and C >= 4:
             fc_unpad_hwc_f32(dxp, dx_n, C, H, W, ph, pw)
             return
-    for h in range(H):                           # row by row: each (W, C) block stays in L1
-        row = dxp + ((h + ph) * Wp + pw) * C
+    for ih in range(H):                           # row by row: each (W, C) block stays in L1
+        row = dxp + ((ih + ph) * Wp + pw) * C
         for c in range(C):
-            for w in range(W):
-                dx_n[(c * H + h) * W + w] = row[w * C + c]
+            for iw in range(W):
+                dx_n[(c * H + ih) * W + iw] = row[iw * C + c]
 
 
 def _window_starts(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Wp,
@@ -372,12 +339,8 @@ cdef bint _in_place_runs(Py_ssize_t C, Py_ssize_t S) noexcept nogil:
 cdef bint _use_hwc(Py_ssize_t C, Py_ssize_t S, bint is_1x1, bint fwd_mk) noexcept nogil:
     """The channels-last path, unless there are no columns to build (1x1) or its contiguous
     runs of S*C values are too short to pay (lenet_c1, S*C = 5). ``fwd_mk``: the float32
-    forward pass on the micro-kernel, which reads the windows in place and pays from
-    S*C = 9 on: alexnet_c1 (3 channels, 3x3, stride 2) 1.13x the classic path (BLAS) with
-    the RGB copy of fc_pad_hwc_f32 (about 1.0x before it), 3 channels 3x3 stride 1: 1.10x,
-    2 channels 5x5: 1.27x, 4 channels 3x3: 1.22x (before fc_dtile, which adds to these). Not the
-    float64 forward (BLAS on colT: 0.79x for alexnet_c1) nor the backward (0.70x for 2
-    channels 5x5 -> 16, 0.86x for 4 channels 3x3 -> 32), which keep _HWC_MIN_RUN."""
+    forward pass on the micro-kernel, which reads the windows in place, pays from S*C = 9
+    on; BLAS, and the backward, from _HWC_MIN_RUN (docs/performance.md)."""
     return not is_1x1 and S * C >= (_HWC_MIN_RUN_FWD_MK if fwd_mk else _HWC_MIN_RUN)
 
 
@@ -401,7 +364,7 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
         for k in range(K):
             for i in range(PQ):
                 y_n[k * PQ + i] = b[k]
-    if is_1x1:      # x[n] as (C, H*W) is col_n already; the micro-kernel: 1.28x for nin_1x1
+    if is_1x1:      # x[n] as (C, H*W) is col_n already
         _gemm_small(K, PQ, CRS, &w[0, 0, 0, 0], CRS, 1, &x[n, 0, 0, 0], PQ, has_bias, y_n,
                     PQ)
         return
@@ -410,8 +373,8 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
         p1 = min(p0 + rows, P)
         PQb = <int>((p1 - p0) * Q)
         _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
-        # Y_b (K, PQb) (+)= W @ col_b, in place in y[n] (row stride PQ). BLAS: the
-        # micro-kernel was 10% slower with few taps (lenet_c1, C*R*S = 25)
+        # Y_b (K, PQb) (+)= W @ col_b, in place in y[n] (row stride PQ). BLAS even with
+        # AVX-512: with few taps (lenet_c1, C*R*S = 25) the micro-kernel was slower
         gemm_rm(False, False, <int>K, PQb, CRS, 1, &w[0, 0, 0, 0], CRS, col, PQb, beta,
                 y_n + p0 * Q, PQ)
 
@@ -464,9 +427,9 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
         elif floating is float and _use_microkernel:
             # Output rows p whose windows reach into the zero rows above or below the image
             # skip those taps: only r0 <= r < r1 is summed (runs of zeros add nothing). The
-            # rows with the same range go in one call; all the inner rows in one. Saves 1/R
-            # of the products of the first and last rows: 8% of resnet20_s3's (8 x 8), 4% of
-            # s2's. (They are exact zeros, so y keeps its bits but for the sign of a zero sum.)
+            # rows with the same range go in one call; all the inner rows in one. Exact for
+            # finite weights (y keeps its bits but for the sign of a zero sum); with NaN or
+            # Inf in w, skip_zero_taps is off and every tap is summed (0 * NaN = NaN).
             p0 = b0
             while p0 < b1:
                 r0, r1, p1 = 0, R, b1            # all taps (non-finite weights: see below)
@@ -490,7 +453,6 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                 fc_unpack_yT_f32(yT, &b[0], y_n + b0 * Q, K, PQb, PQ)
                 continue
         # in blocks of _TBLOCK rows of Y_b^T, which stay in L1 while they are read K times
-        # (3.3 -> 0.5 ms for resnet20_s1 unblocked/blocked)
         for i0 in range(0, PQb, _TBLOCK):
             i1 = i0 + _TBLOCK if i0 + _TBLOCK < PQb else PQb
             for k in range(K):
@@ -618,9 +580,7 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
             _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
             # dW_part^T (CRS, K) += col_b (CRS, PQb) @ dY_b^T (PQb, K), the first block of the
             # first image overwrites. The transpose of dW, because in this orientation BLAS
-            # streams the big col_b as its B operand and packs only the small dY_b, where
-            # dW = dY @ col^T made it re-pack col for K = 16..64 outputs only: 2.2x faster
-            # for 16 channels (30 -> 69 GFLOP/s), 1.3x for 32.
+            # streams the big col_b as its B operand and packs only the small dY_b.
             gemm_rm(False, True, CRS, Ki, PQb, 1, col, PQb, dy_n + p0 * Q, PQ,
                     0 if n == n_begin and p0 == 0 else 1, dw_part, Ki)
             if dx_n != NULL:

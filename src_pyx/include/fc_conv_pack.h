@@ -82,7 +82,7 @@ static inline __mmask16 fc_mask(fc_index n)    /* the first min(n, 16) lanes */
 }
 
 /* xp (H + 2ph, W + 2pw, C) = x (C, H, W) channels-last, zero border: blocks of 16
- * channels x 16 pixels, the pixels counted along the flattened image (h*W + w) so that
+ * channels x 16 pixels, the pixels counted along the flattened image (ih*W + iw) so that
  * narrow images (W = 8) still fill whole blocks; each transposed row (one pixel's 16
  * channels) is stored at that pixel's place in the padded image. */
 FC_AVX512 static void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_index H,
@@ -91,8 +91,8 @@ FC_AVX512 static void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_i
     fc_index Wp = W + 2 * pw, HW = H * W;
     memset(xp, 0, sizeof(float) * ph * Wp * C);
     memset(xp + (ph + H) * Wp * C, 0, sizeof(float) * ph * Wp * C);
-    for (fc_index h = 0; h < H; h++) {
-        float *row = xp + (h + ph) * Wp * C;
+    for (fc_index ih = 0; ih < H; ih++) {
+        float *row = xp + (ih + ph) * Wp * C;
         memset(row, 0, sizeof(float) * pw * C);
         memset(row + (pw + W) * C, 0, sizeof(float) * pw * C);
     }
@@ -111,9 +111,9 @@ FC_AVX512 static void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_i
             jab[v] = _mm512_loadu_si512(iab);
             jc[v] = _mm512_loadu_si512(ic);
         }
-        for (fc_index h = 0; h < H; h++) {
-            float *row = xp + ((h + ph) * Wp + pw) * 3;
-            const float *x0 = x + h * W;
+        for (fc_index ih = 0; ih < H; ih++) {
+            float *row = xp + ((ih + ph) * Wp + pw) * 3;
+            const float *x0 = x + ih * W;
             for (fc_index w0 = 0; w0 < W; w0 += 16) {
                 __mmask16 m = fc_mask(W - w0);
                 __m512 a = _mm512_maskz_loadu_ps(m, x0 + w0);
@@ -138,11 +138,11 @@ FC_AVX512 static void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_i
                 v[j] = c0 + j < C ? _mm512_maskz_loadu_ps(imask, x + (c0 + j) * HW + i0)
                                   : _mm512_setzero_ps();
             fc_transpose16(v);                   /* v[j]: pixel i0 + j, 16 channels */
-            fc_index h = i0 / W, w = i0 % W;
+            fc_index ih = i0 / W, iw = i0 % W;
             FC_UNROLL for (int j = 0; j < 16; j++) {
                 if (i0 + j >= HW) break;
-                _mm512_mask_storeu_ps(xp + ((h + ph) * Wp + w + pw) * C + c0, cmask, v[j]);
-                if (++w == W) { w = 0; h++; }
+                _mm512_mask_storeu_ps(xp + ((ih + ph) * Wp + iw + pw) * C + c0, cmask, v[j]);
+                if (++iw == W) { iw = 0; ih++; }
             }
         }
     }
@@ -159,12 +159,12 @@ FC_AVX512 static void fc_unpad_hwc_f32(const float *dxp, float *dx, fc_index C,
         __mmask16 cmask = fc_mask(C - c0);
         for (fc_index i0 = 0; i0 < HW; i0 += 16) {
             __mmask16 imask = fc_mask(HW - i0);
-            fc_index h = i0 / W, w = i0 % W;
+            fc_index ih = i0 / W, iw = i0 % W;
             FC_UNROLL for (int j = 0; j < 16; j++) {
                 v[j] = i0 + j < HW ? _mm512_maskz_loadu_ps(
-                           cmask, dxp + ((h + ph) * Wp + w + pw) * C + c0)
+                           cmask, dxp + ((ih + ph) * Wp + iw + pw) * C + c0)
                                    : _mm512_setzero_ps();
-                if (++w == W) { w = 0; h++; }
+                if (++iw == W) { iw = 0; ih++; }
             }
             fc_transpose16(v);                   /* v[j]: channel c0 + j, 16 pixels */
             FC_UNROLL for (int j = 0; j < 16; j++)
