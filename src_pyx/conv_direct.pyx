@@ -206,7 +206,7 @@ cdef void _conv_block(const floating* xp, const floating* w, const floating* b, 
 
 def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, b,
                    stride, padding, int n_threads):
-    """Direct convolution (cross-correlation, as PyTorch), notes eq. (conv.fwd).
+    """Direct convolution (cross-correlation, as PyTorch), eq. (conv.fwd).
 
     The input is zero-padded once (one copy of x, so the hot loop has no bounds tests);
     then each task computes KB output channels of one image in register tiles.
@@ -380,7 +380,7 @@ cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                     const floating[:, :, :, ::1] w, stride, padding, int n_threads,
                     bint need_dx=True):
-    """Gradients of :func:`conv2d_forward`, notes eq. (conv.bwd).
+    """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
     ----------

@@ -4,9 +4,8 @@ The chain of trust: naive Python loops (below, the formula written out) check bo
 references on tiny shapes; the references check the compiled kernels on a grid of awkward
 shapes and on random ones; finite differences check the backward pass through the public
 API; and the fast kernels must give the same bits on 1 and 2 threads.
-Formulas: (conv.out), (conv.fwd), (conv.bwd), (im2col), see STYLE.md.
+Formulas: (conv.out), (conv.fwd), (conv.bwd), (im2col), see docs/formulas.md.
 """
-import itertools
 import tracemalloc
 
 import numpy as np
@@ -18,47 +17,11 @@ import fastconv
 import fastconv.functional as F
 from fastconv.reference import conv_direct as ref_direct
 from fastconv.reference import conv_im2col as ref_im2col
+from fastconv.reference.naive import naive_conv2d_backward, naive_conv2d_forward
 from helpers import assert_close, assert_grad_matches
 
 ALGOS = ["direct", "im2col"]
 IMPLS = [("reference", "direct"), ("reference", "im2col"), ("fast", "direct"), ("fast", "im2col")]
-
-
-# --------------------------------------------------------------------------- naive oracle
-
-def naive_conv2d_forward(x, w, b, stride, padding):
-    """(conv.fwd) with explicit loops; float64."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1      # (conv.out)
-    y = np.zeros((N, K, P, Q))
-    for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
-        total = 0.0 if b is None else b[k]
-        for c, r, s in itertools.product(range(C), range(R), range(S)):
-            ih, iw = p * sh + r - ph, q * sw + s - pw
-            if 0 <= ih < H and 0 <= iw < W:           # zero padding
-                total += w[k, c, r, s] * x[n, c, ih, iw]
-        y[n, k, p, q] = total
-    return y
-
-
-def naive_conv2d_backward(dy, x, w, stride, padding):
-    """(conv.bwd) with explicit loops: every product of the forward sends dy back to both
-    of its factors; float64."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    P, Q = dy.shape[2:]
-    dx, dw, db = np.zeros(x.shape), np.zeros(w.shape), np.zeros(K)
-    for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
-        db[k] += dy[n, k, p, q]
-        for c, r, s in itertools.product(range(C), range(R), range(S)):
-            ih, iw = p * sh + r - ph, q * sw + s - pw
-            if 0 <= ih < H and 0 <= iw < W:
-                dw[k, c, r, s] += dy[n, k, p, q] * x[n, c, ih, iw]
-                dx[n, c, ih, iw] += dy[n, k, p, q] * w[k, c, r, s]
-    return dx, dw, db
 
 
 def out_shape(x_shape, w_shape, stride, padding):
