@@ -204,8 +204,10 @@ cdef void _conv_block(const floating* xp, const floating* w, const floating* b, 
             q0 = q0 + QB
 
 
-def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, b,
-                   stride, padding, int n_threads):
+def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                   const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
+                   b,                                  # IN (K,) or None
+                   stride, padding, int n_threads):    # returns y, OUT (N, K, P, Q)
     """Direct convolution (cross-correlation, as PyTorch), eq. (conv.fwd).
 
     The input is zero-padded once (one copy of x, so the hot loop has no bounds tests);
@@ -377,9 +379,11 @@ cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             dw[k, c, r, s] = total
 
 
-def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                    const floating[:, :, :, ::1] w, stride, padding, int n_threads,
-                    bint need_dx=True):
+def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss/dy
+                    const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
+                    stride, padding, int n_threads,
+                    bint need_dx=True):                 # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters

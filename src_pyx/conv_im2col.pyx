@@ -37,8 +37,9 @@ bitwise the same for any thread count, whichever thread runs which task.
 Memory (scratch beyond the outputs), in values; "columns" is one image's C*R*S x P*Q:
   forward   threads x columns (plus Wr, the weights in the channels-last layout, K*C*R*S,
             on one thread where it does not fit beside the padded image);
-  backward  threads x (columns + the larger of columns and one dW), plus Wr: a thread's
-            padded image and block of columns, and the round's partial dWs.
+  backward  threads x columns (a thread's padded image and block of columns), plus the
+            partial dWs of a round: the largest of threads x columns, threads x one dW
+            and 1 MiB, plus Wr (one dW).
 Tested in tests/test_conv.py::test_im2col_memory_within_bound.
 
 NaN and Inf: as the formula, 0 * NaN = NaN, padding included. The AVX-512 forward skips
@@ -89,6 +90,7 @@ cdef extern from "fc_conv_microkernel.h":
 _INT_MAX = 2**31 - 1                   # BLAS sizes are C ints
 _MAX_CHUNKS = 16                       # batch chunks of the dW reduction (parallelism of it)
 _PARTIALS_BYTES = 64 * 2**20           # ... fewer where adding 16 partial dWs would cost more
+_ROUND_BYTES = 2**20                   # partial dWs a round may hold beyond threads x columns
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
 DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
 DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
@@ -460,8 +462,10 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                     y_n[k * PQ + b0 * Q + i] = yT[i * K + k] + b[k]
 
 
-def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, b,
-                   stride, padding, int n_threads):
+def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                   const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
+                   b,                                  # IN (K,) or None
+                   stride, padding, int n_threads):    # returns y, OUT (N, K, P, Q)
     """Convolution (cross-correlation, as PyTorch) by im2col + GEMM, eqs. (im2col), (conv.fwd).
 
     Parameters
@@ -683,7 +687,7 @@ cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr,
 # the shapes only: the batch is cut into G fixed chunks (_n_chunks), and
 #     dW = ((part_0 + part_1) + part_2) + ... + part_{G-1},   part_g = sum over chunk g.
 # The chunks run in rounds of B (a function of the shapes and the thread count T: as many
-# partial dWs as fit in T images' columns, at least T): in each round every chunk goes to
+# partial dWs as fit in T images' columns or in 1 MiB, at least T): in each round every chunk goes to
 # its own buffer, whichever thread computes it, then the round's partials are added to dW
 # in chunk order, in parallel over dW's rows (each element still adds them in chunk
 # order). No locks, no thread waits on another's progress but at the end of a round.
@@ -738,7 +742,8 @@ cdef void _permute_row_to_kcrs(floating* dw, floating* tmp, Py_ssize_t k, Py_ssi
 def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss/dy
                     const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                     const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
-                    stride, padding, int n_threads, bint need_dx=True):
+                    stride, padding, int n_threads,
+                    bint need_dx=True):                 # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward` by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -794,8 +799,12 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     rows = P if is_1x1 or in_place else _rows_per_block(P, Q * CRS, _usable(columns) - xp_size)
     work_size = xp_size + (0 if is_1x1 or in_place else rows * Q * CRS)
     cdef floating[:, ::1] col = np.empty((nt, max(work_size, CRS)), dtype=dtype)
-    # chunks per round: as many partial dWs as fit in nt images' columns, at least nt
-    cdef Py_ssize_t per_round = min(n_chunks, max(<Py_ssize_t>nt, nt * columns // (K * CRS)))
+    # chunks per round: as many partial dWs as fit in nt images' columns (or in
+    # _ROUND_BYTES, so that small layers run in one round: every round ends in a barrier,
+    # which costs milliseconds on a busy machine), at least nt
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef Py_ssize_t per_round = min(n_chunks, max(
+        <Py_ssize_t>nt, max(nt * columns, _ROUND_BYTES // itemsize) // (K * CRS)))
     cdef floating[:, ::1] parts = np.empty((per_round, K * CRS), dtype=dtype)
     cdef floating* total = &dw[0, 0, 0, 0]      # the sum, in the partials' layout until the end
     cdef floating* part

@@ -402,8 +402,8 @@ def test_im2col_memory_within_bound(direction, microkernel, dtype, rng):
     3 threads (the bounds of conv_im2col's module docstring). Forward: threads x one
     image's columns (C*R*S x P*Q values), plus the weights in the channels-last layout (Wr,
     K x C*R*S) on 1 thread, where they do not fit beside the padded image (resnet20_s3,
-    alexnet_c1). Backward: threads x (one image's columns + the partial dWs of a round,
-    which take the larger of one dW and one image's columns), plus Wr."""
+    alexnet_c1). Backward: threads x one image's columns, plus the partial dWs of a round
+    (the largest of threads x columns, threads x one dW and 1 MiB), plus Wr."""
     from fastconv._backend import load_kernels
     from fastconv.benchmark.shapes import CONV, conv_out
     kern = load_kernels("conv_im2col")
@@ -425,7 +425,9 @@ def test_im2col_memory_within_bound(direction, microkernel, dtype, rng):
                 else:
                     used = _workspace(lambda: kern.conv2d_backward(
                         dy, x, w, (stride, stride), (pad, pad), threads))
-                    bound = threads * (columns + max(columns, w.size)) + w.size
+                    partials = max(threads * columns, threads * w.size,
+                                   2**20 // x.itemsize)
+                    bound = threads * columns + partials + w.size
                 bound *= x.itemsize
                 assert used <= bound, (f"{name} {direction}, {threads} threads: "
                                        f"{used / 2**20:.3f} MB of scratch for a bound of "
