@@ -55,6 +55,19 @@ static void test_gemm(unsigned *seed)
     }
 }
 
+/* want (PQ, K) = colT @ wrT, row i of colT read at xp + offs[i]: runs of SC values seg apart */
+static void naive_forward(const float *xp, const fc_index *offs, const float *wrT, double *want,
+                          fc_index PQ, fc_index K, fc_index CRS, fc_index SC, fc_index seg)
+{
+    for (fc_index i = 0; i < PQ; i++)
+        for (fc_index k = 0; k < K; k++) {
+            double acc = 0;
+            for (fc_index j = 0; j < CRS; j++)
+                acc += (double)xp[offs[i] + (j / SC) * seg + j % SC] * wrT[j * K + k];
+            want[i * K + k] = acc;
+        }
+}
+
 /* The convolution through window offsets: forward (igemm), dW (bgemm), dx (cgemm) and the
  * row tiles (dconv), on a padded channels-last image. */
 static void test_conv(unsigned *seed)
@@ -79,25 +92,13 @@ static void test_conv(unsigned *seed)
     /* forward: yT (PQ, K) = colT @ wrT */
     float *yT = malloc(sizeof(float) * PQ * K);
     double *want = malloc(sizeof(double) * PQ * (K > CRS ? K : CRS));
-    for (fc_index i = 0; i < PQ; i++)
-        for (fc_index k = 0; k < K; k++) {
-            double acc = 0;
-            for (fc_index j = 0; j < CRS; j++)
-                acc += (double)xp[offs[i] + (j / SC) * seg + j % SC] * wrT[j * K + k];
-            want[i * K + k] = acc;
-        }
+    naive_forward(xp, offs, wrT, want, PQ, K, CRS, SC, seg);
     fc_igemm_f32(PQ, K, R, SC, seg, xp, offs, wrT, K, yT, K);
     check("fc_igemm_f32", yT, want, PQ * K, CRS);
 
     /* the same with K <= 16 row tiles (taps in the zero rows skipped: exact zeros) */
     fc_index K16 = 11;
-    for (fc_index i = 0; i < PQ; i++)
-        for (fc_index k = 0; k < K16; k++) {
-            double acc = 0;
-            for (fc_index j = 0; j < CRS; j++)
-                acc += (double)xp[offs[i] + (j / SC) * seg + j % SC] * wrT[j * K16 + k];
-            want[i * K16 + k] = acc;
-        }
+    naive_forward(xp, offs, wrT, want, PQ, K16, CRS, SC, seg);
     fc_dconv_f32(P, Q, K16, R, S, C, sh, ph, H, Wp, xp, wrT, yT);
     check("fc_dconv_f32", yT, want, PQ * K16, CRS);
 
