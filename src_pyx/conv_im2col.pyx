@@ -795,10 +795,13 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
     n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty
     # a thread's scratch: its padded image (hwc), then a block of ``rows`` output rows of
-    # the columns, within what one image's columns leave beside a dW and Wr (so that a
-    # block stays cache-sized: see _rows_per_block)
-    rows = P if is_1x1 or in_place else _rows_per_block(
-        P, Q * CRS, _usable(columns) - K * CRS - (xp_size + wr_arr.size if hwc else 0))
+    # the columns, within what one image's columns leave beside a dW and Wr (a block that
+    # stays cache-sized), or beside the padded image alone where that leaves no row
+    # (dW as large as the columns, K >= P*Q: resnet20_s3); see _rows_per_block
+    cdef Py_ssize_t room = _usable(columns) - K * CRS - (xp_size + wr_arr.size if hwc else 0)
+    if room < Q * CRS:
+        room = _usable(columns) - xp_size
+    rows = P if is_1x1 or in_place else _rows_per_block(P, Q * CRS, room)
     work_size = xp_size + (0 if is_1x1 or in_place else rows * Q * CRS)
     cdef floating[:, ::1] col = np.empty((nt, max(work_size, CRS)), dtype=dtype)
     # chunks per round: as many partial dWs as fit in nt images' columns (or in
