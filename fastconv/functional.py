@@ -125,41 +125,15 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
     """The algorithm ``algo="auto"`` runs for this shape: "direct" or "im2col".
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
-    For the fast backend the rule comes from measurements of both kernels on the layer suite
-    (``fastconv bench``): see the comments below for the numbers behind each branch.
+    For the fast backend: im2col, except with one output channel (K == 1), where direct
+    is faster; the measurements are in docs/performance.md ("Convolution").
     """
     if backend == "reference":
         return "im2col"
     K, C, R, S = w_shape
-    # Measured on the layer suite (shared/bench/shapes.py), fast backend, float32, 1 thread,
-    # `fastconv bench` medians, GFLOP/s direct / im2col, forward; backward (2-core AMD EPYC
-    # (Zen 4) VM shared with other jobs, OpenBLAS 0.3.30 SkylakeX kernel via SciPy, 2026-11-25,
-    # im2col with its channels-last path and AVX-512 micro-kernel, see conv_im2col.pyx):
-    #   lenet_c1 (C=1, K=6, 5x5)     18.8 / 32.8;  11.5 / 27.0
-    #   lenet_c2 (C=6, K=16, 5x5)    19.3 / 71.2;  11.0 / 54.4
-    #   resnet20_s1 (16->16, 3x3)    27.1 / 67.4;  21.1 / 52.4 (71 in interleaved runs)
-    #   resnet20_s2 (32->32)         26.4 / 75.2;  17.9 / 65.8
-    #   resnet20_s3 (64->64, 8x8)    27.8 / 96.5;  16.6 / 75.5
-    #   resnet20_down (stride 2)     13.0 / 55.6;   4.9 / 57.5
-    #   alexnet_c1 (C=3, stride 2)   13.9 / 67.4;   4.9 / 38.5
-    #   vgg_c3 (64->128)             27.1 / 96.9;  22.8 / 89.9
-    #   nin_1x1 (192->160, 1x1)      17.2 / 96.7;  13.8 / 78.3
-    # (Numbers from the build that set this rule; im2col has only become faster since, see
-    # conv_im2col.pyx and docs/bench.json.)
-    # im2col wins every layer of the suite, forward and backward, even with few input
-    # channels (C*R*S = 25 for lenet_c1): its GEMMs (BLAS, or the AVX-512 micro-kernel that
-    # keeps a tile of outputs in registers) outrun the direct kernel's portable 16-byte
-    # vectors as soon as there are a few output channels to share each input value. So
-    # im2col is the default, and 1x1 / stride 1 / unpadded convolutions (nin_1x1) need no
-    # branch: the im2col kernel already skips building columns for them.
-    #
-    # One output channel (K == 1) is the exception: the GEMM degenerates into a
-    # matrix-vector product (1 x CRS times CRS x PQ), where there is nothing to reuse and
-    # building the column matrix is pure overhead. Extra shapes, time direct / im2col,
-    # forward + backward (remeasured with the new im2col, same day): N16 C16 32x32 K1 3x3:
-    # 0.77; N16 C1 28x28 K1 3x3: 0.86; N8 C1 64x64 K1 3x3: 0.75. By contrast K = 2 with
-    # C = 16 favours im2col (1.39) and K = 4 with C*R*S = 36 is a tie (1.02), so the rule
-    # stays K == 1.
+    # im2col's GEMMs win every layer of the benchmark suite, even with few input channels;
+    # with one output channel the GEMM is a matrix-vector product with nothing to reuse,
+    # and building the columns is pure overhead (measurements: docs/performance.md).
     if K == 1:
         return "direct"
     return "im2col"
@@ -204,7 +178,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
 
     ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r - ph, q*sw + s - pw]``
     with x = 0 outside the image. The kernel is not flipped; a true (mathematical)
-    convolution is ``conv2d(x, w[:, :, ::-1, ::-1])``.
+    convolution is ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the
+    formula, the padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
 
     Parameters
     ----------

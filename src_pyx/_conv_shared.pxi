@@ -53,3 +53,22 @@ cdef void _db_one(const floating[:, :, :, ::1] dy, floating[::1] db, Py_ssize_t 
             acc[i - full] += dy_plane[i]
     db[k] = <floating>(((acc[0] + acc[1]) + (acc[2] + acc[3]))
                        + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
+
+
+cdef bint _all_finite(const floating* a, Py_ssize_t size) noexcept nogil:
+    """Whether a[0:size] holds no NaN and no Inf: v - v is 0 for a finite v, NaN otherwise.
+
+    The kernels that skip taps in the zero padding (a product with a zero adds nothing,
+    unless the other factor is NaN or Inf) check their weights or dy with this first, one
+    pass over them, and take a path that multiplies the zeros where it fails: so NaN and
+    Inf propagate as in the formula, 0 * NaN = NaN (see the module docstrings)."""
+    cdef Py_ssize_t i, j, full = size - size % 8
+    cdef floating acc[8]
+    for j in range(8):
+        acc[j] = 0
+    for i in range(0, full, 8):                  # eight lanes: vectorised, no early exit
+        for j in range(8):
+            acc[j] += a[i + j] - a[i + j]
+    for i in range(full, size):
+        acc[0] += a[i] - a[i]
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) == 0

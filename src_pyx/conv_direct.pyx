@@ -1,6 +1,11 @@
 # cython: language_level=3
 """Direct 2-D convolution: the formula (conv.fwd) as loops, in register tiles and row updates.
 
+``algo="auto"`` runs this module only for convolutions with one output channel (K == 1,
+where a GEMM has nothing to reuse); every other one runs conv_im2col.pyx. Here the inner
+loop that runs for K == 1 is the row update of ``_plane_axpy`` (forward) and of
+``_dw_slice`` (dw); with K >= 4 the register tiles of src_pyx/include/fc_conv_direct.h.
+
 Compiled twin of ``fastconv/reference/conv_direct.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument before calling here.
 
@@ -13,30 +18,36 @@ Compiled twin of ``fastconv/reference/conv_direct.py`` (same functions and signa
 
 How the loops are laid out, and why
 -----------------------------------
-* Forward: x is zero-padded once (x̄ = one extra copy of x, so the hot loop has no bounds
-  tests). Each task computes KB = 4 output channels of one image, in register tiles of
+* The loop nest to study is ``_plane_axpy``: for each tap (c, r, s), one row update
+  ``y[p, :] += w[k,c,r,s] * x̄[c, p*sh + r, s::sw]`` over the zero-padded input x̄ (one
+  copy of x, so the loop has no bounds tests); gcc vectorises it along q. It runs for
+  layers narrower than a tile (K < 4 or Q < 8).
+* Wider layers: each task computes 4 output channels of one image in register tiles of
   4 channels x 8 columns (float; 4 columns for double): the tile's accumulators stay in
   registers for the whole sum over c, r, s, so each input vector loaded feeds 4 channels
-  and no partial output goes back to memory. The tile is a few lines of C with GCC/Clang
-  vector extensions (see ``FASTCONV_TILE``): written as Cython loops, gcc vectorised the
-  tap loop instead, spilled the accumulators, and ran about 3x slower.
-  Layers narrower than a tile (K < 4 or Q < 8) use a row update over whole output rows,
-  ``y[p, :] += w[k,c,r,s] * x̄[c, p*sh + r, s::sw]``, which gcc vectorises along q.
+  and no partial output goes back to memory (``fastconv_tile_*``, in C: see the header).
 * dx with stride 1 is itself a convolution (of dy, zero-padded, with the kernel flipped and
   its channel axes swapped), so it reuses the forward's tiles. With a larger stride, each
   input plane dx[n, c] gathers its windows' contributions as row updates along q; padding
   never becomes a per-element test: the rows p and columns q whose input lies inside the
   image form one interval per tap (``first_inside``, ``end_inside``).
 * dw[k, c, r, s] is a long dot product over (n, p, q). Vector lanes run along q, 4 output
-  channels share each input vector (``FASTCONV_DW_TILE``), and the lanes are added up once
-  at the end in a fixed order. With K < 4, each tap accumulates a row of partial sums along
-  q instead (``_dw_slice``).
+  channels share each input vector (``fastconv_dw_tile_*``), and the lanes are added up
+  once at the end in a fixed order. With K < 4, each tap accumulates a row of partial sums
+  along q instead (``_dw_slice``).
 * Parallel axes need no locks and give the same bits for any thread count: forward over
   (image, block of 4 channels), dx over (image, block of channels) or over the N*C input
   planes, dw over (block of 4 output channels, input channel) pairs or the K*C slices
-  (each reduces over n, p, q in a fixed order), db over K. No task's result depends on which thread ran it, so the big loops use
-  ``schedule="dynamic"``: on a shared machine one thread often runs slower (another process
-  on its core), and a static split would make the whole call wait for it.
+  (each reduces over n, p, q in a fixed order), db over K. No task's result depends on
+  which thread runs it, so the big loops use ``schedule="dynamic"``: on a shared machine
+  one thread often runs slower, and a static split would make the whole call wait for it.
+
+NaN and Inf: as the formula, 0 * NaN = NaN, padding included. Two paths skip the zero
+padding: the transposed convolution for dx (stride 1) multiplies w with dy's zero border,
+sums the formula does not have, and ``_dw_slice`` clamps its loops to the image. One pass
+over w (dx) or dy (dw) with ``_all_finite`` sends non-finite inputs to the scatter path
+for dx and to ``_dw_slice`` on the padded input for dw, so that NaN and Inf land exactly
+where the reference puts them.
 """
 import numpy as np
 
@@ -44,10 +55,6 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 
 from _common cimport end_inside, first_inside, out_size, threads_for_macs
-
-
-# --------------------------------------------------------------------------- index helpers
-
 
 
 # --------------------------------------------------------------------------- padding
@@ -94,61 +101,9 @@ def _padded(const floating[:, :, :, ::1] a, Py_ssize_t Hd, Py_ssize_t Wd, Py_ssi
 
 # --------------------------------------------------------------------------- forward
 
-# The register tile, in C. Written as plain Cython loops, gcc -O3 vectorises the wrong loop
-# (the taps s, with the accumulators spilled to the stack) and runs ~3x slower. GCC/Clang
-# vector extensions state the intent: 2 vectors of L lanes (16 bytes: 4 floats or 2
-# doubles, the SSE2 baseline every x86-64 has) for each of 4 output channels = 8
-# accumulator registers, updated by one multiply-add per weight and vector of inputs.
-cdef extern from *:
-    """
-    #include <string.h>
-    #define FASTCONV_TILE(T, NAME)                                                        \
-    static inline void NAME(const T *x, const T *w, const T *b, T *y, Py_ssize_t C,       \
-                            Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp, Py_ssize_t Wp,     \
-                            Py_ssize_t sw, Py_ssize_t y_step, Py_ssize_t j_first)         \
-    {                                                                                     \
-        typedef T vec __attribute__((vector_size(16)));                                   \
-        enum { L = 16 / sizeof(T) };                                                      \
-        const Py_ssize_t CRS = C * R * S;                                                 \
-        vec zero = {0}, x0 = zero, x1 = zero;                                                   \
-        vec a00 = zero, a01 = zero, a10 = zero, a11 = zero;                               \
-        vec a20 = zero, a21 = zero, a30 = zero, a31 = zero;                               \
-        if (b) {                                                                          \
-            a00 = a01 = zero + b[0]; a10 = a11 = zero + b[1];                             \
-            a20 = a21 = zero + b[2]; a30 = a31 = zero + b[3];                             \
-        }                                                                                 \
-        for (Py_ssize_t c = 0; c < C; c++) {                                              \
-            for (Py_ssize_t r = 0; r < R; r++) {                                          \
-                const T *x_row = x + (c * Hp + r) * Wp;                                   \
-                const T *w_row = w + (c * R + r) * S;                                     \
-                for (Py_ssize_t s = 0; s < S; s++) {                                      \
-                    if (sw == 1) {                                                        \
-                        memcpy(&x0, x_row + s, 16);                                       \
-                        memcpy(&x1, x_row + s + L, 16);                                   \
-                    } else {                                                              \
-                        for (int i = 0; i < L; i++) {                                     \
-                            x0[i] = x_row[s + i * sw];                                    \
-                            x1[i] = x_row[s + (i + L) * sw];                              \
-                        }                                                                 \
-                    }                                                                     \
-                    T w0 = w_row[s], w1 = w_row[CRS + s];                                 \
-                    T w2 = w_row[2 * CRS + s], w3 = w_row[3 * CRS + s];                   \
-                    a00 += w0 * x0; a01 += w0 * x1; a10 += w1 * x0; a11 += w1 * x1;       \
-                    a20 += w2 * x0; a21 += w2 * x1; a30 += w3 * x0; a31 += w3 * x1;       \
-                }                                                                         \
-            }                                                                             \
-        }                                                                                 \
-        if (j_first <= 0) { memcpy(y, &a00, 16); memcpy(y + L, &a01, 16); }              \
-        y += y_step;                                                                      \
-        if (j_first <= 1) { memcpy(y, &a10, 16); memcpy(y + L, &a11, 16); }               \
-        y += y_step;                                                                      \
-        if (j_first <= 2) { memcpy(y, &a20, 16); memcpy(y + L, &a21, 16); }               \
-        y += y_step;                                                                      \
-        memcpy(y, &a30, 16); memcpy(y + L, &a31, 16);                                     \
-    }
-    FASTCONV_TILE(float, fastconv_tile_f32)
-    FASTCONV_TILE(double, fastconv_tile_f64)
-    """
+# The register tiles, in C (include/fc_conv_direct.h says why): 4 output channels x 2
+# vectors of 16 bytes, accumulated in registers.
+cdef extern from "fc_conv_direct.h":
     void fastconv_tile_f32(const float* x, const float* w, const float* b, float* y,
                            Py_ssize_t C, Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp,
                            Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t y_step,
@@ -249,9 +204,11 @@ cdef void _conv_block(const floating* xp, const floating* w, const floating* b, 
             q0 = q0 + QB
 
 
-def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, b,
-                   stride, padding, int n_threads):
-    """Direct convolution (cross-correlation, as PyTorch), notes eq. (conv.fwd).
+def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                   const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
+                   b,                                  # IN (K,) or None
+                   stride, padding, int n_threads):    # returns y, OUT (N, K, P, Q)
+    """Direct convolution (cross-correlation, as PyTorch), eq. (conv.fwd).
 
     The input is zero-padded once (one copy of x, so the hot loop has no bounds tests);
     then each task computes KB output channels of one image in register tiles.
@@ -300,55 +257,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
 
 # --------------------------------------------------------------------------- backward
 
-# The dw tile, in C for the same reason as FASTCONV_TILE: one kernel tap (r, s) of one input
-# channel for 4 output channels at once, as 4 vector accumulators over L lanes of q. Each
-# input vector loaded feeds 4 channels and no partial sum goes back to memory. The lanes and
-# the scalar tail (Q % L columns) are added in a fixed order at the end, so the result
-# depends on the shapes only.
-cdef extern from *:
-    """
-    #define FASTCONV_DW_TILE(T, NAME)                                                     \
-    static inline void NAME(const T *x, const T *dy, T *out, Py_ssize_t N, Py_ssize_t P,  \
-                            Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t sw,  \
-                            Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t j_first)         \
-    {                                                                                     \
-        typedef T vec __attribute__((vector_size(16)));                                   \
-        enum { L = 16 / sizeof(T) };                                                      \
-        vec zero = {0}, xv = zero, d0, d1, d2, d3;                                        \
-        vec a0 = zero, a1 = zero, a2 = zero, a3 = zero;                                   \
-        T t0 = 0, t1 = 0, t2 = 0, t3 = 0, sums[4];                                        \
-        for (Py_ssize_t n = 0; n < N; n++) {                                              \
-            for (Py_ssize_t p = 0; p < P; p++) {                                          \
-                const T *x_row = x + n * x_n + p * x_p;                                   \
-                const T *dy0 = dy + n * dy_n + p * Q, *dy1 = dy0 + dy_k;                  \
-                const T *dy2 = dy1 + dy_k, *dy3 = dy2 + dy_k;                             \
-                Py_ssize_t q = 0;                                                         \
-                for (; q + L <= Q; q += L) {                                              \
-                    if (sw == 1) {                                                        \
-                        memcpy(&xv, x_row + q, 16);                                       \
-                    } else {                                                              \
-                        for (int i = 0; i < L; i++) xv[i] = x_row[(q + i) * sw];          \
-                    }                                                                     \
-                    memcpy(&d0, dy0 + q, 16); memcpy(&d1, dy1 + q, 16);                   \
-                    memcpy(&d2, dy2 + q, 16); memcpy(&d3, dy3 + q, 16);                   \
-                    a0 += d0 * xv; a1 += d1 * xv; a2 += d2 * xv; a3 += d3 * xv;           \
-                }                                                                         \
-                for (; q < Q; q++) {                                                      \
-                    T xs = x_row[q * sw];                                                 \
-                    t0 += dy0[q] * xs; t1 += dy1[q] * xs;                                 \
-                    t2 += dy2[q] * xs; t3 += dy3[q] * xs;                                 \
-                }                                                                         \
-            }                                                                             \
-        }                                                                                 \
-        sums[0] = t0; sums[1] = t1; sums[2] = t2; sums[3] = t3;                           \
-        for (int i = 0; i < L; i++) {                                                     \
-            sums[0] += a0[i]; sums[1] += a1[i]; sums[2] += a2[i]; sums[3] += a3[i];       \
-        }                                                                                 \
-        for (int j = (int)j_first; j < 4; j++) out[j] = sums[j];                          \
-    }
-    FASTCONV_DW_TILE(float, fastconv_dw_tile_f32)
-    FASTCONV_DW_TILE(double, fastconv_dw_tile_f64)
-    """
+# The dw tile (include/fc_conv_direct.h): one tap (r, s) of one input channel for 4 output
+# channels, as 4 vector accumulators along q, lanes added in a fixed order at the end.
+cdef extern from "fc_conv_direct.h":
     void fastconv_dw_tile_f32(const float* x, const float* dy, float* out, Py_ssize_t N,
                               Py_ssize_t P, Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p,
                               Py_ssize_t sw, Py_ssize_t dy_n, Py_ssize_t dy_k,
@@ -468,10 +379,12 @@ cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
             dw[k, c, r, s] = total
 
 
-def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                    const floating[:, :, :, ::1] w, stride, padding, int n_threads,
-                    bint need_dx=True):
-    """Gradients of :func:`conv2d_forward`, notes eq. (conv.bwd).
+def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss/dy
+                    const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
+                    stride, padding, int n_threads,
+                    bint need_dx=True):                 # returns dx, dw, db (OUT)
+    """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
     ----------
@@ -509,7 +422,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef Py_ssize_t Hd = H + R - 1, Wd = W + S - 1, n_cb = (C + KB - 1) // KB, t
     if not need_dx:
         dx_arr = None
-    elif sh == 1 and sw == 1:
+    elif sh == 1 and sw == 1 and _all_finite(&w[0, 0, 0, 0], K * C * R * S):
         # With stride 1, dx is itself a convolution (the transposed convolution):
         #   dx[n, c, ih, iw] = sum_{k,r,s} wt[c, k, r, s] * dyp[n, k, ih + r, iw + s]
         # with the kernel flipped and its channel axes swapped, wt[c, k, r, s] =
@@ -522,7 +435,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                 _conv_block(&dyp[t // n_cb, 0, 0, 0], &wt[0, 0, 0, 0], NULL,
                             &dx[t // n_cb, 0, 0, 0], C, K, Hd, Wd, R, S, 1, 1, H, W, t % n_cb)
     else:
-        # Strided: each dy value scatters into its window, one input plane per task.
+        # Strided (or non-finite weights, which the transposed convolution would also
+        # multiply with dy's zero border): each dy value scatters into its window, one
+        # input plane per task.
         with nogil:
             for i in prange(N * C, schedule="dynamic", num_threads=nt):
                 _dx_plane(dy, w, dx, i // C, i % C, sh, sw, ph, pw)
@@ -536,10 +451,17 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         with nogil:
             for i in prange(n_kb * C, schedule="dynamic", num_threads=nt):
                 _dw_block(dy, xp, dw, i // C, i % C, sh, sw)
-    else:
+    elif _all_finite(&dy[0, 0, 0, 0], N * K * P * Q):
         with nogil:
             for i in prange(K * C, schedule="dynamic", num_threads=nt):
                 _dw_slice(dy, x, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, ph, pw)
+    else:
+        # dy holds NaN or Inf: the padding's taps, which _dw_slice skips, are multiplied
+        # too (0 * NaN = NaN), on the zero-padded input
+        xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt) if ph > 0 or pw > 0 else x
+        with nogil:
+            for i in prange(K * C, schedule="dynamic", num_threads=nt):
+                _dw_slice(dy, xp, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, 0, 0)
     with nogil:
         for k in prange(K, schedule="static", num_threads=nt):
             _db_one(dy, db, k)

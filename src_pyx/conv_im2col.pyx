@@ -1,66 +1,51 @@
 # cython: language_level=3
 """2-D convolution as matrix products: im2col + GEMM, one image per thread (Caffe's method).
 
+``algo="auto"`` runs this module for every convolution but those with one output channel.
+Its inner loop is a GEMM: on CPUs without AVX-512 (and for float64) BLAS's, called from
+``_forward_sample_hwc`` -> ``_gemm_small`` -> ``gemm_rm`` (src_pyx/_blas.pxd); with
+AVX-512, float32, the register tile ``fc_itile`` of src_pyx/include/fc_conv_microkernel.h.
+
 Compiled twin of ``fastconv/reference/conv_im2col.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument and limits BLAS to one thread around
 each call, so the GEMMs issued from inside ``prange`` do not oversubscribe the cores.
 
-(im2col)    col_n[(c*R + r)*S + s, p*Q + q] = x[n, c, p*sh + r - ph, q*sw + s - pw]  (0 outside)
-            Y_n = W @ col_n  (+ b)          W = w viewed as (K, C*R*S)           (conv.fwd)
-            dcol_n = W^T @ dY_n, then col2im scatter-adds dcol_n into dx[n]
-            dW^T = sum_n col_n @ dY_n^T,  db[k] = sum_{n,p,q} dy[n,k,p,q]          (conv.bwd)
+(im2col)      col_n[(c*R + r)*S + s, p*Q + q] = x[n, c, p*sh + r - ph, q*sw + s - pw]
+              (0 outside the image)
+(conv.fwd)    Y_n = W @ col_n (+ b),   W = w viewed as (K, C*R*S)
+(conv.bwd)    dW = sum_n dY_n @ col_n^T,   db[k] = sum_{n,p,q} dy[n,k,p,q],
+              dcol_n = W^T @ dY_n, then col2im scatter-adds dcol_n into dx[n]
+(im2col.hwc)  the same with the image channels-last and the reduction axis in (r, s, c)
+              order, so that each window is R contiguous runs of S*C values
 
-Design notes
-------------
-* Two layouts of the columns. Where S*C >= _HWC_MIN_RUN (every 3x3 and 5x5 layer of the
-  suite but lenet_c1 and alexnet_c1; the float32 forward on the micro-kernel from S*C = 9 on,
-  alexnet_c1 included, see _use_hwc), the "hwc" path of eq. (im2col.hwc) below: the image
-  is copied to channels-last with its padding, so that the columns of each output pixel are
-  R runs of S*C contiguous values, the reduction axis ordered (r, s, c); the products run as
-  Y_n^T = colT @ Wr^T, dWr += dY_n @ colT, dcolT = dY_n^T @ Wr, in the orientations that
-  keep the small side (K channels) in registers. Otherwise the classic (CRS x PQ) columns
-  with BLAS, as Caffe.
-* The float32 products run on a small AVX-512 micro-kernel (C, in the block below) where
-  the CPU has AVX-512, else on BLAS (float64 always on BLAS); see _gemm_small for the
-  numbers. With it the hwc path never builds colT: the kernel reads each window straight
-  from the padded image through an offset per output pixel (forward, dW) and adds dcolT
-  straight back onto it (dx). 1 thread, float32, medians of interleaved runs against
-  classic im2col + OpenBLAS (the previous kernel): resnet20_s1 1.8x forward / 2.3x
-  backward, s2 1.4x / 1.5x, s3 1.6x / 1.5x, down 1.4x / 1.6x, lenet_c2 1.5x / 1.5x.
-* Around the float32 products (AVX-512): the image goes to channels-last and Y_n^T back to
-  (K, P*Q) by 16 x 16 blocks transposed in registers (fc_pad_hwc_f32, fc_unpack_yT_f32,
-  fc_unpad_hwc_f32); output rows whose windows reach into the zero rows of the padding
-  skip those taps; and with K <= 16 output channels (where fc_itile's one-vector tile is
-  held back by its broadcasts) the forward runs on row tiles that broadcast each input
-  value once for S outputs (fc_dtile). Forward, 1 thread, medians of interleaved runs
-  against the previous version of this file, and (after) the ratio of PyTorch 2.13's time
-  (oneDNN, 1 thread, same process) to ours: resnet20_s1 1.26x (1.31), s2 1.21x (0.96),
-  s3 1.13x (0.95), down 1.20x (1.25), lenet_c2 1.22x (1.02), vgg_c3 1.11x (0.97),
-  alexnet_c1 1.12x (0.97), lenet_c1 1.1-1.2x (1.5; memcpy in _im2col_sample), nin_1x1
-  1.0x (1.19); geometric mean of the ratios to PyTorch 1.11 (before: 0.97-1.03). The
-  comments at each piece give its share.
-* Memory is bounded: all scratch (columns, padded channels-last copies, Y_n^T, partial dWs,
-  the weights' own layout) stays within threads x one image's columns, issue 6's bound;
-  the batch's column matrix is never built. Each thread owns ONE buffer, reused for every
-  image it handles, holding at most a block of output rows of the columns (or of Y_n^T)
-  where a whole image's would not fit beside its other scratch (_rows_per_block); dW is
-  summed through a few partial buffers, or by output blocks where even one partial per
-  thread would not fit (see "dW in batch chunks, or in output blocks"). On 1 thread, the
-  channels-last layout of the weights can exceed the bound by its own size (resnet20_s3,
-  alexnet_c1's forward). Tested in tests/test_conv.py::test_im2col_memory_within_bound.
-  Before (stop 9), with a partial dW per batch chunk and a whole Y_n^T per thread,
-  resnet20_s3's backward held 8.7x the bound at 2 threads, alexnet_c1's forward 3.1x.
-* 1x1, stride 1, unpadded convolutions skip im2col: x[n] viewed as (C, H*W) already is
-  col_n (as Caffe's ``is_1x1_``), and dx[n] is dcol_n.
-* dW is a reduction over the batch. To get the same bits for any thread count, its order
-  depends only on the shapes: a FIXED set of batch chunks (``_n_chunks``), each with its own
-  partial dW, the partials added in chunk order; or, where a partial dW would not fit the
-  memory bound (K >= P*Q), blocks of dW that each thread sums image after image. See "dW in
-  batch chunks, or in output blocks" below.
-* No task's result depends on which thread runs it (a thread's column buffer is scratch,
-  fully rewritten per image), so the per-image and per-chunk loops use
-  ``schedule="dynamic"``: on a shared machine one thread often runs slower (another process
-  on its core), and a static split would make the whole call wait for it.
+Read it in this order:
+
+1. The classic path (the one to study): ``_im2col_sample`` builds one image's columns,
+   one GEMM per image gives Y_n (``_forward_sample``); backward, ``_backward_chunk``
+   accumulates dW^T and scatters dcol back with ``_col2im_sample``. It runs where the
+   runs S*C are short (lenet_c1: one channel) and, without building columns, for 1x1
+   stride-1 unpadded layers (x[n] viewed as (C, H*W) already is col_n).
+2. The tuned, channels-last path (``_forward_sample_hwc``, ``_backward_chunk_hwc``), eq.
+   (im2col.hwc): most layers. The products are in the orientations that keep the small
+   side (K channels) in registers; with the AVX-512 micro-kernel colT is never built (the
+   kernel reads each window in the padded image through an offset per output pixel).
+
+Threads and determinism. Forward: one image per task. Backward: dW is summed over fixed
+batch chunks in a fixed order (see "dW: fixed batch chunks" below), so every result is
+bitwise the same for any thread count, whichever thread runs which task.
+
+Memory (scratch beyond the outputs), in values; "columns" is one image's C*R*S x P*Q:
+  forward   threads x columns (plus Wr, the weights in the channels-last layout, K*C*R*S,
+            on one thread where it does not fit beside the padded image);
+  backward  threads x columns (a thread's padded image and block of columns), plus the
+            partial dWs of a round: the largest of threads x columns, threads x one dW
+            and 1 MiB, plus Wr (one dW).
+Tested in tests/test_conv.py::test_im2col_memory_within_bound.
+
+NaN and Inf: as the formula, 0 * NaN = NaN, padding included. The AVX-512 forward skips
+taps that fall in the zero padding; one pass over w first (``_all_finite``) keeps them
+where w holds NaN or Inf, so both backends give NaN exactly where the reference does.
+Measurements behind the choices here: docs/performance.md, "Convolution".
 """
 import numpy as np
 
@@ -69,515 +54,21 @@ from libc.string cimport memcpy
 from cython.parallel cimport prange, threadid
 
 from _blas cimport gemm_rm
+from _isa cimport FC_ISA_AVX512, fc_isa_level
 from _common cimport end_inside, first_inside, imax, out_size, threads_for_macs
 
-cdef extern from *:
-    """
-    /* fastconv small-GEMM micro-kernel (AVX-512, float32), see conv_im2col.pyx.
-     * C[M, N] (= or +=) A[M, KR] @ B[KR, N]: B and C row-major (ldb, ldc), A with any
-     * strides (a_rs between rows, a_cs between columns), so that A can be an operand read
-     * transposed without a copy. A register tile of MR rows x NV vectors of 16 columns of C
-     * is accumulated in registers over the whole reduction: per step kk, NV loads of B's
-     * row kk and MR broadcasts of A[m, kk] feed MR*NV fused multiply-adds, and nothing is
-     * packed or copied. On the 2-core Zen 4 VM this runs the resnet20 products at 98-115
-     * GFLOP/s on one core, about its FMA peak (2048^2 sgemm: ~103 in the same runs), where
-     * OpenBLAS, which packs the big operand for few uses of each element, gets 53-90.
-     * Compiled for AVX-512 with a target attribute and used only when the CPU has it
-     * (fc_avx512_ok), so the module still runs on any x86-64 or other CPU. */
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    #include <immintrin.h>
-    #include <string.h>
-    #define FC_TARGET __attribute__((target("avx512f,fma")))
-
-    static int fc_avx512_ok(void) { return __builtin_cpu_supports("avx512f"); }
-
-    #define FC_UNROLL _Pragma("GCC unroll 32")  /* unrolled: the tile lives in registers */
-    /* Step kk + u of fc_itile's reduction (Ar: run r of the windows, Br: its rows of B): NV
-     * vectors of B, MR broadcasts of A, MR * NV FMAs. fc_itile takes two steps per loop
-     * turn, so that each pixel's address (Ar + kk + offs[i]) is worked out once for two
-     * broadcasts: with one step per turn the integer work per FMA (indexing 12 or 16 pixel
-     * windows) kept the K = 16 and 32 tiles well under the FMA peak. Kernel alone, 1 core,
-     * GFLOP/s (% of a pure-FMA loop, 117): one step -> two per turn: 16 -> 16 channels
-     * 32 x 32: 91 (77%) -> 100 (85%); 32 -> 32 on 16 x 16: 103 (88%) -> 111 (95%);
-     * 64 -> 64 on 8 x 8: 112 -> 114; lenet_c2: 91 -> 101; resnet20_down: 98 -> 105. */
-    /* acc (MR x NV vectors) = 0 */
-    #define FC_ZERO(MR, NV)                                                                 \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++) acc[i][j] = _mm512_setzero_ps();
-    /* acc[i][j] += A_i * b[j]: row i's value of A (the expression A_I, which uses i)
-     * broadcast, times the NV vectors b of one row of B; the rank-1 step of every tile */
-    #define FC_RANK1(MR, NV, A_I)                                                           \
-        FC_UNROLL for (int i = 0; i < MR; i++) {                                            \
-            __m512 a = _mm512_set1_ps(A_I);                                                 \
-            FC_UNROLL for (int j = 0; j < NV; j++)                                          \
-                acc[i][j] = _mm512_fmadd_ps(a, b[j], acc[i][j]);                            \
-        }
-    #define FC_ISTEP(MR, NV, u)                                                               \
-        FC_UNROLL for (int j = 0; j < NV; j++)                                              \
-            b[j] = _mm512_maskz_loadu_ps(mask[j], Br + (kk + (u)) * ldb + 16 * j);          \
-        FC_RANK1(MR, NV, (Ar + kk)[offs[i] + (u)])
-    #define FC_TILE(MR, NV)                                                                 \
-    FC_TARGET static void fc_tile_##MR##_##NV(Py_ssize_t KR, const float *A, Py_ssize_t a_rs, \
-        Py_ssize_t a_cs, const float *B, Py_ssize_t ldb, int accumulate, float *C,           \
-        Py_ssize_t ldc, __mmask16 tail)                                                     \
-    {                                                                                       \
-        __m512 acc[MR][NV], b[NV];                                                          \
-        __mmask16 mask[NV];                                                                 \
-        FC_UNROLL for (int j = 0; j < NV; j++) mask[j] = j == NV - 1 ? tail : 0xFFFF;       \
-        FC_ZERO(MR, NV)                                                                     \
-        for (Py_ssize_t kk = 0; kk < KR; kk++) {                                            \
-            FC_UNROLL for (int j = 0; j < NV; j++)                                          \
-                b[j] = _mm512_maskz_loadu_ps(mask[j], B + kk * ldb + 16 * j);               \
-            FC_RANK1(MR, NV, A[i * a_rs + kk * a_cs])                                       \
-        }                                                                                   \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++) {                                        \
-                float *c = C + i * ldc + 16 * j;                                            \
-                __m512 v = acc[i][j];                                                       \
-                if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[j], c), v);    \
-                _mm512_mask_storeu_ps(c, mask[j], v);                                       \
-            }                                                                               \
-    }                                                                                       \
-    /* The same tile with A given indirectly (an "indirection buffer", as XNNPACK): row i  \
-     * of A is R runs of SC values, run r at A + offs[i] + r * seg. With A the padded      \
-     * channels-last image, offs the start of each output pixel's window and seg one image \
-     * row, this is the convolution itself, eq. (im2col.hwc), with no column matrix.  */   \
-    FC_TARGET static void fc_itile_##MR##_##NV(Py_ssize_t R, Py_ssize_t SC, Py_ssize_t seg, \
-        const float *A, const Py_ssize_t *offs, const float *B, Py_ssize_t ldb, float *C,   \
-        Py_ssize_t ldc, __mmask16 tail)                                                     \
-    {                                                                                       \
-        __m512 acc[MR][NV], b[NV];                                                          \
-        __mmask16 mask[NV];                                                                 \
-        FC_UNROLL for (int j = 0; j < NV; j++) mask[j] = j == NV - 1 ? tail : 0xFFFF;       \
-        FC_ZERO(MR, NV)                                                                     \
-        for (Py_ssize_t r = 0; r < R; r++) {                                                \
-            const float *Ar = A + r * seg, *Br = B + r * SC * ldb;                          \
-            Py_ssize_t kk = 0;                                                              \
-            for (; kk + 2 <= SC; kk += 2) {                                                 \
-                FC_ISTEP(MR, NV, 0) FC_ISTEP(MR, NV, 1)                                     \
-            }                                                                               \
-            for (; kk < SC; kk++) { FC_ISTEP(MR, NV, 0) }                                   \
-        }                                                                                   \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++)                                          \
-                _mm512_mask_storeu_ps(C + i * ldc + 16 * j, mask[j], acc[i][j]);            \
-    }                                                                                       \
-    /* B given indirectly: vector j of row kk of B at B + boffs[kk] + coff[j] (full        \
-     * vectors only). With B the padded channels-last image this reads colT in place.  */  \
-    FC_TARGET static void fc_btile_##MR##_##NV(Py_ssize_t KR, const float *A, Py_ssize_t a_rs, \
-        Py_ssize_t a_cs, const float *B, const Py_ssize_t *boffs, const Py_ssize_t *coff,    \
-        int accumulate, float *C, Py_ssize_t ldc)                                           \
-    {                                                                                       \
-        __m512 acc[MR][NV], b[NV];                                                          \
-        FC_ZERO(MR, NV)                                                                     \
-        for (Py_ssize_t kk = 0; kk < KR; kk++) {                                            \
-            const float *Bk = B + boffs[kk];                                                \
-            FC_UNROLL for (int j = 0; j < NV; j++) b[j] = _mm512_loadu_ps(Bk + coff[j]);    \
-            FC_RANK1(MR, NV, A[i * a_rs + kk * a_cs])                                       \
-        }                                                                                   \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++) {                                        \
-                float *c = C + i * ldc + 16 * j;                                            \
-                __m512 v = acc[i][j];                                                       \
-                if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(c), v);                   \
-                _mm512_storeu_ps(c, v);                                                     \
-            }                                                                               \
-    }                                                                                       \
-    /* C given indirectly and added to: vector j of row i at C + roffs[i] + coff[j] (full  \
-     * vectors only). Rows may overlap (neighbouring windows of one image): they are added \
-     * one after another, in program order, so overlapping sums stay exact and ordered. */ \
-    FC_TARGET static void fc_ctile_##MR##_##NV(Py_ssize_t KR, const float *A, Py_ssize_t a_rs, \
-        Py_ssize_t a_cs, const float *B, Py_ssize_t ldb, float *C, const Py_ssize_t *roffs, \
-        const Py_ssize_t *coff)                                                             \
-    {                                                                                       \
-        __m512 acc[MR][NV], b[NV];                                                          \
-        FC_ZERO(MR, NV)                                                                     \
-        for (Py_ssize_t kk = 0; kk < KR; kk++) {                                            \
-            FC_UNROLL for (int j = 0; j < NV; j++)                                          \
-                b[j] = _mm512_loadu_ps(B + kk * ldb + 16 * j);                              \
-            FC_RANK1(MR, NV, A[i * a_rs + kk * a_cs])                                       \
-        }                                                                                   \
-        FC_UNROLL for (int i = 0; i < MR; i++)                                              \
-            FC_UNROLL for (int j = 0; j < NV; j++) {                                        \
-                float *c = C + roffs[i] + coff[j];                                          \
-                _mm512_storeu_ps(c, _mm512_add_ps(_mm512_loadu_ps(c), acc[i][j]));          \
-            }                                                                               \
-    }
-    FC_TILE(16, 1) FC_TILE(8, 1) FC_TILE(4, 1) FC_TILE(2, 1) FC_TILE(1, 1)
-    FC_TILE(12, 2) FC_TILE(8, 2) FC_TILE(4, 2) FC_TILE(2, 2) FC_TILE(1, 2)
-    FC_TILE(8, 3) FC_TILE(4, 3) FC_TILE(2, 3) FC_TILE(1, 3)
-    FC_TILE(6, 4) FC_TILE(4, 4) FC_TILE(2, 4) FC_TILE(1, 4)
-
-    /* tiles for NV = 1..4 vectors, largest MR first (24 or fewer accumulators of 32 registers) */
-    static const int fc_mr[4][5] = {{16, 8, 4, 2, 1}, {12, 8, 4, 2, 1}, {8, 4, 2, 1, 0},
-                                    {6, 4, 2, 1, 0}};
-    #define FC_TABLE(P) {{P##16_1, P##8_1, P##4_1, P##2_1, P##1_1},                             \
-                         {P##12_2, P##8_2, P##4_2, P##2_2, P##1_2},                             \
-                         {P##8_3, P##4_3, P##2_3, P##1_3, 0}, {P##6_4, P##4_4, P##2_4, P##1_4, 0}}
-    typedef void (*fc_tile_fn)(Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t,
-                               const float *, Py_ssize_t, int, float *, Py_ssize_t, __mmask16);
-    typedef void (*fc_itile_fn)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
-                                const Py_ssize_t *, const float *, Py_ssize_t, float *,
-                                Py_ssize_t, __mmask16);
-    typedef void (*fc_btile_fn)(Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t,
-                                const float *, const Py_ssize_t *, const Py_ssize_t *, int,
-                                float *, Py_ssize_t);
-    typedef void (*fc_ctile_fn)(Py_ssize_t, const float *, Py_ssize_t, Py_ssize_t,
-                                const float *, Py_ssize_t, float *, const Py_ssize_t *,
-                                const Py_ssize_t *);
-    static const fc_tile_fn fc_tiles[4][5] = FC_TABLE(fc_tile_);
-    static const fc_itile_fn fc_itiles[4][5] = FC_TABLE(fc_itile_);
-    static const fc_btile_fn fc_btiles[4][5] = FC_TABLE(fc_btile_);
-    static const fc_ctile_fn fc_ctiles[4][5] = FC_TABLE(fc_ctile_);
-
-    /* Where vector j of the 64-column block at n0 starts, for columns n = r*SC + s*C + c
-     * stored as runs of SC values seg apart (SC a multiple of 16: a vector never straddles). */
-    static int fc_run_offsets(Py_ssize_t n0, Py_ssize_t N, Py_ssize_t SC, Py_ssize_t seg,
-                              Py_ssize_t coff[4])
-    {
-        int nv = (int)((N - n0 < 64 ? N - n0 : 64) / 16);
-        for (int j = 0; j < nv; j++)
-            coff[j] = ((n0 + 16 * j) / SC) * seg + (n0 + 16 * j) % SC;
-        return nv;
-    }
-
-    /* Columns n_begin <= n < N of dWr (M, N) (+)= A (M, KR) @ colT (KR, N), colT read in
-     * place from the padded image: row kk at B + boffs[kk], runs of SC values seg apart;
-     * n_begin a multiple of 64. Every tile sums each of its outputs in the same order (kk
-     * ascending, then added to C), so any split of dWr into blocks gives the same bits. */
-    static void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t n_begin, Py_ssize_t N, Py_ssize_t KR,
-                             const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B,
-                             const Py_ssize_t *boffs, Py_ssize_t SC, Py_ssize_t seg,
-                             int accumulate, float *C, Py_ssize_t ldc)
-    {
-        Py_ssize_t coff[4];
-        for (Py_ssize_t n0 = n_begin; n0 < N; n0 += 64) {
-            int nv = fc_run_offsets(n0, N, SC, seg, coff);
-            Py_ssize_t m0 = 0;
-            for (int t = 0; t < 5 && fc_mr[nv - 1][t] > 0; t++) {
-                int mr = fc_mr[nv - 1][t];
-                for (; m0 + mr <= M; m0 += mr)
-                    fc_btiles[nv - 1][t](KR, A + m0 * a_rs, a_rs, a_cs, B, boffs, coff,
-                                         accumulate, C + m0 * ldc + n0, ldc);
-            }
-        }
-    }
-
-    /* The padded image's gradient += A (M, KR) @ B (KR, N), i.e. dcolT added straight
-     * onto the windows it came from: row m at C + roffs[m], runs of SC values seg apart. */
-    static void fc_cgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float *A,
-                             Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B, Py_ssize_t ldb,
-                             float *C, const Py_ssize_t *roffs, Py_ssize_t SC, Py_ssize_t seg)
-    {
-        Py_ssize_t coff[4];
-        for (Py_ssize_t n0 = 0; n0 < N; n0 += 64) {
-            int nv = fc_run_offsets(n0, N, SC, seg, coff);
-            Py_ssize_t m0 = 0;
-            for (int t = 0; t < 5 && fc_mr[nv - 1][t] > 0; t++) {
-                int mr = fc_mr[nv - 1][t];
-                for (; m0 + mr <= M; m0 += mr)
-                    fc_ctiles[nv - 1][t](KR, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, C,
-                                         roffs + m0, coff);
-            }
-        }
-    }
-
-    /* Few output channels (K <= 16, one vector), stride 1 along the rows: in fc_itile each
-     * broadcast pixel value feeds one FMA only (NV = 1), and the broadcasts, not the FMAs,
-     * set the pace (its 16 x 1 tile ran at 85% of the FMA peak). Here a tile is M
-     * neighbouring outputs of one row, and the loop runs over the INPUT columns instead:
-     * each value xp[h, q0 + u, c], broadcast once, goes to the S outputs q = u - s that
-     * use it, with the S weight vectors w[:, c, r, s] held in registers. Per (r, c):
-     * M + S - 1 broadcasts and S loads for M * S FMAs (16 x 5: 20 + 5 for 80). Each output
-     * sums over r, then c, then s. Kernel alone, 1 core, GFLOP/s counting every tap,
-     * fc_itile -> fc_dtile (a pure-FMA loop: 117): 16 -> 16 channels 3x3 on 32 x 32:
-     * 102 -> 110; lenet_c2 (6 -> 16, 5x5, 10 x 10 outputs): 102 -> 106 (with tiles of 8 + 2
-     * per row instead of 10: 91, hence the 12 and 10); 3 -> 16 5x5 on 28 x 28: 100 -> 111.
-     * In conv2d_forward: lenet_c2 0.43 -> 0.35 ms, resnet20_s1 7.5 -> 6.7 ms. */
-    #define FC_DTILE(M, S)                                                                  \
-    FC_TARGET static void fc_dtile_##M##_##S(Py_ssize_t R, Py_ssize_t C, Py_ssize_t seg,  \
-        const float *A, const float *B, Py_ssize_t K, float *Y, __mmask16 kmask)            \
-    {                                                                                       \
-        __m512 acc[M], w[S];                                                                \
-        FC_UNROLL for (int i = 0; i < M; i++) acc[i] = _mm512_setzero_ps();                 \
-        for (Py_ssize_t r = 0; r < R; r++) {                                                \
-            const float *Ar = A + r * seg, *Br = B + r * S * C * K;                         \
-            for (Py_ssize_t c = 0; c < C; c++) {                                            \
-                FC_UNROLL for (int s = 0; s < S; s++)                                       \
-                    w[s] = _mm512_maskz_loadu_ps(kmask, Br + (s * C + c) * K);              \
-                FC_UNROLL for (int u = 0; u < M + S - 1; u++) {                             \
-                    __m512 a = _mm512_set1_ps(Ar[u * C + c]);                               \
-                    FC_UNROLL for (int s = 0; s < S; s++)                                   \
-                        if (u - s >= 0 && u - s < M)                                        \
-                            acc[u - s] = _mm512_fmadd_ps(a, w[s], acc[u - s]);              \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
-        FC_UNROLL for (int i = 0; i < M; i++) _mm512_mask_storeu_ps(Y + i * K, kmask, acc[i]); \
-    }
-    FC_DTILE(16, 3) FC_DTILE(12, 3) FC_DTILE(10, 3) FC_DTILE(8, 3) FC_DTILE(4, 3)
-    FC_DTILE(2, 3) FC_DTILE(1, 3)
-    FC_DTILE(16, 5) FC_DTILE(12, 5) FC_DTILE(10, 5) FC_DTILE(8, 5) FC_DTILE(4, 5)
-    FC_DTILE(2, 5) FC_DTILE(1, 5)
-    typedef void (*fc_dtile_fn)(Py_ssize_t, Py_ssize_t, Py_ssize_t, const float *,
-                                const float *, Py_ssize_t, float *, __mmask16);
-    static const int fc_dtile_m[7] = {16, 12, 10, 8, 4, 2, 1};
-    static const fc_dtile_fn fc_dtiles[2][7] = {
-        {fc_dtile_16_3, fc_dtile_12_3, fc_dtile_10_3, fc_dtile_8_3, fc_dtile_4_3, fc_dtile_2_3,
-         fc_dtile_1_3},
-        {fc_dtile_16_5, fc_dtile_12_5, fc_dtile_10_5, fc_dtile_8_5, fc_dtile_4_5, fc_dtile_2_5,
-         fc_dtile_1_5}};
-
-    /* Y_n^T (P*Q, K) for K <= 16, S = 3 or 5, column stride 1, by fc_dtile: each output row
-     * in tiles of 16, 12, 10, 8, 4, 2, 1 outputs; taps in the zero rows of the padding skipped (as
-     * in _forward_sample_hwc). xp (Hp, Wp, C) padded channels-last, wrT (R*S*C, K). */
-    static void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R,
-                             Py_ssize_t S, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t ph,
-                             Py_ssize_t H, Py_ssize_t Wp, const float *xp, const float *wrT,
-                             float *yT)
-    {
-        __mmask16 kmask = (__mmask16)(K >= 16 ? 0xFFFF : (1u << K) - 1);
-        const fc_dtile_fn *tiles = fc_dtiles[S == 5];
-        for (Py_ssize_t p = 0; p < P; p++) {
-            Py_ssize_t r0 = ph > p * sh ? ph - p * sh : 0;
-            Py_ssize_t r1 = H + ph - p * sh < R ? H + ph - p * sh : R;
-            Py_ssize_t nr = r1 > r0 ? r1 - r0 : 0;
-            const float *A = xp + (p * sh + r0) * Wp * C;
-            Py_ssize_t q0 = 0;
-            for (int t = 0; t < 7; t++)
-                for (int m = fc_dtile_m[t]; q0 + m <= Q; q0 += m)
-                    tiles[t](nr, C, Wp * C, A + q0 * C, wrT + r0 * S * C * K, K,
-                             yT + (p * Q + q0) * K, kmask);
-        }
-    }
-
-    /* Layout changes by 16 x 16 blocks transposed in registers (AVX-512F shuffles only):
-     * 16 row loads, 64 shuffles, 16 row stores per block, where a scalar loop pays one
-     * strided load and store per element. Partial blocks at the edges use masked loads
-     * and stores. They move data without arithmetic (the output's bias add is the same
-     * single float add as in the scalar loop), so results are bitwise those of the
-     * scalar code; measured in conv2d_forward, see _pad_hwc and _forward_sample_hwc. */
-    FC_TARGET static inline void fc_transpose16(__m512 r[16])
-    {   /* r[i][j] -> r[j][i]: rows interleaved by 32-bit, 64-bit, then 128-bit lanes */
-        __m512 t[16];
-        FC_UNROLL for (int i = 0; i < 16; i += 2) {
-            t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-            t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-        }
-        FC_UNROLL for (int i = 0; i < 16; i += 4) {   /* r[i + j], lane L: column 4L + j */
-            r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]),
-                                                       _mm512_castps_pd(t[i + 2])));
-            r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]),
-                                                           _mm512_castps_pd(t[i + 2])));
-            r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]),
-                                                           _mm512_castps_pd(t[i + 3])));
-            r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]),
-                                                           _mm512_castps_pd(t[i + 3])));
-        }
-        FC_UNROLL for (int j = 0; j < 4; j++) {
-            t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
-            t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
-            t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-            t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
-        }
-        FC_UNROLL for (int j = 0; j < 4; j++) {
-            r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-            r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
-            r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);
-            r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD);
-        }
-    }
-
-    static inline __mmask16 fc_mask(Py_ssize_t n)    /* the first min(n, 16) lanes */
-    {
-        return (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
-    }
-
-    /* xp (H + 2ph, W + 2pw, C) = x (C, H, W) channels-last, zero border: blocks of 16
-     * channels x 16 pixels, the pixels counted along the flattened image (h*W + w) so that
-     * narrow images (W = 8) still fill whole blocks; each transposed row (one pixel's 16
-     * channels) is stored at that pixel's place in the padded image. */
-    FC_TARGET static void fc_pad_hwc_f32(const float *x, float *xp, Py_ssize_t C, Py_ssize_t H,
-                                         Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw)
-    {
-        Py_ssize_t Wp = W + 2 * pw, HW = H * W;
-        memset(xp, 0, sizeof(float) * ph * Wp * C);
-        memset(xp + (ph + H) * Wp * C, 0, sizeof(float) * ph * Wp * C);
-        for (Py_ssize_t h = 0; h < H; h++) {
-            float *row = xp + (h + ph) * Wp * C;
-            memset(row, 0, sizeof(float) * pw * C);
-            memset(row + (pw + W) * C, 0, sizeof(float) * pw * C);
-        }
-        if (C == 3) {
-            /* RGB images: 16 pixels of the 3 planes a, b, c become 48 interleaved floats,
-             * each output vector by two permutes (16 x 16 blocks would be 13/16 empty):
-             * out[E] = plane E % 3 at pixel E / 3, first a or b, then c over it. */
-            __m512i jab[3], jc[3];
-            for (int v = 0; v < 3; v++) {
-                int iab[16], ic[16];
-                for (int e = 0; e < 16; e++) {
-                    int E = 16 * v + e, I = E / 3, j = E % 3;
-                    iab[e] = j == 1 ? 16 + I : I;        /* b or a (don't care for c) */
-                    ic[e] = j == 2 ? 16 + I : e;         /* c, or keep */
-                }
-                jab[v] = _mm512_loadu_si512(iab);
-                jc[v] = _mm512_loadu_si512(ic);
-            }
-            for (Py_ssize_t h = 0; h < H; h++) {
-                float *row = xp + ((h + ph) * Wp + pw) * 3;
-                const float *x0 = x + h * W;
-                for (Py_ssize_t w0 = 0; w0 < W; w0 += 16) {
-                    __mmask16 m = fc_mask(W - w0);
-                    __m512 a = _mm512_maskz_loadu_ps(m, x0 + w0);
-                    __m512 b = _mm512_maskz_loadu_ps(m, x0 + HW + w0);
-                    __m512 c = _mm512_maskz_loadu_ps(m, x0 + 2 * HW + w0);
-                    Py_ssize_t n = 3 * (W - w0 < 16 ? W - w0 : 16);   /* floats to store */
-                    for (int v = 0; v < 3 && 16 * v < n; v++) {
-                        __m512 ab = _mm512_permutex2var_ps(a, jab[v], b);
-                        _mm512_mask_storeu_ps(row + 3 * w0 + 16 * v, fc_mask(n - 16 * v),
-                                              _mm512_permutex2var_ps(ab, jc[v], c));
-                    }
-                }
-            }
-            return;
-        }
-        __m512 v[16];
-        for (Py_ssize_t c0 = 0; c0 < C; c0 += 16) {
-            __mmask16 cmask = fc_mask(C - c0);
-            for (Py_ssize_t i0 = 0; i0 < HW; i0 += 16) {
-                __mmask16 imask = fc_mask(HW - i0);
-                FC_UNROLL for (int j = 0; j < 16; j++)
-                    v[j] = c0 + j < C ? _mm512_maskz_loadu_ps(imask, x + (c0 + j) * HW + i0)
-                                      : _mm512_setzero_ps();
-                fc_transpose16(v);                   /* v[j]: pixel i0 + j, 16 channels */
-                Py_ssize_t h = i0 / W, w = i0 % W;
-                FC_UNROLL for (int j = 0; j < 16; j++) {
-                    if (i0 + j >= HW) break;
-                    _mm512_mask_storeu_ps(xp + ((h + ph) * Wp + w + pw) * C + c0, cmask, v[j]);
-                    if (++w == W) { w = 0; h++; }
-                }
-            }
-        }
-    }
-
-    /* dx (C, H, W) = the inside of dxp (H + 2ph, W + 2pw, C): fc_pad_hwc_f32 backwards. */
-    FC_TARGET static void fc_unpad_hwc_f32(const float *dxp, float *dx, Py_ssize_t C,
-                                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t ph,
-                                           Py_ssize_t pw)
-    {
-        Py_ssize_t Wp = W + 2 * pw, HW = H * W;
-        __m512 v[16];
-        for (Py_ssize_t c0 = 0; c0 < C; c0 += 16) {
-            __mmask16 cmask = fc_mask(C - c0);
-            for (Py_ssize_t i0 = 0; i0 < HW; i0 += 16) {
-                __mmask16 imask = fc_mask(HW - i0);
-                Py_ssize_t h = i0 / W, w = i0 % W;
-                FC_UNROLL for (int j = 0; j < 16; j++) {
-                    v[j] = i0 + j < HW ? _mm512_maskz_loadu_ps(
-                               cmask, dxp + ((h + ph) * Wp + w + pw) * C + c0)
-                                       : _mm512_setzero_ps();
-                    if (++w == W) { w = 0; h++; }
-                }
-                fc_transpose16(v);                   /* v[j]: channel c0 + j, 16 pixels */
-                FC_UNROLL for (int j = 0; j < 16; j++)
-                    if (c0 + j < C) _mm512_mask_storeu_ps(dx + (c0 + j) * HW + i0, imask, v[j]);
-            }
-        }
-    }
-
-    /* y (K, PQ) = yT (PQ, K) transposed, plus b[k] on row k. */
-    FC_TARGET static void fc_unpack_yT_f32(const float *yT, const float *b, float *y,
-                                           Py_ssize_t K, Py_ssize_t PQ, Py_ssize_t ldy)
-    {   /* y[k, i] (row stride ldy) = yT[i, k] + b[k] for PQ pixels i and K channels k */
-        __m512 v[16];
-        for (Py_ssize_t i0 = 0; i0 < PQ; i0 += 16) {
-            __mmask16 imask = fc_mask(PQ - i0);
-            for (Py_ssize_t k0 = 0; k0 < K; k0 += 16) {
-                __mmask16 kmask = fc_mask(K - k0);
-                FC_UNROLL for (int j = 0; j < 16; j++)
-                    v[j] = i0 + j < PQ ? _mm512_maskz_loadu_ps(kmask, yT + (i0 + j) * K + k0)
-                                       : _mm512_setzero_ps();
-                fc_transpose16(v);                   /* v[j]: channel k0 + j, 16 pixels */
-                FC_UNROLL for (int j = 0; j < 16; j++)
-                    if (k0 + j < K)
-                        _mm512_mask_storeu_ps(y + (k0 + j) * ldy + i0, imask,
-                                              _mm512_add_ps(v[j], _mm512_set1_ps(b[k0 + j])));
-            }
-        }
-    }
-
-    /* C (M, N) = A' (M, R*SC) @ B with A' given by the indirection of fc_itile. */
-    static void fc_igemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t R, Py_ssize_t SC,
-                             Py_ssize_t seg, const float *A, const Py_ssize_t *offs,
-                             const float *B, Py_ssize_t ldb, float *C, Py_ssize_t ldc)
-    {
-        for (Py_ssize_t n0 = 0; n0 < N; n0 += 64) {
-            Py_ssize_t width = N - n0 < 64 ? N - n0 : 64;
-            int nv = (int)((width + 15) / 16), rem = (int)(width - 16 * (nv - 1));
-            __mmask16 tail = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
-            Py_ssize_t m0 = 0;
-            for (int t = 0; t < 5 && fc_mr[nv - 1][t] > 0; t++) {
-                int mr = fc_mr[nv - 1][t];
-                for (; m0 + mr <= M; m0 += mr)
-                    fc_itiles[nv - 1][t](R, SC, seg, A, offs + m0, B + n0, ldb,
-                                         C + m0 * ldc + n0, ldc, tail);
-            }
-        }
-    }
-
-    /* The whole product: columns of C in blocks of up to 64 (4 vectors), rows in tiles of
-     * the largest MR that fits, the remainder in smaller tiles. */
-    static void fc_gemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float *A,
-                            Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B, Py_ssize_t ldb,
-                            int accumulate, float *C, Py_ssize_t ldc)
-    {
-        for (Py_ssize_t n0 = 0; n0 < N; n0 += 64) {
-            Py_ssize_t width = N - n0 < 64 ? N - n0 : 64;
-            int nv = (int)((width + 15) / 16), rem = (int)(width - 16 * (nv - 1));
-            __mmask16 tail = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
-            Py_ssize_t m0 = 0;
-            for (int t = 0; t < 5 && fc_mr[nv - 1][t] > 0; t++) {
-                int mr = fc_mr[nv - 1][t];
-                for (; m0 + mr <= M; m0 += mr)
-                    fc_tiles[nv - 1][t](KR, A + m0 * a_rs, a_rs, a_cs, B + n0, ldb, accumulate,
-                                        C + m0 * ldc + n0, ldc, tail);
-            }
-        }
-    }
-    #else
-    static int fc_avx512_ok(void) { return 0; }
-    static void fc_pad_hwc_f32(const float *x, float *xp, Py_ssize_t C, Py_ssize_t H,
-                               Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) {}
-    static void fc_unpad_hwc_f32(const float *dxp, float *dx, Py_ssize_t C, Py_ssize_t H,
-                                 Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) {}
-    static void fc_unpack_yT_f32(const float *yT, const float *b, float *y, Py_ssize_t K,
-                                 Py_ssize_t PQ, Py_ssize_t ldy) {}
-    static void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R,
-                             Py_ssize_t S, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t ph,
-                             Py_ssize_t H, Py_ssize_t Wp, const float *xp, const float *wrT,
-                             float *yT) {}
-    static void fc_gemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float *A,
-                            Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B, Py_ssize_t ldb,
-                            int accumulate, float *C, Py_ssize_t ldc) {}
-    static void fc_igemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t R, Py_ssize_t SC,
-                             Py_ssize_t seg, const float *A, const Py_ssize_t *offs,
-                             const float *B, Py_ssize_t ldb, float *C, Py_ssize_t ldc) {}
-    static void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t n_begin, Py_ssize_t N, Py_ssize_t KR,
-                             const float *A, Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B,
-                             const Py_ssize_t *boffs, Py_ssize_t SC, Py_ssize_t seg,
-                             int accumulate, float *C, Py_ssize_t ldc) {}
-    static void fc_cgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float *A,
-                             Py_ssize_t a_rs, Py_ssize_t a_cs, const float *B, Py_ssize_t ldb,
-                             float *C, const Py_ssize_t *roffs, Py_ssize_t SC, Py_ssize_t seg) {}
-    #endif
-    """
-    int fc_avx512_ok() noexcept nogil
+# The float32 AVX-512 pieces, in C (intrinsics): headers under src_pyx/include/, each
+# starting with how it is built. Used only where fc_isa_level() says AVX-512.
+cdef extern from "fc_conv_pack.h":
     void fc_pad_hwc_f32(const float* x, float* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                         Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
     void fc_unpad_hwc_f32(const float* dxp, float* dx, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                           Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
     void fc_unpack_yT_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
                           Py_ssize_t PQ, Py_ssize_t ldy) noexcept nogil
+
+
+cdef extern from "fc_conv_microkernel.h":
     void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S,
                       Py_ssize_t C, Py_ssize_t sh, Py_ssize_t ph, Py_ssize_t H, Py_ssize_t Wp,
                       const float* xp, const float* wrT, float* yT) noexcept nogil
@@ -596,37 +87,10 @@ cdef extern from *:
                       const Py_ssize_t* roffs, Py_ssize_t SC, Py_ssize_t seg) noexcept nogil
 
 
-cdef extern from *:
-    """
-    /* Atomics (sequentially consistent) for the ordered hand-in of partial dWs between
-     * OpenMP threads (see _hand_in): Cython's prange has no `ordered` clause. */
-    #include <sched.h>
-    static Py_ssize_t fc_load(const Py_ssize_t *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
-    static void fc_store(Py_ssize_t *p, Py_ssize_t v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
-    static int fc_try_lock(Py_ssize_t *lock)
-    {
-        return __atomic_exchange_n(lock, 1, __ATOMIC_SEQ_CST) == 0;
-    }
-    /* A waiter's pause; now and then it yields its core, which on a busy machine the
-     * thread it waits for may need. */
-    static void fc_pause(long spins)
-    {
-    #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-    #endif
-        if (spins % 1024 == 1023) sched_yield();
-    }
-    """
-    Py_ssize_t fc_load(const Py_ssize_t* p) noexcept nogil
-    void fc_store(Py_ssize_t* p, Py_ssize_t v) noexcept nogil
-    int fc_try_lock(Py_ssize_t* lock) noexcept nogil
-    void fc_pause(long spins) noexcept nogil
-
-
 _INT_MAX = 2**31 - 1                   # BLAS sizes are C ints
 _MAX_CHUNKS = 16                       # batch chunks of the dW reduction (parallelism of it)
-_PARTIALS_BYTES = 64 * 2**20           # ... fewer where 16 partial dWs would exceed this
-DEF _BLAS_BLOCK_ROWS = 32             # rows of dW per output block on BLAS (fixed: the bits)
+_PARTIALS_BYTES = 64 * 2**20           # ... fewer where adding 16 partial dWs would cost more
+_ROUND_BYTES = 2**20                   # partial dWs a round may hold beyond threads x columns
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
 DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
 DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
@@ -634,7 +98,7 @@ DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the 
 
 # --------------------------------------------------------------------------- small GEMMs
 
-cdef bint _use_microkernel = fc_avx512_ok() != 0      # float32 products by the micro-kernel
+cdef bint _use_microkernel = fc_isa_level() >= FC_ISA_AVX512  # float32 products on it
 
 
 def _microkernel_in_use():
@@ -648,7 +112,7 @@ def _set_microkernel(bint on):
     differ in rounding, so it is a process-wide switch, never chosen per call."""
     global _use_microkernel
     previous = _use_microkernel
-    _use_microkernel = on and fc_avx512_ok() != 0
+    _use_microkernel = on and fc_isa_level() >= FC_ISA_AVX512
     return previous
 
 
@@ -658,13 +122,9 @@ cdef void _gemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const floating*
     """C (M, N) = A (M, KR) @ B (KR, N), or += with ``accumulate``; B and C row-major, A read
     through strides: a_cs == 1 (row-major, lda = a_rs) or a_rs == 1 (A^T row-major, lda = a_cs).
 
-    These convolution products have one small side (K = 16..64 channels) and OpenBLAS runs
-    them at 50-90 GFLOP/s, as it packs (copies) the big operand for few uses of each element.
-    The micro-kernel reads both operands in place and keeps its tile of C in registers:
-    float32, 1 thread, GFLOP/s BLAS -> micro-kernel, forward / dW / dcol^T products:
-    16->16 on 32x32: 84 / 53 / 73 -> 98 / 102 / 100; 32->32 on 16x16: 93 / 70 / 86 ->
-    107 / 112 / 107; 64->64 on 8x8: 81 / 87 / 84 -> 115 / 111 / 111; lenet_c2: 113 / 106 /
-    98 -> 101 / 103 / 92 (a small loss there, kept for one simple rule).
+    These products have one small side (K channels), where BLAS packs (copies) the big
+    operand for few uses of each element; the AVX-512 micro-kernel (float32) reads both in
+    place and keeps its tile of C in registers. Elsewhere BLAS.
     """
     if floating is float:
         if _use_microkernel:
@@ -677,10 +137,6 @@ cdef void _gemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const floating*
     else:                                                    # a_rs == 1: A^T is row-major
         gemm_rm(True, False, <int>M, <int>N, <int>KR, 1, A, <int>imax(a_cs, M), B,
                 <int>ldb, 1 if accumulate else 0, C, <int>ldc)
-
-
-# --------------------------------------------------------------------------- index helpers
-
 
 
 # --------------------------------------------------------------------------- im2col / col2im
@@ -729,9 +185,7 @@ cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ss
                         for q in range(q_lo, q_hi):
                             dst[q] = x_row[q * sw + off]
                     elif q_hi > q_lo:
-                        # memcpy: libc's copy at full vector width; the loop it replaces,
-                        # vectorised by gcc with 16-byte moves, took 1.2x longer for
-                        # lenet_c1's forward (and swung with code alignment)
+                        # memcpy: libc copies at full vector width (gcc's loop: 16 bytes)
                         memcpy(dst + q_lo, x_row + q_lo + off,
                                (q_hi - q_lo) * sizeof(floating))
                     for q in range(q_hi, Q):
@@ -771,16 +225,13 @@ cdef void _col2im_sample(const floating* col, floating* dx_n, Py_ssize_t C, Py_s
 # ------------------------------------------------- channels-last patches (the "hwc" path)
 #
 # OpenBLAS is fast on these small-K GEMMs only when the big column matrix is its streamed B
-# operand with the reduction axis contiguous, i.e. stored as col^T (PQ, CRS): measured, 1
-# thread, float32, GFLOP/s for Y = W @ col with col stored (CRS, PQ) -> col^T (PQ, CRS):
-# 16->16 3x3 on 32x32: 53 -> 82; 32->32 on 16x16: 71 -> 91; 16->32 stride 2: 70 -> 88;
-# 64->64 on 8x8: 83 -> 83; and dcol^T = dY^T @ W against dcol = W^T @ dY: 51 -> 76 for 16
-# channels. Building col^T element by element would be a slow strided scatter, but if the
+# operand with the reduction axis contiguous, i.e. stored as col^T (PQ, CRS) (figures in
+# docs/performance.md). Building col^T element by element would be a slow strided scatter, but if the
 # reduction axis is ordered (r, s, c) instead of (c, r, s) and the image is first copied to
 # channels-last (H, W, C) with its zero padding, every (p, q, r) of col^T is ONE contiguous
 # run of S*C values, copied with vectorised loads and stores:
 #
-# (im2col.hwc)  xp[h + ph, w + pw, c] = x[n, c, h, w]     (0 in the border)
+# (im2col.hwc)  xp[ih + ph, iw + pw, c] = x[n, c, ih, iw]     (0 in the border)
 #               colT[p*Q + q, (r*S + s)*C + c] = xp[p*sh + r, q*sw + s, c]
 #               Y_n^T (PQ, K) = colT (PQ, CRS) @ Wr^T,  Wr[k, (r*S + s)*C + c] = w[k, c, r, s]
 #
@@ -793,15 +244,11 @@ cdef void _pad_hwc(const floating* x_n, floating* xp, Py_ssize_t C, Py_ssize_t H
                    Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """xp (H + 2ph, W + 2pw, C) = x_n (C, H, W) moved to channels-last, zero border.
 
-    float32 with AVX-512: fc_pad_hwc_f32, by 16 x 16 blocks transposed in registers (the
-    scalar transpose below stores with a stride of C floats); 3 channels by permutes instead
-    (13 of the 16 rows of a block would be empty): alexnet_c1's forward 0.84 -> 0.74 ms,
-    where the scalar loop took 12% of it; 1 or 2 channels by the loop. With
-    fc_unpack_yT_f32, forward / backward (with fc_unpad_hwc_f32): resnet20_s1 1.07x /
-    1.08x, s2 1.12x / 1.09x, s3 1.03x / 1.03x, down 1.14x / 1.16x, vgg_c3 1.08x / 1.05x;
-    this copy went from 10% to 3% of resnet20_s2's forward (profile).
+    float32 with AVX-512: fc_pad_hwc_f32 (include/fc_conv_pack.h), by 16 x 16 blocks
+    transposed in registers, since the scalar transpose below stores with a stride of C
+    floats; 1 or 2 channels by the loop.
     """
-    cdef Py_ssize_t Wp = W + 2 * pw, h, w, c, i
+    cdef Py_ssize_t Wp = W + 2 * pw, ih, iw, c, i
     cdef floating* row
     if floating is float:
         if _use_microkernel and C >= 3:
@@ -810,14 +257,14 @@ cdef void _pad_hwc(const floating* x_n, floating* xp, Py_ssize_t C, Py_ssize_t H
     for i in range(ph * Wp * C):                                # top and bottom border rows
         xp[i] = 0
         xp[(ph + H) * Wp * C + i] = 0
-    for h in range(H):
-        row = xp + (h + ph) * Wp * C
+    for ih in range(H):
+        row = xp + (ih + ph) * Wp * C
         for i in range(pw * C):                                 # left and right border
             row[i] = 0
             row[(pw + W) * C + i] = 0
         for c in range(C):                                      # a (C, W) -> (W, C) transpose
-            for w in range(W):
-                row[(w + pw) * C + c] = x_n[(c * H + h) * W + w]
+            for iw in range(W):
+                row[(iw + pw) * C + c] = x_n[(c * H + ih) * W + iw]
 
 
 cdef void _patches_hwc(const floating* xp, floating* colT, Py_ssize_t C, Py_ssize_t Wp,
@@ -859,17 +306,17 @@ cdef void _unpad_hwc(const floating* dxp, floating* dx_n, Py_ssize_t C, Py_ssize
                      Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """dx_n (C, H, W) = the inside of dxp (H + 2ph, W + 2pw, C), back to channels-first (the
     border held gradients of padding zeros, dropped). float32 with AVX-512: fc_unpad_hwc_f32."""
-    cdef Py_ssize_t Wp = W + 2 * pw, h, w, c
+    cdef Py_ssize_t Wp = W + 2 * pw, ih, iw, c
     cdef const floating* row
     if floating is float:
         if _use_microkernel and C >= 4:
             fc_unpad_hwc_f32(dxp, dx_n, C, H, W, ph, pw)
             return
-    for h in range(H):                           # row by row: each (W, C) block stays in L1
-        row = dxp + ((h + ph) * Wp + pw) * C
+    for ih in range(H):                           # row by row: each (W, C) block stays in L1
+        row = dxp + ((ih + ph) * Wp + pw) * C
         for c in range(C):
-            for w in range(W):
-                dx_n[(c * H + h) * W + w] = row[w * C + c]
+            for iw in range(W):
+                dx_n[(c * H + ih) * W + iw] = row[iw * C + c]
 
 
 def _window_starts(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Wp,
@@ -894,12 +341,8 @@ cdef bint _in_place_runs(Py_ssize_t C, Py_ssize_t S) noexcept nogil:
 cdef bint _use_hwc(Py_ssize_t C, Py_ssize_t S, bint is_1x1, bint fwd_mk) noexcept nogil:
     """The channels-last path, unless there are no columns to build (1x1) or its contiguous
     runs of S*C values are too short to pay (lenet_c1, S*C = 5). ``fwd_mk``: the float32
-    forward pass on the micro-kernel, which reads the windows in place and pays from
-    S*C = 9 on: alexnet_c1 (3 channels, 3x3, stride 2) 1.13x the classic path (BLAS) with
-    the RGB copy of fc_pad_hwc_f32 (about 1.0x before it), 3 channels 3x3 stride 1: 1.10x,
-    2 channels 5x5: 1.27x, 4 channels 3x3: 1.22x (before fc_dtile, which adds to these). Not the
-    float64 forward (BLAS on colT: 0.79x for alexnet_c1) nor the backward (0.70x for 2
-    channels 5x5 -> 16, 0.86x for 4 channels 3x3 -> 32), which keep _HWC_MIN_RUN."""
+    forward pass on the micro-kernel, which reads the windows in place, pays from S*C = 9
+    on; BLAS, and the backward, from _HWC_MIN_RUN (docs/performance.md)."""
     return not is_1x1 and S * C >= (_HWC_MIN_RUN_FWD_MK if fwd_mk else _HWC_MIN_RUN)
 
 
@@ -923,7 +366,7 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
         for k in range(K):
             for i in range(PQ):
                 y_n[k * PQ + i] = b[k]
-    if is_1x1:      # x[n] as (C, H*W) is col_n already; the micro-kernel: 1.28x for nin_1x1
+    if is_1x1:      # x[n] as (C, H*W) is col_n already
         _gemm_small(K, PQ, CRS, &w[0, 0, 0, 0], CRS, 1, &x[n, 0, 0, 0], PQ, has_bias, y_n,
                     PQ)
         return
@@ -932,8 +375,8 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
         p1 = min(p0 + rows, P)
         PQb = <int>((p1 - p0) * Q)
         _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
-        # Y_b (K, PQb) (+)= W @ col_b, in place in y[n] (row stride PQ). BLAS: the
-        # micro-kernel was 10% slower with few taps (lenet_c1, C*R*S = 25)
+        # Y_b (K, PQb) (+)= W @ col_b, in place in y[n] (row stride PQ). BLAS even with
+        # AVX-512: with few taps (lenet_c1, C*R*S = 25) the micro-kernel was slower
         gemm_rm(False, False, <int>K, PQb, CRS, 1, &w[0, 0, 0, 0], CRS, col, PQb, beta,
                 y_n + p0 * Q, PQ)
 
@@ -953,7 +396,8 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                               const floating[::1] b, const Py_ssize_t[::1] offs,
                               floating[:, :, :, ::1] y, floating* work, Py_ssize_t n,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows,
+                              bint skip_zero_taps) noexcept nogil:
     """Y_n = (colT @ Wr^T)^T + b by eq. (im2col.hwc); wrT is Wr^T (R*S*C, K).
 
     By blocks of ``rows`` output rows (see _rows_per_block), each computed as Y_b^T
@@ -976,7 +420,8 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
         b0 = blk * rows
         b1 = min(b0 + rows, P)
         PQb = (b1 - b0) * Q
-        if floating is float and _use_microkernel and K <= 16 and sw == 1 and (S == 3 or S == 5):
+        if (floating is float and _use_microkernel and skip_zero_taps and K <= 16 and sw == 1
+                and (S == 3 or S == 5)):
             # few output channels: tiles along the output rows, fc_dtile (see its comment);
             # the block's rows as an image of b1 - b0 rows starting b0*sh rows down xp
             fc_dconv_f32(b1 - b0, Q, K, R, S, C, sh, ph - b0 * sh, H, Wp,
@@ -984,17 +429,19 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
         elif floating is float and _use_microkernel:
             # Output rows p whose windows reach into the zero rows above or below the image
             # skip those taps: only r0 <= r < r1 is summed (runs of zeros add nothing). The
-            # rows with the same range go in one call; all the inner rows in one. Saves 1/R
-            # of the products of the first and last rows: 8% of resnet20_s3's (8 x 8), 4% of
-            # s2's. (They are exact zeros, so y keeps its bits but for the sign of a zero sum.)
+            # rows with the same range go in one call; all the inner rows in one. Exact for
+            # finite weights (y keeps its bits but for the sign of a zero sum); with NaN or
+            # Inf in w, skip_zero_taps is off and every tap is summed (0 * NaN = NaN).
             p0 = b0
             while p0 < b1:
-                r0 = _first_tap(p0, sh, ph)
-                r1 = _end_tap(p0, sh, ph, H, R)
-                p1 = p0 + 1
-                while (p1 < b1 and _first_tap(p1, sh, ph) == r0
-                       and _end_tap(p1, sh, ph, H, R) == r1):
-                    p1 += 1
+                r0, r1, p1 = 0, R, b1            # all taps (non-finite weights: see below)
+                if skip_zero_taps:
+                    r0 = _first_tap(p0, sh, ph)
+                    r1 = _end_tap(p0, sh, ph, H, R)
+                    p1 = p0 + 1
+                    while (p1 < b1 and _first_tap(p1, sh, ph) == r0
+                           and _end_tap(p1, sh, ph, H, R) == r1):
+                        p1 += 1
                 fc_igemm_f32((p1 - p0) * Q, K, r1 - r0 if r1 > r0 else 0, SC, Wp * C,
                              xp + r0 * Wp * C, &offs[p0 * Q], &wrT[0, 0] + r0 * SC * K, K,
                              yT + (p0 - b0) * Q * K, K)
@@ -1008,7 +455,6 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                 fc_unpack_yT_f32(yT, &b[0], y_n + b0 * Q, K, PQb, PQ)
                 continue
         # in blocks of _TBLOCK rows of Y_b^T, which stay in L1 while they are read K times
-        # (3.3 -> 0.5 ms for resnet20_s1 unblocked/blocked)
         for i0 in range(0, PQb, _TBLOCK):
             i1 = i0 + _TBLOCK if i0 + _TBLOCK < PQb else PQb
             for k in range(K):
@@ -1016,8 +462,10 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                     y_n[k * PQ + b0 * Q + i] = yT[i * K + k] + b[k]
 
 
-def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w, b,
-                   stride, padding, int n_threads):
+def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                   const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
+                   b,                                  # IN (K,) or None
+                   stride, padding, int n_threads):    # returns y, OUT (N, K, P, Q)
     """Convolution (cross-correlation, as PyTorch) by im2col + GEMM, eqs. (im2col), (conv.fwd).
 
     Parameters
@@ -1072,11 +520,15 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     cdef const Py_ssize_t[::1] offs = offs_arr
     cdef floating[:, :, :, ::1] y = y_arr
     cdef floating[:, ::1] col = col_arr
+    cdef bint skip_zero_taps = True
     with nogil:
         if hwc:
+            if floating is float and _use_microkernel:
+                # skipping the padding's taps is exact only for finite weights (0 * NaN = NaN)
+                skip_zero_taps = _all_finite(&w[0, 0, 0, 0], K * C * R * S)
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample_hwc(x, wrT, bv, offs, y, &col[threadid(), 0], n, R, S, sh, sw,
-                                    ph, pw, rows)
+                                    ph, pw, rows, skip_zero_taps)
         else:
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample(x, w, bv, y, &col[threadid(), 0], n, is_1x1, has_bias,
@@ -1086,13 +538,17 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
 
 # --------------------------------------------------------------------------- backward
 
-cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                          const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
-                          floating* dw_part, floating* col, Py_ssize_t n_begin,
-                          Py_ssize_t n_end, bint is_1x1, bint need_dx, Py_ssize_t sh,
+cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
+                          const floating[:, :, :, ::1] x,    # IN (N, C, H, W)
+                          const floating[:, :, :, ::1] w,    # IN (K, C, R, S)
+                          floating* dx,                      # OUT (N, C, H, W), or NULL
+                          floating* dw_part,                 # OUT (C*R*S, K): dW^T
+                          floating* col,                     # scratch
+                          Py_ssize_t n_begin, Py_ssize_t n_end, bint is_1x1, Py_ssize_t sh,
                           Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                           Py_ssize_t rows) noexcept nogil:
-    """Images n_begin <= n < n_end: dx[n], and their partial dW^T = sum_n col_n @ dY_n^T.
+    """Images n_begin <= n < n_end: dx[n] (unless dx is NULL), and their partial
+    dW^T = sum_n col_n @ dY_n^T.
 
     Per image and block of ``rows`` output rows (so that ``col`` holds only part of an
     image's columns where a whole one would overflow the memory bound, see
@@ -1106,18 +562,19 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, 
     cdef int CRS = <int>(C * R * S), PQ = <int>(P * Q), Ki = <int>K, PQb
     cdef const floating* dy_n
     cdef const floating* w_mat = &w[0, 0, 0, 0]
-    cdef floating* dx_n
+    cdef floating* dx_n = NULL
     for n in range(n_begin, n_end):
         dy_n = &dy[n, 0, 0, 0]                               # dY_n: (K, PQ)
+        if dx != NULL:
+            dx_n = dx + n * C * H * W
         if is_1x1:
             # dW_part^T (C, K) += x_n (C, HW) @ dY_n^T (HW, K): x[n] is col_n; see below
             gemm_rm(False, True, CRS, Ki, PQ, 1, &x[n, 0, 0, 0], PQ, dy_n, PQ,
                     0 if n == n_begin else 1, dw_part, Ki)
-            if need_dx:     # dx[n] (C, HW) = W^T (C, K) @ dY_n (K, HW): no col2im needed
-                _gemm_small(CRS, PQ, Ki, w_mat, 1, CRS, dy_n, PQ, False, &dx[n, 0, 0, 0], PQ)
+            if dx_n != NULL:    # dx[n] (C, HW) = W^T (C, K) @ dY_n (K, HW): no col2im needed
+                _gemm_small(CRS, PQ, Ki, w_mat, 1, CRS, dy_n, PQ, False, dx_n, PQ)
             continue
-        dx_n = &dx[n, 0, 0, 0]
-        if need_dx:
+        if dx_n != NULL:
             for i in range(C * H * W):
                 dx_n[i] = 0
         for b in range((P + rows - 1) // rows):             # blocks of output rows
@@ -1127,22 +584,24 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy, const floating[:, :, 
             _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
             # dW_part^T (CRS, K) += col_b (CRS, PQb) @ dY_b^T (PQb, K), the first block of the
             # first image overwrites. The transpose of dW, because in this orientation BLAS
-            # streams the big col_b as its B operand and packs only the small dY_b, where
-            # dW = dY @ col^T made it re-pack col for K = 16..64 outputs only: 2.2x faster
-            # for 16 channels (30 -> 69 GFLOP/s), 1.3x for 32.
+            # streams the big col_b as its B operand and packs only the small dY_b.
             gemm_rm(False, True, CRS, Ki, PQb, 1, col, PQb, dy_n + p0 * Q, PQ,
                     0 if n == n_begin and p0 == 0 else 1, dw_part, Ki)
-            if need_dx:
+            if dx_n != NULL:
                 # dcol_b (CRS, PQb) = W^T (CRS, K) @ dY_b (K, PQb), scatter-added into dx[n]
                 gemm_rm(True, False, CRS, PQb, Ki, 1, w_mat, CRS, dy_n + p0 * Q, PQ, 0, col,
                         PQb)
                 _col2im_sample(col, dx_n, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
 
 
-cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                              const floating[:, ::1] wr, const Py_ssize_t[::1] offs,
-                              floating[:, :, :, ::1] dx, floating* dwr_part, floating* work,
-                              Py_ssize_t n_begin, Py_ssize_t n_end, bint need_dx,
+cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q)
+                              const floating[:, :, :, ::1] x,   # IN (N, C, H, W)
+                              const floating[:, ::1] wr,        # IN (K, R*S*C): Wr
+                              const Py_ssize_t[::1] offs,       # IN (P*Q,) window starts
+                              floating* dx,                     # OUT (N, C, H, W), or NULL
+                              floating* dwr_part,               # OUT (K, R*S*C)
+                              floating* work,                   # scratch
+                              Py_ssize_t n_begin, Py_ssize_t n_end,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
     """As _backward_chunk in the channels-last layout of eq. (im2col.hwc); wr is Wr (K, RSC).
@@ -1169,9 +628,9 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
             # dWr_part (K, RSC) += dY_n (K, PQ) @ colT (PQ, RSC), colT read inside xp
             fc_bgemm_f32(K, 0, CRS, PQ, dy_n, PQ, 1, xp, &offs[0], S * C, Wp * C,
                          n != n_begin, dwr_part, CRS)
-            if need_dx:                                      # xp becomes its gradient
-                _dx_sample_in_place(dy_n, &wr[0, 0], &offs[0], xp, &dx[n, 0, 0, 0], C, H, W,
-                                    K, R, S, PQ, ph, pw)
+            if dx != NULL:                                   # xp becomes its gradient
+                _dx_sample_in_place(dy_n, &wr[0, 0], &offs[0], xp, dx + n * C * H * W, C, H,
+                                    W, K, R, S, PQ, ph, pw)
             continue
         # dWr_part (K, RSC) += dY_b (K, PQb) @ colT_b (PQb, RSC) block by block (the first
         # block of the first image overwrites)
@@ -1181,9 +640,9 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy, const floating[:,
             _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, p0, p1)
             _gemm_small(K, CRS, (p1 - p0) * Q, dy_n + p0 * Q, PQ, 1, colT, CRS,
                         n != n_begin or p0 != 0, dwr_part, CRS)
-        if need_dx:                                          # xp becomes its gradient
-            _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, &dx[n, 0, 0, 0], C, H, W, K, R, S, P,
-                           Q, sh, sw, ph, pw, rows)
+        if dx != NULL:                                       # xp becomes its gradient
+            _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, dx + n * C * H * W, C, H, W, K, R, S,
+                           P, Q, sh, sw, ph, pw, rows)
 
 
 cdef void _dx_sample_hwc(const floating* dy_n, const floating* wr, floating* dxp,
@@ -1222,26 +681,16 @@ cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr,
     _unpad_hwc(dxp, dx_n, C, H, W, ph, pw)
 
 
-# ------------------------------------------------ dW in batch chunks, or in output blocks
+# --------------------------------------------------------------- dW: fixed batch chunks
 #
-# The dW reduction runs in one of two ways, chosen from the shapes only (so the bits never
-# depend on the thread count), both holding far less than a partial dW per chunk:
-#
-# * Batch chunks (most layers: dW is small next to one image's columns, K < P*Q). The
-#   batch is cut into a fixed set of chunks (_n_chunks), each a task for one thread. Where
-#   every chunk's partial dW fits in memory beside the threads' scratch, they are summed at
-#   the end, in chunk order. Otherwise the partials go to as many buffers ("slots") as fit,
-#   and are added to the total in chunk order as they complete, by whichever thread gets
-#   there (_hand_in); a thread waits only when the slot for its next chunk still holds a
-#   partial not yet added. Either way dw = ((p_0 + p_1) + p_2) + ...: the fixed chunks keep
-#   the bits. The total lives in dw itself, in the partials' layout, and is moved to w's
-#   layout at the end.
-# * Output blocks (channels-last path, where even one partial per thread would not fit the
-#   bound "threads x one image's columns": deep layers with K >= P*Q, e.g. resnet20_s3, 64
-#   channels on 8 x 8). No partials: each thread owns blocks of dWr (K, RSC) and adds every
-#   image's product to them, image after image. The images are padded once, a group at a
-#   time, into a buffer the threads share; dx follows, image by image. (The channels-first
-#   path, S*C < 16, has no such mode: such a layer would keep a partial per thread.)
+# dW is a sum over the batch. For the same bits on any thread count its order depends on
+# the shapes only: the batch is cut into G fixed chunks (_n_chunks), and
+#     dW = ((part_0 + part_1) + part_2) + ... + part_{G-1},   part_g = sum over chunk g.
+# The chunks run in rounds of B (a function of the shapes and the thread count T: as many
+# partial dWs as fit in T images' columns or in 1 MiB, at least T): in each round every chunk goes to
+# its own buffer, whichever thread computes it, then the round's partials are added to dW
+# in chunk order, in parallel over dW's rows (each element still adds them in chunk
+# order). No locks, no thread waits on another's progress but at the end of a round.
 
 cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexcept nogil:
     """total += part, elementwise (size values)."""
@@ -1279,52 +728,6 @@ def _n_chunks(Py_ssize_t N, Py_ssize_t dw_bytes):
     return int(max(1, min(N, _MAX_CHUNKS, _PARTIALS_BYTES // max(dw_bytes, 1))))
 
 
-cdef struct _Pipeline:
-    # the ordered hand-in of the partial dWs of one call (see _hand_in); all fields shared
-    Py_ssize_t n_chunks, n_slots, size   # chunks, partial buffers (slots), values per partial
-    Py_ssize_t added                     # chunks added to the total so far (0..n_chunks)
-    Py_ssize_t lock                      # 1 while a thread is adding
-    Py_ssize_t* ready                    # ready[c] = 1 once chunk c's partial is complete
-
-
-cdef floating* _slot(floating* parts, floating* total, _Pipeline* pl, Py_ssize_t ch) noexcept nogil:
-    """Where chunk ch's partial goes: chunk 0 straight into the total, chunk c >= 1 into
-    slot c % n_slots, free once chunk c - n_slots has been added; until then the thread
-    helps adding (_add_ready) and waits."""
-    cdef long spins = 0
-    if ch == 0:
-        return total
-    while fc_load(&pl.added) <= ch - pl.n_slots:
-        _add_ready(parts, total, pl)
-        fc_pause(spins)
-        spins += 1
-    return parts + (ch % pl.n_slots) * pl.size
-
-
-cdef void _add_ready(floating* parts, floating* total, _Pipeline* pl) noexcept nogil:
-    """Add the ready partials to the total in chunk order, as far as they go: by one thread
-    at a time (the one that gets the lock; the others go on with their chunks)."""
-    cdef Py_ssize_t c
-    while fc_try_lock(&pl.lock):
-        c = pl.added
-        while c < pl.n_chunks and fc_load(&pl.ready[c]):
-            if c > 0:                                        # chunk 0 wrote into the total
-                _add_to(total, parts + (c % pl.n_slots) * pl.size, pl.size)
-            c += 1
-            fc_store(&pl.added, c)
-        fc_store(&pl.lock, 0)
-        # a chunk that turned ready after the check above and failed to get the lock is
-        # left to us: look once more
-        if not (c < pl.n_chunks and fc_load(&pl.ready[c])):
-            return
-
-
-cdef void _hand_in(floating* parts, floating* total, _Pipeline* pl, Py_ssize_t ch) noexcept nogil:
-    """Chunk ch's partial is complete: mark it ready and add what is ready, in order."""
-    fc_store(&pl.ready[ch], 1)
-    _add_ready(parts, total, pl)
-
-
 cdef void _permute_row_to_kcrs(floating* dw, floating* tmp, Py_ssize_t k, Py_ssize_t C,
                                Py_ssize_t R, Py_ssize_t S) noexcept nogil:
     """Row k of dw from Wr's order (r, s, c) to w's (c, r, s), through ``tmp`` (C*R*S)."""
@@ -1336,72 +739,11 @@ cdef void _permute_row_to_kcrs(floating* dw, floating* tmp, Py_ssize_t k, Py_ssi
             row[c * R * S + rs] = tmp[rs * C + c]
 
 
-cdef void _column_slice(const floating* xp, floating* buf, const Py_ssize_t* offs,
-                        Py_ssize_t PQ, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t SC,
-                        Py_ssize_t seg) noexcept nogil:
-    """buf (PQ, j1 - j0) = columns j0 <= j < j1 of colT (PQ, RSC), read from the padded
-    channels-last image xp: column j = r*SC + (s*C + c) of row pq is xp[offs[pq] + r*seg +
-    j % SC] (whole runs copied at once)."""
-    cdef Py_ssize_t pq, j, end, r, width = j1 - j0
-    for pq in range(PQ):
-        j = j0
-        while j < j1:
-            r = j // SC
-            end = min(j1, (r + 1) * SC)
-            memcpy(buf + pq * width + (j - j0), xp + offs[pq] + r * seg + (j - r * SC),
-                   (end - j) * sizeof(floating))
-            j = end
-
-
-cdef void _dwr_by_blocks(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                         const Py_ssize_t* offs, floating* dwr, floating* xps,
-                         Py_ssize_t xp_size, Py_ssize_t group, floating* bufs,
-                         Py_ssize_t buf_size, bint in_place, Py_ssize_t R, Py_ssize_t S,
-                         Py_ssize_t ph, Py_ssize_t pw, int nt) noexcept nogil:
-    """dWr (K, RSC) = sum_n dY_n @ colT_n, images in order, by output blocks.
-
-    ``group`` images at a time are padded (in parallel) into ``xps``, one padded image per
-    xp_size values; then each block of dWr (rows k0:k1, 64 columns) adds their products to
-    itself, image after image (the batch's first image overwrites). ``in_place`` (float32
-    micro-kernel, whole-vector runs): colT read inside the padded images, and blocks of all
-    K rows unless that leaves fewer than two blocks per thread (any split, same bits).
-    Otherwise each block's 64 columns of colT are copied into the thread's buffer (``bufs``,
-    buf_size apart) for one GEMM per image, and the blocks are all K rows (fixed shapes,
-    whatever the thread count: BLAS may round differently for other shapes)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = dy.shape[1], PQ = dy.shape[2] * dy.shape[3], CRS = C * R * S
-    cdef Py_ssize_t Wp = W + 2 * pw, n0, n_in, i, blk, k0, j0, j1
-    cdef Py_ssize_t n_cols = (CRS + 63) // 64
-    cdef Py_ssize_t n_rows = (min(K, max(1, (2 * nt + n_cols - 1) // n_cols)) if in_place
-                              else (K + _BLAS_BLOCK_ROWS - 1) // _BLAS_BLOCK_ROWS)
-    cdef Py_ssize_t rows = (K + n_rows - 1) // n_rows
-    cdef floating* buf
-    n_rows = (K + rows - 1) // rows
-    n0 = 0
-    while n0 < N:                                            # a group of images at a time
-        n_in = min(group, N - n0)
-        for i in prange(n_in, schedule="dynamic", num_threads=nt):
-            _pad_hwc(&x[n0 + i, 0, 0, 0], xps + i * xp_size, C, H, W, ph, pw)
-        for blk in prange(n_rows * n_cols, schedule="dynamic", num_threads=nt):
-            k0 = (blk // n_cols) * rows
-            j0 = (blk % n_cols) * 64
-            j1 = min(j0 + 64, CRS)
-            buf = bufs + threadid() * buf_size
-            for i in range(n_in):
-                if floating is float and in_place:
-                    fc_bgemm_f32(min(rows, K - k0), j0, j1, PQ, &dy[n0 + i, k0, 0, 0], PQ, 1,
-                                 xps + i * xp_size, offs, S * C, Wp * C, n0 + i > 0,
-                                 dwr + k0 * CRS, CRS)
-                else:
-                    _column_slice(xps + i * xp_size, buf, offs, PQ, j0, j1, S * C, Wp * C)
-                    _gemm_small(min(rows, K - k0), j1 - j0, PQ, &dy[n0 + i, k0, 0, 0], PQ, 1,
-                                buf, j1 - j0, n0 + i > 0, dwr + k0 * CRS + j0, CRS)
-        n0 += n_in
-
-
-def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                    const floating[:, :, :, ::1] w, stride, padding, int n_threads,
-                    bint need_dx=True):
+def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss/dy
+                    const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
+                    stride, padding, int n_threads,
+                    bint need_dx=True):                 # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward` by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -1421,8 +763,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
-    cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, n, i, ch, chunk, n_chunks
-    cdef Py_ssize_t work_size, group, xp_size, rows, CRS = C * R * S
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, i, t, ch, rnd, first, in_round, chunk, n_chunks
+    cdef Py_ssize_t work_size, xp_size, rows, CRS = C * R * S
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry(
         (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
@@ -1432,10 +774,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint hwc = _use_hwc(C, S, is_1x1, False)
     cdef bint in_place = hwc and floating is float and _in_place_runs(C, S)
-    xp_size = (H + 2 * ph) * (W + 2 * pw) * C
-    # without need_dx, a one-element placeholder that is never read
-    dx_arr = np.empty((N if need_dx else 1, C if need_dx else 1, H if need_dx else 1,
-                       W if need_dx else 1), dtype=dtype)
+    xp_size = (H + 2 * ph) * (W + 2 * pw) * C if hwc else 0
+    dx_arr = np.empty((N, C, H, W), dtype=dtype) if need_dx else None
     dw_arr = np.empty((K, C, R, S), dtype=dtype)
     db_arr = np.empty(K, dtype=dtype)
     # Wr (K, R*S*C): wr[k, (r*S + s)*C + c] = w[k, c, r, s], the (r, s, c) order of colT
@@ -1444,89 +784,53 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef const floating[:, ::1] wr = wr_arr
     offs_arr = _window_starts(P, Q, sh, sw, W + 2 * pw, C) if hwc else np.zeros(1, np.intp)
     cdef const Py_ssize_t[::1] offs = offs_arr
-    cdef floating[:, :, :, ::1] dx = dx_arr
+    cdef floating[:, :, :, ::1] dx_view
+    cdef floating* dx = NULL                                 # NULL: dx not wanted
+    if need_dx:
+        dx_view = dx_arr
+        dx = &dx_view[0, 0, 0, 0]
     cdef floating[:, :, :, ::1] dw = dw_arr
     cdef floating[::1] db = db_arr
-    cdef floating[:, ::1] parts
-    cdef floating[:, ::1] col
-    cdef floating[:, ::1] xps
-    cdef floating[:, ::1] bufs
-    cdef Py_ssize_t buf_size
-    if hwc and K * CRS + xp_size + wr_arr.size > columns:  # dW by output blocks, see above
-        if in_place:
-            rows, buf_size = P, 1
-        else:
-            # a thread's buffer: 64 columns of colT (dW), then blocks of rows of dcolT (dx),
-            # within one image's columns beside its padded image and its share of Wr (half:
-            # at 1 thread the bound is exceeded by the other half)
-            rows = _rows_per_block(P, Q * CRS, _usable(columns) - xp_size - wr_arr.size // 2)
-            buf_size = max(P * Q * min(64, CRS), rows * Q * CRS)
-        # padded images held at once: what threads x one image's columns leaves
-        group = min(N, max(<Py_ssize_t>nt,
-                           (nt * (_usable(columns) - buf_size) - wr_arr.size) // xp_size))
-        xps = np.empty((max(group, nt), xp_size), dtype=dtype)   # padded images
-        bufs = np.empty((nt, buf_size), dtype=dtype)
-        with nogil:
-            _dwr_by_blocks(dy, x, &offs[0], &dw[0, 0, 0, 0], &xps[0, 0], xp_size, group,
-                           &bufs[0, 0], buf_size, in_place, R, S, ph, pw, nt)
-            for k in prange(K, schedule="static", num_threads=nt):
-                _permute_row_to_kcrs(&dw[0, 0, 0, 0], &xps[threadid(), 0], k, C, R, S)
-            if need_dx:
-                for n in prange(N, schedule="dynamic", num_threads=nt):
-                    if floating is float and in_place:
-                        _dx_sample_in_place(&dy[n, 0, 0, 0], &wr[0, 0], &offs[0],
-                                            &xps[threadid(), 0], &dx[n, 0, 0, 0], C, H, W,
-                                            K, R, S, P * Q, ph, pw)
-                    else:
-                        _dx_sample_hwc(&dy[n, 0, 0, 0], &wr[0, 0], &xps[threadid(), 0],
-                                       &bufs[threadid(), 0], &dx[n, 0, 0, 0], C, H, W, K, R,
-                                       S, P, Q, sh, sw, ph, pw, rows)
-            for k in prange(K, schedule="static", num_threads=nt):
-                _db_one(dy, db, k)
-        return (dx_arr if need_dx else None), dw_arr, db_arr
     n_chunks = _n_chunks(N, K * CRS * np.dtype(dtype).itemsize)
     chunk = (N + n_chunks - 1) // n_chunks                  # images per chunk
     n_chunks = (N + chunk - 1) // chunk                     # drop chunks left empty
-    rows = P if is_1x1 or in_place else _rows_per_block(
-        P, Q * CRS, _usable(columns) - K * CRS - (xp_size + wr_arr.size if hwc else 0))
-    work_size = (xp_size if hwc else 0) + (0 if is_1x1 or in_place else rows * Q * CRS)
-    col = np.empty((nt, max(work_size, 1)), dtype=dtype)
-    # partial buffers: as many as the bound leaves beside the threads' scratch and Wr, at
-    # least one per thread
-    cdef Py_ssize_t n_slots = max(<Py_ssize_t>nt, min(n_chunks - 1, (
-        nt * (_usable(columns) - work_size) - (wr_arr.size if hwc else 0)) // (K * CRS)))
-    cdef bint all_fit = n_slots >= n_chunks - 1
-    if all_fit:
-        n_slots = max(n_chunks - 1, 1)
-    parts = np.empty((n_slots, K * CRS), dtype=dtype)
-    cdef Py_ssize_t[::1] ready = np.zeros(n_chunks, dtype=np.intp)
-    cdef _Pipeline pl
-    pl.n_chunks, pl.n_slots, pl.size, pl.added, pl.lock = n_chunks, n_slots, K * CRS, 0, 0
-    pl.ready = &ready[0]
-    cdef floating* total = &dw[0, 0, 0, 0]                  # chunk 0 writes here directly
+    # a thread's scratch: its padded image (hwc), then a block of ``rows`` output rows of
+    # the columns, within what one image's columns leave beside a dW and Wr (a block that
+    # stays cache-sized), or beside the padded image alone where that leaves no row
+    # (dW as large as the columns, K >= P*Q: resnet20_s3); see _rows_per_block
+    cdef Py_ssize_t room = _usable(columns) - K * CRS - (xp_size + wr_arr.size if hwc else 0)
+    if room < Q * CRS:
+        room = _usable(columns) - xp_size
+    rows = P if is_1x1 or in_place else _rows_per_block(P, Q * CRS, room)
+    work_size = xp_size + (0 if is_1x1 or in_place else rows * Q * CRS)
+    cdef floating[:, ::1] col = np.empty((nt, max(work_size, CRS)), dtype=dtype)
+    # chunks per round: as many partial dWs as fit in nt images' columns (or in
+    # _ROUND_BYTES, so that small layers run in one round: every round ends in a barrier,
+    # which costs milliseconds on a busy machine), at least nt
+    cdef Py_ssize_t itemsize = sizeof(floating)
+    cdef Py_ssize_t per_round = min(n_chunks, max(
+        <Py_ssize_t>nt, max(nt * columns, _ROUND_BYTES // itemsize) // (K * CRS)))
+    cdef floating[:, ::1] parts = np.empty((per_round, K * CRS), dtype=dtype)
+    cdef floating* total = &dw[0, 0, 0, 0]      # the sum, in the partials' layout until the end
     cdef floating* part
     with nogil:
-        for ch in prange(n_chunks, schedule="dynamic", num_threads=nt):
-            part = (total if ch == 0 else &parts[ch - 1, 0]) if all_fit else _slot(
-                &parts[0, 0], total, &pl, ch)
-            if hwc:
-                _backward_chunk_hwc(dy, x, wr, offs, dx, part, &col[threadid(), 0],
-                                    ch * chunk, min((ch + 1) * chunk, N), need_dx, R, S, sh,
-                                    sw, ph, pw, rows)
-            else:
-                _backward_chunk(dy, x, w, dx, part, &col[threadid(), 0], ch * chunk,
-                                min((ch + 1) * chunk, N), is_1x1, need_dx, sh, sw, ph, pw,
-                                rows)
-            if not all_fit:
-                _hand_in(&parts[0, 0], total, &pl, ch)
-        if not all_fit and pl.added != n_chunks:
-            with gil:
-                raise RuntimeError(f"conv2d_backward: {pl.added} of {n_chunks} partial dWs "
-                                   "added (a bug in the hand-in; please report it)")
-        if all_fit:                      # total += parts[0], parts[1], ...: K segments at once
-            for k in prange(K, schedule="static", num_threads=nt):
-                for ch in range(n_chunks - 1):
-                    _add_to(total + k * CRS, &parts[ch, k * CRS], CRS)
+        for rnd in range((n_chunks + per_round - 1) // per_round):
+            first = rnd * per_round
+            in_round = min(per_round, n_chunks - first)
+            # each chunk has its own buffer, so any thread may take any chunk: dynamic
+            for t in prange(in_round, schedule="dynamic", num_threads=nt):
+                ch = first + t
+                part = total if ch == 0 else &parts[t, 0]   # chunk 0 starts the sum
+                if hwc:
+                    _backward_chunk_hwc(dy, x, wr, offs, dx, part, &col[threadid(), 0],
+                                        ch * chunk, min((ch + 1) * chunk, N), R, S, sh, sw,
+                                        ph, pw, rows)
+                else:
+                    _backward_chunk(dy, x, w, dx, part, &col[threadid(), 0], ch * chunk,
+                                    min((ch + 1) * chunk, N), is_1x1, sh, sw, ph, pw, rows)
+            for k in prange(K, schedule="dynamic", num_threads=nt):
+                for t in range(1 if first == 0 else 0, in_round):   # in chunk order
+                    _add_to(total + k * CRS, &parts[t, k * CRS], CRS)
         if hwc:            # the total is in Wr's layout (K, RSC): w's (K, C, R, S) row by row
             for k in prange(K, schedule="static", num_threads=nt):
                 _permute_row_to_kcrs(total, &col[threadid(), 0], k, C, R, S)
@@ -1537,7 +841,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                     total[k * CRS + i] = parts[0, i * K + k]
         for k in prange(K, schedule="static", num_threads=nt):
             _db_one(dy, db, k)
-    return (dx_arr if need_dx else None), dw_arr, db_arr
+    return dx_arr, dw_arr, db_arr
 
 
 # --------------------------------------------------------------------------- guards

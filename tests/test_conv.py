@@ -4,9 +4,8 @@ The chain of trust: naive Python loops (below, the formula written out) check bo
 references on tiny shapes; the references check the compiled kernels on a grid of awkward
 shapes and on random ones; finite differences check the backward pass through the public
 API; and the fast kernels must give the same bits on 1 and 2 threads.
-Formulas: (conv.out), (conv.fwd), (conv.bwd), (im2col), see STYLE.md.
+Formulas: (conv.out), (conv.fwd), (conv.bwd), (im2col), see docs/formulas.md.
 """
-import itertools
 import tracemalloc
 
 import numpy as np
@@ -18,47 +17,11 @@ import fastconv
 import fastconv.functional as F
 from fastconv.reference import conv_direct as ref_direct
 from fastconv.reference import conv_im2col as ref_im2col
+from fastconv.reference.naive import naive_conv2d_backward, naive_conv2d_forward
 from helpers import assert_close, assert_grad_matches
 
 ALGOS = ["direct", "im2col"]
 IMPLS = [("reference", "direct"), ("reference", "im2col"), ("fast", "direct"), ("fast", "im2col")]
-
-
-# --------------------------------------------------------------------------- naive oracle
-
-def naive_conv2d_forward(x, w, b, stride, padding):
-    """(conv.fwd) with explicit loops; float64."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    P, Q = (H + 2 * ph - R) // sh + 1, (W + 2 * pw - S) // sw + 1      # (conv.out)
-    y = np.zeros((N, K, P, Q))
-    for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
-        total = 0.0 if b is None else b[k]
-        for c, r, s in itertools.product(range(C), range(R), range(S)):
-            ih, iw = p * sh + r - ph, q * sw + s - pw
-            if 0 <= ih < H and 0 <= iw < W:           # zero padding
-                total += w[k, c, r, s] * x[n, c, ih, iw]
-        y[n, k, p, q] = total
-    return y
-
-
-def naive_conv2d_backward(dy, x, w, stride, padding):
-    """(conv.bwd) with explicit loops: every product of the forward sends dy back to both
-    of its factors; float64."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw) = stride, padding
-    P, Q = dy.shape[2:]
-    dx, dw, db = np.zeros(x.shape), np.zeros(w.shape), np.zeros(K)
-    for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
-        db[k] += dy[n, k, p, q]
-        for c, r, s in itertools.product(range(C), range(R), range(S)):
-            ih, iw = p * sh + r - ph, q * sw + s - pw
-            if 0 <= ih < H and 0 <= iw < W:
-                dw[k, c, r, s] += dy[n, k, p, q] * x[n, c, ih, iw]
-                dx[n, c, ih, iw] += dy[n, k, p, q] * w[k, c, r, s]
-    return dx, dw, db
 
 
 def out_shape(x_shape, w_shape, stride, padding):
@@ -201,6 +164,81 @@ def test_backward_without_dx(case, algo, backend, dtype, rng):
     assert none is None and dx is not None
     np.testing.assert_array_equal(dw2, dw)
     np.testing.assert_array_equal(db2, db)
+
+
+def test_backward_without_dx_needs_no_dx_buffer(dtype, rng):
+    """need_dx=False with several images: the kernels must not form a pointer into the absent
+    dx (a bounds-checked build once swallowed that error and returned a wrong dw)."""
+    x = rng.standard_normal((2, 1, 6, 6)).astype(dtype)
+    w = rng.standard_normal((2, 1, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((2, 2, 4, 4)).astype(dtype)
+    _, dw_ref, db_ref = F.conv2d_backward(dy, x, w, backend="reference")
+    for algo in ALGOS:
+        dx, dw, db = F.conv2d_backward(dy, x, w, algo=algo, backend="fast", need_dx=False)
+        assert dx is None
+        assert_close(dw, dw_ref, dtype, reduction=2 * 16, err_msg=algo)
+        assert_close(db, db_ref, dtype, reduction=2 * 16, err_msg=algo)
+
+
+# --------------------------------------------------------------------------- NaN and Inf
+
+# Padding next to the non-finite value is what matters: the fast kernels skip some taps in
+# the zero padding, which is exact for finite values only (0 * NaN = NaN, 0 * Inf = NaN).
+NONFINITE_CASES = [
+    ((2, 1, 6, 6), (2, 1, 3, 3), (1, 1), (1, 1)),     # K < 4 (direct: dw by slices), C*S < 16
+    ((2, 8, 6, 7), (16, 8, 3, 3), (1, 1), (1, 1)),    # channels-last im2col, K <= 16
+    ((2, 6, 7, 6), (5, 6, 3, 3), (2, 2), (2, 1)),     # strided, padding >= R - 1
+]
+
+
+def assert_same_values(got, want, dtype, reduction, err_msg):
+    """NaN where want is NaN, the same infinities, and close finite values."""
+    got, want = np.asarray(got), np.asarray(want)
+    for kind in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(kind(got), kind(want), err_msg=f"{err_msg} {kind.__name__}")
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], dtype, reduction=reduction, err_msg=err_msg)
+
+
+def check_nonfinite_like_reference(x, w, b, dy, stride, padding, dtype, what):
+    N, K, P, Q = dy.shape
+    _, C, R, S = w.shape
+    want_y = F.conv2d(x, w, b, stride, padding, backend="reference")
+    want_grads = F.conv2d_backward(dy, x, w, stride, padding, backend="reference")
+    for algo in ALGOS:
+        y = F.conv2d(x, w, b, stride, padding, algo=algo, backend="fast")
+        assert_same_values(y, want_y, dtype, C * R * S, f"{what}: y ({algo})")
+        grads = F.conv2d_backward(dy, x, w, stride, padding, algo=algo, backend="fast")
+        for name, got, want, red in zip(("dx", "dw", "db"), grads, want_grads,
+                                        (K * R * S, N * P * Q, N * P * Q)):
+            assert_same_values(got, want, dtype, red, f"{what}: {name} ({algo})")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("where", ["x", "w", "dy"])
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=grid_id)
+def test_nonfinite_values_propagate_as_in_the_formula(case, where, value, dtype, rng):
+    """A NaN or Inf in x, w or dy makes exactly the sums that contain it NaN or Inf, the
+    padding's zeros included (0 * NaN = NaN): fast == reference, both algorithms. Corner
+    positions, whose windows or taps reach into the padding."""
+    x, w, b, dy = make_inputs(rng, dtype, *case)
+    arrays = {"x": x, "w": w, "dy": dy}
+    arrays[where][0, 0, 0, 0] = value
+    arrays[where][-1, -1, -1, -1] = value
+    check_nonfinite_like_reference(x, w, b, dy, case[2], case[3], dtype, f"{value} in {where}")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=grid_id)
+def test_overflow_gives_inf_as_reference(case, dtype, rng):
+    """Products of large finite values overflow to Inf in both backends (all positive, so
+    the order of the sums cannot turn Inf into NaN)."""
+    x, w, b, dy = (np.abs(a) for a in make_inputs(rng, dtype, *case))
+    big = dtype(1e30 if dtype == np.float32 else 1e200)
+    x[0] *= big
+    w[0] *= big
+    dy[0] *= big
+    check_nonfinite_like_reference(x, w, b, dy, case[2], case[3], dtype, "overflow")
 
 
 # Channel counts that fill the im2col micro-kernel's register tiles (16 float32 columns per
@@ -361,13 +399,12 @@ def _workspace(call):
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 @pytest.mark.parametrize("microkernel", [True, False], ids=["microkernel", "blas"])
 def test_im2col_memory_within_bound(direction, microkernel, dtype, rng):
-    """Issue 6's bound on every conv layer of the benchmark suite: the scratch of a forward
-    or backward call stays within threads x one image's columns (C*R*S x P*Q values), for 1,
-    2 and 3 threads. The one exception is by design: the channels-last path keeps the
-    weights in its own layout (Wr, K x C*R*S values, shared by the threads) beside each
-    thread's padded image; where that leaves no room in one image's columns (resnet20_s3,
-    K = P*Q = 64; alexnet_c1 forward, K = 64 > C*R*S = 27), on 1 thread the bound is
-    exceeded, by at most Wr's size."""
+    """The im2col kernel's scratch on every conv layer of the benchmark suite, for 1, 2 and
+    3 threads (the bounds of conv_im2col's module docstring). Forward: threads x one
+    image's columns (C*R*S x P*Q values), plus the weights in the channels-last layout (Wr,
+    K x C*R*S) on 1 thread, where they do not fit beside the padded image (resnet20_s3,
+    alexnet_c1). Backward: threads x one image's columns, plus the partial dWs of a round
+    (the largest of threads x columns, threads x one dW and 1 MiB), plus Wr."""
     from fastconv._backend import load_kernels
     from fastconv.benchmark.shapes import CONV, conv_out
     kern = load_kernels("conv_im2col")
@@ -385,13 +422,20 @@ def test_im2col_memory_within_bound(direction, microkernel, dtype, rng):
                 if direction == "forward":
                     used = _workspace(lambda: kern.conv2d_forward(
                         x, w, None, (stride, stride), (pad, pad), threads))
+                    bound = threads * columns + (w.size if threads == 1 else 0)
                 else:
                     used = _workspace(lambda: kern.conv2d_backward(
                         dy, x, w, (stride, stride), (pad, pad), threads))
-                bound = (threads * columns + (w.size if threads == 1 else 0)) * x.itemsize
+                    partials = max(threads * columns, threads * w.size,
+                                   2**20 // x.itemsize)
+                    bound = threads * columns + partials + w.size
+                bound *= x.itemsize
                 assert used <= bound, (f"{name} {direction}, {threads} threads: "
                                        f"{used / 2**20:.3f} MB of scratch for a bound of "
                                        f"{bound / 2**20:.3f} MB")
+                # and not far below it: the bound is what the kernel needs
+                if direction == "backward" and threads == 2:
+                    assert used >= 2 * w.size * x.itemsize, f"{name}: no partial dW per thread?"
     finally:
         kern._set_microkernel(previous)
 
@@ -429,13 +473,23 @@ def test_read_only_and_non_contiguous_inputs(algo, rng):
     assert np.array_equal(y_strided, want_y)
 
 
-def test_auto_picks_a_valid_algorithm():
-    for name, N, C, H, W, K, R, S, s, p in [("a", 8, 1, 28, 28, 6, 5, 5, 1, 2),
-                                            ("b", 8, 64, 8, 8, 64, 1, 1, 1, 0),
-                                            ("c", 8, 16, 16, 16, 32, 3, 3, 2, 1)]:
-        algo = F.choose_conv_algo((N, C, H, W), (K, C, R, S), (s, s), (p, p))
-        assert algo in ("direct", "im2col"), name
-    assert F.choose_conv_algo((1, 3, 8, 8), (4, 3, 3, 3), (1, 1), (1, 1), "reference") == "im2col"
+def test_auto_picks_the_documented_algorithm(rng):
+    """algo="auto" runs im2col, except with one output channel (K == 1: a matrix-vector
+    product, nothing for a GEMM to reuse), where it runs direct; the reference backend
+    always runs im2col. Checked on the choice and on the call itself: the result of
+    algo="auto" is bitwise that of the algorithm it names."""
+    cases = [((8, 1, 28, 28), (6, 1, 5, 5), 1, 2, "im2col"),
+             ((8, 64, 8, 8), (64, 64, 1, 1), 1, 0, "im2col"),
+             ((8, 16, 16, 16), (32, 16, 3, 3), 2, 1, "im2col"),
+             ((4, 16, 12, 12), (1, 16, 3, 3), 1, 1, "direct"),
+             ((4, 1, 12, 12), (1, 1, 3, 3), 2, 0, "direct")]
+    for x_shape, w_shape, s, p, want in cases:
+        assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p)) == want, (x_shape, w_shape)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        auto = F.conv2d(x, w, None, s, p, algo="auto", backend="fast")
+        assert np.array_equal(auto, F.conv2d(x, w, None, s, p, algo=want, backend="fast"))
+        assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), "reference") == "im2col"
 
 
 # --------------------------------------------------------------------------- kernel guards

@@ -2,4 +2,5 @@
 
 Each module here has a compiled twin in ``fastconv._ext`` with the same functions and
 signatures: ``conv_direct``, ``conv_im2col``, ``pool``, ``batchnorm``, ``activation``.
+``naive`` writes the convolution formulas out as loops, the oracle of the references.
 """

@@ -1,10 +1,9 @@
 """Direct 2-D convolution in NumPy: the formula itself, one sliding window per output pixel.
 
 Reference twin of ``fastconv._ext.conv_direct`` (same functions, same signatures); the
-tests use it as the oracle. Read it next to the notes' labels:
+tests use it as the oracle. The labels are defined in docs/formulas.md:
 
 (conv.out)  P = floor((H + 2*ph - R) / sh) + 1,  Q = floor((W + 2*pw - S) / sw) + 1
-            (notes 002 write ``ceil``; the frameworks and fastconv use ``floor``)
 (conv.fwd)  y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * xp[n, c, p*sh + r, q*sw + s]
 (conv.bwd)  db[k]       = sum_{n,p,q} dy[n,k,p,q]
             dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, c, p*sh + r, q*sw + s]
@@ -12,8 +11,7 @@ tests use it as the oracle. Read it next to the notes' labels:
 
 where ``xp`` is x zero-padded by (ph, pw) on each side, so ``xp[.., ih + ph, iw + pw] =
 x[.., ih, iw]``; dx is dxp with the padding cut off. This is cross-correlation, as in
-PyTorch (notes 004, "Correlation & Convolution"): the kernel is not flipped; a true
-convolution is the same formula with ``w[:, :, ::-1, ::-1]``.
+PyTorch: the kernel is not flipped; a true convolution is the same formula with ``w[:, :, ::-1, ::-1]``.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -39,7 +37,7 @@ def _windows(xp, R, S, stride, P, Q):
 
 
 def conv2d_forward(x, w, b, stride, padding, n_threads=None):
-    """Cross-correlation ``y = w * x + b``, notes eq. (conv.fwd).
+    """Cross-correlation ``y = w * x + b``, eq. (conv.fwd).
 
     Parameters
     ----------
@@ -68,7 +66,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
-    """Gradients of :func:`conv2d_forward`, notes eq. (conv.bwd).
+    """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
     ----------

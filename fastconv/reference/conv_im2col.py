@@ -60,7 +60,7 @@ def col2im(col, x_shape, R, S, stride, padding, P, Q):
 
 
 def conv2d_forward(x, w, b, stride, padding, n_threads=None):
-    """Cross-correlation by im2col + GEMM, notes eqs. (im2col), (conv.fwd).
+    """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd).
 
     Parameters
     ----------
@@ -85,7 +85,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
-    """Gradients by GEMM and col2im, notes eqs. (im2col), (conv.bwd).
+    """Gradients by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
     ----------
