@@ -140,7 +140,7 @@ def layer_lrs(layers, lrs, longer_last=False):
     return [lr for lr, size in zip(lrs, sizes) for _ in range(size)]
 
 
-def box_iou(pred, target, clip=True, inclusive=False, union_minus_inter=True):
+def box_iou_pairs(pred, target, clip=True, inclusive=False, union_minus_inter=True):
     one = 1.0 if inclusive else 0.0
     ix = np.minimum(pred[:, 2], target[:, 2]) - np.maximum(pred[:, 0], target[:, 0]) + one
     iy = np.minimum(pred[:, 3], target[:, 3]) - np.maximum(pred[:, 1], target[:, 1]) + one
@@ -206,11 +206,11 @@ CASES = [
     (ex.check_layer_lrs, layer_lrs,
      {"the longer groups last": lambda layers, lrs: layer_lrs(layers, lrs, longer_last=True),
       "the largest LR first": lambda layers, lrs: layer_lrs(layers, lrs[::-1])}),
-    (ex.check_box_iou, box_iou,
-     {"intersection not clipped at 0": lambda p, t: box_iou(p, t, clip=False),
-      "x1, y1 taken as the last pixel (+1)": lambda p, t: box_iou(p, t, inclusive=True),
+    (ex.check_box_iou, box_iou_pairs,
+     {"intersection not clipped at 0": lambda p, t: box_iou_pairs(p, t, clip=False),
+      "x1, y1 taken as the last pixel (+1)": lambda p, t: box_iou_pairs(p, t, inclusive=True),
       "union without subtracting the intersection":
-      lambda p, t: box_iou(p, t, union_minus_inter=False)}),
+      lambda p, t: box_iou_pairs(p, t, union_minus_inter=False)}),
 ]
 
 
