@@ -31,7 +31,8 @@ __all__ = ["CheckResult", "rel_error",
            "check_max_pool2d_backward", "check_receptive_field",
            "check_batch_norm_forward", "check_batch_norm_backward", "check_fold_batchnorm",
            "check_cross_entropy_backward", "check_sgd_momentum_step",
-           "check_conv_params_macs", "check_im2col"]
+           "check_conv_params_macs", "check_im2col",
+           "check_layer_lrs", "check_box_iou"]
 
 TOL = 1e-6
 
@@ -447,3 +448,59 @@ def check_conv_params_macs(fn, verbose=True):
         s = summary(nn.Conv2d(C, K, R), (C, P + R - 1, P + R - 1), print_fn=None)
         cases.append(_Case(what, (C, K, R, P), (float(s.total_params), float(s.total_macs))))
     return _run("check_conv_params_macs", fn, cases, tol=0.0, verbose=verbose)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+def check_layer_lrs(fn, verbose=True):
+    """``fn(layers, lrs) -> list``: differential learning rates, one per layer. ``layers`` are
+    a model's top-level layers with parameters, in order (input first); ``lrs`` one learning
+    rate per layer group, earliest group first. Cut ``layers`` into ``len(lrs)`` contiguous
+    groups of nearly equal length, the first groups one layer longer when the division is
+    not even (numpy's ``array_split``), and return the LR of each layer's group.
+
+    Checked against ``fastconv.optim.param_groups`` (with ``model.layer_groups``) on
+    LeNet-5, ResNet-20 and GoogLeNet.
+    """
+    from . import models
+    from .optim import param_groups
+    cases = []
+    for name, lrs in [("lenet5", [1e-3, 1e-2, 1e-1]), ("lenet5", [0.01, 0.1]),
+                      ("lenet5", [1e-4, 1e-3, 1e-2, 1e-1, 1.0]), ("resnet20", [1e-3, 1e-2, 1e-1]),
+                      ("resnet20", [0.001, 0.003, 0.01, 0.03]), ("googlenet", [1e-3, 1e-2, 1e-1]),
+                      ("googlenet", [0.05, 0.1, 0.2, 0.4])]:
+        model = models.get_model(name, seed=0)
+        layers = [n for n, m in model.children() if m.parameters()]
+        lr_of = {id(p): g["lr"] for g in param_groups(model, lrs) for p in g["params"]}
+        expected = np.array([lr_of[id(getattr(model, n).parameters()[0])] for n in layers])
+        cases.append(_Case(f"{name}, {len(layers)} layers, {len(lrs)} groups", (layers, lrs), expected))
+    return _run("check_layer_lrs", fn, cases, tol=0.0, verbose=verbose)
+
+
+def check_box_iou(fn, verbose=True):
+    """``fn(pred, target) -> iou``: the intersection over union of each pair of boxes,
+    pred and target (N, 4) rows (x0, y0, x1, y1) in pixels, x1 and y1 one past the last
+    column and row (so a box is x1 - x0 wide); iou (N,). The intersection of two boxes that
+    do not overlap is empty (0), whichever way they miss; a box with x1 < x0 is empty.
+
+    Checked against ``fastconv.train.box_iou``, one pair at a time.
+    """
+    from .train import box_iou
+    rng = _rng(9)
+    pairs = {"the same box": ([4, 2, 24, 26], [4, 2, 24, 26]),
+             "a box inside the other": ([8, 8, 16, 16], [4, 2, 24, 26]),
+             "overlapping corners": ([0, 0, 10, 10], [5, 5, 15, 15]),
+             "side by side, touching": ([0, 0, 10, 10], [10, 0, 20, 10]),
+             "apart on both axes (diagonal)": ([0, 0, 5, 5], [10, 10, 20, 20]),
+             "apart on one axis only": ([0, 0, 5, 20], [10, 5, 20, 15]),
+             "predicted box turned inside out": ([20, 20, 5, 5], [0, 0, 28, 28])}
+    cases = [_Case(what, (np.array([p], float), np.array([t], float)), np.array([box_iou([p], [t])]))
+             for what, (p, t) in pairs.items()]
+    for i in range(2):
+        corner = rng.uniform(0, 12, size=(6, 2, 2))
+        size = rng.uniform(2, 16, size=(6, 2, 2))
+        boxes = np.concatenate([corner, corner + size], axis=2)        # (6, pred/target, 4)
+        pred, target = boxes[:, 0], boxes[:, 1]
+        expected = np.array([box_iou(p[None], t[None]) for p, t in zip(pred, target)])
+        cases.append(_Case(f"random {i + 1}: 6 pairs of boxes", (pred, target), expected))
+    return _run("check_box_iou", fn, cases, verbose=verbose)

@@ -132,6 +132,28 @@ def conv_params_macs(in_channels, out_channels, kernel_size, out_size, bias=True
     return K * (C * R * R + (1 if bias else 0)), K * C * R * R * P * P
 
 
+def layer_lrs(layers, lrs, longer_last=False):
+    n, k = len(layers), len(lrs)
+    sizes = [n // k + (i < n % k) for i in range(k)]
+    if longer_last:
+        sizes = sizes[::-1]
+    return [lr for lr, size in zip(lrs, sizes) for _ in range(size)]
+
+
+def box_iou_pairs(pred, target, clip=True, inclusive=False, union_minus_inter=True):
+    one = 1.0 if inclusive else 0.0
+    ix = np.minimum(pred[:, 2], target[:, 2]) - np.maximum(pred[:, 0], target[:, 0]) + one
+    iy = np.minimum(pred[:, 3], target[:, 3]) - np.maximum(pred[:, 1], target[:, 1]) + one
+    if clip:
+        ix, iy = np.maximum(ix, 0), np.maximum(iy, 0)
+    inter = ix * iy
+
+    def area(b):
+        return np.maximum(b[:, 2] - b[:, 0] + one, 0) * np.maximum(b[:, 3] - b[:, 1] + one, 0)
+    union = area(pred) + area(target) - (inter if union_minus_inter else 0)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
 # --------------------------------------------------------------------------- the table
 
 def _not_implemented(*args):
@@ -181,6 +203,14 @@ CASES = [
      {"bias not counted": lambda C, K, R, P: conv_params_macs(C, K, R, P, bias=False),
       "macs of the input size": lambda C, K, R, P: (conv_params_macs(C, K, R, P)[0],
                                                     K * C * R * R * (P + R - 1) ** 2)}),
+    (ex.check_layer_lrs, layer_lrs,
+     {"the longer groups last": lambda layers, lrs: layer_lrs(layers, lrs, longer_last=True),
+      "the largest LR first": lambda layers, lrs: layer_lrs(layers, lrs[::-1])}),
+    (ex.check_box_iou, box_iou_pairs,
+     {"intersection not clipped at 0": lambda p, t: box_iou_pairs(p, t, clip=False),
+      "x1, y1 taken as the last pixel (+1)": lambda p, t: box_iou_pairs(p, t, inclusive=True),
+      "union without subtracting the intersection":
+      lambda p, t: box_iou_pairs(p, t, union_minus_inter=False)}),
 ]
 
 
