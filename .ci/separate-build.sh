@@ -1,0 +1,31 @@
+# Sourced by .ci/sanitize and .ci/boundscheck: build fastconv's kernels in a copy of the tree,
+# with its own virtual environment, so the main install is never touched, then run the kernel
+# tests there. The caller sets the compiler flags (CC, LDSHARED, FASTCONV_DEBUG_CYTHON) first.
+#   separate_build NAME   -> builds into $BUILD_ROOT (= ${TMPDIR:-/tmp}/fastconv-NAME)
+#   KERNEL_TESTS          -> the kernel test files, run by the caller with its own checks
+
+# The tests of the compiled kernels and of the op layer that feeds them.
+KERNEL_TESTS=(tests/test_conv.py tests/test_pool.py tests/test_batchnorm.py
+              tests/test_activation.py tests/test_linear.py tests/test_functional.py
+              tests/test_reliability.py tests/test_fuzz.py)
+
+separate_build() {
+    local name=$1 src
+    src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    BUILD_ROOT="${TMPDIR:-/tmp}/fastconv-$name"
+    rm -rf "$BUILD_ROOT"
+    mkdir -p "$BUILD_ROOT/src"
+    # The sources only: no compiled modules, generated C or caches from the main build.
+    (cd "$src" && tar cf - --exclude='*.so' --exclude='src_pyx/*.c' --exclude='__pycache__' \
+        --exclude='_build_config.py' setup.py pyproject.toml README.md LICENSE MANIFEST.in \
+        fastconv src_pyx tests) \
+        | tar xf - -C "$BUILD_ROOT/src"
+    python3 -m venv "$BUILD_ROOT/venv"
+    # shellcheck disable=SC1091
+    . "$BUILD_ROOT/venv/bin/activate"
+    python -m pip install -q --upgrade pip
+    python -m pip install -q "setuptools>=77" "Cython>=3.0" "numpy>=2.0" "scipy>=1.11" \
+        "threadpoolctl>=3.1" "tqdm>=4.60" "pytest>=7" "hypothesis>=6"
+    echo "CI $name: building the kernels in $BUILD_ROOT/src (CC=${CC:-default})"
+    (cd "$BUILD_ROOT/src" && FASTCONV_REQUIRE_OPENMP=1 python setup.py -q build_ext --inplace -j 2)
+}
