@@ -82,7 +82,8 @@ def op_cases(rng, dtype):
     g, bt = arr(3), arr(3)
     xl, wl, bl, dyl = arr(5, 7), arr(4, 7), arr(4), arr(5, 4)
     _, idx = F.max_pool2d(xp, 2, backend="reference", return_indices=True)
-    mean, var = xp.mean(axis=(0, 2, 3)).astype(np.float64), xp.var(axis=(0, 2, 3)).astype(np.float64)
+    mean, var = (xp.astype(np.float64).mean(axis=(0, 2, 3)),
+                 xp.astype(np.float64).var(axis=(0, 2, 3)))
     return [
         ("conv2d direct", F.conv2d, (x, w, b), dict(padding=1, algo="direct")),
         ("conv2d im2col", F.conv2d, (x, w, b), dict(padding=1, algo="im2col")),
