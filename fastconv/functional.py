@@ -518,6 +518,8 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=
 def _linear_setup(op, x, w):
     x, w = _input_and_weight(op, x, w, 2, "2-D (N, in_features)",
                              "2-D (out_features, in_features)", "input features")
+    if min(x.shape) == 0 or min(w.shape) == 0:
+        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
     _check_int_sizes(op, N=x.shape[0], in_features=x.shape[1], out_features=w.shape[0])
     return x, w
 
