@@ -27,5 +27,10 @@ separate_build() {
     python -m pip install -q "setuptools>=77" "Cython>=3.0" "numpy>=2.0" "scipy>=1.11" \
         "threadpoolctl>=3.1" "tqdm>=4.60" "pytest>=7" "hypothesis>=6"
     echo "CI $name: building the kernels in $BUILD_ROOT/src (CC=${CC:-default})"
-    (cd "$BUILD_ROOT/src" && FASTCONV_REQUIRE_OPENMP=1 python setup.py -q build_ext --inplace -j 2)
+    if ! (cd "$BUILD_ROOT/src" && FASTCONV_REQUIRE_OPENMP=1 \
+            python setup.py -q build_ext --inplace -j 2) > "$BUILD_ROOT/build.log" 2>&1; then
+        tail -n 40 "$BUILD_ROOT/build.log"
+        echo "CI $name: the build failed (full log: $BUILD_ROOT/build.log)" >&2
+        return 1
+    fi
 }
