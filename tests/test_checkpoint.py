@@ -257,3 +257,22 @@ def test_sgd_state_is_checked_against_the_optimiser_class(tmp_path):
     save_checkpoint(path, model, SGD(model.parameters(), lr=0.1, momentum=0.9), epoch=1)
     with pytest.raises(CheckpointError, match="holds SGD state, not Adam"):
         load_checkpoint(path, model, Adam(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("name", ["epoch -5", "epoch 10**15", "meta is 5", "meta is null",
+                                  "missing epoch", "single .npy", "huge declared shape"])
+def test_command_line_refuses_damaged_checkpoints(name, good, tmp_path, capsys):
+    """`fastconv train --resume` and `fastconv viz` answer a damaged checkpoint with one error
+    line naming it (exit 2), before any training or drawing."""
+    from fastconv.cli import main
+    bad = _build(name, good, tmp_path)
+    code = main(["train", "--dataset", "fashion-mnist-subset", "--limit", "64", "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--no-progress", "--resume", str(bad)])
+    out = capsys.readouterr()
+    assert code == 2 and str(bad) in out.out + out.err
+    assert "epoch 1/1" not in out.out
+    code = main(["viz", str(bad), "--dataset", "fashion-mnist-subset",
+                 "--out", str(tmp_path / "viz")])
+    out = capsys.readouterr()
+    assert code == 2 and str(bad) in out.out + out.err
+    assert not (tmp_path / "viz").exists()
