@@ -69,7 +69,7 @@ def _kernel_ready(a):
     C-contiguous copy: the kernels read whole floats through typed pointers, which a view
     at an odd byte offset (``np.frombuffer(buf, np.float32, offset=2)``) would misalign."""
     flags = a.flags
-    if flags.c_contiguous and flags.aligned:
+    if flags.carray or (flags.c_contiguous and flags.aligned):   # carray: + writeable, one read
         return a
     return np.require(a, requirements=("C", "A"))
 
