@@ -1,12 +1,16 @@
 """Which implementation the ops use: "fast" (compiled kernels) or "reference" (NumPy)."""
 import contextlib
 import glob
+import contextvars
 import importlib
 import os
 import sys
 
 BACKENDS = ("fast", "reference")
 _default_backend = "fast"
+# The backend of the innermost ``use_backend`` block of the calling thread (None outside any):
+# a context variable, so that blocks in different threads never see each other's choice.
+_block_backend = contextvars.ContextVar("fastconv_backend", default=None)
 
 REBUILD_HINT = ("Rebuild it from the source folder with `pip install .` (or "
                 "`pip install -e .` for development); a C compiler is required. "
@@ -15,30 +19,34 @@ REBUILD_HINT = ("Rebuild it from the source folder with `pip install .` (or "
 
 
 def get_backend():
-    """The backend used when an op is called with ``backend=None``."""
-    return _default_backend
+    """The backend an op called now from this thread with ``backend=None`` uses: the innermost
+    ``use_backend`` block's, else the process default (set_backend)."""
+    backend = _block_backend.get()
+    return _default_backend if backend is None else backend
 
 
 def set_backend(backend):
-    """Make ``backend`` ("fast" or "reference") the default of every op."""
+    """Make ``backend`` ("fast" or "reference") the process default of every op (a
+    ``use_backend`` block overrides it in the thread that opened the block)."""
     global _default_backend
     _default_backend = resolve_backend(backend, op="set_backend")
 
 
 @contextlib.contextmanager
 def use_backend(backend):
-    """Context manager: ``with fastconv.use_backend("reference"): ...``."""
-    previous = _default_backend
-    set_backend(backend)
+    """Context manager: ``with fastconv.use_backend("reference"): ...`` makes the ops called
+    in the block, in this thread, use ``backend``; other threads keep theirs. Restored when
+    the block ends, even after an error."""
+    token = _block_backend.set(resolve_backend(backend, op="use_backend"))
     try:
         yield
     finally:
-        set_backend(previous)
+        _block_backend.reset(token)
 
 
 def resolve_backend(backend, op):
     if backend is None:
-        return _default_backend
+        return get_backend()
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS} or None, got {backend!r}")
     return backend

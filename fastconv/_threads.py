@@ -1,4 +1,8 @@
-"""One thread setting for fastconv's OpenMP kernels and for BLAS.
+"""The thread setting of fastconv's OpenMP kernels and of BLAS.
+
+``set_num_threads`` sets the process default; ``with num_threads(n)`` overrides it for the
+calling thread only, and the ops read the calling thread's value at each call, so threads
+that use different settings at the same time never mix them up.
 
 The fast kernels parallelise over an outer axis with OpenMP; some of them call BLAS
 inside that parallel loop. If BLAS were multi-threaded there, every OpenMP thread
@@ -7,12 +11,27 @@ calls run under :func:`blas_single_thread`. The NumPy reference, which calls BLA
 from Python, gets the same number of BLAS threads that the kernels get OpenMP threads.
 """
 import contextlib
+import contextvars
 import os
+import threading
 
 from threadpoolctl import ThreadpoolController
 
 _controller = None      # created on first use: inspecting the loaded libraries costs ~ms
-_n_threads = None       # None until first asked: then default_num_threads()
+_default_n = None       # the process default (set_num_threads); None until first asked
+# The count of the innermost ``num_threads`` block of the calling thread (None outside any):
+# a context variable, so that blocks in different threads never see each other's setting.
+_block_n = contextvars.ContextVar("fastconv_num_threads", default=None)
+
+# BLAS has one thread setting per process, so it cannot follow each thread's block. It
+# follows the most recently entered block still open (any thread), else the process
+# default, and stays on one thread while any kernel runs (blas_single_thread). All of this
+# state changes under one lock, so overlapping blocks and kernels in several threads always
+# leave it as set_num_threads left it.
+_blas_lock = threading.Lock()
+_open_blocks = {}       # one entry per open num_threads block, in the order they were entered
+_kernels_running = 0    # calls inside blas_single_thread, all threads together
+_kernel_side_saved = [] # (controller, count) to restore when the last kernel call ends
 
 
 def _threadpools():
@@ -34,40 +53,81 @@ def default_num_threads():
         return os.cpu_count() or 1
 
 
+def _process_default():
+    global _default_n
+    if _default_n is None:   # read the environment once, as OpenMP itself does
+        _default_n = default_num_threads()
+    return _default_n
+
+
 def get_num_threads():
-    """The number of threads the fast kernels (and BLAS) use."""
-    global _n_threads
-    if _n_threads is None:   # read the environment once, as OpenMP itself does
-        _n_threads = default_num_threads()
-    return _n_threads
+    """The number of threads the fast kernels use for a call made now from this thread: the
+    innermost ``num_threads`` block's count, else the process default (set_num_threads)."""
+    n = _block_n.get()
+    return _process_default() if n is None else n
+
+
+def _checked(op, n):
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"{op}: n must be an int or None, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"{op}: n must be >= 1, got {n}")
+    return n
 
 
 def set_num_threads(n):
-    """Use ``n`` threads for the fast kernels and for BLAS; ``None`` restores the default.
+    """Make ``n`` threads the process default for the fast kernels and for BLAS; ``None``
+    restores the default (``OMP_NUM_THREADS`` when set, else every core this process may use).
 
-    The default is ``OMP_NUM_THREADS`` when set, else every core this process may use.
-    Results are bitwise identical for any ``n``: only the speed changes.
+    A ``num_threads`` block overrides it in the thread that opened the block. Results are
+    bitwise identical for any ``n``: only the speed changes.
     """
-    global _n_threads
-    if n is None:
-        n = default_num_threads()
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"set_num_threads: n must be an int or None, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    _n_threads = n
-    _threadpools().limit(limits=n, user_api="blas")
+    global _default_n
+    n = _checked("set_num_threads", default_num_threads() if n is None else n)
+    with _blas_lock:
+        _default_n = n
+        if not _open_blocks:
+            _set_blas(n)
 
 
 @contextlib.contextmanager
 def num_threads(n):
-    """Context manager: ``with fastconv.num_threads(1): ...`` runs the block on ``n`` threads."""
-    previous = get_num_threads()
-    set_num_threads(n)
+    """Context manager: ``with fastconv.num_threads(1): ...`` runs the kernels called in the
+    block on ``n`` threads.
+
+    The setting belongs to the calling thread (other threads keep theirs) and is restored when
+    the block ends, even after an error. NumPy's BLAS, which has one setting per process,
+    uses ``n`` threads too while the block is the most recently entered one still open.
+    """
+    n = _checked("num_threads", n)
+    key = object()
+    token = _block_n.set(n)
+    with _blas_lock:
+        _open_blocks[key] = n
+        _set_blas(n)
     try:
         yield
     finally:
-        set_num_threads(previous)
+        with _blas_lock:
+            del _open_blocks[key]
+            _set_blas(next(reversed(_open_blocks.values())) if _open_blocks
+                      else _process_default())
+        _block_n.reset(token)
+
+
+def _set_blas(n):
+    """Every BLAS library on ``n`` threads, except the kernels' while a kernel runs (they get
+    ``n`` when the last one ends). Called with _blas_lock held."""
+    global _kernel_side_saved
+    kernel_side, numpy_side = _blas_controllers()
+    if _kernels_running:
+        _kernel_side_saved = [(lc, n) for lc in kernel_side]
+        for lc in numpy_side:
+            if lc not in kernel_side:
+                lc.set_num_threads(n)
+    else:
+        for lc in {id(lc): lc for lc in kernel_side + numpy_side}.values():
+            lc.set_num_threads(n)
 
 
 _blas_sides = None      # (kernel side, NumPy side): see _blas_controllers
@@ -88,26 +148,32 @@ def _blas_controllers():
 
 
 @contextlib.contextmanager
-def _one_thread(controllers):
-    """The block with these BLAS libraries on one thread, their settings restored after.
+def blas_single_thread():
+    """Context manager: the kernels' BLAS on one thread (their BLAS calls run inside OpenMP
+    loops, one per thread), restored when the last kernel call running in any thread ends.
 
     Straight calls to the libraries' own get/set functions (~2 us a library), where
     threadpoolctl's ``limit`` context re-reads every library's state (~12 us): the kernels
     pay this on every call, and a LeNet-5 step makes dozens."""
-    changed = [(lc, n) for lc, n in ((lc, lc.get_num_threads()) for lc in controllers) if n != 1]
-    for lc, _ in changed:
-        lc.set_num_threads(1)
+    global _kernels_running, _kernel_side_saved
+    with _blas_lock:
+        if not _kernels_running:
+            _kernel_side_saved = []
+            for lc in _blas_controllers()[0]:
+                n = lc.get_num_threads()
+                if n != 1:
+                    _kernel_side_saved.append((lc, n))
+                    lc.set_num_threads(1)
+        _kernels_running += 1
     try:
         yield
     finally:
-        for lc, n in changed:
-            lc.set_num_threads(n)
-
-
-def blas_single_thread():
-    """Context manager: the kernels' BLAS on one thread (their BLAS calls run inside OpenMP
-    loops, one per thread)."""
-    return _one_thread(_blas_controllers()[0])
+        with _blas_lock:
+            _kernels_running -= 1
+            if not _kernels_running:
+                for lc, n in _kernel_side_saved:
+                    lc.set_num_threads(n)
+                _kernel_side_saved = []
 
 
 def blas_info():

@@ -50,7 +50,14 @@ def _as_float_array(op, name, a, dtype=None):
     """
     if a is None:
         raise TypeError(f"{op}: {name} must be an array, got None")
-    arr = a if type(a) is np.ndarray else np.asarray(a)
+    if type(a) is np.ndarray:
+        arr = a
+    else:
+        try:
+            arr = np.asarray(a)
+        except (ValueError, TypeError) as exc:   # e.g. a ragged list [[1, 2], [3]]
+            raise ValueError(f"{op}: {name} is not a rectangular array of numbers "
+                             f"({exc})") from None
     if not _is_float_dtype(arr.dtype):
         raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {arr.dtype}"
                         " (convert with .astype(np.float32))")
@@ -60,10 +67,21 @@ def _as_float_array(op, name, a, dtype=None):
     return arr
 
 
+def _kernel_ready(a):
+    """``a`` itself when it is C-contiguous and aligned for its dtype, else an aligned
+    C-contiguous copy: the kernels read whole floats through typed pointers, which a view
+    at an odd byte offset (``np.frombuffer(buf, np.float32, offset=2)``) would misalign."""
+    flags = a.flags
+    if flags.carray or (flags.c_contiguous and flags.aligned):   # carray: + writeable, one read
+        return a
+    return np.require(a, requirements=("C", "A"))
+
+
 def _contiguous(*arrays):
-    """C-contiguous versions (one copy of strided, Fortran-order or negative-stride input; None
-    passes through). Called after validation, so an impossible shape never costs a copy."""
-    return tuple(None if a is None else np.ascontiguousarray(a) for a in arrays)
+    """Kernel-ready versions (see ``_kernel_ready``: one copy of strided, Fortran-order,
+    negative-stride or misaligned input; None passes through). Called after validation, so
+    an impossible shape never costs a copy."""
+    return tuple(None if a is None else _kernel_ready(a) for a in arrays)
 
 
 def _check_ndim(op, name, a, ndims, meaning):
@@ -295,7 +313,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, backend=None
         if indices.shape != dy.shape:
             raise ValueError(f"{op}: indices must have dy's shape {dy.shape}, got "
                              f"{indices.shape}")
-        indices = np.ascontiguousarray(indices, dtype=np.int64)
+        indices = _kernel_ready(indices.astype(np.int64, copy=False))
     return impl.max_pool2d_backward(*_contiguous(dy, x), k, s, p, _n_threads(), indices)
 
 
@@ -361,7 +379,7 @@ def _saved_stat(op, name, a, C):
     a = _as_float_array(op, name, a)
     if a.shape != (C,):
         raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
-    return a if a.dtype is _FLOAT64 and a.flags.c_contiguous else np.ascontiguousarray(a, np.float64)
+    return _kernel_ready(a.astype(np.float64, copy=False))
 
 
 def _check_running(op, name, a, C, updated):
@@ -372,6 +390,18 @@ def _check_running(op, name, a, C, updated):
         raise ValueError(f"{op}: {name} must have shape ({C},), got {a.shape}")
     if updated and not a.flags.writeable:
         raise ValueError(f"{op}: {name} is read-only, but training updates it in place")
+
+
+def _update_running(impl, running_mean, running_var, mean, var, momentum, M):
+    """impl.running_update in place; a misaligned running statistic is updated through an
+    aligned copy, copied back (the kernel reads it through typed pointers)."""
+    running = (running_mean, running_var)
+    stats = [a if a is None or a.flags.aligned else np.require(a, requirements="A")
+             for a in running]
+    impl.running_update(*stats, mean, var, momentum, M)
+    for a, stat in zip(running, stats):
+        if stat is not a:
+            a[...] = stat
 
 
 def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1, eps=1e-5,
@@ -420,7 +450,7 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1
                              f"shape {x.shape}")
         y, mean, var = impl.batch_norm_train_forward(*_contiguous(x4, gamma, beta), eps,
                                                      _n_threads())
-        impl.running_update(running_mean, running_var, mean, var, momentum, M)
+        _update_running(impl, running_mean, running_var, mean, var, momentum, M)
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
@@ -466,6 +496,8 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=
 def _linear_setup(op, x, w):
     x, w = _input_and_weight(op, x, w, 2, "2-D (N, in_features)",
                              "2-D (out_features, in_features)", "input features")
+    if min(x.shape) == 0 or min(w.shape) == 0:
+        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
     _check_int_sizes(op, N=x.shape[0], in_features=x.shape[1], out_features=w.shape[0])
     return x, w
 
@@ -549,7 +581,7 @@ def relu(x, inplace=False, backend=None):
     if inplace:
         if not x.flags.writeable:
             raise ValueError(f"{op}: inplace=True needs a writeable x")
-        if not x.flags.c_contiguous:          # computed on a contiguous copy, then copied back
+        if not (x.flags.c_contiguous and x.flags.aligned):   # on a copy, then copied back
             x[...] = relu(x, backend=backend)
             return x
         flat = x.reshape(-1)                  # a view: the kernel writes into x

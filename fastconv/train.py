@@ -85,73 +85,243 @@ def save_checkpoint(path, model, optimizer=None, epoch=0, history=None, meta=Non
     return atomic_savez(path, **arrays)
 
 
-def read_checkpoint(path):
-    """Read a checkpoint into a dict: ``model``, ``optim``, ``history`` (dicts of arrays),
-    ``epoch`` (int) and ``meta`` (dict). Raises CheckpointError when unreadable."""
+# What a checkpoint may hold, checked from the zip directory and the .npy headers before
+# any array is read: a damaged or hostile file can neither run code (no pickle) nor make
+# fastconv allocate more than the file's own size (members are stored, as np.savez writes
+# them: a compressed member could claim a thousand times its size).
+_META_MAX_BYTES = 1 << 20      # the JSON metadata: a few kB in practice
+_EPOCH_MAX = 2**31 - 1
+_GROUPS = ("model", "optim", "history")
+
+
+def _npy_header(f):
+    """(shape, dtype, header length) of the .npy stream ``f``, reading the header only."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return shape, dtype, f.tell()
+
+
+def _scan_members(path, zf):
+    """{key: (ZipInfo, shape, dtype)} for every member, from the zip directory and each
+    .npy header; each member's declared size must be exactly its header's shape x itemsize,
+    and all of them together fit in the file."""
+    members, total, file_size = {}, 0, os.path.getsize(path)
+    for info in zf.infolist():
+        name = info.filename
+        if not name.endswith(".npy") or name[:-4] in members:
+            raise CheckpointError(f"checkpoint {path}: unexpected member {name!r} (a fastconv "
+                                  "checkpoint holds one .npy array per name)")
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"checkpoint {path}: {name} is compressed; fastconv "
+                                  "checkpoints are stored uncompressed (np.savez)")
+        total += info.file_size
+        if info.file_size != info.compress_size or total > file_size:
+            raise CheckpointError(f"checkpoint {path}: {name} claims {info.file_size} bytes, "
+                                  f"more than the file holds ({file_size} bytes; corrupt)")
+        try:
+            with zf.open(info) as f:
+                shape, dtype, header = _npy_header(f)
+        except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+            raise CheckpointError(f"checkpoint {path}: {name} is not a valid .npy array "
+                                  f"({exc})") from None
+        if dtype.hasobject:
+            raise CheckpointError(f"checkpoint {path}: {name} holds Python objects ({dtype}); "
+                                  "checkpoints hold numbers only")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if info.file_size != header + nbytes:
+            raise CheckpointError(f"checkpoint {path}: {name}'s header says {shape} {dtype} "
+                                  f"({nbytes} bytes) but it holds {info.file_size - header} bytes "
+                                  "(truncated or corrupt)")
+        members[name[:-4]] = (info, shape, dtype)
+    return members
+
+
+def _read_member(path, zf, members, key):
+    info, shape, dtype = members[key]
+    try:
+        with zf.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        raise CheckpointError(f"checkpoint {path}: {key} cannot be read: truncated or corrupt "
+                              f"({type(exc).__name__}: {exc})") from None
+
+
+def _read_info(path, zf, members):
+    """The checked metadata (a dict) and epoch of a checkpoint, from its 'meta' and 'epoch'
+    members; every other member must be model/, optim/ or history/ (1-D, one per epoch)."""
+    def bad(what):
+        return CheckpointError(f"checkpoint {path}: {what}")
+    for key in ("meta", "epoch"):
+        if key not in members:
+            raise bad(f"no {key!r} entry: not a fastconv checkpoint, or damaged")
+    info_zip, shape, dtype = members["meta"]
+    if shape != () or dtype.kind != "U" or info_zip.file_size > _META_MAX_BYTES:
+        raise bad(f"'meta' must be a JSON string of at most {_META_MAX_BYTES} bytes, got "
+                  f"{dtype} of shape {shape} ({info_zip.file_size} bytes)")
+    _, shape, dtype = members["epoch"]
+    if shape != () or dtype.kind not in "iu":
+        raise bad(f"'epoch' must be an integer, got {dtype} of shape {shape}")
+    try:
+        info = json.loads(str(_read_member(path, zf, members, "meta")))
+    except ValueError as exc:
+        raise bad(f"'meta' is not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise bad(f"'meta' must be a JSON object, got {info!r:.60}")
+    if info.get("format") != CHECKPOINT_FORMAT:
+        raise bad(f"not a fastconv checkpoint (format {info.get('format')!r:.60})")
+    if info.get("version") != CHECKPOINT_VERSION:
+        raise bad(f"version {info.get('version')!r:.20} is not supported (this fastconv reads "
+                  f"version {CHECKPOINT_VERSION})")
+    for key, kind in (("meta", dict), ("rng", dict)):
+        if not isinstance(info.setdefault(key, {}), kind):
+            raise bad(f"meta[{key!r}] must be a JSON object, got {info[key]!r:.60}")
+    if not (info.get("optimizer") is None or isinstance(info["optimizer"], str)):
+        raise bad(f"meta['optimizer'] must be a class name, got {info['optimizer']!r:.60}")
+    epoch = int(_read_member(path, zf, members, "epoch"))
+    if not 0 <= epoch <= _EPOCH_MAX or info.get("epoch", epoch) != epoch:
+        raise bad(f"epoch {epoch} is not a finished-epoch count (0 to {_EPOCH_MAX}) or differs "
+                  f"from the metadata's {info.get('epoch')!r:.20}")
+    for key, (_, shape, dtype) in members.items():
+        group, _, name = key.partition("/")
+        if key in ("meta", "epoch"):
+            continue
+        if group not in _GROUPS or not name:
+            raise bad(f"unexpected entry {key!r}")
+        if dtype.kind not in "fiub":
+            raise bad(f"{key} has dtype {dtype}; checkpoints hold numbers only")
+        if group == "history" and name in STEP_KEYS:
+            if len(shape) != 1:             # one value per training step
+                raise bad(f"{key} has shape {shape}, but a step history is one-dimensional")
+        elif group == "history" and not (len(shape) == 1 and shape[0] <= epoch):
+            raise bad(f"{key} has shape {shape}, but a history has one value per finished "
+                      f"epoch ({epoch})")
+    return info, epoch
+
+
+def _open_checkpoint(path):
+    """The checkpoint at ``path`` as (zip file, scanned members, metadata, epoch); no array
+    data is read beyond the metadata."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head == b"\x93NUMPY":
+        raise CheckpointError(f"{path} is a single .npy array, not a fastconv checkpoint "
+                              "(an .npz written by fastconv train or save_checkpoint)")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            data = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as exc:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read: it is truncated or not a "
-                              f"fastconv .npz checkpoint ({type(exc).__name__}: {exc})") from exc
+                              f"fastconv .npz checkpoint ({type(exc).__name__}: {exc})") from None
     try:
-        info = json.loads(str(data.pop("meta")))
-        if info.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"format {info.get('format')!r}")
-    except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a fastconv checkpoint (no valid 'meta' entry: {exc})") \
-            from exc
-    out = {"model": {}, "optim": {}, "history": {}, "epoch": int(data.pop("epoch", info["epoch"])),
-           "meta": info}
-    for key, value in data.items():
+        members = _scan_members(path, zf)
+        info, epoch = _read_info(path, zf, members)
+    except BaseException:
+        zf.close()
+        raise
+    return zf, members, info, epoch
+
+
+def _read_groups(path, zf, members, groups=_GROUPS):
+    out = {group: {} for group in groups}
+    for key in members:
         group, _, name = key.partition("/")
-        if group in ("model", "optim", "history") and name:
-            out[group][name] = value
+        if group in groups:
+            out[group][name] = _read_member(path, zf, members, key)
+    return out
+
+
+def read_checkpoint(path):
+    """Read a checkpoint into a dict: ``model``, ``optim``, ``history`` (dicts of arrays),
+    ``epoch`` (int) and ``meta`` (dict). Raises CheckpointError, naming the file and what is
+    wrong, when it is damaged or not a fastconv checkpoint (FileNotFoundError when missing).
+
+    Names, dtypes and sizes are checked from the zip directory and the .npy headers before
+    any array is read, and no pickle is ever loaded.
+    """
+    zf, members, info, epoch = _open_checkpoint(path)
+    with zf:
+        out = _read_groups(os.fspath(path), zf, members)
+    out.update(epoch=epoch, meta=info)
     return out
 
 
 def _check_state(path, what, saved, expected):
-    """Names and shapes of ``saved`` must equal ``expected``'s (dicts of arrays)."""
+    """Names, shapes and dtype kinds of ``saved`` ({name: (shape, dtype)}) must match
+    ``expected``'s (a dict of arrays)."""
     missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this {what}: missing {missing[:5]}"
                               f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                               f"{' ...' if len(unexpected) > 5 else ''} (another model or optimiser?)")
     for name, want in expected.items():
-        got = np.shape(saved[name])
+        got, dtype = saved[name]
         if got != np.shape(want):
             raise CheckpointError(f"checkpoint {path} does not fit this {what}: {name} has shape {got} "
                                   f"in the checkpoint but {np.shape(want)} here")
+        if (dtype.kind == "f") != (np.asarray(want).dtype.kind == "f"):
+            raise CheckpointError(f"checkpoint {path} does not fit this {what}: {name} has dtype "
+                                  f"{dtype} in the checkpoint but {np.asarray(want).dtype} here")
+
+
+def _checked_rng_states(path, states, generators):
+    """The saved generator states for this model's generators, each tried on a copy first."""
+    checked = {}
+    for name, state in states.items():
+        if name not in generators:
+            continue
+        trial = type(generators[name].bit_generator)()
+        try:
+            trial.state = state
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise CheckpointError(f"checkpoint {path}: the random state of {name} is not "
+                                  f"valid ({type(exc).__name__}: {exc})") from None
+        checked[name] = state
+    return checked
 
 
 def load_checkpoint(path, model, optimizer=None):
     """Restore ``model`` (and ``optimizer``) from ``path``; return (epoch, history, meta).
 
-    Everything is checked before anything changes: a checkpoint of another architecture or
-    a damaged file raises CheckpointError and leaves the model as it was.
+    All or nothing: names, shapes and dtypes are checked against the model and optimiser from
+    the file's headers, then every array is read, and only then is anything assigned. A
+    checkpoint of another architecture or a damaged file raises CheckpointError and leaves
+    the model and optimiser as they were.
     """
-    ck = read_checkpoint(path)
-    _check_state(path, "model", ck["model"], model.state_dict())
-    gens = dict(_generators(model))
-    if optimizer is not None:
-        saved_class = ck["meta"].get("optimizer")
-        if saved_class != type(optimizer).__name__:
-            raise CheckpointError(f"checkpoint {path} holds {saved_class} state, not "
-                                  f"{type(optimizer).__name__}; resume with the same --optimizer")
-        _check_state(path, "optimizer", ck["optim"], optimizer.state_dict())
+    zf, members, info, epoch = _open_checkpoint(path)
+    path = os.fspath(path)
+    with zf:
+        headers = {group: {} for group in _GROUPS}
+        for key, (_, shape, dtype) in members.items():
+            group, _, name = key.partition("/")
+            if group in headers:
+                headers[group][name] = (shape, dtype)
+        _check_state(path, "model", headers["model"], model.state_dict())
+        if optimizer is not None:
+            saved_class = info.get("optimizer")
+            if saved_class != type(optimizer).__name__:
+                raise CheckpointError(f"checkpoint {path} holds {saved_class} state, not "
+                                      f"{type(optimizer).__name__}; resume with the same --optimizer")
+            _check_state(path, "optimizer", headers["optim"], optimizer.state_dict())
+        generators = dict(_generators(model))
+        rng_states = _checked_rng_states(path, info["rng"], generators)
+        groups = ("model", "history") + (("optim",) if optimizer is not None else ())
+        ck = _read_groups(path, zf, members, groups)
     model.load_state_dict(ck["model"])
     if optimizer is not None:
         optimizer.load_state_dict(ck["optim"])
-    for name, state in ck["meta"].get("rng", {}).items():
-        if name in gens:
-            gens[name].bit_generator.state = state
+    for name, state in rng_states.items():
+        generators[name].bit_generator.state = state
     history = {k: [float(v) for v in ck["history"].get(k, [])] for k in HISTORY_KEYS + STEP_KEYS}
     for k in ("epoch", "step"):
         history[k] = [int(v) for v in history[k]]
-    return ck["epoch"], history, ck["meta"].get("meta", {})
+    return epoch, history, info["meta"]
 
 
 def _csv(history, keys):
@@ -348,8 +518,12 @@ def fit(model, train_loader, optimizer, epochs, schedule=None, loss_fn=None, tes
     start_epoch = 0
     if resume is not None:
         start_epoch, history, _ = load_checkpoint(resume, model, optimizer)
+        if start_epoch > epochs:
+            raise CheckpointError(f"checkpoint {resume} is after epoch {start_epoch}, beyond the "
+                                  f"{epochs} epochs asked for; ask for more epochs to continue it")
         if log:
-            log(f"resumed from {resume} after epoch {start_epoch}")
+            log(f"resumed from {resume} after epoch {start_epoch}"
+                + (": all epochs are done" if start_epoch == epochs else ""))
     steps = len(train_loader)
     for epoch in range(start_epoch, epochs):
         train_loader.set_epoch(epoch)

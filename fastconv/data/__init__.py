@@ -7,7 +7,7 @@
 ((32, 1, 28, 28), dtype('float32'), dtype('int64'))
 """
 from .datasets import (CIFAR10_CLASSES, DATASETS, FASHION_MNIST_CLASSES, SUBSET_PATH, Dataset,
-                       DatasetNotFoundError, dataset_available, find_dataset_dir, load_dataset,
+                       DatasetIncompleteError, DatasetNotFoundError, dataset_available, find_dataset_dir, load_dataset,
                        load_subset, search_path)
 from .idx import read_cifar10_bin, read_idx, write_idx
 from .loader import ArraysLoader, DataLoader
@@ -15,7 +15,7 @@ from .transforms import (Compose, Normalize, RandomCrop, RandomHorizontalFlip, R
                          RandomTranslate, RandomZoom, affine_batch, make_augmentation)
 
 __all__ = ["CIFAR10_CLASSES", "DATASETS", "FASHION_MNIST_CLASSES", "SUBSET_PATH", "Dataset",
-           "DatasetNotFoundError", "dataset_available", "find_dataset_dir", "load_dataset",
+           "DatasetIncompleteError", "DatasetNotFoundError", "dataset_available", "find_dataset_dir", "load_dataset",
            "load_subset", "search_path", "read_cifar10_bin", "read_idx", "write_idx", "DataLoader",
            "ArraysLoader", "Compose", "Normalize", "RandomCrop", "RandomHorizontalFlip",
            "RandomTranslate", "RandomRotation", "RandomZoom", "affine_batch", "make_augmentation"]

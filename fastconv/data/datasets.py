@@ -22,7 +22,8 @@ import numpy as np
 from .idx import read_cifar10_bin, read_idx
 
 __all__ = ["Dataset", "load_dataset", "find_dataset_dir", "dataset_available", "DATASETS",
-           "SUBSET_PATH", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES", "DatasetNotFoundError"]
+           "SUBSET_PATH", "FASHION_MNIST_CLASSES", "CIFAR10_CLASSES", "DatasetNotFoundError",
+           "DatasetIncompleteError"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -57,8 +58,16 @@ _CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 _CIFAR_TEST = "test_batch.bin"
 
 
+_SUBSET_HINT = f"The embedded subset needs nothing: --dataset {SUBSET_NAME}."
+
+
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are in none of the search-path directories."""
+
+
+class DatasetIncompleteError(FileNotFoundError):
+    """A folder given explicitly (``data_dir``) holds some of the dataset's files but not all:
+    an error rather than a quiet fall back to another copy of the data."""
 
 
 @dataclass
@@ -140,24 +149,48 @@ def search_path(name, data_dir=None):
     return dirs
 
 
-def _idx_files(directory):
-    """{'x_train': path, ...} when all four IDX files are in directory, else None."""
+def _found_idx_files(directory):
+    """{'x_train': path, ...} for those of the four IDX files that are in directory."""
     found = {}
     for key, stems in _IDX_FILES.items():
-        for stem in stems:
-            for suffix in ("", ".gz"):
-                if (directory / (stem + suffix)).is_file():
-                    found[key] = directory / (stem + suffix)
-                    break
-            if key in found:
-                break
-        if key not in found:
-            return None
+        paths = [directory / (stem + suffix) for stem in stems for suffix in ("", ".gz")]
+        found.update({key: p for p in reversed(paths) if p.is_file()})
     return found
+
+
+def _idx_files(directory):
+    """{'x_train': path, ...} when all four IDX files are in directory, else None."""
+    found = _found_idx_files(directory)
+    return found if len(found) == len(_IDX_FILES) else None
+
+
+def _missing_files(name, directory):
+    """The names of ``name``'s files missing from directory, when some (not all) are there."""
+    if name == "cifar10":
+        wanted = {f: f for f in _CIFAR_TRAIN + (_CIFAR_TEST,)}
+        present = {f for f in wanted if (directory / f).is_file()}
+    else:
+        wanted = {key: f"{stems[0]}[.gz]" for key, stems in _IDX_FILES.items()}
+        present = set(_found_idx_files(directory))
+    return [wanted[k] for k in wanted if k not in present] if present else []
 
 
 def _has_cifar(directory):
     return all((directory / f).is_file() for f in _CIFAR_TRAIN + (_CIFAR_TEST,))
+
+
+def _check_explicit_dir(name, data_dir):
+    """An explicitly given folder must exist, and may not hold only part of the dataset."""
+    base = Path(data_dir)
+    if not base.is_dir():
+        raise DatasetNotFoundError(f"dataset {name!r}: the data folder {base} does not exist. "
+                                   f"{_SUBSET_HINT}")
+    for sub in _SUBDIRS[name]:
+        d = base / sub if sub else base
+        if d.is_dir() and (missing := _missing_files(name, d)):
+            raise DatasetIncompleteError(
+                f"dataset {name!r}: the folder {d} holds only part of it; missing "
+                f"{', '.join(missing)}")
 
 
 def find_dataset_dir(name, data_dir=None):
@@ -168,6 +201,8 @@ def find_dataset_dir(name, data_dir=None):
     name = canonical_name(name)
     if name == SUBSET_NAME:
         return SUBSET_PATH.parent
+    if data_dir:
+        _check_explicit_dir(name, data_dir)
     tried = search_path(name, data_dir)
     for d in tried:
         if (name == "cifar10" and _has_cifar(d)) or (name != "cifar10" and _idx_files(d)):
@@ -181,15 +216,14 @@ def find_dataset_dir(name, data_dir=None):
     }[name]
     raise DatasetNotFoundError(
         f"dataset {name!r} not found; searched: {', '.join(str(d) for d in tried) or '(nothing)'}. "
-        f"Name a folder with --data-dir or FASTCONV_DATA, or {hint}. "
-        f"The embedded subset needs nothing: --dataset {SUBSET_NAME}.")
+        f"Name a folder with --data-dir or FASTCONV_DATA, or {hint}. {_SUBSET_HINT}")
 
 
 def dataset_available(name, data_dir=None):
     try:
         find_dataset_dir(name, data_dir)
         return True
-    except DatasetNotFoundError:
+    except (DatasetNotFoundError, DatasetIncompleteError):
         return False
 
 
@@ -198,9 +232,29 @@ def _as_nchw(images):
     return images[:, None] if images.ndim == 3 else images
 
 
-def _check_pair(name, x, y, split):
+def _read_idx_split(images_path, labels_path, num_classes):
+    """(images (N, 1, H, W) uint8, labels (N,)) of one split, checked against each other."""
+    x, y = read_idx(images_path), read_idx(labels_path)
+    if x.dtype != np.uint8 or x.ndim != 3:
+        raise ValueError(f"{images_path}: expected uint8 images (N, H, W), got {x.dtype} of "
+                         f"shape {x.shape}")
+    if y.dtype.kind not in "iu" or y.ndim != 1:
+        raise ValueError(f"{labels_path}: expected integer labels (N,), got {y.dtype} of "
+                         f"shape {y.shape}")
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{name}: {split} has {x.shape[0]} images but {y.shape[0]} labels")
+        raise ValueError(f"{images_path} holds {x.shape[0]} images but {labels_path} holds "
+                         f"{y.shape[0]} labels")
+    _check_labels(labels_path, y, num_classes)
+    return _as_nchw(x), y
+
+
+def _check_labels(path, y, num_classes):
+    if y.size == 0:
+        raise ValueError(f"{path}: holds no images")
+    bad = y[(y < 0) | (y >= num_classes)]
+    if bad.size:
+        raise ValueError(f"{path}: label {int(bad[0])} is outside 0..{num_classes - 1} "
+                         f"({bad.size} such labels)")
 
 
 def load_dataset(name="fashion-mnist", data_dir=None):
@@ -229,11 +283,12 @@ def load_dataset(name="fashion-mnist", data_dir=None):
         classes = CIFAR10_CLASSES
     else:
         files = _idx_files(directory)
-        x_train, y_train = _as_nchw(read_idx(files["x_train"])), read_idx(files["y_train"])
-        x_test, y_test = _as_nchw(read_idx(files["x_test"])), read_idx(files["y_test"])
         classes = FASHION_MNIST_CLASSES if name == "fashion-mnist" else MNIST_CLASSES
-    _check_pair(name, x_train, y_train, "train")
-    _check_pair(name, x_test, y_test, "test")
+        x_train, y_train = _read_idx_split(files["x_train"], files["y_train"], len(classes))
+        x_test, y_test = _read_idx_split(files["x_test"], files["y_test"], len(classes))
+        if x_train.shape[1:] != x_test.shape[1:]:
+            raise ValueError(f"{files['x_test']}: images of shape {x_test.shape[2:]}, but "
+                             f"{files['x_train']} holds {x_train.shape[2:]}")
     return Dataset(name, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64),
                    classes, source=str(directory))
 

@@ -10,6 +10,9 @@ records of 1 + 3072 bytes, a label byte (0-9) then a 32x32 image stored as 1024 
 1024 green and 1024 blue bytes, rows in order: exactly the (C, H, W) layout of NCHW.
 """
 import gzip
+import math
+import os
+import zlib
 
 import numpy as np
 
@@ -27,16 +30,53 @@ IDX_DTYPES = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _read_bytes(path):
-    """The file's bytes, decompressed when it is gzip (detected by content, not by name)."""
-    with open(path, "rb") as f:
-        head = f.read(2)
-    opener = gzip.open if head == _GZIP_MAGIC else open
-    try:
-        with opener(path, "rb") as f:
-            return f.read()
-    except (OSError, EOFError) as exc:   # a truncated or corrupt .gz
-        raise ValueError(f"{path}: cannot decompress ({exc})") from exc
+_CHUNK = 1 << 20     # a payload is read in pieces: a header cannot make us allocate more
+
+
+def _read_up_to(f, n):
+    """Up to ``n`` bytes of ``f``, fewer at its end; memory grows with what is really there."""
+    parts, left = [], n
+    while left > 0:
+        part = f.read(min(left, _CHUNK))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _read_checked(path, f, compressed):
+    """(shape, dtype, payload bytes) of the IDX stream ``f``, the header checked against the
+    file's size (raw files) or the decompressed length (gzip) before the payload is kept."""
+    magic = _read_up_to(f, 4)
+    if len(magic) < 4:
+        raise ValueError(f"{path}: not an IDX file (only {len(magic)} bytes)")
+    zero1, zero2, code, ndim = magic
+    if zero1 != 0 or zero2 != 0 or code not in IDX_DTYPES or ndim == 0:
+        raise ValueError(f"{path}: not an IDX file: bad magic number 0x{magic.hex()} "
+                         "(expected 0x0000 then a type code in "
+                         f"{sorted(hex(c) for c in IDX_DTYPES)} and the number of dimensions)")
+    dims = _read_up_to(f, 4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header ({4 + len(dims)} bytes, {ndim} dimensions)")
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+    dtype = IDX_DTYPES[code]
+    header = 4 + 4 * ndim
+    expected = header + math.prod(shape) * dtype.itemsize
+
+    def mismatch(actual):
+        return ValueError(f"{path}: IDX header says shape {shape} of {dtype} ({expected} bytes) "
+                          f"but the {'decompressed ' if compressed else ''}file has {actual} "
+                          "bytes (truncated or corrupt)")
+    if not compressed and os.path.getsize(path) != expected:
+        raise mismatch(os.path.getsize(path))
+    payload = _read_up_to(f, expected - header)
+    if len(payload) < expected - header:
+        raise mismatch(header + len(payload))
+    if f.read(1):
+        raise ValueError(f"{path}: IDX header says shape {shape} of {dtype} ({expected} bytes) "
+                         "but the file holds more data (corrupt header?)")
+    return shape, dtype, payload
 
 
 def read_idx(path):
@@ -54,28 +94,19 @@ def read_idx(path):
 
     Raises
     ------
-    ValueError
-        on a bad magic number, an unknown type code, or a size that does not match
-        the header (a truncated file).
+    ValueError, naming the file,
+        on a bad magic number, an unknown type code, or a size that does not match the
+        header (a truncated file, or one with more data than the header says). The header
+        is checked against the file's size before the payload is read.
     """
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise ValueError(f"{path}: not an IDX file (only {len(data)} bytes)")
-    zero1, zero2, code, ndim = data[0], data[1], data[2], data[3]
-    if zero1 != 0 or zero2 != 0 or code not in IDX_DTYPES or ndim == 0:
-        raise ValueError(f"{path}: not an IDX file: bad magic number 0x{data[:4].hex()} "
-                         "(expected 0x0000 then a type code in "
-                         f"{sorted(hex(c) for c in IDX_DTYPES)} and the number of dimensions)")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path}: truncated IDX header ({len(data)} bytes, {ndim} dimensions)")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    dtype = IDX_DTYPES[code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        raise ValueError(f"{path}: IDX header says shape {shape} of {dtype} ({expected} bytes) "
-                         f"but the file has {len(data)} bytes (truncated or corrupt)")
-    arr = np.frombuffer(data, dtype, offset=header).reshape(shape)
+    with open(path, "rb") as f:
+        compressed = f.read(2) == _GZIP_MAGIC      # by content, not by name
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as f:
+            shape, dtype, payload = _read_checked(path, f, compressed)
+    except (OSError, EOFError, zlib.error) as exc:   # a truncated or corrupt .gz
+        raise ValueError(f"{path}: cannot decompress ({exc})") from exc
+    arr = np.frombuffer(payload, dtype).reshape(shape)
     return arr.astype(dtype.newbyteorder("="))   # native order, and a writable copy
 
 

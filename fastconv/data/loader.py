@@ -44,6 +44,8 @@ class DataLoader:
                              f"(N, features...) without augment; got {x.dtype} of shape {x.shape}")
         if y.shape != (x.shape[0],):
             raise ValueError(f"DataLoader: y must have shape ({x.shape[0]},), got {y.shape}")
+        if x.shape[0] == 0:
+            raise ValueError("DataLoader: x holds no images (an epoch would train on nothing)")
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive int, got {batch_size!r}")
         self.x, self.y = x, y

@@ -105,7 +105,7 @@ def run(args):
         return fail(str(exc))
     meta = ck["meta"].get("meta") or {}
     model_name = args.model or meta.get("model")
-    if not model_name:
+    if not (model_name and isinstance(model_name, str)):
         return fail(f"the checkpoint {args.checkpoint} does not say which model it holds; "
                     f"give --model (one of {', '.join(MODELS)})")
     options = meta.get("options") or {}
@@ -135,7 +135,10 @@ def run(args):
         ds = ds.limit(None, limit_test)
     C, H, W = ds.image_shape
     first = next(iter(ck["model"].values()), None)
-    dtype = np.dtype(meta.get("dtype") or (first.dtype if first is not None else np.float32))
+    try:
+        dtype = np.dtype(meta.get("dtype") or (first.dtype if first is not None else np.float32))
+    except TypeError:
+        return fail(f"the checkpoint {args.checkpoint} names an unknown dtype {meta['dtype']!r}")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "viz")
 
     lr = None
