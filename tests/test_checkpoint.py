@@ -263,16 +263,17 @@ def test_sgd_state_is_checked_against_the_optimiser_class(tmp_path):
                                   "single .npy"])
 def test_command_line_refuses_damaged_checkpoints(name, good, tmp_path, capsys):
     """`fastconv train --resume` and `fastconv viz` answer a damaged checkpoint with one error
-    line naming it (exit 2), before any training or drawing."""
+    line naming it (exit status 1, a failure of the command rather than of its command line),
+    before any training or drawing."""
     from fastconv.cli import main
     bad = _build(name, good, tmp_path)
     code = main(["train", "--dataset", "fashion-mnist-subset", "--limit", "64", "--epochs", "1",
                  "--out", str(tmp_path / "run"), "--no-progress", "--resume", str(bad)])
     out = capsys.readouterr()
-    assert code == 2 and str(bad) in out.out + out.err
+    assert code == 1 and str(bad) in out.err
     assert "epoch 1/1" not in out.out
     code = main(["viz", str(bad), "--dataset", "fashion-mnist-subset",
                  "--out", str(tmp_path / "viz")])
     out = capsys.readouterr()
-    assert code == 2 and str(bad) in out.out + out.err
+    assert code == 1 and str(bad) in out.err
     assert not (tmp_path / "viz").exists()

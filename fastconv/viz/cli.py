@@ -91,9 +91,10 @@ def run(args):
     from . import _mpl
     from .report import write_report
 
-    def fail(msg):
+    def fail(msg, status=2):
+        """One line on stderr; status 2 for a wrong command line, 1 for a file that fails."""
         print(f"fastconv viz: error: {msg}", file=sys.stderr)
-        return 2
+        return status
 
     if not _mpl.available():
         return fail(_mpl.MISSING)
@@ -102,7 +103,7 @@ def run(args):
     try:
         ck = read_checkpoint(args.checkpoint)
     except (CheckpointError, OSError) as exc:
-        return fail(str(exc))
+        return fail(str(exc), status=1)
     meta = ck["meta"].get("meta") or {}
     model_name = args.model or meta.get("model")
     if not (model_name and isinstance(model_name, str)):
