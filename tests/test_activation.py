@@ -146,7 +146,9 @@ def test_every_instruction_set_gives_the_same_bits(tmp_path):
     for isa in ("baseline", "avx2", "avx512"):
         path = tmp_path / f"{isa}.npz"
         env = dict(os.environ, FASTCONV_ISA=isa)
-        subprocess.run([sys.executable, "-c", _RELU_RUN, str(path)], env=env, check=True)
+        # run outside the checkout, so that the process imports the fastconv under test
+        subprocess.run([sys.executable, "-c", _RELU_RUN, str(path)], env=env, check=True,
+                       cwd=tmp_path)
         results[isa] = np.load(path)
     for isa in ("avx2", "avx512"):
         for key in results["baseline"].files:

@@ -19,6 +19,9 @@ from fastconv.data import DataLoader
 from fastconv.train import evaluate, read_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The folder this process imported fastconv from (the installed package, or a checkout with
+# its kernels built in place): the ranks must import the same one.
+FASTCONV_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(dist.__file__)))
 
 
 def _mpirun(n):
@@ -41,7 +44,7 @@ def _mpirun(n):
 
 def _run(cmd, timeout=300, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        p for p in (os.path.dirname(HERE), os.environ.get("PYTHONPATH")) if p))
+        p for p in (FASTCONV_ROOT, os.environ.get("PYTHONPATH")) if p))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
 
 
@@ -138,7 +141,7 @@ def test_ctrl_c_stops_every_rank_with_a_message():
     non-zero status, within seconds. Each rank prints why it stops, but mpirun may kill a rank
     before it gets to print (on a loaded machine it did), so only the stop is asserted here."""
     cmd = _mpirun(2) + [sys.executable, os.path.join(HERE, "mpi_worker.py"), "train", "-"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(HERE))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=FASTCONV_ROOT)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=env) as proc:
         try:
