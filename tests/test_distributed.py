@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -45,6 +46,8 @@ def _mpirun(n):
 def _run(cmd, timeout=300, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
         p for p in (FASTCONV_ROOT, os.environ.get("PYTHONPATH")) if p))
+    # outside the checkout: `python -m fastconv` puts the current folder first on sys.path
+    kwargs.setdefault("cwd", tempfile.gettempdir())
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
 
 
@@ -143,7 +146,7 @@ def test_ctrl_c_stops_every_rank_with_a_message():
     cmd = _mpirun(2) + [sys.executable, os.path.join(HERE, "mpi_worker.py"), "train", "-"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=FASTCONV_ROOT)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env) as proc:
+                          env=env, cwd=tempfile.gettempdir()) as proc:
         try:
             assert proc.stdout.readline().strip() == "training"
             proc.send_signal(signal.SIGINT)
