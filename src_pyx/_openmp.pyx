@@ -1,17 +1,7 @@
 # cython: language_level=3
 """What the OpenMP runtime says: whether the build has it, and how many threads it would use."""
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define FASTCONV_OPENMP 1
-    #else
-    #define FASTCONV_OPENMP 0
-    static int omp_get_max_threads(void) { return 1; }
-    static void omp_set_num_threads(int n) { (void)n; }
-    #endif
-    """
+cdef extern from "fc_openmp.h":
     int FASTCONV_OPENMP
     int omp_get_max_threads() noexcept nogil
     void omp_set_num_threads(int n) noexcept nogil
