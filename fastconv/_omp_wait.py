@@ -19,6 +19,7 @@ SETTINGS = {"GOMP_SPINCOUNT": "2000",   # libgomp (gcc builds): spin ~2000 round
 """What :func:`tune_openmp_waiting` puts in the environment."""
 
 _RUNTIMES = ("libgomp.so", "libomp.so", "libiomp5.so")   # as the kernels link them
+_applied = {}           # what tune_openmp_waiting put in os.environ in this process
 
 
 def _openmp_started():
@@ -70,4 +71,11 @@ def tune_openmp_waiting(*, warn=True):
                           "kernel runs", RuntimeWarning, stacklevel=2)
         return {}
     os.environ.update(todo)
+    _applied.update(todo)
     return todo
+
+
+def applied_settings():
+    """The variables :func:`tune_openmp_waiting` set in this process (not the user's own):
+    ``fastconv bench`` leaves them out of PyTorch's worker process."""
+    return dict(_applied)

@@ -113,6 +113,17 @@ def bn_inputs(layer, rng):
             "running_mean": np.zeros(C, DTYPE), "running_var": np.ones(C, DTYPE)}
 
 
+def make_inputs(op, layer, seed=0):
+    """The inputs of ``op`` on suite row ``layer``, from a generator seeded with ``seed``: the
+    same numbers in every process (each engine's worker makes its own copy)."""
+    rng = np.random.default_rng(seed)
+    if op.startswith("conv2d"):
+        return conv_inputs(layer, rng)
+    if "pool" in op:
+        return pool_inputs(layer, rng)
+    return bn_inputs(layer, rng)
+
+
 # --------------------------------------------------------------------------- fastconv calls
 
 def fastconv_call(op, impl, layer, d):

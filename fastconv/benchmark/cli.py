@@ -11,10 +11,13 @@ DESCRIPTION = """\
 Time fastconv's layers (conv forward and backward, max/avg pooling, batch norm) on the
 shared layer suite for every backend and algorithm (reference, fast direct, fast im2col,
 fast auto) and, when it is installed, PyTorch on the same data; whole-model training steps
-(LeNet-5, ResNet-20); and the peak memory of each conv algorithm.
+(LeNet-5, ResNet-20) and inference (ResNet-20 batch 128, LeNet-5 batch 1); the per-call
+overhead of the op API on tiny inputs; and the peak memory of each conv algorithm.
 
-For GEMM-heavy figures unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the command,
-e.g. `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE fastconv bench --json run.json`.
+Each engine runs in a worker process of its own (without OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE), the two alternating: every case is timed in --rounds rounds and keeps
+its best round's median; "spread" is how far the rounds' medians were apart.
+Ratios "vs torch" are PyTorch's median / fastconv's (> 1: fastconv is faster).
 """
 
 EPILOG = """\
@@ -22,6 +25,8 @@ examples:
   fastconv bench                          # the whole suite, 1 thread and all cores
   fastconv bench --quick                  # a smoke test of a few seconds
   fastconv bench --filter conv2d_fwd --threads 1,2,4
+  fastconv bench --filter overhead        # per-call overhead of the op API vs PyTorch
+  fastconv bench --filter train_step,inference --rounds 5
   fastconv bench --filter resnet20_s1,lenet --json new.json --compare old.json
   fastconv bench --json run.json --plot run.png
   fastconv bench --report run.json --markdown run.md   # a saved run again, nothing timed
@@ -45,6 +50,16 @@ def _positive(text):
     return value
 
 
+def _rounds(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--rounds wants an integer >= 1, got {text!r}")
+    return value
+
+
 def configure_parser(parser):
     """Add every ``fastconv bench`` option to ``parser``; returns it."""
     parser.description = DESCRIPTION
@@ -58,9 +73,13 @@ def configure_parser(parser):
     parser.add_argument("--filter", action="append", default=[], metavar="SUBSTR",
                         help="run only the cases whose id 'op:layer:impl' contains SUBSTR "
                              "(comma-separated or repeated: any of them), e.g. conv2d_fwd, "
-                             "resnet20_s1, fast:im2col, torch, train_step")
+                             "resnet20_s1, fast:im2col, torch, train_step, inference, "
+                             "overhead")
     parser.add_argument("--budget", type=_positive, default=None, metavar="SECONDS",
                         help="time spent on each case (default 0.25, --quick 0.005)")
+    parser.add_argument("--rounds", type=_rounds, default=None, metavar="N",
+                        help="rounds per case, the engines' worker processes alternating; "
+                             "each case keeps its best round (default 3, --quick 2)")
     parser.add_argument("--json", metavar="FILE", help="write every figure and the environment")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw GFLOP/s per layer and thread scaling (needs matplotlib)")
@@ -89,15 +108,9 @@ def _filters(values):
 
 
 def _list_cases(settings):
-    from . import cases, models
-    for lay in cases.suite_layers(settings.batch_cap, settings.with_torch):
-        for case in lay.cases:
-            if cases.matches(case.id, settings.filters):
-                print(case.id)
-    if settings.with_models:
-        for m in models.model_cases(settings.batch_cap, settings.with_torch):
-            if cases.matches(m.id, settings.filters):
-                print(m.id)
+    from .runner import list_case_ids
+    for case_id in list_case_ids(settings):
+        print(case_id)
     return 0
 
 
@@ -110,7 +123,7 @@ def run(args):
     from . import jsonfile, plot, report, runner
 
     settings = runner.Settings.from_options(
-        threads=args.threads, quick=args.quick, budget_s=args.budget,
+        threads=args.threads, quick=args.quick, budget_s=args.budget, rounds=args.rounds,
         filters=_filters(args.filter), with_torch=not args.no_torch,
         with_models=not args.no_models, with_memory=not args.no_memory,
         keep_freed_memory=not args.glibc_malloc,
@@ -150,7 +163,7 @@ def run(args):
         print(f"fastconv bench: wrote {args.plot}", file=sys.stderr)
     if args.report:
         return 0
-    if not doc["results"] and not doc["models"]:
+    if not any(doc.get(key) for key in ("results", "models", "inference", "overhead")):
         print("fastconv bench: no case matches the filter (see --list)", file=sys.stderr)
         return 2
     errors = [r for r in doc["unavailable"] if r["status"] == "error"]

@@ -1,10 +1,14 @@
-"""Whole-model training steps: forward, cross-entropy loss, backward and one SGD update.
+"""Whole models: training steps and inference.
 
-Two models, at their usual training batch: LeNet-5 (batch 64, 1x28x28) and ResNet-20
-(batch 128, 3x32x32). fastconv's side uses the public layer API (``fastconv.models``,
+* training step: forward, cross-entropy loss, backward and one SGD update, at the models'
+  usual training batch: LeNet-5 (batch 64, 1x28x28) and ResNet-20 (batch 128, 3x32x32);
+* inference: the eval-mode forward pass (BN with its running statistics), ResNet-20 on a
+  batch of 128 (throughput) and LeNet-5 on one image (latency).
+
+fastconv's side uses the public layer API (``fastconv.models``,
 ``fastconv.nn.CrossEntropyLoss``, ``fastconv.optim.SGD``). PyTorch's side builds the same
-architecture (:mod:`fastconv.benchmark.torch_impl`); both report their parameter counts so
-that a mismatch of the two architectures shows in the JSON.
+architecture (:mod:`fastconv.benchmark.torch_impl`) and runs it on the same batch; both
+report their parameter counts, and the run warns when the two differ.
 """
 from dataclasses import dataclass, field
 
@@ -14,7 +18,9 @@ from . import torch_impl
 
 # name -> (batch, input shape of one image)
 MODELS = {"lenet5": (64, (1, 28, 28)), "resnet20": (128, (3, 32, 32))}
+INFERENCE_BATCH = {"resnet20": 128, "lenet5": 1}   # throughput and latency
 IMPLS = ("fastconv", "torch")
+TASKS = {"train": "train_step", "infer": "inference"}   # kind -> id prefix
 
 
 @dataclass
@@ -23,11 +29,12 @@ class ModelCase:
     impl: str                       # "fastconv" or "torch"
     batch: int
     image_shape: tuple
-    build: object = field(repr=False)
+    build: object = field(repr=False, default=None)
+    kind: str = "train"             # "train" (a training step) or "infer" (eval forward)
 
     @property
     def id(self):
-        return f"train_step:{self.model}:{self.impl}"
+        return f"{TASKS[self.kind]}:{self.model}:{self.impl}"
 
 
 def model_inputs(batch, image_shape, seed=0):
@@ -58,15 +65,30 @@ def fastconv_train_step(model_name, x, labels, lr=0.01, momentum=0.9):
     return step, int(sum(p.data.size for p in params))
 
 
-def model_cases(batch_cap=None, with_torch=True):
-    """The training-step cases, fastconv first; ``batch_cap`` limits the batch (``--quick``)."""
+def fastconv_inference(model_name, x):
+    """(forward, n_params): ``forward()`` runs fastconv's model ``model_name`` in eval mode on
+    the images ``x`` (N, C, H, H) and returns the logits."""
+    from ..models import get_model
+    model = get_model(model_name, in_channels=x.shape[1], input_size=x.shape[2])
+    model.eval()
+    return (lambda: model(x)), int(sum(p.data.size for p in model.parameters()))
+
+
+def model_cases(batch_cap=None, with_torch=True, kind="train"):
+    """The training-step (``kind="train"``) or inference (``"infer"``) cases, fastconv
+    first; ``batch_cap`` limits the batch (``--quick``)."""
     cases = []
     for name, (batch, image_shape) in MODELS.items():
+        if kind == "infer":
+            batch = INFERENCE_BATCH[name]
         if batch_cap is not None:
             batch = min(batch, batch_cap)
         for impl in IMPLS:
             if impl == "torch" and not with_torch:
                 continue
-            build = fastconv_train_step if impl == "fastconv" else torch_impl.train_step
-            cases.append(ModelCase(name, impl, batch, image_shape, build))
+            if kind == "train":
+                build = fastconv_train_step if impl == "fastconv" else torch_impl.train_step
+            else:
+                build = fastconv_inference if impl == "fastconv" else torch_impl.inference
+            cases.append(ModelCase(name, impl, batch, image_shape, build, kind))
     return cases

@@ -16,6 +16,12 @@ def _ratio(value):
     return "" if value is None else f"{value:.2f}x"
 
 
+def _spread(r):
+    """The spread between a case's rounds: max / min of the rounds' medians - 1."""
+    value = r.get("round_spread")
+    return "" if value is None else f"{100 * value:.0f}%"
+
+
 def _table(header, rows, align):
     """Columns padded to their widest cell; ``align`` is "<" or ">" per column."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
@@ -49,7 +55,7 @@ def op_table(results, op):
     header = ["layer", "impl", "thr", "median ms", "min ms", "max ms", rate_name]
     if unit == "flop":
         header.append("%sgemm")
-    header += ["faults/call", "vs ref", "vs torch", "vs 1 thr"]
+    header += ["faults/call", "spread", "vs ref", "vs torch", "vs 1 thr"]
     rows = []
     for r in recs:
         if r.get("status") != "ok":
@@ -59,7 +65,8 @@ def op_table(results, op):
                _num(r.get(rate_key), ".1f")]
         if unit == "flop":
             row.append(_num(100 * r["sgemm_share"], ".0f") + "%" if "sgemm_share" in r else "")
-        row += [_num(r.get("minflt_per_call"), ".0f"), _ratio(r.get("speedup_vs_reference")),
+        row += [_num(r.get("minflt_per_call"), ".0f"), _spread(r),
+                _ratio(r.get("speedup_vs_reference")),
                 _ratio(r.get("speedup_vs_torch")), _ratio(r.get("speedup_vs_1thread"))]
         rows.append(row)
     title = cases_mod.OP_TITLES.get(op, op)
@@ -69,21 +76,38 @@ def op_table(results, op):
     return lines + _not_run_lines(recs) + [""]
 
 
-def model_table(model_results):
+def model_table(model_results,
+                title="training step: forward + loss + backward + SGD update"):
     if not model_results:
         return []
     header = ["model", "impl", "batch", "thr", "median ms", "min ms", "images/s",
-              "faults/call", "params", "vs torch", "vs 1 thr"]
+              "faults/call", "params", "spread", "vs torch", "vs 1 thr"]
     rows = [[m["model"], m["impl"], m.get("batch", ""), m["threads"],
              _num(m.get("median_ms"), ".2f"), _num(m.get("min_ms"), ".2f"),
              _num(m.get("images_per_s"), ".0f"), _num(m.get("minflt_per_call"), ".0f"),
-             m.get("params", ""),
+             m.get("params", ""), _spread(m),
              _ratio(m.get("speedup_vs_torch")), _ratio(m.get("speedup_vs_1thread"))]
             for m in model_results if m.get("status") == "ok"]
-    lines = ["== training step: forward + loss + backward + SGD update =="]
+    lines = [f"== {title} =="]
     if rows:
         lines += _table(header, rows, "<<" + ">" * (len(header) - 2))
     return lines + _not_run_lines(model_results) + [""]
+
+
+def overhead_table(call_results):
+    """Per-call times on tiny inputs: the public op, its kernel calls alone, PyTorch."""
+    if not call_results:
+        return []
+    header = ["op", "impl", "thr", "median us", "min us", "python us", "spread", "vs torch"]
+    rows = [[r["op"], r["impl"], r["threads"], _num(1e3 * r["median_ms"], ".2f"),
+             _num(1e3 * r["min_ms"], ".2f"), _num(r.get("python_us"), ".2f"), _spread(r),
+             _ratio(r.get("speedup_vs_torch"))]
+            for r in call_results if r.get("status") == "ok"]
+    lines = ["== per-call overhead on tiny inputs: fast = the op API, fast:kernel = only its "
+             "compiled-kernel calls, python us = fast - fast:kernel =="]
+    if rows:
+        lines += _table(header, rows, "<<" + ">" * (len(header) - 2))
+    return lines + _not_run_lines(call_results) + [""]
 
 
 def memory_table(mem, error):
@@ -142,12 +166,17 @@ def format_report(doc):
     lines.append("sgemm " + ", ".join(
         f"{s.get('n', '?')}^2 x{s.get('threads')} thread(s): {_num(s.get('gflops'), '.1f')} "
         "GFLOP/s" for s in doc.get("sgemm") or []))
-    lines.append("times: median (min, max) of repeated calls after warm-up; faults/call = minor "
-                 "page faults per call (~1.6 us each here); vs X = X's median / this median")
+    lines.append("times: median (min, max) of repeated calls after warm-up, the best of "
+                 f"{(doc.get('settings') or {}).get('rounds', 1)} round(s), each engine in its "
+                 "own process, alternating; spread = max / min of the rounds' medians - 1; "
+                 "faults/call = minor page faults per call; vs X = X's median / this median")
     lines.append("")
     for op in cases_mod.OPS:
         lines += op_table(doc.get("results") or [], op)
     lines += model_table(doc.get("models") or [])
+    lines += model_table(doc.get("inference") or [],
+                         "inference: eval-mode forward (ResNet-20 throughput, LeNet-5 latency)")
+    lines += overhead_table(doc.get("overhead") or [])
     lines += memory_table(doc.get("memory") or [], doc.get("memory_error"))
     lines += summary_table(doc.get("summary"))
     return "\n".join(lines)
@@ -172,9 +201,10 @@ def compare(new, old):
                          f"{new['environment'].get(what)!r} now")
     if old["settings"].get("quick") != new["settings"].get("quick"):
         lines.append("  WARNING: one run is --quick, the other is not")
-    old_recs = {_key(r): r for r in old.get("results", []) + old.get("models", [])}
+    kinds = ("results", "models", "inference", "overhead")
+    old_recs = {_key(r): r for kind in kinds for r in old.get(kind) or []}
     rows, changes, missing = [], [], 0
-    for r in new.get("results", []) + new.get("models", []):
+    for r in (r for kind in kinds for r in new.get(kind) or []):
         o = old_recs.get(_key(r))
         if o is None or r["status"] != "ok" or o["status"] != "ok":
             missing += o is None
@@ -247,4 +277,18 @@ def markdown(doc):
                                 if (name, impl, t) in models else "-" for t in threads)
                      for impl in ("fastconv", "torch")]
             lines.append(f"| {name} | {batch} | {cells[0]} | {cells[1]} |")
+    inference = [m for m in doc.get("inference") or [] if m["status"] == "ok"]
+    if inference:
+        ms = {(m["model"], m["impl"], m["threads"]): m["median_ms"] for m in inference}
+        lines += ["", f"Inference (eval-mode forward), median ms with {per} thread(s):", "",
+                  "| model | batch | fastconv | PyTorch | fastconv speed-up vs PyTorch |",
+                  "|---|---|---|---|---|"]
+        for name in dict.fromkeys(m["model"] for m in inference):
+            batch = next(m.get("batch", "") for m in inference if m["model"] == name)
+            cells = [" / ".join(f"{ms[(name, impl, t)]:.3g}" if (name, impl, t) in ms else "-"
+                                for t in threads) for impl in ("fastconv", "torch")]
+            ratios = " / ".join(f"{ms[(name, 'torch', t)] / ms[(name, 'fastconv', t)]:.2f}x"
+                                if (name, "torch", t) in ms and (name, "fastconv", t) in ms
+                                else "-" for t in threads)
+            lines.append(f"| {name} | {batch} | {cells[0]} | {cells[1]} | {ratios} |")
     return "\n".join(lines) + "\n"

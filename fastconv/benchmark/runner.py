@@ -1,12 +1,19 @@
 """Run the benchmark suite and return every figure as one JSON-ready document.
 
+Every timing runs in a worker process of its engine (:mod:`fastconv.benchmark.worker`):
+one for fastconv, one for PyTorch, so that the two OpenMP runtimes never share a process
+and each engine has the cores to itself while it is timed; this process only coordinates.
+
 Order of work, chosen for a noisy machine: the memory probes first (in their own process,
 so they never overlap a timing), then the sgemm yardstick for each thread count, then one
-suite layer at a time: its inputs are made once, and every thread count and every
-implementation is timed back to back on them, so that the ratios of a row (fast vs
-reference, vs PyTorch, n threads vs 1) come from measurements seconds apart; fastconv's
-default implementation and PyTorch, whose ratio is a target, take turns (``time_pair``).
-Whole-model training steps come last, the two engines also taking turns.
+suite layer at a time: every thread count and every implementation is timed on the same
+inputs (each worker makes them from the same seed), so that the ratios of a row (fast vs
+reference, vs PyTorch, n threads vs 1) come from measurements seconds apart. Each case is
+timed in ``rounds`` rounds (default 3), every implementation of the layer once per round,
+fastconv's and PyTorch's in turn, and keeps its best round (smallest median); the spread
+between the rounds' medians is reported per case. Whole models come last (training
+steps, then inference), the engines alternating likewise, then the per-call overhead of
+the op API on tiny inputs (:mod:`fastconv.benchmark.overhead`).
 
 Ratios are speed-ups (> 1 means faster): ``speedup_vs_reference = t_reference / t``,
 ``speedup_vs_torch = t_torch / t``, ``speedup_vs_1thread = t(1 thread) / t(n threads)``,
@@ -16,17 +23,15 @@ import math
 import sys
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
-from .. import num_threads
-from .._malloc import keep_freed_memory
 from . import cases as cases_mod
-from . import environment, memory, models, torch_impl
-from .timing import DEFAULT_BUDGET, QUICK_BUDGET, Budget, measure, measure_interleaved, sgemm_rate
+from . import environment, memory, models, overhead
+from .timing import DEFAULT_BUDGET, QUICK_BUDGET, Budget
+from .worker import UNSET_IN_WORKERS, Worker, WorkerDied
 
 SCHEMA = "fastconv-bench/1"
 QUICK_BATCH = 2          # --quick caps every batch at this size
 DEFAULT_IMPL = {"conv2d_fwd": "fast:auto", "conv2d_bwd": "fast:auto"}   # else "fast"
+DEFAULT_ROUNDS, QUICK_ROUNDS = 3, 2
 
 
 @dataclass
@@ -45,40 +50,118 @@ class Settings:
     sgemm_n: int = 2048
     progress: bool = True
     command: str = ""
+    rounds: int = DEFAULT_ROUNDS        # rounds per case, the engines alternating
 
     @classmethod
-    def from_options(cls, threads=None, quick=False, budget_s=None, **kwargs):
+    def from_options(cls, threads=None, quick=False, budget_s=None, rounds=None, **kwargs):
         budget = QUICK_BUDGET if quick else DEFAULT_BUDGET
         if budget_s is not None:
             budget = replace(budget, seconds=budget_s, warmup_s=min(budget.warmup_s, budget_s))
         if not threads:
             threads = sorted({1, environment.usable_cores()})
+        if rounds is None:
+            rounds = QUICK_ROUNDS if quick else DEFAULT_ROUNDS
         extra = {"batch_cap": QUICK_BATCH, "sgemm_n": 512} if quick else {}
-        return cls(threads=list(threads), budget=budget, quick=quick, **{**extra, **kwargs})
+        return cls(threads=list(threads), budget=budget, quick=quick, rounds=rounds,
+                   **{**extra, **kwargs})
 
     def as_dict(self):
         return {"threads": self.threads, "quick": self.quick, "filters": self.filters,
                 "budget": vars(self.budget), "with_torch": self.with_torch,
                 "with_models": self.with_models, "with_memory": self.with_memory,
                 "keep_freed_memory": self.keep_freed_memory,
-                "batch_cap": self.batch_cap, "sgemm_n": self.sgemm_n, "dtype": "float32"}
+                "batch_cap": self.batch_cap, "sgemm_n": self.sgemm_n, "dtype": "float32",
+                "rounds": self.rounds, "engines_in_own_processes": True,
+                "unset_in_workers": list(UNSET_IN_WORKERS)}
 
 
 def default_impl(op):
     return DEFAULT_IMPL.get(op, "fast")
 
 
-# --------------------------------------------------------------------------- one case
+# --------------------------------------------------------------------------- timing in the workers
 
-def _time(build, threads, budget):
-    """(status fields, Timing or None): build the callable, make the first call, time it."""
-    torch_impl.set_threads(threads)
-    try:
-        with num_threads(threads):
-            return {"status": "ok"}, measure(build(), budget)   # raises if unavailable
-    except Exception as exc:                        # noqa: BLE001  reported, never fatal
-        status, reason = cases_mod.classify_exception(exc)
-        return {"status": status, "reason": reason}, None
+class Engines:
+    """The worker processes of one run, one per engine, started on first use; a worker that
+    died is started again for the next request."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.workers = {}
+        self.info = {}          # engine -> what its (first) worker reported at start
+
+    def request(self, engine, message):
+        worker = self.workers.get(engine)
+        if worker is None or not worker.alive():
+            worker = self.workers[engine] = Worker(engine, self.settings.keep_freed_memory)
+            self.info.setdefault(engine, worker.info)
+        try:
+            return worker.request(message)
+        except WorkerDied as exc:
+            del self.workers[engine]
+            return {"status": "error", "reason": str(exc)}
+
+    def forget(self):
+        """Let every worker free the inputs and callables it built."""
+        for worker in list(self.workers.values()):
+            if worker.alive():
+                try:
+                    worker.request({"cmd": "forget"})
+                except WorkerDied:
+                    pass
+
+    def close(self):
+        for worker in self.workers.values():
+            worker.close()
+        self.workers = {}
+
+
+def engine_of(impl):
+    return "torch" if impl == "torch" else "fastconv"
+
+
+def _round_budget(settings):
+    """Each round gets its share of the case's time budget (still min_repeats calls)."""
+    budget = settings.budget
+    return {**vars(budget), "seconds": budget.seconds / settings.rounds}
+
+
+TIMING_FIELDS = ("median_ms", "min_ms", "max_ms", "repeats", "warmup_calls", "samples_ms",
+                 "minflt_per_call")
+
+
+def time_in_rounds(engines, entries, threads, settings):
+    """Time ``entries`` (record, request kind, spec) in their engines' workers, in
+    ``settings.rounds`` rounds: in each round every entry once, in order (so fastconv's and
+    PyTorch's alternate). Every record gets the timing of its best round (smallest median),
+    ``round_medians_ms`` (all rounds, in order) and ``round_spread`` = max / min of them
+    - 1; a record whose first round fails gets its status and reason and no further round."""
+    budget = _round_budget(settings)
+    rounds = {id(rec): [] for rec, _, _ in entries}
+    for _ in range(settings.rounds):
+        for rec, kind, spec in entries:
+            if rec.get("status") not in (None, "ok"):
+                continue
+            answer = engines.request(engine_of(rec["impl"]), {
+                "cmd": "time", "key": rec["id"], "kind": kind, "spec": spec,
+                "threads": threads, "budget": budget})
+            if answer["status"] != "ok":
+                rec.update(status=answer["status"], reason=answer["reason"])
+                continue
+            rec["status"] = "ok"
+            rounds[id(rec)].append(answer)
+    for rec, _, _ in entries:
+        done = rounds[id(rec)]
+        if rec.get("status") != "ok" or not done:
+            continue
+        best = min(done, key=lambda a: a["median_ms"])
+        rec.update({k: best[k] for k in TIMING_FIELDS})
+        if "params" in best:
+            rec["params"] = best["params"]
+        medians = [a["median_ms"] for a in done]
+        rec["round_medians_ms"] = medians
+        rec["round_spread"] = max(medians) / min(medians) - 1
+        rec["worker_pid"] = best["pid"]
 
 
 def _case_record(case, threads):
@@ -87,84 +170,64 @@ def _case_record(case, threads):
             "layer": dict(case.layer), "work": case.work, "unit": case.unit}
 
 
-def _add_timing(rec, case, timing):
-    rec.update(timing.as_dict())
-    rate = case.work / (timing.median_ms * 1e-3) / 1e9
-    rec["gflops" if case.unit == "flop" else "gbps"] = rate
+def _add_rate(rec):
+    if rec.get("status") == "ok":
+        rate = rec["work"] / (rec["median_ms"] * 1e-3) / 1e9
+        rec["gflops" if rec["unit"] == "flop" else "gbps"] = rate
 
 
-def time_case(case, inputs, threads, budget):
-    """The result record of one (case, thread count)."""
-    rec = _case_record(case, threads)
-    status, timing = _time(lambda: case.build(inputs), threads, budget)
-    rec.update(status)
-    if timing is not None:
-        _add_timing(rec, case, timing)
+def time_layer(engines, lay, threads, settings):
+    """The records of every case of suite layer ``lay`` at ``threads`` threads."""
+    recs = [_case_record(case, threads) for case in lay.cases]
+    spec = {"op": lay.op, "name": lay.name, "layer": lay.layer}
+    time_in_rounds(engines, [(rec, "layer", {**spec, "impl": rec["impl"]}) for rec in recs],
+                   threads, settings)
+    for rec in recs:
+        _add_rate(rec)
+    return recs
+
+
+def time_models(engines, mcases, threads, settings):
+    """The records of one model's training steps or inference (``mcases``: one per engine)
+    at ``threads`` threads, the engines alternating."""
+    recs = [{"id": m.id, "model": m.model, "impl": m.impl, "threads": threads,
+             "batch": m.batch, "image_shape": list(m.image_shape)} for m in mcases]
+    time_in_rounds(engines, [(rec, m.kind, {"model": m.model, "batch": m.batch,
+                                            "image_shape": list(m.image_shape)})
+                             for rec, m in zip(recs, mcases)], threads, settings)
+    for rec in recs:
+        if rec.get("status") == "ok":
+            rec["images_per_s"] = rec["batch"] / (rec["median_ms"] * 1e-3)
+    return recs
+
+
+def time_overhead(engines, op, impls, threads, settings):
+    recs = [{"id": f"overhead:{op}:{impl}", "op": op, "impl": impl, "threads": threads}
+            for impl in impls]
+    time_in_rounds(engines, [(rec, "overhead", {"op": op, "impl": rec["impl"]})
+                             for rec in recs], threads, settings)
+    return recs
+
+
+def time_sgemm(engines, threads, settings):
+    """The sgemm yardstick in fastconv's worker (one round: it is no comparison)."""
+    n = settings.sgemm_n
+    answer = engines.request("fastconv", {
+        "cmd": "time", "key": f"sgemm:{n}", "kind": "sgemm", "spec": {"n": n},
+        "threads": threads, "budget": vars(settings.budget)})
+    rec = {"threads": threads, "n": n, "flops": 2 * n ** 3}
+    if answer["status"] != "ok":
+        return {**rec, "status": answer["status"], "reason": answer["reason"], "gflops": None}
+    rec.update({k: answer[k] for k in TIMING_FIELDS})
+    rec["gflops"] = rec["flops"] / (rec["median_ms"] * 1e-3) / 1e9
     return rec
-
-
-def _time_taking_turns(entries, threads, budget):
-    """Time callables that are compared with each other, taking turns
-    (:func:`timing.measure_interleaved`), so that a neighbour loading the machine slows
-    them alike. ``entries``: (record, build) pairs; ``build()`` returns the callable, whose
-    first call here raises if it is unavailable (the record then gets its status and
-    reason). Returns (record, Timing) for the callables that ran."""
-    built = []
-    torch_impl.set_threads(threads)
-    with num_threads(threads):
-        for rec, build in entries:
-            try:
-                fn = build()
-                fn()                                # raises here if unavailable
-                rec["status"] = "ok"
-                built.append((rec, fn))
-            except Exception as exc:                # noqa: BLE001  reported, never fatal
-                status, reason = cases_mod.classify_exception(exc)
-                rec.update(status=status, reason=reason)
-        timings = measure_interleaved([fn for _, fn in built], budget) if built else []
-    return [(rec, timing) for (rec, _), timing in zip(built, timings)]
-
-
-def time_pair(cases, inputs, threads, budget):
-    """The result records of the cases whose ratio the report leads with (fastconv's
-    default implementation of a layer and PyTorch's), timed taking turns, so that a busy
-    neighbour does not fall on one of the two only."""
-    recs = [_case_record(case, threads) for case in cases]
-    timed = _time_taking_turns(
-        [(rec, lambda case=case: case.build(inputs)) for rec, case in zip(recs, cases)],
-        threads, budget)
-    by_id = {case.id: case for case in cases}
-    for rec, timing in timed:
-        _add_timing(rec, by_id[rec["id"]], timing)
-    return recs
-
-
-def time_models(mcases, threads, budget):
-    """The result records of the training steps of one model by every engine in ``mcases``
-    (fastconv, PyTorch), timed taking turns: the ratio of the two is the target."""
-    recs, entries = [], []
-    for mcase in mcases:
-        rec = {"id": mcase.id, "model": mcase.model, "impl": mcase.impl,
-               "threads": threads, "batch": mcase.batch,
-               "image_shape": list(mcase.image_shape)}
-
-        def build(mcase=mcase, rec=rec):
-            x, labels = models.model_inputs(mcase.batch, mcase.image_shape)
-            step, rec["params"] = mcase.build(mcase.model, x, labels)
-            return step
-
-        recs.append(rec)
-        entries.append((rec, build))
-    for rec, timing in _time_taking_turns(entries, threads, budget):
-        rec.update(timing.as_dict())
-        rec["images_per_s"] = rec["batch"] / (timing.median_ms * 1e-3)
-    return recs
 
 
 # --------------------------------------------------------------------------- ratios
 
-def add_ratios(results, model_results, sgemm):
-    """Fill speedup_vs_reference / _torch / _1thread and sgemm_share from medians."""
+def add_ratios(results, model_results, sgemm, inference=()):
+    """Fill speedup_vs_reference / _torch / _1thread and sgemm_share from medians (of the
+    layers, the training steps and the inference)."""
     ok = {(r["op"], r["case"], r["impl"], r["threads"]): r["median_ms"]
           for r in results if r["status"] == "ok"}
     sgemm_gflops = {s["threads"]: s["gflops"] for s in sgemm}
@@ -181,17 +244,18 @@ def add_ratios(results, model_results, sgemm):
             r["speedup_vs_1thread"] = one / t
         if "gflops" in r and r["threads"] in sgemm_gflops:
             r["sgemm_share"] = r["gflops"] / sgemm_gflops[r["threads"]]
-    ok_models = {(m["model"], m["impl"], m["threads"]): m["median_ms"]
-                 for m in model_results if m["status"] == "ok"}
-    for m in model_results:
-        if m["status"] != "ok":
-            continue
-        base = ok_models.get((m["model"], "torch", m["threads"]))
-        if base is not None and m["impl"] != "torch":
-            m["speedup_vs_torch"] = base / m["median_ms"]
-        one = ok_models.get((m["model"], m["impl"], 1))
-        if one is not None and m["threads"] != 1:
-            m["speedup_vs_1thread"] = one / m["median_ms"]
+    for group in (model_results, inference):
+        ok_models = {(m["model"], m["impl"], m["threads"]): m["median_ms"]
+                     for m in group if m["status"] == "ok"}
+        for m in group:
+            if m["status"] != "ok":
+                continue
+            base = ok_models.get((m["model"], "torch", m["threads"]))
+            if base is not None and m["impl"] != "torch":
+                m["speedup_vs_torch"] = base / m["median_ms"]
+            one = ok_models.get((m["model"], m["impl"], 1))
+            if one is not None and m["threads"] != 1:
+                m["speedup_vs_1thread"] = one / m["median_ms"]
 
 
 def geomean(values):
@@ -242,35 +306,63 @@ def memory_jobs(layers, settings):
     return jobs
 
 
-def run_benchmarks(settings):
-    """Run everything ``settings`` selects; return the JSON document (see ``report``).
-
-    Both engines run in this process, so under the same allocator. By default that is
-    glibc told to keep freed memory for reuse (fastconv.keep_freed_memory), as a training
-    run has it (fit calls it) and as PyTorch is usually measured: with glibc's defaults a call
-    that frees a large array faults its pages in again next time, which measures the
-    allocator's mood more than the kernel. ``keep_freed_memory=False`` keeps the defaults
-    (``fastconv bench --glibc-malloc``); the page faults per call are reported either way.
-    """
-    if settings.keep_freed_memory:
-        settings.keep_freed_memory = keep_freed_memory()      # False where not glibc
+def _selected(settings):
+    """(layers, training-step cases, inference cases, overhead cases (op, [impls]))."""
     layers = []
     for lay in cases_mod.suite_layers(settings.batch_cap, settings.with_torch):
         lay.cases = [c for c in lay.cases if cases_mod.matches(c.id, settings.filters)]
         if lay.cases:
             layers.append(lay)
-    mcases = ([m for m in models.model_cases(settings.batch_cap, settings.with_torch)
-               if cases_mod.matches(m.id, settings.filters)] if settings.with_models else [])
+    model_sets = []
+    for kind in ("train", "infer"):
+        model_sets.append([m for m in models.model_cases(settings.batch_cap, settings.with_torch,
+                                                         kind)
+                           if cases_mod.matches(m.id, settings.filters)]
+                          if settings.with_models else [])
+    impls = [i for i in overhead.IMPLS if i != "torch" or settings.with_torch]
+    calls = [(op, [i for i in impls if cases_mod.matches(f"overhead:{op}:{i}", settings.filters)])
+             for op in overhead.OPS]
+    return layers, model_sets[0], model_sets[1], [(op, i) for op, i in calls if i]
+
+
+def list_case_ids(settings):
+    """The ids of every case ``settings`` selects, in run order (``--list``)."""
+    layers, train, infer, calls = _selected(settings)
+    return ([c.id for lay in layers for c in lay.cases] + [m.id for m in train + infer]
+            + [f"overhead:{op}:{i}" for op, impls in calls for i in impls])
+
+
+def _by_model(mcases):
+    return [[m for m in mcases if m.model == name]
+            for name in dict.fromkeys(m.model for m in mcases)]
+
+
+def run_benchmarks(settings):
+    """Run everything ``settings`` selects; return the JSON document (see ``report``).
+
+    Each engine runs in its own worker process, under the same allocator settings. By
+    default that is glibc told to keep freed memory for reuse (fastconv.keep_freed_memory),
+    as a training run has it (fit calls it) and as PyTorch is usually measured: with glibc's
+    defaults a call that frees a large array faults its pages in again next time, which
+    measures the allocator's mood more than the kernel. ``keep_freed_memory=False`` keeps
+    the defaults (``fastconv bench --glibc-malloc``); the page faults per call are reported
+    either way.
+    """
+    layers, train, infer, calls = _selected(settings)
     jobs = memory_jobs(layers, settings) if settings.with_memory else []
 
     doc = {"schema": SCHEMA, "command": settings.command, "settings": settings.as_dict(),
-           "environment": environment.collect(settings.threads, settings.with_torch)}
-    doc["environment"]["malloc"] = ("keeps freed memory" if settings.keep_freed_memory
-                                    else "C library defaults")
+           "environment": environment.collect(settings.threads, with_torch=False)}
+    env = doc["environment"]
+    # The workers run without these variables: the figures are theirs, not this process's.
+    env["unset_in_workers"] = {k: env["env"].pop(k) for k in UNSET_IN_WORKERS if k in env["env"]}
+    env["warnings"] = [w for w in env["warnings"]
+                       if not any(k in w for k in UNSET_IN_WORKERS)]
     n_threads = len(settings.threads)
-    total = (n_threads * (1 + sum(len(lay.cases) for lay in layers) + len(mcases))
-             + (1 if jobs else 0))
+    total = (n_threads * (1 + sum(len(lay.cases) for lay in layers) + len(train) + len(infer)
+                          + sum(len(i) for _, i in calls)) + (1 if jobs else 0))
     bar = _progress(settings, total)
+    engines = Engines(settings)
     try:
         doc["memory"], doc["memory_error"] = [], None
         if jobs:
@@ -284,49 +376,80 @@ def run_benchmarks(settings):
         doc["sgemm"] = []
         for threads in settings.threads:
             bar.set_postfix_str(f"sgemm {settings.sgemm_n}^2, {threads} thread(s)", refresh=False)
-            with num_threads(threads):
-                doc["sgemm"].append({"threads": threads,
-                                     **sgemm_rate(settings.sgemm_n, settings.budget)})
+            doc["sgemm"].append(time_sgemm(engines, threads, settings))
             bar.update()
 
         results = []
-        rng = np.random.default_rng(0)
         for lay in layers:
-            inputs = lay.make_inputs(lay.layer, rng)
             for threads in settings.threads:
-                pair = [c for c in lay.cases if c.impl in (default_impl(c.op), "torch")]
-                by_id = {}
-                for case in lay.cases:
-                    if case not in pair:
-                        bar.set_postfix_str(f"{case.id} x{threads}", refresh=False)
-                        by_id[case.id] = time_case(case, inputs, threads, settings.budget)
-                        bar.update()
-                if pair:
-                    bar.set_postfix_str(f"{pair[0].op}:{lay.name} fastconv/torch x{threads}",
-                                        refresh=False)
-                    for rec in time_pair(pair, inputs, threads, settings.budget):
-                        by_id[rec["id"]] = rec
-                    bar.update(len(pair))
-                results += [by_id[case.id] for case in lay.cases]
-            del inputs
-        model_results = []
-        for name in dict.fromkeys(m.model for m in mcases):
-            group = [m for m in mcases if m.model == name]
+                bar.set_postfix_str(f"{lay.op}:{lay.name} x{threads}", refresh=False)
+                results += time_layer(engines, lay, threads, settings)
+                bar.update(len(lay.cases))
+            engines.forget()
+        model_results, inference = [], []
+        for mcases, out, what in ((train, model_results, "train_step"),
+                                  (infer, inference, "inference")):
+            for group in _by_model(mcases):
+                for threads in settings.threads:
+                    bar.set_postfix_str(f"{what}:{group[0].model} x{threads}", refresh=False)
+                    out += time_models(engines, group, threads, settings)
+                    bar.update(len(group))
+                engines.forget()
+        call_results = []
+        for op, impls in calls:
             for threads in settings.threads:
-                bar.set_postfix_str(f"train_step:{name} x{threads}", refresh=False)
-                model_results += time_models(group, threads, settings.budget)
-                bar.update(len(group))
+                bar.set_postfix_str(f"overhead:{op} x{threads}", refresh=False)
+                call_results += time_overhead(engines, op, impls, threads, settings)
+                bar.update(len(impls))
     finally:
         bar.close()
-        torch_impl.set_threads(environment.usable_cores())
-    doc["environment"]["load_average_end"] = environment.load_average()
-    doc["environment"]["warnings"] += contention_warnings(doc["sgemm"])
-    add_ratios(results, model_results, doc["sgemm"])
+        engines.close()
+    env["workers"] = engines.info
+    if "blas" in engines.info.get("fastconv", {}):
+        env["blas"] = engines.info["fastconv"]["blas"]
+    env["torch"] = (engines.info.get("torch") or {}).get("torch")
+    env["load_average_end"] = environment.load_average()
+    env["warnings"] += contention_warnings(doc["sgemm"])
+    env["warnings"] += architecture_warnings(model_results + inference)
+    add_ratios(results, model_results, doc["sgemm"], inference)
+    add_overhead_ratios(call_results)
     doc["results"] = results
     doc["models"] = model_results
+    doc["inference"] = inference
+    doc["overhead"] = call_results
     doc["summary"] = summarize(results, model_results)
-    doc["unavailable"] = unavailable_summary(results + model_results + doc["memory"])
+    doc["unavailable"] = unavailable_summary(results + model_results + inference
+                                             + call_results + doc["memory"])
     return doc
+
+
+def add_overhead_ratios(call_results):
+    """``python_us`` (fast minus fast:kernel: the Python layer's time per call) and
+    ``speedup_vs_torch`` of every public fastconv call."""
+    ok = {(r["op"], r["impl"], r["threads"]): r["median_ms"] for r in call_results
+          if r["status"] == "ok"}
+    for r in call_results:
+        if r["status"] != "ok" or r["impl"] != "fast":
+            continue
+        kernel = ok.get((r["op"], "fast:kernel", r["threads"]))
+        torch = ok.get((r["op"], "torch", r["threads"]))
+        if kernel is not None:
+            r["python_us"] = 1e3 * (r["median_ms"] - kernel)
+        if torch is not None:
+            r["speedup_vs_torch"] = torch / r["median_ms"]
+
+
+def architecture_warnings(records):
+    """A warning for each model whose two engines' parameter counts differ: their
+    comparison would not be of the same network."""
+    counts = {}
+    for r in records:
+        if r.get("status") == "ok" and r.get("params") is not None:
+            counts.setdefault(r["model"], {})[r["impl"]] = r["params"]
+    return [f"{model}: fastconv has {c['fastconv']} parameters, PyTorch {c['torch']}: the "
+            "two are not the same architecture, so their ratio is not a comparison"
+            for model, c in counts.items()
+            if len(c) == 2 and c["fastconv"] != c["torch"]]
 
 
 def contention_warnings(sgemm):

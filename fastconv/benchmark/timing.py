@@ -108,55 +108,9 @@ def measure(fn, budget=DEFAULT_BUDGET):
     return Timing(samples=samples, warmup_calls=warmups, minflt_per_call=minflt)
 
 
-def measure_interleaved(fns, budget=DEFAULT_BUDGET, rounds=5):
-    """Time callables that are to be compared with each other, taking turns: one
-    :class:`Timing` per callable, in order.
-
-    Each gets its untimed first call and its warm-up as in :func:`measure`; then ``rounds``
-    rounds give every callable in turn ``budget.seconds / rounds`` of timed calls (at least
-    one per round, more rounds until each has ``budget.min_repeats`` samples). A neighbour
-    that loads the machine for a while then slows every callable alike, where timing one
-    after the other lets it fall on whichever was being timed.
-    """
-    warmups = []
-    for fn in fns:
-        fn()
-        count, start = 0, time.perf_counter()
-        while count < budget.warmup_calls or time.perf_counter() - start < budget.warmup_s:
-            fn()
-            count += 1
-        warmups.append(count)
-    samples = [[] for _ in fns]
-    faults = [0 for _ in fns]
-    per_turn = budget.seconds / rounds
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        done = 0
-        while done < rounds or min(len(s) for s in samples) < min(budget.min_repeats,
-                                                                  budget.max_repeats):
-            for i, (fn, own) in enumerate(zip(fns, samples)):
-                before = _minflt()
-                start, calls = time.perf_counter(), 0
-                while len(own) < budget.max_repeats and (
-                        calls == 0 or time.perf_counter() - start < per_turn):
-                    t0 = time.perf_counter()
-                    fn()
-                    own.append(time.perf_counter() - t0)
-                    calls += 1
-                if before is not None:
-                    faults[i] += _minflt() - before
-            done += 1
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return [Timing(samples=own, warmup_calls=w,
-                   minflt_per_call=None if _minflt() is None else f / len(own))
-            for own, w, f in zip(samples, warmups, faults)]
-
-
-def sgemm_rate(n=2048, budget=DEFAULT_BUDGET):
-    """GFLOP/s of a float32 ``np.matmul`` of two n x n matrices under the current BLAS threads.
+def sgemm_call(n=2048):
+    """The callable of the sgemm yardstick: a float32 ``np.matmul`` of two n x n matrices
+    (2 n^3 FLOPs) under the current BLAS threads.
 
     The output is preallocated (``out=``) so that the figure is the arithmetic rate of the
     machine's BLAS, not its page-fault rate: it is the yardstick that conv GFLOP/s are
@@ -167,7 +121,12 @@ def sgemm_rate(n=2048, budget=DEFAULT_BUDGET):
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     c = np.empty((n, n), dtype=np.float32)
-    timing = measure(lambda: np.matmul(a, b, out=c), budget)
+    return lambda: np.matmul(a, b, out=c)
+
+
+def sgemm_rate(n=2048, budget=DEFAULT_BUDGET):
+    """GFLOP/s of :func:`sgemm_call` (n x n) in this process, with its timing fields."""
+    timing = measure(sgemm_call(n), budget)
     flops = 2 * n ** 3
     return {"n": n, "flops": flops, **timing.as_dict(),
             "gflops": flops / (timing.median_ms * 1e-3) / 1e9}

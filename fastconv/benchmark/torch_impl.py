@@ -156,3 +156,18 @@ def train_step(model_name, x, labels, lr=0.01, momentum=0.9):
         return loss.item()
 
     return step, sum(p.numel() for p in model.parameters())
+
+
+def inference(model_name, x):
+    """(forward, n_params): ``forward()`` runs the model in eval mode on the images ``x``
+    without autograd bookkeeping (``torch.inference_mode``), as fastconv's forward keeps none."""
+    torch = load()
+    model = MODELS[model_name]()
+    model.eval()
+    xt = torch.from_numpy(x)
+
+    def forward():
+        with torch.inference_mode():
+            return model(xt)
+
+    return forward, sum(p.numel() for p in model.parameters())
