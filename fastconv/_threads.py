@@ -118,8 +118,9 @@ def num_threads(n):
 def _set_blas(n):
     """Every BLAS library on ``n`` threads, except the kernels' while a kernel runs (they get
     ``n`` when the last one ends). Called with _blas_lock held."""
-    global _kernel_side_saved
+    global _kernel_side_saved, _blas_n
     kernel_side, numpy_side = _blas_controllers()
+    _blas_n = n
     if _kernels_running:
         _kernel_side_saved = [(lc, n) for lc in kernel_side]
         for lc in numpy_side:
@@ -131,6 +132,7 @@ def _set_blas(n):
 
 
 _blas_sides = None      # (kernel side, NumPy side): see _blas_controllers
+_blas_n = None          # the thread count _set_blas last gave every BLAS library (None: never)
 
 
 def _blas_controllers():
@@ -147,33 +149,65 @@ def _blas_controllers():
     return _blas_sides
 
 
-@contextlib.contextmanager
+class _BlasSingleThread:
+    """The context manager :func:`blas_single_thread` returns (one shared instance: its
+    state is the module's, under _blas_lock). A class, not a generator: the kernels enter
+    it on every call, and a generator-based context costs ~1.5 us more."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        global _kernels_running, _kernel_side_saved
+        kernel_side = _blas_sides[0] if _blas_sides is not None else _blas_controllers()[0]
+        with _blas_lock:
+            if not _kernels_running:
+                saved = []
+                for lc in kernel_side:
+                    n = lc.get_num_threads()
+                    if n != 1:
+                        saved.append((lc, n))
+                        lc.set_num_threads(1)
+                _kernel_side_saved = saved
+            _kernels_running += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _kernels_running, _kernel_side_saved
+        with _blas_lock:
+            _kernels_running -= 1
+            if not _kernels_running and _kernel_side_saved:
+                for lc, n in _kernel_side_saved:
+                    lc.set_num_threads(n)
+                _kernel_side_saved = []
+        return False
+
+
+class _NothingToLimit:
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_BLAS_SINGLE_THREAD, _NOTHING_TO_LIMIT = _BlasSingleThread(), _NothingToLimit()
+
+
 def blas_single_thread():
     """Context manager: the kernels' BLAS on one thread (their BLAS calls run inside OpenMP
     loops, one per thread), restored when the last kernel call running in any thread ends.
 
-    Straight calls to the libraries' own get/set functions (~2 us a library), where
+    Straight calls to the libraries' own get/set functions (~0.5 us a library), where
     threadpoolctl's ``limit`` context re-reads every library's state (~12 us): the kernels
-    pay this on every call, and a LeNet-5 step makes dozens."""
-    global _kernels_running, _kernel_side_saved
-    with _blas_lock:
-        if not _kernels_running:
-            _kernel_side_saved = []
-            for lc in _blas_controllers()[0]:
-                n = lc.get_num_threads()
-                if n != 1:
-                    _kernel_side_saved.append((lc, n))
-                    lc.set_num_threads(1)
-        _kernels_running += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _kernels_running -= 1
-            if not _kernels_running:
-                for lc, n in _kernel_side_saved:
-                    lc.set_num_threads(n)
-                _kernel_side_saved = []
+    pay this on every call, and a LeNet-5 step makes dozens. Nothing at all is done when
+    the calling thread runs its kernels on one thread and fastconv last set BLAS to one
+    thread (``num_threads(1)``): the kernel's BLAS calls then cannot oversubscribe, and
+    reading the libraries' setting would cost more than the tiny calls it guards."""
+    if _blas_n == 1 and get_num_threads() == 1:
+        return _NOTHING_TO_LIMIT
+    return _BLAS_SINGLE_THREAD
 
 
 def blas_info():

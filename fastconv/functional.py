@@ -58,10 +58,13 @@ def _as_float_array(op, name, a, dtype=None):
         except (ValueError, TypeError) as exc:   # e.g. a ragged list [[1, 2], [3]]
             raise ValueError(f"{op}: {name} is not a rectangular array of numbers "
                              f"({exc})") from None
-    if not _is_float_dtype(arr.dtype):
+    found = arr.dtype
+    if found is dtype:                  # the usual case: every array of the call alike
+        return arr
+    if not (found is _FLOAT32 or found is _FLOAT64 or found in _FLOAT_DTYPES):
         raise TypeError(f"{op}: {name} must be float32 or float64, got dtype {arr.dtype}"
                         " (convert with .astype(np.float32))")
-    if dtype is not None and arr.dtype is not dtype and arr.dtype != dtype:
+    if dtype is not None and found != dtype:
         raise TypeError(f"{op}: {name} has dtype {arr.dtype} but x has dtype {dtype}; "
                         "all arrays of one call must share a dtype")
     return arr
@@ -81,7 +84,7 @@ def _contiguous(*arrays):
     """Kernel-ready versions (see ``_kernel_ready``: one copy of strided, Fortran-order,
     negative-stride or misaligned input; None passes through). Called after validation, so
     an impossible shape never costs a copy."""
-    return tuple(None if a is None else _kernel_ready(a) for a in arrays)
+    return tuple([None if a is None else _kernel_ready(a) for a in arrays])   # list: no generator
 
 
 def _check_ndim(op, name, a, ndims, meaning):
@@ -91,6 +94,8 @@ def _check_ndim(op, name, a, ndims, meaning):
 
 def _pair(op, name, value, minimum):
     """An int or an (h, w) pair of ints -> (h, w), each >= minimum."""
+    if type(value) is int and minimum <= value <= _INT_MAX:     # the common case, at once
+        return (value, value)
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         pair = (int(value), int(value))
     elif (isinstance(value, (tuple, list)) and len(value) == 2
@@ -121,6 +126,8 @@ def _output_shape(op, x_shape, window, stride, padding, window_name):
 
 
 def _check_int_sizes(op, **sizes):
+    if max(sizes.values()) <= _INT_MAX:
+        return
     for name, value in sizes.items():
         if value > _INT_MAX:
             raise ValueError(f"{op}: {name} = {value} overflows the kernels' 32-bit sizes "
@@ -588,7 +595,7 @@ def relu(x, inplace=False, backend=None):
         impl.relu_forward(flat, flat, _n_threads())
         return x
     y = np.empty(x.shape, dtype=x.dtype)
-    impl.relu_forward(_contiguous(x)[0].reshape(-1), y.reshape(-1), _n_threads())
+    impl.relu_forward(_kernel_ready(x).reshape(-1), y.reshape(-1), _n_threads())
     return y
 
 
