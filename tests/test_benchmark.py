@@ -261,6 +261,32 @@ def test_each_engine_runs_in_its_own_process_alternating(monkeypatch, tmp_path, 
     assert doc["environment"]["torch"]["version"]
 
 
+def test_workers_are_separate_processes_with_their_own_engines(monkeypatch):
+    """Without torch installed too: each engine's worker is a process of its own, the
+    fastconv one loads the kernels and not torch, the torch one never loads the kernels
+    (with torch missing its cases are unavailable), and neither sees OPENBLAS_CORETYPE."""
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    settings = runner.Settings.from_options(quick=True, threads=[1])
+    engines = runner.Engines(settings)
+    lay = next(lay for lay in cases.suite_layers(batch_cap=2)
+               if lay.op == "conv2d_fwd" and lay.name == "lenet_c1")
+    spec = {"op": lay.op, "name": lay.name, "layer": lay.layer}
+    try:
+        answers = {engine: engines.request(engine, {
+            "cmd": "time", "key": f"{lay.op}:{lay.name}:{impl}", "kind": "layer",
+            "spec": {**spec, "impl": impl}, "threads": 1, "budget": vars(timing.QUICK_BUDGET)})
+            for engine, impl in (("fastconv", "fast:auto"), ("torch", "torch"))}
+        loaded = {engine: engines.request(engine, {"cmd": "loaded"}) for engine in answers}
+    finally:
+        engines.close()
+    assert answers["fastconv"]["status"] == "ok"
+    assert answers["torch"]["status"] in ("ok", "unavailable")
+    assert len({os.getpid(), loaded["fastconv"]["pid"], loaded["torch"]["pid"]}) == 3
+    assert loaded["fastconv"]["torch"] is False and loaded["fastconv"]["fastconv_kernels"]
+    assert loaded["torch"]["fastconv_kernels"] == []
+    assert all(info["unset"] == [] for info in engines.info.values())
+
+
 def test_worker_environment(monkeypatch):
     from fastconv import _omp_wait
     from fastconv.benchmark import worker
@@ -281,7 +307,7 @@ def test_fastconv_only_run_without_torch(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('torch blocked by the test')\n")
     path = tmp_path / "run.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", PYTHONPATH=os.pathsep.join(
         [str(tmp_path / "fake")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                     if p]))
     out = run_python(["-m", "fastconv.benchmark", "--quick", "--threads", "1", "--no-progress",
@@ -296,6 +322,12 @@ def test_fastconv_only_run_without_torch(tmp_path):
     assert len(torch) == 2 and all(r["status"] == "unavailable" for r in torch)
     assert all("torch blocked by the test" in r["reason"] for r in torch)
     assert "UNAVAILABLE: torch" in out.stdout
+    workers = doc["environment"]["workers"]
+    assert workers["torch"]["torch"] is None and workers["fastconv"]["pid"] != workers[
+        "torch"]["pid"]
+    assert {r["worker_pid"] for r in fast} == {workers["fastconv"]["pid"]}
+    assert doc["environment"]["unset_in_workers"] == {"OPENBLAS_CORETYPE": "Haswell"}
+    assert not any("OPENBLAS_CORETYPE" in w for w in doc["environment"]["warnings"])
 
 
 def test_no_torch_starts_no_torch_worker(monkeypatch, capsys):
