@@ -93,6 +93,8 @@ class Engines:
     def request(self, engine, message):
         worker = self.workers.get(engine)
         if worker is None or not worker.alive():
+            if worker is not None:
+                worker.close()
             worker = self.workers[engine] = Worker(engine, self.settings.keep_freed_memory)
             self.info.setdefault(engine, worker.info)
         try:
@@ -405,6 +407,9 @@ def run_benchmarks(settings):
         bar.close()
         engines.close()
     env["workers"] = engines.info
+    if engines.info:
+        keeps = all(info.get("keeps_freed_memory") for info in engines.info.values())
+        env["malloc"] = "keeps freed memory" if keeps else "C library defaults"
     if "blas" in engines.info.get("fastconv", {}):
         env["blas"] = engines.info["fastconv"]["blas"]
     env["torch"] = (engines.info.get("torch") or {}).get("torch")

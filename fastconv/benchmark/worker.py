@@ -25,6 +25,7 @@ nothing a library prints can break the protocol).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -96,12 +97,13 @@ class Worker:
 
     def close(self):
         """Ask the worker to exit and wait for it (killed after 10 s)."""
-        if self.proc.poll() is None:
-            try:
+        try:
+            if self.proc.poll() is None:
                 self.proc.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
-                self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):    # gone, or closed already
+            pass
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -230,6 +232,9 @@ def main(argv=None):
     parser.add_argument("--reply-fd", type=int, required=True)
     parser.add_argument("--keep-freed-memory", action="store_true")
     args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group: the parent stops the run and closes the
+    # workers' pipes, which ends this loop; a traceback from each worker would only be noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(args.reply_fd, "w")
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())   # stray prints go to stderr
