@@ -224,7 +224,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
-                    need_dx=True):
+                    need_dx=True, need_dw=True):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
     ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
@@ -239,18 +239,24 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
     need_dx : bool, keyword only
         False skips dx, returned as None: a network's first layer (whose input is the data)
         needs only dw and db, and PyTorch skips it there too.
+    need_dw : bool, keyword only
+        False skips dw and db, both returned as None: a frozen layer between trainable
+        ones must pass dx on but needs no weight gradient (no columns of x are built, no
+        reduction over the batch). dx is bitwise the same as with need_dw=True.
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype
+    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype
     """
     op = "conv2d_backward"
+    if not (need_dx or need_dw):
+        raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
     x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, y_shape)
     with _threads.blas_single_thread():
         return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads(),
-                                    bool(need_dx))
+                                    bool(need_dx), bool(need_dw))
 
 
 # --------------------------------------------------------------------------- pooling

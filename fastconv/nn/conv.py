@@ -4,7 +4,7 @@ import numpy as np
 from .. import functional as F
 from ..functional import _pair
 from . import init
-from .module import Module, Parameter, _trainable
+from .module import Module, Parameter
 
 
 class Conv2d(Module):
@@ -75,17 +75,17 @@ class Conv2d(Module):
         self._backward(dy, need_dx=False)
 
     def _backward(self, dy, need_dx):
-        if not need_dx and not _trainable(self.weight, self.bias):
-            return None                                  # frozen, and nothing needs dx
-        # A frozen layer that must pass dx on still gets dw and db from the kernel (which
-        # computes them with dx) and drops them: dx alone as a transposed convolution in
-        # NumPy was slower than the kernel's whole backward.
-        dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
-                                       padding=self.padding, algo=self.algo, need_dx=need_dx)
-        if self.weight.requires_grad:
-            self.weight.grad += dw
-        if self.bias is not None and self.bias.requires_grad:
-            self.bias.grad += db
+        train_w, dx = self.weight.requires_grad, None
+        if need_dx or train_w:
+            # a frozen weight (need_dw=False): the kernel computes dx alone, no dW work
+            dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
+                                           padding=self.padding, algo=self.algo,
+                                           need_dx=need_dx, need_dw=train_w)
+            if train_w:
+                self.weight.grad += dw
+        if self.bias is not None and self.bias.requires_grad:   # db = sum of dy over n, p, q
+            self.bias.grad += (db if train_w else
+                               dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype))
         return dx
 
     def extra_repr(self):
