@@ -374,6 +374,7 @@ def test_multitask_demo_and_boxes_figure(tmp_path):
     assert 0.25 < res["test_accuracy"] <= 1
     assert res["baseline_box_iou"] < res["test_box_iou"] <= 1
     assert (tmp_path / "boxes.png").stat().st_size > 1000
+    assert res["checkpoint"] == str(tmp_path / "checkpoint.npz")      # for fastconv viz
 
 
 # --------------------------------------------------------------------------- the recipe
