@@ -39,9 +39,11 @@ def configure_parser(p):
     p.description = ("Draw a trained model's first-layer filters, feature maps of a test image, "
                      "a receptive field, its confusion matrix and (from the checkpoint) its "
                      "training curves into a folder of PNGs, with an index.html that explains "
-                     "each picture. The page works offline. Needs matplotlib "
+                     "each picture; for the class + box model of python -m fastconv.multitask, "
+                     "its predicted boxes and test IoU. The page works offline. Needs matplotlib "
                      "(pip install 'fastconv[viz]').")
-    p.add_argument("checkpoint", help="a checkpoint written by `fastconv train`, or its run folder "
+    p.add_argument("checkpoint", help="a checkpoint written by `fastconv train` (or by "
+                                      "python -m fastconv.multitask), or its run folder "
                                       "(e.g. runs/lenet5-fashion-mnist/latest)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for the PNGs and index.html (default: viz/ next to the checkpoint)")
