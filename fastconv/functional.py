@@ -18,7 +18,8 @@ from . import _threads
 from ._backend import implementation, resolve_backend
 
 __all__ = [
-    "conv2d", "conv2d_backward",
+    "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
+    "conv_transpose_output_size",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "batch_norm", "batch_norm_backward",
@@ -231,7 +232,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
-                    need_dx=True):
+                    need_dx=True, need_dw=True):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
     ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
@@ -246,18 +247,173 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
     need_dx : bool, keyword only
         False skips dx, returned as None: a network's first layer (whose input is the data)
         needs only dw and db, and PyTorch skips it there too.
+    need_dw : bool, keyword only
+        False skips dw and db, both returned as None: a frozen layer between trainable
+        ones must pass dx on but needs no weight gradient (no columns of x are built, no
+        reduction over the batch). dx is bitwise the same as with need_dw=True.
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype
+    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype
     """
     op = "conv2d_backward"
+    if not (need_dx or need_dw):
+        raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
     x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, y_shape)
     with _threads.blas_single_thread():
         return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads(),
-                                    bool(need_dx))
+                                    bool(need_dx), bool(need_dw))
+
+
+# --------------------------------------------------------------------------- transposed convolution
+
+def conv_transpose_output_size(size, kernel, stride, padding, output_padding=0, dilation=1):
+    """(conv_t.out) (size - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1:
+    the input size of a conv (with these kernel, stride, padding) whose output has ``size``."""
+    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+
+def _conv_options(op, groups, dilation):
+    """The keyword arguments for groups and dilation that conv_transpose2d passes on to
+    conv2d and conv2d_backward; the convolutions of this version take neither, so a value
+    other than 1 is refused here (the one place that knows)."""
+    if groups != 1 or dilation != (1, 1):
+        raise ValueError(f"{op}: groups={groups}, dilation={dilation}: only groups=1 and "
+                         f"dilation=1 are supported")
+    return {}
+
+
+def _conv_transpose_setup(op, x, w, stride, padding, output_padding, groups, dilation):
+    """Validate conv_transpose2d's arguments; return (x, w, stride, padding, output_padding,
+    conv options, output shape)."""
+    x = _as_float_array(op, "x", x)
+    w = _as_float_array(op, "w", w, dtype=x.dtype)
+    _check_ndim(op, "x", x, (4,), "4-D (N, C_in, H, W)")
+    _check_ndim(op, "w", w, (4,), "4-D (C_in, C_out/groups, R, S)")
+    if min(x.shape) == 0 or min(w.shape) == 0:
+        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    if w.shape[0] != x.shape[1] or x.shape[1] % groups:
+        raise ValueError(f"{op}: w must be (C_in, C_out/groups, R, S) with C_in = x's "
+                         f"{x.shape[1]} channels, divisible by groups={groups}; got w {w.shape}")
+    stride = _pair(op, "stride", stride, minimum=1)
+    padding = _pair(op, "padding", padding, minimum=0)
+    output_padding = _pair(op, "output_padding", output_padding, minimum=0)
+    dilation = _pair(op, "dilation", dilation, minimum=1)
+    if any(o >= max(s, d) for o, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"{op}: output_padding {output_padding} must be smaller than stride "
+                         f"{stride} or dilation {dilation} (as in PyTorch)")
+    options = _conv_options(op, int(groups), dilation)
+    N, _, H, W = x.shape
+    H_out, W_out = (conv_transpose_output_size(n, k, s, p, o, d) for n, k, s, p, o, d in
+                    zip((H, W), w.shape[2:], stride, padding, output_padding, dilation))
+    if H_out < 1 or W_out < 1:
+        raise ValueError(f"{op}: the output would be {H_out}x{W_out} (x {x.shape}, kernel "
+                         f"{w.shape[2:]}, stride {stride}, padding {padding}): padding too large")
+    y_shape = (N, w.shape[1] * groups, H_out, W_out)
+    _check_int_sizes(op, **{"C_out*H_out*W_out": y_shape[1] * H_out * W_out})
+    return x, w, stride, padding, output_padding, options, y_shape
+
+
+def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
+                     backend=None):
+    """Transposed convolution (PyTorch's ``conv_transpose2d``): the gradient of a conv with
+    respect to its input, used as a layer. Eq. (conv_t.fwd), the scatter form: each input
+    pixel adds the kernel, scaled by its value, onto the output, ``stride`` pixels apart:
+
+    ``y[n, o, i*sh + r - ph, j*sw + s - pw] += x[n, c, i, j] * w[c, o, r, s]``, then ``+ b[o]``
+
+    (positions outside the output dropped). That is the conv2d's dx for w read as a conv
+    weight (K = C_in, C = C_out, R, S): the fast backend computes it with
+    ``conv2d_backward(x, <the conv's input shape>, w, stride, padding, need_dw=False)``;
+    the reference backend scatters as written (``fastconv.reference.conv_transpose``).
+
+    Parameters
+    ----------
+    x : ndarray (N, C_in, H, W), float32 or float64
+    w : ndarray (C_in, C_out/groups, R, S), x's dtype (PyTorch's layout)
+    b : ndarray (C_out,) or None
+    stride, padding, output_padding, dilation : int or (h, w)
+        padding crops the output (the padding of the conv it transposes); output_padding,
+        smaller than stride or dilation, adds rows at the bottom and columns on the right
+        (a strided conv maps several input sizes to one output size; it picks the larger).
+    groups : int
+        Only groups=1 and dilation=1 are supported by this version (ValueError otherwise).
+    backend : "fast", "reference" or None
+
+    Returns
+    -------
+    y : ndarray (N, C_out, H_out, W_out), (conv_t.out)
+    ``H_out = (H - 1)*sh - 2*ph + dh*(R - 1) + oph + 1``, likewise W_out.
+
+    Examples
+    --------
+    Upsampling by 2: a 2x2 kernel of ones, stride 2, copies each pixel into a 2x2 block.
+
+    >>> x = np.array([[[[1., 2.], [3., 4.]]]])
+    >>> conv_transpose2d(x, np.ones((1, 1, 2, 2)), stride=2)[0, 0]
+    array([[1., 1., 2., 2.],
+           [1., 1., 2., 2.],
+           [3., 3., 4., 4.],
+           [3., 3., 4., 4.]])
+    """
+    op = "conv_transpose2d"
+    x, w, stride, padding, out_pad, options, y_shape = _conv_transpose_setup(
+        op, x, w, stride, padding, output_padding, groups, dilation)
+    if b is not None:
+        b = _as_float_array(op, "b", b, dtype=x.dtype)
+        if b.shape != (y_shape[1],):
+            raise ValueError(f"{op}: b must have shape ({y_shape[1]},) (C_out), got {b.shape}")
+    if resolve_backend(backend, op) == "reference":
+        ref = implementation("conv_transpose", "reference")   # NumPy only: the scatter form
+        return ref.conv_transpose2d_forward(*_contiguous(x, w, b), stride, padding, out_pad)
+    # The conv whose input gradient this is: input y_shape, weight w, output x's shape. Its
+    # input is never read with need_dw=False: np.empty only reserves the memory.
+    y, _, _ = conv2d_backward(x, np.empty(y_shape, x.dtype), w, stride, padding,
+                              backend="fast", need_dw=False, **options)
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+def conv_transpose2d_backward(dy, x, w, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1, backend=None, *, need_dx=True, need_dw=True):
+    """Gradients of :func:`conv_transpose2d`, eq. (conv_t.bwd): the forward scattered, so
+    its gradients gather through the same windows.
+
+    ``dx = conv2d(dy, w, stride, padding)`` (the forward of the conv it transposes);
+    ``dw`` is that conv's dw with the roles of its input and output gradient swapped:
+    ``conv2d_backward(x, dy, w, stride, padding, need_dx=False)``'s dw
+    (``dw[c, o, r, s] = sum_{n,i,j} x[n,c,i,j] * dy[n, o, i*sh + r - ph, j*sw + s - pw]``);
+    ``db[o] = sum_{n,p,q} dy[n,o,p,q]``.
+
+    dy : (N, C_out, H_out, W_out); x, w and the options as :func:`conv_transpose2d`.
+    need_dx, need_dw : bool, keyword only (as :func:`conv2d_backward`).
+    Returns dx (N, C_in, H, W) or None, dw (C_in, C_out/groups, R, S) or None, db (C_out,)
+    or None, x's dtype.
+    """
+    op = "conv_transpose2d_backward"
+    if not (need_dx or need_dw):
+        raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
+    x, w, stride, padding, out_pad, options, y_shape = _conv_transpose_setup(
+        op, x, w, stride, padding, output_padding, groups, dilation)
+    dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
+    _check_dy(op, dy, y_shape)
+    dy, x, w = _contiguous(dy, x, w)        # one layout: db's sum in one order
+    if resolve_backend(backend, op) == "reference":
+        ref = implementation("conv_transpose", "reference")
+        return ref.conv_transpose2d_backward(dy, x, w, stride, padding, out_pad,
+                                             need_dx=need_dx, need_dw=need_dw)
+    dx = conv2d(dy, w, None, stride, padding, backend="fast", **options) if need_dx else None
+    dw = db = None
+    if need_dw:
+        _, dw, _ = conv2d_backward(x, dy, w, stride, padding, backend="fast", need_dx=False,
+                                   **options)
+        db = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
+    return dx, dw, db
 
 
 # --------------------------------------------------------------------------- pooling

@@ -32,9 +32,12 @@ from . import nn
 from .data import ArraysLoader, load_dataset
 from .optim import SGD
 from .schedules import OneCycleLR
-from .train import accuracy, box_iou, evaluate_multi, fit_multi
+from .train import accuracy, box_iou, evaluate_multi, fit_multi, save_checkpoint
 
-__all__ = ["garment_boxes", "image_stats", "box_model", "run_boxes_demo", "main"]
+__all__ = ["garment_boxes", "image_stats", "box_model", "box_arrays", "run_boxes_demo", "main",
+           "BOX_MODEL"]
+
+BOX_MODEL = "box_model"   # the model name in the demo's checkpoint (fastconv viz reads it)
 
 
 def garment_boxes(images, threshold=0):
@@ -82,18 +85,22 @@ def box_model(num_classes=10, meta_features=2, input_size=28, seed=0, dtype=np.f
         outputs=["class", "box"])
 
 
-def _arrays(ds, x, y):
+def box_arrays(ds, x, y):
+    """The model's inputs [normalised images, image statistics] and targets [labels, boxes]
+    for uint8 images ``x`` (N, 1, H, W) and labels ``y`` of dataset ``ds``."""
     images = ((x.astype(np.float32) / 255.0) - np.float32(ds.mean[0])) / np.float32(ds.std[0])
     return [images, image_stats(x)], [y, garment_boxes(x)]
 
 
 def run_boxes_demo(ds, epochs=4, lr=0.05, box_weight=0.01, batch_size=64, seed=0, out=None,
-                   log=print):
+                   log=print, data_dir=None):
     """Train :func:`box_model` on ``ds`` and return (model, results): test accuracy, mean
-    box IoU, minutes; with ``out``, also a picture of predicted boxes (``out/boxes.png``)."""
+    box IoU, minutes; with ``out``, also a picture of predicted boxes (``out/boxes.png``) and
+    the checkpoint ``out/checkpoint.npz``, which ``fastconv viz`` draws (the run's test data:
+    ``ds``'s name, found in ``data_dir``)."""
     start = time.perf_counter()
-    inputs, targets = _arrays(ds, ds.x_train, ds.y_train)
-    t_inputs, t_targets = _arrays(ds, ds.x_test, ds.y_test)
+    inputs, targets = box_arrays(ds, ds.x_train, ds.y_train)
+    t_inputs, t_targets = box_arrays(ds, ds.x_test, ds.y_test)
     train = ArraysLoader(inputs, targets, batch_size, shuffle=True, seed=seed, drop_last=True)
     test = ArraysLoader(t_inputs, t_targets, 1000)
     model = box_model(ds.num_classes, seed=seed)
@@ -102,8 +109,8 @@ def run_boxes_demo(ds, epochs=4, lr=0.05, box_weight=0.01, batch_size=64, seed=0
     model["box"].bias.data[...] = targets[1].mean(axis=0)
     opt = SGD(model.parameters(), lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     losses, metrics = [nn.CrossEntropyLoss(), nn.MSELoss()], [accuracy, box_iou]
-    fit_multi(model, train, opt, epochs, losses, [1.0, box_weight], metrics,
-              OneCycleLR(lr, epochs * len(train)), test, log=log)
+    history = fit_multi(model, train, opt, epochs, losses, [1.0, box_weight], metrics,
+                        OneCycleLR(lr, epochs * len(train)), test, log=log)
     report = evaluate_multi(model, test, losses, metrics)
     mean_box = np.broadcast_to(targets[1].mean(axis=0), t_targets[1].shape)
     results = {"test_accuracy": report["class"]["metric"], "test_box_iou": report["box"]["metric"],
@@ -112,6 +119,12 @@ def run_boxes_demo(ds, epochs=4, lr=0.05, box_weight=0.01, batch_size=64, seed=0
                "train_images": len(ds.y_train), "test_images": len(ds.y_test),
                "minutes": (time.perf_counter() - start) / 60}
     if out is not None:
+        os.makedirs(out, exist_ok=True)
+        results["checkpoint"] = save_checkpoint(
+            os.path.join(out, "checkpoint.npz"), model, epoch=epochs, history=history,
+            meta={"model": BOX_MODEL, "dataset_resolved": ds.name, "num_classes": ds.num_classes,
+                  "input_size": int(ds.image_shape[1]), "dtype": "float32",
+                  "options": {"data_dir": data_dir, "limit_test": len(ds.y_test)}})
         from .viz import available, plot_boxes
         model.eval()
         k = 16
@@ -142,10 +155,12 @@ def main(argv=None):
     print(f"class + box model on {ds.name}: {len(ds.y_train):,} train / {len(ds.y_test):,} test",
           flush=True)
     _, results = run_boxes_demo(ds, args.epochs, box_weight=args.box_weight, seed=args.seed,
-                                out=args.out, log=lambda m: print(m, flush=True))
+                                out=args.out, log=lambda m: print(m, flush=True),
+                                data_dir=args.data_dir)
     print(f"test accuracy {results['test_accuracy']:.4f}, mean box IoU {results['test_box_iou']:.4f} "
           f"(the mean training box everywhere: {results['baseline_box_iou']:.4f}) "
           f"({results['minutes']:.2f} min)" + (f"; wrote {results['figure']}" if "figure" in results else ""))
+    print(f"fastconv viz {results['checkpoint']} draws the test images' predicted boxes")
     return 0
 
 

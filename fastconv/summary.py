@@ -13,6 +13,10 @@ for a layer with window k, stride s and padding p (conv and pooling), starting f
 r = j = 1, start = 0 at the input. Element-wise layers (activations, BN, Dropout) keep it;
 global average pooling, and a Flatten of a map larger than 1x1, use the whole map (k = its
 size); after that every output sees the same field. ZeroPad2d moves start by -pad * j.
+A transposed conv (output size (H - 1)*s - 2p + k + output_padding, (conv_t.out)) steps
+through its input s times slower: j_out = j_in / s, an output sees at most ceil(k / s) of
+its input pixels, r_out = r_in + (ceil(k / s) - 1) * j_in, and
+start_out = start_in + (p - (k - 1) / 2) / s * j_in.
 
 Branches: a residual block's field is the larger of its body's and its shortcut's (the body's,
 in ResNet), and an Inception (Concat) block's is the largest over its branches; the jump is
@@ -20,6 +24,7 @@ the same on every branch and start is taken from the branch with the largest fie
 "same" padding, as in these models, every branch is centred on the same pixel).
 
 Multiply-adds per forward pass of the given batch: K*C*R*S*P*Q per image for a conv,
+C_in*C_out*R*S*H*W for a transposed conv (every input pixel times the kernel),
 in*out for a linear layer, one per value for BatchNorm (an affine map at test time);
 pooling, activations and adds are counted as 0.
 """
@@ -27,8 +32,9 @@ import copy
 
 import numpy as np
 
-from .nn import (AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv2d, Flatten,
-                 GlobalAvgPool2d, Linear, MaxPool2d, Module, Residual, Sequential, ZeroPad2d)
+from .nn import (AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv2d, ConvTranspose2d,
+                 Flatten, GlobalAvgPool2d, Linear, MaxPool2d, Module, Residual, Sequential,
+                 ZeroPad2d)
 
 __all__ = ["summary", "Summary", "receptive_field"]
 
@@ -105,6 +111,10 @@ def _leaf_macs(module, x, y):
         K, C, R, S = module.weight.shape
         N, _, P, Q = y.shape
         return N * K * C * R * S * P * Q
+    if isinstance(module, ConvTranspose2d):
+        C_in, C_out, R, S = module.weight.shape
+        N, _, H, W = x.shape
+        return N * C_in * C_out * R * S * H * W
     if isinstance(module, Linear):
         return x.shape[0] * module.in_features * module.out_features
     if isinstance(module, (BatchNorm1d, BatchNorm2d)):
@@ -120,6 +130,10 @@ def _leaf_rf(module, x, y, rf):
     if isinstance(module, (Conv2d, MaxPool2d, AvgPool2d)):
         (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
         return h.window(kh, sh, ph), w.window(kw, sw, pw)
+    if isinstance(module, ConvTranspose2d):      # ceil(k / s) inputs, s outputs per input
+        return tuple(_RF(f.r + (-(-k // s) - 1) * f.j, f.j // s if f.j % s == 0 else f.j / s,
+                         f.start + (p - (k - 1) / 2) / s * f.j)
+                     for f, k, s, p in zip(rf, module.kernel_size, module.stride, module.padding))
     if isinstance(module, (GlobalAvgPool2d, Flatten)) and x.ndim == 4:
         H, W = x.shape[2:]
         return h.window(H, H, 0), w.window(W, W, 0)

@@ -383,7 +383,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                     const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                     stride, padding, int n_threads,
-                    bint need_dx=True):                 # returns dx, dw, db (OUT)
+                    bint need_dx=True, bint need_dw=True):   # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
@@ -394,10 +394,13 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     n_threads : int (results are bitwise the same for any value)
     need_dx : bool
         False skips dx (None is returned in its place): a network's first layer needs only dw, db.
+    need_dw : bool
+        False skips dw and db (None is returned for both): a frozen layer that must still
+        pass dx on. dx is computed exactly as with need_dw (bitwise the same).
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype.
     """
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -407,12 +410,15 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     sh, sw, ph, pw, P, Q, nt = _conv_geometry(
         (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
         (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
+    if not (need_dx or need_dw):
+        raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     # without need_dx, a one-element placeholder that is never read
     dx_arr = np.empty((N if need_dx else 1, C if need_dx else 1, H if need_dx else 1,
                        W if need_dx else 1), dtype=dtype)
-    dw_arr = np.empty((K, C, R, S), dtype=dtype)
-    db_arr = np.empty(K, dtype=dtype)
-    acc_arr = np.empty((nt, R * S * Q), dtype=dtype)     # per-thread dw scratch (small)
+    # without need_dw, one-element placeholders that are never written
+    dw_arr = np.empty((K, C, R, S) if need_dw else (1,) * 4, dtype=dtype)
+    db_arr = np.empty(K if need_dw else 1, dtype=dtype)
+    acc_arr = np.empty((nt, R * S * Q if need_dw else 1), dtype=dtype)  # dw scratch (small)
     cdef floating[:, :, :, ::1] dx = dx_arr
     cdef floating[:, :, :, ::1] dw = dw_arr
     cdef floating[::1] db = db_arr
@@ -441,6 +447,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
         with nogil:
             for i in prange(N * C, schedule="dynamic", num_threads=nt):
                 _dx_plane(dy, w, dx, i // C, i % C, sh, sw, ph, pw)
+    if not need_dw:
+        return dx_arr, None, None
     cdef const floating[:, :, :, ::1] xp
     cdef Py_ssize_t n_kb = (K + KB - 1) // KB
     if K >= KB:

@@ -542,13 +542,13 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
                           const floating[:, :, :, ::1] x,    # IN (N, C, H, W)
                           const floating[:, :, :, ::1] w,    # IN (K, C, R, S)
                           floating* dx,                      # OUT (N, C, H, W), or NULL
-                          floating* dw_part,                 # OUT (C*R*S, K): dW^T
+                          floating* dw_part,                 # OUT (C*R*S, K): dW^T, or NULL
                           floating* col,                     # scratch
                           Py_ssize_t n_begin, Py_ssize_t n_end, bint is_1x1, Py_ssize_t sh,
                           Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                           Py_ssize_t rows) noexcept nogil:
     """Images n_begin <= n < n_end: dx[n] (unless dx is NULL), and their partial
-    dW^T = sum_n col_n @ dY_n^T.
+    dW^T = sum_n col_n @ dY_n^T (unless dw_part is NULL: then no columns are built).
 
     Per image and block of ``rows`` output rows (so that ``col`` holds only part of an
     image's columns where a whole one would overflow the memory bound, see
@@ -569,8 +569,9 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
             dx_n = dx + n * C * H * W
         if is_1x1:
             # dW_part^T (C, K) += x_n (C, HW) @ dY_n^T (HW, K): x[n] is col_n; see below
-            gemm_rm(False, True, CRS, Ki, PQ, 1, &x[n, 0, 0, 0], PQ, dy_n, PQ,
-                    0 if n == n_begin else 1, dw_part, Ki)
+            if dw_part != NULL:
+                gemm_rm(False, True, CRS, Ki, PQ, 1, &x[n, 0, 0, 0], PQ, dy_n, PQ,
+                        0 if n == n_begin else 1, dw_part, Ki)
             if dx_n != NULL:    # dx[n] (C, HW) = W^T (C, K) @ dY_n (K, HW): no col2im needed
                 _gemm_small(CRS, PQ, Ki, w_mat, 1, CRS, dy_n, PQ, False, dx_n, PQ)
             continue
@@ -581,12 +582,15 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
             p0 = b * rows
             p1 = min(p0 + rows, P)
             PQb = <int>((p1 - p0) * Q)
-            _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
-            # dW_part^T (CRS, K) += col_b (CRS, PQb) @ dY_b^T (PQb, K), the first block of the
-            # first image overwrites. The transpose of dW, because in this orientation BLAS
-            # streams the big col_b as its B operand and packs only the small dY_b.
-            gemm_rm(False, True, CRS, Ki, PQb, 1, col, PQb, dy_n + p0 * Q, PQ,
-                    0 if n == n_begin and p0 == 0 else 1, dw_part, Ki)
+            if dw_part != NULL:
+                _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0,
+                               p1)
+                # dW_part^T (CRS, K) += col_b (CRS, PQb) @ dY_b^T (PQb, K), the first block
+                # of the first image overwrites. The transpose of dW, because in this
+                # orientation BLAS streams the big col_b as its B operand and packs only the
+                # small dY_b.
+                gemm_rm(False, True, CRS, Ki, PQb, 1, col, PQb, dy_n + p0 * Q, PQ,
+                        0 if n == n_begin and p0 == 0 else 1, dw_part, Ki)
             if dx_n != NULL:
                 # dcol_b (CRS, PQb) = W^T (CRS, K) @ dY_b (K, PQb), scatter-added into dx[n]
                 gemm_rm(True, False, CRS, PQb, Ki, 1, w_mat, CRS, dy_n + p0 * Q, PQ, 0, col,
@@ -599,7 +603,7 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
                               const floating[:, ::1] wr,        # IN (K, R*S*C): Wr
                               const Py_ssize_t[::1] offs,       # IN (P*Q,) window starts
                               floating* dx,                     # OUT (N, C, H, W), or NULL
-                              floating* dwr_part,               # OUT (K, R*S*C)
+                              floating* dwr_part,               # OUT (K, R*S*C), or NULL
                               floating* work,                   # scratch
                               Py_ssize_t n_begin, Py_ssize_t n_end,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
@@ -613,6 +617,7 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
     write the runs in the padded image in place (offs: each window's start, as forward).
     Otherwise colT is built for blocks of ``rows`` output rows, as _backward_chunk.
     ``work`` holds xp (reused for its gradient), then (other cases) colT, reused for dcolT.
+    With dwr_part NULL only dx is computed: x is not even read.
     """
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3], K = wr.shape[0]
     cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], Hp = H + 2 * ph, Wp = W + 2 * pw
@@ -623,6 +628,14 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
     cdef bint in_place = _in_place_runs(C, S) and floating is float
     for n in range(n_begin, n_end):
         dy_n = &dy[n, 0, 0, 0]                               # dY_n: (K, PQ)
+        if dwr_part == NULL:                                 # dx alone
+            if floating is float and in_place:
+                _dx_sample_in_place(dy_n, &wr[0, 0], &offs[0], xp, dx + n * C * H * W, C, H,
+                                    W, K, R, S, PQ, ph, pw)
+            else:
+                _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, dx + n * C * H * W, C, H, W, K, R,
+                               S, P, Q, sh, sw, ph, pw, rows)
+            continue
         _pad_hwc(&x[n, 0, 0, 0], xp, C, H, W, ph, pw)
         if floating is float and in_place:
             # dWr_part (K, RSC) += dY_n (K, PQ) @ colT (PQ, RSC), colT read inside xp
@@ -743,7 +756,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                     const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                     stride, padding, int n_threads,
-                    bint need_dx=True):                 # returns dx, dw, db (OUT)
+                    bint need_dx=True, bint need_dw=True):   # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward` by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -755,20 +768,26 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     need_dx : bool
         False skips dx (None is returned in its place): a network's first layer needs only
         dw and db, and dx (dcol and col2im) is about a third of the work.
+    need_dw : bool
+        False skips dw and db (None is returned for both): a frozen layer that must still
+        pass dx on. No columns of x are built and there is no dW reduction; each image's dx
+        is computed exactly as with need_dw (bitwise the same), one image per task.
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype.
     """
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
-    cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, i, t, ch, rnd, first, in_round, chunk, n_chunks
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, i, t, ch, rnd, first, in_round, chunk, n_chunks, n
     cdef Py_ssize_t work_size, xp_size, rows, CRS = C * R * S
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry(
         (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
         (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
+    if not (need_dx or need_dw):
+        raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     _check_blas_sizes(K, CRS, P * Q)
     cdef Py_ssize_t columns = CRS * P * Q                   # one image's columns
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
@@ -776,8 +795,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef bint in_place = hwc and floating is float and _in_place_runs(C, S)
     xp_size = (H + 2 * ph) * (W + 2 * pw) * C if hwc else 0
     dx_arr = np.empty((N, C, H, W), dtype=dtype) if need_dx else None
-    dw_arr = np.empty((K, C, R, S), dtype=dtype)
-    db_arr = np.empty(K, dtype=dtype)
+    # without need_dw, one-element placeholders that are never written
+    dw_arr = np.empty((K, C, R, S) if need_dw else (1,) * 4, dtype=dtype)
+    db_arr = np.empty(K if need_dw else 1, dtype=dtype)
     # Wr (K, R*S*C): wr[k, (r*S + s)*C + c] = w[k, c, r, s], the (r, s, c) order of colT
     wr_arr = (np.ascontiguousarray(np.asarray(w).transpose(0, 2, 3, 1).reshape(K, -1)) if hwc
               else np.empty((1, 1), dtype=dtype))
@@ -804,6 +824,17 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     rows = P if is_1x1 or in_place else _rows_per_block(P, Q * CRS, room)
     work_size = xp_size + (0 if is_1x1 or in_place else rows * Q * CRS)
     cdef floating[:, ::1] col = np.empty((nt, max(work_size, CRS)), dtype=dtype)
+    if not need_dw:
+        # dx alone: no columns of x, no partial dWs; the same ``rows``, hence the same bits
+        with nogil:
+            for n in prange(N, schedule="dynamic", num_threads=nt):
+                if hwc:
+                    _backward_chunk_hwc(dy, x, wr, offs, dx, NULL, &col[threadid(), 0], n,
+                                        n + 1, R, S, sh, sw, ph, pw, rows)
+                else:
+                    _backward_chunk(dy, x, w, dx, NULL, &col[threadid(), 0], n, n + 1,
+                                    is_1x1, sh, sw, ph, pw, rows)
+        return dx_arr, None, None
     # chunks per round: as many partial dWs as fit in nt images' columns (or in
     # _ROUND_BYTES, so that small layers run in one round: every round ends in a barrier,
     # which costs milliseconds on a busy machine), at least nt

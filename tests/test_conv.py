@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import fastconv
 import fastconv.functional as F
+from fastconv._backend import load_kernels
 from fastconv.reference import conv_direct as ref_direct
 from fastconv.reference import conv_im2col as ref_im2col
 from fastconv.reference.naive import naive_conv2d_backward, naive_conv2d_forward
@@ -178,6 +179,39 @@ def test_backward_without_dx_needs_no_dx_buffer(dtype, rng):
         assert dx is None
         assert_close(dw, dw_ref, dtype, reduction=2 * 16, err_msg=algo)
         assert_close(db, db_ref, dtype, reduction=2 * 16, err_msg=algo)
+
+
+# need_dw=False: dx alone (a frozen layer between trainable ones). The cases cover the
+# classic path (1x1 without columns, strided, N > 16 images: several dW chunks) and the
+# channels-last one (in place where S*C is whole vectors; columns in blocks of rows).
+NO_DW_CASES = [GRID[0], GRID[3], GRID[8], GRID[20], TILE_CASES_NEED_DX[0],
+               TILE_CASES_NEED_DX[1],
+               ((20, 32, 6, 6), (64, 32, 3, 3), (1, 1), (1, 1)),    # K >= P*Q: rows in blocks
+               ((20, 3, 20, 20), (24, 3, 3, 3), (1, 1), (1, 1))]
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", NO_DW_CASES, ids=grid_id)
+def test_backward_without_dw_gives_the_same_dx_bits(case, algo, backend, dtype, rng, n_threads):
+    x, w, b, dy = make_inputs(rng, dtype, *case)
+    dx, dw, db = F.conv2d_backward(dy, x, w, case[2], case[3], algo=algo, backend=backend)
+    dx2, none_w, none_b = F.conv2d_backward(dy, x, w, case[2], case[3], algo=algo,
+                                            backend=backend, need_dw=False)
+    assert none_w is None and none_b is None and dw is not None and db is not None
+    assert dx2.dtype == dx.dtype and dx2.shape == dx.shape
+    np.testing.assert_array_equal(dx2, dx)
+
+
+def test_backward_needs_dx_or_dw(rng):
+    x, w, b, dy = make_inputs(rng, np.float32, *GRID[0])
+    for backend in ("reference", "fast"):
+        with pytest.raises(ValueError, match="conv2d_backward: need_dx=False and need_dw=False"):
+            F.conv2d_backward(dy, x, w, 1, 1, backend=backend, need_dx=False, need_dw=False)
+    for kern in (ref_direct, ref_im2col, load_kernels("conv_direct"),
+                 load_kernels("conv_im2col")):      # the kernels guard it too: no NULL dx
+        with pytest.raises(ValueError, match="need_dx and need_dw are both False"):
+            kern.conv2d_backward(dy, x, w, (1, 1), (1, 1), 1, False, False)
 
 
 # --------------------------------------------------------------------------- NaN and Inf

@@ -100,6 +100,33 @@ def test_frozen_middle_layers_pass_the_same_gradient_back(rng):
             assert_close(q.grad, p.grad, np.float32, reduction=400, err_msg=name)
 
 
+def test_frozen_middle_conv_computes_no_weight_gradient(rng, monkeypatch):
+    """A frozen conv between trainable layers asks the kernel for dx alone (need_dw=False);
+    the first layer for dw alone; with its weight frozen and its bias trainable, db still
+    comes (summed from dy), equal to the unfrozen model's."""
+    calls, real = {}, F.conv2d_backward
+
+    def recorder(dy, x, w, *args, **kwargs):
+        calls[w.shape] = (kwargs.get("need_dx", True), kwargs.get("need_dw", True))
+        return real(dy, x, w, *args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d_backward", recorder)
+    x, y = _batch(rng)
+    ref, m = lenet5(seed=0), lenet5(seed=0)
+    m.freeze("conv2")
+    _step(m, x, y)
+    assert calls == {(6, 1, 5, 5): (False, True), (16, 6, 5, 5): (True, False)}
+    assert not np.any(m.conv2.weight.grad) and not np.any(m.conv2.bias.grad)
+    m.unfreeze()
+    m.freeze("conv2.weight")
+    _step(ref, x, y)
+    _step(m, x, y)
+    assert calls[(16, 6, 5, 5)] == (True, False) and not np.any(m.conv2.weight.grad)
+    for name in ("conv1.weight", "conv2.bias"):
+        p, q = dict(ref.named_parameters())[name], dict(m.named_parameters())[name]
+        assert_close(q.grad, p.grad, np.float32, reduction=8 * 10 * 10, err_msg=name)
+
+
 def test_frozen_body_skips_backward_entirely(rng, monkeypatch):
     m = lenet5(seed=0)
     m.freeze(until="fc2")
@@ -347,6 +374,7 @@ def test_multitask_demo_and_boxes_figure(tmp_path):
     assert 0.25 < res["test_accuracy"] <= 1
     assert res["baseline_box_iou"] < res["test_box_iou"] <= 1
     assert (tmp_path / "boxes.png").stat().st_size > 1000
+    assert res["checkpoint"] == str(tmp_path / "checkpoint.npz")      # for fastconv viz
 
 
 # --------------------------------------------------------------------------- the recipe

@@ -42,11 +42,18 @@ def every_op(rng, dtype=np.float64):
         "avg_pool2d_backward": (F.avg_pool2d_backward, (dyp, xp, 2), {}),
         "batch_norm": (F.batch_norm, (xp, g, bt, np.zeros(3), np.ones(3), False), {}),
         "batch_norm_backward": (F.batch_norm_backward, (xp, xp * 2, g), {}),
+        # w (C_in=3, C_out=4, 3, 2) as a transposed conv's weight, from x's 3 channels
+        "conv_transpose2d": (F.conv_transpose2d, (x, w.transpose(1, 0, 2, 3), bt[:2].repeat(2)),
+                             dict(stride=2, output_padding=1)),
+        "conv_transpose2d_backward": (F.conv_transpose2d_backward,
+                                      (rng.standard_normal((2, 4, 16, 13)).astype(dtype), x,
+                                       w.transpose(1, 0, 2, 3)), dict(stride=2, output_padding=1)),
     }
 
 
 OPS = ["conv2d", "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
-       "avg_pool2d_backward", "batch_norm", "batch_norm_backward"]
+       "avg_pool2d_backward", "batch_norm", "batch_norm_backward", "conv_transpose2d",
+       "conv_transpose2d_backward"]
 
 
 def _as_tuple(result):

@@ -469,3 +469,26 @@ def test_train_without_matplotlib_still_works(tmp_path, monkeypatch, capsys):
     assert main(["train", "--dataset", "fashion-mnist-subset", "--limit", "64", "--limit-test",
                  "50", "--epochs", "1", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
     assert not [f for f in os.listdir(out) if f.endswith(".png")]
+
+
+def test_viz_draws_the_predicted_boxes_of_a_box_model(tmp_path, capsys):
+    """``python -m fastconv.multitask --out DIR`` leaves a checkpoint; ``fastconv viz DIR``
+    draws its test images with true and predicted boxes and puts the test accuracy and IoU,
+    those the demo reported, into the page."""
+    from fastconv.cli import main
+    from fastconv.multitask import main as multitask_main
+    out = tmp_path / "boxes"
+    assert multitask_main(["--dataset", "fashion-mnist-subset", "--limit", "128", "--epochs",
+                           "1", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    acc, iou = (said.split(f"{what} ")[1].split()[0].rstrip(",")
+                for what in ("test accuracy", "box IoU"))
+    assert main(["viz", str(out), "--dpi", str(DPI), "--image", "3"]) == 0
+    page = (out / "viz" / "index.html").read_text()
+    assert f"<td>test accuracy on 2,000 images</td><td>{acc}</td>" in page
+    assert f"<td>mean box IoU on 2,000 test images</td><td>{iou}</td>" in page
+    assert "the mean training box" in page and 'src="boxes.png"' in page
+    assert png_size(out / "viz" / "boxes.png")[0] > 100
+    assert (out / "viz" / "history.png").exists()
+    assert main(["viz", str(out), "--image", "5000"]) == 2
+    assert "--image 5000: the test set has 2000 images" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from . import init
 from .activation import ReLU, Sigmoid, Softmax, Tanh
 from .blocks import BasicBlock, Inception, ZeroPadShortcut
 from .container import Concat, Residual, Sequential
-from .conv import Conv2d
+from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .fold import fold_batchnorm
 from .graph import Concatenate, Graph
@@ -29,7 +29,7 @@ from .shape import Flatten, ZeroPad2d
 
 __all__ = [
     "Module", "Parameter", "init",
-    "Conv2d", "Linear", "Identity",
+    "Conv2d", "ConvTranspose2d", "Linear", "Identity",
     "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "BatchNorm1d", "BatchNorm2d",
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",

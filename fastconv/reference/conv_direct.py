@@ -65,7 +65,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
-def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
+def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True):
     """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
@@ -76,30 +76,34 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
     n_threads : ignored
     need_dx : bool
         False skips dx (None is returned in its place): a network's first layer needs only dw, db.
+    need_dw : bool
+        False skips dw and db (None for both): a frozen layer that passes dx on.
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype.
     """
+    if not (need_dx or need_dw):
+        raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     P, Q = dy.shape[2:]
     (sh, sw), (ph, pw) = stride, padding
-    xp = _pad(x, padding)
-    win = _windows(xp, R, S, stride, P, Q)                               # (N, C, P, Q, R, S)
-
-    # db[k] = sum_{n,p,q} dy[n,k,p,q]
-    db = dy.sum(axis=(0, 2, 3))
-    # dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * win[n,c,p,q,r,s]
-    dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))              # (K, C, R, S)
     dtype = x.dtype
-    dw, db = np.ascontiguousarray(dw, dtype=dtype), np.ascontiguousarray(db, dtype=dtype)
+    dw = db = None
+    if need_dw:
+        win = _windows(_pad(x, padding), R, S, stride, P, Q)             # (N, C, P, Q, R, S)
+        # db[k] = sum_{n,p,q} dy[n,k,p,q]
+        db = dy.sum(axis=(0, 2, 3))
+        # dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * win[n,c,p,q,r,s]
+        dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))          # (K, C, R, S)
+        dw, db = np.ascontiguousarray(dw, dtype=dtype), np.ascontiguousarray(db, dtype=dtype)
     if not need_dx:
         return None, dw, db
     # dx: every dy[n,k,p,q] flows back through the window that produced it. For one kernel
     # tap (r, s) the windows' pixels xp[:, :, p*sh + r, q*sw + s] form a strided grid, so
     # the taps are R*S strided scatter-adds of (sum_k dy * w[k, :, r, s]).
-    dxp = np.zeros(xp.shape, dtype=np.result_type(dy, w))
+    dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=np.result_type(dy, w))
     for r in range(R):
         for s in range(S):
             contrib = np.tensordot(w[:, :, r, s], dy, axes=([0], [1]))   # (C, N, P, Q)

@@ -84,7 +84,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     return y.reshape(N, K, P, Q).astype(x.dtype, copy=False)
 
 
-def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
+def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True):
     """Gradients by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -94,20 +94,27 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
     n_threads : ignored
     need_dx : bool
         False skips dx (None is returned in its place): a network's first layer needs only dw, db.
+    need_dw : bool
+        False skips dw and db (None for both; the columns of x are not built): a frozen
+        layer that passes dx on.
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype.
     """
+    if not (need_dx or need_dw):
+        raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     N = x.shape[0]
     K, C, R, S = w.shape
     P, Q = dy.shape[2:]
     dY = dy.reshape(N, K, P * Q)
-    col = im2col(x, R, S, stride, padding, P, Q)                     # (N, CRS, PQ)
-    db = dy.sum(axis=(0, 2, 3))                                      # db[k] = sum_{n,p,q} dy
-    dW = np.tensordot(dY, col, axes=([0, 2], [0, 2]))                # sum_n dY_n @ col_n^T: (K, CRS)
     dtype = x.dtype
-    dW, db = dW.reshape(K, C, R, S).astype(dtype, copy=False), db.astype(dtype, copy=False)
+    dW = db = None
+    if need_dw:
+        col = im2col(x, R, S, stride, padding, P, Q)                 # (N, CRS, PQ)
+        db = dy.sum(axis=(0, 2, 3))                                  # db[k] = sum_{n,p,q} dy
+        dW = np.tensordot(dY, col, axes=([0, 2], [0, 2]))            # sum_n dY_n @ col_n^T: (K, CRS)
+        dW, db = dW.reshape(K, C, R, S).astype(dtype, copy=False), db.astype(dtype, copy=False)
     if not need_dx:
         return None, dW, db
     dcol = np.matmul(w.reshape(K, C * R * S).T, dY)                  # W^T @ dY_n: (N, CRS, PQ)

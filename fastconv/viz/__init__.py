@@ -6,7 +6,8 @@
 Every ``plot_*`` function returns a matplotlib ``Figure`` and, given ``path``, writes it as
 a PNG (atomically). ``write_report`` draws them all for a trained model into a folder with
 an offline ``index.html`` that explains each picture; ``fastconv viz CHECKPOINT`` does that
-from the command line.
+from the command line (``write_box_report`` for the class + box model of
+``python -m fastconv.multitask``: its predicted boxes and test IoU).
 
 matplotlib is optional: ``pip install 'fastconv[viz]'`` (or ``pip install matplotlib``).
 This package imports without it; drawing raises ImportError saying what to install.
@@ -17,9 +18,9 @@ from ._mpl import MISSING, available
 from .figures import (activation, confusion_matrix, layer_names, plot_confusion_matrix,
                       plot_boxes, plot_feature_maps, plot_filters, plot_history, plot_lr_find,
                       plot_receptive_field, resolve_layer)
-from .report import save_training_figures, write_index, write_report
+from .report import save_training_figures, write_box_report, write_index, write_report
 
 __all__ = ["plot_filters", "plot_feature_maps", "plot_history", "plot_receptive_field",
            "plot_lr_find", "plot_confusion_matrix", "plot_boxes", "confusion_matrix", "activation",
-           "layer_names", "resolve_layer", "write_report", "write_index",
+           "layer_names", "resolve_layer", "write_report", "write_box_report", "write_index",
            "save_training_figures", "available", "MISSING"]

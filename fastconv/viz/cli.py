@@ -2,6 +2,8 @@
 
     fastconv train --epochs 2 --out runs/lenet          # writes runs/lenet/checkpoint.npz
     fastconv viz runs/lenet/checkpoint.npz              # -> runs/lenet/viz/index.html
+    python -m fastconv.multitask --out runs/boxes       # the class + box model
+    fastconv viz runs/boxes                             # its predicted boxes and test IoU
 
 The figures use the run's own test data (the dataset, folder and --limit-test stored in the
 checkpoint by ``fastconv train``) unless --dataset names another; the page and the titles
@@ -37,9 +39,11 @@ def configure_parser(p):
     p.description = ("Draw a trained model's first-layer filters, feature maps of a test image, "
                      "a receptive field, its confusion matrix and (from the checkpoint) its "
                      "training curves into a folder of PNGs, with an index.html that explains "
-                     "each picture. The page works offline. Needs matplotlib "
+                     "each picture; for the class + box model of python -m fastconv.multitask, "
+                     "its predicted boxes and test IoU. The page works offline. Needs matplotlib "
                      "(pip install 'fastconv[viz]').")
-    p.add_argument("checkpoint", help="a checkpoint written by `fastconv train`, or its run folder "
+    p.add_argument("checkpoint", help="a checkpoint written by `fastconv train` (or by "
+                                      "python -m fastconv.multitask), or its run folder "
                                       "(e.g. runs/lenet5-fashion-mnist/latest)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for the PNGs and index.html (default: viz/ next to the checkpoint)")
@@ -86,6 +90,7 @@ def run(args):
     import fastconv
     from ..data import DatasetNotFoundError, Normalize, load_dataset
     from ..models import MODELS, get_model
+    from ..multitask import BOX_MODEL
     from ..schedules import LRFinderResult
     from ..train import CheckpointError, load_checkpoint, read_checkpoint
     from . import _mpl
@@ -141,6 +146,8 @@ def run(args):
     except TypeError:
         return fail(f"the checkpoint {args.checkpoint} names an unknown dtype {meta['dtype']!r}")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "viz")
+    if model_name == BOX_MODEL:
+        return _run_boxes(args, ds, meta, dtype, out, whose, fail)
 
     lr = None
     lr_path = args.lr_find or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)),
@@ -185,6 +192,44 @@ def run(args):
                 dpi=args.dpi, log=print, data_name=ds.name)
         except ValueError as exc:
             return fail(str(exc))
+    print(f"open {page}")
+    return 0
+
+
+def _run_boxes(args, ds, meta, dtype, out, whose, fail):
+    """The class + box model of ``python -m fastconv.multitask``: its predicted boxes on the
+    test images and the test IoU (write_box_report)."""
+    import numpy as np
+
+    import fastconv
+    from ..multitask import box_arrays, box_model, garment_boxes
+    from ..train import CheckpointError, box_iou, load_checkpoint
+    from .report import write_box_report
+
+    C, H, W = ds.image_shape
+    if args.image >= len(ds.y_test):
+        return fail(f"--image {args.image}: the test set has {len(ds.y_test)} images")
+    threads = fastconv.num_threads(args.threads) if args.threads else contextlib.nullcontext()
+    with threads:
+        model = box_model(ds.num_classes, input_size=H, dtype=dtype)
+        try:
+            epoch, history, _ = load_checkpoint(args.checkpoint, model)
+        except CheckpointError as exc:
+            return fail(f"{exc}. Is --dataset the one the model was trained on (images "
+                        f"{C}x{H}x{W}, {ds.num_classes} classes)?")
+        print(f"fastconv viz: the class + box model from {args.checkpoint} (epoch {epoch}) on "
+              f"{ds.name} [{ds.source}] -> {out}", flush=True)
+        inputs, targets = box_arrays(ds, ds.x_test, ds.y_test)
+        mean_box = garment_boxes(ds.x_train).mean(axis=0)        # one box for every image
+        info = [("model", "class + box (python -m fastconv.multitask)"),
+                ("checkpoint", f"{args.checkpoint} (after epoch {epoch})"),
+                ("data shown", f"{ds.name}: {len(ds.y_test):,} test images {C}x{H}x{W} ({whose})")]
+        page = write_box_report(
+            model, out, inputs, ds.x_test, ds.y_test, targets[1], ds.classes, history=history,
+            image_index=args.image,
+            baseline_iou=box_iou(np.broadcast_to(mean_box, targets[1].shape), targets[1]),
+            title=f"fastconv viz: class + box model on {ds.name}", info=info, dpi=args.dpi,
+            log=print, data_name=ds.name)
     print(f"open {page}")
     return 0
 

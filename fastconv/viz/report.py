@@ -12,10 +12,11 @@ import numpy as np
 
 from ..nn import BatchNorm2d, Conv2d, ReLU, Sigmoid, Tanh
 from . import _mpl
-from .figures import (confusion_matrix, layer_names, plot_confusion_matrix, plot_feature_maps,
-                      plot_filters, plot_history, plot_lr_find, plot_receptive_field, resolve_layer)
+from .figures import (confusion_matrix, layer_names, plot_boxes, plot_confusion_matrix,
+                      plot_feature_maps, plot_filters, plot_history, plot_lr_find,
+                      plot_receptive_field, resolve_layer)
 
-__all__ = ["write_report", "write_index", "save_training_figures", "Item"]
+__all__ = ["write_report", "write_box_report", "write_index", "save_training_figures", "Item"]
 
 
 class Item:
@@ -298,6 +299,80 @@ def write_report(model, out, x_test, y_test, classes=None, normalize=None, histo
     s = summary(model, (1, C, H, W), print_fn=None)
     rows.insert(0, ("parameters", f"{model.num_parameters():,}"))
     return write_index(out, items, title or f"fastconv viz: {type(model).__name__}", rows, str(s))
+
+
+def write_box_report(model, out, inputs, images, labels, boxes, classes=None, history=None,
+                     image_index=0, baseline_iou=None, title=None, info=None, dpi=100, log=None,
+                     data_name=None, batch_size=500):
+    """The page of a model with a class head and a box head (``python -m fastconv.multitask``):
+    test images with their true and predicted boxes, the test accuracy and mean box IoU, and
+    the training history. Writes ``out/boxes.png`` (and ``history.png``) and ``out/index.html``.
+
+    Parameters
+    ----------
+    model : a Module whose forward takes ``inputs`` (a tuple of arrays, one row per test
+        image) and returns (class logits (N, classes), boxes (N, 4))
+    images : (N, C, H, W) the test images as drawn; labels : (N,); boxes : (N, 4) true boxes
+        (x0, y0, x1, y1) in pixels
+    image_index : the first test image drawn (16 are drawn)
+    baseline_iou : the IoU of one box for every image (the mean training box), for scale
+    history : a ``fit_multi`` history (keys train_loss, class_metric, ...), or None
+
+    Returns the path of ``index.html``.
+    """
+    from ..train import box_iou
+    _mpl.require()
+    say = log or (lambda msg: None)
+    os.makedirs(out, exist_ok=True)
+    labels, boxes = np.asarray(labels), np.asarray(boxes)
+    n = len(labels)
+    if n == 0 or len(images) != n or len(boxes) != n or any(len(a) != n for a in inputs):
+        raise ValueError(f"write_box_report: need one row per test image in images, labels, "
+                         f"boxes and every input, got {len(images)}, {n}, {len(boxes)} and "
+                         f"{[len(a) for a in inputs]}")
+    if not 0 <= image_index < n:
+        raise ValueError(f"write_box_report: image_index {image_index} is outside 0..{n - 1}")
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [model(tuple(a[i:i + batch_size] for a in inputs)) for i in range(0, n, batch_size)]
+    finally:
+        model.train(was_training)
+    predicted = np.concatenate([np.argmax(logits, axis=1) for logits, _ in outs])
+    predicted_boxes = np.concatenate([b for _, b in outs])
+    acc, iou = float(np.mean(predicted == labels)), box_iou(predicted_boxes, boxes)
+    data = f" {data_name}" if data_name else ""
+    items, rows = [], [("parameters", f"{model.num_parameters():,}")] + list(info or [])
+    rows += [(f"test accuracy on {n:,} images", f"{acc:.4f}"),
+             (f"mean box IoU on {n:,} test images", f"{iou:.4f}")]
+    if baseline_iou is not None:
+        rows.append(("mean box IoU of one box for every image (the mean training box)",
+                     f"{baseline_iou:.4f}"))
+    shown = slice(image_index, image_index + 16)
+    path = os.path.join(out, "boxes.png")
+    plot_boxes(images[shown], boxes[shown], predicted_boxes[shown], labels=labels[shown],
+               predicted=predicted[shown], classes=classes, path=path, dpi=dpi,
+               title=f"Test images {image_index}..{min(n, image_index + 16) - 1}: true box "
+                     f"(green), predicted (red, dashed); mean IoU {iou:.3f} on {n:,}{data} "
+                     f"test images")
+    say(f"  wrote {path}")
+    items.append(Item("boxes.png", "Predicted boxes",
+                      "The box head's output (red, dashed) against the garment's true bounding "
+                      "box (green, from the image's non-zero pixels), with the class head's "
+                      "prediction above each image. IoU is the area of the intersection over "
+                      "that of the union: 1 for the same box, 0 for boxes that do not meet. "
+                      "Both heads read the same features (notes 004, multiple outputs)."))
+    if history and len(history.get("train_loss", [])) > 0:
+        curves = {"epoch": history.get("epoch", []), "train_loss": history["train_loss"],
+                  "test_acc": history.get("class_metric", [])}
+        path = os.path.join(out, "history.png")
+        plot_history(curves, path=path, dpi=dpi,
+                     title="Training history: weighted sum of both losses; test accuracy")
+        say(f"  wrote {path}")
+        items.append(Item("history.png", "Training history",
+                          "The training loss (cross-entropy plus the weighted box MSE) per "
+                          "epoch, and the class head's test accuracy after each epoch."))
+    return write_index(out, items, title or f"fastconv viz: {type(model).__name__}", rows)
 
 
 def save_training_figures(model, history, out, dpi=100):
