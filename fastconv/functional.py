@@ -105,19 +105,23 @@ def _pair(op, name, value, minimum):
     return pair
 
 
-def conv_output_size(size, kernel, stride, padding):
-    """(conv.out) floor((size + 2*padding - kernel) / stride) + 1, for conv and pooling."""
-    return (size + 2 * padding - kernel) // stride + 1
+def conv_output_size(size, kernel, stride, padding, dilation=1):
+    """(conv.out) floor((size + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1, for conv
+    and pooling; with dilation 1, floor((size + 2*padding - kernel) / stride) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _output_shape(op, x_shape, window, stride, padding, window_name):
-    """(P, Q) of a window sliding over x's last two axes; the window must fit the padded input."""
+def _output_shape(op, x_shape, window, stride, padding, window_name, dilation=(1, 1)):
+    """(P, Q) of a window sliding over x's last two axes; the window (its taps ``dilation``
+    apart) must fit the padded input."""
     H, W = x_shape[-2:]
-    (R, S), (sh, sw), (ph, pw) = window, stride, padding
-    if R > H + 2 * ph or S > W + 2 * pw:
-        raise ValueError(f"{op}: {window_name} {R}x{S} is larger than the padded input "
+    (R, S), (sh, sw), (ph, pw), (dh, dw) = window, stride, padding, dilation
+    Re, Se = dh * (R - 1) + 1, dw * (S - 1) + 1               # the window's extent
+    if Re > H + 2 * ph or Se > W + 2 * pw:
+        dilated = "" if (dh, dw) == (1, 1) else f" (dilation {dilation}: extent {Re}x{Se})"
+        raise ValueError(f"{op}: {window_name} {R}x{S}{dilated} is larger than the padded input "
                          f"{H + 2 * ph}x{W + 2 * pw} (x shape {tuple(x_shape)}, padding {padding})")
-    return conv_output_size(H, R, sh, ph), conv_output_size(W, S, sw, pw)
+    return conv_output_size(H, R, sh, ph, dh), conv_output_size(W, S, sw, pw, dw)
 
 
 def _check_int_sizes(op, **sizes):
@@ -170,7 +174,7 @@ def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs):
     return x, w
 
 
-def _conv_setup(op, x, w, stride, padding, algo, backend):
+def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1):
     """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved choices."""
     x, w = _input_and_weight(op, x, w, 4, "4-D (N, C, H, W)", "4-D (K, C, R, S)",
                              "input channels")
@@ -178,7 +182,8 @@ def _conv_setup(op, x, w, stride, padding, algo, backend):
         raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
     stride = _pair(op, "stride", stride, minimum=1)
     padding = _pair(op, "padding", padding, minimum=0)
-    P, Q = _output_shape(op, x.shape, w.shape[2:], stride, padding, "kernel")
+    dilation = _pair(op, "dilation", dilation, minimum=1)
+    P, Q = _output_shape(op, x.shape, w.shape[2:], stride, padding, "kernel", dilation)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     _check_int_sizes(op, N=N, K=K, **{"C*R*S": C * R * S, "P*Q": P * Q,
@@ -188,14 +193,15 @@ def _conv_setup(op, x, w, stride, padding, algo, backend):
     backend = resolve_backend(backend, op)
     if algo == "auto":
         algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend)
-    return x, w, stride, padding, (N, K, P, Q), implementation(f"conv_{algo}", backend)
+    return (x, w, stride, padding, dilation, (N, K, P, Q),
+            implementation(f"conv_{algo}", backend))
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=None):
     """2-D convolution (cross-correlation, as in PyTorch's ``conv2d``), notes eq. (conv.fwd).
 
-    ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r - ph, q*sw + s - pw]``
-    with x = 0 outside the image. The kernel is not flipped; a true (mathematical)
+    ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]``
+    with x = 0 outside the image (dilation (dh, dw): the kernel's taps dh rows, dw columns apart). The kernel is not flipped; a true (mathematical)
     convolution is ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the
     formula, the padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
 
@@ -205,37 +211,43 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
     w : ndarray (K, C, R, S), same dtype
     b : ndarray (K,) or None
     stride, padding : int or (h, w)
+    dilation : int or (h, w), >= 1
+        The spacing of the kernel's taps (1: an ordinary convolution; 2 spreads a 3x3
+        kernel over a 5x5 window).
     algo : "direct", "im2col" or "auto" (the faster for the shape, see ``choose_conv_algo``)
     backend : "fast", "reference" or None (the default, see ``fastconv.set_backend``)
 
     Returns
     -------
-    y : ndarray (N, K, P, Q), P = floor((H + 2*ph - R) / sh) + 1 (conv.out), likewise Q.
+    y : ndarray (N, K, P, Q), P = floor((H + 2*ph - dh*(R - 1) - 1) / sh) + 1 (conv.out),
+        likewise Q.
     """
     op = "conv2d"
-    x, w, stride, padding, _, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, dilation, _, impl = _conv_setup(op, x, w, stride, padding, algo,
+                                                           backend, dilation)
     if b is not None:
         b = _as_float_array(op, "b", b, dtype=x.dtype)
         if b.shape != (w.shape[0],):
             raise ValueError(f"{op}: b must have shape ({w.shape[0]},) for w of shape {w.shape}, "
                              f"got {b.shape}")
     with _threads.blas_single_thread():
-        return impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads())
+        return impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads(),
+                                   dilation=dilation)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, algo="auto", backend=None, *,
                     need_dx=True):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
     ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
-    ``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r - ph, q*sw + s - pw]``;
+    ``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]``;
     ``dx`` is the transposed convolution of dy with w (each dy value scatters back
     through the window that produced it).
 
     Parameters
     ----------
     dy : ndarray (N, K, P, Q), the gradient of the loss with respect to conv2d's output
-    x, w, stride, padding, algo, backend : as in :func:`conv2d`
+    x, w, stride, padding, dilation, algo, backend : as in :func:`conv2d`
     need_dx : bool, keyword only
         False skips dx, returned as None: a network's first layer (whose input is the data)
         needs only dw and db, and PyTorch skips it there too.
@@ -245,12 +257,13 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
     dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype
     """
     op = "conv2d_backward"
-    x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, dilation, y_shape, impl = _conv_setup(op, x, w, stride, padding,
+                                                                 algo, backend, dilation)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, y_shape)
     with _threads.blas_single_thread():
         return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads(),
-                                    bool(need_dx))
+                                    bool(need_dx), dilation=dilation)
 
 
 # --------------------------------------------------------------------------- pooling

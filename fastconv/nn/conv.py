@@ -10,8 +10,8 @@ from .module import Module, Parameter, _trainable
 class Conv2d(Module):
     r"""2-D convolution layer (cross-correlation, as PyTorch's ``nn.Conv2d``), notes eq. (conv.fwd).
 
-    ``y[n, k, p, q] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x[n, c, p*stride + r - pad,
-    q*stride + s - pad]`` with x = 0 outside the image.
+    ``y[n, k, p, q] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x[n, c, p*stride + r*dilation
+    - pad, q*stride + s*dilation - pad]`` with x = 0 outside the image.
 
     Parameters
     ----------
@@ -19,6 +19,8 @@ class Conv2d(Module):
         C and K.
     kernel_size, stride, padding : int or (h, w)
         The R x S window, its step and the zeros added on each side.
+    dilation : int or (h, w)
+        The spacing of the window's taps (1: adjacent; 2 spreads a 3x3 kernel over 5x5).
     bias : bool
         Learn an additive bias per output channel.
     algo : "auto", "direct" or "im2col"
@@ -29,7 +31,8 @@ class Conv2d(Module):
 
     Shape
     -----
-    x : (N, C, H, W)  ->  y : (N, K, P, Q), P = floor((H + 2*pad_h - R) / stride_h) + 1 (conv.out).
+    x : (N, C, H, W)  ->  y : (N, K, P, Q),
+    P = floor((H + 2*pad_h - dilation_h*(R - 1) - 1) / stride_h) + 1 (conv.out), likewise Q.
 
     Attributes
     ----------
@@ -43,13 +46,14 @@ class Conv2d(Module):
     (8, 6, 28, 28)
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 algo="auto", dtype=np.float32, rng=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, algo="auto", dtype=np.float32, rng=None):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = _pair("Conv2d", "kernel_size", kernel_size, minimum=1)
         self.stride = _pair("Conv2d", "stride", stride, minimum=1)
         self.padding = _pair("Conv2d", "padding", padding, minimum=0)
+        self.dilation = _pair("Conv2d", "dilation", dilation, minimum=1)
         self.algo = algo
         R, S = self.kernel_size
         fan_in = self.in_channels * R * S
@@ -64,7 +68,7 @@ class Conv2d(Module):
         self._x = x = np.ascontiguousarray(x)
         b = None if self.bias is None else self.bias.data
         return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
-                        algo=self.algo)
+                        dilation=self.dilation, algo=self.algo)
 
     def backward(self, dy):
         """Eq. (conv.bwd): adds dw and db into the gradients and returns dx."""
@@ -81,7 +85,8 @@ class Conv2d(Module):
         # computes them with dx) and drops them: dx alone as a transposed convolution in
         # NumPy was slower than the kernel's whole backward.
         dx, dw, db = F.conv2d_backward(dy, self._x, self.weight.data, stride=self.stride,
-                                       padding=self.padding, algo=self.algo, need_dx=need_dx)
+                                       padding=self.padding, dilation=self.dilation,
+                                       algo=self.algo, need_dx=need_dx)
         if self.weight.requires_grad:
             self.weight.grad += dw
         if self.bias is not None and self.bias.requires_grad:
@@ -93,6 +98,8 @@ class Conv2d(Module):
              f"stride={self.stride}")
         if self.padding != (0, 0):
             s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
         if self.bias is None:
             s += ", bias=False"
         if self.algo != "auto":
