@@ -127,7 +127,9 @@ def _leaf_rf(module, x, y, rf):
         return None
     h, w = rf
     if isinstance(module, (Conv2d, MaxPool2d, AvgPool2d)):
-        (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
+        (kh, kw), (sh, sw) = module.kernel_size, module.stride
+        # the padding before the first window (Conv2d's "same" / "valid" as numbers)
+        ph, pw = getattr(module, "padding_before", module.padding)
         dh, dw = _pair_of(getattr(module, "dilation", 1))
         # a dilated window's extent: d*(k - 1) + 1 input pixels (conv.out)
         return h.window(dh * (kh - 1) + 1, sh, ph), w.window(dw * (kw - 1) + 1, sw, pw)

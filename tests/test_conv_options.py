@@ -1,4 +1,5 @@
-"""Convolution options beyond stride and padding: dilation.
+"""Convolution options beyond stride and padding: dilation, padding="same" / "valid",
+padding modes (F.pad), unbatched (C, H, W) input and an empty batch.
 
 Same chain of trust as test_conv.py: the naive loops check both references on tiny dilated
 shapes, the references check the fast kernels on a grid, finite differences check the
@@ -251,3 +252,259 @@ def test_summary_receptive_field_counts_dilation():
     assert s.receptive_field == ((7, 1, 0.0), (7, 1, 0.0))
     assert s.output_shape == (1, 2, 16, 16)
     assert s.rows[1]["macs"] == 2 * 2 * 9 * 16 * 16
+
+
+# --------------------------------------------------------------------------- "same" / "valid"
+
+SAME_CASES = [  # (x shape, w shape, dilation): odd and even kernels, with and without dilation
+    ((2, 3, 9, 10), (4, 3, 3, 3), (1, 1)),
+    ((2, 3, 9, 10), (4, 3, 4, 2), (1, 1)),      # even kernels: one more zero bottom / right
+    ((2, 3, 9, 10), (4, 3, 4, 3), (1, 3)),      # d*(k-1) = 3 rows, 6 columns
+    ((1, 5, 7, 8), (6, 5, 2, 5), (3, 2)),
+    ((2, 2, 6, 7), (1, 2, 2, 2), (1, 1)),       # K = 1
+]
+
+
+@pytest.mark.parametrize("case", SAME_CASES, ids=str)
+@pytest.mark.parametrize("backend,algo", [("reference", "im2col"), ("fast", "direct"),
+                                          ("fast", "im2col")])
+def test_padding_same_keeps_the_size_and_pads_as_pytorch(case, backend, algo, rng):
+    """"same": d*(k - 1) zeros in all, total // 2 at the top / left and the rest at the
+    bottom / right; the same as padding x explicitly and convolving without padding."""
+    x_shape, w_shape, dilation = case
+    x = rng.standard_normal(x_shape)
+    w, b = rng.standard_normal(w_shape), rng.standard_normal(w_shape[0])
+    y = F.conv2d(x, w, b, padding="same", dilation=dilation, algo=algo, backend=backend)
+    assert y.shape == (x_shape[0], w_shape[0]) + x_shape[2:]
+    th, tw = (d * (k - 1) for d, k in zip(dilation, w_shape[2:]))
+    xp = np.pad(x, ((0, 0), (0, 0), (th // 2, th - th // 2), (tw // 2, tw - tw // 2)))
+    assert_close(y, naive_conv2d_forward(xp, w, b, (1, 1), (0, 0), dilation))
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = F.conv2d_backward(dy, x, w, padding="same", dilation=dilation, algo=algo,
+                                   backend=backend)
+    dxp, dw_want, db_want = naive_conv2d_backward(dy, xp, w, (1, 1), (0, 0), dilation)
+    H, W = x_shape[2:]
+    assert_close(dx, dxp[:, :, th // 2:th // 2 + H, tw // 2:tw // 2 + W])
+    assert_close(dw, dw_want)
+    assert_close(db, db_want)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_padding_same_asymmetric_gradients(algo, rng):
+    x, w, b = rng.standard_normal((2, 2, 5, 6)), rng.standard_normal((3, 2, 2, 3)), None
+    g = rng.standard_normal((2, 3, 5, 6))
+
+    def loss():
+        return float(np.sum(F.conv2d(x, w, b, padding="same", dilation=(1, 2), algo=algo,
+                                     backend="fast") * g))
+
+    dx, dw, _ = F.conv2d_backward(g, x, w, padding="same", dilation=(1, 2), algo=algo,
+                                  backend="fast")
+    assert_grad_matches(dx, loss, x, err_msg="dx")
+    assert_grad_matches(dw, loss, w, err_msg="dw")
+
+
+def test_padding_valid_is_no_padding(rng):
+    x, w = rng.standard_normal((2, 3, 8, 7)), rng.standard_normal((4, 3, 3, 2))
+    np.testing.assert_array_equal(F.conv2d(x, w, padding="valid"), F.conv2d(x, w, padding=0))
+    assert F.conv2d(x, w, padding="valid", dilation=2).shape == (2, 4, 4, 5)
+    layer = nn.Conv2d(3, 4, (3, 2), padding="valid")
+    assert layer(x.astype(np.float32)).shape == (2, 4, 6, 6)
+    assert layer.padding == "valid" and "padding='valid'" in repr(layer)
+
+
+def test_padding_strings_errors():
+    x, w = np.zeros((1, 2, 6, 6)), np.zeros((3, 2, 3, 3))
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided"):
+        F.conv2d(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided"):
+        F.conv2d_backward(np.zeros((1, 3, 6, 6)), x, w, stride=(1, 2), padding="same")
+    with pytest.raises(ValueError, match="padding='same' is not supported for strided"):
+        nn.Conv2d(2, 3, 3, stride=2, padding="same")
+    for bad in ("SAME", "full", ""):
+        with pytest.raises(ValueError, match="'same' or 'valid'"):
+            F.conv2d(x, w, padding=bad)
+        with pytest.raises(ValueError, match="'same' or 'valid'"):
+            nn.Conv2d(2, 3, 3, padding=bad)
+    with pytest.raises(ValueError, match="padding_mode"):
+        nn.Conv2d(2, 3, 3, padding_mode="mirror")
+
+
+# --------------------------------------------------------------------------- F.pad
+
+def test_pad_modes_on_a_hand_made_row():
+    """[a b c d] padded by (2, 1) in each mode (the examples of F.pad's docstring)."""
+    x = np.array([[1.0, 2.0, 3.0, 4.0]])
+    want = {"constant": [0, 0, 1, 2, 3, 4, 0], "reflect": [3, 2, 1, 2, 3, 4, 3],
+            "replicate": [1, 1, 1, 2, 3, 4, 4], "circular": [3, 4, 1, 2, 3, 4, 1]}
+    for mode, row in want.items():
+        np.testing.assert_array_equal(F.pad(x, (2, 1), mode)[0], row, err_msg=mode)
+    np.testing.assert_array_equal(F.pad(x, (1, 0), value=-1.5)[0], [-1.5, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+def test_pad_matches_numpy_and_its_backward_is_the_adjoint(mode, rng):
+    """pad_backward is pad's adjoint: <pad(x), g> == <x, pad_backward(g)> for every x, g
+    (pad is linear), checked on random arrays, and against finite differences."""
+    x = rng.standard_normal((2, 3, 5, 4))
+    p = (3, 1, 0, 4) if mode != "reflect" else (3, 1, 0, 4)[:2] + (0, 4)
+    np_mode = {"constant": "constant", "reflect": "reflect", "replicate": "edge",
+               "circular": "wrap"}[mode]
+    y = F.pad(x, p, mode)
+    np.testing.assert_array_equal(y, np.pad(x, ((0, 0), (0, 0), (0, 4), (3, 1)), mode=np_mode))
+    g = rng.standard_normal(y.shape)
+    dx = F.pad_backward(g, p, mode)
+    assert dx.shape == x.shape
+    assert np.isclose(np.sum(y * g), np.sum(x * dx), rtol=1e-12)
+    assert_grad_matches(dx, lambda: float(np.sum(F.pad(x, p, mode) * g)), x)
+    x32 = x.astype(np.float32)
+    assert F.pad(x32, p, mode).dtype == F.pad_backward(g.astype(np.float32), p, mode).dtype \
+        == np.float32
+
+
+def test_pad_errors():
+    x = np.zeros((1, 2, 3, 4))
+    with pytest.raises(ValueError, match="reflect padding .* smaller"):
+        F.pad(x, (1, 1, 3, 0), "reflect")               # 3 rows: at most 2
+    with pytest.raises(ValueError, match="circular padding .* must not exceed"):
+        F.pad(x, (5, 0), "circular")
+    with pytest.raises(ValueError, match="pad must be >= 0"):
+        F.pad(x, (-1, 0))
+    with pytest.raises(TypeError, match="pad must be"):
+        F.pad(x, (1, 1, 1))
+    with pytest.raises(ValueError, match="mode"):
+        F.pad(x, (1, 1), "wrap")
+    with pytest.raises(ValueError, match="too few axes"):
+        F.pad(np.zeros((3, 4)), (1, 1, 1, 1), "reflect")
+    with pytest.raises(ValueError, match="smaller than pad"):
+        F.pad_backward(np.zeros((1, 1, 2, 2)), (1, 1, 1, 1), "replicate")
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_conv2d_layer_padding_modes(mode, rng):
+    """Conv2d pads with F.pad then convolves without padding (PyTorch's method); float64
+    gradients against finite differences, on an even kernel with "same" and dilation."""
+    layer = nn.Conv2d(2, 3, (2, 3), padding="same", dilation=(2, 1), padding_mode=mode,
+                      dtype=np.float64, rng=rng)
+    x = rng.standard_normal((2, 2, 5, 6))
+    y = layer(x)
+    assert y.shape == (2, 3, 5, 6)
+    f_mode = "constant" if mode == "zeros" else mode
+    xp = F.pad(x, (1, 1, 1, 1), f_mode)                 # d*(k-1) = 2 rows, 2 columns
+    assert_close(y, F.conv2d(xp, layer.weight.data, layer.bias.data, dilation=(2, 1)))
+    g = rng.standard_normal(y.shape)
+    dx = layer.backward(g)
+    assert_grad_matches(dx, lambda: float(np.sum(layer(x) * g)), x, err_msg="dx")
+    if mode != "zeros":
+        assert f"padding_mode='{mode}'" in repr(layer)
+
+
+# --------------------------------------------------------------------------- unbatched, N = 0
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_unbatched_input(algo, rng):
+    x, w, b = rng.standard_normal((3, 8, 7)), rng.standard_normal((4, 3, 3, 3)), None
+    y = F.conv2d(x, w, b, 2, 1, algo=algo)
+    np.testing.assert_array_equal(y, F.conv2d(x[None], w, b, 2, 1, algo=algo)[0])
+    dy = rng.standard_normal(y.shape)
+    grads = F.conv2d_backward(dy, x, w, 2, 1, algo=algo)
+    want = F.conv2d_backward(dy[None], x[None], w, 2, 1, algo=algo)
+    assert grads[0].shape == x.shape
+    for got, exp in zip(grads, (want[0][0],) + want[1:]):
+        np.testing.assert_array_equal(got, exp)
+    with pytest.raises(ValueError, match=r"dy must have the output's shape \(4, 4, 4\)"):
+        F.conv2d_backward(dy[None], x, w, 2, 1, algo=algo)
+    with pytest.raises(ValueError, match=r"3-D \(C, H, W\) or 4-D"):
+        F.conv2d(x[0], w)
+    layer = nn.Conv2d(3, 4, 3, padding="same", padding_mode="reflect", dtype=np.float64, rng=rng)
+    y = layer(x)
+    assert y.shape == (4, 8, 7)
+    dx = layer.backward(np.ones_like(y))
+    assert dx.shape == x.shape
+    y_batched = layer(x[None])
+    np.testing.assert_array_equal(y, y_batched[0])
+    np.testing.assert_array_equal(dx, layer.backward(np.ones_like(y_batched))[0])
+
+
+def test_empty_batch(rng):
+    """N = 0: an empty output; backward an empty dx and zero dw, db (nothing to sum), as
+    PyTorch."""
+    x, w, b = np.zeros((0, 3, 8, 7), np.float32), rng.standard_normal((4, 3, 3, 3)).astype(
+        np.float32), np.ones(4, np.float32)
+    for backend in ("reference", "fast"):
+        y = F.conv2d(x, w, b, padding="same", dilation=2, backend=backend)
+        assert y.shape == (0, 4, 8, 7) and y.dtype == np.float32
+        dx, dw, db = F.conv2d_backward(y, x, w, padding="same", dilation=2, backend=backend)
+        assert dx.shape == x.shape and dx.dtype == np.float32
+        assert not dw.any() and dw.shape == w.shape and not db.any() and db.shape == (4,)
+        assert F.conv2d_backward(y, x, w, padding=1, backend=backend, need_dx=False)[0] is None
+    layer = nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")
+    y = layer(x)
+    assert y.shape == (0, 4, 8, 7)
+    assert layer.backward(y).shape == x.shape
+    assert not layer.weight.grad.any() and not layer.bias.grad.any()
+    with pytest.raises(ValueError, match="empty"):
+        F.conv2d(np.zeros((2, 3, 0, 7), np.float32), w)
+
+
+# --------------------------------------------------------------------------- against PyTorch
+
+# (Conv2d keyword arguments, input shape): dilation, padding strings and modes, unbatched
+# input and an empty batch, alone and together.
+TORCH_CONFIGS = [
+    (dict(kernel_size=3, dilation=2), (2, 3, 10, 9)),
+    (dict(kernel_size=(3, 2), stride=(2, 1), padding=(2, 1), dilation=(3, 2)), (2, 3, 13, 11)),
+    (dict(kernel_size=3, padding="same"), (2, 3, 8, 7)),
+    (dict(kernel_size=4, padding="same", dilation=(1, 3)), (2, 3, 9, 12)),
+    (dict(kernel_size=(2, 5), padding="same"), (1, 3, 6, 7)),
+    (dict(kernel_size=3, padding="valid", dilation=2), (2, 3, 9, 9)),
+    (dict(kernel_size=3, padding=2, padding_mode="reflect"), (2, 3, 6, 7)),
+    (dict(kernel_size=3, padding=(1, 2), padding_mode="replicate", stride=2), (2, 3, 7, 8)),
+    (dict(kernel_size=3, padding=1, padding_mode="circular", dilation=2), (2, 3, 6, 6)),
+    (dict(kernel_size=4, padding="same", padding_mode="reflect"), (2, 3, 7, 8)),
+    (dict(kernel_size=2, padding="same", padding_mode="circular", dilation=3), (2, 3, 6, 7)),
+    (dict(kernel_size=3, padding=1), (3, 8, 7)),                                  # unbatched
+    (dict(kernel_size=3, padding="same", padding_mode="replicate", dilation=2), (3, 9, 8)),
+    (dict(kernel_size=3, padding=1), (0, 3, 8, 7)),                               # N = 0
+    (dict(kernel_size=3, padding="same", padding_mode="reflect"), (0, 3, 5, 5)),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("kwargs,x_shape", TORCH_CONFIGS, ids=lambda v: str(v))
+def test_conv2d_layer_matches_pytorch(kwargs, x_shape, algo, rng):
+    torch = pytest.importorskip("torch")
+    C = x_shape[-3]
+    ours = nn.Conv2d(C, 4, algo=algo, dtype=np.float64, rng=rng, **kwargs)
+    theirs = torch.nn.Conv2d(C, 4, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(ours.weight.data))
+        theirs.bias.copy_(torch.from_numpy(ours.bias.data))
+    x = rng.standard_normal(x_shape)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = theirs(xt)
+    y = ours(x)
+    assert y.shape == tuple(yt.shape)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    g = rng.standard_normal(y.shape)
+    yt.backward(torch.from_numpy(g))
+    dx = ours.backward(g)
+    assert dx.shape == x.shape
+    for got, want in ((dx, xt.grad), (ours.weight.grad, theirs.weight.grad),
+                      (ours.bias.grad, theirs.bias.grad)):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-11)
+
+
+def test_pad_matches_pytorch(rng):
+    torch = pytest.importorskip("torch")
+    for mode in ("constant", "reflect", "replicate", "circular"):
+        for p in ((1, 2), (2, 0, 1, 3), (0, 4, 4, 0)):
+            x = rng.standard_normal((2, 3, 5, 6)[(4 - len(p)) // 2:])   # 3-D for 1-D padding
+            xt = torch.from_numpy(x.copy()).requires_grad_(True)
+            yt = torch.nn.functional.pad(xt, p, mode=mode)
+            np.testing.assert_array_equal(F.pad(x, p, mode), yt.detach().numpy())
+            g = rng.standard_normal(tuple(yt.shape))
+            yt.backward(torch.from_numpy(g))
+            np.testing.assert_allclose(F.pad_backward(g, p, mode), xt.grad.numpy(),
+                                       rtol=1e-13, atol=1e-13)
