@@ -206,7 +206,8 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1):
     if min(x.shape[1:]) == 0 or min(w.shape) == 0:      # N = 0 is an empty batch
         raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
     stride = _pair(op, "stride", stride, minimum=1)
-    dilation = _pair(op, "dilation", dilation, minimum=1)
+    dilation = ((1, 1) if type(dilation) is int and dilation == 1   # the default, fast
+                else _pair(op, "dilation", dilation, minimum=1))
     padding, extra = _conv_padding(op, padding, stride, dilation, w.shape[2:])
     if extra != (0, 0):
         x = pad(x, (0, extra[1], 0, extra[0]))
@@ -227,10 +228,11 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1):
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=None):
     """2-D convolution (cross-correlation, as in PyTorch's ``conv2d``), notes eq. (conv.fwd).
 
-    ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]``
-    with x = 0 outside the image (dilation (dh, dw): the kernel's taps dh rows, dw columns apart). The kernel is not flipped; a true (mathematical)
-    convolution is ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the
-    formula, the padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
+    ``y[n, k, p, q] = b[k] + sum_{c,r,s} w[k, c, r, s] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]``
+    with x = 0 outside the image; the dilation (dh, dw) sets the taps dh rows, dw columns
+    apart. The kernel is not flipped; a true (mathematical) convolution is
+    ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the formula, the
+    padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
 
     Parameters
     ----------

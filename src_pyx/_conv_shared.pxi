@@ -14,7 +14,7 @@ def _conv_geometry(x_shape, w_shape, stride, padding, int n_threads, dy_shape=No
     """
     sh, sw = (int(v) for v in stride)
     ph, pw = (int(v) for v in padding)
-    dh, dw = (int(v) for v in dilation)
+    dh, dw = int(dilation[0]), int(dilation[1])
     N, C, H, W = x_shape
     K, R, S = w_shape[0], w_shape[2], w_shape[3]
     Re, Se = dh * (R - 1) + 1, dw * (S - 1) + 1       # the dilated kernel's extent

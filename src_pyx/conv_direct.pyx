@@ -19,9 +19,9 @@ Compiled twin of ``fastconv/reference/conv_direct.py`` (same functions and signa
 How the loops are laid out, and why
 -----------------------------------
 * The loop nest to study is ``_plane_axpy``: for each tap (c, r, s), one row update
-  ``y[p, :] += w[k,c,r,s] * x̄[c, p*sh + r, s::sw]`` over the zero-padded input x̄ (one
-  copy of x, so the loop has no bounds tests); gcc vectorises it along q. It runs for
-  layers narrower than a tile (K < 4 or Q < 8).
+  ``y[p, :] += w[k,c,r,s] * x̄[c, p*sh + r*dh, s*dw::sw]`` over the zero-padded input x̄
+  (one copy of x, so the loop has no bounds tests); gcc vectorises it along q. It runs for
+  layers narrower than a tile (K < 4 or Q < 8). Dilation only moves where each tap reads.
 * Wider layers: each task computes 4 output channels of one image in register tiles of
   4 channels x 8 columns (float; 4 columns for double): the tile's accumulators stay in
   registers for the whole sum over c, r, s, so each input vector loaded feeds 4 channels

@@ -16,6 +16,7 @@ from fastconv.reference import conv_direct as ref_direct
 from fastconv.reference import conv_im2col as ref_im2col
 from fastconv.reference.naive import naive_conv2d_backward, naive_conv2d_forward
 from helpers import assert_close, assert_grad_matches
+from test_conv import check_against_reference
 
 ALGOS = ["direct", "im2col"]
 
@@ -66,17 +67,7 @@ DILATED_GRID = [
 
 
 def check_fast_against_reference(x, w, b, dy, stride, padding, dilation, algo, dtype):
-    N, K, P, Q = dy.shape
-    _, C, R, S = w.shape
-    y_ref = F.conv2d(x, w, b, stride, padding, dilation, algo="direct", backend="reference")
-    y = F.conv2d(x, w, b, stride, padding, dilation, algo=algo, backend="fast")
-    assert_close(y, y_ref, dtype, reduction=C * R * S, err_msg=f"y ({algo})")
-    grads_ref = F.conv2d_backward(dy, x, w, stride, padding, dilation, algo="direct",
-                                  backend="reference")
-    grads = F.conv2d_backward(dy, x, w, stride, padding, dilation, algo=algo, backend="fast")
-    for name, got, want, red in zip(("dx", "dw", "db"), grads, grads_ref,
-                                    (K * R * S, N * P * Q, N * P * Q)):
-        assert_close(got, want, dtype, reduction=red, err_msg=f"{name} ({algo})")
+    check_against_reference(x, w, b, dy, stride, padding, algo, dtype, dilation)
 
 
 # --------------------------------------------------------------------------- dilation
@@ -247,11 +238,17 @@ def test_summary_receptive_field_counts_dilation():
     """Two 3x3 convs, the second with dilation 2: 3 + (5 - 1) = 7 pixels (r_out = r_in +
     (d(k - 1) + 1 - 1) j_in); undilated it would be 5."""
     from fastconv.summary import summary
-    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=2, dilation=2))
-    s = summary(model, (1, 16, 16), print_fn=None)
-    assert s.receptive_field == ((7, 1, 0.0), (7, 1, 0.0))
-    assert s.output_shape == (1, 2, 16, 16)
-    assert s.rows[1]["macs"] == 2 * 2 * 9 * 16 * 16
+    for padding in (2, "same"):
+        model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1),
+                              nn.Conv2d(2, 2, 3, padding=padding, dilation=2))
+        s = summary(model, (1, 16, 16), print_fn=None)
+        assert s.receptive_field == ((7, 1, 0.0), (7, 1, 0.0))
+        assert s.output_shape == (1, 2, 16, 16)
+        assert s.rows[1]["macs"] == 2 * 2 * 9 * 16 * 16
+    # an even kernel with "same": one pixel more padding at the bottom / right, the first
+    # window's centre half a pixel in: start = (4 - 1) / 2 - 1 = 0.5
+    s = summary(nn.Conv2d(1, 1, 4, padding="same"), (1, 8, 8), print_fn=None)
+    assert s.receptive_field == ((4, 1, 0.5), (4, 1, 0.5))
 
 
 # --------------------------------------------------------------------------- "same" / "valid"

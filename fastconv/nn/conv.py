@@ -47,6 +47,8 @@ class Conv2d(Module):
     weight : Parameter (K, C, R, S), ``U(-1/sqrt(C*R*S), 1/sqrt(C*R*S))`` (PyTorch's
         ``kaiming_uniform_(a=sqrt(5))``).
     bias : Parameter (K,) with the same bound, or None.
+    padding : as given ("same", "valid" or an (h, w) pair); padding_before : (h, w), the
+        rows / columns added before the image ("same" adds one more after it when odd).
 
     Examples
     --------

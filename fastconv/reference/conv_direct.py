@@ -11,8 +11,9 @@ tests use it as the oracle. The labels are defined in docs/formulas.md:
 
 where ``xp`` is x zero-padded by (ph, pw) on each side, so ``xp[.., ih + ph, iw + pw] =
 x[.., ih, iw]``; dx is dxp with the padding cut off. The dilation (dh, dw) spreads the
-kernel's taps dh rows and dw columns apart (1: an ordinary convolution). This is cross-correlation, as in
-PyTorch: the kernel is not flipped; a true convolution is the same formula with ``w[:, :, ::-1, ::-1]``.
+kernel's taps dh rows and dw columns apart (1: an ordinary convolution). This is
+cross-correlation, as in PyTorch: the kernel is not flipped; a true convolution is the same
+formula with ``w[:, :, ::-1, ::-1]``.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
