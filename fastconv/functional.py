@@ -19,7 +19,7 @@ from ._backend import implementation, resolve_backend
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
-    "conv_transpose_output_size",
+    "conv_transpose_output_size", "pad", "pad_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
     "batch_norm", "batch_norm_backward",
@@ -111,19 +111,23 @@ def _pair(op, name, value, minimum):
     return pair
 
 
-def conv_output_size(size, kernel, stride, padding):
-    """(conv.out) floor((size + 2*padding - kernel) / stride) + 1, for conv and pooling."""
-    return (size + 2 * padding - kernel) // stride + 1
+def conv_output_size(size, kernel, stride, padding, dilation=1):
+    """(conv.out) floor((size + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1, for conv
+    and pooling; with dilation 1, floor((size + 2*padding - kernel) / stride) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _output_shape(op, x_shape, window, stride, padding, window_name):
-    """(P, Q) of a window sliding over x's last two axes; the window must fit the padded input."""
+def _output_shape(op, x_shape, window, stride, padding, window_name, dilation=(1, 1)):
+    """(P, Q) of a window sliding over x's last two axes; the window (its taps ``dilation``
+    apart) must fit the padded input."""
     H, W = x_shape[-2:]
-    (R, S), (sh, sw), (ph, pw) = window, stride, padding
-    if R > H + 2 * ph or S > W + 2 * pw:
-        raise ValueError(f"{op}: {window_name} {R}x{S} is larger than the padded input "
+    (R, S), (sh, sw), (ph, pw), (dh, dw) = window, stride, padding, dilation
+    Re, Se = dh * (R - 1) + 1, dw * (S - 1) + 1               # the window's extent
+    if Re > H + 2 * ph or Se > W + 2 * pw:
+        dilated = "" if (dh, dw) == (1, 1) else f" (dilation {dilation}: extent {Re}x{Se})"
+        raise ValueError(f"{op}: {window_name} {R}x{S}{dilated} is larger than the padded input "
                          f"{H + 2 * ph}x{W + 2 * pw} (x shape {tuple(x_shape)}, padding {padding})")
-    return conv_output_size(H, R, sh, ph), conv_output_size(W, S, sw, pw)
+    return conv_output_size(H, R, sh, ph, dh), conv_output_size(W, S, sw, pw, dw)
 
 
 def _check_int_sizes(op, **sizes):
@@ -178,15 +182,44 @@ def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs):
     return x, w
 
 
-def _conv_setup(op, x, w, stride, padding, algo, backend):
-    """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved choices."""
-    x, w = _input_and_weight(op, x, w, 4, "4-D (N, C, H, W)", "4-D (K, C, R, S)",
-                             "input channels")
-    if min(x.shape) == 0 or min(w.shape) == 0:
+def _conv_padding(op, padding, stride, dilation, kernel):
+    """padding (an int, a pair, "same" or "valid") -> ((ph, pw) on each side, (eh, ew) more
+    at the bottom and right), PyTorch's rules: "valid" is no padding; "same" keeps the
+    input's size (stride 1 only), the dilated kernel's d*(k - 1) pixels split as evenly as
+    possible, the odd one at the bottom / right."""
+    if not isinstance(padding, str):
+        return _pair(op, "padding", padding, minimum=0), (0, 0)
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding != "same":
+        raise ValueError(f"{op}: padding must be an int, a pair of ints, 'same' or 'valid', "
+                         f"got {padding!r}")
+    if stride != (1, 1):
+        raise ValueError(f"{op}: padding='same' is not supported for strided convolutions "
+                         f"(stride {stride}); give the padding as numbers")
+    total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+    return (total[0] // 2, total[1] // 2), (total[0] % 2, total[1] % 2)
+
+
+def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1):
+    """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved
+    choices. An unbatched x (C, H, W) comes back as (1, C, H, W); with padding="same" and an
+    odd total, x comes back with its extra bottom row / right column of zeros (``extra``)."""
+    x = _as_float_array(op, "x", x)
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    x, w = _input_and_weight(op, x, w, 4, "3-D (C, H, W) or 4-D (N, C, H, W)",
+                             "4-D (K, C, R, S)", "input channels")
+    if min(x.shape[1:]) == 0 or min(w.shape) == 0:      # N = 0 is an empty batch
         raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
     stride = _pair(op, "stride", stride, minimum=1)
-    padding = _pair(op, "padding", padding, minimum=0)
-    P, Q = _output_shape(op, x.shape, w.shape[2:], stride, padding, "kernel")
+    dilation = ((1, 1) if type(dilation) is int and dilation == 1   # the default, fast
+                else _pair(op, "dilation", dilation, minimum=1))
+    padding, extra = _conv_padding(op, padding, stride, dilation, w.shape[2:])
+    if extra != (0, 0):
+        x = pad(x, (0, extra[1], 0, extra[0]))
+    P, Q = _output_shape(op, x.shape, w.shape[2:], stride, padding, "kernel", dilation)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     _check_int_sizes(op, N=N, K=K, **{"C*R*S": C * R * S, "P*Q": P * Q,
@@ -196,54 +229,70 @@ def _conv_setup(op, x, w, stride, padding, algo, backend):
     backend = resolve_backend(backend, op)
     if algo == "auto":
         algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend)
-    return x, w, stride, padding, (N, K, P, Q), implementation(f"conv_{algo}", backend)
+    return (x, w, stride, padding, dilation, (N, K, P, Q),
+            implementation(f"conv_{algo}", backend), (unbatched, extra))
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=None):
     """2-D convolution (cross-correlation, as in PyTorch's ``conv2d``), notes eq. (conv.fwd).
 
-    ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r - ph, q*sw + s - pw]``
-    with x = 0 outside the image. The kernel is not flipped; a true (mathematical)
-    convolution is ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the
-    formula, the padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
+    ``y[n, k, p, q] = b[k] + sum_{c,r,s} w[k, c, r, s] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]``
+    with x = 0 outside the image; the dilation (dh, dw) sets the taps dh rows, dw columns
+    apart. The kernel is not flipped; a true (mathematical) convolution is
+    ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the formula, the
+    padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
 
     Parameters
     ----------
-    x : ndarray (N, C, H, W), float32 or float64
+    x : ndarray (N, C, H, W) or, unbatched, (C, H, W); float32 or float64. N may be 0.
     w : ndarray (K, C, R, S), same dtype
     b : ndarray (K,) or None
-    stride, padding : int or (h, w)
+    stride : int or (h, w)
+    padding : int, (h, w), "same" or "valid"
+        Zeros added on each side. "valid": none. "same": the output keeps the input's size
+        (stride 1 only, as PyTorch); the d*(k - 1) zeros split evenly, an odd one going to
+        the bottom / right. (Other padding modes: pad with :func:`pad` first.)
+    dilation : int or (h, w), >= 1
+        The spacing of the kernel's taps (1: an ordinary convolution; 2 spreads a 3x3
+        kernel over a 5x5 window).
     algo : "direct", "im2col" or "auto" (the faster for the shape, see ``choose_conv_algo``)
     backend : "fast", "reference" or None (the default, see ``fastconv.set_backend``)
 
     Returns
     -------
-    y : ndarray (N, K, P, Q), P = floor((H + 2*ph - R) / sh) + 1 (conv.out), likewise Q.
+    y : ndarray (N, K, P, Q), P = floor((H + 2*ph - dh*(R - 1) - 1) / sh) + 1 (conv.out),
+        likewise Q; (K, P, Q) for an unbatched x.
     """
     op = "conv2d"
-    x, w, stride, padding, _, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, dilation, y_shape, impl, (unbatched, _) = _conv_setup(
+        op, x, w, stride, padding, algo, backend, dilation)
     if b is not None:
         b = _as_float_array(op, "b", b, dtype=x.dtype)
         if b.shape != (w.shape[0],):
             raise ValueError(f"{op}: b must have shape ({w.shape[0]},) for w of shape {w.shape}, "
                              f"got {b.shape}")
+    if y_shape[0] == 0:                      # an empty batch: an empty output, as PyTorch
+        return np.zeros(y_shape[1:] if unbatched else y_shape, dtype=x.dtype)
     with _threads.blas_single_thread():
-        return impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads())
+        y = impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads(),
+                                dilation=dilation)
+    return y[0] if unbatched else y
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, algo="auto", backend=None, *,
                     need_dx=True, need_dw=True):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
     ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
-    ``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r - ph, q*sw + s - pw]``;
+    ``dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]``;
     ``dx`` is the transposed convolution of dy with w (each dy value scatters back
     through the window that produced it).
 
     Parameters
     ----------
-    dy : ndarray (N, K, P, Q), the gradient of the loss with respect to conv2d's output
-    x, w, stride, padding, algo, backend : as in :func:`conv2d`
+    dy : ndarray (N, K, P, Q) ((K, P, Q) for an unbatched x), the gradient of the loss with
+        respect to conv2d's output
+    x, w, stride, padding, dilation, algo, backend : as in :func:`conv2d`
     need_dx : bool, keyword only
         False skips dx, returned as None: a network's first layer (whose input is the data)
         needs only dw and db, and PyTorch skips it there too.
@@ -254,17 +303,36 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype
+    dx : (N, C, H, W) (like x) or None, dw : (K, C, R, S) or None, db : (K,) or None, all
+    of x's dtype. An empty batch (N = 0) gives an empty dx and zero dw, db.
     """
     op = "conv2d_backward"
     if not (need_dx or need_dw):
         raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
-    x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra) = _conv_setup(
+        op, x, w, stride, padding, algo, backend, dilation)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
-    _check_dy(op, dy, y_shape)
-    with _threads.blas_single_thread():
-        return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads(),
-                                    bool(need_dx), bool(need_dw))
+    if unbatched:
+        _check_dy(op, dy, y_shape[1:])
+        dy = dy[None]
+    else:
+        _check_dy(op, dy, y_shape)
+    if y_shape[0] == 0:                      # an empty batch: no contributions to dw, db
+        dx = np.zeros(x.shape, dtype=x.dtype) if need_dx else None
+        dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
+        db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw else None
+    else:
+        with _threads.blas_single_thread():
+            dx, dw, db = impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding,
+                                              _n_threads(), bool(need_dx), bool(need_dw),
+                                              dilation=dilation)
+    if dx is not None:
+        if extra != (0, 0):                  # the gradient of the zeros "same" added: dropped
+            H, W = x.shape[2] - extra[0], x.shape[3] - extra[1]
+            dx = np.ascontiguousarray(dx[:, :, :H, :W])
+        if unbatched:
+            dx = dx[0]
+    return dx, dw, db
 
 
 # --------------------------------------------------------------------------- transposed convolution
@@ -277,12 +345,10 @@ def conv_transpose_output_size(size, kernel, stride, padding, output_padding=0, 
 
 def _conv_options(op, groups, dilation):
     """The keyword arguments for groups and dilation that conv_transpose2d passes on to
-    conv2d and conv2d_backward; the convolutions of this version take neither, so a value
-    other than 1 is refused here (the one place that knows)."""
-    if groups != 1 or dilation != (1, 1):
-        raise ValueError(f"{op}: groups={groups}, dilation={dilation}: only groups=1 and "
-                         f"dilation=1 are supported")
-    return {}
+    conv2d and conv2d_backward (the one place that knows which they take)."""
+    if groups != 1:
+        raise ValueError(f"{op}: groups={groups}: only groups=1 is supported")
+    return {"dilation": dilation}
 
 
 def _conv_transpose_setup(op, x, w, stride, padding, output_padding, groups, dilation):
@@ -341,7 +407,7 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups
         smaller than stride or dilation, adds rows at the bottom and columns on the right
         (a strided conv maps several input sizes to one output size; it picks the larger).
     groups : int
-        Only groups=1 and dilation=1 are supported by this version (ValueError otherwise).
+        Only groups=1 is supported by this version (ValueError otherwise).
     backend : "fast", "reference" or None
 
     Returns
@@ -369,7 +435,8 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups
             raise ValueError(f"{op}: b must have shape ({y_shape[1]},) (C_out), got {b.shape}")
     if resolve_backend(backend, op) == "reference":
         ref = implementation("conv_transpose", "reference")   # NumPy only: the scatter form
-        return ref.conv_transpose2d_forward(*_contiguous(x, w, b), stride, padding, out_pad)
+        return ref.conv_transpose2d_forward(*_contiguous(x, w, b), stride, padding, out_pad,
+                                            int(groups), options["dilation"])
     # The conv whose input gradient this is: input y_shape, weight w, output x's shape. Its
     # input is never read with need_dw=False: np.empty only reserves the memory.
     y, _, _ = conv2d_backward(x, np.empty(y_shape, x.dtype), w, stride, padding,
@@ -405,8 +472,8 @@ def conv_transpose2d_backward(dy, x, w, stride=1, padding=0, output_padding=0, g
     dy, x, w = _contiguous(dy, x, w)        # one layout: db's sum in one order
     if resolve_backend(backend, op) == "reference":
         ref = implementation("conv_transpose", "reference")
-        return ref.conv_transpose2d_backward(dy, x, w, stride, padding, out_pad,
-                                             need_dx=need_dx, need_dw=need_dw)
+        return ref.conv_transpose2d_backward(dy, x, w, stride, padding, out_pad, int(groups),
+                                             options["dilation"], need_dx=need_dx, need_dw=need_dw)
     dx = conv2d(dy, w, None, stride, padding, backend="fast", **options) if need_dx else None
     dw = db = None
     if need_dw:
@@ -414,6 +481,107 @@ def conv_transpose2d_backward(dy, x, w, stride=1, padding=0, output_padding=0, g
                                    **options)
         db = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
     return dx, dw, db
+
+
+# --------------------------------------------------------------------------- padding
+
+PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def _pad_setup(op, a, pad, mode):
+    """Check pad and mode; return ``[(before, after) per padded axis]`` (last axis last)."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"{op}: mode must be one of {PAD_MODES}, got {mode!r}")
+    if (not isinstance(pad, (tuple, list)) or len(pad) not in (2, 4) or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pad)):
+        raise TypeError(f"{op}: pad must be (left, right) or (left, right, top, bottom), "
+                        f"ints, got {pad!r}")
+    if min(pad) < 0:
+        raise ValueError(f"{op}: pad must be >= 0, got {pad!r}")
+    # PyTorch's order: the last axis first, (left, right), then (top, bottom)
+    widths = [(int(pad[i]), int(pad[i + 1])) for i in range(0, len(pad), 2)][::-1]
+    if a.ndim < len(widths) + (1 if mode != "constant" else 0):
+        raise ValueError(f"{op}: x of shape {a.shape} has too few axes for pad {tuple(pad)}"
+                         f" in mode {mode!r}")
+    return widths
+
+
+def _pad_source(n, before, after, mode, op):
+    """For each of the before + n + after positions of a padded axis, the index of the
+    input value it holds (reflect: mirrored about the edge, edge excluded; replicate: the
+    edge; circular: wrapped around)."""
+    i = np.arange(-before, n + after)
+    if mode == "reflect":
+        if before >= n or after >= n:
+            raise ValueError(f"{op}: reflect padding ({before}, {after}) must be smaller than "
+                             f"the axis it pads ({n})")
+        i = np.abs(i)
+        return np.where(i > n - 1, 2 * (n - 1) - i, i)
+    if mode == "replicate":
+        return np.clip(i, 0, n - 1)
+    if before > n or after > n:
+        raise ValueError(f"{op}: circular padding ({before}, {after}) must not exceed the "
+                         f"axis it pads ({n})")
+    return i % n
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    """Pad the last one or two axes of x, as PyTorch's ``F.pad`` (what ``nn.Conv2d`` runs for
+    its ``padding_mode``). In NumPy, for (left, right, top, bottom) and an x (..., H, W):
+
+    * "constant": ``np.pad(x, ((0, 0),) * (x.ndim - 2) + ((top, bottom), (left, right)),
+      constant_values=value)``
+    * "reflect": ``np.pad(..., mode="reflect")``, mirrored about the edge, which is not
+      repeated: [a b c d] padded by 2 -> [c b | a b c d | c b]; each pad < the axis length
+    * "replicate": ``np.pad(..., mode="edge")``: [a a | a b c d | d d]
+    * "circular": ``np.pad(..., mode="wrap")``: [c d | a b c d | a b]; each pad <= the length
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64; (N, C, H, W) or (C, H, W) for 2-D padding
+    pad : (left, right) or (left, right, top, bottom), ints >= 0
+    mode : "constant", "reflect", "replicate" or "circular"
+    value : the constant of "constant"
+
+    Returns
+    -------
+    y : ndarray (..., H + top + bottom, W + left + right), x's dtype
+    """
+    op = "pad"
+    x = _as_float_array(op, "x", x)
+    widths = _pad_setup(op, x, pad, mode)
+    full = [(0, 0)] * (x.ndim - len(widths)) + widths
+    if mode == "constant":
+        return np.pad(x, full, constant_values=value)
+    index = tuple(_pad_source(x.shape[axis], *full[axis], mode, op)
+                  for axis in range(x.ndim - len(widths), x.ndim))
+    return x[(...,) + np.ix_(*index)]
+
+
+def pad_backward(dy, pad, mode="constant"):
+    """Gradient of :func:`pad`: each padded value was a copy of one input value, so
+    dx[i] = the sum of dy over the positions holding a copy of x[i] (constant mode: dy's
+    inside). Axis by axis, the inside first, then the border positions in order.
+
+    dy : (..., H + top + bottom, W + left + right)  ->  dx : (..., H, W), dy's dtype.
+    """
+    op = "pad_backward"
+    dy = _as_float_array(op, "dy", dy)
+    widths = _pad_setup(op, dy, pad, mode)
+    dx = dy
+    for axis, (before, after) in zip(range(dy.ndim - len(widths), dy.ndim), widths):
+        n = dx.shape[axis] - before - after
+        if n < 1:
+            raise ValueError(f"{op}: dy of shape {dy.shape} is smaller than pad {tuple(pad)}")
+        inside = np.take(dx, np.arange(before, before + n), axis=axis)   # a copy
+        if mode != "constant":
+            source = _pad_source(n, before, after, mode, op)
+            for j in list(range(before)) + list(range(before + n, before + n + after)):
+                target = [slice(None)] * dx.ndim
+                target[axis] = source[j]
+                inside[tuple(target)] += np.take(dx, j, axis=axis)
+        dx = inside
+    return np.ascontiguousarray(dx)
 
 
 # --------------------------------------------------------------------------- pooling

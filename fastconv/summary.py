@@ -9,7 +9,9 @@ receptive field; then the totals. The receptive field follows the notes (000, "æ
                                            (centre of the first output's field, in input
                                             pixel coordinates; negative = in the padding)
 
-for a layer with window k, stride s and padding p (conv and pooling), starting from
+for a layer with window k, stride s and padding p (conv and pooling; a window of size k_0
+with dilation d spans k = d*(k_0 - 1) + 1 pixels and counts as that: its field has gaps,
+but its extent is what grows), starting from
 r = j = 1, start = 0 at the input. Element-wise layers (activations, BN, Dropout) keep it;
 global average pooling, and a Flatten of a map larger than 1x1, use the whole map (k = its
 size); after that every output sees the same field. ZeroPad2d moves start by -pad * j.
@@ -22,6 +24,8 @@ Branches: a residual block's field is the larger of its body's and its shortcut'
 in ResNet), and an Inception (Concat) block's is the largest over its branches; the jump is
 the same on every branch and start is taken from the branch with the largest field (with
 "same" padding, as in these models, every branch is centred on the same pixel).
+
+Output sizes (conv.out): P = floor((H + 2p - d(k_0 - 1) - 1) / s) + 1.
 
 Multiply-adds per forward pass of the given batch: K*C*R*S*P*Q per image for a conv,
 C_in*C_out*R*S*H*W for a transposed conv (every input pixel times the kernel),
@@ -53,6 +57,11 @@ class _RF:
 
     def __repr__(self):
         return f"_RF({self.r}, {self.j}, {self.start})"
+
+
+def _pair_of(v):
+    """An int or an (h, w) pair -> (h, w)."""
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def _fmt_start(v):
@@ -128,12 +137,19 @@ def _leaf_rf(module, x, y, rf):
         return None
     h, w = rf
     if isinstance(module, (Conv2d, MaxPool2d, AvgPool2d)):
-        (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
-        return h.window(kh, sh, ph), w.window(kw, sw, pw)
+        (kh, kw), (sh, sw) = module.kernel_size, module.stride
+        # the padding before the first window (Conv2d's "same" / "valid" as numbers)
+        ph, pw = getattr(module, "padding_before", module.padding)
+        dh, dw = _pair_of(getattr(module, "dilation", 1))
+        # a dilated window's extent: d*(k - 1) + 1 input pixels (conv.out)
+        return h.window(dh * (kh - 1) + 1, sh, ph), w.window(dw * (kw - 1) + 1, sw, pw)
     if isinstance(module, ConvTranspose2d):      # ceil(k / s) inputs, s outputs per input
+        dil = _pair_of(getattr(module, "dilation", 1))
         return tuple(_RF(f.r + (-(-k // s) - 1) * f.j, f.j // s if f.j % s == 0 else f.j / s,
                          f.start + (p - (k - 1) / 2) / s * f.j)
-                     for f, k, s, p in zip(rf, module.kernel_size, module.stride, module.padding))
+                     for f, k, s, p in zip(rf, (d * (k - 1) + 1 for d, k in
+                                                zip(dil, module.kernel_size)),
+                                           module.stride, module.padding))
     if isinstance(module, (GlobalAvgPool2d, Flatten)) and x.ndim == 4:
         H, W = x.shape[2:]
         return h.window(H, H, 0), w.window(W, W, 0)

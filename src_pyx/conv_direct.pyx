@@ -9,19 +9,19 @@ loop that runs for K == 1 is the row update of ``_plane_axpy`` (forward) and of
 Compiled twin of ``fastconv/reference/conv_direct.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument before calling here.
 
-(conv.out)  P = floor((H + 2*ph - R) / sh) + 1,  Q likewise with W, S, sw, pw
-(conv.fwd)  y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*sh + r - ph, q*sw + s - pw]
+(conv.out)  P = floor((H + 2*ph - dh*(R - 1) - 1) / sh) + 1,  Q likewise with W, S, sw, pw, dw
+(conv.fwd)  y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]
 (conv.bwd)  db[k] = sum_{n,p,q} dy[n,k,p,q]
-            dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r - ph, q*sw + s - pw]
-            dx[n, c, p*sh + r - ph, q*sw + s - pw] += sum_k dy[n,k,p,q] * w[k,c,r,s]
-(x is zero outside the image.)
+            dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]
+            dx[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw] += sum_k dy[n,k,p,q] * w[k,c,r,s]
+(x is zero outside the image; (dh, dw) is the dilation, 1 for an ordinary convolution.)
 
 How the loops are laid out, and why
 -----------------------------------
 * The loop nest to study is ``_plane_axpy``: for each tap (c, r, s), one row update
-  ``y[p, :] += w[k,c,r,s] * x̄[c, p*sh + r, s::sw]`` over the zero-padded input x̄ (one
-  copy of x, so the loop has no bounds tests); gcc vectorises it along q. It runs for
-  layers narrower than a tile (K < 4 or Q < 8).
+  ``y[p, :] += w[k,c,r,s] * x̄[c, p*sh + r*dh, s*dw::sw]`` over the zero-padded input x̄
+  (one copy of x, so the loop has no bounds tests); gcc vectorises it along q. It runs for
+  layers narrower than a tile (K < 4 or Q < 8). Dilation only moves where each tap reads.
 * Wider layers: each task computes 4 output channels of one image in register tiles of
   4 channels x 8 columns (float; 4 columns for double): the tile's accumulators stay in
   registers for the whole sum over c, r, s, so each input vector loaded feeds 4 channels
@@ -106,12 +106,12 @@ def _padded(const floating[:, :, :, ::1] a, Py_ssize_t Hd, Py_ssize_t Wd, Py_ssi
 cdef extern from "fc_conv_direct.h":
     void fastconv_tile_f32(const float* x, const float* w, const float* b, float* y,
                            Py_ssize_t C, Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp,
-                           Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t y_step,
-                           Py_ssize_t j_first) noexcept nogil
+                           Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                           Py_ssize_t y_step, Py_ssize_t j_first) noexcept nogil
     void fastconv_tile_f64(const double* x, const double* w, const double* b, double* y,
                            Py_ssize_t C, Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp,
-                           Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t y_step,
-                           Py_ssize_t j_first) noexcept nogil
+                           Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                           Py_ssize_t y_step, Py_ssize_t j_first) noexcept nogil
 
 cdef enum:
     KB = 4      # output channels per register tile (the C tile above is written for 4)
@@ -124,9 +124,9 @@ cdef inline Py_ssize_t _qb(floating dummy) noexcept nogil:
 
 cdef inline void _tile(const floating* xp, const floating* w, const floating* b, floating* y,
                        Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S,
-                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t P, Py_ssize_t Q,
-                       Py_ssize_t k0, Py_ssize_t j_first, Py_ssize_t p,
-                       Py_ssize_t q0) noexcept nogil:
+                       Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t P, Py_ssize_t Q, Py_ssize_t k0, Py_ssize_t j_first,
+                       Py_ssize_t p, Py_ssize_t q0) noexcept nogil:
     """y[k0 + j, p, q0 + i] for j < KB, i < QB: a KB x QB tile of outputs (conv.fwd).
 
     The tile's accumulators stay in registers for the whole sum over c, r, s; each input
@@ -142,18 +142,21 @@ cdef inline void _tile(const floating* xp, const floating* w, const floating* b,
     if b != NULL:
         b_tile = b + k0
     if floating is float:
-        fastconv_tile_f32(x_tile, w_tile, b_tile, y_tile, C, R, S, Hp, Wp, sw, P * Q, j_first)
+        fastconv_tile_f32(x_tile, w_tile, b_tile, y_tile, C, R, S, Hp, Wp, sw, dh, dw, P * Q,
+                          j_first)
     else:
-        fastconv_tile_f64(x_tile, w_tile, b_tile, y_tile, C, R, S, Hp, Wp, sw, P * Q, j_first)
+        fastconv_tile_f64(x_tile, w_tile, b_tile, y_tile, C, R, S, Hp, Wp, sw, dh, dw, P * Q,
+                          j_first)
 
 
 cdef void _plane_axpy(const floating* xp, const floating* w, const floating* b, floating* y,
                       Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S,
-                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t P, Py_ssize_t Q,
-                      Py_ssize_t k) noexcept nogil:
+                      Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t P, Py_ssize_t Q, Py_ssize_t k) noexcept nogil:
     """Output plane y[k] (P x Q) for layers narrower than one tile (K < KB or Q < QB):
-    bias, then for each tap (c, r, s) one row update ``y[p, :] += w[k,c,r,s] * xp[c, p*sh + r,
-    s::sw]`` (conv.fwd); the padded input needs no bounds tests, and the q loop vectorises."""
+    bias, then for each tap (c, r, s) one row update ``y[p, :] += w[k,c,r,s] * xp[c,
+    p*sh + r*dh, s*dw::sw]`` (conv.fwd); the padded input needs no bounds tests, and the
+    q loop vectorises."""
     cdef Py_ssize_t c, r, s, p, q
     cdef floating wv
     cdef floating* y_plane = y + k * P * Q
@@ -164,22 +167,22 @@ cdef void _plane_axpy(const floating* xp, const floating* w, const floating* b, 
     for c in range(C):
         for r in range(R):
             for p in range(P):
-                x_row = xp + (c * Hp + p * sh + r) * Wp
+                x_row = xp + (c * Hp + p * sh + r * dh) * Wp
                 y_row = y_plane + p * Q
                 for s in range(S):
                     wv = w[((k * C + c) * R + r) * S + s]
                     if sw == 1:
                         for q in range(Q):
-                            y_row[q] += wv * x_row[q + s]
+                            y_row[q] += wv * x_row[q + s * dw]
                     else:
                         for q in range(Q):
-                            y_row[q] += wv * x_row[q * sw + s]
+                            y_row[q] += wv * x_row[q * sw + s * dw]
 
 
 cdef void _conv_block(const floating* xp, const floating* w, const floating* b, floating* y,
                       Py_ssize_t K, Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t R,
-                      Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t P, Py_ssize_t Q,
-                      Py_ssize_t kb) noexcept nogil:
+                      Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t P, Py_ssize_t Q, Py_ssize_t kb) noexcept nogil:
     """Output channels [kb*KB, kb*KB + KB) of one image, all (p, q), in register tiles.
 
     A partial last block of channels (or of columns) is computed as a full tile shifted back
@@ -190,7 +193,7 @@ cdef void _conv_block(const floating* xp, const floating* w, const floating* b, 
     cdef Py_ssize_t k0 = kb * KB, j_first = 0, p, q0, k
     if K < KB or Q < QB:
         for k in range(k0, min(k0 + KB, K)):
-            _plane_axpy(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, P, Q, k)
+            _plane_axpy(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, k)
         return
     if k0 + KB > K:
         j_first = k0 + KB - K                     # rows j < j_first belong to block kb - 1
@@ -200,14 +203,15 @@ cdef void _conv_block(const floating* xp, const floating* w, const floating* b, 
         while q0 < Q:
             if q0 + QB > Q:
                 q0 = Q - QB                       # last columns: a shifted full tile
-            _tile(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, P, Q, k0, j_first, p, q0)
+            _tile(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, k0, j_first, p, q0)
             q0 = q0 + QB
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                    b,                                  # IN (K,) or None
-                   stride, padding, int n_threads):    # returns y, OUT (N, K, P, Q)
+                   stride, padding, int n_threads,
+                   dilation=(1, 1)):                   # returns y, OUT (N, K, P, Q)
     """Direct convolution (cross-correlation, as PyTorch), eq. (conv.fwd).
 
     The input is zero-padded once (one copy of x, so the hot loop has no bounds tests);
@@ -222,6 +226,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
         (sh, sw) >= 1 and (ph, pw) >= 0.
     n_threads : int
         OpenMP threads; the result is bitwise the same for any value.
+    dilation : (int, int)
+        (dh, dw) >= 1: tap (r, s) reads input pixel (p*sh + r*dh - ph, q*sw + s*dw - pw).
 
     Returns
     -------
@@ -231,9 +237,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, t, n_kb
+    cdef Py_ssize_t dh = dilation[0], dw = dilation[1]
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry((N, C, H, W), (K, w.shape[1], R, S), stride,
-                                              padding, n_threads)   # (conv.out)
+                                              padding, n_threads,
+                                              dilation=dilation)    # (conv.out)
     if b is not None and np.shape(b) != (K,):
         raise ValueError(f"conv2d_forward: b must have shape ({K},), got {np.shape(b)}")
     cdef const floating[::1] bv
@@ -251,7 +259,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     with nogil:
         for t in prange(N * n_kb, schedule="dynamic", num_threads=nt):
             _conv_block(&xp[t // n_kb, 0, 0, 0], &w[0, 0, 0, 0], b_ptr, &y[t // n_kb, 0, 0, 0],
-                        K, C, Hp, Wp, R, S, sh, sw, P, Q, t % n_kb)
+                        K, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, t % n_kb)
     return y_arr
 
 
@@ -272,9 +280,10 @@ cdef extern from "fc_conv_direct.h":
 
 cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] xp,
                     floating[:, :, :, ::1] dw, Py_ssize_t kb, Py_ssize_t c,
-                    Py_ssize_t sh, Py_ssize_t sw) noexcept nogil:
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dwd) noexcept nogil:
     """dw[k, c, r, s] for the 4 channels k of block kb, every tap (r, s), by (conv.bwd):
-    ``sum_{n,p,q} dy[n,k,p,q] * xp[n, c, p*sh + r, q*sw + s]`` over the padded input xp.
+    ``sum_{n,p,q} dy[n,k,p,q] * xp[n, c, p*sh + r*dh, q*sw + s*dwd]`` over the padded input
+    xp (dwd: the dilation along the width; dw is the gradient).
     A partial last block is shifted back to end at K; its overlap is not stored."""
     cdef Py_ssize_t N = dy.shape[0], K = dy.shape[1], P = dy.shape[2], Q = dy.shape[3]
     cdef Py_ssize_t C = xp.shape[1], Hp = xp.shape[2], Wp = xp.shape[3]
@@ -286,10 +295,10 @@ cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     for r in range(R):
         for s in range(S):
             if floating is float:
-                fastconv_dw_tile_f32(&xp[0, c, r, s], &dy[0, k0, 0, 0], out, N, P, Q,
+                fastconv_dw_tile_f32(&xp[0, c, r * dh, s * dwd], &dy[0, k0, 0, 0], out, N, P, Q,
                                      C * Hp * Wp, sh * Wp, sw, K * P * Q, P * Q, j_first)
             else:
-                fastconv_dw_tile_f64(&xp[0, c, r, s], &dy[0, k0, 0, 0], out, N, P, Q,
+                fastconv_dw_tile_f64(&xp[0, c, r * dh, s * dwd], &dy[0, k0, 0, 0], out, N, P, Q,
                                      C * Hp * Wp, sh * Wp, sw, K * P * Q, P * Q, j_first)
             for j in range(j_first, KB):
                 dw[k0 + j, c, r, s] = out[j]
@@ -297,7 +306,8 @@ cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
 cdef void _dx_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] w,
                     floating[:, :, :, ::1] dx, Py_ssize_t n, Py_ssize_t c,
-                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
     """Input-gradient plane dx[n, c] (H x W), for strides > 1: every dy[n, k, p, q] * w[k, c, r, s]
     goes back to the input pixel it was multiplied with (conv.bwd), as row updates along q.
     Only this call writes dx[n, c]."""
@@ -313,14 +323,14 @@ cdef void _dx_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         dx_plane[i] = 0
     for k in range(K):
         for r in range(R):
-            p_lo = first_inside(r - ph, sh, P)
-            p_hi = end_inside(H, r - ph, sh, P, p_lo)
+            p_lo = first_inside(r * dh - ph, sh, P)
+            p_hi = end_inside(H, r * dh - ph, sh, P, p_lo)
             for p in range(p_lo, p_hi):
-                dx_row = dx_plane + (p * sh + r - ph) * W
+                dx_row = dx_plane + (p * sh + r * dh - ph) * W
                 dy_row = &dy[n, k, p, 0]
                 for s in range(S):
                     wv = w[k, c, r, s]
-                    off = s - pw
+                    off = s * dw - pw
                     q_lo = first_inside(off, sw, Q)
                     q_hi = end_inside(W, off, sw, Q, q_lo)
                     if sw == 1:
@@ -333,7 +343,8 @@ cdef void _dx_plane(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
 
 cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                     floating[:, :, :, ::1] dw, floating* acc, Py_ssize_t k, Py_ssize_t c,
-                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                    Py_ssize_t dh, Py_ssize_t dwd) noexcept nogil:
     """Kernel-gradient slice dw[k, c] (R x S) by (conv.bwd), reducing over n, p, q in order
     (used when K < 4, too few channels for the dw tile).
 
@@ -354,14 +365,14 @@ cdef void _dw_slice(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
         acc[i] = 0
     for n in range(N):
         for r in range(R):
-            p_lo = first_inside(r - ph, sh, P)
-            p_hi = end_inside(H, r - ph, sh, P, p_lo)
+            p_lo = first_inside(r * dh - ph, sh, P)
+            p_hi = end_inside(H, r * dh - ph, sh, P, p_lo)
             for p in range(p_lo, p_hi):
-                x_row = &x[n, c, p * sh + r - ph, 0]
+                x_row = &x[n, c, p * sh + r * dh - ph, 0]
                 dy_row = &dy[n, k, p, 0]
                 for s in range(S):
                     a = acc + (r * S + s) * Q
-                    off = s - pw
+                    off = s * dwd - pw
                     q_lo = first_inside(off, sw, Q)
                     q_hi = end_inside(W, off, sw, Q, q_lo)
                     if sw == 1:
@@ -383,7 +394,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                     const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                     stride, padding, int n_threads,
-                    bint need_dx=True, bint need_dw=True):   # returns dx, dw, db (OUT)
+                    bint need_dx=True, bint need_dw=True,
+                    dilation=(1, 1)):                   # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
@@ -397,6 +409,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     need_dw : bool
         False skips dw and db (None is returned for both): a frozen layer that must still
         pass dx on. dx is computed exactly as with need_dw (bitwise the same).
+    dilation : (int, int), as in :func:`conv2d_forward`
 
     Returns
     -------
@@ -406,10 +419,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, i, k
+    cdef Py_ssize_t dh = dilation[0], dwd = dilation[1]     # dw is the kernel's gradient
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry(
         (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
-        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
+        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]), dilation)
     if not (need_dx or need_dw):
         raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     # without need_dx, a one-element placeholder that is never read
@@ -425,7 +439,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef floating[:, ::1] acc = acc_arr
     cdef const floating[:, :, :, ::1] dyp
     cdef const floating[:, :, :, ::1] wt
-    cdef Py_ssize_t Hd = H + R - 1, Wd = W + S - 1, n_cb = (C + KB - 1) // KB, t
+    cdef Py_ssize_t Hd = H + dh * (R - 1), Wd = W + dwd * (S - 1), n_cb = (C + KB - 1) // KB, t
     if not need_dx:
         dx_arr = None
     elif sh == 1 and sw == 1 and _all_finite(&w[0, 0, 0, 0], K * C * R * S):
@@ -433,20 +447,22 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
         #   dx[n, c, ih, iw] = sum_{k,r,s} wt[c, k, r, s] * dyp[n, k, ih + r, iw + s]
         # with the kernel flipped and its channel axes swapped, wt[c, k, r, s] =
         # w[k, c, R-1-r, S-1-s], and dy shifted by (R-1-ph, S-1-pw) into a zero border
-        # (dyp, (N, K, H+R-1, W+S-1)). So it runs on the forward's register tiles.
-        dyp = _padded(dy, Hd, Wd, R - 1 - ph, S - 1 - pw, nt)
+        # (dyp, (N, K, H+R-1, W+S-1)). So it runs on the forward's register tiles. With
+        # dilation the taps are dh, dw apart: dy shifted by ((R-1)*dh - ph, (S-1)*dw - pw).
+        dyp = _padded(dy, Hd, Wd, dh * (R - 1) - ph, dwd * (S - 1) - pw, nt)
         wt = np.ascontiguousarray(np.asarray(w).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         with nogil:
             for t in prange(N * n_cb, schedule="dynamic", num_threads=nt):
                 _conv_block(&dyp[t // n_cb, 0, 0, 0], &wt[0, 0, 0, 0], NULL,
-                            &dx[t // n_cb, 0, 0, 0], C, K, Hd, Wd, R, S, 1, 1, H, W, t % n_cb)
+                            &dx[t // n_cb, 0, 0, 0], C, K, Hd, Wd, R, S, 1, 1, dh, dwd, H, W,
+                            t % n_cb)
     else:
         # Strided (or non-finite weights, which the transposed convolution would also
         # multiply with dy's zero border): each dy value scatters into its window, one
         # input plane per task.
         with nogil:
             for i in prange(N * C, schedule="dynamic", num_threads=nt):
-                _dx_plane(dy, w, dx, i // C, i % C, sh, sw, ph, pw)
+                _dx_plane(dy, w, dx, i // C, i % C, sh, sw, ph, pw, dh, dwd)
     if not need_dw:
         return dx_arr, None, None
     cdef const floating[:, :, :, ::1] xp
@@ -458,18 +474,19 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
             xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)
         with nogil:
             for i in prange(n_kb * C, schedule="dynamic", num_threads=nt):
-                _dw_block(dy, xp, dw, i // C, i % C, sh, sw)
+                _dw_block(dy, xp, dw, i // C, i % C, sh, sw, dh, dwd)
     elif _all_finite(&dy[0, 0, 0, 0], N * K * P * Q):
         with nogil:
             for i in prange(K * C, schedule="dynamic", num_threads=nt):
-                _dw_slice(dy, x, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, ph, pw)
+                _dw_slice(dy, x, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, ph, pw, dh,
+                          dwd)
     else:
         # dy holds NaN or Inf: the padding's taps, which _dw_slice skips, are multiplied
         # too (0 * NaN = NaN), on the zero-padded input
         xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt) if ph > 0 or pw > 0 else x
         with nogil:
             for i in prange(K * C, schedule="dynamic", num_threads=nt):
-                _dw_slice(dy, xp, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, 0, 0)
+                _dw_slice(dy, xp, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, 0, 0, dh, dwd)
     with nogil:
         for k in prange(K, schedule="static", num_threads=nt):
             _db_one(dy, db, k)

@@ -10,8 +10,8 @@ Compiled twin of ``fastconv/reference/conv_im2col.py`` (same functions and signa
 ``fastconv.functional`` validates every argument and limits BLAS to one thread around
 each call, so the GEMMs issued from inside ``prange`` do not oversubscribe the cores.
 
-(im2col)      col_n[(c*R + r)*S + s, p*Q + q] = x[n, c, p*sh + r - ph, q*sw + s - pw]
-              (0 outside the image)
+(im2col)      col_n[(c*R + r)*S + s, p*Q + q] = x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]
+              (0 outside the image; (dh, dw) the dilation, 1 for an ordinary convolution)
 (conv.fwd)    Y_n = W @ col_n (+ b),   W = w viewed as (K, C*R*S)
 (conv.bwd)    dW = sum_n dY_n @ col_n^T,   db[k] = sum_{n,p,q} dy[n,k,p,q],
               dcol_n = W^T @ dY_n, then col2im scatter-adds dcol_n into dx[n]
@@ -155,12 +155,13 @@ cdef inline (Py_ssize_t, Py_ssize_t) _rows_inside(Py_ssize_t H, Py_ssize_t off, 
 cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ssize_t H,
                          Py_ssize_t W, Py_ssize_t R, Py_ssize_t S, Py_ssize_t P, Py_ssize_t Q,
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                         Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0,
+                         Py_ssize_t p1) noexcept nogil:
     """(im2col) x_n (C, H, W) -> col (C*R*S, (p1 - p0)*Q): the columns of output rows
     p0 <= p < p1 (all of them: 0, P), zeros where the window is in the padding.
 
-    Row (c, r, s) of col is the image plane c shifted by the tap (r, s) and sampled every
-    stride; each output row p of it is [zeros | a contiguous/strided copy | zeros].
+    Row (c, r, s) of col is the image plane c shifted by the tap (r*dh, s*dw) and sampled
+    every stride; each output row p of it is [zeros | a contiguous/strided copy | zeros].
     """
     cdef Py_ssize_t c, r, s, p, q, p_lo, p_hi, q_lo, q_hi, off, PQb = (p1 - p0) * Q
     cdef floating* col_row
@@ -168,17 +169,17 @@ cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ss
     cdef const floating* x_row
     for c in range(C):
         for r in range(R):
-            p_lo, p_hi = _rows_inside(H, r - ph, sh, P, p0, p1)
+            p_lo, p_hi = _rows_inside(H, r * dh - ph, sh, P, p0, p1)
             for s in range(S):
                 col_row = col + ((c * R + r) * S + s) * PQb - p0 * Q   # output row p at p*Q
-                off = s - pw
+                off = s * dw - pw
                 q_lo = first_inside(off, sw, Q)
                 q_hi = end_inside(W, off, sw, Q, q_lo)
                 for q in range(p0 * Q, p_lo * Q):          # rows above the image
                     col_row[q] = 0
                 for p in range(p_lo, p_hi):
                     dst = col_row + p * Q
-                    x_row = x_n + (c * H + p * sh + r - ph) * W
+                    x_row = x_n + (c * H + p * sh + r * dh - ph) * W
                     for q in range(q_lo):
                         dst[q] = 0
                     if sw != 1:
@@ -197,7 +198,8 @@ cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ss
 cdef void _col2im_sample(const floating* col, floating* dx_n, Py_ssize_t C, Py_ssize_t H,
                          Py_ssize_t W, Py_ssize_t R, Py_ssize_t S, Py_ssize_t P, Py_ssize_t Q,
                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                         Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0,
+                         Py_ssize_t p1) noexcept nogil:
     """The adjoint of _im2col_sample: dx_n (C, H, W) += col's entries (output rows
     p0 <= p < p1) onto the pixels they were copied from (entries that came from the padding
     are dropped). The caller zeroes dx_n once per image."""
@@ -206,14 +208,14 @@ cdef void _col2im_sample(const floating* col, floating* dx_n, Py_ssize_t C, Py_s
     cdef floating* dx_row
     for c in range(C):
         for r in range(R):
-            p_lo, p_hi = _rows_inside(H, r - ph, sh, P, p0, p1)
+            p_lo, p_hi = _rows_inside(H, r * dh - ph, sh, P, p0, p1)
             for s in range(S):
-                off = s - pw
+                off = s * dw - pw
                 q_lo = first_inside(off, sw, Q)
                 q_hi = end_inside(W, off, sw, Q, q_lo)
                 for p in range(p_lo, p_hi):
                     src = col + ((c * R + r) * S + s) * PQb + (p - p0) * Q
-                    dx_row = dx_n + (c * H + p * sh + r - ph) * W
+                    dx_row = dx_n + (c * H + p * sh + r * dh - ph) * W
                     if sw == 1:
                         for q in range(q_lo, q_hi):
                             dx_row[q + off] += src[q]
@@ -269,37 +271,50 @@ cdef void _pad_hwc(const floating* x_n, floating* xp, Py_ssize_t C, Py_ssize_t H
 
 cdef void _patches_hwc(const floating* xp, floating* colT, Py_ssize_t C, Py_ssize_t Wp,
                        Py_ssize_t R, Py_ssize_t S, Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+                       Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0,
+                       Py_ssize_t p1) noexcept nogil:
     """(im2col.hwc) colT ((p1 - p0)*Q, R*S*C) for output rows p0 <= p < p1 (all: 0, P):
-    row (p - p0)*Q + q is the R runs xp[p*sh + r, q*sw : q*sw + S, :]."""
-    cdef Py_ssize_t SC = S * C, CRS = R * S * C, p, q, r, i
+    row (p - p0)*Q + q is the R runs xp[p*sh + r*dh, q*sw : q*sw + S, :] (with a dilation
+    dw > 1 along the width, R*S runs of C values, xp[p*sh + r*dh, q*sw + s*dw, :])."""
+    cdef Py_ssize_t SC = S * C, CRS = R * S * C, p, q, r, s, i
     cdef const floating* src
     cdef floating* dst
     for p in range(p0, p1):
         for q in range(Q):
             for r in range(R):
-                src = xp + ((p * sh + r) * Wp + q * sw) * C
+                src = xp + ((p * sh + r * dh) * Wp + q * sw) * C
                 dst = colT + ((p - p0) * Q + q) * CRS + r * SC
-                for i in range(SC):
-                    dst[i] = src[i]
+                if dw == 1:
+                    for i in range(SC):
+                        dst[i] = src[i]
+                else:
+                    for s in range(S):
+                        for i in range(C):
+                            dst[s * C + i] = src[s * dw * C + i]
 
 
 cdef void _unpatch_hwc(const floating* dcolT, floating* dxp, Py_ssize_t C, Py_ssize_t Wp,
                        Py_ssize_t R, Py_ssize_t S, Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+                       Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0,
+                       Py_ssize_t p1) noexcept nogil:
     """The adjoint of _patches_hwc: dxp (Hp, Wp, C) += every run of dcolT (output rows
-    p0 <= p < p1) onto the run of xp it was copied from (contiguous adds of S*C values).
-    The caller zeroes dxp once per image."""
-    cdef Py_ssize_t SC = S * C, CRS = R * S * C, p, q, r, i
+    p0 <= p < p1) onto the run of xp it was copied from (contiguous adds of S*C values, or
+    of C values with a dilation dw > 1). The caller zeroes dxp once per image."""
+    cdef Py_ssize_t SC = S * C, CRS = R * S * C, p, q, r, s, i
     cdef const floating* src
     cdef floating* dst
     for p in range(p0, p1):
         for q in range(Q):
             for r in range(R):
                 src = dcolT + ((p - p0) * Q + q) * CRS + r * SC
-                dst = dxp + ((p * sh + r) * Wp + q * sw) * C
-                for i in range(SC):
-                    dst[i] += src[i]
+                dst = dxp + ((p * sh + r * dh) * Wp + q * sw) * C
+                if dw == 1:
+                    for i in range(SC):
+                        dst[i] += src[i]
+                else:
+                    for s in range(S):
+                        for i in range(C):
+                            dst[s * dw * C + i] += src[s * C + i]
 
 
 cdef void _unpad_hwc(const floating* dxp, floating* dx_n, Py_ssize_t C, Py_ssize_t H,
@@ -351,8 +366,8 @@ cdef bint _use_hwc(Py_ssize_t C, Py_ssize_t S, bint is_1x1, bint fwd_mk) noexcep
 cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                           const floating[::1] b, floating[:, :, :, ::1] y, floating* col,
                           Py_ssize_t n, bint is_1x1, bint has_bias, Py_ssize_t sh,
-                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                          Py_ssize_t rows) noexcept nogil:
+                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                          Py_ssize_t dw, Py_ssize_t rows) noexcept nogil:
     """Y_n (K x PQ) = W (K x CRS) @ col_n (CRS x PQ) (+ b), eq. (im2col), by blocks of
     ``rows`` output rows (col holds one block's columns: see _rows_per_block)."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -374,7 +389,8 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
         p0 = blk * rows
         p1 = min(p0 + rows, P)
         PQb = <int>((p1 - p0) * Q)
-        _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
+        _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, dh, dw,
+                       p0, p1)
         # Y_b (K, PQb) (+)= W @ col_b, in place in y[n] (row stride PQ). BLAS even with
         # AVX-512: with few taps (lenet_c1, C*R*S = 25) the micro-kernel was slower
         gemm_rm(False, False, <int>K, PQb, CRS, 1, &w[0, 0, 0, 0], CRS, col, PQb, beta,
@@ -396,8 +412,8 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                               const floating[::1] b, const Py_ssize_t[::1] offs,
                               floating[:, :, :, ::1] y, floating* work, Py_ssize_t n,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows,
-                              bint skip_zero_taps) noexcept nogil:
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                              Py_ssize_t rows, bint skip_zero_taps) noexcept nogil:
     """Y_n = (colT @ Wr^T)^T + b by eq. (im2col.hwc); wrT is Wr^T (R*S*C, K).
 
     By blocks of ``rows`` output rows (see _rows_per_block), each computed as Y_b^T
@@ -405,6 +421,8 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
     fc_igemm_f32 reads each output pixel's window straight from xp, at
     offs[p*Q + q] = (p*sh*Wp + q*sw)*C (its R runs one row of xp apart). ``work`` holds the
     padded channels-last image xp, then a block of Y_n^T, then (BLAS path) of colT.
+    A dilated convolution (dh or dw > 1) always builds colT (the micro-kernels read
+    undilated windows).
     """
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3], K = y.shape[1]
     cdef Py_ssize_t P = y.shape[2], Q = y.shape[3], Wp = W + 2 * pw, k, i
@@ -420,7 +438,10 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
         b0 = blk * rows
         b1 = min(b0 + rows, P)
         PQb = (b1 - b0) * Q
-        if (floating is float and _use_microkernel and skip_zero_taps and K <= 16 and sw == 1
+        if dh != 1 or dw != 1:
+            _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, dh, dw, b0, b1)
+            _gemm_small(PQb, K, CRS, colT, CRS, 1, &wrT[0, 0], K, False, yT, K)  # colT @ Wr^T
+        elif (floating is float and _use_microkernel and skip_zero_taps and K <= 16 and sw == 1
                 and (S == 3 or S == 5)):
             # few output channels: tiles along the output rows, fc_dtile (see its comment);
             # the block's rows as an image of b1 - b0 rows starting b0*sh rows down xp
@@ -447,7 +468,7 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                              yT + (p0 - b0) * Q * K, K)
                 p0 = p1
         else:
-            _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, b0, b1)
+            _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, 1, 1, b0, b1)
             _gemm_small(PQb, K, CRS, colT, CRS, 1, &wrT[0, 0], K, False, yT, K)  # colT @ Wr^T
         # y[n][:, b0*Q : b1*Q] (K, PQb) = the block of Y_n^T transposed, plus the bias
         if floating is float:
@@ -465,7 +486,8 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                    b,                                  # IN (K,) or None
-                   stride, padding, int n_threads):    # returns y, OUT (N, K, P, Q)
+                   stride, padding, int n_threads,
+                   dilation=(1, 1)):                   # returns y, OUT (N, K, P, Q)
     """Convolution (cross-correlation, as PyTorch) by im2col + GEMM, eqs. (im2col), (conv.fwd).
 
     Parameters
@@ -477,6 +499,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     n_threads : int
         OpenMP threads, one image each at a time; call with BLAS limited to one thread
         (fastconv.functional does). Bitwise the same result for any value.
+    dilation : (int, int)
+        (dh, dw) >= 1: tap (r, s) reads input pixel (p*sh + r*dh - ph, q*sw + s*dw - pw).
 
     Returns
     -------
@@ -486,12 +510,16 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, n, work_size
+    cdef Py_ssize_t dh = dilation[0], dw = dilation[1]
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry((N, C, H, W), (K, w.shape[1], R, S), stride,
-                                              padding, n_threads)   # (conv.out)
+                                              padding, n_threads,
+                                              dilation=dilation)    # (conv.out)
     _check_blas_sizes(K, C * R * S, P * Q)
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
-    cdef bint hwc = _use_hwc(C, S, is_1x1, floating is float and _use_microkernel)
+    # the micro-kernel reads undilated windows in place; a dilated one builds colT
+    cdef bint in_place = floating is float and _use_microkernel and dh == 1 and dw == 1
+    cdef bint hwc = _use_hwc(C, S, is_1x1, in_place)
     b_arr = np.zeros(K, dtype=dtype) if b is None else np.asarray(b)
     if b_arr.shape != (K,):
         raise ValueError(f"conv2d_forward: b must have shape ({K},), got {b_arr.shape}")
@@ -504,7 +532,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     cdef Py_ssize_t columns = C * R * S * P * Q, xp_size = 0, row_size, rows
     if hwc:
         xp_size = (H + 2 * ph) * (W + 2 * pw) * C
-        row_size = Q * (K if floating is float and _use_microkernel else K + C * R * S)
+        row_size = Q * (K if in_place else K + C * R * S)
         rows = _rows_per_block(P, row_size, _usable(columns) - xp_size - K * C * R * S // 2)
     else:
         row_size = 0 if is_1x1 else Q * C * R * S
@@ -528,11 +556,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                 skip_zero_taps = _all_finite(&w[0, 0, 0, 0], K * C * R * S)
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample_hwc(x, wrT, bv, offs, y, &col[threadid(), 0], n, R, S, sh, sw,
-                                    ph, pw, rows, skip_zero_taps)
+                                    ph, pw, dh, dw, rows, skip_zero_taps)
         else:
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample(x, w, bv, y, &col[threadid(), 0], n, is_1x1, has_bias,
-                                sh, sw, ph, pw, rows)
+                                sh, sw, ph, pw, dh, dw, rows)
     return y_arr
 
 
@@ -545,8 +573,8 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
                           floating* dw_part,                 # OUT (C*R*S, K): dW^T, or NULL
                           floating* col,                     # scratch
                           Py_ssize_t n_begin, Py_ssize_t n_end, bint is_1x1, Py_ssize_t sh,
-                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                          Py_ssize_t rows) noexcept nogil:
+                          Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                          Py_ssize_t dw, Py_ssize_t rows) noexcept nogil:
     """Images n_begin <= n < n_end: dx[n] (unless dx is NULL), and their partial
     dW^T = sum_n col_n @ dY_n^T (unless dw_part is NULL: then no columns are built).
 
@@ -583,8 +611,8 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
             p1 = min(p0 + rows, P)
             PQb = <int>((p1 - p0) * Q)
             if dw_part != NULL:
-                _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0,
-                               p1)
+                _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, dh,
+                               dw, p0, p1)
                 # dW_part^T (CRS, K) += col_b (CRS, PQb) @ dY_b^T (PQb, K), the first block
                 # of the first image overwrites. The transpose of dW, because in this
                 # orientation BLAS streams the big col_b as its B operand and packs only the
@@ -595,7 +623,7 @@ cdef void _backward_chunk(const floating[:, :, :, ::1] dy,   # IN (N, K, P, Q)
                 # dcol_b (CRS, PQb) = W^T (CRS, K) @ dY_b (K, PQb), scatter-added into dx[n]
                 gemm_rm(True, False, CRS, PQb, Ki, 1, w_mat, CRS, dy_n + p0 * Q, PQ, 0, col,
                         PQb)
-                _col2im_sample(col, dx_n, C, H, W, R, S, P, Q, sh, sw, ph, pw, p0, p1)
+                _col2im_sample(col, dx_n, C, H, W, R, S, P, Q, sh, sw, ph, pw, dh, dw, p0, p1)
 
 
 cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q)
@@ -607,7 +635,8 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
                               floating* work,                   # scratch
                               Py_ssize_t n_begin, Py_ssize_t n_end,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
-                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
+                              Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                              Py_ssize_t rows) noexcept nogil:
     """As _backward_chunk in the channels-last layout of eq. (im2col.hwc); wr is Wr (K, RSC).
 
     Per image: xp and colT as in the forward pass, dWr_part (K, RSC) += dY_n @ colT, then
@@ -625,7 +654,7 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
     cdef floating* xp = work
     cdef floating* colT = xp + Hp * Wp * C
     cdef const floating* dy_n
-    cdef bint in_place = _in_place_runs(C, S) and floating is float
+    cdef bint in_place = _in_place_runs(C, S) and floating is float and dh == 1 and dw == 1
     for n in range(n_begin, n_end):
         dy_n = &dy[n, 0, 0, 0]                               # dY_n: (K, PQ)
         if dwr_part == NULL:                                 # dx alone
@@ -634,7 +663,7 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
                                     W, K, R, S, PQ, ph, pw)
             else:
                 _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, dx + n * C * H * W, C, H, W, K, R,
-                               S, P, Q, sh, sw, ph, pw, rows)
+                               S, P, Q, sh, sw, ph, pw, dh, dw, rows)
             continue
         _pad_hwc(&x[n, 0, 0, 0], xp, C, H, W, ph, pw)
         if floating is float and in_place:
@@ -650,19 +679,20 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
         for b in range((P + rows - 1) // rows):             # blocks of output rows
             p0 = b * rows
             p1 = min(p0 + rows, P)
-            _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, p0, p1)
+            _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, dh, dw, p0, p1)
             _gemm_small(K, CRS, (p1 - p0) * Q, dy_n + p0 * Q, PQ, 1, colT, CRS,
                         n != n_begin or p0 != 0, dwr_part, CRS)
         if dx != NULL:                                       # xp becomes its gradient
             _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, dx + n * C * H * W, C, H, W, K, R, S,
-                           P, Q, sh, sw, ph, pw, rows)
+                           P, Q, sh, sw, ph, pw, dh, dw, rows)
 
 
 cdef void _dx_sample_hwc(const floating* dy_n, const floating* wr, floating* dxp,
                          floating* colT, floating* dx_n, Py_ssize_t C, Py_ssize_t H,
                          Py_ssize_t W, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S, Py_ssize_t P,
                          Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                         Py_ssize_t pw, Py_ssize_t rows) noexcept nogil:
+                         Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t rows) noexcept nogil:
     """dx_n (C, H, W) from dY_n (K, PQ) on the channels-last path with colT built: dxp, the
     gradient of the padded image, is zeroed; per block of ``rows`` output rows,
     dcolT_b = dY_b^T @ Wr (dY_n read transposed) goes to colT and is added onto the runs of
@@ -674,7 +704,7 @@ cdef void _dx_sample_hwc(const floating* dy_n, const floating* wr, floating* dxp
         p0 = b * rows
         p1 = min(p0 + rows, P)
         _gemm_small((p1 - p0) * Q, CRS, K, dy_n + p0 * Q, 1, PQ, wr, CRS, False, colT, CRS)
-        _unpatch_hwc(colT, dxp, C, Wp, R, S, Q, sh, sw, p0, p1)
+        _unpatch_hwc(colT, dxp, C, Wp, R, S, Q, sh, sw, dh, dw, p0, p1)
     _unpad_hwc(dxp, dx_n, C, H, W, ph, pw)
 
 
@@ -756,7 +786,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                     const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                     stride, padding, int n_threads,
-                    bint need_dx=True, bint need_dw=True):   # returns dx, dw, db (OUT)
+                    bint need_dx=True, bint need_dw=True,
+                    dilation=(1, 1)):                   # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward` by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -772,6 +803,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
         False skips dw and db (None is returned for both): a frozen layer that must still
         pass dx on. No columns of x are built and there is no dW reduction; each image's dx
         is computed exactly as with need_dw (bitwise the same), one image per task.
+    dilation : (int, int), as in :func:`conv2d_forward`
 
     Returns
     -------
@@ -782,17 +814,19 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t sh, sw, ph, pw, P, Q, k, i, t, ch, rnd, first, in_round, chunk, n_chunks, n
     cdef Py_ssize_t work_size, xp_size, rows, CRS = C * R * S
+    cdef Py_ssize_t dh = dilation[0], dwd = dilation[1]     # dw is the kernel's gradient
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry(
         (N, C, H, W), (K, w.shape[1], R, S), stride, padding, n_threads,
-        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
+        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]), dilation)
     if not (need_dx or need_dw):
         raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     _check_blas_sizes(K, CRS, P * Q)
     cdef Py_ssize_t columns = CRS * P * Q                   # one image's columns
     cdef bint is_1x1 = R == 1 and S == 1 and sh == 1 and sw == 1 and ph == 0 and pw == 0
     cdef bint hwc = _use_hwc(C, S, is_1x1, False)
-    cdef bint in_place = hwc and floating is float and _in_place_runs(C, S)
+    cdef bint in_place = (hwc and floating is float and _in_place_runs(C, S) and dh == 1
+                          and dwd == 1)
     xp_size = (H + 2 * ph) * (W + 2 * pw) * C if hwc else 0
     dx_arr = np.empty((N, C, H, W), dtype=dtype) if need_dx else None
     # without need_dw, one-element placeholders that are never written
@@ -830,10 +864,10 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 if hwc:
                     _backward_chunk_hwc(dy, x, wr, offs, dx, NULL, &col[threadid(), 0], n,
-                                        n + 1, R, S, sh, sw, ph, pw, rows)
+                                        n + 1, R, S, sh, sw, ph, pw, dh, dwd, rows)
                 else:
                     _backward_chunk(dy, x, w, dx, NULL, &col[threadid(), 0], n, n + 1,
-                                    is_1x1, sh, sw, ph, pw, rows)
+                                    is_1x1, sh, sw, ph, pw, dh, dwd, rows)
         return dx_arr, None, None
     # chunks per round: as many partial dWs as fit in nt images' columns (or in
     # _ROUND_BYTES, so that small layers run in one round: every round ends in a barrier,
@@ -855,10 +889,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                 if hwc:
                     _backward_chunk_hwc(dy, x, wr, offs, dx, part, &col[threadid(), 0],
                                         ch * chunk, min((ch + 1) * chunk, N), R, S, sh, sw,
-                                        ph, pw, rows)
+                                        ph, pw, dh, dwd, rows)
                 else:
                     _backward_chunk(dy, x, w, dx, part, &col[threadid(), 0], ch * chunk,
-                                    min((ch + 1) * chunk, N), is_1x1, sh, sw, ph, pw, rows)
+                                    min((ch + 1) * chunk, N), is_1x1, sh, sw, ph, pw, dh, dwd,
+                                    rows)
             for k in prange(K, schedule="dynamic", num_threads=nt):
                 for t in range(1 if first == 0 else 0, in_round):   # in chunk order
                     _add_to(total + k * CRS, &parts[t, k * CRS], CRS)

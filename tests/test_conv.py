@@ -80,16 +80,17 @@ def grid_id(case):
     return f"N{N}C{C}H{H}W{W}-K{K}R{R}S{S}-s{s[0]}{s[1]}-p{p[0]}{p[1]}"
 
 
-def check_against_reference(x, w, b, dy, stride, padding, algo, dtype):
+def check_against_reference(x, w, b, dy, stride, padding, algo, dtype, dilation=1):
     """fast(algo) vs the reference, forward and backward, tolerances scaled by the reduction
     lengths: C*R*S for y, K*R*S for dx, N*P*Q for dw and db."""
     N, K, P, Q = dy.shape
     _, C, R, S = w.shape
-    y_ref = F.conv2d(x, w, b, stride, padding, algo="direct", backend="reference")
-    y = F.conv2d(x, w, b, stride, padding, algo=algo, backend="fast")
+    y_ref = F.conv2d(x, w, b, stride, padding, dilation, algo="direct", backend="reference")
+    y = F.conv2d(x, w, b, stride, padding, dilation, algo=algo, backend="fast")
     assert_close(y, y_ref, dtype, reduction=C * R * S, err_msg=f"y ({algo})")
-    grads_ref = F.conv2d_backward(dy, x, w, stride, padding, algo="direct", backend="reference")
-    grads = F.conv2d_backward(dy, x, w, stride, padding, algo=algo, backend="fast")
+    grads_ref = F.conv2d_backward(dy, x, w, stride, padding, dilation, algo="direct",
+                                  backend="reference")
+    grads = F.conv2d_backward(dy, x, w, stride, padding, dilation, algo=algo, backend="fast")
     for name, got, want, red in zip(("dx", "dw", "db"), grads, grads_ref,
                                     (K * R * S, N * P * Q, N * P * Q)):
         assert_close(got, want, dtype, reduction=red, err_msg=f"{name} ({algo})")

@@ -98,13 +98,13 @@ def draw_case(d, op):
         b = d.pick([None, arr(K), arr(K), arr(K + 1)])
         algo = d.pick(["auto", "direct", "im2col"])
         if op == "conv2d":
-            return Case(op, lambda be: F.conv2d(x, w, b, stride, padding, algo, backend=be),
+            return Case(op, lambda be: F.conv2d(x, w, b, stride, padding, algo=algo, backend=be),
                         C * window[0] * window[1])
         P = F.conv_output_size(H, window[0], max(_first(stride), 1), _first(padding))
         Q = F.conv_output_size(W, window[1], max(_second(stride), 1), _second(padding))
         dy = arr(N, K, max(P, 0), max(Q, 0) + d.pick([0, 0, 1]))
         need_dx = d.pick([True, False])
-        return Case(op, lambda be: F.conv2d_backward(dy, x, w, stride, padding, algo,
+        return Case(op, lambda be: F.conv2d_backward(dy, x, w, stride, padding, algo=algo,
                                                      backend=be, need_dx=need_dx),
                     max(N * P * Q, K * window[0] * window[1], 1))
     if "pool" in op:

@@ -17,25 +17,36 @@ def _layer_backward(layer, dy, need_dx, grads):
         if train_w:
             layer.weight.grad += dw
     if layer.bias is not None and layer.bias.requires_grad:
+        sum_axes = tuple(i for i in range(dy.ndim) if i != dy.ndim - 3)   # all but channels
         layer.bias.grad += (db if train_w else
-                            dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(dy.dtype))
+                            dy.sum(axis=sum_axes, dtype=np.float64).astype(dy.dtype))
     return dx
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")   # the last three: F.pad's modes
 
 
 class Conv2d(Module):
     r"""2-D convolution layer (cross-correlation, as PyTorch's ``nn.Conv2d``), notes eq. (conv.fwd).
 
-    ``y[n, k, p, q] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x[n, c, p*stride + r - pad,
-    q*stride + s - pad]`` with x = 0 outside the image.
+    ``y[n, k, p, q] = bias[k] + sum_{c, r, s} weight[k, c, r, s] * x[n, c, p*stride + r*dilation
+    - pad, q*stride + s*dilation - pad]`` with x = 0 outside the image.
 
     Parameters
     ----------
     in_channels, out_channels : int
         C and K.
-    kernel_size, stride, padding : int or (h, w)
-        The R x S window, its step and the zeros added on each side.
+    kernel_size, stride : int or (h, w)
+        The R x S window and its step.
+    padding : int, (h, w), "same" or "valid"
+        Added on each side. "valid": none; "same": the output keeps the input's size
+        (stride 1 only; an odd total puts the extra row / column at the bottom / right).
+    dilation : int or (h, w)
+        The spacing of the window's taps (1: adjacent; 2 spreads a 3x3 kernel over 5x5).
     bias : bool
         Learn an additive bias per output channel.
+    padding_mode : "zeros", "reflect", "replicate" or "circular"
+        What the padding holds. Other than zeros, the input is padded explicitly by
+        :func:`fastconv.functional.pad` and convolved without padding, as PyTorch does.
     algo : "auto", "direct" or "im2col"
         Passed to :func:`fastconv.functional.conv2d` ("auto" picks the faster for the shape).
     dtype : float32 (default) or float64
@@ -44,13 +55,16 @@ class Conv2d(Module):
 
     Shape
     -----
-    x : (N, C, H, W)  ->  y : (N, K, P, Q), P = floor((H + 2*pad_h - R) / stride_h) + 1 (conv.out).
+    x : (N, C, H, W) or unbatched (C, H, W)  ->  y : (N, K, P, Q) or (K, P, Q),
+    P = floor((H + 2*pad_h - dilation_h*(R - 1) - 1) / stride_h) + 1 (conv.out), likewise Q.
 
     Attributes
     ----------
     weight : Parameter (K, C, R, S), ``U(-1/sqrt(C*R*S), 1/sqrt(C*R*S))`` (PyTorch's
         ``kaiming_uniform_(a=sqrt(5))``).
     bias : Parameter (K,) with the same bound, or None.
+    padding : as given ("same", "valid" or an (h, w) pair); padding_before : (h, w), the
+        rows / columns added before the image ("same" adds one more after it when odd).
 
     Examples
     --------
@@ -58,13 +72,25 @@ class Conv2d(Module):
     (8, 6, 28, 28)
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 algo="auto", dtype=np.float32, rng=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, padding_mode="zeros", algo="auto", dtype=np.float32, rng=None):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = _pair("Conv2d", "kernel_size", kernel_size, minimum=1)
         self.stride = _pair("Conv2d", "stride", stride, minimum=1)
-        self.padding = _pair("Conv2d", "padding", padding, minimum=0)
+        self.dilation = _pair("Conv2d", "dilation", dilation, minimum=1)
+        # padding stays "same" / "valid" when given so (as PyTorch); the numbers it means:
+        self.padding = padding if isinstance(padding, str) else _pair("Conv2d", "padding",
+                                                                      padding, minimum=0)
+        sym, extra = F._conv_padding("Conv2d", padding, self.stride, self.dilation,
+                                     self.kernel_size)
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"Conv2d: padding_mode must be one of {PADDING_MODES}, "
+                             f"got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        # (top, left) and (bottom, right): the zeros or padded values on each side
+        self.padding_before = sym
+        self._padding_after = (sym[0] + extra[0], sym[1] + extra[1])
         self.algo = algo
         R, S = self.kernel_size
         fan_in = self.in_channels * R * S
@@ -74,12 +100,22 @@ class Conv2d(Module):
                      if bias else None)
         self._x = None
 
+    def _explicit_pad(self):
+        """F.pad's (left, right, top, bottom) for a padding_mode other than zeros."""
+        (top, left), (bottom, right) = self.padding_before, self._padding_after
+        return (left, right, top, bottom)
+
     def forward(self, x):
         # Contiguous once here, so that backward does not copy x a second time.
         self._x = x = np.ascontiguousarray(x)
         b = None if self.bias is None else self.bias.data
+        if self.padding_mode != "zeros":
+            # as PyTorch: pad explicitly, then convolve without padding
+            self._x = x = F.pad(x, self._explicit_pad(), self.padding_mode)
+            return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=0,
+                            dilation=self.dilation, algo=self.algo)
         return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
-                        algo=self.algo)
+                        dilation=self.dilation, algo=self.algo)
 
     def backward(self, dy):
         """Eq. (conv.bwd): adds dw and db into the gradients and returns dx."""
@@ -90,15 +126,24 @@ class Conv2d(Module):
         self._backward(dy, need_dx=False)
 
     def _backward(self, dy, need_dx):
-        return _layer_backward(self, dy, need_dx, lambda need_dw: F.conv2d_backward(
-            dy, self._x, self.weight.data, stride=self.stride, padding=self.padding,
-            algo=self.algo, need_dx=need_dx, need_dw=need_dw))
+        explicit = self.padding_mode != "zeros"
+        dx = _layer_backward(self, dy, need_dx, lambda need_dw: F.conv2d_backward(
+            dy, self._x, self.weight.data, stride=self.stride,
+            padding=0 if explicit else self.padding, dilation=self.dilation, algo=self.algo,
+            need_dx=need_dx, need_dw=need_dw))
+        if explicit and dx is not None:
+            dx = F.pad_backward(dx, self._explicit_pad(), self.padding_mode)
+        return dx
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
              f"stride={self.stride}")
         if self.padding != (0, 0):
-            s += f", padding={self.padding}"
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
         if self.bias is None:
             s += ", bias=False"
         if self.algo != "auto":

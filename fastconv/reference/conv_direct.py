@@ -3,15 +3,17 @@
 Reference twin of ``fastconv._ext.conv_direct`` (same functions, same signatures); the
 tests use it as the oracle. The labels are defined in docs/formulas.md:
 
-(conv.out)  P = floor((H + 2*ph - R) / sh) + 1,  Q = floor((W + 2*pw - S) / sw) + 1
-(conv.fwd)  y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * xp[n, c, p*sh + r, q*sw + s]
+(conv.out)  P = floor((H + 2*ph - dh*(R - 1) - 1) / sh) + 1,  Q likewise with W, pw, dw, S, sw
+(conv.fwd)  y[n,k,p,q] = b[k] + sum_{c,r,s} w[k,c,r,s] * xp[n, c, p*sh + r*dh, q*sw + s*dw]
 (conv.bwd)  db[k]       = sum_{n,p,q} dy[n,k,p,q]
-            dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, c, p*sh + r, q*sw + s]
-            dxp[n, c, p*sh + r, q*sw + s] += sum_k dy[n,k,p,q] * w[k,c,r,s]
+            dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, c, p*sh + r*dh, q*sw + s*dw]
+            dxp[n, c, p*sh + r*dh, q*sw + s*dw] += sum_k dy[n,k,p,q] * w[k,c,r,s]
 
 where ``xp`` is x zero-padded by (ph, pw) on each side, so ``xp[.., ih + ph, iw + pw] =
-x[.., ih, iw]``; dx is dxp with the padding cut off. This is cross-correlation, as in
-PyTorch: the kernel is not flipped; a true convolution is the same formula with ``w[:, :, ::-1, ::-1]``.
+x[.., ih, iw]``; dx is dxp with the padding cut off. The dilation (dh, dw) spreads the
+kernel's taps dh rows and dw columns apart (1: an ordinary convolution). This is
+cross-correlation, as in PyTorch: the kernel is not flipped; a true convolution is the same
+formula with ``w[:, :, ::-1, ::-1]``.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -25,18 +27,20 @@ def _pad(x, padding):
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
-def _windows(xp, R, S, stride, P, Q):
+def _windows(xp, R, S, stride, P, Q, dilation=(1, 1)):
     """The receptive field of every output pixel, as a view (no copy).
 
     xp (N, C, Hp, Wp) -> win (N, C, P, Q, R, S) with
-    ``win[n, c, p, q, r, s] = xp[n, c, p*sh + r, q*sw + s]``.
+    ``win[n, c, p, q, r, s] = xp[n, c, p*sh + r*dh, q*sw + s*dw]``.
     """
-    sh, sw = stride
-    win = sliding_window_view(xp, (R, S), axis=(2, 3))   # (N, C, Hp-R+1, Wp-S+1, R, S)
-    return win[:, :, ::sh, ::sw][:, :, :P, :Q]           # every stride-th window: P x Q of them
+    (sh, sw), (dh, dw) = stride, dilation
+    Re, Se = dh * (R - 1) + 1, dw * (S - 1) + 1           # the dilated window's extent
+    win = sliding_window_view(xp, (Re, Se), axis=(2, 3))  # (N, C, Hp-Re+1, Wp-Se+1, Re, Se)
+    # every stride-th window (P x Q of them), every dilation-th tap of each (R x S)
+    return win[:, :, ::sh, ::sw][:, :, :P, :Q, ::dh, ::dw]
 
 
-def conv2d_forward(x, w, b, stride, padding, n_threads=None):
+def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1)):
     """Cross-correlation ``y = w * x + b``, eq. (conv.fwd).
 
     Parameters
@@ -47,6 +51,8 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     stride, padding : (int, int)
         (sh, sw) and (ph, pw).
     n_threads : ignored (NumPy decides; the fast twin uses it)
+    dilation : (int, int)
+        (dh, dw): the spacing of the kernel's taps.
 
     Returns
     -------
@@ -54,9 +60,10 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     """
     N, C, H, W = x.shape
     K, _, R, S = w.shape
-    P = (H + 2 * padding[0] - R) // stride[0] + 1                         # (conv.out)
-    Q = (W + 2 * padding[1] - S) // stride[1] + 1
-    win = _windows(_pad(x, padding), R, S, stride, P, Q)                 # (N, C, P, Q, R, S)
+    (dh, dw) = dilation
+    P = (H + 2 * padding[0] - dh * (R - 1) - 1) // stride[0] + 1          # (conv.out)
+    Q = (W + 2 * padding[1] - dw * (S - 1) - 1) // stride[1] + 1
+    win = _windows(_pad(x, padding), R, S, stride, P, Q, dilation)       # (N, C, P, Q, R, S)
     # (conv.fwd): contract c, r, s of the window with c, r, s of the kernel.
     y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))                # (N, P, Q, K)
     y = y.transpose(0, 3, 1, 2)                                          # (N, K, P, Q)
@@ -65,7 +72,8 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     return np.ascontiguousarray(y, dtype=x.dtype)
 
 
-def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True):
+def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,
+                    dilation=(1, 1)):
     """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
@@ -78,6 +86,7 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
         False skips dx (None is returned in its place): a network's first layer needs only dw, db.
     need_dw : bool
         False skips dw and db (None for both): a frozen layer that passes dx on.
+    dilation : (int, int), as in :func:`conv2d_forward`
 
     Returns
     -------
@@ -88,11 +97,11 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     P, Q = dy.shape[2:]
-    (sh, sw), (ph, pw) = stride, padding
+    (sh, sw), (ph, pw), (dh, dw_) = stride, padding, dilation
     dtype = x.dtype
     dw = db = None
     if need_dw:
-        win = _windows(_pad(x, padding), R, S, stride, P, Q)             # (N, C, P, Q, R, S)
+        win = _windows(_pad(x, padding), R, S, stride, P, Q, dilation)   # (N, C, P, Q, R, S)
         # db[k] = sum_{n,p,q} dy[n,k,p,q]
         db = dy.sum(axis=(0, 2, 3))
         # dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * win[n,c,p,q,r,s]
@@ -101,12 +110,13 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     if not need_dx:
         return None, dw, db
     # dx: every dy[n,k,p,q] flows back through the window that produced it. For one kernel
-    # tap (r, s) the windows' pixels xp[:, :, p*sh + r, q*sw + s] form a strided grid, so
-    # the taps are R*S strided scatter-adds of (sum_k dy * w[k, :, r, s]).
+    # tap (r, s) the windows' pixels xp[:, :, p*sh + r*dh, q*sw + s*dw] form a strided grid,
+    # so the taps are R*S strided scatter-adds of (sum_k dy * w[k, :, r, s]).
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=np.result_type(dy, w))
     for r in range(R):
         for s in range(S):
             contrib = np.tensordot(w[:, :, r, s], dy, axes=([0], [1]))   # (C, N, P, Q)
-            dxp[:, :, r:r + sh * P:sh, s:s + sw * Q:sw] += contrib.transpose(1, 0, 2, 3)
+            i, j = r * dh, s * dw_
+            dxp[:, :, i:i + sh * P:sh, j:j + sw * Q:sw] += contrib.transpose(1, 0, 2, 3)
     dx = dxp[:, :, ph:ph + H, pw:pw + W]                                 # cut the padding off
     return np.ascontiguousarray(dx, dtype=dtype), dw, db

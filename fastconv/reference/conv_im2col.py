@@ -4,12 +4,13 @@ Reference twin of ``fastconv._ext.conv_im2col`` (same functions, same signatures
 image's receptive fields are unrolled into the columns of a matrix, so the convolution
 becomes a matrix product that BLAS runs at full speed:
 
-(im2col)    col_n[(c*R + r)*S + s, p*Q + q] = xp[n, c, p*sh + r, q*sw + s]   (CRS x PQ)
+(im2col)    col_n[(c*R + r)*S + s, p*Q + q] = xp[n, c, p*sh + r*dh, q*sw + s*dw]   (CRS x PQ)
             Y_n  = W @ col_n            with W = w.reshape(K, C*R*S)            (conv.fwd)
             dW   = sum_n dY_n @ col_n^T                                          (conv.bwd)
-            dcol_n = W^T @ dY_n, then col2im: dxp[n, c, p*sh + r, q*sw + s] += dcol_n[...]
+            dcol_n = W^T @ dY_n, then col2im: dxp[n, c, p*sh + r*dh, q*sw + s*dw] += dcol_n[...]
 
-``xp`` is x zero-padded by (ph, pw); P, Q by (conv.out) ``P = floor((H + 2*ph - R)/sh) + 1``.
+``xp`` is x zero-padded by (ph, pw); (dh, dw) the dilation (1: ordinary convolution); P, Q
+by (conv.out) ``P = floor((H + 2*ph - dh*(R - 1) - 1)/sh) + 1``.
 This reference builds the column matrix of the whole batch at once (simple; memory
 N*C*R*S*P*Q); the fast twin keeps only one image's columns per thread.
 Cross-correlation, as in PyTorch: the kernel is not flipped.
@@ -19,47 +20,49 @@ import numpy as np
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
 
-def _out_size(x_shape, w_shape, stride, padding):
+def _out_size(x_shape, w_shape, stride, padding, dilation=(1, 1)):
     """(conv.out) (P, Q)."""
     H, W = x_shape[2:]
     R, S = w_shape[2:]
-    return ((H + 2 * padding[0] - R) // stride[0] + 1,
-            (W + 2 * padding[1] - S) // stride[1] + 1)
+    return ((H + 2 * padding[0] - dilation[0] * (R - 1) - 1) // stride[0] + 1,
+            (W + 2 * padding[1] - dilation[1] * (S - 1) - 1) // stride[1] + 1)
 
 
-def im2col(x, R, S, stride, padding, P, Q):
+def im2col(x, R, S, stride, padding, P, Q, dilation=(1, 1)):
     """(im2col) x (N, C, H, W) -> col (N, C*R*S, P*Q).
 
-    ``col[n, (c*R + r)*S + s, p*Q + q] = xp[n, c, p*sh + r, q*sw + s]``: row (c, r, s) is
-    the padded input shifted by the kernel tap (r, s) and sampled every stride.
+    ``col[n, (c*R + r)*S + s, p*Q + q] = xp[n, c, p*sh + r*dh, q*sw + s*dw]``: row (c, r, s)
+    is the padded input shifted by the kernel tap (r*dh, s*dw) and sampled every stride.
     """
     N, C = x.shape[:2]
-    (sh, sw), (ph, pw) = stride, padding
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     col = np.empty((N, C, R, S, P, Q), dtype=x.dtype)
     for r in range(R):
         for s in range(S):
-            col[:, :, r, s] = xp[:, :, r:r + sh * P:sh, s:s + sw * Q:sw]
+            i, j = r * dh, s * dw
+            col[:, :, r, s] = xp[:, :, i:i + sh * P:sh, j:j + sw * Q:sw]
     return col.reshape(N, C * R * S, P * Q)
 
 
-def col2im(col, x_shape, R, S, stride, padding, P, Q):
+def col2im(col, x_shape, R, S, stride, padding, P, Q, dilation=(1, 1)):
     """The adjoint of :func:`im2col`: col (N, C*R*S, P*Q) -> dx (N, C, H, W).
 
     Every column entry is added back onto the input pixel it was copied from
     (pixels covered by several windows receive several contributions; padding is dropped).
     """
     N, C, H, W = x_shape
-    (sh, sw), (ph, pw) = stride, padding
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     col = col.reshape(N, C, R, S, P, Q)
     dxp = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
     for r in range(R):
         for s in range(S):
-            dxp[:, :, r:r + sh * P:sh, s:s + sw * Q:sw] += col[:, :, r, s]
+            i, j = r * dh, s * dw
+            dxp[:, :, i:i + sh * P:sh, j:j + sw * Q:sw] += col[:, :, r, s]
     return dxp[:, :, ph:ph + H, pw:pw + W]
 
 
-def conv2d_forward(x, w, b, stride, padding, n_threads=None):
+def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1)):
     """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd).
 
     Parameters
@@ -69,6 +72,8 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     b : ndarray (K,) or None
     stride, padding : (int, int)
     n_threads : ignored (NumPy's BLAS threads are set by fastconv.num_threads)
+    dilation : (int, int)
+        (dh, dw): the spacing of the kernel's taps.
 
     Returns
     -------
@@ -76,15 +81,16 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     """
     N = x.shape[0]
     K, C, R, S = w.shape
-    P, Q = _out_size(x.shape, w.shape, stride, padding)
-    col = im2col(x, R, S, stride, padding, P, Q)                     # (N, CRS, PQ)
+    P, Q = _out_size(x.shape, w.shape, stride, padding, dilation)
+    col = im2col(x, R, S, stride, padding, P, Q, dilation)           # (N, CRS, PQ)
     y = np.matmul(w.reshape(K, C * R * S), col)                      # Y_n = W @ col_n: (N, K, PQ)
     if b is not None:
         y += b[:, None]
     return y.reshape(N, K, P, Q).astype(x.dtype, copy=False)
 
 
-def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True):
+def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,
+                    dilation=(1, 1)):
     """Gradients by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -97,6 +103,7 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     need_dw : bool
         False skips dw and db (None for both; the columns of x are not built): a frozen
         layer that passes dx on.
+    dilation : (int, int), as in :func:`conv2d_forward`
 
     Returns
     -------
@@ -111,12 +118,12 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     dtype = x.dtype
     dW = db = None
     if need_dw:
-        col = im2col(x, R, S, stride, padding, P, Q)                 # (N, CRS, PQ)
+        col = im2col(x, R, S, stride, padding, P, Q, dilation)       # (N, CRS, PQ)
         db = dy.sum(axis=(0, 2, 3))                                  # db[k] = sum_{n,p,q} dy
         dW = np.tensordot(dY, col, axes=([0, 2], [0, 2]))            # sum_n dY_n @ col_n^T: (K, CRS)
         dW, db = dW.reshape(K, C, R, S).astype(dtype, copy=False), db.astype(dtype, copy=False)
     if not need_dx:
         return None, dW, db
     dcol = np.matmul(w.reshape(K, C * R * S).T, dY)                  # W^T @ dY_n: (N, CRS, PQ)
-    dx = col2im(dcol, x.shape, R, S, stride, padding, P, Q)
+    dx = col2im(dcol, x.shape, R, S, stride, padding, P, Q, dilation)
     return np.ascontiguousarray(dx, dtype=dtype), dW, db

@@ -7,7 +7,7 @@
  *       channels j and 2 vectors of L columns i (8 floats or 4 doubles), summed over
  *       (c, r, s) with the 8 accumulators held in registers; each input vector loaded
  *       feeds 4 channels, each weight 2 vectors. x is one zero-padded image, so the loop
- *       has no bounds tests.
+ *       has no bounds tests. Tap (r, s) reads x[c, r*dh + .., s*dw + ..] (dilation).
  *   fastconv_dw_tile_*  backward, eq. (conv.bwd): dw[k0 + j, c, r, s] for 4 output
  *       channels and one tap, a dot product over (n, p, q) with L lanes along q; the
  *       lanes and the scalar tail (Q % L columns) are added in a fixed order at the end.
@@ -26,7 +26,8 @@
 #define FC_DIRECT_TILE(T, NAME)                                                        \
 static inline void NAME(const T *x, const T *w, const T *b, T *y, Py_ssize_t C,       \
                         Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp, Py_ssize_t Wp,     \
-                        Py_ssize_t sw, Py_ssize_t y_step, Py_ssize_t j_first)         \
+                        Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t y_step,\
+                        Py_ssize_t j_first)                                           \
 {                                                                                     \
     typedef T vec __attribute__((vector_size(16)));                                   \
     enum { L = 16 / sizeof(T) };                                                      \
@@ -40,16 +41,17 @@ static inline void NAME(const T *x, const T *w, const T *b, T *y, Py_ssize_t C, 
     }                                                                                 \
     for (Py_ssize_t c = 0; c < C; c++) {                                              \
         for (Py_ssize_t r = 0; r < R; r++) {                                          \
-            const T *x_row = x + (c * Hp + r) * Wp;                                   \
+            const T *x_row = x + (c * Hp + r * dh) * Wp;                              \
             const T *w_row = w + (c * R + r) * S;                                     \
             for (Py_ssize_t s = 0; s < S; s++) {                                      \
+                const T *x_tap = x_row + s * dw;                                      \
                 if (sw == 1) {                                                        \
-                    memcpy(&x0, x_row + s, 16);                                       \
-                    memcpy(&x1, x_row + s + L, 16);                                   \
+                    memcpy(&x0, x_tap, 16);                                           \
+                    memcpy(&x1, x_tap + L, 16);                                       \
                 } else {                                                              \
                     for (int i = 0; i < L; i++) {                                     \
-                        x0[i] = x_row[s + i * sw];                                    \
-                        x1[i] = x_row[s + (i + L) * sw];                              \
+                        x0[i] = x_tap[i * sw];                                        \
+                        x1[i] = x_tap[(i + L) * sw];                                  \
                     }                                                                 \
                 }                                                                     \
                 T w0 = w_row[s], w1 = w_row[CRS + s];                                 \
