@@ -1,12 +1,19 @@
 # cython: language_level=3
 """Max and average pooling: Cython + OpenMP twin of ``fastconv.reference.pool``.
 
-Runs by default: the tuned kernels. max_pool2d_backward's inner loops are
-_max_plane_backward_2x2 (2x2 stride 2), _scatter_plane (with the forward's indices) or
-_max_plane_argmax + _scatter_plane (any other window); the forward's are _max_rows_2x2 and
-_max_plane / _max_hpass. To study max pooling first, read the teaching path just below:
-_window_argmax and the _max_plane_*_plain loops, which also take over any plane that holds
-NaN. Timings behind the choices here: docs/performance.md, "Pooling".
+Runs by default: the tuned kernels. The calls, from the Python entry points down:
+
+* max_pool2d_forward: 2x2 stride 2 -> _max_rows_2x2; any other window -> _max_plane, whose
+  horizontal half is _max_hpass; return_indices=True -> _max_forward_with_indices ->
+  _plane_forward_with_indices -> _max_plane_argmax.
+* max_pool2d_backward: 2x2 stride 2 -> _max_plane_backward_2x2; with the forward's indices
+  -> _max_backward_from_indices -> _scatter_plane; any other window ->
+  _max_backward_by_argmax -> _plane_backward_by_argmax -> _max_plane_argmax (the argmaxes),
+  then _scatter_plane (dy added there).
+
+To study max pooling first, read the teaching path just below: _window_argmax and the
+_max_plane_*_plain loops, which also take over any plane that holds NaN. Timings behind the
+choices here: docs/performance.md, "Pooling".
 
 Same functions and signatures as the reference; read its docstring for the formulas
 (conv.out), (pool.max), (pool.avg) (docs/formulas.md) and PyTorch's divisor rule for
@@ -412,15 +419,16 @@ cdef void _row_argmax_3s2_plane(const floating* xp, floating* hbest, index_t* hi
 
 
 cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbest,
-                            index_t* hidx, floating* best, index_t* widx, floating* yp,
+                            index_t* hidx, index_t* widx, floating* yp,
                             const Py_ssize_t* bounds, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
                             Py_ssize_t Q, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
                             Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                             Py_ssize_t L) noexcept nogil:
+    # IN: xp (H, W); OUT: widx, yp (P, Q); scratch: rowbuf, hbest, hidx
     """widx[p, q] = the flat index ih*W + iw in the plane xp (H, W) of window (p, q)'s
-    argmax, (pool.max): steps 1 and 2 below; the gradient scatters dy there
-    (_scatter_plane), the forward with indices returns them (_max_planes_by_argmax), and
-    the maxima, yp[p, q], unless yp is NULL.
+    argmax, and yp[p, q] its maximum, (pool.max): steps 1 and 2 below. The gradient
+    scatters dy to widx (_plane_backward_by_argmax; its yp is scratch), the forward with
+    indices returns both (_plane_forward_with_indices).
 
     The argmax is the first maximum of the window in row-major order (strict ``>``). It is
     separable, horizontal pass first: the first maximum of the window is in the first of
@@ -432,13 +440,13 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
        although kh / sh windows use it.
     2. vertical: for each output row p, fold the window's rows h0 .. h1-1 top to bottom
        with strict ``>``; widx[p, q] = the winner's flat index. 3 rows (3x3 windows) are
-       folded in registers, more in best / widx in memory.
+       folded in registers, more in yp / widx in place.
     (3. in _scatter_plane: dxp = 0, then dxp[widx[p, q]] += dy[p, q].)
 
     Padding never wins: padded rows are not in [h0, h1), padded columns are -inf in rowbuf
     (sw*L values, see _split_row; bounds are its column ranges). A window whose real cells
     are all -inf keeps its first real cell, where PyTorch sends the gradient too.
-    hbest, hidx hold H*Q values; best Q; widx P*Q.
+    hbest, hidx hold H*Q values.
     """
     cdef Py_ssize_t p, q, ih, h0, h1
     cdef floating v, m
@@ -462,7 +470,7 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
         fb = hbest + h0 * Q                       # the window's first row: the result so far
         fi = hidx + h0 * Q
         w = widx + p * Q                          # -> the argmax of window (p, q)
-        yr = best if yp == NULL else yp + p * Q   # -> its maximum (scratch if not wanted)
+        yr = yp + p * Q                           # -> its maximum
         if h1 - h0 == 1:
             memcpy(w, fi, Q * sizeof(index_t))
             memcpy(yr, fb, Q * sizeof(floating))
@@ -488,19 +496,17 @@ cdef void _max_plane_argmax(const floating* xp, floating* rowbuf, floating* hbes
             j = fi[q]
             k = hi[q]
             w[q] = k if v > m else j
-            best[q] = m if m >= v else v
-        for ih in range(h0 + 2, h1):              # later rows: update best, w in place
+            yr[q] = m if m >= v else v
+        for ih in range(h0 + 2, h1):              # later rows: update yr, w in place
             hb = hbest + ih * Q
             hi = hidx + ih * Q
             for q in range(Q):
-                m = best[q]
+                m = yr[q]
                 v = hb[q]
                 j = w[q]
                 k = hi[q]
                 w[q] = k if v > m else j
-                best[q] = m if m >= v else v
-        if yp != NULL:
-            memcpy(yr, best, Q * sizeof(floating))
+                yr[q] = m if m >= v else v
 
 
 cdef inline void _widen(const index_t* src, int64_t* dst, Py_ssize_t n) noexcept nogil:
@@ -531,7 +537,7 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
                                   Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
                                   Py_ssize_t Q) noexcept nogil:
     """The (pool.max) gradient of one plane for the 2x2, stride 2, unpadded window, without
-    branches (the other windows: _max_planes_by_argmax).
+    branches (the other windows: _max_backward_by_argmax).
 
     The first maximum of the window (a b / c d) in row-major order: a unless b > a in the
     top row (top = max(a, b)), c unless d > c in the bottom row, and the bottom row only
@@ -745,23 +751,24 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
                                                   dx0 + nc * H * W, H, W, P, Q,
                                                   2, 2, 2, 2, 0, 0)
         return dx_arr
-    _max_planes_by_argmax(True, x, dy0, dx0, NULL, kh, kw, sh, sw, ph, pw, P, Q, n_threads)
+    _max_backward_by_argmax(x, dy0, dx0, kh, kw, sh, sw, ph, pw, P, Q, n_threads)
     return dx_arr
 
 
 def _argmax_scratch(int n_threads, dtype, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
                     Py_ssize_t Q, Py_ssize_t sw, Py_ssize_t pw):
-    """Per-thread scratch of _max_plane_argmax, and its bounds: (buf, hbest, best, hidx,
-    widx, bounds, L).
+    """Per-thread scratch of _max_plane_argmax, and its bounds: (buf, hbest, hidx, widx,
+    ymax, bounds, L).
 
     Per thread: the split row (sw phases of L values; -inf where no real column lands, and
-    _split_row never writes there), the horizontal maxima and argmaxes (H*Q each), a scratch
-    row best (Q) and the windows' argmaxes widx (P*Q), the indices int32 for float32 and
-    int64 for float64 (see index_t). Separate arrays: before it enters a vectorised loop, gcc
-    checks at run time that they do not overlap. Each thread's row leaves at least 16 unused
-    values (>= 64 bytes) before the next thread's, so two threads never write to the same
-    cache line (false sharing: docs/performance.md). bounds: _split_row's range of j for
-    each column phase t (the same for every row).
+    _split_row never writes there), the horizontal maxima and argmaxes (H*Q each), the
+    windows' argmaxes widx and maxima ymax (P*Q each; ymax is only used by the backward),
+    the indices int32 for float32 and int64 for float64 (see index_t). Separate arrays:
+    before it enters a vectorised loop, gcc checks at run time that they do not overlap.
+    Each thread's row leaves at least 16 unused values (>= 64 bytes) before the next
+    thread's, so two threads never write to the same cache line (false sharing:
+    docs/performance.md). bounds: _split_row's range of j for each column phase t (the same
+    for every row).
     """
     cdef Py_ssize_t L = (W + 2 * pw + sw - 1) // sw + 1
     itype = np.int32 if dtype == np.float32 else np.int64
@@ -771,115 +778,130 @@ def _argmax_scratch(int n_threads, dtype, Py_ssize_t H, Py_ssize_t W, Py_ssize_t
     hi_arr = np.minimum(L, np.maximum(lo_arr, (W - 1 - t_arr + pw) // sw + 1))  # ... < W
     return (np.full((n_threads, pad(sw * L)), -np.inf, dtype=dtype),
             np.empty((n_threads, pad(H * Q)), dtype=dtype),
-            np.empty((n_threads, pad(Q)), dtype=dtype),
             np.empty((n_threads, pad(H * Q)), dtype=itype),
             np.empty((n_threads, pad(P * Q)), dtype=itype),
+            np.empty((n_threads, pad(P * Q)), dtype=dtype),
             np.ascontiguousarray(np.stack([lo_arr, hi_arr], axis=1).ravel(), dtype=np.intp),
             L)
 
 
-cdef _max_forward_with_indices(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw,
-                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                               Py_ssize_t P, Py_ssize_t Q, int n_threads):
-    """max_pool2d_forward(..., return_indices=True): (y, indices), see _max_planes_by_argmax."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    if floating is float and H * W + pw > INT32_MAX:
-        raise ValueError(f"max_pool2d_forward: float32 planes of 2**31 values or more are "
-                         f"not supported, got {H}x{W}")
-    y_arr = np.empty((N, C, P, Q), dtype=np.float32 if floating is float else np.float64)
-    ind_arr = np.empty((N, C, P, Q), dtype=np.int64)
-    cdef floating[:, :, :, ::1] y = y_arr
-    cdef int64_t[:, :, :, ::1] ind = ind_arr
-    _max_planes_by_argmax(False, x, NULL, &y[0, 0, 0, 0], &ind[0, 0, 0, 0], kh, kw, sh, sw, ph, pw,
-                          P, Q, threads_for_values(N * C * H * W, n_threads))
-    return y_arr, ind_arr
-
-
 cdef inline void _plane_backward_by_argmax(
-        const floating* x0, const floating* dy0, floating* dx0, Py_ssize_t nc,
-        floating* rowbuf, floating* hbest, index_t* hidx, floating* best, index_t* widx,
+        const floating* xp, const floating* dyp, floating* dxp,
+        floating* rowbuf, floating* hbest, index_t* hidx, index_t* widx, floating* ymax,
         const Py_ssize_t* bounds, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-        Py_ssize_t pw, Py_ssize_t L) noexcept nogil:    # IN: x0, dy0; OUT: dx0 plane nc
-    """The gradient of plane nc, with one thread's scratch: the argmaxes
+        Py_ssize_t pw, Py_ssize_t L) noexcept nogil:    # IN: xp, dyp; OUT: dxp (one plane)
+    """The gradient of one plane, with one thread's scratch: the argmaxes
     (_max_plane_argmax), then dy scattered to them (_scatter_plane); a plane holding NaN
     goes to the teaching loops, which follow PyTorch's NaN rule."""
-    cdef const floating* xp = x0 + nc * H * W
     if _has_nan(xp, H * W):
-        _max_plane_backward_plain(dy0 + nc * P * Q, xp, dx0 + nc * H * W, H, W, P, Q,
-                                  kh, kw, sh, sw, ph, pw)
+        _max_plane_backward_plain(dyp, xp, dxp, H, W, P, Q, kh, kw, sh, sw, ph, pw)
         return
-    _max_plane_argmax(xp, rowbuf, hbest, hidx, best, widx, NULL, bounds, H, W, P, Q, kh,
-                      kw, sh, sw, ph, pw, L)
-    _scatter_plane(dy0 + nc * P * Q, widx, dx0 + nc * H * W, H * W, P * Q)
+    _max_plane_argmax(xp, rowbuf, hbest, hidx, widx, ymax, bounds, H, W, P, Q, kh, kw,
+                      sh, sw, ph, pw, L)
+    _scatter_plane(dyp, widx, dxp, H * W, P * Q)
 
 
 cdef inline void _plane_forward_with_indices(
-        const floating* x0, floating* y0, int64_t* ind0, Py_ssize_t nc,
-        floating* rowbuf, floating* hbest, index_t* hidx, floating* best, index_t* widx,
+        const floating* xp, floating* yp, int64_t* indp,
+        floating* rowbuf, floating* hbest, index_t* hidx, index_t* widx,
         const Py_ssize_t* bounds, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-        Py_ssize_t pw, Py_ssize_t L) noexcept nogil:    # IN: x0; OUT: y0, ind0 plane nc
-    """The maxima and the int64 argmaxes of plane nc, with one thread's scratch; a plane
+        Py_ssize_t pw, Py_ssize_t L) noexcept nogil:    # IN: xp; OUT: yp, indp (one plane)
+    """The maxima and the int64 argmaxes of one plane, with one thread's scratch; a plane
     holding NaN goes to the teaching loops."""
-    cdef const floating* xp = x0 + nc * H * W
     if _has_nan(xp, H * W):
-        _max_plane_indices_plain(xp, y0 + nc * P * Q, ind0 + nc * P * Q, H, W, P, Q,
-                                 kh, kw, sh, sw, ph, pw)
+        _max_plane_indices_plain(xp, yp, indp, H, W, P, Q, kh, kw, sh, sw, ph, pw)
         return
-    _max_plane_argmax(xp, rowbuf, hbest, hidx, best, widx, y0 + nc * P * Q, bounds, H, W,
-                      P, Q, kh, kw, sh, sw, ph, pw, L)
-    _widen(widx, ind0 + nc * P * Q, P * Q)
+    _max_plane_argmax(xp, rowbuf, hbest, hidx, widx, yp, bounds, H, W, P, Q, kh, kw, sh, sw,
+                      ph, pw, L)
+    _widen(widx, indp, P * Q)
 
 
-cdef _max_planes_by_argmax(bint backward, const floating[:, :, :, ::1] x,
-                           const floating* dy0, floating* out0, int64_t* ind0, Py_ssize_t kh,
-                           Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
-                           Py_ssize_t pw, Py_ssize_t P, Py_ssize_t Q, int n_threads):
-    """Per (n, c) plane of x, the windows' argmaxes (_max_plane_argmax), then, if backward,
-    the gradient (out0 = dx, each dy of dy0 scattered to its argmax; ind0 unused), else the
-    forward with indices (out0 = y, the maxima, ind0 = the argmaxes in int64; dy0 unused).
-    Arrays C-contiguous: dy, y, indices (N, C, P, Q), dx (N, C, H, W)."""
+cdef _max_backward_by_argmax(const floating[:, :, :, ::1] x, const floating* dy0,
+                             floating* dx0, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                             Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t P,
+                             Py_ssize_t Q, int n_threads):
+    """max_pool2d_backward without indices, any window but 2x2 stride 2: per (n, c) plane,
+    _plane_backward_by_argmax. dy0: (N, C, P, Q), dx0: (N, C, H, W), C-contiguous."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t nc, L
     cdef int t
     dtype = np.float32 if floating is float else np.float64
-    buf_arr, hbest_arr, best_arr, hidx_arr, idx_arr, bounds_arr, L = _argmax_scratch(
+    buf_arr, hbest_arr, hidx_arr, widx_arr, ymax_arr, bounds_arr, L = _argmax_scratch(
         n_threads, dtype, H, W, P, Q, sw, pw)
     cdef const Py_ssize_t[::1] bounds = bounds_arr
     cdef floating[:, ::1] buf = buf_arr
     cdef floating[:, ::1] hbest = hbest_arr
-    cdef floating[:, ::1] best = best_arr
-    cdef int32_t[:, ::1] hidx32, idx32           # the index_t arrays: only one pair is used
-    cdef int64_t[:, ::1] hidx64, idx64
+    cdef floating[:, ::1] ymax = ymax_arr
+    cdef int32_t[:, ::1] hidx32, widx32          # the index_t arrays: only one pair is used
+    cdef int64_t[:, ::1] hidx64, widx64
     if floating is float:
-        hidx32, idx32 = hidx_arr, idx_arr
+        hidx32, widx32 = hidx_arr, widx_arr
     else:
-        hidx64, idx64 = hidx_arr, idx_arr
+        hidx64, widx64 = hidx_arr, widx_arr
     cdef const floating* x0 = &x[0, 0, 0, 0]     # planes are contiguous: plane nc at nc*H*W
     with nogil:
         for nc in prange(N * C, schedule="static", num_threads=n_threads):
             t = threadid()
             if floating is float:
-                if backward:
-                    _plane_backward_by_argmax(x0, dy0, out0, nc, &buf[t, 0], &hbest[t, 0],
-                                              &hidx32[t, 0], &best[t, 0], &idx32[t, 0],
-                                              &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph, pw, L)
-                else:
-                    _plane_forward_with_indices(x0, out0, ind0, nc, &buf[t, 0], &hbest[t, 0],
-                                                &hidx32[t, 0], &best[t, 0], &idx32[t, 0],
-                                                &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph,
-                                                pw, L)
+                _plane_backward_by_argmax(x0 + nc * H * W, dy0 + nc * P * Q, dx0 + nc * H * W,
+                                          &buf[t, 0], &hbest[t, 0], &hidx32[t, 0],
+                                          &widx32[t, 0], &ymax[t, 0], &bounds[0],
+                                          H, W, P, Q, kh, kw, sh, sw, ph, pw, L)
             else:
-                if backward:
-                    _plane_backward_by_argmax(x0, dy0, out0, nc, &buf[t, 0], &hbest[t, 0],
-                                              &hidx64[t, 0], &best[t, 0], &idx64[t, 0],
-                                              &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph, pw, L)
-                else:
-                    _plane_forward_with_indices(x0, out0, ind0, nc, &buf[t, 0], &hbest[t, 0],
-                                                &hidx64[t, 0], &best[t, 0], &idx64[t, 0],
-                                                &bounds[0], H, W, P, Q, kh, kw, sh, sw, ph,
-                                                pw, L)
+                _plane_backward_by_argmax(x0 + nc * H * W, dy0 + nc * P * Q, dx0 + nc * H * W,
+                                          &buf[t, 0], &hbest[t, 0], &hidx64[t, 0],
+                                          &widx64[t, 0], &ymax[t, 0], &bounds[0],
+                                          H, W, P, Q, kh, kw, sh, sw, ph, pw, L)
+
+
+cdef _max_forward_with_indices(const floating[:, :, :, ::1] x, Py_ssize_t kh, Py_ssize_t kw,
+                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                               Py_ssize_t P, Py_ssize_t Q, int n_threads):
+    """max_pool2d_forward(..., return_indices=True): (y, indices), per (n, c) plane
+    _plane_forward_with_indices."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t nc, L
+    cdef int t
+    if floating is float and H * W + pw > INT32_MAX:
+        raise ValueError(f"max_pool2d_forward: float32 planes of 2**31 values or more are "
+                         f"not supported, got {H}x{W}")
+    dtype = np.float32 if floating is float else np.float64
+    y_arr = np.empty((N, C, P, Q), dtype=dtype)
+    ind_arr = np.empty((N, C, P, Q), dtype=np.int64)
+    cdef floating* y0
+    cdef floating[:, :, :, ::1] y = y_arr
+    cdef int64_t[:, :, :, ::1] ind = ind_arr
+    n_threads = threads_for_values(N * C * H * W, n_threads)
+    buf_arr, hbest_arr, hidx_arr, widx_arr, _, bounds_arr, L = _argmax_scratch(
+        n_threads, dtype, H, W, P, Q, sw, pw)
+    cdef const Py_ssize_t[::1] bounds = bounds_arr
+    cdef floating[:, ::1] buf = buf_arr
+    cdef floating[:, ::1] hbest = hbest_arr
+    cdef int32_t[:, ::1] hidx32, widx32          # the index_t arrays: only one pair is used
+    cdef int64_t[:, ::1] hidx64, widx64
+    if floating is float:
+        hidx32, widx32 = hidx_arr, widx_arr
+    else:
+        hidx64, widx64 = hidx_arr, widx_arr
+    cdef const floating* x0 = &x[0, 0, 0, 0]     # planes are contiguous: plane nc at nc*H*W
+    y0 = &y[0, 0, 0, 0]
+    cdef int64_t* ind0 = &ind[0, 0, 0, 0]
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=n_threads):
+            t = threadid()
+            if floating is float:
+                _plane_forward_with_indices(x0 + nc * H * W, y0 + nc * P * Q, ind0 + nc * P * Q,
+                                            &buf[t, 0], &hbest[t, 0], &hidx32[t, 0],
+                                            &widx32[t, 0], &bounds[0],
+                                            H, W, P, Q, kh, kw, sh, sw, ph, pw, L)
+            else:
+                _plane_forward_with_indices(x0 + nc * H * W, y0 + nc * P * Q, ind0 + nc * P * Q,
+                                            &buf[t, 0], &hbest[t, 0], &hidx64[t, 0],
+                                            &widx64[t, 0], &bounds[0],
+                                            H, W, P, Q, kh, kw, sh, sw, ph, pw, L)
+    return y_arr, ind_arr
 
 
 cdef _max_backward_from_indices(const floating[:, :, :, ::1] dy, indices, Py_ssize_t H,
