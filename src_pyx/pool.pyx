@@ -3,9 +3,10 @@
 
 Runs by default: the tuned kernels. The calls, from the Python entry points down:
 
-* max_pool2d_forward: 2x2 stride 2 -> _max_rows_2x2; any other window -> _max_plane, whose
-  horizontal half is _max_hpass; return_indices=True -> _max_forward_with_indices ->
-  _plane_forward_with_indices -> _max_plane_argmax.
+* max_pool2d_forward: one _max_forward_share per thread -> _max_unit -> 2x2 stride 2:
+  _max_rows_2x2; any other window: _max_plane, whose horizontal half is _max_hpass;
+  return_indices=True -> _max_forward_with_indices -> _plane_forward_with_indices ->
+  _max_plane_argmax.
 * max_pool2d_backward: 2x2 stride 2 -> _max_plane_backward_2x2; with the forward's indices
   -> _max_backward_from_indices -> _scatter_plane; any other window ->
   _max_backward_by_argmax -> _plane_backward_by_argmax -> _max_plane_argmax (the argmaxes),
@@ -69,9 +70,11 @@ a plane never changes a result.
 
 NaN, as PyTorch: a max-pooling window holding NaN gives NaN, its argmax (and gradient) at
 its last NaN in row-major order. The tuned loops compare with plain ``>``, which the
-compiler turns into vector max instructions but which drops NaN; so they also note whether
-they read a NaN (or the plane is scanned first), and such a plane is done by the teaching
-loops. Average pooling adds, so NaN and Inf spread through it as through any sum.
+compiler turns into vector max instructions but which drops NaN; such a plane is done by
+the teaching loops. The forward finds those planes for free: a comparison that meets NaN
+raises the floating-point 'invalid' flag, tested once per thread (_max_forward_share); the
+backward scans each plane (or notes NaN in its 2x2 loop). Average pooling adds, so NaN and
+Inf spread through it as through any sum.
 """
 import numpy as np
 
@@ -82,6 +85,12 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 from _common cimport imax, imin, out_size, threads_for_values
+
+
+cdef extern from "<fenv.h>" nogil:
+    int FE_INVALID
+    int feclearexcept(int excepts)
+    int fetestexcept(int excepts)
 
 
 cdef enum:
@@ -238,13 +247,12 @@ cdef void _max_hpass(const floating* vbuf, floating* yrow, Py_ssize_t Q, Py_ssiz
             yrow[q] = m
 
 
-cdef bint _max_plane(const floating* xp, floating* yp, floating* vbuf,
+cdef void _max_plane(const floating* xp, floating* yp, floating* vbuf,
                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                      Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """One (n, c) plane of (pool.max): xp (H, W) -> yp (P, Q), separably (module docstring).
-    Returns True if a value it read was NaN (yp is then not PyTorch's: the caller redoes
-    the plane with _max_plane_plain).
+    Plain ``>`` folds: a NaN is dropped, and raises the 'invalid' flag (_max_forward_share).
 
     vbuf holds W + 2*pw values; its pw cells on each side are -inf, so padding never wins.
     """
@@ -253,7 +261,6 @@ cdef bint _max_plane(const floating* xp, floating* yp, floating* vbuf,
     cdef const floating* row2
     cdef floating* v = vbuf + pw
     cdef floating a, b
-    cdef int nan = 0
     for i in range(pw):
         vbuf[i] = -INFINITY
         v[W + i] = -INFINITY
@@ -266,23 +273,18 @@ cdef bint _max_plane(const floating* xp, floating* yp, floating* vbuf,
             for iw in range(W):
                 a = row[iw]
                 b = row2[iw]
-                nan |= (a != a) | (b != b)
                 v[iw] = b if b > a else a
             h0 += 2
         else:
             memcpy(v, row, W * sizeof(floating))
-            nan |= _has_nan(row, W)
             h0 += 1
         for ih in range(h0, h1):
             row = xp + ih * W
-            # (a NaN test inside this loop stopped gcc vectorising it: a scan of its own)
-            nan |= _has_nan(row, W)
             for iw in range(W):
                 a = v[iw]
                 b = row[iw]
                 v[iw] = b if b > a else a
         _max_hpass(vbuf, yp + p * Q, Q, kw, sw)
-    return nan
 
 
 cdef inline void _split_row(const floating* xrow, floating* rowbuf, const Py_ssize_t* bounds,
@@ -583,11 +585,12 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     return nan      # True: x held NaN, the caller redoes it with _max_plane_backward_plain
 
 
-cdef bint _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py_ssize_t W,
-                       Py_ssize_t Q) noexcept nogil:
+cdef void _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py_ssize_t W,
+                        Py_ssize_t Q) noexcept nogil:
     """(pool.max) for the 2x2, stride 2, unpadded window, one pass: output row j (Q values)
     from input rows 2j and 2j + 1, for n_pairs row pairs. The same folds as _max_plane
-    (vertical pairs first, then the two columns), so the same bits, zeros' signs included.
+    (vertical pairs first, then the two columns), so the same bits, zeros' signs included;
+    a NaN is dropped, and raises the 'invalid' flag (_max_forward_share).
     Called on one plane, or, when H is even, on a run of whole planes at once: their rows
     are contiguous and no pair straddles two planes, so the per-plane set-up (row buffer,
     plane indices) disappears, which cost more than the work on 10 x 10 planes."""
@@ -596,7 +599,6 @@ cdef bint _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py
     cdef const floating* r1
     cdef floating* yr
     cdef floating a, b, c, d
-    cdef int nan = 0
     for j in range(n_pairs):
         r0 = xp + 2 * j * W
         r1 = r0 + W
@@ -606,12 +608,115 @@ cdef bint _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py
             c = r1[2 * q]
             b = r0[2 * q + 1]
             d = r1[2 * q + 1]
-            # each pair test is one "unordered" compare (NaN in either), on values loaded anyway
-            nan |= ((a != a) | (c != c)) | ((b != b) | (d != d))
             a = c if c > a else a
             b = d if d > b else b
             yr[q] = b if b > a else a
-    return nan      # True: x held NaN, the caller redoes it with _max_plane_plain
+
+
+cdef bint _folds_raise_invalid = True     # see _check_folds_raise_invalid
+
+
+cdef inline void _max_unit(const floating* x0, floating* y0, floating* vbuf, Py_ssize_t u,
+                           bint pair_blocks, Py_ssize_t n_pairs, Py_ssize_t H, Py_ssize_t W,
+                           Py_ssize_t P, Py_ssize_t Q, Py_ssize_t kh, Py_ssize_t kw,
+                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                           bint plain) noexcept nogil:     # IN: x0; OUT: y0 (unit u)
+    """Work unit u of max_pool2d_forward: plane u, or, with pair_blocks (2x2 stride 2 and
+    even H), output rows u*_ROW_PAIRS .. of the N*C*P stacked rows (n_pairs in all), a
+    plane of their own (no window straddles two planes). Tuned folds, or with ``plain``
+    the teaching loops if the unit holds NaN."""
+    cdef Py_ssize_t r0, nr
+    if pair_blocks:
+        r0 = u * _ROW_PAIRS
+        nr = imin(_ROW_PAIRS, n_pairs - r0)
+        x0 += 2 * r0 * W
+        y0 += r0 * Q
+        H = 2 * nr
+        P = nr
+    else:
+        x0 += u * H * W
+        y0 += u * P * Q
+    if plain:
+        if _has_nan(x0, H * W):
+            _max_plane_plain(x0, y0, H, W, P, Q, kh, kw, sh, sw, ph, pw)
+    elif kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
+        _max_rows_2x2(x0, y0, P, W, Q)
+    else:
+        _max_plane(x0, y0, vbuf, H, W, P, Q, kh, kw, sh, sw, ph, pw)
+
+
+cdef void _max_forward_share(const floating* x0, floating* y0, floating* vbuf,
+                             Py_ssize_t u0, Py_ssize_t u1, bint pair_blocks,
+                             Py_ssize_t n_pairs, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
+                             Py_ssize_t Q, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                             Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """One thread's share of max_pool2d_forward: units u0 .. u1 - 1 (_max_unit).
+
+    NaN for free: the tuned folds compare with plain ``>``, which gcc turns into vector max
+    instructions; they drop a NaN but, as every IEEE ordered comparison that meets one,
+    raise the floating-point 'invalid' flag (a NaN that meets no comparison, alone in its
+    window, is copied to y as it is, which is PyTorch's answer). So the flag is cleared before the share and
+    tested after it; if it was raised, each unit holding NaN is done again by the teaching
+    loops, which follow PyTorch's NaN rule. (Should a build's folds not raise the flag,
+    _check_folds_raise_invalid finds out at import and every share is scanned.)
+    """
+    cdef Py_ssize_t u
+    feclearexcept(FE_INVALID)
+    for u in range(u0, u1):
+        _max_unit(x0, y0, vbuf, u, pair_blocks, n_pairs, H, W, P, Q, kh, kw, sh, sw, ph, pw,
+                  False)
+    if fetestexcept(FE_INVALID) or not _folds_raise_invalid:
+        for u in range(u0, u1):
+            _max_unit(x0, y0, vbuf, u, pair_blocks, n_pairs, H, W, P, Q, kh, kw, sh, sw, ph,
+                      pw, True)
+
+
+def _check_folds_raise_invalid():
+    """True if this build's tuned max folds raise the 'invalid' flag on every NaN they meet
+    (tried at each cell of 4 x 38 planes, wide enough for the vector loops and their scalar
+    ends, whose every cell is in a window, for 2x2 stride 2, 3x3 stride 2 padding 1 and
+    3x3 stride 1); sets the module's
+    switch, so that otherwise every forward scans its input for NaN."""
+    global _folds_raise_invalid
+    cdef double[:, ::1] x
+    cdef double[::1] y = np.empty(4 * 38)
+    cdef float[:, ::1] xf
+    cdef float[::1] yf = np.empty(4 * 38, dtype=np.float32)
+    cdef double[::1] vb = np.empty(64)
+    cdef float[::1] vbf = np.empty(64, dtype=np.float32)
+    cdef Py_ssize_t i, k, s, pad, P, Q, H = 4, W = 38, n = 0
+    ok = True
+    for k, s, pad in ((2, 2, 0), (3, 2, 1), (3, 1, 0)):
+        P, Q = out_size(H, k, s, pad), out_size(W, k, s, pad)
+        for i in range(H * W):
+            x = np.arange(H * W, dtype=np.float64).reshape(H, W)
+            xf = np.arange(H * W, dtype=np.float32).reshape(H, W)
+            x[i // W, i % W] = np.nan
+            xf[i // W, i % W] = np.nan
+            feclearexcept(FE_INVALID)
+            if k == 2:
+                _max_rows_2x2(&x[0, 0], &y[0], P, W, Q)
+            else:
+                _max_plane(&x[0, 0], &y[0], &vb[0], H, W, P, Q, k, k, s, s, pad, pad)
+            n = fetestexcept(FE_INVALID) != 0
+            feclearexcept(FE_INVALID)
+            if k == 2:
+                _max_rows_2x2(&xf[0, 0], &yf[0], P, W, Q)
+            else:
+                _max_plane(&xf[0, 0], &yf[0], &vbf[0], H, W, P, Q, k, k, s, s, pad, pad)
+            ok = ok and n and fetestexcept(FE_INVALID) != 0
+    _folds_raise_invalid = ok
+    return ok
+
+
+def _set_folds_raise_invalid(bint value):
+    """Trust the 'invalid' flag (True) or scan every share for NaN (False): for the tests,
+    which run both ways; _check_folds_raise_invalid() restores this build's answer."""
+    global _folds_raise_invalid
+    _folds_raise_invalid = value
+
+
+_check_folds_raise_invalid()
 
 
 def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padding,
@@ -647,39 +752,23 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
     cdef floating[:, :, :, ::1] y = y_arr
     cdef const floating* x0 = &x[0, 0, 0, 0]
     cdef floating* y0 = &y[0, 0, 0, 0]
-    cdef Py_ssize_t n_pairs = N * C * P, blk, np0
-    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
-        # 2x2 stride 2: one pass, no buffer; with even H, blocks of _ROW_PAIRS row pairs
-        # over all planes (_max_rows_2x2).
-        with nogil:
-            if H % 2 == 0:
-                for blk in prange((n_pairs + _ROW_PAIRS - 1) // _ROW_PAIRS, schedule="static",
-                                  num_threads=n_threads):
-                    np0 = imin(_ROW_PAIRS, n_pairs - blk * _ROW_PAIRS)
-                    if _max_rows_2x2(x0 + 2 * blk * _ROW_PAIRS * W, y0 + blk * _ROW_PAIRS * Q,
-                                     np0, W, Q):
-                        # NaN in these rows: the teaching loops (the block is a plane of
-                        # 2*np0 rows, none of its windows straddles two planes)
-                        _max_plane_plain(x0 + 2 * blk * _ROW_PAIRS * W,
-                                         y0 + blk * _ROW_PAIRS * Q, 2 * np0, W, np0, Q,
-                                         2, 2, 2, 2, 0, 0)
-            else:
-                for nc in prange(N * C, schedule="static", num_threads=n_threads):
-                    if _max_rows_2x2(x0 + nc * H * W, y0 + nc * P * Q, P, W, Q):
-                        _max_plane_plain(x0 + nc * H * W, y0 + nc * P * Q, H, W, P, Q,
-                                         2, 2, 2, 2, 0, 0)
-        return y_arr
-    # One row buffer per thread (indexed by threadid()); which thread uses which buffer
-    # does not change any result. Rows padded to whole 64-byte lines and one more, so two
-    # threads never write to one cache line (as in max_pool2d_backward).
+    # 2x2 stride 2 with even H: blocks of _ROW_PAIRS output rows over all planes (no row
+    # buffer, no per-plane set-up); otherwise one plane per unit.
+    cdef bint pair_blocks = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0
+                             and pw == 0 and H % 2 == 0)
+    cdef Py_ssize_t n_pairs = N * C * P, t
+    cdef Py_ssize_t n_units = (n_pairs + _ROW_PAIRS - 1) // _ROW_PAIRS if pair_blocks else N * C
+    # One row buffer per thread; which thread uses which buffer does not change any result.
+    # Rows padded to whole 64-byte lines and one more, so two threads never write to one
+    # cache line (as in max_pool2d_backward).
     buf_arr = np.empty((n_threads, (W + 2 * pw) // 16 * 16 + 32), dtype=dtype)
     cdef floating[:, ::1] buf = buf_arr
     with nogil:
-        for nc in prange(N * C, schedule="static", num_threads=n_threads):
-            if _max_plane(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0],
-                          &buf[threadid(), 0], H, W, P, Q, kh, kw, sh, sw, ph, pw):
-                _max_plane_plain(&x[nc // C, nc % C, 0, 0], &y[nc // C, nc % C, 0, 0], H, W,
-                                 P, Q, kh, kw, sh, sw, ph, pw)      # NaN in the plane
+        # thread t's share: units [t*n_units // n_threads, (t+1)*n_units // n_threads)
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            _max_forward_share(x0, y0, &buf[t, 0], t * n_units // n_threads,
+                               (t + 1) * n_units // n_threads, pair_blocks, n_pairs,
+                               H, W, P, Q, kh, kw, sh, sw, ph, pw)
     return y_arr
 
 
