@@ -687,10 +687,11 @@ cdef void _max_forward_share(const floating* x0, floating* y0, floating* vbuf,
     NaN for free: the tuned folds compare with plain ``>``, which gcc turns into vector max
     instructions; they drop a NaN but, as every IEEE ordered comparison that meets one,
     raise the floating-point 'invalid' flag (a NaN that meets no comparison, alone in its
-    window, is copied to y as it is, which is PyTorch's answer). So the flag is cleared before the share and
-    tested after it; if it was raised, each unit holding NaN is done again by the teaching
-    loops, which follow PyTorch's NaN rule. (Should a build's folds not raise the flag,
-    _check_folds_raise_invalid finds out at import and every share is scanned.)
+    window, is copied to y as it is, which is PyTorch's answer). So the flag is cleared
+    before the share and tested after it; if it was raised, each unit holding NaN is done
+    again by the teaching loops, which follow PyTorch's NaN rule. (Should a build's folds
+    not raise the flag, _check_folds_raise_invalid finds out at import and every share is
+    scanned.)
     """
     cdef Py_ssize_t u
     feclearexcept(FE_INVALID)
@@ -1641,7 +1642,8 @@ def max_unpool2d_forward(const floating[:, :, :, ::1] x, indices, output_hw, int
     if tuple(indices.shape) != (x.shape[0], x.shape[1], x.shape[2], x.shape[3]):
         raise ValueError(f"max_unpool2d: indices must have x's shape, got "
                          f"{tuple(indices.shape)}")
-    y_arr = np.empty((N, C) + tuple(output_hw), dtype=np.float32 if floating is float else np.float64)
+    y_arr = np.empty((N, C) + tuple(output_hw),
+                     dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, :, :, ::1] y = y_arr
     n_threads = threads_for_values(N * C * HW, n_threads)
     if N * C == 0:

@@ -342,3 +342,11 @@ def test_options_match_torch(backend, rng):
     assert (nn.AvgPool2d(2)(np.zeros((0, 2, 4, 4))).shape
             == tuple(torch.nn.AvgPool2d(2)(torch.zeros(0, 2, 4, 4)).shape))
     print(f"largest difference from PyTorch ({backend}): {worst:.3g}")
+
+
+def test_summary_receptive_field_of_a_dilated_max_pool():
+    """A 3-tap window with dilation 2 spans 5 input pixels (pool.out)."""
+    s = fastconv.summary(nn.Sequential(nn.MaxPool2d(3, 1, dilation=2), nn.MaxPool2d(2)),
+                         (1, 1, 16, 16))
+    assert s.rows[0]["output_shape"] == (1, 1, 12, 12)
+    assert s.rows[0]["rf"][0][0] == 5 and s.rows[1]["rf"][0][0] == 6

@@ -35,7 +35,6 @@ Padding is at most half the window (checked by ``fastconv.functional``), so ever
 holds at least one real cell: -inf never wins a max and D is never 0.
 """
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward",
            "avg_pool2d_forward", "avg_pool2d_backward",
@@ -52,25 +51,6 @@ def pool_output_size(H, k, s, p, d=1, ceil_mode=False):
     if ceil_mode and (P - 1) * s >= H + p:
         P -= 1
     return P
-
-
-def _out_size(H, k, s, p):
-    """(conv.out) floor((H + 2p - k) / s) + 1."""
-    return pool_output_size(H, k, s, p)
-
-
-def _pad(x, padding, value):
-    """x (N, C, H, W) -> xp (N, C, H + 2*ph, W + 2*pw), ``value`` around the image."""
-    ph, pw = padding
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
-
-
-def _windows(xp, kernel_size, stride, P, Q):
-    """Every pooling window as a view (no copy): xp (N, C, Hp, Wp) -> (N, C, P, Q, kh, kw),
-    ``win[n, c, p, q, r, s] = xp[n, c, p*sh + r, q*sw + s]``."""
-    sh, sw = stride
-    win = sliding_window_view(xp, kernel_size, axis=(2, 3))
-    return win[:, :, ::sh, ::sw][:, :, :P, :Q]
 
 
 def _scatter_windows(g, kernel_size, stride, padded_shape):
@@ -306,34 +286,33 @@ def adaptive_ranges(size, n_out):
     return i * size // n_out, -(-(i + 1) * size // n_out)
 
 
+def _adaptive_windows(x_shape, output_size):
+    """(p, q, rows, cols) of every adaptive window, rows and cols as slices (pool.adapt)."""
+    H, W = x_shape[2:]
+    (h0, h1), (w0, w1) = adaptive_ranges(H, output_size[0]), adaptive_ranges(W, output_size[1])
+    for p in range(output_size[0]):
+        for q in range(output_size[1]):
+            yield p, q, slice(h0[p], h1[p]), slice(w0[q], w1[q])
+
+
 def adaptive_avg_pool2d_forward(x, output_size, n_threads=None):
     """Adaptive average pooling, notes eq. (pool.adapt): y[n,c,p,q] = mean of x over rows
     h0(p) .. h1(p) - 1 and columns w0(q) .. w1(q) - 1.
 
     x : ndarray (N, C, H, W); output_size : (P, Q)  ->  y : ndarray (N, C, P, Q)."""
-    N, C, H, W = x.shape
-    P, Q = output_size
-    h0, h1 = adaptive_ranges(H, P)
-    w0, w1 = adaptive_ranges(W, Q)
-    y = np.empty((N, C, P, Q), dtype=x.dtype)
-    for p in range(P):
-        for q in range(Q):
-            y[:, :, p, q] = x[:, :, h0[p]:h1[p], w0[q]:w1[q]].mean(axis=(2, 3), dtype=np.float64)
+    y = np.empty(x.shape[:2] + tuple(output_size), dtype=x.dtype)
+    for p, q, rows, cols in _adaptive_windows(x.shape, output_size):
+        y[:, :, p, q] = x[:, :, rows, cols].mean(axis=(2, 3), dtype=np.float64)
     return y
 
 
 def adaptive_avg_pool2d_backward(dy, x, output_size, n_threads=None):
     """Gradient of :func:`adaptive_avg_pool2d_forward`: dy[p, q] / (window area) to each
     cell of window (p, q); overlapping windows add up.  ->  dx like x."""
-    N, C, H, W = x.shape
-    P, Q = output_size
-    h0, h1 = adaptive_ranges(H, P)
-    w0, w1 = adaptive_ranges(W, Q)
-    dx = np.zeros((N, C, H, W), dtype=np.float64)
-    for p in range(P):
-        for q in range(Q):
-            area = (h1[p] - h0[p]) * (w1[q] - w0[q])
-            dx[:, :, h0[p]:h1[p], w0[q]:w1[q]] += (dy[:, :, p, q] / area)[:, :, None, None]
+    dx = np.zeros(x.shape, dtype=np.float64)
+    for p, q, rows, cols in _adaptive_windows(x.shape, output_size):
+        area = (rows.stop - rows.start) * (cols.stop - cols.start)
+        dx[:, :, rows, cols] += (dy[:, :, p, q] / area)[:, :, None, None]
     return dx.astype(x.dtype)
 
 
@@ -341,20 +320,16 @@ def _adaptive_argmax(x, output_size):
     """(N, C, P, Q) int64 flat argmax of each adaptive window, (pool.max)'s rule: the first
     maximum in row-major order, or the last NaN."""
     N, C, H, W = x.shape
-    P, Q = output_size
-    h0, h1 = adaptive_ranges(H, P)
-    w0, w1 = adaptive_ranges(W, Q)
-    ind = np.empty((N, C, P, Q), dtype=np.int64)
-    for p in range(P):
-        for q in range(Q):
-            win = x[:, :, h0[p]:h1[p], w0[q]:w1[q]]
-            ww = win.shape[3]
-            flat = win.reshape(N, C, -1)
-            first = np.argmax(flat == flat.max(axis=2, keepdims=True), axis=2)
-            nan = np.isnan(flat)
-            last_nan = flat.shape[2] - 1 - np.argmax(nan[..., ::-1], axis=2)
-            first = np.where(nan.any(axis=2), last_nan, first)
-            ind[:, :, p, q] = (h0[p] + first // ww) * W + w0[q] + first % ww
+    ind = np.empty((N, C) + tuple(output_size), dtype=np.int64)
+    for p, q, rows, cols in _adaptive_windows(x.shape, output_size):
+        win = x[:, :, rows, cols]
+        ww = win.shape[3]
+        flat = win.reshape(N, C, -1)
+        first = np.argmax(flat == flat.max(axis=2, keepdims=True), axis=2)
+        nan = np.isnan(flat)
+        last_nan = flat.shape[2] - 1 - np.argmax(nan[..., ::-1], axis=2)
+        first = np.where(nan.any(axis=2), last_nan, first)
+        ind[:, :, p, q] = (rows.start + first // ww) * W + cols.start + first % ww
     return ind
 
 
