@@ -708,23 +708,21 @@ def _check_folds_raise_invalid():
     """True if this build's tuned max folds raise the 'invalid' flag on every NaN they meet
     (tried at each cell of 4 x 38 planes, wide enough for the vector loops and their scalar
     ends, whose every cell is in a window, for 2x2 stride 2, 3x3 stride 2 padding 1 and
-    3x3 stride 1); sets the module's
-    switch, so that otherwise every forward scans its input for NaN."""
+    3x3 stride 1); sets the module's switch, so that otherwise every forward scans its
+    input for NaN."""
     global _folds_raise_invalid
-    cdef double[:, ::1] x
-    cdef double[::1] y = np.empty(4 * 38)
-    cdef float[:, ::1] xf
-    cdef float[::1] yf = np.empty(4 * 38, dtype=np.float32)
+    cdef Py_ssize_t i, k, s, pad, P, Q, H = 4, W = 38, n = 0
+    cdef double[:, ::1] x = np.arange(H * W, dtype=np.float64).reshape(H, W)
+    cdef float[:, ::1] xf = np.arange(H * W, dtype=np.float32).reshape(H, W)
+    cdef double[::1] y = np.empty(H * W)
+    cdef float[::1] yf = np.empty(H * W, dtype=np.float32)
     cdef double[::1] vb = np.empty(64)
     cdef float[::1] vbf = np.empty(64, dtype=np.float32)
-    cdef Py_ssize_t i, k, s, pad, P, Q, H = 4, W = 38, n = 0
     ok = True
     for k, s, pad in ((2, 2, 0), (3, 2, 1), (3, 1, 0)):
         P, Q = out_size(H, k, s, pad), out_size(W, k, s, pad)
         for i in range(H * W):
-            x = np.arange(H * W, dtype=np.float64).reshape(H, W)
-            xf = np.arange(H * W, dtype=np.float32).reshape(H, W)
-            x[i // W, i % W] = np.nan
+            x[i // W, i % W] = np.nan                       # one NaN, at cell i
             xf[i // W, i % W] = np.nan
             feclearexcept(FE_INVALID)
             if k == 2:
@@ -738,6 +736,8 @@ def _check_folds_raise_invalid():
             else:
                 _max_plane(&xf[0, 0], &yf[0], &vbf[0], H, W, P, Q, k, k, s, s, pad, pad)
             ok = ok and n and fetestexcept(FE_INVALID) != 0
+            x[i // W, i % W] = i
+            xf[i // W, i % W] = i
     _folds_raise_invalid = ok
     return ok
 
