@@ -16,12 +16,16 @@ from scipy.special import expit
 
 from . import _threads
 from ._backend import implementation, resolve_backend
+from .reference.pool import pool_output_size
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
     "conv_transpose_output_size", "pad", "pad_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
+    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d", "adaptive_max_pool2d_backward",
+    "max_unpool2d", "max_unpool2d_backward", "pool_output_size",
     "batch_norm", "batch_norm_backward",
     "linear", "linear_backward",
     "relu", "relu_backward",
@@ -585,95 +589,324 @@ def pad_backward(dy, pad, mode="constant"):
 
 
 # --------------------------------------------------------------------------- pooling
+# Every pooling op takes x as (N, C, H, W) or unbatched (C, H, W) (the result then has no
+# batch axis either, as in PyTorch), and an empty batch N = 0 gives an empty result.
 
-def _pool_setup(op, x, kernel_size, stride, padding, backend):
-    x = _as_float_array(op, "x", x)
-    _check_ndim(op, "x", x, (4,), "4-D (N, C, H, W)")
-    if min(x.shape) == 0:
-        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape})")
+def _pool_input(op, x, name="x"):
+    """x as a 4-D float array, and whether it came without its batch axis (C, H, W)."""
+    x = _as_float_array(op, name, x)
+    _check_ndim(op, name, x, (3, 4), "3-D (C, H, W) or 4-D (N, C, H, W)")
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    if min(x.shape[1:]) == 0:
+        raise ValueError(f"{op}: {name} must have C, H, W >= 1 (only the batch may be "
+                         f"empty), got shape {x.shape[unbatched:]}")
+    return x, unbatched
+
+
+def _pool_grad_input(op, name, a, dtype, unbatched):
+    """dy (or indices, with dtype None) as 4-D, following x's batch axis."""
+    a = _as_float_array(op, name, a, dtype=dtype) if dtype is not None else np.asarray(a)
+    if a.ndim != 4 - unbatched:
+        raise ValueError(f"{op}: {name} must be {4 - unbatched}-D like x's output, got "
+                         f"shape {a.shape}")
+    return a[None] if unbatched else a
+
+
+def _unbatch(result, unbatched):
+    """Drop the batch axis added by _pool_input (from each array of a tuple)."""
+    if not unbatched:
+        return result
+    if isinstance(result, tuple):
+        return tuple(r[0] for r in result)
+    return result[0]
+
+
+def _pool_setup(op, x, kernel_size, stride, padding, backend, dilation=1, ceil_mode=False):
+    x, unbatched = _pool_input(op, x)
     kernel_size = _pair(op, "kernel_size", kernel_size, minimum=1)
     stride = kernel_size if stride is None else _pair(op, "stride", stride, minimum=1)
     padding = _pair(op, "padding", padding, minimum=0)
+    dilation = _pair(op, "dilation", dilation, minimum=1)
     if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
         raise ValueError(f"{op}: padding {padding} must be at most half the window "
                          f"{kernel_size} (as in PyTorch)")
-    P, Q = _output_shape(op, x.shape, kernel_size, stride, padding, "window")
     N, C, H, W = x.shape
+    P, Q = (pool_output_size(size, k, st, pad, d, bool(ceil_mode)) for size, k, st, pad, d
+            in zip((H, W), kernel_size, stride, padding, dilation))
+    if P < 1 or Q < 1:
+        raise ValueError(f"{op}: window {kernel_size[0]}x{kernel_size[1]} (dilation "
+                         f"{dilation}) is larger than the padded input {H + 2 * padding[0]}x"
+                         f"{W + 2 * padding[1]} (x shape {x.shape[unbatched:]}, padding "
+                         f"{padding})")
     _check_int_sizes(op, **{"N*C": N * C, "H*W": H * W})
-    return x, kernel_size, stride, padding, (N, C, P, Q), implementation("pool", resolve_backend(backend, op))
+    impl = implementation("pool", resolve_backend(backend, op))
+    return x, kernel_size, stride, padding, dilation, (N, C, P, Q), impl, unbatched
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0, backend=None, *, return_indices=False):
+def _check_indices(op, indices, shape):
+    """indices as a kernel-ready int64 array of ``shape``."""
+    indices = np.asarray(indices)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be integers (return_indices=True's), got dtype "
+                        f"{indices.dtype}")
+    if indices.shape != tuple(shape):
+        raise ValueError(f"{op}: indices must have shape {tuple(shape)}, got {indices.shape}")
+    return _kernel_ready(indices.astype(np.int64, copy=False))
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, backend=None, *, dilation=1,
+               ceil_mode=False, return_indices=False):
     """Max pooling, notes eq. (pool.max): ``y[n,c,p,q] = max over the window of x``.
 
     Padding acts as -inf (it never wins the max). Parameters as :func:`avg_pool2d`.
 
-    x : (N, C, H, W)  ->  y : (N, C, P, Q), P = floor((H + 2*ph - kh) / sh) + 1.
-    ``stride`` defaults to ``kernel_size``; ``padding`` is at most half the window.
+    x : (N, C, H, W) or (C, H, W)  ->  y : (N, C, P, Q) or (C, P, Q), P by eq. (pool.out)
+    (:func:`pool_output_size`). ``stride`` defaults to ``kernel_size``; ``padding`` is at
+    most half the window.
 
-    return_indices : bool, keyword only
+    Keyword only, as PyTorch's arguments of the same names:
+
+    dilation : int or (h, w)
+        The window reads rows p*sh - ph + r*dh, r < kh (columns likewise).
+    ceil_mode : bool
+        Round the output size up: a last, partial window (starting inside the input or its
+        left padding) covers what remains.
+    return_indices : bool
         Also return ``indices`` (N, C, P, Q) int64: the flat index ``ih*W + iw`` in its
         (n, c) plane of each window's argmax (the first maximum in row-major window order),
-        as PyTorch's ``return_indices``, for :func:`max_pool2d_backward` to scatter to
-        instead of finding the argmax again (what a training step does).
+        for :func:`max_pool2d_backward` or :func:`max_unpool2d`.
     """
-    x, k, s, p, _, impl = _pool_setup("max_pool2d", x, kernel_size, stride, padding, backend)
-    return impl.max_pool2d_forward(*_contiguous(x), k, s, p, _n_threads(), bool(return_indices))
+    op = "max_pool2d"
+    x, k, s, p, d, y_shape, impl, unbatched = _pool_setup(op, x, kernel_size, stride, padding,
+                                                          backend, dilation, ceil_mode)
+    if y_shape[0] == 0:
+        y = np.empty(y_shape, x.dtype)
+        return _unbatch((y, np.empty(y_shape, np.int64)) if return_indices else y, unbatched)
+    return _unbatch(impl.max_pool2d_forward(*_contiguous(x), k, s, p, _n_threads(),
+                                            bool(return_indices), d, bool(ceil_mode)),
+                    unbatched)
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, backend=None, *,
-                        indices=None):
+                        dilation=1, ceil_mode=False, indices=None):
     """Gradient of :func:`max_pool2d`: each dy goes to the window's maximum.
 
     On ties the gradient goes to the first maximum in row-major window order (as PyTorch).
-    dy : (N, C, P, Q), x : (N, C, H, W)  ->  dx : (N, C, H, W).
+    dy : (N, C, P, Q), x : (N, C, H, W)  ->  dx : (N, C, H, W) (or all without N).
     indices : (N, C, P, Q) integers, keyword only: the argmaxes
     ``max_pool2d(..., return_indices=True)`` returned, used instead of recomputing them
     from x (PyTorch's backward uses the ones its forward saved). An index outside its
     plane raises ValueError.
     """
     op = "max_pool2d_backward"
-    x, k, s, p, y_shape, impl = _pool_setup(op, x, kernel_size, stride, padding, backend)
-    dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
+    x, k, s, p, d, y_shape, impl, unbatched = _pool_setup(op, x, kernel_size, stride, padding,
+                                                          backend, dilation, ceil_mode)
+    dy = _pool_grad_input(op, "dy", dy, x.dtype, unbatched)
     _check_dy(op, dy, y_shape)
     if indices is not None:
-        indices = np.asarray(indices)
-        if indices.dtype.kind not in "iu":
-            raise TypeError(f"{op}: indices must be integers (max_pool2d(..., "
-                            f"return_indices=True)), got dtype {indices.dtype}")
-        if indices.shape != dy.shape:
-            raise ValueError(f"{op}: indices must have dy's shape {dy.shape}, got "
-                             f"{indices.shape}")
-        indices = _kernel_ready(indices.astype(np.int64, copy=False))
-    return impl.max_pool2d_backward(*_contiguous(dy, x), k, s, p, _n_threads(), indices)
+        indices = _check_indices(op, _pool_grad_input(op, "indices", indices, None, unbatched),
+                                 dy.shape)
+    if y_shape[0] == 0:
+        return _unbatch(np.empty(x.shape, x.dtype), unbatched)
+    return _unbatch(impl.max_pool2d_backward(*_contiguous(dy, x), k, s, p, _n_threads(),
+                                             indices, d, bool(ceil_mode)), unbatched)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, backend=None):
+def _divisor(op, divisor_override):
+    if divisor_override is None:
+        return None
+    if (not isinstance(divisor_override, (int, np.integer)) or isinstance(divisor_override, bool)
+            or divisor_override == 0):
+        raise ValueError(f"{op}: divisor_override must be a non-zero int or None, got "
+                         f"{divisor_override!r}")
+    return int(divisor_override)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True, backend=None,
+               *, ceil_mode=False, divisor_override=None):
     """Average pooling, notes eq. (pool.avg): the mean of each window.
 
     With ``count_include_pad=True`` (PyTorch's default) padded zeros count in the mean, so
     every window divides by kh*kw; otherwise only the input cells inside the window count.
     Global average pooling is ``avg_pool2d(x, x.shape[2:])``.
 
-    x : (N, C, H, W)  ->  y : (N, C, P, Q), P = floor((H + 2*ph - kh) / sh) + 1.
+    x : (N, C, H, W) or (C, H, W)  ->  y : (N, C, P, Q) or (C, P, Q), P by eq. (pool.out).
     ``stride`` defaults to ``kernel_size``; ``padding`` is at most half the window.
+
+    Keyword only, as PyTorch's:
+
+    ceil_mode : bool
+        Round the output size up (see :func:`max_pool2d`); the last window's divisor counts
+        only what lies inside the padded input.
+    divisor_override : int or None
+        Divide every window's sum by this number instead.
     """
-    x, k, s, p, _, impl = _pool_setup("avg_pool2d", x, kernel_size, stride, padding, backend)
-    return impl.avg_pool2d_forward(*_contiguous(x), k, s, p, bool(count_include_pad), _n_threads())
+    op = "avg_pool2d"
+    x, k, s, p, _, y_shape, impl, unbatched = _pool_setup(op, x, kernel_size, stride, padding,
+                                                          backend, 1, ceil_mode)
+    div = _divisor(op, divisor_override)
+    if y_shape[0] == 0:
+        return _unbatch(np.empty(y_shape, x.dtype), unbatched)
+    return _unbatch(impl.avg_pool2d_forward(*_contiguous(x), k, s, p, bool(count_include_pad),
+                                            _n_threads(), bool(ceil_mode), div), unbatched)
 
 
 def avg_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, count_include_pad=True,
-                        backend=None):
+                        backend=None, *, ceil_mode=False, divisor_override=None):
     """Gradient of :func:`avg_pool2d`: each dy spreads evenly over its window.
 
-    dy : (N, C, P, Q), x : (N, C, H, W) (only its shape and dtype are used)  ->  dx like x.
+    dy : (N, C, P, Q), x : (N, C, H, W) (only its shape and dtype are used)  ->  dx like x
+    (or all without N).
     """
     op = "avg_pool2d_backward"
-    x, k, s, p, y_shape, impl = _pool_setup(op, x, kernel_size, stride, padding, backend)
-    dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
+    x, k, s, p, _, y_shape, impl, unbatched = _pool_setup(op, x, kernel_size, stride, padding,
+                                                          backend, 1, ceil_mode)
+    div = _divisor(op, divisor_override)
+    dy = _pool_grad_input(op, "dy", dy, x.dtype, unbatched)
     _check_dy(op, dy, y_shape)
-    return impl.avg_pool2d_backward(*_contiguous(dy, x), k, s, p, bool(count_include_pad),
-                                    _n_threads())
+    if y_shape[0] == 0:
+        return _unbatch(np.empty(x.shape, x.dtype), unbatched)
+    return _unbatch(impl.avg_pool2d_backward(*_contiguous(dy, x), k, s, p,
+                                             bool(count_include_pad), _n_threads(),
+                                             bool(ceil_mode), div), unbatched)
+
+
+def _adaptive_size(op, output_size, H, W):
+    """PyTorch's output_size: an int, or a pair whose None entries keep the input's size."""
+    if isinstance(output_size, (tuple, list)) and len(output_size) == 2:
+        output_size = tuple(H if o is None and i == 0 else W if o is None else o
+                            for i, o in enumerate(output_size))
+    return _pair(op, "output_size", output_size, minimum=1)
+
+
+def _adaptive_setup(op, x, output_size, backend):
+    x, unbatched = _pool_input(op, x)
+    N, C, H, W = x.shape
+    P, Q = _adaptive_size(op, output_size, H, W)
+    _check_int_sizes(op, **{"N*C": N * C, "H*W": H * W})
+    return x, (P, Q), implementation("pool", resolve_backend(backend, op)), unbatched
+
+
+def adaptive_avg_pool2d(x, output_size, backend=None):
+    """Adaptive average pooling, notes eq. (pool.adapt): the mean over window (p, q), rows
+    floor(p*H/P) .. ceil((p+1)*H/P) - 1 and columns likewise, for any input size.
+
+    x : (N, C, H, W) or (C, H, W); output_size : int or (P, Q) (None keeps that axis's size)
+    ->  y : (N, C, P, Q) or (C, P, Q). ``adaptive_avg_pool2d(x, 1)`` is global average pooling.
+    """
+    op = "adaptive_avg_pool2d"
+    x, out, impl, unbatched = _adaptive_setup(op, x, output_size, backend)
+    if x.shape[0] == 0:
+        return _unbatch(np.empty(x.shape[:2] + out, x.dtype), unbatched)
+    return _unbatch(impl.adaptive_avg_pool2d_forward(*_contiguous(x), out, _n_threads()),
+                    unbatched)
+
+
+def adaptive_avg_pool2d_backward(dy, x, output_size, backend=None):
+    """Gradient of :func:`adaptive_avg_pool2d`: dy[p, q] / (window area) to each cell of
+    window (p, q), overlapping windows adding up.  dy : (N, C, P, Q), x  ->  dx like x."""
+    op = "adaptive_avg_pool2d_backward"
+    x, out, impl, unbatched = _adaptive_setup(op, x, output_size, backend)
+    dy = _pool_grad_input(op, "dy", dy, x.dtype, unbatched)
+    _check_dy(op, dy, x.shape[:2] + out)
+    if x.shape[0] == 0:
+        return _unbatch(np.empty(x.shape, x.dtype), unbatched)
+    return _unbatch(impl.adaptive_avg_pool2d_backward(*_contiguous(dy, x), out,
+                                                      _n_threads()), unbatched)
+
+
+def adaptive_max_pool2d(x, output_size, backend=None, *, return_indices=False):
+    """Adaptive max pooling, notes eq. (pool.adapt): the maximum of each window of
+    :func:`adaptive_avg_pool2d`, PyTorch's argmax and NaN rule (as :func:`max_pool2d`).
+
+    x : (N, C, H, W) or (C, H, W); output_size : int or (P, Q)  ->  y (N, C, P, Q), and
+    with return_indices the int64 flat argmaxes ``ih*W + iw``.
+    """
+    op = "adaptive_max_pool2d"
+    x, out, impl, unbatched = _adaptive_setup(op, x, output_size, backend)
+    if x.shape[0] == 0:
+        y = np.empty(x.shape[:2] + out, x.dtype)
+        return _unbatch((y, np.empty(y.shape, np.int64)) if return_indices else y, unbatched)
+    return _unbatch(impl.adaptive_max_pool2d_forward(*_contiguous(x), out, _n_threads(),
+                                                     bool(return_indices)), unbatched)
+
+
+def adaptive_max_pool2d_backward(dy, x, output_size, backend=None, *, indices=None):
+    """Gradient of :func:`adaptive_max_pool2d`: each dy to its window's argmax (found
+    again, or ``indices`` from return_indices=True).  dy : (N, C, P, Q), x  ->  dx like x."""
+    op = "adaptive_max_pool2d_backward"
+    x, out, impl, unbatched = _adaptive_setup(op, x, output_size, backend)
+    dy = _pool_grad_input(op, "dy", dy, x.dtype, unbatched)
+    _check_dy(op, dy, x.shape[:2] + out)
+    if indices is not None:
+        indices = _check_indices(op, _pool_grad_input(op, "indices", indices, None, unbatched),
+                                 dy.shape)
+    if x.shape[0] == 0:
+        return _unbatch(np.empty(x.shape, x.dtype), unbatched)
+    return _unbatch(impl.adaptive_max_pool2d_backward(*_contiguous(dy, x), out, _n_threads(),
+                                                      indices), unbatched)
+
+
+def _unpool_size(op, P, Q, kernel_size, stride, padding, output_size):
+    """(Ho, Wo): PyTorch's default (P - 1)*s - 2*p + k, or output_size ((Ho, Wo), or with
+    leading axes, as PyTorch), which must lie within one stride of the default."""
+    k = _pair(op, "kernel_size", kernel_size, minimum=1)
+    s = k if stride is None else _pair(op, "stride", stride, minimum=1)
+    p = _pair(op, "padding", padding, minimum=0)
+    default = tuple((n - 1) * st - 2 * pad + kk for n, st, pad, kk in zip((P, Q), s, p, k))
+    if output_size is None:
+        size = default
+    else:
+        size = tuple(int(v) for v in tuple(output_size)[-2:])
+        if len(size) != 2 or any(not (dv - st < v < dv + st)
+                                 for v, dv, st in zip(size, default, s)):
+            raise ValueError(f"{op}: output_size {tuple(output_size)} must be within one "
+                             f"stride {s} of the default {default}")
+    if min(size) < 1:
+        raise ValueError(f"{op}: output size {size} is empty")
+    return size
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None,
+                 backend=None):
+    """Max unpooling, notes eq. (pool.unpool), the inverse of :func:`max_pool2d`'s
+    ``return_indices``: y = 0, then ``y[n, c].flat[indices[n, c, p, q]] = x[n, c, p, q]``.
+
+    x, indices : (N, C, P, Q) (or (C, P, Q)); y : (N, C, Ho, Wo), by default
+    Ho = (P - 1)*stride - 2*padding + kernel_size (Wo likewise), or ``output_size``.
+    An index outside the output plane raises ValueError; of two equal indices the later
+    one (row-major) wins.
+    """
+    op = "max_unpool2d"
+    x, unbatched = _pool_input(op, x)
+    indices = _check_indices(op, _pool_grad_input(op, "indices", indices, None, unbatched),
+                             x.shape)
+    out = _unpool_size(op, x.shape[2], x.shape[3], kernel_size, stride, padding, output_size)
+    impl = implementation("pool", resolve_backend(backend, op))
+    if x.shape[0] == 0:
+        return _unbatch(np.empty(x.shape[:2] + out, x.dtype), unbatched)
+    return _unbatch(impl.max_unpool2d_forward(*_contiguous(x), indices, out, _n_threads()),
+                    unbatched)
+
+
+def max_unpool2d_backward(dy, indices, backend=None):
+    """Gradient of :func:`max_unpool2d` w.r.t. x: ``dx[n,c,p,q] = dy[n, c].flat[indices[
+    n,c,p,q]]``.  dy : (N, C, Ho, Wo), indices : (N, C, P, Q)  ->  dx : (N, C, P, Q)
+    (or all without N)."""
+    op = "max_unpool2d_backward"
+    dy, unbatched = _pool_input(op, dy, "dy")
+    indices = _pool_grad_input(op, "indices", indices, None, unbatched)
+    if indices.shape[:2] != dy.shape[:2]:
+        raise ValueError(f"{op}: indices must have dy's (N, C) {dy.shape[:2]}, got shape "
+                         f"{indices.shape}")
+    indices = _check_indices(op, indices, indices.shape)
+    impl = implementation("pool", resolve_backend(backend, op))
+    if dy.shape[0] == 0:
+        return _unbatch(np.empty(indices.shape, dy.dtype), unbatched)
+    return _unbatch(impl.max_unpool2d_backward(*_contiguous(dy), indices, _n_threads()),
+                    unbatched)
 
 
 # --------------------------------------------------------------------------- batch norm

@@ -136,6 +136,11 @@ def _leaf_rf(module, x, y, rf):
     if rf is None:
         return None
     h, w = rf
+    if isinstance(module, MaxPool2d) and module.dilation != (1, 1):
+        # a dilated window spans d*(k - 1) + 1 input pixels (pool.out)
+        (kh, kw), (sh, sw), (ph, pw) = module.kernel_size, module.stride, module.padding
+        (dh, dw) = module.dilation
+        return h.window(dh * (kh - 1) + 1, sh, ph), w.window(dw * (kw - 1) + 1, sw, pw)
     if isinstance(module, (Conv2d, MaxPool2d, AvgPool2d)):
         (kh, kw), (sh, sw) = module.kernel_size, module.stride
         # the padding before the first window (Conv2d's "same" / "valid" as numbers)

@@ -546,6 +546,38 @@ def test_nonfinite_matches_torch(rng):
                                reduction=k[0] * k[1], err_msg=grid_id(case))
 
 
+def test_max_folds_raise_the_invalid_flag():
+    """The forward finds NaN through the 'invalid' flag that its plain ``>`` folds raise:
+    this build's folds do raise it (else every forward would scan its input)."""
+    from fastconv._ext import pool
+    assert pool._check_folds_raise_invalid()
+
+
+@pytest.mark.parametrize("trust_flag", [True, False], ids=["flag", "scan"])
+@pytest.mark.parametrize("case", [((1, 2, 6, 38), (2, 2), (2, 2), (0, 0)),
+                                  ((1, 2, 7, 37), (2, 2), (2, 2), (0, 0)),   # odd H: planes
+                                  ((1, 2, 5, 35), (3, 3), (2, 2), (1, 1)),
+                                  ((1, 2, 5, 36), (3, 2), (1, 2), (1, 0)),
+                                  ((1, 2, 4, 20), (1, 1), (1, 1), (0, 0))],   # no compares
+                         ids=grid_id)
+def test_max_forward_one_nan_anywhere(case, trust_flag, dtype, n_threads):
+    """One NaN, at every cell in turn (in the vector loops and in their scalar ends): the
+    fast forward gives the reference's NaN and values, whether it trusts the flag or scans."""
+    from fastconv._ext import pool
+    shape, k, s, p = case
+    base = np.arange(np.prod(shape), dtype=dtype).reshape(shape) % 7
+    try:
+        pool._set_folds_raise_invalid(trust_flag)
+        for i in range(0, base.size, 3 if base.size > 300 else 1):
+            x = base.copy()
+            x.flat[i] = np.nan
+            with fastconv.num_threads(n_threads):
+                y = F.max_pool2d(x, k, s, p)
+            np.testing.assert_array_equal(y, F.max_pool2d(x, k, s, p, backend="reference"))
+    finally:
+        pool._check_folds_raise_invalid()
+
+
 def test_naive_max_pool_nan_rule():
     """The naive loops follow PyTorch's NaN rule too: NaN wins, the last NaN of the window."""
     x = np.array([[np.nan, 1.0], [np.nan, 3.0]])[None, None]

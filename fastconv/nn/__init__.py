@@ -24,13 +24,15 @@ from .linear import Identity, Linear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module, Parameter
 from .normalization import BatchNorm1d, BatchNorm2d
-from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .pooling import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, GlobalAvgPool2d,
+                      MaxPool2d, MaxUnpool2d)
 from .shape import Flatten, ZeroPad2d
 
 __all__ = [
     "Module", "Parameter", "init",
     "Conv2d", "ConvTranspose2d", "Linear", "Identity",
-    "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+    "MaxUnpool2d",
     "BatchNorm1d", "BatchNorm2d",
     "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout",
     "Flatten", "ZeroPad2d",
