@@ -546,7 +546,7 @@ cdef inline void _redo_overflowing_affine(const floating* x, floating* y,
 cdef void _group_train(const floating* x, floating* y, const floating* gamma,
                        const floating* beta, double eps, double* mean, double* var,
                        Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t c0,
-                       Py_ssize_t c1) noexcept nogil:
+                       Py_ssize_t c1) noexcept nogil:   # IN: x, gamma, beta; OUT: y, mean, var
     """Training forward (bn.fwd) of channels [c0, c1) (at most CGROUP): pass 1 the means,
     pass 2 the centred variances, both in double, pass 3 y."""
     cdef double acc[CGROUP * LANES]
@@ -572,7 +572,7 @@ cdef void _group_train(const floating* x, floating* y, const floating* gamma,
 cdef void _group_eval(const floating* x, floating* y, const floating* gamma,
                       const floating* beta, const double* mean, const double* var, double eps,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t c0,
-                      Py_ssize_t c1) noexcept nogil:
+                      Py_ssize_t c1) noexcept nogil:   # IN: x, gamma, beta, mean, var; OUT: y
     """Eval forward of channels [c0, c1) (at most CGROUP) with the given statistics."""
     cdef floating fm[CGROUP]
     cdef floating fa[CGROUP]
@@ -606,7 +606,8 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
                           const floating* gamma, double eps, const double* saved_mean,
                           const double* saved_var, floating* dgamma, floating* dbeta,
                           Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t c0,
-                          Py_ssize_t c1) noexcept nogil:
+                          Py_ssize_t c1) noexcept nogil:   # IN: dy, x, gamma, saved_*
+    #                                                      OUT: dx, dgamma, dbeta
     """(bn.bwd) for channels [c0, c1) (at most CGROUP): three passes, or two with saved
     statistics. saved_mean, saved_var: NULL, or the forward's statistics of all C channels,
     used as given (as PyTorch's backward uses the ones its forward saved); pass 1 is then
@@ -693,7 +694,8 @@ cdef inline void _rows_affine_block(const floating* x, floating* y, const floati
 
 cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
                       const floating* beta, double eps, double* mean, double* var,
-                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
+                      Py_ssize_t c1) noexcept nogil:   # IN: x, gamma, beta; OUT: y, mean, var
     """Training forward of channels [c0, c1) (at most CBLOCK) of an (N, C) input.
 
     Pass 1: the shifted sums of _shifted_moments with shift = x[0, c], in double (mean and var
@@ -728,7 +730,8 @@ cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
 
 cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
                      const floating* beta, const double* mean, const double* var, double eps,
-                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
+                     Py_ssize_t c1) noexcept nogil:   # IN: x, gamma, beta, mean, var; OUT: y
     """Eval forward of channels [c0, c1) of an (N, C) input with the given statistics."""
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
@@ -745,7 +748,9 @@ cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
 cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
                          const floating* gamma, double eps, const double* saved_mean,
                          const double* saved_var, floating* dgamma, floating* dbeta,
-                         Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                         Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
+                         Py_ssize_t c1) noexcept nogil:   # IN: dy, x, gamma, saved_*
+    #                                                       OUT: dx, dgamma, dbeta
     """(bn.bwd) for channels [c0, c1) of an (N, C) input; formulas as in _group_backward.
     saved_mean, saved_var: NULL, or the forward's statistics of all C channels.
 
@@ -843,7 +848,7 @@ cdef inline void _run_item(int op, const floating* x, const floating* dy, floati
                            const floating* gamma, const floating* beta, double* mean,
                            double* var, floating* dgamma, floating* dbeta, double eps,
                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t i,
-                           Py_ssize_t n_items) noexcept nogil:
+                           Py_ssize_t n_items) noexcept nogil:   # IN/OUT: as _run
     """Item i of a call: the op on channels [c0, c1), by the row or the channel path."""
     cdef Py_ssize_t c0 = _item_start(i, n_items, C, HW), c1 = _item_start(i + 1, n_items, C, HW)
     if op == TRAIN:
@@ -865,7 +870,7 @@ cdef inline void _run_item(int op, const floating* x, const floating* dy, floati
 cdef void _run(int op, const floating* x, const floating* dy, floating* out,
                const floating* gamma, const floating* beta, double* mean, double* var,
                floating* dgamma, floating* dbeta, double eps, Py_ssize_t N, Py_ssize_t C,
-               Py_ssize_t HW, int n_threads) noexcept nogil:
+               Py_ssize_t HW, int n_threads) noexcept nogil:   # IN/OUT: as op says (enum)
     """A whole call: its items on n_threads threads (the arrays as _run_item takes them)."""
     cdef Py_ssize_t i, n_items = _n_items(C, HW, n_threads)
     if n_threads == 1:
