@@ -532,7 +532,7 @@ class _SyncBatchNorm:
         mean = local[:C] / M
         var = np.maximum(local[C:2 * C] / M - mean * mean, 0.0)
         if self.track_running_stats:
-            m = self.momentum
+            m = self._running_factor()
             for running, stat in ((self.running_mean, mean), (self.running_var, var * M / (M - 1))):
                 running *= 1 - m
                 running += (m * stat).astype(running.dtype)

@@ -912,21 +912,27 @@ def max_unpool2d_backward(dy, indices, backend=None):
 # --------------------------------------------------------------------------- batch norm
 
 def _bn_setup(op, x, eps, backend):
-    """x as 4-D (N, C, H, W): an (N, C) input is viewed as (N, C, 1, 1)."""
+    """x as 4-D (N, C, H, W): an (N, C) input is viewed as (N, C, 1, 1), an (N, C, L) one as
+    (N, C, 1, L). Empty inputs (N = 0, say) pass: the callers answer them without a kernel."""
     x = _as_float_array(op, "x", x)
     if x.ndim == 4:
         x4 = x
     else:
-        _check_ndim(op, "x", x, (2,), "2-D (N, C) or 4-D (N, C, H, W)")
-        x4 = x.reshape(x.shape[0], x.shape[1], 1, 1)
+        _check_ndim(op, "x", x, (2, 3), "2-D (N, C), 3-D (N, C, L) or 4-D (N, C, H, W)")
+        x4 = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2] if x.ndim == 3 else 1)
     N, C, H, W = x4.shape
-    if not (N and C and H and W):
-        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape})")
     if not (isinstance(eps, (float, int, np.floating)) and eps > 0):
         raise ValueError(f"{op}: eps must be a positive number, got {eps!r}")
     if C > _INT_MAX or N * H * W > _INT_MAX:
         _check_int_sizes(op, C=C, **{"N*H*W": N * H * W})
     return x, x4, float(eps), implementation("batchnorm", resolve_backend(backend, op))
+
+
+def _one_value_per_channel(op, x):
+    """PyTorch's rule: training needs more than one value per channel (M = 0 passes: an
+    empty batch gives an empty result)."""
+    return ValueError(f"{op}: training needs more than one value per channel, got x of "
+                      f"shape {x.shape}")
 
 
 def _bn_param(op, name, a, C, dtype, default):
@@ -983,11 +989,14 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1
 
     Parameters
     ----------
-    x : (N, C, H, W) or (N, C)
+    x : (N, C, H, W), (N, C) or (N, C, L); the statistics are over every axis but C. An empty
+        batch (N = 0) gives an empty y and leaves the running statistics as they are
+        (PyTorch's rule; with ``return_stats`` its batch statistics are NaN).
     gamma, beta : (C,) or None (None means 1 and 0: no affine transform)
     running_mean, running_var : (C,) float ndarrays, or None in training mode (not tracked)
     training : bool
     momentum : float in [0, 1]; eps : float > 0
+        (a cumulative average, as ``BatchNorm2d(momentum=None)``, passes 1 / batches seen)
     return_stats : bool, keyword only
         Also return the statistics x was normalised with (the batch's in training mode),
         for :func:`batch_norm_backward` to reuse instead of recomputing them.
@@ -1009,18 +1018,20 @@ def batch_norm(x, gamma, beta, running_mean, running_var, training, momentum=0.1
         if not (isinstance(momentum, (float, int, np.floating)) and 0 <= momentum <= 1):
             raise ValueError(f"{op}: momentum must be a number in [0, 1], got {momentum!r}")
         M = x4.shape[0] * x4.shape[2] * x4.shape[3]
-        if M < 2:
-            raise ValueError(f"{op}: training needs more than one value per channel, got x of "
-                             f"shape {x.shape}")
-        y, mean, var = impl.batch_norm_train_forward(*_contiguous(x4, gamma, beta), eps,
-                                                     _n_threads())
-        _update_running(impl, running_mean, running_var, mean, var, momentum, M)
+        if M == 1:
+            raise _one_value_per_channel(op, x)
+        if x.size == 0:         # as PyTorch: empty output, running statistics unchanged
+            y, mean, var = np.empty_like(x), np.full(C, np.nan), np.full(C, np.nan)
+        else:
+            y, mean, var = impl.batch_norm_train_forward(*_contiguous(x4, gamma, beta), eps,
+                                                         _n_threads())
+            _update_running(impl, running_mean, running_var, mean, var, momentum, M)
     else:
         mean = np.asarray(running_mean, dtype=np.float64)
         var = np.asarray(running_var, dtype=np.float64)
-        y = impl.batch_norm_eval_forward(*_contiguous(x4, gamma, beta, mean, var), eps,
-                                         _n_threads())
-    if x.ndim == 2:
+        y = np.empty_like(x) if x.size == 0 else impl.batch_norm_eval_forward(
+            *_contiguous(x4, gamma, beta, mean, var), eps, _n_threads())
+    if x.ndim != 4:
         y = y.reshape(x.shape)
     return (y, mean, var) if return_stats else y
 
@@ -1032,7 +1043,8 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=
     ``dbeta = sum dy``, ``dgamma = sum dy * x_hat``,
     ``dx = gamma / (M * sqrt(var + eps)) * (M * dy - sum dy - x_hat * sum(dy * x_hat))``.
 
-    dy, x : (N, C, H, W) or (N, C); gamma : (C,) or None  ->  dx like x, dgamma (C,), dbeta (C,).
+    dy, x : (N, C, H, W), (N, C) or (N, C, L); gamma : (C,) or None  ->  dx like x, dgamma (C,),
+    dbeta (C,) (zeros for an empty batch).
     mean, var : (C,), keyword only: the batch statistics of the forward pass
     (``batch_norm(..., return_stats=True)``), used instead of being recomputed from x, as
     PyTorch's backward uses the ones its forward saved. Give both or neither.
@@ -1042,17 +1054,18 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, x.shape)
     gamma = _bn_param(op, "gamma", gamma, x4.shape[1], x.dtype, 1.0)
-    if x4.shape[0] * x4.shape[2] * x4.shape[3] < 2:
-        raise ValueError(f"{op}: training needs more than one value per channel, got x of "
-                         f"shape {x.shape}")
+    if x4.shape[0] * x4.shape[2] * x4.shape[3] == 1:
+        raise _one_value_per_channel(op, x)
     if (mean is None) != (var is None):
         raise ValueError(f"{op}: give both saved statistics mean and var, or neither")
     if mean is not None:
         mean = _saved_stat(op, "mean", mean, x4.shape[1])
         var = _saved_stat(op, "var", var, x4.shape[1])
-    dy4, x4, gamma = _contiguous(dy.reshape(x4.shape) if dy.ndim == 2 else dy, x4, gamma)
+    if x.size == 0:                 # an empty batch: sums over no values are 0
+        return np.empty_like(x), np.zeros_like(gamma), np.zeros_like(gamma)
+    dy4, x4, gamma = _contiguous(dy if x.ndim == 4 else dy.reshape(x4.shape), x4, gamma)
     dx, dgamma, dbeta = impl.batch_norm_backward(dy4, x4, gamma, eps, _n_threads(), mean, var)
-    return (dx.reshape(x.shape) if x.ndim == 2 else dx), dgamma, dbeta
+    return (dx if x.ndim == 4 else dx.reshape(x.shape)), dgamma, dbeta
 
 
 # --------------------------------------------------------------------------- fully connected
@@ -1227,7 +1240,7 @@ def batch_norm_eval_backward(dy, x, gamma, running_mean, running_var, eps=1e-5, 
 
     One NumPy implementation for both backends (see the note above this section).
 
-    dy, x : (N, C, H, W) or (N, C); gamma : (C,) or None; running_mean, running_var : (C,)
+    dy, x : (N, C, H, W), (N, C) or (N, C, L); gamma : (C,) or None; running_mean, running_var : (C,)
     ->  dx like x, dgamma (C,), dbeta (C,).
     """
     op = "batch_norm_eval_backward"

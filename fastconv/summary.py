@@ -259,7 +259,7 @@ def summary(model, input_shape, print_fn=print):
     rows = []
     y, rf = _walk(m, x, "", 0, rf, rows)
     result = Summary(type(model).__name__, shape, rows, model.num_parameters(),
-                     sum(int(np.size(b)) for _, b in model.named_buffers()),
+                     sum(int(np.size(b)) for _, b in model.named_buffers() if b.dtype.kind == "f"),
                      sum(r["macs"] for r in rows), y.shape, _rf_tuple(rf))
     if print_fn is not None:
         print_fn(str(result))

@@ -252,15 +252,18 @@ def read_checkpoint(path):
     return out
 
 
-def _check_state(path, what, saved, expected):
+def _check_state(path, what, saved, expected, optional=()):
     """Names, shapes and dtype kinds of ``saved`` ({name: (shape, dtype)}) must match
-    ``expected``'s (a dict of arrays)."""
-    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    ``expected``'s (a dict of arrays); names in ``optional`` may be missing."""
+    missing = sorted(set(expected) - set(saved) - set(optional))
+    unexpected = sorted(set(saved) - set(expected))
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not fit this {what}: missing {missing[:5]}"
                               f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                               f"{' ...' if len(unexpected) > 5 else ''} (another model or optimiser?)")
     for name, want in expected.items():
+        if name not in saved:
+            continue
         got, dtype = saved[name]
         if got != np.shape(want):
             raise CheckpointError(f"checkpoint {path} does not fit this {what}: {name} has shape {got} "
@@ -302,7 +305,8 @@ def load_checkpoint(path, model, optimizer=None):
             group, _, name = key.partition("/")
             if group in headers:
                 headers[group][name] = (shape, dtype)
-        _check_state(path, "model", headers["model"], model.state_dict())
+        _check_state(path, "model", headers["model"], model.state_dict(),
+                     model.optional_state_names())
         if optimizer is not None:
             saved_class = info.get("optimizer")
             if saved_class != type(optimizer).__name__:
@@ -573,7 +577,8 @@ def load_pretrained(path, model, new_head=False, log=None):
     head = model.head_layer()
     in_head = model.head_names()
     body = {n: v for n, v in own.items() if n not in in_head}
-    missing = sorted(set(body) - set(saved))
+    missing = sorted(set(body) - set(saved) - model.optional_state_names())
+    body = {n: v for n, v in body.items() if n in saved}
     unexpected = sorted(n for n in set(saved) - set(own)
                         if head and not n.startswith(head + "."))
     if missing or unexpected:
@@ -586,12 +591,13 @@ def load_pretrained(path, model, new_head=False, log=None):
     if bad:
         raise CheckpointError(f"checkpoint {path}: its body does not fit {type(model).__name__}: "
                               + "; ".join(bad[:4]) + (" ..." if len(bad) > 4 else ""))
-    keep_head = not new_head and all(n in saved and np.shape(saved[n]) == np.shape(own[n])
-                                     for n in in_head)
+    optional = model.optional_state_names()
+    keep_head = not new_head and all(np.shape(saved[n]) == np.shape(own[n]) if n in saved
+                                     else n in optional for n in in_head)
     state = dict(own)
     state.update({n: saved[n] for n in body})
     if keep_head:
-        state.update({n: saved[n] for n in in_head})
+        state.update({n: saved[n] for n in in_head if n in saved})
     model.load_state_dict(state)
     fresh = [] if keep_head else in_head
     if log and fresh:

@@ -1,18 +1,23 @@
 # cython: language_level=3
+# cython: warn.unreachable=False
+#   (each inner loop returns early for float32 after its SIMD copy: by design)
 """Batch normalisation: Cython + OpenMP twin of ``fastconv.reference.batchnorm``.
 
-Runs by default: the tuned path, ``_run`` -> ``_run_item`` -> ``_group_*`` (HW > 1) or
-``_rows_*`` (HW == 1); their float32 inner loops are in src_pyx/include/fc_batchnorm.h
-(e.g. fc_group_moments_f32 for the backward's sums, fc_group_dx_f32 for dx), their float64
-inner loops the Cython ``_group_sum``, ``_group_moments``, ``_group_dx``, ``_rows_group_*``
-below. To study the arithmetic first, read the teaching path: ``_plain_stats``,
-``_plain_affine``, ``_plain_backward`` (one channel, plain loops, sums in double).
+To study first, the teaching path: ``_plain_stats``, ``_plain_affine`` and
+``_plain_backward`` below, the loop nest of (bn.fwd) and (bn.bwd) for one channel, plain
+loops, sums in double. By default every call runs the tuned path, ``_run`` -> ``_group_*``
+(4-D input) or ``_rows_*`` (BatchNorm1d's (N, C)), whose inner loops are the functions under
+"inner loops": batch_norm_backward's are ``_group_moments`` (the sums) and ``_group_dx``
+(dx), which for float32 call their SIMD copies ``fc_group_moments_*`` / ``fc_group_dx_*`` in
+src_pyx/include/fc_batchnorm.h.
 
 Same functions and signatures as the reference; read its docstring for (bn.fwd), (bn.bwd)
 and (bn.run) (docs/formulas.md). x is always 4-D (N, C, H, W) (BatchNorm1d input arrives as
-(N, C, 1, 1)), channel c holds M = N*H*W values, and statistics are accumulated in double
-even for float32 (the backward first sums short blocks in x's dtype: see _group_backward,
-_rows_backward). Timings behind these choices: docs/performance.md.
+(N, C, 1, 1) or (N, C, 1, L)), channel c holds M = N*H*W values, and statistics are
+accumulated in double even for float32 (the backward first sums short blocks in x's dtype:
+see _group_backward, _rows_sums). Every function is written once for both dtypes
+(``floating``); only the float32 inner loops have a second, SIMD copy. Timings behind these
+choices: docs/performance.md.
 
 How the kernels work
 --------------------
@@ -39,19 +44,19 @@ Training forward, channel path: pass 1 the mean, pass 2 the centred variance (tw
 E[x^2] - E[x]^2 cancels when |mean| >> std), pass 3 y = (x - mean) * (gamma * invstd) + beta.
 Row path: one pass of shifted sums (_shifted_moments), then y.
 Backward (bn.bwd): dx = ca * dy + cb * (x - mean) + cc with per-channel coefficients ca, cb,
-cc (derived in _group_backward) from sum dy and sum dy * (x - mean). It takes the statistics
-the forward saved, as PyTorch's backward does, or recomputes them from x. Channel path: pass 1
+cc (_dx_coefficients) from sum dy and sum dy * (x - mean). It takes the statistics the
+forward saved, as PyTorch's backward does, or recomputes them from x. Channel path: pass 1
 the mean (skipped with saved statistics), pass 2 the sums of x - shift, shift = the mean
-rounded to x's dtype, pass 3 dx. Row path: pass 1 the shifted sums (shift = x[0, c]), pass 2
-dx. Names: ``shift`` is always that per-channel value; ``ca``, ``cb``, ``cc`` always dx's
-per-channel coefficients; ``nc`` / ``nch`` the channels of a group / block.
+rounded to x's dtype, pass 3 dx. Row path: pass 1 the shifted sums (shift = x[0, c], or the
+saved mean), pass 2 dx. Names: ``shift`` is always that per-channel value; ``ca``, ``cb``,
+``cc`` always dx's per-channel coefficients; ``nc`` / ``nch`` the channels of a group / block.
 
-The float32 SIMD kernels exist in a baseline (SSE2) and an AVX2 copy with the same operations
-in the same order (no FMA), so the same bits; fc_isa_level() (fc_isa.h) picks one at import,
-``_kernel_isa`` lets the tests switch. NaN and Inf propagate as in PyTorch: the variance is
-never clamped across NaN, a row-path channel whose statistics are not finite is recomputed by
-_plain_stats, and a float32 channel whose values would overflow float32 arithmetic (values
-near its largest) is redone by the plain double loops.
+The float32 SIMD copies exist in a baseline (SSE2) and an AVX2 version with the same
+operations in the same order (no FMA), so the same bits; fc_isa_level() (fc_isa.h) picks one
+at import, ``_kernel_isa`` lets the tests switch. NaN and Inf propagate as in PyTorch: the
+variance is never clamped across NaN, a row-path channel whose statistics are not finite is
+recomputed by _plain_stats, and a float32 channel whose values would overflow float32
+arithmetic (values near its largest) is redone by the plain double loops.
 """
 import numpy as np
 
@@ -79,11 +84,10 @@ cdef enum:
     LANES = 8       # independent partial sums per channel (vectorisable, fixed order)
     CBLOCK = 64     # channels per work unit on the row path (HW == 1)
     RBLOCK = 8      # rows summed in x's dtype before being added to the double sums (row path)
-    # The channel path's constants; the C kernels below use the same numbers (FC_*).
+    # The channel path's constants; the SIMD copies in fc_batchnorm.h use the same (FC_*).
     CGROUP = 64     # channels per group at most
     CHUNK = 256     # about this many values summed in x's dtype before the double sums
     RUN_PIECE = 128  # runs are taken in pieces of at most this many values
-
 
 
 cdef inline double _lanes_total(const double* acc) noexcept nogil:
@@ -175,7 +179,19 @@ cdef inline bint _float_overflows(double var, Py_ssize_t M) noexcept nogil:
     return M * var >= 0.25 * FLT_MAX * FLT_MAX
 
 
-# --------------------------------------------------------------------------- channel path (HW > 1)
+# --------------------------------------------------------------------------- inner loops
+# Each pass over a block of channels is one function below, written once for both dtypes
+# (``floating``); as written it is the loop that float64 runs. For float32, the passes where
+# the SIMD copy was measured to matter (docs/performance.md) call instead the copy of the same
+# loop in src_pyx/include/fc_batchnorm.h: the same operations in the same order, so the same
+# bits (_group_moments, whose float32 copy rounds differently, says how).
+#
+# Channel path (HW > 1): a group of nc <= CGROUP neighbouring channels, walked in memory
+# order. x0 (and g0 = dy, y0, dx0) point at channel 0 of the group, x[0, c0, 0, 0]; the run
+# of channel j for sample n is the HW values at x0 + n*sn + j*HW, sn = C*HW.
+# Row path (HW == 1): w <= 8 neighbouring channels of an (N, C) array, x (and dy, y, dx)
+# pointing at the first one's column, rows C apart; the drivers pass w as the literal 8 for
+# all but the last few channels, so that the inlined loop over the w channels vectorises.
 
 cdef extern from "fc_batchnorm.h":
     int FC_AVX2
@@ -192,12 +208,12 @@ cdef extern from "fc_batchnorm.h":
                          Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const float* ca,
                          const float* cb, const float* cc, const float* fm) noexcept nogil
     void fc_rows_moments_f32(int isa, const float* x, Py_ssize_t N, Py_ssize_t C,
-                             const double* shift, double* out) noexcept nogil
+                             const double* shift, double* s1, double* s2) noexcept nogil
     void fc_rows_affine_f32(int isa, const float* x, float* y, Py_ssize_t N, Py_ssize_t C,
                             const float* fm, const float* fa, const float* fb) noexcept nogil
     void fc_rows_sums_f32(int isa, const float* x, const float* g, Py_ssize_t N,
-                          Py_ssize_t C, const float* shift, int with_x,
-                          double* acc) noexcept nogil
+                          Py_ssize_t C, const float* shift, int with_x, double* sx,
+                          double* sxx, double* s1, double* sdx) noexcept nogil
     void fc_rows_dx_f32(int isa, const float* x, const float* g, float* dx, Py_ssize_t N,
                         Py_ssize_t C, const float* fm, const float* ca, const float* cb,
                         const float* cc) noexcept nogil
@@ -219,59 +235,47 @@ def _kernel_isa(isa=None):
     return "avx2" if _ISA >= FC_ISA_AVX2 else "baseline"
 
 
-# The _group_* helpers: one pass over a group of nc <= CGROUP neighbouring channels, in
-# memory order (see the module docstring). x0 (and g0, y0, dx0) point at channel 0 of the
-# group, x[0, c0, 0, 0]; the run of channel j for sample n is the HW values at
-# x0 + n*sn + j*HW, sn = C*HW. float32 goes to the C kernels of fc_batchnorm.h; the Cython
-# loops, the same loops, run float64.
-
-cdef inline Py_ssize_t _n_groups(Py_ssize_t C, int n_threads) noexcept nogil:
-    """Number of channel groups: the same number for each of the n_threads threads, each
-    group at most CGROUP channels (group g is channels [g*C // ng, (g+1)*C // ng))."""
-    cdef Py_ssize_t per_thread = (C + n_threads - 1) // n_threads
-    cdef Py_ssize_t ng = n_threads * ((per_thread + CGROUP - 1) // CGROUP)
-    return ng if ng < C else C
-
-
 cdef void _group_sum(const floating* x0, Py_ssize_t N, Py_ssize_t sn, Py_ssize_t HW,
-                     Py_ssize_t nc, const double* m, double* acc) noexcept nogil:
+                     Py_ssize_t nc, const double* m,
+                     double* acc) noexcept nogil:                   # IN: x0, m; OUT: acc
     """acc[LANES*j + k] = lane k of channel j's sum of x (m NULL) or of (x - m[j])^2 (m
-    given), in double: passes 1 and 2 of the training forward."""
+    given), in double: passes 1 and 2 of the training forward. Lane k takes the values
+    i % LANES == k of each run, the last HW % LANES values of a run lanes 0, 1, ..."""
     cdef double s[LANES]
     cdef Py_ssize_t n, j, i, k, full = HW - HW % LANES
     cdef const floating* a
     cdef double d
     if floating is float:
         fc_group_sum_f32(_ISA, x0, N, sn, HW, nc, m, acc)
-    else:
-        for k in range(nc * LANES):
-            acc[k] = 0
-        for n in range(N):
-            for j in range(nc):
-                a = x0 + n * sn + j * HW
-                for k in range(LANES):                  # into a local array: no aliasing
-                    s[k] = acc[LANES * j + k]
-                if m == NULL:
-                    for i in range(0, full, 8):    # LANES (a literal, so Cython emits a C loop)
-                        for k in range(LANES):
-                            s[k] += a[i + k]
-                    for i in range(full, HW):
-                        s[i - full] += a[i]
-                else:
-                    for i in range(0, full, 8):    # LANES
-                        for k in range(LANES):
-                            d = a[i + k] - m[j]
-                            s[k] += d * d
-                    for i in range(full, HW):
-                        d = a[i] - m[j]
-                        s[i - full] += d * d
-                for k in range(LANES):
-                    acc[LANES * j + k] = s[k]
+        return
+    for k in range(nc * LANES):
+        acc[k] = 0
+    for n in range(N):
+        for j in range(nc):
+            a = x0 + n * sn + j * HW
+            for k in range(LANES):                  # into a local array: no aliasing
+                s[k] = acc[LANES * j + k]
+            if m == NULL:
+                for i in range(0, full, 8):    # LANES (a literal, so Cython emits a C loop)
+                    for k in range(LANES):
+                        s[k] += a[i + k]
+                for i in range(full, HW):
+                    s[i - full] += a[i]
+            else:
+                for i in range(0, full, 8):    # LANES
+                    for k in range(LANES):
+                        d = a[i + k] - m[j]
+                        s[k] += d * d
+                for i in range(full, HW):
+                    d = a[i] - m[j]
+                    s[i - full] += d * d
+            for k in range(LANES):
+                acc[LANES * j + k] = s[k]
 
 
 cdef void _group_affine(const floating* x0, floating* y0, Py_ssize_t N, Py_ssize_t sn,
                         Py_ssize_t HW, Py_ssize_t nc, const floating* fm, const floating* fa,
-                        const floating* fb) noexcept nogil:
+                        const floating* fb) noexcept nogil:   # IN: x0, fm, fa, fb; OUT: y0
     """y = (x - fm[j]) * fa[j] + fb[j] on channel j (fa = gamma * invstd, fb = beta): (bn.fwd)."""
     cdef Py_ssize_t n, j, i
     cdef const floating* a
@@ -279,22 +283,270 @@ cdef void _group_affine(const floating* x0, floating* y0, Py_ssize_t N, Py_ssize
     cdef floating m, s, b
     if floating is float:
         fc_group_affine_f32(_ISA, x0, y0, N, sn, HW, nc, fm, fa, fb)
-    else:
-        for n in range(N):
-            for j in range(nc):
-                a = x0 + n * sn + j * HW
-                o = y0 + n * sn + j * HW
-                m = fm[j]
-                s = fa[j]
-                b = fb[j]
-                for i in range(HW):
-                    o[i] = (a[i] - m) * s + b
+        return
+    for n in range(N):
+        for j in range(nc):
+            a = x0 + n * sn + j * HW
+            o = y0 + n * sn + j * HW
+            m = fm[j]
+            s = fa[j]
+            b = fb[j]
+            for i in range(HW):
+                o[i] = (a[i] - m) * s + b
+
+
+cdef inline void _flush(floating* part, double* acc, Py_ssize_t lanes) noexcept nogil:
+    """acc[k] += part[k], then part[k] = 0, for k < lanes: a chunk's partial sums, moved into
+    the double sums."""
+    cdef Py_ssize_t k
+    for k in range(lanes):
+        acc[k] += part[k]
+        part[k] = 0
+
+
+cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, Py_ssize_t sn,
+                         Py_ssize_t HW, Py_ssize_t nc, const floating* shift, bint with_dd,
+                         double* acc) noexcept nogil:       # IN: x0, g0, shift; OUT: acc
+    """With d = x - shift[j] and g = dy: acc[3*LANES*j + k] = lane k of channel j's sum of d^2
+    (only if with_dd), acc[3*LANES*j + LANES + k] of g, acc[3*LANES*j + 2*LANES + k] of g*d,
+    each over chunks of about CHUNK values (pieces of at most RUN_PIECE values of a run, or
+    several short runs) summed in x's dtype, then added to the double sums: pass 2 of the
+    backward.
+
+    float32 runs fc_group_moments_f32, whose chunks are the same but which sums each piece
+    in registers from zero before adding it to the chunk's sums (here every value goes
+    straight into them): a different rounding, within float32's tolerance, that keeps the
+    three sums of a lane in registers.
+    """
+    cdef floating part[CGROUP * 3 * LANES]
+    cdef floating* pt
+    cdef Py_ssize_t n, j, i, i0, i1, full, k, pending = 0, p = 0
+    cdef const floating* a
+    cdef const floating* g
+    cdef floating d
+    if floating is float:
+        fc_group_moments_f32(_ISA, x0, g0, N, sn, HW, nc, shift, with_dd, acc)
+        return
+    for k in range(nc * 3 * LANES):
+        part[k] = 0
+        acc[k] = 0
+    for n in range(N):
+        for j in range(nc):
+            a = x0 + n * sn + j * HW
+            g = g0 + n * sn + j * HW
+            pt = part + 3 * LANES * j
+            p = pending
+            for i0 in range(0, HW, 128):   # RUN_PIECE (a literal, so Cython emits a C loop)
+                i1 = i0 + RUN_PIECE if i0 + RUN_PIECE < HW else HW
+                full = i1 - (i1 - i0) % LANES
+                for i in range(i0, full, 8):   # LANES
+                    for k in range(LANES):
+                        d = a[i + k] - shift[j]
+                        pt[k] += d * d
+                        pt[LANES + k] += g[i + k]
+                        pt[2 * LANES + k] += g[i + k] * d
+                for i in range(full, i1):
+                    d = a[i] - shift[j]
+                    pt[i - full] += d * d
+                    pt[LANES + i - full] += g[i]
+                    pt[2 * LANES + i - full] += g[i] * d
+                p += i1 - i0
+                if p >= CHUNK:
+                    _flush(pt, acc + 3 * LANES * j, 3 * LANES)
+                    p = 0
+        pending = p
+    for j in range(nc):
+        _flush(part + 3 * LANES * j, acc + 3 * LANES * j, 3 * LANES)
+
+
+cdef void _group_dx(const floating* x0, const floating* g0, floating* dx0, Py_ssize_t N,
+                    Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const floating* ca,
+                    const floating* cb, const floating* cc,
+                    const floating* fm) noexcept nogil:    # IN: x0, g0, ca, cb, cc, fm; OUT: dx0
+    """dx = ca[j] * dy + cb[j] * (x - fm[j]) + cc[j] on channel j: pass 3 of the backward."""
+    cdef Py_ssize_t n, j, i
+    cdef const floating* a
+    cdef const floating* g
+    cdef floating* o
+    if floating is float:
+        fc_group_dx_f32(_ISA, x0, g0, dx0, N, sn, HW, nc, ca, cb, cc, fm)
+        return
+    for n in range(N):
+        for j in range(nc):
+            a = x0 + n * sn + j * HW
+            g = g0 + n * sn + j * HW
+            o = dx0 + n * sn + j * HW
+            for i in range(HW):
+                o[i] = ca[j] * g[i] + cb[j] * (a[i] - fm[j]) + cc[j]
+
+
+cdef inline void _rows_moments(const floating* x, Py_ssize_t N, Py_ssize_t C,
+                               const double* shift, Py_ssize_t w, double* s1,
+                               double* s2) noexcept nogil:    # IN: x, shift; OUT: s1, s2
+    """s1[k] = sum d, s2[k] = sum d^2 over all N rows, d = x - shift[k] in double, for the
+    w <= 8 channels: pass 1 of _rows_train. The sums stay in registers for the whole loop
+    (a loop over the block's channels for each row would load and store them every row)."""
+    cdef double a1[8]
+    cdef double a2[8]
+    cdef double d
+    cdef Py_ssize_t n, k
+    cdef const floating* row
+    if floating is float and w == 8:
+        fc_rows_moments_f32(_ISA, x, N, C, shift, s1, s2)
+        return
+    for k in range(w):
+        a1[k] = 0
+        a2[k] = 0
+    for n in range(N):
+        row = x + n * C
+        for k in range(w):
+            d = row[k] - shift[k]
+            a1[k] += d
+            a2[k] += d * d
+    for k in range(w):
+        s1[k] = a1[k]
+        s2[k] = a2[k]
+
+
+cdef inline void _rows_affine(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
+                              const floating* fm, const floating* fa, const floating* fb,
+                              Py_ssize_t w) noexcept nogil:   # IN: x, fm, fa, fb; OUT: y
+    """y = (x - fm[k]) * fa[k] + fb[k] for the w <= 8 channels, their coefficients in
+    registers: (bn.fwd) on rows."""
+    cdef floating m[8]
+    cdef floating a[8]
+    cdef floating b[8]
+    cdef Py_ssize_t n, k
+    cdef const floating* row
+    cdef floating* out
+    if floating is float and w == 8:
+        fc_rows_affine_f32(_ISA, x, y, N, C, fm, fa, fb)
+        return
+    for k in range(w):
+        m[k] = fm[k]
+        a[k] = fa[k]
+        b[k] = fb[k]
+    for n in range(N):
+        row = x + n * C
+        out = y + n * C
+        for k in range(w):
+            out[k] = (row[k] - m[k]) * a[k] + b[k]
+
+
+cdef inline void _rows_sums(const floating* x, const floating* dy, Py_ssize_t N,
+                            Py_ssize_t C, const floating* shift, bint with_x, Py_ssize_t w,
+                            double* sx, double* sxx, double* s1,
+                            double* sdx) noexcept nogil:  # IN: x, dy, shift; OUT: sx, sxx, s1, sdx
+    """Pass 1 of _rows_backward for the w <= 8 channels: with d = x - shift[k], s1 = sum dy,
+    sdx = sum dy * d, and if with_x also sx = sum d, sxx = sum d^2, over all N rows.
+
+    Each block of RBLOCK rows is summed in x's dtype first, then added to the double sums:
+    for float32 that runs 4 values per SSE instruction instead of 2 doubles, at the price of
+    at most RBLOCK - 1 float roundings per block, well inside float32's tolerance for dgamma
+    and dbeta. (The forward cannot do this: its mean and var are float64 outputs.)
+    """
+    cdef floating px[8]
+    cdef floating pxx[8]
+    cdef floating p1[8]
+    cdef floating pdx[8]
+    cdef floating sh[8]
+    cdef floating d
+    cdef Py_ssize_t n, n0, n1, k
+    cdef const floating* row
+    cdef const floating* grow
+    if floating is float and w == 8:
+        fc_rows_sums_f32(_ISA, x, dy, N, C, shift, with_x, sx, sxx, s1, sdx)
+        return
+    for k in range(w):
+        sh[k] = shift[k]
+        sx[k] = 0
+        sxx[k] = 0
+        s1[k] = 0
+        sdx[k] = 0
+    for n0 in range(0, N, 8):                # RBLOCK (a literal, so Cython emits a C loop)
+        n1 = n0 + RBLOCK if n0 + RBLOCK < N else N
+        for k in range(w):
+            px[k] = 0
+            pxx[k] = 0
+            p1[k] = 0
+            pdx[k] = 0
+        if with_x:
+            for n in range(n0, n1):
+                row = x + n * C
+                grow = dy + n * C
+                for k in range(w):
+                    d = row[k] - sh[k]
+                    px[k] += d
+                    pxx[k] += d * d
+                    p1[k] += grow[k]
+                    pdx[k] += grow[k] * d
+        else:
+            for n in range(n0, n1):
+                row = x + n * C
+                grow = dy + n * C
+                for k in range(w):
+                    p1[k] += grow[k]
+                    pdx[k] += grow[k] * (row[k] - sh[k])
+        for k in range(w):
+            sx[k] += px[k]
+            sxx[k] += pxx[k]
+            s1[k] += p1[k]
+            sdx[k] += pdx[k]
+
+
+cdef inline void _rows_dx(const floating* x, const floating* dy, floating* dx, Py_ssize_t N,
+                          Py_ssize_t C, const floating* fm, const floating* ca,
+                          const floating* cb, const floating* cc,
+                          Py_ssize_t w) noexcept nogil:   # IN: x, dy, fm, ca, cb, cc; OUT: dx
+    """Pass 2 of _rows_backward for the w <= 8 channels, coefficients in registers:
+    dx = ca * dy + cb * (x - fm) + cc."""
+    cdef floating m[8]
+    cdef floating a[8]
+    cdef floating b[8]
+    cdef floating c[8]
+    cdef Py_ssize_t n, k
+    cdef const floating* row
+    cdef const floating* grow
+    cdef floating* out
+    if floating is float and w == 8:
+        fc_rows_dx_f32(_ISA, x, dy, dx, N, C, fm, ca, cb, cc)
+        return
+    for k in range(w):
+        m[k] = fm[k]
+        a[k] = ca[k]
+        b[k] = cb[k]
+        c[k] = cc[k]
+    for n in range(N):
+        row = x + n * C
+        grow = dy + n * C
+        out = dx + n * C
+        for k in range(w):
+            out[k] = a[k] * grow[k] + b[k] * (row[k] - m[k]) + c[k]
+
+
+# --------------------------------------------------------------------------- the passes
+# One function per op and path, for a block of channels [c0, c1); each computes the
+# per-channel numbers between the passes in double and calls the inner loops above.
+
+cdef inline void _redo_overflowing_affine(const floating* x, floating* y,
+                                          const floating* gamma, const floating* beta,
+                                          const double* mean, const double* var, double eps,
+                                          Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW,
+                                          Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """float32 only: the channels of [c0, c1) whose x - mean may overflow float32 get y again
+    from the plain double loop."""
+    cdef Py_ssize_t j
+    if floating is float:
+        for j in range(c0, c1):
+            if _float_overflows(var[j], N * HW):
+                _plain_affine(x, y, N, C, HW, j, mean[j], gamma[j] / sqrt(var[j] + eps),
+                              beta[j])
 
 
 cdef void _group_train(const floating* x, floating* y, const floating* gamma,
                        const floating* beta, double eps, double* mean, double* var,
                        Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t c0,
-                       Py_ssize_t c1) noexcept nogil:
+                       Py_ssize_t c1) noexcept nogil:   # IN: x, gamma, beta; OUT: y, mean, var
     """Training forward (bn.fwd) of channels [c0, c1) (at most CGROUP): pass 1 the means,
     pass 2 the centred variances, both in double, pass 3 y."""
     cdef double acc[CGROUP * LANES]
@@ -314,17 +566,13 @@ cdef void _group_train(const floating* x, floating* y, const floating* gamma,
         fa[j] = <floating>(gamma[c0 + j] * invstd)
         fb[j] = beta[c0 + j]
     _group_affine(x + c0 * HW, y + c0 * HW, N, sn, HW, nc, fm, fa, fb)     # pass 3: y
-    if floating is float:
-        for j in range(nc):
-            if _float_overflows(var[c0 + j], M):
-                _plain_affine(x, y, N, C, HW, c0 + j, mean[c0 + j],
-                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
+    _redo_overflowing_affine(x, y, gamma, beta, mean, var, eps, N, C, HW, c0, c1)
 
 
 cdef void _group_eval(const floating* x, floating* y, const floating* gamma,
                       const floating* beta, const double* mean, const double* var, double eps,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t c0,
-                      Py_ssize_t c1) noexcept nogil:
+                      Py_ssize_t c1) noexcept nogil:   # IN: x, gamma, beta, mean, var; OUT: y
     """Eval forward of channels [c0, c1) (at most CGROUP) with the given statistics."""
     cdef floating fm[CGROUP]
     cdef floating fa[CGROUP]
@@ -335,96 +583,31 @@ cdef void _group_eval(const floating* x, floating* y, const floating* gamma,
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
     _group_affine(x + c0 * HW, y + c0 * HW, N, C * HW, HW, c1 - c0, fm, fa, fb)
-    if floating is float:
-        for j in range(c1 - c0):
-            if _float_overflows(var[c0 + j], N * HW):
-                _plain_affine(x, y, N, C, HW, c0 + j, mean[c0 + j],
-                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
+    _redo_overflowing_affine(x, y, gamma, beta, mean, var, eps, N, C, HW, c0, c1)
 
 
-cdef inline void _flush(floating* part, double* acc, Py_ssize_t lanes) noexcept nogil:
-    """acc[k] += part[k], then part[k] = 0, for k < lanes: a chunk's partial sums, moved into
-    the double sums."""
-    cdef Py_ssize_t k
-    for k in range(lanes):
-        acc[k] += part[k]
-        part[k] = 0
-
-
-cdef void _group_moments(const floating* x0, const floating* g0, Py_ssize_t N, Py_ssize_t sn,
-                         Py_ssize_t HW, Py_ssize_t nc, const floating* shift, bint with_dd,
-                         double* acc) noexcept nogil:
-    """With d = x - shift[j] and g = dy: acc[3*LANES*j + k] = lane k of channel j's sum of d^2
-    (only if with_dd), acc[3*LANES*j + LANES + k] of g, acc[3*LANES*j + 2*LANES + k] of g*d,
-    each over chunks of about CHUNK values (pieces of at most RUN_PIECE values of a run, or
-    several short runs) summed in x's dtype, then added to the double sums: pass 2 of the
-    backward."""
-    cdef floating part[CGROUP * 3 * LANES]
-    cdef floating* pt
-    cdef Py_ssize_t n, j, i, i0, i1, full, k, pending = 0, p = 0
-    cdef const floating* a
-    cdef const floating* g
-    cdef floating d
-    if floating is float:
-        fc_group_moments_f32(_ISA, x0, g0, N, sn, HW, nc, shift, with_dd, acc)
-    else:
-        for k in range(nc * 3 * LANES):
-            part[k] = 0
-            acc[k] = 0
-        for n in range(N):
-            for j in range(nc):
-                a = x0 + n * sn + j * HW
-                g = g0 + n * sn + j * HW
-                pt = part + 3 * LANES * j
-                p = pending
-                for i0 in range(0, HW, 128):   # RUN_PIECE (a literal, so Cython emits a C loop)
-                    i1 = i0 + RUN_PIECE if i0 + RUN_PIECE < HW else HW
-                    full = i1 - (i1 - i0) % LANES
-                    for i in range(i0, full, 8):   # LANES
-                        for k in range(LANES):
-                            d = a[i + k] - shift[j]
-                            pt[k] += d * d
-                            pt[LANES + k] += g[i + k]
-                            pt[2 * LANES + k] += g[i + k] * d
-                    for i in range(full, i1):
-                        d = a[i] - shift[j]
-                        pt[i - full] += d * d
-                        pt[LANES + i - full] += g[i]
-                        pt[2 * LANES + i - full] += g[i] * d
-                    p += i1 - i0
-                    if p >= CHUNK:
-                        _flush(pt, acc + 3 * LANES * j, 3 * LANES)
-                        p = 0
-            pending = p
-        for j in range(nc):
-            _flush(part + 3 * LANES * j, acc + 3 * LANES * j, 3 * LANES)
-
-
-cdef void _group_dx(const floating* x0, const floating* g0, floating* dx0, Py_ssize_t N,
-                    Py_ssize_t sn, Py_ssize_t HW, Py_ssize_t nc, const floating* ca,
-                    const floating* cb, const floating* cc, const floating* fm) noexcept nogil:
-    """dx = ca[j] * dy + cb[j] * (x - fm[j]) + cc[j] on channel j: pass 3 of the backward."""
-    cdef Py_ssize_t n, j, i
-    cdef const floating* a
-    cdef const floating* g
-    cdef floating* o
-    if floating is float:
-        fc_group_dx_f32(_ISA, x0, g0, dx0, N, sn, HW, nc, ca, cb, cc, fm)
-    else:
-        for n in range(N):
-            for j in range(nc):
-                a = x0 + n * sn + j * HW
-                g = g0 + n * sn + j * HW
-                o = dx0 + n * sn + j * HW
-                for i in range(HW):
-                    o[i] = ca[j] * g[i] + cb[j] * (a[i] - fm[j]) + cc[j]
+cdef inline void _dx_coefficients(double gamma, double eps, double mean, double var,
+                                  double s1, double s2, Py_ssize_t M, floating* dgamma,
+                                  floating* dbeta, floating* fm, floating* ca, floating* cb,
+                                  floating* cc) noexcept nogil:   # OUT: all pointers
+    """One channel's gradients and dx coefficients (bn.bwd) from s1 = sum dy and
+    s2 = sum dy * (x - mean): dgamma = s2 * invstd, dbeta = s1, and
+    dx = ca * dy + cb * (x - fm) + cc, rounded to x's dtype."""
+    cdef double invstd = 1.0 / sqrt(var + eps)
+    dgamma[0] = <floating>(s2 * invstd)
+    dbeta[0] = <floating>s1
+    ca[0] = <floating>(gamma * invstd)
+    cb[0] = <floating>(-gamma * invstd * invstd * invstd * s2 / M)
+    cc[0] = <floating>(-gamma * invstd * s1 / M)
+    fm[0] = <floating>mean
 
 
 cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
                           const floating* gamma, double eps, const double* saved_mean,
                           const double* saved_var, floating* dgamma, floating* dbeta,
                           Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t c0,
-                          Py_ssize_t c1) noexcept nogil:
+                          Py_ssize_t c1) noexcept nogil:   # IN: dy, x, gamma, saved_*
+    #                                                      OUT: dx, dgamma, dbeta
     """(bn.bwd) for channels [c0, c1) (at most CGROUP): three passes, or two with saved
     statistics. saved_mean, saved_var: NULL, or the forward's statistics of all C channels,
     used as given (as PyTorch's backward uses the ones its forward saved); pass 1 is then
@@ -435,19 +618,19 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
        = (gamma*invstd) * dy  -  (gamma*invstd^3*S2/M) * xc  -  gamma*invstd*S1/M.
     Pass 1: the mean m, summed in double exactly as the training forward's pass 1 (so it is
     the very mean the forward saved), and shift = m rounded to x's dtype. Pass 2: with
-    d = x - shift,
-    sum d^2, S1 and E = sum dy * d; then (shifted sums, as in _shifted_moments)
-    var = sum d^2 / M - (m - shift)^2 and S2 = E - (m - shift) * S1. Pass 3 writes dx.
+    d = x - shift, sum d^2, S1 and E = sum dy * d; then (shifted sums, as in
+    _shifted_moments) var = sum d^2 / M - (m - shift)^2 and S2 = E - (m - shift) * S1.
+    Pass 3 writes dx.
 
     Why sums in x's dtype, and shift = m: summing chunks of CHUNK values in x's dtype before
     adding them to the double sums runs pass 2 on 4 (SSE2) or 8 (AVX2) floats per
     instruction instead of half as many doubles converted from floats, in half the
     registers (a double loop spilled to the stack), which counts when the data come from
     L2 or L3 (bn2d_s3). A float partial sum of d^2 keeps about 1e-6 of its value, which is
-    only accurate for var with a dm near the mean: the error grows by
-    1 + (m - shift)^2 / var, and an outlier shift = x[0, c] 5000 std away would lose every digit.
-    With shift = m the factor is 1, for the price of pass 1 (one add per value), which saved
-    statistics skip.
+    only accurate for var with a shift near the mean: the error grows by
+    1 + (m - shift)^2 / var, and an outlier shift = x[0, c] 5000 std away would lose every
+    digit. With shift = m the factor is 1, for the price of pass 1 (one add per value),
+    which saved statistics skip.
     """
     cdef double acc[CGROUP * 3 * LANES]
     cdef double m[CGROUP]
@@ -459,7 +642,7 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
     cdef double v[CGROUP]             # the variances, kept for the plain redo below
     cdef bint redo[CGROUP]
     cdef Py_ssize_t j, nc = c1 - c0, sn = C * HW, M = N * HW
-    cdef double var, invstd, s1, s2, dm, gi
+    cdef double var, s1, s2, dm
     cdef const double* sums
     if saved_mean != NULL:
         for j in range(nc):
@@ -485,14 +668,8 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
         # float32 partial sums or coefficients that overflowed or underflowed: redo in double
         redo[j] = floating is float and not (isfinite(s1) and isfinite(s2)
                                              and not _float_overflows(var, M))
-        invstd = 1.0 / sqrt(var + eps)
-        gi = gamma[c0 + j]
-        dgamma[c0 + j] = <floating>(s2 * invstd)
-        dbeta[c0 + j] = <floating>s1
-        ca[j] = <floating>(gi * invstd)
-        cb[j] = <floating>(-gi * invstd * invstd * invstd * s2 / M)
-        cc[j] = <floating>(-gi * invstd * s1 / M)
-        fm[j] = <floating>m[j]
+        _dx_coefficients(gamma[c0 + j], eps, m[j], var, s1, s2, M, &dgamma[c0 + j],
+                         &dbeta[c0 + j], &fm[j], &ca[j], &cb[j], &cc[j])
     _group_dx(x + c0 * HW, dy + c0 * HW, dx + c0 * HW, N, sn, HW, nc, ca, cb, cc, fm)  # pass 3
     for j in range(nc):
         if redo[j]:
@@ -502,43 +679,23 @@ cdef void _group_backward(const floating* dy, const floating* x, floating* dx,
                             dgamma, dbeta)
 
 
-# --------------------------------------------------------------------------- row path (HW == 1)
-
-cdef void _rows_affine(const floating* x, floating* y, const floating* fm, const floating* fa,
-                       const floating* fb, Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
-                       Py_ssize_t nch) noexcept nogil:
-    """y[n, c0 + j] = (x[n, c0 + j] - fm[j]) * fa[j] + fb[j] for j < nch: (bn.fwd) on rows.
-
-    8 channels at a time over all N rows, so that their fm, fa, fb stay in registers
-    instead of being reloaded for every row.
-    """
-    cdef floating m[8]
-    cdef floating a[8]
-    cdef floating b[8]
-    cdef Py_ssize_t n, j, j0, k, cfull = nch - nch % 8
-    cdef const floating* row
-    cdef floating* out
+cdef inline void _rows_affine_block(const floating* x, floating* y, const floating* fm,
+                                    const floating* fa, const floating* fb, Py_ssize_t N,
+                                    Py_ssize_t C, Py_ssize_t c0,
+                                    Py_ssize_t nch) noexcept nogil:   # IN: x, fm, fa, fb; OUT: y
+    """_rows_affine on channels [c0, c0 + nch), 8 at a time (fm, fa, fb indexed from c0)."""
+    cdef Py_ssize_t j0, cfull = nch - nch % 8
     for j0 in range(0, cfull, 8):
-        if floating is float:
-            fc_rows_affine_f32(_ISA, x + c0 + j0, y + c0 + j0, N, C, &fm[j0], &fa[j0], &fb[j0])
-        else:
-            for k in range(8):
-                m[k] = fm[j0 + k]
-                a[k] = fa[j0 + k]
-                b[k] = fb[j0 + k]
-            for n in range(N):
-                row = x + n * C + c0 + j0
-                out = y + n * C + c0 + j0
-                for k in range(8):
-                    out[k] = (row[k] - m[k]) * a[k] + b[k]
-    for j in range(cfull, nch):                               # the last nch % 8 channels
-        for n in range(N):
-            y[n * C + c0 + j] = (x[n * C + c0 + j] - fm[j]) * fa[j] + fb[j]
+        _rows_affine(x + c0 + j0, y + c0 + j0, N, C, &fm[j0], &fa[j0], &fb[j0], 8)
+    if cfull < nch:
+        _rows_affine(x + c0 + cfull, y + c0 + cfull, N, C, &fm[cfull], &fa[cfull], &fb[cfull],
+                     nch - cfull)
 
 
 cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
                       const floating* beta, double eps, double* mean, double* var,
-                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                      Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
+                      Py_ssize_t c1) noexcept nogil:   # IN: x, gamma, beta; OUT: y, mean, var
     """Training forward of channels [c0, c1) (at most CBLOCK) of an (N, C) input.
 
     Pass 1: the shifted sums of _shifted_moments with shift = x[0, c], in double (mean and var
@@ -551,38 +708,13 @@ cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
     cdef floating fb[CBLOCK]
-    cdef double acc[16]               # sum d and sum d^2 of 8 channels
-    cdef Py_ssize_t n, j, j0, k, nch = c1 - c0, cfull = nch - nch % 8
-    cdef const floating* row
-    cdef double d
+    cdef Py_ssize_t j, j0, nch = c1 - c0, cfull = nch - nch % 8
     for j in range(nch):
         shift[j] = x[c0 + j]
-    # Pass 1: shifted sums, 8 channels at a time over all N rows, so that the 16 running
-    # sums stay in registers (a loop over all nch channels per row would load and store them
-    # for every row: twice the instructions in this compute-bound loop). Each channel's sums
-    # still run over n in order, so the grouping does not change a bit of the result.
-    for j0 in range(0, cfull, 8):
-        if floating is float:
-            fc_rows_moments_f32(_ISA, x + c0 + j0, N, C, &shift[j0], acc)
-        else:
-            for k in range(16):
-                acc[k] = 0
-            for n in range(N):
-                row = x + n * C + c0 + j0
-                for k in range(8):
-                    d = row[k] - shift[j0 + k]
-                    acc[k] += d
-                    acc[8 + k] += d * d
-        for k in range(8):
-            s1[j0 + k] = acc[k]
-            s2[j0 + k] = acc[8 + k]
-    for j in range(cfull, nch):                               # the last nch % 8 channels
-        s1[j] = 0
-        s2[j] = 0
-        for n in range(N):
-            d = x[n * C + c0 + j] - shift[j]
-            s1[j] += d
-            s2[j] += d * d
+    for j0 in range(0, cfull, 8):                               # pass 1: shifted sums
+        _rows_moments(x + c0 + j0, N, C, &shift[j0], 8, &s1[j0], &s2[j0])
+    if cfull < nch:
+        _rows_moments(x + c0 + cfull, N, C, &shift[cfull], nch - cfull, &s1[cfull], &s2[cfull])
     for j in range(nch):
         _shifted_moments(shift[j], s1[j], s2[j], N, &mean[c0 + j], &var[c0 + j])
         if not (isfinite(mean[c0 + j]) and isfinite(var[c0 + j])):
@@ -592,17 +724,14 @@ cdef void _rows_train(const floating* x, floating* y, const floating* gamma,
         fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
-    _rows_affine(x, y, fm, fa, fb, N, C, c0, nch)               # pass 2: y
-    if floating is float:
-        for j in range(nch):
-            if _float_overflows(var[c0 + j], N):
-                _plain_affine(x, y, N, C, 1, c0 + j, mean[c0 + j],
-                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
+    _rows_affine_block(x, y, fm, fa, fb, N, C, c0, nch)           # pass 2: y
+    _redo_overflowing_affine(x, y, gamma, beta, mean, var, eps, N, C, 1, c0, c1)
 
 
 cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
                      const floating* beta, const double* mean, const double* var, double eps,
-                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
+                     Py_ssize_t c1) noexcept nogil:   # IN: x, gamma, beta, mean, var; OUT: y
     """Eval forward of channels [c0, c1) of an (N, C) input with the given statistics."""
     cdef floating fm[CBLOCK]
     cdef floating fa[CBLOCK]
@@ -612,115 +741,23 @@ cdef void _rows_eval(const floating* x, floating* y, const floating* gamma,
         fm[j] = <floating>mean[c0 + j]
         fa[j] = <floating>(gamma[c0 + j] / sqrt(var[c0 + j] + eps))
         fb[j] = beta[c0 + j]
-    _rows_affine(x, y, fm, fa, fb, N, C, c0, nch)
-    if floating is float:
-        for j in range(nch):
-            if _float_overflows(var[c0 + j], N):
-                _plain_affine(x, y, N, C, 1, c0 + j, mean[c0 + j],
-                              gamma[c0 + j] / sqrt(var[c0 + j] + eps), beta[c0 + j])
-
-
-cdef inline void _rows_group_sums(const floating* dy, const floating* x, const floating* shift,
-                                  bint with_x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t w,
-                                  double* sx, double* sxx, double* s1,
-                                  double* sdx) noexcept nogil:
-    """Pass 1 of _rows_backward for w <= 8 neighbouring channels (x, dy point at the first
-    one's column, shift holds their shifts): with d = x - shift, s1 = sum dy, sdx = sum dy * d, and
-    if with_x also sx = sum d, sxx = sum d^2, over all N rows.
-
-    The w channels' partial sums live in registers for the whole loop (called with the
-    literal w = 8 the inlined loop over k is fully vectorised), where a loop over every
-    channel of the block for each row loads and stores them once per row. Each block of
-    RBLOCK rows is summed in x's dtype first, then added to the double sums: for float32
-    that runs 4 values per SSE instruction instead of 2 doubles, at the price of at most
-    RBLOCK - 1 float roundings per block, well inside float32's tolerance for dgamma and
-    dbeta. (The forward cannot do this: its mean and var are float64 outputs.)
-    """
-    cdef floating px[8]
-    cdef floating pxx[8]
-    cdef floating p1[8]
-    cdef floating pdx[8]
-    cdef floating k_[8]
-    cdef floating d
-    cdef Py_ssize_t n, n0, n1, k
-    cdef const floating* row
-    cdef const floating* grow
-    for k in range(w):
-        k_[k] = shift[k]
-        sx[k] = 0
-        sxx[k] = 0
-        s1[k] = 0
-        sdx[k] = 0
-    for n0 in range(0, N, 8):                # RBLOCK (a literal, so Cython emits a C loop)
-        n1 = n0 + RBLOCK if n0 + RBLOCK < N else N
-        for k in range(w):
-            px[k] = 0
-            pxx[k] = 0
-            p1[k] = 0
-            pdx[k] = 0
-        if with_x:
-            for n in range(n0, n1):
-                row = x + n * C
-                grow = dy + n * C
-                for k in range(w):
-                    d = row[k] - k_[k]
-                    px[k] += d
-                    pxx[k] += d * d
-                    p1[k] += grow[k]
-                    pdx[k] += grow[k] * d
-        else:
-            for n in range(n0, n1):
-                row = x + n * C
-                grow = dy + n * C
-                for k in range(w):
-                    p1[k] += grow[k]
-                    pdx[k] += grow[k] * (row[k] - k_[k])
-        for k in range(w):
-            sx[k] += px[k]
-            sxx[k] += pxx[k]
-            s1[k] += p1[k]
-            sdx[k] += pdx[k]
-
-
-cdef inline void _rows_group_dx(const floating* dy, const floating* x, floating* dx,
-                                const floating* fm, const floating* ca, const floating* cb,
-                                const floating* cc, Py_ssize_t N, Py_ssize_t C,
-                                Py_ssize_t w) noexcept nogil:
-    """Pass 2 of _rows_backward for w <= 8 neighbouring channels, coefficients in registers:
-    dx = ca * dy + cb * (x - fm) + cc."""
-    cdef floating m[8]
-    cdef floating a[8]
-    cdef floating b[8]
-    cdef floating c[8]
-    cdef Py_ssize_t n, k
-    cdef const floating* row
-    cdef const floating* grow
-    cdef floating* out
-    for k in range(w):
-        m[k] = fm[k]
-        a[k] = ca[k]
-        b[k] = cb[k]
-        c[k] = cc[k]
-    for n in range(N):
-        row = x + n * C
-        grow = dy + n * C
-        out = dx + n * C
-        for k in range(w):
-            out[k] = a[k] * grow[k] + b[k] * (row[k] - m[k]) + c[k]
+    _rows_affine_block(x, y, fm, fa, fb, N, C, c0, nch)
+    _redo_overflowing_affine(x, y, gamma, beta, mean, var, eps, N, C, 1, c0, c1)
 
 
 cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
                          const floating* gamma, double eps, const double* saved_mean,
                          const double* saved_var, floating* dgamma, floating* dbeta,
-                         Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+                         Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0,
+                         Py_ssize_t c1) noexcept nogil:   # IN: dy, x, gamma, saved_*
+    #                                                       OUT: dx, dgamma, dbeta
     """(bn.bwd) for channels [c0, c1) of an (N, C) input; formulas as in _group_backward.
     saved_mean, saved_var: NULL, or the forward's statistics of all C channels.
 
     Pass 1 takes the four shifted sums of _group_backward (shift = x[0, c]), or with saved
-    statistics only sum dy and sum dy * (x - shift) with shift = the saved mean in x's dtype (half
-    the work); pass 2 writes dx. Both go 8 channels at a time down all N rows
-    (_rows_group_sums, _rows_group_dx): BatchNorm1d(120) at batch 128, float32, 1 thread,
-    saved statistics: docs/performance.md), against one loop over all the block's channels per row.
+    statistics only sum dy and sum dy * (x - shift) with shift = the saved mean in x's dtype
+    (half the work); pass 2 writes dx. Both go 8 channels at a time down all N rows
+    (_rows_sums, _rows_dx).
     """
     cdef double sx[CBLOCK]            # sum d, d = x - shift
     cdef double sxx[CBLOCK]           # sum d^2
@@ -731,33 +768,20 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
     cdef floating ca[CBLOCK]
     cdef floating cb[CBLOCK]
     cdef floating cc[CBLOCK]
-    cdef double acc[32]               # fc_rows_sums_f32's sums of one group of 8 channels
-    cdef Py_ssize_t j, j0, k, nch = c1 - c0
-    cdef bint with_x = saved_mean == NULL
-    for k in range(32):
-        acc[k] = 0
-    cdef double m, var, s2, invstd, gi
     cdef double ms[CBLOCK]            # mean and variance, kept for the plain redo below
     cdef double vs[CBLOCK]
     cdef bint redo[CBLOCK]
+    cdef Py_ssize_t j, j0, nch = c1 - c0, cfull = nch - nch % 8
+    cdef bint with_x = saved_mean == NULL
+    cdef double m, var, s2
     for j in range(nch):
         shift[j] = x[c0 + j] if with_x else <floating>saved_mean[c0 + j]
-    for j0 in range(0, nch - nch % 8, 8):                      # pass 1: shifted sums
-        if floating is float:
-            fc_rows_sums_f32(_ISA, x + c0 + j0, dy + c0 + j0, N, C, &shift[j0], with_x, acc)
-            for k in range(8):
-                sx[j0 + k] = acc[k]
-                sxx[j0 + k] = acc[8 + k]
-                s1[j0 + k] = acc[16 + k]
-                sdx[j0 + k] = acc[24 + k]
-                acc[k] = acc[8 + k] = acc[16 + k] = acc[24 + k] = 0
-        else:
-            _rows_group_sums(dy + c0 + j0, x + c0 + j0, &shift[j0], with_x, N, C, 8,
-                             &sx[j0], &sxx[j0], &s1[j0], &sdx[j0])
-    j0 = nch - nch % 8
-    if j0 < nch:
-        _rows_group_sums(dy + c0 + j0, x + c0 + j0, &shift[j0], with_x, N, C, nch - j0,
-                         &sx[j0], &sxx[j0], &s1[j0], &sdx[j0])
+    for j0 in range(0, cfull, 8):                               # pass 1: shifted sums
+        _rows_sums(x + c0 + j0, dy + c0 + j0, N, C, &shift[j0], with_x, 8,
+                   &sx[j0], &sxx[j0], &s1[j0], &sdx[j0])
+    if cfull < nch:
+        _rows_sums(x + c0 + cfull, dy + c0 + cfull, N, C, &shift[cfull], with_x, nch - cfull,
+                   &sx[cfull], &sxx[cfull], &s1[cfull], &sdx[cfull])
     for j in range(nch):
         if with_x:
             _shifted_moments(shift[j], sx[j], sxx[j], N, &m, &var)
@@ -767,29 +791,18 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
         s2 = sdx[j] - (m - shift[j]) * s1[j]                     # sum dy * (x - mean)
         ms[j] = m
         vs[j] = var
-        # Inf/NaN sums (the shift shift may be Inf), or float32 coefficients that overflowed or
+        # Inf/NaN sums (the shift may be Inf), or float32 coefficients that overflowed or
         # underflowed: redo the channel in double, statistics included unless saved
         redo[j] = not (isfinite(s2) and isfinite(var)) or (
             floating is float and _float_overflows(var, N))
-        invstd = 1.0 / sqrt(var + eps)
-        gi = gamma[c0 + j] * invstd
-        dgamma[c0 + j] = <floating>(s2 * invstd)
-        dbeta[c0 + j] = <floating>s1[j]
-        fm[j] = <floating>m
-        ca[j] = <floating>gi
-        cb[j] = <floating>(-gi * invstd * invstd * s2 / N)
-        cc[j] = <floating>(-gi * s1[j] / N)
-    for j0 in range(0, nch - nch % 8, 8):                      # pass 2: dx
-        if floating is float:
-            fc_rows_dx_f32(_ISA, x + c0 + j0, dy + c0 + j0, dx + c0 + j0, N, C, &fm[j0], &ca[j0],
-                           &cb[j0], &cc[j0])
-        else:
-            _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0],
-                           &cb[j0], &cc[j0], N, C, 8)
-    j0 = nch - nch % 8
-    if j0 < nch:
-        _rows_group_dx(dy + c0 + j0, x + c0 + j0, dx + c0 + j0, &fm[j0], &ca[j0], &cb[j0],
-                       &cc[j0], N, C, nch - j0)
+        _dx_coefficients(gamma[c0 + j], eps, m, var, s1[j], s2, N, &dgamma[c0 + j],
+                         &dbeta[c0 + j], &fm[j], &ca[j], &cb[j], &cc[j])
+    for j0 in range(0, cfull, 8):                               # pass 2: dx
+        _rows_dx(x + c0 + j0, dy + c0 + j0, dx + c0 + j0, N, C, &fm[j0], &ca[j0], &cb[j0],
+                 &cc[j0], 8)
+    if cfull < nch:
+        _rows_dx(x + c0 + cfull, dy + c0 + cfull, dx + c0 + cfull, N, C, &fm[cfull],
+                 &ca[cfull], &cb[cfull], &cc[cfull], nch - cfull)
     for j in range(nch):
         if redo[j]:
             if with_x:
@@ -806,6 +819,14 @@ cdef void _rows_backward(const floating* dy, const floating* x, floating* dx,
 # falls in, which makes the results the same for any number of threads. On one thread the
 # loop is a plain one: a `prange`, even with num_threads=1, enters an OpenMP parallel region,
 # which costs about 0.65 us here (measured), 5% of a BatchNorm1d(120) call at batch 128.
+
+cdef inline Py_ssize_t _n_groups(Py_ssize_t C, int n_threads) noexcept nogil:
+    """Number of channel groups: the same number for each of the n_threads threads, each
+    group at most CGROUP channels (group g is channels [g*C // ng, (g+1)*C // ng))."""
+    cdef Py_ssize_t per_thread = (C + n_threads - 1) // n_threads
+    cdef Py_ssize_t ng = n_threads * ((per_thread + CGROUP - 1) // CGROUP)
+    return ng if ng < C else C
+
 
 cdef inline Py_ssize_t _n_items(Py_ssize_t C, Py_ssize_t HW, int n_threads) noexcept nogil:
     return (C + CBLOCK - 1) // CBLOCK if HW == 1 else _n_groups(C, n_threads)
@@ -827,7 +848,7 @@ cdef inline void _run_item(int op, const floating* x, const floating* dy, floati
                            const floating* gamma, const floating* beta, double* mean,
                            double* var, floating* dgamma, floating* dbeta, double eps,
                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t HW, Py_ssize_t i,
-                           Py_ssize_t n_items) noexcept nogil:
+                           Py_ssize_t n_items) noexcept nogil:   # IN/OUT: as _run
     """Item i of a call: the op on channels [c0, c1), by the row or the channel path."""
     cdef Py_ssize_t c0 = _item_start(i, n_items, C, HW), c1 = _item_start(i + 1, n_items, C, HW)
     if op == TRAIN:
@@ -849,7 +870,7 @@ cdef inline void _run_item(int op, const floating* x, const floating* dy, floati
 cdef void _run(int op, const floating* x, const floating* dy, floating* out,
                const floating* gamma, const floating* beta, double* mean, double* var,
                floating* dgamma, floating* dbeta, double eps, Py_ssize_t N, Py_ssize_t C,
-               Py_ssize_t HW, int n_threads) noexcept nogil:
+               Py_ssize_t HW, int n_threads) noexcept nogil:   # IN/OUT: as op says (enum)
     """A whole call: its items on n_threads threads (the arrays as _run_item takes them)."""
     cdef Py_ssize_t i, n_items = _n_items(C, HW, n_threads)
     if n_threads == 1:
@@ -1058,6 +1079,7 @@ def running_update(running_mean, running_var, mean, var, double momentum, Py_ssi
 
     running_mean, running_var : ndarray (C,), float32 or float64 (any stride), or None
     mean, var : ndarray (C,) float64, the batch statistics; M : values per channel (>= 2)
+    momentum : float, the weight of the batch (1 / batches seen for a cumulative average)
 
     One C loop each in double, where the same update in NumPy is four ufunc calls: this alone
     took a quarter of a BatchNorm1d(120) training step at batch 128.
@@ -1066,6 +1088,18 @@ def running_update(running_mean, running_var, mean, var, double momentum, Py_ssi
         _running_update(running_mean, mean, momentum, 1.0)
     if running_var is not None:
         _running_update(running_var, var, momentum, M / (M - 1.0))
+
+
+cdef inline void _update_strided(floating* running, Py_ssize_t step, const double* stat,
+                                 Py_ssize_t C, double keep,
+                                 double add) noexcept nogil:   # IN: stat; IN/OUT: running
+    """running[c] = keep * running[c] + add * stat[c] in double, running[c] at byte offset
+    c * step."""
+    cdef Py_ssize_t c
+    cdef floating* r
+    for c in range(C):
+        r = <floating*>(<char*>running + c * step)
+        r[0] = <floating>(keep * r[0] + add * stat[c])
 
 
 cdef _running_update(running, stat, double momentum, double scale):
@@ -1078,14 +1112,11 @@ cdef _running_update(running, stat, double momentum, double scale):
             and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>running)):
         raise TypeError(f"{op}: running statistics must be writeable 1-D float32 or float64 "
                         f"ndarrays, got {running!r:.80}")
-    cdef Py_ssize_t c, C = _len(running), step = cnp.PyArray_STRIDES(<cnp.ndarray>running)[0]
-    cdef char* p = <char*>cnp.PyArray_DATA(<cnp.ndarray>running)
-    cdef double keep = 1.0 - momentum, add = momentum * scale
+    cdef Py_ssize_t C = _len(running), step = cnp.PyArray_STRIDES(<cnp.ndarray>running)[0]
+    cdef void* p = cnp.PyArray_DATA(<cnp.ndarray>running)
     if _len(stat) != C:
         raise ValueError(f"{op}: running has {C} channels, stat {_len(stat)}")
     if _single(running):
-        for c in range(C):
-            (<float*>(p + c * step))[0] = <float>(keep * (<float*>(p + c * step))[0] + add * s[c])
+        _update_strided(<float*>p, step, s, C, 1.0 - momentum, momentum * scale)
     else:
-        for c in range(C):
-            (<double*>(p + c * step))[0] = keep * (<double*>(p + c * step))[0] + add * s[c]
+        _update_strided(<double*>p, step, s, C, 1.0 - momentum, momentum * scale)

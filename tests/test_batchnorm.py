@@ -566,3 +566,286 @@ def test_nonfinite_matches_torch(value, rng):
         assert_close_nonfinite(rm, trm.numpy(), reduction=M)
         assert_close_nonfinite(rv, trv.numpy(), reduction=M)
         assert_close_nonfinite(dx, xt.grad.numpy(), reduction=M)
+
+
+# --------------------------------------------------------------------------- layer options
+# PyTorch's BatchNorm options: BatchNorm1d on (N, C, L), momentum=None (a cumulative moving
+# average counted by num_batches_tracked), affine=False, track_running_stats=False, and an
+# empty batch. Each test checks the rule written out in NumPy (always), then PyTorch itself
+# where it is installed.
+
+try:
+    import torch
+except ImportError:       # the NumPy checks above still run
+    torch = None
+
+import fastconv.nn as nn
+
+
+def _numpy_batch_norm(x, gamma=None, beta=None, eps=EPS):
+    """(bn.fwd) over every axis but C, in float64: y, mean, biased var, unbiased var."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=axes), x64.var(axis=axes)
+    y = (x64 - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+    if gamma is not None:
+        y = y * gamma.reshape(shape) + beta.reshape(shape)
+    M = x.size // x.shape[1]
+    return y, mean, var, var * M / max(M - 1, 1)
+
+
+def _torch_layer(layer):
+    """The PyTorch twin of a fastconv BatchNorm layer, same options and state (float64)."""
+    cls = getattr(torch.nn, type(layer).__name__)
+    t = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
+            track_running_stats=layer.track_running_stats, dtype=torch.float64)
+    with torch.no_grad():
+        for name, value in layer.state_dict().items():
+            getattr(t, name).copy_(torch.tensor(value))
+    return t.train(layer.training)
+
+
+def _check_against_torch(layer, t, x, dy):
+    """Forward, backward (dx and the parameter gradients) and every buffer, layer vs t."""
+    M = max(1, x.size // x.shape[1])
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    yt = t(xt)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    y = layer(x)
+    assert y.shape == tuple(yt.shape)
+    assert_close(y, yt.detach().numpy().astype(x.dtype), x.dtype, reduction=M)
+    for p in layer.parameters():
+        p.grad[...] = 0
+    dx = layer.backward(dy)
+    assert_close(dx, xt.grad.numpy().astype(x.dtype), x.dtype, reduction=M)
+    if layer.affine:
+        assert_close(layer.weight.grad, t.weight.grad.numpy().astype(x.dtype), x.dtype, reduction=M)
+        assert_close(layer.bias.grad, t.bias.grad.numpy().astype(x.dtype), x.dtype, reduction=M)
+    for name, value in layer.state_dict().items():
+        want = getattr(t, name).detach().numpy()
+        if value.dtype.kind == "f":
+            assert_close(value, want.astype(value.dtype), x.dtype, reduction=M, err_msg=name)
+        else:                                   # num_batches_tracked
+            assert value.dtype == want.dtype and value == want, name
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 5), (4, 70, 9), (5, 2, 1), (16, 10, 33)], ids=shape_id)
+def test_batchnorm1d_on_sequences(shape, dtype, rng):
+    """BatchNorm1d on (N, C, L): statistics over N and L (M = N*L), both backends agree."""
+    x, dy, gamma, beta = make_inputs(rng, dtype, shape, shift=0.5)
+    want, mean, var, unbiased = _numpy_batch_norm(x, gamma, beta)
+    M = shape[0] * shape[2]
+    outs = {}
+    for backend in BACKENDS:
+        rm, rv = np.zeros(shape[1], dtype), np.ones(shape[1], dtype)
+        y, m, v = F.batch_norm(x, gamma, beta, rm, rv, True, momentum=0.1, backend=backend,
+                               return_stats=True)
+        assert y.shape == shape and y.dtype == dtype
+        assert_close(y, want.astype(dtype), dtype, reduction=M)
+        assert_close(m, mean, np.float64, reduction=M)
+        assert_close(v, var, np.float64, reduction=M)
+        assert_close(rv, (0.9 + 0.1 * unbiased).astype(dtype), dtype, reduction=M)
+        outs[backend] = (y, *F.batch_norm_backward(dy, x, gamma, backend=backend, mean=m, var=v),
+                         F.batch_norm(x, gamma, beta, rm, rv, False, backend=backend))
+    # the same numbers as BatchNorm2d on (N, C, 1, L), fast == reference
+    x4 = x.reshape(shape[0], shape[1], 1, shape[2])
+    assert_close(F.batch_norm(x4, gamma, beta, None, None, True).reshape(shape), outs["fast"][0],
+                 dtype, reduction=M)
+    for a, b in zip(outs["fast"], outs["reference"]):
+        assert_close(a, b, dtype, reduction=M)
+    layer = nn.BatchNorm1d(shape[1], dtype=dtype)
+    layer.weight.data[...], layer.bias.data[...] = gamma, beta
+    if torch is not None:
+        _check_against_torch(layer, _torch_layer(layer), x, dy)
+
+
+@pytest.mark.parametrize("cls, shape", [(nn.BatchNorm2d, (4, 3, 2, 5)), (nn.BatchNorm1d, (6, 3)),
+                                        (nn.BatchNorm1d, (3, 3, 4))], ids=["2d", "1d", "1d_seq"])
+def test_momentum_none_is_a_cumulative_average(cls, shape, rng):
+    """momentum=None: at the t-th training batch the weight is 1/t, so the running statistics
+    are the plain averages of the batches' mean and unbiased variance (bn.run)."""
+    layer = cls(3, momentum=None)
+    means, variances = [], []
+    for t in range(4):
+        x = (rng.standard_normal(shape) * (t + 1) + t).astype(np.float32)
+        _, mean, _, unbiased = _numpy_batch_norm(x)
+        means.append(mean)
+        variances.append(unbiased)
+        layer(x)
+        assert int(layer.num_batches_tracked) == t + 1
+        assert_close(layer.running_mean, np.mean(means, axis=0).astype(np.float32), reduction=24)
+        assert_close(layer.running_var, np.mean(variances, axis=0).astype(np.float32), reduction=24)
+    layer.eval()
+    layer(x)
+    assert int(layer.num_batches_tracked) == 4              # eval mode counts nothing
+    assert "momentum=None" in repr(layer)
+    if torch is not None:
+        layer.train()
+        x = rng.standard_normal(shape)
+        _check_against_torch(layer.to(np.float64), _torch_layer(layer), x,
+                             rng.standard_normal(shape))
+
+
+def test_num_batches_tracked_counts_with_a_momentum_too(rng):
+    layer = nn.BatchNorm2d(2)
+    for _ in range(3):
+        layer(rng.standard_normal((2, 2, 3, 3)).astype(np.float32))
+    assert layer.num_batches_tracked.dtype == np.int64 and int(layer.num_batches_tracked) == 3
+    assert_close(layer.running_mean.dtype.type(0), np.float32(0))   # still float32 buffers
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_affine_false(training, rng):
+    """No gamma and beta: y = x_hat, weight and bias None, nothing else to learn."""
+    layer = nn.BatchNorm1d(4, affine=False, dtype=np.float64).train(training)
+    assert layer.weight is None and layer.bias is None and layer.parameters() == []
+    assert set(layer.state_dict()) == {"running_mean", "running_var", "num_batches_tracked"}
+    x, dy = rng.standard_normal((7, 4, 3)), rng.standard_normal((7, 4, 3))
+    layer.running_mean[...], layer.running_var[...] = 0.5, 2.0
+    y = layer(x)
+    if training:
+        assert_close(y, _numpy_batch_norm(x)[0])
+    else:
+        assert_close(y, (x - 0.5) / np.sqrt(2.0 + EPS))
+    assert layer.backward(dy).shape == x.shape
+    assert fastconv.gradcheck(nn.BatchNorm1d(4, affine=False).train(training), x).ok
+    if torch is not None:
+        layer.running_mean[...], layer.running_var[...] = 0.5, 2.0
+        _check_against_torch(layer, _torch_layer(layer), x, dy)
+
+
+def test_track_running_stats_false(rng):
+    """No running statistics: the three buffers are None, and eval mode normalises with the
+    batch's statistics as training does."""
+    layer = nn.BatchNorm2d(3, track_running_stats=False, dtype=np.float64)
+    assert layer.running_mean is None and layer.running_var is None
+    assert layer.num_batches_tracked is None
+    assert set(layer.state_dict()) == {"weight", "bias"}
+    x, dy = rng.standard_normal((4, 3, 2, 3)), rng.standard_normal((4, 3, 2, 3))
+    layer.weight.data[...] = [0.5, 1.0, 2.0]
+    y_train = layer(x)
+    layer.eval()
+    y_eval = layer(x)
+    assert np.array_equal(y_train, y_eval)
+    assert_close(y_eval, _numpy_batch_norm(x, layer.weight.data, layer.bias.data)[0])
+    assert fastconv.gradcheck(layer, x).ok          # eval mode, batch statistics: bn.bwd
+    assert "track_running_stats=False" in repr(layer)
+    if torch is not None:
+        _check_against_torch(layer, _torch_layer(layer), x, dy)
+
+
+@pytest.mark.parametrize("layer_args, shape", [((nn.BatchNorm2d, 3), (0, 3, 4, 4)),
+                                               ((nn.BatchNorm1d, 3), (0, 3)),
+                                               ((nn.BatchNorm1d, 3), (0, 3, 5)),
+                                               ((nn.BatchNorm2d, 3), (2, 3, 0, 4))],
+                         ids=["2d", "1d", "1d_seq", "2d_empty_image"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_empty_batch(layer_args, shape, momentum, training, layer_test_backend):
+    """As PyTorch: an empty output, the running statistics untouched (training still counts
+    the batch), dx empty and zero gradients for gamma and beta."""
+    cls, C = layer_args
+    layer = cls(C, momentum=momentum).train(training)
+    layer.running_mean[...], layer.running_var[...] = 0.25, 3.0
+    x = np.zeros(shape, np.float32)
+    y = layer(x)
+    assert y.shape == shape and y.dtype == np.float32
+    assert np.all(layer.running_mean == 0.25) and np.all(layer.running_var == 3.0)
+    assert int(layer.num_batches_tracked) == int(training)
+    dx = layer.backward(y)
+    assert dx.shape == shape
+    assert np.all(layer.weight.grad == 0) and np.all(layer.bias.grad == 0)
+    if torch is not None:
+        t = _torch_layer(layer)
+        t.num_batches_tracked.zero_()
+        layer.num_batches_tracked[...] = 0
+        _check_against_torch(layer.to(np.float64), t, x.astype(np.float64), x.astype(np.float64))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_functional(backend):
+    x = np.zeros((0, 4, 3, 3), np.float64)
+    rm, rv = np.full(4, 0.5), np.full(4, 2.0)
+    y, mean, var = F.batch_norm(x, None, None, rm, rv, True, backend=backend, return_stats=True)
+    assert y.shape == x.shape and np.all(rm == 0.5) and np.all(rv == 2.0)
+    assert np.all(np.isnan(mean)) and np.all(np.isnan(var))     # statistics of no values
+    dx, dgamma, dbeta = F.batch_norm_backward(x, x, None, backend=backend, mean=mean, var=var)
+    assert dx.shape == x.shape and np.all(dgamma == 0) and np.all(dbeta == 0)
+    assert F.batch_norm(x, None, None, rm, rv, False, backend=backend).shape == x.shape
+    dx, dgamma, dbeta = F.batch_norm_eval_backward(x, x, None, rm, rv, backend=backend)
+    assert dx.shape == x.shape and np.all(dgamma == 0) and np.all(dbeta == 0)
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1), (1, 3, 1, 1)], ids=shape_id)
+def test_one_value_per_channel_trains_no_statistics(shape):
+    """PyTorch's rule: training needs more than one value per channel; eval mode does not."""
+    layer = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(3)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        layer(np.ones(shape, np.float32))
+    assert layer.eval()(np.ones(shape, np.float32)).shape == shape
+
+
+def test_unsupported_inputs_and_options_are_clear_errors():
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(3\): x must be \(N, C\) or \(N, C, L\)"):
+        nn.BatchNorm1d(3)(np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): x must be \(N, C, H, W\)"):
+        nn.BatchNorm2d(3)(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="C = 3"):
+        nn.BatchNorm1d(3)(np.zeros((2, 4, 5), np.float32))
+    for momentum in (-0.1, 1.5, "0.1"):
+        with pytest.raises(ValueError, match="momentum must be a number in"):
+            nn.BatchNorm2d(3, momentum=momentum)
+    with pytest.raises(ValueError, match="2-D .*3-D .*4-D"):
+        F.batch_norm(np.zeros((2, 3, 4, 4, 4)), None, None, None, None, True)
+
+
+@pytest.mark.parametrize("cls, shape, kwargs", [
+    (nn.BatchNorm1d, (5, 3, 4), {}),
+    (nn.BatchNorm1d, (6, 2), {"momentum": None}),
+    (nn.BatchNorm2d, (3, 2, 2, 3), {"affine": False}),
+    (nn.BatchNorm2d, (3, 2, 2, 3), {"track_running_stats": False}),
+], ids=["1d_seq", "momentum_none", "affine_false", "no_running_stats"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_options_gradcheck(cls, shape, kwargs, training, rng):
+    """Finite differences in float64 through the layer, every option and mode."""
+    layer = cls(shape[1], **kwargs).train(training)
+    if layer.running_var is not None:
+        layer.running_mean[...], layer.running_var[...] = 0.3, 1.7
+    report = fastconv.gradcheck(layer, rng.standard_normal(shape) + 0.5)
+    assert report.ok, str(report)
+
+
+def test_num_batches_tracked_in_state_dict_and_checkpoints(tmp_path, rng):
+    """Saved, loaded, kept an int64 by to(); a state or checkpoint saved without it (older
+    versions) still loads, the counter keeping its value."""
+    from fastconv.train import load_checkpoint, save_checkpoint
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=None))
+    for _ in range(3):
+        model(rng.standard_normal((5, 4)).astype(np.float32))
+    state = model.state_dict()
+    assert state["1.num_batches_tracked"].dtype == np.int64 and state["1.num_batches_tracked"] == 3
+    other = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=None))
+    other.load_state_dict(state)
+    assert int(other[1].num_batches_tracked) == 3
+    other.to(np.float64)
+    assert other[1].num_batches_tracked.dtype == np.int64
+    assert other[1].running_mean.dtype == np.float64
+    old = {k: v for k, v in state.items() if k != "1.num_batches_tracked"}
+    fresh = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=None))
+    fresh.load_state_dict(old)
+    assert int(fresh[1].num_batches_tracked) == 0
+    np.testing.assert_array_equal(fresh[1].running_var, state["1.running_var"])
+    with pytest.raises(ValueError, match="missing keys"):
+        fresh.load_state_dict({k: v for k, v in old.items() if k != "1.running_var"})
+    # checkpoints: with the counter, and one written as older versions did (without it)
+    save_checkpoint(tmp_path / "new.npz", model)
+    fresh = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=None))
+    load_checkpoint(tmp_path / "new.npz", fresh)
+    assert int(fresh[1].num_batches_tracked) == 3
+    del model[1]._buffers["num_batches_tracked"]
+    save_checkpoint(tmp_path / "old.npz", model)
+    fresh = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=None))
+    load_checkpoint(tmp_path / "old.npz", fresh)
+    assert int(fresh[1].num_batches_tracked) == 0
+    np.testing.assert_array_equal(fresh[1].running_mean, state["1.running_mean"])

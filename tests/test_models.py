@@ -107,7 +107,9 @@ def test_models_are_seedable():
 def test_models_float64():
     model = get_model("resnet20", dtype=np.float64, seed=0)
     assert all(p.data.dtype == np.float64 for p in model.parameters())
-    assert all(b.dtype == np.float64 for _, b in model.named_buffers())
+    # every float buffer; BN's num_batches_tracked stays int64, as in PyTorch
+    assert all(b.dtype == (np.int64 if name.endswith("num_batches_tracked") else np.float64)
+               for name, b in model.named_buffers())
     assert model(np.zeros((2, 1, 28, 28))).dtype == np.float64
 
 
@@ -315,12 +317,12 @@ def _copy_into_torch(ours, theirs, torch):
     tparams = list(theirs.parameters())
     assert len(params) == len(tparams)
     bufs = [b for _, b in ours.named_buffers()]
-    tbufs = [b for n, b in theirs.named_buffers() if not n.endswith("num_batches_tracked")]
+    tbufs = list(theirs.buffers())          # running statistics and num_batches_tracked
     assert len(bufs) == len(tbufs)
     with torch.no_grad():
         for a, t in zip(params + bufs, tparams + tbufs):
             assert tuple(t.shape) == a.shape
-            t.copy_(torch.from_numpy(np.array(a, dtype=np.float64)))
+            t.copy_(torch.from_numpy(np.array(a, dtype=np.float64 if a.dtype.kind == "f" else a.dtype)))
 
 
 @pytest.mark.parametrize("name,kwargs", [
@@ -356,8 +358,7 @@ def test_forward_backward_match_torch(name, kwargs, torch_models, rng):
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-12)
     for (pname, p), tp in zip(ours.named_parameters(), theirs.parameters()):
         np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-8, atol=1e-11, err_msg=pname)
-    tbufs = [b for n, b in theirs.named_buffers() if not n.endswith("num_batches_tracked")]
-    for (bname, b), tb in zip(ours.named_buffers(), tbufs):
+    for (bname, b), tb in zip(ours.named_buffers(), theirs.buffers()):
         np.testing.assert_allclose(b, tb.numpy(), rtol=1e-10, err_msg=bname)
     ours.eval()
     theirs.eval()

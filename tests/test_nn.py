@@ -318,7 +318,7 @@ def test_state_dict_round_trip(rng):
         p.data += 1
     state = a.state_dict()
     assert set(state) == {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean",
-                          "1.running_var", "4.weight", "4.bias"}
+                          "1.running_var", "1.num_batches_tracked", "4.weight", "4.bias"}
     b.load_state_dict(state)
     for k, v in b.state_dict().items():
         np.testing.assert_array_equal(v, state[k])
@@ -347,7 +347,10 @@ def test_load_state_dict_errors():
 def test_to_float64_converts_everything():
     net = _small_net().to(np.float64)
     assert net.dtype == np.float64
-    assert all(v.dtype == np.float64 for v in net.state_dict().values())
+    state = net.state_dict()
+    # every float array; BN's step counter stays an integer, as in PyTorch
+    assert all(v.dtype == np.float64 for k, v in state.items() if k != "1.num_batches_tracked")
+    assert state["1.num_batches_tracked"].dtype == np.int64
     assert all(p.grad.dtype == np.float64 for p in net.parameters())
 
 

@@ -269,12 +269,21 @@ class Module:
         state.update({name: np.array(b, copy=True) for name, b in self.named_buffers()})
         return state
 
+    def optional_state_names(self):
+        """The state_dict names a saved state may lack (they then keep their current values):
+        buffers a layer lists in ``_optional_buffers``, e.g. BatchNorm's num_batches_tracked,
+        which older checkpoints do not have."""
+        return {f"{prefix}.{name}" if prefix else name for prefix, m in self.named_modules()
+                for name in getattr(m, "_optional_buffers", ()) if name in m._buffers}
+
     def load_state_dict(self, state):
-        """Load arrays saved by ``state_dict``; names and shapes must match exactly."""
+        """Load arrays saved by ``state_dict``; names and shapes must match exactly (a name of
+        :meth:`optional_state_names` may be missing)."""
         own = dict(self.named_parameters())
         buffers = dict(self.named_buffers())
         expected = set(own) | set(buffers)
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        missing = sorted(expected - set(state) - self.optional_state_names())
+        unexpected = sorted(set(state) - expected)
         if missing or unexpected:
             raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         for name, value in state.items():
@@ -286,14 +295,16 @@ class Module:
             target[...] = value    # in place: keeps dtypes and any references to the arrays
 
     def to(self, dtype):
-        """Convert every parameter, gradient and buffer to ``dtype`` (float32 or float64)."""
+        """Convert every parameter, gradient and float buffer to ``dtype`` (float32 or float64);
+        integer buffers (BatchNorm's num_batches_tracked) stay as they are, as in PyTorch."""
         dtype = np.dtype(dtype)
         for _, p in self.named_parameters():
             p.data = p.data.astype(dtype)
             p.grad = p.grad.astype(dtype)
         for _, module in self.named_modules():
             for name in getattr(module, "_buffers", {}):
-                setattr(module, name, getattr(module, name).astype(dtype))
+                if getattr(module, name).dtype.kind == "f":
+                    setattr(module, name, getattr(module, name).astype(dtype))
         return self
 
     def num_parameters(self):

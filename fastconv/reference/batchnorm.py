@@ -2,14 +2,16 @@
 
 Reference twin of ``fastconv._ext.batchnorm`` (same functions, same signatures); the tests
 use it as the oracle. x is always 4-D (N, C, H, W) here: ``fastconv.functional`` views a
-BatchNorm1d input (N, C) as (N, C, 1, 1). Each channel c has M = N*H*W values.
+BatchNorm1d input (N, C) as (N, C, 1, 1) and (N, C, L) as (N, C, 1, L), and answers an empty
+batch itself. Each channel c has M = N*H*W values.
 
 (bn.fwd)  mean = sum x / M,   var = sum (x - mean)^2 / M   (biased),
           x_hat = (x - mean) / sqrt(var + eps),   y = gamma * x_hat + beta
 (bn.bwd)  dbeta = sum dy,   dgamma = sum dy * x_hat,
           dx = gamma / (M * sqrt(var + eps)) * (M * dy - sum dy - x_hat * sum(dy * x_hat))
-(bn.run)  running = (1 - m) * running + m * stat, running_var taking var * M / (M - 1)
-          (``running_update`` below; ``fastconv.functional.batch_norm`` calls it).
+(bn.run)  running = (1 - m) * running + m * stat, running_var taking var * M / (M - 1),
+          m = momentum, or 1/t at the t-th training batch for momentum=None (a cumulative
+          average) (``running_update`` below; ``fastconv.functional.batch_norm`` calls it).
 NaN or Inf in a channel makes its variance, outputs and gradients NaN, as in PyTorch.
 
 Sums are over n, h, w for one channel. Statistics are computed in float64 even for float32
@@ -123,7 +125,8 @@ def running_update(running_mean, running_var, mean, var, momentum, M):
     the unbiased batch variance ``var * M / (M - 1)`` (as PyTorch).
 
     running_mean, running_var : ndarray (C,) or None; mean, var : ndarray (C,) float64, the
-    batch statistics; M : values per channel (>= 2).
+    batch statistics; momentum : the weight of the batch (1/t for a cumulative average);
+    M : values per channel (>= 2).
     """
     for running, stat, scale in ((running_mean, mean, 1.0), (running_var, var, M / (M - 1))):
         if running is not None:

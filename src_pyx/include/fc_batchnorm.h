@@ -1,6 +1,12 @@
-/* fc_batchnorm.h: the SIMD float32 inner loops of batch norm's tuned path
- * (src_pyx/batchnorm.pyx, whose _group_* and _rows_* drivers call them for float32; float64
- * runs the drivers' own Cython loops, which compute the same sums in the same order).
+/* fc_batchnorm.h: the SIMD float32 copies of batch norm's inner loops.
+ *
+ * src_pyx/batchnorm.pyx writes every inner loop once, in Cython, for both dtypes (the
+ * functions under "inner loops" there: _group_sum, _group_affine, _group_moments,
+ * _group_dx, _rows_moments, _rows_affine, _rows_sums, _rows_dx); float64 runs those. For
+ * float32 each calls its copy here, fc_<loop>_f32, which does the same operations in the
+ * same order on SIMD vectors, so the same bits (fc_group_moments sums each piece in
+ * registers first: its own rounding). The Cython loops compiled for float32 were measured
+ * 9-57% slower on the benchmark's BN cases (docs/performance.md).
  *
  * Structure: each kernel is written ONCE, inside the macro FC_KERNELS(ISA, TARGET, VF, VD, W),
  * over GCC vector types of W floats (VF) and W/2 doubles (VD). The macro is expanded twice:
@@ -13,7 +19,7 @@
  * Other compilers or CPUs have the baseline copy only (FC_AVX2 is 0), with the same results.
  *
  * Names: the run of channel j of a group for sample n is the HW values at x0 + n*sn + j*HW
- * (sn = C*HW); "shift" arrays (shift in the Cython drivers) hold the per-channel value subtracted
+ * (sn = C*HW); "shift" arrays hold the per-channel value subtracted
  * before a sum of squares; ca, cb, cc are dx's per-channel coefficients (bn.bwd).
  * Pointer arguments are marked IN (read) or OUT (written).
  */
@@ -46,12 +52,12 @@ typedef double fc_v4df __attribute__((vector_size(32)));
 #define FC_STORE(p, v) memcpy((p), &(v), sizeof(v))
 
 /* FC_CVT_<isa>(p, lo, hi): the W floats at p, in double, as two vectors of W/2 */
-#define FC_CVT_avx2(p, lo, hi) do { fc_v4sf l_, h_; FC_LOAD(l_, p); FC_LOAD(h_, (p) + 4);  \
+#define FC_CVT_avx2(p, lo, hi) do { fc_v4sf l_, h_; FC_LOAD(l_, p); FC_LOAD(h_, (p) + 4); \
     lo = __builtin_convertvector(l_, fc_v4df); hi = __builtin_convertvector(h_, fc_v4df); \
 } while (0)
 #if defined(__SSE2__)       /* gcc 12 converts a 2-float vector one value at a time */
 #  define FC_CVT_base(p, lo, hi) do { __m128 l_ = _mm_loadu_ps(p);                    \
-    lo = (fc_v2df)_mm_cvtps_pd(l_); hi = (fc_v2df)_mm_cvtps_pd(_mm_movehl_ps(l_, l_));  \
+    lo = (fc_v2df)_mm_cvtps_pd(l_); hi = (fc_v2df)_mm_cvtps_pd(_mm_movehl_ps(l_, l_)); \
 } while (0)
 #else
 #  define FC_CVT_base(p, lo, hi) do { lo = (fc_v2df){(p)[0], (p)[1]};                 \
@@ -70,9 +76,9 @@ typedef double fc_v4df __attribute__((vector_size(32)));
  * for sample n is the HW values at x0 + n*sn + j*HW (sn = C*HW). Loops go n outer,
  * j inner: memory order. Lane k takes the values i % 8 == k of a run (of a piece of
  * FC_PIECE values in the chunked sums); the last HW % 8 values go to lanes 0, 1, ...
- * The Cython _group_* helpers say what each computes, with the same loops for float64. */
-#define FC_KERNELS(ISA, TARGET, VF, VD, W)                                             \
-                                                                                       \
+ * The Cython loop of the same name says what each computes. */
+#define FC_KERNELS(ISA, TARGET, VF, VD, W)                                            \
+                                                                                      \
 /* _group_sum: acc[8j + k] = lane k of channel j's sum of x (m NULL) or of            \
  * (x - m[j])^2, in double */                                                         \
 TARGET static void fc_group_sum_##ISA(const float* x0, Py_ssize_t N, Py_ssize_t sn,   \
@@ -154,7 +160,7 @@ TARGET static void fc_group_moments_##ISA(const float* x0, const float* g0,     
             const float* a = x0 + n * sn + j * HW;                                    \
             const float* g = g0 + n * sn + j * HW;                                    \
             float* pt = part + 24 * j;                                                \
-            float Kj = shift[j];                                                          \
+            float sj = shift[j];                                                      \
             p = pending;                                                              \
             for (Py_ssize_t i0 = 0; i0 < HW; i0 += FC_PIECE) {                        \
                 Py_ssize_t i1 = i0 + FC_PIECE < HW ? i0 + FC_PIECE : HW;              \
@@ -165,7 +171,7 @@ TARGET static void fc_group_moments_##ISA(const float* x0, const float* g0,     
                         for (int q = 0; q < NV; q++) {                                \
                             FC_LOAD(d, a + i + q * (W));                              \
                             FC_LOAD(y, g + i + q * (W));                              \
-                            d -= Kj;                                                  \
+                            d -= sj;                                                  \
                             dd[q] += d * d;                                           \
                             sg[q] += y;                                               \
                             sgd[q] += y * d;                                          \
@@ -175,7 +181,7 @@ TARGET static void fc_group_moments_##ISA(const float* x0, const float* g0,     
                         for (int q = 0; q < NV; q++) {                                \
                             FC_LOAD(d, a + i + q * (W));                              \
                             FC_LOAD(y, g + i + q * (W));                              \
-                            d -= Kj;                                                  \
+                            d -= sj;                                                  \
                             sg[q] += y;                                               \
                             sgd[q] += y * d;                                          \
                         }                                                             \
@@ -192,7 +198,7 @@ TARGET static void fc_group_moments_##ISA(const float* x0, const float* g0,     
                     FC_STORE(pt + 16 + q * (W), t);                                   \
                 }                                                                     \
                 for (Py_ssize_t i = full; i < i1; i++) {                              \
-                    float e = a[i] - Kj;                                              \
+                    float e = a[i] - sj;                                              \
                     pt[i - full] += e * e;                                            \
                     pt[8 + i - full] += g[i];                                         \
                     pt[16 + i - full] += g[i] * e;                                    \
@@ -234,32 +240,32 @@ TARGET static void fc_group_dx_##ISA(const float* x0, const float* g0, float* dx
         }                                                                             \
 }                                                                                     \
                                                                                       \
-/* The row path (BatchNorm1d, an (N, C) array): each kernel takes 8 neighbouring       \
+/* The row path (BatchNorm1d, an (N, C) array): each kernel takes 8 neighbouring      \
  * channels (x and g point at the first one's column, rows C apart) down all N rows,  \
- * their sums or coefficients in registers. _rows_train, _rows_backward say what for. */ \
+ * their sums or coefficients in registers (w = 8 of the Cython _rows_* loops). */    \
                                                                                       \
-/* _rows_train pass 1: out[k] = sum d, out[8 + k] = sum d^2 in double, d = x - shift[k] */ \
+/* _rows_moments: s1[k] = sum d, s2[k] = sum d^2 in double, d = x - shift[k] */       \
 TARGET static void fc_rows_moments_##ISA(const float* x, Py_ssize_t N, Py_ssize_t C,  \
-                                         const double* shift, double* out) {              \
+                                         const double* shift, double* s1, double* s2) { \
     enum { ND = 16 / (W) };                                                           \
-    VD k[ND], s1[ND], s2[ND], lo, hi;                                                 \
+    VD sh[ND], t1[ND], t2[ND], lo, hi;                                                \
     for (int q = 0; q < ND; q++) {                                                    \
-        FC_LOAD(k[q], shift + q * (W) / 2);                                               \
-        s1[q] = s2[q] = (VD){0};                                                      \
+        FC_LOAD(sh[q], shift + q * (W) / 2);                                          \
+        t1[q] = t2[q] = (VD){0};                                                      \
     }                                                                                 \
     for (Py_ssize_t n = 0; n < N; n++)                                                \
         for (int q = 0; q < ND; q += 2) {                                             \
             FC_CVT_##ISA(x + n * C + q * (W) / 2, lo, hi);                            \
-            lo -= k[q];                                                               \
-            hi -= k[q + 1];                                                           \
-            s1[q] += lo;                                                              \
-            s1[q + 1] += hi;                                                          \
-            s2[q] += lo * lo;                                                         \
-            s2[q + 1] += hi * hi;                                                     \
+            lo -= sh[q];                                                              \
+            hi -= sh[q + 1];                                                          \
+            t1[q] += lo;                                                              \
+            t1[q + 1] += hi;                                                          \
+            t2[q] += lo * lo;                                                         \
+            t2[q + 1] += hi * hi;                                                     \
         }                                                                             \
     for (int q = 0; q < ND; q++) {                                                    \
-        FC_STORE(out + q * (W) / 2, s1[q]);                                           \
-        FC_STORE(out + 8 + q * (W) / 2, s2[q]);                                       \
+        FC_STORE(s1 + q * (W) / 2, t1[q]);                                            \
+        FC_STORE(s2 + q * (W) / 2, t2[q]);                                            \
     }                                                                                 \
 }                                                                                     \
                                                                                       \
@@ -282,45 +288,52 @@ TARGET static void fc_rows_affine_##ISA(const float* x, float* y, Py_ssize_t N, 
         }                                                                             \
 }                                                                                     \
                                                                                       \
-/* _rows_backward pass 1: with d = x - shift[k], acc[k] += sum d, acc[8 + k] += sum d^2   \
- * (only if with_x), acc[16 + k] += sum g, acc[24 + k] += sum g * d, each over blocks \
- * of 8 rows in float, then added to the double sums */                              \
+/* _rows_sums: with d = x - shift[k], sx[k] = sum d, sxx[k] = sum d^2 (only if        \
+ * with_x), s1[k] = sum g, sdx[k] = sum g * d, each over blocks of 8 rows in float,   \
+ * then added to the double sums */                                                   \
 TARGET static void fc_rows_sums_##ISA(const float* x, const float* g, Py_ssize_t N,   \
-                                      Py_ssize_t C, const float* shift, int with_x,       \
-                                      double* acc) {                                  \
+                                      Py_ssize_t C, const float* shift, int with_x,   \
+                                      double* sx, double* sxx, double* s1, double* sdx) { \
     enum { NV = 8 / (W) };                                                            \
-    VF k[NV], sx[NV], sxx[NV], sg[NV], sgd[NV], d, y;                                 \
+    VF sh[NV], px[NV], pxx[NV], sg[NV], sgd[NV], d, y;                                \
     float part[32];                                                                   \
+    double acc[32] = {0};           /* local: the compiler vectorises acc += part */  \
     for (int q = 0; q < NV; q++)                                                      \
-        FC_LOAD(k[q], shift + q * (W));                                                   \
+        FC_LOAD(sh[q], shift + q * (W));                                              \
     for (Py_ssize_t n0 = 0; n0 < N; n0 += 8) {                                        \
         Py_ssize_t n1 = n0 + 8 < N ? n0 + 8 : N;                                      \
         for (int q = 0; q < NV; q++)                                                  \
-            sx[q] = sxx[q] = sg[q] = sgd[q] = (VF){0};                                \
+            px[q] = pxx[q] = sg[q] = sgd[q] = (VF){0};                                \
         for (Py_ssize_t n = n0; n < n1; n++)                                          \
             for (int q = 0; q < NV; q++) {                                            \
                 FC_LOAD(d, x + n * C + q * (W));                                      \
                 FC_LOAD(y, g + n * C + q * (W));                                      \
-                d -= k[q];                                                            \
+                d -= sh[q];                                                           \
                 if (with_x) {                                                         \
-                    sx[q] += d;                                                       \
-                    sxx[q] += d * d;                                                  \
+                    px[q] += d;                                                       \
+                    pxx[q] += d * d;                                                  \
                 }                                                                     \
                 sg[q] += y;                                                           \
                 sgd[q] += y * d;                                                      \
             }                                                                         \
         for (int q = 0; q < NV; q++) {                                                \
-            FC_STORE(part + q * (W), sx[q]);                                          \
-            FC_STORE(part + 8 + q * (W), sxx[q]);                                     \
+            FC_STORE(part + q * (W), px[q]);                                          \
+            FC_STORE(part + 8 + q * (W), pxx[q]);                                     \
             FC_STORE(part + 16 + q * (W), sg[q]);                                     \
             FC_STORE(part + 24 + q * (W), sgd[q]);                                    \
         }                                                                             \
-        for (int i = 0; i < 32; i++)                                                  \
-            acc[i] += part[i];                                                        \
+        for (int k = 0; k < 32; k++)                                                  \
+            acc[k] += part[k];                                                        \
+    }                                                                                 \
+    for (int k = 0; k < 8; k++) {                                                     \
+        sx[k] = acc[k];                                                               \
+        sxx[k] = acc[8 + k];                                                          \
+        s1[k] = acc[16 + k];                                                          \
+        sdx[k] = acc[24 + k];                                                         \
     }                                                                                 \
 }                                                                                     \
                                                                                       \
-/* _rows_backward pass 2: dx = ca[k] * g + cb[k] * (x - fm[k]) + cc[k] */             \
+/* _rows_dx: dx = ca[k] * g + cb[k] * (x - fm[k]) + cc[k] */                          \
 TARGET static void fc_rows_dx_##ISA(const float* x, const float* g, float* dx,        \
                                     Py_ssize_t N, Py_ssize_t C, const float* fm,      \
                                     const float* ca, const float* cb,                 \
@@ -347,7 +360,8 @@ FC_KERNELS(base, , fc_v4sf, fc_v2df, 4)
 FC_KERNELS(avx2, __attribute__((target("avx2"))), fc_v8sf, fc_v4df, 8)
 #endif
 
-/* The kernels the Cython drivers call: the copy for isa (fc_isa_level() at import). */
+/* The functions the Cython inner loops call for float32: the copy for isa (fc_isa_level() at
+ * import). */
 
 /* IN x0, m; OUT acc */
 static inline void fc_group_sum_f32(int isa, const float* x0, Py_ssize_t N, Py_ssize_t sn,
@@ -408,18 +422,18 @@ static inline void fc_group_dx_f32(int isa, const float* x0, const float* g0, fl
     fc_group_dx_base(x0, g0, dx0, N, sn, HW, nc, ca, cb, cc, fm);
 }
 
-/* IN x, shift; OUT out */
+/* IN x, shift; OUT s1, s2 */
 static inline void fc_rows_moments_f32(int isa, const float* x, Py_ssize_t N, Py_ssize_t C,
-        const double* shift, double* out)
+        const double* shift, double* s1, double* s2)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
-        fc_rows_moments_avx2(x, N, C, shift, out);
+        fc_rows_moments_avx2(x, N, C, shift, s1, s2);
         return;
     }
 #endif
     (void)isa;
-    fc_rows_moments_base(x, N, C, shift, out);
+    fc_rows_moments_base(x, N, C, shift, s1, s2);
 }
 
 /* IN x, fm, fa, fb; OUT y */
@@ -436,18 +450,19 @@ static inline void fc_rows_affine_f32(int isa, const float* x, float* y, Py_ssiz
     fc_rows_affine_base(x, y, N, C, fm, fa, fb);
 }
 
-/* IN x, g, shift; OUT acc */
+/* IN x, g, shift; OUT sx, sxx, s1, sdx */
 static inline void fc_rows_sums_f32(int isa, const float* x, const float* g, Py_ssize_t N,
-        Py_ssize_t C, const float* shift, int with_x, double* acc)
+        Py_ssize_t C, const float* shift, int with_x, double* sx, double* sxx, double* s1,
+        double* sdx)
 {
 #if FC_AVX2
     if (isa >= FC_ISA_AVX2) {
-        fc_rows_sums_avx2(x, g, N, C, shift, with_x, acc);
+        fc_rows_sums_avx2(x, g, N, C, shift, with_x, sx, sxx, s1, sdx);
         return;
     }
 #endif
     (void)isa;
-    fc_rows_sums_base(x, g, N, C, shift, with_x, acc);
+    fc_rows_sums_base(x, g, N, C, shift, with_x, sx, sxx, s1, sdx);
 }
 
 /* IN x, g, fm, ca, cb, cc; OUT dx */
