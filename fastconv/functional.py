@@ -127,9 +127,9 @@ def _check_int_sizes(op, **sizes):
                              f"(limit {_INT_MAX}); split the batch or the layer")
 
 
-def _check_dy(op, dy, expected_shape):
+def _check_dy(op, dy, expected_shape, name="dy"):
     if dy.shape != tuple(expected_shape):
-        raise ValueError(f"{op}: dy must have the output's shape {tuple(expected_shape)}, "
+        raise ValueError(f"{op}: {name} must have the output's shape {tuple(expected_shape)}, "
                          f"got {dy.shape}")
 
 
@@ -191,7 +191,8 @@ def _conv_setup(op, x, w, stride, padding, algo, backend):
     return x, w, stride, padding, (N, K, P, Q), implementation(f"conv_{algo}", backend)
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
+def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None, *, relu=False,
+           residual=None):
     """2-D convolution (cross-correlation, as in PyTorch's ``conv2d``), notes eq. (conv.fwd).
 
     ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r - ph, q*sw + s - pw]``
@@ -207,20 +208,34 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
     stride, padding : int or (h, w)
     algo : "direct", "im2col" or "auto" (the faster for the shape, see ``choose_conv_algo``)
     backend : "fast", "reference" or None (the default, see ``fastconv.set_backend``)
+    relu : bool, keyword only
+        Return ``relu(y)``: the ReLU applied in the kernel's epilogue, to each block of
+        output as it is written, instead of in a second pass over memory (conv.fused).
+    residual : ndarray (N, K, P, Q) or None, keyword only
+        Added to y before the ReLU, in the same epilogue: a ResNet block's
+        ``relu(conv(...) + shortcut)`` in one call. The result equals
+        ``relu(conv2d(x, w, b) + residual)`` bit for bit.
 
     Returns
     -------
     y : ndarray (N, K, P, Q), P = floor((H + 2*ph - R) / sh) + 1 (conv.out), likewise Q.
     """
     op = "conv2d"
-    x, w, stride, padding, _, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
     if b is not None:
         b = _as_float_array(op, "b", b, dtype=x.dtype)
         if b.shape != (w.shape[0],):
             raise ValueError(f"{op}: b must have shape ({w.shape[0]},) for w of shape {w.shape}, "
                              f"got {b.shape}")
     with _threads.blas_single_thread():
-        return impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads())
+        if not relu and residual is None:       # the plain call: no keyword arguments to parse
+            return impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads())
+        if residual is not None:
+            residual = _as_float_array(op, "residual", residual, dtype=x.dtype)
+            _check_dy(op, residual, y_shape, "residual")
+        x, w, b, residual = _contiguous(x, w, b, residual)
+        return impl.conv2d_forward(x, w, b, stride, padding, _n_threads(), relu=bool(relu),
+                                   residual=residual)
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,

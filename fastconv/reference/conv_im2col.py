@@ -16,6 +16,8 @@ Cross-correlation, as in PyTorch: the kernel is not flipped.
 """
 import numpy as np
 
+from .conv_direct import conv_epilogue
+
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
 
@@ -59,8 +61,9 @@ def col2im(col, x_shape, R, S, stride, padding, P, Q):
     return dxp[:, :, ph:ph + H, pw:pw + W]
 
 
-def conv2d_forward(x, w, b, stride, padding, n_threads=None):
-    """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd).
+def conv2d_forward(x, w, b, stride, padding, n_threads=None, *, relu=False, residual=None):
+    """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd), then
+    ``relu(y + residual)`` where asked (eq. (conv.fused), ``conv_direct.conv_epilogue``).
 
     Parameters
     ----------
@@ -69,6 +72,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     b : ndarray (K,) or None
     stride, padding : (int, int)
     n_threads : ignored (NumPy's BLAS threads are set by fastconv.num_threads)
+    relu : bool;  residual : ndarray (N, K, P, Q) or None (keyword only)
 
     Returns
     -------
@@ -81,7 +85,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None):
     y = np.matmul(w.reshape(K, C * R * S), col)                      # Y_n = W @ col_n: (N, K, PQ)
     if b is not None:
         y += b[:, None]
-    return y.reshape(N, K, P, Q).astype(x.dtype, copy=False)
+    return conv_epilogue(y.reshape(N, K, P, Q).astype(x.dtype, copy=False), relu, residual)
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
