@@ -26,6 +26,8 @@ How the loops are laid out, and why
   4 channels x 8 columns (float; 4 columns for double): the tile's accumulators stay in
   registers for the whole sum over c, r, s, so each input vector loaded feeds 4 channels
   and no partial output goes back to memory (``fastconv_tile_*``, in C: see the header).
+* Fused inference (conv.fused): with ``relu=`` or ``residual=``, each task ends with
+  ``_epilogue`` (src_pyx/_conv_shared.pxi) on its channels' planes, still in cache.
 * dx with stride 1 is itself a convolution (of dy, zero-padded, with the kernel flipped and
   its channel axes swapped), so it reuses the forward's tiles. With a larger stride, each
   input plane dx[n, c] gathers its windows' contributions as row updates along q; padding

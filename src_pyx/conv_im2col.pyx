@@ -30,6 +30,10 @@ Read it in this order:
    side (K channels) in registers; with the AVX-512 micro-kernel colT is never built (the
    kernel reads each window in the padded image through an offset per output pixel).
 
+Fused inference (conv.fused): ``conv2d_forward(..., relu=, residual=)`` hands each block of
+output, right after it is written, to ``_epilogue`` (src_pyx/_conv_shared.pxi), which adds
+the residual and applies the ReLU while the block is in cache.
+
 Threads and determinism. Forward: one image per task. Backward: dW is summed over fixed
 batch chunks in a fixed order (see "dW: fixed batch chunks" below), so every result is
 bitwise the same for any thread count, whichever thread runs which task.

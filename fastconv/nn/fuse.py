@@ -66,10 +66,13 @@ class FusedConv2d(Conv2d):
         fused.relu = bool(relu)
         return fused
 
-    def forward(self, x, residual=None):
+    def forward(self, x, residual=None, relu=None):
+        """conv2d + bias, + ``residual`` (None: nothing), then ReLU when ``relu`` (None:
+        this layer's ``relu``), in one kernel call."""
         b = None if self.bias is None else self.bias.data
         return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
-                        algo=self.algo, relu=self.relu, residual=residual)
+                        algo=self.algo, relu=self.relu if relu is None else relu,
+                        residual=residual)
 
     def backward(self, dy):
         _inference_only(self)
@@ -81,25 +84,23 @@ class FusedConv2d(Conv2d):
         return super().extra_repr() + (", relu=True" if self.relu else "")
 
 
-class FusedResidual(Module):
+class FusedResidual(Residual):
     """A residual block ``relu(body(x) + shortcut(x))`` whose body ends in a convolution,
     for inference: the shortcut runs first, then the body, whose last layer (a
     :class:`FusedConv2d`) adds the shortcut's output and applies the ReLU in its epilogue,
     so the sum and the ReLU make no pass of their own over memory.
 
     Made by :func:`fuse_for_inference` from a :class:`~fastconv.nn.Residual` (e.g. ResNet's
-    BasicBlock). Inference only.
+    BasicBlock), with the same ``body``, ``shortcut`` and ``activation`` (what ``summary``
+    and ``repr`` show). Inference only.
     """
-
-    def __init__(self, body, last, shortcut=None):
-        super().__init__()
-        self.body = body            # a Sequential: every layer of the body but the last conv
-        self.last = last            # FusedConv2d
-        self.shortcut = shortcut    # None: the identity
 
     def forward(self, x):
         s = x if self.shortcut is None else self.shortcut(x)
-        return self.last.forward(self.body(x), residual=s)
+        *head, last = self.body
+        for layer in head:
+            x = layer(x)
+        return last.forward(x, residual=s, relu=self.activation is not None)
 
     def backward(self, dy):
         _inference_only(self)
@@ -147,11 +148,9 @@ def _fuse_residual(block):
     last = body[len(body) - 1]
     if not (_fusable_conv(last) or (type(last) is FusedConv2d and not last.relu)):
         return block
-    names = [name for name, _ in body.children()]
-    head = Sequential(dict(zip(names[:-1], list(body)[:-1])))
-    fused = FusedResidual(head, FusedConv2d.from_conv(last, relu=block.activation is not None),
-                          block.shortcut)
-    fused.training = False
+    body[len(body) - 1] = FusedConv2d.from_conv(last, relu=False)   # FusedResidual adds it
+    fused = FusedResidual(body, block.shortcut, block.activation)
+    fused.eval()
     return fused
 
 
