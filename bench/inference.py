@@ -1,8 +1,11 @@
 """Eval-mode forward, fused (``nn.fuse_for_inference``) against unfused (``model.eval()``).
 
 Each measurement runs in its own process; the processes alternate (unfused, fused, at 1
-then 2 threads, for every round), and the report gives, per case, the best median of each
-side, their ratio (unfused time / fused time) and the spread of the medians over the rounds.
+then 2 threads, for every round). Each process reports the median and the fastest of its
+timed calls; the report gives, per case, the best median and the best fastest call of each
+side over the rounds, their ratios (unfused time / fused time), and the spread of the
+medians over the rounds (on a machine shared with other work the fastest calls are the
+steadier measure).
 
     python bench/inference.py                      # ResNet-20 batch 128, LeNet-5 batch 1
     python bench/inference.py --rounds 5 --json out.json
@@ -19,12 +22,12 @@ import sys
 import time
 
 # (model, batch, image shape (C, H, W), timed calls per process)
-CASES = [("resnet20", 128, (3, 32, 32), 15), ("lenet5", 1, (1, 28, 28), 2000)]
+CASES = [("resnet20", 128, (3, 32, 32), 10), ("lenet5", 1, (1, 28, 28), 1000)]
 MODES = ("unfused", "fused")
 
 
 def worker(model_name, batch, mode, threads, calls):
-    """Median seconds of one forward call, measured in this process."""
+    """(median, fastest) seconds of one forward call, measured in this process."""
     import numpy as np
 
     import fastconv
@@ -44,7 +47,7 @@ def worker(model_name, batch, mode, threads, calls):
             t0 = time.perf_counter()
             net(x)
             times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), min(times)
 
 
 CASES_BY_NAME = {name: {"batch": b, "shape": s, "calls": c} for name, b, s, c in CASES}
@@ -53,7 +56,8 @@ CASES_BY_NAME = {name: {"batch": b, "shape": s, "calls": c} for name, b, s, c in
 def measure(model_name, batch, mode, threads, calls):
     out = subprocess.run([sys.executable, __file__, "--worker", model_name, str(batch), mode,
                           str(threads), str(calls)], check=True, capture_output=True, text=True)
-    return float(out.stdout.split()[-1])
+    median, fastest = out.stdout.split()[-2:]
+    return float(median), float(fastest)
 
 
 def main(argv=None):
@@ -65,7 +69,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.worker:
         name, batch, mode, threads, calls = args.worker
-        print(worker(name, int(batch), mode, int(threads), int(calls)))
+        print(*worker(name, int(batch), mode, int(threads), int(calls)))
         return 0
     medians = {}
     for rnd in range(args.rounds):
@@ -76,17 +80,22 @@ def main(argv=None):
                     medians.setdefault((name, batch, threads, mode), []).append(t)
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
     rows = []
-    print(f"{'case':<22}{'threads':>8}{'unfused ms':>12}{'fused ms':>10}{'ratio':>7}"
-          f"{'spread u/f':>13}")
+    print(f"{'case':<20}{'threads':>8}{'unfused ms':>18}{'fused ms':>18}{'ratio':>12}"
+          f"{'spread u/f':>12}")
+    print(f"{'':<28}{'median  fastest':>18}{'median  fastest':>18}{'med  fast':>12}")
     for name, batch, _, _ in CASES:
         for threads in args.threads:
             u, f = (medians[(name, batch, threads, m)] for m in MODES)
-            row = dict(model=name, batch=batch, threads=threads, unfused_s=min(u), fused_s=min(f),
-                       ratio=min(u) / min(f), unfused_medians=u, fused_medians=f)
+            um, uf = min(t[0] for t in u), min(t[1] for t in u)
+            fm, ff = min(t[0] for t in f), min(t[1] for t in f)
+            row = dict(model=name, batch=batch, threads=threads, unfused_median_s=um,
+                       unfused_fastest_s=uf, fused_median_s=fm, fused_fastest_s=ff,
+                       ratio_median=um / fm, ratio_fastest=uf / ff,
+                       unfused_rounds=u, fused_rounds=f)
             rows.append(row)
-            spread = "/".join(f"{(max(v) - min(v)) / min(v):.0%}" for v in (u, f))
-            print(f"{name + ' batch ' + str(batch):<22}{threads:>8}{min(u) * 1e3:>12.3f}"
-                  f"{min(f) * 1e3:>10.3f}{row['ratio']:>7.2f}{spread:>13}")
+            spread = "/".join(f"{(max(t[0] for t in v) - m) / m:.0%}" for v, m in ((u, um), (f, fm)))
+            print(f"{name + ' batch ' + str(batch):<20}{threads:>8}{um * 1e3:>10.2f}{uf * 1e3:>8.2f}"
+                  f"{fm * 1e3:>10.2f}{ff * 1e3:>8.2f}{um / fm:>6.2f}{uf / ff:>6.2f}{spread:>12}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"rounds": args.rounds, "cases": rows,

@@ -142,13 +142,10 @@ def _fuse_residual(block):
     """A FusedResidual for ``block`` (already fused inside), or the block itself when its
     body does not end in a convolution or its activation is not a ReLU."""
     body = block.body
-    if not (isinstance(body, Sequential) and len(body) and
-            (block.activation is None or type(block.activation) is ReLU)):
+    if not (isinstance(body, Sequential) and len(body) and _takes_relu(body[-1])
+            and (block.activation is None or type(block.activation) is ReLU)):
         return block
-    last = body[len(body) - 1]
-    if not (_fusable_conv(last) or (type(last) is FusedConv2d and not last.relu)):
-        return block
-    body[len(body) - 1] = FusedConv2d.from_conv(last, relu=False)   # FusedResidual adds it
+    body[-1] = FusedConv2d.from_conv(body[-1], relu=False)   # FusedResidual passes the ReLU
     fused = FusedResidual(body, block.shortcut, block.activation)
     fused.eval()
     return fused
