@@ -1,4 +1,4 @@
-"""The ``fastconv`` command: train, summary, info, viz, bench.
+"""The ``fastconv`` command: train, predict, summary, info, viz, bench.
 
     fastconv train                                  # LeNet-5 on Fashion-MNIST (or the embedded subset)
     fastconv train --model resnet20 --epochs 30 --augment crop,flip
@@ -6,6 +6,7 @@
     fastconv summary resnet20 --input-shape 3 32 32
     fastconv info
     fastconv viz runs/lenet5-fashion-mnist/latest/checkpoint.npz   # PNGs + index.html
+    fastconv predict runs/lenet5-fashion-mnist/latest shoe.png      # top-3 classes
     fastconv bench ...
 
 ``python -m fastconv`` is the same command. Errors are one line on stderr: exit status 2 for
@@ -399,6 +400,7 @@ def cmd_train(args):
     from .data import DataLoader, Normalize, make_augmentation
     from .models import get_model
     from .optim import make_optimizer
+    from .predict import data_info
     from .schedules import lr_find, make_schedule
     from .train import fit, write_history
 
@@ -438,7 +440,7 @@ def cmd_train(args):
     dtype = np.dtype(args.dtype)
     meta = {k: v for k, v in vars(args).items() if k not in ("func", "parser", "argv")}
     meta.update(dataset_resolved=ds.name, lr_resolved=lr, augment_resolved=augment_spec,
-                options=_train_options(args))
+                options=_train_options(args), data_info=data_info(ds))   # data_info: predict
 
     n_threads = args.threads or (mpi and distributed.threads_per_rank(mpi))
     threads = fastconv.num_threads(n_threads) if n_threads else contextlib.nullcontext()
@@ -526,6 +528,62 @@ def _mpi_world():
     return distributed.world()
 
 
+def cmd_predict(args):
+    """Classify image files with a trained checkpoint: the top-k classes of each, with their
+    probabilities. Files that fail are reported one line each (the others are still
+    classified) and make the exit status 1."""
+    import fastconv
+    from .predict import ImageError, load_classifier
+    threads = fastconv.num_threads(args.threads) if args.threads else contextlib.nullcontext()
+    with threads:
+        clf = load_classifier(args.checkpoint, data_dir=args.data_dir)
+        results, failed = [], 0
+        for path in args.images:
+            try:
+                x = clf.load_image(path, invert=args.invert)
+            except ImageError as exc:
+                print(f"fastconv predict: error: {exc}", file=sys.stderr)
+                results.append({"file": path, "error": str(exc)})
+                failed += 1
+                continue
+            top = clf.top_k(x, args.top_k)
+            results.append({"file": path, "top": [{"class": c, "probability": p} for c, p in top]})
+            if not args.json:
+                print(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in top), flush=True)
+    if args.json:
+        print(json.dumps({"checkpoint": args.checkpoint, "model": clf.name,
+                          "classes": list(clf.classes), "results": results}, indent=1))
+    return 1 if failed else 0
+
+
+def _add_predict_parser(sub):
+    p = sub.add_parser(
+        "predict", help="classify your own images (PNG, JPEG, .npy) with a trained checkpoint",
+        formatter_class=_HelpFormatter,
+        description="Print the most likely classes of each image, with their probabilities. "
+                    "Each image is converted to the model's channels (grey or RGB), resized to "
+                    "its input size and normalised as its training data was (the checkpoint "
+                    "says how), then run through the fused inference path.",
+        epilog="Example: `fastconv predict runs/lenet5-fashion-mnist/latest shoe.png --top-k 3`. "
+               "Fashion-MNIST and MNIST images are light objects on black: give --invert for "
+               "photos of dark objects on a light background.")
+    p.add_argument("checkpoint", help="a checkpoint written by `fastconv train`, or its run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files: PNG, JPEG (anything Pillow reads) or .npy arrays "
+                        "((H, W), (C, H, W) or (H, W, C); uint8, or floats on [0, 1])")
+    p.add_argument("--top-k", type=_positive_int, default=3, metavar="K",
+                   help="how many classes to print per image (all when K exceeds them)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead")
+    p.add_argument("--invert", action="store_true",
+                   help="invert the pixels (v -> 1 - v) before normalising")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="where the run's dataset is, for a checkpoint that does not store its "
+                        "normalisation (written by an older fastconv)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="threads for the kernels")
+    _add_debug(p)
+    p.set_defaults(func=cmd_predict)
+
+
 def cmd_summary(args):
     import fastconv
     from .models import get_model
@@ -568,6 +626,7 @@ def build_parser(with_bench=False):
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_train_parser(sub)
+    _add_predict_parser(sub)
 
     p = sub.add_parser("summary", help="print a model's layers, shapes, parameters, "
                                        "multiply-adds and receptive fields",

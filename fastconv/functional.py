@@ -143,9 +143,9 @@ def _check_int_sizes(op, **sizes):
                              f"(limit {_INT_MAX}); split the batch or the layer")
 
 
-def _check_dy(op, dy, expected_shape):
+def _check_dy(op, dy, expected_shape, name="dy"):
     if dy.shape != tuple(expected_shape):
-        raise ValueError(f"{op}: dy must have the output's shape {tuple(expected_shape)}, "
+        raise ValueError(f"{op}: {name} must have the output's shape {tuple(expected_shape)}, "
                          f"got {dy.shape}")
 
 
@@ -237,7 +237,8 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1):
             implementation(f"conv_{algo}", backend), (unbatched, extra))
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=None):
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=None, *,
+           relu=False, residual=None):
     """2-D convolution (cross-correlation, as in PyTorch's ``conv2d``), notes eq. (conv.fwd).
 
     ``y[n, k, p, q] = b[k] + sum_{c,r,s} w[k, c, r, s] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]``
@@ -261,6 +262,13 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
         kernel over a 5x5 window).
     algo : "direct", "im2col" or "auto" (the faster for the shape, see ``choose_conv_algo``)
     backend : "fast", "reference" or None (the default, see ``fastconv.set_backend``)
+    relu : bool, keyword only
+        Return ``relu(y)``: the ReLU applied in the kernel's epilogue, to each block of
+        output as it is written, instead of in a second pass over memory (conv.fused).
+    residual : ndarray (N, K, P, Q) or None, keyword only
+        Added to y before the ReLU, in the same epilogue: a ResNet block's
+        ``relu(conv(...) + shortcut)`` in one call. The result equals
+        ``relu(conv2d(x, w, b) + residual)`` bit for bit.
 
     Returns
     -------
@@ -278,8 +286,18 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
     if y_shape[0] == 0:                      # an empty batch: an empty output, as PyTorch
         return np.zeros(y_shape[1:] if unbatched else y_shape, dtype=x.dtype)
     with _threads.blas_single_thread():
-        y = impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads(),
-                                dilation=dilation)
+        if not relu and residual is None:       # the plain call: no keyword arguments to parse
+            y = impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads(),
+                                    dilation=dilation)
+            return y[0] if unbatched else y
+        if residual is not None:
+            residual = _as_float_array(op, "residual", residual, dtype=x.dtype)
+            _check_dy(op, residual, y_shape[1:] if unbatched else y_shape, "residual")
+            if unbatched:
+                residual = residual[None]
+        x, w, b, residual = _contiguous(x, w, b, residual)
+        y = impl.conv2d_forward(x, w, b, stride, padding, _n_threads(), dilation=dilation,
+                                relu=bool(relu), residual=residual)
     return y[0] if unbatched else y
 
 

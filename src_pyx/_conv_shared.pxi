@@ -77,3 +77,41 @@ cdef bint _all_finite(const floating* a, Py_ssize_t size) noexcept nogil:
     for i in range(full, size):
         acc[0] += a[i] - a[i]
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) == 0
+
+
+# --------------------------------------------------------------------------- fused epilogue
+
+def _residual_view(residual, y_shape):
+    """``residual`` checked against the output's shape (O(1); fastconv.functional checks
+    dtype and layout): None or an (N, K, P, Q) array."""
+    if residual is not None and tuple(residual.shape) != tuple(y_shape):
+        raise ValueError(f"conv2d_forward: residual must have the output's shape "
+                         f"{tuple(y_shape)}, got {tuple(residual.shape)}")
+    return residual
+
+
+cdef void _epilogue(floating* y, const floating* res, Py_ssize_t start, Py_ssize_t rows,
+                    Py_ssize_t cols, Py_ssize_t ld, bint relu) noexcept nogil:
+    """The fused epilogue (conv.fused): ``y = relu(y + res)`` in place on a block of ``rows``
+    x ``cols`` outputs starting at y + start, row stride ``ld``; ``res`` (the residual, laid
+    out as y; NULL: nothing to add) and ``relu`` are optional.
+
+    The kernels call it on the block of an image's output they have just written, while it
+    is still in cache, instead of a separate pass over the whole output (or two: the add,
+    then ReLU). The same operations as ``relu(conv2d(...) + residual)``, in the same order,
+    so the same bits; ``v <= 0`` is false for NaN, which stays NaN, as in F.relu.
+    """
+    cdef Py_ssize_t r, i
+    cdef floating v
+    cdef floating* y_row
+    cdef const floating* res_row
+    for r in range(rows):
+        y_row = y + start + r * ld
+        if res != NULL:
+            res_row = res + start + r * ld
+            for i in range(cols):
+                y_row[i] = y_row[i] + res_row[i]
+        if relu:
+            for i in range(cols):
+                v = y_row[i]
+                y_row[i] = 0 if v <= 0 else v

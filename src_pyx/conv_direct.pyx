@@ -26,6 +26,8 @@ How the loops are laid out, and why
   4 channels x 8 columns (float; 4 columns for double): the tile's accumulators stay in
   registers for the whole sum over c, r, s, so each input vector loaded feeds 4 channels
   and no partial output goes back to memory (``fastconv_tile_*``, in C: see the header).
+* Fused inference (conv.fused): with ``relu=`` or ``residual=``, each task ends with
+  ``_epilogue`` (src_pyx/_conv_shared.pxi) on its channels' planes, still in cache.
 * dx with stride 1 is itself a convolution (of dy, zero-padded, with the kernel flipped and
   its channel axes swapped), so it reuses the forward's tiles. With a larger stride, each
   input plane dx[n, c] gathers its windows' contributions as row updates along q; padding
@@ -182,8 +184,10 @@ cdef void _plane_axpy(const floating* xp, const floating* w, const floating* b, 
 cdef void _conv_block(const floating* xp, const floating* w, const floating* b, floating* y,
                       Py_ssize_t K, Py_ssize_t C, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t R,
                       Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-                      Py_ssize_t P, Py_ssize_t Q, Py_ssize_t kb) noexcept nogil:
-    """Output channels [kb*KB, kb*KB + KB) of one image, all (p, q), in register tiles.
+                      Py_ssize_t P, Py_ssize_t Q, Py_ssize_t kb, const floating* res, bint relu) noexcept nogil:
+    """Output channels [kb*KB, kb*KB + KB) of one image, all (p, q), in register tiles;
+    then the fused epilogue (``_epilogue``: + res, ReLU) on those channels' planes, where
+    asked (res: the image's residual or NULL).
 
     A partial last block of channels (or of columns) is computed as a full tile shifted back
     to end at K (or Q). It overlaps outputs already computed, which is cheaper than a scalar
@@ -191,31 +195,37 @@ cdef void _conv_block(const floating* xp, const floating* w, const floating* b, 
     """
     cdef Py_ssize_t QB = _qb(<floating>0)
     cdef Py_ssize_t k0 = kb * KB, j_first = 0, p, q0, k
+    cdef Py_ssize_t k_end = min(k0 + KB, K)       # this task's channels: k0 <= k < k_end
     if K < KB or Q < QB:
-        for k in range(k0, min(k0 + KB, K)):
+        for k in range(k0, k_end):
             _plane_axpy(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, k)
-        return
-    if k0 + KB > K:
-        j_first = k0 + KB - K                     # rows j < j_first belong to block kb - 1
-        k0 = K - KB
-    for p in range(P):
-        q0 = 0
-        while q0 < Q:
-            if q0 + QB > Q:
-                q0 = Q - QB                       # last columns: a shifted full tile
-            _tile(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, k0, j_first, p, q0)
-            q0 = q0 + QB
+    else:
+        if k0 + KB > K:
+            j_first = k0 + KB - K                 # rows j < j_first belong to block kb - 1
+            k0 = K - KB
+        for p in range(P):
+            q0 = 0
+            while q0 < Q:
+                if q0 + QB > Q:
+                    q0 = Q - QB                   # last columns: a shifted full tile
+                _tile(xp, w, b, y, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, k0, j_first, p,
+                      q0)
+                q0 = q0 + QB
+    if res != NULL or relu:
+        _epilogue(y, res, kb * KB * P * Q, k_end - kb * KB, P * Q, P * Q, relu)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                    b,                                  # IN (K,) or None
                    stride, padding, int n_threads,
-                   dilation=(1, 1)):                   # returns y, OUT (N, K, P, Q)
+                   dilation=(1, 1), *, bint relu=False,  # returns y, OUT (N, K, P, Q)
+                   residual=None):                     # IN (N, K, P, Q) or None
     """Direct convolution (cross-correlation, as PyTorch), eq. (conv.fwd).
 
     The input is zero-padded once (one copy of x, so the hot loop has no bounds tests);
-    then each task computes KB output channels of one image in register tiles.
+    then each task computes KB output channels of one image in register tiles, and, where
+    asked, applies the fused epilogue (conv.fused) ``y = relu(y + residual)`` to them.
 
     Parameters
     ----------
@@ -228,6 +238,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
         OpenMP threads; the result is bitwise the same for any value.
     dilation : (int, int)
         (dh, dw) >= 1: tap (r, s) reads input pixel (p*sh + r*dh - ph, q*sw + s*dw - pw).
+    relu : bool, keyword only
+        Apply ReLU to the output (after the residual).
+    residual : ndarray (N, K, P, Q) of x's dtype, C-contiguous, or None; keyword only
+        Added to the output (a ResNet block's shortcut).
 
     Returns
     -------
@@ -249,6 +263,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     if b is not None:
         bv = b
         b_ptr = &bv[0]
+    cdef const floating[:, :, :, ::1] res
+    cdef const floating* res_ptr = NULL
+    if _residual_view(residual, (N, K, P, Q)) is not None:
+        res = residual
+        res_ptr = &res[0, 0, 0, 0]
     cdef const floating[:, :, :, ::1] xp = x
     if ph > 0 or pw > 0:
         xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)         # x with its zero border
@@ -259,7 +278,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     with nogil:
         for t in prange(N * n_kb, schedule="dynamic", num_threads=nt):
             _conv_block(&xp[t // n_kb, 0, 0, 0], &w[0, 0, 0, 0], b_ptr, &y[t // n_kb, 0, 0, 0],
-                        K, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, t % n_kb)
+                        K, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, t % n_kb,
+                        NULL if res_ptr == NULL else res_ptr + (t // n_kb) * K * P * Q, relu)
     return y_arr
 
 
@@ -455,7 +475,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
             for t in prange(N * n_cb, schedule="dynamic", num_threads=nt):
                 _conv_block(&dyp[t // n_cb, 0, 0, 0], &wt[0, 0, 0, 0], NULL,
                             &dx[t // n_cb, 0, 0, 0], C, K, Hd, Wd, R, S, 1, 1, dh, dwd, H, W,
-                            t % n_cb)
+                            t % n_cb, NULL, False)
     else:
         # Strided (or non-finite weights, which the transposed convolution would also
         # multiply with dy's zero border): each dy value scatters into its window, one

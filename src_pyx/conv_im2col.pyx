@@ -30,6 +30,10 @@ Read it in this order:
    side (K channels) in registers; with the AVX-512 micro-kernel colT is never built (the
    kernel reads each window in the padded image through an offset per output pixel).
 
+Fused inference (conv.fused): ``conv2d_forward(..., relu=, residual=)`` hands each block of
+output, right after it is written, to ``_epilogue`` (src_pyx/_conv_shared.pxi), which adds
+the residual and applies the ReLU while the block is in cache.
+
 Threads and determinism. Forward: one image per task. Backward: dW is summed over fixed
 batch chunks in a fixed order (see "dW: fixed batch chunks" below), so every result is
 bitwise the same for any thread count, whichever thread runs which task.
@@ -367,15 +371,19 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
                           const floating[::1] b, floating[:, :, :, ::1] y, floating* col,
                           Py_ssize_t n, bint is_1x1, bint has_bias, Py_ssize_t sh,
                           Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
-                          Py_ssize_t dw, Py_ssize_t rows) noexcept nogil:
+                          Py_ssize_t dw, Py_ssize_t rows, const floating* res,
+                          bint relu) noexcept nogil:
     """Y_n (K x PQ) = W (K x CRS) @ col_n (CRS x PQ) (+ b), eq. (im2col), by blocks of
-    ``rows`` output rows (col holds one block's columns: see _rows_per_block)."""
+    ``rows`` output rows (col holds one block's columns: see _rows_per_block); then, where
+    asked, the fused epilogue on each block just written (``_epilogue``: + the image's
+    residual ``res`` unless NULL, ReLU)."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
     cdef Py_ssize_t P = y.shape[2], Q = y.shape[3], k, i, blk, p0, p1
     cdef int CRS = <int>(C * R * S), PQ = <int>(P * Q), PQb
     cdef floating* y_n = &y[n, 0, 0, 0]
     cdef floating beta = 0
+    cdef bint fused = res != NULL or relu
     if has_bias:                             # Y_n = b, then GEMM with beta = 1 adds W @ col_n
         beta = 1
         for k in range(K):
@@ -384,6 +392,8 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
     if is_1x1:      # x[n] as (C, H*W) is col_n already
         _gemm_small(K, PQ, CRS, &w[0, 0, 0, 0], CRS, 1, &x[n, 0, 0, 0], PQ, has_bias, y_n,
                     PQ)
+        if fused:
+            _epilogue(y_n, res, 0, K, PQ, PQ, relu)
         return
     for blk in range((P + rows - 1) // rows):               # blocks of output rows
         p0 = blk * rows
@@ -395,6 +405,8 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
         # AVX-512: with few taps (lenet_c1, C*R*S = 25) the micro-kernel was slower
         gemm_rm(False, False, <int>K, PQb, CRS, 1, &w[0, 0, 0, 0], CRS, col, PQb, beta,
                 y_n + p0 * Q, PQ)
+        if fused:
+            _epilogue(y_n, res, p0 * Q, K, PQb, PQ, relu)
 
 
 cdef inline Py_ssize_t _first_tap(Py_ssize_t p, Py_ssize_t sh, Py_ssize_t ph) noexcept nogil:
@@ -413,11 +425,14 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
                               floating[:, :, :, ::1] y, floating* work, Py_ssize_t n,
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                               Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                              Py_ssize_t rows, bint skip_zero_taps) noexcept nogil:
+                              Py_ssize_t rows, bint skip_zero_taps, const floating* res,
+                              bint relu) noexcept nogil:
     """Y_n = (colT @ Wr^T)^T + b by eq. (im2col.hwc); wrT is Wr^T (R*S*C, K).
 
     By blocks of ``rows`` output rows (see _rows_per_block), each computed as Y_b^T
-    (PQb, K) and moved, transposed, into y[n]. With the micro-kernel, colT is never built:
+    (PQb, K) and moved, transposed, into y[n]; where asked, the fused epilogue
+    (``_epilogue``: + the image's residual ``res`` unless NULL, ReLU) follows each piece of
+    that move, on the values just written. With the micro-kernel, colT is never built:
     fc_igemm_f32 reads each output pixel's window straight from xp, at
     offs[p*Q + q] = (p*sh*Wp + q*sw)*C (its R runs one row of xp apart). ``work`` holds the
     padded channels-last image xp, then a block of Y_n^T, then (BLAS path) of colT.
@@ -433,6 +448,7 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
     cdef floating* y_n = &y[n, 0, 0, 0]
     cdef Py_ssize_t i0, i1, blk, b0, b1
     cdef Py_ssize_t p0, p1, r0, r1, SC = S * C
+    cdef bint fused = res != NULL or relu
     _pad_hwc(&x[n, 0, 0, 0], xp, C, H, W, ph, pw)
     for blk in range((P + rows - 1) // rows):               # blocks of output rows
         b0 = blk * rows
@@ -474,6 +490,8 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
         if floating is float:
             if _use_microkernel:    # 16 x 16 blocks transposed in registers (see _pad_hwc)
                 fc_unpack_yT_f32(yT, &b[0], y_n + b0 * Q, K, PQb, PQ)
+                if fused:
+                    _epilogue(y_n, res, b0 * Q, K, PQb, PQ, relu)
                 continue
         # in blocks of _TBLOCK rows of Y_b^T, which stay in L1 while they are read K times
         for i0 in range(0, PQb, _TBLOCK):
@@ -481,14 +499,19 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
             for k in range(K):
                 for i in range(i0, i1):
                     y_n[k * PQ + b0 * Q + i] = yT[i * K + k] + b[k]
+                if fused:
+                    _epilogue(y_n, res, k * PQ + b0 * Q + i0, 1, i1 - i0, PQ, relu)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                    b,                                  # IN (K,) or None
                    stride, padding, int n_threads,
-                   dilation=(1, 1)):                   # returns y, OUT (N, K, P, Q)
-    """Convolution (cross-correlation, as PyTorch) by im2col + GEMM, eqs. (im2col), (conv.fwd).
+                   dilation=(1, 1), *, bint relu=False,  # returns y, OUT (N, K, P, Q)
+                   residual=None):                     # IN (N, K, P, Q) or None
+    """Convolution (cross-correlation, as PyTorch) by im2col + GEMM, eqs. (im2col), (conv.fwd),
+    with the optional fused epilogue (conv.fused) ``y = relu(y + residual)`` applied to each
+    image's output as it is written.
 
     Parameters
     ----------
@@ -501,6 +524,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
         (fastconv.functional does). Bitwise the same result for any value.
     dilation : (int, int)
         (dh, dw) >= 1: tap (r, s) reads input pixel (p*sh + r*dh - ph, q*sw + s*dw - pw).
+    relu : bool, keyword only
+        Apply ReLU to the output (after the residual).
+    residual : ndarray (N, K, P, Q) of x's dtype, C-contiguous, or None; keyword only
+        Added to the output (a ResNet block's shortcut).
 
     Returns
     -------
@@ -525,6 +552,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
         raise ValueError(f"conv2d_forward: b must have shape ({K},), got {b_arr.shape}")
     cdef const floating[::1] bv = b_arr
     cdef bint has_bias = b is not None
+    cdef const floating[:, :, :, ::1] res
+    cdef const floating* res_ptr = NULL
+    if _residual_view(residual, (N, K, P, Q)) is not None:
+        res = residual
+        res_ptr = &res[0, 0, 0, 0]
     y_arr = np.empty((N, K, P, Q), dtype=dtype)
     # per-thread scratch, within one image's columns (the memory bound) beside Wr^T's share:
     # channels-last, the padded image and a block of rows of Y_n^T (and of colT for BLAS);
@@ -556,11 +588,13 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                 skip_zero_taps = _all_finite(&w[0, 0, 0, 0], K * C * R * S)
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample_hwc(x, wrT, bv, offs, y, &col[threadid(), 0], n, R, S, sh, sw,
-                                    ph, pw, dh, dw, rows, skip_zero_taps)
+                                    ph, pw, dh, dw, rows, skip_zero_taps,
+                                    NULL if res_ptr == NULL else res_ptr + n * K * P * Q, relu)
         else:
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample(x, w, bv, y, &col[threadid(), 0], n, is_1x1, has_bias,
-                                sh, sw, ph, pw, dh, dw, rows)
+                                sh, sw, ph, pw, dh, dw, rows,
+                                NULL if res_ptr == NULL else res_ptr + n * K * P * Q, relu)
     return y_arr
 
 

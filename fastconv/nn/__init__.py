@@ -19,6 +19,7 @@ from .container import Concat, Residual, Sequential
 from .conv import Conv2d, ConvTranspose2d
 from .dropout import Dropout
 from .fold import fold_batchnorm
+from .fuse import FusedConv2d, FusedResidual, fuse_for_inference
 from .graph import Concatenate, Graph
 from .linear import Identity, Linear
 from .loss import CrossEntropyLoss, MSELoss
@@ -39,5 +40,5 @@ __all__ = [
     "Sequential", "Residual", "Concat", "Graph", "Concatenate",
     "BasicBlock", "Inception", "ZeroPadShortcut",
     "CrossEntropyLoss", "MSELoss",
-    "fold_batchnorm",
+    "fold_batchnorm", "fuse_for_inference", "FusedConv2d", "FusedResidual",
 ]

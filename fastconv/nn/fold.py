@@ -30,8 +30,15 @@ def fold_batchnorm(model):
     equal the unfolded eval model's up to rounding, and one pass over each feature map is saved.
     """
     folded = copy.deepcopy(model)
-    folded.eval()
-    for module in folded.modules():
+    fold_batchnorm_in_place(folded)
+    return folded
+
+
+def fold_batchnorm_in_place(model):
+    """:func:`fold_batchnorm` on ``model`` itself (set to eval mode); returns it. The folded
+    layers get new weight and bias arrays: arrays they shared before are not written."""
+    model.eval()
+    for module in model.modules():
         if not isinstance(module, Sequential):
             continue
         layers = list(module)
@@ -42,7 +49,7 @@ def fold_batchnorm(model):
                     and prev.weight.shape[0] == bn.num_features):
                 _fold_into(prev, bn)
                 module[i] = Identity()
-    return folded
+    return model
 
 
 def _fold_into(layer, bn):

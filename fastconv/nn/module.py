@@ -86,6 +86,43 @@ class Module:
             setattr(new, name, copy.deepcopy(value, memo))
         return new
 
+    def predict(self, x, batch_size=256):
+        """The model's outputs for the inputs ``x`` in eval mode, ``batch_size`` inputs at a
+        time, through the fused inference path (:func:`fastconv.nn.fuse_for_inference`).
+
+        Nothing of this model changes (not its mode, weights or the arrays its layers keep
+        for backward): the fused copy is made for this call. For many calls with the same
+        weights, fuse once, ``fast = nn.fuse_for_inference(model)``, and call
+        ``fast.predict(x)`` (a fused model predicts with itself).
+
+        Parameters
+        ----------
+        x : ndarray (N, ...), what the model's forward takes (e.g. (N, C, H, W) images,
+            normalised as in training), in the model's dtype
+        batch_size : int >= 1, inputs per forward pass (bounds the memory)
+
+        Returns
+        -------
+        ndarray (N, ...): the outputs (e.g. (N, classes) logits) of every input, in order;
+        a tuple of them for a model with several outputs.
+        """
+        from .fuse import _drop_caches, _fused_copy
+        if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                or batch_size < 1):
+            raise ValueError(f"predict: batch_size must be a positive int, got {batch_size!r}")
+        x = np.asarray(x)
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError(f"predict: x must hold at least one input along its first axis, "
+                             f"got shape {x.shape}")
+        fused = (self if getattr(self, "fused_for_inference", False)
+                 else _fused_copy(self, share_weights=True))
+        outs = [fused(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        if fused is self:
+            _drop_caches(self)
+        if isinstance(outs[0], tuple):
+            return tuple(np.concatenate(parts) for parts in zip(*outs))
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
     # --- structure -------------------------------------------------------------
     def children(self):
         """Direct sub-modules as (name, module), in definition order."""

@@ -40,8 +40,24 @@ def _windows(xp, R, S, stride, P, Q, dilation=(1, 1)):
     return win[:, :, ::sh, ::sw][:, :, :P, :Q, ::dh, ::dw]
 
 
-def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1)):
-    """Cross-correlation ``y = w * x + b``, eq. (conv.fwd).
+def conv_epilogue(y, relu=False, residual=None):
+    """The fused epilogue of a convolution, eq. (conv.fused): ``relu(y + residual)``, each
+    part optional (y is changed in place and returned). The fast kernels apply it to each
+    block of output as they write it; here it is one NumPy pass per part."""
+    if residual is not None:
+        if residual.shape != y.shape:
+            raise ValueError(f"conv2d_forward: residual must have the output's shape "
+                             f"{y.shape}, got {residual.shape}")
+        y += residual
+    if relu:
+        np.copyto(y, y.dtype.type(0), where=y <= 0)      # NaN is kept (NaN <= 0 is False)
+    return y
+
+
+def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *, relu=False,
+                   residual=None):
+    """Cross-correlation ``y = w * x + b``, eq. (conv.fwd), then ``relu(y + residual)``
+    where asked (eq. (conv.fused), :func:`conv_epilogue`).
 
     Parameters
     ----------
@@ -53,6 +69,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1)):
     n_threads : ignored (NumPy decides; the fast twin uses it)
     dilation : (int, int)
         (dh, dw): the spacing of the kernel's taps.
+    relu : bool;  residual : ndarray (N, K, P, Q) or None (keyword only)
 
     Returns
     -------
@@ -69,7 +86,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1)):
     y = y.transpose(0, 3, 1, 2)                                          # (N, K, P, Q)
     if b is not None:
         y = y + b[None, :, None, None]
-    return np.ascontiguousarray(y, dtype=x.dtype)
+    return conv_epilogue(np.ascontiguousarray(y, dtype=x.dtype), relu, residual)
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,

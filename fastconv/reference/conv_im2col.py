@@ -17,6 +17,8 @@ Cross-correlation, as in PyTorch: the kernel is not flipped.
 """
 import numpy as np
 
+from .conv_direct import conv_epilogue
+
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
 
@@ -62,8 +64,10 @@ def col2im(col, x_shape, R, S, stride, padding, P, Q, dilation=(1, 1)):
     return dxp[:, :, ph:ph + H, pw:pw + W]
 
 
-def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1)):
-    """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd).
+def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *, relu=False,
+                   residual=None):
+    """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd), then
+    ``relu(y + residual)`` where asked (eq. (conv.fused), ``conv_direct.conv_epilogue``).
 
     Parameters
     ----------
@@ -74,6 +78,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1)):
     n_threads : ignored (NumPy's BLAS threads are set by fastconv.num_threads)
     dilation : (int, int)
         (dh, dw): the spacing of the kernel's taps.
+    relu : bool;  residual : ndarray (N, K, P, Q) or None (keyword only)
 
     Returns
     -------
@@ -86,7 +91,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1)):
     y = np.matmul(w.reshape(K, C * R * S), col)                      # Y_n = W @ col_n: (N, K, PQ)
     if b is not None:
         y += b[:, None]
-    return y.reshape(N, K, P, Q).astype(x.dtype, copy=False)
+    return conv_epilogue(y.reshape(N, K, P, Q).astype(x.dtype, copy=False), relu, residual)
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,

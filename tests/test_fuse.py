@@ -1,0 +1,198 @@
+"""The fused inference path: conv2d's epilogue (relu=, residual=), fuse_for_inference and
+Module.predict, against the unfused ops and the unfused eval model."""
+import numpy as np
+import pytest
+from helpers import assert_close
+
+import fastconv
+import fastconv.functional as F
+from fastconv import nn
+from fastconv.models import get_model
+
+# (N, C, H, K, R, stride, padding): each reaches another output write of the kernels:
+# im2col's classic path (C*S < 16), its channels-last path, the 1x1 GEMM, and the direct
+# kernel's row updates (K < 4) and register tiles, strided or not.
+EPILOGUE_SHAPES = [
+    (3, 1, 12, 6, 5, 1, 2),
+    (2, 8, 9, 16, 3, 1, 1),
+    (2, 16, 8, 32, 3, 2, 1),
+    (2, 8, 7, 16, 1, 1, 0),
+    (2, 3, 10, 2, 3, 1, 1),
+    (2, 4, 11, 5, 3, 2, 0),
+]
+
+
+@pytest.mark.parametrize("shape", EPILOGUE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_conv2d_epilogue_equals_the_separate_ops_bit_for_bit(shape, algo, backend, dtype, rng):
+    N, C, H, K, R, stride, pad = shape
+    x = rng.standard_normal((N, C, H, H)).astype(dtype)
+    w = rng.standard_normal((K, C, R, R)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    kw = dict(algo=algo, backend=backend)
+    y = F.conv2d(x, w, b, stride, pad, **kw)
+    res = rng.standard_normal(y.shape).astype(dtype)
+    both = F.conv2d(x, w, b, stride, pad, relu=True, residual=res, **kw)
+    np.testing.assert_array_equal(both, F.relu(y + res, backend=backend))
+    np.testing.assert_array_equal(F.conv2d(x, w, b, stride, pad, residual=res, **kw), y + res)
+    relu_only = F.conv2d(x, w, None, stride, pad, relu=True, **kw)
+    np.testing.assert_array_equal(relu_only, F.relu(F.conv2d(x, w, None, stride, pad, **kw)))
+    assert (both >= 0).all() and both.dtype == dtype
+    # the fast kernels agree with the reference's epilogue
+    ref = F.conv2d(x, w, b, stride, pad, relu=True, residual=res, algo=algo, backend="reference")
+    assert_close(both, ref, reduction=C * R * R)
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+def test_conv2d_epilogue_is_thread_invariant_and_keeps_nan(algo, rng):
+    x = rng.standard_normal((5, 8, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
+    res = rng.standard_normal((5, 12, 10, 10)).astype(np.float32)
+    res[1, 2, 3, 4] = np.nan
+    res[2, 0, 0, 0] = -np.inf
+    outs = []
+    for threads in (1, 2):
+        with fastconv.num_threads(threads):
+            outs.append(F.conv2d(x, w, None, 1, 1, algo=algo, relu=True, residual=res))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert np.isnan(outs[0][1, 2, 3, 4])                  # relu keeps NaN, as F.relu
+    assert outs[0][2, 0, 0, 0] == 0                      # relu(-inf) = 0
+    assert np.isnan(outs[0]).sum() == 1
+
+
+def test_conv2d_epilogue_bad_arguments(rng):
+    x = rng.standard_normal((2, 3, 8, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    with pytest.raises(ValueError, match=r"conv2d: residual must have the output's shape "
+                                         r"\(2, 4, 6, 6\)"):
+        F.conv2d(x, w, residual=np.zeros((2, 4, 8, 8)))
+    with pytest.raises(TypeError, match="conv2d: residual has dtype float32 but x has dtype"):
+        F.conv2d(x, w, residual=np.zeros((2, 4, 6, 6), np.float32))
+    # a strided residual is copied, not misread
+    big = rng.standard_normal((2, 4, 6, 12))
+    np.testing.assert_array_equal(F.conv2d(x, w, residual=big[..., ::2]),
+                                  F.conv2d(x, w) + big[..., ::2])
+
+
+# --------------------------------------------------------------------------- whole models
+
+def _trained_looking(model, rng):
+    """Give every BatchNorm running statistics and an affine map far from the initial ones,
+    so that folding them is not trivially exact."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            C = m.num_features
+            m.running_mean[...] = rng.normal(0, 0.3, C)
+            m.running_var[...] = rng.uniform(0.3, 3, C)
+            m.weight.data[...] = rng.uniform(0.5, 1.5, C)
+            m.bias.data[...] = rng.normal(0, 0.3, C)
+    return model
+
+
+# (name, kwargs, fused convs with ReLU, fused residual blocks)
+MODELS = [
+    ("lenet5", {}, 2, 0),
+    ("lenet5", dict(batch_norm=True), 2, 0),
+    ("resnet20", {}, 19 - 9, 9),                 # conv + the first conv of each block
+    ("vgg11", dict(batch_norm=True, input_size=32), 8, 0),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,n_relu,n_res", MODELS,
+                         ids=["lenet5", "lenet5_bn", "resnet20", "vgg11_bn"])
+def test_fuse_for_inference_equals_the_eval_model(name, kwargs, n_relu, n_res, dtype, rng,
+                                                  layer_test_backend):
+    model = _trained_looking(get_model(name, dtype=dtype, seed=0, **kwargs), rng)
+    size = kwargs.get("input_size", 28)
+    x = rng.standard_normal((3, 1, size, size)).astype(dtype)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    fused = nn.fuse_for_inference(model)
+    assert model.training                                  # the original is untouched
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+    layers = fused.modules()
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)) for m in layers)
+    assert sum(isinstance(m, nn.FusedConv2d) and m.relu for m in layers) == n_relu
+    assert sum(isinstance(m, nn.FusedResidual) for m in layers) == n_res
+    assert fused.fused_for_inference and not fused.training
+    want = model.eval()(x)
+    got = fused(x)
+    assert got.dtype == dtype
+    assert_close(got, want, reduction=500)
+    assert_close(model.predict(x, batch_size=2), want, reduction=500)
+
+
+def test_fused_model_does_not_follow_later_training_of_the_original(rng, layer_test_backend):
+    model = get_model("lenet5", seed=0)
+    x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
+    fused = nn.fuse_for_inference(model)
+    y = fused(x)
+    model.fc3.weight.data += 1                             # e.g. an optimiser step
+    model.conv1.weight.data *= 2
+    np.testing.assert_array_equal(fused(x), y)
+    assert not np.allclose(model.predict(x), y)            # predict uses the new weights
+
+
+def test_predict_batches_restores_the_mode_and_keeps_no_caches(rng, layer_test_backend):
+    model = _trained_looking(get_model("resnet20", seed=0), rng)
+    x = rng.standard_normal((7, 1, 28, 28)).astype(np.float32)
+    want = model.eval()(x)
+    model.train()
+    whole = model.predict(x)
+    np.testing.assert_array_equal(model.predict(x, batch_size=3),
+                                  np.concatenate([model.predict(x[i:i + 3])
+                                                  for i in (0, 3, 6)]))
+    assert model.training
+    assert_close(whole, want, reduction=500)
+    fused = nn.fuse_for_inference(model)
+    direct = fused(x)
+    np.testing.assert_array_equal(fused.predict(x), direct)
+    assert not any(isinstance(v, np.ndarray) for m in fused.modules()
+                   for k, v in vars(m).items() if k.startswith("_"))
+
+
+def test_predict_bad_arguments(layer_test_backend):
+    model = get_model("lenet5", seed=0)
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    for bad in (0, -1, 2.5, True, None):
+        with pytest.raises(ValueError, match="predict: batch_size must be a positive int"):
+            model.predict(x, batch_size=bad)
+    with pytest.raises(ValueError, match="predict: x must hold at least one input"):
+        model.predict(x[:0])
+    with pytest.raises(ValueError, match="conv2d: w has 1 input channels"):
+        model.predict(np.zeros((2, 3, 28, 28), np.float32))
+
+
+def test_fused_layers_are_inference_only(rng, layer_test_backend):
+    fused = nn.fuse_for_inference(get_model("resnet20", seed=0))
+    y = fused(rng.standard_normal((2, 1, 28, 28)).astype(np.float32))
+    with pytest.raises(RuntimeError, match="FusedResidual is for inference only"):
+        fused.backward(np.ones_like(y))
+    with pytest.raises(TypeError, match="fuse_for_inference: model must be"):
+        nn.fuse_for_inference(lambda x: x)
+    assert "FusedConv2d(1, 16, kernel_size=(3, 3)" in repr(fused) and "relu=True" in repr(fused)
+
+
+def test_summary_of_a_fused_model(layer_test_backend):
+    """summary sees through the fused blocks: same receptive field, the convs' multiply-adds."""
+    from fastconv.summary import summary
+    model = get_model("resnet20", seed=0)
+    fused = nn.fuse_for_inference(model)
+    plain, folded = (summary(m, (1, 28, 28), print_fn=None) for m in (model, fused))
+    assert folded.receptive_field == plain.receptive_field
+    bn_macs = sum(r["macs"] for r in plain.rows if "BatchNorm" in r["type"])
+    assert folded.total_macs == plain.total_macs - bn_macs
+
+
+def test_fuse_leaves_unknown_patterns_as_they_are(rng, layer_test_backend):
+    """A conv followed by a Sigmoid, a Concat of branches and a ReLU that follows a Linear
+    run unfused (correctly); a conv + ReLU inside a branch is fused."""
+    net = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.Sigmoid(),
+        nn.Concat(nn.Sequential(nn.Conv2d(4, 3, 1), nn.ReLU()), nn.Conv2d(4, 2, 3, padding=1)),
+        nn.Flatten(), nn.Linear(5 * 6 * 6, 3), nn.ReLU())
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    fused = nn.fuse_for_inference(net)
+    assert sum(isinstance(m, nn.FusedConv2d) for m in fused.modules()) == 1
+    assert_close(fused(x), net.eval()(x), reduction=50)
