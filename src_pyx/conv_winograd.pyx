@@ -1,0 +1,436 @@
+# cython: language_level=3
+"""3x3 stride-1 convolution by Winograd's minimal filtering, F(2x2, 3x3) and F(4x4, 3x3).
+
+Compiled twin of ``fastconv/reference/conv_winograd.py`` (same functions and signatures),
+whose docstring derives the transform matrices B, G, A; ``algo="winograd"`` runs this
+module, and ``algo="auto"`` runs it for the 3x3 stride-1 layers where it was measured
+faster than im2col (``fastconv.functional.choose_conv_algo``). Its inner loop is BLAS's
+GEMM, called from ``_winograd_block``.
+
+The pipeline, for an m x m tile of outputs (m = 2 or 4, alpha = m + 2 input rows and
+columns per tile, T tiles over the whole batch):
+
+(wino.gemm)  1. filter transform   U[e] (K, C)  = (G g_{k,c} G^T)[e]   once per call
+             2. input transform    V[e] (C, T)  = (B^T d_{c,t} B)[e]   per tile and channel
+             3. alpha^2 GEMMs      M[e] (K, T)  = U[e] @ V[e]          16 (F2) or 36 (F4)
+             4. inverse transform  y tile (k, t) = A^T M_{k,t} A        m x m outputs
+
+e = (i, j) runs over the alpha x alpha positions of a transformed tile. Steps 2-4 run on
+blocks of ``block`` consecutive tiles (``_winograd_block``), one block per task: a block's
+V and M stay in the cache between the transform and the GEMMs. Each 2-D transform is two
+passes of a 1-D transform (columns, then rows) over all the tiles of the block at once
+(src_pyx/include/fc_winograd.h): the block's tiles are first gathered into
+D[a][b][t] = d_t[a, b], so that every pass reads and writes contiguous runs of ``block``
+values.
+
+Read it in this order: ``_winograd_block`` (the steps of one block), with
+``_gather_tiles`` (tiles out of the image), ``_input_transform``,
+``_winograd_block`` (transform -> GEMMs -> inverse transform -> ``_scatter_tiles``), then
+``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3 stride-1 convolution with padding
+p is the same computation on dy, with the flipped, transposed kernel and padding 2 - p;
+dw and db come from the im2col kernel (a Winograd dw did not pay: see docs/performance.md).
+
+Threads and determinism: the blocks depend on the shapes only, each output value is
+computed by exactly one block, so results are bitwise the same on any thread count.
+Memory (scratch beyond the outputs), per thread: alpha^2 x block x (C + K + 2) values
+(V, M and the gathered tiles), plus U (alpha^2 x K x C) once.
+
+NaN and Inf: the transforms mix all values of a tile, so non-finite values in x (or dy)
+spread further than in the formula (see the reference's docstring). With
+``check_finite=True`` the kernel returns None instead where w, a transformed input tile
+or an output is not finite (no exact answer is promised then), and ``algo="auto"``
+recomputes that call with im2col.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from _blas cimport gemm_rm
+from _common cimport imin, out_size, threads_for_macs
+
+from fastconv._ext import conv_im2col as _im2col
+
+cdef extern from "fc_winograd.h":
+    void fc_wino_in4_f32(const float* inp, Py_ssize_t in_step, float* out,
+                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_in6_f32(const float* inp, Py_ssize_t in_step, float* out,
+                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_out4_f32(const float* inp, Py_ssize_t in_step, float* out,
+                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_out6_f32(const float* inp, Py_ssize_t in_step, float* out,
+                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_in4_f64(const double* inp, Py_ssize_t in_step, double* out,
+                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_in6_f64(const double* inp, Py_ssize_t in_step, double* out,
+                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_out4_f64(const double* inp, Py_ssize_t in_step, double* out,
+                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_out6_f64(const double* inp, Py_ssize_t in_step, double* out,
+                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+
+TILES = (2, 4)                  # output tile sizes m of F(m x m, 3x3)
+DEFAULT_TILE = 4
+_INT_MAX = 2**31 - 1            # BLAS sizes are C ints
+_BLOCK_BYTES = 2**20            # a block's V and M (alpha^2 x block x (C + K) values) ...
+_MIN_BLOCK, _MAX_BLOCK = 16, 512  # ... within these many tiles
+
+
+# --------------------------------------------------------------------------- 1-D transforms
+
+cdef inline void _in_1d(int m, const floating* inp, Py_ssize_t in_step, floating* out,
+                        Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
+    """out[j*out_step + i] = sum_a B^T[j, a] inp[a*in_step + i], i < n (fc_winograd.h)."""
+    if floating is float:
+        if m == 2:
+            fc_wino_in4_f32(inp, in_step, out, out_step, n)
+        else:
+            fc_wino_in6_f32(inp, in_step, out, out_step, n)
+    else:
+        if m == 2:
+            fc_wino_in4_f64(inp, in_step, out, out_step, n)
+        else:
+            fc_wino_in6_f64(inp, in_step, out, out_step, n)
+
+
+cdef inline void _out_1d(int m, const floating* inp, Py_ssize_t in_step, floating* out,
+                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
+    """out[j*out_step + i] = sum_a A^T[j, a] inp[a*in_step + i], i < n (fc_winograd.h)."""
+    if floating is float:
+        if m == 2:
+            fc_wino_out4_f32(inp, in_step, out, out_step, n)
+        else:
+            fc_wino_out6_f32(inp, in_step, out, out_step, n)
+    else:
+        if m == 2:
+            fc_wino_out4_f64(inp, in_step, out, out_step, n)
+        else:
+            fc_wino_out6_f64(inp, in_step, out, out_step, n)
+
+
+# --------------------------------------------------------------------------- filter transform
+
+cdef void _filter_transform(const floating* g, Py_ssize_t r_step, Py_ssize_t s_step,
+                            int m, floating* u, Py_ssize_t e_step) noexcept nogil:
+    """u[e*e_step] = (G g G^T)[e] for one 3x3 filter g[r, s] = g[r*r_step + s*s_step]
+    (negative steps read it flipped), e = i*alpha + j. Once per (k, c): plain loops."""
+    cdef floating Gm[6][3]
+    cdef floating t[6][3]
+    cdef int alpha = m + 2, i, j, a
+    cdef floating acc
+    if m == 2:
+        Gm[0][:] = [1, 0, 0]
+        Gm[1][:] = [0.5, 0.5, 0.5]
+        Gm[2][:] = [0.5, -0.5, 0.5]
+        Gm[3][:] = [0, 0, 1]
+    else:
+        Gm[0][:] = [0.25, 0, 0]
+        Gm[1][:] = [-1.0 / 6, -1.0 / 6, -1.0 / 6]
+        Gm[2][:] = [-1.0 / 6, 1.0 / 6, -1.0 / 6]
+        Gm[3][:] = [1.0 / 24, 1.0 / 12, 1.0 / 6]
+        Gm[4][:] = [1.0 / 24, -1.0 / 12, 1.0 / 6]
+        Gm[5][:] = [0, 0, 1]
+    for i in range(alpha):                                      # t = G g  (alpha x 3)
+        for j in range(3):
+            acc = 0
+            for a in range(3):
+                if Gm[i][a] != 0:                               # a 0 times Inf is not 0
+                    acc = acc + Gm[i][a] * g[a * r_step + j * s_step]
+            t[i][j] = acc
+    for i in range(alpha):                                      # u = t G^T (alpha x alpha)
+        for j in range(alpha):
+            acc = 0
+            for a in range(3):
+                if Gm[j][a] != 0:
+                    acc = acc + t[i][a] * Gm[j][a]
+            u[(i * alpha + j) * e_step] = acc
+
+
+def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int nt):
+    """U (alpha^2, K, C) of w (K, C, 3, 3) for the forward pass; for dx (``for_dx``),
+    U (alpha^2, C, K) of the flipped, transposed kernel w[k, c, 2 - r, 2 - s]."""
+    cdef Py_ssize_t K = w.shape[0], C = w.shape[1], k, c
+    cdef Py_ssize_t alpha2 = (m + 2) * (m + 2)
+    u_arr = np.empty((alpha2, C if for_dx else K, K if for_dx else C),
+                     dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, :, ::1] u = u_arr
+    with nogil:
+        for k in prange(K, schedule="static", num_threads=nt):
+            for c in range(C):
+                if for_dx:
+                    _filter_transform(&w[k, c, 2, 2], -3, -1, m, &u[0, c, k], C * K)
+                else:
+                    _filter_transform(&w[k, c, 0, 0], 3, 1, m, &u[0, k, c], K * C)
+    return u_arr
+
+
+# --------------------------------------------------------------------------- tiles in and out
+
+cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* plane, Py_ssize_t P,
+                         Py_ssize_t Q, const Py_ssize_t* rows, const Py_ssize_t* cols,
+                         Py_ssize_t tb, int m, floating bias) noexcept nogil:
+    """plane[rows[t] + i, cols[t] + j] = O[(i*m + j)*ld + t] + bias for the block's tiles,
+    where inside the P x Q output plane (the overhang of the last tiles is dropped)."""
+    cdef Py_ssize_t t, i, j, r0, v0, hi, wi
+    for t in range(tb):
+        r0 = rows[t]
+        v0 = cols[t]
+        hi = imin(m, P - r0)
+        wi = imin(m, Q - v0)
+        for i in range(hi):
+            for j in range(wi):
+                plane[(r0 + i) * Q + v0 + j] = O[(i * m + j) * ld + t] + bias
+
+
+cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld,
+                           floating* V, Py_ssize_t v_step) noexcept nogil:
+    """V[e*v_step + t] = (B^T d_t B)[e] for the gathered tiles D (alpha^2 rows of ld):
+    columns first (T1[i][b] = sum_a B^T[i, a] D[a][b], all alpha columns b in one pass),
+    then the rows of T1 (V[i][j] = sum_b B^T[j, b] T1[i][b])."""
+    cdef int alpha = m + 2, i
+    _in_1d(m, D, alpha * ld, T1, alpha * ld, alpha * ld)
+    for i in range(alpha):
+        _in_1d(m, T1 + i * alpha * ld, ld, V + i * alpha * v_step, v_step, ld)
+
+
+cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
+                          const floating* U,                # IN (alpha^2, Kout, Cin)
+                          const floating* bias,             # IN (Kout,) or NULL
+                          floating* out,                    # OUT (N, Kout, P, Q)
+                          Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q,
+                          Py_ssize_t oh, Py_ssize_t ow, int m,
+                          Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
+                          floating* work, Py_ssize_t* rows, Py_ssize_t* cols,
+                          bint check_finite) noexcept nogil:
+    """Tiles t0 .. t0 + tb - 1 of the whole batch (tile t: image t // (th*tw), then row-major
+    over the th x tw tiles of its output plane), eq. (wino.gemm), steps 2-4:
+    out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) * inp[n, c, p + r + oh,
+    q + s + ow] for the outputs of these tiles. Returns False where ``check_finite`` found a
+    non-finite transformed input or output (the block's outputs are then unreliable)."""
+    cdef int alpha = m + 2, alpha2 = alpha * alpha
+    cdef Py_ssize_t th = (P + m - 1) // m, tw = (Q + m - 1) // m, per_image = th * tw
+    cdef Py_ssize_t t, n, c, k, e, i, rem
+    cdef floating* D = work                                  # gathered tiles (alpha^2, ld)
+    cdef floating* T1 = D + alpha2 * ld                      # half-transformed (alpha^2, ld)
+    cdef floating* V = T1 + alpha2 * ld                      # (alpha^2, Cin, ld)
+    cdef floating* M = V + alpha2 * Cin * ld                 # (alpha^2, Kout, ld)
+    cdef floating b = 0
+    cdef bint ok = True
+    # where each tile starts in its output plane; a block's tiles may span images
+    for t in range(tb):
+        rem = (t0 + t) % per_image
+        rows[t] = (rem // tw) * m
+        cols[t] = (rem % tw) * m
+    # 2. input transform, channel by channel: V[e][c][t]
+    for c in range(Cin):
+        _gather_block(inp, Cin, H, W, c, rows, cols, t0, tb, per_image, oh, ow, alpha, D, ld)
+        _input_transform(D, T1, m, ld, V + c * ld, Cin * ld)
+    if check_finite and not _all_finite(V, alpha2 * Cin * ld):
+        ok = False
+    # 3. the alpha^2 GEMMs: M[e] (Kout, tb) = U[e] (Kout, Cin) @ V[e] (Cin, tb)
+    for e in range(alpha2):
+        gemm_rm(False, False, <int>Kout, <int>tb, <int>Cin, 1, U + e * Kout * Cin, <int>Cin,
+                V + e * Cin * ld, <int>ld, 0, M + e * Kout * ld, <int>ld)
+    # 4. inverse transform, output channel by output channel: A^T M_{k,t} A, into y
+    for k in range(Kout):
+        # rows of the transformed tile first: S[a][j] = sum_b A^T[j, b] M[a][b] (into D),
+        # then its columns: O[i][j] = sum_a A^T[i, a] S[a][j] (into T1)
+        for i in range(alpha):
+            _out_1d(m, M + (i * alpha * Kout + k) * ld, Kout * ld, D + i * m * ld, ld, tb)
+        _out_1d(m, D, m * ld, T1, m * ld, m * ld)
+        if check_finite and not _all_finite(T1, m * m * ld):
+            ok = False
+        if bias != NULL:
+            b = bias[k]
+        _scatter_block(T1, ld, out, Kout, k, P, Q, rows, cols, t0, tb, per_image, m, b)
+    return ok
+
+
+cdef void _gather_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
+                        Py_ssize_t c, const Py_ssize_t* rows, const Py_ssize_t* cols,
+                        Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t per_image, Py_ssize_t oh,
+                        Py_ssize_t ow, int alpha, floating* D, Py_ssize_t ld) noexcept nogil:
+    """_gather_tiles for channel c of every image the block's tiles lie in (a block may
+    span images: its tiles run image by image)."""
+    cdef Py_ssize_t t = 0, n, end
+    while t < tb:
+        n = (t0 + t) // per_image
+        end = imin(tb, (n + 1) * per_image - t0)             # the tiles of image n
+        _gather_tiles(inp + (n * Cin + c) * H * W, H, W, rows + t, cols + t, end - t,
+                        oh, ow, alpha, D + t, ld)
+        t = end
+
+
+cdef void _gather_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W,
+                          const Py_ssize_t* rows, const Py_ssize_t* cols, Py_ssize_t tb,
+                          Py_ssize_t oh, Py_ssize_t ow, int alpha, floating* D,
+                          Py_ssize_t ld) noexcept nogil:
+    """D[(a*alpha + b)*ld + t] = plane[rows[t] + oh + a, cols[t] + ow + b] for tb tiles
+    (the input window of the output tile at (rows[t], cols[t])), 0 outside the H x W plane:
+    the padding, and the overhang of the last tiles."""
+    cdef Py_ssize_t t, a, b, r, v, r0, v0
+    cdef const floating* src
+    for t in range(tb):
+        r0 = rows[t] + oh
+        v0 = cols[t] + ow
+        if r0 >= 0 and r0 + alpha <= H and v0 >= 0 and v0 + alpha <= W:   # inside
+            src = plane + r0 * W + v0
+            for a in range(alpha):
+                for b in range(alpha):
+                    D[(a * alpha + b) * ld + t] = src[a * W + b]
+        else:
+            for a in range(alpha):
+                r = r0 + a
+                for b in range(alpha):
+                    v = v0 + b
+                    D[(a * alpha + b) * ld + t] = (plane[r * W + v] if 0 <= r < H and 0 <= v < W
+                                                   else 0)
+
+
+cdef void _scatter_block(const floating* O, Py_ssize_t ld, floating* out, Py_ssize_t Kout,
+                         Py_ssize_t k, Py_ssize_t P, Py_ssize_t Q, const Py_ssize_t* rows,
+                         const Py_ssize_t* cols, Py_ssize_t t0, Py_ssize_t tb,
+                         Py_ssize_t per_image, int m, floating bias) noexcept nogil:
+    """_scatter_tiles into output channel k of every image the block's tiles lie in."""
+    cdef Py_ssize_t t = 0, n, end
+    while t < tb:
+        n = (t0 + t) // per_image
+        end = imin(tb, (n + 1) * per_image - t0)
+        _scatter_tiles(O + t, ld, out + (n * Kout + k) * P * Q, P, Q, rows + t, cols + t,
+                       end - t, m, bias)
+        t = end
+
+
+# --------------------------------------------------------------------------- the driver
+
+def _block_size(Py_ssize_t n_tiles, Py_ssize_t Cin, Py_ssize_t Kout, int m, Py_ssize_t itemsize):
+    """Tiles per block: V and M of a block (alpha^2 x block x (Cin + Kout) values) within
+    _BLOCK_BYTES, between _MIN_BLOCK and _MAX_BLOCK tiles, a multiple of 8 (whole vectors);
+    a function of the shapes only (never of the thread count)."""
+    cdef Py_ssize_t alpha2 = (m + 2) * (m + 2)
+    cdef Py_ssize_t block = _BLOCK_BYTES // (alpha2 * (Cin + Kout) * itemsize)
+    block = max(_MIN_BLOCK, min(_MAX_BLOCK, block)) // 8 * 8
+    return int(min(block, (n_tiles + 7) // 8 * 8))
+
+
+def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
+               const floating[:, :, ::1] u,         # IN (alpha^2, Kout, Cin): U
+               bias,                                # IN (Kout,) or None
+               Py_ssize_t P, Py_ssize_t Q, Py_ssize_t oh, Py_ssize_t ow, int m, int nt,
+               bint check_finite):                  # returns y (N, Kout, P, Q) (OUT) or None
+    """y[n, k, p, q] = sum_{c,r,s} g_{k,c}[r, s] * inp[n, c, p + r + oh, q + s + ow] (inp = 0
+    outside), g the filters whose transforms are u: steps 2-4 of (wino.gemm), block by block."""
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t N = inp.shape[0], Cin = inp.shape[1], H = inp.shape[2], W = inp.shape[3]
+    cdef Py_ssize_t Kout = u.shape[1], alpha2 = (m + 2) * (m + 2)
+    cdef Py_ssize_t n_tiles = N * ((P + m - 1) // m) * ((Q + m - 1) // m)
+    cdef Py_ssize_t ld = _block_size(n_tiles, Cin, Kout, m, np.dtype(dtype).itemsize)
+    cdef Py_ssize_t n_blocks = (n_tiles + ld - 1) // ld, blk, tid
+    if max(Kout, Cin, ld) > _INT_MAX:
+        raise ValueError(f"conv_winograd: a GEMM dimension overflows BLAS's 32-bit int")
+    y_arr = np.empty((N, Kout, P, Q), dtype=dtype)
+    cdef floating[:, :, :, ::1] y = y_arr
+    cdef const floating[::1] b_view
+    cdef const floating* b_ptr = NULL
+    if bias is not None:
+        b_view = bias
+        b_ptr = &b_view[0]
+    cdef floating[:, ::1] work = np.empty((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
+    cdef Py_ssize_t[:, ::1] where = np.empty((nt, 2 * ld), dtype=np.intp)
+    cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
+    with nogil:
+        for blk in prange(n_blocks, schedule="dynamic", num_threads=nt):
+            tid = threadid()
+            ok[blk] = _winograd_block(&inp[0, 0, 0, 0], Cin, H, W, &u[0, 0, 0], b_ptr,
+                                      &y[0, 0, 0, 0], Kout, P, Q, oh, ow, m, blk * ld,
+                                      imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
+                                      &where[tid, 0], &where[tid, ld], check_finite)
+    if check_finite and not np.all(ok):
+        return None
+    return y_arr
+
+
+def _check_shapes(x_shape, w_shape, stride, tile):
+    if (w_shape[2], w_shape[3]) != (3, 3) or tuple(int(s) for s in stride) != (1, 1):
+        raise ValueError(f"conv_winograd: needs a 3x3 kernel with stride 1, got kernel "
+                         f"{(w_shape[2], w_shape[3])} and stride {tuple(stride)}")
+    if tile not in TILES:
+        raise ValueError(f"conv_winograd: tile must be one of {TILES}, got {tile!r}")
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                   const floating[:, :, :, ::1] w,     # IN (K, C, 3, 3)
+                   const floating[::1] b,              # IN (K,) or None
+                   stride, padding, int n_threads,
+                   int tile=DEFAULT_TILE, bint check_finite=False):   # returns y (OUT)
+    """(conv.fwd) for a 3x3 kernel, stride 1, by F(tile x tile, 3x3), eq. (wino.gemm).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W);  w : ndarray (K, C, 3, 3);  b : ndarray (K,) or None
+    stride : (1, 1);  padding : (ph, pw)
+    n_threads : int (BLAS limited to one thread by the caller; bitwise the same for any value)
+    tile : 2 or 4, the output tile of F(tile x tile, 3x3)
+    check_finite : bool
+        True: return None where w, a transformed input or an output is NaN or Inf (see the
+        module docstring), so that the caller can compute the formula's answer another way.
+
+    Returns
+    -------
+    y : ndarray (N, K, H + 2ph - 2, W + 2pw - 2), x's dtype, or None (``check_finite``).
+    """
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q
+    cdef int nt
+    _check_shapes((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
+                  (w.shape[0], w.shape[1], w.shape[2], w.shape[3]), stride, tile)
+    sh, sw, ph, pw, P, Q, nt = _conv_geometry(
+        (x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
+        (w.shape[0], w.shape[1], w.shape[2], w.shape[3]), stride, padding, n_threads)
+    if b is not None and b.shape[0] != w.shape[0]:
+        raise ValueError(f"conv: b has {b.shape[0]} values for {w.shape[0]} output channels")
+    if check_finite and not _all_finite(&w[0, 0, 0, 0], w.shape[0] * w.shape[1] * 9):
+        return None
+    u = _transformed_filters(w, tile, False, nt)
+    return _correlate(x, u, None if b is None else np.asarray(b), P, Q, -ph, -pw, tile, nt,
+                      check_finite)
+
+
+def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss/dy
+                    const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                    const floating[:, :, :, ::1] w,     # IN (K, C, 3, 3)
+                    stride, padding, int n_threads, bint need_dx=True,
+                    int tile=DEFAULT_TILE, bint check_finite=False):   # returns dx, dw, db (OUT)
+    """Gradients of :func:`conv2d_forward`, (conv.bwd): dx by Winograd, as the 3x3 stride-1
+    correlation of dy with the flipped, transposed kernel and padding 2 - p; dw and db by
+    the im2col kernel.
+
+    Parameters as :func:`conv2d_forward`; need_dx False skips dx (None in its place).
+    ``check_finite``: None instead of the three arrays where dy, w or a dx value is not
+    finite (dw and db alone are always computed by the formula).
+
+    Returns
+    -------
+    dx : (N, C, H, W) or None, dw : (K, C, 3, 3), db : (K,), all of x's dtype; or None.
+    """
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q
+    cdef int nt
+    _check_shapes((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
+                  (w.shape[0], w.shape[1], w.shape[2], w.shape[3]), stride, tile)
+    sh, sw, ph, pw, P, Q, nt = _conv_geometry(
+        (x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
+        (w.shape[0], w.shape[1], w.shape[2], w.shape[3]), stride, padding, n_threads,
+        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
+    dx = None
+    if need_dx:
+        if check_finite and not _all_finite(&w[0, 0, 0, 0], w.shape[0] * w.shape[1] * 9):
+            return None
+        u = _transformed_filters(w, tile, True, nt)
+        dx = _correlate(dy, u, None, x.shape[2], x.shape[3], ph - 2, pw - 2, tile, nt,
+                        check_finite)
+        if dx is None:
+            return None
+    _, dw, db = _im2col.conv2d_backward(dy, x, w, stride, padding, n_threads, False)
+    return dx, dw, db
+
+
+include "_conv_shared.pxi"
