@@ -29,7 +29,7 @@ __all__ = [
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward",
 ]
 
-ALGOS = ("direct", "im2col", "auto")
+ALGOS = ("direct", "im2col", "winograd", "auto")
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _FLOAT_DTYPES = (_FLOAT32, _FLOAT64)
 _INT_MAX = 2**31 - 1   # BLAS and OpenMP loop bounds are C ints
@@ -140,21 +140,35 @@ def _n_threads():
 # --------------------------------------------------------------------------- convolution
 
 def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
-    """The algorithm ``algo="auto"`` runs for this shape: "direct" or "im2col".
+    """The algorithm ``algo="auto"`` runs for this shape: "direct", "im2col" or "winograd".
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
-    For the fast backend: im2col, except with one output channel (K == 1), where direct
-    is faster; the measurements are in docs/performance.md ("Convolution").
+    For the fast backend: Winograd F(4x4, 3x3) for 3x3 stride-1 layers with at least
+    16 input and 16 output channels (every such layer of the benchmark suite ran faster
+    with it); direct with one output channel (K == 1); im2col otherwise. The measurements
+    are in docs/performance.md ("Convolution"). A call that picked Winograd runs im2col
+    instead where its inputs hold NaN or Inf (see ``conv2d``).
     """
     if backend == "reference":
         return "im2col"
     K, C, R, S = w_shape
-    # im2col's GEMMs win every layer of the benchmark suite, even with few input channels;
-    # with one output channel the GEMM is a matrix-vector product with nothing to reuse,
-    # and building the columns is pure overhead (measurements: docs/performance.md).
+    # im2col's GEMMs win every other layer of the benchmark suite, even with few input
+    # channels; with one output channel the GEMM is a matrix-vector product with nothing to
+    # reuse, and building the columns is pure overhead (measurements: docs/performance.md).
     if K == 1:
         return "direct"
+    if _winograd_applies(w_shape, stride) and min(C, K) >= _WINOGRAD_MIN_CHANNELS:
+        return "winograd"
     return "im2col"
+
+
+_WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they save
+
+
+def _winograd_applies(w_shape, stride, dilation=(1, 1), groups=1):
+    """Whether Winograd F(m x m, 3x3) computes this convolution: 3x3, stride 1."""
+    return (tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and groups == 1)
 
 
 def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs):
@@ -185,10 +199,18 @@ def _conv_setup(op, x, w, stride, padding, algo, backend):
                                       "(H+2p)*(W+2p)": (H + 2 * padding[0]) * (W + 2 * padding[1])})
     if algo not in ALGOS:
         raise ValueError(f"{op}: algo must be one of {ALGOS}, got {algo!r}")
+    if algo == "winograd" and not _winograd_applies(w.shape, stride):
+        raise ValueError(f"{op}: algo='winograd' needs a 3x3 kernel with stride 1 "
+                         f"(dilation 1, groups 1), got a {R}x{S} kernel with stride {stride}; "
+                         "use algo='auto' or 'im2col'")
     backend = resolve_backend(backend, op)
+    fallback = None
     if algo == "auto":
         algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend)
-    return x, w, stride, padding, (N, K, P, Q), implementation(f"conv_{algo}", backend)
+        if algo == "winograd":   # NaN/Inf spread differently in Winograd: im2col then
+            fallback = implementation("conv_im2col", backend)
+    return (x, w, stride, padding, (N, K, P, Q), implementation(f"conv_{algo}", backend),
+            fallback)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
@@ -197,7 +219,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
     ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r - ph, q*sw + s - pw]``
     with x = 0 outside the image. The kernel is not flipped; a true (mathematical)
     convolution is ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the
-    formula, the padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
+    formula, the padding's zeros included (0 * NaN = NaN), with every algorithm but an
+    explicit ``algo="winograd"``, whose transforms spread them over whole output tiles
+    (``fastconv.reference.conv_winograd`` says how); ``algo="auto"`` never lets that happen.
 
     Parameters
     ----------
@@ -205,7 +229,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
     w : ndarray (K, C, R, S), same dtype
     b : ndarray (K,) or None
     stride, padding : int or (h, w)
-    algo : "direct", "im2col" or "auto" (the faster for the shape, see ``choose_conv_algo``)
+    algo : "direct", "im2col", "winograd" or "auto" (the faster for the shape, see
+        ``choose_conv_algo``). "winograd" (F(4x4, 3x3), 3x3 kernels with stride 1 only)
+        trades accuracy for speed: in float32 its error is a few times im2col's (bounds in
+        ``fastconv.reference.conv_winograd``); float64 stays within 1e-12.
     backend : "fast", "reference" or None (the default, see ``fastconv.set_backend``)
 
     Returns
@@ -213,14 +240,19 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
     y : ndarray (N, K, P, Q), P = floor((H + 2*ph - R) / sh) + 1 (conv.out), likewise Q.
     """
     op = "conv2d"
-    x, w, stride, padding, _, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, _, impl, fallback = _conv_setup(op, x, w, stride, padding, algo,
+                                                           backend)
     if b is not None:
         b = _as_float_array(op, "b", b, dtype=x.dtype)
         if b.shape != (w.shape[0],):
             raise ValueError(f"{op}: b must have shape ({w.shape[0]},) for w of shape {w.shape}, "
                              f"got {b.shape}")
+    args = (*_contiguous(x, w, b), stride, padding, _n_threads())
     with _threads.blas_single_thread():
-        return impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads())
+        if fallback is None:
+            return impl.conv2d_forward(*args)
+        y = impl.conv2d_forward(*args, check_finite=True)
+        return fallback.conv2d_forward(*args) if y is None else y
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
@@ -245,12 +277,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
     dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype
     """
     op = "conv2d_backward"
-    x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, y_shape, impl, fallback = _conv_setup(op, x, w, stride, padding,
+                                                                 algo, backend)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, y_shape)
+    args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx))
     with _threads.blas_single_thread():
-        return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads(),
-                                    bool(need_dx))
+        if fallback is None:
+            return impl.conv2d_backward(*args)
+        grads = impl.conv2d_backward(*args, check_finite=True)
+        return fallback.conv2d_backward(*args) if grads is None else grads
 
 
 # --------------------------------------------------------------------------- pooling

@@ -225,7 +225,7 @@ cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_
     for c in range(Cin):
         _gather_block(inp, Cin, H, W, c, rows, cols, t0, tb, per_image, oh, ow, alpha, D, ld)
         _input_transform(D, T1, m, ld, V + c * ld, Cin * ld)
-    if check_finite and not _all_finite(V, alpha2 * Cin * ld):
+    if check_finite and not _columns_finite(V, alpha2 * Cin, ld, tb):
         ok = False
     # 3. the alpha^2 GEMMs: M[e] (Kout, tb) = U[e] (Kout, Cin) @ V[e] (Cin, tb)
     for e in range(alpha2):
@@ -238,12 +238,23 @@ cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_
         for i in range(alpha):
             _out_1d(m, M + (i * alpha * Kout + k) * ld, Kout * ld, D + i * m * ld, ld, tb)
         _out_1d(m, D, m * ld, T1, m * ld, m * ld)
-        if check_finite and not _all_finite(T1, m * m * ld):
+        if check_finite and not _columns_finite(T1, m * m, ld, tb):
             ok = False
         if bias != NULL:
             b = bias[k]
         _scatter_block(T1, ld, out, Kout, k, P, Q, rows, cols, t0, tb, per_image, m, b)
     return ok
+
+
+cdef bint _columns_finite(const floating* a, Py_ssize_t rows, Py_ssize_t ld,
+                          Py_ssize_t tb) noexcept nogil:
+    """Whether a[r*ld + t] is finite for every r < rows, t < tb (the block's own tiles: the
+    columns beyond tb are left over from an earlier block)."""
+    cdef Py_ssize_t r
+    for r in range(rows):
+        if not _all_finite(a + r * ld, tb):
+            return False
+    return True
 
 
 cdef void _gather_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
@@ -335,7 +346,8 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
     if bias is not None:
         b_view = bias
         b_ptr = &b_view[0]
-    cdef floating[:, ::1] work = np.empty((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
+    # zeros: the columns past a short last block are computed (never stored); keep them finite
+    cdef floating[:, ::1] work = np.zeros((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
     cdef Py_ssize_t[:, ::1] where = np.empty((nt, 2 * ld), dtype=np.intp)
     cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
     with nogil:
