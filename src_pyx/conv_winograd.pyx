@@ -23,9 +23,9 @@ passes of a 1-D transform (columns, then rows) over all the tiles of the block a
 D[a][b][t] = d_t[a, b], so that every pass reads and writes contiguous runs of ``block``
 values.
 
-Read it in this order: ``_winograd_block`` (the steps of one block), with
-``_gather_tiles`` (tiles out of the image), ``_input_transform``,
-``_winograd_block`` (transform -> GEMMs -> inverse transform -> ``_scatter_tiles``), then
+Read it in this order: ``_winograd_block`` (the steps of one block: ``_gather_run``
+takes tiles out of the image, ``_input_transform``, the GEMMs, the inverse transform,
+``_scatter_run`` puts the output tiles in place), then
 ``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3 stride-1 convolution with padding
 p is the same computation on dy, with the flipped, transposed kernel and padding 2 - p;
 dw and db come from the im2col kernel (a Winograd dw did not pay: see docs/performance.md).
@@ -45,29 +45,25 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy
 
 from _blas cimport gemm_rm
+from _isa cimport fc_isa_level
 from _common cimport imin, out_size, threads_for_macs
 
 from fastconv._ext import conv_im2col as _im2col
 
 cdef extern from "fc_winograd.h":
-    void fc_wino_in4_f32(const float* inp, Py_ssize_t in_step, float* out,
+    void fc_wino_in_f32(int isa, int m, const float* inp, Py_ssize_t in_step, float* out,
+                        Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_in_f64(int isa, int m, const double* inp, Py_ssize_t in_step, double* out,
+                        Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_out_f32(int isa, int m, const float* inp, Py_ssize_t in_step, float* out,
                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_in6_f32(const float* inp, Py_ssize_t in_step, float* out,
+    void fc_wino_out_f64(int isa, int m, const double* inp, Py_ssize_t in_step, double* out,
                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_out4_f32(const float* inp, Py_ssize_t in_step, float* out,
-                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_out6_f32(const float* inp, Py_ssize_t in_step, float* out,
-                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_in4_f64(const double* inp, Py_ssize_t in_step, double* out,
-                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_in6_f64(const double* inp, Py_ssize_t in_step, double* out,
-                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_out4_f64(const double* inp, Py_ssize_t in_step, double* out,
-                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_out6_f64(const double* inp, Py_ssize_t in_step, double* out,
-                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+
+cdef int _ISA = fc_isa_level()      # which copy of the transforms runs: fc_isa.h decides
 
 TILES = (2, 4)                  # output tile sizes m of F(m x m, 3x3)
 DEFAULT_TILE = 4
@@ -82,30 +78,18 @@ cdef inline void _in_1d(int m, const floating* inp, Py_ssize_t in_step, floating
                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
     """out[j*out_step + i] = sum_a B^T[j, a] inp[a*in_step + i], i < n (fc_winograd.h)."""
     if floating is float:
-        if m == 2:
-            fc_wino_in4_f32(inp, in_step, out, out_step, n)
-        else:
-            fc_wino_in6_f32(inp, in_step, out, out_step, n)
+        fc_wino_in_f32(_ISA, m, inp, in_step, out, out_step, n)
     else:
-        if m == 2:
-            fc_wino_in4_f64(inp, in_step, out, out_step, n)
-        else:
-            fc_wino_in6_f64(inp, in_step, out, out_step, n)
+        fc_wino_in_f64(_ISA, m, inp, in_step, out, out_step, n)
 
 
 cdef inline void _out_1d(int m, const floating* inp, Py_ssize_t in_step, floating* out,
                          Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
     """out[j*out_step + i] = sum_a A^T[j, a] inp[a*in_step + i], i < n (fc_winograd.h)."""
     if floating is float:
-        if m == 2:
-            fc_wino_out4_f32(inp, in_step, out, out_step, n)
-        else:
-            fc_wino_out6_f32(inp, in_step, out, out_step, n)
+        fc_wino_out_f32(_ISA, m, inp, in_step, out, out_step, n)
     else:
-        if m == 2:
-            fc_wino_out4_f64(inp, in_step, out, out_step, n)
-        else:
-            fc_wino_out6_f64(inp, in_step, out, out_step, n)
+        fc_wino_out_f64(_ISA, m, inp, in_step, out, out_step, n)
 
 
 # --------------------------------------------------------------------------- filter transform
@@ -166,20 +150,71 @@ def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int
 
 # --------------------------------------------------------------------------- tiles in and out
 
-cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* plane, Py_ssize_t P,
-                         Py_ssize_t Q, const Py_ssize_t* rows, const Py_ssize_t* cols,
-                         Py_ssize_t tb, int m, floating bias) noexcept nogil:
-    """plane[rows[t] + i, cols[t] + j] = O[(i*m + j)*ld + t] + bias for the block's tiles,
-    where inside the P x Q output plane (the overhang of the last tiles is dropped)."""
-    cdef Py_ssize_t t, i, j, r0, v0, hi, wi
-    for t in range(tb):
-        r0 = rows[t]
-        v0 = cols[t]
-        hi = imin(m, P - r0)
-        wi = imin(m, Q - v0)
-        for i in range(hi):
-            for j in range(wi):
-                plane[(r0 + i) * Q + v0 + j] = O[(i * m + j) * ld + t] + bias
+cdef void _gather_run(const floating* plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                      Py_ssize_t v0, Py_ssize_t n, int m, floating* D, Py_ssize_t ld,
+                      floating* row_buf) noexcept nogil:
+    """D[(a*alpha + b)*ld + t] = plane[r0 + a, v0 + t*m + b] for a run of n tiles side by
+    side (t < n), 0 outside the H x W plane (the padding, the overhang of the last tiles).
+
+    Row by row: input row r0 + a, with zeros around it where the run reaches outside (in
+    ``row_buf``), is read once per tap b with a stride of m, the writes contiguous."""
+    cdef int alpha = m + 2, a, b
+    cdef Py_ssize_t r, t, i, lo, hi, width = n * m + 2
+    cdef const floating* src
+    cdef floating* dst
+    for a in range(alpha):
+        r = r0 + a
+        if r < 0 or r >= H:                                     # a row of the padding
+            for b in range(alpha):
+                dst = D + (a * alpha + b) * ld
+                for t in range(n):
+                    dst[t] = 0
+            continue
+        lo = min(max(-v0, 0), width)                            # row_buf[lo:hi] is inside
+        hi = min(max(W - v0, lo), width)
+        src = plane + r * W + v0
+        if lo > 0 or hi < width:
+            for i in range(lo):
+                row_buf[i] = 0
+            memcpy(row_buf + lo, src + lo, (hi - lo) * sizeof(floating))
+            for i in range(hi, width):
+                row_buf[i] = 0
+            src = row_buf
+        for b in range(alpha):
+            dst = D + (a * alpha + b) * ld
+            if m == 4:
+                for t in range(n):
+                    dst[t] = src[4 * t + b]
+            else:
+                for t in range(n):
+                    dst[t] = src[2 * t + b]
+
+
+cdef void _scatter_run(const floating* O, Py_ssize_t ld, floating* plane, Py_ssize_t P,
+                       Py_ssize_t Q, Py_ssize_t r0, Py_ssize_t v0, Py_ssize_t n, int m,
+                       floating bias) noexcept nogil:
+    """plane[r0 + i, v0 + t*m + j] = O[(i*m + j)*ld + t] + bias for a run of n tiles side by
+    side, where inside the P x Q output plane (the overhang of the last tiles is dropped).
+    Row by row, so that the writes are contiguous."""
+    cdef Py_ssize_t i, j, t, full = min(n, (Q - v0) // m)       # tiles wholly inside
+    cdef floating* dst
+    cdef const floating* o
+    for i in range(min(m, P - r0)):
+        dst = plane + (r0 + i) * Q + v0
+        o = O + i * m * ld
+        if m == 4:
+            for t in range(full):
+                dst[4 * t] = o[t] + bias
+                dst[4 * t + 1] = o[ld + t] + bias
+                dst[4 * t + 2] = o[2 * ld + t] + bias
+                dst[4 * t + 3] = o[3 * ld + t] + bias
+        else:
+            for t in range(full):
+                dst[2 * t] = o[t] + bias
+                dst[2 * t + 1] = o[ld + t] + bias
+        for t in range(full, n):                                # the last tile, cut at Q
+            for j in range(min(m, Q - v0 - t * m)):
+                dst[t * m + j] = o[j * ld + t] + bias
 
 
 cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld,
@@ -200,8 +235,7 @@ cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_
                           Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q,
                           Py_ssize_t oh, Py_ssize_t ow, int m,
                           Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
-                          floating* work, Py_ssize_t* rows, Py_ssize_t* cols,
-                          bint check_finite) noexcept nogil:
+                          floating* work, bint check_finite) noexcept nogil:
     """Tiles t0 .. t0 + tb - 1 of the whole batch (tile t: image t // (th*tw), then row-major
     over the th x tw tiles of its output plane), eq. (wino.gemm), steps 2-4:
     out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) * inp[n, c, p + r + oh,
@@ -209,21 +243,26 @@ cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_
     non-finite transformed input or output (the block's outputs are then unreliable)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
     cdef Py_ssize_t th = (P + m - 1) // m, tw = (Q + m - 1) // m, per_image = th * tw
-    cdef Py_ssize_t t, n, c, k, e, i, rem
+    cdef Py_ssize_t t, n, c, k, e, i, g, end
     cdef floating* D = work                                  # gathered tiles (alpha^2, ld)
     cdef floating* T1 = D + alpha2 * ld                      # half-transformed (alpha^2, ld)
     cdef floating* V = T1 + alpha2 * ld                      # (alpha^2, Cin, ld)
     cdef floating* M = V + alpha2 * Cin * ld                 # (alpha^2, Kout, ld)
+    cdef floating* row_buf = M + alpha2 * Kout * ld          # one input row of a run
     cdef floating b = 0
     cdef bint ok = True
-    # where each tile starts in its output plane; a block's tiles may span images
-    for t in range(tb):
-        rem = (t0 + t) % per_image
-        rows[t] = (rem // tw) * m
-        cols[t] = (rem % tw) * m
     # 2. input transform, channel by channel: V[e][c][t]
+    # The block's tiles go in runs of tiles side by side: a tile row of an image (or what
+    # the block holds of it); tile g of the batch is in image g // (th*tw), tile row
+    # (g // tw) % th, column g % tw.
     for c in range(Cin):
-        _gather_block(inp, Cin, H, W, c, rows, cols, t0, tb, per_image, oh, ow, alpha, D, ld)
+        t = 0
+        while t < tb:
+            g = t0 + t
+            end = imin(tb, t + tw - g % tw)
+            _gather_run(inp + ((g // per_image) * Cin + c) * H * W, H, W,
+                        (g // tw) % th * m + oh, g % tw * m + ow, end - t, m, D + t, ld, row_buf)
+            t = end
         _input_transform(D, T1, m, ld, V + c * ld, Cin * ld)
     if check_finite and not _columns_finite(V, alpha2 * Cin, ld, tb):
         ok = False
@@ -242,7 +281,13 @@ cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_
             ok = False
         if bias != NULL:
             b = bias[k]
-        _scatter_block(T1, ld, out, Kout, k, P, Q, rows, cols, t0, tb, per_image, m, b)
+        t = 0
+        while t < tb:
+            g = t0 + t
+            end = imin(tb, t + tw - g % tw)
+            _scatter_run(T1 + t, ld, out + ((g // per_image) * Kout + k) * P * Q, P, Q,
+                         (g // tw) % th * m, g % tw * m, end - t, m, b)
+            t = end
     return ok
 
 
@@ -255,61 +300,6 @@ cdef bint _columns_finite(const floating* a, Py_ssize_t rows, Py_ssize_t ld,
         if not _all_finite(a + r * ld, tb):
             return False
     return True
-
-
-cdef void _gather_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
-                        Py_ssize_t c, const Py_ssize_t* rows, const Py_ssize_t* cols,
-                        Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t per_image, Py_ssize_t oh,
-                        Py_ssize_t ow, int alpha, floating* D, Py_ssize_t ld) noexcept nogil:
-    """_gather_tiles for channel c of every image the block's tiles lie in (a block may
-    span images: its tiles run image by image)."""
-    cdef Py_ssize_t t = 0, n, end
-    while t < tb:
-        n = (t0 + t) // per_image
-        end = imin(tb, (n + 1) * per_image - t0)             # the tiles of image n
-        _gather_tiles(inp + (n * Cin + c) * H * W, H, W, rows + t, cols + t, end - t,
-                        oh, ow, alpha, D + t, ld)
-        t = end
-
-
-cdef void _gather_tiles(const floating* plane, Py_ssize_t H, Py_ssize_t W,
-                          const Py_ssize_t* rows, const Py_ssize_t* cols, Py_ssize_t tb,
-                          Py_ssize_t oh, Py_ssize_t ow, int alpha, floating* D,
-                          Py_ssize_t ld) noexcept nogil:
-    """D[(a*alpha + b)*ld + t] = plane[rows[t] + oh + a, cols[t] + ow + b] for tb tiles
-    (the input window of the output tile at (rows[t], cols[t])), 0 outside the H x W plane:
-    the padding, and the overhang of the last tiles."""
-    cdef Py_ssize_t t, a, b, r, v, r0, v0
-    cdef const floating* src
-    for t in range(tb):
-        r0 = rows[t] + oh
-        v0 = cols[t] + ow
-        if r0 >= 0 and r0 + alpha <= H and v0 >= 0 and v0 + alpha <= W:   # inside
-            src = plane + r0 * W + v0
-            for a in range(alpha):
-                for b in range(alpha):
-                    D[(a * alpha + b) * ld + t] = src[a * W + b]
-        else:
-            for a in range(alpha):
-                r = r0 + a
-                for b in range(alpha):
-                    v = v0 + b
-                    D[(a * alpha + b) * ld + t] = (plane[r * W + v] if 0 <= r < H and 0 <= v < W
-                                                   else 0)
-
-
-cdef void _scatter_block(const floating* O, Py_ssize_t ld, floating* out, Py_ssize_t Kout,
-                         Py_ssize_t k, Py_ssize_t P, Py_ssize_t Q, const Py_ssize_t* rows,
-                         const Py_ssize_t* cols, Py_ssize_t t0, Py_ssize_t tb,
-                         Py_ssize_t per_image, int m, floating bias) noexcept nogil:
-    """_scatter_tiles into output channel k of every image the block's tiles lie in."""
-    cdef Py_ssize_t t = 0, n, end
-    while t < tb:
-        n = (t0 + t) // per_image
-        end = imin(tb, (n + 1) * per_image - t0)
-        _scatter_tiles(O + t, ld, out + (n * Kout + k) * P * Q, P, Q, rows + t, cols + t,
-                       end - t, m, bias)
-        t = end
 
 
 # --------------------------------------------------------------------------- the driver
@@ -347,8 +337,8 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
         b_view = bias
         b_ptr = &b_view[0]
     # zeros: the columns past a short last block are computed (never stored); keep them finite
-    cdef floating[:, ::1] work = np.zeros((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
-    cdef Py_ssize_t[:, ::1] where = np.empty((nt, 2 * ld), dtype=np.intp)
+    cdef floating[:, ::1] work = np.zeros(
+        (nt, alpha2 * ld * (2 + Cin + Kout) + (Q + m - 1) // m * m + 2), dtype=dtype)
     cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
     with nogil:
         for blk in prange(n_blocks, schedule="dynamic", num_threads=nt):
@@ -356,7 +346,7 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
             ok[blk] = _winograd_block(&inp[0, 0, 0, 0], Cin, H, W, &u[0, 0, 0], b_ptr,
                                       &y[0, 0, 0, 0], Kout, P, Q, oh, ow, m, blk * ld,
                                       imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
-                                      &where[tid, 0], &where[tid, ld], check_finite)
+                                      check_finite)
     if check_finite and not np.all(ok):
         return None
     return y_arr

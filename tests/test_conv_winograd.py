@@ -273,3 +273,38 @@ def test_matches_torch(rng):
     assert_close(F.conv2d(x, w, b, 1, 1, algo="winograd"), yt.detach().numpy(), np.float32, 144)
     for g, t in zip(F.conv2d_backward(dy, x, w, 1, 1, algo="winograd"), (xt, wt, bt)):
         assert_close(g, t.grad.numpy(), np.float32, 2 * 99)
+
+
+_ISA_RUN = """
+import sys
+import numpy as np
+from fastconv._ext import conv_winograd
+rng = np.random.default_rng(5)
+out = {}
+for dtype in (np.float32, np.float64):
+    x = rng.standard_normal((2, 16, 13, 11)).astype(dtype)
+    w = rng.standard_normal((8, 16, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((2, 8, 13, 11)).astype(dtype)
+    for m in (2, 4):
+        out[f"y{m}{dtype.__name__}"] = conv_winograd.conv2d_forward(x, w, None, (1, 1), (1, 1),
+                                                                    1, tile=m)
+        out[f"dx{m}{dtype.__name__}"] = conv_winograd.conv2d_backward(dy, x, w, (1, 1), (1, 1),
+                                                                      1, tile=m)[0]
+np.savez(sys.argv[1], **out)
+"""
+
+
+def test_every_instruction_set_gives_the_same_bits(tmp_path):
+    """The baseline and AVX2 copies of the transforms (FASTCONV_ISA, in a fresh process)
+    do the same operations in the same order: the same bits."""
+    import os
+    import subprocess
+    import sys
+    results = {}
+    for isa in ("baseline", "avx2"):
+        path = tmp_path / f"{isa}.npz"
+        subprocess.run([sys.executable, "-c", _ISA_RUN, str(path)], check=True, cwd=tmp_path,
+                       env=dict(os.environ, FASTCONV_ISA=isa))
+        results[isa] = np.load(path)
+    for key in results["baseline"].files:
+        assert np.array_equal(results["avx2"][key], results["baseline"][key]), key

@@ -4,8 +4,10 @@
  * transformed output tile, is two passes of one 1-D transform (columns, then rows), and
  * the driver lays the tiles out so that each pass works on n tiles at once: the a-th input
  * of the 1-D transform for column i is in[a * in_step + i], its j-th output goes to
- * out[j * out_step + i]. The loop over i is then plain vector code, 4 floats (2 doubles)
- * per SSE2 instruction on every x86-64.
+ * out[j * out_step + i]. The loop over i is then plain vector code: 4 floats (2 doubles)
+ * per SSE2 instruction on every x86-64, and 8 (4) in the copy compiled for AVX2, which
+ * fc_wino_in / fc_wino_out call where fc_isa_level() (fc_isa.h) says so. The copies do the
+ * same operations in the same order (no FMA), so they give the same bits.
  *
  *   fc_wino_in4_*   B^T of F(2x2, 3x3):  4 values -> 4   (points 0, 1, -1, infinity)
  *   fc_wino_in6_*   B^T of F(4x4, 3x3):  6 values -> 6   (points 0, 1, -1, 2, -2, infinity)
@@ -24,6 +26,8 @@
 
 #include <stddef.h>
 
+#include "fc_isa.h"
+
 #if defined(__GNUC__) && !defined(__clang__)
 #define FC_IVDEP _Pragma("GCC ivdep")
 #elif defined(__clang__)
@@ -32,9 +36,9 @@
 #define FC_IVDEP
 #endif
 
-#define FC_WINO_TRANSFORMS(T, SUFFIX)                                                  \
+#define FC_WINO_TRANSFORMS(T, SUFFIX, ATTR)                                                \
 /* B^T of F(2x2, 3x3): t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1, t3 = d1 - d3 */          \
-static inline void fc_wino_in4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,        \
+ATTR static void fc_wino_in4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,        \
                                         ptrdiff_t out_step, ptrdiff_t n)               \
 {                                                                                      \
     const T *d0 = in, *d1 = in + in_step, *d2 = in + 2 * in_step, *d3 = in + 3 * in_step; \
@@ -53,7 +57,7 @@ static inline void fc_wino_in4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out, 
  * t0 = 4 d0 - 5 d2 + d4          t3 = (d4 - d2) + 2 (d3 - d1)                          \
  * t1 = (d3 + d4) - 4 (d1 + d2)   t4 = (d4 - d2) - 2 (d3 - d1)                          \
  * t2 = (d4 - d3) + 4 (d1 - d2)   t5 = 4 d1 - 5 d3 + d5 */                               \
-static inline void fc_wino_in6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,        \
+ATTR static void fc_wino_in6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,        \
                                         ptrdiff_t out_step, ptrdiff_t n)               \
 {                                                                                      \
     const T *d0 = in, *d1 = in + in_step, *d2 = in + 2 * in_step;                       \
@@ -74,7 +78,7 @@ static inline void fc_wino_in6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out, 
 }                                                                                      \
                                                                                        \
 /* A^T of F(2x2, 3x3): y0 = m0 + m1 + m2, y1 = m1 - m2 - m3 */                           \
-static inline void fc_wino_out4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,       \
+ATTR static void fc_wino_out4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,       \
                                          ptrdiff_t out_step, ptrdiff_t n)              \
 {                                                                                      \
     const T *m0 = in, *m1 = in + in_step, *m2 = in + 2 * in_step, *m3 = in + 3 * in_step; \
@@ -89,7 +93,7 @@ static inline void fc_wino_out4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,
                                                                                        \
 /* A^T of F(4x4, 3x3), with s = m1 + m2, d = m1 - m2, S = m3 + m4, D = m3 - m4:         \
  * y0 = m0 + s + S, y1 = d + 2 D, y2 = s + 4 S, y3 = d + 8 D + m5 */                      \
-static inline void fc_wino_out6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,       \
+ATTR static void fc_wino_out6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,       \
                                          ptrdiff_t out_step, ptrdiff_t n)              \
 {                                                                                      \
     const T *m0 = in, *m1 = in + in_step, *m2 = in + 2 * in_step;                       \
@@ -105,7 +109,41 @@ static inline void fc_wino_out6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,
     }                                                                                  \
 }
 
-FC_WINO_TRANSFORMS(float, f32)
-FC_WINO_TRANSFORMS(double, f64)
+FC_WINO_TRANSFORMS(float, f32, )
+FC_WINO_TRANSFORMS(double, f64, )
+#if FC_HAVE_X86_SIMD
+FC_WINO_TRANSFORMS(float, f32_avx2, __attribute__((target("avx2"))))
+FC_WINO_TRANSFORMS(double, f64_avx2, __attribute__((target("avx2"))))
+#endif
+
+/* The transforms the driver calls: B^T (fc_wino_in) or A^T (fc_wino_out) of F(m x m, 3x3),
+ * in the copy for isa (fc_isa_level() at import). */
+#if FC_HAVE_X86_SIMD
+#define FC_WINO_PICK(isa, m, name4, name6, args)                                       \
+    do {                                                                               \
+        if ((isa) >= FC_ISA_AVX2) { if ((m) == 2) name4##_avx2 args; else name6##_avx2 args; } \
+        else { if ((m) == 2) name4 args; else name6 args; }                            \
+    } while (0)
+#else
+#define FC_WINO_PICK(isa, m, name4, name6, args)                                       \
+    do { if ((m) == 2) name4 args; else name6 args; } while (0)
+#endif
+
+/* IN in; OUT out */
+static inline void fc_wino_in_f32(int isa, int m, const float *in, ptrdiff_t in_step,
+                                  float *out, ptrdiff_t out_step, ptrdiff_t n)
+{ FC_WINO_PICK(isa, m, fc_wino_in4_f32, fc_wino_in6_f32, (in, in_step, out, out_step, n)); }
+
+static inline void fc_wino_in_f64(int isa, int m, const double *in, ptrdiff_t in_step,
+                                  double *out, ptrdiff_t out_step, ptrdiff_t n)
+{ FC_WINO_PICK(isa, m, fc_wino_in4_f64, fc_wino_in6_f64, (in, in_step, out, out_step, n)); }
+
+static inline void fc_wino_out_f32(int isa, int m, const float *in, ptrdiff_t in_step,
+                                   float *out, ptrdiff_t out_step, ptrdiff_t n)
+{ FC_WINO_PICK(isa, m, fc_wino_out4_f32, fc_wino_out6_f32, (in, in_step, out, out_step, n)); }
+
+static inline void fc_wino_out_f64(int isa, int m, const double *in, ptrdiff_t in_step,
+                                   double *out, ptrdiff_t out_step, ptrdiff_t n)
+{ FC_WINO_PICK(isa, m, fc_wino_out4_f64, fc_wino_out6_f64, (in, in_step, out, out_step, n)); }
 
 #endif
