@@ -139,13 +139,15 @@ def _n_threads():
 
 # --------------------------------------------------------------------------- convolution
 
-def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
+def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backward=False):
     """The algorithm ``algo="auto"`` runs for this shape: "direct", "im2col" or "winograd".
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
-    For the fast backend: Winograd F(4x4, 3x3) for 3x3 stride-1 layers with at least
-    16 input and 16 output channels (every such layer of the benchmark suite ran faster
-    with it); direct with one output channel (K == 1); im2col otherwise. The measurements
+    For the fast backend: direct with one output channel (K == 1); for the forward pass of
+    3x3 stride-1 layers with at least 16 input and 16 output channels, Winograd
+    F(4x4, 3x3) (faster than im2col on every such layer of the benchmark suite); im2col
+    otherwise, including the backward pass (``backward=True``) of those layers, where
+    Winograd's dx plus im2col's dw was not faster than im2col's backward. The measurements
     are in docs/performance.md ("Convolution"). A call that picked Winograd runs im2col
     instead where its inputs hold NaN or Inf (see ``conv2d``).
     """
@@ -157,7 +159,8 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
     # reuse, and building the columns is pure overhead (measurements: docs/performance.md).
     if K == 1:
         return "direct"
-    if _winograd_applies(w_shape, stride) and min(C, K) >= _WINOGRAD_MIN_CHANNELS:
+    if (not backward and _winograd_applies(w_shape, stride)
+            and min(C, K) >= _WINOGRAD_MIN_CHANNELS):
         return "winograd"
     return "im2col"
 
@@ -184,7 +187,7 @@ def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs):
     return x, w
 
 
-def _conv_setup(op, x, w, stride, padding, algo, backend):
+def _conv_setup(op, x, w, stride, padding, algo, backend, backward=False):
     """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved choices."""
     x, w = _input_and_weight(op, x, w, 4, "4-D (N, C, H, W)", "4-D (K, C, R, S)",
                              "input channels")
@@ -206,7 +209,7 @@ def _conv_setup(op, x, w, stride, padding, algo, backend):
     backend = resolve_backend(backend, op)
     fallback = None
     if algo == "auto":
-        algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend)
+        algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend, backward=backward)
         if algo == "winograd":   # NaN/Inf spread differently in Winograd: im2col then
             fallback = implementation("conv_im2col", backend)
     return (x, w, stride, padding, (N, K, P, Q), implementation(f"conv_{algo}", backend),
@@ -278,7 +281,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
     """
     op = "conv2d_backward"
     x, w, stride, padding, y_shape, impl, fallback = _conv_setup(op, x, w, stride, padding,
-                                                                 algo, backend)
+                                                                 algo, backend, backward=True)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, y_shape)
     args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx))

@@ -28,12 +28,17 @@ takes tiles out of the image, ``_input_transform``, the GEMMs, the inverse trans
 ``_scatter_run`` puts the output tiles in place), then
 ``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3 stride-1 convolution with padding
 p is the same computation on dy, with the flipped, transposed kernel and padding 2 - p;
-dw and db come from the im2col kernel (a Winograd dw did not pay: see docs/performance.md).
+dw and db come from the im2col kernel (a Winograd dw, F(3x3, m x m) over tiles of dy, is
+not implemented).
 
 Threads and determinism: the blocks depend on the shapes only, each output value is
 computed by exactly one block, so results are bitwise the same on any thread count.
 Memory (scratch beyond the outputs), per thread: alpha^2 x block x (C + K + 2) values
 (V, M and the gathered tiles), plus U (alpha^2 x K x C) once.
+
+Accuracy (float32, largest error over largest output, float64 truth): at most 2e-6 with
+F(2x2, 3x3) and 3e-5 with F(4x4, 3x3), the default (measured: 7.2e-7 and 1.0e-5 on the layer
+suite; im2col 8.9e-7); float64 within 1e-13. Details in the reference's docstring.
 
 NaN and Inf: the transforms mix all values of a tile, so non-finite values in x (or dy)
 spread further than in the formula (see the reference's docstring). With

@@ -183,24 +183,26 @@ def test_bad_arguments_are_rejected(rng):
 
 
 def test_auto_picks_winograd_for_wide_3x3_stride_1(rng):
-    """auto: Winograd for 3x3 stride-1 layers with >= 16 channels in and out (the suite's
-    resnet20_s1-s3, vgg_c3), im2col for narrower ones and other shapes; bitwise the result
-    of algo="winograd"; the reference backend keeps im2col."""
+    """auto, forward: Winograd for 3x3 stride-1 layers with >= 16 channels in and out (the
+    suite's resnet20_s1-s3, vgg_c3), im2col for narrower ones and other shapes, bitwise the
+    result of algo="winograd"; backward: im2col; the reference backend keeps im2col."""
     picks = [((8, 16, 32, 32), (16, 16, 3, 3), 1, 1, "winograd"),
              ((8, 64, 8, 8), (64, 64, 3, 3), 1, 1, "winograd"),
              ((8, 64, 32, 32), (128, 64, 3, 3), 1, 0, "winograd"),
+             ((8, 8, 32, 32), (8, 8, 3, 3), 1, 1, "im2col"),
              ((8, 3, 32, 32), (64, 3, 3, 3), 1, 1, "im2col"),
              ((8, 16, 32, 32), (32, 16, 3, 3), 2, 1, "im2col"),
              ((8, 16, 32, 32), (16, 16, 5, 5), 1, 2, "im2col")]
     for x_shape, w_shape, s, p, want in picks:
         assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p)) == want, (x_shape, w_shape)
+        assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), backward=True) == "im2col"
         assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), "reference") == "im2col"
     x = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
     assert np.array_equal(F.conv2d(x, w, None, 1, 1), F.conv2d(x, w, None, 1, 1, algo="winograd"))
     for a, c in zip(F.conv2d_backward(dy, x, w, 1, 1),
-                    F.conv2d_backward(dy, x, w, 1, 1, algo="winograd")):
+                    F.conv2d_backward(dy, x, w, 1, 1, algo="im2col")):
         assert np.array_equal(a, c)
 
 
