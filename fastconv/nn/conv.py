@@ -21,7 +21,7 @@ class Conv2d(Module):
         The R x S window, its step and the zeros added on each side.
     bias : bool
         Learn an additive bias per output channel.
-    algo : "auto", "direct" or "im2col"
+    algo : "auto", "direct", "im2col" or "winograd" (3x3 kernels with stride 1 only)
         Passed to :func:`fastconv.functional.conv2d` ("auto" picks the faster for the shape).
     dtype : float32 (default) or float64
     rng : numpy Generator, optional
