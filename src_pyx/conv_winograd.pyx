@@ -59,14 +59,10 @@ from _common cimport imin, out_size, threads_for_macs
 from fastconv._ext import conv_im2col as _im2col
 
 cdef extern from "fc_winograd.h":
-    void fc_wino_in_f32(int isa, int m, const float* inp, Py_ssize_t in_step, float* out,
-                        Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_in_f64(int isa, int m, const double* inp, Py_ssize_t in_step, double* out,
-                        Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_out_f32(int isa, int m, const float* inp, Py_ssize_t in_step, float* out,
-                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_out_f64(int isa, int m, const double* inp, Py_ssize_t in_step, double* out,
-                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_1d_f32(int isa, int m, int inverse, const float* inp, Py_ssize_t in_step,
+                        float* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_1d_f64(int isa, int m, int inverse, const double* inp, Py_ssize_t in_step,
+                        double* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
 
 cdef int _ISA = fc_isa_level()      # which copy of the transforms runs: fc_isa.h decides
 
@@ -79,22 +75,14 @@ _MIN_BLOCK, _MAX_BLOCK = 16, 512  # ... within these many tiles
 
 # --------------------------------------------------------------------------- 1-D transforms
 
-cdef inline void _in_1d(int m, const floating* inp, Py_ssize_t in_step, floating* out,
-                        Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
-    """out[j*out_step + i] = sum_a B^T[j, a] inp[a*in_step + i], i < n (fc_winograd.h)."""
+cdef inline void _transform_1d(bint inverse, int m, const floating* inp, Py_ssize_t in_step,
+                               floating* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
+    """out[j*out_step + i] = sum_a X[j, a] inp[a*in_step + i] for i < n, X = B^T (the input
+    transform) or, with ``inverse``, A^T (the output transform): src_pyx/include/fc_winograd.h."""
     if floating is float:
-        fc_wino_in_f32(_ISA, m, inp, in_step, out, out_step, n)
+        fc_wino_1d_f32(_ISA, m, inverse, inp, in_step, out, out_step, n)
     else:
-        fc_wino_in_f64(_ISA, m, inp, in_step, out, out_step, n)
-
-
-cdef inline void _out_1d(int m, const floating* inp, Py_ssize_t in_step, floating* out,
-                         Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
-    """out[j*out_step + i] = sum_a A^T[j, a] inp[a*in_step + i], i < n (fc_winograd.h)."""
-    if floating is float:
-        fc_wino_out_f32(_ISA, m, inp, in_step, out, out_step, n)
-    else:
-        fc_wino_out_f64(_ISA, m, inp, in_step, out, out_step, n)
+        fc_wino_1d_f64(_ISA, m, inverse, inp, in_step, out, out_step, n)
 
 
 # --------------------------------------------------------------------------- filter transform
@@ -228,9 +216,9 @@ cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld
     columns first (T1[i][b] = sum_a B^T[i, a] D[a][b], all alpha columns b in one pass),
     then the rows of T1 (V[i][j] = sum_b B^T[j, b] T1[i][b])."""
     cdef int alpha = m + 2, i
-    _in_1d(m, D, alpha * ld, T1, alpha * ld, alpha * ld)
+    _transform_1d(False, m, D, alpha * ld, T1, alpha * ld, alpha * ld)
     for i in range(alpha):
-        _in_1d(m, T1 + i * alpha * ld, ld, V + i * alpha * v_step, v_step, ld)
+        _transform_1d(False, m, T1 + i * alpha * ld, ld, V + i * alpha * v_step, v_step, ld)
 
 
 cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
@@ -280,8 +268,9 @@ cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_
         # rows of the transformed tile first: S[a][j] = sum_b A^T[j, b] M[a][b] (into D),
         # then its columns: O[i][j] = sum_a A^T[i, a] S[a][j] (into T1)
         for i in range(alpha):
-            _out_1d(m, M + (i * alpha * Kout + k) * ld, Kout * ld, D + i * m * ld, ld, tb)
-        _out_1d(m, D, m * ld, T1, m * ld, m * ld)
+            _transform_1d(True, m, M + (i * alpha * Kout + k) * ld, Kout * ld, D + i * m * ld,
+                          ld, tb)
+        _transform_1d(True, m, D, m * ld, T1, m * ld, m * ld)
         if check_finite and not _columns_finite(T1, m * m, ld, tb):
             ok = False
         if bias != NULL:

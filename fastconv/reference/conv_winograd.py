@@ -160,8 +160,8 @@ def winograd_correlate(x, w, m, offset, out_size):
     d = np.lib.stride_tricks.sliding_window_view(xc, (alpha, alpha), axis=(2, 3))[
         :, :, ::m, ::m][:, :, :th, :tw]
     U = np.einsum("ir,kcrs,js->ijkc", G, w, G)            # filter transform (alpha, alpha, K, C)
-    V = np.einsum("ia,nctuab,jb->ijcntu", BT, d, BT)      # input transform (alpha, alpha, C, N, th, tw)
-    V = V.reshape(alpha, alpha, C, N * th * tw)           # ... (C, T) per position (i, j)
+    V = np.einsum("ia,nctuab,jb->ijcntu", BT, d, BT)      # input transform, tile by tile
+    V = V.reshape(alpha, alpha, C, N * th * tw)           # (alpha, alpha, C, T)
     M = np.matmul(U, V)                                   # the alpha^2 GEMMs: (alpha, alpha, K, T)
     M = M.reshape(alpha, alpha, K, N, th, tw)
     Y = np.einsum("ai,ijkntu,bj->nktaub", AT, M, AT)      # inverse transform, tile by tile

@@ -6,7 +6,7 @@
  * of the 1-D transform for column i is in[a * in_step + i], its j-th output goes to
  * out[j * out_step + i]. The loop over i is then plain vector code: 4 floats (2 doubles)
  * per SSE2 instruction on every x86-64, and 8 (4) in the copy compiled for AVX2, which
- * fc_wino_in / fc_wino_out call where fc_isa_level() (fc_isa.h) says so. The copies do the
+ * fc_wino_1d_* calls where fc_isa_level() (fc_isa.h) says so. The copies do the
  * same operations in the same order (no FMA), so they give the same bits.
  *
  *   fc_wino_in4_*   B^T of F(2x2, 3x3):  4 values -> 4   (points 0, 1, -1, infinity)
@@ -116,34 +116,27 @@ FC_WINO_TRANSFORMS(float, f32_avx2, __attribute__((target("avx2"))))
 FC_WINO_TRANSFORMS(double, f64_avx2, __attribute__((target("avx2"))))
 #endif
 
-/* The transforms the driver calls: B^T (fc_wino_in) or A^T (fc_wino_out) of F(m x m, 3x3),
+/* The transform the driver calls: B^T (inverse 0) or A^T (inverse 1) of F(m x m, 3x3),
  * in the copy for isa (fc_isa_level() at import). */
 #if FC_HAVE_X86_SIMD
-#define FC_WINO_PICK(isa, m, name4, name6, args)                                       \
-    do {                                                                               \
-        if ((isa) >= FC_ISA_AVX2) { if ((m) == 2) name4##_avx2 args; else name6##_avx2 args; } \
-        else { if ((m) == 2) name4 args; else name6 args; }                            \
-    } while (0)
+#define FC_WINO_CALL(name, args)                                                      \
+    do { if (isa >= FC_ISA_AVX2) name##_avx2 args; else name args; } while (0)
 #else
-#define FC_WINO_PICK(isa, m, name4, name6, args)                                       \
-    do { if ((m) == 2) name4 args; else name6 args; } while (0)
+#define FC_WINO_CALL(name, args) name args
 #endif
+#define FC_WINO_DISPATCH(T, SUFFIX)                                                    \
+/* IN in; OUT out */                                                                  \
+static inline void fc_wino_1d_##SUFFIX(int isa, int m, int inverse, const T *in,      \
+                                       ptrdiff_t in_step, T *out, ptrdiff_t out_step, \
+                                       ptrdiff_t n)                                   \
+{                                                                                     \
+    if (inverse && m == 2) FC_WINO_CALL(fc_wino_out4_##SUFFIX, (in, in_step, out, out_step, n)); \
+    else if (inverse) FC_WINO_CALL(fc_wino_out6_##SUFFIX, (in, in_step, out, out_step, n)); \
+    else if (m == 2) FC_WINO_CALL(fc_wino_in4_##SUFFIX, (in, in_step, out, out_step, n)); \
+    else FC_WINO_CALL(fc_wino_in6_##SUFFIX, (in, in_step, out, out_step, n));          \
+}
 
-/* IN in; OUT out */
-static inline void fc_wino_in_f32(int isa, int m, const float *in, ptrdiff_t in_step,
-                                  float *out, ptrdiff_t out_step, ptrdiff_t n)
-{ FC_WINO_PICK(isa, m, fc_wino_in4_f32, fc_wino_in6_f32, (in, in_step, out, out_step, n)); }
-
-static inline void fc_wino_in_f64(int isa, int m, const double *in, ptrdiff_t in_step,
-                                  double *out, ptrdiff_t out_step, ptrdiff_t n)
-{ FC_WINO_PICK(isa, m, fc_wino_in4_f64, fc_wino_in6_f64, (in, in_step, out, out_step, n)); }
-
-static inline void fc_wino_out_f32(int isa, int m, const float *in, ptrdiff_t in_step,
-                                   float *out, ptrdiff_t out_step, ptrdiff_t n)
-{ FC_WINO_PICK(isa, m, fc_wino_out4_f32, fc_wino_out6_f32, (in, in_step, out, out_step, n)); }
-
-static inline void fc_wino_out_f64(int isa, int m, const double *in, ptrdiff_t in_step,
-                                   double *out, ptrdiff_t out_step, ptrdiff_t n)
-{ FC_WINO_PICK(isa, m, fc_wino_out4_f64, fc_wino_out6_f64, (in, in_step, out, out_step, n)); }
+FC_WINO_DISPATCH(float, f32)
+FC_WINO_DISPATCH(double, f64)
 
 #endif
