@@ -154,6 +154,7 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     if backend == "reference":
         return "im2col"
     K, C, R, S = w_shape
+    stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
     # im2col's GEMMs win every other layer of the benchmark suite, even with few input
     # channels; with one output channel the GEMM is a matrix-vector product with nothing to
     # reuse, and building the columns is pure overhead (measurements: docs/performance.md).

@@ -346,12 +346,19 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
     return y_arr
 
 
-def _check_shapes(x_shape, w_shape, stride, tile):
+cdef tuple _shape(const floating[:, :, :, ::1] a):
+    return (a.shape[0], a.shape[1], a.shape[2], a.shape[3])
+
+
+def _geometry(x_shape, w_shape, stride, padding, tile, int n_threads, dy_shape=None):
+    """_conv_geometry's (sh, sw, ph, pw, P, Q, threads), for a 3x3 kernel, stride 1, and a
+    tile size of TILES only."""
     if (w_shape[2], w_shape[3]) != (3, 3) or tuple(int(s) for s in stride) != (1, 1):
         raise ValueError(f"conv_winograd: needs a 3x3 kernel with stride 1, got kernel "
                          f"{(w_shape[2], w_shape[3])} and stride {tuple(stride)}")
     if tile not in TILES:
         raise ValueError(f"conv_winograd: tile must be one of {TILES}, got {tile!r}")
+    return _conv_geometry(x_shape, w_shape, stride, padding, n_threads, dy_shape)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
@@ -377,11 +384,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     """
     cdef Py_ssize_t sh, sw, ph, pw, P, Q
     cdef int nt
-    _check_shapes((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
-                  (w.shape[0], w.shape[1], w.shape[2], w.shape[3]), stride, tile)
-    sh, sw, ph, pw, P, Q, nt = _conv_geometry(
-        (x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
-        (w.shape[0], w.shape[1], w.shape[2], w.shape[3]), stride, padding, n_threads)
+    sh, sw, ph, pw, P, Q, nt = _geometry(_shape(x), _shape(w), stride, padding, tile, n_threads)
     if b is not None and b.shape[0] != w.shape[0]:
         raise ValueError(f"conv: b has {b.shape[0]} values for {w.shape[0]} output channels")
     if check_finite and not _all_finite(&w[0, 0, 0, 0], w.shape[0] * w.shape[1] * 9):
@@ -410,12 +413,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     """
     cdef Py_ssize_t sh, sw, ph, pw, P, Q
     cdef int nt
-    _check_shapes((x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
-                  (w.shape[0], w.shape[1], w.shape[2], w.shape[3]), stride, tile)
-    sh, sw, ph, pw, P, Q, nt = _conv_geometry(
-        (x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
-        (w.shape[0], w.shape[1], w.shape[2], w.shape[3]), stride, padding, n_threads,
-        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
+    sh, sw, ph, pw, P, Q, nt = _geometry(_shape(x), _shape(w), stride, padding, tile, n_threads,
+                                         _shape(dy))
     dx = None
     if need_dx:
         if check_finite and not _all_finite(&w[0, 0, 0, 0], w.shape[0] * w.shape[1] * 9):
