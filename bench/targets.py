@@ -259,7 +259,8 @@ def measure_memory(direction):
     def measure(fig, threads):
         found = {}                                  # case -> (headroom, workspace, bound)
         for name, N, C, H, W, K, R, S, stride, pad in shapes.CONV:
-            algo = choose_conv_algo((N, C, H, W), (K, C, R, S), stride, pad)
+            algo = choose_conv_algo((N, C, H, W), (K, C, R, S), stride, pad,
+                                    backward=direction == "bwd")
             rec = fig.memory_record(name, direction, f"fast:{algo}", threads)
             if rec is None:
                 continue

@@ -34,7 +34,7 @@ __all__ = [
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward",
 ]
 
-ALGOS = ("direct", "im2col", "auto")
+ALGOS = ("direct", "im2col", "winograd", "auto")
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _FLOAT_DTYPES = (_FLOAT32, _FLOAT64)
 _INT_MAX = 2**31 - 1   # BLAS and OpenMP loop bounds are C ints
@@ -155,22 +155,41 @@ def _n_threads():
 
 # --------------------------------------------------------------------------- convolution
 
-def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
-    """The algorithm ``algo="auto"`` runs for this shape: "direct" or "im2col".
+def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backward=False,
+                     dilation=(1, 1)):
+    """The algorithm ``algo="auto"`` runs for this shape: "direct", "im2col" or "winograd".
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
-    For the fast backend: im2col, except with one output channel (K == 1), where direct
-    is faster; the measurements are in docs/performance.md ("Convolution").
+    For the fast backend: direct with one output channel (K == 1); for the forward pass of
+    3x3 stride-1 layers with at least 16 input and 16 output channels, Winograd
+    F(4x4, 3x3) (faster than im2col on every such layer of the benchmark suite); im2col
+    otherwise, including the backward pass (``backward=True``) of those layers, where
+    Winograd's dx plus im2col's dw was not faster than im2col's backward. The measurements
+    are in docs/performance.md ("Convolution"). A call that picked Winograd runs im2col
+    instead where its inputs hold NaN or Inf (see ``conv2d``).
     """
     if backend == "reference":
         return "im2col"
     K, C, R, S = w_shape
-    # im2col's GEMMs win every layer of the benchmark suite, even with few input channels;
-    # with one output channel the GEMM is a matrix-vector product with nothing to reuse,
-    # and building the columns is pure overhead (measurements: docs/performance.md).
+    stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
+    # im2col's GEMMs win every other layer of the benchmark suite, even with few input
+    # channels; with one output channel the GEMM is a matrix-vector product with nothing to
+    # reuse, and building the columns is pure overhead (measurements: docs/performance.md).
     if K == 1:
         return "direct"
+    if (not backward and _winograd_applies(w_shape, stride, dilation)
+            and min(C, K) >= _WINOGRAD_MIN_CHANNELS):
+        return "winograd"
     return "im2col"
+
+
+_WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they save
+
+
+def _winograd_applies(w_shape, stride, dilation=(1, 1), groups=1):
+    """Whether Winograd F(m x m, 3x3) computes this convolution: 3x3, stride 1."""
+    return (tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
+            and tuple(dilation) == (1, 1) and groups == 1)
 
 
 def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs):
@@ -205,10 +224,11 @@ def _conv_padding(op, padding, stride, dilation, kernel):
     return (total[0] // 2, total[1] // 2), (total[0] % 2, total[1] % 2)
 
 
-def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1):
+def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=False):
     """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved
     choices. An unbatched x (C, H, W) comes back as (1, C, H, W); with padding="same" and an
-    odd total, x comes back with its extra bottom row / right column of zeros (``extra``)."""
+    odd total, x comes back with its extra bottom row / right column of zeros (``extra``).
+    ``fallback``: the im2col kernel where auto picked Winograd (for non-finite inputs)."""
     x = _as_float_array(op, "x", x)
     unbatched = x.ndim == 3
     if unbatched:
@@ -230,11 +250,20 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1):
                                       "(H+2p)*(W+2p)": (H + 2 * padding[0]) * (W + 2 * padding[1])})
     if algo not in ALGOS:
         raise ValueError(f"{op}: algo must be one of {ALGOS}, got {algo!r}")
+    if algo == "winograd" and not _winograd_applies(w.shape, stride, dilation):
+        raise ValueError(f"{op}: algo='winograd' needs a 3x3 kernel with stride 1 "
+                         f"(dilation 1, groups 1), got a {R}x{S} kernel with stride {stride}, "
+                         f"dilation {dilation}; "
+                         "use algo='auto' or 'im2col'")
     backend = resolve_backend(backend, op)
+    fallback = None
     if algo == "auto":
-        algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend)
+        algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend, backward=backward,
+                                dilation=dilation)
+        if algo == "winograd":   # NaN/Inf spread differently in Winograd: im2col then
+            fallback = implementation("conv_im2col", backend)
     return (x, w, stride, padding, dilation, (N, K, P, Q),
-            implementation(f"conv_{algo}", backend), (unbatched, extra))
+            implementation(f"conv_{algo}", backend), (unbatched, extra), fallback)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=None, *,
@@ -245,7 +274,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
     with x = 0 outside the image; the dilation (dh, dw) sets the taps dh rows, dw columns
     apart. The kernel is not flipped; a true (mathematical) convolution is
     ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the formula, the
-    padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
+    padding's zeros included (0 * NaN = NaN), with every algorithm but an explicit
+    ``algo="winograd"``, whose transforms spread them over whole output tiles
+    (``fastconv.reference.conv_winograd`` says how); ``algo="auto"`` never lets that happen.
 
     Parameters
     ----------
@@ -260,7 +291,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
     dilation : int or (h, w), >= 1
         The spacing of the kernel's taps (1: an ordinary convolution; 2 spreads a 3x3
         kernel over a 5x5 window).
-    algo : "direct", "im2col" or "auto" (the faster for the shape, see ``choose_conv_algo``)
+    algo : "direct", "im2col", "winograd" or "auto" (the faster for the shape, see
+        ``choose_conv_algo``). "winograd" (F(4x4, 3x3), 3x3 kernels with stride 1 only)
+        trades accuracy for speed: in float32 its error is a few times im2col's (bounds in
+        ``fastconv.reference.conv_winograd``); float64 stays within 1e-12.
     backend : "fast", "reference" or None (the default, see ``fastconv.set_backend``)
     relu : bool, keyword only
         Return ``relu(y)``: the ReLU applied in the kernel's epilogue, to each block of
@@ -276,7 +310,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
         likewise Q; (K, P, Q) for an unbatched x.
     """
     op = "conv2d"
-    x, w, stride, padding, dilation, y_shape, impl, (unbatched, _) = _conv_setup(
+    x, w, stride, padding, dilation, y_shape, impl, (unbatched, _), fallback = _conv_setup(
         op, x, w, stride, padding, algo, backend, dilation)
     if b is not None:
         b = _as_float_array(op, "b", b, dtype=x.dtype)
@@ -285,19 +319,21 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
                              f"got {b.shape}")
     if y_shape[0] == 0:                      # an empty batch: an empty output, as PyTorch
         return np.zeros(y_shape[1:] if unbatched else y_shape, dtype=x.dtype)
-    with _threads.blas_single_thread():
-        if not relu and residual is None:       # the plain call: no keyword arguments to parse
-            y = impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads(),
-                                    dilation=dilation)
-            return y[0] if unbatched else y
+    fused = {}
+    if relu or residual is not None:
         if residual is not None:
             residual = _as_float_array(op, "residual", residual, dtype=x.dtype)
             _check_dy(op, residual, y_shape[1:] if unbatched else y_shape, "residual")
-            if unbatched:
-                residual = residual[None]
-        x, w, b, residual = _contiguous(x, w, b, residual)
-        y = impl.conv2d_forward(x, w, b, stride, padding, _n_threads(), dilation=dilation,
-                                relu=bool(relu), residual=residual)
+            residual = _kernel_ready(residual[None] if unbatched else residual)
+        fused = {"relu": bool(relu), "residual": residual}
+    args = (*_contiguous(x, w, b), stride, padding, _n_threads())
+    with _threads.blas_single_thread():
+        if fallback is None:
+            y = impl.conv2d_forward(*args, dilation=dilation, **fused)
+        else:
+            y = impl.conv2d_forward(*args, dilation=dilation, check_finite=True, **fused)
+            if y is None:
+                y = fallback.conv2d_forward(*args, dilation=dilation, **fused)
     return y[0] if unbatched else y
 
 
@@ -331,8 +367,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, algo="auto", back
     op = "conv2d_backward"
     if not (need_dx or need_dw):
         raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
-    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra) = _conv_setup(
-        op, x, w, stride, padding, algo, backend, dilation)
+    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), fallback = _conv_setup(
+        op, x, w, stride, padding, algo, backend, dilation, backward=True)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     if unbatched:
         _check_dy(op, dy, y_shape[1:])
@@ -344,10 +380,15 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, algo="auto", back
         dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
         db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw else None
     else:
+        args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx),
+                bool(need_dw))
         with _threads.blas_single_thread():
-            dx, dw, db = impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding,
-                                              _n_threads(), bool(need_dx), bool(need_dw),
-                                              dilation=dilation)
+            grads = None
+            if fallback is not None:
+                grads = impl.conv2d_backward(*args, dilation=dilation, check_finite=True)
+            if grads is None:
+                grads = (fallback or impl).conv2d_backward(*args, dilation=dilation)
+            dx, dw, db = grads
     if dx is not None:
         if extra != (0, 0):                  # the gradient of the zeros "same" added: dropped
             H, W = x.shape[2] - extra[0], x.shape[3] - extra[1]

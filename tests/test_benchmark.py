@@ -907,7 +907,8 @@ def _memory_doc(workspace_mb, threads=2, skip=()):
     doc = synthetic_doc(threads=(1, threads))
     doc["memory"] = [
         {"case": name, "direction": d, "threads": threads, "status": "ok",
-         "impl": "fast:" + choose_conv_algo((N, C, H, W), (K, C, R, S), stride, pad),
+         "impl": "fast:" + choose_conv_algo((N, C, H, W), (K, C, R, S), stride, pad,
+                                            backward=d == "bwd"),
          "workspace_mb": workspace_mb(name, d)}
         for name, N, C, H, W, K, R, S, stride, pad in shapes.CONV for d in ("fwd", "bwd")
         if name not in skip]

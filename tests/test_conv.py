@@ -510,10 +510,12 @@ def test_read_only_and_non_contiguous_inputs(algo, rng):
 
 def test_auto_picks_the_documented_algorithm(rng):
     """algo="auto" runs im2col, except with one output channel (K == 1: a matrix-vector
-    product, nothing for a GEMM to reuse), where it runs direct; the reference backend
+    product, nothing for a GEMM to reuse), where it runs direct, and for 3x3 stride-1
+    layers with >= 16 channels in and out, where it runs winograd; the reference backend
     always runs im2col. Checked on the choice and on the call itself: the result of
     algo="auto" is bitwise that of the algorithm it names."""
     cases = [((8, 1, 28, 28), (6, 1, 5, 5), 1, 2, "im2col"),
+             ((4, 16, 12, 12), (16, 16, 3, 3), 1, 1, "winograd"),
              ((8, 64, 8, 8), (64, 64, 1, 1), 1, 0, "im2col"),
              ((8, 16, 16, 16), (32, 16, 3, 3), 2, 1, "im2col"),
              ((4, 16, 12, 12), (1, 16, 3, 3), 1, 1, "direct"),

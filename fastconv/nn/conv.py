@@ -47,7 +47,7 @@ class Conv2d(Module):
     padding_mode : "zeros", "reflect", "replicate" or "circular"
         What the padding holds. Other than zeros, the input is padded explicitly by
         :func:`fastconv.functional.pad` and convolved without padding, as PyTorch does.
-    algo : "auto", "direct" or "im2col"
+    algo : "auto", "direct", "im2col" or "winograd" (3x3 kernels with stride 1 only)
         Passed to :func:`fastconv.functional.conv2d` ("auto" picks the faster for the shape).
     dtype : float32 (default) or float64
     rng : numpy Generator, optional

@@ -1,6 +1,6 @@
 """NumPy reference implementations: the readable oracle of every fast kernel.
 
 Each module here has a compiled twin in ``fastconv._ext`` with the same functions and
-signatures: ``conv_direct``, ``conv_im2col``, ``pool``, ``batchnorm``, ``activation``.
+signatures: ``conv_direct``, ``conv_im2col``, ``conv_winograd``, ``pool``, ``batchnorm``, ``activation``.
 ``naive`` writes the convolution formulas out as loops, the oracle of the references.
 """

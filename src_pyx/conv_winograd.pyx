@@ -1,0 +1,462 @@
+# cython: language_level=3
+"""3x3 stride-1 convolution by Winograd's minimal filtering, F(2x2, 3x3) and F(4x4, 3x3).
+
+Compiled twin of ``fastconv/reference/conv_winograd.py`` (same functions and signatures),
+whose docstring derives the transform matrices B, G, A; ``algo="winograd"`` runs this
+module, and ``algo="auto"`` runs it for the 3x3 stride-1 layers where it was measured
+faster than im2col (``fastconv.functional.choose_conv_algo``). Its inner loop is BLAS's
+GEMM, called from ``_winograd_block``.
+
+The pipeline, for an m x m tile of outputs (m = 2 or 4, alpha = m + 2 input rows and
+columns per tile, T tiles over the whole batch):
+
+(wino.gemm)  1. filter transform   U[e] (K, C)  = (G g_{k,c} G^T)[e]   once per call
+             2. input transform    V[e] (C, T)  = (B^T d_{c,t} B)[e]   per tile and channel
+             3. alpha^2 GEMMs      M[e] (K, T)  = U[e] @ V[e]          16 (F2) or 36 (F4)
+             4. inverse transform  y tile (k, t) = A^T M_{k,t} A        m x m outputs
+
+e = (i, j) runs over the alpha x alpha positions of a transformed tile. Steps 2-4 run on
+blocks of ``block`` consecutive tiles (``_winograd_block``), one block per task: a block's
+V and M stay in the cache between the transform and the GEMMs. Each 2-D transform is two
+passes of a 1-D transform (columns, then rows) over all the tiles of the block at once
+(src_pyx/include/fc_winograd.h): the block's tiles are first gathered into
+D[a][b][t] = d_t[a, b], so that every pass reads and writes contiguous runs of ``block``
+values.
+
+Read it in this order: ``_winograd_block`` (the steps of one block: ``_gather_run``
+takes tiles out of the image, ``_input_transform``, the GEMMs, the inverse transform,
+``_scatter_run`` puts the output tiles in place), then
+``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3 stride-1 convolution with padding
+p is the same computation on dy, with the flipped, transposed kernel and padding 2 - p;
+dw and db come from the im2col kernel (a Winograd dw, F(3x3, m x m) over tiles of dy, is
+not implemented).
+
+Threads and determinism: the blocks depend on the shapes only, each output value is
+computed by exactly one block, so results are bitwise the same on any thread count.
+Memory (scratch beyond the outputs), per thread: alpha^2 x block x (C + K + 2) values
+(V, M and the gathered tiles), plus U (alpha^2 x K x C) once.
+
+Accuracy (float32, largest error over largest output, float64 truth): at most 2e-6 with
+F(2x2, 3x3) and 3e-5 with F(4x4, 3x3), the default (measured: 7.2e-7 and 1.0e-5 on the layer
+suite; im2col 8.9e-7); float64 within 1e-13. Details in the reference's docstring.
+
+NaN and Inf: the transforms mix all values of a tile, so non-finite values in x (or dy)
+spread further than in the formula (see the reference's docstring). With
+``check_finite=True`` the kernel returns None instead where w, a transformed input tile
+or an output is not finite (no exact answer is promised then), and ``algo="auto"``
+recomputes that call with im2col.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy
+
+from _blas cimport gemm_rm
+from _isa cimport fc_isa_level
+from _common cimport imin, out_size, threads_for_macs
+
+from fastconv._ext import conv_im2col as _im2col
+
+cdef extern from "fc_winograd.h":
+    void fc_wino_1d_f32(int isa, int m, int inverse, const float* inp, Py_ssize_t in_step,
+                        float* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_1d_f64(int isa, int m, int inverse, const double* inp, Py_ssize_t in_step,
+                        double* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+
+cdef int _ISA = fc_isa_level()      # which copy of the transforms runs: fc_isa.h decides
+
+TILES = (2, 4)                  # output tile sizes m of F(m x m, 3x3)
+DEFAULT_TILE = 4
+_INT_MAX = 2**31 - 1            # BLAS sizes are C ints
+_BLOCK_BYTES = 2**20            # a block's V and M (alpha^2 x block x (C + K) values) ...
+_MIN_BLOCK, _MAX_BLOCK = 16, 512  # ... within these many tiles
+
+
+# --------------------------------------------------------------------------- 1-D transforms
+
+cdef inline void _transform_1d(bint inverse, int m, const floating* inp, Py_ssize_t in_step,
+                               floating* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
+    """out[j*out_step + i] = sum_a X[j, a] inp[a*in_step + i] for i < n, X = B^T (the input
+    transform) or, with ``inverse``, A^T (the output transform): src_pyx/include/fc_winograd.h."""
+    if floating is float:
+        fc_wino_1d_f32(_ISA, m, inverse, inp, in_step, out, out_step, n)
+    else:
+        fc_wino_1d_f64(_ISA, m, inverse, inp, in_step, out, out_step, n)
+
+
+# --------------------------------------------------------------------------- filter transform
+
+cdef void _filter_transform(const floating* g, Py_ssize_t r_step, Py_ssize_t s_step,
+                            int m, floating* u, Py_ssize_t e_step) noexcept nogil:
+    """u[e*e_step] = (G g G^T)[e] for one 3x3 filter g[r, s] = g[r*r_step + s*s_step]
+    (negative steps read it flipped), e = i*alpha + j. Once per (k, c): plain loops."""
+    cdef floating Gm[6][3]
+    cdef floating t[6][3]
+    cdef int alpha = m + 2, i, j, a
+    cdef floating acc
+    if m == 2:
+        Gm[0][:] = [1, 0, 0]
+        Gm[1][:] = [0.5, 0.5, 0.5]
+        Gm[2][:] = [0.5, -0.5, 0.5]
+        Gm[3][:] = [0, 0, 1]
+    else:
+        Gm[0][:] = [0.25, 0, 0]
+        Gm[1][:] = [-1.0 / 6, -1.0 / 6, -1.0 / 6]
+        Gm[2][:] = [-1.0 / 6, 1.0 / 6, -1.0 / 6]
+        Gm[3][:] = [1.0 / 24, 1.0 / 12, 1.0 / 6]
+        Gm[4][:] = [1.0 / 24, -1.0 / 12, 1.0 / 6]
+        Gm[5][:] = [0, 0, 1]
+    for i in range(alpha):                                      # t = G g  (alpha x 3)
+        for j in range(3):
+            acc = 0
+            for a in range(3):
+                if Gm[i][a] != 0:                               # a 0 times Inf is not 0
+                    acc = acc + Gm[i][a] * g[a * r_step + j * s_step]
+            t[i][j] = acc
+    for i in range(alpha):                                      # u = t G^T (alpha x alpha)
+        for j in range(alpha):
+            acc = 0
+            for a in range(3):
+                if Gm[j][a] != 0:
+                    acc = acc + t[i][a] * Gm[j][a]
+            u[(i * alpha + j) * e_step] = acc
+
+
+def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int nt):
+    """U (alpha^2, K, C) of w (K, C, 3, 3) for the forward pass; for dx (``for_dx``),
+    U (alpha^2, C, K) of the flipped, transposed kernel w[k, c, 2 - r, 2 - s]."""
+    cdef Py_ssize_t K = w.shape[0], C = w.shape[1], k, c
+    cdef Py_ssize_t alpha2 = (m + 2) * (m + 2)
+    u_arr = np.empty((alpha2, C if for_dx else K, K if for_dx else C),
+                     dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, :, ::1] u = u_arr
+    with nogil:
+        for k in prange(K, schedule="static", num_threads=nt):
+            for c in range(C):
+                if for_dx:
+                    _filter_transform(&w[k, c, 2, 2], -3, -1, m, &u[0, c, k], C * K)
+                else:
+                    _filter_transform(&w[k, c, 0, 0], 3, 1, m, &u[0, k, c], K * C)
+    return u_arr
+
+
+# --------------------------------------------------------------------------- tiles in and out
+
+cdef void _gather_run(const floating* plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                      Py_ssize_t v0, Py_ssize_t n, int m, floating* D, Py_ssize_t ld,
+                      floating* row_buf) noexcept nogil:
+    """D[(a*alpha + b)*ld + t] = plane[r0 + a, v0 + t*m + b] for a run of n tiles side by
+    side (t < n), 0 outside the H x W plane (the padding, the overhang of the last tiles).
+
+    Row by row: input row r0 + a, with zeros around it where the run reaches outside (in
+    ``row_buf``), is read once per tap b with a stride of m, the writes contiguous."""
+    cdef int alpha = m + 2, a, b
+    cdef Py_ssize_t r, t, i, lo, hi, width = n * m + 2
+    cdef const floating* src
+    cdef floating* dst
+    for a in range(alpha):
+        r = r0 + a
+        if r < 0 or r >= H:                                     # a row of the padding
+            for b in range(alpha):
+                dst = D + (a * alpha + b) * ld
+                for t in range(n):
+                    dst[t] = 0
+            continue
+        lo = min(max(-v0, 0), width)                            # row_buf[lo:hi] is inside
+        hi = min(max(W - v0, lo), width)
+        src = plane + r * W + v0
+        if lo > 0 or hi < width:
+            for i in range(lo):
+                row_buf[i] = 0
+            memcpy(row_buf + lo, src + lo, (hi - lo) * sizeof(floating))
+            for i in range(hi, width):
+                row_buf[i] = 0
+            src = row_buf
+        for b in range(alpha):
+            dst = D + (a * alpha + b) * ld
+            if m == 4:
+                for t in range(n):
+                    dst[t] = src[4 * t + b]
+            else:
+                for t in range(n):
+                    dst[t] = src[2 * t + b]
+
+
+cdef void _scatter_run(const floating* O, Py_ssize_t ld, floating* plane, Py_ssize_t P,
+                       Py_ssize_t Q, Py_ssize_t r0, Py_ssize_t v0, Py_ssize_t n, int m,
+                       floating bias) noexcept nogil:
+    """plane[r0 + i, v0 + t*m + j] = O[(i*m + j)*ld + t] + bias for a run of n tiles side by
+    side, where inside the P x Q output plane (the overhang of the last tiles is dropped).
+    Row by row, so that the writes are contiguous."""
+    cdef Py_ssize_t i, j, t, full = min(n, (Q - v0) // m)       # tiles wholly inside
+    cdef floating* dst
+    cdef const floating* o
+    for i in range(min(m, P - r0)):
+        dst = plane + (r0 + i) * Q + v0
+        o = O + i * m * ld
+        if m == 4:
+            for t in range(full):
+                dst[4 * t] = o[t] + bias
+                dst[4 * t + 1] = o[ld + t] + bias
+                dst[4 * t + 2] = o[2 * ld + t] + bias
+                dst[4 * t + 3] = o[3 * ld + t] + bias
+        else:
+            for t in range(full):
+                dst[2 * t] = o[t] + bias
+                dst[2 * t + 1] = o[ld + t] + bias
+        for t in range(full, n):                                # the last tile, cut at Q
+            for j in range(min(m, Q - v0 - t * m)):
+                dst[t * m + j] = o[j * ld + t] + bias
+
+
+cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld,
+                           floating* V, Py_ssize_t v_step) noexcept nogil:
+    """V[e*v_step + t] = (B^T d_t B)[e] for the gathered tiles D (alpha^2 rows of ld):
+    columns first (T1[i][b] = sum_a B^T[i, a] D[a][b], all alpha columns b in one pass),
+    then the rows of T1 (V[i][j] = sum_b B^T[j, b] T1[i][b])."""
+    cdef int alpha = m + 2, i
+    _transform_1d(False, m, D, alpha * ld, T1, alpha * ld, alpha * ld)
+    for i in range(alpha):
+        _transform_1d(False, m, T1 + i * alpha * ld, ld, V + i * alpha * v_step, v_step, ld)
+
+
+cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
+                          const floating* U,                # IN (alpha^2, Kout, Cin)
+                          const floating* bias,             # IN (Kout,) or NULL
+                          floating* out,                    # OUT (N, Kout, P, Q)
+                          Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q,
+                          Py_ssize_t oh, Py_ssize_t ow, int m,
+                          Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
+                          floating* work, bint check_finite) noexcept nogil:
+    """Tiles t0 .. t0 + tb - 1 of the whole batch (tile t: image t // (th*tw), then row-major
+    over the th x tw tiles of its output plane), eq. (wino.gemm), steps 2-4:
+    out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) * inp[n, c, p + r + oh,
+    q + s + ow] for the outputs of these tiles. Returns False where ``check_finite`` found a
+    non-finite transformed input or output (the block's outputs are then unreliable)."""
+    cdef int alpha = m + 2, alpha2 = alpha * alpha
+    cdef Py_ssize_t th = (P + m - 1) // m, tw = (Q + m - 1) // m, per_image = th * tw
+    cdef Py_ssize_t t, n, c, k, e, i, g, end
+    cdef floating* D = work                                  # gathered tiles (alpha^2, ld)
+    cdef floating* T1 = D + alpha2 * ld                      # half-transformed (alpha^2, ld)
+    cdef floating* V = T1 + alpha2 * ld                      # (alpha^2, Cin, ld)
+    cdef floating* M = V + alpha2 * Cin * ld                 # (alpha^2, Kout, ld)
+    cdef floating* row_buf = M + alpha2 * Kout * ld          # one input row of a run
+    cdef floating b = 0
+    cdef bint ok = True
+    # 2. input transform, channel by channel: V[e][c][t]
+    # The block's tiles go in runs of tiles side by side: a tile row of an image (or what
+    # the block holds of it); tile g of the batch is in image g // (th*tw), tile row
+    # (g // tw) % th, column g % tw.
+    for c in range(Cin):
+        t = 0
+        while t < tb:
+            g = t0 + t
+            end = imin(tb, t + tw - g % tw)
+            _gather_run(inp + ((g // per_image) * Cin + c) * H * W, H, W,
+                        (g // tw) % th * m + oh, g % tw * m + ow, end - t, m, D + t, ld, row_buf)
+            t = end
+        _input_transform(D, T1, m, ld, V + c * ld, Cin * ld)
+    if check_finite and not _columns_finite(V, alpha2 * Cin, ld, tb):
+        ok = False
+    # 3. the alpha^2 GEMMs: M[e] (Kout, tb) = U[e] (Kout, Cin) @ V[e] (Cin, tb)
+    for e in range(alpha2):
+        gemm_rm(False, False, <int>Kout, <int>tb, <int>Cin, 1, U + e * Kout * Cin, <int>Cin,
+                V + e * Cin * ld, <int>ld, 0, M + e * Kout * ld, <int>ld)
+    # 4. inverse transform, output channel by output channel: A^T M_{k,t} A, into y
+    for k in range(Kout):
+        # rows of the transformed tile first: S[a][j] = sum_b A^T[j, b] M[a][b] (into D),
+        # then its columns: O[i][j] = sum_a A^T[i, a] S[a][j] (into T1)
+        for i in range(alpha):
+            _transform_1d(True, m, M + (i * alpha * Kout + k) * ld, Kout * ld, D + i * m * ld,
+                          ld, tb)
+        _transform_1d(True, m, D, m * ld, T1, m * ld, m * ld)
+        if check_finite and not _columns_finite(T1, m * m, ld, tb):
+            ok = False
+        if bias != NULL:
+            b = bias[k]
+        t = 0
+        while t < tb:
+            g = t0 + t
+            end = imin(tb, t + tw - g % tw)
+            _scatter_run(T1 + t, ld, out + ((g // per_image) * Kout + k) * P * Q, P, Q,
+                         (g // tw) % th * m, g % tw * m, end - t, m, b)
+            t = end
+    return ok
+
+
+cdef bint _columns_finite(const floating* a, Py_ssize_t rows, Py_ssize_t ld,
+                          Py_ssize_t tb) noexcept nogil:
+    """Whether a[r*ld + t] is finite for every r < rows, t < tb (the block's own tiles: the
+    columns beyond tb are left over from an earlier block)."""
+    cdef Py_ssize_t r
+    for r in range(rows):
+        if not _all_finite(a + r * ld, tb):
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- the driver
+
+def _block_size(Py_ssize_t n_tiles, Py_ssize_t Cin, Py_ssize_t Kout, int m, Py_ssize_t itemsize):
+    """Tiles per block: V and M of a block (alpha^2 x block x (Cin + Kout) values) within
+    _BLOCK_BYTES, between _MIN_BLOCK and _MAX_BLOCK tiles, a multiple of 8 (whole vectors);
+    a function of the shapes only (never of the thread count)."""
+    cdef Py_ssize_t alpha2 = (m + 2) * (m + 2)
+    cdef Py_ssize_t block = _BLOCK_BYTES // (alpha2 * (Cin + Kout) * itemsize)
+    block = max(_MIN_BLOCK, min(_MAX_BLOCK, block)) // 8 * 8
+    return int(min(block, (n_tiles + 7) // 8 * 8))
+
+
+def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
+               const floating[:, :, ::1] u,         # IN (alpha^2, Kout, Cin): U
+               bias,                                # IN (Kout,) or None
+               Py_ssize_t P, Py_ssize_t Q, Py_ssize_t oh, Py_ssize_t ow, int m, int nt,
+               bint check_finite):                  # returns y (N, Kout, P, Q) (OUT) or None
+    """y[n, k, p, q] = sum_{c,r,s} g_{k,c}[r, s] * inp[n, c, p + r + oh, q + s + ow] (inp = 0
+    outside), g the filters whose transforms are u: steps 2-4 of (wino.gemm), block by block."""
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t N = inp.shape[0], Cin = inp.shape[1], H = inp.shape[2], W = inp.shape[3]
+    cdef Py_ssize_t Kout = u.shape[1], alpha2 = (m + 2) * (m + 2)
+    cdef Py_ssize_t n_tiles = N * ((P + m - 1) // m) * ((Q + m - 1) // m)
+    cdef Py_ssize_t ld = _block_size(n_tiles, Cin, Kout, m, np.dtype(dtype).itemsize)
+    cdef Py_ssize_t n_blocks = (n_tiles + ld - 1) // ld, blk, tid
+    if max(Kout, Cin, ld) > _INT_MAX:
+        raise ValueError(f"conv_winograd: a GEMM dimension overflows BLAS's 32-bit int")
+    y_arr = np.empty((N, Kout, P, Q), dtype=dtype)
+    cdef floating[:, :, :, ::1] y = y_arr
+    cdef const floating[::1] b_view
+    cdef const floating* b_ptr = NULL
+    if bias is not None:
+        b_view = bias
+        b_ptr = &b_view[0]
+    # zeros: the columns past a short last block are computed (never stored); keep them finite
+    cdef floating[:, ::1] work = np.zeros(
+        (nt, alpha2 * ld * (2 + Cin + Kout) + (Q + m - 1) // m * m + 2), dtype=dtype)
+    cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
+    with nogil:
+        for blk in prange(n_blocks, schedule="dynamic", num_threads=nt):
+            tid = threadid()
+            ok[blk] = _winograd_block(&inp[0, 0, 0, 0], Cin, H, W, &u[0, 0, 0], b_ptr,
+                                      &y[0, 0, 0, 0], Kout, P, Q, oh, ow, m, blk * ld,
+                                      imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
+                                      check_finite)
+    if check_finite and not np.all(ok):
+        return None
+    return y_arr
+
+
+cdef tuple _shape(const floating[:, :, :, ::1] a):
+    return (a.shape[0], a.shape[1], a.shape[2], a.shape[3])
+
+
+def _geometry(x_shape, w_shape, stride, padding, tile, int n_threads, dy_shape=None):
+    """_conv_geometry's (sh, sw, ph, pw, P, Q, threads), for a 3x3 kernel, stride 1, and a
+    tile size of TILES only."""
+    if (w_shape[2], w_shape[3]) != (3, 3) or tuple(int(s) for s in stride) != (1, 1):
+        raise ValueError(f"conv_winograd: needs a 3x3 kernel with stride 1, got kernel "
+                         f"{(w_shape[2], w_shape[3])} and stride {tuple(stride)}")
+    if tile not in TILES:
+        raise ValueError(f"conv_winograd: tile must be one of {TILES}, got {tile!r}")
+    return _conv_geometry(x_shape, w_shape, stride, padding, n_threads, dy_shape)
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                   const floating[:, :, :, ::1] w,     # IN (K, C, 3, 3)
+                   const floating[::1] b,              # IN (K,) or None
+                   stride, padding, int n_threads, dilation=(1, 1), *,
+                   bint relu=False, residual=None,     # IN (N, K, P, Q) or None
+                   int tile=DEFAULT_TILE, bint check_finite=False):   # returns y (OUT)
+    """(conv.fwd) for a 3x3 kernel, stride 1, by F(tile x tile, 3x3), eq. (wino.gemm).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W);  w : ndarray (K, C, 3, 3);  b : ndarray (K,) or None
+    stride : (1, 1);  padding : (ph, pw)
+    n_threads : int (BLAS limited to one thread by the caller; bitwise the same for any value)
+    tile : 2 or 4, the output tile of F(tile x tile, 3x3)
+    dilation : (1, 1) only (the other kernels take other dilations)
+    relu, residual : keyword only, the fused epilogue (conv.fused) ``y = relu(y + residual)``,
+        applied to the whole output once it is computed
+    check_finite : bool
+        True: return None where w, a transformed input or an output is NaN or Inf (see the
+        module docstring), so that the caller can compute the formula's answer another way.
+
+    Returns
+    -------
+    y : ndarray (N, K, H + 2ph - 2, W + 2pw - 2), x's dtype, or None (``check_finite``).
+    """
+    if tuple(dilation) != (1, 1):
+        raise ValueError(f"conv: Winograd needs dilation (1, 1), got {tuple(dilation)}")
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q
+    cdef int nt
+    sh, sw, ph, pw, P, Q, nt = _geometry(_shape(x), _shape(w), stride, padding, tile, n_threads)
+    if b is not None and b.shape[0] != w.shape[0]:
+        raise ValueError(f"conv: b has {b.shape[0]} values for {w.shape[0]} output channels")
+    if check_finite and not _all_finite(&w[0, 0, 0, 0], w.shape[0] * w.shape[1] * 9):
+        return None
+    u = _transformed_filters(w, tile, False, nt)
+    y = _correlate(x, u, None if b is None else np.asarray(b), P, Q, -ph, -pw, tile, nt,
+                   check_finite)
+    if y is not None and (relu or residual is not None):
+        _fused_epilogue(y, residual, relu)
+    return y
+
+
+def _fused_epilogue(floating[:, :, :, ::1] y,             # IN/OUT (N, K, P, Q)
+                     residual,                             # IN (N, K, P, Q) or None
+                     bint relu):
+    """y = relu(y + residual) over the whole output, by the kernels' shared _epilogue."""
+    cdef const floating[:, :, :, ::1] res
+    cdef const floating* res_ptr = NULL
+    if residual is not None:
+        res = residual
+        res_ptr = &res[0, 0, 0, 0]
+    with nogil:
+        _epilogue(&y[0, 0, 0, 0], res_ptr, 0, y.shape[0] * y.shape[1], y.shape[2] * y.shape[3],
+                  y.shape[2] * y.shape[3], relu)
+
+
+def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss/dy
+                    const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                    const floating[:, :, :, ::1] w,     # IN (K, C, 3, 3)
+                    stride, padding, int n_threads, bint need_dx=True,
+                    bint need_dw=True, dilation=(1, 1), *,
+                    int tile=DEFAULT_TILE, bint check_finite=False):   # returns dx, dw, db (OUT)
+    """Gradients of :func:`conv2d_forward`, (conv.bwd): dx by Winograd, as the 3x3 stride-1
+    correlation of dy with the flipped, transposed kernel and padding 2 - p; dw and db by
+    the im2col kernel.
+
+    Parameters as :func:`conv2d_forward`; need_dx False skips dx (None in its place),
+    need_dw False skips dw and db (None for both).
+    ``check_finite``: None instead of the three arrays where dy, w or a dx value is not
+    finite (dw and db alone are always computed by the formula).
+
+    Returns
+    -------
+    dx : (N, C, H, W) or None, dw : (K, C, 3, 3), db : (K,), all of x's dtype; or None.
+    """
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q
+    cdef int nt
+    if tuple(dilation) != (1, 1):
+        raise ValueError(f"conv: Winograd needs dilation (1, 1), got {tuple(dilation)}")
+    if not (need_dx or need_dw):
+        raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
+    sh, sw, ph, pw, P, Q, nt = _geometry(_shape(x), _shape(w), stride, padding, tile, n_threads,
+                                         _shape(dy))
+    dx = None
+    if need_dx:
+        if check_finite and not _all_finite(&w[0, 0, 0, 0], w.shape[0] * w.shape[1] * 9):
+            return None
+        u = _transformed_filters(w, tile, True, nt)
+        dx = _correlate(dy, u, None, x.shape[2], x.shape[3], ph - 2, pw - 2, tile, nt,
+                        check_finite)
+        if dx is None:
+            return None
+    if not need_dw:
+        return dx, None, None
+    _, dw, db = _im2col.conv2d_backward(dy, x, w, stride, padding, n_threads, False)
+    return dx, dw, db
+
+
+include "_conv_shared.pxi"

@@ -1,0 +1,142 @@
+/* fc_winograd.h: the 1-D Winograd transforms of conv_winograd.pyx, n columns at a time.
+ *
+ * Every 2-D transform of conv_winograd.pyx, (B^T d B) of an input tile and A^T M A of a
+ * transformed output tile, is two passes of one 1-D transform (columns, then rows), and
+ * the driver lays the tiles out so that each pass works on n tiles at once: the a-th input
+ * of the 1-D transform for column i is in[a * in_step + i], its j-th output goes to
+ * out[j * out_step + i]. The loop over i is then plain vector code: 4 floats (2 doubles)
+ * per SSE2 instruction on every x86-64, and 8 (4) in the copy compiled for AVX2, which
+ * fc_wino_1d_* calls where fc_isa_level() (fc_isa.h) says so. The copies do the
+ * same operations in the same order (no FMA), so they give the same bits.
+ *
+ *   fc_wino_in4_*   B^T of F(2x2, 3x3):  4 values -> 4   (points 0, 1, -1, infinity)
+ *   fc_wino_in6_*   B^T of F(4x4, 3x3):  6 values -> 6   (points 0, 1, -1, 2, -2, infinity)
+ *   fc_wino_out4_*  A^T of F(2x2, 3x3):  4 values -> 2
+ *   fc_wino_out6_*  A^T of F(4x4, 3x3):  6 values -> 4
+ *
+ * The matrices are written out (with their derivation) in fastconv/reference/conv_winograd.py.
+ * Why C: the outputs are several streams of one buffer at a distance gcc cannot see, so it
+ * would only vectorise the loop behind a runtime test of every pair of streams, more pairs
+ * than it is willing to test; `#pragma GCC ivdep` states that they never overlap. Each
+ * transform is written once for a type T and instantiated for float and double (C has no
+ * templates, hence the macro). Sums are in a fixed order: the same bits for any n.
+ */
+#ifndef FC_WINOGRAD_H
+#define FC_WINOGRAD_H
+
+#include <stddef.h>
+
+#include "fc_isa.h"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define FC_IVDEP _Pragma("GCC ivdep")
+#elif defined(__clang__)
+#define FC_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define FC_IVDEP
+#endif
+
+#define FC_WINO_TRANSFORMS(T, SUFFIX, ATTR)                                                \
+/* B^T of F(2x2, 3x3): t0 = d0 - d2, t1 = d1 + d2, t2 = d2 - d1, t3 = d1 - d3 */          \
+ATTR static void fc_wino_in4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,        \
+                                        ptrdiff_t out_step, ptrdiff_t n)               \
+{                                                                                      \
+    const T *d0 = in, *d1 = in + in_step, *d2 = in + 2 * in_step, *d3 = in + 3 * in_step; \
+    T *t0 = out, *t1 = out + out_step, *t2 = out + 2 * out_step, *t3 = out + 3 * out_step; \
+    FC_IVDEP                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                \
+        T a = d0[i], b = d1[i], c = d2[i], d = d3[i];                                  \
+        t0[i] = a - c;                                                                 \
+        t1[i] = b + c;                                                                 \
+        t2[i] = c - b;                                                                 \
+        t3[i] = b - d;                                                                 \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* B^T of F(4x4, 3x3), its rows regrouped to share the sums:                           \
+ * t0 = 4 d0 - 5 d2 + d4          t3 = (d4 - d2) + 2 (d3 - d1)                          \
+ * t1 = (d3 + d4) - 4 (d1 + d2)   t4 = (d4 - d2) - 2 (d3 - d1)                          \
+ * t2 = (d4 - d3) + 4 (d1 - d2)   t5 = 4 d1 - 5 d3 + d5 */                               \
+ATTR static void fc_wino_in6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,        \
+                                        ptrdiff_t out_step, ptrdiff_t n)               \
+{                                                                                      \
+    const T *d0 = in, *d1 = in + in_step, *d2 = in + 2 * in_step;                       \
+    const T *d3 = in + 3 * in_step, *d4 = in + 4 * in_step, *d5 = in + 5 * in_step;     \
+    T *t0 = out, *t1 = out + out_step, *t2 = out + 2 * out_step;                       \
+    T *t3 = out + 3 * out_step, *t4 = out + 4 * out_step, *t5 = out + 5 * out_step;     \
+    FC_IVDEP                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                \
+        T x0 = d0[i], x1 = d1[i], x2 = d2[i], x3 = d3[i], x4 = d4[i], x5 = d5[i];      \
+        T p = x4 - x2, q = x3 - x1;                                                    \
+        t0[i] = ((T)4 * x0 - (T)5 * x2) + x4;                                          \
+        t1[i] = (x3 + x4) - (T)4 * (x1 + x2);                                          \
+        t2[i] = (x4 - x3) + (T)4 * (x1 - x2);                                          \
+        t3[i] = p + (T)2 * q;                                                          \
+        t4[i] = p - (T)2 * q;                                                          \
+        t5[i] = ((T)4 * x1 - (T)5 * x3) + x5;                                          \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* A^T of F(2x2, 3x3): y0 = m0 + m1 + m2, y1 = m1 - m2 - m3 */                           \
+ATTR static void fc_wino_out4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,       \
+                                         ptrdiff_t out_step, ptrdiff_t n)              \
+{                                                                                      \
+    const T *m0 = in, *m1 = in + in_step, *m2 = in + 2 * in_step, *m3 = in + 3 * in_step; \
+    T *y0 = out, *y1 = out + out_step;                                                 \
+    FC_IVDEP                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                \
+        T b = m1[i], c = m2[i];                                                        \
+        y0[i] = (m0[i] + b) + c;                                                       \
+        y1[i] = (b - c) - m3[i];                                                       \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* A^T of F(4x4, 3x3), with s = m1 + m2, d = m1 - m2, S = m3 + m4, D = m3 - m4:         \
+ * y0 = m0 + s + S, y1 = d + 2 D, y2 = s + 4 S, y3 = d + 8 D + m5 */                      \
+ATTR static void fc_wino_out6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,       \
+                                         ptrdiff_t out_step, ptrdiff_t n)              \
+{                                                                                      \
+    const T *m0 = in, *m1 = in + in_step, *m2 = in + 2 * in_step;                       \
+    const T *m3 = in + 3 * in_step, *m4 = in + 4 * in_step, *m5 = in + 5 * in_step;     \
+    T *y0 = out, *y1 = out + out_step, *y2 = out + 2 * out_step, *y3 = out + 3 * out_step; \
+    FC_IVDEP                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                \
+        T s = m1[i] + m2[i], d = m1[i] - m2[i], S = m3[i] + m4[i], D = m3[i] - m4[i];  \
+        y0[i] = (m0[i] + s) + S;                                                       \
+        y1[i] = d + (T)2 * D;                                                          \
+        y2[i] = s + (T)4 * S;                                                          \
+        y3[i] = (d + (T)8 * D) + m5[i];                                                \
+    }                                                                                  \
+}
+
+FC_WINO_TRANSFORMS(float, f32, )
+FC_WINO_TRANSFORMS(double, f64, )
+#if FC_HAVE_X86_SIMD
+FC_WINO_TRANSFORMS(float, f32_avx2, __attribute__((target("avx2"))))
+FC_WINO_TRANSFORMS(double, f64_avx2, __attribute__((target("avx2"))))
+#endif
+
+/* The transform the driver calls: B^T (inverse 0) or A^T (inverse 1) of F(m x m, 3x3),
+ * in the copy for isa (fc_isa_level() at import). */
+#if FC_HAVE_X86_SIMD
+#define FC_WINO_CALL(name, args)                                                      \
+    do { if (isa >= FC_ISA_AVX2) name##_avx2 args; else name args; } while (0)
+#else
+#define FC_WINO_CALL(name, args) name args
+#endif
+#define FC_WINO_DISPATCH(T, SUFFIX)                                                    \
+/* IN in; OUT out */                                                                  \
+static inline void fc_wino_1d_##SUFFIX(int isa, int m, int inverse, const T *in,      \
+                                       ptrdiff_t in_step, T *out, ptrdiff_t out_step, \
+                                       ptrdiff_t n)                                   \
+{                                                                                     \
+    if (inverse && m == 2) FC_WINO_CALL(fc_wino_out4_##SUFFIX, (in, in_step, out, out_step, n)); \
+    else if (inverse) FC_WINO_CALL(fc_wino_out6_##SUFFIX, (in, in_step, out, out_step, n)); \
+    else if (m == 2) FC_WINO_CALL(fc_wino_in4_##SUFFIX, (in, in_step, out, out_step, n)); \
+    else FC_WINO_CALL(fc_wino_in6_##SUFFIX, (in, in_step, out, out_step, n));          \
+}
+
+FC_WINO_DISPATCH(float, f32)
+FC_WINO_DISPATCH(double, f64)
+
+#endif
