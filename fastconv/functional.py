@@ -8,7 +8,7 @@ thread count; the kernels trust what they are given, so no input, however odd, r
 them unchecked.
 
 Arrays are NCHW. Weights are ``(K, C, R, S)``: K output channels, C input channels,
-an R x S window. Output size (conv.out): ``P = floor((H + 2*pad - R) / stride) + 1``.
+an R x S window (``(K, C/groups, R, S)`` for a grouped convolution). Output size (conv.out): ``P = floor((H + 2*pad - R) / stride) + 1``.
 Semantics match PyTorch (``torch.nn.functional``).
 """
 import numpy as np
@@ -139,41 +139,68 @@ def _n_threads():
 
 # --------------------------------------------------------------------------- convolution
 
-def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast"):
-    """The algorithm ``algo="auto"`` runs for this shape: "direct" or "im2col".
+def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", groups=1):
+    """The algorithm ``algo="auto"`` runs for this shape: "direct", "im2col" or "depthwise".
 
-    The reference backend always uses im2col (one big matrix product is NumPy's fast path).
-    For the fast backend: im2col, except with one output channel (K == 1), where direct
-    is faster; the measurements are in docs/performance.md ("Convolution").
+    A depthwise convolution (``groups`` equal to the C input channels, C > 1) runs the
+    depthwise kernel in either backend: one R x S window per channel plane, where im2col's
+    GEMMs would have a single input channel to reduce over. Otherwise the reference backend
+    always uses im2col (one big matrix product is NumPy's fast path). For the fast backend:
+    im2col, except with one output channel per group (K / groups == 1), where direct is
+    faster; the measurements are in docs/performance.md ("Convolution").
     """
+    K, Cg, R, S = w_shape
     if backend == "reference":
         return "im2col"
-    K, C, R, S = w_shape
     # im2col's GEMMs win every layer of the benchmark suite, even with few input channels;
     # with one output channel the GEMM is a matrix-vector product with nothing to reuse,
     # and building the columns is pure overhead (measurements: docs/performance.md).
-    if K == 1:
+    if K // groups == 1:
         return "direct"
     return "im2col"
 
 
-def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs):
+def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs, groups=1):
     """x and w as float arrays of one dtype, ``ndim`` axes each, with as many ``inputs``
-    (input channels, input features) on axis 1 of both."""
+    (input channels, input features) on axis 1 of both (of w: per group)."""
     x = _as_float_array(op, "x", x)
     w = _as_float_array(op, "w", w, dtype=x.dtype)
     _check_ndim(op, "x", x, (ndim,), x_axes)
     _check_ndim(op, "w", w, (ndim,), w_axes)
-    if w.shape[1] != x.shape[1]:
+    if groups > 1:
+        _check_groups(op, groups, x.shape[1], w.shape)
+    elif w.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: w has {w.shape[1]} {inputs} (shape {w.shape}) but x has "
                          f"{x.shape[1]} (shape {x.shape})")
     return x, w
 
 
-def _conv_setup(op, x, w, stride, padding, algo, backend):
-    """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved choices."""
-    x, w = _input_and_weight(op, x, w, 4, "4-D (N, C, H, W)", "4-D (K, C, R, S)",
-                             "input channels")
+def _check_groups(op, groups, C, w_shape):
+    """(conv.groups) C and K divisible by groups, and w holding C / groups input channels."""
+    K = w_shape[0]
+    if C % groups or K % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels "
+                         f"(x has {C}) and the output channels (w has {K}, shape {w_shape})")
+    if w_shape[1] != C // groups:
+        raise ValueError(f"{op}: with groups={groups}, w must have C / groups = "
+                         f"{C} / {groups} = {C // groups} input channels per group "
+                         f"(shape ({K}, {C // groups}, R, S)), got shape {w_shape}")
+
+
+def _groups_arg(op, groups):
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups!r}")
+    return int(groups)
+
+
+def _conv_setup(op, x, w, stride, padding, groups, algo, backend):
+    """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved
+    choices: (x, w, stride, padding, y shape, backend, algo)."""
+    groups = _groups_arg(op, groups)
+    x, w = _input_and_weight(op, x, w, 4, "4-D (N, C, H, W)", "4-D (K, C/groups, R, S)",
+                             "input channels", groups)
     if min(x.shape) == 0 or min(w.shape) == 0:
         raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
     stride = _pair(op, "stride", stride, minimum=1)
@@ -187,11 +214,63 @@ def _conv_setup(op, x, w, stride, padding, algo, backend):
         raise ValueError(f"{op}: algo must be one of {ALGOS}, got {algo!r}")
     backend = resolve_backend(backend, op)
     if algo == "auto":
-        algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend)
-    return x, w, stride, padding, (N, K, P, Q), implementation(f"conv_{algo}", backend)
+        algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend, groups)
+    return x, w, stride, padding, (N, K, P, Q), backend, algo
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
+# Grouped convolution (conv.groups): the channels split into ``groups`` slices, input slice g
+# convolved with output slice g of w only. The depthwise case (groups == C) has its own
+# kernel (conv_depthwise); the reference twins compute any other grouping in one go, and the
+# fast backend runs its dense kernels once per group on contiguous copies of the slices
+# (docs/performance.md, "Grouped convolution", measures what that costs).
+
+def _group_slices(groups, C, K):
+    Cg, Kg = C // groups, K // groups
+    return [(slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)) for g in range(groups)]
+
+
+def _conv_forward(x, w, b, stride, padding, groups, backend, algo):
+    n_threads = _n_threads()
+    if algo == "depthwise":
+        impl = implementation("conv_depthwise", backend)
+        return impl.conv2d_forward(x, w, b, stride, padding, (1, 1), n_threads)
+    impl = implementation(f"conv_{algo}", backend)
+    if groups == 1:
+        return impl.conv2d_forward(x, w, b, stride, padding, n_threads)
+    if backend == "reference":
+        return impl.conv2d_forward(x, w, b, stride, padding, n_threads, groups=groups)
+    N, K, (P, Q) = x.shape[0], w.shape[0], _output_shape("conv2d", x.shape, w.shape[2:],
+                                                          stride, padding, "kernel")
+    y = np.empty((N, K, P, Q), dtype=x.dtype)
+    for cs, ks in _group_slices(groups, x.shape[1], K):
+        y[:, ks] = impl.conv2d_forward(np.ascontiguousarray(x[:, cs]), w[ks],
+                                       None if b is None else b[ks], stride, padding, n_threads)
+    return y
+
+
+def _conv_backward(dy, x, w, stride, padding, groups, backend, algo, need_dx):
+    n_threads = _n_threads()
+    if algo == "depthwise":
+        impl = implementation("conv_depthwise", backend)
+        return impl.conv2d_backward(dy, x, w, stride, padding, (1, 1), n_threads, need_dx)
+    impl = implementation(f"conv_{algo}", backend)
+    if groups == 1:
+        return impl.conv2d_backward(dy, x, w, stride, padding, n_threads, need_dx)
+    if backend == "reference":
+        return impl.conv2d_backward(dy, x, w, stride, padding, n_threads, need_dx,
+                                    groups=groups)
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
+    dw, db = np.empty(w.shape, dtype=x.dtype), np.empty(w.shape[0], dtype=x.dtype)
+    for cs, ks in _group_slices(groups, x.shape[1], w.shape[0]):
+        dx_g, dw[ks], db[ks] = impl.conv2d_backward(
+            np.ascontiguousarray(dy[:, ks]), np.ascontiguousarray(x[:, cs]), w[ks],
+            stride, padding, n_threads, need_dx)
+        if need_dx:
+            dx[:, cs] = dx_g
+    return dx, dw, db
+
+
+def conv2d(x, w, b=None, stride=1, padding=0, groups=1, algo="auto", backend=None):
     """2-D convolution (cross-correlation, as in PyTorch's ``conv2d``), notes eq. (conv.fwd).
 
     ``y[n, k, p, q] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, c, p*sh + r - ph, q*sw + s - pw]``
@@ -199,12 +278,20 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
     convolution is ``conv2d(x, w[:, :, ::-1, ::-1])``. NaN and Inf propagate as in the
     formula, the padding's zeros included (0 * NaN = NaN), in every backend and algorithm.
 
+    With ``groups`` = G (eq. (conv.groups), PyTorch's ``groups``), the C input and K output
+    channels split into G consecutive slices and output channel k sees only the C/G input
+    channels of its own slice g = k // (K/G): ``c`` above runs over ``g*C/G + c'``,
+    c' < C/G, and w is (K, C/G, R, S). G = C is a depthwise convolution (one window per
+    channel, K = m*C for m windows per channel), which ``algo="auto"`` runs on its own
+    kernel.
+
     Parameters
     ----------
     x : ndarray (N, C, H, W), float32 or float64
-    w : ndarray (K, C, R, S), same dtype
+    w : ndarray (K, C/groups, R, S), same dtype
     b : ndarray (K,) or None
     stride, padding : int or (h, w)
+    groups : int >= 1 dividing C and K
     algo : "direct", "im2col" or "auto" (the faster for the shape, see ``choose_conv_algo``)
     backend : "fast", "reference" or None (the default, see ``fastconv.set_backend``)
 
@@ -213,17 +300,18 @@ def conv2d(x, w, b=None, stride=1, padding=0, algo="auto", backend=None):
     y : ndarray (N, K, P, Q), P = floor((H + 2*ph - R) / sh) + 1 (conv.out), likewise Q.
     """
     op = "conv2d"
-    x, w, stride, padding, _, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, _, backend, algo = _conv_setup(op, x, w, stride, padding, groups,
+                                                          algo, backend)
     if b is not None:
         b = _as_float_array(op, "b", b, dtype=x.dtype)
         if b.shape != (w.shape[0],):
             raise ValueError(f"{op}: b must have shape ({w.shape[0]},) for w of shape {w.shape}, "
                              f"got {b.shape}")
     with _threads.blas_single_thread():
-        return impl.conv2d_forward(*_contiguous(x, w, b), stride, padding, _n_threads())
+        return _conv_forward(*_contiguous(x, w, b), stride, padding, groups, backend, algo)
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
+def conv2d_backward(dy, x, w, stride=1, padding=0, groups=1, algo="auto", backend=None, *,
                     need_dx=True):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
@@ -235,22 +323,23 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto", backend=None, *,
     Parameters
     ----------
     dy : ndarray (N, K, P, Q), the gradient of the loss with respect to conv2d's output
-    x, w, stride, padding, algo, backend : as in :func:`conv2d`
+    x, w, stride, padding, groups, algo, backend : as in :func:`conv2d`
     need_dx : bool, keyword only
         False skips dx, returned as None: a network's first layer (whose input is the data)
         needs only dw and db, and PyTorch skips it there too.
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype
+    dx : (N, C, H, W) or None, dw : (K, C/groups, R, S), db : (K,), all of x's dtype
     """
     op = "conv2d_backward"
-    x, w, stride, padding, y_shape, impl = _conv_setup(op, x, w, stride, padding, algo, backend)
+    x, w, stride, padding, y_shape, backend, algo = _conv_setup(op, x, w, stride, padding,
+                                                                groups, algo, backend)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, y_shape)
     with _threads.blas_single_thread():
-        return impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding, _n_threads(),
-                                    bool(need_dx))
+        return _conv_backward(*_contiguous(dy, x, w), stride, padding, groups, backend, algo,
+                              bool(need_dx))
 
 
 # --------------------------------------------------------------------------- pooling

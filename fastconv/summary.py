@@ -19,7 +19,7 @@ in ResNet), and an Inception (Concat) block's is the largest over its branches; 
 the same on every branch and start is taken from the branch with the largest field (with
 "same" padding, as in these models, every branch is centred on the same pixel).
 
-Multiply-adds per forward pass of the given batch: K*C*R*S*P*Q per image for a conv,
+Multiply-adds per forward pass of the given batch: K*(C/groups)*R*S*P*Q per image for a conv
 in*out for a linear layer, one per value for BatchNorm (an affine map at test time);
 pooling, activations and adds are counted as 0.
 """

@@ -10,6 +10,10 @@ becomes a matrix product that BLAS runs at full speed:
             dcol_n = W^T @ dY_n, then col2im: dxp[n, c, p*sh + r, q*sw + s] += dcol_n[...]
 
 ``xp`` is x zero-padded by (ph, pw); P, Q by (conv.out) ``P = floor((H + 2*ph - R)/sh) + 1``.
+
+(conv.groups) With G groups the rows of col_n split into G blocks of (C/G)*R*S, one per
+slice of input channels, and W into G blocks of (K/G) x (C/G)*R*S: one GEMM per group,
+Y_n[g] = W[g] @ col_n[g] (a batched matrix product, Caffe's grouped convolution).
 This reference builds the column matrix of the whole batch at once (simple; memory
 N*C*R*S*P*Q); the fast twin keeps only one image's columns per thread.
 Cross-correlation, as in PyTorch: the kernel is not flipped.
@@ -59,57 +63,66 @@ def col2im(col, x_shape, R, S, stride, padding, P, Q):
     return dxp[:, :, ph:ph + H, pw:pw + W]
 
 
-def conv2d_forward(x, w, b, stride, padding, n_threads=None):
-    """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd).
+def conv2d_forward(x, w, b, stride, padding, n_threads=None, groups=1):
+    """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd), one GEMM per group.
 
     Parameters
     ----------
     x : ndarray (N, C, H, W)
-    w : ndarray (K, C, R, S), same dtype
+    w : ndarray (K, C/groups, R, S), same dtype
     b : ndarray (K,) or None
     stride, padding : (int, int)
     n_threads : ignored (NumPy's BLAS threads are set by fastconv.num_threads)
+    groups : int dividing C and K
 
     Returns
     -------
     y : ndarray (N, K, P, Q), x's dtype.
     """
-    N = x.shape[0]
-    K, C, R, S = w.shape
+    N, G = x.shape[0], groups
+    K, Cg, R, S = w.shape                                            # Cg = C / G
     P, Q = _out_size(x.shape, w.shape, stride, padding)
     col = im2col(x, R, S, stride, padding, P, Q)                     # (N, CRS, PQ)
-    y = np.matmul(w.reshape(K, C * R * S), col)                      # Y_n = W @ col_n: (N, K, PQ)
+    col = col.reshape(N, G, Cg * R * S, P * Q)                       # col_n[g]
+    Wg = w.reshape(G, K // G, Cg * R * S)                            # W[g]
+    y = np.matmul(Wg, col)                                           # Y_n[g] = W[g] @ col_n[g]
+    y = y.reshape(N, K, P * Q)
     if b is not None:
         y += b[:, None]
     return y.reshape(N, K, P, Q).astype(x.dtype, copy=False)
 
 
-def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True):
-    """Gradients by GEMM and col2im, eqs. (im2col), (conv.bwd).
+def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, groups=1):
+    """Gradients by GEMM and col2im, eqs. (im2col), (conv.bwd), per group.
 
     Parameters
     ----------
-    dy : ndarray (N, K, P, Q);  x : ndarray (N, C, H, W);  w : ndarray (K, C, R, S)
+    dy : ndarray (N, K, P, Q);  x : ndarray (N, C, H, W);  w : ndarray (K, C/groups, R, S)
     stride, padding : (int, int)
     n_threads : ignored
     need_dx : bool
         False skips dx (None is returned in its place): a network's first layer needs only dw, db.
+    groups : int dividing C and K
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S), db : (K,), all of x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C/groups, R, S), db : (K,), all of x's dtype.
     """
-    N = x.shape[0]
-    K, C, R, S = w.shape
+    N, G = x.shape[0], groups
+    K, Cg, R, S = w.shape
     P, Q = dy.shape[2:]
-    dY = dy.reshape(N, K, P * Q)
-    col = im2col(x, R, S, stride, padding, P, Q)                     # (N, CRS, PQ)
+    CgRS = Cg * R * S
+    dY = dy.reshape(N, G, K // G, P * Q)                             # dY_n[g]
+    col = im2col(x, R, S, stride, padding, P, Q).reshape(N, G, CgRS, P * Q)
     db = dy.sum(axis=(0, 2, 3))                                      # db[k] = sum_{n,p,q} dy
-    dW = np.tensordot(dY, col, axes=([0, 2], [0, 2]))                # sum_n dY_n @ col_n^T: (K, CRS)
+    # dW[g] = sum_n dY_n[g] @ col_n[g]^T: contract n and pq, one product per group
+    dW = np.matmul(dY.transpose(1, 2, 0, 3).reshape(G, K // G, N * P * Q),
+                   col.transpose(1, 0, 3, 2).reshape(G, N * P * Q, CgRS))     # (G, K/G, CgRS)
     dtype = x.dtype
-    dW, db = dW.reshape(K, C, R, S).astype(dtype, copy=False), db.astype(dtype, copy=False)
+    dW, db = dW.reshape(K, Cg, R, S).astype(dtype, copy=False), db.astype(dtype, copy=False)
     if not need_dx:
         return None, dW, db
-    dcol = np.matmul(w.reshape(K, C * R * S).T, dY)                  # W^T @ dY_n: (N, CRS, PQ)
-    dx = col2im(dcol, x.shape, R, S, stride, padding, P, Q)
+    Wg = w.reshape(G, K // G, CgRS)
+    dcol = np.matmul(Wg.transpose(0, 2, 1), dY)                      # W[g]^T @ dY_n[g]: (N, G, CgRS, PQ)
+    dx = col2im(dcol.reshape(N, G * CgRS, P * Q), x.shape, R, S, stride, padding, P, Q)
     return np.ascontiguousarray(dx, dtype=dtype), dW, db
