@@ -150,6 +150,8 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", groups=1
     faster; the measurements are in docs/performance.md ("Convolution").
     """
     K, Cg, R, S = w_shape
+    if groups > 1 and groups == x_shape[1]:
+        return "depthwise"
     if backend == "reference":
         return "im2col"
     # im2col's GEMMs win every layer of the benchmark suite, even with few input channels;
