@@ -2,9 +2,13 @@
 """Depthwise 2-D convolution (groups == C): one R x S window per channel plane, eq. (conv.dw).
 
 ``algo="auto"`` runs this module for every convolution with ``groups`` equal to the input
-channels. Its inner loops are the row updates of ``_forward_plane`` (forward),
-``_dw_plane`` and ``_dx_plane`` (backward): one multiply-add per output column along a row,
-which gcc vectorises because consecutive q are consecutive addresses.
+channels. Read ``_forward_plane`` first, the loop nest to study (row updates along q, which
+gcc vectorises because consecutive q are consecutive addresses); the forward that runs by
+default computes the same sums in register tiles, ``fc_dw_row_*`` of
+src_pyx/include/fc_depthwise.h (same order of additions, same bits; ``_set_tuned(False)``
+runs the loop nest instead). Backward runs the row updates of ``_dw_plane`` and
+``_dx_plane`` (the same rows in C, one dy vector loaded once for all taps, measured no
+faster: docs/performance.md).
 
 Compiled twin of ``fastconv/reference/conv_depthwise.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument before calling here.
@@ -45,6 +49,27 @@ from cython.parallel cimport prange, threadid
 from _common cimport threads_for_macs
 
 DEF _MAX_CHUNKS = 16       # batch chunks of the dw reduction: its parallelism over images
+
+# The forward's register tile, in C (include/fc_depthwise.h says why).
+cdef extern from "fc_depthwise.h":
+    void fc_dw_row_f32(const float* x, const float* w, float b, float* y, Py_ssize_t Wp,
+                       Py_ssize_t R, Py_ssize_t S, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t Q) noexcept nogil
+    void fc_dw_row_f64(const double* x, const double* w, double b, double* y, Py_ssize_t Wp,
+                       Py_ssize_t R, Py_ssize_t S, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t Q) noexcept nogil
+
+cdef bint _tuned = True
+
+
+def _set_tuned(bint on):
+    """Run the forward on the register tiles (True, the default) or on the teaching loop
+    nest ``_forward_plane`` (False); returns the previous setting. Both give the same bits:
+    for tests, and for a reader who wants to time one against the other."""
+    global _tuned
+    previous = _tuned
+    _tuned = on
+    return previous
 
 
 # --------------------------------------------------------------------------- padding
@@ -109,6 +134,19 @@ cdef void _forward_plane(const floating* xp,          # IN  (Hp, Wp) padded inpu
                         y_row[q] += wv * x_tap[q * sw]
 
 
+cdef void _forward_plane_tiled(const floating* xp, const floating* w, floating b, floating* y,
+                               Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh,
+                               Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P,
+                               Py_ssize_t Q) noexcept nogil:
+    """What _forward_plane computes, one output row per register-tile call."""
+    cdef Py_ssize_t p
+    for p in range(P):
+        if floating is float:
+            fc_dw_row_f32(xp + p * sh * Wp, w, b, y + p * Q, Wp, R, S, sw, dh, dw, Q)
+        else:
+            fc_dw_row_f64(xp + p * sh * Wp, w, b, y + p * Q, Wp, R, S, sw, dh, dw, Q)
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[:, :, :, ::1] w,     # IN (K, 1, R, S), K = m*C
                    b,                                  # IN (K,) or None
@@ -149,6 +187,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     cdef floating[:, :, :, ::1] y = y_arr
     cdef floating[:, ::1] scratch = scratch_arr
     cdef const floating* xp
+    cdef bint tuned = _tuned
     with nogil:
         for i in prange(N * C, schedule="dynamic", num_threads=nt):
             n = i // C
@@ -156,8 +195,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
             xp = _padded_plane(&x[n, c, 0, 0], &scratch[threadid(), 0], H, W, ph, pw)
             for j in range(m):
                 k = c * m + j
-                _forward_plane(xp, &w[k, 0, 0, 0], bv[k] if has_bias else 0, &y[n, k, 0, 0],
-                               Wp, R, S, sh, sw, dh, dw, P, Q)
+                if tuned:
+                    _forward_plane_tiled(xp, &w[k, 0, 0, 0], bv[k] if has_bias else 0,
+                                         &y[n, k, 0, 0], Wp, R, S, sh, sw, dh, dw, P, Q)
+                else:
+                    _forward_plane(xp, &w[k, 0, 0, 0], bv[k] if has_bias else 0,
+                                   &y[n, k, 0, 0], Wp, R, S, sh, sw, dh, dw, P, Q)
     return y_arr
 
 
