@@ -7,8 +7,8 @@ import numpy as np
 from . import _threads
 from ._backend import get_backend, source_folder_problem
 
-KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "pool", "batchnorm", "activation",
-                  "linear")
+KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "conv_depthwise", "pool", "batchnorm",
+                  "activation", "linear")
 
 
 def _build_config():

@@ -17,6 +17,7 @@ from scipy.special import expit
 from . import _threads
 from ._backend import implementation, resolve_backend
 from .reference.pool import pool_output_size
+from .reference.conv_direct import conv_epilogue, per_group_backward, per_group_forward
 
 __all__ = [
     "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
@@ -156,8 +157,14 @@ def _n_threads():
 # --------------------------------------------------------------------------- convolution
 
 def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backward=False,
-                     dilation=(1, 1)):
-    """The algorithm ``algo="auto"`` runs for this shape: "direct", "im2col" or "winograd".
+                     dilation=(1, 1), groups=1):
+    """The algorithm ``algo="auto"`` runs for this shape: "direct", "im2col", "winograd" or
+    "depthwise".
+
+    A depthwise convolution (``groups`` equal to the C input channels, C > 1) runs the
+    depthwise kernel in either backend: one R x S window per channel plane, where im2col's
+    GEMMs would have a single input channel to reduce over. Other groupings run the
+    algorithm chosen below once per group (conv.groups).
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
     For the fast backend: direct with one output channel (K == 1); for the forward pass of
@@ -168,16 +175,19 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     are in docs/performance.md ("Convolution"). A call that picked Winograd runs im2col
     instead where its inputs hold NaN or Inf (see ``conv2d``).
     """
+    if groups > 1 and groups == x_shape[1]:
+        return "depthwise"
     if backend == "reference":
         return "im2col"
     K, C, R, S = w_shape
+    K //= groups                                  # the output channels of one group
     stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
     # im2col's GEMMs win every other layer of the benchmark suite, even with few input
     # channels; with one output channel the GEMM is a matrix-vector product with nothing to
     # reuse, and building the columns is pure overhead (measurements: docs/performance.md).
     if K == 1:
         return "direct"
-    if (not backward and _winograd_applies(w_shape, stride, dilation)
+    if (not backward and _winograd_applies(w_shape, stride, dilation, groups)
             and min(C, K) >= _WINOGRAD_MIN_CHANNELS):
         return "winograd"
     return "im2col"
@@ -192,14 +202,16 @@ def _winograd_applies(w_shape, stride, dilation=(1, 1), groups=1):
             and tuple(dilation) == (1, 1) and groups == 1)
 
 
-def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs):
+def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs, groups=1):
     """x and w as float arrays of one dtype, ``ndim`` axes each, with as many ``inputs``
-    (input channels, input features) on axis 1 of both."""
+    (input channels, input features) on axis 1 of both (of w: per group)."""
     x = _as_float_array(op, "x", x)
     w = _as_float_array(op, "w", w, dtype=x.dtype)
     _check_ndim(op, "x", x, (ndim,), x_axes)
     _check_ndim(op, "w", w, (ndim,), w_axes)
-    if w.shape[1] != x.shape[1]:
+    if groups > 1:
+        _check_groups(op, groups, x.shape[1], w.shape)
+    elif w.shape[1] != x.shape[1]:
         raise ValueError(f"{op}: w has {w.shape[1]} {inputs} (shape {w.shape}) but x has "
                          f"{x.shape[1]} (shape {x.shape})")
     return x, w
@@ -224,7 +236,68 @@ def _conv_padding(op, padding, stride, dilation, kernel):
     return (total[0] // 2, total[1] // 2), (total[0] % 2, total[1] % 2)
 
 
-def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=False):
+def _check_groups(op, groups, C, w_shape):
+    """(conv.groups) C and K divisible by groups, and w holding C / groups input channels."""
+    K = w_shape[0]
+    if C % groups or K % groups:
+        raise ValueError(f"{op}: groups={groups} must divide both the input channels "
+                         f"(x has {C}) and the output channels (w has {K}, shape {w_shape})")
+    if w_shape[1] != C // groups:
+        raise ValueError(f"{op}: with groups={groups}, w must have C / groups = "
+                         f"{C} / {groups} = {C // groups} input channels per group "
+                         f"(shape ({K}, {C // groups}, R, S)), got shape {w_shape}")
+
+
+def _groups_arg(op, groups):
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups!r}")
+    return int(groups)
+
+
+class _Depthwise:
+    """The depthwise kernel (conv_depthwise, its own argument order) behind the conv
+    kernels' interface; the fused epilogue applied to its output, a dW it computes and
+    need_dw=False does not want dropped."""
+
+    def __init__(self, impl):
+        self.impl = impl
+
+    def conv2d_forward(self, x, w, b, stride, padding, n_threads, dilation=(1, 1), *,
+                       relu=False, residual=None):
+        y = self.impl.conv2d_forward(x, w, b, stride, padding, dilation, n_threads)
+        return conv_epilogue(y, relu, residual)
+
+    def conv2d_backward(self, dy, x, w, stride, padding, n_threads, need_dx, need_dw,
+                        dilation=(1, 1)):
+        dx, dw, db = self.impl.conv2d_backward(dy, x, w, stride, padding, dilation, n_threads,
+                                               need_dx)
+        return (dx, dw, db) if need_dw else (dx, None, None)
+
+
+class _PerGroup:
+    """A conv kernel run once per group on contiguous copies of the group's channels
+    (conv.groups); docs/performance.md ("Grouped convolution") measures what that costs."""
+
+    def __init__(self, impl, groups):
+        self.impl, self.groups = impl, groups
+
+    def conv2d_forward(self, x, w, b, stride, padding, n_threads, dilation=(1, 1), *,
+                       relu=False, residual=None):
+        y = per_group_forward(self.impl.conv2d_forward, x, w, b, self.groups, stride, padding,
+                              n_threads, dilation)
+        return conv_epilogue(y, relu, residual)
+
+    def conv2d_backward(self, dy, x, w, stride, padding, n_threads, need_dx, need_dw,
+                        dilation=(1, 1)):
+        return per_group_backward(self.impl.conv2d_backward, dy, x, w, self.groups, need_dx,
+                                  need_dw, stride, padding, n_threads, need_dx, need_dw,
+                                  dilation=dilation)
+
+
+def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=False,
+                groups=1):
     """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved
     choices. An unbatched x (C, H, W) comes back as (1, C, H, W); with padding="same" and an
     odd total, x comes back with its extra bottom row / right column of zeros (``extra``).
@@ -233,8 +306,9 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=F
     unbatched = x.ndim == 3
     if unbatched:
         x = x[None]
+    groups = _groups_arg(op, groups)
     x, w = _input_and_weight(op, x, w, 4, "3-D (C, H, W) or 4-D (N, C, H, W)",
-                             "4-D (K, C, R, S)", "input channels")
+                             "4-D (K, C/groups, R, S)", "input channels", groups)
     if min(x.shape[1:]) == 0 or min(w.shape) == 0:      # N = 0 is an empty batch
         raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
     stride = _pair(op, "stride", stride, minimum=1)
@@ -250,7 +324,7 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=F
                                       "(H+2p)*(W+2p)": (H + 2 * padding[0]) * (W + 2 * padding[1])})
     if algo not in ALGOS:
         raise ValueError(f"{op}: algo must be one of {ALGOS}, got {algo!r}")
-    if algo == "winograd" and not _winograd_applies(w.shape, stride, dilation):
+    if algo == "winograd" and not _winograd_applies(w.shape, stride, dilation, groups):
         raise ValueError(f"{op}: algo='winograd' needs a 3x3 kernel with stride 1 "
                          f"(dilation 1, groups 1), got a {R}x{S} kernel with stride {stride}, "
                          f"dilation {dilation}; "
@@ -259,15 +333,20 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=F
     fallback = None
     if algo == "auto":
         algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend, backward=backward,
-                                dilation=dilation)
+                                dilation=dilation, groups=groups)
         if algo == "winograd":   # NaN/Inf spread differently in Winograd: im2col then
             fallback = implementation("conv_im2col", backend)
-    return (x, w, stride, padding, dilation, (N, K, P, Q),
-            implementation(f"conv_{algo}", backend), (unbatched, extra), fallback)
+    if algo == "depthwise":
+        impl = _Depthwise(implementation("conv_depthwise", backend))
+    elif groups > 1:
+        impl = _PerGroup(implementation(f"conv_{algo}", backend), groups)
+    else:
+        impl = implementation(f"conv_{algo}", backend)
+    return (x, w, stride, padding, dilation, (N, K, P, Q), impl, (unbatched, extra), fallback)
 
 
-def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=None, *,
-           relu=False, residual=None):
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto", backend=None,
+           *, relu=False, residual=None):
     """2-D convolution (cross-correlation, as in PyTorch's ``conv2d``), notes eq. (conv.fwd).
 
     ``y[n, k, p, q] = b[k] + sum_{c,r,s} w[k, c, r, s] * x[n, c, p*sh + r*dh - ph, q*sw + s*dw - pw]``
@@ -281,7 +360,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
     Parameters
     ----------
     x : ndarray (N, C, H, W) or, unbatched, (C, H, W); float32 or float64. N may be 0.
-    w : ndarray (K, C, R, S), same dtype
+    w : ndarray (K, C/groups, R, S), same dtype
     b : ndarray (K,) or None
     stride : int or (h, w)
     padding : int, (h, w), "same" or "valid"
@@ -291,6 +370,11 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
     dilation : int or (h, w), >= 1
         The spacing of the kernel's taps (1: an ordinary convolution; 2 spreads a 3x3
         kernel over a 5x5 window).
+    groups : int >= 1 dividing C and K, eq. (conv.groups)
+        The C input and K output channels split into ``groups`` consecutive slices; output
+        channel k sees only the C/groups input channels of its slice, and w is
+        (K, C/groups, R, S). groups = C is a depthwise convolution (one window per channel,
+        K = m*C), which ``algo="auto"`` runs on its own kernel.
     algo : "direct", "im2col", "winograd" or "auto" (the faster for the shape, see
         ``choose_conv_algo``). "winograd" (F(4x4, 3x3), 3x3 kernels with stride 1 only)
         trades accuracy for speed: in float32 its error is a few times im2col's (bounds in
@@ -311,7 +395,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
     """
     op = "conv2d"
     x, w, stride, padding, dilation, y_shape, impl, (unbatched, _), fallback = _conv_setup(
-        op, x, w, stride, padding, algo, backend, dilation)
+        op, x, w, stride, padding, algo, backend, dilation, groups=groups)
     if b is not None:
         b = _as_float_array(op, "b", b, dtype=x.dtype)
         if b.shape != (w.shape[0],):
@@ -337,8 +421,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, algo="auto", backend=N
     return y[0] if unbatched else y
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, algo="auto", backend=None, *,
-                    need_dx=True, need_dw=True):
+def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="auto",
+                    backend=None, *, need_dx=True, need_dw=True):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
     ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
@@ -350,7 +434,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, algo="auto", back
     ----------
     dy : ndarray (N, K, P, Q) ((K, P, Q) for an unbatched x), the gradient of the loss with
         respect to conv2d's output
-    x, w, stride, padding, dilation, algo, backend : as in :func:`conv2d`
+    x, w, stride, padding, dilation, groups, algo, backend : as in :func:`conv2d`
     need_dx : bool, keyword only
         False skips dx, returned as None: a network's first layer (whose input is the data)
         needs only dw and db, and PyTorch skips it there too.
@@ -368,7 +452,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, algo="auto", back
     if not (need_dx or need_dw):
         raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
     x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), fallback = _conv_setup(
-        op, x, w, stride, padding, algo, backend, dilation, backward=True)
+        op, x, w, stride, padding, algo, backend, dilation, backward=True, groups=groups)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     if unbatched:
         _check_dy(op, dy, y_shape[1:])
@@ -409,9 +493,7 @@ def conv_transpose_output_size(size, kernel, stride, padding, output_padding=0, 
 def _conv_options(op, groups, dilation):
     """The keyword arguments for groups and dilation that conv_transpose2d passes on to
     conv2d and conv2d_backward (the one place that knows which they take)."""
-    if groups != 1:
-        raise ValueError(f"{op}: groups={groups}: only groups=1 is supported")
-    return {"dilation": dilation}
+    return {"dilation": dilation, "groups": groups}
 
 
 def _conv_transpose_setup(op, x, w, stride, padding, output_padding, groups, dilation):
@@ -470,7 +552,8 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups
         smaller than stride or dilation, adds rows at the bottom and columns on the right
         (a strided conv maps several input sizes to one output size; it picks the larger).
     groups : int
-        Only groups=1 is supported by this version (ValueError otherwise).
+        Dividing C_in and C_out: each group of C_in/groups input channels scatters into its
+        own C_out/groups output channels (conv.groups).
     backend : "fast", "reference" or None
 
     Returns

@@ -27,7 +27,7 @@ the same on every branch and start is taken from the branch with the largest fie
 
 Output sizes (conv.out): P = floor((H + 2p - d(k_0 - 1) - 1) / s) + 1.
 
-Multiply-adds per forward pass of the given batch: K*C*R*S*P*Q per image for a conv,
+Multiply-adds per forward pass of the given batch: K*(C/groups)*R*S*P*Q per image for a conv,
 C_in*C_out*R*S*H*W for a transposed conv (every input pixel times the kernel),
 in*out for a linear layer, one per value for BatchNorm (an affine map at test time);
 pooling, activations and adds are counted as 0.

@@ -26,7 +26,7 @@ def n_threads(request):
 
 def fast_kernels_built():
     try:
-        for name in ("conv_direct", "conv_im2col", "pool", "batchnorm", "activation", "linear"):
+        for name in ("conv_direct", "conv_im2col", "conv_depthwise", "pool", "batchnorm", "activation", "linear"):
             importlib.import_module(f"fastconv._ext.{name}")
         return True
     except ImportError:

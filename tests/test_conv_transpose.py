@@ -97,20 +97,27 @@ def test_fast_matches_reference(case, dtype, rng):
         assert_close(g, v, dtype, reduction=n, err_msg=name)
 
 
-@pytest.mark.parametrize("dilation", [(2, 1), (2, 3)])
-def test_dilation_fast_matches_the_scatter_loops(dilation, dtype, rng):
-    """Dilation goes through to the conv ops: taps dilation apart in the output (conv_t.fwd)."""
-    case = CASES[1]
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 1), (2, 3)])
+def test_groups_and_dilation_fast_match_the_scatter_loops(dilation, groups, dtype, rng):
+    """Dilation and groups go through to the conv ops: taps dilation apart in the output,
+    each group of input channels scattering into its own output channels (conv_t.fwd)."""
+    case = ((2, 4, 5, 4), (4, 3, 3, 2), (2, 1), (1, 0), (1, 0))
     x, w, b, _ = make(rng, dtype, case)
-    y = F.conv_transpose2d(x, w, b, *case[2:], dilation=dilation, backend="fast")
+    b = np.concatenate([b, b])
+    if groups == 1:
+        b = b[:w.shape[1]]
+    y = F.conv_transpose2d(x, w, b, *case[2:], groups=groups, dilation=dilation, backend="fast")
     want = scatter_loops(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
-                         *case[2:], dilation=dilation).astype(dtype)
+                         *case[2:], groups=groups, dilation=dilation).astype(dtype)
     assert_close(y, want, dtype, reduction=x.shape[1] * w.shape[2] * w.shape[3])
-    assert_close(F.conv_transpose2d(x, w, b, *case[2:], dilation=dilation, backend="reference"),
+    assert_close(F.conv_transpose2d(x, w, b, *case[2:], groups=groups, dilation=dilation,
+                                    backend="reference"),
                  want, dtype, reduction=x.shape[1] * w.shape[2] * w.shape[3])
     dy = rng.standard_normal(y.shape).astype(dtype)
-    got = F.conv_transpose2d_backward(dy, x, w, *case[2:], dilation=dilation, backend="fast")
-    ref_ = F.conv_transpose2d_backward(dy, x, w, *case[2:], dilation=dilation,
+    got = F.conv_transpose2d_backward(dy, x, w, *case[2:], groups=groups, dilation=dilation,
+                                      backend="fast")
+    ref_ = F.conv_transpose2d_backward(dy, x, w, *case[2:], groups=groups, dilation=dilation,
                                        backend="reference")
     for g, v, n in zip(got, ref_, (w.shape[1] * 9, dy[:, 0].size, dy[:, 0].size)):
         assert_close(g, v, dtype, reduction=n)
@@ -166,7 +173,7 @@ def test_bad_input_is_a_clear_error(rng):
     for kwargs, pattern in [
             (dict(stride=2, output_padding=2), "output_padding .* must be smaller than stride"),
             (dict(output_padding=1), "output_padding"),
-            (dict(groups=3), "groups=3"),
+            (dict(groups=2), "divisible by groups=2"),
             (dict(padding=4), "the output would be -2x-2"),
             (dict(b=np.zeros(3, np.float32)), "b must have shape \\(2,\\)")]:
         with pytest.raises(ValueError, match=pattern):
@@ -193,8 +200,11 @@ def test_layer_shapes_init_and_gradients(rng):
     gradcheck(layer, rng.standard_normal((2, 3, 4, 3)))
     with pytest.raises(ValueError, match="output_padding"):
         nn.ConvTranspose2d(2, 2, 3, stride=1, output_padding=1)
-    with pytest.raises(ValueError, match="groups=2"):
-        nn.ConvTranspose2d(2, 2, 3, groups=2)
+    with pytest.raises(ValueError, match="groups must be a positive int dividing"):
+        nn.ConvTranspose2d(2, 3, 3, groups=2)
+    grouped = nn.ConvTranspose2d(4, 6, 3, stride=2, groups=2, dilation=2, dtype=np.float64)
+    assert grouped.weight.shape == (4, 3, 3, 3)
+    gradcheck(grouped, rng.standard_normal((2, 4, 3, 3)))
 
 
 def test_frozen_layer_computes_dx_alone(rng, monkeypatch):

@@ -30,6 +30,8 @@ PARAM_COUNTS = {
     "resnet20": (272_186, 272_474),
     "resnet32": (466_618, 466_906),
     "resnet56": (855_482, 855_770),
+    "mobilenet": (542_474, 543_050),
+    "mobilenet_plain": (4_672_490, 4_673_066),
 }
 
 
@@ -173,6 +175,36 @@ def test_gradcheck_small_inception(rng):
     assert block.out_channels == 2 + 3 + 2 + 2
 
 
+def test_small_mobilenet_trains_a_step_and_gradchecks(rng):
+    """A tiny MobileNet (width 1/8, 8x8 input): one SGD step lowers the loss on its batch, and
+    the whole model's gradients (depthwise, pointwise, BN) pass a float64 gradcheck."""
+    from fastconv.optim import SGD
+    model = get_model("mobilenet", input_size=8, width_mult=0.125, dtype=np.float64, seed=0)
+    assert model.block1.dw.groups == 4 and model.block1.dw.weight.shape == (4, 1, 3, 3)
+    x, y = rng.standard_normal((4, 1, 8, 8)), np.arange(4) % 10
+    loss = nn.CrossEntropyLoss()
+    opt = SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(2):
+        model.zero_grad()
+        losses.append(loss.forward(model(x), y))
+        model.backward_params(loss.backward())
+        opt.step()
+    assert losses[1] < losses[0]
+    report = fastconv.gradcheck(model, rng.standard_normal((2, 1, 8, 8)), max_coords=3)
+    assert report.ok, str(report)
+
+
+def test_mobilenet_is_cheaper_than_the_plain_net_of_its_depth():
+    """What summary shows: the separable blocks cut parameters and multiply-adds about 8x."""
+    sep = fastconv.summary(get_model("mobilenet"), (1, 28, 28), print_fn=None)
+    plain = fastconv.summary(get_model("mobilenet_plain"), (1, 28, 28), print_fn=None)
+    assert plain.total_params > 8 * sep.total_params
+    assert plain.total_macs > 8 * sep.total_macs
+    dw = [r for r in sep.rows if r["name"].endswith(".dw")]
+    assert len(dw) == 7 and dw[0]["params"] == 32 * 9 and dw[0]["macs"] == 32 * 9 * 28 * 28
+
+
 # --------------------------------------------------------------------------- PyTorch parity
 
 def _torch_models(torch):
@@ -283,8 +315,23 @@ def _torch_models(torch):
                 ci = w
         return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(64, 10))
 
+    def mobilenet(c, separable=True):
+        from fastconv.models.mobilenet import BLOCKS
+
+        def cbr(a, b, k, stride=1, groups=1):
+            return [tnn.Conv2d(a, b, k, stride, k // 2, groups=groups, bias=False),
+                    tnn.BatchNorm2d(b), tnn.ReLU()]
+        layers, ci = cbr(c, 32, 3), 32
+        for out, stride in BLOCKS:
+            layers += (cbr(ci, ci, 3, stride, ci) + cbr(ci, out, 1) if separable
+                       else cbr(ci, out, 3, stride))
+            ci = out
+        return tnn.Sequential(*layers, tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
+                              tnn.Linear(ci, 10))
+
     from fastconv.models.vgg import CONFIGS
     return {
+        "mobilenet": mobilenet, "mobilenet_plain": lambda c: mobilenet(c, False),
         "lenet5": lambda c: lenet5(c), "lenet5_bn": lambda c: lenet5(c, True),
         "alexnet": alexnet, "nin": nin, "googlenet": googlenet,
         "vgg11": lambda c: vgg(CONFIGS["vgg11"], c, False),
@@ -332,7 +379,9 @@ def _copy_into_torch(ours, theirs, torch):
     pytest.param("resnet20", {"shortcut": "B"}, marks=pytest.mark.slow),
     pytest.param("resnet20", {"shortcut": "A"}, marks=pytest.mark.slow),
     pytest.param("resnet20", {"shortcut": "conv3x3"}, marks=pytest.mark.slow),
-], ids=["lenet5", "lenet5_bn", "nin", "alexnet", "resnet20-B", "resnet20-A", "resnet20-conv3x3"])
+    pytest.param("mobilenet", {}, marks=pytest.mark.slow),
+], ids=["lenet5", "lenet5_bn", "nin", "alexnet", "resnet20-B", "resnet20-A", "resnet20-conv3x3",
+        "mobilenet"])
 def test_forward_backward_match_torch(name, kwargs, torch_models, rng):
     """float64, weights copied over: training-mode logits, input gradient and BN running
     statistics, then eval-mode logits, agree with PyTorch."""

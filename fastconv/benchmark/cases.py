@@ -91,11 +91,12 @@ def _randn(rng, *shape):
 
 
 def conv_inputs(layer, rng):
-    """x (N, C, H, W), w (K, C, R, S), b (K,), dy (N, K, P, Q) for a conv suite row."""
+    """x (N, C, H, W), w (K, C/groups, R, S), b (K,), dy (N, K, P, Q) for a conv suite row."""
     N, C, H, W, K, R, S = (layer[k] for k in "NCHWKRS")
+    Cg = C // layer.get("groups", 1)
     P, Q = shapes.conv_out(H, W, R, S, layer["stride"], layer["pad"])
-    scale = 1.0 / np.sqrt(C * R * S)       # keeps y of order 1, as a real layer's init does
-    return {"x": _randn(rng, N, C, H, W), "w": _randn(rng, K, C, R, S) * DTYPE(scale),
+    scale = 1.0 / np.sqrt(Cg * R * S)      # keeps y of order 1, as a real layer's init does
+    return {"x": _randn(rng, N, C, H, W), "w": _randn(rng, K, Cg, R, S) * DTYPE(scale),
             "b": _randn(rng, K), "dy": _randn(rng, N, K, P, Q)}
 
 
@@ -131,10 +132,11 @@ def fastconv_call(op, impl, layer, d):
     backend = impl.split(":")[0]
     algo = impl.split(":")[1] if ":" in impl else "auto"
     if op.startswith("conv2d"):
-        s, p = layer["stride"], layer["pad"]
+        s, p, g = layer["stride"], layer["pad"], layer.get("groups", 1)
         if op == "conv2d_fwd":
-            return lambda: F.conv2d(d["x"], d["w"], d["b"], s, p, algo=algo, backend=backend)
-        return lambda: F.conv2d_backward(d["dy"], d["x"], d["w"], s, p, algo=algo,
+            return lambda: F.conv2d(d["x"], d["w"], d["b"], s, p, groups=g, algo=algo,
+                                    backend=backend)
+        return lambda: F.conv2d_backward(d["dy"], d["x"], d["w"], s, p, groups=g, algo=algo,
                                          backend=backend)
     if "pool" in op:
         k, s, p = layer["k"], layer["stride"], layer["pad"]
@@ -173,7 +175,7 @@ def fastconv_call(op, impl, layer, d):
 
 def conv_work(op, layer):
     flops = shapes.conv_flops(*(layer[k] for k in ("N", "C", "H", "W", "K", "R", "S",
-                                                   "stride", "pad")))
+                                                   "stride", "pad")), layer.get("groups", 1))
     return flops if op == "conv2d_fwd" else 2 * flops
 
 
@@ -222,6 +224,12 @@ def suite_layers(batch_cap=None, with_torch=True):
             layer = _cap(dict(zip(("N", "C", "H", "W", "K", "R", "S", "stride", "pad"), row[1:])),
                          batch_cap)
             add(op, row[0], layer, conv_inputs, conv_work(op, layer), "flop", CONV_IMPLS)
+        for row in shapes.DEPTHWISE:           # groups = K = C: the depthwise kernel
+            name, N, C, H, W, R, S, stride, pad = row
+            layer = _cap(dict(N=N, C=C, H=H, W=W, K=C, R=R, S=S, stride=stride, pad=pad,
+                              groups=C), batch_cap)
+            add(op, name, layer, conv_inputs, conv_work(op, layer), "flop",
+                ("reference", "fast:auto"))
     for kind in ("max", "avg"):
         for direction in ("fwd", "bwd"):
             op = f"{kind}_pool2d_{direction}"

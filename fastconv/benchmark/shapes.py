@@ -4,6 +4,7 @@ Shipped inside the package so that ``fastconv bench`` works after a plain ``pip 
 ``bench/`` (the pytest-benchmark suite and the performance targets) uses it too.
 
 conv: (name, N, C, H, W, K, R, S, stride, pad)
+depthwise conv: (name, N, C, H, W, R, S, stride, pad), groups = K = C
 pool: (name, kind, N, C, H, W, k, stride, pad)
 bn:   (name, N, C, H, W)   (H = W = 0 means BatchNorm1d on (N, C))
 """
@@ -18,6 +19,13 @@ CONV = [
     ("alexnet_c1",    64,   3, 32, 32,  64, 3, 3, 2, 1),
     ("vgg_c3",        32,  64, 32, 32, 128, 3, 3, 1, 1),
     ("nin_1x1",       64, 192, 16, 16, 160, 1, 1, 1, 0),
+]
+
+# MobileNet's depthwise 3x3 layers on 28x28 Fashion-MNIST (fastconv.models.mobilenet)
+DEPTHWISE = [
+    ("mobilenet_dw1", 64,  32, 28, 28, 3, 3, 1, 1),
+    ("mobilenet_dw2", 64,  64, 28, 28, 3, 3, 2, 1),
+    ("mobilenet_dw5", 64, 256,  7,  7, 3, 3, 1, 1),
 ]
 
 POOL = [
@@ -41,7 +49,7 @@ def conv_out(H, W, R, S, stride, pad):
     return (H + 2 * pad - R) // stride + 1, (W + 2 * pad - S) // stride + 1
 
 
-def conv_flops(N, C, H, W, K, R, S, stride, pad):
-    """FLOPs of one forward pass (a multiply-add counts as 2)."""
+def conv_flops(N, C, H, W, K, R, S, stride, pad, groups=1):
+    """FLOPs of one forward pass (a multiply-add counts as 2); C / groups channels per output."""
     P, Q = conv_out(H, W, R, S, stride, pad)
-    return 2 * N * K * C * R * S * P * Q
+    return 2 * N * K * (C // groups) * R * S * P * Q

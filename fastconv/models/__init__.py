@@ -5,7 +5,7 @@ Every builder takes ``in_channels``, ``num_classes`` and ``input_size`` (the ima
 (float32 by default) and ``seed`` (fixes the initial weights and Dropout masks). The
 defaults, 1 channel, 10 classes, 28x28, fit Fashion-MNIST. How each model takes both
 28x28 and 32x32 input: LeNet-5 pads in conv1, AlexNet and VGG zero-pad 28x28 to 32x32,
-NiN, GoogLeNet and ResNet end with global average pooling. The ResNets use He et al.'s
+NiN, GoogLeNet, ResNet and MobileNet end with global average pooling. The ResNets use He et al.'s
 option B (1x1 conv + BN projection where the shape changes; ``shortcut="A"`` gives the
 parameter-free option A, ``shortcut="conv3x3"`` the course notes' 3x3 projection).
 Parameter counts equal those of the same architectures built with torch.nn
@@ -21,6 +21,7 @@ from ..nn.blocks import BasicBlock, Inception, ZeroPadShortcut  # where they liv
 from .alexnet import AlexNet, alexnet
 from .googlenet import GoogLeNet, googlenet
 from .lenet import LeNet5, lenet5
+from .mobilenet import MobileNet, mobilenet
 from .nin import NiN, nin
 from .resnet import ResNet, resnet20, resnet32, resnet56
 from .vgg import VGG, vgg11, vgg16
@@ -46,6 +47,8 @@ _REGISTRY = {
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
+    "mobilenet": mobilenet,
+    "mobilenet_plain": _with(mobilenet, separable=False),
 }
 
 MODELS = list(_REGISTRY)
@@ -63,6 +66,6 @@ def get_model(name, **kwargs):
 
 __all__ = ["get_model", "MODELS",
            "lenet5", "alexnet", "vgg11", "vgg16", "nin", "googlenet",
-           "resnet20", "resnet32", "resnet56",
-           "LeNet5", "AlexNet", "VGG", "NiN", "GoogLeNet", "Inception", "ResNet", "BasicBlock",
+           "resnet20", "resnet32", "resnet56", "mobilenet",
+           "LeNet5", "MobileNet", "AlexNet", "VGG", "NiN", "GoogLeNet", "Inception", "ResNet", "BasicBlock",
            "ZeroPadShortcut"]

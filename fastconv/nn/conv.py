@@ -42,6 +42,9 @@ class Conv2d(Module):
         (stride 1 only; an odd total puts the extra row / column at the bottom / right).
     dilation : int or (h, w)
         The spacing of the window's taps (1: adjacent; 2 spreads a 3x3 kernel over 5x5).
+    groups : int
+        G dividing C and K: output channel k sees only the C/G input channels of its group
+        (eq. (conv.groups)); G = C is a depthwise convolution (one window per channel).
     bias : bool
         Learn an additive bias per output channel.
     padding_mode : "zeros", "reflect", "replicate" or "circular"
@@ -60,7 +63,7 @@ class Conv2d(Module):
 
     Attributes
     ----------
-    weight : Parameter (K, C, R, S), ``U(-1/sqrt(C*R*S), 1/sqrt(C*R*S))`` (PyTorch's
+    weight : Parameter (K, C/groups, R, S), ``U(-1/sqrt(C/G*R*S), 1/sqrt(C/G*R*S))`` (PyTorch's
         ``kaiming_uniform_(a=sqrt(5))``).
     bias : Parameter (K,) with the same bound, or None.
     padding : as given ("same", "valid" or an (h, w) pair); padding_before : (h, w), the
@@ -73,12 +76,17 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 bias=True, padding_mode="zeros", algo="auto", dtype=np.float32, rng=None):
+                 groups=1, bias=True, padding_mode="zeros", algo="auto", dtype=np.float32,
+                 rng=None):
         super().__init__()
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = _pair("Conv2d", "kernel_size", kernel_size, minimum=1)
         self.stride = _pair("Conv2d", "stride", stride, minimum=1)
         self.dilation = _pair("Conv2d", "dilation", dilation, minimum=1)
+        self.groups = F._groups_arg("Conv2d", groups)
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"Conv2d: groups={self.groups} must divide in_channels "
+                             f"({self.in_channels}) and out_channels ({self.out_channels})")
         # padding stays "same" / "valid" when given so (as PyTorch); the numbers it means:
         self.padding = padding if isinstance(padding, str) else _pair("Conv2d", "padding",
                                                                       padding, minimum=0)
@@ -93,9 +101,10 @@ class Conv2d(Module):
         self._padding_after = (sym[0] + extra[0], sym[1] + extra[1])
         self.algo = algo
         R, S = self.kernel_size
-        fan_in = self.in_channels * R * S
-        self.weight = Parameter(init.kaiming_uniform((self.out_channels, self.in_channels, R, S),
-                                                     fan_in, rng=rng, dtype=dtype))
+        fan_in = self.in_channels // self.groups * R * S
+        self.weight = Parameter(init.kaiming_uniform(
+            (self.out_channels, self.in_channels // self.groups, R, S), fan_in, rng=rng,
+            dtype=dtype))
         self.bias = (Parameter(init.uniform_bias((self.out_channels,), fan_in, rng=rng, dtype=dtype))
                      if bias else None)
         self._x = None
@@ -113,9 +122,9 @@ class Conv2d(Module):
             # as PyTorch: pad explicitly, then convolve without padding
             self._x = x = F.pad(x, self._explicit_pad(), self.padding_mode)
             return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=0,
-                            dilation=self.dilation, algo=self.algo)
+                            dilation=self.dilation, groups=self.groups, algo=self.algo)
         return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
-                        dilation=self.dilation, algo=self.algo)
+                        dilation=self.dilation, groups=self.groups, algo=self.algo)
 
     def backward(self, dy):
         """Eq. (conv.bwd): adds dw and db into the gradients and returns dx."""
@@ -129,8 +138,8 @@ class Conv2d(Module):
         explicit = self.padding_mode != "zeros"
         dx = _layer_backward(self, dy, need_dx, lambda need_dw: F.conv2d_backward(
             dy, self._x, self.weight.data, stride=self.stride,
-            padding=0 if explicit else self.padding, dilation=self.dilation, algo=self.algo,
-            need_dx=need_dx, need_dw=need_dw))
+            padding=0 if explicit else self.padding, dilation=self.dilation, groups=self.groups,
+            algo=self.algo, need_dx=need_dx, need_dw=need_dw))
         if explicit and dx is not None:
             dx = F.pad_backward(dx, self._explicit_pad(), self.padding_mode)
         return dx
@@ -142,6 +151,8 @@ class Conv2d(Module):
             s += f", padding={self.padding!r}"
         if self.dilation != (1, 1):
             s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         if self.bias is None:
@@ -204,7 +215,6 @@ class ConvTranspose2d(Module):
                              f"{self.in_channels} and out_channels {self.out_channels}, "
                              f"got {groups!r}")
         self.groups = int(groups)
-        F._conv_options(name, self.groups, self.dilation)     # refuses what is unsupported
         if any(o >= max(s, d) for o, s, d in zip(self.output_padding, self.stride,
                                                  self.dilation)):
             raise ValueError(f"{name}: output_padding {self.output_padding} must be smaller "

@@ -14,6 +14,11 @@ x[.., ih, iw]``; dx is dxp with the padding cut off. The dilation (dh, dw) sprea
 kernel's taps dh rows and dw columns apart (1: an ordinary convolution). This is
 cross-correlation, as in PyTorch: the kernel is not flipped; a true convolution is the same
 formula with ``w[:, :, ::-1, ::-1]``.
+
+(conv.groups) With G groups, w is (K, C/G, R, S) and output channel k of group
+g = k // (K/G) sums only over the input channels g*C/G + c', c' < C/G: the formulas above
+hold for each group on its own slice of channels, which is how they are computed here
+(:func:`per_group_forward`, :func:`per_group_backward`, also used by the fast backend).
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -54,8 +59,35 @@ def conv_epilogue(y, relu=False, residual=None):
     return y
 
 
-def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *, relu=False,
-                   residual=None):
+def group_slices(groups, C, K):
+    """(conv.groups) [(input channels, output channels)] of each group, as slices."""
+    Cg, Kg = C // groups, K // groups
+    return [(slice(g * Cg, (g + 1) * Cg), slice(g * Kg, (g + 1) * Kg)) for g in range(groups)]
+
+
+def per_group_forward(forward, x, w, b, groups, *args):
+    """(conv.groups) ``forward(x_g, w_g, b_g, *args)`` on each group's slices of channels,
+    the outputs side by side: y (N, K, P, Q)."""
+    return np.concatenate([forward(np.ascontiguousarray(x[:, cs]), w[ks],
+                                   None if b is None else b[ks], *args)
+                           for cs, ks in group_slices(groups, x.shape[1], w.shape[0])], axis=1)
+
+
+def per_group_backward(backward, dy, x, w, groups, need_dx, need_dw, *args, **kwargs):
+    """(conv.groups) ``backward(dy_g, x_g, w_g, *args, **kwargs)`` on each group's slices
+    (kwargs: need_dx, need_dw and the like), the gradients put back together: dx (N, C, H,
+    W) or None, dw (K, C/G, R, S) and db (K,) or None."""
+    parts = [backward(np.ascontiguousarray(dy[:, ks]), np.ascontiguousarray(x[:, cs]), w[ks],
+                      *args, **kwargs)
+             for cs, ks in group_slices(groups, x.shape[1], w.shape[0])]
+    dx = np.concatenate([p[0] for p in parts], axis=1) if need_dx else None
+    dw = np.concatenate([p[1] for p in parts], axis=0) if need_dw else None
+    db = np.concatenate([p[2] for p in parts], axis=0) if need_dw else None
+    return dx, dw, db
+
+
+def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), groups=1, *,
+                   relu=False, residual=None):
     """Cross-correlation ``y = w * x + b``, eq. (conv.fwd), then ``relu(y + residual)``
     where asked (eq. (conv.fused), :func:`conv_epilogue`).
 
@@ -69,12 +101,17 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *,
     n_threads : ignored (NumPy decides; the fast twin uses it)
     dilation : (int, int)
         (dh, dw): the spacing of the kernel's taps.
+    groups : int dividing C and K (w is then (K, C/groups, R, S))
     relu : bool;  residual : ndarray (N, K, P, Q) or None (keyword only)
 
     Returns
     -------
     y : ndarray (N, K, P, Q), x's dtype; P, Q by eq. (conv.out).
     """
+    if groups > 1:
+        y = per_group_forward(conv2d_forward, x, w, b, groups, stride, padding, n_threads,
+                              dilation)
+        return conv_epilogue(y, relu, residual)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     (dh, dw) = dilation
@@ -90,7 +127,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *,
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,
-                    dilation=(1, 1)):
+                    dilation=(1, 1), groups=1):
     """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
@@ -103,14 +140,17 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
         False skips dx (None is returned in its place): a network's first layer needs only dw, db.
     need_dw : bool
         False skips dw and db (None for both): a frozen layer that passes dx on.
-    dilation : (int, int), as in :func:`conv2d_forward`
+    dilation, groups : as in :func:`conv2d_forward`
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C/groups, R, S) or None, db : (K,) or None, x's dtype.
     """
     if not (need_dx or need_dw):
         raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
+    if groups > 1:
+        return per_group_backward(conv2d_backward, dy, x, w, groups, need_dx, need_dw, stride,
+                                  padding, n_threads, need_dx, need_dw, dilation)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     P, Q = dy.shape[2:]

@@ -17,7 +17,7 @@ Cross-correlation, as in PyTorch: the kernel is not flipped.
 """
 import numpy as np
 
-from .conv_direct import conv_epilogue
+from .conv_direct import conv_epilogue, per_group_backward, per_group_forward
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -64,8 +64,8 @@ def col2im(col, x_shape, R, S, stride, padding, P, Q, dilation=(1, 1)):
     return dxp[:, :, ph:ph + H, pw:pw + W]
 
 
-def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *, relu=False,
-                   residual=None):
+def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), groups=1, *,
+                   relu=False, residual=None):
     """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd), then
     ``relu(y + residual)`` where asked (eq. (conv.fused), ``conv_direct.conv_epilogue``).
 
@@ -78,12 +78,17 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *,
     n_threads : ignored (NumPy's BLAS threads are set by fastconv.num_threads)
     dilation : (int, int)
         (dh, dw): the spacing of the kernel's taps.
+    groups : int dividing C and K: one product per group (conv.groups), w (K, C/groups, R, S)
     relu : bool;  residual : ndarray (N, K, P, Q) or None (keyword only)
 
     Returns
     -------
     y : ndarray (N, K, P, Q), x's dtype.
     """
+    if groups > 1:
+        y = per_group_forward(conv2d_forward, x, w, b, groups, stride, padding, n_threads,
+                              dilation)
+        return conv_epilogue(y, relu, residual)
     N = x.shape[0]
     K, C, R, S = w.shape
     P, Q = _out_size(x.shape, w.shape, stride, padding, dilation)
@@ -95,7 +100,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *,
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,
-                    dilation=(1, 1)):
+                    dilation=(1, 1), groups=1):
     """Gradients by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -108,14 +113,17 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     need_dw : bool
         False skips dw and db (None for both; the columns of x are not built): a frozen
         layer that passes dx on.
-    dilation : (int, int), as in :func:`conv2d_forward`
+    dilation, groups : as in :func:`conv2d_forward`
 
     Returns
     -------
-    dx : (N, C, H, W) or None, dw : (K, C, R, S) or None, db : (K,) or None, x's dtype.
+    dx : (N, C, H, W) or None, dw : (K, C/groups, R, S) or None, db : (K,) or None, x's dtype.
     """
     if not (need_dx or need_dw):
         raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
+    if groups > 1:
+        return per_group_backward(conv2d_backward, dy, x, w, groups, need_dx, need_dw, stride,
+                                  padding, n_threads, need_dx, need_dw, dilation)
     N = x.shape[0]
     K, C, R, S = w.shape
     P, Q = dy.shape[2:]

@@ -19,39 +19,43 @@ __all__ = ["naive_conv2d_forward", "naive_conv2d_backward", "naive_max_pool", "n
 
 # --------------------------------------------------------------------------- Convolution
 
-def naive_conv2d_forward(x, w, b, stride, padding, dilation=(1, 1)):
-    """(conv.fwd) with explicit loops; float64."""
+def naive_conv2d_forward(x, w, b, stride, padding, dilation=(1, 1), groups=1):
+    """(conv.fwd) with explicit loops; float64. With groups (conv.groups), output channel k
+    reads the input channels g*C/G + c of its group g = k // (K/G) only (c < C/G, w's axis
+    1); with dilation (dh, dw) tap (r, s) reads the input r*dh, s*dw from the window's corner."""
     N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    P = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1                      # (conv.out)
-    Q = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    K, Cg, R, S = w.shape
+    (sh, sw), (ph, pw), (dh, dw_) = stride, padding, dilation
+    P = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1                       # (conv.out)
+    Q = (W + 2 * pw - dw_ * (S - 1) - 1) // sw + 1
     y = np.zeros((N, K, P, Q))
     for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
         total = 0.0 if b is None else b[k]
-        for c, r, s in itertools.product(range(C), range(R), range(S)):
-            ih, iw = p * sh + r * dh - ph, q * sw + s * dw - pw
+        g = k // (K // groups)
+        for c, r, s in itertools.product(range(Cg), range(R), range(S)):
+            ih, iw = p * sh + r * dh - ph, q * sw + s * dw_ - pw
             if 0 <= ih < H and 0 <= iw < W:           # zero padding
-                total += w[k, c, r, s] * x[n, c, ih, iw]
+                total += w[k, c, r, s] * x[n, g * Cg + c, ih, iw]
         y[n, k, p, q] = total
     return y
 
 
-def naive_conv2d_backward(dy, x, w, stride, padding, dilation=(1, 1)):
+def naive_conv2d_backward(dy, x, w, stride, padding, dilation=(1, 1), groups=1):
     """(conv.bwd) with explicit loops: every product of the forward sends dy back to both
-    of its factors; float64."""
+    of its factors; float64. groups and dilation as in :func:`naive_conv2d_forward`."""
     N, C, H, W = x.shape
-    K, _, R, S = w.shape
+    K, Cg, R, S = w.shape
     (sh, sw), (ph, pw), (dh, dw_) = stride, padding, dilation
     P, Q = dy.shape[2:]
     dx, dw, db = np.zeros(x.shape), np.zeros(w.shape), np.zeros(K)
     for n, k, p, q in itertools.product(range(N), range(K), range(P), range(Q)):
         db[k] += dy[n, k, p, q]
-        for c, r, s in itertools.product(range(C), range(R), range(S)):
+        g = k // (K // groups)
+        for c, r, s in itertools.product(range(Cg), range(R), range(S)):
             ih, iw = p * sh + r * dh - ph, q * sw + s * dw_ - pw
             if 0 <= ih < H and 0 <= iw < W:
-                dw[k, c, r, s] += dy[n, k, p, q] * x[n, c, ih, iw]
-                dx[n, c, ih, iw] += dy[n, k, p, q] * w[k, c, r, s]
+                dw[k, c, r, s] += dy[n, k, p, q] * x[n, g * Cg + c, ih, iw]
+                dx[n, g * Cg + c, ih, iw] += dy[n, k, p, q] * w[k, c, r, s]
     return dx, dw, db
 
 

@@ -1,0 +1,400 @@
+# cython: language_level=3
+"""Depthwise 2-D convolution (groups == C): one R x S window per channel plane, eq. (conv.dw).
+
+``algo="auto"`` runs this module for every convolution with ``groups`` equal to the input
+channels. Read ``_forward_plane`` first, the loop nest to study (row updates along q, which
+gcc vectorises because consecutive q are consecutive addresses); the forward that runs by
+default computes the same sums in register tiles, ``fc_dw_row_*`` of
+src_pyx/include/fc_depthwise.h (same order of additions, same bits; ``_set_tuned(False)``
+runs the loop nest instead). Backward runs the row updates of ``_dw_plane`` and
+``_dx_plane`` (the same rows in C, one dy vector loaded once for all taps, measured no
+faster: docs/performance.md).
+
+Compiled twin of ``fastconv/reference/conv_depthwise.py`` (same functions and signatures);
+``fastconv.functional`` validates every argument before calling here.
+
+(conv.dw)   y[n,k,p,q]  = b[k] + sum_{r,s} w[k,0,r,s] * xp[n, k//m, p*sh + r*dh, q*sw + s*dw]
+            dw[k,0,r,s] = sum_{n,p,q} dy[n,k,p,q] * xp[n, k//m, p*sh + r*dh, q*sw + s*dw]
+            dxp[n, k//m, p*sh + r*dh, q*sw + s*dw] += dy[n,k,p,q] * w[k,0,r,s]
+(xp: x zero-padded by (ph, pw); m = K/C windows per input channel; (dh, dw) the dilation.)
+
+How the loops are laid out, and why
+-----------------------------------
+* A depthwise layer does R*S multiply-adds per output value, not C*R*S: there is no
+  channel sum to reuse an input value across, so im2col's GEMMs (which reduce over C*R*S)
+  would copy every input R*S times to do almost no arithmetic on it. The layer is limited
+  by memory traffic, so the loops below touch each plane once from memory: one task takes
+  one (image, input channel) plane, copies it into a small zero-padded scratch plane (which
+  then stays in cache for all R*S taps and the m output planes), and walks the output rows.
+* The padded copy also makes the loops free of bounds tests and gives NaN and Inf the
+  formula's meaning, 0 * NaN = NaN on the padding's zeros, with no special path.
+* Forward: for each output row p and tap (r, s), ``y[p, :] += w[r, s] * xp[p*sh + r*dh,
+  s*dw + q*sw]`` along q (``_forward_plane``).
+* Backward: one task per (batch chunk, input channel). dx scatters each dy row back through
+  its taps into a padded scratch plane (``_dx_plane``), then the border is cut off. dw and db
+  are sums over (n, p, q): a row of partial sums along q per tap accumulates over the
+  chunk's images (``_dw_plane``), and each row is added up once, in order, at the end of
+  the chunk. The batch splits into chunks fixed by N alone (``_n_chunks``), and the chunks'
+  partial dw are added in chunk order, so every result is bitwise the same for any thread
+  count, whichever thread runs which task.
+
+Memory (scratch beyond the outputs): per thread two padded planes and m*(R*S + 1)*Q partial
+sums; chunks x K x (R*S + 1) partial sums for dw and db.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from _common cimport threads_for_macs
+
+DEF _MAX_CHUNKS = 16       # batch chunks of the dw reduction: its parallelism over images
+
+# The forward's register tile, in C (include/fc_depthwise.h says why).
+cdef extern from "fc_depthwise.h":
+    void fc_dw_row_f32(const float* x, const float* w, float b, float* y, Py_ssize_t Wp,
+                       Py_ssize_t R, Py_ssize_t S, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t Q) noexcept nogil
+    void fc_dw_row_f64(const double* x, const double* w, double b, double* y, Py_ssize_t Wp,
+                       Py_ssize_t R, Py_ssize_t S, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t Q) noexcept nogil
+
+cdef bint _tuned = True
+
+
+def _set_tuned(bint on):
+    """Run the forward on the register tiles (True, the default) or on the teaching loop
+    nest ``_forward_plane`` (False); returns the previous setting. Both give the same bits:
+    for tests, and for a reader who wants to time one against the other."""
+    global _tuned
+    previous = _tuned
+    _tuned = on
+    return previous
+
+
+# --------------------------------------------------------------------------- padding
+
+cdef void _pad_plane(const floating* x, floating* xp, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """xp ((H + 2ph) x (W + 2pw)) = the plane x (H x W) with a border of zeros."""
+    cdef Py_ssize_t Wp = W + 2 * pw, i, j
+    cdef floating* row
+    for j in range(ph * Wp):
+        xp[j] = 0
+    for i in range(H):
+        row = xp + (ph + i) * Wp
+        for j in range(pw):
+            row[j] = 0
+        for j in range(W):
+            row[pw + j] = x[i * W + j]
+        for j in range(pw + W, Wp):
+            row[j] = 0
+    for j in range((ph + H) * Wp, (H + 2 * ph) * Wp):
+        xp[j] = 0
+
+
+cdef const floating* _padded_plane(const floating* x, floating* scratch, Py_ssize_t H,
+                                   Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """The plane with its zero border: x itself when there is no padding, else scratch."""
+    if ph == 0 and pw == 0:
+        return x
+    _pad_plane(x, scratch, H, W, ph, pw)
+    return scratch
+
+
+# --------------------------------------------------------------------------- forward
+
+cdef void _forward_plane(const floating* xp,          # IN  (Hp, Wp) padded input plane
+                         const floating* w,           # IN  (R, S) this channel's window
+                         floating b,                  # IN  its bias (0 without)
+                         floating* y,                 # OUT (P, Q) output plane
+                         Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P,
+                         Py_ssize_t Q) noexcept nogil:
+    """(conv.dw) y[p, q] = b + sum_{r,s} w[r, s] * xp[p*sh + r*dh, q*sw + s*dw].
+
+    The loop nest to study: for each row p and tap (r, s), one row update along q."""
+    cdef Py_ssize_t p, q, r, s
+    cdef floating wv
+    cdef floating* y_row
+    cdef const floating* x_tap
+    for p in range(P):
+        y_row = y + p * Q
+        for q in range(Q):
+            y_row[q] = b
+        for r in range(R):
+            for s in range(S):
+                wv = w[r * S + s]
+                x_tap = xp + (p * sh + r * dh) * Wp + s * dw     # xp[p*sh + r*dh, s*dw]
+                if sw == 1:
+                    for q in range(Q):
+                        y_row[q] += wv * x_tap[q]
+                else:
+                    for q in range(Q):
+                        y_row[q] += wv * x_tap[q * sw]
+
+
+cdef void _forward_plane_tiled(const floating* xp, const floating* w, floating b, floating* y,
+                               Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh,
+                               Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P,
+                               Py_ssize_t Q) noexcept nogil:
+    """What _forward_plane computes, one output row per register-tile call."""
+    cdef Py_ssize_t p
+    for p in range(P):
+        if floating is float:
+            fc_dw_row_f32(xp + p * sh * Wp, w, b, y + p * Q, Wp, R, S, sw, dh, dw, Q)
+        else:
+            fc_dw_row_f64(xp + p * sh * Wp, w, b, y + p * Q, Wp, R, S, sw, dh, dw, Q)
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                   const floating[:, :, :, ::1] w,     # IN (K, 1, R, S), K = m*C
+                   b,                                  # IN (K,) or None
+                   stride, padding, dilation,
+                   int n_threads):                     # returns y, OUT (N, K, P, Q)
+    """Depthwise convolution (cross-correlation, as PyTorch with groups == C), eq. (conv.dw).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64, C-contiguous (read-only is fine)
+    w : ndarray (K, 1, R, S), K a multiple of C, same dtype
+    b : ndarray (K,) or None
+    stride, padding, dilation : (int, int)
+    n_threads : int
+        OpenMP threads; the result is bitwise the same for any value.
+
+    Returns
+    -------
+    y : ndarray (N, K, P, Q), x's dtype.
+    """
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
+    cdef Py_ssize_t sh, sw, ph, pw, dh, dw, P, Q, m, i, j, k, n, c
+    cdef int nt = 1
+    sh, sw, ph, pw, dh, dw, P, Q, nt = _geometry((N, C, H, W), (K, w.shape[1], R, S), stride,
+                                                 padding, dilation, n_threads)
+    m = K // C
+    if b is not None and np.shape(b) != (K,):
+        raise ValueError(f"conv2d_forward: b must have shape ({K},), got {np.shape(b)}")
+    cdef const floating[::1] bv
+    cdef bint has_bias = b is not None
+    if has_bias:
+        bv = b
+    cdef Py_ssize_t Hp = H + 2 * ph, Wp = W + 2 * pw
+    y_arr = np.empty((N, K, P, Q), dtype=dtype)
+    scratch_arr = np.empty((nt, Hp * Wp if ph or pw else 1), dtype=dtype)
+    cdef floating[:, :, :, ::1] y = y_arr
+    cdef floating[:, ::1] scratch = scratch_arr
+    cdef const floating* xp
+    cdef bint tuned = _tuned
+    with nogil:
+        for i in prange(N * C, schedule="dynamic", num_threads=nt):
+            n = i // C
+            c = i % C
+            xp = _padded_plane(&x[n, c, 0, 0], &scratch[threadid(), 0], H, W, ph, pw)
+            for j in range(m):
+                k = c * m + j
+                if tuned:
+                    _forward_plane_tiled(xp, &w[k, 0, 0, 0], bv[k] if has_bias else 0,
+                                         &y[n, k, 0, 0], Wp, R, S, sh, sw, dh, dw, P, Q)
+                else:
+                    _forward_plane(xp, &w[k, 0, 0, 0], bv[k] if has_bias else 0,
+                                   &y[n, k, 0, 0], Wp, R, S, sh, sw, dh, dw, P, Q)
+    return y_arr
+
+
+# --------------------------------------------------------------------------- backward
+
+cdef void _dw_plane(const floating* dy,    # IN  (P, Q) one output plane's gradient
+                    const floating* xp,    # IN  (Hp, Wp) the padded input plane it read
+                    floating* acc,         # IN/OUT (R*S + 1, Q) partial sums along q
+                    Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil:
+    """(conv.dw) row r*S + s of acc += dy[p, q] * xp[p*sh + r*dh, q*sw + s*dw] over p, for
+    every tap; row R*S += dy[p, q] (for db). Lanes along q: no reduction inside the loop."""
+    cdef Py_ssize_t p, q, r, s
+    cdef floating* a
+    cdef const floating* dy_row
+    cdef const floating* x_tap
+    for p in range(P):
+        dy_row = dy + p * Q
+        a = acc + R * S * Q
+        for q in range(Q):
+            a[q] += dy_row[q]
+        for r in range(R):
+            for s in range(S):
+                a = acc + (r * S + s) * Q
+                x_tap = xp + (p * sh + r * dh) * Wp + s * dw
+                if sw == 1:
+                    for q in range(Q):
+                        a[q] += dy_row[q] * x_tap[q]
+                else:
+                    for q in range(Q):
+                        a[q] += dy_row[q] * x_tap[q * sw]
+
+
+cdef void _dx_plane(const floating* dy,    # IN  (P, Q) one output plane's gradient
+                    const floating* w,     # IN  (R, S) its window
+                    floating* dxp,         # IN/OUT (Hp, Wp) padded input-plane gradient
+                    Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil:
+    """(conv.dw) dxp[p*sh + r*dh, q*sw + s*dw] += dy[p, q] * w[r, s]: each dy row scattered
+    back through every tap, one row update along q per (p, r, s)."""
+    cdef Py_ssize_t p, q, r, s
+    cdef floating wv
+    cdef const floating* dy_row
+    cdef floating* dx_tap
+    for p in range(P):
+        dy_row = dy + p * Q
+        for r in range(R):
+            for s in range(S):
+                wv = w[r * S + s]
+                dx_tap = dxp + (p * sh + r * dh) * Wp + s * dw
+                if sw == 1:
+                    for q in range(Q):
+                        dx_tap[q] += wv * dy_row[q]
+                else:
+                    for q in range(Q):
+                        dx_tap[q * sw] += wv * dy_row[q]
+
+
+cdef void _backward_task(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                         const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
+                         floating[:, :, ::1] part, floating* scratch, Py_ssize_t n0,
+                         Py_ssize_t n1, Py_ssize_t ch, Py_ssize_t c, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh,
+                         Py_ssize_t dw, bint need_dx) noexcept nogil:
+    """Images [n0, n1) (batch chunk ch) of input channel c: dx[n, c] for each image, and the
+    chunk's partial dw and db of the channel's m output channels into part[ch, k, :].
+    scratch: two padded planes and m*(R*S + 1)*Q partial sums."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3], P = dy.shape[2]
+    cdef Py_ssize_t Q = dy.shape[3], m = K // C, Hp = H + 2 * ph, Wp = W + 2 * pw
+    cdef Py_ssize_t RS1Q = (R * S + 1) * Q, n, j, k, i, q
+    cdef floating* xp_buf = scratch
+    cdef floating* dxp = scratch + Hp * Wp
+    cdef floating* acc = scratch + 2 * Hp * Wp
+    cdef floating total
+    cdef const floating* xp
+    cdef bint padded = ph > 0 or pw > 0
+    for i in range(m * RS1Q):
+        acc[i] = 0
+    for n in range(n0, n1):
+        xp = _padded_plane(&x[n, c, 0, 0], xp_buf, H, W, ph, pw)
+        if need_dx:
+            if not padded:
+                dxp = &dx[n, c, 0, 0]                 # no border to cut off: write in place
+            for i in range(Hp * Wp):
+                dxp[i] = 0
+        for j in range(m):
+            k = c * m + j
+            _dw_plane(&dy[n, k, 0, 0], xp, acc + j * RS1Q, Wp, R, S, sh, sw, dh, dw, P, Q)
+            if need_dx:
+                _dx_plane(&dy[n, k, 0, 0], &w[k, 0, 0, 0], dxp, Wp, R, S, sh, sw, dh, dw, P, Q)
+        if need_dx and padded:
+            for i in range(H):
+                for q in range(W):
+                    dx[n, c, i, q] = dxp[(ph + i) * Wp + pw + q]
+    for j in range(m):                                # each row of partial sums, in order
+        for i in range(R * S + 1):
+            total = 0
+            for q in range(Q):
+                total = total + acc[j * RS1Q + i * Q + q]
+            part[ch, c * m + j, i] = total
+
+
+def _n_chunks(Py_ssize_t N):
+    """Batch chunks of the dw reduction: fixed by N alone, never by the thread count."""
+    return min(N, _MAX_CHUNKS)
+
+
+def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss/dy
+                    const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
+                    const floating[:, :, :, ::1] w,     # IN (K, 1, R, S)
+                    stride, padding, dilation, int n_threads,
+                    bint need_dx=True):                 # returns dx, dw, db (OUT)
+    """Gradients of :func:`conv2d_forward`, eq. (conv.dw).
+
+    Parameters
+    ----------
+    dy : ndarray (N, K, P, Q), dLoss/dy
+    x : ndarray (N, C, H, W);  w : ndarray (K, 1, R, S); all of one dtype
+    stride, padding, dilation : (int, int)
+    n_threads : int (results are bitwise the same for any value)
+    need_dx : bool
+        False skips dx (None is returned in its place).
+
+    Returns
+    -------
+    dx : (N, C, H, W) or None, dw : (K, 1, R, S), db : (K,), all of x's dtype.
+    """
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
+    cdef Py_ssize_t sh, sw, ph, pw, dh, dw, P, Q, t, k, i, ch, n_ch
+    cdef int nt = 1
+    sh, sw, ph, pw, dh, dw, P, Q, nt = _geometry(
+        (N, C, H, W), (K, w.shape[1], R, S), stride, padding, dilation, n_threads,
+        (dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3]))
+    cdef Py_ssize_t m = K // C, Hp = H + 2 * ph, Wp = W + 2 * pw, RS = R * S
+    n_ch = _n_chunks(N)
+    # without need_dx, a one-element placeholder that is never read
+    dx_arr = np.empty((N if need_dx else 1, C if need_dx else 1, H if need_dx else 1,
+                       W if need_dx else 1), dtype=dtype)
+    dw_arr = np.empty((K, 1, R, S), dtype=dtype)
+    db_arr = np.empty(K, dtype=dtype)
+    part_arr = np.empty((n_ch, K, RS + 1), dtype=dtype)
+    scratch_arr = np.empty((nt, 2 * Hp * Wp + m * (RS + 1) * Q), dtype=dtype)
+    cdef floating[:, :, :, ::1] dx = dx_arr
+    cdef floating[:, :, :, ::1] dwv = dw_arr
+    cdef floating[::1] db = db_arr
+    cdef floating[:, :, ::1] part = part_arr
+    cdef floating[:, ::1] scratch = scratch_arr
+    cdef floating total
+    with nogil:
+        for t in prange(n_ch * C, schedule="dynamic", num_threads=nt):
+            ch = t // C
+            _backward_task(dy, x, w, dx, part, &scratch[threadid(), 0], ch * N // n_ch,
+                           (ch + 1) * N // n_ch, ch, t % C, sh, sw, ph, pw, dh, dw, need_dx)
+        for k in prange(K, schedule="static", num_threads=nt):
+            for i in range(RS + 1):                   # the chunks' partial sums, in chunk order
+                total = 0
+                for ch in range(n_ch):
+                    total = total + part[ch, k, i]
+                if i < RS:
+                    dwv[k, 0, i // S, i % S] = total
+                else:
+                    db[k] = total
+    return (dx_arr if need_dx else None), dw_arr, db_arr
+
+
+# --------------------------------------------------------------------------- guard
+
+def _geometry(x_shape, w_shape, stride, padding, dilation, int n_threads, dy_shape=None):
+    """Check the shapes and return (sh, sw, ph, pw, dh, dw, P, Q, n_threads to use).
+
+    O(1) checks, so that a direct call with inconsistent arguments raises instead of reading
+    out of bounds (fastconv.functional does the user-facing validation)."""
+    sh, sw = (int(v) for v in stride)
+    ph, pw = (int(v) for v in padding)
+    dh, dw = (int(v) for v in dilation)
+    N, C, H, W = x_shape
+    K, one, R, S = w_shape
+    if min(x_shape) == 0 or min(w_shape) == 0:
+        raise ValueError("conv_depthwise: empty arrays are not supported")
+    if one != 1 or K % C:
+        raise ValueError(f"conv_depthwise: w must be (m*C, 1, R, S) for x with C = {C} "
+                         f"channels, got {tuple(w_shape)}")
+    if sh < 1 or sw < 1 or ph < 0 or pw < 0 or dh < 1 or dw < 1:
+        raise ValueError(f"conv_depthwise: need stride >= 1, padding >= 0 and dilation >= 1, "
+                         f"got {stride}, {padding}, {dilation}")
+    if dh * (R - 1) + 1 > H + 2 * ph or dw * (S - 1) + 1 > W + 2 * pw:
+        raise ValueError(f"conv_depthwise: (dilated) kernel {R}x{S} larger than the padded "
+                         f"input {H + 2 * ph}x{W + 2 * pw}")
+    P = (H + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    Q = (W + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    if dy_shape is not None and tuple(dy_shape) != (N, K, P, Q):
+        raise ValueError(f"conv2d_backward: dy must have shape {(N, K, P, Q)}, "
+                         f"got {tuple(dy_shape)}")
+    return sh, sw, ph, pw, dh, dw, P, Q, threads_for_macs(N * K * P * Q * R * S, n_threads)
