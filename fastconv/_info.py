@@ -7,8 +7,8 @@ import numpy as np
 from . import _threads
 from ._backend import get_backend, source_folder_problem
 
-KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "conv_depthwise", "pool", "batchnorm",
-                  "activation", "linear")
+KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "conv_winograd", "conv_depthwise",
+                  "pool", "batchnorm", "activation", "linear")
 
 
 def _build_config():
@@ -90,7 +90,7 @@ def info(file=None):
     ]
     for name, status in modules.items():
         extra = f" (float32: {simd[name]})" if name in simd else ""
-        lines.append(f"  kernel {name:<10}: {status}{extra}")
+        lines.append(f"  kernel {name:<15}: {status}{extra}")
     for lib in report["blas"]:
         lines.append(f"  BLAS            : {lib['internal_api']} {lib['version']} "
                      f"kernel={lib['architecture']} threads={lib['num_threads']} "
