@@ -451,7 +451,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
     op = "conv2d_backward"
     if not (need_dx or need_dw):
         raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
-    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), fallback = _conv_setup(
+    # auto never runs Winograd backward, so there is no fallback to keep
+    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), _ = _conv_setup(
         op, x, w, stride, padding, algo, backend, dilation, backward=True, groups=groups)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     if unbatched:
@@ -464,15 +465,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
         db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw else None
     else:
-        args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx),
-                bool(need_dw))
         with _threads.blas_single_thread():
-            grads = None
-            if fallback is not None:
-                grads = impl.conv2d_backward(*args, dilation=dilation, check_finite=True)
-            if grads is None:
-                grads = (fallback or impl).conv2d_backward(*args, dilation=dilation)
-            dx, dw, db = grads
+            dx, dw, db = impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding,
+                                              _n_threads(), bool(need_dx), bool(need_dw),
+                                              dilation=dilation)
     if dx is not None:
         if extra != (0, 0):                  # the gradient of the zeros "same" added: dropped
             H, W = x.shape[2] - extra[0], x.shape[3] - extra[1]
@@ -488,12 +484,6 @@ def conv_transpose_output_size(size, kernel, stride, padding, output_padding=0, 
     """(conv_t.out) (size - 1)*stride - 2*padding + dilation*(kernel - 1) + output_padding + 1:
     the input size of a conv (with these kernel, stride, padding) whose output has ``size``."""
     return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
-
-
-def _conv_options(op, groups, dilation):
-    """The keyword arguments for groups and dilation that conv_transpose2d passes on to
-    conv2d and conv2d_backward (the one place that knows which they take)."""
-    return {"dilation": dilation, "groups": groups}
 
 
 def _conv_transpose_setup(op, x, w, stride, padding, output_padding, groups, dilation):
@@ -517,7 +507,7 @@ def _conv_transpose_setup(op, x, w, stride, padding, output_padding, groups, dil
     if any(o >= max(s, d) for o, s, d in zip(output_padding, stride, dilation)):
         raise ValueError(f"{op}: output_padding {output_padding} must be smaller than stride "
                          f"{stride} or dilation {dilation} (as in PyTorch)")
-    options = _conv_options(op, int(groups), dilation)
+    options = {"dilation": dilation, "groups": int(groups)}   # passed on to the conv ops
     N, _, H, W = x.shape
     H_out, W_out = (conv_transpose_output_size(n, k, s, p, o, d) for n, k, s, p, o, d in
                     zip((H, W), w.shape[2:], stride, padding, output_padding, dilation))
