@@ -1,7 +1,9 @@
 # cython: language_level=3
 """2-D convolution as matrix products: im2col + GEMM, one image per thread (Caffe's method).
 
-``algo="auto"`` runs this module for every convolution but those with one output channel.
+``algo="auto"`` runs this module for the backward pass of every dense convolution with
+more than one output channel, and for its forward pass unless Winograd takes it (3x3,
+stride 1, at least 16 channels in and out: src_pyx/conv_winograd.pyx).
 Its inner loop is a GEMM: on CPUs without AVX-512 (and for float64) BLAS's, called from
 ``_forward_sample_hwc`` -> ``_gemm_small`` -> ``gemm_rm`` (src_pyx/_blas.pxd); with
 AVX-512, float32, the register tile ``fc_itile`` of src_pyx/include/fc_conv_microkernel.h.

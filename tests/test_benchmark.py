@@ -45,6 +45,22 @@ def test_suite_lists_every_op_and_impl():
                    for c in lay.cases)
 
 
+def test_conv_cases_dy_has_the_output_shape_of_the_conv_they_time():
+    # conv_out with dilation and groups: the dy a backward case is timed with must be the
+    # gradient of that very conv's output (dilated and depthwise rows included)
+    import fastconv.functional as F
+    conv_layers = [lay for lay in cases.suite_layers(batch_cap=1, with_torch=False)
+                   if lay.op == "conv2d_bwd"]
+    names = {lay.name for lay in conv_layers}
+    assert {"atrous_d2", "atrous_d4", "mobilenet_dw1"} <= names
+    for lay in conv_layers:
+        d = lay.make_inputs(lay.layer, np.random.default_rng(0))
+        L = lay.layer
+        y = F.conv2d(d["x"], d["w"], d["b"], L["stride"], L["pad"], L.get("dilation", 1),
+                     L.get("groups", 1))
+        assert y.shape == d["dy"].shape, lay.name
+
+
 def test_work_models():
     layer = dict(N=2, C=3, H=8, W=8, K=4, R=3, S=3, stride=1, pad=1)
     fwd = cases.conv_work("conv2d_fwd", layer)

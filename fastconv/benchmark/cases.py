@@ -94,7 +94,7 @@ def conv_inputs(layer, rng):
     """x (N, C, H, W), w (K, C/groups, R, S), b (K,), dy (N, K, P, Q) for a conv suite row."""
     N, C, H, W, K, R, S = (layer[k] for k in "NCHWKRS")
     Cg = C // layer.get("groups", 1)
-    P, Q = shapes.conv_out(H, W, R, S, layer["stride"], layer["pad"])
+    P, Q = shapes.conv_out(H, W, R, S, layer["stride"], layer["pad"], layer.get("dilation", 1))
     scale = 1.0 / np.sqrt(Cg * R * S)      # keeps y of order 1, as a real layer's init does
     return {"x": _randn(rng, N, C, H, W), "w": _randn(rng, K, Cg, R, S) * DTYPE(scale),
             "b": _randn(rng, K), "dy": _randn(rng, N, K, P, Q)}
@@ -133,10 +133,11 @@ def fastconv_call(op, impl, layer, d):
     algo = impl.split(":")[1] if ":" in impl else "auto"
     if op.startswith("conv2d"):
         s, p, g = layer["stride"], layer["pad"], layer.get("groups", 1)
+        dil = layer.get("dilation", 1)
         if op == "conv2d_fwd":
-            return lambda: F.conv2d(d["x"], d["w"], d["b"], s, p, groups=g, algo=algo,
+            return lambda: F.conv2d(d["x"], d["w"], d["b"], s, p, dil, g, algo=algo,
                                     backend=backend)
-        return lambda: F.conv2d_backward(d["dy"], d["x"], d["w"], s, p, groups=g, algo=algo,
+        return lambda: F.conv2d_backward(d["dy"], d["x"], d["w"], s, p, dil, g, algo=algo,
                                          backend=backend)
     if "pool" in op:
         k, s, p = layer["k"], layer["stride"], layer["pad"]
@@ -175,7 +176,8 @@ def fastconv_call(op, impl, layer, d):
 
 def conv_work(op, layer):
     flops = shapes.conv_flops(*(layer[k] for k in ("N", "C", "H", "W", "K", "R", "S",
-                                                   "stride", "pad")), layer.get("groups", 1))
+                                                   "stride", "pad")),
+                              layer.get("groups", 1), layer.get("dilation", 1))
     return flops if op == "conv2d_fwd" else 2 * flops
 
 
@@ -230,6 +232,10 @@ def suite_layers(batch_cap=None, with_torch=True):
                               groups=C), batch_cap)
             add(op, name, layer, conv_inputs, conv_work(op, layer), "flop",
                 ("reference", "fast:auto"))
+        for row in shapes.DILATED:
+            layer = _cap(dict(zip(("N", "C", "H", "W", "K", "R", "S", "stride", "pad",
+                                   "dilation"), row[1:])), batch_cap)
+            add(op, row[0], layer, conv_inputs, conv_work(op, layer), "flop", CONV_IMPLS)
     for kind in ("max", "avg"):
         for direction in ("fwd", "bwd"):
             op = f"{kind}_pool2d_{direction}"

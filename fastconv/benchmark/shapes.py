@@ -5,6 +5,7 @@ Shipped inside the package so that ``fastconv bench`` works after a plain ``pip 
 
 conv: (name, N, C, H, W, K, R, S, stride, pad)
 depthwise conv: (name, N, C, H, W, R, S, stride, pad), groups = K = C
+dilated conv: (name, N, C, H, W, K, R, S, stride, pad, dilation)
 pool: (name, kind, N, C, H, W, k, stride, pad)
 bn:   (name, N, C, H, W)   (H = W = 0 means BatchNorm1d on (N, C))
 """
@@ -28,6 +29,13 @@ DEPTHWISE = [
     ("mobilenet_dw5", 64, 256,  7,  7, 3, 3, 1, 1),
 ]
 
+# Dilated ("atrous") 3x3 layers as in DeepLab's last stages: the receptive field grows
+# without pooling; padding = dilation keeps the spatial size.
+DILATED = [
+    ("atrous_d2",     32,  64, 32, 32,  64, 3, 3, 1, 2, 2),
+    ("atrous_d4",     32, 128, 16, 16, 128, 3, 3, 1, 4, 4),
+]
+
 POOL = [
     ("lenet_max2",   "max", 64,   6, 28, 28, 2, 2, 0),
     ("vgg_max2",     "max", 128, 64, 32, 32, 2, 2, 0),
@@ -45,11 +53,13 @@ BN = [
 ]
 
 
-def conv_out(H, W, R, S, stride, pad):
-    return (H + 2 * pad - R) // stride + 1, (W + 2 * pad - S) // stride + 1
+def conv_out(H, W, R, S, stride, pad, dilation=1):
+    """Output height and width; a dilated window spans ``dilation * (R - 1) + 1`` rows."""
+    return ((H + 2 * pad - dilation * (R - 1) - 1) // stride + 1,
+            (W + 2 * pad - dilation * (S - 1) - 1) // stride + 1)
 
 
-def conv_flops(N, C, H, W, K, R, S, stride, pad, groups=1):
+def conv_flops(N, C, H, W, K, R, S, stride, pad, groups=1, dilation=1):
     """FLOPs of one forward pass (a multiply-add counts as 2); C / groups channels per output."""
-    P, Q = conv_out(H, W, R, S, stride, pad)
+    P, Q = conv_out(H, W, R, S, stride, pad, dilation)
     return 2 * N * K * (C // groups) * R * S * P * Q

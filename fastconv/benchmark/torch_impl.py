@@ -57,10 +57,12 @@ def op_call(op, layer, d):
     t = {k: torch.from_numpy(v) for k, v in d.items()}
     if op.startswith("conv2d"):
         s, p, g = [layer["stride"]] * 2, [layer["pad"]] * 2, layer.get("groups", 1)
+        dil = [layer.get("dilation", 1)] * 2
         if op == "conv2d_fwd":
-            return lambda: TF.conv2d(t["x"], t["w"], t["b"], stride=s, padding=p, groups=g)
+            return lambda: TF.conv2d(t["x"], t["w"], t["b"], stride=s, padding=p, dilation=dil,
+                                     groups=g)
         K = layer["K"]
-        return lambda: aten.convolution_backward(t["dy"], t["x"], t["w"], [K], s, p, [1, 1],
+        return lambda: aten.convolution_backward(t["dy"], t["x"], t["w"], [K], s, p, dil,
                                                  False, [0, 0], g, [True, True, True])
     if "pool" in op:
         k, s, p = [layer["k"]] * 2, [layer["stride"]] * 2, [layer["pad"]] * 2
