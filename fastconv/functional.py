@@ -77,9 +77,11 @@ def _as_float_array(op, name, a, dtype=None):
 
 
 def _kernel_ready(a):
-    """``a`` itself when it is C-contiguous and aligned for its dtype, else an aligned
-    C-contiguous copy: the kernels read whole floats through typed pointers, which a view
-    at an odd byte offset (``np.frombuffer(buf, np.float32, offset=2)``) would misalign."""
+    """``a`` itself when it is None, or C-contiguous and aligned for its dtype, else an
+    aligned C-contiguous copy: the kernels read whole floats through typed pointers, which a
+    view at an odd byte offset (``np.frombuffer(buf, np.float32, offset=2)``) would misalign."""
+    if a is None:
+        return a
     flags = a.flags
     if flags.carray or (flags.c_contiguous and flags.aligned):   # carray: + writeable, one read
         return a
@@ -90,8 +92,7 @@ def _contiguous(*arrays):
     """Kernel-ready versions (see ``_kernel_ready``: one copy of strided, Fortran-order,
     negative-stride or misaligned input; None passes through). Called after validation, so
     an impossible shape never costs a copy."""
-    # list: no generator; carray (C-contiguous, aligned, writeable) tested inline, the usual case
-    return tuple([a if a is None or a.flags.carray else _kernel_ready(a) for a in arrays])
+    return tuple(map(_kernel_ready, arrays))      # map: cheaper than a comprehension here
 
 
 def _check_ndim(op, name, a, ndims, meaning):
@@ -336,13 +337,13 @@ def _conv_common_case(x, w, stride, padding, dilation, groups):
     (N, C, H, W), (K, Cw, R, S) = x.shape, w.shape
     (sh, sw), (ph, pw) = stride, padding
     Hp, Wp = H + 2 * ph, W + 2 * pw
-    if not (Cw == C and min(N, C, H, W, K, R, S, sh, sw) >= 1 and min(ph, pw) >= 0
-            and Hp >= R and Wp >= S):
+    # A size of 0 is an empty axis; the sizes bound N, K, C*R*S, and Hp*Wp bounds P*Q and
+    # the padding, so one max() keeps every kernel size within a C int.
+    x_size, w_size = x.size, w.size
+    if not (Cw == C and x_size and w_size and sh >= 1 and sw >= 1 and ph >= 0 and pw >= 0
+            and Hp >= R and Wp >= S and max(x_size, w_size, Hp * Wp, sh, sw) <= _INT_MAX):
         return None
-    P, Q = (Hp - R) // sh + 1, (Wp - S) // sw + 1              # (conv.out), dilation 1
-    if max(N, K, C * R * S, P * Q, Hp * Wp, sh, sw, ph, pw) > _INT_MAX:
-        return None
-    return stride, padding, (N, K, P, Q)
+    return stride, padding, (N, K, (Hp - R) // sh + 1, (Wp - S) // sw + 1)   # (conv.out)
 
 
 def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=False,
@@ -471,7 +472,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
             _check_dy(op, residual, y_shape[1:] if unbatched else y_shape, "residual")
             residual = _kernel_ready(residual[None] if unbatched else residual)
         fused = {"relu": bool(relu), "residual": residual}
-    args = (*_contiguous(x, w, b), stride, padding, _n_threads(), dilation)
+    args = (_kernel_ready(x), _kernel_ready(w), _kernel_ready(b), stride, padding,
+            _n_threads(), dilation)
     with blas_limit:
         if fallback is None:
             y = impl.conv2d_forward(*args, **fused)
@@ -831,8 +833,9 @@ def _pool_common_case(x, kernel_size, stride, padding, dilation, ceil_mode):
         return None
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw) = k, s, p
-    if not (min(N, C, H, W, kh, kw, sh, sw) >= 1 and 0 <= ph <= kh // 2
-            and 0 <= pw <= kw // 2 and max(N * C, H * W, kh, kw, sh, sw) <= _INT_MAX):
+    x_size = x.size                     # 0 for an empty axis; bounds N*C and H*W
+    if not (x_size and min(kh, kw, sh, sw) >= 1 and 0 <= ph <= kh // 2 and 0 <= pw <= kw // 2
+            and max(x_size, kh, kw, sh, sw) <= _INT_MAX):
         return None
     P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1   # (pool.out), dilation 1
     return (k, s, p, (N, C, P, Q)) if P >= 1 and Q >= 1 else None
