@@ -1341,7 +1341,8 @@ def linear(x, w, b=None, backend=None):
                              f"{w.shape}, got {b.shape}")
     impl = implementation("linear", resolve_backend(backend, op))
     with _threads.blas_single_thread():
-        return impl.linear_forward(*_contiguous(x, w, b), _n_threads())
+        return impl.linear_forward(_kernel_ready(x), _kernel_ready(w), _kernel_ready(b),
+                                   _n_threads())
 
 
 def linear_backward(dy, x, w, backend=None, *, need_dx=True):
