@@ -192,7 +192,8 @@ class _NothingToLimit:
         return False
 
 
-_BLAS_SINGLE_THREAD, _NOTHING_TO_LIMIT = _BlasSingleThread(), _NothingToLimit()
+_BLAS_SINGLE_THREAD = _BlasSingleThread()
+NO_LIMIT = _NothingToLimit()   # the context of kernels that call no BLAS
 
 
 def blas_single_thread():
@@ -206,7 +207,7 @@ def blas_single_thread():
     thread (``num_threads(1)``): the kernel's BLAS calls then cannot oversubscribe, and
     reading the libraries' setting would cost more than the tiny calls it guards."""
     if _blas_n == 1 and get_num_threads() == 1:
-        return _NOTHING_TO_LIMIT
+        return NO_LIMIT
     return _BLAS_SINGLE_THREAD
 
 

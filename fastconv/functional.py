@@ -77,9 +77,11 @@ def _as_float_array(op, name, a, dtype=None):
 
 
 def _kernel_ready(a):
-    """``a`` itself when it is C-contiguous and aligned for its dtype, else an aligned
-    C-contiguous copy: the kernels read whole floats through typed pointers, which a view
-    at an odd byte offset (``np.frombuffer(buf, np.float32, offset=2)``) would misalign."""
+    """``a`` itself when it is None, or C-contiguous and aligned for its dtype, else an
+    aligned C-contiguous copy: the kernels read whole floats through typed pointers, which a
+    view at an odd byte offset (``np.frombuffer(buf, np.float32, offset=2)``) would misalign."""
+    if a is None:
+        return a
     flags = a.flags
     if flags.carray or (flags.c_contiguous and flags.aligned):   # carray: + writeable, one read
         return a
@@ -90,7 +92,7 @@ def _contiguous(*arrays):
     """Kernel-ready versions (see ``_kernel_ready``: one copy of strided, Fortran-order,
     negative-stride or misaligned input; None passes through). Called after validation, so
     an impossible shape never costs a copy."""
-    return tuple([None if a is None else _kernel_ready(a) for a in arrays])   # list: no generator
+    return tuple(map(_kernel_ready, arrays))      # map: cheaper than a comprehension here
 
 
 def _check_ndim(op, name, a, ndims, meaning):
@@ -98,10 +100,26 @@ def _check_ndim(op, name, a, ndims, meaning):
         raise ValueError(f"{op}: {name} must be {meaning}, got shape {a.shape}")
 
 
+def _plain_pair(value):
+    """``value`` as (h, w) when it is a plain int or a tuple of two plain ints, else None.
+
+    Exact type tests, so bool and NumPy integers (whose checks are ``_pair``'s) never pass:
+    a cheap first test for the forms nearly every call uses, with no range check."""
+    if type(value) is int:
+        return (value, value)
+    if (type(value) is tuple and len(value) == 2 and type(value[0]) is int
+            and type(value[1]) is int):
+        return value
+    return None
+
+
 def _pair(op, name, value, minimum):
     """An int or an (h, w) pair of ints -> (h, w), each >= minimum."""
-    if type(value) is int and minimum <= value <= _INT_MAX:     # the common case, at once
+    if type(value) is int and minimum <= value <= _INT_MAX:     # the common cases, at once
         return (value, value)
+    pair = _plain_pair(value)
+    if pair is not None and minimum <= min(pair) and max(pair) <= _INT_MAX:
+        return pair
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         pair = (int(value), int(value))
     elif (isinstance(value, (tuple, list)) and len(value) == 2
@@ -175,13 +193,18 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     are in docs/performance.md ("Convolution"). A call that picked Winograd runs im2col
     instead where its inputs hold NaN or Inf (see ``conv2d``).
     """
-    if groups > 1 and groups == x_shape[1]:
+    stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
+    return _auto_algo(x_shape[1], w_shape, stride, dilation, groups, backend, backward)
+
+
+def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward):
+    """choose_conv_algo, with stride and dilation already (h, w) pairs."""
+    if groups > 1 and groups == x_channels:
         return "depthwise"
     if backend == "reference":
         return "im2col"
     K, C, R, S = w_shape
     K //= groups                                  # the output channels of one group
-    stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
     # im2col's GEMMs win every other layer of the benchmark suite, even with few input
     # channels; with one output channel the GEMM is a matrix-vector product with nothing to
     # reuse, and building the columns is pure overhead (measurements: docs/performance.md).
@@ -296,44 +319,80 @@ class _PerGroup:
                                   dilation=dilation)
 
 
+def _conv_common_case(x, w, stride, padding, dilation, groups):
+    """The checks of the usual call, for which the general path's normalisation is most of
+    the cost of a small layer: x and w 4-D ndarrays of one float dtype (the same dtype
+    object), stride and padding plain ints or tuples of two, dilation 1 or (1, 1), groups
+    the int 1, a non-empty batch, a kernel that fits the padded input. Returns (stride,
+    padding, y_shape), or None for any other call (other forms, or an error), which the
+    general path then normalises or rejects with its message."""
+    if not (type(x) is np.ndarray and type(w) is np.ndarray and x.ndim == 4 and w.ndim == 4
+            and type(groups) is int and groups == 1 and _plain_pair(dilation) == (1, 1)):
+        return None
+    dtype = x.dtype
+    stride, padding = _plain_pair(stride), _plain_pair(padding)
+    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or w.dtype is not dtype \
+            or stride is None or padding is None:
+        return None
+    (N, C, H, W), (K, Cw, R, S) = x.shape, w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    # A size of 0 is an empty axis; the sizes bound N, K, C*R*S, and Hp*Wp bounds P*Q and
+    # the padding, so one max() keeps every kernel size within a C int.
+    x_size, w_size = x.size, w.size
+    if not (Cw == C and x_size and w_size and sh >= 1 and sw >= 1 and ph >= 0 and pw >= 0
+            and Hp >= R and Wp >= S and max(x_size, w_size, Hp * Wp, sh, sw) <= _INT_MAX):
+        return None
+    return stride, padding, (N, K, (Hp - R) // sh + 1, (Wp - S) // sw + 1)   # (conv.out)
+
+
 def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=False,
                 groups=1):
     """Validate the shared part of conv2d and conv2d_backward; return arrays and resolved
     choices. An unbatched x (C, H, W) comes back as (1, C, H, W); with padding="same" and an
     odd total, x comes back with its extra bottom row / right column of zeros (``extra``).
-    ``fallback``: the im2col kernel where auto picked Winograd (for non-finite inputs)."""
-    x = _as_float_array(op, "x", x)
-    unbatched = x.ndim == 3
-    if unbatched:
-        x = x[None]
-    groups = _groups_arg(op, groups)
-    x, w = _input_and_weight(op, x, w, 4, "3-D (C, H, W) or 4-D (N, C, H, W)",
-                             "4-D (K, C/groups, R, S)", "input channels", groups)
-    if min(x.shape[1:]) == 0 or min(w.shape) == 0:      # N = 0 is an empty batch
-        raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, w {w.shape})")
-    stride = _pair(op, "stride", stride, minimum=1)
-    dilation = ((1, 1) if type(dilation) is int and dilation == 1   # the default, fast
-                else _pair(op, "dilation", dilation, minimum=1))
-    padding, extra = _conv_padding(op, padding, stride, dilation, w.shape[2:])
-    if extra != (0, 0):
-        x = pad(x, (0, extra[1], 0, extra[0]))
-    P, Q = _output_shape(op, x.shape, w.shape[2:], stride, padding, "kernel", dilation)
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    _check_int_sizes(op, N=N, K=K, **{"C*R*S": C * R * S, "P*Q": P * Q,
-                                      "(H+2p)*(W+2p)": (H + 2 * padding[0]) * (W + 2 * padding[1])})
+    ``fallback``: the im2col kernel where auto picked Winograd (for non-finite inputs);
+    ``blas_limit``: the context to run the kernel in."""
+    common = _conv_common_case(x, w, stride, padding, dilation, groups)
+    if common is not None:
+        stride, padding, y_shape = common
+        dilation, unbatched, extra = (1, 1), False, (0, 0)
+    else:
+        x = _as_float_array(op, "x", x)
+        unbatched = x.ndim == 3
+        if unbatched:
+            x = x[None]
+        groups = _groups_arg(op, groups)
+        x, w = _input_and_weight(op, x, w, 4, "3-D (C, H, W) or 4-D (N, C, H, W)",
+                                 "4-D (K, C/groups, R, S)", "input channels", groups)
+        if min(x.shape[1:]) == 0 or min(w.shape) == 0:      # N = 0 is an empty batch
+            raise ValueError(f"{op}: empty arrays are not supported (x {x.shape}, "
+                             f"w {w.shape})")
+        stride = _pair(op, "stride", stride, minimum=1)
+        dilation = ((1, 1) if type(dilation) is int and dilation == 1   # the default, fast
+                    else _pair(op, "dilation", dilation, minimum=1))
+        padding, extra = _conv_padding(op, padding, stride, dilation, w.shape[2:])
+        if extra != (0, 0):
+            x = pad(x, (0, extra[1], 0, extra[0]))
+        P, Q = _output_shape(op, x.shape, w.shape[2:], stride, padding, "kernel", dilation)
+        N, C, H, W = x.shape
+        K, _, R, S = w.shape
+        _check_int_sizes(op, N=N, K=K, **{"C*R*S": C * R * S, "P*Q": P * Q,
+                                          "(H+2p)*(W+2p)": (H + 2 * padding[0])
+                                          * (W + 2 * padding[1])})
+        y_shape = (N, K, P, Q)
     if algo not in ALGOS:
         raise ValueError(f"{op}: algo must be one of {ALGOS}, got {algo!r}")
     if algo == "winograd" and not _winograd_applies(w.shape, stride, dilation, groups):
         raise ValueError(f"{op}: algo='winograd' needs a 3x3 kernel with stride 1 "
-                         f"(dilation 1, groups 1), got a {R}x{S} kernel with stride {stride}, "
+                         f"(dilation 1, groups 1), got a {w.shape[2]}x{w.shape[3]} kernel "
+                         f"with stride {stride}, "
                          f"dilation {dilation}; "
                          "use algo='auto' or 'im2col'")
     backend = resolve_backend(backend, op)
     fallback = None
     if algo == "auto":
-        algo = choose_conv_algo(x.shape, w.shape, stride, padding, backend, backward=backward,
-                                dilation=dilation, groups=groups)
+        algo = _auto_algo(x.shape[1], w.shape, stride, dilation, groups, backend, backward)
         if algo == "winograd":   # NaN/Inf spread differently in Winograd: im2col then
             fallback = implementation("conv_im2col", backend)
     if algo == "depthwise":
@@ -342,7 +401,10 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=F
         impl = _PerGroup(implementation(f"conv_{algo}", backend), groups)
     else:
         impl = implementation(f"conv_{algo}", backend)
-    return (x, w, stride, padding, dilation, (N, K, P, Q), impl, (unbatched, extra), fallback)
+    blas_limit = (_threads.blas_single_thread() if algo in ("im2col", "winograd")
+                  else _threads.NO_LIMIT)         # direct and depthwise call no BLAS
+    return (x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), fallback,
+            blas_limit)
 
 
 def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto", backend=None,
@@ -394,8 +456,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
         likewise Q; (K, P, Q) for an unbatched x.
     """
     op = "conv2d"
-    x, w, stride, padding, dilation, y_shape, impl, (unbatched, _), fallback = _conv_setup(
-        op, x, w, stride, padding, algo, backend, dilation, groups=groups)
+    x, w, stride, padding, dilation, y_shape, impl, (unbatched, _), fallback, blas_limit = \
+        _conv_setup(op, x, w, stride, padding, algo, backend, dilation, groups=groups)
     if b is not None:
         b = _as_float_array(op, "b", b, dtype=x.dtype)
         if b.shape != (w.shape[0],):
@@ -410,14 +472,15 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
             _check_dy(op, residual, y_shape[1:] if unbatched else y_shape, "residual")
             residual = _kernel_ready(residual[None] if unbatched else residual)
         fused = {"relu": bool(relu), "residual": residual}
-    args = (*_contiguous(x, w, b), stride, padding, _n_threads())
-    with _threads.blas_single_thread():
+    args = (_kernel_ready(x), _kernel_ready(w), _kernel_ready(b), stride, padding,
+            _n_threads(), dilation)
+    with blas_limit:
         if fallback is None:
-            y = impl.conv2d_forward(*args, dilation=dilation, **fused)
+            y = impl.conv2d_forward(*args, **fused)
         else:
-            y = impl.conv2d_forward(*args, dilation=dilation, check_finite=True, **fused)
+            y = impl.conv2d_forward(*args, check_finite=True, **fused)
             if y is None:
-                y = fallback.conv2d_forward(*args, dilation=dilation, **fused)
+                y = fallback.conv2d_forward(*args, **fused)
     return y[0] if unbatched else y
 
 
@@ -452,8 +515,9 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
     if not (need_dx or need_dw):
         raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
     # auto never runs Winograd backward, so there is no fallback to keep
-    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), _ = _conv_setup(
-        op, x, w, stride, padding, algo, backend, dilation, backward=True, groups=groups)
+    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), _, blas_limit = \
+        _conv_setup(op, x, w, stride, padding, algo, backend, dilation, backward=True,
+                    groups=groups)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     if unbatched:
         _check_dy(op, dy, y_shape[1:])
@@ -465,10 +529,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
         db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw else None
     else:
-        with _threads.blas_single_thread():
+        with blas_limit:
             dx, dw, db = impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding,
                                               _n_threads(), bool(need_dx), bool(need_dw),
-                                              dilation=dilation)
+                                              dilation)
     if dx is not None:
         if extra != (0, 0):                  # the gradient of the zeros "same" added: dropped
             H, W = x.shape[2] - extra[0], x.shape[3] - extra[1]
@@ -755,7 +819,34 @@ def _unbatch(result, unbatched):
     return result[0]
 
 
+def _pool_common_case(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """The checks of the usual call (as ``_conv_common_case``): x a 4-D float ndarray with a
+    non-empty batch, kernel_size, stride (or None) and padding plain ints or tuples of two,
+    dilation 1 or (1, 1), ceil_mode False, padding at most half the window. Returns
+    (kernel_size, stride, padding, y_shape), or None for any other call."""
+    if not (type(x) is np.ndarray and x.ndim == 4 and ceil_mode is False
+            and _plain_pair(dilation) == (1, 1)):
+        return None
+    dtype, k, p = x.dtype, _plain_pair(kernel_size), _plain_pair(padding)
+    s = k if stride is None else _plain_pair(stride)
+    if (dtype is not _FLOAT32 and dtype is not _FLOAT64) or k is None or s is None or p is None:
+        return None
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = k, s, p
+    x_size = x.size                     # 0 for an empty axis; bounds N*C and H*W
+    if not (x_size and min(kh, kw, sh, sw) >= 1 and 0 <= ph <= kh // 2 and 0 <= pw <= kw // 2
+            and max(x_size, kh, kw, sh, sw) <= _INT_MAX):
+        return None
+    P, Q = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1   # (pool.out), dilation 1
+    return (k, s, p, (N, C, P, Q)) if P >= 1 and Q >= 1 else None
+
+
 def _pool_setup(op, x, kernel_size, stride, padding, backend, dilation=1, ceil_mode=False):
+    common = _pool_common_case(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if common is not None:
+        kernel_size, stride, padding, y_shape = common
+        impl = implementation("pool", resolve_backend(backend, op))
+        return x, kernel_size, stride, padding, (1, 1), y_shape, impl, False
     x, unbatched = _pool_input(op, x)
     kernel_size = _pair(op, "kernel_size", kernel_size, minimum=1)
     stride = kernel_size if stride is None else _pair(op, "stride", stride, minimum=1)
@@ -816,7 +907,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, backend=None, *, dilation
     if y_shape[0] == 0:
         y = np.empty(y_shape, x.dtype)
         return _unbatch((y, np.empty(y_shape, np.int64)) if return_indices else y, unbatched)
-    return _unbatch(impl.max_pool2d_forward(*_contiguous(x), k, s, p, _n_threads(),
+    return _unbatch(impl.max_pool2d_forward(_kernel_ready(x), k, s, p, _n_threads(),
                                             bool(return_indices), d, bool(ceil_mode)),
                     unbatched)
 
@@ -1202,7 +1293,19 @@ def batch_norm_backward(dy, x, gamma, eps=1e-5, backend=None, *, mean=None, var=
 
 # --------------------------------------------------------------------------- fully connected
 
+def _linear_common_case(x, w):
+    """Whether x and w pass the checks of the usual call, tested cheaply (as
+    ``_conv_common_case``): 2-D float ndarrays of one dtype, non-empty, matching features."""
+    if not (type(x) is np.ndarray and type(w) is np.ndarray and x.ndim == 2 and w.ndim == 2
+            and (x.dtype is _FLOAT32 or x.dtype is _FLOAT64) and w.dtype is x.dtype):
+        return False
+    (N, I), (O, w_inputs) = x.shape, w.shape
+    return I == w_inputs and min(N, I, O) >= 1 and max(N, I, O) <= _INT_MAX
+
+
 def _linear_setup(op, x, w):
+    if _linear_common_case(x, w):
+        return x, w
     x, w = _input_and_weight(op, x, w, 2, "2-D (N, in_features)",
                              "2-D (out_features, in_features)", "input features")
     if min(x.shape) == 0 or min(w.shape) == 0:
@@ -1238,7 +1341,8 @@ def linear(x, w, b=None, backend=None):
                              f"{w.shape}, got {b.shape}")
     impl = implementation("linear", resolve_backend(backend, op))
     with _threads.blas_single_thread():
-        return impl.linear_forward(*_contiguous(x, w, b), _n_threads())
+        return impl.linear_forward(_kernel_ready(x), _kernel_ready(w), _kernel_ready(b),
+                                   _n_threads())
 
 
 def linear_backward(dy, x, w, backend=None, *, need_dx=True):
