@@ -43,6 +43,7 @@ sums; chunks x K x (R*S + 1) partial sums for dw and db.
 """
 import numpy as np
 
+from libc.string cimport memset
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
@@ -58,8 +59,40 @@ cdef extern from "fc_depthwise.h":
     void fc_dw_row_f64(const double* x, const double* w, double b, double* y, Py_ssize_t Wp,
                        Py_ssize_t R, Py_ssize_t S, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                        Py_ssize_t Q) noexcept nogil
+    # float32 channel blocks (the header's second half says why)
+    enum: FC_DW_LANES
+    int FC_DW_AVX2
+    void fc_dwi_pack(const float* x, Py_ssize_t cs, Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t ph, Py_ssize_t pw, float* xi) noexcept nogil
+    void fc_dwi_unpack(const float* xi, Py_ssize_t Ws, Py_ssize_t oh, Py_ssize_t ow,
+                       Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W, float* x,
+                       Py_ssize_t cs) noexcept nogil
+    void fc_dwi_forward(int isa, const float* xi, const float* wi, const float* bi, float* yi,
+                        Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
+    void fc_dwi_dw(int isa, const float* dyi, const float* xi, float* acc,
+                   Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
+    void fc_dwi_dx(int isa, const float* dyi, const float* wi, float* dxi,
+                   Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
+
+from _isa cimport FC_ISA_AVX2, FC_ISA_BASELINE, fc_isa_level
 
 cdef bint _tuned = True
+cdef int _ISA = fc_isa_level()      # the float32 channel-block kernels' copy: fc_isa.h decides
+
+
+def _kernel_isa(isa=None):
+    """The instruction set of the float32 channel-block kernels in use: "avx2" or "baseline"
+    (they give the same bits). isa="baseline" or "avx2" switches (avx2 only where the CPU,
+    the build and FASTCONV_ISA allow it): for tests and timings; not thread-safe."""
+    global _ISA
+    if isa is not None:
+        if isa not in ("baseline", "avx2"):
+            raise ValueError(f"_kernel_isa: isa must be 'baseline' or 'avx2', got {isa!r}")
+        _ISA = min(fc_isa_level(), FC_ISA_AVX2 if isa == "avx2" and FC_DW_AVX2 else FC_ISA_BASELINE)
+    return "avx2" if _ISA >= FC_ISA_AVX2 else "baseline"
 
 
 def _set_tuned(bint on):
@@ -147,6 +180,46 @@ cdef void _forward_plane_tiled(const floating* xp, const floating* w, floating b
             fc_dw_row_f64(xp + p * sh * Wp, w, b, y + p * Q, Wp, R, S, sw, dh, dw, Q)
 
 
+cdef void _pack_windows(const float* w, const float* b, float* wpk, Py_ssize_t C,
+                        Py_ssize_t m, Py_ssize_t RS) noexcept nogil:
+    """wpk (C/8 blocks, m, R*S + 1, 8): the windows w (K, 1, R, S) of each block of 8 input
+    channels, lane l = output channel (c0 + l)*m + j, the bias b (or 0 without, b NULL) as the
+    last row; zero in the lanes past C."""
+    cdef Py_ssize_t L = FC_DW_LANES, nb = (C + L - 1) // L, c, j, t, l
+    cdef float* dst
+    for c in range(nb * L):
+        for j in range(m):
+            dst = wpk + (((c // L) * m + j) * (RS + 1)) * L + c % L
+            for t in range(RS + 1):
+                if c >= C:
+                    dst[t * L] = 0
+                elif t < RS:
+                    dst[t * L] = w[(c * m + j) * RS + t]
+                else:
+                    dst[t * L] = b[c * m + j] if b != NULL else 0
+
+
+cdef void _forward_block(const float* x, const float* wpk, float* y, float* scratch,
+                         Py_ssize_t c0, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t m,
+                         Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t P, Py_ssize_t Q, int isa) noexcept nogil:
+    """float32, channels [c0, c0 + 8) of one image (x at its (C, H, W), y at its (K, P, Q),
+    wpk at the block's windows, _pack_windows): the planes interleaved into a padded scratch,
+    one channel per SIMD lane, then fc_dwi_forward (include/fc_depthwise.h) once per window
+    j < m. scratch: (Hp*Wp + P*Q) * 8 floats."""
+    cdef Py_ssize_t L = FC_DW_LANES, RS = R * S, Wp = W + 2 * pw, Hp = H + 2 * ph
+    cdef Py_ssize_t nc = min(L, C - c0), j
+    cdef float* xi = scratch
+    cdef float* yi = xi + Hp * Wp * L
+    cdef const float* wi
+    fc_dwi_pack(x + c0 * H * W, H * W, nc, H, W, ph, pw, xi)
+    for j in range(m):
+        wi = wpk + j * (RS + 1) * L
+        fc_dwi_forward(isa, xi, wi, wi + RS * L, yi, Wp, R, S, sh, sw, dh, dw, P, Q)
+        fc_dwi_unpack(yi, Q, 0, 0, nc, P, Q, y + (c0 * m + j) * P * Q, m * P * Q)
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[:, :, :, ::1] w,     # IN (K, 1, R, S), K = m*C
                    b,                                  # IN (K,) or None
@@ -188,6 +261,23 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     cdef floating[:, ::1] scratch = scratch_arr
     cdef const floating* xp
     cdef bint tuned = _tuned
+    cdef Py_ssize_t L = FC_DW_LANES, nb = (C + L - 1) // L
+    cdef int isa = _ISA
+    cdef floating[::1] wpk
+    if floating is float:
+        if tuned:                                    # float32: blocks of 8 channels
+            scratch_arr = np.empty((nt, (Hp * Wp + P * Q) * L), dtype=dtype)
+            scratch = scratch_arr
+            wpk_arr = np.empty(nb * m * (R * S + 1) * L, dtype=dtype)
+            wpk = wpk_arr
+            with nogil:
+                _pack_windows(&w[0, 0, 0, 0], &bv[0] if has_bias else NULL, &wpk[0], C, m, R * S)
+                for i in prange(N * nb, schedule="dynamic", num_threads=nt):
+                    n = i // nb
+                    _forward_block(&x[n, 0, 0, 0], &wpk[(i % nb) * m * (R * S + 1) * L],
+                                   &y[n, 0, 0, 0], &scratch[threadid(), 0], (i % nb) * L, C, H,
+                                   W, m, R, S, sh, sw, ph, pw, dh, dw, P, Q, isa)
+            return y_arr
     with nogil:
         for i in prange(N * C, schedule="dynamic", num_threads=nt):
             n = i // C
@@ -304,6 +394,39 @@ cdef void _backward_task(const floating[:, :, :, ::1] dy, const floating[:, :, :
             part[ch, c * m + j, i] = total
 
 
+cdef void _backward_block(const float* dy, const float* x, const float* wpk, float* dx,
+                          float* part, float* scratch, Py_ssize_t n0, Py_ssize_t n1,
+                          Py_ssize_t c0, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t m,
+                          Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t P, Py_ssize_t Q, bint need_dx, int isa) noexcept nogil:
+    """float32, what _backward_task does for channels [c0, c0 + 8) at once, one per SIMD
+    lane: x, dy and dx at their (0, 0) planes, wpk at the block's windows (_pack_windows),
+    part at this chunk's (K, R*S + 1) sums. scratch: (2*Hp*Wp + P*Q + m*(R*S + 1)) * 8."""
+    cdef Py_ssize_t L = FC_DW_LANES, RS = R * S, Wp = W + 2 * pw, Hp = H + 2 * ph
+    cdef Py_ssize_t nc = min(L, C - c0), K = m * C, n, j, l, t
+    cdef float* xi = scratch
+    cdef float* dxi = xi + Hp * Wp * L
+    cdef float* dyi = dxi + Hp * Wp * L
+    cdef float* acc = dyi + P * Q * L                # m x (R*S + 1) x 8: dw taps, then db
+    memset(acc, 0, m * (RS + 1) * L * sizeof(float))
+    for n in range(n0, n1):
+        fc_dwi_pack(x + (n * C + c0) * H * W, H * W, nc, H, W, ph, pw, xi)
+        if need_dx:
+            memset(dxi, 0, Hp * Wp * L * sizeof(float))
+        for j in range(m):
+            fc_dwi_pack(dy + (n * K + c0 * m + j) * P * Q, m * P * Q, nc, P, Q, 0, 0, dyi)
+            fc_dwi_dw(isa, dyi, xi, acc + j * (RS + 1) * L, Wp, R, S, sh, sw, dh, dw, P, Q)
+            if need_dx:
+                fc_dwi_dx(isa, dyi, wpk + j * (RS + 1) * L, dxi, Wp, R, S, sh, sw, dh, dw, P, Q)
+        if need_dx:
+            fc_dwi_unpack(dxi, Wp, ph, pw, nc, H, W, dx + (n * C + c0) * H * W, H * W)
+    for j in range(m):
+        for l in range(nc):
+            for t in range(RS + 1):
+                part[((c0 + l) * m + j) * (RS + 1) + t] = acc[(j * (RS + 1) + t) * L + l]
+
+
 def _n_chunks(Py_ssize_t N):
     """Batch chunks of the dw reduction: fixed by N alone, never by the thread count."""
     return min(N, _MAX_CHUNKS)
@@ -352,11 +475,31 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef floating[:, :, ::1] part = part_arr
     cdef floating[:, ::1] scratch = scratch_arr
     cdef floating total
+    cdef Py_ssize_t L = FC_DW_LANES, nb = (C + L - 1) // L
+    cdef int isa = _ISA
+    cdef bint blocks = floating is float and _tuned
+    cdef floating[::1] wpk
+    if blocks:                                        # float32: blocks of 8 channels
+        scratch_arr = np.empty((nt, (2 * Hp * Wp + P * Q + m * (RS + 1)) * L), dtype=dtype)
+        scratch = scratch_arr
+        wpk_arr = np.empty(nb * m * (RS + 1) * L, dtype=dtype)
+        wpk = wpk_arr
     with nogil:
-        for t in prange(n_ch * C, schedule="dynamic", num_threads=nt):
-            ch = t // C
-            _backward_task(dy, x, w, dx, part, &scratch[threadid(), 0], ch * N // n_ch,
-                           (ch + 1) * N // n_ch, ch, t % C, sh, sw, ph, pw, dh, dw, need_dx)
+        if blocks:
+            _pack_windows(<const float*>&w[0, 0, 0, 0], NULL, <float*>&wpk[0], C, m, RS)
+            for t in prange(n_ch * nb, schedule="dynamic", num_threads=nt):
+                ch = t // nb
+                _backward_block(<const float*>&dy[0, 0, 0, 0], <const float*>&x[0, 0, 0, 0],
+                                <const float*>&wpk[(t % nb) * m * (RS + 1) * L],
+                                <float*>&dx[0, 0, 0, 0],
+                                <float*>&part[ch, 0, 0], <float*>&scratch[threadid(), 0],
+                                ch * N // n_ch, (ch + 1) * N // n_ch, (t % nb) * L, C, H, W, m,
+                                R, S, sh, sw, ph, pw, dh, dw, P, Q, need_dx, isa)
+        else:
+            for t in prange(n_ch * C, schedule="dynamic", num_threads=nt):
+                ch = t // C
+                _backward_task(dy, x, w, dx, part, &scratch[threadid(), 0], ch * N // n_ch,
+                               (ch + 1) * N // n_ch, ch, t % C, sh, sw, ph, pw, dh, dw, need_dx)
         for k in prange(K, schedule="static", num_threads=nt):
             for i in range(RS + 1):                   # the chunks' partial sums, in chunk order
                 total = 0
