@@ -70,10 +70,10 @@ cdef extern from "fc_depthwise.h":
     void fc_dwi_forward(int isa, const float* xi, const float* wi, const float* bi, float* yi,
                         Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
-    void fc_dwi_dw(int isa, const float* dyi, const float* xi, float* acc,
+    void fc_dwi_dw(int isa, const float* dyi, Py_ssize_t Wd, const float* xi, float* acc,
                    Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                    Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
-    void fc_dwi_dx(int isa, const float* dyi, const float* wi, float* dxi,
+    void fc_dwi_dx(int isa, const float* dyi, Py_ssize_t Wd, const float* wi, float* dxi,
                    Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                    Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
 
@@ -180,23 +180,29 @@ cdef void _forward_plane_tiled(const floating* xp, const floating* w, floating b
             fc_dw_row_f64(xp + p * sh * Wp, w, b, y + p * Q, Wp, R, S, sw, dh, dw, Q)
 
 
-cdef void _pack_windows(const float* w, const float* b, float* wpk, Py_ssize_t C,
-                        Py_ssize_t m, Py_ssize_t RS) noexcept nogil:
+cdef bint _pack_windows(const float* w, const float* b, float* wpk, Py_ssize_t C,
+                        Py_ssize_t m, Py_ssize_t RS, bint flip) noexcept nogil:
     """wpk (C/8 blocks, m, R*S + 1, 8): the windows w (K, 1, R, S) of each block of 8 input
-    channels, lane l = output channel (c0 + l)*m + j, the bias b (or 0 without, b NULL) as the
-    last row; zero in the lanes past C."""
+    channels, lane l = output channel (c0 + l)*m + j, turned by 180 degrees if flip; the
+    bias b (or 0 without, b NULL) as the last row; zero in the lanes past C. Returns whether
+    every weight is finite."""
     cdef Py_ssize_t L = FC_DW_LANES, nb = (C + L - 1) // L, c, j, t, l
     cdef float* dst
+    cdef float v
+    cdef bint finite = True
     for c in range(nb * L):
         for j in range(m):
             dst = wpk + (((c // L) * m + j) * (RS + 1)) * L + c % L
             for t in range(RS + 1):
                 if c >= C:
-                    dst[t * L] = 0
+                    v = 0
                 elif t < RS:
-                    dst[t * L] = w[(c * m + j) * RS + t]
+                    v = w[(c * m + j) * RS + (RS - 1 - t if flip else t)]
+                    finite = finite and v - v == 0
                 else:
-                    dst[t * L] = b[c * m + j] if b != NULL else 0
+                    v = b[c * m + j] if b != NULL else 0
+                dst[t * L] = v
+    return finite
 
 
 cdef void _forward_block(const float* x, const float* wpk, float* y, float* scratch,
@@ -271,7 +277,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
             wpk_arr = np.empty(nb * m * (R * S + 1) * L, dtype=dtype)
             wpk = wpk_arr
             with nogil:
-                _pack_windows(&w[0, 0, 0, 0], &bv[0] if has_bias else NULL, &wpk[0], C, m, R * S)
+                _pack_windows(&w[0, 0, 0, 0], &bv[0] if has_bias else NULL, &wpk[0], C, m, R * S,
+                              False)
                 for i in prange(N * nb, schedule="dynamic", num_threads=nt):
                     n = i // nb
                     _forward_block(&x[n, 0, 0, 0], &wpk[(i % nb) * m * (R * S + 1) * L],
@@ -399,27 +406,42 @@ cdef void _backward_block(const float* dy, const float* x, const float* wpk, flo
                           Py_ssize_t c0, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t m,
                           Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                          Py_ssize_t P, Py_ssize_t Q, bint need_dx, int isa) noexcept nogil:
+                          Py_ssize_t P, Py_ssize_t Q, bint need_dx, bint gather,
+                          int isa) noexcept nogil:
     """float32, what _backward_task does for channels [c0, c0 + 8) at once, one per SIMD
-    lane: x, dy and dx at their (0, 0) planes, wpk at the block's windows (_pack_windows),
-    part at this chunk's (K, R*S + 1) sums. scratch: (2*Hp*Wp + P*Q + m*(R*S + 1)) * 8."""
+    lane: x, dy and dx at their (0, 0) planes, wpk at the block's windows (_pack_windows,
+    turned if gather), part at this chunk's (K, R*S + 1) sums.
+
+    dx: with gather (m == 1, stride 1, finite w) dx is the forward's correlation of dy,
+    zero-padded by the dilated kernel's size less one, with the turned window: each dx value
+    summed in registers (fc_dwi_forward), no read-modify-write; else the scatter fc_dwi_dx.
+    scratch: (2*Hp*Wp + (P + 2eh)*(Q + 2ew) + m*(R*S + 1)) * 8, (eh, ew) that padding."""
     cdef Py_ssize_t L = FC_DW_LANES, RS = R * S, Wp = W + 2 * pw, Hp = H + 2 * ph
     cdef Py_ssize_t nc = min(L, C - c0), K = m * C, n, j, l, t
+    cdef Py_ssize_t eh = (R - 1) * dh if gather else 0, ew = (S - 1) * dw if gather else 0
+    cdef Py_ssize_t Wd = Q + 2 * ew                  # dy's padded rows
     cdef float* xi = scratch
     cdef float* dxi = xi + Hp * Wp * L
     cdef float* dyi = dxi + Hp * Wp * L
-    cdef float* acc = dyi + P * Q * L                # m x (R*S + 1) x 8: dw taps, then db
+    cdef float* acc = dyi + (P + 2 * eh) * Wd * L    # m x (R*S + 1) x 8: dw taps, then db
+    cdef float* dy0 = dyi + (eh * Wd + ew) * L       # dy[0, 0] in its padded copy
     memset(acc, 0, m * (RS + 1) * L * sizeof(float))
     for n in range(n0, n1):
         fc_dwi_pack(x + (n * C + c0) * H * W, H * W, nc, H, W, ph, pw, xi)
-        if need_dx:
+        if need_dx and not gather:
             memset(dxi, 0, Hp * Wp * L * sizeof(float))
         for j in range(m):
-            fc_dwi_pack(dy + (n * K + c0 * m + j) * P * Q, m * P * Q, nc, P, Q, 0, 0, dyi)
-            fc_dwi_dw(isa, dyi, xi, acc + j * (RS + 1) * L, Wp, R, S, sh, sw, dh, dw, P, Q)
-            if need_dx:
-                fc_dwi_dx(isa, dyi, wpk + j * (RS + 1) * L, dxi, Wp, R, S, sh, sw, dh, dw, P, Q)
-        if need_dx:
+            fc_dwi_pack(dy + (n * K + c0 * m + j) * P * Q, m * P * Q, nc, P, Q, eh, ew, dyi)
+            fc_dwi_dw(isa, dy0, Wd, xi, acc + j * (RS + 1) * L, Wp, R, S, sh, sw, dh, dw, P, Q)
+            if need_dx and gather:                   # dx[i, j] = sum w[R-1-r, S-1-s] * dyp[i + ph + r*dh, ...]
+                fc_dwi_forward(isa, dyi + (ph * Wd + pw) * L, wpk, wpk + RS * L, dxi, Wd, R, S,
+                               1, 1, dh, dw, H, W)
+            elif need_dx:
+                fc_dwi_dx(isa, dy0, Wd, wpk + j * (RS + 1) * L, dxi, Wp, R, S, sh, sw, dh, dw,
+                          P, Q)
+        if need_dx and gather:
+            fc_dwi_unpack(dxi, W, 0, 0, nc, H, W, dx + (n * C + c0) * H * W, H * W)
+        elif need_dx:
             fc_dwi_unpack(dxi, Wp, ph, pw, nc, H, W, dx + (n * C + c0) * H * W, H * W)
     for j in range(m):
         for l in range(nc):
@@ -480,13 +502,21 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef bint blocks = floating is float and _tuned
     cdef floating[::1] wpk
     if blocks:                                        # float32: blocks of 8 channels
-        scratch_arr = np.empty((nt, (2 * Hp * Wp + P * Q + m * (RS + 1)) * L), dtype=dtype)
+        scratch_arr = np.empty((nt, (2 * Hp * Wp + (P + 2 * (R - 1) * dh) * (Q + 2 * (S - 1) * dw)
+                                     + m * (RS + 1)) * L), dtype=dtype)
         scratch = scratch_arr
         wpk_arr = np.empty(nb * m * (RS + 1) * L, dtype=dtype)
         wpk = wpk_arr
+    cdef bint gather = m == 1 and sh == 1 and sw == 1
     with nogil:
         if blocks:
-            _pack_windows(<const float*>&w[0, 0, 0, 0], NULL, <float*>&wpk[0], C, m, RS)
+            # a non-finite weight times the padding's zeros would reach dx where the
+            # formula has no term: the scatter then
+            if not _pack_windows(<const float*>&w[0, 0, 0, 0], NULL, <float*>&wpk[0], C, m,
+                                 RS, gather) and gather:
+                gather = False
+                _pack_windows(<const float*>&w[0, 0, 0, 0], NULL, <float*>&wpk[0], C, m, RS,
+                              False)
             for t in prange(n_ch * nb, schedule="dynamic", num_threads=nt):
                 ch = t // nb
                 _backward_block(<const float*>&dy[0, 0, 0, 0], <const float*>&x[0, 0, 0, 0],
@@ -494,7 +524,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                                 <float*>&dx[0, 0, 0, 0],
                                 <float*>&part[ch, 0, 0], <float*>&scratch[threadid(), 0],
                                 ch * N // n_ch, (ch + 1) * N // n_ch, (t % nb) * L, C, H, W, m,
-                                R, S, sh, sw, ph, pw, dh, dw, P, Q, need_dx, isa)
+                                R, S, sh, sw, ph, pw, dh, dw, P, Q, need_dx, gather, isa)
         else:
             for t in prange(n_ch * C, schedule="dynamic", num_threads=nt):
                 ch = t // C

@@ -292,7 +292,8 @@ static TARGET void fc_dwi_forward_##ISA(const float *restrict xi, const float *r
 }                                                                                       \
                                                                                         \
 static inline __attribute__((always_inline)) TARGET void                                \
-fc_dwi_dw_body_##ISA(const float *restrict dyi, const float *restrict xi, float *acc,   \
+fc_dwi_dw_body_##ISA(const float *restrict dyi, Py_ssize_t Wd, const float *restrict xi, \
+                     float *acc,                                                        \
                      FC_DWI_GEOM)                                                       \
 {                                                                                       \
     enum { L = FC_DW_LANES, NV = FC_DW_LANES / (W) };                                   \
@@ -305,7 +306,7 @@ fc_dwi_dw_body_##ISA(const float *restrict dyi, const float *restrict xi, float 
         for (Py_ssize_t p = 0; p < P; p++)                                              \
             for (Py_ssize_t q = 0; q < Q; q++) {                                        \
                 const float *x_pq = xi + (p * sh * Wp + q * sw) * L;                    \
-                FC_DW_LOADB(d, dyi + (p * Q + q) * L);                                  \
+                FC_DW_LOADB(d, dyi + (p * Wd + q) * L);                                 \
                 for (Py_ssize_t u = 0; u < nt; u++) {                                   \
                     const Py_ssize_t r = (t0 + u) / S, s = (t0 + u) % S;                \
                     FC_DW_LOADB(xv, x_pq + (r * dh * Wp + s * dw) * L);                 \
@@ -317,22 +318,23 @@ fc_dwi_dw_body_##ISA(const float *restrict dyi, const float *restrict xi, float 
             FC_DW_STOREB(acc + (t0 + u) * L, a[u]);                                     \
     }                                                                                   \
     FC_DW_LOADB(a[0], acc + RS * L);                                /* db */            \
-    for (Py_ssize_t i = 0; i < P * Q; i++) {                                            \
-        FC_DW_LOADB(d, dyi + i * L);                                                    \
-        for (int v = 0; v < NV; v++)                                                    \
-            a[0][v] += d[v];                                                            \
-    }                                                                                   \
+    for (Py_ssize_t p = 0; p < P; p++)                                                  \
+        for (Py_ssize_t q = 0; q < Q; q++) {                                            \
+            FC_DW_LOADB(d, dyi + (p * Wd + q) * L);                                     \
+            for (int v = 0; v < NV; v++)                                                \
+                a[0][v] += d[v];                                                        \
+        }                                                                               \
     FC_DW_STOREB(acc + RS * L, a[0]);                                                   \
 }                                                                                       \
                                                                                         \
-static TARGET void fc_dwi_dw_##ISA(const float *restrict dyi, const float *restrict xi, \
-                                   float *acc, FC_DWI_GEOM)                             \
+static TARGET void fc_dwi_dw_##ISA(const float *restrict dyi, Py_ssize_t Wd,           \
+                                   const float *restrict xi, float *acc, FC_DWI_GEOM)   \
 {                                                                                       \
-    FC_DWI_SPECIALISE(fc_dwi_dw_body_##ISA, dyi, xi, acc);                              \
+    FC_DWI_SPECIALISE(fc_dwi_dw_body_##ISA, dyi, Wd, xi, acc);                          \
 }                                                                                       \
                                                                                         \
 static inline __attribute__((always_inline)) TARGET void                                \
-fc_dwi_dx_body_##ISA(const float *restrict dyi, const float *restrict wi,               \
+fc_dwi_dx_body_##ISA(const float *restrict dyi, Py_ssize_t Wd, const float *restrict wi,\
                      float *restrict dxi, FC_DWI_GEOM)                                  \
 {                                                                                       \
     enum { L = FC_DW_LANES, NV = FC_DW_LANES / (W) };                                   \
@@ -341,7 +343,7 @@ fc_dwi_dx_body_##ISA(const float *restrict dyi, const float *restrict wi,       
         for (Py_ssize_t r = 0; r < R; r++)                                              \
             for (Py_ssize_t s = 0; s < S; s++) {                                        \
                 float *dx_tap = dxi + ((p * sh + r * dh) * Wp + s * dw) * L;            \
-                const float *dy_row = dyi + p * Q * L;                                  \
+                const float *dy_row = dyi + p * Wd * L;                                 \
                 FC_DW_LOADB(wv, wi + (r * S + s) * L);                                  \
                 for (Py_ssize_t q = 0; q < Q; q++) {                                    \
                     FC_DW_LOADB(d, dy_row + q * L);                                     \
@@ -353,10 +355,11 @@ fc_dwi_dx_body_##ISA(const float *restrict dyi, const float *restrict wi,       
             }                                                                           \
 }                                                                                       \
                                                                                         \
-static TARGET void fc_dwi_dx_##ISA(const float *restrict dyi, const float *restrict wi, \
-                                   float *restrict dxi, FC_DWI_GEOM)                    \
+static TARGET void fc_dwi_dx_##ISA(const float *restrict dyi, Py_ssize_t Wd,           \
+                                   const float *restrict wi, float *restrict dxi,       \
+                                   FC_DWI_GEOM)                                         \
 {                                                                                       \
-    FC_DWI_SPECIALISE(fc_dwi_dx_body_##ISA, dyi, wi, dxi);                              \
+    FC_DWI_SPECIALISE(fc_dwi_dx_body_##ISA, dyi, Wd, wi, dxi);                          \
 }
 
 FC_DWI(base, , fc_dw_v4sf, 4)
@@ -380,16 +383,16 @@ static inline void fc_dwi_forward(int isa, const float *xi, const float *wi, con
     FC_DWI_CALL(fc_dwi_forward, xi, wi, bi, yi);
 }
 
-static inline void fc_dwi_dw(int isa, const float *dyi, const float *xi, float *acc,
-                             FC_DWI_GEOM)                          /* IN dyi xi; IN/OUT acc */
+static inline void fc_dwi_dw(int isa, const float *dyi, Py_ssize_t Wd, const float *xi,
+                             float *acc, FC_DWI_GEOM)              /* IN dyi xi; IN/OUT acc */
 {
-    FC_DWI_CALL(fc_dwi_dw, dyi, xi, acc);
+    FC_DWI_CALL(fc_dwi_dw, dyi, Wd, xi, acc);
 }
 
-static inline void fc_dwi_dx(int isa, const float *dyi, const float *wi, float *dxi,
-                             FC_DWI_GEOM)                          /* IN dyi wi; IN/OUT dxi */
+static inline void fc_dwi_dx(int isa, const float *dyi, Py_ssize_t Wd, const float *wi,
+                             float *dxi, FC_DWI_GEOM)              /* IN dyi wi; IN/OUT dxi */
 {
-    FC_DWI_CALL(fc_dwi_dx, dyi, wi, dxi);
+    FC_DWI_CALL(fc_dwi_dx, dyi, Wd, wi, dxi);
 }
 
 #endif
