@@ -3,12 +3,22 @@
 
 ``algo="auto"`` runs this module for every convolution with ``groups`` equal to the input
 channels. Read ``_forward_plane`` first, the loop nest to study (row updates along q, which
-gcc vectorises because consecutive q are consecutive addresses); the forward that runs by
-default computes the same sums in register tiles, ``fc_dw_row_*`` of
-src_pyx/include/fc_depthwise.h (same order of additions, same bits; ``_set_tuned(False)``
-runs the loop nest instead). Backward runs the row updates of ``_dw_plane`` and
-``_dx_plane`` (the same rows in C, one dy vector loaded once for all taps, measured no
-faster: docs/performance.md).
+gcc vectorises because consecutive q are consecutive addresses), then ``_dw_plane`` and
+``_dx_plane`` for the backward. What runs by default computes the same sums in register
+tiles:
+
+* float32 (forward and backward): ``_forward_block`` and ``_backward_block``, 8 channels at
+  a time, one per SIMD lane of a channel-interleaved copy of their planes; inner loops
+  ``fc_dwi_forward``, ``fc_dwi_dw`` and ``fc_dwi_dx`` of src_pyx/include/fc_depthwise.h
+  (SSE2 and AVX2 copies, the same bits; ``_kernel_isa`` switches). The forward adds the
+  same terms in the same order as ``_forward_plane`` (same bits). In the backward, dx is the
+  forward's correlation of dy with the turned window when m == 1, stride 1 and every weight
+  is finite, and the scatter of ``_dx_plane`` in the same order otherwise; dw sums over
+  (p, q) per tap in registers (its own order of additions).
+* float64: the forward runs ``fc_dw_row_f64`` (one output row per call, same bits as
+  ``_forward_plane``); the backward runs ``_dw_plane`` and ``_dx_plane`` as written.
+
+``_set_tuned(False)`` runs the loop nests instead, for both dtypes.
 
 Compiled twin of ``fastconv/reference/conv_depthwise.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument before calling here.
@@ -37,9 +47,17 @@ How the loops are laid out, and why
   the chunk. The batch splits into chunks fixed by N alone (``_n_chunks``), and the chunks'
   partial dw are added in chunk order, so every result is bitwise the same for any thread
   count, whichever thread runs which task.
+* float32 channel blocks: a depthwise layer has no channel sum, so a SIMD vector along a
+  row is all the parallelism there is, and a 7x7 map's rows are shorter than a vector plus
+  a remainder. Eight channels side by side fill every vector on any map (oneDNN's NHWC
+  blocks do the same); copying a block into and out of that layout costs 4x4 transposes,
+  small next to the R*S multiply-adds of each value. dx as a correlation (a gather) sums
+  each dx value in registers instead of reading and writing it once per tap. The backward
+  splits the batch into the same fixed chunks, one task per (chunk, block of 8 channels).
 
 Memory (scratch beyond the outputs): per thread two padded planes and m*(R*S + 1)*Q partial
-sums; chunks x K x (R*S + 1) partial sums for dw and db.
+sums (float32: three interleaved planes of 8 channels); chunks x K x (R*S + 1) partial sums
+for dw and db.
 """
 import numpy as np
 
@@ -96,9 +114,10 @@ def _kernel_isa(isa=None):
 
 
 def _set_tuned(bint on):
-    """Run the forward on the register tiles (True, the default) or on the teaching loop
-    nest ``_forward_plane`` (False); returns the previous setting. Both give the same bits:
-    for tests, and for a reader who wants to time one against the other."""
+    """Run the register tiles (True, the default) or the teaching loop nests
+    ``_forward_plane``, ``_dw_plane`` and ``_dx_plane`` (False); returns the previous setting.
+    The forwards give the same bits; the backwards agree to rounding. For tests, and for a
+    reader who wants to time one against the other."""
     global _tuned
     previous = _tuned
     _tuned = on
@@ -180,8 +199,10 @@ cdef void _forward_plane_tiled(const floating* xp, const floating* w, floating b
             fc_dw_row_f64(xp + p * sh * Wp, w, b, y + p * Q, Wp, R, S, sw, dh, dw, Q)
 
 
-cdef bint _pack_windows(const float* w, const float* b, float* wpk, Py_ssize_t C,
-                        Py_ssize_t m, Py_ssize_t RS, bint flip) noexcept nogil:
+cdef bint _pack_windows(const float* w,              # IN  (K, 1, R, S)
+                        const float* b,              # IN  (K,) or NULL
+                        float* wpk,                  # OUT (C/8, m, R*S + 1, 8)
+                        Py_ssize_t C, Py_ssize_t m, Py_ssize_t RS, bint flip) noexcept nogil:
     """wpk (C/8 blocks, m, R*S + 1, 8): the windows w (K, 1, R, S) of each block of 8 input
     channels, lane l = output channel (c0 + l)*m + j, turned by 180 degrees if flip; the
     bias b (or 0 without, b NULL) as the last row; zero in the lanes past C. Returns whether
@@ -205,8 +226,10 @@ cdef bint _pack_windows(const float* w, const float* b, float* wpk, Py_ssize_t C
     return finite
 
 
-cdef void _forward_block(const float* x, const float* wpk, float* y, float* scratch,
-                         Py_ssize_t c0, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t m,
+cdef void _forward_block(const float* x,             # IN  (C, H, W) one image
+                         const float* wpk,           # IN  its block's windows, _pack_windows
+                         float* y,                   # OUT (K, P, Q) its output
+                         float* scratch, Py_ssize_t c0, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t m,
                          Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                          Py_ssize_t P, Py_ssize_t Q, int isa) noexcept nogil:
@@ -401,8 +424,12 @@ cdef void _backward_task(const floating[:, :, :, ::1] dy, const floating[:, :, :
             part[ch, c * m + j, i] = total
 
 
-cdef void _backward_block(const float* dy, const float* x, const float* wpk, float* dx,
-                          float* part, float* scratch, Py_ssize_t n0, Py_ssize_t n1,
+cdef void _backward_block(const float* dy,         # IN  (N, K, P, Q)
+                          const float* x,          # IN  (N, C, H, W)
+                          const float* wpk,        # IN  the block's windows, _pack_windows
+                          float* dx,               # OUT (N, C, H, W), this block's planes
+                          float* part,             # OUT (K, R*S + 1) this chunk's sums
+                          float* scratch, Py_ssize_t n0, Py_ssize_t n1,
                           Py_ssize_t c0, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t m,
                           Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
                           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,

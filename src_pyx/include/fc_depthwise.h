@@ -1,6 +1,10 @@
-/* fc_depthwise.h: the register tile of the depthwise convolution's forward (conv_depthwise.pyx).
+/* fc_depthwise.h: the register tiles of the depthwise convolution (conv_depthwise.pyx).
  *
- * fc_dw_row_*: one output row of one channel, eq. (conv.dw),
+ * Two kernels, each the same sums as the teaching loop nest _forward_plane:
+ *
+ *   - fc_dwi_* (second half of this file), float32, the default: 8 channels at a time, one
+ *     per SIMD lane, forward and backward. Read that section first.
+ *   - fc_dw_row_* (here), float64: one output row of one channel, eq. (conv.dw),
  *
  *     y[q] = b + sum_{r,s} w[r, s] * xp[r*dh, q*sw + s*dw]      (xp at the row's first input row)
  *
