@@ -138,10 +138,54 @@ enum { FC_DW_LANES = 8, FC_DW_QT = 4, FC_DW_TAPS = 9 };
 typedef float fc_dw_v4sf __attribute__((vector_size(16)));
 typedef float fc_dw_v8sf __attribute__((vector_size(32)));
 
+#if defined(__SSE2__)
+/* the 4 x 4 floats at src (rows ss floats apart), transposed, at dst (rows ds apart) */
+static inline void fc_dw_transpose4(const float *src, Py_ssize_t ss, float *dst, Py_ssize_t ds)
+{
+    __m128 a = _mm_loadu_ps(src), b = _mm_loadu_ps(src + ss);
+    __m128 c = _mm_loadu_ps(src + 2 * ss), d = _mm_loadu_ps(src + 3 * ss);
+    _MM_TRANSPOSE4_PS(a, b, c, d);
+    _mm_storeu_ps(dst, a);
+    _mm_storeu_ps(dst + ds, b);
+    _mm_storeu_ps(dst + 2 * ds, c);
+    _mm_storeu_ps(dst + 3 * ds, d);
+}
+#endif
+
+/* W columns of nc <= 8 planes (cs floats apart, starting at planar) to or from one
+ * interleaved row of W x 8 (lane l = plane l): into the row if in (lanes nc..7 then 0),
+ * else out of it. 4 x 4 transposes, the last 4 columns overlapping the one before. */
+static void fc_dw_interleave_row(float *planar, Py_ssize_t cs, float *row, Py_ssize_t W,
+                                 Py_ssize_t nc, int in)
+{
+    const Py_ssize_t L = FC_DW_LANES;
+    Py_ssize_t j = 0;
+#if defined(__SSE2__)
+    if (nc == L && W >= 4)
+        for (; j < W; j += 4) {
+            if (j + 4 > W)
+                j = W - 4;
+            for (Py_ssize_t h = 0; h < L; h += 4) {
+                if (in)
+                    fc_dw_transpose4(planar + h * cs + j, cs, row + j * L + h, L);
+                else
+                    fc_dw_transpose4(row + j * L + h, L, planar + h * cs + j, cs);
+            }
+        }
+#endif
+    for (; j < W; j++)
+        for (Py_ssize_t l = 0; l < L; l++) {
+            if (in)
+                row[j * L + l] = l < nc ? planar[l * cs + j] : 0.0f;
+            else if (l < nc)
+                planar[l * cs + j] = row[j * L + l];
+        }
+}
+
 /* xi ((H + 2ph) x (W + 2pw) x 8) = the nc <= 8 planes at x, cs floats apart, interleaved
  * (lane l = plane l), with a border of zeros; lanes nc..7 are zero. */
-static void fc_dwi_pack(const float *restrict x, Py_ssize_t cs, Py_ssize_t nc, Py_ssize_t H,
-                        Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, float *restrict xi)
+static void fc_dwi_pack(const float *x, Py_ssize_t cs, Py_ssize_t nc, Py_ssize_t H,
+                        Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, float *xi)
 {
     if (ph == 0 && pw == 0) {               /* one long row: fewer, longer transposes */
         W *= H;
@@ -152,72 +196,24 @@ static void fc_dwi_pack(const float *restrict x, Py_ssize_t cs, Py_ssize_t nc, P
     memset(xi + (ph + H) * Wp * L, 0, sizeof(float) * ph * Wp * L);
     for (Py_ssize_t i = 0; i < H; i++) {
         float *row = xi + (ph + i) * Wp * L;
-        const float *src = x + i * W;
         memset(row, 0, sizeof(float) * pw * L);
         memset(row + (pw + W) * L, 0, sizeof(float) * pw * L);
-        row += pw * L;
-        Py_ssize_t j = 0;
-#if defined(__SSE2__)
-        if (nc == L && W >= 4)
-            for (; j < W; j += 4) {
-                if (j + 4 > W)
-                    j = W - 4;                  /* the last 4 columns, overlapping */
-                for (Py_ssize_t h = 0; h < L; h += 4) {
-                    __m128 a = _mm_loadu_ps(src + h * cs + j);
-                    __m128 b = _mm_loadu_ps(src + (h + 1) * cs + j);
-                    __m128 c = _mm_loadu_ps(src + (h + 2) * cs + j);
-                    __m128 d = _mm_loadu_ps(src + (h + 3) * cs + j);
-                    _MM_TRANSPOSE4_PS(a, b, c, d);
-                    _mm_storeu_ps(row + j * L + h, a);
-                    _mm_storeu_ps(row + (j + 1) * L + h, b);
-                    _mm_storeu_ps(row + (j + 2) * L + h, c);
-                    _mm_storeu_ps(row + (j + 3) * L + h, d);
-                }
-            }
-#endif
-        for (; j < W; j++)
-            for (Py_ssize_t l = 0; l < L; l++)
-                row[j * L + l] = l < nc ? src[l * cs + j] : 0.0f;
+        fc_dw_interleave_row((float *)x + i * W, cs, row + pw * L, W, nc, 1);  /* read only */
     }
 }
 
 /* The inverse: the nc planes at x (cs floats apart) = the H x W window at (oh, ow) of the
  * interleaved xi, whose rows are Ws values long. */
-static void fc_dwi_unpack(const float *restrict xi, Py_ssize_t Ws, Py_ssize_t oh, Py_ssize_t ow,
-                          Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W, float *restrict x,
-                          Py_ssize_t cs)
+static void fc_dwi_unpack(const float *xi, Py_ssize_t Ws, Py_ssize_t oh, Py_ssize_t ow,
+                          Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W, float *x, Py_ssize_t cs)
 {
-    const Py_ssize_t L = FC_DW_LANES;
     if (oh == 0 && ow == 0 && Ws == W) {     /* one long row: fewer, longer transposes */
         W *= H;
         H = 1;
     }
-    for (Py_ssize_t i = 0; i < H; i++) {
-        const float *row = xi + ((oh + i) * Ws + ow) * L;
-        float *dst = x + i * W;
-        Py_ssize_t j = 0;
-#if defined(__SSE2__)
-        if (nc == L && W >= 4)
-            for (; j < W; j += 4) {
-                if (j + 4 > W)
-                    j = W - 4;                  /* the last 4 columns, overlapping */
-                for (Py_ssize_t h = 0; h < L; h += 4) {
-                    __m128 a = _mm_loadu_ps(row + j * L + h);
-                    __m128 b = _mm_loadu_ps(row + (j + 1) * L + h);
-                    __m128 c = _mm_loadu_ps(row + (j + 2) * L + h);
-                    __m128 d = _mm_loadu_ps(row + (j + 3) * L + h);
-                    _MM_TRANSPOSE4_PS(a, b, c, d);
-                    _mm_storeu_ps(dst + h * cs + j, a);
-                    _mm_storeu_ps(dst + (h + 1) * cs + j, b);
-                    _mm_storeu_ps(dst + (h + 2) * cs + j, c);
-                    _mm_storeu_ps(dst + (h + 3) * cs + j, d);
-                }
-            }
-#endif
-        for (; j < W; j++)
-            for (Py_ssize_t l = 0; l < nc; l++)
-                dst[l * cs + j] = row[j * L + l];
-    }
+    for (Py_ssize_t i = 0; i < H; i++)
+        fc_dw_interleave_row(x + i * W, cs, (float *)xi + ((oh + i) * Ws + ow) * FC_DW_LANES,
+                             W, nc, 0);                                        /* read only */
 }
 
 /* a block of 8 floats at p as NV vectors, and back */
