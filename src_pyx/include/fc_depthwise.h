@@ -216,11 +216,13 @@ static void fc_dwi_unpack(const float *xi, Py_ssize_t Ws, Py_ssize_t oh, Py_ssiz
                              W, nc, 0);                                        /* read only */
 }
 
-/* a block of 8 floats at p as NV vectors, and back */
+/* a block of 8 floats at p as NV vectors, and back; VFU is the kernel's vector type
+ * without its alignment (a plain unaligned move: memcpy made gcc copy the tile through
+ * the stack) */
 #define FC_DW_LOADB(a, p) do { for (int v_ = 0; v_ < NV; v_++)                          \
-    memcpy(&(a)[v_], (p) + v_ * (FC_DW_LANES / NV), sizeof((a)[0])); } while (0)
+    (a)[v_] = *(const VFU *)((p) + v_ * (FC_DW_LANES / NV)); } while (0)
 #define FC_DW_STOREB(p, a) do { for (int v_ = 0; v_ < NV; v_++)                         \
-    memcpy((p) + v_ * (FC_DW_LANES / NV), &(a)[v_], sizeof((a)[0])); } while (0)
+    *(VFU *)((p) + v_ * (FC_DW_LANES / NV)) = (a)[v_]; } while (0)
 
 /* The arguments every kernel takes: the interleaved planes, then the geometry. */
 #define FC_DWI_GEOM Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw, \
@@ -235,12 +237,14 @@ static void fc_dwi_unpack(const float *xi, Py_ssize_t Ws, Py_ssize_t oh, Py_ssiz
         BODY(__VA_ARGS__, Wp, R, S, sh, sw, dh, dw, P, Q)
 
 #define FC_DWI(ISA, TARGET, VF, W)                                                       \
+typedef VF fc_dw_u_##ISA __attribute__((aligned(4), may_alias));                        \
 /* one tile of NQ outputs (NQ <= FC_DW_QT) of row x_row, stored at y */                 \
 static inline __attribute__((always_inline)) TARGET void                                \
 fc_dwi_tile_##ISA(const float *restrict x_row, const float *restrict wi, const VF *b,   \
                   float *restrict y, int NQ, FC_DWI_GEOM)                               \
 {                                                                                       \
     enum { L = FC_DW_LANES, NV = FC_DW_LANES / (W) };                                   \
+    typedef fc_dw_u_##ISA VFU;                                                          \
     VF a[FC_DW_QT][NV], wv[NV], xv[NV];                                                 \
     (void)P; (void)Q; (void)sh;                                                         \
     for (int u = 0; u < NQ; u++)                                                        \
@@ -264,6 +268,7 @@ fc_dwi_forward_body_##ISA(const float *restrict xi, const float *restrict wi,   
                           const float *restrict bi, float *restrict yi, FC_DWI_GEOM)    \
 {                                                                                       \
     enum { L = FC_DW_LANES, NV = FC_DW_LANES / (W) };                                   \
+    typedef fc_dw_u_##ISA VFU;                                                          \
     VF b[NV];                                                                           \
     FC_DW_LOADB(b, bi);                                                                 \
     for (Py_ssize_t p = 0; p < P; p++) {                                                \
@@ -297,6 +302,7 @@ fc_dwi_dw_body_##ISA(const float *restrict dyi, Py_ssize_t Wd, const float *rest
                      FC_DWI_GEOM)                                                       \
 {                                                                                       \
     enum { L = FC_DW_LANES, NV = FC_DW_LANES / (W) };                                   \
+    typedef fc_dw_u_##ISA VFU;                                                          \
     const Py_ssize_t RS = R * S;                                                        \
     VF a[FC_DW_TAPS][NV], d[NV], xv[NV];                                                \
     for (Py_ssize_t t0 = 0; t0 < RS; t0 += FC_DW_TAPS) {     /* up to 9 taps at a time */\
@@ -338,6 +344,7 @@ fc_dwi_dx_body_##ISA(const float *restrict dyi, Py_ssize_t Wd, const float *rest
                      float *restrict dxi, FC_DWI_GEOM)                                  \
 {                                                                                       \
     enum { L = FC_DW_LANES, NV = FC_DW_LANES / (W) };                                   \
+    typedef fc_dw_u_##ISA VFU;                                                          \
     VF wv[NV], d[NV], xv[NV];                                                           \
     for (Py_ssize_t p = 0; p < P; p++)                                                  \
         for (Py_ssize_t r = 0; r < R; r++)                                              \
