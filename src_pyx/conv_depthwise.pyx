@@ -236,7 +236,8 @@ cdef void _forward_block(const float* x,             # IN  (C, H, W) one image
     """float32, channels [c0, c0 + 8) of one image (x at its (C, H, W), y at its (K, P, Q),
     wpk at the block's windows, _pack_windows): the planes interleaved into a padded scratch,
     one channel per SIMD lane, then fc_dwi_forward (include/fc_depthwise.h) once per window
-    j < m. scratch: (Hp*Wp + P*Q) * 8 floats."""
+    j < m. scratch: (Hp*Wp + P*Q) * 8 floats, zero when the call began (the padded plane's
+    border, never written)."""
     cdef Py_ssize_t L = FC_DW_LANES, RS = R * S, Wp = W + 2 * pw, Hp = H + 2 * ph
     cdef Py_ssize_t nc = min(L, C - c0), j
     cdef float* xi = scratch
@@ -295,7 +296,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     cdef floating[::1] wpk
     if floating is float:
         if tuned:                                    # float32: blocks of 8 channels
-            scratch_arr = np.empty((nt, (Hp * Wp + P * Q) * L), dtype=dtype)
+            # zeros: the padded plane's border, which fc_dwi_pack never writes
+            scratch_arr = np.zeros((nt, (Hp * Wp + P * Q) * L), dtype=dtype)
             scratch = scratch_arr
             wpk_arr = np.empty(nb * m * (R * S + 1) * L, dtype=dtype)
             wpk = wpk_arr
@@ -442,7 +444,8 @@ cdef void _backward_block(const float* dy,         # IN  (N, K, P, Q)
     dx: with gather (m == 1, stride 1, finite w) dx is the forward's correlation of dy,
     zero-padded by the dilated kernel's size less one, with the turned window: each dx value
     summed in registers (fc_dwi_forward), no read-modify-write; else the scatter fc_dwi_dx.
-    scratch: (2*Hp*Wp + (P + 2eh)*(Q + 2ew) + m*(R*S + 1)) * 8, (eh, ew) that padding."""
+    scratch: (2*Hp*Wp + (P + 2eh)*(Q + 2ew) + m*(R*S + 1)) * 8, (eh, ew) that padding,
+    zero when the call began (the padded planes' borders, never written)."""
     cdef Py_ssize_t L = FC_DW_LANES, RS = R * S, Wp = W + 2 * pw, Hp = H + 2 * ph
     cdef Py_ssize_t nc = min(L, C - c0), K = m * C, n, j, l, t
     cdef Py_ssize_t eh = (R - 1) * dh if gather else 0, ew = (S - 1) * dw if gather else 0
@@ -529,7 +532,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef bint blocks = floating is float and _tuned
     cdef floating[::1] wpk
     if blocks:                                        # float32: blocks of 8 channels
-        scratch_arr = np.empty((nt, (2 * Hp * Wp + (P + 2 * (R - 1) * dh) * (Q + 2 * (S - 1) * dw)
+        # zeros: the padded planes' borders, which fc_dwi_pack never writes
+        scratch_arr = np.zeros((nt, (2 * Hp * Wp + (P + 2 * (R - 1) * dh) * (Q + 2 * (S - 1) * dw)
                                      + m * (RS + 1)) * L), dtype=dtype)
         scratch = scratch_arr
         wpk_arr = np.empty(nb * m * (RS + 1) * L, dtype=dtype)

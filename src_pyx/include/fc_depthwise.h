@@ -183,7 +183,8 @@ static void fc_dw_interleave_row(float *planar, Py_ssize_t cs, float *row, Py_ss
 }
 
 /* xi ((H + 2ph) x (W + 2pw) x 8) = the nc <= 8 planes at x, cs floats apart, interleaved
- * (lane l = plane l), with a border of zeros; lanes nc..7 are zero. */
+ * (lane l = plane l); lanes nc..7 are zero. Writes the inside only: the border of zeros is
+ * the caller's, set once per call in a scratch that only this function writes. */
 static void fc_dwi_pack(const float *x, Py_ssize_t cs, Py_ssize_t nc, Py_ssize_t H,
                         Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, float *xi)
 {
@@ -192,14 +193,9 @@ static void fc_dwi_pack(const float *x, Py_ssize_t cs, Py_ssize_t nc, Py_ssize_t
         H = 1;
     }
     const Py_ssize_t Wp = W + 2 * pw, L = FC_DW_LANES;
-    memset(xi, 0, sizeof(float) * ph * Wp * L);
-    memset(xi + (ph + H) * Wp * L, 0, sizeof(float) * ph * Wp * L);
-    for (Py_ssize_t i = 0; i < H; i++) {
-        float *row = xi + (ph + i) * Wp * L;
-        memset(row, 0, sizeof(float) * pw * L);
-        memset(row + (pw + W) * L, 0, sizeof(float) * pw * L);
-        fc_dw_interleave_row((float *)x + i * W, cs, row + pw * L, W, nc, 1);  /* read only */
-    }
+    for (Py_ssize_t i = 0; i < H; i++)
+        fc_dw_interleave_row((float *)x + i * W, cs, xi + ((ph + i) * Wp + pw) * L, W, nc,
+                             1);                                               /* read only */
 }
 
 /* The inverse: the nc planes at x (cs floats apart) = the H x W window at (oh, ow) of the
