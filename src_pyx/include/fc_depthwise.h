@@ -111,7 +111,10 @@ FC_DW_ROW(double, fc_dw_row_f64)
  *   fc_dwi_dw: acc[t] += sum_{p,q} dy[p, q] * xi[p*sh + r*dh, q*sw + s*dw] for each tap
  *       t = r*S + s, in registers (up to 9 taps at a time), and acc[R*S] += sum dy (db).
  *   fc_dwi_dx: dxi[p*sh + r*dh, q*sw + s*dw] += w[r, s] * dy[p, q], in the order of the
- *       teaching loop nest (_dx_plane): p, then the taps, then q; so the same bits.
+ *       teaching loop nest (_dx_plane): p, then the taps, then q; so the same bits. With
+ *       m = 1 and stride 1 the caller runs fc_dwi_forward instead, on dy padded by the
+ *       dilated window's size less one and the window turned by 180 degrees: a gather, each
+ *       dx value summed in registers, not read and written back once per tap.
  *
  * Each is written once in FC_DWI(ISA, TARGET, VF, W) over vectors VF of W floats (a block
  * is 8 / W of them) and expanded twice: fc_dwi_*_base with 16-byte SSE2 vectors, the x86-64
