@@ -159,7 +159,7 @@ static inline void fc_dw_transpose4(const float *src, Py_ssize_t ss, float *dst,
  * interleaved row of W x 8 (lane l = plane l): into the row if in (lanes nc..7 then 0),
  * else out of it. 4 x 4 transposes, the last 4 columns overlapping the one before. */
 static void fc_dw_interleave_row(float *planar, Py_ssize_t cs, float *row, Py_ssize_t W,
-                                 Py_ssize_t nc, int in)
+                                 Py_ssize_t nc, int in)     /* IN planar, OUT row if in; else back */
 {
     const Py_ssize_t L = FC_DW_LANES;
     Py_ssize_t j = 0;
@@ -189,7 +189,7 @@ static void fc_dw_interleave_row(float *planar, Py_ssize_t cs, float *row, Py_ss
  * (lane l = plane l); lanes nc..7 are zero. Writes the inside only: the border of zeros is
  * the caller's, set once per call in a scratch that only this function writes. */
 static void fc_dwi_pack(const float *x, Py_ssize_t cs, Py_ssize_t nc, Py_ssize_t H,
-                        Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, float *xi)
+                        Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, float *xi)  /* IN x; OUT xi */
 {
     if (ph == 0 && pw == 0) {               /* one long row: fewer, longer transposes */
         W *= H;
@@ -204,7 +204,8 @@ static void fc_dwi_pack(const float *x, Py_ssize_t cs, Py_ssize_t nc, Py_ssize_t
 /* The inverse: the nc planes at x (cs floats apart) = the H x W window at (oh, ow) of the
  * interleaved xi, whose rows are Ws values long. */
 static void fc_dwi_unpack(const float *xi, Py_ssize_t Ws, Py_ssize_t oh, Py_ssize_t ow,
-                          Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W, float *x, Py_ssize_t cs)
+                          Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W, float *x,
+                          Py_ssize_t cs)                                    /* IN xi; OUT x */
 {
     if (oh == 0 && ow == 0 && Ws == W) {     /* one long row: fewer, longer transposes */
         W *= H;
