@@ -3,12 +3,22 @@
 
 ``algo="auto"`` runs this module for every convolution with ``groups`` equal to the input
 channels. Read ``_forward_plane`` first, the loop nest to study (row updates along q, which
-gcc vectorises because consecutive q are consecutive addresses); the forward that runs by
-default computes the same sums in register tiles, ``fc_dw_row_*`` of
-src_pyx/include/fc_depthwise.h (same order of additions, same bits; ``_set_tuned(False)``
-runs the loop nest instead). Backward runs the row updates of ``_dw_plane`` and
-``_dx_plane`` (the same rows in C, one dy vector loaded once for all taps, measured no
-faster: docs/performance.md).
+gcc vectorises because consecutive q are consecutive addresses), then ``_dw_plane`` and
+``_dx_plane`` for the backward. What runs by default computes the same sums in register
+tiles:
+
+* float32 (forward and backward): ``_forward_block`` and ``_backward_block``, 8 channels at
+  a time, one per SIMD lane of a channel-interleaved copy of their planes; inner loops
+  ``fc_dwi_forward``, ``fc_dwi_dw`` and ``fc_dwi_dx`` of src_pyx/include/fc_depthwise.h
+  (SSE2 and AVX2 copies, the same bits; ``_kernel_isa`` switches). The forward adds the
+  same terms in the same order as ``_forward_plane`` (same bits). In the backward, dx is the
+  forward's correlation of dy with the turned window when m == 1, stride 1 and every weight
+  is finite, and the scatter of ``_dx_plane`` in the same order otherwise; dw sums over
+  (p, q) per tap in registers (its own order of additions).
+* float64: the forward runs ``fc_dw_row_f64`` (one output row per call, same bits as
+  ``_forward_plane``); the backward runs ``_dw_plane`` and ``_dx_plane`` as written.
+
+``_set_tuned(False)`` runs the loop nests instead, for both dtypes.
 
 Compiled twin of ``fastconv/reference/conv_depthwise.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument before calling here.
@@ -37,12 +47,21 @@ How the loops are laid out, and why
   the chunk. The batch splits into chunks fixed by N alone (``_n_chunks``), and the chunks'
   partial dw are added in chunk order, so every result is bitwise the same for any thread
   count, whichever thread runs which task.
+* float32 channel blocks: a depthwise layer has no channel sum, so a SIMD vector along a
+  row is all the parallelism there is, and a 7x7 map's rows are shorter than a vector plus
+  a remainder. Eight channels side by side fill every vector on any map (oneDNN's NHWC
+  blocks do the same); copying a block into and out of that layout costs 4x4 transposes,
+  small next to the R*S multiply-adds of each value. dx as a correlation (a gather) sums
+  each dx value in registers instead of reading and writing it once per tap. The backward
+  splits the batch into the same fixed chunks, one task per (chunk, block of 8 channels).
 
 Memory (scratch beyond the outputs): per thread two padded planes and m*(R*S + 1)*Q partial
-sums; chunks x K x (R*S + 1) partial sums for dw and db.
+sums (float32: three interleaved planes of 8 channels); chunks x K x (R*S + 1) partial sums
+for dw and db.
 """
 import numpy as np
 
+from libc.string cimport memset
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
@@ -58,14 +77,47 @@ cdef extern from "fc_depthwise.h":
     void fc_dw_row_f64(const double* x, const double* w, double b, double* y, Py_ssize_t Wp,
                        Py_ssize_t R, Py_ssize_t S, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                        Py_ssize_t Q) noexcept nogil
+    # float32 channel blocks (the header's second half says why)
+    enum: FC_DW_LANES
+    int FC_DW_AVX2
+    void fc_dwi_pack(const float* x, Py_ssize_t cs, Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t ph, Py_ssize_t pw, float* xi) noexcept nogil
+    void fc_dwi_unpack(const float* xi, Py_ssize_t Ws, Py_ssize_t oh, Py_ssize_t ow,
+                       Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W, float* x,
+                       Py_ssize_t cs) noexcept nogil
+    void fc_dwi_forward(int isa, const float* xi, const float* wi, const float* bi, float* yi,
+                        Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
+    void fc_dwi_dw(int isa, const float* dyi, Py_ssize_t Wd, const float* xi, float* acc,
+                   Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
+    void fc_dwi_dx(int isa, const float* dyi, Py_ssize_t Wd, const float* wi, float* dxi,
+                   Py_ssize_t Wp, Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t P, Py_ssize_t Q) noexcept nogil
+
+from _isa cimport FC_ISA_AVX2, FC_ISA_BASELINE, fc_isa_level
 
 cdef bint _tuned = True
+cdef int _ISA = fc_isa_level()      # the float32 channel-block kernels' copy: fc_isa.h decides
+
+
+def _kernel_isa(isa=None):
+    """The instruction set of the float32 channel-block kernels in use: "avx2" or "baseline"
+    (they give the same bits). isa="baseline" or "avx2" switches (avx2 only where the CPU,
+    the build and FASTCONV_ISA allow it): for tests and timings; not thread-safe."""
+    global _ISA
+    if isa is not None:
+        if isa not in ("baseline", "avx2"):
+            raise ValueError(f"_kernel_isa: isa must be 'baseline' or 'avx2', got {isa!r}")
+        _ISA = min(fc_isa_level(), FC_ISA_AVX2 if isa == "avx2" and FC_DW_AVX2 else FC_ISA_BASELINE)
+    return "avx2" if _ISA >= FC_ISA_AVX2 else "baseline"
 
 
 def _set_tuned(bint on):
-    """Run the forward on the register tiles (True, the default) or on the teaching loop
-    nest ``_forward_plane`` (False); returns the previous setting. Both give the same bits:
-    for tests, and for a reader who wants to time one against the other."""
+    """Run the register tiles (True, the default) or the teaching loop nests
+    ``_forward_plane``, ``_dw_plane`` and ``_dx_plane`` (False); returns the previous setting.
+    The forwards give the same bits; the backwards agree to rounding. For tests, and for a
+    reader who wants to time one against the other."""
     global _tuned
     previous = _tuned
     _tuned = on
@@ -147,6 +199,57 @@ cdef void _forward_plane_tiled(const floating* xp, const floating* w, floating b
             fc_dw_row_f64(xp + p * sh * Wp, w, b, y + p * Q, Wp, R, S, sw, dh, dw, Q)
 
 
+cdef bint _pack_windows(const float* w,              # IN  (K, 1, R, S)
+                        const float* b,              # IN  (K,) or NULL
+                        float* wpk,                  # OUT (C/8, m, R*S + 1, 8)
+                        Py_ssize_t C, Py_ssize_t m, Py_ssize_t RS, bint flip) noexcept nogil:
+    """wpk (C/8 blocks, m, R*S + 1, 8): the windows w (K, 1, R, S) of each block of 8 input
+    channels, lane l = output channel (c0 + l)*m + j, turned by 180 degrees if flip; the
+    bias b (or 0 without, b NULL) as the last row; zero in the lanes past C. Returns whether
+    every weight is finite."""
+    cdef Py_ssize_t L = FC_DW_LANES, nb = (C + L - 1) // L, c, j, t, l
+    cdef float* dst
+    cdef float v
+    cdef bint finite = True
+    for c in range(nb * L):
+        for j in range(m):
+            dst = wpk + (((c // L) * m + j) * (RS + 1)) * L + c % L
+            for t in range(RS + 1):
+                if c >= C:
+                    v = 0
+                elif t < RS:
+                    v = w[(c * m + j) * RS + (RS - 1 - t if flip else t)]
+                    finite = finite and v - v == 0
+                else:
+                    v = b[c * m + j] if b != NULL else 0
+                dst[t * L] = v
+    return finite
+
+
+cdef void _forward_block(const float* x,             # IN  (C, H, W) one image
+                         const float* wpk,           # IN  its block's windows, _pack_windows
+                         float* y,                   # OUT (K, P, Q) its output
+                         float* scratch, Py_ssize_t c0, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t m,
+                         Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t P, Py_ssize_t Q, int isa) noexcept nogil:
+    """float32, channels [c0, c0 + 8) of one image (x at its (C, H, W), y at its (K, P, Q),
+    wpk at the block's windows, _pack_windows): the planes interleaved into a padded scratch,
+    one channel per SIMD lane, then fc_dwi_forward (include/fc_depthwise.h) once per window
+    j < m. scratch: (Hp*Wp + P*Q) * 8 floats, zero when the call began (the padded plane's
+    border, never written)."""
+    cdef Py_ssize_t L = FC_DW_LANES, RS = R * S, Wp = W + 2 * pw, Hp = H + 2 * ph
+    cdef Py_ssize_t nc = min(L, C - c0), j
+    cdef float* xi = scratch
+    cdef float* yi = xi + Hp * Wp * L
+    cdef const float* wi
+    fc_dwi_pack(x + c0 * H * W, H * W, nc, H, W, ph, pw, xi)
+    for j in range(m):
+        wi = wpk + j * (RS + 1) * L
+        fc_dwi_forward(isa, xi, wi, wi + RS * L, yi, Wp, R, S, sh, sw, dh, dw, P, Q)
+        fc_dwi_unpack(yi, Q, 0, 0, nc, P, Q, y + (c0 * m + j) * P * Q, m * P * Q)
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[:, :, :, ::1] w,     # IN (K, 1, R, S), K = m*C
                    b,                                  # IN (K,) or None
@@ -188,6 +291,25 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     cdef floating[:, ::1] scratch = scratch_arr
     cdef const floating* xp
     cdef bint tuned = _tuned
+    cdef Py_ssize_t L = FC_DW_LANES, nb = (C + L - 1) // L
+    cdef int isa = _ISA
+    cdef floating[::1] wpk
+    if floating is float:
+        if tuned:                                    # float32: blocks of 8 channels
+            # zeros: the padded plane's border, which fc_dwi_pack never writes
+            scratch_arr = np.zeros((nt, (Hp * Wp + P * Q) * L), dtype=dtype)
+            scratch = scratch_arr
+            wpk_arr = np.empty(nb * m * (R * S + 1) * L, dtype=dtype)
+            wpk = wpk_arr
+            with nogil:
+                _pack_windows(&w[0, 0, 0, 0], &bv[0] if has_bias else NULL, &wpk[0], C, m, R * S,
+                              False)
+                for i in prange(N * nb, schedule="dynamic", num_threads=nt):
+                    n = i // nb
+                    _forward_block(&x[n, 0, 0, 0], &wpk[(i % nb) * m * (R * S + 1) * L],
+                                   &y[n, 0, 0, 0], &scratch[threadid(), 0], (i % nb) * L, C, H,
+                                   W, m, R, S, sh, sw, ph, pw, dh, dw, P, Q, isa)
+            return y_arr
     with nogil:
         for i in prange(N * C, schedule="dynamic", num_threads=nt):
             n = i // C
@@ -304,6 +426,59 @@ cdef void _backward_task(const floating[:, :, :, ::1] dy, const floating[:, :, :
             part[ch, c * m + j, i] = total
 
 
+cdef void _backward_block(const float* dy,         # IN  (N, K, P, Q)
+                          const float* x,          # IN  (N, C, H, W)
+                          const float* wpk,        # IN  the block's windows, _pack_windows
+                          float* dx,               # OUT (N, C, H, W), this block's planes
+                          float* part,             # OUT (K, R*S + 1) this chunk's sums
+                          float* scratch, Py_ssize_t n0, Py_ssize_t n1,
+                          Py_ssize_t c0, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t m,
+                          Py_ssize_t R, Py_ssize_t S, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t P, Py_ssize_t Q, bint need_dx, bint gather,
+                          int isa) noexcept nogil:
+    """float32, what _backward_task does for channels [c0, c0 + 8) at once, one per SIMD
+    lane: x, dy and dx at their (0, 0) planes, wpk at the block's windows (_pack_windows,
+    turned if gather), part at this chunk's (K, R*S + 1) sums.
+
+    dx: with gather (m == 1, stride 1, finite w) dx is the forward's correlation of dy,
+    zero-padded by the dilated kernel's size less one, with the turned window: each dx value
+    summed in registers (fc_dwi_forward), no read-modify-write; else the scatter fc_dwi_dx.
+    scratch: (2*Hp*Wp + (P + 2eh)*(Q + 2ew) + m*(R*S + 1)) * 8, (eh, ew) that padding,
+    zero when the call began (the padded planes' borders, never written)."""
+    cdef Py_ssize_t L = FC_DW_LANES, RS = R * S, Wp = W + 2 * pw, Hp = H + 2 * ph
+    cdef Py_ssize_t nc = min(L, C - c0), K = m * C, n, j, l, t
+    cdef Py_ssize_t eh = (R - 1) * dh if gather else 0, ew = (S - 1) * dw if gather else 0
+    cdef Py_ssize_t Wd = Q + 2 * ew                  # dy's padded rows
+    cdef float* xi = scratch
+    cdef float* dxi = xi + Hp * Wp * L
+    cdef float* dyi = dxi + Hp * Wp * L
+    cdef float* acc = dyi + (P + 2 * eh) * Wd * L    # m x (R*S + 1) x 8: dw taps, then db
+    cdef float* dy0 = dyi + (eh * Wd + ew) * L       # dy[0, 0] in its padded copy
+    memset(acc, 0, m * (RS + 1) * L * sizeof(float))
+    for n in range(n0, n1):
+        fc_dwi_pack(x + (n * C + c0) * H * W, H * W, nc, H, W, ph, pw, xi)
+        if need_dx and not gather:
+            memset(dxi, 0, Hp * Wp * L * sizeof(float))
+        for j in range(m):
+            fc_dwi_pack(dy + (n * K + c0 * m + j) * P * Q, m * P * Q, nc, P, Q, eh, ew, dyi)
+            fc_dwi_dw(isa, dy0, Wd, xi, acc + j * (RS + 1) * L, Wp, R, S, sh, sw, dh, dw, P, Q)
+            if need_dx and gather:                   # dx[i, j] = sum w[R-1-r, S-1-s] * dyp[i + ph + r*dh, ...]
+                fc_dwi_forward(isa, dyi + (ph * Wd + pw) * L, wpk, wpk + RS * L, dxi, Wd, R, S,
+                               1, 1, dh, dw, H, W)
+            elif need_dx:
+                fc_dwi_dx(isa, dy0, Wd, wpk + j * (RS + 1) * L, dxi, Wp, R, S, sh, sw, dh, dw,
+                          P, Q)
+        if need_dx and gather:
+            fc_dwi_unpack(dxi, W, 0, 0, nc, H, W, dx + (n * C + c0) * H * W, H * W)
+        elif need_dx:
+            fc_dwi_unpack(dxi, Wp, ph, pw, nc, H, W, dx + (n * C + c0) * H * W, H * W)
+    for j in range(m):
+        for l in range(nc):
+            for t in range(RS + 1):
+                part[((c0 + l) * m + j) * (RS + 1) + t] = acc[(j * (RS + 1) + t) * L + l]
+
+
 def _n_chunks(Py_ssize_t N):
     """Batch chunks of the dw reduction: fixed by N alone, never by the thread count."""
     return min(N, _MAX_CHUNKS)
@@ -352,11 +527,40 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef floating[:, :, ::1] part = part_arr
     cdef floating[:, ::1] scratch = scratch_arr
     cdef floating total
+    cdef Py_ssize_t L = FC_DW_LANES, nb = (C + L - 1) // L
+    cdef int isa = _ISA
+    cdef bint blocks = floating is float and _tuned
+    cdef floating[::1] wpk
+    if blocks:                                        # float32: blocks of 8 channels
+        # zeros: the padded planes' borders, which fc_dwi_pack never writes
+        scratch_arr = np.zeros((nt, (2 * Hp * Wp + (P + 2 * (R - 1) * dh) * (Q + 2 * (S - 1) * dw)
+                                     + m * (RS + 1)) * L), dtype=dtype)
+        scratch = scratch_arr
+        wpk_arr = np.empty(nb * m * (RS + 1) * L, dtype=dtype)
+        wpk = wpk_arr
+    cdef bint gather = m == 1 and sh == 1 and sw == 1
     with nogil:
-        for t in prange(n_ch * C, schedule="dynamic", num_threads=nt):
-            ch = t // C
-            _backward_task(dy, x, w, dx, part, &scratch[threadid(), 0], ch * N // n_ch,
-                           (ch + 1) * N // n_ch, ch, t % C, sh, sw, ph, pw, dh, dw, need_dx)
+        if blocks:
+            # a non-finite weight times the padding's zeros would reach dx where the
+            # formula has no term: the scatter then
+            if not _pack_windows(<const float*>&w[0, 0, 0, 0], NULL, <float*>&wpk[0], C, m,
+                                 RS, gather) and gather:
+                gather = False
+                _pack_windows(<const float*>&w[0, 0, 0, 0], NULL, <float*>&wpk[0], C, m, RS,
+                              False)
+            for t in prange(n_ch * nb, schedule="dynamic", num_threads=nt):
+                ch = t // nb
+                _backward_block(<const float*>&dy[0, 0, 0, 0], <const float*>&x[0, 0, 0, 0],
+                                <const float*>&wpk[(t % nb) * m * (RS + 1) * L],
+                                <float*>&dx[0, 0, 0, 0],
+                                <float*>&part[ch, 0, 0], <float*>&scratch[threadid(), 0],
+                                ch * N // n_ch, (ch + 1) * N // n_ch, (t % nb) * L, C, H, W, m,
+                                R, S, sh, sw, ph, pw, dh, dw, P, Q, need_dx, gather, isa)
+        else:
+            for t in prange(n_ch * C, schedule="dynamic", num_threads=nt):
+                ch = t // C
+                _backward_task(dy, x, w, dx, part, &scratch[threadid(), 0], ch * N // n_ch,
+                               (ch + 1) * N // n_ch, ch, t % C, sh, sw, ph, pw, dh, dw, need_dx)
         for k in prange(K, schedule="static", num_threads=nt):
             for i in range(RS + 1):                   # the chunks' partial sums, in chunk order
                 total = 0

@@ -48,6 +48,14 @@ GRID = [
     ((1, 3, 1, 1), 1, (3, 3), (1, 1), (1, 1), (1, 1)),       # 1x1 image, padded
     ((19, 3, 6, 5), 2, (3, 3), (1, 1), (1, 1), (1, 1)),      # N > 16: several images per chunk
     ((2, 4, 6, 40), 1, (3, 3), (1, 2), (1, 1), (1, 1)),      # long rows
+    # float32 runs blocks of 8 channels: full blocks, a last partial one, 7-wide rows
+    ((2, 16, 7, 7), 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((2, 11, 9, 10), 1, (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((2, 8, 6, 5), 2, (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 9, 7, 7), 1, (3, 3), (1, 1), (2, 2), (2, 2)),      # dx as a correlation, dilated
+    ((2, 8, 6, 7), 1, (3, 3), (1, 1), (3, 2), (1, 1)),      # ... padding > kernel
+    ((2, 8, 3, 2), 1, (3, 3), (1, 1), (1, 1), (1, 1)),      # rows shorter than a transpose
+    ((2, 8, 8, 9), 1, (5, 4), (1, 1), (2, 1), (1, 1)),      # > 9 taps, R != S
 ]
 
 
@@ -240,3 +248,40 @@ def test_teaching_loop_nest_gives_the_same_bits(case, dtype, rng):
         fast._set_tuned(previous)
     assert previous is True
     assert np.array_equal(tiled, nest)
+
+
+@pytest.mark.parametrize("case", GRID, ids=case_id)
+def test_channel_block_isa_copies_give_the_same_bits(case, rng):
+    """float32 runs fc_dwi_* (include/fc_depthwise.h): the SSE2 and AVX2 copies add the same
+    terms in the same order, so the same bits, forward and backward."""
+    x, w, b, dy = make_inputs(rng, np.float32, case)
+    args = _args(case)
+    previous = fast._kernel_isa()
+    results = {}
+    try:
+        for isa in ("baseline", "avx2"):
+            fast._kernel_isa(isa)
+            results[isa] = ((fast.conv2d_forward(x, w, b, *args, 2),)
+                            + fast.conv2d_backward(dy, x, w, *args, 2))
+    finally:
+        fast._kernel_isa(previous)
+    for name, a, c in zip(("y", "dx", "dw", "db"), results["baseline"], results["avx2"]):
+        assert np.array_equal(a, c), name
+
+
+@pytest.mark.parametrize("case", [GRID[0], GRID[11], GRID[14]], ids=case_id)
+def test_channel_blocks_backward_matches_the_teaching_loops(case, rng):
+    """The float32 backward on channel blocks against _backward_task's loops (_set_tuned(False))
+    with a non-finite weight too, where dx leaves the correlation for the scatter: NaN and Inf
+    reach exactly the dx values the formula gives them."""
+    x, w, b, dy = make_inputs(rng, np.float32, case)
+    args = _args(case)
+    for w_ in (w, np.where(np.arange(w.size).reshape(w.shape) == 0, np.nan, w)):
+        blocks = fast.conv2d_backward(dy, x, w_, *args, 2)
+        previous = fast._set_tuned(False)
+        try:
+            loops = fast.conv2d_backward(dy, x, w_, *args, 2)
+        finally:
+            fast._set_tuned(previous)
+        for name, got, want in zip(("dx", "dw", "db"), blocks, loops):
+            assert_close_nonfinite(got, want, np.float32, reduction=dy.size, err_msg=name)
