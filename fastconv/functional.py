@@ -1189,6 +1189,9 @@ def _update_running(impl, running_mean, running_var, mean, var, momentum, M):
     """impl.running_update in place; a misaligned running statistic is updated through an
     aligned copy, copied back (the kernel reads it through typed pointers)."""
     running = (running_mean, running_var)
+    if all(a is None or a.flags.aligned for a in running):       # the usual case
+        impl.running_update(running_mean, running_var, mean, var, momentum, M)
+        return
     stats = [a if a is None or a.flags.aligned else np.require(a, requirements="A")
              for a in running]
     impl.running_update(*stats, mean, var, momentum, M)

@@ -251,3 +251,18 @@ def test_make_augmentation_and_loader(small):
                                             normalize=Normalize(0.5, 0.25))]
     for a, b in zip(run(), run()):
         np.testing.assert_array_equal(a, b)       # augmentation is reproducible with the seed
+
+
+def test_channel_stats_of_uint8_images_match_the_float64_formula():
+    from fastconv.data.datasets import channel_stats
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, size=(500, 3, 9, 7), dtype=np.uint8)
+    x[:, 1] //= 7                                  # a darker channel: different statistics
+    mean, std = channel_stats(x)
+    xf = x.astype(np.float64) / 255.0
+    np.testing.assert_allclose(mean, xf.mean(axis=(0, 2, 3)), rtol=1e-13)
+    np.testing.assert_allclose(std, xf.std(axis=(0, 2, 3)), rtol=1e-12)
+    assert channel_stats(np.full((4, 1, 2, 2), 200, np.uint8)) == ((200 / 255,), (0.0,))
+    fmean, fstd = channel_stats(xf)                # already scaled floats: the same figures
+    np.testing.assert_allclose(fmean, mean, rtol=1e-13)
+    np.testing.assert_allclose(fstd, std, rtol=1e-12)

@@ -13,6 +13,7 @@ Each directory is tried as is and with the dataset's usual sub-folder names
 The embedded subset (``name="fashion-mnist-subset"``) ships inside the package, so
 training works with nothing installed; see ``make_subset.py`` for how it was made.
 """
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,15 +112,28 @@ class Dataset:
 
 
 def channel_stats(x):
-    """Per-channel mean and std of uint8 images scaled to [0, 1], in float64 (exact, fixed order)."""
+    """Per-channel mean and std of images scaled to [0, 1], in float64 (population std).
+
+    uint8 images (every dataset here) are counted, not converted: with n values k_i of a
+    channel, S1 = sum k_i and S2 = sum k_i**2 are exact integers, so mean = S1 / (255 n) and
+    var = (n S2 - S1**2) / (255 n)**2 are each rounded once; no float copy of the training
+    set is made (60,000 Fashion-MNIST images would take 376 MB and seconds in float64).
+    """
     x = np.asarray(x)
-    scale = 255.0 if x.dtype == np.uint8 else 1.0
-    mean, sq = [], []
+    mean, std = [], []
     for c in range(x.shape[1]):
-        xc = x[:, c].astype(np.float64) / scale
-        mean.append(float(xc.mean()))
-        sq.append(float(xc.std()))
-    return tuple(mean), tuple(sq)
+        if x.dtype == np.uint8:
+            counts = np.bincount(x[:, c].ravel(), minlength=256).tolist()
+            n = sum(counts)
+            s1 = sum(k * m for k, m in enumerate(counts))
+            s2 = sum(k * k * m for k, m in enumerate(counts))
+            mean.append(s1 / (255 * n))
+            std.append(math.sqrt((n * s2 - s1 * s1) / (255 * n) ** 2))
+        else:
+            xc = x[:, c].astype(np.float64)
+            mean.append(float(xc.mean()))
+            std.append(float(xc.std()))
+    return tuple(mean), tuple(std)
 
 
 def canonical_name(name):
