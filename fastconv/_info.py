@@ -55,7 +55,7 @@ def info(file=None):
     simd = {}      # which copy of the runtime-dispatched float32 kernels this CPU runs
     if modules["conv_im2col"] == "ok":
         from ._ext import conv_im2col
-        simd["conv_im2col"] = "avx512 micro-kernel" if conv_im2col._microkernel_in_use() else "BLAS"
+        simd["conv_im2col"] = conv_im2col._products_kernel()
     if modules["batchnorm"] == "ok":
         from ._ext import batchnorm
         simd["batchnorm"] = batchnorm._kernel_isa()

@@ -185,13 +185,12 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     algorithm chosen below once per group (conv.groups).
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
-    For the fast backend: direct with one output channel (K == 1); for the forward pass of
-    3x3 stride-1 layers with at least 16 input and 16 output channels, Winograd
-    F(4x4, 3x3) (faster than im2col on every such layer of the benchmark suite); im2col
-    otherwise, including the backward pass (``backward=True``) of those layers, where
-    Winograd's dx plus im2col's dw was not faster than im2col's backward. The measurements
-    are in docs/performance.md ("Convolution"). A call that picked Winograd runs im2col
-    instead where its inputs hold NaN or Inf (see ``conv2d``).
+    For the fast backend: direct with one output channel (K == 1); for 3x3 stride-1 layers
+    with at least 16 input and 16 output channels, Winograd F(4x4, 3x3), forward and
+    backward (``backward=True``: Winograd's dx plus im2col's dw), faster than im2col on
+    every such layer of the benchmark suite; im2col otherwise. The measurements are in
+    docs/performance.md ("Convolution"). A call that picked Winograd runs im2col instead
+    where its inputs hold NaN or Inf (see ``conv2d``).
     """
     stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
     return _auto_algo(x_shape[1], w_shape, stride, dilation, groups, backend, backward)
@@ -210,7 +209,7 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward)
     # reuse, and building the columns is pure overhead (measurements: docs/performance.md).
     if K == 1:
         return "direct"
-    if (not backward and _winograd_applies(w_shape, stride, dilation, groups)
+    if (_winograd_applies(w_shape, stride, dilation, groups)
             and min(C, K) >= _WINOGRAD_MIN_CHANNELS):
         return "winograd"
     return "im2col"
@@ -514,8 +513,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
     op = "conv2d_backward"
     if not (need_dx or need_dw):
         raise ValueError(f"{op}: need_dx=False and need_dw=False leave nothing to compute")
-    # auto never runs Winograd backward, so there is no fallback to keep
-    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), _, blas_limit = \
+    x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), fallback, blas_limit = \
         _conv_setup(op, x, w, stride, padding, algo, backend, dilation, backward=True,
                     groups=groups)
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
@@ -529,10 +527,13 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
         db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw else None
     else:
+        args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx),
+                bool(need_dw), dilation)
         with blas_limit:
-            dx, dw, db = impl.conv2d_backward(*_contiguous(dy, x, w), stride, padding,
-                                              _n_threads(), bool(need_dx), bool(need_dw),
-                                              dilation)
+            grads = None if fallback is None else impl.conv2d_backward(*args, check_finite=True)
+            if grads is None:        # not Winograd, or non-finite values met in it
+                grads = (fallback or impl).conv2d_backward(*args)
+            dx, dw, db = grads
     if dx is not None:
         if extra != (0, 0):                  # the gradient of the zeros "same" added: dropped
             H, W = x.shape[2] - extra[0], x.shape[3] - extra[1]

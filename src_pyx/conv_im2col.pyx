@@ -60,7 +60,7 @@ from libc.string cimport memcpy
 from cython.parallel cimport prange, threadid
 
 from _blas cimport gemm_rm
-from _isa cimport FC_ISA_AVX512, fc_isa_level
+from _isa cimport FC_ISA_AVX2, FC_ISA_AVX512, fc_isa_level
 from _common cimport end_inside, first_inside, imax, out_size, threads_for_macs
 
 # The float32 AVX-512 pieces, in C (intrinsics): headers under src_pyx/include/, each
@@ -73,6 +73,11 @@ cdef extern from "fc_conv_pack.h":
     void fc_unpack_yT_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
                           Py_ssize_t PQ, Py_ssize_t ldy) noexcept nogil
 
+
+cdef extern from "fc_gemm_avx2.h":
+    void fc_gemm8_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
+                      Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B, Py_ssize_t ldb,
+                      bint accumulate, float* C, Py_ssize_t ldc) noexcept nogil
 
 cdef extern from "fc_conv_microkernel.h":
     void fc_dconv_f32(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t K, Py_ssize_t R, Py_ssize_t S,
@@ -98,6 +103,7 @@ _MAX_CHUNKS = 16                       # batch chunks of the dW reduction (paral
 _PARTIALS_BYTES = 64 * 2**20           # ... fewer where adding 16 partial dWs would cost more
 _ROUND_BYTES = 2**20                   # partial dWs a round may hold beyond threads x columns
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
+DEF _TILE8_MAX_SIDE = 64               # the AVX2 tile for products with a side this short
 DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
 DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
 
@@ -105,6 +111,7 @@ DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the 
 # --------------------------------------------------------------------------- small GEMMs
 
 cdef bint _use_microkernel = fc_isa_level() >= FC_ISA_AVX512  # float32 products on it
+cdef bint _use_tile8 = fc_isa_level() == FC_ISA_AVX2  # float32 _gemm_small on AVX2's tile
 
 
 def _microkernel_in_use():
@@ -112,13 +119,22 @@ def _microkernel_in_use():
     return bool(_use_microkernel)
 
 
+def _products_kernel():
+    """Which kernel runs the float32 products: "avx512 micro-kernel", "avx2 register tile"
+    (the products of _gemm_small only) or "BLAS"."""
+    return ("avx512 micro-kernel" if _use_microkernel else
+            "avx2 register tile" if _use_tile8 else "BLAS")
+
+
 def _set_microkernel(bint on):
-    """Use the AVX-512 micro-kernel for float32 (the default where the CPU has AVX-512) or
-    BLAS; returns the previous setting. For tests and benchmarks: the results of the two
-    differ in rounding, so it is a process-wide switch, never chosen per call."""
-    global _use_microkernel
-    previous = _use_microkernel
+    """Use fastconv's own float32 products (the AVX-512 micro-kernel, or the AVX2 register
+    tile of fc_gemm_avx2.h: the default where the CPU has them) or BLAS; returns the
+    previous setting. For tests and benchmarks: the results of the two differ in rounding,
+    so it is a process-wide switch, never chosen per call."""
+    global _use_microkernel, _use_tile8
+    previous = _use_microkernel or _use_tile8
     _use_microkernel = on and fc_isa_level() >= FC_ISA_AVX512
+    _use_tile8 = on and fc_isa_level() == FC_ISA_AVX2
     return previous
 
 
@@ -129,12 +145,18 @@ cdef void _gemm_small(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const floating*
     through strides: a_cs == 1 (row-major, lda = a_rs) or a_rs == 1 (A^T row-major, lda = a_cs).
 
     These products have one small side (K channels), where BLAS packs (copies) the big
-    operand for few uses of each element; the AVX-512 micro-kernel (float32) reads both in
-    place and keeps its tile of C in registers. Elsewhere BLAS.
+    operand for few uses of each element; fastconv's float32 kernels, the AVX-512
+    micro-kernel or the AVX2 register tile (fc_gemm_avx2.h), read both in place and keep
+    their tile of C in registers. Elsewhere BLAS, and on AVX2 also where every side is
+    longer than _TILE8_MAX_SIDE (there BLAS's blocking pays for its copies: VGG's 128
+    channels, measured in docs/performance.md).
     """
     if floating is float:
         if _use_microkernel:
             fc_gemm_f32(M, N, KR, A, a_rs, a_cs, B, ldb, accumulate, C, ldc)
+            return
+        if _use_tile8 and min(M, N, KR) <= _TILE8_MAX_SIDE:
+            fc_gemm8_f32(M, N, KR, A, a_rs, a_cs, B, ldb, accumulate, C, ldc)
             return
     # BLAS wants lda >= the stored row length even where there is a single row (M or KR = 1)
     if a_cs == 1 and (a_rs >= KR or M == 1):

@@ -4,8 +4,10 @@
 Compiled twin of ``fastconv/reference/conv_winograd.py`` (same functions and signatures),
 whose docstring derives the transform matrices B, G, A; ``algo="winograd"`` runs this
 module, and ``algo="auto"`` runs it for the 3x3 stride-1 layers where it was measured
-faster than im2col (``fastconv.functional.choose_conv_algo``). Its inner loop is BLAS's
-GEMM, called from ``_winograd_block``.
+faster than im2col (``fastconv.functional.choose_conv_algo``). Its inner loop is the
+GEMM of step 3, called from ``_winograd_block`` through ``_gemm``: in float32 on AVX2
+fastconv's own register tile (``fc_gemm8_f32`` in src_pyx/include/fc_gemm_avx2.h, which
+reads V where the input transform wrote it), elsewhere BLAS's.
 
 The pipeline, for an m x m tile of outputs (m = 2 or 4, alpha = m + 2 input rows and
 columns per tile, T tiles over the whole batch):
@@ -15,26 +17,28 @@ columns per tile, T tiles over the whole batch):
              3. alpha^2 GEMMs      M[e] (K, T)  = U[e] @ V[e]          16 (F2) or 36 (F4)
              4. inverse transform  y tile (k, t) = A^T M_{k,t} A        m x m outputs
 
-e = (i, j) runs over the alpha x alpha positions of a transformed tile. Steps 2-4 run on
-blocks of ``block`` consecutive tiles (``_winograd_block``), one block per task: a block's
-V and M stay in the cache between the transform and the GEMMs. Each 2-D transform is two
-passes of a 1-D transform (columns, then rows) over all the tiles of the block at once
+e = (i, j) runs over the alpha x alpha positions of a transformed tile. The input is first
+padded (``_pad_planes``) so that every tile lies inside it. Steps 2-4 run on blocks of
+``block`` consecutive tiles (``_winograd_block``), one block per task: a block's V and M
+stay in the cache between the transform and the GEMMs. Each 2-D transform is two passes
+of a 1-D transform (columns, then rows) over all the tiles of the block at once
 (src_pyx/include/fc_winograd.h): the block's tiles are first gathered into
 D[a][b][t] = d_t[a, b], so that every pass reads and writes contiguous runs of ``block``
 values.
 
-Read it in this order: ``_winograd_block`` (the steps of one block: ``_gather_run``
-takes tiles out of the image, ``_input_transform``, the GEMMs, the inverse transform,
-``_scatter_run`` puts the output tiles in place), then
-``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3 stride-1 convolution with padding
+Read it in this order: ``_winograd_block`` (the steps of one block: ``_tile_offsets``
+finds its tiles, ``_gather_tiles`` takes them out of the padded image,
+``_input_transform``, the GEMMs, the inverse transform, ``_scatter_tiles`` puts the
+output tiles in place), then ``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3 stride-1 convolution with padding
 p is the same computation on dy, with the flipped, transposed kernel and padding 2 - p;
 dw and db come from the im2col kernel (a Winograd dw, F(3x3, m x m) over tiles of dy, is
 not implemented).
 
 Threads and determinism: the blocks depend on the shapes only, each output value is
 computed by exactly one block, so results are bitwise the same on any thread count.
-Memory (scratch beyond the outputs), per thread: alpha^2 x block x (C + K + 2) values
-(V, M and the gathered tiles), plus U (alpha^2 x K x C) once.
+Memory (scratch beyond the outputs): the padded input (about the input's size) and U
+(alpha^2 x K x C) once, and per thread alpha^2 x block x (C + K + 2) values (V, M and the
+gathered tiles).
 
 Accuracy (float32, largest error over largest output, float64 truth): at most 2e-6 with
 F(2x2, 3x3) and 3e-5 with F(4x4, 3x3), the default (measured: 7.2e-7 and 1.0e-5 on the layer
@@ -50,13 +54,18 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from _blas cimport gemm_rm
-from _isa cimport fc_isa_level
+from _isa cimport FC_ISA_AVX2, fc_isa_level
 from _common cimport imin, out_size, threads_for_macs
 
 from fastconv._ext import conv_im2col as _im2col
+
+cdef extern from "fc_gemm_avx2.h":
+    void fc_gemm8_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
+                      Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B, Py_ssize_t ldb,
+                      bint accumulate, float* C, Py_ssize_t ldc) noexcept nogil
 
 cdef extern from "fc_winograd.h":
     void fc_wino_1d_f32(int isa, int m, int inverse, const float* inp, Py_ssize_t in_step,
@@ -83,6 +92,17 @@ cdef inline void _transform_1d(bint inverse, int m, const floating* inp, Py_ssiz
         fc_wino_1d_f32(_ISA, m, inverse, inp, in_step, out, out_step, n)
     else:
         fc_wino_1d_f64(_ISA, m, inverse, inp, in_step, out, out_step, n)
+
+
+cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                       const floating* B, floating* C, Py_ssize_t ld) noexcept nogil:
+    """C (M, N) = A (M, K) @ B (K, N), row-major, B and C with ``ld`` values per row: float32
+    on AVX2 by fastconv's register tile (src_pyx/include/fc_gemm_avx2.h; N rounded up to
+    whole vectors, within ld), else BLAS."""
+    if floating is float and _ISA == FC_ISA_AVX2:
+        fc_gemm8_f32(M, (N + 7) // 8 * 8, K, A, K, 1, B, ld, False, C, ld)
+    else:
+        gemm_rm(False, False, <int>M, <int>N, <int>K, 1, A, <int>K, B, <int>ld, 0, C, <int>ld)
 
 
 # --------------------------------------------------------------------------- filter transform
@@ -143,71 +163,91 @@ def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int
 
 # --------------------------------------------------------------------------- tiles in and out
 
-cdef void _gather_run(const floating* plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
-                      Py_ssize_t v0, Py_ssize_t n, int m, floating* D, Py_ssize_t ld,
-                      floating* row_buf) noexcept nogil:
-    """D[(a*alpha + b)*ld + t] = plane[r0 + a, v0 + t*m + b] for a run of n tiles side by
-    side (t < n), 0 outside the H x W plane (the padding, the overhang of the last tiles).
-
-    Row by row: input row r0 + a, with zeros around it where the run reaches outside (in
-    ``row_buf``), is read once per tap b with a stride of m, the writes contiguous."""
-    cdef int alpha = m + 2, a, b
-    cdef Py_ssize_t r, t, i, lo, hi, width = n * m + 2
+cdef void _pad_planes(const floating* inp, Py_ssize_t planes, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t oh, Py_ssize_t ow, floating* xp, Py_ssize_t Hp,
+                      Py_ssize_t Wp, int nt) noexcept nogil:
+    """xp[i, j] = inp[i + oh, j + ow] of every plane, 0 outside the H x W input: the padded
+    planes every tile is read from, so that a tile never needs a bounds test. Hp x Wp covers
+    all the tiles, including the overhang of the last ones."""
+    cdef Py_ssize_t pl, i, j, r, lo, hi
     cdef const floating* src
     cdef floating* dst
-    for a in range(alpha):
-        r = r0 + a
-        if r < 0 or r >= H:                                     # a row of the padding
-            for b in range(alpha):
-                dst = D + (a * alpha + b) * ld
-                for t in range(n):
-                    dst[t] = 0
-            continue
-        lo = min(max(-v0, 0), width)                            # row_buf[lo:hi] is inside
-        hi = min(max(W - v0, lo), width)
-        src = plane + r * W + v0
-        if lo > 0 or hi < width:
-            for i in range(lo):
-                row_buf[i] = 0
-            memcpy(row_buf + lo, src + lo, (hi - lo) * sizeof(floating))
-            for i in range(hi, width):
-                row_buf[i] = 0
-            src = row_buf
-        for b in range(alpha):
-            dst = D + (a * alpha + b) * ld
-            if m == 4:
-                for t in range(n):
-                    dst[t] = src[4 * t + b]
-            else:
-                for t in range(n):
-                    dst[t] = src[2 * t + b]
+    lo = min(max(-ow, 0), Wp)                                   # xp columns lo..hi-1 are
+    hi = min(max(W - ow, lo), Wp)                               # inside the input
+    for pl in prange(planes, schedule="static", num_threads=nt):
+        for i in range(Hp):
+            dst = xp + (pl * Hp + i) * Wp
+            r = i + oh
+            if r < 0 or r >= H:
+                memset(dst, 0, Wp * sizeof(floating))
+                continue
+            src = inp + (pl * H + r) * W + ow
+            for j in range(lo):
+                dst[j] = 0
+            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(floating))
+            for j in range(hi, Wp):
+                dst[j] = 0
 
 
-cdef void _scatter_run(const floating* O, Py_ssize_t ld, floating* plane, Py_ssize_t P,
-                       Py_ssize_t Q, Py_ssize_t r0, Py_ssize_t v0, Py_ssize_t n, int m,
-                       floating bias) noexcept nogil:
-    """plane[r0 + i, v0 + t*m + j] = O[(i*m + j)*ld + t] + bias for a run of n tiles side by
-    side, where inside the P x Q output plane (the overhang of the last tiles is dropped).
-    Row by row, so that the writes are contiguous."""
-    cdef Py_ssize_t i, j, t, full = min(n, (Q - v0) // m)       # tiles wholly inside
+cdef void _tile_offsets(Py_ssize_t t0, Py_ssize_t tb, int m, Py_ssize_t th, Py_ssize_t tw,
+                        Py_ssize_t in_image, Py_ssize_t Wp, Py_ssize_t out_image,
+                        Py_ssize_t P, Py_ssize_t Q,
+                        Py_ssize_t* in_off, Py_ssize_t* out_off, Py_ssize_t* rows,
+                        Py_ssize_t* cols) noexcept nogil:
+    """Where tiles t0 .. t0 + tb - 1 of the batch are: tile g is in image g // (th*tw), tile
+    row (g // tw) % th, column g % tw. in_off[t]: its top-left in the padded input (channel
+    0), out_off[t]: in the output (channel 0); rows[t] x cols[t]: how much of its m x m
+    outputs lies inside the P x Q plane (the last tiles overhang)."""
+    cdef Py_ssize_t t, g, n, i, j
+    for t in range(tb):
+        g = t0 + t
+        n = g // (th * tw)
+        i = (g // tw) % th * m
+        j = g % tw * m
+        in_off[t] = n * in_image + i * Wp + j
+        out_off[t] = n * out_image + i * Q + j
+        rows[t] = imin(m, P - i)
+        cols[t] = imin(m, Q - j)
+
+
+cdef void _gather_tiles(const floating* xp, Py_ssize_t Wp, const Py_ssize_t* in_off,
+                        Py_ssize_t tb, int m, floating* D, Py_ssize_t ld) noexcept nogil:
+    """D[(a*alpha + b)*ld + t] = xp[in_off[t] + a*Wp + b]: the alpha x alpha input tiles of
+    one padded plane, side by side (tile t in column t), for the vector transforms."""
+    cdef Py_ssize_t t, a, b
+    cdef const floating* src
+    if m == 4:                                                  # constant bounds: unrolled
+        for t in range(tb):
+            src = xp + in_off[t]
+            for a in range(6):
+                for b in range(6):
+                    D[(a * 6 + b) * ld + t] = src[a * Wp + b]
+    else:
+        for t in range(tb):
+            src = xp + in_off[t]
+            for a in range(4):
+                for b in range(4):
+                    D[(a * 4 + b) * ld + t] = src[a * Wp + b]
+
+
+cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize_t Q,
+                         const Py_ssize_t* out_off, const Py_ssize_t* rows,
+                         const Py_ssize_t* cols, Py_ssize_t tb, int m,
+                         floating bias) noexcept nogil:
+    """y[out_off[t] + i*Q + j] = O[(i*m + j)*ld + t] + bias for the i < rows[t], j < cols[t]
+    outputs of each tile t (the overhang of the last tiles is dropped)."""
+    cdef Py_ssize_t t, i, j
     cdef floating* dst
-    cdef const floating* o
-    for i in range(min(m, P - r0)):
-        dst = plane + (r0 + i) * Q + v0
-        o = O + i * m * ld
-        if m == 4:
-            for t in range(full):
-                dst[4 * t] = o[t] + bias
-                dst[4 * t + 1] = o[ld + t] + bias
-                dst[4 * t + 2] = o[2 * ld + t] + bias
-                dst[4 * t + 3] = o[3 * ld + t] + bias
+    for t in range(tb):
+        dst = y + out_off[t]
+        if m == 4 and rows[t] == 4 and cols[t] == 4:           # constant bounds: unrolled
+            for i in range(4):
+                for j in range(4):
+                    dst[i * Q + j] = O[(i * 4 + j) * ld + t] + bias
         else:
-            for t in range(full):
-                dst[2 * t] = o[t] + bias
-                dst[2 * t + 1] = o[ld + t] + bias
-        for t in range(full, n):                                # the last tile, cut at Q
-            for j in range(min(m, Q - v0 - t * m)):
-                dst[t * m + j] = o[j * ld + t] + bias
+            for i in range(rows[t]):
+                for j in range(cols[t]):
+                    dst[i * Q + j] = O[(i * m + j) * ld + t] + bias
 
 
 cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld,
@@ -221,48 +261,43 @@ cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld
         _transform_1d(False, m, T1 + i * alpha * ld, ld, V + i * alpha * v_step, v_step, ld)
 
 
-cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
+cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp): padded
+                          Py_ssize_t Cin, Py_ssize_t Hp, Py_ssize_t Wp,
                           const floating* U,                # IN (alpha^2, Kout, Cin)
                           const floating* bias,             # IN (Kout,) or NULL
                           floating* out,                    # OUT (N, Kout, P, Q)
-                          Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q,
-                          Py_ssize_t oh, Py_ssize_t ow, int m,
+                          Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q, int m,
                           Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
-                          floating* work, bint check_finite) noexcept nogil:
+                          floating* work, Py_ssize_t* where, bint check_finite) noexcept nogil:
     """Tiles t0 .. t0 + tb - 1 of the whole batch (tile t: image t // (th*tw), then row-major
     over the th x tw tiles of its output plane), eq. (wino.gemm), steps 2-4:
-    out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) * inp[n, c, p + r + oh,
-    q + s + ow] for the outputs of these tiles. Returns False where ``check_finite`` found a
+    out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) * xp[n, c, p + r, q + s]
+    for the outputs of these tiles. Returns False where ``check_finite`` found a
     non-finite transformed input or output (the block's outputs are then unreliable)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
-    cdef Py_ssize_t th = (P + m - 1) // m, tw = (Q + m - 1) // m, per_image = th * tw
-    cdef Py_ssize_t t, n, c, k, e, i, g, end
+    cdef Py_ssize_t th = (P + m - 1) // m, tw = (Q + m - 1) // m
+    cdef Py_ssize_t c, k, e, i
     cdef floating* D = work                                  # gathered tiles (alpha^2, ld)
     cdef floating* T1 = D + alpha2 * ld                      # half-transformed (alpha^2, ld)
     cdef floating* V = T1 + alpha2 * ld                      # (alpha^2, Cin, ld)
     cdef floating* M = V + alpha2 * Cin * ld                 # (alpha^2, Kout, ld)
-    cdef floating* row_buf = M + alpha2 * Kout * ld          # one input row of a run
+    cdef Py_ssize_t* in_off = where                          # where each tile is: 4 x ld
+    cdef Py_ssize_t* out_off = where + ld
+    cdef Py_ssize_t* rows = where + 2 * ld
+    cdef Py_ssize_t* cols = where + 3 * ld
     cdef floating b = 0
     cdef bint ok = True
+    _tile_offsets(t0, tb, m, th, tw, Cin * Hp * Wp, Wp, Kout * P * Q, P, Q,
+                  in_off, out_off, rows, cols)
     # 2. input transform, channel by channel: V[e][c][t]
-    # The block's tiles go in runs of tiles side by side: a tile row of an image (or what
-    # the block holds of it); tile g of the batch is in image g // (th*tw), tile row
-    # (g // tw) % th, column g % tw.
     for c in range(Cin):
-        t = 0
-        while t < tb:
-            g = t0 + t
-            end = imin(tb, t + tw - g % tw)
-            _gather_run(inp + ((g // per_image) * Cin + c) * H * W, H, W,
-                        (g // tw) % th * m + oh, g % tw * m + ow, end - t, m, D + t, ld, row_buf)
-            t = end
+        _gather_tiles(xp + c * Hp * Wp, Wp, in_off, tb, m, D, ld)
         _input_transform(D, T1, m, ld, V + c * ld, Cin * ld)
     if check_finite and not _columns_finite(V, alpha2 * Cin, ld, tb):
         ok = False
     # 3. the alpha^2 GEMMs: M[e] (Kout, tb) = U[e] (Kout, Cin) @ V[e] (Cin, tb)
     for e in range(alpha2):
-        gemm_rm(False, False, <int>Kout, <int>tb, <int>Cin, 1, U + e * Kout * Cin, <int>Cin,
-                V + e * Cin * ld, <int>ld, 0, M + e * Kout * ld, <int>ld)
+        _gemm(Kout, tb, Cin, U + e * Kout * Cin, V + e * Cin * ld, M + e * Kout * ld, ld)
     # 4. inverse transform, output channel by output channel: A^T M_{k,t} A, into y
     for k in range(Kout):
         # rows of the transformed tile first: S[a][j] = sum_b A^T[j, b] M[a][b] (into D),
@@ -275,13 +310,7 @@ cdef bint _winograd_block(const floating* inp, Py_ssize_t Cin, Py_ssize_t H, Py_
             ok = False
         if bias != NULL:
             b = bias[k]
-        t = 0
-        while t < tb:
-            g = t0 + t
-            end = imin(tb, t + tw - g % tw)
-            _scatter_run(T1 + t, ld, out + ((g // per_image) * Kout + k) * P * Q, P, Q,
-                         (g // tw) % th * m, g % tw * m, end - t, m, b)
-            t = end
+        _scatter_tiles(T1, ld, out + k * P * Q, Q, out_off, rows, cols, tb, m, b)
     return ok
 
 
@@ -330,17 +359,23 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
     if bias is not None:
         b_view = bias
         b_ptr = &b_view[0]
+    # The input, padded once so that every tile lies inside it (in_image values per image)
+    cdef Py_ssize_t Hp = (P + m - 1) // m * m + 2, Wp = (Q + m - 1) // m * m + 2
+    xp_arr = np.empty((N, Cin, Hp, Wp), dtype=dtype)
+    cdef floating[:, :, :, ::1] xp = xp_arr
+    with nogil:
+        _pad_planes(&inp[0, 0, 0, 0], N * Cin, H, W, oh, ow, &xp[0, 0, 0, 0], Hp, Wp, nt)
     # zeros: the columns past a short last block are computed (never stored); keep them finite
-    cdef floating[:, ::1] work = np.zeros(
-        (nt, alpha2 * ld * (2 + Cin + Kout) + (Q + m - 1) // m * m + 2), dtype=dtype)
+    cdef floating[:, ::1] work = np.zeros((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
+    cdef Py_ssize_t[:, ::1] where = np.empty((nt, 4 * ld), dtype=np.intp)
     cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
     with nogil:
         for blk in prange(n_blocks, schedule="dynamic", num_threads=nt):
             tid = threadid()
-            ok[blk] = _winograd_block(&inp[0, 0, 0, 0], Cin, H, W, &u[0, 0, 0], b_ptr,
-                                      &y[0, 0, 0, 0], Kout, P, Q, oh, ow, m, blk * ld,
+            ok[blk] = _winograd_block(&xp[0, 0, 0, 0], Cin, Hp, Wp, &u[0, 0, 0], b_ptr,
+                                      &y[0, 0, 0, 0], Kout, P, Q, m, blk * ld,
                                       imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
-                                      check_finite)
+                                      &where[tid, 0], check_finite)
     if check_finite and not np.all(ok):
         return None
     return y_arr

@@ -444,7 +444,7 @@ def test_im2col_memory_within_bound(direction, microkernel, dtype, rng):
     from fastconv.benchmark.shapes import CONV, conv_out
     kern = load_kernels("conv_im2col")
     if microkernel and not kern._microkernel_in_use():
-        pytest.skip("this CPU has no AVX-512: the float32 products run on BLAS")
+        pytest.skip("this CPU has no AVX-512 micro-kernel")
     previous = kern._set_microkernel(microkernel)
     try:
         for name, N, C, H, W, K, R, S, stride, pad in CONV:

@@ -185,7 +185,7 @@ def test_bad_arguments_are_rejected(rng):
 def test_auto_picks_winograd_for_wide_3x3_stride_1(rng):
     """auto, forward: Winograd for 3x3 stride-1 layers with >= 16 channels in and out (the
     suite's resnet20_s1-s3, vgg_c3), im2col for narrower ones and other shapes, bitwise the
-    result of algo="winograd"; backward: im2col; the reference backend keeps im2col."""
+    result of algo="winograd"; backward likewise; the reference backend keeps im2col."""
     picks = [((8, 16, 32, 32), (16, 16, 3, 3), 1, 1, "winograd"),
              ((8, 64, 8, 8), (64, 64, 3, 3), 1, 1, "winograd"),
              ((8, 64, 32, 32), (128, 64, 3, 3), 1, 0, "winograd"),
@@ -195,14 +195,14 @@ def test_auto_picks_winograd_for_wide_3x3_stride_1(rng):
              ((8, 16, 32, 32), (16, 16, 5, 5), 1, 2, "im2col")]
     for x_shape, w_shape, s, p, want in picks:
         assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p)) == want, (x_shape, w_shape)
-        assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), backward=True) == "im2col"
+        assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), backward=True) == want
         assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), "reference") == "im2col"
     x = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
     assert np.array_equal(F.conv2d(x, w, None, 1, 1), F.conv2d(x, w, None, 1, 1, algo="winograd"))
     for a, c in zip(F.conv2d_backward(dy, x, w, 1, 1),
-                    F.conv2d_backward(dy, x, w, 1, 1, algo="im2col")):
+                    F.conv2d_backward(dy, x, w, 1, 1, algo="winograd")):
         assert np.array_equal(a, c)
 
 
@@ -296,9 +296,11 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def test_every_instruction_set_gives_the_same_bits(tmp_path):
+def test_every_instruction_set_gives_the_same_answer(tmp_path):
     """The baseline and AVX2 copies of the transforms (FASTCONV_ISA, in a fresh process)
-    do the same operations in the same order: the same bits."""
+    do the same operations in the same order: in float64, where the products run on BLAS
+    either way, the same bits. In float32 the AVX2 level also multiplies with its own
+    kernel (fused multiply-adds) instead of BLAS: the same answer to float32 rounding."""
     import os
     import subprocess
     import sys
@@ -309,4 +311,9 @@ def test_every_instruction_set_gives_the_same_bits(tmp_path):
                        env=dict(os.environ, FASTCONV_ISA=isa))
         results[isa] = np.load(path)
     for key in results["baseline"].files:
-        assert np.array_equal(results["avx2"][key], results["baseline"][key]), key
+        if key.endswith("float64"):
+            assert np.array_equal(results["avx2"][key], results["baseline"][key]), key
+        else:
+            assert_close(results["avx2"][key], results["baseline"][key], np.float32,
+                         16 * 9, err_msg=key)
+            assert not np.array_equal(results["avx2"][key], np.zeros_like(results["avx2"][key]))

@@ -37,7 +37,6 @@ typedef ptrdiff_t fc_index;       /* standalone (the C tests) */
 #if FC_HAVE_X86_SIMD
 #include <immintrin.h>
 #define FC_AVX512 __attribute__((target("avx512f,fma")))
-#define FC_UNROLL _Pragma("GCC unroll 32")  /* unrolled: the values stay in registers */
 
 /* Layout changes by 16 x 16 blocks transposed in registers (AVX-512F shuffles only):
  * 16 row loads, 64 shuffles, 16 row stores per block, where a scalar loop pays one

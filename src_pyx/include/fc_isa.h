@@ -23,6 +23,7 @@
 /* 1 when this compiler can build the AVX2 / AVX-512 copies at all. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define FC_HAVE_X86_SIMD 1
+#define FC_UNROLL _Pragma("GCC unroll 32")  /* unrolled: the values stay in registers */
 #else
 #define FC_HAVE_X86_SIMD 0
 #endif

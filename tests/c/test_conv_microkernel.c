@@ -6,31 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "fc_conv_microkernel.h"
-
-static int failures = 0;
-
-static float *randoms(fc_index n, unsigned *seed)
-{
-    float *a = malloc(sizeof(float) * (n > 0 ? n : 1));
-    for (fc_index i = 0; i < n; i++) {
-        *seed = *seed * 1103515245u + 12345u;
-        a[i] = (float)((*seed >> 8) % 2001) / 1000.0f - 1.0f;
-    }
-    return a;
-}
-
-static void check(const char *what, const float *got, const double *want, fc_index n,
-                  double length)
-{
-    double tol = 1e-6 * sqrt(length) * 8;
-    for (fc_index i = 0; i < n; i++) {
-        if (fabs(got[i] - want[i]) > tol * (1 + fabs(want[i]))) {
-            printf("%s: element %ld is %.8g, want %.8g\n", what, (long)i, got[i], want[i]);
-            failures++;
-            return;
-        }
-    }
-}
+#include "test_util.h"
 
 /* C (+)= A @ B, A through strides: all tile heights and 1..4 vectors with a tail. */
 static void test_gemm(unsigned *seed)
