@@ -426,9 +426,14 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
         _im2col_sample(&x[n, 0, 0, 0], col, C, H, W, R, S, P, Q, sh, sw, ph, pw, dh, dw,
                        p0, p1)
         # Y_b (K, PQb) (+)= W @ col_b, in place in y[n] (row stride PQ). BLAS even with
-        # AVX-512: with few taps (lenet_c1, C*R*S = 25) the micro-kernel was slower
-        gemm_rm(False, False, <int>K, PQb, CRS, 1, &w[0, 0, 0, 0], CRS, col, PQb, beta,
-                y_n + p0 * Q, PQ)
+        # AVX-512: with few taps (lenet_c1, C*R*S = 25) the micro-kernel was slower; the
+        # AVX2 register tile where few channels leave a short side
+        if floating is float and _use_tile8 and min(K, CRS) <= _TILE8_MAX_SIDE:
+            fc_gemm8_f32(K, PQb, CRS, &w[0, 0, 0, 0], CRS, 1, col, PQb, has_bias,
+                         y_n + p0 * Q, PQ)
+        else:
+            gemm_rm(False, False, <int>K, PQb, CRS, 1, &w[0, 0, 0, 0], CRS, col, PQb, beta,
+                    y_n + p0 * Q, PQ)
         if fused:
             _epilogue(y_n, res, p0 * Q, K, PQb, PQ, relu)
 
