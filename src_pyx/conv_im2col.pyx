@@ -104,6 +104,7 @@ _PARTIALS_BYTES = 64 * 2**20           # ... fewer where adding 16 partial dWs w
 _ROUND_BYTES = 2**20                   # partial dWs a round may hold beyond threads x columns
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
 DEF _TILE8_MAX_SIDE = 64               # the AVX2 tile for products with a side this short
+DEF _TILE8_CLASSIC_K = 16              # ... and for the classic forward up to K channels
 DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
 DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
 
@@ -427,8 +428,8 @@ cdef void _forward_sample(const floating[:, :, :, ::1] x, const floating[:, :, :
                        p0, p1)
         # Y_b (K, PQb) (+)= W @ col_b, in place in y[n] (row stride PQ). BLAS even with
         # AVX-512: with few taps (lenet_c1, C*R*S = 25) the micro-kernel was slower; the
-        # AVX2 register tile where few channels leave a short side
-        if floating is float and _use_tile8 and min(K, CRS) <= _TILE8_MAX_SIDE:
+        # AVX2 register tile for few output channels (K rows), where BLAS wasted its tiles
+        if floating is float and _use_tile8 and K <= _TILE8_CLASSIC_K:
             fc_gemm8_f32(K, PQb, CRS, &w[0, 0, 0, 0], CRS, 1, col, PQb, has_bias,
                          y_n + p0 * Q, PQ)
         else:
