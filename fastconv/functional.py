@@ -530,10 +530,13 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx),
                 bool(need_dw), dilation)
         with blas_limit:
-            grads = None if fallback is None else impl.conv2d_backward(*args, check_finite=True)
-            if grads is None:        # not Winograd, or non-finite values met in it
-                grads = (fallback or impl).conv2d_backward(*args)
-            dx, dw, db = grads
+            if fallback is None:
+                dx, dw, db = impl.conv2d_backward(*args)
+            else:
+                grads = impl.conv2d_backward(*args, check_finite=True)
+                if grads is None:    # non-finite values met in Winograd: im2col then
+                    grads = fallback.conv2d_backward(*args)
+                dx, dw, db = grads
     if dx is not None:
         if extra != (0, 0):                  # the gradient of the zeros "same" added: dropped
             H, W = x.shape[2] - extra[0], x.shape[3] - extra[1]

@@ -17,10 +17,10 @@ columns per tile, T tiles over the whole batch):
              3. alpha^2 GEMMs      M[e] (K, T)  = U[e] @ V[e]          16 (F2) or 36 (F4)
              4. inverse transform  y tile (k, t) = A^T M_{k,t} A        m x m outputs
 
-e = (i, j) runs over the alpha x alpha positions of a transformed tile. The input is first
-padded (``_pad_planes``) so that every tile lies inside it. Steps 2-4 run on blocks of
-``block`` consecutive tiles (``_winograd_block``), one block per task: a block's V and M
-stay in the cache between the transform and the GEMMs. Each 2-D transform is two passes
+e = (i, j) runs over the alpha x alpha positions of a transformed tile. The input is
+first padded (conv_direct's ``_padded``) so that every tile lies inside it. Steps 2-4 run
+on blocks of ``block`` consecutive tiles (``_winograd_block``), one block per task: a
+block's V and M stay in the cache between the transform and the GEMMs. Each 2-D transform is two passes
 of a 1-D transform (columns, then rows) over all the tiles of the block at once
 (src_pyx/include/fc_winograd.h): the block's tiles are first gathered into
 D[a][b][t] = d_t[a, b], so that every pass reads and writes contiguous runs of ``block``
@@ -29,7 +29,8 @@ values.
 Read it in this order: ``_winograd_block`` (the steps of one block: ``_tile_offsets``
 finds its tiles, ``_gather_tiles`` takes them out of the padded image,
 ``_input_transform``, the GEMMs, the inverse transform, ``_scatter_tiles`` puts the
-output tiles in place), then ``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3 stride-1 convolution with padding
+output tiles in place), then ``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3
+stride-1 convolution with padding
 p is the same computation on dy, with the flipped, transposed kernel and padding 2 - p;
 dw and db come from the im2col kernel (a Winograd dw, F(3x3, m x m) over tiles of dy, is
 not implemented).
@@ -54,12 +55,12 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy, memset
 
 from _blas cimport gemm_rm
 from _isa cimport FC_ISA_AVX2, fc_isa_level
 from _common cimport imin, out_size, threads_for_macs
 
+from fastconv._ext import conv_direct as _direct
 from fastconv._ext import conv_im2col as _im2col
 
 cdef extern from "fc_gemm_avx2.h":
@@ -162,32 +163,6 @@ def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int
 
 
 # --------------------------------------------------------------------------- tiles in and out
-
-cdef void _pad_planes(const floating* inp, Py_ssize_t planes, Py_ssize_t H, Py_ssize_t W,
-                      Py_ssize_t oh, Py_ssize_t ow, floating* xp, Py_ssize_t Hp,
-                      Py_ssize_t Wp, int nt) noexcept nogil:
-    """xp[i, j] = inp[i + oh, j + ow] of every plane, 0 outside the H x W input: the padded
-    planes every tile is read from, so that a tile never needs a bounds test. Hp x Wp covers
-    all the tiles, including the overhang of the last ones."""
-    cdef Py_ssize_t pl, i, j, r, lo, hi
-    cdef const floating* src
-    cdef floating* dst
-    lo = min(max(-ow, 0), Wp)                                   # xp columns lo..hi-1 are
-    hi = min(max(W - ow, lo), Wp)                               # inside the input
-    for pl in prange(planes, schedule="static", num_threads=nt):
-        for i in range(Hp):
-            dst = xp + (pl * Hp + i) * Wp
-            r = i + oh
-            if r < 0 or r >= H:
-                memset(dst, 0, Wp * sizeof(floating))
-                continue
-            src = inp + (pl * H + r) * W + ow
-            for j in range(lo):
-                dst[j] = 0
-            memcpy(dst + lo, src + lo, (hi - lo) * sizeof(floating))
-            for j in range(hi, Wp):
-                dst[j] = 0
-
 
 cdef void _tile_offsets(Py_ssize_t t0, Py_ssize_t tb, int m, Py_ssize_t th, Py_ssize_t tw,
                         Py_ssize_t in_image, Py_ssize_t Wp, Py_ssize_t out_image,
@@ -359,12 +334,10 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
     if bias is not None:
         b_view = bias
         b_ptr = &b_view[0]
-    # The input, padded once so that every tile lies inside it (in_image values per image)
+    # The input, padded once so that every tile lies inside it, overhang included:
+    # xp[n, c, i, j] = inp[n, c, i + oh, j + ow], zeros around
     cdef Py_ssize_t Hp = (P + m - 1) // m * m + 2, Wp = (Q + m - 1) // m * m + 2
-    xp_arr = np.empty((N, Cin, Hp, Wp), dtype=dtype)
-    cdef floating[:, :, :, ::1] xp = xp_arr
-    with nogil:
-        _pad_planes(&inp[0, 0, 0, 0], N * Cin, H, W, oh, ow, &xp[0, 0, 0, 0], Hp, Wp, nt)
+    cdef floating[:, :, :, ::1] xp = _direct._padded(inp, Hp, Wp, -oh, -ow, nt)
     # zeros: the columns past a short last block are computed (never stored); keep them finite
     cdef floating[:, ::1] work = np.zeros((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
     cdef Py_ssize_t[:, ::1] where = np.empty((nt, 4 * ld), dtype=np.intp)

@@ -139,5 +139,4 @@ static inline void fc_wino_1d_##SUFFIX(int isa, int m, int inverse, const T *in,
 FC_WINO_DISPATCH(float, f32)
 FC_WINO_DISPATCH(double, f64)
 
-
 #endif
