@@ -186,9 +186,9 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
     For the fast backend: direct with one output channel (K == 1); for 3x3 stride-1 layers
-    with at least 16 input and 16 output channels, Winograd F(4x4, 3x3), forward and
-    backward (``backward=True``: Winograd's dx plus im2col's dw), faster than im2col on
-    every such layer of the benchmark suite; im2col otherwise. The measurements are in
+    with at least 16 input and 16 output channels, dilated or not, Winograd F(4x4, 3x3),
+    forward and backward (dx and dw), faster than im2col on every such layer of the
+    benchmark suite; im2col otherwise. The measurements are in
     docs/performance.md ("Convolution"). A call that picked Winograd runs im2col instead
     where its inputs hold NaN or Inf (see ``conv2d``).
     """
@@ -209,7 +209,7 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward)
     # reuse, and building the columns is pure overhead (measurements: docs/performance.md).
     if K == 1:
         return "direct"
-    if (_winograd_applies(w_shape, stride, dilation, groups)
+    if (_winograd_applies(w_shape, stride, groups)
             and min(C, K) >= _WINOGRAD_MIN_CHANNELS):
         return "winograd"
     return "im2col"
@@ -218,10 +218,10 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward)
 _WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they save
 
 
-def _winograd_applies(w_shape, stride, dilation=(1, 1), groups=1):
-    """Whether Winograd F(m x m, 3x3) computes this convolution: 3x3, stride 1."""
-    return (tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1)
-            and tuple(dilation) == (1, 1) and groups == 1)
+def _winograd_applies(w_shape, stride, groups=1):
+    """Whether Winograd F(m x m, 3x3) computes this convolution: 3x3, stride 1 (any
+    dilation: a dilated one is several ordinary ones on interleaved sub-images)."""
+    return tuple(w_shape[2:]) == (3, 3) and tuple(stride) == (1, 1) and groups == 1
 
 
 def _input_and_weight(op, x, w, ndim, x_axes, w_axes, inputs, groups=1):
@@ -382,11 +382,10 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=F
         y_shape = (N, K, P, Q)
     if algo not in ALGOS:
         raise ValueError(f"{op}: algo must be one of {ALGOS}, got {algo!r}")
-    if algo == "winograd" and not _winograd_applies(w.shape, stride, dilation, groups):
+    if algo == "winograd" and not _winograd_applies(w.shape, stride, groups):
         raise ValueError(f"{op}: algo='winograd' needs a 3x3 kernel with stride 1 "
-                         f"(dilation 1, groups 1), got a {w.shape[2]}x{w.shape[3]} kernel "
-                         f"with stride {stride}, "
-                         f"dilation {dilation}; "
+                         f"(groups 1), got a {w.shape[2]}x{w.shape[3]} kernel "
+                         f"with stride {stride}, groups {groups}; "
                          "use algo='auto' or 'im2col'")
     backend = resolve_backend(backend, op)
     fallback = None

@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""3x3 stride-1 convolution by Winograd's minimal filtering, F(2x2, 3x3) and F(4x4, 3x3).
+"""3x3 stride-1 convolution by Winograd's minimal filtering, F(2x2, 3x3) and F(4x4, 3x3):
+forward, dx and dW, any dilation.
 
 Compiled twin of ``fastconv/reference/conv_winograd.py`` (same functions and signatures),
 whose docstring derives the transform matrices B, G, A; ``algo="winograd"`` runs this
@@ -30,20 +31,31 @@ Read it in this order: ``_winograd_block`` (the steps of one block: ``_tile_offs
 finds its tiles, ``_gather_tiles`` takes them out of the padded image,
 ``_input_transform``, the GEMMs, the inverse transform, ``_scatter_tiles`` puts the
 output tiles in place), then ``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3
-stride-1 convolution with padding
-p is the same computation on dy, with the flipped, transposed kernel and padding 2 - p;
-dw and db come from the im2col kernel (a Winograd dw, F(3x3, m x m) over tiles of dy, is
-not implemented).
+stride-1 convolution with padding p is the same computation on dy, with the flipped,
+transposed kernel and padding 2 - p. dW is the same pipeline run backwards (the
+reference's "(wino.dw)"), block by block in ``_dw_block``:
+
+(wino.dw)    2. input transform    V[e] (C, T)  = (B^T d_{c,t} B)[e]   as in the forward pass
+             2'. dy transform      Z[e] (T, K)  = (A dY_{k,t} A^T)[e]  per tile of dy
+             3. alpha^2 GEMMs      Mw[e] (C, K) = sum over the tiles of V[e] @ Z[e]
+             4. filter gradient    dW[k, c]     = G^T Mw_{c,k} G        3 x 3, once per call
+
+A dilated kernel (taps d apart) is d x d ordinary ones on interleaved sub-images of the
+input (the reference's "(wino.dilated)"): ``_tile_offsets`` lays the tiles of each
+sub-image out, and a tile's taps and outputs lie d apart; nothing else changes.
 
 Threads and determinism: the blocks depend on the shapes only, each output value is
-computed by exactly one block, so results are bitwise the same on any thread count.
+computed by exactly one block, so results are bitwise the same on any thread count. dW's
+sum over the tiles runs in a fixed number of runs of consecutive blocks (``_groups``),
+each into its own partial sum, added in order at the end.
 Memory (scratch beyond the outputs): the padded input (about the input's size) and U
 (alpha^2 x K x C) once, and per thread alpha^2 x block x (C + K + 2) values (V, M and the
-gathered tiles).
+gathered tiles); dW's partial sums, alpha^2 x C x K values each, 16 MiB at most.
 
 Accuracy (float32, largest error over largest output, float64 truth): at most 2e-6 with
-F(2x2, 3x3) and 3e-5 with F(4x4, 3x3), the default (measured: 7.2e-7 and 1.0e-5 on the layer
-suite; im2col 8.9e-7); float64 within 1e-13. Details in the reference's docstring.
+F(2x2, 3x3) and 3e-5 with F(4x4, 3x3), the default (measured on the layer suite, y, dx and
+dW: 7.7e-7 and 1.0e-5; im2col 8.9e-7); float64 within 1e-12. Details in the reference's
+docstring.
 
 NaN and Inf: the transforms mix all values of a tile, so non-finite values in x (or dy)
 spread further than in the formula (see the reference's docstring). With
@@ -58,10 +70,9 @@ from cython.parallel cimport prange, threadid
 
 from _blas cimport gemm_rm
 from _isa cimport FC_ISA_AVX2, fc_isa_level
-from _common cimport imin, out_size, threads_for_macs
+from _common cimport imax, imin, out_size, threads_for_macs
 
 from fastconv._ext import conv_direct as _direct
-from fastconv._ext import conv_im2col as _im2col
 
 cdef extern from "fc_gemm_avx2.h":
     void fc_gemm8_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
@@ -69,9 +80,10 @@ cdef extern from "fc_gemm_avx2.h":
                       bint accumulate, float* C, Py_ssize_t ldc) noexcept nogil
 
 cdef extern from "fc_winograd.h":
-    void fc_wino_1d_f32(int isa, int m, int inverse, const float* inp, Py_ssize_t in_step,
+    enum: FC_WINO_INPUT, FC_WINO_OUTPUT, FC_WINO_DY
+    void fc_wino_1d_f32(int isa, int m, int kind, const float* inp, Py_ssize_t in_step,
                         float* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_1d_f64(int isa, int m, int inverse, const double* inp, Py_ssize_t in_step,
+    void fc_wino_1d_f64(int isa, int m, int kind, const double* inp, Py_ssize_t in_step,
                         double* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
 
 cdef int _ISA = fc_isa_level()      # which copy of the transforms runs: fc_isa.h decides
@@ -81,18 +93,21 @@ DEFAULT_TILE = 4
 _INT_MAX = 2**31 - 1            # BLAS sizes are C ints
 _BLOCK_BYTES = 2**20            # a block's V and M (alpha^2 x block x (C + K) values) ...
 _MIN_BLOCK, _MAX_BLOCK = 16, 512  # ... within these many tiles
+_DW_GROUPS = 32                 # dW: runs of blocks with their own partial sums, at most ...
+_DW_BYTES = 2**24               # ... and within these many bytes of partials
 
 
 # --------------------------------------------------------------------------- 1-D transforms
 
-cdef inline void _transform_1d(bint inverse, int m, const floating* inp, Py_ssize_t in_step,
+cdef inline void _transform_1d(int kind, int m, const floating* inp, Py_ssize_t in_step,
                                floating* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil:
-    """out[j*out_step + i] = sum_a X[j, a] inp[a*in_step + i] for i < n, X = B^T (the input
-    transform) or, with ``inverse``, A^T (the output transform): src_pyx/include/fc_winograd.h."""
+    """out[j*out_step + i] = sum_a X[j, a] inp[a*in_step + i] for i < n, X = B^T (kind
+    FC_WINO_INPUT, the input transform), A^T (FC_WINO_OUTPUT, the output transform) or A
+    (FC_WINO_DY, dy's transform for dW): src_pyx/include/fc_winograd.h."""
     if floating is float:
-        fc_wino_1d_f32(_ISA, m, inverse, inp, in_step, out, out_step, n)
+        fc_wino_1d_f32(_ISA, m, kind, inp, in_step, out, out_step, n)
     else:
-        fc_wino_1d_f64(_ISA, m, inverse, inp, in_step, out, out_step, n)
+        fc_wino_1d_f64(_ISA, m, kind, inp, in_step, out, out_step, n)
 
 
 cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
@@ -108,14 +123,8 @@ cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating*
 
 # --------------------------------------------------------------------------- filter transform
 
-cdef void _filter_transform(const floating* g, Py_ssize_t r_step, Py_ssize_t s_step,
-                            int m, floating* u, Py_ssize_t e_step) noexcept nogil:
-    """u[e*e_step] = (G g G^T)[e] for one 3x3 filter g[r, s] = g[r*r_step + s*s_step]
-    (negative steps read it flipped), e = i*alpha + j. Once per (k, c): plain loops."""
-    cdef floating Gm[6][3]
-    cdef floating t[6][3]
-    cdef int alpha = m + 2, i, j, a
-    cdef floating acc
+cdef void _g_matrix(int m, floating Gm[6][3]) noexcept nogil:
+    """G (alpha x 3) of F(m x m, 3x3) into Gm's first alpha rows."""
     if m == 2:
         Gm[0][:] = [1, 0, 0]
         Gm[1][:] = [0.5, 0.5, 0.5]
@@ -128,6 +137,17 @@ cdef void _filter_transform(const floating* g, Py_ssize_t r_step, Py_ssize_t s_s
         Gm[3][:] = [1.0 / 24, 1.0 / 12, 1.0 / 6]
         Gm[4][:] = [1.0 / 24, -1.0 / 12, 1.0 / 6]
         Gm[5][:] = [0, 0, 1]
+
+
+cdef void _filter_transform(const floating* g, Py_ssize_t r_step, Py_ssize_t s_step,
+                            int m, floating* u, Py_ssize_t e_step) noexcept nogil:
+    """u[e*e_step] = (G g G^T)[e] for one 3x3 filter g[r, s] = g[r*r_step + s*s_step]
+    (negative steps read it flipped), e = i*alpha + j. Once per (k, c): plain loops."""
+    cdef floating Gm[6][3]
+    cdef floating t[6][3]
+    cdef int alpha = m + 2, i, j, a
+    cdef floating acc
+    _g_matrix(m, Gm)
     for i in range(alpha):                                      # t = G g  (alpha x 3)
         for j in range(3):
             acc = 0
@@ -142,6 +162,32 @@ cdef void _filter_transform(const floating* g, Py_ssize_t r_step, Py_ssize_t s_s
                 if Gm[j][a] != 0:
                     acc = acc + t[i][a] * Gm[j][a]
             u[(i * alpha + j) * e_step] = acc
+
+
+cdef void _filter_gradient(const floating* mw, Py_ssize_t e_step, int m,
+                           floating* g) noexcept nogil:
+    """g[r*3 + s] = (G^T Mw G)[r, s] for one transformed weight gradient Mw[e] =
+    mw[e*e_step] (alpha x alpha, e = i*alpha + j): the transpose of _filter_transform, the
+    last step of (wino.dw). Once per (k, c): plain loops."""
+    cdef floating Gm[6][3]
+    cdef floating t[3][6]
+    cdef int alpha = m + 2, i, j, a
+    cdef floating acc
+    _g_matrix(m, Gm)
+    for a in range(3):                                          # t = G^T Mw  (3 x alpha)
+        for j in range(alpha):
+            acc = 0
+            for i in range(alpha):
+                if Gm[i][a] != 0:
+                    acc = acc + Gm[i][a] * mw[(i * alpha + j) * e_step]
+            t[a][j] = acc
+    for a in range(3):                                          # g = t G  (3 x 3)
+        for i in range(3):
+            acc = 0
+            for j in range(alpha):
+                if Gm[j][i] != 0:
+                    acc = acc + t[a][j] * Gm[j][i]
+            g[a * 3 + i] = acc
 
 
 def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int nt):
@@ -165,30 +211,36 @@ def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int
 # --------------------------------------------------------------------------- tiles in and out
 
 cdef void _tile_offsets(Py_ssize_t t0, Py_ssize_t tb, int m, Py_ssize_t th, Py_ssize_t tw,
-                        Py_ssize_t in_image, Py_ssize_t Wp, Py_ssize_t out_image,
-                        Py_ssize_t P, Py_ssize_t Q,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t in_image, Py_ssize_t Wp,
+                        Py_ssize_t out_image, Py_ssize_t P, Py_ssize_t Q,
                         Py_ssize_t* in_off, Py_ssize_t* out_off, Py_ssize_t* rows,
                         Py_ssize_t* cols) noexcept nogil:
-    """Where tiles t0 .. t0 + tb - 1 of the batch are: tile g is in image g // (th*tw), tile
-    row (g // tw) % th, column g % tw. in_off[t]: its top-left in the padded input (channel
-    0), out_off[t]: in the output (channel 0); rows[t] x cols[t]: how much of its m x m
-    outputs lies inside the P x Q plane (the last tiles overhang)."""
-    cdef Py_ssize_t t, g, n, i, j
+    """Where tiles t0 .. t0 + tb - 1 of the batch are. Each image's outputs split into
+    dh x dw phases (a, b), the outputs (a + dh*i, b + dw*j) (one phase when the dilation
+    is 1), each phase into th x tw tiles: tile g is in image g // (dh*dw*th*tw), then phase,
+    tile row and tile column, row-major. Its m x m outputs, like its taps, lie dh rows and
+    dw columns apart. in_off[t]: its top-left in the padded input (channel 0), out_off[t]:
+    in the output (channel 0); rows[t] x cols[t]: how many of its outputs lie inside the
+    P x Q plane (the last tiles overhang, some wholly: 0)."""
+    cdef Py_ssize_t t, g, n, phase, i, j
     for t in range(tb):
         g = t0 + t
-        n = g // (th * tw)
-        i = (g // tw) % th * m
-        j = g % tw * m
+        n = g // (dh * dw * th * tw)
+        phase = g // (th * tw) % (dh * dw)
+        i = phase // dw + dh * ((g // tw) % th * m)             # the tile's first output row
+        j = phase % dw + dw * (g % tw * m)                      # and column
         in_off[t] = n * in_image + i * Wp + j
         out_off[t] = n * out_image + i * Q + j
-        rows[t] = imin(m, P - i)
-        cols[t] = imin(m, Q - j)
+        rows[t] = imin(m, imax(0, (P - i + dh - 1) // dh))
+        cols[t] = imin(m, imax(0, (Q - j + dw - 1) // dw))
 
 
-cdef void _gather_tiles(const floating* xp, Py_ssize_t Wp, const Py_ssize_t* in_off,
-                        Py_ssize_t tb, int m, floating* D, Py_ssize_t ld) noexcept nogil:
-    """D[(a*alpha + b)*ld + t] = xp[in_off[t] + a*Wp + b]: the alpha x alpha input tiles of
-    one padded plane, side by side (tile t in column t), for the vector transforms."""
+cdef void _gather_tiles(const floating* xp, Py_ssize_t row_step, Py_ssize_t col_step,
+                        const Py_ssize_t* in_off, Py_ssize_t tb, int m, floating* D,
+                        Py_ssize_t ld) noexcept nogil:
+    """D[(a*alpha + b)*ld + t] = xp[in_off[t] + a*row_step + b*col_step]: the alpha x alpha
+    input tiles of one padded plane (taps row_step, col_step apart), side by side (tile t in
+    column t), for the vector transforms."""
     cdef Py_ssize_t t, a, b
     cdef const floating* src
     if m == 4:                                                  # constant bounds: unrolled
@@ -196,21 +248,22 @@ cdef void _gather_tiles(const floating* xp, Py_ssize_t Wp, const Py_ssize_t* in_
             src = xp + in_off[t]
             for a in range(6):
                 for b in range(6):
-                    D[(a * 6 + b) * ld + t] = src[a * Wp + b]
+                    D[(a * 6 + b) * ld + t] = src[a * row_step + b * col_step]
     else:
         for t in range(tb):
             src = xp + in_off[t]
             for a in range(4):
                 for b in range(4):
-                    D[(a * 4 + b) * ld + t] = src[a * Wp + b]
+                    D[(a * 4 + b) * ld + t] = src[a * row_step + b * col_step]
 
 
-cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize_t Q,
-                         const Py_ssize_t* out_off, const Py_ssize_t* rows,
+cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize_t row_step,
+                         Py_ssize_t col_step, const Py_ssize_t* out_off, const Py_ssize_t* rows,
                          const Py_ssize_t* cols, Py_ssize_t tb, int m,
                          floating bias) noexcept nogil:
-    """y[out_off[t] + i*Q + j] = O[(i*m + j)*ld + t] + bias for the i < rows[t], j < cols[t]
-    outputs of each tile t (the overhang of the last tiles is dropped)."""
+    """y[out_off[t] + i*row_step + j*col_step] = O[(i*m + j)*ld + t] + bias for the
+    i < rows[t], j < cols[t] outputs of each tile t (the overhang of the last tiles is
+    dropped)."""
     cdef Py_ssize_t t, i, j
     cdef floating* dst
     for t in range(tb):
@@ -218,11 +271,11 @@ cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize
         if m == 4 and rows[t] == 4 and cols[t] == 4:           # constant bounds: unrolled
             for i in range(4):
                 for j in range(4):
-                    dst[i * Q + j] = O[(i * 4 + j) * ld + t] + bias
+                    dst[i * row_step + j * col_step] = O[(i * 4 + j) * ld + t] + bias
         else:
             for i in range(rows[t]):
                 for j in range(cols[t]):
-                    dst[i * Q + j] = O[(i * m + j) * ld + t] + bias
+                    dst[i * row_step + j * col_step] = O[(i * m + j) * ld + t] + bias
 
 
 cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld,
@@ -231,9 +284,23 @@ cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld
     columns first (T1[i][b] = sum_a B^T[i, a] D[a][b], all alpha columns b in one pass),
     then the rows of T1 (V[i][j] = sum_b B^T[j, b] T1[i][b])."""
     cdef int alpha = m + 2, i
-    _transform_1d(False, m, D, alpha * ld, T1, alpha * ld, alpha * ld)
+    _transform_1d(FC_WINO_INPUT, m, D, alpha * ld, T1, alpha * ld, alpha * ld)
     for i in range(alpha):
-        _transform_1d(False, m, T1 + i * alpha * ld, ld, V + i * alpha * v_step, v_step, ld)
+        _transform_1d(FC_WINO_INPUT, m, T1 + i * alpha * ld, ld, V + i * alpha * v_step, v_step,
+                      ld)
+
+
+cdef void _transform_inputs(const floating* xp, Py_ssize_t Cin, Py_ssize_t Hp, Py_ssize_t Wp,
+                            Py_ssize_t dh, Py_ssize_t dw, const Py_ssize_t* in_off,
+                            Py_ssize_t tb, int m, Py_ssize_t ld, floating* D, floating* T1,
+                            floating* V) noexcept nogil:
+    """Step 2 of (wino.gemm) for tb tiles: V[e][c][t] (alpha^2 x Cin rows of ld) = B^T d B
+    of the input tile at xp + in_off[t] (taps dh rows, dw columns apart) of each channel c;
+    D and T1 (alpha^2 x ld each) are scratch."""
+    cdef Py_ssize_t c
+    for c in range(Cin):
+        _gather_tiles(xp + c * Hp * Wp, dh * Wp, dw, in_off, tb, m, D, ld)
+        _input_transform(D, T1, m, ld, V + c * ld, Cin * ld)
 
 
 cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp): padded
@@ -242,15 +309,16 @@ cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp
                           const floating* bias,             # IN (Kout,) or NULL
                           floating* out,                    # OUT (N, Kout, P, Q)
                           Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q, int m,
+                          Py_ssize_t dh, Py_ssize_t dw,         # the dilation
                           Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
                           floating* work, Py_ssize_t* where, bint check_finite) noexcept nogil:
-    """Tiles t0 .. t0 + tb - 1 of the whole batch (tile t: image t // (th*tw), then row-major
-    over the th x tw tiles of its output plane), eq. (wino.gemm), steps 2-4:
-    out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) * xp[n, c, p + r, q + s]
-    for the outputs of these tiles. Returns False where ``check_finite`` found a
+    """Tiles t0 .. t0 + tb - 1 of the whole batch (their order: ``_tile_offsets``), eq.
+    (wino.gemm), steps 2-4: out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) *
+    xp[n, c, p + dh*r, q + dw*s] for the outputs of these tiles. Returns False where ``check_finite`` found a
     non-finite transformed input or output (the block's outputs are then unreliable)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
-    cdef Py_ssize_t th = (P + m - 1) // m, tw = (Q + m - 1) // m
+    cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m    # tiles down and across a phase
+    cdef Py_ssize_t tw = ((Q + dw - 1) // dw + m - 1) // m
     cdef Py_ssize_t c, k, e, i
     cdef floating* D = work                                  # gathered tiles (alpha^2, ld)
     cdef floating* T1 = D + alpha2 * ld                      # half-transformed (alpha^2, ld)
@@ -262,12 +330,10 @@ cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp
     cdef Py_ssize_t* cols = where + 3 * ld
     cdef floating b = 0
     cdef bint ok = True
-    _tile_offsets(t0, tb, m, th, tw, Cin * Hp * Wp, Wp, Kout * P * Q, P, Q,
+    _tile_offsets(t0, tb, m, th, tw, dh, dw, Cin * Hp * Wp, Wp, Kout * P * Q, P, Q,
                   in_off, out_off, rows, cols)
     # 2. input transform, channel by channel: V[e][c][t]
-    for c in range(Cin):
-        _gather_tiles(xp + c * Hp * Wp, Wp, in_off, tb, m, D, ld)
-        _input_transform(D, T1, m, ld, V + c * ld, Cin * ld)
+    _transform_inputs(xp, Cin, Hp, Wp, dh, dw, in_off, tb, m, ld, D, T1, V)
     if check_finite and not _columns_finite(V, alpha2 * Cin, ld, tb):
         ok = False
     # 3. the alpha^2 GEMMs: M[e] (Kout, tb) = U[e] (Kout, Cin) @ V[e] (Cin, tb)
@@ -278,14 +344,14 @@ cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp
         # rows of the transformed tile first: S[a][j] = sum_b A^T[j, b] M[a][b] (into D),
         # then its columns: O[i][j] = sum_a A^T[i, a] S[a][j] (into T1)
         for i in range(alpha):
-            _transform_1d(True, m, M + (i * alpha * Kout + k) * ld, Kout * ld, D + i * m * ld,
-                          ld, tb)
-        _transform_1d(True, m, D, m * ld, T1, m * ld, m * ld)
+            _transform_1d(FC_WINO_OUTPUT, m, M + (i * alpha * Kout + k) * ld, Kout * ld,
+                          D + i * m * ld, ld, tb)
+        _transform_1d(FC_WINO_OUTPUT, m, D, m * ld, T1, m * ld, m * ld)
         if check_finite and not _columns_finite(T1, m * m, ld, tb):
             ok = False
         if bias != NULL:
             b = bias[k]
-        _scatter_tiles(T1, ld, out + k * P * Q, Q, out_off, rows, cols, tb, m, b)
+        _scatter_tiles(T1, ld, out + k * P * Q, dh * Q, dw, out_off, rows, cols, tb, m, b)
     return ok
 
 
@@ -315,14 +381,20 @@ def _block_size(Py_ssize_t n_tiles, Py_ssize_t Cin, Py_ssize_t Kout, int m, Py_s
 def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
                const floating[:, :, ::1] u,         # IN (alpha^2, Kout, Cin): U
                bias,                                # IN (Kout,) or None
-               Py_ssize_t P, Py_ssize_t Q, Py_ssize_t oh, Py_ssize_t ow, int m, int nt,
-               bint check_finite):                  # returns y (N, Kout, P, Q) (OUT) or None
-    """y[n, k, p, q] = sum_{c,r,s} g_{k,c}[r, s] * inp[n, c, p + r + oh, q + s + ow] (inp = 0
-    outside), g the filters whose transforms are u: steps 2-4 of (wino.gemm), block by block."""
+               Py_ssize_t P, Py_ssize_t Q, Py_ssize_t oh, Py_ssize_t ow, dilation, int m,
+               int nt, bint check_finite):          # returns y (N, Kout, P, Q) (OUT) or None
+    """y[n, k, p, q] = sum_{c,r,s} g_{k,c}[r, s] * inp[n, c, p + dh*r + oh, q + dw*s + ow]
+    (inp = 0 outside), g the filters whose transforms are u and (dh, dw) the dilation:
+    steps 2-4 of (wino.gemm), block by block."""
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = inp.shape[0], Cin = inp.shape[1], H = inp.shape[2], W = inp.shape[3]
     cdef Py_ssize_t Kout = u.shape[1], alpha2 = (m + 2) * (m + 2)
-    cdef Py_ssize_t n_tiles = N * ((P + m - 1) // m) * ((Q + m - 1) // m)
+    cdef Py_ssize_t dh = dilation[0], dw = dilation[1]
+    # A dilated convolution is dh*dw undilated ones, one per phase: the outputs (a + dh*i,
+    # b + dw*j) read only the inputs (a + dh*i', b + dw*j'). th x tw tiles cover a phase.
+    cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m
+    cdef Py_ssize_t tw = ((Q + dw - 1) // dw + m - 1) // m
+    cdef Py_ssize_t n_tiles = N * dh * dw * th * tw
     cdef Py_ssize_t ld = _block_size(n_tiles, Cin, Kout, m, np.dtype(dtype).itemsize)
     cdef Py_ssize_t n_blocks = (n_tiles + ld - 1) // ld, blk, tid
     if max(Kout, Cin, ld) > _INT_MAX:
@@ -336,7 +408,7 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
         b_ptr = &b_view[0]
     # The input, padded once so that every tile lies inside it, overhang included:
     # xp[n, c, i, j] = inp[n, c, i + oh, j + ow], zeros around
-    cdef Py_ssize_t Hp = (P + m - 1) // m * m + 2, Wp = (Q + m - 1) // m * m + 2
+    cdef Py_ssize_t Hp = dh * (th * m + 2), Wp = dw * (tw * m + 2)
     cdef floating[:, :, :, ::1] xp = _direct._padded(inp, Hp, Wp, -oh, -ow, nt)
     # zeros: the columns past a short last block are computed (never stored); keep them finite
     cdef floating[:, ::1] work = np.zeros((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
@@ -346,7 +418,7 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
         for blk in prange(n_blocks, schedule="dynamic", num_threads=nt):
             tid = threadid()
             ok[blk] = _winograd_block(&xp[0, 0, 0, 0], Cin, Hp, Wp, &u[0, 0, 0], b_ptr,
-                                      &y[0, 0, 0, 0], Kout, P, Q, m, blk * ld,
+                                      &y[0, 0, 0, 0], Kout, P, Q, m, dh, dw, blk * ld,
                                       imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
                                       &where[tid, 0], check_finite)
     if check_finite and not np.all(ok):
@@ -354,11 +426,155 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
     return y_arr
 
 
+# --------------------------------------------------------------------------- the weight gradient
+
+cdef inline void _gemm_acc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
+                           Py_ssize_t lda, const floating* B, floating* C) noexcept nogil:
+    """C (M, N) += A (M, K; ``lda`` values per row) @ B (K, N), row-major, B and C dense:
+    fastconv's register tile in float32 on AVX2, else BLAS."""
+    if floating is float and _ISA == FC_ISA_AVX2:
+        fc_gemm8_f32(M, N, K, A, lda, 1, B, N, True, C, N)
+    else:
+        gemm_rm(False, False, <int>M, <int>N, <int>K, 1, A, <int>lda, B, <int>N, 1, C, <int>N)
+
+
+cdef void _transform_dy(const floating* dy, Py_ssize_t Kout, Py_ssize_t PQ, Py_ssize_t row_step,
+                        Py_ssize_t col_step, Py_ssize_t rows, Py_ssize_t cols, int m,
+                        floating* Dy, floating* T2, floating* Z, Py_ssize_t z_step) noexcept nogil:
+    """Z[e*z_step + k] = (A dY_k A^T)[e] for one tile of dy, every output channel k: dY_k[a, b]
+    = dy[k*PQ + a*row_step + b*col_step] for a < rows, b < cols, 0 past the plane's edge.
+    Vectors run over k: Dy (m*m x Kout) and T2 (alpha*m x Kout) are scratch."""
+    cdef int alpha = m + 2
+    cdef Py_ssize_t a, b, k, i
+    cdef const floating* src
+    if m == 4 and rows == 4 and cols == 4:                     # constant bounds: unrolled
+        for k in range(Kout):
+            src = dy + k * PQ
+            for a in range(4):
+                for b in range(4):
+                    Dy[(a * 4 + b) * Kout + k] = src[a * row_step + b * col_step]
+    else:
+        for k in range(Kout):
+            src = dy + k * PQ
+            for a in range(m):
+                for b in range(m):
+                    Dy[(a * m + b) * Kout + k] = (src[a * row_step + b * col_step]
+                                                  if a < rows and b < cols else 0)
+    # columns: T2[i][b][k] = sum_a A[i, a] dY[a][b][k]; rows: Z[i*alpha + j][k] = sum_b A[j, b] T2[i][b][k]
+    _transform_1d(FC_WINO_DY, m, Dy, m * Kout, T2, m * Kout, m * Kout)
+    for i in range(alpha):
+        _transform_1d(FC_WINO_DY, m, T2 + i * m * Kout, Kout, Z + i * alpha * z_step, z_step,
+                      Kout)
+
+
+cdef bint _dw_block(const floating* xp,                # IN (N, Cin, Hp, Wp): padded
+                    Py_ssize_t Cin, Py_ssize_t Hp, Py_ssize_t Wp,
+                    const floating* dy,                # IN (N, Kout, P, Q)
+                    Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q, int m,
+                    Py_ssize_t dh, Py_ssize_t dw,      # the dilation
+                    Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
+                    floating* work, Py_ssize_t* where,
+                    floating* mw,                      # IN/OUT (alpha^2, Cin, Kout)
+                    bint check_finite) noexcept nogil:
+    """The terms of tiles t0 .. t0 + tb - 1 (ordered as in ``_tile_offsets``) in eq. (wino.dw):
+    mw[e] (Cin, Kout) += V[e] (Cin, tb) @ Z[e] (tb, Kout). Returns False where
+    ``check_finite`` found a non-finite transformed tile of x or dy."""
+    cdef int alpha = m + 2, alpha2 = alpha * alpha
+    cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m    # tiles down and across a phase
+    cdef Py_ssize_t tw = ((Q + dw - 1) // dw + m - 1) // m
+    cdef Py_ssize_t t, e
+    cdef floating* D = work                                  # gathered tiles (alpha^2, ld)
+    cdef floating* T1 = D + alpha2 * ld                      # half-transformed (alpha^2, ld)
+    cdef floating* V = T1 + alpha2 * ld                      # (alpha^2, Cin, ld)
+    cdef floating* Z = V + alpha2 * Cin * ld                 # (alpha^2, ld, Kout)
+    cdef floating* Dy = Z + alpha2 * ld * Kout               # one tile of dy (m*m, Kout)
+    cdef floating* T2 = Dy + m * m * Kout                    # half-transformed (alpha*m, Kout)
+    cdef Py_ssize_t* in_off = where                          # where each tile is: 4 x ld
+    cdef Py_ssize_t* out_off = where + ld
+    cdef Py_ssize_t* rows = where + 2 * ld
+    cdef Py_ssize_t* cols = where + 3 * ld
+    cdef bint ok = True
+    _tile_offsets(t0, tb, m, th, tw, dh, dw, Cin * Hp * Wp, Wp, Kout * P * Q, P, Q,
+                  in_off, out_off, rows, cols)
+    # the input tiles as in the forward pass: V[e][c][t]
+    _transform_inputs(xp, Cin, Hp, Wp, dh, dw, in_off, tb, m, ld, D, T1, V)
+    # dy's tiles, A dY A^T: Z[e][t][k]
+    for t in range(tb):
+        _transform_dy(dy + out_off[t], Kout, P * Q, dh * Q, dw, rows[t], cols[t], m, Dy, T2,
+                      Z + t * Kout, ld * Kout)
+    if check_finite:
+        ok = _columns_finite(V, alpha2 * Cin, ld, tb) and _columns_finite(Z, alpha2, ld * Kout,
+                                                                           tb * Kout)
+    # the alpha^2 GEMMs, summed over the tiles: Mw[e] += V[e] @ Z[e]
+    for e in range(alpha2):
+        _gemm_acc(Cin, Kout, tb, V + e * Cin * ld, ld, Z + e * ld * Kout, mw + e * Cin * Kout)
+    return ok
+
+
+def _groups(Py_ssize_t n_blocks, Py_ssize_t partial_bytes):
+    """How many runs of consecutive blocks dW's tiles are split into, each summed into its own
+    partial Mw: up to _DW_GROUPS (the threads' tasks), the partials within _DW_BYTES; a
+    function of the shapes only, so that the sums are the same on any thread count."""
+    return int(max(1, min(n_blocks, _DW_GROUPS, _DW_BYTES // partial_bytes)))
+
+
+def _weight_gradient(const floating[:, :, :, ::1] x,    # IN (N, Cin, H, W)
+                     const floating[:, :, :, ::1] dy,   # IN (N, Kout, P, Q)
+                     Py_ssize_t ph, Py_ssize_t pw, dilation, int m, int nt,
+                     bint check_finite):                # returns dw (Kout, Cin, 3, 3) or None
+    """dw[k, c, r, s] = sum_{n,p,q} dy[n, k, p, q] * x[n, c, p + dh*r - ph, q + dw*s - pw]
+    (x = 0 outside) by eq. (wino.dw): the tiles in blocks as in the forward pass, each run of
+    blocks summing into its own partial Mw (alpha^2, Cin, Kout); the partials added in order,
+    then G^T Mw G for each (k, c)."""
+    dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t N = x.shape[0], Cin = x.shape[1], Kout = dy.shape[1]
+    cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], alpha2 = (m + 2) * (m + 2)
+    cdef Py_ssize_t dh = dilation[0], dw = dilation[1]
+    cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m, tw = ((Q + dw - 1) // dw + m - 1) // m
+    cdef Py_ssize_t n_tiles = N * dh * dw * th * tw
+    cdef Py_ssize_t itemsize = np.dtype(dtype).itemsize
+    cdef Py_ssize_t ld = _block_size(n_tiles, Cin, Kout, m, itemsize)
+    cdef Py_ssize_t n_blocks = (n_tiles + ld - 1) // ld
+    cdef Py_ssize_t n_groups = _groups(n_blocks, alpha2 * Cin * Kout * itemsize)
+    cdef Py_ssize_t grp, blk, tid, k, c
+    if max(Kout, Cin, ld) > _INT_MAX:
+        raise ValueError(f"conv_winograd: a GEMM dimension overflows BLAS's 32-bit int")
+    cdef floating[:, :, :, ::1] xp = _direct._padded(x, dh * (th * m + 2), dw * (tw * m + 2),
+                                                     ph, pw, nt)
+    cdef Py_ssize_t Hp = xp.shape[2], Wp = xp.shape[3]
+    cdef floating[:, ::1] work = np.zeros(
+        (nt, alpha2 * ld * (2 + Cin + Kout) + (m * m + (m + 2) * m) * Kout), dtype=dtype)
+    cdef Py_ssize_t[:, ::1] where = np.empty((nt, 4 * ld), dtype=np.intp)
+    cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
+    partial_arr = np.zeros((n_groups, alpha2, Cin, Kout), dtype=dtype)
+    cdef floating[:, :, :, ::1] partial = partial_arr
+    with nogil:
+        for grp in prange(n_groups, schedule="dynamic", num_threads=nt):
+            tid = threadid()
+            for blk in range(grp * n_blocks // n_groups, (grp + 1) * n_blocks // n_groups):
+                ok[blk] = _dw_block(&xp[0, 0, 0, 0], Cin, Hp, Wp, &dy[0, 0, 0, 0], Kout, P, Q,
+                                    m, dh, dw, blk * ld, imin(ld, n_tiles - blk * ld), ld,
+                                    &work[tid, 0], &where[tid, 0], &partial[grp, 0, 0, 0],
+                                    check_finite)
+    if check_finite and not np.all(ok):
+        return None
+    cdef floating[:, :, ::1] mw = partial_arr.sum(axis=0)
+    dw_arr = np.empty((Kout, Cin, 3, 3), dtype=dtype)
+    cdef floating[:, :, :, ::1] dW = dw_arr
+    with nogil:
+        for k in prange(Kout, schedule="static", num_threads=nt):
+            for c in range(Cin):
+                _filter_gradient(&mw[0, c, k], Cin * Kout, m, &dW[k, c, 0, 0])
+    if check_finite and not _all_finite(&dW[0, 0, 0, 0], Kout * Cin * 9):
+        return None
+    return dw_arr
+
+
 cdef tuple _shape(const floating[:, :, :, ::1] a):
     return (a.shape[0], a.shape[1], a.shape[2], a.shape[3])
 
 
-def _geometry(x_shape, w_shape, stride, padding, tile, int n_threads, dy_shape=None):
+def _geometry(x_shape, w_shape, stride, padding, tile, int n_threads, dy_shape, dilation):
     """_conv_geometry's (sh, sw, ph, pw, P, Q, threads), for a 3x3 kernel, stride 1, and a
     tile size of TILES only."""
     if (w_shape[2], w_shape[3]) != (3, 3) or tuple(int(s) for s in stride) != (1, 1):
@@ -366,7 +582,7 @@ def _geometry(x_shape, w_shape, stride, padding, tile, int n_threads, dy_shape=N
                          f"{(w_shape[2], w_shape[3])} and stride {tuple(stride)}")
     if tile not in TILES:
         raise ValueError(f"conv_winograd: tile must be one of {TILES}, got {tile!r}")
-    return _conv_geometry(x_shape, w_shape, stride, padding, n_threads, dy_shape)
+    return _conv_geometry(x_shape, w_shape, stride, padding, n_threads, dy_shape, dilation)
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
@@ -375,7 +591,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    stride, padding, int n_threads, dilation=(1, 1), *,
                    bint relu=False, residual=None,     # IN (N, K, P, Q) or None
                    int tile=DEFAULT_TILE, bint check_finite=False):   # returns y (OUT)
-    """(conv.fwd) for a 3x3 kernel, stride 1, by F(tile x tile, 3x3), eq. (wino.gemm).
+    """(conv.fwd) for a 3x3 kernel, stride 1, any dilation, by F(tile x tile, 3x3), eq.
+    (wino.gemm).
 
     Parameters
     ----------
@@ -383,7 +600,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     stride : (1, 1);  padding : (ph, pw)
     n_threads : int (BLAS limited to one thread by the caller; bitwise the same for any value)
     tile : 2 or 4, the output tile of F(tile x tile, 3x3)
-    dilation : (1, 1) only (the other kernels take other dilations)
+    dilation : (dh, dw): a tile's taps, and its outputs, dh rows and dw columns apart
     relu, residual : keyword only, the fused epilogue (conv.fused) ``y = relu(y + residual)``,
         applied to the whole output once it is computed
     check_finite : bool
@@ -392,20 +609,19 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
 
     Returns
     -------
-    y : ndarray (N, K, H + 2ph - 2, W + 2pw - 2), x's dtype, or None (``check_finite``).
+    y : ndarray (N, K, H + 2ph - 2dh, W + 2pw - 2dw), x's dtype, or None (``check_finite``).
     """
-    if tuple(dilation) != (1, 1):
-        raise ValueError(f"conv: Winograd needs dilation (1, 1), got {tuple(dilation)}")
     cdef Py_ssize_t sh, sw, ph, pw, P, Q
     cdef int nt
-    sh, sw, ph, pw, P, Q, nt = _geometry(_shape(x), _shape(w), stride, padding, tile, n_threads)
+    sh, sw, ph, pw, P, Q, nt = _geometry(_shape(x), _shape(w), stride, padding, tile, n_threads,
+                                         None, dilation)
     if b is not None and b.shape[0] != w.shape[0]:
         raise ValueError(f"conv: b has {b.shape[0]} values for {w.shape[0]} output channels")
     if check_finite and not _all_finite(&w[0, 0, 0, 0], w.shape[0] * w.shape[1] * 9):
         return None
     u = _transformed_filters(w, tile, False, nt)
-    y = _correlate(x, u, None if b is None else np.asarray(b), P, Q, -ph, -pw, tile, nt,
-                   check_finite)
+    y = _correlate(x, u, None if b is None else np.asarray(b), P, Q, -ph, -pw, dilation, tile,
+                   nt, check_finite)
     if y is not None and (relu or residual is not None):
         _fused_epilogue(y, residual, relu)
     return y
@@ -431,14 +647,14 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     stride, padding, int n_threads, bint need_dx=True,
                     bint need_dw=True, dilation=(1, 1), *,
                     int tile=DEFAULT_TILE, bint check_finite=False):   # returns dx, dw, db (OUT)
-    """Gradients of :func:`conv2d_forward`, (conv.bwd): dx by Winograd, as the 3x3 stride-1
-    correlation of dy with the flipped, transposed kernel and padding 2 - p; dw and db by
-    the im2col kernel.
+    """Gradients of :func:`conv2d_forward`, (conv.bwd), by Winograd: dx as the 3x3 stride-1
+    correlation of dy with the flipped, transposed kernel (the same dilation d) and padding
+    2d - p; dw by (wino.dw) (module docstring); db as dy's sum.
 
     Parameters as :func:`conv2d_forward`; need_dx False skips dx (None in its place),
     need_dw False skips dw and db (None for both).
-    ``check_finite``: None instead of the three arrays where dy, w or a dx value is not
-    finite (dw and db alone are always computed by the formula).
+    ``check_finite``: None instead of the three arrays where w, a transformed tile of x or
+    dy, or a dx or dw value is not finite.
 
     Returns
     -------
@@ -446,25 +662,36 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     """
     cdef Py_ssize_t sh, sw, ph, pw, P, Q
     cdef int nt
-    if tuple(dilation) != (1, 1):
-        raise ValueError(f"conv: Winograd needs dilation (1, 1), got {tuple(dilation)}")
     if not (need_dx or need_dw):
         raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     sh, sw, ph, pw, P, Q, nt = _geometry(_shape(x), _shape(w), stride, padding, tile, n_threads,
-                                         _shape(dy))
+                                         _shape(dy), dilation)
+    dh, dw = dilation
     dx = None
     if need_dx:
         if check_finite and not _all_finite(&w[0, 0, 0, 0], w.shape[0] * w.shape[1] * 9):
             return None
         u = _transformed_filters(w, tile, True, nt)
-        dx = _correlate(dy, u, None, x.shape[2], x.shape[3], ph - 2, pw - 2, tile, nt,
-                        check_finite)
+        dx = _correlate(dy, u, None, x.shape[2], x.shape[3], ph - 2 * dh, pw - 2 * dw, dilation,
+                        tile, nt, check_finite)
         if dx is None:
             return None
     if not need_dw:
         return dx, None, None
-    _, dw, db = _im2col.conv2d_backward(dy, x, w, stride, padding, n_threads, False)
-    return dx, dw, db
+    dW = _weight_gradient(x, dy, ph, pw, dilation, tile, nt, check_finite)
+    if dW is None:
+        return None
+    db = np.empty(w.shape[0], dtype=dW.dtype)
+    _bias_gradient(dy, db, nt)
+    return dx, dW, db
+
+
+def _bias_gradient(const floating[:, :, :, ::1] dy, floating[::1] db, int nt):
+    """db[k] = sum_{n,p,q} dy[n, k, p, q] (conv.bwd), by the kernels' shared _db_one."""
+    cdef Py_ssize_t k
+    with nogil:
+        for k in prange(dy.shape[1], schedule="static", num_threads=nt):
+            _db_one(dy, db, k)
 
 
 include "_conv_shared.pxi"

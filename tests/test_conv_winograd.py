@@ -1,4 +1,5 @@
-"""Winograd convolution: reference vs direct, fast vs reference, accuracy, threads, NaN/Inf.
+"""Winograd convolution: reference vs direct, fast vs reference, accuracy, threads, NaN/Inf;
+forward, dx and dW, dilated or not.
 
 The reference (fastconv/reference/conv_winograd.py) is checked against the direct formula
 in float64; the compiled kernel against the reference with the same tile size; both tile
@@ -18,7 +19,7 @@ from helpers import assert_close, assert_close_nonfinite, assert_grad_matches
 wino = load_kernels("conv_winograd")
 TILES = [2, 4]
 
-# (x shape (N, C, H, W), K, padding): odd and tiny sizes leave partial tiles
+# (x shape (N, C, H, W), K, padding[, dilation]): odd and tiny sizes leave partial tiles
 CASES = [
     ((2, 3, 7, 9), 4, (1, 1)),       # odd H and W: partial tiles for both tile sizes
     ((1, 2, 5, 6), 3, (0, 0)),       # batch 1, unpadded
@@ -28,35 +29,45 @@ CASES = [
     ((3, 5, 13, 11), 7, (1, 1)),     # tiles of a block span images
     ((2, 16, 8, 8), 16, (1, 1)),     # m divides the output
     ((1, 4, 18, 30), 6, (1, 0)),     # more tiles than one block holds
+    ((2, 3, 12, 12), 4, (2, 2), (2, 2)),   # dilated: 4 phases of 6x6 outputs
+    ((1, 3, 13, 10), 5, (1, 3), (3, 2)),   # phases of unequal sizes, dilation > padding
+    ((2, 2, 9, 17), 3, (4, 0), (4, 1)),    # a phase with no whole tile, mixed dilation
 ]
 
 
 def case_id(case):
-    (N, C, H, W), K, (ph, pw) = case
-    return f"N{N}C{C}H{H}W{W}K{K}p{ph}{pw}"
+    (N, C, H, W), K, (ph, pw), (dh, dw) = unpack(case)
+    return f"N{N}C{C}H{H}W{W}K{K}p{ph}{pw}" + (f"d{dh}{dw}" if (dh, dw) != (1, 1) else "")
+
+
+def unpack(case):
+    return case if len(case) == 4 else (*case, (1, 1))
 
 
 def make(rng, dtype, case):
-    (N, C, H, W), K, (ph, pw) = case
+    (N, C, H, W), K, (ph, pw), (dh, dw) = unpack(case)
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
     w = rng.standard_normal((K, C, 3, 3)).astype(dtype)
     b = rng.standard_normal(K).astype(dtype)
-    dy = rng.standard_normal((N, K, H + 2 * ph - 2, W + 2 * pw - 2)).astype(dtype)
+    dy = rng.standard_normal((N, K, H + 2 * ph - 2 * dh, W + 2 * pw - 2 * dw)).astype(dtype)
     return x, w, b, dy
 
 
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_reference_matches_direct(case, tile, rng):
-    """The NumPy Winograd (both tile sizes) is the direct formula, to float64 rounding."""
+    """The NumPy Winograd (both tile sizes) is the direct formula, to float64 rounding:
+    forward, dx and dW (eq. wino.dw), dilated or not."""
     x, w, b, dy = make(rng, np.float64, case)
-    pad = case[2]
-    y = ref_wino.conv2d_forward(x, w, b, (1, 1), pad, tile=tile)
-    assert_close(y, ref_direct.conv2d_forward(x, w, b, (1, 1), pad), np.float64, 9 * x.shape[1])
-    got = ref_wino.conv2d_backward(dy, x, w, (1, 1), pad, tile=tile)
-    want = ref_direct.conv2d_backward(dy, x, w, (1, 1), pad)
+    _, _, pad, dil = unpack(case)
+    y = ref_wino.conv2d_forward(x, w, b, (1, 1), pad, None, dil, tile=tile)
+    assert_close(y, ref_direct.conv2d_forward(x, w, b, (1, 1), pad, dilation=dil), np.float64,
+                 9 * x.shape[1])
+    got = ref_wino.conv2d_backward(dy, x, w, (1, 1), pad, None, True, True, dil, tile=tile)
+    want = ref_direct.conv2d_backward(dy, x, w, (1, 1), pad, dilation=dil)
     for name, g, r in zip(("dx", "dw", "db"), got, want):
-        assert_close(g, r, np.float64, 9 * w.shape[0], err_msg=name)
+        assert_close(g, r, np.float64, 9 * w.shape[0] if name == "dx" else dy[:, 0].size,
+                     err_msg=name)
 
 
 def test_transform_matrices_are_exact_for_polynomials():
@@ -76,22 +87,26 @@ def test_transform_matrices_are_exact_for_polynomials():
 @pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_fast_matches_reference(case, tile, dtype, rng, n_threads):
-    """The kernel computes what the reference computes, with the same tile size; dw and db
-    (from im2col) too."""
+    """The kernel computes what the reference computes, with the same tile size: forward,
+    dx, dW and db, dilated or not."""
     x, w, b, dy = make(rng, dtype, case)
-    pad = case[2]
-    y = wino.conv2d_forward(x, w, b, (1, 1), pad, n_threads, tile=tile)
+    _, _, pad, dil = unpack(case)
+    y = wino.conv2d_forward(x, w, b, (1, 1), pad, n_threads, dil, tile=tile)
     assert y.dtype == dtype
-    assert_close(y, ref_wino.conv2d_forward(x, w, b, (1, 1), pad, tile=tile), dtype,
+    assert_close(y, ref_wino.conv2d_forward(x, w, b, (1, 1), pad, None, dil, tile=tile), dtype,
                  9 * x.shape[1])
-    got = wino.conv2d_backward(dy, x, w, (1, 1), pad, n_threads, tile=tile)
-    want = ref_wino.conv2d_backward(dy, x, w, (1, 1), pad, tile=tile)
+    got = wino.conv2d_backward(dy, x, w, (1, 1), pad, n_threads, True, True, dil, tile=tile)
+    want = ref_wino.conv2d_backward(dy, x, w, (1, 1), pad, None, True, True, dil, tile=tile)
     for name, g, r in zip(("dx", "dw", "db"), got, want):
         assert g.dtype == dtype
         assert_close(g, r, dtype, 9 * w.shape[0] if name == "dx" else dy[:, 0].size,
                      err_msg=name)
-    dx, dw, db = wino.conv2d_backward(dy, x, w, (1, 1), pad, n_threads, False, tile=tile)
+    dx, dw, db = wino.conv2d_backward(dy, x, w, (1, 1), pad, n_threads, False, True, dil,
+                                      tile=tile)
     assert dx is None and np.array_equal(dw, got[1]) and np.array_equal(db, got[2])
+    dx, dw, db = wino.conv2d_backward(dy, x, w, (1, 1), pad, n_threads, True, False, dil,
+                                      tile=tile)
+    assert np.array_equal(dx, got[0]) and dw is None and db is None
 
 
 @pytest.mark.parametrize("backend", ["fast", "reference"])
@@ -106,36 +121,47 @@ def test_public_api_matches_direct(backend, dtype, rng):
         assert_close(g, r, dtype, 9 * 4 * 7 * 9)
 
 
-def test_backward_matches_finite_differences(rng):
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_backward_matches_finite_differences(dilation, rng):
     x = rng.standard_normal((2, 2, 5, 6))
     w = rng.standard_normal((3, 2, 3, 3))
     b = rng.standard_normal(3)
     dy = rng.standard_normal((2, 3, 5, 6))
-    loss = lambda: float(np.sum(F.conv2d(x, w, b, 1, 1, algo="winograd") * dy))  # noqa: E731
-    dx, dw, db = F.conv2d_backward(dy, x, w, 1, 1, algo="winograd")
+    d = dilation
+
+    def loss():
+        return float(np.sum(F.conv2d(x, w, b, 1, d, d, algo="winograd") * dy))
+    dx, dw, db = F.conv2d_backward(dy, x, w, 1, d, d, algo="winograd")
     for got, arr in ((dx, x), (dw, w), (db, b)):
         assert_grad_matches(got, loss, arr)
 
 
 @pytest.mark.parametrize("tile", TILES)
-def test_bitwise_thread_invariant(tile, dtype, rng):
-    """The blocks of tiles depend on the shapes only: 1, 2 and 3 threads give the same bits."""
-    x, w, b, dy = make(rng, dtype, ((5, 8, 19, 17), 12, (1, 1)))
-    results = []
-    for n in (1, 2, 3):
-        y = wino.conv2d_forward(x, w, b, (1, 1), (1, 1), n, tile=tile)
-        results.append((y,) + wino.conv2d_backward(dy, x, w, (1, 1), (1, 1), n, tile=tile))
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
+def test_bitwise_thread_invariant(tile, dtype, rng, monkeypatch):
+    """The blocks of tiles, and dW's runs of blocks with their partial sums, depend on the
+    shapes only: 1, 2 and 3 threads give the same bits."""
+    monkeypatch.setattr(wino, "_DW_GROUPS", 3)      # runs of more than one block, and fewer
+    results = {1: [], 2: [], 3: []}                  # runs than threads
+    # one block; then 4 (F(4x4)) or 6 (F(2x2)) blocks, dilated
+    for case in (((5, 8, 19, 17), 12, (1, 1)), ((8, 16, 40, 36), 16, (2, 2), (2, 2))):
+        x, w, b, dy = make(rng, dtype, case)
+        _, _, pad, dil = unpack(case)
+        for n in results:
+            y = wino.conv2d_forward(x, w, b, (1, 1), pad, n, dil, tile=tile)
+            results[n] += (y,) + wino.conv2d_backward(dy, x, w, (1, 1), pad, n, True, True, dil,
+                                                      tile=tile)
+    for n in (2, 3):
+        for a, c in zip(results[1], results[n]):
             assert np.array_equal(a, c)
+    x, w, b, dy = make(rng, dtype, ((5, 8, 19, 17), 12, (1, 1)))
     with fastconv.num_threads(3):
         assert np.array_equal(F.conv2d(x, w, b, 1, 1, algo="winograd"),
                               wino.conv2d_forward(x, w, b, (1, 1), (1, 1), 1))
 
 
 # The float32 error of each tile size, relative to the largest output, against float64
-# truth, on the layer suite's 3x3 stride-1 layers (smaller batches), standard normal data.
-# The bounds are the ones the reference's docstring states.
+# truth, on the layer suite's 3x3 stride-1 layers (smaller batches), standard normal data:
+# y, dx and dW. The bounds are the ones the reference's docstring states.
 BOUND = {2: 2e-6, 4: 3e-5}
 SUITE_3X3 = [((4, 16, 32, 32), 16), ((4, 32, 16, 16), 32), ((4, 64, 8, 8), 64),
              ((2, 64, 32, 32), 128)]
@@ -151,16 +177,19 @@ def test_float32_error_within_the_stated_bound(layer, tile):
     dy = rng.standard_normal((N, K, H, W))
     direct = load_kernels("conv_direct")
     y64 = direct.conv2d_forward(x, w, None, (1, 1), (1, 1), 2)
-    dx64 = direct.conv2d_backward(dy, x, w, (1, 1), (1, 1), 2)[0]
+    dx64, dw64, _ = direct.conv2d_backward(dy, x, w, (1, 1), (1, 1), 2)
     x32, w32, dy32 = (a.astype(np.float32) for a in (x, w, dy))
 
     def rel(got, want):
         return np.abs(got - want).max() / np.abs(want).max()
     assert rel(wino.conv2d_forward(x32, w32, None, (1, 1), (1, 1), 2, tile=tile), y64) < BOUND[tile]
-    assert rel(wino.conv2d_backward(dy32, x32, w32, (1, 1), (1, 1), 2, tile=tile)[0], dx64) \
-        < BOUND[tile]
+    for got, want in zip(wino.conv2d_backward(dy32, x32, w32, (1, 1), (1, 1), 2, tile=tile),
+                         (dx64, dw64)):
+        assert rel(got, want) < BOUND[tile]
     assert rel(wino.conv2d_forward(x, w, None, (1, 1), (1, 1), 2, tile=tile), y64) < 1e-12
-    assert rel(wino.conv2d_backward(dy, x, w, (1, 1), (1, 1), 2, tile=tile)[0], dx64) < 1e-12
+    for got, want in zip(wino.conv2d_backward(dy, x, w, (1, 1), (1, 1), 2, tile=tile),
+                         (dx64, dw64)):
+        assert rel(got, want) < 1e-12
 
 
 def test_bad_arguments_are_rejected(rng):
@@ -197,6 +226,20 @@ def test_auto_picks_winograd_for_wide_3x3_stride_1(rng):
         assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p)) == want, (x_shape, w_shape)
         assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), backward=True) == want
         assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), "reference") == "im2col"
+    for dilation in ((2, 2), (4, 4), (1, 3)):               # dilated (the suite's atrous_d2, d4)
+        for backward in (False, True):
+            assert F.choose_conv_algo((8, 64, 32, 32), (64, 64, 3, 3), (1, 1), (2, 2),
+                                      backward=backward, dilation=dilation) == "winograd"
+        assert F.choose_conv_algo((8, 64, 32, 32), (64, 64, 3, 3), (2, 2), (2, 2),
+                                  dilation=dilation) == "im2col"
+    x = rng.standard_normal((2, 16, 12, 11)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 16, 12, 11)).astype(np.float32)
+    assert np.array_equal(F.conv2d(x, w, None, 1, 2, 2),
+                          F.conv2d(x, w, None, 1, 2, 2, algo="winograd"))
+    for a, c in zip(F.conv2d_backward(dy, x, w, 1, 2, 2),
+                    F.conv2d_backward(dy, x, w, 1, 2, 2, algo="winograd")):
+        assert np.array_equal(a, c)
     x = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
     w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((2, 16, 9, 7)).astype(np.float32)
@@ -290,8 +333,8 @@ for dtype in (np.float32, np.float64):
     for m in (2, 4):
         out[f"y{m}{dtype.__name__}"] = conv_winograd.conv2d_forward(x, w, None, (1, 1), (1, 1),
                                                                     1, tile=m)
-        out[f"dx{m}{dtype.__name__}"] = conv_winograd.conv2d_backward(dy, x, w, (1, 1), (1, 1),
-                                                                      1, tile=m)[0]
+        dx, dw, _ = conv_winograd.conv2d_backward(dy, x, w, (1, 1), (1, 1), 1, tile=m)
+        out[f"dx{m}{dtype.__name__}"], out[f"dw{m}{dtype.__name__}"] = dx, dw
 np.savez(sys.argv[1], **out)
 """
 

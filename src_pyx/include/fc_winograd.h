@@ -1,7 +1,8 @@
 /* fc_winograd.h: the 1-D Winograd transforms of conv_winograd.pyx, n columns at a time.
  *
- * Every 2-D transform of conv_winograd.pyx, (B^T d B) of an input tile and A^T M A of a
- * transformed output tile, is two passes of one 1-D transform (columns, then rows), and
+ * Every 2-D transform of conv_winograd.pyx, (B^T d B) of an input tile, A^T M A of a
+ * transformed output tile and A dY A^T of a tile of dy (for dW), is two passes of one 1-D
+ * transform (columns, then rows), and
  * the driver lays the tiles out so that each pass works on n tiles at once: the a-th input
  * of the 1-D transform for column i is in[a * in_step + i], its j-th output goes to
  * out[j * out_step + i]. The loop over i is then plain vector code: 4 floats (2 doubles)
@@ -13,6 +14,8 @@
  *   fc_wino_in6_*   B^T of F(4x4, 3x3):  6 values -> 6   (points 0, 1, -1, 2, -2, infinity)
  *   fc_wino_out4_*  A^T of F(2x2, 3x3):  4 values -> 2
  *   fc_wino_out6_*  A^T of F(4x4, 3x3):  6 values -> 4
+ *   fc_wino_dy4_*   A   of F(2x2, 3x3):  2 values -> 4   (the transpose of A^T, for dW)
+ *   fc_wino_dy6_*   A   of F(4x4, 3x3):  4 values -> 6
  *
  * The matrices are written out (with their derivation) in fastconv/reference/conv_winograd.py.
  * Why C: the outputs are several streams of one buffer at a distance gcc cannot see, so it
@@ -107,6 +110,43 @@ ATTR static void fc_wino_out6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,  
         y2[i] = s + (T)4 * S;                                                          \
         y3[i] = (d + (T)8 * D) + m5[i];                                                \
     }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* A of F(2x2, 3x3): z0 = y0, z1 = y0 + y1, z2 = y0 - y1, z3 = -y1 */                    \
+ATTR static void fc_wino_dy4_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,        \
+                                        ptrdiff_t out_step, ptrdiff_t n)               \
+{                                                                                      \
+    const T *y0 = in, *y1 = in + in_step;                                              \
+    T *z0 = out, *z1 = out + out_step, *z2 = out + 2 * out_step, *z3 = out + 3 * out_step; \
+    FC_IVDEP                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                \
+        T a = y0[i], b = y1[i];                                                        \
+        z0[i] = a;                                                                     \
+        z1[i] = a + b;                                                                 \
+        z2[i] = a - b;                                                                 \
+        z3[i] = -b;                                                                    \
+    }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* A of F(4x4, 3x3), with e = y0 + y2, o = y1 + y3, E = y0 + 4 y2, O = 2 y1 + 8 y3:      \
+ * z0 = y0, z1 = e + o, z2 = e - o, z3 = E + O, z4 = E - O, z5 = y3 */                    \
+ATTR static void fc_wino_dy6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,        \
+                                        ptrdiff_t out_step, ptrdiff_t n)               \
+{                                                                                      \
+    const T *y0 = in, *y1 = in + in_step, *y2 = in + 2 * in_step, *y3 = in + 3 * in_step; \
+    T *z0 = out, *z1 = out + out_step, *z2 = out + 2 * out_step;                       \
+    T *z3 = out + 3 * out_step, *z4 = out + 4 * out_step, *z5 = out + 5 * out_step;     \
+    FC_IVDEP                                                                           \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                \
+        T a = y0[i], b = y1[i], c = y2[i], d = y3[i];                                  \
+        T e = a + c, o = b + d, E = a + (T)4 * c, O = (T)2 * b + (T)8 * d;             \
+        z0[i] = a;                                                                     \
+        z1[i] = e + o;                                                                 \
+        z2[i] = e - o;                                                                 \
+        z3[i] = E + O;                                                                 \
+        z4[i] = E - O;                                                                 \
+        z5[i] = d;                                                                     \
+    }                                                                                  \
 }
 
 FC_WINO_TRANSFORMS(float, f32, )
@@ -116,8 +156,12 @@ FC_WINO_TRANSFORMS(float, f32_avx2, __attribute__((target("avx2"))))
 FC_WINO_TRANSFORMS(double, f64_avx2, __attribute__((target("avx2"))))
 #endif
 
-/* The transform the driver calls: B^T (inverse 0) or A^T (inverse 1) of F(m x m, 3x3),
- * in the copy for isa (fc_isa_level() at import). */
+/* Which 1-D transform: B^T of an input tile, A^T of a transformed output tile, A of a
+ * tile of dy. */
+enum { FC_WINO_INPUT = 0, FC_WINO_OUTPUT = 1, FC_WINO_DY = 2 };
+
+/* The transform the driver calls, `kind` of F(m x m, 3x3), in the copy for isa
+ * (fc_isa_level() at import). */
 #if FC_HAVE_X86_SIMD
 #define FC_WINO_CALL(name, args)                                                      \
     do { if (isa >= FC_ISA_AVX2) name##_avx2 args; else name args; } while (0)
@@ -126,14 +170,22 @@ FC_WINO_TRANSFORMS(double, f64_avx2, __attribute__((target("avx2"))))
 #endif
 #define FC_WINO_DISPATCH(T, SUFFIX)                                                    \
 /* IN in; OUT out */                                                                  \
-static inline void fc_wino_1d_##SUFFIX(int isa, int m, int inverse, const T *in,      \
+static inline void fc_wino_1d_##SUFFIX(int isa, int m, int kind, const T *in,         \
                                        ptrdiff_t in_step, T *out, ptrdiff_t out_step, \
                                        ptrdiff_t n)                                   \
 {                                                                                     \
-    if (inverse && m == 2) FC_WINO_CALL(fc_wino_out4_##SUFFIX, (in, in_step, out, out_step, n)); \
-    else if (inverse) FC_WINO_CALL(fc_wino_out6_##SUFFIX, (in, in_step, out, out_step, n)); \
-    else if (m == 2) FC_WINO_CALL(fc_wino_in4_##SUFFIX, (in, in_step, out, out_step, n)); \
-    else FC_WINO_CALL(fc_wino_in6_##SUFFIX, (in, in_step, out, out_step, n));          \
+    if (kind == FC_WINO_INPUT && m == 2)                                              \
+        FC_WINO_CALL(fc_wino_in4_##SUFFIX, (in, in_step, out, out_step, n));          \
+    else if (kind == FC_WINO_INPUT)                                                   \
+        FC_WINO_CALL(fc_wino_in6_##SUFFIX, (in, in_step, out, out_step, n));          \
+    else if (kind == FC_WINO_OUTPUT && m == 2)                                        \
+        FC_WINO_CALL(fc_wino_out4_##SUFFIX, (in, in_step, out, out_step, n));         \
+    else if (kind == FC_WINO_OUTPUT)                                                  \
+        FC_WINO_CALL(fc_wino_out6_##SUFFIX, (in, in_step, out, out_step, n));         \
+    else if (m == 2)                                                                  \
+        FC_WINO_CALL(fc_wino_dy4_##SUFFIX, (in, in_step, out, out_step, n));          \
+    else                                                                              \
+        FC_WINO_CALL(fc_wino_dy6_##SUFFIX, (in, in_step, out, out_step, n));          \
 }
 
 FC_WINO_DISPATCH(float, f32)
