@@ -59,9 +59,12 @@ docstring.
 
 NaN and Inf: the transforms mix all values of a tile, so non-finite values in x (or dy)
 spread further than in the formula (see the reference's docstring). With
-``check_finite=True`` the kernel returns None instead where w, a transformed input tile
-or an output is not finite (no exact answer is promised then), and ``algo="auto"``
-recomputes that call with im2col.
+``check_finite=True`` the kernel returns None instead where w or an output (y, dx or dW) is
+not finite (no exact answer is promised then), and ``algo="auto"`` recomputes that call
+with im2col. The outputs suffice: a non-finite value never vanishes in a sum or product
+(NaN stays NaN; Inf - Inf and 0 * Inf are NaN), and every transformed value reaches some
+output, so a NaN or Inf in x or dy, or a transform that overflowed, shows in the outputs
+of its tile (computed whole, the overhang past the plane's edge included).
 """
 import numpy as np
 
@@ -314,8 +317,8 @@ cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp
                           floating* work, Py_ssize_t* where, bint check_finite) noexcept nogil:
     """Tiles t0 .. t0 + tb - 1 of the whole batch (their order: ``_tile_offsets``), eq.
     (wino.gemm), steps 2-4: out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) *
-    xp[n, c, p + dh*r, q + dw*s] for the outputs of these tiles. Returns False where ``check_finite`` found a
-    non-finite transformed input or output (the block's outputs are then unreliable)."""
+    xp[n, c, p + dh*r, q + dw*s] for the outputs of these tiles. Returns False where
+    ``check_finite`` found a non-finite output (the block's outputs are then unreliable)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
     cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m    # tiles down and across a phase
     cdef Py_ssize_t tw = ((Q + dw - 1) // dw + m - 1) // m
@@ -334,8 +337,6 @@ cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp
                   in_off, out_off, rows, cols)
     # 2. input transform, channel by channel: V[e][c][t]
     _transform_inputs(xp, Cin, Hp, Wp, dh, dw, in_off, tb, m, ld, D, T1, V)
-    if check_finite and not _columns_finite(V, alpha2 * Cin, ld, tb):
-        ok = False
     # 3. the alpha^2 GEMMs: M[e] (Kout, tb) = U[e] (Kout, Cin) @ V[e] (Cin, tb)
     for e in range(alpha2):
         _gemm(Kout, tb, Cin, U + e * Kout * Cin, V + e * Cin * ld, M + e * Kout * ld, ld)
@@ -467,18 +468,16 @@ cdef void _transform_dy(const floating* dy, Py_ssize_t Kout, Py_ssize_t PQ, Py_s
                       Kout)
 
 
-cdef bint _dw_block(const floating* xp,                # IN (N, Cin, Hp, Wp): padded
+cdef void _dw_block(const floating* xp,                # IN (N, Cin, Hp, Wp): padded
                     Py_ssize_t Cin, Py_ssize_t Hp, Py_ssize_t Wp,
                     const floating* dy,                # IN (N, Kout, P, Q)
                     Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q, int m,
                     Py_ssize_t dh, Py_ssize_t dw,      # the dilation
                     Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
                     floating* work, Py_ssize_t* where,
-                    floating* mw,                      # IN/OUT (alpha^2, Cin, Kout)
-                    bint check_finite) noexcept nogil:
+                    floating* mw) noexcept nogil:      # IN/OUT (alpha^2, Cin, Kout)
     """The terms of tiles t0 .. t0 + tb - 1 (ordered as in ``_tile_offsets``) in eq. (wino.dw):
-    mw[e] (Cin, Kout) += V[e] (Cin, tb) @ Z[e] (tb, Kout). Returns False where
-    ``check_finite`` found a non-finite transformed tile of x or dy."""
+    mw[e] (Cin, Kout) += V[e] (Cin, tb) @ Z[e] (tb, Kout)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
     cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m    # tiles down and across a phase
     cdef Py_ssize_t tw = ((Q + dw - 1) // dw + m - 1) // m
@@ -493,7 +492,6 @@ cdef bint _dw_block(const floating* xp,                # IN (N, Cin, Hp, Wp): pa
     cdef Py_ssize_t* out_off = where + ld
     cdef Py_ssize_t* rows = where + 2 * ld
     cdef Py_ssize_t* cols = where + 3 * ld
-    cdef bint ok = True
     _tile_offsets(t0, tb, m, th, tw, dh, dw, Cin * Hp * Wp, Wp, Kout * P * Q, P, Q,
                   in_off, out_off, rows, cols)
     # the input tiles as in the forward pass: V[e][c][t]
@@ -502,13 +500,9 @@ cdef bint _dw_block(const floating* xp,                # IN (N, Cin, Hp, Wp): pa
     for t in range(tb):
         _transform_dy(dy + out_off[t], Kout, P * Q, dh * Q, dw, rows[t], cols[t], m, Dy, T2,
                       Z + t * Kout, ld * Kout)
-    if check_finite:
-        ok = _columns_finite(V, alpha2 * Cin, ld, tb) and _columns_finite(Z, alpha2, ld * Kout,
-                                                                           tb * Kout)
     # the alpha^2 GEMMs, summed over the tiles: Mw[e] += V[e] @ Z[e]
     for e in range(alpha2):
         _gemm_acc(Cin, Kout, tb, V + e * Cin * ld, ld, Z + e * ld * Kout, mw + e * Cin * Kout)
-    return ok
 
 
 def _groups(Py_ssize_t n_blocks, Py_ssize_t partial_bytes):
@@ -545,19 +539,15 @@ def _weight_gradient(const floating[:, :, :, ::1] x,    # IN (N, Cin, H, W)
     cdef floating[:, ::1] work = np.zeros(
         (nt, alpha2 * ld * (2 + Cin + Kout) + (m * m + (m + 2) * m) * Kout), dtype=dtype)
     cdef Py_ssize_t[:, ::1] where = np.empty((nt, 4 * ld), dtype=np.intp)
-    cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
     partial_arr = np.zeros((n_groups, alpha2, Cin, Kout), dtype=dtype)
     cdef floating[:, :, :, ::1] partial = partial_arr
     with nogil:
         for grp in prange(n_groups, schedule="dynamic", num_threads=nt):
             tid = threadid()
             for blk in range(grp * n_blocks // n_groups, (grp + 1) * n_blocks // n_groups):
-                ok[blk] = _dw_block(&xp[0, 0, 0, 0], Cin, Hp, Wp, &dy[0, 0, 0, 0], Kout, P, Q,
-                                    m, dh, dw, blk * ld, imin(ld, n_tiles - blk * ld), ld,
-                                    &work[tid, 0], &where[tid, 0], &partial[grp, 0, 0, 0],
-                                    check_finite)
-    if check_finite and not np.all(ok):
-        return None
+                _dw_block(&xp[0, 0, 0, 0], Cin, Hp, Wp, &dy[0, 0, 0, 0], Kout, P, Q, m, dh, dw,
+                          blk * ld, imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
+                          &where[tid, 0], &partial[grp, 0, 0, 0])
     cdef floating[:, :, ::1] mw = partial_arr.sum(axis=0)
     dw_arr = np.empty((Kout, Cin, 3, 3), dtype=dtype)
     cdef floating[:, :, :, ::1] dW = dw_arr
@@ -604,8 +594,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     relu, residual : keyword only, the fused epilogue (conv.fused) ``y = relu(y + residual)``,
         applied to the whole output once it is computed
     check_finite : bool
-        True: return None where w, a transformed input or an output is NaN or Inf (see the
-        module docstring), so that the caller can compute the formula's answer another way.
+        True: return None where w or an output is NaN or Inf (see the module docstring), so
+        that the caller can compute the formula's answer another way.
 
     Returns
     -------
@@ -653,8 +643,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
 
     Parameters as :func:`conv2d_forward`; need_dx False skips dx (None in its place),
     need_dw False skips dw and db (None for both).
-    ``check_finite``: None instead of the three arrays where w, a transformed tile of x or
-    dy, or a dx or dw value is not finite.
+    ``check_finite``: None instead of the three arrays where w or a dx or dw value is not
+    finite (module docstring).
 
     Returns
     -------
