@@ -63,8 +63,8 @@ from _blas cimport gemm_rm
 from _isa cimport FC_ISA_AVX2, FC_ISA_AVX512, fc_isa_level
 from _common cimport end_inside, first_inside, imax, out_size, threads_for_macs
 
-# The float32 AVX-512 pieces, in C (intrinsics): headers under src_pyx/include/, each
-# starting with how it is built. Used only where fc_isa_level() says AVX-512.
+# The float32 AVX-512 and AVX2 pieces, in C (intrinsics): headers under src_pyx/include/,
+# each starting with how it is built. Used only where fc_isa_level() says so.
 cdef extern from "fc_conv_pack.h":
     void fc_pad_hwc_f32(const float* x, float* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                         Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
@@ -72,6 +72,12 @@ cdef extern from "fc_conv_pack.h":
                           Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
     void fc_unpack_yT_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
                           Py_ssize_t PQ, Py_ssize_t ldy) noexcept nogil
+    void fc_pad_hwc8_f32(const float* x, float* xp, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
+    void fc_unpad_hwc8_f32(const float* dxp, float* dx, Py_ssize_t C, Py_ssize_t H,
+                           Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
+    void fc_unpack_yT8_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
+                           Py_ssize_t PQ, Py_ssize_t ldy) noexcept nogil
 
 
 cdef extern from "fc_gemm_avx2.h":
@@ -112,7 +118,7 @@ DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the 
 # --------------------------------------------------------------------------- small GEMMs
 
 cdef bint _use_microkernel = fc_isa_level() >= FC_ISA_AVX512  # float32 products on it
-cdef bint _use_tile8 = fc_isa_level() == FC_ISA_AVX2  # float32 _gemm_small on AVX2's tile
+cdef bint _use_tile8 = fc_isa_level() == FC_ISA_AVX2  # ... on AVX2's tile (and its layouts)
 
 
 def _microkernel_in_use():
@@ -275,15 +281,18 @@ cdef void _pad_hwc(const floating* x_n, floating* xp, Py_ssize_t C, Py_ssize_t H
                    Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """xp (H + 2ph, W + 2pw, C) = x_n (C, H, W) moved to channels-last, zero border.
 
-    float32 with AVX-512: fc_pad_hwc_f32 (include/fc_conv_pack.h), by 16 x 16 blocks
-    transposed in registers, since the scalar transpose below stores with a stride of C
-    floats; 1 or 2 channels by the loop.
+    float32 with AVX-512 or AVX2: fc_pad_hwc_f32 / fc_pad_hwc8_f32 (include/fc_conv_pack.h),
+    by 16 x 16 or 8 x 8 blocks transposed in registers, since the scalar transpose below
+    stores with a stride of C floats; a few channels by the loop.
     """
     cdef Py_ssize_t Wp = W + 2 * pw, ih, iw, c, i
     cdef floating* row
     if floating is float:
         if _use_microkernel and C >= 3:
             fc_pad_hwc_f32(x_n, xp, C, H, W, ph, pw)
+            return
+        if _use_tile8 and C >= 8:
+            fc_pad_hwc8_f32(x_n, xp, C, H, W, ph, pw)
             return
     for i in range(ph * Wp * C):                                # top and bottom border rows
         xp[i] = 0
@@ -349,12 +358,16 @@ cdef void _unpatch_hwc(const floating* dcolT, floating* dxp, Py_ssize_t C, Py_ss
 cdef void _unpad_hwc(const floating* dxp, floating* dx_n, Py_ssize_t C, Py_ssize_t H,
                      Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
     """dx_n (C, H, W) = the inside of dxp (H + 2ph, W + 2pw, C), back to channels-first (the
-    border held gradients of padding zeros, dropped). float32 with AVX-512: fc_unpad_hwc_f32."""
+    border held gradients of padding zeros, dropped). float32 with AVX-512 or AVX2:
+    fc_unpad_hwc_f32 / fc_unpad_hwc8_f32 (see _pad_hwc)."""
     cdef Py_ssize_t Wp = W + 2 * pw, ih, iw, c
     cdef const floating* row
     if floating is float:
         if _use_microkernel and C >= 4:
             fc_unpad_hwc_f32(dxp, dx_n, C, H, W, ph, pw)
+            return
+        if _use_tile8 and C >= 8:
+            fc_unpad_hwc8_f32(dxp, dx_n, C, H, W, ph, pw)
             return
     for ih in range(H):                           # row by row: each (W, C) block stays in L1
         row = dxp + ((ih + ph) * Wp + pw) * C
@@ -517,12 +530,15 @@ cdef void _forward_sample_hwc(const floating[:, :, :, ::1] x, const floating[:, 
             _patches_hwc(xp, colT, C, Wp, R, S, Q, sh, sw, 1, 1, b0, b1)
             _gemm_small(PQb, K, CRS, colT, CRS, 1, &wrT[0, 0], K, False, yT, K)  # colT @ Wr^T
         # y[n][:, b0*Q : b1*Q] (K, PQb) = the block of Y_n^T transposed, plus the bias
-        if floating is float:
-            if _use_microkernel:    # 16 x 16 blocks transposed in registers (see _pad_hwc)
+        if floating is float and (_use_microkernel or _use_tile8):
+            # 16 x 16 or 8 x 8 blocks transposed in registers (see _pad_hwc)
+            if _use_microkernel:
                 fc_unpack_yT_f32(yT, &b[0], y_n + b0 * Q, K, PQb, PQ)
-                if fused:
-                    _epilogue(y_n, res, b0 * Q, K, PQb, PQ, relu)
-                continue
+            else:
+                fc_unpack_yT8_f32(yT, &b[0], y_n + b0 * Q, K, PQb, PQ)
+            if fused:
+                _epilogue(y_n, res, b0 * Q, K, PQb, PQ, relu)
+            continue
         # in blocks of _TBLOCK rows of Y_b^T, which stay in L1 while they are read K times
         for i0 in range(0, PQb, _TBLOCK):
             i1 = i0 + _TBLOCK if i0 + _TBLOCK < PQb else PQb

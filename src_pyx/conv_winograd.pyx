@@ -21,11 +21,12 @@ columns per tile, T tiles over the whole batch):
 e = (i, j) runs over the alpha x alpha positions of a transformed tile. The input is
 first padded (conv_direct's ``_padded``) so that every tile lies inside it. Steps 2-4 run
 on blocks of ``block`` consecutive tiles (``_winograd_block``), one block per task: a
-block's V and M stay in the cache between the transform and the GEMMs. Each 2-D transform is two passes
-of a 1-D transform (columns, then rows) over all the tiles of the block at once
-(src_pyx/include/fc_winograd.h): the block's tiles are first gathered into
+block's V and M stay in the cache between the transform and the GEMMs. Each 2-D transform
+is two passes of a 1-D transform (columns, then rows) over all the tiles of the block at
+once (src_pyx/include/fc_winograd.h): the block's tiles are first gathered into
 D[a][b][t] = d_t[a, b], so that every pass reads and writes contiguous runs of ``block``
-values.
+values, and the output tiles are scattered back at the end (in float32 both by 8 x 8
+blocks transposed in AVX2 registers, 8 tiles at a time).
 
 Read it in this order: ``_winograd_block`` (the steps of one block: ``_tile_offsets``
 finds its tiles, ``_gather_tiles`` takes them out of the padded image,
@@ -88,6 +89,13 @@ cdef extern from "fc_winograd.h":
                         float* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
     void fc_wino_1d_f64(int isa, int m, int kind, const double* inp, Py_ssize_t in_step,
                         double* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_gather_f32(int isa, const float* xp, Py_ssize_t row_step,
+                            const Py_ssize_t* in_off, Py_ssize_t tb, int alpha, float* D,
+                            Py_ssize_t ld) noexcept nogil
+    void fc_wino_scatter_f32(int isa, const float* O, Py_ssize_t ld, float* y,
+                             Py_ssize_t row_step, const Py_ssize_t* out_off,
+                             const Py_ssize_t* rows, const Py_ssize_t* cols, Py_ssize_t tb,
+                             int m, float bias) noexcept nogil
 
 cdef int _ISA = fc_isa_level()      # which copy of the transforms runs: fc_isa.h decides
 
@@ -243,9 +251,13 @@ cdef void _gather_tiles(const floating* xp, Py_ssize_t row_step, Py_ssize_t col_
                         Py_ssize_t ld) noexcept nogil:
     """D[(a*alpha + b)*ld + t] = xp[in_off[t] + a*row_step + b*col_step]: the alpha x alpha
     input tiles of one padded plane (taps row_step, col_step apart), side by side (tile t in
-    column t), for the vector transforms."""
+    column t), for the vector transforms. float32 with adjacent taps: fc_wino_gather_f32
+    (include/fc_winograd.h), which moves 8 tiles at a time with AVX2."""
     cdef Py_ssize_t t, a, b
     cdef const floating* src
+    if floating is float and col_step == 1:
+        fc_wino_gather_f32(_ISA, xp, row_step, in_off, tb, m + 2, D, ld)
+        return
     if m == 4:                                                  # constant bounds: unrolled
         for t in range(tb):
             src = xp + in_off[t]
@@ -266,9 +278,13 @@ cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize
                          floating bias) noexcept nogil:
     """y[out_off[t] + i*row_step + j*col_step] = O[(i*m + j)*ld + t] + bias for the
     i < rows[t], j < cols[t] outputs of each tile t (the overhang of the last tiles is
-    dropped)."""
+    dropped). float32 with adjacent outputs: fc_wino_scatter_f32 (include/fc_winograd.h),
+    8 tiles at a time with AVX2."""
     cdef Py_ssize_t t, i, j
     cdef floating* dst
+    if floating is float and col_step == 1:
+        fc_wino_scatter_f32(_ISA, O, ld, y, row_step, out_off, rows, cols, tb, m, bias)
+        return
     for t in range(tb):
         dst = y + out_off[t]
         if m == 4 and rows[t] == 4 and cols[t] == 4:           # constant bounds: unrolled
@@ -411,8 +427,12 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
     # xp[n, c, i, j] = inp[n, c, i + oh, j + ow], zeros around
     cdef Py_ssize_t Hp = dh * (th * m + 2), Wp = dw * (tw * m + 2)
     cdef floating[:, :, :, ::1] xp = _direct._padded(inp, Hp, Wp, -oh, -ow, nt)
-    # zeros: the columns past a short last block are computed (never stored); keep them finite
-    cdef floating[:, ::1] work = np.zeros((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
+    work_arr = np.empty((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
+    # Each thread's scratch: D, T1, V, M (see _winograd_block), uninitialised but for D: a
+    # short last block fills only its first tb columns, the transforms run over all ld,
+    # and zeros keep the unused ones finite (they never reach an output)
+    work_arr[:, :alpha2 * ld] = 0
+    cdef floating[:, ::1] work = work_arr
     cdef Py_ssize_t[:, ::1] where = np.empty((nt, 4 * ld), dtype=np.intp)
     cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
     with nogil:
@@ -461,7 +481,8 @@ cdef void _transform_dy(const floating* dy, Py_ssize_t Kout, Py_ssize_t PQ, Py_s
                 for b in range(m):
                     Dy[(a * m + b) * Kout + k] = (src[a * row_step + b * col_step]
                                                   if a < rows and b < cols else 0)
-    # columns: T2[i][b][k] = sum_a A[i, a] dY[a][b][k]; rows: Z[i*alpha + j][k] = sum_b A[j, b] T2[i][b][k]
+    # columns: T2[i][b][k] = sum_a A[i, a] dY[a][b][k];
+    # rows:    Z[i*alpha + j][k] = sum_b A[j, b] T2[i][b][k]
     _transform_1d(FC_WINO_DY, m, Dy, m * Kout, T2, m * Kout, m * Kout)
     for i in range(alpha):
         _transform_1d(FC_WINO_DY, m, T2 + i * m * Kout, Kout, Z + i * alpha * z_step, z_step,
@@ -536,8 +557,10 @@ def _weight_gradient(const floating[:, :, :, ::1] x,    # IN (N, Cin, H, W)
     cdef floating[:, :, :, ::1] xp = _direct._padded(x, dh * (th * m + 2), dw * (tw * m + 2),
                                                      ph, pw, nt)
     cdef Py_ssize_t Hp = xp.shape[2], Wp = xp.shape[3]
-    cdef floating[:, ::1] work = np.zeros(
+    work_arr = np.empty(
         (nt, alpha2 * ld * (2 + Cin + Kout) + (m * m + (m + 2) * m) * Kout), dtype=dtype)
+    work_arr[:, :alpha2 * ld] = 0       # D, as in _correlate
+    cdef floating[:, ::1] work = work_arr
     cdef Py_ssize_t[:, ::1] where = np.empty((nt, 4 * ld), dtype=np.intp)
     partial_arr = np.zeros((n_groups, alpha2, Cin, Kout), dtype=dtype)
     cdef floating[:, :, :, ::1] partial = partial_arr

@@ -1,4 +1,4 @@
-/* fc_conv_pack.h: layout changes around the AVX-512 convolution micro-kernel (float32).
+/* fc_conv_pack.h: layout changes around the float32 products of the channels-last path.
  *
  * The channels-last ("hwc") path of conv_im2col.pyx wants the image as xp (Hp, Wp, C),
  * zero-padded, so that every output pixel's window is R runs of S*C contiguous values,
@@ -10,22 +10,25 @@
  *   fc_unpad_hwc_f32  dxp (H + 2ph, W + 2pw, C)  ->  dx (C, H, W), border dropped
  *   fc_unpack_yT_f32  yT (P*Q, K)  ->  y (K, P*Q), plus the bias
  *
- * Structure: each is a transpose, done by 16 x 16 blocks held in sixteen 512-bit
- * registers (fc_transpose16): 16 row loads, 64 shuffles, 16 row stores per block, where
- * a scalar loop pays a strided load or store per element. Partial blocks at the edges
- * use masked loads and stores (fc_mask). Three channels (RGB images) would leave 13 of
- * 16 rows of a block empty, so fc_pad_hwc_f32 interleaves them with two permutes per
- * vector instead.
+ * Structure: each is a transpose, done by square blocks held in registers, where a
+ * scalar loop pays a strided load or store per element: 16 x 16 blocks in sixteen
+ * 512-bit registers with AVX-512 (fc_transpose16: 16 row loads, 64 shuffles, 16 row
+ * stores per block), 8 x 8 blocks in eight 256-bit registers with AVX2 (fc_transpose8,
+ * in fc_transpose8.h; the functions named ..._hwc8 and ..._yT8). Partial
+ * blocks at the edges use masked loads and stores (fc_mask; fc_load8, fc_store8).
+ * Three channels (RGB images) would leave 13 of 16 rows of a block empty, so the
+ * AVX-512 fc_pad_hwc_f32 interleaves them with two permutes per vector instead.
  *
- * ISA: AVX-512F only, compiled with a target attribute (FC_AVX512) so that the module
- * still builds for, and runs on, any x86-64; the caller uses them only where
- * fc_isa_level() (fc_isa.h) says AVX-512. Elsewhere they are empty stubs, never called.
+ * ISA: AVX-512F or AVX2, each compiled with a target attribute (FC_AVX512, FC_AVX2) so
+ * that the module still builds for, and runs on, any x86-64; the caller uses each only
+ * where fc_isa_level() (fc_isa.h) says so. Elsewhere they are empty stubs, never called.
  */
 #ifndef FC_CONV_PACK_H
 #define FC_CONV_PACK_H
 
 #include <string.h>
 #include "fc_isa.h"
+#include "fc_transpose8.h"
 
 #ifdef Py_PYTHON_H
 typedef Py_ssize_t fc_index;      /* the kernels' index type, as Cython declares them */
@@ -38,12 +41,23 @@ typedef ptrdiff_t fc_index;       /* standalone (the C tests) */
 #include <immintrin.h>
 #define FC_AVX512 __attribute__((target("avx512f,fma")))
 
-/* Layout changes by 16 x 16 blocks transposed in registers (AVX-512F shuffles only):
- * 16 row loads, 64 shuffles, 16 row stores per block, where a scalar loop pays one
- * strided load and store per element. Partial blocks at the edges use masked loads
- * and stores. They move data without arithmetic (the output's bias add is the same
- * single float add as in the scalar loop), so results are bitwise those of the
- * scalar code; measured in conv2d_forward, see _pad_hwc and _forward_sample_hwc. */
+/* The zero border of xp (H + 2ph, W + 2pw, C): ph rows above and below, pw pixels left
+ * and right of every image row. */
+static inline void fc_zero_border(float *xp, fc_index C, fc_index H, fc_index W,
+                                  fc_index ph, fc_index pw)
+{
+    fc_index Wp = W + 2 * pw;
+    memset(xp, 0, sizeof(float) * ph * Wp * C);
+    memset(xp + (ph + H) * Wp * C, 0, sizeof(float) * ph * Wp * C);
+    for (fc_index ih = 0; ih < H; ih++) {
+        float *row = xp + (ih + ph) * Wp * C;
+        memset(row, 0, sizeof(float) * pw * C);
+        memset(row + (pw + W) * C, 0, sizeof(float) * pw * C);
+    }
+}
+
+/* ---- AVX-512, by 16 x 16 blocks (AVX-512F shuffles only) ---- */
+
 FC_AVX512 static inline void fc_transpose16(__m512 r[16])
 {   /* r[i][j] -> r[j][i]: rows interleaved by 32-bit, 64-bit, then 128-bit lanes */
     __m512 t[16];
@@ -84,17 +98,11 @@ static inline __mmask16 fc_mask(fc_index n)    /* the first min(n, 16) lanes */
  * channels x 16 pixels, the pixels counted along the flattened image (ih*W + iw) so that
  * narrow images (W = 8) still fill whole blocks; each transposed row (one pixel's 16
  * channels) is stored at that pixel's place in the padded image. */
-FC_AVX512 static void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_index H,
-                                     fc_index W, fc_index ph, fc_index pw)
+FC_AVX512 static inline void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_index H,
+                                            fc_index W, fc_index ph, fc_index pw)
 {
     fc_index Wp = W + 2 * pw, HW = H * W;
-    memset(xp, 0, sizeof(float) * ph * Wp * C);
-    memset(xp + (ph + H) * Wp * C, 0, sizeof(float) * ph * Wp * C);
-    for (fc_index ih = 0; ih < H; ih++) {
-        float *row = xp + (ih + ph) * Wp * C;
-        memset(row, 0, sizeof(float) * pw * C);
-        memset(row + (pw + W) * C, 0, sizeof(float) * pw * C);
-    }
+    fc_zero_border(xp, C, H, W, ph, pw);
     if (C == 3) {
         /* RGB images: 16 pixels of the 3 planes a, b, c become 48 interleaved floats,
          * each output vector by two permutes (16 x 16 blocks would be 13/16 empty):
@@ -148,9 +156,9 @@ FC_AVX512 static void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_i
 }
 
 /* dx (C, H, W) = the inside of dxp (H + 2ph, W + 2pw, C): fc_pad_hwc_f32 backwards. */
-FC_AVX512 static void fc_unpad_hwc_f32(const float *dxp, float *dx, fc_index C,
-                                       fc_index H, fc_index W, fc_index ph,
-                                       fc_index pw)
+FC_AVX512 static inline void fc_unpad_hwc_f32(const float *dxp, float *dx, fc_index C,
+                                              fc_index H, fc_index W, fc_index ph,
+                                              fc_index pw)
 {
     fc_index Wp = W + 2 * pw, HW = H * W;
     __m512 v[16];
@@ -173,8 +181,8 @@ FC_AVX512 static void fc_unpad_hwc_f32(const float *dxp, float *dx, fc_index C,
 }
 
 /* y (K, PQ) = yT (PQ, K) transposed, plus b[k] on row k. */
-FC_AVX512 static void fc_unpack_yT_f32(const float *yT, const float *b, float *y,
-                                       fc_index K, fc_index PQ, fc_index ldy)
+FC_AVX512 static inline void fc_unpack_yT_f32(const float *yT, const float *b, float *y,
+                                              fc_index K, fc_index PQ, fc_index ldy)
 {   /* y[k, i] (row stride ldy) = yT[i, k] + b[k] for PQ pixels i and K channels k */
     __m512 v[16];
     for (fc_index i0 = 0; i0 < PQ; i0 += 16) {
@@ -193,6 +201,91 @@ FC_AVX512 static void fc_unpack_yT_f32(const float *yT, const float *b, float *y
     }
 }
 
+/* ---- the same three with AVX2, by 8 x 8 blocks ---- */
+
+/* The first min(n, 8) floats at p, the other lanes zero; and the store of as many: whole
+ * vectors by plain loads and stores, the partial ones at the edges lane by lane (AMD's
+ * masked store, vmaskmovps, is microcoded and slower than the scalar stores). */
+FC_AVX2 static inline __m256 fc_load8(const float *p, fc_index n)
+{
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, fc_lanes8(n));
+}
+
+FC_AVX2 static inline void fc_store8(float *p, fc_index n, __m256 v)
+{
+    if (n >= 8) {
+        _mm256_storeu_ps(p, v);
+        return;
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, v);
+    for (fc_index i = 0; i < n; i++) p[i] = lanes[i];
+}
+
+/* The 8 x 8 block at src (rows src_step apart) transposed into dst (rows dst_step apart),
+ * plus add[j] on output row j where add is not NULL; rows x cols of it are there (<= 8
+ * each). Whole blocks, the common case, take the branch without conditions. */
+FC_AVX2 static inline void fc_block8(const float *src, fc_index src_step, fc_index rows,
+                                     fc_index cols, const float *add, float *dst,
+                                     fc_index dst_step)
+{
+    __m256 v[8];
+    if (rows == 8 && cols == 8) {
+        FC_UNROLL for (int j = 0; j < 8; j++) v[j] = _mm256_loadu_ps(src + j * src_step);
+        fc_transpose8(v);
+        FC_UNROLL for (int j = 0; j < 8; j++) {
+            if (add) v[j] = _mm256_add_ps(v[j], _mm256_set1_ps(add[j]));
+            _mm256_storeu_ps(dst + j * dst_step, v[j]);
+        }
+        return;
+    }
+    for (int j = 0; j < 8; j++)
+        v[j] = j < rows ? fc_load8(src + j * src_step, cols) : _mm256_setzero_ps();
+    fc_transpose8(v);
+    for (int j = 0; j < cols; j++) {
+        if (add) v[j] = _mm256_add_ps(v[j], _mm256_set1_ps(add[j]));
+        fc_store8(dst + j * dst_step, rows, v[j]);
+    }
+}
+
+/* fc_pad_hwc_f32 by blocks of 8 channels x 8 pixels of an image row (8 pixels of a row
+ * are C floats apart in xp; a block running past the row's end would not be) */
+FC_AVX2 static inline void fc_pad_hwc8_f32(const float *x, float *xp, fc_index C, fc_index H,
+                                           fc_index W, fc_index ph, fc_index pw)
+{
+    fc_index Wp = W + 2 * pw;
+    fc_zero_border(xp, C, H, W, ph, pw);
+    for (fc_index ih = 0; ih < H; ih++)
+        for (fc_index c0 = 0; c0 < C; c0 += 8)
+            for (fc_index iw = 0; iw < W; iw += 8)
+                fc_block8(x + (c0 * H + ih) * W + iw, H * W, C - c0 < 8 ? C - c0 : 8,
+                          W - iw < 8 ? W - iw : 8, NULL,
+                          xp + ((ih + ph) * Wp + iw + pw) * C + c0, C);
+}
+
+/* fc_unpad_hwc_f32 by blocks of 8 pixels of an image row x 8 channels */
+FC_AVX2 static inline void fc_unpad_hwc8_f32(const float *dxp, float *dx, fc_index C,
+                                             fc_index H, fc_index W, fc_index ph,
+                                             fc_index pw)
+{
+    fc_index Wp = W + 2 * pw;
+    for (fc_index ih = 0; ih < H; ih++)
+        for (fc_index iw = 0; iw < W; iw += 8)
+            for (fc_index c0 = 0; c0 < C; c0 += 8)
+                fc_block8(dxp + ((ih + ph) * Wp + iw + pw) * C + c0, C,
+                          W - iw < 8 ? W - iw : 8, C - c0 < 8 ? C - c0 : 8, NULL,
+                          dx + (c0 * H + ih) * W + iw, H * W);
+}
+
+/* fc_unpack_yT_f32 by blocks of 8 pixels x 8 channels */
+FC_AVX2 static inline void fc_unpack_yT8_f32(const float *yT, const float *b, float *y,
+                                             fc_index K, fc_index PQ, fc_index ldy)
+{
+    for (fc_index i0 = 0; i0 < PQ; i0 += 8)
+        for (fc_index k0 = 0; k0 < K; k0 += 8)
+            fc_block8(yT + i0 * K + k0, K, PQ - i0 < 8 ? PQ - i0 : 8,
+                      K - k0 < 8 ? K - k0 : 8, b + k0, y + k0 * ldy + i0, ldy);
+}
 
 #else   /* no x86 SIMD: never called (fc_isa_level() is baseline) */
 static void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_index H,
@@ -201,6 +294,12 @@ static void fc_unpad_hwc_f32(const float *dxp, float *dx, fc_index C, fc_index H
                              fc_index W, fc_index ph, fc_index pw) {}
 static void fc_unpack_yT_f32(const float *yT, const float *b, float *y, fc_index K,
                              fc_index PQ, fc_index ldy) {}
+static void fc_pad_hwc8_f32(const float *x, float *xp, fc_index C, fc_index H,
+                            fc_index W, fc_index ph, fc_index pw) {}
+static void fc_unpad_hwc8_f32(const float *dxp, float *dx, fc_index C, fc_index H,
+                              fc_index W, fc_index ph, fc_index pw) {}
+static void fc_unpack_yT8_f32(const float *yT, const float *b, float *y, fc_index K,
+                              fc_index PQ, fc_index ldy) {}
 #endif
 
 #endif

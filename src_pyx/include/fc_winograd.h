@@ -17,6 +17,10 @@
  *   fc_wino_dy4_*   A   of F(2x2, 3x3):  2 values -> 4   (the transpose of A^T, for dW)
  *   fc_wino_dy6_*   A   of F(4x4, 3x3):  4 values -> 6
  *
+ * and around them, fc_wino_gather_f32 and fc_wino_scatter_f32: the input tiles of one
+ * plane side by side, and the output tiles back into their plane (transposes, by 8 x 8
+ * blocks with AVX2: fc_transpose8.h).
+ *
  * The matrices are written out (with their derivation) in fastconv/reference/conv_winograd.py.
  * Why C: the outputs are several streams of one buffer at a distance gcc cannot see, so it
  * would only vectorise the loop behind a runtime test of every pair of streams, more pairs
@@ -30,6 +34,7 @@
 #include <stddef.h>
 
 #include "fc_isa.h"
+#include "fc_transpose8.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
 #define FC_IVDEP _Pragma("GCC ivdep")
@@ -190,5 +195,92 @@ static inline void fc_wino_1d_##SUFFIX(int isa, int m, int kind, const T *in,   
 
 FC_WINO_DISPATCH(float, f32)
 FC_WINO_DISPATCH(double, f64)
+
+/* The tb input tiles at xp + in_off[t] (alpha x alpha, rows row_step apart, columns
+ * adjacent) side by side: D[(a * alpha + b) * ld + t] = xp[in_off[t] + a * row_step + b].
+ * By 8 tiles with AVX2: row a of each tile is one load (alpha lanes of 8), the 8 x 8
+ * block transposed makes value b of the 8 tiles one vector, stored whole: alpha stores
+ * where the scalar loop makes 8 alpha. The tiles left over, and CPUs without AVX2,
+ * element by element. IN xp; OUT D */
+#if FC_HAVE_X86_SIMD
+FC_AVX2 static void fc_wino_gather8_f32(const float *xp, ptrdiff_t row_step,
+                                        const ptrdiff_t *in_off, ptrdiff_t tb, int alpha,
+                                        float *D, ptrdiff_t ld)
+{
+    __m256i lanes = fc_lanes8(alpha);       /* the masked load reads no value past a row */
+    __m256 v[8];
+    for (ptrdiff_t t0 = 0; t0 + 8 <= tb; t0 += 8)
+        for (int a = 0; a < alpha; a++) {
+            FC_UNROLL for (int j = 0; j < 8; j++)
+                v[j] = _mm256_maskload_ps(xp + in_off[t0 + j] + a * row_step, lanes);
+            fc_transpose8(v);                   /* v[b]: value (a, b) of tiles t0 .. t0 + 7 */
+            for (int b = 0; b < alpha; b++)
+                _mm256_storeu_ps(D + (a * alpha + b) * ld + t0, v[b]);
+        }
+}
+#endif
+
+static inline void fc_wino_gather_f32(int isa, const float *xp, ptrdiff_t row_step,
+                                      const ptrdiff_t *in_off, ptrdiff_t tb, int alpha,
+                                      float *D, ptrdiff_t ld)
+{
+    ptrdiff_t t = 0;
+#if FC_HAVE_X86_SIMD
+    if (isa >= FC_ISA_AVX2) {
+        fc_wino_gather8_f32(xp, row_step, in_off, tb, alpha, D, ld);
+        t = tb - tb % 8;
+    }
+#endif
+    for (; t < tb; t++)
+        for (int a = 0; a < alpha; a++)
+            for (int b = 0; b < alpha; b++)
+                D[(a * alpha + b) * ld + t] = xp[in_off[t] + a * row_step + b];
+}
+
+/* The inverse of the gather, for the m x m output tiles (columns adjacent), plus bias:
+ * y[out_off[t] + i * row_step + j] = O[(i * m + j) * ld + t] + bias for the i < rows[t],
+ * j < cols[t] outputs of tile t inside the plane. By 8 whole tiles with AVX2: row i of
+ * the 8 tiles is m vectors of O, transposed so that each tile's row is one vector, of
+ * which m lanes are stored. IN O; OUT y */
+#if FC_HAVE_X86_SIMD
+FC_AVX2 static void fc_wino_scatter8_f32(const float *O, ptrdiff_t ld, float *y,
+                                         ptrdiff_t row_step, const ptrdiff_t *out_off,
+                                         int m, float bias)
+{
+    __m256 v[8], b = _mm256_set1_ps(bias);
+    for (int i = 0; i < m; i++) {
+        FC_UNROLL for (int j = 0; j < 8; j++)
+            v[j] = j < m ? _mm256_add_ps(_mm256_loadu_ps(O + (i * m + j) * ld), b)
+                         : _mm256_setzero_ps();
+        fc_transpose8(v);                       /* v[t]: row i of tile t, m lanes */
+        FC_UNROLL for (int t = 0; t < 8; t++) {
+            float *dst = y + out_off[t] + i * row_step;
+            if (m == 4) _mm_storeu_ps(dst, _mm256_castps256_ps128(v[t]));
+            else _mm_storel_pi((__m64 *)dst, _mm256_castps256_ps128(v[t]));
+        }
+    }
+}
+#endif
+
+static inline void fc_wino_scatter_f32(int isa, const float *O, ptrdiff_t ld, float *y,
+                                       ptrdiff_t row_step, const ptrdiff_t *out_off,
+                                       const ptrdiff_t *rows, const ptrdiff_t *cols,
+                                       ptrdiff_t tb, int m, float bias)
+{
+    for (ptrdiff_t t0 = 0; t0 < tb; t0 += 8) {
+        ptrdiff_t n = tb - t0 < 8 ? tb - t0 : 8, whole = n == 8;
+        for (ptrdiff_t t = t0; t < t0 + n; t++) whole = whole && rows[t] == m && cols[t] == m;
+#if FC_HAVE_X86_SIMD
+        if (whole && isa >= FC_ISA_AVX2) {
+            fc_wino_scatter8_f32(O + t0, ld, y, row_step, out_off + t0, m, bias);
+            continue;
+        }
+#endif
+        for (ptrdiff_t t = t0; t < t0 + n; t++)
+            for (ptrdiff_t i = 0; i < rows[t]; i++)
+                for (ptrdiff_t j = 0; j < cols[t]; j++)
+                    y[out_off[t] + i * row_step + j] = O[(i * m + j) * ld + t] + bias;
+    }
+}
 
 #endif

@@ -1,8 +1,12 @@
 /* The AVX2 register tile of src_pyx/include/fc_gemm_avx2.h against naive loops (double
- * accumulators), on shapes that leave partial row tiles, 8-column strips and masked tails.
+ * accumulators), on shapes that leave partial row tiles, 8-column strips and masked tails;
+ * the AVX2 layout changes of fc_conv_pack.h and fc_winograd.h against the loops they
+ * replace, on shapes that leave partial 8 x 8 blocks.
  * Exit status: 0 all agree, 1 a mismatch (printed), 77 this CPU has no AVX2 (skip).
  * Compiled and run by tests/test_conv_microkernel.py. */
+#include "fc_conv_pack.h"
 #include "fc_gemm_avx2.h"
+#include "fc_winograd.h"
 #include "test_util.h"
 
 /* C (+)= A @ B with A row-major or transposed, over every row-tile height and column
@@ -38,6 +42,80 @@ static void test_gemm8(unsigned *seed, ptrdiff_t KR)
     }
 }
 
+/* x (C, H, W) -> padded channels-last xp and back; yT (PQ, K) -> y (K, PQ) + b, with a
+ * row stride ldy > PQ (the values beyond PQ stay). A misplaced value shows as another. */
+static void test_layouts8(unsigned *seed, fc_index C, fc_index H, fc_index W, fc_index ph,
+                          fc_index pw)
+{
+    fc_index Hp = H + 2 * ph, Wp = W + 2 * pw;
+    float *x = randoms(C * H * W, seed), *xp = randoms(Hp * Wp * C, seed);
+    double *want_xp = calloc(Hp * Wp * C, sizeof(double));
+    for (fc_index c = 0; c < C; c++)
+        for (fc_index ih = 0; ih < H; ih++)
+            for (fc_index iw = 0; iw < W; iw++)
+                want_xp[((ih + ph) * Wp + iw + pw) * C + c] = x[(c * H + ih) * W + iw];
+    fc_pad_hwc8_f32(x, xp, C, H, W, ph, pw);
+    check("fc_pad_hwc8_f32", xp, want_xp, Hp * Wp * C, 1);
+
+    float *dxp = randoms(Hp * Wp * C, seed), *dx = malloc(sizeof(float) * C * H * W);
+    double *want_dx = malloc(sizeof(double) * C * H * W);
+    for (fc_index c = 0; c < C; c++)
+        for (fc_index ih = 0; ih < H; ih++)
+            for (fc_index iw = 0; iw < W; iw++)
+                want_dx[(c * H + ih) * W + iw] = dxp[((ih + ph) * Wp + iw + pw) * C + c];
+    fc_unpad_hwc8_f32(dxp, dx, C, H, W, ph, pw);
+    check("fc_unpad_hwc8_f32", dx, want_dx, C * H * W, 1);
+
+    fc_index K = C, PQ = H * W, ldy = PQ + 3;
+    float *yT = randoms(PQ * K, seed), *b = randoms(K, seed), *y = randoms(K * ldy, seed);
+    double *want_y = malloc(sizeof(double) * K * ldy);
+    for (fc_index k = 0; k < K; k++)
+        for (fc_index i = 0; i < ldy; i++)
+            want_y[k * ldy + i] = i < PQ ? (double)(yT[i * K + k] + b[k]) : y[k * ldy + i];
+    fc_unpack_yT8_f32(yT, b, y, K, PQ, ldy);
+    check("fc_unpack_yT8_f32", y, want_y, K * ldy, 1);
+
+    free(x); free(xp); free(want_xp); free(dxp); free(dx); free(want_dx);
+    free(yT); free(b); free(y); free(want_y);
+}
+
+/* Winograd's tiles of a Hp x Wp plane, m x m outputs each (alpha = m + 2 inputs), tb of
+ * them from tile t_first on (13 x 5 tiles, 4 rows overhanging the plane: partial tiles)
+ * gathered side by side into D, then D's first m*m rows scattered back plus a bias. */
+static void test_wino_tiles(unsigned *seed, int m, ptrdiff_t t_first, ptrdiff_t tb)
+{
+    ptrdiff_t alpha = m + 2, tw = 13, th = 5, P = m * th - 3, Q = m * tw - 2, ld = tb + 5;
+    ptrdiff_t Hp = m * th + 2, Wp = m * tw + 2;
+    float *xp = randoms(Hp * Wp, seed), *D = randoms(alpha * alpha * ld, seed);
+    float *y = randoms(P * Q, seed), bias = 0.25f;
+    ptrdiff_t in_off[80], out_off[80], rows[80], cols[80];
+    double *want_D = malloc(sizeof(double) * alpha * alpha * ld);
+    double *want_y = malloc(sizeof(double) * P * Q);
+    for (ptrdiff_t i = 0; i < alpha * alpha * ld; i++) want_D[i] = D[i];
+    for (ptrdiff_t i = 0; i < P * Q; i++) want_y[i] = y[i];
+    for (ptrdiff_t t = 0; t < tb; t++) {
+        ptrdiff_t g = t_first + t, i0 = g / tw * m, j0 = g % tw * m;
+        in_off[t] = i0 * Wp + j0;
+        out_off[t] = i0 * Q + j0;
+        rows[t] = P - i0 < m ? (P - i0 > 0 ? P - i0 : 0) : m;
+        cols[t] = Q - j0 < m ? (Q - j0 > 0 ? Q - j0 : 0) : m;
+        for (ptrdiff_t a = 0; a < alpha; a++)
+            for (ptrdiff_t b = 0; b < alpha; b++)
+                want_D[(a * alpha + b) * ld + t] = xp[in_off[t] + a * Wp + b];
+    }
+    fc_wino_gather_f32(fc_isa_cpu(), xp, Wp, in_off, tb, (int)alpha, D, ld);
+    check(m == 4 ? "fc_wino_gather_f32 (m = 4)" : "fc_wino_gather_f32 (m = 2)", D, want_D,
+          alpha * alpha * ld, 1);
+    for (ptrdiff_t t = 0; t < tb; t++)
+        for (ptrdiff_t i = 0; i < rows[t]; i++)
+            for (ptrdiff_t j = 0; j < cols[t]; j++)
+                want_y[out_off[t] + i * Q + j] = (double)(D[(i * m + j) * ld + t] + bias);
+    fc_wino_scatter_f32(fc_isa_cpu(), D, ld, y, Q, out_off, rows, cols, tb, m, bias);
+    check(m == 4 ? "fc_wino_scatter_f32 (m = 4)" : "fc_wino_scatter_f32 (m = 2)", y, want_y,
+          P * Q, 1);
+    free(xp); free(D); free(y); free(want_D); free(want_y);
+}
+
 int main(void)
 {
     unsigned seed = 12345u;
@@ -47,6 +125,13 @@ int main(void)
     }
     test_gemm8(&seed, 29);
     test_gemm8(&seed, 3000);
+    test_layouts8(&seed, 13, 5, 7, 2, 1);     /* partial blocks of channels and pixels */
+    test_layouts8(&seed, 16, 8, 8, 1, 1);     /* whole blocks */
+    test_layouts8(&seed, 4, 3, 3, 0, 2);      /* fewer than 8 of each */
+    for (int m = 2; m <= 4; m += 2) {
+        test_wino_tiles(&seed, m, 0, 65);         /* all 65 tiles: 8 groups and one left */
+        test_wino_tiles(&seed, m, 3, 16);         /* two groups, across tile rows */
+    }
     if (failures == 0)
         printf("all agree\n");
     return failures ? 1 : 0;
