@@ -110,7 +110,7 @@ _PARTIALS_BYTES = 64 * 2**20           # ... fewer where adding 16 partial dWs w
 _ROUND_BYTES = 2**20                   # partial dWs a round may hold beyond threads x columns
 DEF _TBLOCK = 64                       # rows per block of the blocked transposes
 DEF _TILE8_MAX_SIDE = 64               # the AVX2 tile for products with a side this short
-DEF _TILE8_CLASSIC_K = 16              # ... and for the classic forward up to K channels
+DEF _TILE8_CLASSIC_K = 64              # ... and for the classic forward up to K channels
 DEF _HWC_MIN_RUN = 16                  # shortest S*C run worth the channels-last path ...
 DEF _HWC_MIN_RUN_FWD_MK = 9            # ... and for the float32 forward on the micro-kernel
 
