@@ -18,8 +18,9 @@ columns per tile, T tiles over the whole batch):
              3. alpha^2 GEMMs      M[e] (K, T)  = U[e] @ V[e]          16 (F2) or 36 (F4)
              4. inverse transform  y tile (k, t) = A^T M_{k,t} A        m x m outputs
 
-e = (i, j) runs over the alpha x alpha positions of a transformed tile. The input is
-first padded (conv_direct's ``_padded``) so that every tile lies inside it. Steps 2-4 run
+e = (i, j) runs over the alpha x alpha positions of a transformed tile. A tile's taps
+that fall outside the input (the padding, and the overhang of the last tiles) are read as
+zeros where the tiles are gathered, so the input is never copied. Steps 2-4 run
 on blocks of ``block`` consecutive tiles (``_winograd_block``), one block per task: a
 block's V and M stay in the cache between the transform and the GEMMs. Each 2-D transform
 is two passes of a 1-D transform (columns, then rows) over all the tiles of the block at
@@ -29,7 +30,7 @@ values, and the output tiles are scattered back at the end (in float32 both by 8
 blocks transposed in AVX2 registers, 8 tiles at a time).
 
 Read it in this order: ``_winograd_block`` (the steps of one block: ``_tile_offsets``
-finds its tiles, ``_gather_tiles`` takes them out of the padded image,
+finds its tiles, ``_gather_tiles`` takes them out of the image,
 ``_input_transform``, the GEMMs, the inverse transform, ``_scatter_tiles`` puts the
 output tiles in place), then ``conv2d_forward`` and ``conv2d_backward``. dx of a 3x3
 stride-1 convolution with padding p is the same computation on dy, with the flipped,
@@ -49,9 +50,9 @@ Threads and determinism: the blocks depend on the shapes only, each output value
 computed by exactly one block, so results are bitwise the same on any thread count. dW's
 sum over the tiles runs in a fixed number of runs of consecutive blocks (``_groups``),
 each into its own partial sum, added in order at the end.
-Memory (scratch beyond the outputs): the padded input (about the input's size) and U
-(alpha^2 x K x C) once, and per thread alpha^2 x block x (C + K + 2) values (V, M and the
-gathered tiles); dW's partial sums, alpha^2 x C x K values each, 16 MiB at most.
+Memory (scratch beyond the outputs): U (alpha^2 x K x C) once, and per thread
+alpha^2 x block x (C + K + 2) values (V, M and the gathered tiles); dW's partial sums,
+alpha^2 x C x K values each, 16 MiB at most.
 
 Accuracy (float32, largest error over largest output, float64 truth): at most 2e-6 with
 F(2x2, 3x3) and 3e-5 with F(4x4, 3x3), the default (measured on the layer suite, y, dx and
@@ -76,7 +77,6 @@ from _blas cimport gemm_rm
 from _isa cimport FC_ISA_AVX2, fc_isa_level
 from _common cimport imax, imin, out_size, threads_for_macs
 
-from fastconv._ext import conv_direct as _direct
 
 cdef extern from "fc_gemm_avx2.h":
     void fc_gemm8_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
@@ -89,8 +89,9 @@ cdef extern from "fc_winograd.h":
                         float* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
     void fc_wino_1d_f64(int isa, int m, int kind, const double* inp, Py_ssize_t in_step,
                         double* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
-    void fc_wino_gather_f32(int isa, const float* xp, Py_ssize_t row_step,
-                            const Py_ssize_t* in_off, Py_ssize_t tb, int alpha, float* D,
+    void fc_wino_gather_f32(int isa, const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t dh,
+                            const Py_ssize_t* in_off, const Py_ssize_t* in_row,
+                            const Py_ssize_t* in_col, Py_ssize_t tb, int alpha, float* D,
                             Py_ssize_t ld) noexcept nogil
     void fc_wino_scatter_f32(int isa, const float* O, Py_ssize_t ld, float* y,
                              Py_ssize_t row_step, const Py_ssize_t* out_off,
@@ -222,17 +223,26 @@ def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int
 # --------------------------------------------------------------------------- tiles in and out
 
 cdef void _tile_offsets(Py_ssize_t t0, Py_ssize_t tb, int m, Py_ssize_t th, Py_ssize_t tw,
-                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t in_image, Py_ssize_t Wp,
-                        Py_ssize_t out_image, Py_ssize_t P, Py_ssize_t Q,
-                        Py_ssize_t* in_off, Py_ssize_t* out_off, Py_ssize_t* rows,
-                        Py_ssize_t* cols) noexcept nogil:
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t in_image, Py_ssize_t W,
+                        Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t out_image, Py_ssize_t P,
+                        Py_ssize_t Q, Py_ssize_t ld, Py_ssize_t* where) noexcept nogil:
     """Where tiles t0 .. t0 + tb - 1 of the batch are. Each image's outputs split into
     dh x dw phases (a, b), the outputs (a + dh*i, b + dw*j) (one phase when the dilation
     is 1), each phase into th x tw tiles: tile g is in image g // (dh*dw*th*tw), then phase,
     tile row and tile column, row-major. Its m x m outputs, like its taps, lie dh rows and
-    dw columns apart. in_off[t]: its top-left in the padded input (channel 0), out_off[t]:
-    in the output (channel 0); rows[t] x cols[t]: how many of its outputs lie inside the
-    P x Q plane (the last tiles overhang, some wholly: 0)."""
+    dw columns apart; output (p, q) reads the input from (p + oh, q + ow) on.
+
+    ``where`` holds six rows of ld (``_where``): in_row[t], in_col[t]: its top-left tap in
+    the input plane (W columns; outside it where the tile reaches into the padding),
+    in_off[t] = its offset in the input (channel 0), out_off[t]: its first output, in the
+    output (channel 0); rows[t] x cols[t]: how many of its outputs lie inside the P x Q
+    plane (the last tiles overhang, some wholly: 0)."""
+    cdef Py_ssize_t* in_off = where
+    cdef Py_ssize_t* in_row = where + ld
+    cdef Py_ssize_t* in_col = where + 2 * ld
+    cdef Py_ssize_t* out_off = where + 3 * ld
+    cdef Py_ssize_t* rows = where + 4 * ld
+    cdef Py_ssize_t* cols = where + 5 * ld
     cdef Py_ssize_t t, g, n, phase, i, j
     for t in range(tb):
         g = t0 + t
@@ -240,36 +250,53 @@ cdef void _tile_offsets(Py_ssize_t t0, Py_ssize_t tb, int m, Py_ssize_t th, Py_s
         phase = g // (th * tw) % (dh * dw)
         i = phase // dw + dh * ((g // tw) % th * m)             # the tile's first output row
         j = phase % dw + dw * (g % tw * m)                      # and column
-        in_off[t] = n * in_image + i * Wp + j
+        in_row[t] = i + oh
+        in_col[t] = j + ow
+        in_off[t] = n * in_image + in_row[t] * W + in_col[t]
         out_off[t] = n * out_image + i * Q + j
         rows[t] = imin(m, imax(0, (P - i + dh - 1) // dh))
         cols[t] = imin(m, imax(0, (Q - j + dw - 1) // dw))
 
 
-cdef void _gather_tiles(const floating* xp, Py_ssize_t row_step, Py_ssize_t col_step,
-                        const Py_ssize_t* in_off, Py_ssize_t tb, int m, floating* D,
-                        Py_ssize_t ld) noexcept nogil:
-    """D[(a*alpha + b)*ld + t] = xp[in_off[t] + a*row_step + b*col_step]: the alpha x alpha
-    input tiles of one padded plane (taps row_step, col_step apart), side by side (tile t in
-    column t), for the vector transforms. float32 with adjacent taps: fc_wino_gather_f32
-    (include/fc_winograd.h), which moves 8 tiles at a time with AVX2."""
-    cdef Py_ssize_t t, a, b
+DEF _WHERE_ROWS = 6     # the rows of ``where`` (_tile_offsets): in_off, in_row, in_col,
+                        # out_off, rows, cols
+
+
+cdef void _gather_tiles(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t dh,
+                        Py_ssize_t dw, const Py_ssize_t* where, Py_ssize_t ld, Py_ssize_t tb,
+                        int m, floating* D) noexcept nogil:
+    """D[(a*alpha + b)*ld + t] = the tap (in_row[t] + dh*a, in_col[t] + dw*b) of the H x W
+    plane x, 0 outside it (the padding): the alpha x alpha input tiles of one plane side by
+    side (tile t in column t), for the vector transforms; ``where`` as ``_tile_offsets``
+    writes it. float32 with adjacent taps: fc_wino_gather_f32 (include/fc_winograd.h),
+    which moves 8 tiles at a time with AVX2."""
+    cdef const Py_ssize_t* in_off = where
+    cdef const Py_ssize_t* in_row = where + ld
+    cdef const Py_ssize_t* in_col = where + 2 * ld
+    cdef Py_ssize_t t, a, b, r, c, alpha = m + 2, row_step = dh * W
     cdef const floating* src
-    if floating is float and col_step == 1:
-        fc_wino_gather_f32(_ISA, xp, row_step, in_off, tb, m + 2, D, ld)
+    if floating is float and dw == 1:
+        fc_wino_gather_f32(_ISA, x, H, W, dh, in_off, in_row, in_col, tb, m + 2, D, ld)
         return
-    if m == 4:                                                  # constant bounds: unrolled
-        for t in range(tb):
-            src = xp + in_off[t]
-            for a in range(6):
-                for b in range(6):
-                    D[(a * 6 + b) * ld + t] = src[a * row_step + b * col_step]
-    else:
-        for t in range(tb):
-            src = xp + in_off[t]
-            for a in range(4):
-                for b in range(4):
-                    D[(a * 4 + b) * ld + t] = src[a * row_step + b * col_step]
+    for t in range(tb):
+        src = x + in_off[t]
+        if (in_row[t] >= 0 and in_row[t] + dh * (alpha - 1) < H and in_col[t] >= 0
+                and in_col[t] + dw * (alpha - 1) < W):           # inside the plane
+            if m == 4:                                          # constant bounds: unrolled
+                for a in range(6):
+                    for b in range(6):
+                        D[(a * 6 + b) * ld + t] = src[a * row_step + b * dw]
+            else:
+                for a in range(4):
+                    for b in range(4):
+                        D[(a * 4 + b) * ld + t] = src[a * row_step + b * dw]
+            continue
+        for a in range(alpha):                                  # reaches into the padding
+            r = in_row[t] + dh * a
+            for b in range(alpha):
+                c = in_col[t] + dw * b
+                D[(a * alpha + b) * ld + t] = (src[a * row_step + b * dw]
+                                               if 0 <= r < H and 0 <= c < W else 0)
 
 
 cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize_t row_step,
@@ -309,21 +336,22 @@ cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld
                       ld)
 
 
-cdef void _transform_inputs(const floating* xp, Py_ssize_t Cin, Py_ssize_t Hp, Py_ssize_t Wp,
-                            Py_ssize_t dh, Py_ssize_t dw, const Py_ssize_t* in_off,
+cdef void _transform_inputs(const floating* x, Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
+                            Py_ssize_t dh, Py_ssize_t dw, const Py_ssize_t* where,
                             Py_ssize_t tb, int m, Py_ssize_t ld, floating* D, floating* T1,
                             floating* V) noexcept nogil:
     """Step 2 of (wino.gemm) for tb tiles: V[e][c][t] (alpha^2 x Cin rows of ld) = B^T d B
-    of the input tile at xp + in_off[t] (taps dh rows, dw columns apart) of each channel c;
-    D and T1 (alpha^2 x ld each) are scratch."""
+    of input tile t (``where``: ``_tile_offsets``; taps dh rows, dw columns apart, 0 in the
+    padding) of each channel c; D and T1 (alpha^2 x ld each) are scratch."""
     cdef Py_ssize_t c
     for c in range(Cin):
-        _gather_tiles(xp + c * Hp * Wp, dh * Wp, dw, in_off, tb, m, D, ld)
+        _gather_tiles(x + c * H * W, H, W, dh, dw, where, ld, tb, m, D)
         _input_transform(D, T1, m, ld, V + c * ld, Cin * ld)
 
 
-cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp): padded
-                          Py_ssize_t Cin, Py_ssize_t Hp, Py_ssize_t Wp,
+cdef bint _winograd_block(const floating* x,                # IN (N, Cin, H, W)
+                          Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t oh, Py_ssize_t ow,     # output (p, q) reads from (p+oh, q+ow)
                           const floating* U,                # IN (alpha^2, Kout, Cin)
                           const floating* bias,             # IN (Kout,) or NULL
                           floating* out,                    # OUT (N, Kout, P, Q)
@@ -333,7 +361,8 @@ cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp
                           floating* work, Py_ssize_t* where, bint check_finite) noexcept nogil:
     """Tiles t0 .. t0 + tb - 1 of the whole batch (their order: ``_tile_offsets``), eq.
     (wino.gemm), steps 2-4: out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) *
-    xp[n, c, p + dh*r, q + dw*s] for the outputs of these tiles. Returns False where
+    x[n, c, p + oh + dh*r, q + ow + dw*s] (0 outside x) for the outputs of these tiles.
+    Returns False where
     ``check_finite`` found a non-finite output (the block's outputs are then unreliable)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
     cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m    # tiles down and across a phase
@@ -343,16 +372,15 @@ cdef bint _winograd_block(const floating* xp,               # IN (N, Cin, Hp, Wp
     cdef floating* T1 = D + alpha2 * ld                      # half-transformed (alpha^2, ld)
     cdef floating* V = T1 + alpha2 * ld                      # (alpha^2, Cin, ld)
     cdef floating* M = V + alpha2 * Cin * ld                 # (alpha^2, Kout, ld)
-    cdef Py_ssize_t* in_off = where                          # where each tile is: 4 x ld
-    cdef Py_ssize_t* out_off = where + ld
-    cdef Py_ssize_t* rows = where + 2 * ld
-    cdef Py_ssize_t* cols = where + 3 * ld
+    cdef Py_ssize_t* out_off = where + 3 * ld                # where each tile is (_tile_offsets)
+    cdef Py_ssize_t* rows = where + 4 * ld
+    cdef Py_ssize_t* cols = where + 5 * ld
     cdef floating b = 0
     cdef bint ok = True
-    _tile_offsets(t0, tb, m, th, tw, dh, dw, Cin * Hp * Wp, Wp, Kout * P * Q, P, Q,
-                  in_off, out_off, rows, cols)
+    _tile_offsets(t0, tb, m, th, tw, dh, dw, Cin * H * W, W, oh, ow, Kout * P * Q, P, Q, ld,
+                  where)
     # 2. input transform, channel by channel: V[e][c][t]
-    _transform_inputs(xp, Cin, Hp, Wp, dh, dw, in_off, tb, m, ld, D, T1, V)
+    _transform_inputs(x, Cin, H, W, dh, dw, where, tb, m, ld, D, T1, V)
     # 3. the alpha^2 GEMMs: M[e] (Kout, tb) = U[e] (Kout, Cin) @ V[e] (Cin, tb)
     for e in range(alpha2):
         _gemm(Kout, tb, Cin, U + e * Kout * Cin, V + e * Cin * ld, M + e * Kout * ld, ld)
@@ -423,22 +451,18 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
     if bias is not None:
         b_view = bias
         b_ptr = &b_view[0]
-    # The input, padded once so that every tile lies inside it, overhang included:
-    # xp[n, c, i, j] = inp[n, c, i + oh, j + ow], zeros around
-    cdef Py_ssize_t Hp = dh * (th * m + 2), Wp = dw * (tw * m + 2)
-    cdef floating[:, :, :, ::1] xp = _direct._padded(inp, Hp, Wp, -oh, -ow, nt)
     work_arr = np.empty((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
     # Each thread's scratch: D, T1, V, M (see _winograd_block), uninitialised but for D: a
     # short last block fills only its first tb columns, the transforms run over all ld,
     # and zeros keep the unused ones finite (they never reach an output)
     work_arr[:, :alpha2 * ld] = 0
     cdef floating[:, ::1] work = work_arr
-    cdef Py_ssize_t[:, ::1] where = np.empty((nt, 4 * ld), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] where = np.empty((nt, _WHERE_ROWS * ld), dtype=np.intp)
     cdef unsigned char[::1] ok = np.ones(n_blocks, dtype=np.uint8)
     with nogil:
         for blk in prange(n_blocks, schedule="dynamic", num_threads=nt):
             tid = threadid()
-            ok[blk] = _winograd_block(&xp[0, 0, 0, 0], Cin, Hp, Wp, &u[0, 0, 0], b_ptr,
+            ok[blk] = _winograd_block(&inp[0, 0, 0, 0], Cin, H, W, oh, ow, &u[0, 0, 0], b_ptr,
                                       &y[0, 0, 0, 0], Kout, P, Q, m, dh, dw, blk * ld,
                                       imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
                                       &where[tid, 0], check_finite)
@@ -489,8 +513,9 @@ cdef void _transform_dy(const floating* dy, Py_ssize_t Kout, Py_ssize_t PQ, Py_s
                       Kout)
 
 
-cdef void _dw_block(const floating* xp,                # IN (N, Cin, Hp, Wp): padded
-                    Py_ssize_t Cin, Py_ssize_t Hp, Py_ssize_t Wp,
+cdef void _dw_block(const floating* x,                 # IN (N, Cin, H, W)
+                    Py_ssize_t Cin, Py_ssize_t H, Py_ssize_t W,
+                    Py_ssize_t oh, Py_ssize_t ow,      # output (p, q) reads from (p+oh, q+ow)
                     const floating* dy,                # IN (N, Kout, P, Q)
                     Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q, int m,
                     Py_ssize_t dh, Py_ssize_t dw,      # the dilation
@@ -509,14 +534,13 @@ cdef void _dw_block(const floating* xp,                # IN (N, Cin, Hp, Wp): pa
     cdef floating* Z = V + alpha2 * Cin * ld                 # (alpha^2, ld, Kout)
     cdef floating* Dy = Z + alpha2 * ld * Kout               # one tile of dy (m*m, Kout)
     cdef floating* T2 = Dy + m * m * Kout                    # half-transformed (alpha*m, Kout)
-    cdef Py_ssize_t* in_off = where                          # where each tile is: 4 x ld
-    cdef Py_ssize_t* out_off = where + ld
-    cdef Py_ssize_t* rows = where + 2 * ld
-    cdef Py_ssize_t* cols = where + 3 * ld
-    _tile_offsets(t0, tb, m, th, tw, dh, dw, Cin * Hp * Wp, Wp, Kout * P * Q, P, Q,
-                  in_off, out_off, rows, cols)
+    cdef Py_ssize_t* out_off = where + 3 * ld                # where each tile is (_tile_offsets)
+    cdef Py_ssize_t* rows = where + 4 * ld
+    cdef Py_ssize_t* cols = where + 5 * ld
+    _tile_offsets(t0, tb, m, th, tw, dh, dw, Cin * H * W, W, oh, ow, Kout * P * Q, P, Q, ld,
+                  where)
     # the input tiles as in the forward pass: V[e][c][t]
-    _transform_inputs(xp, Cin, Hp, Wp, dh, dw, in_off, tb, m, ld, D, T1, V)
+    _transform_inputs(x, Cin, H, W, dh, dw, where, tb, m, ld, D, T1, V)
     # dy's tiles, A dY A^T: Z[e][t][k]
     for t in range(tb):
         _transform_dy(dy + out_off[t], Kout, P * Q, dh * Q, dw, rows[t], cols[t], m, Dy, T2,
@@ -542,7 +566,8 @@ def _weight_gradient(const floating[:, :, :, ::1] x,    # IN (N, Cin, H, W)
     blocks summing into its own partial Mw (alpha^2, Cin, Kout); the partials added in order,
     then G^T Mw G for each (k, c)."""
     dtype = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t N = x.shape[0], Cin = x.shape[1], Kout = dy.shape[1]
+    cdef Py_ssize_t N = x.shape[0], Cin = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Kout = dy.shape[1]
     cdef Py_ssize_t P = dy.shape[2], Q = dy.shape[3], alpha2 = (m + 2) * (m + 2)
     cdef Py_ssize_t dh = dilation[0], dw = dilation[1]
     cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m, tw = ((Q + dw - 1) // dw + m - 1) // m
@@ -554,22 +579,19 @@ def _weight_gradient(const floating[:, :, :, ::1] x,    # IN (N, Cin, H, W)
     cdef Py_ssize_t grp, blk, tid, k, c
     if max(Kout, Cin, ld) > _INT_MAX:
         raise ValueError(f"conv_winograd: a GEMM dimension overflows BLAS's 32-bit int")
-    cdef floating[:, :, :, ::1] xp = _direct._padded(x, dh * (th * m + 2), dw * (tw * m + 2),
-                                                     ph, pw, nt)
-    cdef Py_ssize_t Hp = xp.shape[2], Wp = xp.shape[3]
     work_arr = np.empty(
         (nt, alpha2 * ld * (2 + Cin + Kout) + (m * m + (m + 2) * m) * Kout), dtype=dtype)
     work_arr[:, :alpha2 * ld] = 0       # D, as in _correlate
     cdef floating[:, ::1] work = work_arr
-    cdef Py_ssize_t[:, ::1] where = np.empty((nt, 4 * ld), dtype=np.intp)
+    cdef Py_ssize_t[:, ::1] where = np.empty((nt, _WHERE_ROWS * ld), dtype=np.intp)
     partial_arr = np.zeros((n_groups, alpha2, Cin, Kout), dtype=dtype)
     cdef floating[:, :, :, ::1] partial = partial_arr
     with nogil:
         for grp in prange(n_groups, schedule="dynamic", num_threads=nt):
             tid = threadid()
             for blk in range(grp * n_blocks // n_groups, (grp + 1) * n_blocks // n_groups):
-                _dw_block(&xp[0, 0, 0, 0], Cin, Hp, Wp, &dy[0, 0, 0, 0], Kout, P, Q, m, dh, dw,
-                          blk * ld, imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
+                _dw_block(&x[0, 0, 0, 0], Cin, H, W, -ph, -pw, &dy[0, 0, 0, 0], Kout, P, Q, m,
+                          dh, dw, blk * ld, imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
                           &where[tid, 0], &partial[grp, 0, 0, 0])
     cdef floating[:, :, ::1] mw = partial_arr.sum(axis=0)
     dw_arr = np.empty((Kout, Cin, 3, 3), dtype=dtype)

@@ -525,6 +525,18 @@ def test_columns_model():
     assert memory.columns_model(one_by_one, "fast:im2col", "fwd", 2) == 0
 
 
+def test_memory_probes_the_algorithm_auto_runs():
+    """The memory targets read the probe of the algorithm algo="auto" picks: probed too
+    where it is none of the compared three."""
+    wino = dict(N=8, C=16, H=8, W=8, K=16, R=3, S=3, stride=1, pad=1)
+    assert memory.probed_impls(wino, "fwd") == memory.PROBED_IMPLS + ("fast:winograd",)
+    assert memory.probed_impls(wino, "bwd") == memory.PROBED_IMPLS + ("fast:winograd",)
+    depthwise = dict(wino, groups=16)
+    assert memory.probed_impls(depthwise, "fwd")[-1] == "fast:depthwise"
+    strided = dict(wino, stride=2)
+    assert memory.probed_impls(strided, "fwd") == memory.PROBED_IMPLS
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS probe is Linux-only")
 def test_memory_probe_sees_the_reference_column_matrix():
     """The reference im2col builds the batch's whole column matrix: 13.5 MB here."""

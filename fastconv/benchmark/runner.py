@@ -301,7 +301,7 @@ def memory_jobs(layers, settings):
         if not lay.op.startswith("conv2d"):
             continue
         direction = lay.op.split("_")[1]
-        for impl in memory.PROBED_IMPLS:
+        for impl in memory.probed_impls(lay.layer, direction):
             if cases_mod.matches(f"{lay.op}:{lay.name}:{impl}", settings.filters):
                 jobs.append({"case": lay.name, "direction": direction, "impl": impl,
                              "threads": max(settings.threads), "layer": lay.layer})

@@ -196,45 +196,65 @@ static inline void fc_wino_1d_##SUFFIX(int isa, int m, int kind, const T *in,   
 FC_WINO_DISPATCH(float, f32)
 FC_WINO_DISPATCH(double, f64)
 
-/* The tb input tiles at xp + in_off[t] (alpha x alpha, rows row_step apart, columns
- * adjacent) side by side: D[(a * alpha + b) * ld + t] = xp[in_off[t] + a * row_step + b].
- * By 8 tiles with AVX2: row a of each tile is one load (alpha lanes of 8), the 8 x 8
- * block transposed makes value b of the 8 tiles one vector, stored whole: alpha stores
- * where the scalar loop makes 8 alpha. The tiles left over, and CPUs without AVX2,
- * element by element. IN xp; OUT D */
+/* The tb input tiles of the H x W plane x side by side: D[(a * alpha + b) * ld + t] = the
+ * tap (in_row[t] + dh * a, in_col[t] + b) of x (columns adjacent, rows dh apart), 0 outside
+ * the plane (the padding); tap (a, b) of tile t is at x + in_off[t] + dh * a * W + b.
+ * By 8 tiles with AVX2: row a of each tile is one load (lanes b < alpha inside the plane,
+ * of 8), the 8 x 8 block transposed makes value b of the 8 tiles one vector, stored whole:
+ * alpha stores where the scalar loop makes 8 alpha. The tiles left over, and CPUs without
+ * AVX2, element by element. IN x; OUT D */
 #if FC_HAVE_X86_SIMD
-FC_AVX2 static void fc_wino_gather8_f32(const float *xp, ptrdiff_t row_step,
-                                        const ptrdiff_t *in_off, ptrdiff_t tb, int alpha,
+FC_AVX2 static void fc_wino_gather8_f32(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t dh,
+                                        const ptrdiff_t *in_off, const ptrdiff_t *in_row,
+                                        const ptrdiff_t *in_col, ptrdiff_t tb, int alpha,
                                         float *D, ptrdiff_t ld)
 {
-    __m256i lanes = fc_lanes8(alpha);       /* the masked load reads no value past a row */
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256 v[8];
-    for (ptrdiff_t t0 = 0; t0 + 8 <= tb; t0 += 8)
+    __m256i inside[8];
+    for (ptrdiff_t t0 = 0; t0 + 8 <= tb; t0 += 8) {
+        for (int j = 0; j < 8; j++) {       /* the lanes b of tile t0 + j inside the plane */
+            ptrdiff_t lo = -in_col[t0 + j], hi = W - in_col[t0 + j];
+            lo = lo < 0 ? 0 : lo > 8 ? 8 : lo;
+            hi = hi > alpha ? alpha : hi < 0 ? 0 : hi;
+            inside[j] = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)lo), lane),
+                                            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), lane));
+        }
         for (int a = 0; a < alpha; a++) {
-            FC_UNROLL for (int j = 0; j < 8; j++)
-                v[j] = _mm256_maskload_ps(xp + in_off[t0 + j] + a * row_step, lanes);
+            FC_UNROLL for (int j = 0; j < 8; j++) {
+                ptrdiff_t r = in_row[t0 + j] + dh * a;
+                /* masked lanes are not read (no fault), even left of the plane's start */
+                v[j] = r >= 0 && r < H
+                    ? _mm256_maskload_ps(x + in_off[t0 + j] + dh * a * W, inside[j])
+                    : _mm256_setzero_ps();
+            }
             fc_transpose8(v);                   /* v[b]: value (a, b) of tiles t0 .. t0 + 7 */
             for (int b = 0; b < alpha; b++)
                 _mm256_storeu_ps(D + (a * alpha + b) * ld + t0, v[b]);
         }
+    }
 }
 #endif
 
-static inline void fc_wino_gather_f32(int isa, const float *xp, ptrdiff_t row_step,
-                                      const ptrdiff_t *in_off, ptrdiff_t tb, int alpha,
-                                      float *D, ptrdiff_t ld)
+static inline void fc_wino_gather_f32(int isa, const float *x, ptrdiff_t H, ptrdiff_t W,
+                                      ptrdiff_t dh, const ptrdiff_t *in_off,
+                                      const ptrdiff_t *in_row, const ptrdiff_t *in_col,
+                                      ptrdiff_t tb, int alpha, float *D, ptrdiff_t ld)
 {
     ptrdiff_t t = 0;
 #if FC_HAVE_X86_SIMD
     if (isa >= FC_ISA_AVX2) {
-        fc_wino_gather8_f32(xp, row_step, in_off, tb, alpha, D, ld);
+        fc_wino_gather8_f32(x, H, W, dh, in_off, in_row, in_col, tb, alpha, D, ld);
         t = tb - tb % 8;
     }
 #endif
     for (; t < tb; t++)
         for (int a = 0; a < alpha; a++)
-            for (int b = 0; b < alpha; b++)
-                D[(a * alpha + b) * ld + t] = xp[in_off[t] + a * row_step + b];
+            for (int b = 0; b < alpha; b++) {
+                ptrdiff_t r = in_row[t] + dh * a, c = in_col[t] + b;
+                D[(a * alpha + b) * ld + t] = r >= 0 && r < H && c >= 0 && c < W
+                    ? x[in_off[t] + dh * a * W + b] : 0.0f;
+            }
 }
 
 /* The inverse of the gather, for the m x m output tiles (columns adjacent), plus bias:

@@ -79,31 +79,39 @@ static void test_layouts8(unsigned *seed, fc_index C, fc_index H, fc_index W, fc
     free(yT); free(b); free(y); free(want_y);
 }
 
-/* Winograd's tiles of a Hp x Wp plane, m x m outputs each (alpha = m + 2 inputs), tb of
- * them from tile t_first on (13 x 5 tiles, 4 rows overhanging the plane: partial tiles)
- * gathered side by side into D, then D's first m*m rows scattered back plus a bias. */
+/* Winograd's tiles, m x m outputs each (alpha = m + 2 inputs), tb of them from tile
+ * t_first on, 13 x 5 tiles over an H x W plane with padding 1 (the first tiles start a
+ * row and a column before the plane, the last ones run past it), gathered side by side
+ * into D (zeros in the padding); then D's first m*m rows scattered back into a P x Q
+ * plane plus a bias (the last tiles overhang it: only their outputs inside are stored). */
 static void test_wino_tiles(unsigned *seed, int m, ptrdiff_t t_first, ptrdiff_t tb)
 {
     ptrdiff_t alpha = m + 2, tw = 13, th = 5, P = m * th - 3, Q = m * tw - 2, ld = tb + 5;
-    ptrdiff_t Hp = m * th + 2, Wp = m * tw + 2;
-    float *xp = randoms(Hp * Wp, seed), *D = randoms(alpha * alpha * ld, seed);
+    ptrdiff_t H = P, W = Q;
+    float *x = randoms(H * W, seed), *D = randoms(alpha * alpha * ld, seed);
     float *y = randoms(P * Q, seed), bias = 0.25f;
-    ptrdiff_t in_off[80], out_off[80], rows[80], cols[80];
+    ptrdiff_t in_off[80], in_row[80], in_col[80], out_off[80], rows[80], cols[80];
     double *want_D = malloc(sizeof(double) * alpha * alpha * ld);
     double *want_y = malloc(sizeof(double) * P * Q);
     for (ptrdiff_t i = 0; i < alpha * alpha * ld; i++) want_D[i] = D[i];
     for (ptrdiff_t i = 0; i < P * Q; i++) want_y[i] = y[i];
     for (ptrdiff_t t = 0; t < tb; t++) {
         ptrdiff_t g = t_first + t, i0 = g / tw * m, j0 = g % tw * m;
-        in_off[t] = i0 * Wp + j0;
+        in_row[t] = i0 - 1;
+        in_col[t] = j0 - 1;
+        in_off[t] = in_row[t] * W + in_col[t];
         out_off[t] = i0 * Q + j0;
         rows[t] = P - i0 < m ? (P - i0 > 0 ? P - i0 : 0) : m;
         cols[t] = Q - j0 < m ? (Q - j0 > 0 ? Q - j0 : 0) : m;
         for (ptrdiff_t a = 0; a < alpha; a++)
-            for (ptrdiff_t b = 0; b < alpha; b++)
-                want_D[(a * alpha + b) * ld + t] = xp[in_off[t] + a * Wp + b];
+            for (ptrdiff_t b = 0; b < alpha; b++) {
+                ptrdiff_t r = in_row[t] + a, c = in_col[t] + b;
+                want_D[(a * alpha + b) * ld + t] = r >= 0 && r < H && c >= 0 && c < W
+                                                   ? x[r * W + c] : 0;
+            }
     }
-    fc_wino_gather_f32(fc_isa_cpu(), xp, Wp, in_off, tb, (int)alpha, D, ld);
+    fc_wino_gather_f32(fc_isa_cpu(), x, H, W, 1, in_off, in_row, in_col, tb, (int)alpha, D,
+                       ld);
     check(m == 4 ? "fc_wino_gather_f32 (m = 4)" : "fc_wino_gather_f32 (m = 2)", D, want_D,
           alpha * alpha * ld, 1);
     for (ptrdiff_t t = 0; t < tb; t++)
@@ -113,7 +121,7 @@ static void test_wino_tiles(unsigned *seed, int m, ptrdiff_t t_first, ptrdiff_t 
     fc_wino_scatter_f32(fc_isa_cpu(), D, ld, y, Q, out_off, rows, cols, tb, m, bias);
     check(m == 4 ? "fc_wino_scatter_f32 (m = 4)" : "fc_wino_scatter_f32 (m = 2)", y, want_y,
           P * Q, 1);
-    free(xp); free(D); free(y); free(want_D); free(want_y);
+    free(x); free(D); free(y); free(want_D); free(want_y);
 }
 
 int main(void)
