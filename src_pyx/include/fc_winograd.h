@@ -201,8 +201,8 @@ FC_WINO_DISPATCH(double, f64)
  * the plane (the padding); tap (a, b) of tile t is at x + in_off[t] + dh * a * W + b.
  * By 8 tiles with AVX2: row a of each tile is one load (lanes b < alpha inside the plane,
  * of 8), the 8 x 8 block transposed makes value b of the 8 tiles one vector, stored whole:
- * alpha stores where the scalar loop makes 8 alpha. The tiles left over, and CPUs without
- * AVX2, element by element. IN x; OUT D */
+ * alpha stores where the scalar loop makes 8 alpha; the next channel's rows are
+ * prefetched. The tiles left over, and CPUs without AVX2, element by element. IN x; OUT D */
 #if FC_HAVE_X86_SIMD
 FC_AVX2 static void fc_wino_gather8_f32(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t dh,
                                         const ptrdiff_t *in_off, const ptrdiff_t *in_row,
@@ -224,9 +224,12 @@ FC_AVX2 static void fc_wino_gather8_f32(const float *x, ptrdiff_t H, ptrdiff_t W
             FC_UNROLL for (int j = 0; j < 8; j++) {
                 ptrdiff_t r = in_row[t0 + j] + dh * a;
                 /* masked lanes are not read (no fault), even left of the plane's start */
-                v[j] = r >= 0 && r < H
-                    ? _mm256_maskload_ps(x + in_off[t0 + j] + dh * a * W, inside[j])
-                    : _mm256_setzero_ps();
+                const float *row = x + in_off[t0 + j] + dh * a * W;
+                v[j] = r >= 0 && r < H ? _mm256_maskload_ps(row, inside[j]) : _mm256_setzero_ps();
+                /* the same row of the next channel, which the caller gathers next: asked
+                 * for now, it arrives while this plane is transformed (a prefetch never
+                 * faults, also past the last plane) */
+                _mm_prefetch((const char *)(row + H * W), _MM_HINT_T0);
             }
             fc_transpose8(v);                   /* v[b]: value (a, b) of tiles t0 .. t0 + 7 */
             for (int b = 0; b < alpha; b++)
