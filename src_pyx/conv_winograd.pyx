@@ -93,7 +93,7 @@ cdef extern from "fc_winograd.h":
                             const Py_ssize_t* in_off, const Py_ssize_t* in_row,
                             const Py_ssize_t* in_col, Py_ssize_t tb, int alpha, float* D,
                             Py_ssize_t ld) noexcept nogil
-    void fc_wino_scatter_f32(int isa, const float* O, Py_ssize_t ld, float* y,
+    bint fc_wino_scatter_f32(int isa, const float* O, Py_ssize_t ld, float* y,
                              Py_ssize_t row_step, const Py_ssize_t* out_off,
                              const Py_ssize_t* rows, const Py_ssize_t* cols, Py_ssize_t tb,
                              int m, float bias) noexcept nogil
@@ -299,19 +299,22 @@ cdef void _gather_tiles(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_
                                                if 0 <= r < H and 0 <= c < W else 0)
 
 
-cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize_t row_step,
+cdef bint _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize_t row_step,
                          Py_ssize_t col_step, const Py_ssize_t* out_off, const Py_ssize_t* rows,
-                         const Py_ssize_t* cols, Py_ssize_t tb, int m,
-                         floating bias) noexcept nogil:
+                         const Py_ssize_t* cols, Py_ssize_t tb, int m, floating bias,
+                         bint check_finite) noexcept nogil:
     """y[out_off[t] + i*row_step + j*col_step] = O[(i*m + j)*ld + t] + bias for the
     i < rows[t], j < cols[t] outputs of each tile t (the overhang of the last tiles is
-    dropped). float32 with adjacent outputs: fc_wino_scatter_f32 (include/fc_winograd.h),
-    8 tiles at a time with AVX2."""
+    dropped). Returns False where ``check_finite`` finds a value of the tiles (the
+    overhang's too) not finite. float32 with adjacent outputs: fc_wino_scatter_f32
+    (include/fc_winograd.h), 8 tiles at a time with AVX2, checking as it goes."""
     cdef Py_ssize_t t, i, j
     cdef floating* dst
     if floating is float and col_step == 1:
-        fc_wino_scatter_f32(_ISA, O, ld, y, row_step, out_off, rows, cols, tb, m, bias)
-        return
+        return (fc_wino_scatter_f32(_ISA, O, ld, y, row_step, out_off, rows, cols, tb, m, bias)
+                or not check_finite)
+    if check_finite and not _columns_finite(O, m * m, ld, tb):
+        return False
     for t in range(tb):
         dst = y + out_off[t]
         if m == 4 and rows[t] == 4 and cols[t] == 4:           # constant bounds: unrolled
@@ -322,6 +325,7 @@ cdef void _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize
             for i in range(rows[t]):
                 for j in range(cols[t]):
                     dst[i * row_step + j * col_step] = O[(i * m + j) * ld + t] + bias
+    return True
 
 
 cdef void _input_transform(const floating* D, floating* T1, int m, Py_ssize_t ld,
@@ -392,11 +396,11 @@ cdef bint _winograd_block(const floating* x,                # IN (N, Cin, H, W)
             _transform_1d(FC_WINO_OUTPUT, m, M + (i * alpha * Kout + k) * ld, Kout * ld,
                           D + i * m * ld, ld, tb)
         _transform_1d(FC_WINO_OUTPUT, m, D, m * ld, T1, m * ld, m * ld)
-        if check_finite and not _columns_finite(T1, m * m, ld, tb):
-            ok = False
         if bias != NULL:
             b = bias[k]
-        _scatter_tiles(T1, ld, out + k * P * Q, dh * Q, dw, out_off, rows, cols, tb, m, b)
+        if not _scatter_tiles(T1, ld, out + k * P * Q, dh * Q, dw, out_off, rows, cols, tb, m,
+                              b, check_finite):
+            ok = False
     return ok
 
 

@@ -264,17 +264,21 @@ static inline void fc_wino_gather_f32(int isa, const float *x, ptrdiff_t H, ptrd
  * y[out_off[t] + i * row_step + j] = O[(i * m + j) * ld + t] + bias for the i < rows[t],
  * j < cols[t] outputs of tile t inside the plane. By 8 whole tiles with AVX2: row i of
  * the 8 tiles is m vectors of O, transposed so that each tile's row is one vector, of
- * which m lanes are stored. IN O; OUT y */
+ * which m lanes are stored. Returns whether all m x m values of the tiles (those past the
+ * plane's edge too) are finite: v - v is 0 for a finite v, NaN for NaN and Inf, and a sum
+ * of them is 0 or NaN. IN O; OUT y */
 #if FC_HAVE_X86_SIMD
-FC_AVX2 static void fc_wino_scatter8_f32(const float *O, ptrdiff_t ld, float *y,
-                                         ptrdiff_t row_step, const ptrdiff_t *out_off,
-                                         int m, float bias)
+FC_AVX2 static int fc_wino_scatter8_f32(const float *O, ptrdiff_t ld, float *y,
+                                        ptrdiff_t row_step, const ptrdiff_t *out_off, int m,
+                                        float bias)
 {
-    __m256 v[8], b = _mm256_set1_ps(bias);
+    __m256 v[8], b = _mm256_set1_ps(bias), sums = _mm256_setzero_ps();
     for (int i = 0; i < m; i++) {
-        FC_UNROLL for (int j = 0; j < 8; j++)
+        FC_UNROLL for (int j = 0; j < 8; j++) {
             v[j] = j < m ? _mm256_add_ps(_mm256_loadu_ps(O + (i * m + j) * ld), b)
                          : _mm256_setzero_ps();
+            sums = _mm256_add_ps(sums, _mm256_sub_ps(v[j], v[j]));
+        }
         fc_transpose8(v);                       /* v[t]: row i of tile t, m lanes */
         FC_UNROLL for (int t = 0; t < 8; t++) {
             float *dst = y + out_off[t] + i * row_step;
@@ -282,28 +286,35 @@ FC_AVX2 static void fc_wino_scatter8_f32(const float *O, ptrdiff_t ld, float *y,
             else _mm_storel_pi((__m64 *)dst, _mm256_castps256_ps128(v[t]));
         }
     }
+    return _mm256_movemask_ps(_mm256_cmp_ps(sums, sums, _CMP_UNORD_Q)) == 0;  /* no NaN */
 }
 #endif
 
-static inline void fc_wino_scatter_f32(int isa, const float *O, ptrdiff_t ld, float *y,
-                                       ptrdiff_t row_step, const ptrdiff_t *out_off,
-                                       const ptrdiff_t *rows, const ptrdiff_t *cols,
-                                       ptrdiff_t tb, int m, float bias)
+static inline int fc_wino_scatter_f32(int isa, const float *O, ptrdiff_t ld, float *y,
+                                      ptrdiff_t row_step, const ptrdiff_t *out_off,
+                                      const ptrdiff_t *rows, const ptrdiff_t *cols,
+                                      ptrdiff_t tb, int m, float bias)
 {
+    float sums = 0;
+    int finite = 1;
     for (ptrdiff_t t0 = 0; t0 < tb; t0 += 8) {
         ptrdiff_t n = tb - t0 < 8 ? tb - t0 : 8, whole = n == 8;
         for (ptrdiff_t t = t0; t < t0 + n; t++) whole = whole && rows[t] == m && cols[t] == m;
 #if FC_HAVE_X86_SIMD
         if (whole && isa >= FC_ISA_AVX2) {
-            fc_wino_scatter8_f32(O + t0, ld, y, row_step, out_off + t0, m, bias);
+            finite &= fc_wino_scatter8_f32(O + t0, ld, y, row_step, out_off + t0, m, bias);
             continue;
         }
 #endif
         for (ptrdiff_t t = t0; t < t0 + n; t++)
-            for (ptrdiff_t i = 0; i < rows[t]; i++)
-                for (ptrdiff_t j = 0; j < cols[t]; j++)
-                    y[out_off[t] + i * row_step + j] = O[(i * m + j) * ld + t] + bias;
+            for (ptrdiff_t i = 0; i < m; i++)
+                for (ptrdiff_t j = 0; j < m; j++) {
+                    float v = O[(i * m + j) * ld + t] + bias;
+                    sums += v - v;
+                    if (i < rows[t] && j < cols[t]) y[out_off[t] + i * row_step + j] = v;
+                }
     }
+    return finite && sums == 0;
 }
 
 #endif

@@ -118,9 +118,23 @@ static void test_wino_tiles(unsigned *seed, int m, ptrdiff_t t_first, ptrdiff_t 
         for (ptrdiff_t i = 0; i < rows[t]; i++)
             for (ptrdiff_t j = 0; j < cols[t]; j++)
                 want_y[out_off[t] + i * Q + j] = (double)(D[(i * m + j) * ld + t] + bias);
-    fc_wino_scatter_f32(fc_isa_cpu(), D, ld, y, Q, out_off, rows, cols, tb, m, bias);
+    int finite = fc_wino_scatter_f32(fc_isa_cpu(), D, ld, y, Q, out_off, rows, cols, tb, m,
+                                     bias);
     check(m == 4 ? "fc_wino_scatter_f32 (m = 4)" : "fc_wino_scatter_f32 (m = 2)", y, want_y,
           P * Q, 1);
+    /* the finiteness it reports: of every value, an overhanging tile's last one included */
+    ptrdiff_t planted[2] = {(m * m - 1) * ld + 1, (m * m - 1) * ld + tb - 1};
+    for (int k = 0; k < 2; k++) {
+        float kept = D[planted[k]];
+        D[planted[k]] = k ? NAN : INFINITY;
+        if (!finite || fc_wino_scatter_f32(fc_isa_cpu(), D, ld, y, Q, out_off, rows, cols, tb,
+                                           m, bias)) {
+            printf("fc_wino_scatter_f32 (m = %d): wrong finiteness (clean: %d; %s planted)\n",
+                   m, finite, k ? "NaN" : "Inf");
+            failures++;
+        }
+        D[planted[k]] = kept;
+    }
     free(x); free(D); free(y); free(want_D); free(want_y);
 }
 
