@@ -190,7 +190,7 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     forward and backward (dx and dw), faster than im2col on every such layer of the
     benchmark suite; im2col otherwise. The measurements are in
     docs/performance.md ("Convolution"). A call that picked Winograd runs im2col instead
-    where its inputs hold NaN or Inf (see ``conv2d``).
+    where NaN or Inf reach its outputs (see ``conv2d``).
     """
     stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
     return _auto_algo(x_shape[1], w_shape, stride, dilation, groups, backend, backward)

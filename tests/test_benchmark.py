@@ -526,15 +526,15 @@ def test_columns_model():
 
 
 def test_memory_probes_the_algorithm_auto_runs():
-    """The memory targets read the probe of the algorithm algo="auto" picks: probed too
-    where it is none of the compared three."""
+    """The memory targets read the probe of the algorithm algo="auto" picks: Winograd is
+    probed too where auto runs it, and every probed algorithm is one conv2d accepts."""
     wino = dict(N=8, C=16, H=8, W=8, K=16, R=3, S=3, stride=1, pad=1)
     assert memory.probed_impls(wino, "fwd") == memory.PROBED_IMPLS + ("fast:winograd",)
     assert memory.probed_impls(wino, "bwd") == memory.PROBED_IMPLS + ("fast:winograd",)
-    depthwise = dict(wino, groups=16)
-    assert memory.probed_impls(depthwise, "fwd")[-1] == "fast:depthwise"
-    strided = dict(wino, stride=2)
-    assert memory.probed_impls(strided, "fwd") == memory.PROBED_IMPLS
+    assert memory.probed_impls(dict(wino, groups=16), "fwd") == memory.PROBED_IMPLS
+    assert memory.probed_impls(dict(wino, stride=2), "fwd") == memory.PROBED_IMPLS
+    jobs = runner.memory_jobs(cases.suite_layers(1, False), runner.Settings(threads=[1]))
+    assert {job["impl"] for job in jobs} == set(memory.PROBED_IMPLS) | {"fast:winograd"}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS probe is Linux-only")

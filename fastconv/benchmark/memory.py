@@ -38,16 +38,17 @@ PROBED_IMPLS = ("reference", "fast:direct", "fast:im2col")   # the algorithms co
 
 
 def probed_impls(layer, direction):
-    """The algorithms probed on a conv ``layer`` (a suite layer dict): PROBED_IMPLS, and the
-    one ``algo="auto"`` runs there when it is another (Winograd, depthwise)."""
+    """The algorithms probed on a conv ``layer`` (a suite layer dict): PROBED_IMPLS, and
+    Winograd where ``algo="auto"`` runs it (the grouped layers, whose own kernel is not an
+    ``algo`` one can name, get the three)."""
     from ..functional import choose_conv_algo
+    if layer.get("groups", 1) > 1:
+        return PROBED_IMPLS
     x_shape = tuple(layer[k] for k in ("N", "C", "H", "W"))
-    w_shape = (layer["K"], layer["C"] // layer.get("groups", 1), layer["R"], layer["S"])
-    auto = "fast:" + choose_conv_algo(x_shape, w_shape, layer["stride"], layer["pad"],
-                                      backward=direction == "bwd",
-                                      dilation=layer.get("dilation", 1),
-                                      groups=layer.get("groups", 1))
-    return PROBED_IMPLS + ((auto,) if auto not in PROBED_IMPLS else ())
+    w_shape = (layer["K"], layer["C"], layer["R"], layer["S"])
+    auto = choose_conv_algo(x_shape, w_shape, layer["stride"], layer["pad"],
+                            backward=direction == "bwd", dilation=layer.get("dilation", 1))
+    return PROBED_IMPLS + (("fast:winograd",) if auto == "winograd" else ())
 _MMAP_THRESHOLD = 64 * 1024
 
 
