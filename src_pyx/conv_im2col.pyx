@@ -78,6 +78,7 @@ cdef extern from "fc_conv_pack.h":
                            Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil
     void fc_unpack_yT8_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
                            Py_ssize_t PQ, Py_ssize_t ldy) noexcept nogil
+    void fc_take_even_f32(float* dst, const float* src, Py_ssize_t n) noexcept nogil
 
 
 cdef extern from "fc_gemm_avx2.h":
@@ -217,7 +218,9 @@ cdef void _im2col_sample(const floating* x_n, floating* col, Py_ssize_t C, Py_ss
                     x_row = x_n + (c * H + p * sh + r * dh - ph) * W
                     for q in range(q_lo):
                         dst[q] = 0
-                    if sw != 1:
+                    if floating is float and sw == 2 and _use_tile8 and q_hi > q_lo:
+                        fc_take_even_f32(dst + q_lo, x_row + 2 * q_lo + off, q_hi - q_lo)
+                    elif sw != 1:
                         for q in range(q_lo, q_hi):
                             dst[q] = x_row[q * sw + off]
                     elif q_hi > q_lo:

@@ -222,6 +222,10 @@ def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int
 
 # --------------------------------------------------------------------------- tiles in and out
 
+DEF _WHERE_ROWS = 6     # the rows of ``where`` (_tile_offsets): in_off, in_row, in_col,
+                        # out_off, rows, cols
+
+
 cdef void _tile_offsets(Py_ssize_t t0, Py_ssize_t tb, int m, Py_ssize_t th, Py_ssize_t tw,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t in_image, Py_ssize_t W,
                         Py_ssize_t oh, Py_ssize_t ow, Py_ssize_t out_image, Py_ssize_t P,
@@ -232,11 +236,11 @@ cdef void _tile_offsets(Py_ssize_t t0, Py_ssize_t tb, int m, Py_ssize_t th, Py_s
     tile row and tile column, row-major. Its m x m outputs, like its taps, lie dh rows and
     dw columns apart; output (p, q) reads the input from (p + oh, q + ow) on.
 
-    ``where`` holds six rows of ld (``_where``): in_row[t], in_col[t]: its top-left tap in
-    the input plane (W columns; outside it where the tile reaches into the padding),
-    in_off[t] = its offset in the input (channel 0), out_off[t]: its first output, in the
-    output (channel 0); rows[t] x cols[t]: how many of its outputs lie inside the P x Q
-    plane (the last tiles overhang, some wholly: 0)."""
+    ``where`` holds _WHERE_ROWS rows of ld: in_off[t], the offset of its top-left tap in the
+    input (channel 0), at (in_row[t], in_col[t]) of the input plane (W columns; outside it
+    where the tile reaches into the padding); out_off[t], its first output in the output
+    (channel 0); rows[t] x cols[t], how many of its outputs lie inside the P x Q plane (the
+    last tiles overhang, some wholly: 0)."""
     cdef Py_ssize_t* in_off = where
     cdef Py_ssize_t* in_row = where + ld
     cdef Py_ssize_t* in_col = where + 2 * ld
@@ -256,10 +260,6 @@ cdef void _tile_offsets(Py_ssize_t t0, Py_ssize_t tb, int m, Py_ssize_t th, Py_s
         out_off[t] = n * out_image + i * Q + j
         rows[t] = imin(m, imax(0, (P - i + dh - 1) // dh))
         cols[t] = imin(m, imax(0, (Q - j + dw - 1) // dw))
-
-
-DEF _WHERE_ROWS = 6     # the rows of ``where`` (_tile_offsets): in_off, in_row, in_col,
-                        # out_off, rows, cols
 
 
 cdef void _gather_tiles(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t dh,
@@ -366,8 +366,8 @@ cdef bint _winograd_block(const floating* x,                # IN (N, Cin, H, W)
     """Tiles t0 .. t0 + tb - 1 of the whole batch (their order: ``_tile_offsets``), eq.
     (wino.gemm), steps 2-4: out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) *
     x[n, c, p + oh + dh*r, q + ow + dw*s] (0 outside x) for the outputs of these tiles.
-    Returns False where
-    ``check_finite`` found a non-finite output (the block's outputs are then unreliable)."""
+    Returns False where ``check_finite`` found a non-finite output (the block's outputs are
+    then unreliable)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
     cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m    # tiles down and across a phase
     cdef Py_ssize_t tw = ((Q + dw - 1) // dw + m - 1) // m

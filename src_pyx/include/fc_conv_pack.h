@@ -9,6 +9,7 @@
  *   fc_pad_hwc_f32    x (C, H, W)  ->  xp (H + 2ph, W + 2pw, C), zero border
  *   fc_unpad_hwc_f32  dxp (H + 2ph, W + 2pw, C)  ->  dx (C, H, W), border dropped
  *   fc_unpack_yT_f32  yT (P*Q, K)  ->  y (K, P*Q), plus the bias
+ *   fc_take_even_f32  every second value of a row (the classic im2col with stride 2; AVX2)
  *
  * Structure: each is a transpose, done by square blocks held in registers, where a
  * scalar loop pays a strided load or store per element: 16 x 16 blocks in sixteen
@@ -287,6 +288,22 @@ FC_AVX2 static inline void fc_unpack_yT8_f32(const float *yT, const float *b, fl
                       K - k0 < 8 ? K - k0 : 8, b + k0, y + k0 * ldy + i0, ldy);
 }
 
+/* dst[i] = src[2 i] for i < n: a row of im2col's column matrix with stride 2, 8 values a
+ * vector (two loads, a shuffle that takes the even lanes of each 128-bit half, and a
+ * permute that puts the halves in order) where the loop moves one; the last vector is
+ * left to the loop, so that no load reads past src[2 (n - 1)]. */
+FC_AVX2 static inline void fc_take_even_f32(float *dst, const float *src, fc_index n)
+{
+    fc_index i = 0;
+    for (; i + 8 < n; i += 8) {
+        __m256 a = _mm256_loadu_ps(src + 2 * i), b = _mm256_loadu_ps(src + 2 * i + 8);
+        __m256 even = _mm256_shuffle_ps(a, b, 0x88);    /* s0 s2 s8 s10 | s4 s6 s12 s14 */
+        even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), 0xD8));
+        _mm256_storeu_ps(dst + i, even);
+    }
+    for (; i < n; i++) dst[i] = src[2 * i];
+}
+
 #else   /* no x86 SIMD: never called (fc_isa_level() is baseline) */
 static void fc_pad_hwc_f32(const float *x, float *xp, fc_index C, fc_index H,
                            fc_index W, fc_index ph, fc_index pw) {}
@@ -300,6 +317,7 @@ static void fc_unpad_hwc8_f32(const float *dxp, float *dx, fc_index C, fc_index 
                               fc_index W, fc_index ph, fc_index pw) {}
 static void fc_unpack_yT8_f32(const float *yT, const float *b, float *y, fc_index K,
                               fc_index PQ, fc_index ldy) {}
+static void fc_take_even_f32(float *dst, const float *src, fc_index n) {}
 #endif
 
 #endif

@@ -58,11 +58,7 @@ static void test_conv(unsigned *seed)
         for (fc_index q = 0; q < Q; q++)
             offs[p * Q + q] = (p * sh * Wp + q * sw) * C;
     fc_pad_hwc_f32(x, xp, C, H, W, ph, pw);
-    double *want_xp = calloc(Hp * Wp * C, sizeof(double));
-    for (fc_index c = 0; c < C; c++)
-        for (fc_index ih = 0; ih < H; ih++)
-            for (fc_index iw = 0; iw < W; iw++)
-                want_xp[((ih + ph) * Wp + iw + pw) * C + c] = x[(c * H + ih) * W + iw];
+    double *want_xp = padded_hwc(x, C, H, W, ph, pw);
     check("fc_pad_hwc_f32", xp, want_xp, Hp * Wp * C, 1);
 
     /* forward: yT (PQ, K) = colT @ wrT */
@@ -113,11 +109,7 @@ static void test_conv(unsigned *seed)
     fc_cgemm_f32(PQ, CRS, K, dy, 1, PQ, wr, CRS, dxp, offs, SC, seg);
     check("fc_cgemm_f32", dxp, want_dxp, Hp * Wp * C, K * R * S);
     float *dx = malloc(sizeof(float) * C * H * W);
-    double *want_dx = malloc(sizeof(double) * C * H * W);
-    for (fc_index c = 0; c < C; c++)
-        for (fc_index ih = 0; ih < H; ih++)
-            for (fc_index iw = 0; iw < W; iw++)
-                want_dx[(c * H + ih) * W + iw] = dxp[((ih + ph) * Wp + iw + pw) * C + c];
+    double *want_dx = unpadded_hwc(dxp, C, H, W, ph, pw);
     fc_unpad_hwc_f32(dxp, dx, C, H, W, ph, pw);
     check("fc_unpad_hwc_f32", dx, want_dx, C * H * W, 1);
 

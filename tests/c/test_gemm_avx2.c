@@ -1,7 +1,7 @@
 /* The AVX2 register tile of src_pyx/include/fc_gemm_avx2.h against naive loops (double
  * accumulators), on shapes that leave partial row tiles, 8-column strips and masked tails;
  * the AVX2 layout changes of fc_conv_pack.h and fc_winograd.h against the loops they
- * replace, on shapes that leave partial 8 x 8 blocks.
+ * replace, on shapes that leave partial 8 x 8 blocks and partial vectors.
  * Exit status: 0 all agree, 1 a mismatch (printed), 77 this CPU has no AVX2 (skip).
  * Compiled and run by tests/test_conv_microkernel.py. */
 #include "fc_conv_pack.h"
@@ -49,20 +49,12 @@ static void test_layouts8(unsigned *seed, fc_index C, fc_index H, fc_index W, fc
 {
     fc_index Hp = H + 2 * ph, Wp = W + 2 * pw;
     float *x = randoms(C * H * W, seed), *xp = randoms(Hp * Wp * C, seed);
-    double *want_xp = calloc(Hp * Wp * C, sizeof(double));
-    for (fc_index c = 0; c < C; c++)
-        for (fc_index ih = 0; ih < H; ih++)
-            for (fc_index iw = 0; iw < W; iw++)
-                want_xp[((ih + ph) * Wp + iw + pw) * C + c] = x[(c * H + ih) * W + iw];
+    double *want_xp = padded_hwc(x, C, H, W, ph, pw);
     fc_pad_hwc8_f32(x, xp, C, H, W, ph, pw);
     check("fc_pad_hwc8_f32", xp, want_xp, Hp * Wp * C, 1);
 
     float *dxp = randoms(Hp * Wp * C, seed), *dx = malloc(sizeof(float) * C * H * W);
-    double *want_dx = malloc(sizeof(double) * C * H * W);
-    for (fc_index c = 0; c < C; c++)
-        for (fc_index ih = 0; ih < H; ih++)
-            for (fc_index iw = 0; iw < W; iw++)
-                want_dx[(c * H + ih) * W + iw] = dxp[((ih + ph) * Wp + iw + pw) * C + c];
+    double *want_dx = unpadded_hwc(dxp, C, H, W, ph, pw);
     fc_unpad_hwc8_f32(dxp, dx, C, H, W, ph, pw);
     check("fc_unpad_hwc8_f32", dx, want_dx, C * H * W, 1);
 
@@ -77,6 +69,23 @@ static void test_layouts8(unsigned *seed, fc_index C, fc_index H, fc_index W, fc
 
     free(x); free(xp); free(want_xp); free(dxp); free(dx); free(want_dx);
     free(yT); free(b); free(y); free(want_y);
+}
+
+/* Every second value of a row, for n values: src holds exactly 2n - 1 floats, so that a
+ * load past the last one shows under AddressSanitizer. */
+static void test_take_even(unsigned *seed)
+{
+    static const fc_index ns[] = {1, 7, 8, 9, 16, 17, 30};
+    for (int k = 0; k < (int)(sizeof ns / sizeof ns[0]); k++) {
+        fc_index n = ns[k];
+        float *src = randoms(2 * n - 1, seed), *dst = randoms(n + 1, seed);
+        double *want = malloc(sizeof(double) * (n + 1));
+        for (fc_index i = 0; i < n; i++) want[i] = src[2 * i];
+        want[n] = dst[n];                                /* the value after stays */
+        fc_take_even_f32(dst, src, n);
+        check("fc_take_even_f32", dst, want, n + 1, 1);
+        free(src); free(dst); free(want);
+    }
 }
 
 /* Winograd's tiles, m x m outputs each (alpha = m + 2 inputs), tb of them from tile
@@ -150,6 +159,7 @@ int main(void)
     test_layouts8(&seed, 13, 5, 7, 2, 1);     /* partial blocks of channels and pixels */
     test_layouts8(&seed, 16, 8, 8, 1, 1);     /* whole blocks */
     test_layouts8(&seed, 4, 3, 3, 0, 2);      /* fewer than 8 of each */
+    test_take_even(&seed);
     for (int m = 2; m <= 4; m += 2) {
         test_wino_tiles(&seed, m, 0, 65);         /* all 65 tiles: 8 groups and one left */
         test_wino_tiles(&seed, m, 3, 16);         /* two groups, across tile rows */

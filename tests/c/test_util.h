@@ -32,4 +32,30 @@ static void check(const char *what, const float *got, const double *want, ptrdif
     }
 }
 
+/* The layouts of the channels-last path, by the definition: x (C, H, W) -> xp
+ * (H + 2ph, W + 2pw, C) with a zero border, and back (the border dropped). */
+static double *padded_hwc(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                          ptrdiff_t ph, ptrdiff_t pw)
+{
+    ptrdiff_t Wp = W + 2 * pw;
+    double *xp = calloc((H + 2 * ph) * Wp * C, sizeof(double));
+    for (ptrdiff_t c = 0; c < C; c++)
+        for (ptrdiff_t ih = 0; ih < H; ih++)
+            for (ptrdiff_t iw = 0; iw < W; iw++)
+                xp[((ih + ph) * Wp + iw + pw) * C + c] = x[(c * H + ih) * W + iw];
+    return xp;
+}
+
+static double *unpadded_hwc(const float *xp, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                            ptrdiff_t ph, ptrdiff_t pw)
+{
+    ptrdiff_t Wp = W + 2 * pw;
+    double *x = calloc(C * H * W, sizeof(double));
+    for (ptrdiff_t c = 0; c < C; c++)
+        for (ptrdiff_t ih = 0; ih < H; ih++)
+            for (ptrdiff_t iw = 0; iw < W; iw++)
+                x[(c * H + ih) * W + iw] = xp[((ih + ph) * Wp + iw + pw) * C + c];
+    return x;
+}
+
 #endif
