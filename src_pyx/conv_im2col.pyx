@@ -326,8 +326,7 @@ cdef void _patches_hwc(const floating* xp, floating* colT, Py_ssize_t C, Py_ssiz
                 src = xp + ((p * sh + r * dh) * Wp + q * sw) * C
                 dst = colT + ((p - p0) * Q + q) * CRS + r * SC
                 if dw == 1:
-                    for i in range(SC):
-                        dst[i] = src[i]
+                    memcpy(dst, src, SC * sizeof(floating))     # see _im2col_sample
                 else:
                     for s in range(S):
                         for i in range(C):
