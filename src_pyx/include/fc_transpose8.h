@@ -40,7 +40,7 @@ FC_AVX2 static inline void fc_transpose8(__m256 r[8])
     }
 }
 
-/* The first min(n, 8) lanes set */
+/* The first min(n, 8) lanes set (none for n <= 0) */
 FC_AVX2 static inline __m256i fc_lanes8(ptrdiff_t n)
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n >= 8 ? 8 : (int)n),

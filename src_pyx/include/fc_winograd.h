@@ -209,16 +209,13 @@ FC_AVX2 static void fc_wino_gather8_f32(const float *x, ptrdiff_t H, ptrdiff_t W
                                         const ptrdiff_t *in_col, ptrdiff_t tb, int alpha,
                                         float *D, ptrdiff_t ld)
 {
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256 v[8];
     __m256i inside[8];
     for (ptrdiff_t t0 = 0; t0 + 8 <= tb; t0 += 8) {
-        for (int j = 0; j < 8; j++) {       /* the lanes b of tile t0 + j inside the plane */
-            ptrdiff_t lo = -in_col[t0 + j], hi = W - in_col[t0 + j];
-            lo = lo < 0 ? 0 : lo > 8 ? 8 : lo;
-            hi = hi > alpha ? alpha : hi < 0 ? 0 : hi;
-            inside[j] = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)lo), lane),
-                                            _mm256_cmpgt_epi32(_mm256_set1_epi32((int)hi), lane));
+        for (int j = 0; j < 8; j++) {       /* the lanes -in_col <= b < W - in_col, b < alpha */
+            ptrdiff_t hi = W - in_col[t0 + j];
+            inside[j] = _mm256_andnot_si256(fc_lanes8(-in_col[t0 + j]),
+                                            fc_lanes8(hi < alpha ? hi : alpha));
         }
         for (int a = 0; a < alpha; a++) {
             FC_UNROLL for (int j = 0; j < 8; j++) {
