@@ -29,7 +29,7 @@ __all__ = [
     "max_unpool2d", "max_unpool2d_backward", "pool_output_size",
     "batch_norm", "batch_norm_backward",
     "linear", "linear_backward",
-    "relu", "relu_backward",
+    "relu", "relu_backward", "add",
     "conv_output_size", "choose_conv_algo",
     "batch_norm_affine", "batch_norm_eval_backward",
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "softmax", "softmax_backward",
@@ -1425,6 +1425,50 @@ def relu_backward(dy, y, backend=None):
     impl = implementation("activation", resolve_backend(backend, op))
     dy_flat, y_flat = (a.reshape(-1) for a in _contiguous(dy, y))
     return impl.relu_backward(dy_flat, y_flat, _n_threads()).reshape(y.shape)
+
+
+def add(a, b, relu=False, out=None, backend=None):
+    """``a + b``, or ``relu(a + b)``, element-wise in one pass: a ResNet block's residual
+    add (notes eq. (add.fwd)), and the sum of the gradients that reach one input twice.
+
+    The fast kernel shares the values among the threads, where NumPy's ``a + b`` runs on one
+    core, and with ``relu`` it reads a and b and writes y once, where ``relu(a + b)`` makes
+    two passes.
+
+    Parameters
+    ----------
+    a, b : ndarrays of one shape and float dtype (no broadcasting)
+    relu : bool
+        Apply ReLU to the sum (NaN stays NaN, as :func:`relu`).
+    out : ndarray or None
+        Where to write the result: None for a new array, or ``a`` itself (C-contiguous and
+        writeable) for an in-place add.
+    backend : "fast", "reference" or None
+
+    Returns
+    -------
+    y : like a (``out`` when given).
+    """
+    op = "add"
+    a = _as_float_array(op, "a", a)
+    b = _as_float_array(op, "b", b, dtype=a.dtype)
+    if b.shape != a.shape:
+        raise ValueError(f"{op}: a and b must have one shape, got {a.shape} and {b.shape}")
+    impl = implementation("activation", resolve_backend(backend, op))
+    if out is None:
+        y = np.empty(a.shape, dtype=a.dtype)
+        a = _kernel_ready(a)
+    elif out is a:
+        if not (a.flags.writeable and a.flags.c_contiguous and a.flags.aligned):
+            raise ValueError(f"{op}: out=a needs a writeable, C-contiguous a")
+        y = a
+        if np.may_share_memory(b, a):       # the kernel reads b while it writes a
+            b = b.copy()
+    else:
+        raise ValueError(f"{op}: out must be None or a itself")
+    b = _kernel_ready(b)
+    impl.add_forward(a.reshape(-1), b.reshape(-1), y.reshape(-1), bool(relu), _n_threads())
+    return y
 
 
 # --------------------------------------------------------------------------- NumPy-only ops

@@ -132,6 +132,8 @@ for dt in (np.float32, np.float64):
     y = F.relu(x, backend="fast")
     out[dt.__name__ + "_y"] = y
     out[dt.__name__ + "_dx"] = F.relu_backward(dy, y, backend="fast")
+    out[dt.__name__ + "_add"] = F.add(x, dy, backend="fast")
+    out[dt.__name__ + "_add_relu"] = F.add(x, dy, relu=True, backend="fast")
 np.savez(sys.argv[1], **out)
 """
 
@@ -155,3 +157,57 @@ def test_every_instruction_set_gives_the_same_bits(tmp_path):
             a, b = results[isa][key], results["baseline"][key]
             np.testing.assert_array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"),
                                           err_msg=f"{isa} {key}")          # bit for bit
+
+
+# --------------------------------------------------------------------------- the residual add (add.fwd)
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_add_fast_matches_reference(shape, relu, inplace, dtype, rng, n_threads):
+    a = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape).astype(dtype)
+    want = F.add(a, b, relu=relu, backend="reference")
+    np.testing.assert_array_equal(want, np.maximum(a + b, 0) if relu else a + b)
+    ac = a.copy()
+    got = F.add(ac, b, relu=relu, out=ac if inplace else None, backend="fast")
+    assert got.dtype == dtype and got.shape == shape and (got is ac) == inplace
+    np.testing.assert_array_equal(got, want)
+    if not inplace:
+        np.testing.assert_array_equal(ac, a)                        # a untouched
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_semantics_by_hand(backend):
+    """IEEE sums (inf - inf is NaN); with relu, NaN stays NaN and -0 gives +0, as relu."""
+    a = np.array([1.0, -3.0, np.inf, np.nan, -0.0, 2.0], np.float32)
+    b = np.array([2.0, 1.0, -np.inf, 1.0, 0.0, -2.0], np.float32)
+    np.testing.assert_array_equal(F.add(a, b, backend=backend),
+                                  np.array([3.0, -2.0, np.nan, np.nan, 0.0, 0.0], np.float32))
+    got = F.add(a, b, relu=True, backend=backend)
+    np.testing.assert_array_equal(got, np.array([3.0, 0, np.nan, np.nan, 0, 0], np.float32))
+    assert not np.signbit(got[4:]).any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_add_aliasing_strides_and_bad_input(backend, rng):
+    a = rng.standard_normal((8, 6)).T                               # Fortran order
+    a0 = a.copy()
+    np.testing.assert_array_equal(F.add(a, a, backend=backend), 2 * a0)
+    with pytest.raises(ValueError, match="add: out=a needs a writeable, C-contiguous a"):
+        F.add(a, a0, out=a, backend=backend)
+    c = a0.copy(order="C")
+    assert F.add(c, c, out=c, backend=backend) is c                 # b is a: read before written
+    np.testing.assert_array_equal(c, 2 * a0)
+    with pytest.raises(ValueError, match="add: a and b must have one shape"):
+        F.add(np.ones((2, 3)), np.ones(3), backend=backend)         # no broadcasting
+    with pytest.raises(ValueError, match="add: out must be None or a itself"):
+        F.add(c, c, out=c.copy(), backend=backend)
+    with pytest.raises(TypeError, match="add: b has dtype float32"):
+        F.add(c, c.astype(np.float32), backend=backend)
+
+
+def test_add_kernel_called_directly_rejects_mismatched_lengths():
+    from fastconv._backend import load_kernels
+    with pytest.raises(ValueError, match="add_forward"):
+        load_kernels("activation").add_forward(np.ones(3), np.ones(4), np.ones(3), True, 1)

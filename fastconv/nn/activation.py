@@ -24,6 +24,12 @@ class ReLU(Module):
         self._y = y = F.relu(x, inplace=self.inplace)
         return y
 
+    def forward_sum(self, a, b):
+        """``forward(a + b)`` in one pass over memory (:func:`fastconv.functional.add` with
+        ``relu=True``): how :class:`Residual` applies its ReLU after the add."""
+        self._y = y = F.add(a, b, relu=True)
+        return y
+
     def backward(self, dy):
         return F.relu_backward(dy, self._y)
 

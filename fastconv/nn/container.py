@@ -2,6 +2,7 @@
 joined along channels). Every model of fastconv.models is built from these three."""
 import numpy as np
 
+from .. import functional as F
 from .module import Module
 
 
@@ -18,12 +19,13 @@ def _named(modules, owner):
 
 
 def _add(a, b, *protected):
-    """a + b, in place into a when a is a fresh array: one that overlaps neither b nor the
-    ``protected`` arrays (the dy we were given, which a layer such as Identity may pass on)."""
-    if not a.flags.writeable or any(np.may_share_memory(a, o) for o in (b,) + protected):
-        return a + b
-    a += b
-    return a
+    """a + b (:func:`fastconv.functional.add`, on all threads), in place into a when a is a
+    fresh array: one that overlaps neither b nor the ``protected`` arrays (the dy we were
+    given, which a layer such as Identity may pass on)."""
+    if (not (a.flags.writeable and a.flags.c_contiguous) or a.dtype != b.dtype
+            or any(np.may_share_memory(a, o) for o in (b,) + protected)):
+        return F.add(a, b) if a.dtype == b.dtype else a + b
+    return F.add(a, b, out=a)
 
 
 class Sequential(Module):
@@ -130,7 +132,9 @@ class Residual(Module):
         if f.shape != s.shape:
             raise ValueError(f"Residual: the body gives shape {f.shape} but the shortcut gives "
                              f"{s.shape}; use a projection shortcut")
-        y = f + s    # a new array: body's last layer may cache its output
+        if hasattr(self.activation, "forward_sum"):     # ReLU: add and ReLU in one pass
+            return self.activation.forward_sum(f, s)
+        y = F.add(f, s)    # a new array: body's last layer may cache its output
         return y if self.activation is None else self.activation(y)
 
     def backward(self, dy):

@@ -1,4 +1,5 @@
-/* fc_relu.h: the inner loops of ReLU, (relu.fwd) and (relu.bwd), for activation.pyx.
+/* fc_relu.h: the inner loops of ReLU, (relu.fwd) and (relu.bwd), and of the residual add
+ * (add.fwd), y = a + b or y = relu(a + b), for activation.pyx.
  *
  * Structure: each loop is written once per dtype, as a plain C loop in an always-inline
  * function; small wrappers compile it for the baseline of the CPU family (SSE2 on x86-64)
@@ -13,6 +14,7 @@
  * np.maximum and PyTorch). The in-place forward has its own loop over one pointer: with two,
  * gcc guards the vector loop with a run-time overlap test, which x == y fails. The backward
  * reads dy[i] whatever y[i] is: read inside the condition, gcc kept a mispredicted branch.
+ * The add likewise has its own loop for y == a (in place): it then reads through y alone.
  * Pointer arguments are marked IN (read) or OUT (written).
  */
 #ifndef FC_RELU_H
@@ -52,6 +54,35 @@ FC_INLINE void fc_relu_bwd_f64(const double *dy /* IN */, const double *y /* IN 
     for (Py_ssize_t i = 0; i < n; i++) { double d = dy[i]; dx[i] = y[i] > 0 ? d : 0; }
 }
 
+/* (add.fwd): y = a + b, then max(., 0) when relu; y may be a (in place), never b. */
+FC_INLINE void fc_add_f32(const float *a /* IN */, const float *b /* IN */, float *y /* OUT */,
+                          Py_ssize_t n, int relu)
+{
+    if (relu && y == a) {
+        for (Py_ssize_t i = 0; i < n; i++) { float v = y[i] + b[i]; y[i] = v <= 0 ? 0 : v; }
+    } else if (relu) {
+        for (Py_ssize_t i = 0; i < n; i++) { float v = a[i] + b[i]; y[i] = v <= 0 ? 0 : v; }
+    } else if (y == a) {
+        for (Py_ssize_t i = 0; i < n; i++) y[i] += b[i];
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    }
+}
+
+FC_INLINE void fc_add_f64(const double *a /* IN */, const double *b /* IN */,
+                          double *y /* OUT */, Py_ssize_t n, int relu)
+{
+    if (relu && y == a) {
+        for (Py_ssize_t i = 0; i < n; i++) { double v = y[i] + b[i]; y[i] = v <= 0 ? 0 : v; }
+    } else if (relu) {
+        for (Py_ssize_t i = 0; i < n; i++) { double v = a[i] + b[i]; y[i] = v <= 0 ? 0 : v; }
+    } else if (y == a) {
+        for (Py_ssize_t i = 0; i < n; i++) y[i] += b[i];
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+    }
+}
+
 #if FC_HAVE_X86_SIMD
 #define FC_AVX2_FN static __attribute__((target("avx2"), noinline))
 #define FC_AVX512_FN static __attribute__((target("avx512f"), noinline))
@@ -72,6 +103,17 @@ FC_AVX512_FN void fc_relu_bwd_f32_avx512(const float *dy, const float *y, float 
 FC_AVX512_FN void fc_relu_bwd_f64_avx512(const double *dy, const double *y, double *dx,
                                          Py_ssize_t n)
 { fc_relu_bwd_f64(dy, y, dx, n); }
+FC_AVX2_FN void fc_add_f32_avx2(const float *a, const float *b, float *y, Py_ssize_t n, int relu)
+{ fc_add_f32(a, b, y, n, relu); }
+FC_AVX2_FN void fc_add_f64_avx2(const double *a, const double *b, double *y, Py_ssize_t n,
+                                int relu)
+{ fc_add_f64(a, b, y, n, relu); }
+FC_AVX512_FN void fc_add_f32_avx512(const float *a, const float *b, float *y, Py_ssize_t n,
+                                    int relu)
+{ fc_add_f32(a, b, y, n, relu); }
+FC_AVX512_FN void fc_add_f64_avx512(const double *a, const double *b, double *y, Py_ssize_t n,
+                                    int relu)
+{ fc_add_f64(a, b, y, n, relu); }
 #endif
 
 /* The calls activation.pyx makes: the copy for isa (fc_isa_level() at import). */
@@ -115,6 +157,28 @@ static void fc_relu_backward_double(int isa, const double *dy, const double *y, 
 #endif
     (void)isa;
     fc_relu_bwd_f64(dy, y, dx, n);
+}
+
+static void fc_add_forward_float(int isa, const float *a, const float *b, float *y,
+                                 Py_ssize_t n, int relu)
+{
+#if FC_HAVE_X86_SIMD
+    if (isa >= FC_ISA_AVX512) { fc_add_f32_avx512(a, b, y, n, relu); return; }
+    if (isa >= FC_ISA_AVX2) { fc_add_f32_avx2(a, b, y, n, relu); return; }
+#endif
+    (void)isa;
+    fc_add_f32(a, b, y, n, relu);
+}
+
+static void fc_add_forward_double(int isa, const double *a, const double *b, double *y,
+                                  Py_ssize_t n, int relu)
+{
+#if FC_HAVE_X86_SIMD
+    if (isa >= FC_ISA_AVX512) { fc_add_f64_avx512(a, b, y, n, relu); return; }
+    if (isa >= FC_ISA_AVX2) { fc_add_f64_avx2(a, b, y, n, relu); return; }
+#endif
+    (void)isa;
+    fc_add_f64(a, b, y, n, relu);
 }
 
 #endif
