@@ -60,6 +60,13 @@ cdef void _db_one(const floating[:, :, :, ::1] dy, floating[::1] db, Py_ssize_t 
                        + ((acc[4] + acc[5]) + (acc[6] + acc[7])))
 
 
+cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexcept nogil:
+    """total += part, elementwise (size values)."""
+    cdef Py_ssize_t i
+    for i in range(size):
+        total[i] = total[i] + part[i]
+
+
 cdef bint _all_finite(const floating* a, Py_ssize_t size) noexcept nogil:
     """Whether a[0:size] holds no NaN and no Inf: v - v is 0 for a finite v, NaN otherwise.
 

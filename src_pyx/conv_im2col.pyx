@@ -817,13 +817,6 @@ cdef inline void _dx_sample_in_place(const float* dy_n, const float* wr,
 # in chunk order, in parallel over dW's rows (each element still adds them in chunk
 # order). No locks, no thread waits on another's progress but at the end of a round.
 
-cdef void _add_to(floating* total, const floating* part, Py_ssize_t size) noexcept nogil:
-    """total += part, elementwise (size values)."""
-    cdef Py_ssize_t i
-    for i in range(size):
-        total[i] = total[i] + part[i]
-
-
 cdef inline Py_ssize_t _usable(Py_ssize_t columns) noexcept nogil:
     """Of the memory bound's one image's columns, what the scratch buffers may fill: all but
     1/8, left for a call's small arrays (window offsets: P*Q indices; flags) and objects."""

@@ -6,9 +6,10 @@ Compiled twin of ``fastconv/reference/conv_winograd.py`` (same functions and sig
 whose docstring derives the transform matrices B, G, A; ``algo="winograd"`` runs this
 module, and ``algo="auto"`` runs it for the 3x3 stride-1 layers where it was measured
 faster than im2col (``fastconv.functional.choose_conv_algo``). Its inner loop is the
-GEMM of step 3, called from ``_winograd_block`` through ``_gemm``: in float32 on AVX2
-fastconv's own register tile (``fc_gemm8_f32`` in src_pyx/include/fc_gemm_avx2.h, which
-reads V where the input transform wrote it), elsewhere BLAS's.
+GEMM of step 3, called from ``_winograd_block`` through ``_gemm``: in float32 fastconv's
+own register tile, which reads V where the input transform wrote it (``fc_gemm8_f32`` in
+src_pyx/include/fc_gemm_avx2.h on AVX2, ``fc_gemm_f32`` in fc_conv_microkernel.h on
+AVX-512 for up to 64 output rows), elsewhere BLAS's.
 
 The pipeline, for an m x m tile of outputs (m = 2 or 4, alpha = m + 2 input rows and
 columns per tile, T tiles over the whole batch):
@@ -71,10 +72,11 @@ of its tile (computed whole, the overhang past the plane's edge included).
 import numpy as np
 
 from cython cimport floating
+from libc.string cimport memcpy, memset
 from cython.parallel cimport prange, threadid
 
 from _blas cimport gemm_rm
-from _isa cimport FC_ISA_AVX2, fc_isa_level
+from _isa cimport FC_ISA_AVX2, FC_ISA_AVX512, fc_isa_level
 from _common cimport imax, imin, out_size, threads_for_macs
 
 
@@ -82,6 +84,11 @@ cdef extern from "fc_gemm_avx2.h":
     void fc_gemm8_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
                       Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B, Py_ssize_t ldb,
                       bint accumulate, float* C, Py_ssize_t ldc) noexcept nogil
+
+cdef extern from "fc_conv_microkernel.h":
+    void fc_gemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
+                     Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B, Py_ssize_t ldb,
+                     int accumulate, float* C, Py_ssize_t ldc) noexcept nogil
 
 cdef extern from "fc_winograd.h":
     enum: FC_WINO_INPUT, FC_WINO_OUTPUT, FC_WINO_DY
@@ -99,6 +106,8 @@ cdef extern from "fc_winograd.h":
                              int m, float bias) noexcept nogil
 
 cdef int _ISA = fc_isa_level()      # which copy of the transforms runs: fc_isa.h decides
+cdef enum:
+    MK_MAX_ROWS = 64    # AVX-512: the micro-kernel for products of up to 64 rows, BLAS above
 
 TILES = (2, 4)                  # output tile sizes m of F(m x m, 3x3)
 DEFAULT_TILE = 4
@@ -107,6 +116,7 @@ _BLOCK_BYTES = 2**20            # a block's V and M (alpha^2 x block x (C + K) v
 _MIN_BLOCK, _MAX_BLOCK = 16, 512  # ... within these many tiles
 _DW_GROUPS = 32                 # dW: runs of blocks with their own partial sums, at most ...
 _DW_BYTES = 2**24               # ... and within these many bytes of partials
+_DW_SLICE = 16384               # dW: values per task when the partials are added
 
 
 # --------------------------------------------------------------------------- 1-D transforms
@@ -125,9 +135,12 @@ cdef inline void _transform_1d(int kind, int m, const floating* inp, Py_ssize_t 
 cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                        const floating* B, floating* C, Py_ssize_t ld) noexcept nogil:
     """C (M, N) = A (M, K) @ B (K, N), row-major, B and C with ``ld`` values per row: float32
-    on AVX2 by fastconv's register tile (src_pyx/include/fc_gemm_avx2.h; N rounded up to
-    whole vectors, within ld), else BLAS."""
-    if floating is float and _ISA == FC_ISA_AVX2:
+    by fastconv's register tiles, AVX-512's (src_pyx/include/fc_conv_microkernel.h) or
+    AVX2's (src_pyx/include/fc_gemm_avx2.h; N rounded up to whole vectors, within ld), else
+    BLAS; on AVX-512 only up to MK_MAX_ROWS rows."""
+    if floating is float and _ISA >= FC_ISA_AVX512 and M <= MK_MAX_ROWS:
+        fc_gemm_f32(M, N, K, A, K, 1, B, ld, False, C, ld)
+    elif floating is float and _ISA == FC_ISA_AVX2:
         fc_gemm8_f32(M, (N + 7) // 8 * 8, K, A, K, 1, B, ld, False, C, ld)
     else:
         gemm_rm(False, False, <int>M, <int>N, <int>K, 1, A, <int>K, B, <int>ld, 0, C, <int>ld)
@@ -480,8 +493,11 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
 cdef inline void _gemm_acc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
                            Py_ssize_t lda, const floating* B, floating* C) noexcept nogil:
     """C (M, N) += A (M, K; ``lda`` values per row) @ B (K, N), row-major, B and C dense:
-    fastconv's register tile in float32 on AVX2, else BLAS."""
-    if floating is float and _ISA == FC_ISA_AVX2:
+    fastconv's register tiles in float32 (AVX-512's up to MK_MAX_ROWS rows, or AVX2's),
+    else BLAS."""
+    if floating is float and _ISA >= FC_ISA_AVX512 and M <= MK_MAX_ROWS:
+        fc_gemm_f32(M, N, K, A, lda, 1, B, N, True, C, N)
+    elif floating is float and _ISA == FC_ISA_AVX2:
         fc_gemm8_f32(M, N, K, A, lda, 1, B, N, True, C, N)
     else:
         gemm_rm(False, False, <int>M, <int>N, <int>K, 1, A, <int>lda, B, <int>N, 1, C, <int>N)
@@ -588,16 +604,25 @@ def _weight_gradient(const floating[:, :, :, ::1] x,    # IN (N, Cin, H, W)
     work_arr[:, :alpha2 * ld] = 0       # D, as in _correlate
     cdef floating[:, ::1] work = work_arr
     cdef Py_ssize_t[:, ::1] where = np.empty((nt, _WHERE_ROWS * ld), dtype=np.intp)
-    partial_arr = np.zeros((n_groups, alpha2, Cin, Kout), dtype=dtype)
-    cdef floating[:, :, :, ::1] partial = partial_arr
+    cdef Py_ssize_t size = alpha2 * Cin * Kout, per_slice = _DW_SLICE
+    cdef Py_ssize_t n_slices = (size + per_slice - 1) // per_slice, g, lo, hi
+    cdef floating[:, ::1] partial = np.empty((n_groups, size), dtype=dtype)
+    cdef floating[:, :, ::1] mw = np.empty((alpha2, Cin, Kout), dtype=dtype)
     with nogil:
         for grp in prange(n_groups, schedule="dynamic", num_threads=nt):
             tid = threadid()
+            memset(&partial[grp, 0], 0, size * sizeof(floating))
             for blk in range(grp * n_blocks // n_groups, (grp + 1) * n_blocks // n_groups):
                 _dw_block(&x[0, 0, 0, 0], Cin, H, W, -ph, -pw, &dy[0, 0, 0, 0], Kout, P, Q, m,
                           dh, dw, blk * ld, imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
-                          &where[tid, 0], &partial[grp, 0, 0, 0])
-    cdef floating[:, :, ::1] mw = partial_arr.sum(axis=0)
+                          &where[tid, 0], &partial[grp, 0])
+        # Mw = the partials added in group order, each thread adding a slice of the values
+        for g in prange(n_slices, schedule="static", num_threads=nt):
+            lo = g * per_slice
+            hi = imin(size, lo + per_slice)
+            memcpy(&mw[0, 0, 0] + lo, &partial[0, lo], (hi - lo) * sizeof(floating))
+            for grp in range(1, n_groups):
+                _add_to(&mw[0, 0, 0] + lo, &partial[grp, lo], hi - lo)
     dw_arr = np.empty((Kout, Cin, 3, 3), dtype=dtype)
     cdef floating[:, :, :, ::1] dW = dw_arr
     with nogil:

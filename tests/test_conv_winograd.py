@@ -153,6 +153,10 @@ def test_bitwise_thread_invariant(tile, dtype, rng, monkeypatch):
     for n in (2, 3):
         for a, c in zip(results[1], results[n]):
             assert np.array_equal(a, c)
+    # dW's partials are added in group order whichever thread adds which slice of the values
+    monkeypatch.setattr(wino, "_DW_SLICE", 1000)
+    with_slices = wino.conv2d_backward(dy, x, w, (1, 1), pad, 3, True, True, dil, tile=tile)
+    assert np.array_equal(with_slices[1], results[1][-2])
     x, w, b, dy = make(rng, dtype, ((5, 8, 19, 17), 12, (1, 1)))
     with fastconv.num_threads(3):
         assert np.array_equal(F.conv2d(x, w, b, 1, 1, algo="winograd"),
