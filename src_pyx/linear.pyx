@@ -12,9 +12,10 @@ scale. Here the products are cut into fixed blocks that OpenMP threads share, ea
 one single-threaded GEMM (SciPy's BLAS, as the convolutions; call under
 ``_threads.blas_single_thread()``, as fastconv.functional does):
 
-* forward: blocks of FWD_BLOCK rows of x (y's rows);
-* backward: blocks of BWD_BLOCK rows of dw (output features) with their db entries, and
-  blocks of BWD_BLOCK rows of dx, all in ONE parallel region (one wake-up of the threads).
+* forward: blocks of up to FWD_BLOCK rows of x (y's rows);
+* backward: blocks of up to BWD_BLOCK rows of dw (output features) with their db entries,
+  and blocks of up to BWD_BLOCK rows of dx, all in ONE parallel region (one wake-up of the
+  threads).
 
 Every output value is computed by one GEMM call whose shape depends only on the shapes of
 the arrays, never on the thread count, so any thread count gives the same bits.
@@ -29,19 +30,23 @@ from _common cimport imin, threads_for
 
 
 cdef enum:
-    # Rows per work unit. Each GEMM call packs (copies) its operands again, so fewer,
-    # larger blocks are cheaper on one thread; LeNet-5's fc1 (64 x 400 -> 120, float32),
-    # medians, NumPy's one product -> blocks of 16 / 32 rows: forward 1 thread 90 -> 126 /
-    # 100 us, 2 threads 92 -> 71 / 69 us; backward 1 thread 145 -> 127 / 161 us,
-    # 2 threads 148 -> 77 / 98 us.
-    FWD_BLOCK = 32      # rows of y (forward)
-    BWD_BLOCK = 16      # rows of dw and of dx (backward)
+    # Rows per work unit, at most (half the rows where that is fewer: _block_rows). Each
+    # GEMM call packs (copies) its operands again, so fewer, larger blocks are cheaper;
+    # the measurements are in docs/performance.md ("Fully connected layers").
+    FWD_BLOCK = 64      # rows of y (forward)
+    BWD_BLOCK = 64      # rows of dw and of dx (backward)
     # Products of fewer multiply-adds than this run on one thread. A second thread saves
     # only 5-10 us on LeNet-5's fc2 (64 x 120 -> 84: 26 -> 21 us forward, 37 -> 28 us
     # backward, float32), less than it costs to wake an OpenMP thread that went to sleep
     # during the NumPy and Python work between layers (30-50 us on the 2-core VM, and
     # ~170 us when another process holds the second core); fc1 (3.1M) gains 35 and 70 us.
     GRAIN = 2097152
+
+
+cdef inline Py_ssize_t _block_rows(Py_ssize_t rows, Py_ssize_t most) noexcept nogil:
+    """Rows per block: at most ``most``, and half of them when that is fewer, so that a
+    product gives two threads work; a function of the shapes only."""
+    return imin(most, (rows + 1) // 2)
 
 
 def _check(name, cond, msg):
@@ -98,7 +103,7 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_
     cdef floating[:, ::1] y = y_arr
     # Below GRAIN one thread, whatever n_threads is, runs one GEMM over all the rows: the
     # partition still depends on the shapes only (the same bits for any thread count).
-    cdef Py_ssize_t rows = N if N * I * O < GRAIN else FWD_BLOCK
+    cdef Py_ssize_t rows = N if N * I * O < GRAIN else _block_rows(N, FWD_BLOCK)
     nblk = (N + rows - 1) // rows
     n_threads = threads_for(N * I * O, n_threads, GRAIN)
     with nogil:
@@ -165,8 +170,8 @@ def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     cdef floating[::1] db = db_arr
     cdef Py_ssize_t macs = N * I * O * (2 if need_dx else 1)
     # below GRAIN: one thread, one GEMM per product (see linear_forward)
-    cdef Py_ssize_t dw_rows = O if macs < GRAIN else BWD_BLOCK
-    cdef Py_ssize_t dx_rows = N if macs < GRAIN else BWD_BLOCK
+    cdef Py_ssize_t dw_rows = O if macs < GRAIN else _block_rows(O, BWD_BLOCK)
+    cdef Py_ssize_t dx_rows = N if macs < GRAIN else _block_rows(N, BWD_BLOCK)
     n_dw = (O + dw_rows - 1) // dw_rows
     n_dx = (N + dx_rows - 1) // dx_rows if need_dx else 0
     n_threads = threads_for(macs, n_threads, GRAIN)

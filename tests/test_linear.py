@@ -43,7 +43,7 @@ def test_fast_matches_reference(shape, bias, dtype, rng, n_threads):
     np.testing.assert_array_equal(db, got[2])
 
 
-@pytest.mark.parametrize("shape", [(64, 400, 120), (50, 16, 33)], ids=str)
+@pytest.mark.parametrize("shape", [(64, 400, 120), (300, 200, 150), (50, 16, 33)], ids=str)
 def test_same_bits_for_any_thread_count(shape, rng):
     x, w, b, dy = _inputs(rng, np.float32, *shape)
     results = []
