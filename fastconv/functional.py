@@ -15,7 +15,7 @@ import numpy as np
 from scipy.special import expit
 
 from . import _threads
-from ._backend import implementation, resolve_backend
+from ._backend import implementation, load_kernels, resolve_backend
 from .reference.pool import pool_output_size
 from .reference.conv_direct import conv_epilogue, per_group_backward, per_group_forward
 
@@ -188,7 +188,9 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     For the fast backend: direct with one output channel (K == 1); for 3x3 stride-1 layers
     with at least 16 input and 16 output channels, dilated or not, Winograd F(4x4, 3x3),
     forward and backward (dx and dw), faster than im2col on every such layer of the
-    benchmark suite; im2col otherwise. The measurements are in
+    benchmark suite; im2col otherwise. One exception in ``conv2d_backward``: with at most 3
+    input channels (float32, stride 1, a kernel 3 or 5 wide, on AVX2), dw and db come from
+    the direct kernel's row tile, and dx from the algorithm returned here. The measurements are in
     docs/performance.md ("Convolution"). A call that picked Winograd runs im2col instead
     where NaN or Inf reach its outputs (see ``conv2d``).
     """
@@ -216,6 +218,28 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward)
 
 
 _WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they save
+_DIRECT_DW_MAX_CHANNELS = 3   # dw by the direct kernel's row tile up to this many inputs
+
+
+def _direct_dw_pays(x, w, stride, dilation, groups, backend):
+    """Whether auto computes dw (and db) with the direct kernel's AVX2 row tile: float32,
+    at most _DIRECT_DW_MAX_CHANNELS input channels (a first layer on image data, where
+    im2col's columns are long and its GEMM narrow), stride 1 and no dilation along the
+    width, a kernel 3 or 5 wide; measured in docs/performance.md ("dW of the first layer")."""
+    return (backend == "fast" and groups == 1 and x.dtype == _FLOAT32
+            and x.shape[1] <= _DIRECT_DW_MAX_CHANNELS and stride[1] == 1
+            and dilation[1] == 1 and w.shape[3] in (3, 5) and _simd_isa() != "baseline")
+
+
+_SIMD_ISA = []     # the instruction set of the kernels' SIMD copies, once known
+
+
+def _simd_isa():
+    """"baseline", "avx2" or "avx512": which copies of the SIMD inner loops the kernels run
+    (src_pyx/include/fc_isa.h decides, for every kernel)."""
+    if not _SIMD_ISA:
+        _SIMD_ISA.append(load_kernels("_openmp").simd_isa()[0])
+    return _SIMD_ISA[0]
 
 
 def _winograd_applies(w_shape, stride, groups=1):
@@ -525,6 +549,17 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         dx = np.zeros(x.shape, dtype=x.dtype) if need_dx else None
         dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
         db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw else None
+    elif need_dw and algo == "auto" and _direct_dw_pays(x, w, stride, dilation, groups,
+                                                        resolve_backend(backend, op)):
+        # dw and db by the direct kernel's row tile, dx (if asked) by the algorithm auto chose
+        dy, x, w = _contiguous(dy, x, w)
+        _, dw, db = implementation("conv_direct", resolve_backend(backend, op)).conv2d_backward(
+            dy, x, w, stride, padding, _n_threads(), False, True, dilation)
+        dx = None
+        if need_dx:
+            with blas_limit:
+                dx = impl.conv2d_backward(dy, x, w, stride, padding, _n_threads(), True,
+                                          False, dilation)[0]
     else:
         args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx),
                 bool(need_dw), dilation)

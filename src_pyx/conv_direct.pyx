@@ -1,10 +1,12 @@
 # cython: language_level=3
 """Direct 2-D convolution: the formula (conv.fwd) as loops, in register tiles and row updates.
 
-``algo="auto"`` runs this module only for convolutions with one output channel (K == 1,
-where a GEMM has nothing to reuse); every other one runs conv_im2col.pyx. Here the inner
-loop that runs for K == 1 is the row update of ``_plane_axpy`` (forward) and of
-``_dw_slice`` (dw); with K >= 4 the register tiles of src_pyx/include/fc_conv_direct.h.
+``algo="auto"`` runs this module for convolutions with one output channel (K == 1, where a
+GEMM has nothing to reuse), and for dw of layers with at most 3 input channels (a first
+layer on image data: float32, stride 1, 3 or 5 wide, on AVX2); everything else runs
+conv_im2col.pyx or conv_winograd.pyx. Here the inner loop that runs for K == 1 is the row
+update of ``_plane_axpy`` (forward) and of ``_dw_slice`` (dw); with K >= 4 the register
+tiles of src_pyx/include/fc_conv_direct.h, for a first layer's dw ``fastconv_dw_row_f32``.
 
 Compiled twin of ``fastconv/reference/conv_direct.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument before calling here.
@@ -35,8 +37,9 @@ How the loops are laid out, and why
   image form one interval per tap (``first_inside``, ``end_inside``).
 * dw[k, c, r, s] is a long dot product over (n, p, q). Vector lanes run along q, 4 output
   channels share each input vector (``fastconv_dw_tile_*``), and the lanes are added up
-  once at the end in a fixed order. With K < 4, each tap accumulates a row of partial sums
-  along q instead (``_dw_slice``).
+  once at the end in a fixed order. On AVX2 in float32 with stride 1, a whole row of taps
+  at once: 2 channels x S taps share the vectors of dy and x (``fastconv_dw_row_f32``).
+  With K < 4, each tap accumulates a row of partial sums along q instead (``_dw_slice``).
 * Parallel axes need no locks and give the same bits for any thread count: forward over
   (image, block of 4 channels), dx over (image, block of channels) or over the N*C input
   planes, dw over (block of 4 output channels, input channel) pairs or the K*C slices
@@ -57,6 +60,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 
 from _common cimport end_inside, first_inside, out_size, threads_for_macs
+from _isa cimport fc_isa_level
 
 
 # --------------------------------------------------------------------------- padding
@@ -296,6 +300,14 @@ cdef extern from "fc_conv_direct.h":
                               Py_ssize_t P, Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p,
                               Py_ssize_t sw, Py_ssize_t dy_n, Py_ssize_t dy_k,
                               Py_ssize_t j_first) noexcept nogil
+    # AVX2, float32, stride 1 along the row: 2 channels x a whole row of S = 3 or 5 taps
+    enum: FC_DW_ROW_MAX_S
+    bint fastconv_dw_row_applies(int isa, Py_ssize_t S) noexcept nogil
+    void fastconv_dw_row_f32(const float* x, const float* dy, float* out, Py_ssize_t N,
+                             Py_ssize_t P, Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p,
+                             Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t S) noexcept nogil
+
+cdef int _ISA = fc_isa_level()      # whether the AVX2 row tile may run: fc_isa.h decides
 
 
 cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] xp,
@@ -309,9 +321,21 @@ cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     cdef Py_ssize_t C = xp.shape[1], Hp = xp.shape[2], Wp = xp.shape[3]
     cdef Py_ssize_t R = dw.shape[2], S = dw.shape[3], r, s, j, k0 = kb * KB, j_first = 0
     cdef floating out[KB]
+    cdef float row[2 * FC_DW_ROW_MAX_S]
+    cdef Py_ssize_t j0
     if k0 + KB > K:
         j_first = k0 + KB - K
         k0 = K - KB
+    if floating is float and sw == 1 and dwd == 1 and fastconv_dw_row_applies(_ISA, S):
+        for r in range(R):              # a whole row of taps per call, 2 channels at a time
+            for j0 in range(0, KB, 2):
+                fastconv_dw_row_f32(&xp[0, c, r * dh, 0], &dy[0, k0 + j0, 0, 0], row, N, P, Q,
+                                    C * Hp * Wp, sh * Wp, K * P * Q, P * Q, S)
+                for j in range(j0, j0 + 2):
+                    if j >= j_first:
+                        for s in range(S):
+                            dw[k0 + j, c, r, s] = row[(j - j0) * S + s]
+        return
     for r in range(R):
         for s in range(S):
             if floating is float:

@@ -551,3 +551,29 @@ def test_kernels_called_directly_reject_inconsistent_shapes(algo):
         kern.conv2d_backward(np.zeros((2, 4, 3, 4)), x, w, (1, 1), (0, 0), 1)     # dy shape
     with pytest.raises(ValueError):                                              # mixed dtypes
         kern.conv2d_forward(x, w.astype(np.float32), None, (1, 1), (0, 0), 1)
+
+
+# (x shape, K, kernel width, padding): few input channels, where auto's dw is the direct
+# kernel's row tile (float32, stride 1, 3 or 5 wide, on AVX2); K = 6 and 5 end in a part
+# block of the 4-channel tasks, Q = 9 and 20 in a part vector of 8 columns
+FIRST_LAYERS = [((8, 1, 12, 13), 6, 5, 2), ((4, 3, 9, 20), 16, 3, 1), ((5, 2, 7, 9), 5, 5, 0)]
+
+
+@pytest.mark.parametrize("case", FIRST_LAYERS, ids=str)
+def test_auto_backward_of_a_first_layer(case, rng, n_threads):
+    """dw and db from the direct kernel where its row tile applies (else im2col's), dx from
+    im2col; all close to the reference, whatever the thread count."""
+    (N, C, H, W), K, S, pad = case
+    x, w, b, dy = make_inputs(rng, np.float32, (N, C, H, W), (K, C, S, S), (1, 1), (pad, pad))
+    dx, dw, db = F.conv2d_backward(dy, x, w, 1, pad, backend="fast")
+    dw_algo = "im2col" if load_kernels("_openmp").simd_isa()[0] == "baseline" else "direct"
+    _, dw_want, db_want = F.conv2d_backward(dy, x, w, 1, pad, algo=dw_algo, backend="fast")
+    np.testing.assert_array_equal(dw, dw_want)
+    np.testing.assert_array_equal(db, db_want)
+    dx_want = F.conv2d_backward(dy, x, w, 1, pad, algo="im2col", backend="fast", need_dw=False)[0]
+    np.testing.assert_array_equal(dx, dx_want)
+    ref = F.conv2d_backward(dy, x, w, 1, pad, backend="reference")
+    for name, got, want, red in (("dx", dx, ref[0], K * S * S), ("dw", dw, ref[1], N * H * W),
+                                 ("db", db, ref[2], N * H * W)):
+        assert_close(got, want, np.float32, reduction=red, err_msg=name)
+    assert F.conv2d_backward(dy, x, w, 1, pad, backend="fast", need_dx=False)[0] is None

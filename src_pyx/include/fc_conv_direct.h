@@ -12,6 +12,12 @@
  *       channels and one tap, a dot product over (n, p, q) with L lanes along q; the
  *       lanes and the scalar tail (Q % L columns) are added in a fixed order at the end.
  *
+ *   fastconv_dw_row_f32 backward on AVX2, float32, stride 1: dw[k0 + j, c, r, s] for
+ *       2 output channels and a whole row of S <= 5 taps, 2 x S accumulators of 8 lanes:
+ *       per 8 columns, 2 vectors of dy and S of x feed 2*S fused multiply-adds (the
+ *       one-tap tile loads 5 vectors for 4 products). Compiled for AVX2 with a target
+ *       attribute, called only where fc_isa_level() (fc_isa.h) allows it.
+ *
  * Why 4 x 2 vectors: 8 accumulators + 2 input vectors + a broadcast weight fit the 16
  * registers of SSE2, the baseline every x86-64 has. Why C: written as Cython loops, gcc
  * vectorises the tap loop instead, spills the accumulators, and runs about 3x slower;
@@ -22,6 +28,8 @@
 #define FC_CONV_DIRECT_H
 
 #include <string.h>
+
+#include "fc_isa.h"
 
 #define FC_DIRECT_TILE(T, NAME)                                                        \
 static inline void NAME(const T *x, const T *w, const T *b, T *y, Py_ssize_t C,       \
@@ -113,5 +121,95 @@ static inline void NAME(const T *x, const T *dy, T *out, Py_ssize_t N, Py_ssize_
 }
 FC_DIRECT_DW_TILE(float, fastconv_dw_tile_f32)
 FC_DIRECT_DW_TILE(double, fastconv_dw_tile_f64)
+
+#define FC_DW_ROW_MAX_S 5      /* taps per row fastconv_dw_row_f32 handles (3 or 5) */
+
+#if FC_HAVE_X86_SIMD
+#include <immintrin.h>
+
+/* dw[k0 + j, c, r, s] = sum_{n,p,q} dy[n, k0 + j, p, q] * x[n, c, p*sh + r, q + s] for
+ * j < 2 and s < S, by lanes along q: x points at (n = 0, c, row r), rows x_p apart;
+ * out[j * S + s] gets the sums. The last Q % 8 columns of a row are read through a mask
+ * (zeros beyond), and each accumulator's 8 lanes are added in order at the end, so the
+ * order of every sum depends on the shapes only. S is a constant in each copy (3, 5), so
+ * that the 2 x S accumulators are registers. */
+static inline __attribute__((always_inline, target("avx2,fma")))
+void fc_dw_row_body(const float *x, const float *dy, float *out, Py_ssize_t N, Py_ssize_t P,
+                    Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t dy_n,
+                    Py_ssize_t dy_k, const int S)
+{
+    __m256 acc[2][FC_DW_ROW_MAX_S], a0, a1, xv;
+    const int rem = (int)(Q % 8);
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(rem),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    FC_UNROLL for (int s = 0; s < S; s++) acc[0][s] = acc[1][s] = _mm256_setzero_ps();
+    for (Py_ssize_t n = 0; n < N; n++) {
+        for (Py_ssize_t p = 0; p < P; p++) {
+            const float *x_row = x + n * x_n + p * x_p;
+            const float *dy0 = dy + n * dy_n + p * Q, *dy1 = dy0 + dy_k;
+            Py_ssize_t q = 0;
+            for (; q + 8 <= Q; q += 8) {
+                a0 = _mm256_loadu_ps(dy0 + q);
+                a1 = _mm256_loadu_ps(dy1 + q);
+                FC_UNROLL for (int s = 0; s < S; s++) {
+                    xv = _mm256_loadu_ps(x_row + q + s);
+                    acc[0][s] = _mm256_fmadd_ps(a0, xv, acc[0][s]);
+                    acc[1][s] = _mm256_fmadd_ps(a1, xv, acc[1][s]);
+                }
+            }
+            if (rem) {
+                a0 = _mm256_maskload_ps(dy0 + q, tail);
+                a1 = _mm256_maskload_ps(dy1 + q, tail);
+                FC_UNROLL for (int s = 0; s < S; s++) {
+                    xv = _mm256_maskload_ps(x_row + q + s, tail);
+                    acc[0][s] = _mm256_fmadd_ps(a0, xv, acc[0][s]);
+                    acc[1][s] = _mm256_fmadd_ps(a1, xv, acc[1][s]);
+                }
+            }
+        }
+    }
+    for (int j = 0; j < 2; j++) {
+        for (int s = 0; s < S; s++) {
+            float lanes[8], sum = 0;
+            _mm256_storeu_ps(lanes, acc[j][s]);
+            for (int i = 0; i < 8; i++) sum += lanes[i];
+            out[j * S + s] = sum;
+        }
+    }
+}
+
+static __attribute__((target("avx2,fma"), noinline))
+void fc_dw_row3(const float *x, const float *dy, float *out, Py_ssize_t N, Py_ssize_t P,
+                Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t dy_n, Py_ssize_t dy_k)
+{ fc_dw_row_body(x, dy, out, N, P, Q, x_n, x_p, dy_n, dy_k, 3); }
+
+static __attribute__((target("avx2,fma"), noinline))
+void fc_dw_row5(const float *x, const float *dy, float *out, Py_ssize_t N, Py_ssize_t P,
+                Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t dy_n, Py_ssize_t dy_k)
+{ fc_dw_row_body(x, dy, out, N, P, Q, x_n, x_p, dy_n, dy_k, 5); }
+#endif
+
+/* Whether fastconv_dw_row_f32 runs here: a CPU with AVX2 (isa, from fc_isa_level()) and
+ * S = 3 or 5 taps per row. */
+static int fastconv_dw_row_applies(int isa, Py_ssize_t S)
+{
+    return FC_HAVE_X86_SIMD && isa >= FC_ISA_AVX2 && (S == 3 || S == 5);
+}
+
+/* The call conv_direct.pyx makes where fastconv_dw_row_applies: out[j * S + s]. */
+static void fastconv_dw_row_f32(const float *x, const float *dy, float *out, Py_ssize_t N,
+                                Py_ssize_t P, Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p,
+                                Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t S)
+{
+#if FC_HAVE_X86_SIMD
+    if (S == 3)
+        fc_dw_row3(x, dy, out, N, P, Q, x_n, x_p, dy_n, dy_k);
+    else
+        fc_dw_row5(x, dy, out, N, P, Q, x_n, x_p, dy_n, dy_k);
+#else
+    (void)x; (void)dy; (void)out; (void)N; (void)P; (void)Q; (void)x_n; (void)x_p;
+    (void)dy_n; (void)dy_k; (void)S;
+#endif
+}
 
 #endif
