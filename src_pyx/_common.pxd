@@ -10,10 +10,11 @@ cdef inline Py_ssize_t out_size(Py_ssize_t H, Py_ssize_t R, Py_ssize_t stride,
 
 # Below this much work (values touched, or multiply-adds for convolution) a call runs on one
 # thread: waking an OpenMP team costs more than it saves, and on a busy machine a second
-# thread can arrive milliseconds late. PyTorch's grain size is the same order. The partition
-# of every reduction is fixed independently of the thread count, so results do not change.
+# thread can arrive milliseconds late (docs/performance.md, "Small calls: one thread"). The
+# partition of every reduction is fixed independently of the thread count, so results do
+# not change.
 DEF GRAIN_VALUES = 32768
-DEF GRAIN_MACS = 131072
+DEF GRAIN_MACS = 1048576
 
 
 cdef inline int threads_for(Py_ssize_t work, int n_threads, Py_ssize_t grain) noexcept nogil:

@@ -382,11 +382,11 @@ def test_backward_matches_finite_differences(backend, algo, rng):
 
 # --------------------------------------------------------------------------- threads
 
-# Each case is above the kernels' grain (131072 multiply-adds), so two threads really run.
+# Each case is above the kernels' grain (1048576 multiply-adds), so two threads really run.
 THREAD_CASES = [
-    ((19, 5, 11, 10), (6, 5, 3, 3), (1, 1), (1, 1)),
-    ((9, 4, 24, 26), (7, 4, 3, 2), (2, 3), (1, 0)),
-    ((21, 16, 12, 12), (5, 16, 1, 1), (1, 1), (0, 0)),
+    ((38, 5, 11, 10), (6, 5, 3, 3), (1, 1), (1, 1)),
+    ((63, 4, 24, 26), (7, 4, 3, 2), (2, 3), (1, 0)),
+    ((105, 16, 12, 12), (5, 16, 1, 1), (1, 1), (0, 0)),
     ((18, 16, 10, 10), (32, 16, 3, 3), (1, 1), (1, 1)),   # full micro-kernel tiles
     ((20, 32, 6, 6), (64, 32, 3, 3), (1, 1), (1, 1)),     # K >= P*Q: dW by output blocks
     ((20, 3, 20, 20), (24, 3, 3, 3), (1, 1), (1, 1)),     # columns built in row blocks

@@ -149,11 +149,11 @@ def test_public_api_gradients_match_finite_differences(rng):
         assert_grad_matches(analytic, loss, wrt)
 
 
-# Each above the kernel's grain (131072 multiply-adds), so several threads really run.
+# Each above the kernel's grain (1048576 multiply-adds), so several threads really run.
 THREAD_CASES = [
-    ((21, 16, 14, 14), 1, (3, 3), (1, 1), (1, 1), (1, 1)),
-    ((18, 8, 17, 15), 2, (3, 3), (2, 2), (1, 1), (1, 1)),
-    ((3, 32, 20, 20), 1, (5, 5), (1, 1), (2, 2), (2, 2)),
+    ((42, 16, 14, 14), 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((108, 8, 17, 15), 2, (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((6, 32, 20, 20), 1, (5, 5), (1, 1), (2, 2), (2, 2)),
 ]
 
 

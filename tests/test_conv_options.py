@@ -163,10 +163,11 @@ def test_dilated_backward_matches_finite_differences(backend, algo, rng):
     assert_grad_matches(db, loss, b, err_msg="db")
 
 
+# Each above the kernels' grain (1048576 multiply-adds), so two threads really run.
 DILATED_THREAD_CASES = [
-    ((19, 5, 12, 11), (6, 5, 3, 3), (1, 1), (2, 2), (2, 2)),
+    ((38, 5, 12, 11), (6, 5, 3, 3), (1, 1), (2, 2), (2, 2)),
     ((18, 16, 10, 10), (32, 16, 3, 3), (1, 1), (3, 3), (3, 3)),
-    ((9, 4, 24, 26), (2, 4, 3, 2), (2, 1), (1, 0), (2, 3)),
+    ((90, 4, 24, 26), (2, 4, 3, 2), (2, 1), (1, 0), (2, 3)),
 ]
 
 
