@@ -11,6 +11,8 @@ Arrays are NCHW. Weights are ``(K, C, R, S)``: K output channels, C input channe
 an R x S window. Output size (conv.out): ``P = floor((H + 2*pad - R) / stride) + 1``.
 Semantics match PyTorch (``torch.nn.functional``).
 """
+import functools
+
 import numpy as np
 from scipy.special import expit
 
@@ -231,15 +233,11 @@ def _direct_dw_pays(x, w, stride, dilation, groups, backend):
             and dilation[1] == 1 and w.shape[3] in (3, 5) and _simd_isa() != "baseline")
 
 
-_SIMD_ISA = []     # the instruction set of the kernels' SIMD copies, once known
-
-
+@functools.cache
 def _simd_isa():
     """"baseline", "avx2" or "avx512": which copies of the SIMD inner loops the kernels run
     (src_pyx/include/fc_isa.h decides, for every kernel)."""
-    if not _SIMD_ISA:
-        _SIMD_ISA.append(load_kernels("_openmp").simd_isa()[0])
-    return _SIMD_ISA[0]
+    return load_kernels("_openmp").simd_isa()[0]
 
 
 def _winograd_applies(w_shape, stride, groups=1):
@@ -550,10 +548,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
         db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw else None
     elif need_dw and algo == "auto" and _direct_dw_pays(x, w, stride, dilation, groups,
-                                                        resolve_backend(backend, op)):
+                                                        backend := resolve_backend(backend, op)):
         # dw and db by the direct kernel's row tile, dx (if asked) by the algorithm auto chose
         dy, x, w = _contiguous(dy, x, w)
-        _, dw, db = implementation("conv_direct", resolve_backend(backend, op)).conv2d_backward(
+        _, dw, db = implementation("conv_direct", backend).conv2d_backward(
             dy, x, w, stride, padding, _n_threads(), False, True, dilation)
         dx = None
         if need_dx:
