@@ -314,10 +314,10 @@ class _Depthwise:
         return conv_epilogue(y, relu, residual)
 
     def conv2d_backward(self, dy, x, w, stride, padding, n_threads, need_dx, need_dw,
-                        dilation=(1, 1)):
+                        dilation=(1, 1), *, need_db=True):
         dx, dw, db = self.impl.conv2d_backward(dy, x, w, stride, padding, dilation, n_threads,
                                                need_dx)
-        return (dx, dw, db) if need_dw else (dx, None, None)
+        return (dx, dw, db if need_db else None) if need_dw else (dx, None, None)
 
 
 class _PerGroup:
@@ -334,10 +334,10 @@ class _PerGroup:
         return conv_epilogue(y, relu, residual)
 
     def conv2d_backward(self, dy, x, w, stride, padding, n_threads, need_dx, need_dw,
-                        dilation=(1, 1)):
+                        dilation=(1, 1), *, need_db=True):
         return per_group_backward(self.impl.conv2d_backward, dy, x, w, self.groups, need_dx,
                                   need_dw, stride, padding, n_threads, need_dx, need_dw,
-                                  dilation=dilation)
+                                  dilation=dilation, need_db=need_db)
 
 
 def _conv_common_case(x, w, stride, padding, dilation, groups):
@@ -505,7 +505,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="auto",
-                    backend=None, *, need_dx=True, need_dw=True):
+                    backend=None, *, need_dx=True, need_dw=True, need_db=True):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
     ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
@@ -525,6 +525,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         False skips dw and db, both returned as None: a frozen layer between trainable
         ones must pass dx on but needs no weight gradient (no columns of x are built, no
         reduction over the batch). dx is bitwise the same as with need_dw=True.
+    need_db : bool, keyword only
+        False skips db, returned as None: a layer without a bias (a pass over dy saved).
 
     Returns
     -------
@@ -546,13 +548,14 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
     if y_shape[0] == 0:                      # an empty batch: no contributions to dw, db
         dx = np.zeros(x.shape, dtype=x.dtype) if need_dx else None
         dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
-        db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw else None
+        db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw and need_db else None
     elif need_dw and algo == "auto" and _direct_dw_pays(x, w, stride, dilation, groups,
                                                         backend := resolve_backend(backend, op)):
         # dw and db by the direct kernel's row tile, dx (if asked) by the algorithm auto chose
         dy, x, w = _contiguous(dy, x, w)
         _, dw, db = implementation("conv_direct", backend).conv2d_backward(
-            dy, x, w, stride, padding, _n_threads(), False, True, dilation)
+            dy, x, w, stride, padding, _n_threads(), False, True, dilation,
+            need_db=bool(need_db))
         dx = None
         if need_dx:
             with blas_limit:
@@ -561,13 +564,14 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
     else:
         args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx),
                 bool(need_dw), dilation)
+        db_arg = {} if need_db else {"need_db": False}   # the usual call passes no keyword
         with blas_limit:
             if fallback is None:
-                dx, dw, db = impl.conv2d_backward(*args)
+                dx, dw, db = impl.conv2d_backward(*args, **db_arg)
             else:
-                grads = impl.conv2d_backward(*args, check_finite=True)
+                grads = impl.conv2d_backward(*args, check_finite=True, **db_arg)
                 if grads is None:    # non-finite values met in Winograd: im2col then
-                    grads = fallback.conv2d_backward(*args)
+                    grads = fallback.conv2d_backward(*args, **db_arg)
                 dx, dw, db = grads
     if dx is not None:
         if extra != (0, 0):                  # the gradient of the zeros "same" added: dropped

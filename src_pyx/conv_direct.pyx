@@ -439,7 +439,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                     stride, padding, int n_threads,
                     bint need_dx=True, bint need_dw=True,
-                    dilation=(1, 1)):                   # returns dx, dw, db (OUT)
+                    dilation=(1, 1), *, bint need_db=True):   # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
@@ -454,6 +454,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
         False skips dw and db (None is returned for both): a frozen layer that must still
         pass dx on. dx is computed exactly as with need_dw (bitwise the same).
     dilation : (int, int), as in :func:`conv2d_forward`
+    need_db : bool, keyword only
+        False skips db (None in its place): a layer without a bias.
 
     Returns
     -------
@@ -475,7 +477,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                        W if need_dx else 1), dtype=dtype)
     # without need_dw, one-element placeholders that are never written
     dw_arr = np.empty((K, C, R, S) if need_dw else (1,) * 4, dtype=dtype)
-    db_arr = np.empty(K if need_dw else 1, dtype=dtype)
+    db_arr = np.empty(K if need_dw and need_db else 1, dtype=dtype)
     acc_arr = np.empty((nt, R * S * Q if need_dw else 1), dtype=dtype)  # dw scratch (small)
     cdef floating[:, :, :, ::1] dx = dx_arr
     cdef floating[:, :, :, ::1] dw = dw_arr
@@ -531,6 +533,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
         with nogil:
             for i in prange(K * C, schedule="dynamic", num_threads=nt):
                 _dw_slice(dy, xp, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, 0, 0, dh, dwd)
+    if not need_db:
+        return dx_arr, dw_arr, None
     with nogil:
         for k in prange(K, schedule="static", num_threads=nt):
             _db_one(dy, db, k)

@@ -862,7 +862,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                     stride, padding, int n_threads,
                     bint need_dx=True, bint need_dw=True,
-                    dilation=(1, 1)):                   # returns dx, dw, db (OUT)
+                    dilation=(1, 1), *, bint need_db=True):   # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward` by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -879,6 +879,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
         pass dx on. No columns of x are built and there is no dW reduction; each image's dx
         is computed exactly as with need_dw (bitwise the same), one image per task.
     dilation : (int, int), as in :func:`conv2d_forward`
+    need_db : bool, keyword only
+        False skips db (None in its place): a layer without a bias.
 
     Returns
     -------
@@ -906,7 +908,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     dx_arr = np.empty((N, C, H, W), dtype=dtype) if need_dx else None
     # without need_dw, one-element placeholders that are never written
     dw_arr = np.empty((K, C, R, S) if need_dw else (1,) * 4, dtype=dtype)
-    db_arr = np.empty(K if need_dw else 1, dtype=dtype)
+    db_arr = np.empty(K if need_dw and need_db else 1, dtype=dtype)
     # Wr (K, R*S*C): wr[k, (r*S + s)*C + c] = w[k, c, r, s], the (r, s, c) order of colT
     wr_arr = (np.ascontiguousarray(np.asarray(w).transpose(0, 2, 3, 1).reshape(K, -1)) if hwc
               else np.empty((1, 1), dtype=dtype))
@@ -980,9 +982,10 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
             for k in prange(K, schedule="static", num_threads=nt):
                 for i in range(CRS):
                     total[k * CRS + i] = parts[0, i * K + k]
-        for k in prange(K, schedule="static", num_threads=nt):
-            _db_one(dy, db, k)
-    return dx_arr, dw_arr, db_arr
+        if need_db:
+            for k in prange(K, schedule="static", num_threads=nt):
+                _db_one(dy, db, k)
+    return dx_arr, dw_arr, (db_arr if need_db else None)
 
 
 # --------------------------------------------------------------------------- guards

@@ -710,13 +710,15 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     const floating[:, :, :, ::1] w,     # IN (K, C, 3, 3)
                     stride, padding, int n_threads, bint need_dx=True,
                     bint need_dw=True, dilation=(1, 1), *,
-                    int tile=DEFAULT_TILE, bint check_finite=False):   # returns dx, dw, db (OUT)
+                    int tile=DEFAULT_TILE, bint check_finite=False,
+                    bint need_db=True):                 # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward`, (conv.bwd), by Winograd: dx as the 3x3 stride-1
     correlation of dy with the flipped, transposed kernel (the same dilation d) and padding
     2d - p; dw by (wino.dw) (module docstring); db as dy's sum.
 
     Parameters as :func:`conv2d_forward`; need_dx False skips dx (None in its place),
-    need_dw False skips dw and db (None for both).
+    need_dw False skips dw and db (None for both), need_db False db alone (a layer without a
+    bias).
     ``check_finite``: None instead of the three arrays where w or a dx or dw value is not
     finite (module docstring).
 
@@ -745,6 +747,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     dW = _weight_gradient(x, dy, ph, pw, dilation, tile, nt, check_finite)
     if dW is None:
         return None
+    if not need_db:
+        return dx, dW, None
     db = np.empty(w.shape[0], dtype=dW.dtype)
     _bias_gradient(dy, db, nt)
     return dx, dW, db

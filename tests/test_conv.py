@@ -204,6 +204,25 @@ def test_backward_without_dw_gives_the_same_dx_bits(case, algo, backend, dtype, 
     np.testing.assert_array_equal(dx2, dx)
 
 
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", NO_DW_CASES[:4] + NO_DW_CASES[-1:], ids=grid_id)
+def test_backward_without_db_gives_the_same_dx_and_dw_bits(case, algo, backend, dtype, rng,
+                                                            n_threads):
+    """need_db=False (a layer without a bias): db is None, dx and dw are bitwise those of
+    the full call, with and without dx."""
+    x, w, b, dy = make_inputs(rng, dtype, *case)
+    for need_dx in (True, False):
+        dx, dw, db = F.conv2d_backward(dy, x, w, case[2], case[3], algo=algo, backend=backend,
+                                       need_dx=need_dx)
+        dx2, dw2, none_b = F.conv2d_backward(dy, x, w, case[2], case[3], algo=algo,
+                                             backend=backend, need_dx=need_dx, need_db=False)
+        assert none_b is None and db is not None and (dx2 is None) == (not need_dx)
+        np.testing.assert_array_equal(dw2, dw)
+        if need_dx:
+            np.testing.assert_array_equal(dx2, dx)
+
+
 def test_backward_needs_dx_or_dw(rng):
     x, w, b, dy = make_inputs(rng, np.float32, *GRID[0])
     for backend in ("reference", "fast"):
@@ -577,3 +596,6 @@ def test_auto_backward_of_a_first_layer(case, rng, n_threads):
                                  ("db", db, ref[2], N * H * W)):
         assert_close(got, want, np.float32, reduction=red, err_msg=name)
     assert F.conv2d_backward(dy, x, w, 1, pad, backend="fast", need_dx=False)[0] is None
+    no_db = F.conv2d_backward(dy, x, w, 1, pad, backend="fast", need_dx=False, need_db=False)
+    assert no_db[0] is None and no_db[2] is None
+    np.testing.assert_array_equal(no_db[1], dw)

@@ -119,6 +119,11 @@ def test_public_api_matches_direct(backend, dtype, rng):
     want = F.conv2d_backward(dy, x, w, 1, 1, algo="direct", backend="reference")
     for g, r in zip(got, want):
         assert_close(g, r, dtype, 9 * 4 * 7 * 9)
+    for algo in ("winograd", "auto"):            # need_db=False: the same dx, dw bits, no db
+        full = F.conv2d_backward(dy, x, w, 1, 1, algo=algo, backend=backend)
+        no_db = F.conv2d_backward(dy, x, w, 1, 1, algo=algo, backend=backend, need_db=False)
+        assert no_db[2] is None and full[2] is not None
+        assert np.array_equal(no_db[0], full[0]) and np.array_equal(no_db[1], full[1])
 
 
 @pytest.mark.parametrize("dilation", [1, 2])

@@ -469,3 +469,33 @@ def test_repr_is_readable():
     ]
     block = nn.Residual(nn.Sequential(nn.Conv2d(2, 2, 3, padding=1)), activation=nn.ReLU())
     assert "(body): Sequential(" in repr(block) and "(activation): ReLU()" in repr(block)
+
+
+def test_conv_without_a_trainable_bias_asks_for_no_db(rng, monkeypatch):
+    """A Conv2d without a bias (or with its bias frozen) asks the op for no db (need_db=False,
+    one pass over dy fewer); with a bias it does, and the gradients are the same either way."""
+    from fastconv import functional as F
+    asked, real = [], F.conv2d_backward
+
+    def recorder(*args, **kwargs):
+        asked.append(kwargs.get("need_db", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d_backward", recorder)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with_bias = nn.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+    no_bias = nn.Conv2d(3, 4, 3, padding=1, bias=False, rng=np.random.default_rng(0))
+    no_bias.weight.data[...] = with_bias.weight.data
+    dy = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    grads = []
+    for layer in (with_bias, no_bias):
+        layer(x)
+        grads.append((layer.backward(dy), layer.weight.grad.copy()))
+    with_bias.bias.requires_grad = False
+    with_bias.zero_grad()
+    with_bias(x)
+    with_bias.backward(dy)
+    assert asked == [True, False, False]
+    assert not np.any(with_bias.bias.grad)
+    np.testing.assert_array_equal(grads[0][0], grads[1][0])
+    np.testing.assert_array_equal(grads[0][1], grads[1][1])

@@ -8,15 +8,17 @@ from .module import Module, Parameter
 
 
 def _layer_backward(layer, dy, need_dx, grads):
-    """A conv layer's backward: ``grads(need_dw)`` runs the op's backward, giving (dx, dw, db).
-    A frozen weight asks for dx alone (need_dw=False: no dW work at all); with the weight
-    frozen and the bias trainable, db is dy summed over (n, p, q) here."""
+    """A conv layer's backward: ``grads(need_dw, need_db)`` runs the op's backward, giving
+    (dx, dw, db). A frozen weight asks for dx alone (need_dw=False: no dW work at all); with
+    the weight frozen and the bias trainable, db is dy summed over (n, p, q) here; a layer
+    without a (trainable) bias asks for no db."""
     train_w, dx = layer.weight.requires_grad, None
+    train_b = layer.bias is not None and layer.bias.requires_grad
     if need_dx or train_w:
-        dx, dw, db = grads(train_w)
+        dx, dw, db = grads(train_w, train_b)
         if train_w:
             layer.weight.grad += dw
-    if layer.bias is not None and layer.bias.requires_grad:
+    if train_b:
         sum_axes = tuple(i for i in range(dy.ndim) if i != dy.ndim - 3)   # all but channels
         layer.bias.grad += (db if train_w else
                             dy.sum(axis=sum_axes, dtype=np.float64).astype(dy.dtype))
@@ -136,10 +138,10 @@ class Conv2d(Module):
 
     def _backward(self, dy, need_dx):
         explicit = self.padding_mode != "zeros"
-        dx = _layer_backward(self, dy, need_dx, lambda need_dw: F.conv2d_backward(
+        dx = _layer_backward(self, dy, need_dx, lambda need_dw, need_db: F.conv2d_backward(
             dy, self._x, self.weight.data, stride=self.stride,
             padding=0 if explicit else self.padding, dilation=self.dilation, groups=self.groups,
-            algo=self.algo, need_dx=need_dx, need_dw=need_dw))
+            algo=self.algo, need_dx=need_dx, need_dw=need_dw, need_db=need_db))
         if explicit and dx is not None:
             dx = F.pad_backward(dx, self._explicit_pad(), self.padding_mode)
         return dx
@@ -245,8 +247,10 @@ class ConvTranspose2d(Module):
         self._backward(dy, need_dx=False)
 
     def _backward(self, dy, need_dx):
-        return _layer_backward(self, dy, need_dx, lambda need_dw: F.conv_transpose2d_backward(
-            dy, self._x, self.weight.data, **self._options(), need_dx=need_dx, need_dw=need_dw))
+        return _layer_backward(self, dy, need_dx,
+                               lambda need_dw, need_db: F.conv_transpose2d_backward(
+                                   dy, self._x, self.weight.data, **self._options(),
+                                   need_dx=need_dx, need_dw=need_dw))
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -76,13 +76,14 @@ def per_group_forward(forward, x, w, b, groups, *args):
 def per_group_backward(backward, dy, x, w, groups, need_dx, need_dw, *args, **kwargs):
     """(conv.groups) ``backward(dy_g, x_g, w_g, *args, **kwargs)`` on each group's slices
     (kwargs: need_dx, need_dw and the like), the gradients put back together: dx (N, C, H,
-    W) or None, dw (K, C/G, R, S) and db (K,) or None."""
+    W) or None, dw (K, C/G, R, S) or None and db (K,) or None (as the groups' db)."""
     parts = [backward(np.ascontiguousarray(dy[:, ks]), np.ascontiguousarray(x[:, cs]), w[ks],
                       *args, **kwargs)
              for cs, ks in group_slices(groups, x.shape[1], w.shape[0])]
     dx = np.concatenate([p[0] for p in parts], axis=1) if need_dx else None
     dw = np.concatenate([p[1] for p in parts], axis=0) if need_dw else None
-    db = np.concatenate([p[2] for p in parts], axis=0) if need_dw else None
+    db = (np.concatenate([p[2] for p in parts], axis=0)
+          if need_dw and parts[0][2] is not None else None)
     return dx, dw, db
 
 
@@ -127,7 +128,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), gr
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,
-                    dilation=(1, 1), groups=1):
+                    dilation=(1, 1), groups=1, *, need_db=True):
     """Gradients of :func:`conv2d_forward`, eq. (conv.bwd).
 
     Parameters
@@ -141,6 +142,8 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     need_dw : bool
         False skips dw and db (None for both): a frozen layer that passes dx on.
     dilation, groups : as in :func:`conv2d_forward`
+    need_db : bool, keyword only
+        False skips db (None in its place): a layer without a bias.
 
     Returns
     -------
@@ -150,7 +153,8 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
         raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     if groups > 1:
         return per_group_backward(conv2d_backward, dy, x, w, groups, need_dx, need_dw, stride,
-                                  padding, n_threads, need_dx, need_dw, dilation)
+                                  padding, n_threads, need_dx, need_dw, dilation,
+                                  need_db=need_db)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     P, Q = dy.shape[2:]
@@ -160,10 +164,11 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     if need_dw:
         win = _windows(_pad(x, padding), R, S, stride, P, Q, dilation)   # (N, C, P, Q, R, S)
         # db[k] = sum_{n,p,q} dy[n,k,p,q]
-        db = dy.sum(axis=(0, 2, 3))
+        db = dy.sum(axis=(0, 2, 3)) if need_db else None
         # dw[k,c,r,s] = sum_{n,p,q} dy[n,k,p,q] * win[n,c,p,q,r,s]
         dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))          # (K, C, R, S)
-        dw, db = np.ascontiguousarray(dw, dtype=dtype), np.ascontiguousarray(db, dtype=dtype)
+        dw = np.ascontiguousarray(dw, dtype=dtype)
+        db = None if db is None else np.ascontiguousarray(db, dtype=dtype)
     if not need_dx:
         return None, dw, db
     # dx: every dy[n,k,p,q] flows back through the window that produced it. For one kernel

@@ -100,7 +100,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), gr
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,
-                    dilation=(1, 1), groups=1):
+                    dilation=(1, 1), groups=1, *, need_db=True):
     """Gradients by GEMM and col2im, eqs. (im2col), (conv.bwd).
 
     Parameters
@@ -114,6 +114,8 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
         False skips dw and db (None for both; the columns of x are not built): a frozen
         layer that passes dx on.
     dilation, groups : as in :func:`conv2d_forward`
+    need_db : bool, keyword only
+        False skips db (None in its place): a layer without a bias.
 
     Returns
     -------
@@ -123,7 +125,8 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
         raise ValueError("conv2d_backward: need_dx and need_dw are both False (nothing to do)")
     if groups > 1:
         return per_group_backward(conv2d_backward, dy, x, w, groups, need_dx, need_dw, stride,
-                                  padding, n_threads, need_dx, need_dw, dilation)
+                                  padding, n_threads, need_dx, need_dw, dilation,
+                                  need_db=need_db)
     N = x.shape[0]
     K, C, R, S = w.shape
     P, Q = dy.shape[2:]
@@ -132,9 +135,10 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     dW = db = None
     if need_dw:
         col = im2col(x, R, S, stride, padding, P, Q, dilation)       # (N, CRS, PQ)
-        db = dy.sum(axis=(0, 2, 3))                                  # db[k] = sum_{n,p,q} dy
+        if need_db:
+            db = dy.sum(axis=(0, 2, 3)).astype(dtype, copy=False)    # db[k] = sum_{n,p,q} dy
         dW = np.tensordot(dY, col, axes=([0, 2], [0, 2]))            # sum_n dY_n @ col_n^T: (K, CRS)
-        dW, db = dW.reshape(K, C, R, S).astype(dtype, copy=False), db.astype(dtype, copy=False)
+        dW = dW.reshape(K, C, R, S).astype(dtype, copy=False)
     if not need_dx:
         return None, dW, db
     dcol = np.matmul(w.reshape(K, C * R * S).T, dY)                  # W^T @ dY_n: (N, CRS, PQ)

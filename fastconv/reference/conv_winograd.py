@@ -263,13 +263,13 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *,
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,
-                    dilation=(1, 1), *, tile=DEFAULT_TILE):
+                    dilation=(1, 1), *, tile=DEFAULT_TILE, need_db=True):
     """Gradients of :func:`conv2d_forward` (conv.bwd): dx by Winograd, as the 3x3 stride-1
     convolution of dy with the flipped, transposed kernel (the same dilation d) and padding
     2d - p; dw and db by the direct formula.
 
     Returns dx (N, C, H, W) or None (need_dx False), dw (K, C, 3, 3) and db (K,) or None
-    (need_dw False).
+    (need_dw False; db alone with need_db False).
     """
     _check(w.shape, stride, tile)
     if not (need_dx or need_dw):
@@ -278,7 +278,7 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     dW = db = None
     if need_dw:
         dW = winograd_weight_gradient(x, dy, tile, (-ph, -pw), (dh, dw))
-        db = dy.sum(axis=(0, 2, 3))
+        db = dy.sum(axis=(0, 2, 3)) if need_db else None
     if not need_dx:
         return None, dW, db
     w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, K, 3, 3)
