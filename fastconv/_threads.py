@@ -31,7 +31,7 @@ _block_n = contextvars.ContextVar("fastconv_num_threads", default=None)
 _blas_lock = threading.Lock()
 _open_blocks = {}       # one entry per open num_threads block, in the order they were entered
 _kernels_running = 0    # calls inside blas_single_thread, all threads together
-_kernel_side_saved = [] # (controller, count) to restore when the last kernel call ends
+_kernel_side_saved = [] # (set function, count) to restore when the last kernel call ends
 
 
 def _threadpools():
@@ -122,16 +122,16 @@ def _set_blas(n):
     kernel_side, numpy_side = _blas_controllers()
     _blas_n = n
     if _kernels_running:
-        _kernel_side_saved = [(lc, n) for lc in kernel_side]
-        for lc in numpy_side:
-            if lc not in kernel_side:
-                lc.set_num_threads(n)
+        _kernel_side_saved = [(set_n, n) for _, set_n in _kernel_calls()]
+        libraries = [lc for lc in numpy_side if lc not in kernel_side]
     else:
-        for lc in {id(lc): lc for lc in kernel_side + numpy_side}.values():
-            lc.set_num_threads(n)
+        libraries = list({id(lc): lc for lc in kernel_side + numpy_side}.values())
+    for lc in libraries:
+        _thread_calls(lc)[1](n)
 
 
 _blas_sides = None      # (kernel side, NumPy side): see _blas_controllers
+_kernel_side_calls = None   # [(get, set)] of the kernel side's libraries: see _kernel_calls
 _blas_n = None          # the thread count _set_blas last gave every BLAS library (None: never)
 
 
@@ -149,6 +149,29 @@ def _blas_controllers():
     return _blas_sides
 
 
+def _thread_calls(lc):
+    """(get, set) of one BLAS library's thread count: OpenBLAS's own C functions, called
+    through ctypes, where threadpoolctl's methods wrap each call in ~1 us of Python (and
+    ignore a thread other than the one that set OpenBLAS first; _blas_lock orders ours);
+    the methods for the libraries whose functions threadpoolctl does not name."""
+    symbol = getattr(lc, "_get_symbol", None)
+    if getattr(lc, "internal_api", None) == "openblas" and symbol is not None:
+        omp = getattr(lc, "threading_layer", None) == "openmp"
+        get_n = symbol("omp_get_max_threads" if omp else "openblas_get_num_threads")
+        set_n = symbol("omp_set_num_threads" if omp else "openblas_set_num_threads")
+        if get_n is not None and set_n is not None:
+            return get_n, set_n
+    return lc.get_num_threads, lc.set_num_threads
+
+
+def _kernel_calls():
+    """[(get, set)] of the thread counts of the BLAS the kernels call (found once)."""
+    global _kernel_side_calls
+    if _kernel_side_calls is None:
+        _kernel_side_calls = [_thread_calls(lc) for lc in _blas_controllers()[0]]
+    return _kernel_side_calls
+
+
 class _BlasSingleThread:
     """The context manager :func:`blas_single_thread` returns (one shared instance: its
     state is the module's, under _blas_lock). A class, not a generator: the kernels enter
@@ -158,15 +181,15 @@ class _BlasSingleThread:
 
     def __enter__(self):
         global _kernels_running, _kernel_side_saved
-        kernel_side = _blas_sides[0] if _blas_sides is not None else _blas_controllers()[0]
+        calls = _kernel_side_calls if _kernel_side_calls is not None else _kernel_calls()
         with _blas_lock:
             if not _kernels_running:
                 saved = []
-                for lc in kernel_side:
-                    n = lc.get_num_threads()
+                for get_n, set_n in calls:
+                    n = get_n()
                     if n != 1:
-                        saved.append((lc, n))
-                        lc.set_num_threads(1)
+                        saved.append((set_n, n))
+                        set_n(1)
                 _kernel_side_saved = saved
             _kernels_running += 1
         return self
@@ -176,8 +199,8 @@ class _BlasSingleThread:
         with _blas_lock:
             _kernels_running -= 1
             if not _kernels_running and _kernel_side_saved:
-                for lc, n in _kernel_side_saved:
-                    lc.set_num_threads(n)
+                for set_n, n in _kernel_side_saved:
+                    set_n(n)
                 _kernel_side_saved = []
         return False
 
@@ -200,7 +223,7 @@ def blas_single_thread():
     """Context manager: the kernels' BLAS on one thread (their BLAS calls run inside OpenMP
     loops, one per thread), restored when the last kernel call running in any thread ends.
 
-    Straight calls to the libraries' own get/set functions (~0.5 us a library), where
+    Straight calls to the libraries' own get/set functions (:func:`_thread_calls`), where
     threadpoolctl's ``limit`` context re-reads every library's state (~12 us): the kernels
     pay this on every call, and a LeNet-5 step makes dozens. Nothing at all is done when
     the calling thread runs its kernels on one thread and fastconv last set BLAS to one
