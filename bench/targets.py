@@ -211,16 +211,23 @@ def _pool_ops(case):
     return (f"{kind}_pool2d_fwd", f"{kind}_pool2d_bwd")
 
 
-def measure_train(model, kind="train"):
+def measure_train(model, kind="train", impl="fastconv"):
     """Training step (forward, loss, backward, SGD update; ``doc["models"]``) or, with
     ``kind="infer"``, eval-mode forward (``doc["inference"]``) of ``model`` against PyTorch:
-    ``speedup`` = torch median / fastconv median."""
+    ``speedup`` = torch median / median of fastconv's ``impl``; an inference through
+    ``fastconv:fused`` also names PyTorch's own inference path (``torch:jit``) in the
+    detail, when the run has it."""
     def measure(fig, threads):
-        fast = fig.model(model, "fastconv", threads, kind)
+        fast = fig.model(model, impl, threads, kind)
         torch = fig.model(model, "torch", threads, kind)
         if fast is None or torch is None:
             return None, ""
-        return {"speedup": torch / fast}, f"fastconv {fast:.2f} ms, PyTorch {torch:.2f} ms"
+        detail = f"{impl} {fast:.2f} ms, PyTorch {torch:.2f} ms"
+        jit = fig.inference.get((model, "torch:jit", threads)) if impl != "fastconv" else None
+        if jit is not None and jit.get("status") == "ok" and jit.get("median_ms"):
+            detail += (f" (torch.jit.optimize_for_inference {jit['median_ms']:.2f} ms: "
+                       f"{jit['median_ms'] / fast:.2f}x)")
+        return {"speedup": torch / fast}, detail
     return measure
 
 
@@ -350,6 +357,13 @@ TARGETS = (
            ">= 1.5x", (_x("speedup", "speed-up", 1.5),), measure_train("resnet20", "infer")),
     Target("infer_lenet5", "LeNet-5 inference latency (eval forward, batch 1) vs PyTorch "
            ">= 2x", (_x("speedup", "speed-up", 2.0),), measure_train("lenet5", "infer")),
+    Target("infer_resnet20_fused", "ResNet-20 inference through nn.fuse_for_inference "
+           "(batch 128) vs PyTorch's eval forward >= 1.5x",
+           (_x("speedup", "speed-up", 1.5),),
+           measure_train("resnet20", "infer", "fastconv:fused")),
+    Target("infer_lenet5_fused", "LeNet-5 inference latency through nn.fuse_for_inference "
+           "(batch 1) vs PyTorch's eval forward >= 2x", (_x("speedup", "speed-up", 2.0),),
+           measure_train("lenet5", "infer", "fastconv:fused")),
     Target("sgemm_vgg_c3", "vgg_c3 conv forward at >= 70% of the sgemm rate (same run, "
            "same threads)", (Measure("share", "of sgemm", 0.70, "%"),),
            measure_sgemm_share("vgg_c3")),

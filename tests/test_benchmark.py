@@ -332,10 +332,12 @@ def test_fastconv_only_run_without_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     doc = json.loads(path.read_text())
     recs = doc["results"] + doc["inference"]
-    fast = [r for r in recs if r["impl"] != "torch"]
-    torch = [r for r in recs if r["impl"] == "torch"]
-    assert len(fast) == 2 and all(r["status"] == "ok" for r in fast)
-    assert len(torch) == 2 and all(r["status"] == "unavailable" for r in torch)
+    fast = [r for r in recs if not r["impl"].startswith("torch")]
+    torch = [r for r in recs if r["impl"].startswith("torch")]
+    assert {r["impl"] for r in doc["inference"]} == {"fastconv", "fastconv:fused", "torch",
+                                                     "torch:jit"}
+    assert len(fast) == 3 and all(r["status"] == "ok" for r in fast)
+    assert len(torch) == 3 and all(r["status"] == "unavailable" for r in torch)
     assert all("torch blocked by the test" in r["reason"] for r in torch)
     assert "UNAVAILABLE: torch" in out.stdout
     workers = doc["environment"]["workers"]
@@ -383,13 +385,14 @@ def test_a_worker_that_dies_is_an_error_and_is_replaced():
 
 
 def test_training_and_inference_compare_the_same_networks_and_batches():
+    impls = {"train": ["fastconv", "torch"],
+             "infer": ["fastconv", "fastconv:fused", "torch", "torch:jit"]}
     for kind in ("train", "infer"):
         mcases = models.model_cases(kind=kind)
         for name in models.MODELS:
-            pair = [m for m in mcases if m.model == name]
-            assert [m.impl for m in pair] == ["fastconv", "torch"]
-            assert pair[0].batch == pair[1].batch
-            assert pair[0].image_shape == pair[1].image_shape
+            same = [m for m in mcases if m.model == name]
+            assert [m.impl for m in same] == impls[kind]
+            assert len({(m.batch, m.image_shape) for m in same}) == 1
     infer = {m.model: m.batch for m in models.model_cases(kind="infer")}
     assert infer == {"resnet20": 128, "lenet5": 1}
     assert {m.id for m in models.model_cases(kind="infer")} >= {"inference:resnet20:fastconv",
@@ -397,7 +400,11 @@ def test_training_and_inference_compare_the_same_networks_and_batches():
     warnings = runner.architecture_warnings([
         {"model": "m", "impl": "fastconv", "status": "ok", "params": 10},
         {"model": "m", "impl": "torch", "status": "ok", "params": 12}])
-    assert len(warnings) == 1 and "not the same architecture" in warnings[0]
+    assert len(warnings) == 1 and "not run the same architecture" in warnings[0]
+    assert "fastconv 10, torch 12" in warnings[0]
+    assert not runner.architecture_warnings([
+        {"model": "m", "impl": impl, "status": "ok", "params": 10}
+        for impl in ("fastconv", "fastconv:fused", "torch", "torch:jit")])
 
 
 def test_torch_models_have_fastconvs_parameter_counts():
@@ -405,9 +412,12 @@ def test_torch_models_have_fastconvs_parameter_counts():
     from fastconv.benchmark import torch_impl
     for name, (_, shape) in models.MODELS.items():
         x, _ = models.model_inputs(2, shape)
-        _, n_fast = models.fastconv_inference(name, x)
+        fused, n_fused = models.fastconv_inference(name, x, fused=True)
+        plain, n_fast = models.fastconv_inference(name, x)
+        jit, n_jit = torch_impl.inference(name, x, fused=True)
         _, n_torch = torch_impl.inference(name, x)
-        assert n_fast == n_torch, name
+        assert n_fast == n_torch == n_fused == n_jit, name
+        assert fused().shape == plain().shape == tuple(jit().shape) == (2, 10)
 
 
 def test_overhead_cases(capsys, tmp_path):
@@ -456,7 +466,7 @@ def test_missing_models_are_unavailable(monkeypatch):
                                             progress=False)
     doc = runner.run_benchmarks(settings)
     (rec,) = doc["models"]
-    assert [r["status"] for r in doc["inference"]] == ["ok"]
+    assert [r["status"] for r in doc["inference"]] == ["ok", "ok"]   # plain and fused
     assert rec["status"] == "unavailable" and "fastconv.models" in rec["reason"]
     assert doc["unavailable"][0]["impl"] == "fastconv"
 

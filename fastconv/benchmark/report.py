@@ -80,13 +80,16 @@ def model_table(model_results,
                 title="training step: forward + loss + backward + SGD update"):
     if not model_results:
         return []
+    jit = any("speedup_vs_torch_jit" in m for m in model_results)
     header = ["model", "impl", "batch", "thr", "median ms", "min ms", "images/s",
-              "faults/call", "params", "spread", "vs torch", "vs 1 thr"]
+              "faults/call", "params", "spread", "vs torch"] + ["vs torch:jit"] * jit + [
+              "vs 1 thr"]
     rows = [[m["model"], m["impl"], m.get("batch", ""), m["threads"],
              _num(m.get("median_ms"), ".2f"), _num(m.get("min_ms"), ".2f"),
              _num(m.get("images_per_s"), ".0f"), _num(m.get("minflt_per_call"), ".0f"),
-             m.get("params", ""), _spread(m),
-             _ratio(m.get("speedup_vs_torch")), _ratio(m.get("speedup_vs_1thread"))]
+             m.get("params", ""), _spread(m), _ratio(m.get("speedup_vs_torch"))]
+            + [_ratio(m.get("speedup_vs_torch_jit"))] * jit
+            + [_ratio(m.get("speedup_vs_1thread"))]
             for m in model_results if m.get("status") == "ok"]
     lines = [f"== {title} =="]
     if rows:
@@ -175,7 +178,9 @@ def format_report(doc):
         lines += op_table(doc.get("results") or [], op)
     lines += model_table(doc.get("models") or [])
     lines += model_table(doc.get("inference") or [],
-                         "inference: eval-mode forward (ResNet-20 throughput, LeNet-5 latency)")
+                         "inference: eval-mode forward (ResNet-20 throughput, LeNet-5 latency); "
+                         "fastconv:fused = nn.fuse_for_inference, torch:jit = "
+                         "torch.jit.optimize_for_inference")
     lines += overhead_table(doc.get("overhead") or [])
     lines += memory_table(doc.get("memory") or [], doc.get("memory_error"))
     lines += summary_table(doc.get("summary"))
@@ -280,15 +285,27 @@ def markdown(doc):
     inference = [m for m in doc.get("inference") or [] if m["status"] == "ok"]
     if inference:
         ms = {(m["model"], m["impl"], m["threads"]): m["median_ms"] for m in inference}
-        lines += ["", f"Inference (eval-mode forward), median ms with {per} thread(s):", "",
-                  "| model | batch | fastconv | PyTorch | fastconv speed-up vs PyTorch |",
-                  "|---|---|---|---|---|"]
+        lines += ["", f"Inference (eval-mode forward), median ms with {per} thread(s); fused = "
+                      "`nn.fuse_for_inference`, PyTorch jit = "
+                      "`torch.jit.optimize_for_inference`:", "",
+                  "| model | batch | fastconv | fastconv fused | PyTorch | PyTorch jit "
+                  "| speed-up, fastconv vs PyTorch | fused vs PyTorch | fused vs PyTorch jit |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name in dict.fromkeys(m["model"] for m in inference):
             batch = next(m.get("batch", "") for m in inference if m["model"] == name)
-            cells = [" / ".join(f"{ms[(name, impl, t)]:.3g}" if (name, impl, t) in ms else "-"
-                                for t in threads) for impl in ("fastconv", "torch")]
-            ratios = " / ".join(f"{ms[(name, 'torch', t)] / ms[(name, 'fastconv', t)]:.2f}x"
-                                if (name, "torch", t) in ms and (name, "fastconv", t) in ms
-                                else "-" for t in threads)
-            lines.append(f"| {name} | {batch} | {cells[0]} | {cells[1]} | {ratios} |")
+
+            def times(impl):
+                return " / ".join(f"{ms[(name, impl, t)]:.3g}" if (name, impl, t) in ms
+                                  else "-" for t in threads)
+
+            def ratios(fast, torch):
+                return " / ".join(f"{ms[(name, torch, t)] / ms[(name, fast, t)]:.2f}x"
+                                  if (name, torch, t) in ms and (name, fast, t) in ms
+                                  else "-" for t in threads)
+
+            lines.append(" | ".join([
+                f"| {name}", str(batch), times("fastconv"), times("fastconv:fused"),
+                times("torch"), times("torch:jit"), ratios("fastconv", "torch"),
+                ratios("fastconv:fused", "torch"), ratios("fastconv:fused", "torch:jit")])
+                + " |")
     return "\n".join(lines) + "\n"

@@ -119,7 +119,7 @@ class Engines:
 
 
 def engine_of(impl):
-    return "torch" if impl == "torch" else "fastconv"
+    return "torch" if impl.startswith("torch") else "fastconv"
 
 
 def _round_budget(settings):
@@ -195,7 +195,8 @@ def time_models(engines, mcases, threads, settings):
     recs = [{"id": m.id, "model": m.model, "impl": m.impl, "threads": threads,
              "batch": m.batch, "image_shape": list(m.image_shape)} for m in mcases]
     time_in_rounds(engines, [(rec, m.kind, {"model": m.model, "batch": m.batch,
-                                            "image_shape": list(m.image_shape)})
+                                            "image_shape": list(m.image_shape),
+                                            "impl": m.impl})
                              for rec, m in zip(recs, mcases)], threads, settings)
     for rec in recs:
         if rec.get("status") == "ok":
@@ -253,8 +254,11 @@ def add_ratios(results, model_results, sgemm, inference=()):
             if m["status"] != "ok":
                 continue
             base = ok_models.get((m["model"], "torch", m["threads"]))
-            if base is not None and m["impl"] != "torch":
+            if base is not None and not m["impl"].startswith("torch"):
                 m["speedup_vs_torch"] = base / m["median_ms"]
+            jit = ok_models.get((m["model"], "torch:jit", m["threads"]))
+            if jit is not None and not m["impl"].startswith("torch"):
+                m["speedup_vs_torch_jit"] = jit / m["median_ms"]
             one = ok_models.get((m["model"], m["impl"], 1))
             if one is not None and m["threads"] != 1:
                 m["speedup_vs_1thread"] = one / m["median_ms"]
@@ -445,16 +449,17 @@ def add_overhead_ratios(call_results):
 
 
 def architecture_warnings(records):
-    """A warning for each model whose two engines' parameter counts differ: their
-    comparison would not be of the same network."""
+    """A warning for each model whose engines' parameter counts differ: their comparison
+    would not be of the same network."""
     counts = {}
     for r in records:
         if r.get("status") == "ok" and r.get("params") is not None:
             counts.setdefault(r["model"], {})[r["impl"]] = r["params"]
-    return [f"{model}: fastconv has {c['fastconv']} parameters, PyTorch {c['torch']}: the "
-            "two are not the same architecture, so their ratio is not a comparison"
-            for model, c in counts.items()
-            if len(c) == 2 and c["fastconv"] != c["torch"]]
+    return [f"{model}: the parameter counts differ ("
+            + ", ".join(f"{impl} {n}" for impl, n in c.items())
+            + "): the engines do not run the same architecture, so their ratio is not a "
+            "comparison"
+            for model, c in counts.items() if len(set(c.values())) > 1]
 
 
 def contention_warnings(sgemm):

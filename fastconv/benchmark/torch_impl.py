@@ -160,16 +160,25 @@ def train_step(model_name, x, labels, lr=0.01, momentum=0.9):
     return step, sum(p.numel() for p in model.parameters())
 
 
-def inference(model_name, x):
+def inference(model_name, x, fused=False):
     """(forward, n_params): ``forward()`` runs the model in eval mode on the images ``x``
-    without autograd bookkeeping (``torch.inference_mode``), as fastconv's forward keeps none."""
+    without autograd bookkeeping (``torch.inference_mode``), as fastconv's forward keeps none;
+    with ``fused``, PyTorch's own inference path: the model scripted and passed through
+    ``torch.jit.optimize_for_inference`` (BN folded into the convolutions, oneDNN
+    convolutions with the ReLU fused)."""
     torch = load()
     model = MODELS[model_name]()
     model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    if fused:   # deprecated in favour of torch.compile, which builds C++ code at run time
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.jit.optimize_for_inference(torch.jit.script(model))
     xt = torch.from_numpy(x)
 
     def forward():
         with torch.inference_mode():
             return model(xt)
 
-    return forward, sum(p.numel() for p in model.parameters())
+    return forward, n_params

@@ -215,7 +215,8 @@ class Server:
                 fn, params = build(spec["model"], x, labels)
             else:
                 build = torch_impl.inference if torch else models.fastconv_inference
-                fn, params = build(spec["model"], x)
+                fn, params = build(spec["model"], x,
+                                   fused=spec.get("impl") in ("fastconv:fused", "torch:jit"))
             return fn, {"params": params}
         if kind == "overhead":
             return overhead.call(spec["op"], spec["impl"]), {}
