@@ -291,21 +291,20 @@ def markdown(doc):
                   "| model | batch | fastconv | fastconv fused | PyTorch | PyTorch jit "
                   "| speed-up, fastconv vs PyTorch | fused vs PyTorch | fused vs PyTorch jit |",
                   "|---|---|---|---|---|---|---|---|---|"]
+        def times(name, impl):
+            return " / ".join(f"{ms[(name, impl, t)]:.3g}" if (name, impl, t) in ms else "-"
+                              for t in threads)
+
+        def ratios(name, fast, torch):
+            return " / ".join(f"{ms[(name, torch, t)] / ms[(name, fast, t)]:.2f}x"
+                              if (name, torch, t) in ms and (name, fast, t) in ms else "-"
+                              for t in threads)
+
         for name in dict.fromkeys(m["model"] for m in inference):
             batch = next(m.get("batch", "") for m in inference if m["model"] == name)
-
-            def times(impl):
-                return " / ".join(f"{ms[(name, impl, t)]:.3g}" if (name, impl, t) in ms
-                                  else "-" for t in threads)
-
-            def ratios(fast, torch):
-                return " / ".join(f"{ms[(name, torch, t)] / ms[(name, fast, t)]:.2f}x"
-                                  if (name, torch, t) in ms and (name, fast, t) in ms
-                                  else "-" for t in threads)
-
-            lines.append(" | ".join([
-                f"| {name}", str(batch), times("fastconv"), times("fastconv:fused"),
-                times("torch"), times("torch:jit"), ratios("fastconv", "torch"),
-                ratios("fastconv:fused", "torch"), ratios("fastconv:fused", "torch:jit")])
-                + " |")
+            cells = [times(name, impl) for impl in ("fastconv", "fastconv:fused", "torch",
+                                                     "torch:jit")]
+            cells += [ratios(name, "fastconv", "torch"), ratios(name, "fastconv:fused", "torch"),
+                      ratios(name, "fastconv:fused", "torch:jit")]
+            lines.append(f"| {name} | {batch} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
