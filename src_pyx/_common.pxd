@@ -63,3 +63,12 @@ cdef inline Py_ssize_t end_inside(Py_ssize_t size, Py_ssize_t off, Py_ssize_t st
     if hi > n_out:
         hi = n_out
     return hi if hi > lo else lo
+
+
+cdef inline Py_ssize_t chunk_for(Py_ssize_t tasks, int n_threads) noexcept nogil:
+    """Tasks per grab of a dynamic schedule: about 8 grabs per thread. Each grab updates a
+    counter shared by all the threads; with thousands of tiny tasks (a depthwise layer's
+    8-channel blocks of 7x7 maps) one grab per task cost a quarter of the call at 2 threads
+    (docs/performance.md, "Depthwise: tasks in chunks"). Which thread runs a task never
+    changes its result."""
+    return imax(1, tasks // (8 * imax(1, n_threads)))

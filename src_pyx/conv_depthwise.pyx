@@ -65,7 +65,7 @@ from libc.string cimport memset
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from _common cimport threads_for_macs
+from _common cimport chunk_for, threads_for_macs
 
 DEF _MAX_CHUNKS = 16       # batch chunks of the dw reduction: its parallelism over images
 
@@ -304,14 +304,16 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
             with nogil:
                 _pack_windows(&w[0, 0, 0, 0], &bv[0] if has_bias else NULL, &wpk[0], C, m, R * S,
                               False)
-                for i in prange(N * nb, schedule="dynamic", num_threads=nt):
+                for i in prange(N * nb, schedule="dynamic", chunksize=chunk_for(N * nb, nt),
+                                num_threads=nt):
                     n = i // nb
                     _forward_block(&x[n, 0, 0, 0], &wpk[(i % nb) * m * (R * S + 1) * L],
                                    &y[n, 0, 0, 0], &scratch[threadid(), 0], (i % nb) * L, C, H,
                                    W, m, R, S, sh, sw, ph, pw, dh, dw, P, Q, isa)
             return y_arr
     with nogil:
-        for i in prange(N * C, schedule="dynamic", num_threads=nt):
+        for i in prange(N * C, schedule="dynamic", chunksize=chunk_for(N * C, nt),
+                        num_threads=nt):
             n = i // C
             c = i % C
             xp = _padded_plane(&x[n, c, 0, 0], &scratch[threadid(), 0], H, W, ph, pw)
