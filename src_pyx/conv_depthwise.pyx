@@ -550,7 +550,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                 gather = False
                 _pack_windows(<const float*>&w[0, 0, 0, 0], NULL, <float*>&wpk[0], C, m, RS,
                               False)
-            for t in prange(n_ch * nb, schedule="dynamic", num_threads=nt):
+            for t in prange(n_ch * nb, schedule="dynamic", chunksize=chunk_for(n_ch * nb, nt),
+                            num_threads=nt):
                 ch = t // nb
                 _backward_block(<const float*>&dy[0, 0, 0, 0], <const float*>&x[0, 0, 0, 0],
                                 <const float*>&wpk[(t % nb) * m * (RS + 1) * L],
