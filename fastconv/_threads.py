@@ -12,6 +12,7 @@ from Python, gets the same number of BLAS threads that the kernels get OpenMP th
 """
 import contextlib
 import contextvars
+import functools
 import os
 import threading
 
@@ -149,8 +150,9 @@ def _blas_controllers():
     return _blas_sides
 
 
+@functools.cache
 def _thread_calls(lc):
-    """(get, set) of one BLAS library's thread count: OpenBLAS's own C functions, called
+    """(get, set) of one BLAS library's thread count (found once per library): OpenBLAS's own C functions, called
     through ctypes, where threadpoolctl's methods wrap each call in ~1 us of Python (and
     ignore a thread other than the one that set OpenBLAS first; _blas_lock orders ours);
     the methods for the libraries whose functions threadpoolctl does not name."""

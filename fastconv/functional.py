@@ -545,6 +545,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         dy = dy[None]
     else:
         _check_dy(op, dy, y_shape)
+    db_arg = {} if need_db else {"need_db": False}   # the usual call passes no keyword
     if y_shape[0] == 0:                      # an empty batch: no contributions to dw, db
         dx = np.zeros(x.shape, dtype=x.dtype) if need_dx else None
         dw = np.zeros(w.shape, dtype=x.dtype) if need_dw else None
@@ -554,8 +555,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         # dw and db by the direct kernel's row tile, dx (if asked) by the algorithm auto chose
         dy, x, w = _contiguous(dy, x, w)
         _, dw, db = implementation("conv_direct", backend).conv2d_backward(
-            dy, x, w, stride, padding, _n_threads(), False, True, dilation,
-            need_db=bool(need_db))
+            dy, x, w, stride, padding, _n_threads(), False, True, dilation, **db_arg)
         dx = None
         if need_dx:
             with blas_limit:
@@ -564,7 +564,6 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
     else:
         args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx),
                 bool(need_dw), dilation)
-        db_arg = {} if need_db else {"need_db": False}   # the usual call passes no keyword
         with blas_limit:
             if fallback is None:
                 dx, dw, db = impl.conv2d_backward(*args, **db_arg)

@@ -25,6 +25,7 @@ MODELS = {"lenet5": (64, (1, 28, 28)), "resnet20": (128, (3, 32, 32))}
 INFERENCE_BATCH = {"resnet20": 128, "lenet5": 1}   # throughput and latency
 IMPLS = ("fastconv", "torch")                        # training step
 INFER_IMPLS = ("fastconv", "fastconv:fused", "torch", "torch:jit")   # inference
+OWN_INFERENCE_PATH = ("fastconv:fused", "torch:jit")   # each engine's inference path
 TASKS = {"train": "train_step", "infer": "inference"}   # kind -> id prefix
 
 

@@ -253,12 +253,11 @@ def add_ratios(results, model_results, sgemm, inference=()):
         for m in group:
             if m["status"] != "ok":
                 continue
-            base = ok_models.get((m["model"], "torch", m["threads"]))
-            if base is not None and not m["impl"].startswith("torch"):
-                m["speedup_vs_torch"] = base / m["median_ms"]
-            jit = ok_models.get((m["model"], "torch:jit", m["threads"]))
-            if jit is not None and not m["impl"].startswith("torch"):
-                m["speedup_vs_torch_jit"] = jit / m["median_ms"]
+            for other, key in (("torch", "speedup_vs_torch"),
+                               ("torch:jit", "speedup_vs_torch_jit")):
+                base = ok_models.get((m["model"], other, m["threads"]))
+                if base is not None and engine_of(m["impl"]) == "fastconv":
+                    m[key] = base / m["median_ms"]
             one = ok_models.get((m["model"], m["impl"], 1))
             if one is not None and m["threads"] != 1:
                 m["speedup_vs_1thread"] = one / m["median_ms"]

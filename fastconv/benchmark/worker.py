@@ -216,7 +216,7 @@ class Server:
             else:
                 build = torch_impl.inference if torch else models.fastconv_inference
                 fn, params = build(spec["model"], x,
-                                   fused=spec.get("impl") in ("fastconv:fused", "torch:jit"))
+                                   fused=spec.get("impl") in models.OWN_INFERENCE_PATH)
             return fn, {"params": params}
         if kind == "overhead":
             return overhead.call(spec["op"], spec["impl"]), {}
