@@ -191,9 +191,9 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     with at least 16 input and 16 output channels, dilated or not, Winograd F(4x4, 3x3),
     forward and backward (dx and dw), faster than im2col on every such layer of the
     benchmark suite; im2col otherwise. One exception in ``conv2d_backward``: with at most 3
-    input channels (float32, stride 1, a kernel 3 or 5 wide, on AVX2), dw and db come from
-    the direct kernel's row tile, and dx from the algorithm returned here. The measurements are in
-    docs/performance.md ("Convolution"). A call that picked Winograd runs im2col instead
+    input channels (float32, stride 1, a kernel 3 or 5 wide, on AVX2 or AVX-512), dw and
+    db come from the direct kernel's dW tiles, and dx from the algorithm returned here. The
+    measurements are in docs/performance.md ("Convolution"). A call that picked Winograd runs im2col instead
     where NaN or Inf reach its outputs (see ``conv2d``).
     """
     stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
@@ -220,12 +220,12 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward)
 
 
 _WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they save
-_DIRECT_DW_MAX_CHANNELS = 3   # dw by the direct kernel's row tile up to this many inputs
+_DIRECT_DW_MAX_CHANNELS = 3   # dw by the direct kernel's dW tiles up to this many inputs
 
 
 def _direct_dw_pays(x, w, stride, dilation, groups, backend):
-    """Whether auto computes dw (and db) with the direct kernel's AVX2 row tile: float32,
-    at most _DIRECT_DW_MAX_CHANNELS input channels (a first layer on image data, where
+    """Whether auto computes dw (and db) with the direct kernel's AVX2 or AVX-512 dW
+    tiles: float32, at most _DIRECT_DW_MAX_CHANNELS input channels (a first layer on image data, where
     im2col's columns are long and its GEMM narrow), stride 1 and no dilation along the
     width, a kernel 3 or 5 wide; measured in docs/performance.md ("dW of the first layer")."""
     return (backend == "fast" and groups == 1 and x.dtype == _FLOAT32
@@ -552,7 +552,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         db = np.zeros(w.shape[0], dtype=x.dtype) if need_dw and need_db else None
     elif need_dw and algo == "auto" and _direct_dw_pays(x, w, stride, dilation, groups,
                                                         backend := resolve_backend(backend, op)):
-        # dw and db by the direct kernel's row tile, dx (if asked) by the algorithm auto chose
+        # dw and db by the direct kernel's dW tiles, dx (if asked) by the algorithm auto chose
         dy, x, w = _contiguous(dy, x, w)
         _, dw, db = implementation("conv_direct", backend).conv2d_backward(
             dy, x, w, stride, padding, _n_threads(), False, True, dilation, **db_arg)

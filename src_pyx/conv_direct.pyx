@@ -6,7 +6,8 @@ GEMM has nothing to reuse), and for dw of layers with at most 3 input channels (
 layer on image data: float32, stride 1, 3 or 5 wide, on AVX2); everything else runs
 conv_im2col.pyx or conv_winograd.pyx. Here the inner loop that runs for K == 1 is the row
 update of ``_plane_axpy`` (forward) and of ``_dw_slice`` (dw); with K >= 4 the register
-tiles of src_pyx/include/fc_conv_direct.h, for a first layer's dw ``fastconv_dw_row_f32``.
+tiles of src_pyx/include/fc_conv_direct.h, for a first layer's dw ``fastconv_dw_rows_f32``
+(AVX-512) or ``fastconv_dw_row_f32`` (AVX2).
 
 Compiled twin of ``fastconv/reference/conv_direct.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument before calling here.
@@ -38,7 +39,8 @@ How the loops are laid out, and why
 * dw[k, c, r, s] is a long dot product over (n, p, q). Vector lanes run along q, 4 output
   channels share each input vector (``fastconv_dw_tile_*``), and the lanes are added up
   once at the end in a fixed order. On AVX2 in float32 with stride 1, a whole row of taps
-  at once: 2 channels x S taps share the vectors of dy and x (``fastconv_dw_row_f32``).
+  at once: 2 channels x S taps share the vectors of dy and x (``fastconv_dw_row_f32``);
+  on AVX-512, all taps of up to 4 channels, one image at a time (``fastconv_dw_rows_f32``).
   With K < 4, each tap accumulates a row of partial sums along q instead (``_dw_slice``).
 * Parallel axes need no locks and give the same bits for any thread count: forward over
   (image, block of 4 channels), dx over (image, block of channels) or over the N*C input
@@ -306,6 +308,14 @@ cdef extern from "fc_conv_direct.h":
     void fastconv_dw_row_f32(const float* x, const float* dy, float* out, Py_ssize_t N,
                              Py_ssize_t P, Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p,
                              Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t S) noexcept nogil
+    # AVX-512, float32, stride 1 along the row: up to 4 channels x all R x S taps
+    enum: FC_DW_ROWS_MAX_KB
+    bint fastconv_dw_rows_applies(int isa, Py_ssize_t S) noexcept nogil
+    void fastconv_dw_rows_f32(const float* x, const float* dy, float* dw, float* sums,
+                              Py_ssize_t kb, Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q,
+                              Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n, Py_ssize_t x_p,
+                              Py_ssize_t x_r, Py_ssize_t dy_n, Py_ssize_t dy_k,
+                              Py_ssize_t dw_k) noexcept nogil
 
 cdef int _ISA = fc_isa_level()      # whether the AVX2 row tile may run: fc_isa.h decides
 
@@ -512,8 +522,25 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     if not need_dw:
         return dx_arr, None, None
     cdef const floating[:, :, :, ::1] xp
-    cdef Py_ssize_t n_kb = (K + KB - 1) // KB
-    if K >= KB:
+    cdef Py_ssize_t n_kb = (K + KB - 1) // KB, k0, k1
+    cdef float[:, ::1] sums
+    if floating is float and sw == 1 and dwd == 1 and fastconv_dw_rows_applies(_ISA, S):
+        # AVX-512: one task per (input channel, block of at most 4 output channels), all
+        # taps at once, image by image (fastconv_dw_rows_f32); blocks of K // n_kb or one more
+        n_kb = (K + FC_DW_ROWS_MAX_KB - 1) // FC_DW_ROWS_MAX_KB
+        xp = x
+        if ph > 0 or pw > 0:
+            xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)
+        sums = np.empty((nt, R * FC_DW_ROWS_MAX_KB * S * 16), dtype=np.float32)
+        with nogil:
+            for i in prange(n_kb * C, schedule="dynamic", num_threads=nt):
+                k0 = (i // C) * K // n_kb
+                k1 = (i // C + 1) * K // n_kb
+                fastconv_dw_rows_f32(&xp[0, i % C, 0, 0], &dy[0, k0, 0, 0], &dw[k0, i % C, 0, 0],
+                                     &sums[threadid(), 0], k1 - k0, N, P, Q, R, S,
+                                     C * xp.shape[2] * xp.shape[3], sh * xp.shape[3],
+                                     dh * xp.shape[3], K * P * Q, P * Q, C * R * S)
+    elif K >= KB:
         # dw in register tiles over the padded input, one (block of 4 k, c) pair per task
         xp = x
         if ph > 0 or pw > 0:

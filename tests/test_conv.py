@@ -599,3 +599,36 @@ def test_auto_backward_of_a_first_layer(case, rng, n_threads):
     no_db = F.conv2d_backward(dy, x, w, 1, pad, backend="fast", need_dx=False, need_db=False)
     assert no_db[0] is None and no_db[2] is None
     np.testing.assert_array_equal(no_db[1], dw)
+
+
+# (x shape, K, (R, S), stride, padding, dilation): the direct kernel's dw of all taps at once
+# (float32, stride and dilation 1 along the rows, S = 3 or 5, on AVX-512): K from 1 to 9
+# split into blocks of up to 4 channels; Q below, at and past the 16 lanes of a vector;
+# strided and dilated along the columns of the kernel (rows of the image)
+DW_ROWS_CASES = [((3, 1, 9, 8), 1, (3, 3), (1, 1), (1, 1), (1, 1)),
+                 ((2, 2, 6, 16), 5, (5, 5), (1, 1), (2, 2), (1, 1)),
+                 ((2, 1, 7, 19), 9, (2, 3), (2, 1), (0, 1), (1, 1)),
+                 ((2, 3, 12, 35), 6, (3, 5), (1, 1), (1, 0), (2, 1)),
+                 ((17, 1, 5, 18), 7, (4, 3), (3, 1), (2, 1), (1, 1))]
+
+
+@pytest.mark.parametrize("case", DW_ROWS_CASES, ids=str)
+def test_direct_dw_of_all_taps_matches_reference(case, rng, n_threads):
+    """dw and db by the direct kernel (all taps at once where AVX-512 runs, else the row or
+    one-tap tiles) close to the reference, bitwise the same on 1 and 2 threads."""
+    (N, C, H, W), K, (R, S), stride, pad, dil = case
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C, R, S)).astype(np.float32)
+    y = F.conv2d(x, w, None, stride, pad, dil, backend="reference")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    _, dw, db = F.conv2d_backward(dy, x, w, stride, pad, dil, algo="direct", backend="fast",
+                                  need_dx=False)
+    _, dw_ref, db_ref = F.conv2d_backward(dy, x, w, stride, pad, dil, backend="reference",
+                                          need_dx=False)
+    reduction = y.shape[0] * y.shape[2] * y.shape[3]
+    assert_close(dw, dw_ref, np.float32, reduction=reduction, err_msg="dw")
+    assert_close(db, db_ref, np.float32, reduction=reduction, err_msg="db")
+    with fastconv.num_threads(3 - n_threads):
+        again = F.conv2d_backward(dy, x, w, stride, pad, dil, algo="direct", backend="fast",
+                                  need_dx=False)[1]
+    np.testing.assert_array_equal(again, dw)

@@ -17,6 +17,9 @@
  *       per 8 columns, 2 vectors of dy and S of x feed 2*S fused multiply-adds (the
  *       one-tap tile loads 5 vectors for 4 products). Compiled for AVX2 with a target
  *       attribute, called only where fc_isa_level() (fc_isa.h) allows it.
+ *   fastconv_dw_rows_f32 backward on AVX-512, float32, stride 1: the same sums for up
+ *       to 4 output channels and ALL R x S taps, image by image, so that each image's
+ *       rows are read from memory once (the row tile reads x and dy once per kernel row).
  *
  * Why 4 x 2 vectors: 8 accumulators + 2 input vectors + a broadcast weight fit the 16
  * registers of SSE2, the baseline every x86-64 has. Why C: written as Cython loops, gcc
@@ -187,7 +190,107 @@ static __attribute__((target("avx2,fma"), noinline))
 void fc_dw_row5(const float *x, const float *dy, float *out, Py_ssize_t N, Py_ssize_t P,
                 Py_ssize_t Q, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t dy_n, Py_ssize_t dy_k)
 { fc_dw_row_body(x, dy, out, N, P, Q, x_n, x_p, dy_n, dy_k, 5); }
+
+/* AVX-512, the same sums for every row of taps at once: dw[k0 + j, c, r, s] for j < KB
+ * channels (1 to 4), all R rows and S = 3 or 5 taps, 16 lanes along q. The row tile
+ * above streams all of x and dy from memory once per (pair of channels, kernel row);
+ * here the loop over images is outermost, so one image's rows (a few KiB) are read from
+ * memory once and from L1 for every r. Per image and kernel row r, the KB x S
+ * accumulators of row r come into registers from sums (a scratch of R * KB * S vectors
+ * of 16 floats),
+ * run over all (p, q) of the image, and go back. Per 16 columns: KB vectors of dy and S
+ * of x feed KB * S fused multiply-adds. Each lane sums over n, p, then q in order, and the
+ * 16 lanes are added in order at the end: the order depends on the shapes only.
+ * x points at (n = 0, c, row 0) of the padded input: row p*sh + r*dh of image n is at
+ * x + n*x_n + p*x_p + r*x_r. dy points at (n = 0, k0, 0, 0), its channels dy_k apart;
+ * dw[j * dw_k + r * S + s] gets the sums. */
+static inline __attribute__((always_inline, target("avx512f,fma")))
+void fc_dw_rows_body(const float *x, const float *dy, float *dw, float *sums, Py_ssize_t N,
+                     Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R, Py_ssize_t x_n,
+                     Py_ssize_t x_p, Py_ssize_t x_r, Py_ssize_t dy_n, Py_ssize_t dy_k,
+                     Py_ssize_t dw_k, const int KB, const int S)
+{
+    __m512 acc[4][FC_DW_ROW_MAX_S], d[4], xv;
+    const Py_ssize_t full = Q - Q % 16;
+    const __mmask16 tail = (__mmask16)((1u << (Q % 16)) - 1);
+    for (Py_ssize_t i = 0; i < R * KB * S * 16; i++) sums[i] = 0;
+    for (Py_ssize_t n = 0; n < N; n++) {
+        for (Py_ssize_t r = 0; r < R; r++) {
+            float *row_sums = sums + r * KB * S * 16;
+            FC_UNROLL for (int j = 0; j < KB; j++)
+                FC_UNROLL for (int s = 0; s < S; s++)
+                    acc[j][s] = _mm512_loadu_ps(row_sums + (j * S + s) * 16);
+            for (Py_ssize_t p = 0; p < P; p++) {
+                const float *x_row = x + n * x_n + p * x_p + r * x_r;
+                const float *dy_row = dy + n * dy_n + p * Q;
+                for (Py_ssize_t q = 0; q < Q; q += 16) {
+                    const __mmask16 m = q < full ? (__mmask16)0xFFFF : tail;
+                    FC_UNROLL for (int j = 0; j < KB; j++)
+                        d[j] = _mm512_maskz_loadu_ps(m, dy_row + j * dy_k + q);
+                    FC_UNROLL for (int s = 0; s < S; s++) {
+                        xv = _mm512_maskz_loadu_ps(m, x_row + q + s);
+                        FC_UNROLL for (int j = 0; j < KB; j++)
+                            acc[j][s] = _mm512_fmadd_ps(d[j], xv, acc[j][s]);
+                    }
+                }
+            }
+            FC_UNROLL for (int j = 0; j < KB; j++)
+                FC_UNROLL for (int s = 0; s < S; s++)
+                    _mm512_storeu_ps(row_sums + (j * S + s) * 16, acc[j][s]);
+        }
+    }
+    for (Py_ssize_t r = 0; r < R; r++)
+        for (int j = 0; j < KB; j++)
+            for (int s = 0; s < S; s++) {
+                const float *lanes = sums + ((r * KB + j) * S + s) * 16;
+                float total = 0;
+                for (int i = 0; i < 16; i++) total += lanes[i];
+                dw[j * dw_k + r * S + s] = total;
+            }
+}
+
+/* one copy per (KB, S), so that the KB x S accumulators are registers */
+#define FC_DW_ROWS(KB, S)                                                                 \
+static __attribute__((target("avx512f,fma"), noinline))                                   \
+void fc_dw_rows_##KB##_##S(const float *x, const float *dy, float *dw, float *sums,       \
+                           Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R,        \
+                           Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t x_r,                \
+                           Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t dw_k)             \
+{ fc_dw_rows_body(x, dy, dw, sums, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k, dw_k, KB, S); }
+FC_DW_ROWS(1, 3) FC_DW_ROWS(2, 3) FC_DW_ROWS(3, 3) FC_DW_ROWS(4, 3)
+FC_DW_ROWS(1, 5) FC_DW_ROWS(2, 5) FC_DW_ROWS(3, 5) FC_DW_ROWS(4, 5)
+typedef void (*fc_dw_rows_fn)(const float *, const float *, float *, float *, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                              Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t);
+static const fc_dw_rows_fn fc_dw_rows[2][4] = {
+    {fc_dw_rows_1_3, fc_dw_rows_2_3, fc_dw_rows_3_3, fc_dw_rows_4_3},
+    {fc_dw_rows_1_5, fc_dw_rows_2_5, fc_dw_rows_3_5, fc_dw_rows_4_5}};
 #endif
+
+#define FC_DW_ROWS_MAX_KB 4    /* channels per call of fastconv_dw_rows_f32 */
+
+/* Whether fastconv_dw_rows_f32 runs here: a CPU with AVX-512 and S = 3 or 5. */
+static int fastconv_dw_rows_applies(int isa, Py_ssize_t S)
+{
+    return FC_HAVE_X86_SIMD && isa >= FC_ISA_AVX512 && (S == 3 || S == 5);
+}
+
+/* The call conv_direct.pyx makes where fastconv_dw_rows_applies, for kb <= 4 channels;
+ * sums: a scratch of R * kb * S * 16 floats. */
+static void fastconv_dw_rows_f32(const float *x, const float *dy, float *dw, float *sums,
+                                 Py_ssize_t kb, Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q,
+                                 Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n, Py_ssize_t x_p,
+                                 Py_ssize_t x_r, Py_ssize_t dy_n, Py_ssize_t dy_k,
+                                 Py_ssize_t dw_k)
+{
+#if FC_HAVE_X86_SIMD
+    fc_dw_rows[S == 5][kb - 1](x, dy, dw, sums, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k,
+                                dw_k);
+#else
+    (void)x; (void)dy; (void)dw; (void)sums; (void)kb; (void)N; (void)P; (void)Q; (void)R;
+    (void)S; (void)x_n; (void)x_p; (void)x_r; (void)dy_n; (void)dy_k; (void)dw_k;
+#endif
+}
 
 /* Whether fastconv_dw_row_f32 runs here: a CPU with AVX2 (isa, from fc_isa_level()) and
  * S = 3 or 5 taps per row. */
