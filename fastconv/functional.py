@@ -177,9 +177,9 @@ def _n_threads():
 # --------------------------------------------------------------------------- convolution
 
 def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backward=False,
-                     dilation=(1, 1), groups=1):
-    """The algorithm ``algo="auto"`` runs for this shape: "direct", "im2col", "winograd" or
-    "depthwise".
+                     dilation=(1, 1), groups=1, dtype=np.float32):
+    """The algorithm ``algo="auto"`` runs for this shape (and dtype): "direct", "im2col",
+    "winograd" or "depthwise".
 
     A depthwise convolution (``groups`` equal to the C input channels, C > 1) runs the
     depthwise kernel in either backend: one R x S window per channel plane, where im2col's
@@ -187,7 +187,10 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     algorithm chosen below once per group (conv.groups).
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
-    For the fast backend: direct with one output channel (K == 1); for 3x3 stride-1 layers
+    For the fast backend: direct with one output channel (K == 1), and for the forward of
+    float32 layers with at most 3 input channels on AVX-512 (a first layer on image data:
+    its register tiles read the image in place, where im2col's columns would be long and
+    its GEMM narrow); for 3x3 stride-1 layers
     with at least 16 input and 16 output channels, dilated or not, Winograd F(4x4, 3x3),
     forward and backward (dx and dw), faster than im2col on every such layer of the
     benchmark suite; im2col otherwise. One exception in ``conv2d_backward``: with at most 3
@@ -197,10 +200,11 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
     where NaN or Inf reach its outputs (see ``conv2d``).
     """
     stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
-    return _auto_algo(x_shape[1], w_shape, stride, dilation, groups, backend, backward)
+    return _auto_algo(x_shape[1], w_shape, stride, dilation, groups, backend, backward,
+                      np.dtype(dtype))
 
 
-def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward):
+def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward, dtype):
     """choose_conv_algo, with stride and dilation already (h, w) pairs."""
     if groups > 1 and groups == x_channels:
         return "depthwise"
@@ -208,10 +212,12 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward)
         return "im2col"
     K, C, R, S = w_shape
     K //= groups                                  # the output channels of one group
-    # im2col's GEMMs win every other layer of the benchmark suite, even with few input
-    # channels; with one output channel the GEMM is a matrix-vector product with nothing to
-    # reuse, and building the columns is pure overhead (measurements: docs/performance.md).
-    if K == 1:
+    # im2col's GEMMs win every other layer of the benchmark suite; with one output channel
+    # the GEMM is a matrix-vector product with nothing to reuse, and building the columns
+    # is pure overhead; a first layer's forward runs faster on the direct kernel's AVX-512
+    # tiles (measurements: docs/performance.md).
+    if K == 1 or (not backward and C <= _FIRST_LAYER_MAX_CHANNELS and dtype == _FLOAT32
+                  and _simd_isa() == "avx512"):
         return "direct"
     if (_winograd_applies(w_shape, stride, groups)
             and min(C, K) >= _WINOGRAD_MIN_CHANNELS):
@@ -220,16 +226,16 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward)
 
 
 _WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they save
-_DIRECT_DW_MAX_CHANNELS = 3   # dw by the direct kernel's dW tiles up to this many inputs
+_FIRST_LAYER_MAX_CHANNELS = 3   # the direct kernel's forward (AVX-512) and dw tiles up to here
 
 
 def _direct_dw_pays(x, w, stride, dilation, groups, backend):
     """Whether auto computes dw (and db) with the direct kernel's AVX2 or AVX-512 dW
-    tiles: float32, at most _DIRECT_DW_MAX_CHANNELS input channels (a first layer on image data, where
+    tiles: float32, at most _FIRST_LAYER_MAX_CHANNELS input channels (a first layer on image data, where
     im2col's columns are long and its GEMM narrow), stride 1 and no dilation along the
     width, a kernel 3 or 5 wide; measured in docs/performance.md ("dW of the first layer")."""
     return (backend == "fast" and groups == 1 and x.dtype == _FLOAT32
-            and x.shape[1] <= _DIRECT_DW_MAX_CHANNELS and stride[1] == 1
+            and x.shape[1] <= _FIRST_LAYER_MAX_CHANNELS and stride[1] == 1
             and dilation[1] == 1 and w.shape[3] in (3, 5) and _simd_isa() != "baseline")
 
 
@@ -412,7 +418,8 @@ def _conv_setup(op, x, w, stride, padding, algo, backend, dilation=1, backward=F
     backend = resolve_backend(backend, op)
     fallback = None
     if algo == "auto":
-        algo = _auto_algo(x.shape[1], w.shape, stride, dilation, groups, backend, backward)
+        algo = _auto_algo(x.shape[1], w.shape, stride, dilation, groups, backend, backward,
+                          x.dtype)
         if algo == "winograd":   # NaN/Inf spread differently in Winograd: im2col then
             fallback = implementation("conv_im2col", backend)
     if algo == "depthwise":

@@ -59,10 +59,13 @@ where the reference puts them.
 import numpy as np
 
 from cython cimport floating
+from libc.string cimport memcpy
 from cython.parallel cimport prange, threadid
 
 from _common cimport end_inside, first_inside, out_size, threads_for_macs
-from _isa cimport fc_isa_level
+from _isa cimport FC_ISA_AVX512, fc_isa_level
+
+cdef int _ISA = fc_isa_level()      # which SIMD tiles may run: fc_isa.h decides
 
 
 # --------------------------------------------------------------------------- padding
@@ -120,6 +123,12 @@ cdef extern from "fc_conv_direct.h":
                            Py_ssize_t C, Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp,
                            Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                            Py_ssize_t y_step, Py_ssize_t j_first) noexcept nogil
+
+    # AVX-512, float32: one output row of up to 8 (or 16) channels, over column phases
+    Py_ssize_t fastconv_row16_max_kt(Py_ssize_t Q) noexcept nogil
+    void fastconv_row16_f32(const float* x, const Py_ssize_t* tap, Py_ssize_t T,
+                            const float* wT, Py_ssize_t K, const float* b, float* y,
+                            Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step) noexcept nogil
 
 cdef enum:
     KB = 4      # output channels per register tile (the C tile above is written for 4)
@@ -221,6 +230,88 @@ cdef void _conv_block(const floating* xp, const floating* w, const floating* b, 
         _epilogue(y, res, kb * KB * P * Q, k_end - kb * KB, P * Q, P * Q, relu)
 
 
+cdef void _phase_plane(const float* src, float* dst, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t Hp, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t sw,
+                       Py_ssize_t Wph) noexcept nogil:
+    """One plane src (H x W), zero-padded to Hp rows and sw * Wph columns, its columns
+    split into sw phases: dst row h holds phase f (the padded columns f, f + sw, f + 2sw,
+    ...) at [f * Wph, (f + 1) * Wph). With sw = 1, the plain zero-padded plane."""
+    cdef Py_ssize_t h, f, j, j_lo, j_hi
+    cdef float* d
+    cdef const float* row
+    for h in range(Hp * sw * Wph):
+        dst[h] = 0
+    for h in range(H):
+        row = src + h * W
+        for f in range(sw):
+            d = dst + ((h + ph) * sw + f) * Wph
+            # phase f's column j is the padded column f + sw*j, input column f + sw*j - pw
+            j_lo = (pw - f + sw - 1) // sw if pw > f else 0
+            j_hi = (W + pw - f + sw - 1) // sw
+            if j_hi > Wph:
+                j_hi = Wph
+            if sw == 1:
+                memcpy(d + j_lo, row + j_lo - pw, (j_hi - j_lo) * sizeof(float))
+            else:
+                for j in range(j_lo, j_hi):
+                    d[j] = row[f + sw * j - pw]
+
+
+cdef void _conv_block16(const float* xs, const Py_ssize_t* tap, const float* wT,
+                        const float* b, float* y, Py_ssize_t K, Py_ssize_t T, Py_ssize_t row,
+                        Py_ssize_t sh, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t k0,
+                        Py_ssize_t k1, const float* res, bint relu) noexcept nogil:
+    """Output channels k0 <= k < k1 of one image on AVX-512, row by row
+    (fastconv_row16_f32: tiles of those channels x 32 or 16 columns) over the image xs
+    split into column phases (_phase_plane); then the fused epilogue on those channels'
+    planes, where asked."""
+    cdef Py_ssize_t p
+    for p in range(P):
+        fastconv_row16_f32(xs + p * sh * row, tap, T, wT + k0, K,
+                           NULL if b == NULL else b + k0, y + k0 * P * Q + p * Q, k1 - k0, Q,
+                           P * Q)
+    if res != NULL or relu:
+        _epilogue(y, res, k0 * P * Q, k1 - k0, P * Q, P * Q, relu)
+
+
+cdef object _forward_avx512(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                            const float* b, const float* res, Py_ssize_t sh, Py_ssize_t sw,
+                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                            Py_ssize_t P, Py_ssize_t Q, int nt, bint relu):
+    """conv2d_forward in float32 on AVX-512, as a sum over the C*R*S taps (fc_tile16_body):
+    x zero-padded and split into sw column phases (_phase_plane), so that tap t = (c, r, s)
+    of output column q reads tap[t] + q from the start of its output row: (c*Hp + r*dh)
+    rows down, in phase (s*dw) % sw, (s*dw) // sw columns in; the weights transposed to
+    wT (C*R*S, K). One task per (image, block of K // n_kb or one more channels)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3], i, t, c, r, s
+    cdef Py_ssize_t Hp = H + 2 * ph, Wph = (W + 2 * pw + sw - 1) // sw, row = sw * Wph
+    cdef Py_ssize_t T = C * R * S, kt = fastconv_row16_max_kt(Q), n_kb = (K + kt - 1) // kt
+    xs_arr = np.empty((N, C, Hp, row), dtype=np.float32)
+    tap_arr = np.empty(T, dtype=np.intp)
+    wT_arr = np.ascontiguousarray(np.asarray(w).reshape(K, T).T)
+    y_arr = np.empty((N, K, P, Q), dtype=np.float32)
+    cdef float[:, :, :, ::1] xs = xs_arr
+    cdef Py_ssize_t[::1] tap = tap_arr
+    cdef const float[:, ::1] wT = wT_arr
+    cdef float[:, :, :, ::1] y = y_arr
+    for c in range(C):
+        for r in range(R):
+            for s in range(S):
+                tap[(c * R + r) * S + s] = ((c * Hp + r * dh) * row + (s * dw) % sw * Wph
+                                            + (s * dw) // sw)
+    with nogil:
+        for i in prange(N * C, schedule="static", num_threads=nt):
+            _phase_plane(&x[i // C, i % C, 0, 0], &xs[i // C, i % C, 0, 0], H, W, Hp, ph, pw,
+                         sw, Wph)
+        for t in prange(N * n_kb, schedule="dynamic", num_threads=nt):
+            _conv_block16(&xs[t // n_kb, 0, 0, 0], &tap[0], &wT[0, 0], b,
+                          &y[t // n_kb, 0, 0, 0], K, T, row, sh, P, Q,
+                          (t % n_kb) * K // n_kb, (t % n_kb + 1) * K // n_kb,
+                          NULL if res == NULL else res + (t // n_kb) * K * P * Q, relu)
+    return y_arr
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[:, :, :, ::1] w,     # IN (K, C, R, S)
                    b,                                  # IN (K,) or None
@@ -274,6 +365,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     if _residual_view(residual, (N, K, P, Q)) is not None:
         res = residual
         res_ptr = &res[0, 0, 0, 0]
+    if floating is float and _ISA >= FC_ISA_AVX512:
+        return _forward_avx512(x, w, b_ptr, res_ptr, sh, sw, ph, pw, dh, dw, P, Q, nt, relu)
     cdef const floating[:, :, :, ::1] xp = x
     if ph > 0 or pw > 0:
         xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)         # x with its zero border
@@ -316,8 +409,6 @@ cdef extern from "fc_conv_direct.h":
                               Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n, Py_ssize_t x_p,
                               Py_ssize_t x_r, Py_ssize_t dy_n, Py_ssize_t dy_k,
                               Py_ssize_t dw_k) noexcept nogil
-
-cdef int _ISA = fc_isa_level()      # whether the AVX2 row tile may run: fc_isa.h decides
 
 
 cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] xp,

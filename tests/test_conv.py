@@ -529,11 +529,15 @@ def test_read_only_and_non_contiguous_inputs(algo, rng):
 
 def test_auto_picks_the_documented_algorithm(rng):
     """algo="auto" runs im2col, except with one output channel (K == 1: a matrix-vector
-    product, nothing for a GEMM to reuse), where it runs direct, and for 3x3 stride-1
-    layers with >= 16 channels in and out, where it runs winograd; the reference backend
-    always runs im2col. Checked on the choice and on the call itself: the result of
-    algo="auto" is bitwise that of the algorithm it names."""
-    cases = [((8, 1, 28, 28), (6, 1, 5, 5), 1, 2, "im2col"),
+    product, nothing for a GEMM to reuse) and for the float32 forward of layers with at
+    most 3 input channels on AVX-512, where it runs direct, and for 3x3 stride-1 layers
+    with >= 16 channels in and out, where it runs winograd; the reference backend always
+    runs im2col. Checked on the choice and on the call itself: the result of algo="auto"
+    is bitwise that of the algorithm it names."""
+    first = "direct" if load_kernels("_openmp").simd_isa()[0] == "avx512" else "im2col"
+    cases = [((8, 1, 28, 28), (6, 1, 5, 5), 1, 2, first),
+             ((8, 3, 16, 16), (32, 3, 3, 3), 2, 1, first),
+             ((8, 4, 16, 16), (32, 4, 3, 3), 2, 1, "im2col"),
              ((4, 16, 12, 12), (16, 16, 3, 3), 1, 1, "winograd"),
              ((8, 64, 8, 8), (64, 64, 1, 1), 1, 0, "im2col"),
              ((8, 16, 16, 16), (32, 16, 3, 3), 2, 1, "im2col"),
@@ -546,6 +550,9 @@ def test_auto_picks_the_documented_algorithm(rng):
         auto = F.conv2d(x, w, None, s, p, algo="auto", backend="fast")
         assert np.array_equal(auto, F.conv2d(x, w, None, s, p, algo=want, backend="fast"))
         assert F.choose_conv_algo(x_shape, w_shape, (s, s), (p, p), "reference") == "im2col"
+    # the first layer's forward: float32 only; its backward's dx from im2col
+    assert F.choose_conv_algo((8, 1, 28, 28), (6, 1, 5, 5), 1, 2, dtype=np.float64) == "im2col"
+    assert F.choose_conv_algo((8, 1, 28, 28), (6, 1, 5, 5), 1, 2, backward=True) == "im2col"
 
 
 # --------------------------------------------------------------------------- kernel guards
@@ -632,3 +639,30 @@ def test_direct_dw_of_all_taps_matches_reference(case, rng, n_threads):
         again = F.conv2d_backward(dy, x, w, stride, pad, dil, algo="direct", backend="fast",
                                   need_dx=False)[1]
     np.testing.assert_array_equal(again, dw)
+
+
+# (x shape, w shape, stride, padding, dilation) for the direct forward's register tiles
+# (AVX-512, float32: up to 8 channels x 32 columns, or 16 x 16 for rows of 16 or fewer):
+# K from 1 to 17 in blocks, rows of 5 to 40 outputs (a 32-column tile, then a remainder),
+# strides and dilations along the row (the image split into column phases)
+DIRECT_FWD_CASES = [((2, 1, 9, 40), (17, 1, 3, 3), (1, 1), (1, 1), (1, 1)),
+                    ((2, 3, 10, 33), (12, 3, 5, 5), (1, 2), (2, 2), (1, 1)),
+                    ((3, 2, 11, 16), (16, 2, 3, 3), (1, 1), (1, 1), (1, 1)),
+                    ((2, 3, 12, 29), (9, 3, 3, 4), (2, 3), (1, 2), (1, 2)),
+                    ((1, 5, 7, 7), (3, 5, 2, 3), (1, 1), (0, 3), (2, 1))]
+
+
+@pytest.mark.parametrize("case", DIRECT_FWD_CASES, ids=str)
+def test_direct_forward_tiles_match_reference(case, dtype, rng, n_threads):
+    """The direct kernel's forward close to the reference on shapes that reach every tile
+    size and the column phases of strided rows, bitwise the same on 1 and 2 threads."""
+    x_shape, w_shape, stride, pad, dil = case
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    y = F.conv2d(x, w, b, stride, pad, dil, algo="direct", backend="fast")
+    want = F.conv2d(x, w, b, stride, pad, dil, backend="reference")
+    assert_close(y, want, dtype, reduction=int(np.prod(w_shape[1:])))
+    with fastconv.num_threads(3 - n_threads):
+        again = F.conv2d(x, w, b, stride, pad, dil, algo="direct", backend="fast")
+    np.testing.assert_array_equal(again, y)

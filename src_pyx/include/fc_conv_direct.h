@@ -267,6 +267,97 @@ static const fc_dw_rows_fn fc_dw_rows[2][4] = {
     {fc_dw_rows_1_5, fc_dw_rows_2_5, fc_dw_rows_3_5, fc_dw_rows_4_5}};
 #endif
 
+#if FC_HAVE_X86_SIMD
+/* AVX-512 forward: y[k0 + j, p, q0 + i] for j < KT output channels and NV vectors of 16
+ * columns i (masks m[v] cut the row's end), as a sum over the T = C*R*S taps t = (c, r, s):
+ *     y[k0 + j, p, q0 + i] = b[k0 + j] + sum_t wT[t, k0 + j] * x[tap[t] + i]
+ * with the KT x NV accumulators held in registers: per tap, NV vectors of x loaded feed
+ * KT channels, each weight broadcast NV vectors. x points at the tile's first window in
+ * one padded image (split into column phases, see fastconv_row16_f32), so tap t of every
+ * output column is tap[t] further on; wT (T, K) is the weights transposed, pointing at
+ * wT[0, k0]; y at y[k0, p, q0], channels y_step apart; b at b[k0] or NULL. Each output
+ * sums the bias, then the taps in order. */
+static inline __attribute__((always_inline, target("avx512f,fma")))
+void fc_tile16_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const float *wT,
+                    Py_ssize_t K, const float *b, float *y, Py_ssize_t y_step,
+                    const __mmask16 *m, const int KT, const int NV)
+{
+    __m512 acc[16][2], xv[2];
+    FC_UNROLL for (int j = 0; j < KT; j++)
+        FC_UNROLL for (int v = 0; v < NV; v++)
+            acc[j][v] = b ? _mm512_set1_ps(b[j]) : _mm512_setzero_ps();
+    for (Py_ssize_t t = 0; t < T; t++) {
+        FC_UNROLL for (int v = 0; v < NV; v++)
+            xv[v] = _mm512_maskz_loadu_ps(m[v], x + tap[t] + 16 * v);
+        FC_UNROLL for (int j = 0; j < KT; j++) {
+            __m512 wv = _mm512_set1_ps(wT[t * K + j]);
+            FC_UNROLL for (int v = 0; v < NV; v++)
+                acc[j][v] = _mm512_fmadd_ps(wv, xv[v], acc[j][v]);
+        }
+    }
+    FC_UNROLL for (int j = 0; j < KT; j++)
+        FC_UNROLL for (int v = 0; v < NV; v++)
+            _mm512_mask_storeu_ps(y + j * y_step + 16 * v, m[v], acc[j][v]);
+}
+
+/* one copy per (KT, NV), so that the accumulators are registers: NV = 2 vectors (32
+ * columns) of up to 8 channels, or one vector of up to 16 */
+#define FC_TILE16(KT, NV)                                                                 \
+static __attribute__((target("avx512f,fma"), noinline))                                   \
+void fc_tile16_##KT##_##NV(const float *x, const Py_ssize_t *tap, Py_ssize_t T,           \
+                           const float *wT, Py_ssize_t K, const float *b, float *y,        \
+                           Py_ssize_t y_step, const __mmask16 *m)                          \
+{ fc_tile16_body(x, tap, T, wT, K, b, y, y_step, m, KT, NV); }
+FC_TILE16(1, 2) FC_TILE16(2, 2) FC_TILE16(3, 2) FC_TILE16(4, 2)
+FC_TILE16(5, 2) FC_TILE16(6, 2) FC_TILE16(7, 2) FC_TILE16(8, 2)
+FC_TILE16(1, 1) FC_TILE16(2, 1) FC_TILE16(3, 1) FC_TILE16(4, 1)
+FC_TILE16(5, 1) FC_TILE16(6, 1) FC_TILE16(7, 1) FC_TILE16(8, 1)
+FC_TILE16(9, 1) FC_TILE16(10, 1) FC_TILE16(11, 1) FC_TILE16(12, 1)
+FC_TILE16(13, 1) FC_TILE16(14, 1) FC_TILE16(15, 1) FC_TILE16(16, 1)
+typedef void (*fc_tile16_fn)(const float *, const Py_ssize_t *, Py_ssize_t, const float *,
+                             Py_ssize_t, const float *, float *, Py_ssize_t,
+                             const __mmask16 *);
+static const fc_tile16_fn fc_tiles16_2[8] = {
+    fc_tile16_1_2, fc_tile16_2_2, fc_tile16_3_2, fc_tile16_4_2,
+    fc_tile16_5_2, fc_tile16_6_2, fc_tile16_7_2, fc_tile16_8_2};
+static const fc_tile16_fn fc_tiles16_1[16] = {
+    fc_tile16_1_1, fc_tile16_2_1, fc_tile16_3_1, fc_tile16_4_1,
+    fc_tile16_5_1, fc_tile16_6_1, fc_tile16_7_1, fc_tile16_8_1,
+    fc_tile16_9_1, fc_tile16_10_1, fc_tile16_11_1, fc_tile16_12_1,
+    fc_tile16_13_1, fc_tile16_14_1, fc_tile16_15_1, fc_tile16_16_1};
+#endif
+
+/* Channels per call of fastconv_row16_f32: up to 8 for rows wider than 16 columns (tiles
+ * of 32 columns), up to 16 for narrower ones (tiles of 16). */
+static inline Py_ssize_t fastconv_row16_max_kt(Py_ssize_t Q) { return Q > 16 ? 8 : 16; }
+
+/* One output row of kt channels (at most fastconv_row16_max_kt(Q)), all its Q columns, by
+ * fc_tile16: tiles of 32 columns while more than 16 are left, then one of 16 or fewer.
+ * x points at the row's first window (output column 0, tap 0), y at y[k0, p, 0], wT at
+ * wT[0, k0]; tap[t] as in fc_tile16_body. With stride sw > 1 along the row, the padded
+ * image is split into sw column phases (phase f holds the padded columns f, f + sw, ...),
+ * so that each tap still reads contiguous columns. */
+static void fastconv_row16_f32(const float *x, const Py_ssize_t *tap, Py_ssize_t T,
+                               const float *wT, Py_ssize_t K, const float *b, float *y,
+                               Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step)
+{
+#if FC_HAVE_X86_SIMD
+    for (Py_ssize_t q0 = 0; q0 < Q; q0 += 32) {
+        Py_ssize_t rem = Q - q0;
+        __mmask16 m[2] = {rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1),
+                          rem >= 32 ? (__mmask16)0xFFFF
+                                    : rem > 16 ? (__mmask16)((1u << (rem - 16)) - 1) : 0};
+        if (rem > 16)
+            fc_tiles16_2[kt - 1](x + q0, tap, T, wT, K, b, y + q0, y_step, m);
+        else
+            fc_tiles16_1[kt - 1](x + q0, tap, T, wT, K, b, y + q0, y_step, m);
+    }
+#else
+    (void)x; (void)tap; (void)T; (void)wT; (void)K; (void)b; (void)y; (void)kt; (void)Q;
+    (void)y_step;
+#endif
+}
+
 #define FC_DW_ROWS_MAX_KB 4    /* channels per call of fastconv_dw_rows_f32 */
 
 /* Whether fastconv_dw_rows_f32 runs here: a CPU with AVX-512 and S = 3 or 5. */
