@@ -188,15 +188,15 @@ def choose_conv_algo(x_shape, w_shape, stride, padding, backend="fast", *, backw
 
     The reference backend always uses im2col (one big matrix product is NumPy's fast path).
     For the fast backend: direct with one output channel (K == 1), and for the forward of
-    float32 layers with at most 3 input channels on AVX-512 (a first layer on image data:
-    its register tiles read the image in place, where im2col's columns would be long and
-    its GEMM narrow); for 3x3 stride-1 layers
-    with at least 16 input and 16 output channels, dilated or not, Winograd F(4x4, 3x3),
-    forward and backward (dx and dw), faster than im2col on every such layer of the
-    benchmark suite; im2col otherwise. One exception in ``conv2d_backward``: with at most 3
-    input channels (float32, stride 1, a kernel 3 or 5 wide, on AVX2 or AVX-512), dw and
-    db come from the direct kernel's dW tiles, and dx from the algorithm returned here. The
-    measurements are in docs/performance.md ("Convolution"). A call that picked Winograd runs im2col instead
+    float32 layers with at most 3 input channels on AVX2 or AVX-512 (a first layer on
+    image data: its register tiles read the image in place, where im2col's columns would
+    be long and its GEMM narrow); for 3x3 stride-1 layers with at least 16 input and 16
+    output channels, dilated or not, Winograd F(4x4, 3x3), forward and backward (dx and
+    dw), faster than im2col on every such layer of the benchmark suite; im2col otherwise.
+    One exception in ``conv2d_backward``: with at most 3 input channels (float32, stride 1,
+    a kernel 3 or 5 wide, on AVX2 or AVX-512), dw and db come from the direct kernel's dW
+    tiles, and dx from the algorithm returned here. The measurements are in
+    docs/performance.md ("Convolution"). A call that picked Winograd runs im2col instead
     where NaN or Inf reach its outputs (see ``conv2d``).
     """
     stride = _pair("choose_conv_algo", "stride", stride, minimum=1)
@@ -214,10 +214,10 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward,
     K //= groups                                  # the output channels of one group
     # im2col's GEMMs win every other layer of the benchmark suite; with one output channel
     # the GEMM is a matrix-vector product with nothing to reuse, and building the columns
-    # is pure overhead; a first layer's forward runs faster on the direct kernel's AVX-512
-    # tiles (measurements: docs/performance.md).
+    # is pure overhead; a first layer's forward runs faster on the direct kernel's AVX2 or
+    # AVX-512 tiles (measurements: docs/performance.md).
     if K == 1 or (not backward and C <= _FIRST_LAYER_MAX_CHANNELS and dtype == _FLOAT32
-                  and _simd_isa() == "avx512"):
+                  and _simd_isa() != "baseline"):
         return "direct"
     if (_winograd_applies(w_shape, stride, groups)
             and min(C, K) >= _WINOGRAD_MIN_CHANNELS):
@@ -226,7 +226,7 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward,
 
 
 _WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they save
-_FIRST_LAYER_MAX_CHANNELS = 3   # the direct kernel's forward (AVX-512) and dw tiles up to here
+_FIRST_LAYER_MAX_CHANNELS = 3   # the direct kernel's forward and dw tiles up to this many inputs
 
 
 def _direct_dw_pays(x, w, stride, dilation, groups, backend):

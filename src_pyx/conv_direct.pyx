@@ -2,12 +2,16 @@
 """Direct 2-D convolution: the formula (conv.fwd) as loops, in register tiles and row updates.
 
 ``algo="auto"`` runs this module for convolutions with one output channel (K == 1, where a
-GEMM has nothing to reuse), and for dw of layers with at most 3 input channels (a first
-layer on image data: float32, stride 1, 3 or 5 wide, on AVX2); everything else runs
-conv_im2col.pyx or conv_winograd.pyx. Here the inner loop that runs for K == 1 is the row
-update of ``_plane_axpy`` (forward) and of ``_dw_slice`` (dw); with K >= 4 the register
-tiles of src_pyx/include/fc_conv_direct.h, for a first layer's dw ``fastconv_dw_rows_f32``
-(AVX-512) or ``fastconv_dw_row_f32`` (AVX2).
+GEMM has nothing to reuse), and for a first layer on image data (at most 3 input channels,
+float32, on AVX2 or AVX-512): its forward, and its dw where the stride along the rows is 1
+and the kernel 3 or 5 wide; everything else runs conv_im2col.pyx or conv_winograd.pyx.
+The inner loop that runs by default in float32 on such a CPU is, for the forward,
+``fc_tile16_body`` (AVX-512; ``fc_tile8_body``, its AVX2 copy) in
+src_pyx/include/fc_conv_direct.h: y = b + sum over the C*R*S taps of a weight times a row
+of the image, for a few channels x 1 or 2 vectors of columns held in registers; for a
+first layer's dw ``fastconv_dw_rows_f32`` (AVX-512) or ``fastconv_dw_row_f32`` (AVX2).
+Elsewhere (float64, or a CPU without AVX2) the row update of ``_plane_axpy`` and the
+register tiles ``fastconv_tile_*`` (forward), and ``_dw_slice`` or the dw tiles.
 
 Compiled twin of ``fastconv/reference/conv_direct.py`` (same functions and signatures);
 ``fastconv.functional`` validates every argument before calling here.
@@ -29,6 +33,10 @@ How the loops are laid out, and why
   4 channels x 8 columns (float; 4 columns for double): the tile's accumulators stay in
   registers for the whole sum over c, r, s, so each input vector loaded feeds 4 channels
   and no partial output goes back to memory (``fastconv_tile_*``, in C: see the header).
+* float32 on AVX2 or AVX-512 (``_forward_simd``): the same idea with wider vectors and up
+  to 16 channels per tile, the weights transposed to (C*R*S, K) so that a tap's weights
+  for the tile's channels are adjacent, and the padded image split into column phases
+  so that strided rows read contiguous columns too.
 * Fused inference (conv.fused): with ``relu=`` or ``residual=``, each task ends with
   ``_epilogue`` (src_pyx/_conv_shared.pxi) on its channels' planes, still in cache.
 * dx with stride 1 is itself a convolution (of dy, zero-padded, with the kernel flipped and
@@ -63,7 +71,7 @@ from libc.string cimport memcpy
 from cython.parallel cimport prange, threadid
 
 from _common cimport end_inside, first_inside, out_size, threads_for_macs
-from _isa cimport FC_ISA_AVX512, fc_isa_level
+from _isa cimport fc_isa_level
 
 cdef int _ISA = fc_isa_level()      # which SIMD tiles may run: fc_isa.h decides
 
@@ -124,11 +132,12 @@ cdef extern from "fc_conv_direct.h":
                            Py_ssize_t Wp, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
                            Py_ssize_t y_step, Py_ssize_t j_first) noexcept nogil
 
-    # AVX-512, float32: one output row of up to 8 (or 16) channels, over column phases
-    Py_ssize_t fastconv_row16_max_kt(Py_ssize_t Q) noexcept nogil
-    void fastconv_row16_f32(const float* x, const Py_ssize_t* tap, Py_ssize_t T,
-                            const float* wT, Py_ssize_t K, const float* b, float* y,
-                            Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step) noexcept nogil
+    # AVX2 or AVX-512, float32: one output row of a few channels, over column phases
+    bint fastconv_row_applies(int isa) noexcept nogil
+    Py_ssize_t fastconv_row_max_kt(int isa, Py_ssize_t Q) noexcept nogil
+    void fastconv_row_f32(int isa, const float* x, const Py_ssize_t* tap, Py_ssize_t T,
+                          const float* wT, Py_ssize_t K, const float* b, float* y,
+                          Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step) noexcept nogil
 
 cdef enum:
     KB = 4      # output channels per register tile (the C tile above is written for 4)
@@ -257,36 +266,36 @@ cdef void _phase_plane(const float* src, float* dst, Py_ssize_t H, Py_ssize_t W,
                     d[j] = row[f + sw * j - pw]
 
 
-cdef void _conv_block16(const float* xs, const Py_ssize_t* tap, const float* wT,
-                        const float* b, float* y, Py_ssize_t K, Py_ssize_t T, Py_ssize_t row,
-                        Py_ssize_t sh, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t k0,
-                        Py_ssize_t k1, const float* res, bint relu) noexcept nogil:
-    """Output channels k0 <= k < k1 of one image on AVX-512, row by row
-    (fastconv_row16_f32: tiles of those channels x 32 or 16 columns) over the image xs
+cdef void _conv_block_simd(const float* xs, const Py_ssize_t* tap, const float* wT,
+                           const float* b, float* y, Py_ssize_t K, Py_ssize_t T, Py_ssize_t row,
+                           Py_ssize_t sh, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t k0,
+                           Py_ssize_t k1, const float* res, bint relu) noexcept nogil:
+    """Output channels k0 <= k < k1 of one image on AVX2 or AVX-512, row by row
+    (fastconv_row_f32: tiles of those channels x 1 or 2 vectors of columns) over the image xs
     split into column phases (_phase_plane); then the fused epilogue on those channels'
     planes, where asked."""
     cdef Py_ssize_t p
     for p in range(P):
-        fastconv_row16_f32(xs + p * sh * row, tap, T, wT + k0, K,
+        fastconv_row_f32(_ISA, xs + p * sh * row, tap, T, wT + k0, K,
                            NULL if b == NULL else b + k0, y + k0 * P * Q + p * Q, k1 - k0, Q,
                            P * Q)
     if res != NULL or relu:
         _epilogue(y, res, k0 * P * Q, k1 - k0, P * Q, P * Q, relu)
 
 
-cdef object _forward_avx512(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
-                            const float* b, const float* res, Py_ssize_t sh, Py_ssize_t sw,
-                            Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                            Py_ssize_t P, Py_ssize_t Q, int nt, bint relu):
-    """conv2d_forward in float32 on AVX-512, as a sum over the C*R*S taps (fc_tile16_body):
-    x zero-padded and split into sw column phases (_phase_plane), so that tap t = (c, r, s)
+cdef object _forward_simd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                          const float* b, const float* res, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t P, Py_ssize_t Q, int nt, bint relu):
+    """conv2d_forward in float32 on AVX2 or AVX-512, as a sum over the C*R*S taps
+    (fc_tile16_body, fc_tile8_body): x zero-padded and split into sw column phases (_phase_plane), so that tap t = (c, r, s)
     of output column q reads tap[t] + q from the start of its output row: (c*Hp + r*dh)
     rows down, in phase (s*dw) % sw, (s*dw) // sw columns in; the weights transposed to
     wT (C*R*S, K). One task per (image, block of K // n_kb or one more channels)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3], i, t, c, r, s
     cdef Py_ssize_t Hp = H + 2 * ph, Wph = (W + 2 * pw + sw - 1) // sw, row = sw * Wph
-    cdef Py_ssize_t T = C * R * S, kt = fastconv_row16_max_kt(Q), n_kb = (K + kt - 1) // kt
+    cdef Py_ssize_t T = C * R * S, kt = fastconv_row_max_kt(_ISA, Q), n_kb = (K + kt - 1) // kt
     xs_arr = np.empty((N, C, Hp, row), dtype=np.float32)
     tap_arr = np.empty(T, dtype=np.intp)
     wT_arr = np.ascontiguousarray(np.asarray(w).reshape(K, T).T)
@@ -305,10 +314,10 @@ cdef object _forward_avx512(const float[:, :, :, ::1] x, const float[:, :, :, ::
             _phase_plane(&x[i // C, i % C, 0, 0], &xs[i // C, i % C, 0, 0], H, W, Hp, ph, pw,
                          sw, Wph)
         for t in prange(N * n_kb, schedule="dynamic", num_threads=nt):
-            _conv_block16(&xs[t // n_kb, 0, 0, 0], &tap[0], &wT[0, 0], b,
-                          &y[t // n_kb, 0, 0, 0], K, T, row, sh, P, Q,
-                          (t % n_kb) * K // n_kb, (t % n_kb + 1) * K // n_kb,
-                          NULL if res == NULL else res + (t // n_kb) * K * P * Q, relu)
+            _conv_block_simd(&xs[t // n_kb, 0, 0, 0], &tap[0], &wT[0, 0], b,
+                             &y[t // n_kb, 0, 0, 0], K, T, row, sh, P, Q,
+                             (t % n_kb) * K // n_kb, (t % n_kb + 1) * K // n_kb,
+                             NULL if res == NULL else res + (t // n_kb) * K * P * Q, relu)
     return y_arr
 
 
@@ -365,8 +374,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     if _residual_view(residual, (N, K, P, Q)) is not None:
         res = residual
         res_ptr = &res[0, 0, 0, 0]
-    if floating is float and _ISA >= FC_ISA_AVX512:
-        return _forward_avx512(x, w, b_ptr, res_ptr, sh, sw, ph, pw, dh, dw, P, Q, nt, relu)
+    if floating is float and fastconv_row_applies(_ISA):
+        return _forward_simd(x, w, b_ptr, res_ptr, sh, sw, ph, pw, dh, dw, P, Q, nt, relu)
     cdef const floating[:, :, :, ::1] xp = x
     if ph > 0 or pw > 0:
         xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)         # x with its zero border

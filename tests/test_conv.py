@@ -530,11 +530,11 @@ def test_read_only_and_non_contiguous_inputs(algo, rng):
 def test_auto_picks_the_documented_algorithm(rng):
     """algo="auto" runs im2col, except with one output channel (K == 1: a matrix-vector
     product, nothing for a GEMM to reuse) and for the float32 forward of layers with at
-    most 3 input channels on AVX-512, where it runs direct, and for 3x3 stride-1 layers
+    most 3 input channels on AVX2 or AVX-512, where it runs direct, and for 3x3 stride-1 layers
     with >= 16 channels in and out, where it runs winograd; the reference backend always
     runs im2col. Checked on the choice and on the call itself: the result of algo="auto"
     is bitwise that of the algorithm it names."""
-    first = "direct" if load_kernels("_openmp").simd_isa()[0] == "avx512" else "im2col"
+    first = "im2col" if load_kernels("_openmp").simd_isa()[0] == "baseline" else "direct"
     cases = [((8, 1, 28, 28), (6, 1, 5, 5), 1, 2, first),
              ((8, 3, 16, 16), (32, 3, 3, 3), 2, 1, first),
              ((8, 4, 16, 16), (32, 4, 3, 3), 2, 1, "im2col"),
@@ -642,7 +642,8 @@ def test_direct_dw_of_all_taps_matches_reference(case, rng, n_threads):
 
 
 # (x shape, w shape, stride, padding, dilation) for the direct forward's register tiles
-# (AVX-512, float32: up to 8 channels x 32 columns, or 16 x 16 for rows of 16 or fewer):
+# (float32; AVX-512: up to 8 channels x 32 columns, or 16 x 16 for rows of 16 or fewer;
+# AVX2: 6 x 16 or 12 x 8):
 # K from 1 to 17 in blocks, rows of 5 to 40 outputs (a 32-column tile, then a remainder),
 # strides and dilations along the row (the image split into column phases)
 DIRECT_FWD_CASES = [((2, 1, 9, 40), (17, 1, 3, 3), (1, 1), (1, 1), (1, 1)),

@@ -1,7 +1,8 @@
 /* fc_conv_direct.h: the register tiles of the direct convolution (conv_direct.pyx).
  *
- * Two tiles, each written once for a type T and instantiated for float and double (C has
- * no templates, hence the macros FC_DIRECT_TILE(T, NAME) and FC_DIRECT_DW_TILE(T, NAME)):
+ * Two portable tiles, each written once for a type T and instantiated for float and double
+ * (C has no templates, hence the macros FC_DIRECT_TILE(T, NAME) and FC_DIRECT_DW_TILE(T,
+ * NAME)), and float32 tiles for AVX2 and AVX-512, the ones that run by default there:
  *
  *   fastconv_tile_*     forward, eq. (conv.fwd): y[k0 + j, p, q0 + i] for 4 output
  *       channels j and 2 vectors of L columns i (8 floats or 4 doubles), summed over
@@ -17,6 +18,10 @@
  *       per 8 columns, 2 vectors of dy and S of x feed 2*S fused multiply-adds (the
  *       one-tap tile loads 5 vectors for 4 products). Compiled for AVX2 with a target
  *       attribute, called only where fc_isa_level() (fc_isa.h) allows it.
+ *   fastconv_row_f32    forward on AVX2 or AVX-512, float32 (fc_tile16_body, its AVX2
+ *       copy fc_tile8_body): one output row of up to 16 channels as a sum over the C*R*S
+ *       taps, each tap one vector load of the image row feeding a broadcast weight per
+ *       channel; the accumulators (channels x 1 or 2 vectors) stay in registers.
  *   fastconv_dw_rows_f32 backward on AVX-512, float32, stride 1: the same sums for up
  *       to 4 output channels and ALL R x S taps, image by image, so that each image's
  *       rows are read from memory once (the row tile reads x and dy once per kernel row).
@@ -268,8 +273,20 @@ static const fc_dw_rows_fn fc_dw_rows[2][4] = {
 #endif
 
 #if FC_HAVE_X86_SIMD
+/* AVX2's mask of the first n of 8 lanes (all for n >= 8, none for n <= 0) */
+static inline __attribute__((always_inline, target("avx2"))) __m256i fc_lanes8(Py_ssize_t n)
+{
+    int k = n >= 8 ? 8 : n <= 0 ? 0 : (int)n;
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* AVX-512's mask of the first n of 16 lanes */
+static inline __attribute__((always_inline)) __mmask16 fc_lanes16(Py_ssize_t n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
 /* AVX-512 forward: y[k0 + j, p, q0 + i] for j < KT output channels and NV vectors of 16
- * columns i (masks m[v] cut the row's end), as a sum over the T = C*R*S taps t = (c, r, s):
+ * columns i (i < ncols: masks cut the row's end), as a sum over the T = C*R*S taps t = (c, r, s):
  *     y[k0 + j, p, q0 + i] = b[k0 + j] + sum_t wT[t, k0 + j] * x[tap[t] + i]
  * with the KT x NV accumulators held in registers: per tap, NV vectors of x loaded feed
  * KT channels, each weight broadcast NV vectors. x points at the tile's first window in
@@ -280,9 +297,11 @@ static const fc_dw_rows_fn fc_dw_rows[2][4] = {
 static inline __attribute__((always_inline, target("avx512f,fma")))
 void fc_tile16_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const float *wT,
                     Py_ssize_t K, const float *b, float *y, Py_ssize_t y_step,
-                    const __mmask16 *m, const int KT, const int NV)
+                    Py_ssize_t ncols, const int KT, const int NV)
 {
     __m512 acc[16][2], xv[2];
+    __mmask16 m[2];
+    FC_UNROLL for (int v = 0; v < NV; v++) m[v] = fc_lanes16(ncols - 16 * v);
     FC_UNROLL for (int j = 0; j < KT; j++)
         FC_UNROLL for (int v = 0; v < NV; v++)
             acc[j][v] = b ? _mm512_set1_ps(b[j]) : _mm512_setzero_ps();
@@ -306,8 +325,8 @@ void fc_tile16_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const f
 static __attribute__((target("avx512f,fma"), noinline))                                   \
 void fc_tile16_##KT##_##NV(const float *x, const Py_ssize_t *tap, Py_ssize_t T,           \
                            const float *wT, Py_ssize_t K, const float *b, float *y,        \
-                           Py_ssize_t y_step, const __mmask16 *m)                          \
-{ fc_tile16_body(x, tap, T, wT, K, b, y, y_step, m, KT, NV); }
+                           Py_ssize_t y_step, Py_ssize_t ncols)                            \
+{ fc_tile16_body(x, tap, T, wT, K, b, y, y_step, ncols, KT, NV); }
 FC_TILE16(1, 2) FC_TILE16(2, 2) FC_TILE16(3, 2) FC_TILE16(4, 2)
 FC_TILE16(5, 2) FC_TILE16(6, 2) FC_TILE16(7, 2) FC_TILE16(8, 2)
 FC_TILE16(1, 1) FC_TILE16(2, 1) FC_TILE16(3, 1) FC_TILE16(4, 1)
@@ -315,8 +334,7 @@ FC_TILE16(5, 1) FC_TILE16(6, 1) FC_TILE16(7, 1) FC_TILE16(8, 1)
 FC_TILE16(9, 1) FC_TILE16(10, 1) FC_TILE16(11, 1) FC_TILE16(12, 1)
 FC_TILE16(13, 1) FC_TILE16(14, 1) FC_TILE16(15, 1) FC_TILE16(16, 1)
 typedef void (*fc_tile16_fn)(const float *, const Py_ssize_t *, Py_ssize_t, const float *,
-                             Py_ssize_t, const float *, float *, Py_ssize_t,
-                             const __mmask16 *);
+                             Py_ssize_t, const float *, float *, Py_ssize_t, Py_ssize_t);
 static const fc_tile16_fn fc_tiles16_2[8] = {
     fc_tile16_1_2, fc_tile16_2_2, fc_tile16_3_2, fc_tile16_4_2,
     fc_tile16_5_2, fc_tile16_6_2, fc_tile16_7_2, fc_tile16_8_2};
@@ -327,34 +345,102 @@ static const fc_tile16_fn fc_tiles16_1[16] = {
     fc_tile16_13_1, fc_tile16_14_1, fc_tile16_15_1, fc_tile16_16_1};
 #endif
 
-/* Channels per call of fastconv_row16_f32: up to 8 for rows wider than 16 columns (tiles
- * of 32 columns), up to 16 for narrower ones (tiles of 16). */
-static inline Py_ssize_t fastconv_row16_max_kt(Py_ssize_t Q) { return Q > 16 ? 8 : 16; }
+#if FC_HAVE_X86_SIMD
+/* The AVX2 copy of fc_tile16_body: vectors of 8 columns, up to 6 channels x 2 vectors or
+ * 12 x 1 in AVX2's 16 registers. */
+static inline __attribute__((always_inline, target("avx2,fma")))
+void fc_tile8_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const float *wT,
+                   Py_ssize_t K, const float *b, float *y, Py_ssize_t y_step,
+                   Py_ssize_t ncols, const int KT, const int NV)
+{
+    __m256 acc[12][2], xv[2];
+    __m256i m[2];
+    int full[2];       /* whole vectors take plain loads and stores: AMD's masked ones are slow */
+    FC_UNROLL for (int v = 0; v < NV; v++) {
+        m[v] = fc_lanes8(ncols - 8 * v);
+        full[v] = ncols - 8 * v >= 8;
+    }
+    FC_UNROLL for (int j = 0; j < KT; j++)
+        FC_UNROLL for (int v = 0; v < NV; v++)
+            acc[j][v] = b ? _mm256_set1_ps(b[j]) : _mm256_setzero_ps();
+    for (Py_ssize_t t = 0; t < T; t++) {
+        FC_UNROLL for (int v = 0; v < NV; v++)
+            xv[v] = full[v] ? _mm256_loadu_ps(x + tap[t] + 8 * v)
+                            : _mm256_maskload_ps(x + tap[t] + 8 * v, m[v]);
+        FC_UNROLL for (int j = 0; j < KT; j++) {
+            __m256 wv = _mm256_set1_ps(wT[t * K + j]);
+            FC_UNROLL for (int v = 0; v < NV; v++)
+                acc[j][v] = _mm256_fmadd_ps(wv, xv[v], acc[j][v]);
+        }
+    }
+    FC_UNROLL for (int j = 0; j < KT; j++)
+        FC_UNROLL for (int v = 0; v < NV; v++)
+            if (full[v])
+                _mm256_storeu_ps(y + j * y_step + 8 * v, acc[j][v]);
+            else
+                _mm256_maskstore_ps(y + j * y_step + 8 * v, m[v], acc[j][v]);
+}
 
-/* One output row of kt channels (at most fastconv_row16_max_kt(Q)), all its Q columns, by
- * fc_tile16: tiles of 32 columns while more than 16 are left, then one of 16 or fewer.
- * x points at the row's first window (output column 0, tap 0), y at y[k0, p, 0], wT at
- * wT[0, k0]; tap[t] as in fc_tile16_body. With stride sw > 1 along the row, the padded
- * image is split into sw column phases (phase f holds the padded columns f, f + sw, ...),
- * so that each tap still reads contiguous columns. */
-static void fastconv_row16_f32(const float *x, const Py_ssize_t *tap, Py_ssize_t T,
-                               const float *wT, Py_ssize_t K, const float *b, float *y,
-                               Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step)
+#define FC_TILE8(KT, NV)                                                                  \
+static __attribute__((target("avx2,fma"), noinline))                                      \
+void fc_tile8_##KT##_##NV(const float *x, const Py_ssize_t *tap, Py_ssize_t T,            \
+                          const float *wT, Py_ssize_t K, const float *b, float *y,         \
+                          Py_ssize_t y_step, Py_ssize_t ncols)                             \
+{ fc_tile8_body(x, tap, T, wT, K, b, y, y_step, ncols, KT, NV); }
+FC_TILE8(1, 2) FC_TILE8(2, 2) FC_TILE8(3, 2) FC_TILE8(4, 2) FC_TILE8(5, 2) FC_TILE8(6, 2)
+FC_TILE8(1, 1) FC_TILE8(2, 1) FC_TILE8(3, 1) FC_TILE8(4, 1) FC_TILE8(5, 1) FC_TILE8(6, 1)
+FC_TILE8(7, 1) FC_TILE8(8, 1) FC_TILE8(9, 1) FC_TILE8(10, 1) FC_TILE8(11, 1) FC_TILE8(12, 1)
+typedef void (*fc_tile8_fn)(const float *, const Py_ssize_t *, Py_ssize_t, const float *,
+                            Py_ssize_t, const float *, float *, Py_ssize_t, Py_ssize_t);
+static const fc_tile8_fn fc_tiles8_2[6] = {
+    fc_tile8_1_2, fc_tile8_2_2, fc_tile8_3_2, fc_tile8_4_2, fc_tile8_5_2, fc_tile8_6_2};
+static const fc_tile8_fn fc_tiles8_1[12] = {
+    fc_tile8_1_1, fc_tile8_2_1, fc_tile8_3_1, fc_tile8_4_1, fc_tile8_5_1, fc_tile8_6_1,
+    fc_tile8_7_1, fc_tile8_8_1, fc_tile8_9_1, fc_tile8_10_1, fc_tile8_11_1, fc_tile8_12_1};
+
+#endif
+
+/* Whether the direct forward's SIMD tiles run here: AVX2 or AVX-512 (isa from
+ * fc_isa_level()). */
+static int fastconv_row_applies(int isa)
+{
+    return FC_HAVE_X86_SIMD && isa >= FC_ISA_AVX2;
+}
+
+/* Channels per call of fastconv_row_f32, for rows of Q columns: tiles of two vectors
+ * (32 columns on AVX-512, 16 on AVX2) of up to 8 (6) channels; one vector of up to 16
+ * (12) channels for rows of one vector or fewer. */
+static inline Py_ssize_t fastconv_row_max_kt(int isa, Py_ssize_t Q)
+{
+    if (isa >= FC_ISA_AVX512) return Q > 16 ? 8 : 16;
+    return Q > 8 ? 6 : 12;
+}
+
+/* One output row of kt channels (at most fastconv_row_max_kt), all its Q columns, by
+ * fc_tile16 (AVX-512) or fc_tile8 (AVX2): tiles of two vectors while more than one
+ * vector's columns are left, then one of a vector or fewer. x points at the row's first
+ * window (output column 0, tap 0), y at y[k0, p, 0], wT at wT[0, k0]; tap[t] as in
+ * fc_tile16_body. With stride sw > 1 along the row, the padded image is split into sw
+ * column phases (phase f holds the padded columns f, f + sw, ...), so that each tap
+ * still reads contiguous columns. */
+static void fastconv_row_f32(int isa, const float *x, const Py_ssize_t *tap, Py_ssize_t T,
+                             const float *wT, Py_ssize_t K, const float *b, float *y,
+                             Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step)
 {
 #if FC_HAVE_X86_SIMD
-    for (Py_ssize_t q0 = 0; q0 < Q; q0 += 32) {
+    const Py_ssize_t L = isa >= FC_ISA_AVX512 ? 16 : 8;      /* lanes */
+    for (Py_ssize_t q0 = 0; q0 < Q; q0 += 2 * L) {
         Py_ssize_t rem = Q - q0;
-        __mmask16 m[2] = {rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1),
-                          rem >= 32 ? (__mmask16)0xFFFF
-                                    : rem > 16 ? (__mmask16)((1u << (rem - 16)) - 1) : 0};
-        if (rem > 16)
-            fc_tiles16_2[kt - 1](x + q0, tap, T, wT, K, b, y + q0, y_step, m);
+        if (L == 16)
+            (rem > 16 ? fc_tiles16_2 : fc_tiles16_1)[kt - 1](x + q0, tap, T, wT, K, b, y + q0,
+                                                             y_step, rem);
         else
-            fc_tiles16_1[kt - 1](x + q0, tap, T, wT, K, b, y + q0, y_step, m);
+            (rem > 8 ? fc_tiles8_2 : fc_tiles8_1)[kt - 1](x + q0, tap, T, wT, K, b, y + q0,
+                                                          y_step, rem);
     }
 #else
-    (void)x; (void)tap; (void)T; (void)wT; (void)K; (void)b; (void)y; (void)kt; (void)Q;
-    (void)y_step;
+    (void)isa; (void)x; (void)tap; (void)T; (void)wT; (void)K; (void)b; (void)y; (void)kt;
+    (void)Q; (void)y_step;
 #endif
 }
 
