@@ -7,8 +7,9 @@ Runs by default: the tuned kernels. The calls, from the Python entry points down
   _max_rows_2x2; any other window: _max_plane, whose horizontal half is _max_hpass;
   return_indices=True -> _max_forward_with_indices -> _plane_forward_with_indices ->
   _max_plane_argmax.
-* max_pool2d_backward: 2x2 stride 2 -> _max_plane_backward_2x2; with the forward's indices
-  -> _max_backward_from_indices -> _scatter_plane; any other window ->
+* max_pool2d_backward: 2x2 stride 2 -> _max_plane_backward_2x2 (float32 on AVX-512: its
+  copy with intrinsics, fc_max_backward_2x2_f32 in include/fc_pool.h); with the forward's
+  indices -> _max_backward_from_indices -> _scatter_plane; any other window ->
   _max_backward_by_argmax -> _plane_backward_by_argmax -> _max_plane_argmax (the argmaxes),
   then _scatter_plane (dy added there).
 
@@ -85,6 +86,7 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 from _common cimport imax, imin, out_size, threads_for_values
+from _isa cimport fc_isa_level
 
 from fastconv.reference.pool import adaptive_ranges, pool_output_size
 
@@ -93,6 +95,15 @@ cdef extern from "<fenv.h>" nogil:
     int FE_INVALID
     int feclearexcept(int excepts)
     int fetestexcept(int excepts)
+
+
+# The float32 AVX-512 copy of _max_plane_backward_2x2 (include/fc_pool.h)
+cdef extern from "fc_pool.h" nogil:
+    bint fc_max_backward_2x2_applies(int isa)
+    bint fc_max_backward_2x2_f32(const float* dy, const float* x, float* dx, Py_ssize_t H,
+                                 Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q)
+
+cdef bint _SIMD_2X2 = fc_max_backward_2x2_applies(fc_isa_level())   # fc_isa.h decides
 
 
 cdef enum:
@@ -590,6 +601,8 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     cdef const floating* g
     cdef floating a, b, c, d, v, top, bottom
     cdef int nan = 0
+    if floating is float and _SIMD_2X2:
+        return fc_max_backward_2x2_f32(dyp, xp, dxp, H, W, P, Q)   # this loop, 16 windows at once
     for p in range(P):
         r0 = xp + 2 * p * W
         r1 = r0 + W

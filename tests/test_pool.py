@@ -361,12 +361,17 @@ def test_matches_torch(case, rng):
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 10, 10), (2, 3, 9, 7), (2, 2, 8, 5), (1, 1, 2, 2),
-                                   (5, 7, 6, 6), (2, 40, 12, 9)], ids=str)
+                                   (5, 7, 6, 6), (2, 40, 12, 9), (2, 3, 6, 40), (1, 2, 5, 35),
+                                   (1, 1, 4, 64)], ids=str)
 def test_max_2x2_one_pass_paths_match_reference(shape, dtype, rng, n_threads):
     """The 2x2 stride-2 kernels: even H runs all planes as one run of row pairs, odd H and
-    odd W leave the last row / column out of every window (dx = 0 there)."""
+    odd W leave the last row / column out of every window (dx = 0 there); rows of 16
+    windows and more (the SIMD copy's vectors, full and cut), ties, zeros of both signs."""
     x = rng.standard_normal(shape).astype(dtype)
     x[0, 0, 0, :2] = 1.5                                             # a tie in a window
+    x[-1, -1, :2, :2] = [[-0.0, 0.0], [0.0, -0.0]]                   # equal zeros
+    if shape[3] >= 4:
+        x[-1, 0, :2, 2:4] = [[-1.0, -2.0], [3.0, 3.0]]               # a tie in the bottom row
     y = F.max_pool2d(x, 2, backend="fast")
     np.testing.assert_array_equal(y, F.max_pool2d(x, 2, backend="reference"))
     dy = rng.standard_normal(y.shape).astype(dtype)
