@@ -96,8 +96,8 @@ cdef extern from "fc_conv_microkernel.h":
     void fc_igemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t R, Py_ssize_t SC, Py_ssize_t seg,
                       const float* A, const Py_ssize_t* offs, const float* B, Py_ssize_t ldb,
                       float* C, Py_ssize_t ldc) noexcept nogil
-    void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t n_begin, Py_ssize_t N, Py_ssize_t KR,
-                      const float* A, Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B,
+    void fc_bgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
+                      Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B,
                       const Py_ssize_t* boffs, Py_ssize_t SC, Py_ssize_t seg, int accumulate,
                       float* C, Py_ssize_t ldc) noexcept nogil
     void fc_cgemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
@@ -393,7 +393,9 @@ def _window_starts(Py_ssize_t P, Py_ssize_t Q, Py_ssize_t sh, Py_ssize_t sw, Py_
 
 cdef bint _in_place_runs(Py_ssize_t C, Py_ssize_t S) noexcept nogil:
     """Whether the float32 backward reads and writes colT's runs inside the padded image
-    (fc_bgemm_f32, fc_cgemm_f32): the micro-kernel is on and a run is whole vectors."""
+    for both products (fc_bgemm_f32, fc_cgemm_f32): the micro-kernel is on and a run is
+    whole vectors. dW alone reads them in place whatever the runs (its last vector masked):
+    dx's in-place adds, with runs that are not whole vectors, were no faster than colT."""
     return _use_microkernel and (S * C) % 16 == 0
 
 
@@ -723,10 +725,11 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
 
     Per image: xp and colT as in the forward pass, dWr_part (K, RSC) += dY_n @ colT, then
     dcolT = dY_n^T @ Wr (PQ, RSC), added back onto the padded channels-last image (contiguous
-    runs) and moved to dx[n] (C, H, W) without the border. With the micro-kernel and S*C a
-    multiple of 16 (whole vectors per run), colT is never built: both products read and
-    write the runs in the padded image in place (offs: each window's start, as forward).
-    Otherwise colT is built for blocks of ``rows`` output rows, as _backward_chunk.
+    runs) and moved to dx[n] (C, H, W) without the border. With the micro-kernel, dW reads
+    colT's runs in the padded image in place (offs: each window's start, as forward; a run
+    that is not whole vectors ends in a masked one), and with S*C a multiple of 16 dx adds
+    its runs in place too, so colT is never built. Otherwise colT is built (for dx, or for
+    both) for blocks of ``rows`` output rows, as _backward_chunk.
     ``work`` holds xp (reused for its gradient), then (other cases) colT, reused for dcolT.
     With dwr_part NULL only dx is computed: x is not even read.
     """
@@ -737,6 +740,7 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
     cdef floating* colT = xp + Hp * Wp * C
     cdef const floating* dy_n
     cdef bint in_place = _in_place_runs(C, S) and floating is float and dh == 1 and dw == 1
+    cdef bint dw_in_place = _use_microkernel and floating is float and dh == 1 and dw == 1
     for n in range(n_begin, n_end):
         dy_n = &dy[n, 0, 0, 0]                               # dY_n: (K, PQ)
         if dwr_part == NULL:                                 # dx alone
@@ -748,13 +752,16 @@ cdef void _backward_chunk_hwc(const floating[:, :, :, ::1] dy,  # IN (N, K, P, Q
                                S, P, Q, sh, sw, ph, pw, dh, dw, rows)
             continue
         _pad_hwc(&x[n, 0, 0, 0], xp, C, H, W, ph, pw)
-        if floating is float and in_place:
+        if floating is float and dw_in_place:
             # dWr_part (K, RSC) += dY_n (K, PQ) @ colT (PQ, RSC), colT read inside xp
-            fc_bgemm_f32(K, 0, CRS, PQ, dy_n, PQ, 1, xp, &offs[0], S * C, Wp * C,
+            fc_bgemm_f32(K, CRS, PQ, dy_n, PQ, 1, xp, &offs[0], S * C, Wp * C,
                          n != n_begin, dwr_part, CRS)
-            if dx != NULL:                                   # xp becomes its gradient
+            if dx != NULL and in_place:                      # xp becomes its gradient
                 _dx_sample_in_place(dy_n, &wr[0, 0], &offs[0], xp, dx + n * C * H * W, C, H,
                                     W, K, R, S, PQ, ph, pw)
+            elif dx != NULL:
+                _dx_sample_hwc(dy_n, &wr[0, 0], xp, colT, dx + n * C * H * W, C, H, W, K, R,
+                               S, P, Q, sh, sw, ph, pw, dh, dw, rows)
             continue
         # dWr_part (K, RSC) += dY_b (K, PQb) @ colT_b (PQb, RSC) block by block (the first
         # block of the first image overwrites)

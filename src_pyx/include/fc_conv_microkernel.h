@@ -108,25 +108,29 @@ FC_AVX512 static void fc_itile_##MR##_##NV(fc_index R, fc_index SC, fc_index seg
         FC_UNROLL for (int j = 0; j < NV; j++)                                          \
             _mm512_mask_storeu_ps(C + i * ldc + 16 * j, mask[j], acc[i][j]);            \
 }                                                                                       \
-/* B given indirectly: vector j of row kk of B at B + boffs[kk] + coff[j] (full        \
- * vectors only). With B the padded channels-last image this reads colT in place.  */  \
+/* B given indirectly: vector j of row kk of B at B + boffs[kk] + coff[j] (the last     \
+ * one cut to the lanes of tail). With B the padded channels-last image this reads    \
+ * colT in place.  */                                                                  \
 FC_AVX512 static void fc_btile_##MR##_##NV(fc_index KR, const float *A, fc_index a_rs, \
     fc_index a_cs, const float *B, const fc_index *boffs, const fc_index *coff,    \
-    int accumulate, float *C, fc_index ldc)                                           \
+    int accumulate, float *C, fc_index ldc, __mmask16 tail)                           \
 {                                                                                       \
     __m512 acc[MR][NV], b[NV];                                                          \
+    __mmask16 mask[NV];                                                                 \
+    FC_UNROLL for (int j = 0; j < NV; j++) mask[j] = j == NV - 1 ? tail : 0xFFFF;       \
     FC_ZERO(MR, NV)                                                                     \
     for (fc_index kk = 0; kk < KR; kk++) {                                            \
         const float *Bk = B + boffs[kk];                                                \
-        FC_UNROLL for (int j = 0; j < NV; j++) b[j] = _mm512_loadu_ps(Bk + coff[j]);    \
+        FC_UNROLL for (int j = 0; j < NV; j++)                                          \
+            b[j] = _mm512_maskz_loadu_ps(mask[j], Bk + coff[j]);                        \
         FC_RANK1(MR, NV, A[i * a_rs + kk * a_cs])                                       \
     }                                                                                   \
     FC_UNROLL for (int i = 0; i < MR; i++)                                              \
         FC_UNROLL for (int j = 0; j < NV; j++) {                                        \
             float *c = C + i * ldc + 16 * j;                                            \
             __m512 v = acc[i][j];                                                       \
-            if (accumulate) v = _mm512_add_ps(_mm512_loadu_ps(c), v);                   \
-            _mm512_storeu_ps(c, v);                                                     \
+            if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask[j], c), v);    \
+            _mm512_mask_storeu_ps(c, mask[j], v);                                       \
         }                                                                               \
 }                                                                                       \
 /* C given indirectly and added to: vector j of row i at C + roffs[i] + coff[j] (full  \
@@ -167,7 +171,7 @@ typedef void (*fc_itile_fn)(fc_index, fc_index, fc_index, const float *,
                             fc_index, __mmask16);
 typedef void (*fc_btile_fn)(fc_index, const float *, fc_index, fc_index,
                             const float *, const fc_index *, const fc_index *, int,
-                            float *, fc_index);
+                            float *, fc_index, __mmask16);
 typedef void (*fc_ctile_fn)(fc_index, const float *, fc_index, fc_index,
                             const float *, fc_index, float *, const fc_index *,
                             const fc_index *);
@@ -187,24 +191,38 @@ static int fc_run_offsets(fc_index n0, fc_index N, fc_index SC, fc_index seg,
     return nv;
 }
 
-/* Columns n_begin <= n < N of dWr (M, N) (+)= A (M, KR) @ colT (KR, N), colT read in
- * place from the padded image: row kk at B + boffs[kk], runs of SC values seg apart;
- * n_begin a multiple of 64. Every tile sums each of its outputs in the same order (kk
- * ascending, then added to C), so any split of dWr into blocks gives the same bits. */
-static void fc_bgemm_f32(fc_index M, fc_index n_begin, fc_index N, fc_index KR,
-                         const float *A, fc_index a_rs, fc_index a_cs, const float *B,
+/* dWr (M, N) (+)= A (M, KR) @ colT (KR, N), colT read in place from the padded image: row
+ * kk at B + boffs[kk], runs of SC values seg apart. With SC a multiple of 16, blocks of
+ * 64 columns run on across the runs; otherwise each run is cut into blocks of its own
+ * (up to 4 vectors), its last vector masked (lenet_c2: runs of 30 = 16 + 14). Every tile
+ * sums each of its outputs in the same order (kk ascending, then added to C), so any
+ * split of dWr into blocks gives the same bits. */
+static void fc_bgemm_f32(fc_index M, fc_index N, fc_index KR, const float *A,
+                         fc_index a_rs, fc_index a_cs, const float *B,
                          const fc_index *boffs, fc_index SC, fc_index seg,
                          int accumulate, float *C, fc_index ldc)
 {
-    fc_index coff[4];
-    for (fc_index n0 = n_begin; n0 < N; n0 += 64) {
-        int nv = fc_run_offsets(n0, N, SC, seg, coff);
+    fc_index coff[4], width;
+    for (fc_index n0 = 0; n0 < N; n0 += width) {
+        int nv;
+        __mmask16 tail = 0xFFFF;
+        if (SC % 16 == 0) {
+            nv = fc_run_offsets(n0, N, SC, seg, coff);
+            width = 16 * nv;
+        } else {                                  /* within run n0 / SC, from n0 % SC */
+            fc_index s0 = n0 % SC;
+            width = SC - s0 < 64 ? SC - s0 : 64;
+            nv = (int)((width + 15) / 16);
+            int rem = (int)(width - 16 * (nv - 1));
+            tail = (__mmask16)(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+            for (int j = 0; j < nv; j++) coff[j] = (n0 / SC) * seg + s0 + 16 * j;
+        }
         fc_index m0 = 0;
         for (int t = 0; t < 5 && fc_mr[nv - 1][t] > 0; t++) {
             int mr = fc_mr[nv - 1][t];
             for (; m0 + mr <= M; m0 += mr)
                 fc_btiles[nv - 1][t](KR, A + m0 * a_rs, a_rs, a_cs, B, boffs, coff,
-                                     accumulate, C + m0 * ldc + n0, ldc);
+                                     accumulate, C + m0 * ldc + n0, ldc, tail);
         }
     }
 }
@@ -345,8 +363,8 @@ static void fc_gemm_f32(fc_index M, fc_index N, fc_index KR, const float *A,
 static void fc_igemm_f32(fc_index M, fc_index N, fc_index R, fc_index SC,
                          fc_index seg, const float *A, const fc_index *offs,
                          const float *B, fc_index ldb, float *C, fc_index ldc) {}
-static void fc_bgemm_f32(fc_index M, fc_index n_begin, fc_index N, fc_index KR,
-                         const float *A, fc_index a_rs, fc_index a_cs, const float *B,
+static void fc_bgemm_f32(fc_index M, fc_index N, fc_index KR, const float *A,
+                         fc_index a_rs, fc_index a_cs, const float *B,
                          const fc_index *boffs, fc_index SC, fc_index seg,
                          int accumulate, float *C, fc_index ldc) {}
 static void fc_cgemm_f32(fc_index M, fc_index N, fc_index KR, const float *A,

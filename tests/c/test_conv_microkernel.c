@@ -44,11 +44,12 @@ static void naive_forward(const float *xp, const fc_index *offs, const float *wr
         }
 }
 
-/* The convolution through window offsets: forward (igemm), dW (bgemm), dx (cgemm) and the
- * row tiles (dconv), on a padded channels-last image. */
-static void test_conv(unsigned *seed)
+/* The convolution through window offsets: forward (igemm), dW (bgemm), dx (cgemm, for runs
+ * of whole vectors: S*C a multiple of 16) and the row tiles (dconv), on a padded
+ * channels-last image of C channels and an R x S kernel. */
+static void test_conv(unsigned *seed, fc_index C, fc_index R, fc_index S)
 {
-    fc_index C = 16, H = 7, W = 9, R = 3, S = 3, ph = 1, pw = 1, sh = 1, sw = 1, K = 20;
+    fc_index H = 7, W = 9, ph = 1, pw = 1, sh = 1, sw = 1, K = 20;
     fc_index Hp = H + 2 * ph, Wp = W + 2 * pw, P = (Hp - R) / sh + 1, Q = (Wp - S) / sw + 1;
     fc_index SC = S * C, CRS = R * SC, PQ = P * Q, seg = Wp * C;
     float *x = randoms(C * H * W, seed), *xp = malloc(sizeof(float) * Hp * Wp * C);
@@ -93,10 +94,15 @@ static void test_conv(unsigned *seed)
                 acc += (double)dy[k * PQ + i] * xp[offs[i] + (j / SC) * seg + j % SC];
             want[k * CRS + j] = acc;
         }
-    fc_bgemm_f32(K, 0, CRS, PQ, dy, PQ, 1, xp, offs, SC, seg, 0, dwr, CRS);
+    fc_bgemm_f32(K, CRS, PQ, dy, PQ, 1, xp, offs, SC, seg, 0, dwr, CRS);
     check("fc_bgemm_f32", dwr, want, K * CRS, PQ);
 
     /* dxp += dY^T @ Wr, added onto each window; then dx = its inside */
+    if (SC % 16 != 0) {
+        free(x); free(xp); free(wrT); free(dy); free(offs); free(want_xp); free(yT);
+        free(want); free(b); free(y); free(want_y); free(dwr);
+        return;
+    }
     float *wr = randoms(K * CRS, seed), *dxp = calloc(Hp * Wp * C, sizeof(float));
     double *want_dxp = calloc(Hp * Wp * C, sizeof(double));
     for (fc_index i = 0; i < PQ; i++)
@@ -126,7 +132,8 @@ int main(void)
         return 77;
     }
     test_gemm(&seed);
-    test_conv(&seed);
+    test_conv(&seed, 16, 3, 3);       /* runs of 48: whole vectors */
+    test_conv(&seed, 6, 5, 5);        /* runs of 30 = 16 + 14: dW's last vector masked */
     if (failures == 0)
         printf("all agree\n");
     return failures ? 1 : 0;
