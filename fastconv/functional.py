@@ -226,14 +226,15 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward,
 
 
 _WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they save
-_FIRST_LAYER_MAX_CHANNELS = 3   # the direct kernel's forward and dw tiles up to this many inputs
+_FIRST_LAYER_MAX_CHANNELS = 3   # a first layer: the direct kernel's forward and dw tiles
 
 
 def _direct_dw_pays(x, w, stride, dilation, groups, backend):
     """Whether auto computes dw (and db) with the direct kernel's AVX2 or AVX-512 dW
-    tiles: float32, at most _FIRST_LAYER_MAX_CHANNELS input channels (a first layer on image data, where
-    im2col's columns are long and its GEMM narrow), stride 1 and no dilation along the
-    width, a kernel 3 or 5 wide; measured in docs/performance.md ("dW of the first layer")."""
+    tiles: float32, at most _FIRST_LAYER_MAX_CHANNELS input channels (a first layer on
+    image data, where im2col's columns are long and its GEMM narrow), stride 1 and no
+    dilation along the width, a kernel 3 or 5 wide; measured in docs/performance.md ("dW of
+    the first layer")."""
     return (backend == "fast" and groups == 1 and x.dtype == _FLOAT32
             and x.shape[1] <= _FIRST_LAYER_MAX_CHANNELS and stride[1] == 1
             and dilation[1] == 1 and w.shape[3] in (3, 5) and _simd_isa() != "baseline")

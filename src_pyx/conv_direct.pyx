@@ -267,9 +267,10 @@ cdef void _phase_plane(const float* src, float* dst, Py_ssize_t H, Py_ssize_t W,
 
 
 cdef void _conv_block_simd(const float* xs, const Py_ssize_t* tap, const float* wT,
-                           const float* b, float* y, Py_ssize_t K, Py_ssize_t T, Py_ssize_t row,
-                           Py_ssize_t sh, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t k0,
-                           Py_ssize_t k1, const float* res, bint relu) noexcept nogil:
+                           const float* b, float* y, Py_ssize_t K, Py_ssize_t T,
+                           Py_ssize_t row, Py_ssize_t sh, Py_ssize_t P, Py_ssize_t Q,
+                           Py_ssize_t k0, Py_ssize_t k1, const float* res,
+                           bint relu) noexcept nogil:
     """Output channels k0 <= k < k1 of one image on AVX2 or AVX-512, row by row
     (fastconv_row_f32: tiles of those channels x 1 or 2 vectors of columns) over the image xs
     split into column phases (_phase_plane); then the fused epilogue on those channels'
@@ -288,36 +289,39 @@ cdef object _forward_simd(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
                           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
                           Py_ssize_t P, Py_ssize_t Q, int nt, bint relu):
     """conv2d_forward in float32 on AVX2 or AVX-512, as a sum over the C*R*S taps
-    (fc_tile16_body, fc_tile8_body): x zero-padded and split into sw column phases (_phase_plane), so that tap t = (c, r, s)
-    of output column q reads tap[t] + q from the start of its output row: (c*Hp + r*dh)
-    rows down, in phase (s*dw) % sw, (s*dw) // sw columns in; the weights transposed to
-    wT (C*R*S, K). One task per (image, block of K // n_kb or one more channels)."""
+    (fc_tile16_body, fc_tile8_body). One task per image: the image zero-padded into the
+    thread's scratch and split into sw column phases (_phase_plane), so that tap
+    t = (c, r, s) of output column q reads tap[t] + q from the start of its output row:
+    (c*Hp + r*dh) rows down, in phase (s*dw) % sw, (s*dw) // sw columns in; the weights
+    transposed to wT (C*R*S, K); then the output channels in blocks of K // n_kb or one
+    more (as many as a tile holds)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3], i, t, c, r, s
+    cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3], t, c, r, s, n
     cdef Py_ssize_t Hp = H + 2 * ph, Wph = (W + 2 * pw + sw - 1) // sw, row = sw * Wph
     cdef Py_ssize_t T = C * R * S, kt = fastconv_row_max_kt(_ISA, Q), n_kb = (K + kt - 1) // kt
-    xs_arr = np.empty((N, C, Hp, row), dtype=np.float32)
+    xs_arr = np.empty((nt, C * Hp * row), dtype=np.float32)     # one padded image per thread
     tap_arr = np.empty(T, dtype=np.intp)
     wT_arr = np.ascontiguousarray(np.asarray(w).reshape(K, T).T)
     y_arr = np.empty((N, K, P, Q), dtype=np.float32)
-    cdef float[:, :, :, ::1] xs = xs_arr
+    cdef float[:, ::1] xs = xs_arr
     cdef Py_ssize_t[::1] tap = tap_arr
     cdef const float[:, ::1] wT = wT_arr
     cdef float[:, :, :, ::1] y = y_arr
+    cdef float* xs_t
     for c in range(C):
         for r in range(R):
             for s in range(S):
                 tap[(c * R + r) * S + s] = ((c * Hp + r * dh) * row + (s * dw) % sw * Wph
                                             + (s * dw) // sw)
     with nogil:
-        for i in prange(N * C, schedule="static", num_threads=nt):
-            _phase_plane(&x[i // C, i % C, 0, 0], &xs[i // C, i % C, 0, 0], H, W, Hp, ph, pw,
-                         sw, Wph)
-        for t in prange(N * n_kb, schedule="dynamic", num_threads=nt):
-            _conv_block_simd(&xs[t // n_kb, 0, 0, 0], &tap[0], &wT[0, 0], b,
-                             &y[t // n_kb, 0, 0, 0], K, T, row, sh, P, Q,
-                             (t % n_kb) * K // n_kb, (t % n_kb + 1) * K // n_kb,
-                             NULL if res == NULL else res + (t // n_kb) * K * P * Q, relu)
+        for n in prange(N, schedule="dynamic", num_threads=nt):
+            xs_t = &xs[threadid(), 0]
+            for c in range(C):
+                _phase_plane(&x[n, c, 0, 0], xs_t + c * Hp * row, H, W, Hp, ph, pw, sw, Wph)
+            for t in range(n_kb):
+                _conv_block_simd(xs_t, &tap[0], &wT[0, 0], b, &y[n, 0, 0, 0], K, T, row, sh,
+                                 P, Q, t * K // n_kb, (t + 1) * K // n_kb,
+                                 NULL if res == NULL else res + n * K * P * Q, relu)
     return y_arr
 
 
@@ -636,8 +640,9 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
             for i in prange(n_kb * C, schedule="dynamic", num_threads=nt):
                 k0 = (i // C) * K // n_kb
                 k1 = (i // C + 1) * K // n_kb
-                fastconv_dw_rows_f32(&xp[0, i % C, 0, 0], &dy[0, k0, 0, 0], &dw[k0, i % C, 0, 0],
-                                     &sums[threadid(), 0], k1 - k0, N, P, Q, R, S,
+                fastconv_dw_rows_f32(&xp[0, i % C, 0, 0], &dy[0, k0, 0, 0],
+                                     &dw[k0, i % C, 0, 0], &sums[threadid(), 0], k1 - k0,
+                                     N, P, Q, R, S,
                                      C * xp.shape[2] * xp.shape[3], sh * xp.shape[3],
                                      dh * xp.shape[3], K * P * Q, P * Q, C * R * S)
     elif K >= KB:

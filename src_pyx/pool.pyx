@@ -602,7 +602,7 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     cdef floating a, b, c, d, v, top, bottom
     cdef int nan = 0
     if floating is float and _SIMD_2X2:
-        return fc_max_backward_2x2_f32(dyp, xp, dxp, H, W, P, Q)   # this loop, 16 windows at once
+        return fc_max_backward_2x2_f32(dyp, xp, dxp, H, W, P, Q)   # 16 windows at once
     for p in range(P):
         r0 = xp + 2 * p * W
         r1 = r0 + W

@@ -286,7 +286,8 @@ static inline __attribute__((always_inline)) __mmask16 fc_lanes16(Py_ssize_t n)
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
 }
 /* AVX-512 forward: y[k0 + j, p, q0 + i] for j < KT output channels and NV vectors of 16
- * columns i (i < ncols: masks cut the row's end), as a sum over the T = C*R*S taps t = (c, r, s):
+ * columns i (i < ncols: masks cut the row's end), as a sum over the T = C*R*S taps
+ * t = (c, r, s):
  *     y[k0 + j, p, q0 + i] = b[k0 + j] + sum_t wT[t, k0 + j] * x[tap[t] + i]
  * with the KT x NV accumulators held in registers: per tap, NV vectors of x loaded feed
  * KT channels, each weight broadcast NV vectors. x points at the tile's first window in
@@ -355,7 +356,7 @@ void fc_tile8_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const fl
 {
     __m256 acc[12][2], xv[2];
     __m256i m[2];
-    int full[2];       /* whole vectors take plain loads and stores: AMD's masked ones are slow */
+    int full[2];       /* whole vectors: plain loads and stores (AMD's masked ones are slow) */
     FC_UNROLL for (int v = 0; v < NV; v++) {
         m[v] = fc_lanes8(ncols - 8 * v);
         full[v] = ncols - 8 * v >= 8;

@@ -53,10 +53,13 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
             __m512 t1 = _mm512_maskz_loadu_ps(m2, r0 + 2 * q + 16);
             __m512 b0 = _mm512_maskz_loadu_ps(m1, r1 + 2 * q);
             __m512 b1 = _mm512_maskz_loadu_ps(m2, r1 + 2 * q + 16);
-            __m512 a = _mm512_permutex2var_ps(t0, even, t1), b = _mm512_permutex2var_ps(t0, odd, t1);
-            __m512 c = _mm512_permutex2var_ps(b0, even, b1), d = _mm512_permutex2var_ps(b0, odd, b1);
+            __m512 a = _mm512_permutex2var_ps(t0, even, t1);    /* top row: a b a b ... */
+            __m512 b = _mm512_permutex2var_ps(t0, odd, t1);
+            __m512 c = _mm512_permutex2var_ps(b0, even, b1);    /* bottom row: c d c d ... */
+            __m512 d = _mm512_permutex2var_ps(b0, odd, b1);
             __m512 v = _mm512_maskz_loadu_ps(mw, g + q);
-            nan |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
+            nan |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q)
+                   | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
             __mmask16 b_gt_a = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ);
             __mmask16 d_gt_c = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
             __m512 top = _mm512_mask_blend_ps(b_gt_a, a, b);        /* b if b > a else a */
