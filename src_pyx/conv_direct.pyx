@@ -417,11 +417,11 @@ cdef extern from "fc_conv_direct.h":
     # AVX-512, float32, stride 1 along the row: up to 4 channels x all R x S taps
     enum: FC_DW_ROWS_MAX_KB
     bint fastconv_dw_rows_applies(int isa, Py_ssize_t S) noexcept nogil
-    void fastconv_dw_rows_f32(const float* x, const float* dy, float* dw, float* sums,
-                              Py_ssize_t kb, Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q,
-                              Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n, Py_ssize_t x_p,
-                              Py_ssize_t x_r, Py_ssize_t dy_n, Py_ssize_t dy_k,
-                              Py_ssize_t dw_k) noexcept nogil
+    void fastconv_dw_rows_f32(const float* x, const float* dy, float* dw, float* db,
+                              float* sums, Py_ssize_t kb, Py_ssize_t N, Py_ssize_t P,
+                              Py_ssize_t Q, Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n,
+                              Py_ssize_t x_p, Py_ssize_t x_r, Py_ssize_t dy_n,
+                              Py_ssize_t dy_k, Py_ssize_t dw_k) noexcept nogil
 
 
 cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] xp,
@@ -628,9 +628,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef const floating[:, :, :, ::1] xp
     cdef Py_ssize_t n_kb = (K + KB - 1) // KB, k0, k1
     cdef float[:, ::1] sums
+    cdef bint db_done = False                    # db computed with dw (the AVX-512 tiles)
     if floating is float and sw == 1 and dwd == 1 and fastconv_dw_rows_applies(_ISA, S):
         # AVX-512: one task per (input channel, block of at most 4 output channels), all
-        # taps at once, image by image (fastconv_dw_rows_f32); blocks of K // n_kb or one more
+        # taps at once, image by image (fastconv_dw_rows_f32); blocks of K // n_kb or one
+        # more; the tasks of input channel 0 sum db too
         n_kb = (K + FC_DW_ROWS_MAX_KB - 1) // FC_DW_ROWS_MAX_KB
         xp = x
         if ph > 0 or pw > 0:
@@ -641,10 +643,12 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                 k0 = (i // C) * K // n_kb
                 k1 = (i // C + 1) * K // n_kb
                 fastconv_dw_rows_f32(&xp[0, i % C, 0, 0], &dy[0, k0, 0, 0],
-                                     &dw[k0, i % C, 0, 0], &sums[threadid(), 0], k1 - k0,
-                                     N, P, Q, R, S,
+                                     &dw[k0, i % C, 0, 0],
+                                     &db[k0] if need_db and i % C == 0 else NULL,
+                                     &sums[threadid(), 0], k1 - k0, N, P, Q, R, S,
                                      C * xp.shape[2] * xp.shape[3], sh * xp.shape[3],
                                      dh * xp.shape[3], K * P * Q, P * Q, C * R * S)
+        db_done = True
     elif K >= KB:
         # dw in register tiles over the padded input, one (block of 4 k, c) pair per task
         xp = x
@@ -667,9 +671,10 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                 _dw_slice(dy, xp, dw, &acc[threadid(), 0], i // C, i % C, sh, sw, 0, 0, dh, dwd)
     if not need_db:
         return dx_arr, dw_arr, None
-    with nogil:
-        for k in prange(K, schedule="static", num_threads=nt):
-            _db_one(dy, db, k)
+    if not db_done:
+        with nogil:
+            for k in prange(K, schedule="static", num_threads=nt):
+                _db_one(dy, db, k)
     return dx_arr, dw_arr, db_arr
 
 

@@ -202,23 +202,26 @@ void fc_dw_row5(const float *x, const float *dy, float *out, Py_ssize_t N, Py_ss
  * here the loop over images is outermost, so one image's rows (a few KiB) are read from
  * memory once and from L1 for every r. Per image and kernel row r, the KB x S
  * accumulators of row r come into registers from sums (a scratch of R * KB * S vectors
- * of 16 floats),
- * run over all (p, q) of the image, and go back. Per 16 columns: KB vectors of dy and S
- * of x feed KB * S fused multiply-adds. Each lane sums over n, p, then q in order, and the
- * 16 lanes are added in order at the end: the order depends on the shapes only.
+ * of 16 floats), run over all (p, q) of the image, and go back. Per 16 columns: KB
+ * vectors of dy and S of x feed KB * S fused multiply-adds. Each lane sums over n, p,
+ * then q in order, and the 16 lanes are added in order at the end: the order depends on
+ * the shapes only.
  * x points at (n = 0, c, row 0) of the padded input: row p*sh + r*dh of image n is at
  * x + n*x_n + p*x_p + r*x_r. dy points at (n = 0, k0, 0, 0), its channels dy_k apart;
- * dw[j * dw_k + r * S + s] gets the sums. */
+ * dw[j * dw_k + r * S + s] gets the sums. Unless db is NULL, each image's dy is also
+ * summed (in double, lane by lane, while it is in L1) into db[j] = sum over (n, p, q). */
 static inline __attribute__((always_inline, target("avx512f,fma")))
-void fc_dw_rows_body(const float *x, const float *dy, float *dw, float *sums, Py_ssize_t N,
-                     Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R, Py_ssize_t x_n,
+void fc_dw_rows_body(const float *x, const float *dy, float *dw, float *db, float *sums,
+                     Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R, Py_ssize_t x_n,
                      Py_ssize_t x_p, Py_ssize_t x_r, Py_ssize_t dy_n, Py_ssize_t dy_k,
                      Py_ssize_t dw_k, const int KB, const int S)
 {
     __m512 acc[4][FC_DW_ROW_MAX_S], d[4], xv;
+    __m512d dsum[4][2];
     const Py_ssize_t full = Q - Q % 16;
     const __mmask16 tail = (__mmask16)((1u << (Q % 16)) - 1);
     for (Py_ssize_t i = 0; i < R * KB * S * 16; i++) sums[i] = 0;
+    FC_UNROLL for (int j = 0; j < KB; j++) dsum[j][0] = dsum[j][1] = _mm512_setzero_pd();
     for (Py_ssize_t n = 0; n < N; n++) {
         for (Py_ssize_t r = 0; r < R; r++) {
             float *row_sums = sums + r * KB * S * 16;
@@ -243,7 +246,30 @@ void fc_dw_rows_body(const float *x, const float *dy, float *dw, float *sums, Py
                 FC_UNROLL for (int s = 0; s < S; s++)
                     _mm512_storeu_ps(row_sums + (j * S + s) * 16, acc[j][s]);
         }
+        if (db != NULL)          /* db: the image's dy, still in L1, summed in double */
+            for (Py_ssize_t p = 0; p < P; p++) {
+                const float *dy_row = dy + n * dy_n + p * Q;
+                for (Py_ssize_t q = 0; q < Q; q += 16) {
+                    const __mmask16 m = q < full ? (__mmask16)0xFFFF : tail;
+                    FC_UNROLL for (int j = 0; j < KB; j++) {
+                        __m512 v = _mm512_maskz_loadu_ps(m, dy_row + j * dy_k + q);
+                        __m256 lo = _mm512_castps512_ps256(v);             /* lanes 0-7 */
+                        __m256 hi = _mm256_castpd_ps(                      /* lanes 8-15 */
+                            _mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+                        dsum[j][0] = _mm512_add_pd(dsum[j][0], _mm512_cvtps_pd(lo));
+                        dsum[j][1] = _mm512_add_pd(dsum[j][1], _mm512_cvtps_pd(hi));
+                    }
+                }
+            }
     }
+    if (db != NULL)
+        FC_UNROLL for (int j = 0; j < KB; j++) {
+            double lanes[16], total = 0;
+            _mm512_storeu_pd(lanes, dsum[j][0]);
+            _mm512_storeu_pd(lanes + 8, dsum[j][1]);
+            for (int i = 0; i < 16; i++) total += lanes[i];
+            db[j] = (float)total;
+        }
     for (Py_ssize_t r = 0; r < R; r++)
         for (int j = 0; j < KB; j++)
             for (int s = 0; s < S; s++) {
@@ -257,16 +283,16 @@ void fc_dw_rows_body(const float *x, const float *dy, float *dw, float *sums, Py
 /* one copy per (KB, S), so that the KB x S accumulators are registers */
 #define FC_DW_ROWS(KB, S)                                                                 \
 static __attribute__((target("avx512f,fma"), noinline))                                   \
-void fc_dw_rows_##KB##_##S(const float *x, const float *dy, float *dw, float *sums,       \
-                           Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R,        \
-                           Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t x_r,                \
+void fc_dw_rows_##KB##_##S(const float *x, const float *dy, float *dw, float *db,        \
+                           float *sums, Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q,         \
+                           Py_ssize_t R, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t x_r,  \
                            Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t dw_k)             \
-{ fc_dw_rows_body(x, dy, dw, sums, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k, dw_k, KB, S); }
+{ fc_dw_rows_body(x, dy, dw, db, sums, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k, dw_k, KB, S); }
 FC_DW_ROWS(1, 3) FC_DW_ROWS(2, 3) FC_DW_ROWS(3, 3) FC_DW_ROWS(4, 3)
 FC_DW_ROWS(1, 5) FC_DW_ROWS(2, 5) FC_DW_ROWS(3, 5) FC_DW_ROWS(4, 5)
-typedef void (*fc_dw_rows_fn)(const float *, const float *, float *, float *, Py_ssize_t,
+typedef void (*fc_dw_rows_fn)(const float *, const float *, float *, float *, float *,
                               Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                              Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t);
+                              Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t);
 static const fc_dw_rows_fn fc_dw_rows[2][4] = {
     {fc_dw_rows_1_3, fc_dw_rows_2_3, fc_dw_rows_3_3, fc_dw_rows_4_3},
     {fc_dw_rows_1_5, fc_dw_rows_2_5, fc_dw_rows_3_5, fc_dw_rows_4_5}};
@@ -454,19 +480,20 @@ static int fastconv_dw_rows_applies(int isa, Py_ssize_t S)
 }
 
 /* The call conv_direct.pyx makes where fastconv_dw_rows_applies, for kb <= 4 channels;
+ * db (kb values, or NULL: not wanted) gets dy summed over (n, p, q), by lanes in double;
  * sums: a scratch of R * kb * S * 16 floats. */
-static void fastconv_dw_rows_f32(const float *x, const float *dy, float *dw, float *sums,
-                                 Py_ssize_t kb, Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q,
-                                 Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n, Py_ssize_t x_p,
-                                 Py_ssize_t x_r, Py_ssize_t dy_n, Py_ssize_t dy_k,
-                                 Py_ssize_t dw_k)
+static void fastconv_dw_rows_f32(const float *x, const float *dy, float *dw, float *db,
+                                 float *sums, Py_ssize_t kb, Py_ssize_t N, Py_ssize_t P,
+                                 Py_ssize_t Q, Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n,
+                                 Py_ssize_t x_p, Py_ssize_t x_r, Py_ssize_t dy_n,
+                                 Py_ssize_t dy_k, Py_ssize_t dw_k)
 {
 #if FC_HAVE_X86_SIMD
-    fc_dw_rows[S == 5][kb - 1](x, dy, dw, sums, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k,
+    fc_dw_rows[S == 5][kb - 1](x, dy, dw, db, sums, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k,
                                 dw_k);
 #else
-    (void)x; (void)dy; (void)dw; (void)sums; (void)kb; (void)N; (void)P; (void)Q; (void)R;
-    (void)S; (void)x_n; (void)x_p; (void)x_r; (void)dy_n; (void)dy_k; (void)dw_k;
+    (void)x; (void)dy; (void)dw; (void)db; (void)sums; (void)kb; (void)N; (void)P; (void)Q;
+    (void)R; (void)S; (void)x_n; (void)x_p; (void)x_r; (void)dy_n; (void)dy_k; (void)dw_k;
 #endif
 }
 
