@@ -458,12 +458,13 @@ static void fastconv_row_f32(int isa, const float *x, const Py_ssize_t *tap, Py_
     const Py_ssize_t L = isa >= FC_ISA_AVX512 ? 16 : 8;      /* lanes */
     for (Py_ssize_t q0 = 0; q0 < Q; q0 += 2 * L) {
         Py_ssize_t rem = Q - q0;
-        if (L == 16)
-            (rem > 16 ? fc_tiles16_2 : fc_tiles16_1)[kt - 1](x + q0, tap, T, wT, K, b, y + q0,
-                                                             y_step, rem);
-        else
-            (rem > 8 ? fc_tiles8_2 : fc_tiles8_1)[kt - 1](x + q0, tap, T, wT, K, b, y + q0,
-                                                          y_step, rem);
+        if (L == 16) {
+            fc_tile16_fn tile = rem > 16 ? fc_tiles16_2[kt - 1] : fc_tiles16_1[kt - 1];
+            tile(x + q0, tap, T, wT, K, b, y + q0, y_step, rem);
+        } else {
+            fc_tile8_fn tile = rem > 8 ? fc_tiles8_2[kt - 1] : fc_tiles8_1[kt - 1];
+            tile(x + q0, tap, T, wT, K, b, y + q0, y_step, rem);
+        }
     }
 #else
     (void)isa; (void)x; (void)tap; (void)T; (void)wT; (void)K; (void)b; (void)y; (void)kt;
