@@ -152,10 +152,11 @@ def _blas_controllers():
 
 @functools.cache
 def _thread_calls(lc):
-    """(get, set) of one BLAS library's thread count (found once per library): OpenBLAS's own C functions, called
-    through ctypes, where threadpoolctl's methods wrap each call in ~1 us of Python (and
-    ignore a thread other than the one that set OpenBLAS first; _blas_lock orders ours);
-    the methods for the libraries whose functions threadpoolctl does not name."""
+    """(get, set) of one BLAS library's thread count (found once per library): OpenBLAS's
+    own C functions, called through ctypes, where threadpoolctl's methods wrap each call
+    in ~1 us of Python (and ignore a thread other than the one that set OpenBLAS first;
+    _blas_lock orders ours); the methods for the libraries whose functions threadpoolctl
+    does not name."""
     symbol = getattr(lc, "_get_symbol", None)
     if getattr(lc, "internal_api", None) == "openblas" and symbol is not None:
         omp = getattr(lc, "threading_layer", None) == "openmp"

@@ -216,8 +216,7 @@ def _auto_algo(x_channels, w_shape, stride, dilation, groups, backend, backward,
     # the GEMM is a matrix-vector product with nothing to reuse, and building the columns
     # is pure overhead; a first layer's forward runs faster on the direct kernel's AVX2 or
     # AVX-512 tiles (measurements: docs/performance.md).
-    if K == 1 or (not backward and C <= _FIRST_LAYER_MAX_CHANNELS and dtype == _FLOAT32
-                  and _simd_isa() != "baseline"):
+    if K == 1 or (not backward and _first_layer_tiles(C, dtype)):
         return "direct"
     if (_winograd_applies(w_shape, stride, groups)
             and min(C, K) >= _WINOGRAD_MIN_CHANNELS):
@@ -229,15 +228,20 @@ _WINOGRAD_MIN_CHANNELS = 16   # below, the transforms outweigh the GEMMs they sa
 _FIRST_LAYER_MAX_CHANNELS = 3   # a first layer: the direct kernel's forward and dw tiles
 
 
+def _first_layer_tiles(channels, dtype):
+    """Whether the direct kernel's SIMD tiles for a first layer run: float32, at most
+    _FIRST_LAYER_MAX_CHANNELS input channels (image data: im2col's columns are long and
+    its GEMM narrow there), on AVX2 or AVX-512."""
+    return (channels <= _FIRST_LAYER_MAX_CHANNELS and dtype == _FLOAT32
+            and _simd_isa() != "baseline")
+
+
 def _direct_dw_pays(x, w, stride, dilation, groups, backend):
     """Whether auto computes dw (and db) with the direct kernel's AVX2 or AVX-512 dW
-    tiles: float32, at most _FIRST_LAYER_MAX_CHANNELS input channels (a first layer on
-    image data, where im2col's columns are long and its GEMM narrow), stride 1 and no
-    dilation along the width, a kernel 3 or 5 wide; measured in docs/performance.md ("dW of
-    the first layer")."""
-    return (backend == "fast" and groups == 1 and x.dtype == _FLOAT32
-            and x.shape[1] <= _FIRST_LAYER_MAX_CHANNELS and stride[1] == 1
-            and dilation[1] == 1 and w.shape[3] in (3, 5) and _simd_isa() != "baseline")
+    tiles: a first layer (_first_layer_tiles), stride 1 and no dilation along the width, a
+    kernel 3 or 5 wide; measured in docs/performance.md ("dW of the first layer")."""
+    return (backend == "fast" and groups == 1 and stride[1] == 1 and dilation[1] == 1
+            and w.shape[3] in (3, 5) and _first_layer_tiles(x.shape[1], x.dtype))
 
 
 @functools.cache

@@ -317,7 +317,7 @@ static inline __attribute__((always_inline)) __mmask16 fc_lanes16(Py_ssize_t n)
  *     y[k0 + j, p, q0 + i] = b[k0 + j] + sum_t wT[t, k0 + j] * x[tap[t] + i]
  * with the KT x NV accumulators held in registers: per tap, NV vectors of x loaded feed
  * KT channels, each weight broadcast NV vectors. x points at the tile's first window in
- * one padded image (split into column phases, see fastconv_row16_f32), so tap t of every
+ * one padded image (split into column phases, see fastconv_row_f32), so tap t of every
  * output column is tap[t] further on; wT (T, K) is the weights transposed, pointing at
  * wT[0, k0]; y at y[k0, p, q0], channels y_step apart; b at b[k0] or NULL. Each output
  * sums the bias, then the taps in order. */
@@ -346,26 +346,29 @@ void fc_tile16_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const f
             _mm512_mask_storeu_ps(y + j * y_step + 16 * v, m[v], acc[j][v]);
 }
 
-/* one copy per (KT, NV), so that the accumulators are registers: NV = 2 vectors (32
- * columns) of up to 8 channels, or one vector of up to 16 */
-#define FC_TILE16(KT, NV)                                                                 \
-static __attribute__((target("avx512f,fma"), noinline))                                   \
-void fc_tile16_##KT##_##NV(const float *x, const Py_ssize_t *tap, Py_ssize_t T,           \
-                           const float *wT, Py_ssize_t K, const float *b, float *y,        \
-                           Py_ssize_t y_step, Py_ssize_t ncols)                            \
-{ fc_tile16_body(x, tap, T, wT, K, b, y, y_step, ncols, KT, NV); }
+/* One copy of fc_tile<L>_body per (KT, NV), so that the accumulators are registers,
+ * compiled for TARGET: fc_tile<L>_<KT>_<NV>, for both instruction sets. */
+#define FC_ROW_TILE(L, KT, NV, TARGET)                                                    \
+static __attribute__((target(TARGET), noinline))                                          \
+void fc_tile##L##_##KT##_##NV(const float *x, const Py_ssize_t *tap, Py_ssize_t T,        \
+                              const float *wT, Py_ssize_t K, const float *b, float *y,     \
+                              Py_ssize_t y_step, Py_ssize_t ncols)                         \
+{ fc_tile##L##_body(x, tap, T, wT, K, b, y, y_step, ncols, KT, NV); }
+typedef void (*fc_row_tile_fn)(const float *, const Py_ssize_t *, Py_ssize_t, const float *,
+                               Py_ssize_t, const float *, float *, Py_ssize_t, Py_ssize_t);
+
+/* AVX-512: NV = 2 vectors (32 columns) of up to 8 channels, or one vector of up to 16 */
+#define FC_TILE16(KT, NV) FC_ROW_TILE(16, KT, NV, "avx512f,fma")
 FC_TILE16(1, 2) FC_TILE16(2, 2) FC_TILE16(3, 2) FC_TILE16(4, 2)
 FC_TILE16(5, 2) FC_TILE16(6, 2) FC_TILE16(7, 2) FC_TILE16(8, 2)
 FC_TILE16(1, 1) FC_TILE16(2, 1) FC_TILE16(3, 1) FC_TILE16(4, 1)
 FC_TILE16(5, 1) FC_TILE16(6, 1) FC_TILE16(7, 1) FC_TILE16(8, 1)
 FC_TILE16(9, 1) FC_TILE16(10, 1) FC_TILE16(11, 1) FC_TILE16(12, 1)
 FC_TILE16(13, 1) FC_TILE16(14, 1) FC_TILE16(15, 1) FC_TILE16(16, 1)
-typedef void (*fc_tile16_fn)(const float *, const Py_ssize_t *, Py_ssize_t, const float *,
-                             Py_ssize_t, const float *, float *, Py_ssize_t, Py_ssize_t);
-static const fc_tile16_fn fc_tiles16_2[8] = {
+static const fc_row_tile_fn fc_tiles16_2[8] = {
     fc_tile16_1_2, fc_tile16_2_2, fc_tile16_3_2, fc_tile16_4_2,
     fc_tile16_5_2, fc_tile16_6_2, fc_tile16_7_2, fc_tile16_8_2};
-static const fc_tile16_fn fc_tiles16_1[16] = {
+static const fc_row_tile_fn fc_tiles16_1[16] = {
     fc_tile16_1_1, fc_tile16_2_1, fc_tile16_3_1, fc_tile16_4_1,
     fc_tile16_5_1, fc_tile16_6_1, fc_tile16_7_1, fc_tile16_8_1,
     fc_tile16_9_1, fc_tile16_10_1, fc_tile16_11_1, fc_tile16_12_1,
@@ -408,20 +411,14 @@ void fc_tile8_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const fl
                 _mm256_maskstore_ps(y + j * y_step + 8 * v, m[v], acc[j][v]);
 }
 
-#define FC_TILE8(KT, NV)                                                                  \
-static __attribute__((target("avx2,fma"), noinline))                                      \
-void fc_tile8_##KT##_##NV(const float *x, const Py_ssize_t *tap, Py_ssize_t T,            \
-                          const float *wT, Py_ssize_t K, const float *b, float *y,         \
-                          Py_ssize_t y_step, Py_ssize_t ncols)                             \
-{ fc_tile8_body(x, tap, T, wT, K, b, y, y_step, ncols, KT, NV); }
+/* AVX2: 2 vectors (16 columns) of up to 6 channels, or one vector of up to 12 */
+#define FC_TILE8(KT, NV) FC_ROW_TILE(8, KT, NV, "avx2,fma")
 FC_TILE8(1, 2) FC_TILE8(2, 2) FC_TILE8(3, 2) FC_TILE8(4, 2) FC_TILE8(5, 2) FC_TILE8(6, 2)
 FC_TILE8(1, 1) FC_TILE8(2, 1) FC_TILE8(3, 1) FC_TILE8(4, 1) FC_TILE8(5, 1) FC_TILE8(6, 1)
 FC_TILE8(7, 1) FC_TILE8(8, 1) FC_TILE8(9, 1) FC_TILE8(10, 1) FC_TILE8(11, 1) FC_TILE8(12, 1)
-typedef void (*fc_tile8_fn)(const float *, const Py_ssize_t *, Py_ssize_t, const float *,
-                            Py_ssize_t, const float *, float *, Py_ssize_t, Py_ssize_t);
-static const fc_tile8_fn fc_tiles8_2[6] = {
+static const fc_row_tile_fn fc_tiles8_2[6] = {
     fc_tile8_1_2, fc_tile8_2_2, fc_tile8_3_2, fc_tile8_4_2, fc_tile8_5_2, fc_tile8_6_2};
-static const fc_tile8_fn fc_tiles8_1[12] = {
+static const fc_row_tile_fn fc_tiles8_1[12] = {
     fc_tile8_1_1, fc_tile8_2_1, fc_tile8_3_1, fc_tile8_4_1, fc_tile8_5_1, fc_tile8_6_1,
     fc_tile8_7_1, fc_tile8_8_1, fc_tile8_9_1, fc_tile8_10_1, fc_tile8_11_1, fc_tile8_12_1};
 
@@ -459,10 +456,10 @@ static void fastconv_row_f32(int isa, const float *x, const Py_ssize_t *tap, Py_
     for (Py_ssize_t q0 = 0; q0 < Q; q0 += 2 * L) {
         Py_ssize_t rem = Q - q0;
         if (L == 16) {
-            fc_tile16_fn tile = rem > 16 ? fc_tiles16_2[kt - 1] : fc_tiles16_1[kt - 1];
+            fc_row_tile_fn tile = rem > 16 ? fc_tiles16_2[kt - 1] : fc_tiles16_1[kt - 1];
             tile(x + q0, tap, T, wT, K, b, y + q0, y_step, rem);
         } else {
-            fc_tile8_fn tile = rem > 8 ? fc_tiles8_2[kt - 1] : fc_tiles8_1[kt - 1];
+            fc_row_tile_fn tile = rem > 8 ? fc_tiles8_2[kt - 1] : fc_tiles8_1[kt - 1];
             tile(x + q0, tap, T, wT, K, b, y + q0, y_step, rem);
         }
     }
