@@ -133,6 +133,8 @@ class BuildExt(build_ext):
                   "and rebuild.\n" + "*" * 72 + "\n", file=sys.stderr)
         for ext in self.extensions:
             ext.extra_compile_args = compile_args + list(ext.extra_compile_args or [])
+            if ext.name in EXACT_ROUNDING and ctype != "msvc":   # MSVC never contracts
+                ext.extra_compile_args.append("-ffp-contract=off")
             ext.extra_link_args = link_args + list(ext.extra_link_args or [])
         self._write_build_config(use_openmp, compile_args, link_args)
         super().build_extensions()
@@ -149,6 +151,12 @@ class BuildExt(build_ext):
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "_build_config.py"), "w") as f:
                 f.write(text)
+
+
+# Modules whose plain C arithmetic must round after each operation, as their NumPy twin
+# does: no multiply and add contracted into one fused multiply-add (FMA), which gcc and
+# clang do by default where the instructions exist (the AVX2 / AVX-512 copies).
+EXACT_ROUNDING = {"fastconv._ext.optim"}
 
 
 def extensions():

@@ -8,7 +8,7 @@ from . import _threads
 from ._backend import get_backend, source_folder_problem
 
 KERNEL_MODULES = ("_openmp", "conv_direct", "conv_im2col", "conv_winograd", "conv_depthwise",
-                  "pool", "batchnorm", "activation", "linear")
+                  "pool", "batchnorm", "activation", "linear", "optim", "loss")
 
 
 def _build_config():

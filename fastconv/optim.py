@@ -25,6 +25,10 @@ as plain arrays, which is what a checkpoint stores.
 """
 import numpy as np
 
+from ._backend import get_backend, implementation
+from ._threads import get_num_threads
+from .reference import optim as _reference_optim
+
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "make_optimizer", "OPTIMIZERS", "param_groups"]
 
 
@@ -72,8 +76,9 @@ class Optimizer:
             g["lr"] = self._lr * g["lr_scale"]
 
     def zero_grad(self):
+        """Set the gradient of every parameter it updates to zero (before each backward)."""
         for p in self.params:
-            p.grad[...] = 0
+            p.grad.fill(0)
 
     def step(self):
         """Update every trainable parameter from its gradient (call after ``model.backward``)."""
@@ -166,6 +171,19 @@ def _as_groups(owner, params, lr, weight_decay):
     return groups
 
 
+def _flat_ready(data, grad, buf):
+    """True when the compiled update can take these arrays as they are: one float dtype,
+    C-contiguous and aligned (p and buf writeable), so that ``reshape(-1)`` is a view."""
+    dtype = data.dtype
+    return (grad.dtype is dtype and buf.dtype is dtype
+            and (dtype is _FLOAT32 or dtype is _FLOAT64)
+            and data.flags.carray and buf.flags.carray
+            and grad.flags.c_contiguous and grad.flags.aligned)
+
+
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, Nesterov momentum and weight decay
     (``torch.optim.SGD``'s formulas; see the module docstring).
@@ -191,23 +209,34 @@ class SGD(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.momentum, self.dampening = float(momentum), float(dampening)
         self.nesterov = bool(nesterov)
+        self._flat = {}
 
     def _update(self, i, p, lr, weight_decay):
-        g = p.grad
-        if weight_decay:
-            g = g + p.data.dtype.type(weight_decay) * p.data
-        if self.momentum:
-            v = self.state["momentum_buffer"][i]
-            if self.step_count == 1:
-                v[...] = g                          # PyTorch starts the buffer at g, not 0
-            else:
-                v *= self.momentum
-                if self.dampening:
-                    v += (1 - self.dampening) * g
-                else:                               # the same bits, without a temporary
-                    v += g
-            g = g + self.momentum * v if self.nesterov else v
-        p.data -= p.data.dtype.type(lr) * g
+        # One pass of the compiled kernel over p, grad and the buffer (fastconv._ext.optim);
+        # its NumPy twin, fastconv.reference.optim.sgd_update, is the same formulas written
+        # as array operations, and runs for arrays the kernel cannot take.
+        args = (lr, self.momentum, self.dampening, weight_decay, self.nesterov,
+                self.step_count == 1)
+        kernels = implementation("optim", get_backend())
+        flat = self._flat_views(i, p) if kernels is not _reference_optim else None
+        if flat is not None:
+            kernels.sgd_update(*flat, *args, get_num_threads())
+        else:
+            _reference_optim.sgd_update(p.data, p.grad, self.state["momentum_buffer"][i],
+                                        *args)
+
+    def _flat_views(self, i, p):
+        """(p, grad, buffer) of parameter i as 1-D views for the kernel, or None where the
+        kernel cannot take them; kept from step to step while p.data and p.grad are the
+        same arrays (the kernel call is then all a step costs in Python)."""
+        data, grad = p.data, p.grad
+        cached = self._flat.get(i)
+        if cached is None or cached[0] is not data or cached[1] is not grad:
+            buf = self.state["momentum_buffer"][i]
+            views = ((data.reshape(-1), grad.reshape(-1), buf.reshape(-1))
+                     if _flat_ready(data, grad, buf) else None)
+            cached = self._flat[i] = (data, grad, views)
+        return cached[2]
 
     def extra_repr(self):
         return (f"lr={self.lr}, momentum={self.momentum}, dampening={self.dampening}, "

@@ -400,6 +400,41 @@ def test_cross_entropy_rejects_bad_labels():
         loss(np.zeros((2, 3)), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="logits"):
         loss(np.zeros(3), np.array([0]))
+    with pytest.raises(ValueError, match="at least one class"):
+        loss(np.zeros((2, 0)), np.array([0, 0]))
+    with pytest.raises(ValueError, match=r"got values in \[0, 18446744073709551615\]"):
+        loss(np.zeros((2, 3)), np.array([0, 2**64 - 1], np.uint64))
+    with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
+        loss(np.zeros((2, 3), np.float32), np.array([-1, 1]))
+    with pytest.raises(TypeError, match="real numbers"):
+        loss(np.zeros((2, 3), complex), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-6), (np.float64, 1e-14)])
+def test_cross_entropy_kernel_equals_reference(rng, dtype, rtol):
+    """The compiled loss (one pass per row) against its NumPy twin: value, softmax and
+    gradient, with huge logits, a NaN row and an Inf row among ordinary ones."""
+    import fastconv
+    logits = (rng.standard_normal((70, 10)) * 5).astype(dtype)
+    logits[3] *= 1e4
+    labels = rng.integers(0, 10, 70)
+    got, want = {}, {}
+    for backend, out in (("fast", got), ("reference", want)):
+        loss = nn.CrossEntropyLoss()
+        with fastconv.use_backend(backend):
+            out["value"] = loss(logits, labels.astype(np.int32))
+            out["grad"] = loss.backward()
+    assert got["grad"].dtype == dtype
+    assert got["value"] == pytest.approx(want["value"], rel=rtol)
+    np.testing.assert_allclose(got["grad"], want["grad"], rtol=rtol, atol=rtol / 70)
+    for bad in (np.nan, np.inf):
+        z = logits.copy()
+        z[5, 2] = bad
+        with fastconv.use_backend("fast"):
+            loss = nn.CrossEntropyLoss()
+            assert np.isnan(loss(z, labels))
+            g = loss.backward()
+        assert np.isnan(g[5]).all() and np.isfinite(np.delete(g, 5, axis=0)).all()
 
 
 def test_mse_loss(rng):

@@ -260,3 +260,81 @@ def test_lr_find(tmp_path):
         assert f["lrs"].shape == f["losses"].shape
     pytest.importorskip("matplotlib")
     assert (tmp_path / "lr.png").stat().st_size > 1000
+
+
+# --------------------------------------------------------------------------- the SGD kernel
+
+SGD_OPTIONS = [dict(momentum=0.0), dict(momentum=0.9), dict(momentum=0.9, nesterov=True),
+               dict(momentum=0.9, dampening=0.3), dict(momentum=0.8, weight_decay=0.01),
+               dict(momentum=0.9, nesterov=True, weight_decay=0.1),
+               dict(momentum=0.0, weight_decay=0.1)]
+
+
+def _sgd_trajectory(kw, dtype, backend, n=40000, steps=3):
+    """p after ``steps`` SGD steps on fixed gradients (n values: more than one block of the
+    kernel, a tail that is not whole vectors), with NaN, Inf and -0.0 among them."""
+    import fastconv
+    rng = np.random.default_rng(3)
+    p = Parameter(rng.standard_normal(n).astype(dtype))
+    p.data[:4] = [np.nan, np.inf, -0.0, 0.0]
+    grads = [rng.standard_normal(n).astype(dtype) for _ in range(steps)]
+    grads[1][5:8] = [np.inf, -np.inf, np.nan]
+    opt = SGD([p], lr=0.05, **kw)
+    with fastconv.use_backend(backend):
+        for g in grads:
+            p.grad[...] = g
+            opt.step()
+    return p.data, opt.state["momentum_buffer"][0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", SGD_OPTIONS)
+def test_sgd_kernel_equals_reference_bitwise(kw, dtype):
+    """The compiled update rounds as NumPy does, operation by operation: the same bits."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_p, want_buf = _sgd_trajectory(kw, dtype, "reference")
+        got_p, got_buf = _sgd_trajectory(kw, dtype, "fast")
+    assert got_p.dtype == dtype
+    np.testing.assert_array_equal(got_p.view(np.uint8), want_p.view(np.uint8))
+    np.testing.assert_array_equal(got_buf.view(np.uint8), want_buf.view(np.uint8))
+
+
+def test_sgd_kernel_thread_invariant_and_shapes():
+    import fastconv
+    results = []
+    for n in (1, 2):
+        with fastconv.num_threads(n):
+            results.append(_sgd_trajectory(dict(momentum=0.9), np.float32, "fast", n=100000))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    # a 4-D parameter, and one whose arrays the kernel cannot take (a strided view) update
+    # like their reference
+    for make in (lambda a: a, lambda a: a[:, ::2]):
+        ps = {}
+        for backend in ("fast", "reference"):
+            data = make(np.arange(48.0, dtype=np.float32).reshape(6, 8))
+            p = Parameter(np.zeros(1))
+            p.data, p.grad = data, np.ones_like(data)
+            opt = SGD([p], lr=0.5, momentum=0.5)
+            with fastconv.use_backend(backend):
+                opt.step()
+                opt.step()
+            ps[backend] = p.data
+        np.testing.assert_array_equal(ps["fast"], ps["reference"])
+
+
+def test_sgd_kernel_follows_replaced_arrays():
+    """A new p.data or p.grad array (e.g. a loaded checkpoint) is the one updated next."""
+    p = _param([1.0, 2.0], [1.0, 1.0])
+    opt = SGD([p], lr=0.5)
+    opt.step()
+    p.data = np.array([10.0, 20.0])
+    p.grad = np.array([2.0, 2.0])
+    opt.step()
+    np.testing.assert_array_equal(p.data, [9.0, 19.0])
+
+
+def test_sgd_kernel_rejects_mismatched_sizes():
+    from fastconv._backend import load_kernels
+    with pytest.raises(ValueError, match="values"):
+        load_kernels("optim").sgd_update(np.ones(3), np.ones(4), np.ones(3), 0.1, 0.9, 0.0,
+                                         0.0, False, False, 1)

@@ -61,9 +61,9 @@ def fastconv_train_step(model_name, x, labels, lr=0.01, momentum=0.9):
     opt = optim.SGD(params, lr=lr, momentum=momentum)
 
     def step():
+        opt.zero_grad()                             # as PyTorch's step
         logits = model(x)
         loss = loss_fn.forward(logits, labels)
-        model.zero_grad()
         model.backward_params(loss_fn.backward())   # no dL/dx of the images, as PyTorch
         opt.step()
         return loss

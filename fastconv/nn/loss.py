@@ -10,6 +10,7 @@ returns the gradient of that float with respect to the first array, ready for
 """
 import numpy as np
 
+from .._backend import get_backend, implementation
 from .module import Module
 
 
@@ -44,30 +45,37 @@ class CrossEntropyLoss(_Loss):
     def forward(self, logits, labels):
         logits = np.asarray(logits)
         labels = np.asarray(labels)
-        if logits.ndim != 2:
-            raise ValueError(f"CrossEntropyLoss: logits must be (N, classes), got {logits.shape}")
+        if logits.ndim != 2 or logits.shape[1] == 0:
+            raise ValueError(f"CrossEntropyLoss: logits must be (N, classes) with at least "
+                             f"one class, got {logits.shape}")
         N, K = logits.shape
         if labels.shape != (N,) or labels.dtype.kind not in "iu":    # signed or unsigned ints
             raise ValueError(f"CrossEntropyLoss: labels must be ({N},) integers, got shape "
                              f"{labels.shape} dtype {labels.dtype}")
-        if N and (labels.min() < 0 or labels.max() >= K):
+        if logits.dtype != np.float32 and logits.dtype != np.float64:
+            if logits.dtype.kind not in "iuf":
+                raise TypeError(f"CrossEntropyLoss: logits must be real numbers, got dtype "
+                                f"{logits.dtype}")
+            logits = logits.astype(np.float64)
+        given = labels
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        if given.dtype.kind == "u" and labels.size and labels.min() < 0:   # >= 2**63
+            labels = np.full(N, K, np.int64)                # an out-of-range label, below
+        # one pass per row in the kernel (fastconv._ext.loss); its NumPy twin,
+        # fastconv.reference.loss, is the formula written as array operations
+        kernels = implementation("loss", get_backend())
+        try:
+            loss, self._probs = kernels.cross_entropy_forward(np.ascontiguousarray(logits),
+                                                              labels)
+        except ValueError:          # the kernels check the labels' range first
             raise ValueError(f"CrossEntropyLoss: labels must be in [0, {K}), got values in "
-                             f"[{labels.min()}, {labels.max()}]")
-        z = logits - logits.max(axis=1, keepdims=True)      # <= 0: exp cannot overflow
-        e = np.exp(z)
-        s = e.sum(axis=1, keepdims=True)
-        rows = np.arange(N)
-        # log p[label] = z[label] - log(sum exp z); the mean is accumulated in float64.
-        loss = np.mean(np.log(s[:, 0], dtype=np.float64) - z[rows, labels], dtype=np.float64)
-        e /= s
-        self._probs, self._labels = e, labels
-        return float(loss)
+                             f"[{given.min()}, {given.max()}]") from None
+        self._labels = labels
+        return loss
 
     def backward(self, dy=None):
-        N = self._probs.shape[0]
-        d = self._probs * (1.0 / N)
-        d[np.arange(N), self._labels] -= 1.0 / N
-        return d
+        return implementation("loss", get_backend()).cross_entropy_backward(self._probs,
+                                                                           self._labels)
 
 
 class MSELoss(_Loss):

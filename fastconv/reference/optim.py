@@ -1,0 +1,46 @@
+"""The SGD update in NumPy: the readable twin of ``fastconv._ext.optim``.
+
+With g = grad + weight_decay * p (the L2 penalty folded into the gradient), as
+``torch.optim.SGD``::
+
+    (sgd.buf)   buf <- g                                        (the first step)
+                buf <- momentum * buf + (1 - dampening) * g     (later steps)
+    (sgd.step)  p <- p - lr * (g + momentum * buf)              (nesterov)
+                p <- p - lr * buf                               (otherwise)
+                p <- p - lr * g                                 (momentum = 0: plain SGD)
+
+Every product and sum is rounded to the parameters' dtype, one operation at a time, so the
+compiled twin gives the same bits.
+"""
+import numpy as np
+
+
+def sgd_update(p, grad, buf, lr, momentum, dampening, weight_decay, nesterov, first_step,
+               n_threads=None):
+    """One SGD step of one parameter, eqs. (sgd.buf), (sgd.step), in place.
+
+    p, grad, buf : ndarrays of one shape and float dtype: the parameter (updated), its
+        gradient (read) and its momentum buffer (updated; not read when momentum is 0)
+    lr, momentum, dampening, weight_decay : float
+    nesterov : bool (needs momentum > 0)
+    first_step : bool, the optimizer's first step (buf starts at g, not at 0)
+    n_threads : ignored  ->  None (p and buf are written).
+    """
+    if not p.shape == grad.shape == buf.shape:
+        raise ValueError(f"sgd_update: p, grad and buf have shapes {p.shape}, {grad.shape} "
+                         f"and {buf.shape}")
+    t = p.dtype.type
+    g = grad
+    if weight_decay:
+        g = g + t(weight_decay) * p
+    if momentum:
+        if first_step:
+            buf[...] = g                    # PyTorch starts the buffer at g, not 0
+        else:
+            buf *= t(momentum)
+            if dampening:
+                buf += t(1 - dampening) * g
+            else:                           # the same bits, without a temporary
+                buf += g
+        g = g + t(momentum) * buf if nesterov else buf
+    p -= t(lr) * g
