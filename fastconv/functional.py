@@ -964,7 +964,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, backend=None, *, dilation
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, backend=None, *,
-                        dilation=1, ceil_mode=False, indices=None):
+                        dilation=1, ceil_mode=False, indices=None, through_relu=False):
     """Gradient of :func:`max_pool2d`: each dy goes to the window's maximum.
 
     On ties the gradient goes to the first maximum in row-major window order (as PyTorch).
@@ -973,6 +973,11 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, backend=None
     ``max_pool2d(..., return_indices=True)`` returned, used instead of recomputing them
     from x (PyTorch's backward uses the ones its forward saved). An index outside its
     plane raises ValueError.
+    through_relu : bool, keyword only
+        x is the output of a ReLU (``x = relu(z)``): return dL/dz instead of dL/dx, i.e.
+        ``relu_backward(max_pool2d_backward(dy, x), x)``, equal to it bit for bit. The 2x2
+        stride-2 kernels apply the ReLU's mask in their one pass over dx (how
+        ``nn.Sequential`` runs a ReLU followed by a max-pool).
     """
     op = "max_pool2d_backward"
     x, k, s, p, d, y_shape, impl, unbatched = _pool_setup(op, x, kernel_size, stride, padding,
@@ -984,8 +989,9 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, padding=0, backend=None
                                  dy.shape)
     if y_shape[0] == 0:
         return _unbatch(np.empty(x.shape, x.dtype), unbatched)
+    extra = {"through_relu": True} if through_relu else {}    # the usual call: no keyword
     return _unbatch(impl.max_pool2d_backward(*_contiguous(dy, x), k, s, p, _n_threads(),
-                                             indices, d, bool(ceil_mode)), unbatched)
+                                             indices, d, bool(ceil_mode), **extra), unbatched)
 
 
 def _divisor(op, divisor_override):

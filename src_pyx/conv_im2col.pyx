@@ -79,6 +79,10 @@ cdef extern from "fc_conv_pack.h":
     void fc_unpack_yT8_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
                            Py_ssize_t PQ, Py_ssize_t ldy) noexcept nogil
     void fc_take_even_f32(float* dst, const float* src, Py_ssize_t n) noexcept nogil
+    void fc_unpatch_hwc_f32(const float* dcolT, float* dxp, Py_ssize_t C, Py_ssize_t Wp,
+                            Py_ssize_t R, Py_ssize_t S, Py_ssize_t Q, Py_ssize_t sh,
+                            Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t p0,
+                            Py_ssize_t p1) noexcept nogil
 
 
 cdef extern from "fc_gemm_avx2.h":
@@ -339,10 +343,16 @@ cdef void _unpatch_hwc(const floating* dcolT, floating* dxp, Py_ssize_t C, Py_ss
                        Py_ssize_t p1) noexcept nogil:
     """The adjoint of _patches_hwc: dxp (Hp, Wp, C) += every run of dcolT (output rows
     p0 <= p < p1) onto the run of xp it was copied from (contiguous adds of S*C values, or
-    of C values with a dilation dw > 1). The caller zeroes dxp once per image."""
+    of C values with a dilation dw > 1). The caller zeroes dxp once per image. float32
+    with AVX-512 and dw = 1: fc_unpatch_hwc_f32 (include/fc_conv_pack.h), the same adds by
+    whole vectors, where this loop's vectors are SSE's four values."""
     cdef Py_ssize_t SC = S * C, CRS = R * S * C, p, q, r, s, i
     cdef const floating* src
     cdef floating* dst
+    if floating is float:
+        if _use_microkernel and dw == 1:
+            fc_unpatch_hwc_f32(dcolT, dxp, C, Wp, R, S, Q, sh, sw, dh, p0, p1)
+            return
     for p in range(p0, p1):
         for q in range(Q):
             for r in range(R):

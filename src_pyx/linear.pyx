@@ -27,6 +27,20 @@ from cython.parallel cimport prange
 
 from _blas cimport gemm_rm
 from _common cimport imin, threads_for
+from _isa cimport FC_ISA_AVX512, fc_isa_level
+
+cdef extern from "fc_conv_pack.h":
+    void fc_unpack_yT_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
+                          Py_ssize_t PQ, Py_ssize_t ldy) noexcept nogil
+
+cdef extern from "fc_conv_microkernel.h":
+    void fc_gemm_f32(Py_ssize_t M, Py_ssize_t N, Py_ssize_t KR, const float* A,
+                     Py_ssize_t a_rs, Py_ssize_t a_cs, const float* B, Py_ssize_t ldb,
+                     int accumulate, float* C, Py_ssize_t ldc) noexcept nogil
+
+# float32 products on fastconv's AVX-512 micro-kernel (include/fc_conv_microkernel.h),
+# which reads its operands in place; elsewhere BLAS, which packs (copies) them per call
+cdef bint _use_microkernel = fc_isa_level() >= FC_ISA_AVX512
 
 
 cdef enum:
@@ -69,6 +83,20 @@ cdef void _forward_block(const floating* x, const floating* w, const floating* b
             beta, y + n0 * O, <int>O)
 
 
+cdef void _forward_columns(const float* x, const float* w, const float* b, bint has_bias,
+                           float* wT, float* y, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t N,
+                           Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+    """Columns o0 <= o < o1 of (linear.fwd) on the micro-kernel, whose B operand is read by
+    rows: those rows of w transposed into wT (I, O), then y[:, o0:o1] = b + x @ wT."""
+    cdef Py_ssize_t n, o
+    fc_unpack_yT_f32(w + o0 * I, NULL, wT + o0, I, o1 - o0, O)
+    if has_bias:
+        for n in range(N):
+            for o in range(o0, o1):
+                y[n * O + o] = b[o]
+    fc_gemm_f32(N, o1 - o0, I, x, I, 1, wT + o0, O, has_bias, y + o0, O)
+
+
 def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_threads):
     """Fully connected layer, notes eq. (linear.fwd): y = x @ w^T + b.
 
@@ -106,6 +134,16 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_
     cdef Py_ssize_t rows = N if N * I * O < GRAIN else _block_rows(N, FWD_BLOCK)
     nblk = (N + rows - 1) // rows
     n_threads = threads_for(N * I * O, n_threads, GRAIN)
+    cdef float[:, ::1] wT
+    if floating is float and _use_microkernel:  # blocks of columns, each with its w^T
+        wT = np.empty((I, O), dtype=np.float32)
+        rows = O if N * I * O < GRAIN else _block_rows(O, FWD_BLOCK)
+        with nogil:
+            for blk in prange((O + rows - 1) // rows, schedule="static",
+                              num_threads=n_threads):
+                _forward_columns(&x[0, 0], &w[0, 0], &bv[0], has_bias, &wT[0, 0], &y[0, 0],
+                                 blk * rows, imin((blk + 1) * rows, O), N, I, O)
+        return y_arr
     with nogil:
         for blk in prange(nblk, schedule="static", num_threads=n_threads):
             _forward_block(&x[0, 0], &w[0, 0], &bv[0], has_bias, &y[0, 0], blk * rows,
@@ -119,8 +157,11 @@ cdef void _dw_block(const floating* dy, const floating* x, floating* dw, floatin
     """Rows o0 <= o < o1 of dw = dy^T @ x (dy read transposed in place) and db[o0:o1], the
     sum over n in order, (linear.bwd)."""
     cdef Py_ssize_t n, o
-    gemm_rm(True, False, <int>(o1 - o0), <int>I, <int>N, 1, dy + o0, <int>O, x, <int>I, 0,
-            dw + o0 * I, <int>I)
+    if floating is float and _use_microkernel:      # A = dy^T: rows 1 apart, columns O
+        fc_gemm_f32(o1 - o0, I, N, dy + o0, 1, O, x, I, 0, dw + o0 * I, I)
+    else:
+        gemm_rm(True, False, <int>(o1 - o0), <int>I, <int>N, 1, dy + o0, <int>O, x, <int>I,
+                0, dw + o0 * I, <int>I)
     for o in range(o0, o1):
         db[o] = 0
     for n in range(N):                           # contiguous runs of dy's row n
@@ -131,8 +172,11 @@ cdef void _dw_block(const floating* dy, const floating* x, floating* dw, floatin
 cdef void _dx_block(const floating* dy, const floating* w, floating* dx, Py_ssize_t n0,
                     Py_ssize_t n1, Py_ssize_t I, Py_ssize_t O) noexcept nogil:
     """Rows n0 <= n < n1 of dx = dy @ w, (linear.bwd)."""
-    gemm_rm(False, False, <int>(n1 - n0), <int>I, <int>O, 1, dy + n0 * O, <int>O, w, <int>I,
-            0, dx + n0 * I, <int>I)
+    if floating is float and _use_microkernel:
+        fc_gemm_f32(n1 - n0, I, O, dy + n0 * O, O, 1, w, I, 0, dx + n0 * I, I)
+    else:
+        gemm_rm(False, False, <int>(n1 - n0), <int>I, <int>O, 1, dy + n0 * O, <int>O, w,
+                <int>I, 0, dx + n0 * I, <int>I)
 
 
 def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,

@@ -101,7 +101,7 @@ cdef extern from "<fenv.h>" nogil:
 cdef extern from "fc_pool.h" nogil:
     bint fc_max_backward_2x2_applies(int isa)
     bint fc_max_backward_2x2_f32(const float* dy, const float* x, float* dx, Py_ssize_t H,
-                                 Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q)
+                                 Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu)
 
 cdef bint _SIMD_2X2 = fc_max_backward_2x2_applies(fc_isa_level())   # fc_isa.h decides
 
@@ -579,8 +579,8 @@ cdef inline Py_ssize_t _scatter_plane(const floating* dyp, const index_t* widx, 
 
 
 cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, floating* dxp,
-                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,
-                                  Py_ssize_t Q) noexcept nogil:
+                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
+                                  bint relu) noexcept nogil:
     """The (pool.max) gradient of one plane for the 2x2, stride 2, unpadded window, without
     branches (the other windows: _max_backward_by_argmax).
 
@@ -591,7 +591,9 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     gcc threaded jumps through them and the loop was no longer vectorised (3x slower).
     The windows tile the plane, so every dx cell of rows 2p, 2p + 1 and columns < 2Q is
     WRITTEN once (dy at the winner, 0 at the three others) instead of zeroing the plane and
-    scattering: one pass over dx, with no data-dependent address.
+    scattering: one pass over dx, with no data-dependent address. With ``relu`` (x is a
+    ReLU's output, dx the gradient of the ReLU's input: eq. (relu.bwd) in the same pass),
+    a cell also needs x > 0 to get its dy.
     """
     cdef Py_ssize_t p, q
     cdef const floating* r0
@@ -601,8 +603,9 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     cdef const floating* g
     cdef floating a, b, c, d, v, top, bottom
     cdef int nan = 0
+    cdef bint keep_all = not relu          # without relu, no cell is masked
     if floating is float and _SIMD_2X2:
-        return fc_max_backward_2x2_f32(dyp, xp, dxp, H, W, P, Q)   # 16 windows at once
+        return fc_max_backward_2x2_f32(dyp, xp, dxp, H, W, P, Q, relu)   # 16 windows at once
     for p in range(P):
         r0 = xp + 2 * p * W
         r1 = r0 + W
@@ -618,16 +621,39 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
             nan |= (a != a) | (b != b) | (c != c) | (d != d)
             top = b if b > a else a
             bottom = d if d > c else c
-            d0[2 * q] = v if (a >= b) & (top >= bottom) else 0
-            d0[2 * q + 1] = v if (b > a) & (top >= bottom) else 0
-            d1[2 * q] = v if (c >= d) & (bottom > top) else 0
-            d1[2 * q + 1] = v if (d > c) & (bottom > top) else 0
+            d0[2 * q] = v if (a >= b) & (top >= bottom) & ((a > 0) | keep_all) else 0
+            d0[2 * q + 1] = v if (b > a) & (top >= bottom) & ((b > 0) | keep_all) else 0
+            d1[2 * q] = v if (c >= d) & (bottom > top) & ((c > 0) | keep_all) else 0
+            d1[2 * q + 1] = v if (d > c) & (bottom > top) & ((d > 0) | keep_all) else 0
         if W > 2 * Q:                              # odd W: the last column is in no window
             d0[W - 1] = 0
             d1[W - 1] = 0
     if H > 2 * P:                                  # odd H: nor is the last row
         memset(dxp + (H - 1) * W, 0, W * sizeof(floating))
     return nan      # True: x held NaN, the caller redoes it with _max_plane_backward_plain
+
+
+cdef inline void _keep_positive(const floating* xp, floating* dxp,
+                                Py_ssize_t n) noexcept nogil:
+    """dx[i] = dx[i] where x[i] > 0, else 0: eq. (relu.bwd) on a pooling gradient, for
+    ``through_relu`` on the paths that do not fold it into their own pass."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        dxp[i] = dxp[i] if xp[i] > 0 else 0
+
+
+cdef _through_relu(dx_arr, const floating[:, :, :, ::1] x, int n_threads):
+    """dx_arr in place as _keep_positive, in parallel over the planes; returns it."""
+    cdef floating[:, :, :, ::1] dx = dx_arr
+    cdef Py_ssize_t HW = x.shape[2] * x.shape[3], nc
+    if dx.shape[0] * dx.shape[1] * HW == 0:
+        return dx_arr
+    with nogil:
+        for nc in prange(x.shape[0] * x.shape[1], schedule="static",
+                         num_threads=threads_for_values(x.shape[0] * x.shape[1] * HW,
+                                                        n_threads)):
+            _keep_positive(&x[0, 0, 0, 0] + nc * HW, &dx[0, 0, 0, 0] + nc * HW, HW)
+    return dx_arr
 
 
 cdef void _max_rows_2x2(const floating* xp, floating* yp, Py_ssize_t n_pairs, Py_ssize_t W,
@@ -829,7 +855,7 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x, kernel_size, stride, padd
 
 def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                         kernel_size, stride, padding, int n_threads, indices=None,
-                        dilation=(1, 1), bint ceil_mode=False):
+                        dilation=(1, 1), bint ceil_mode=False, bint through_relu=False):
     """Gradient of :func:`max_pool2d_forward`: each dy goes to its window's argmax (pool.max).
 
     The argmax is recomputed from x (module docstring, "Backward"), or taken from
@@ -846,6 +872,10 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     kernel_size, stride, padding : (int, int)
     n_threads : int
     indices : ndarray (N, C, P, Q) int64, C-contiguous, or None
+    through_relu : bool
+        x is the output of a ReLU: return the gradient of the ReLU's input instead, i.e.
+        also 0 wherever x is not > 0 (eq. (relu.bwd)); the 2x2 stride-2 kernels fold
+        this into their one pass, the other paths add a pass over dx.
 
     Returns
     -------
@@ -858,10 +888,12 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
                                                   ceil_mode)
     cdef Py_ssize_t dh = dilation[0], dw = dilation[1]
     if indices is not None:
-        return _max_backward_from_indices(dy, indices, H, W, n_threads)
+        dx_arr = _max_backward_from_indices(dy, indices, H, W, n_threads)
+        return _through_relu(dx_arr, x, n_threads) if through_relu else dx_arr
     if not _is_plain_geometry(H, W, kh, kw, sh, sw, ph, pw, P, Q, tuple(dilation)):
-        return _max_dilated_planes(x, dy, kh, kw, sh, sw, ph, pw, dh, dw, P, Q, n_threads,
-                                   False)
+        dx_arr = _max_dilated_planes(x, dy, kh, kw, sh, sw, ph, pw, dh, dw, P, Q, n_threads,
+                                     False)
+        return _through_relu(dx_arr, x, n_threads) if through_relu else dx_arr
     if floating is float and H * W + pw > INT32_MAX:
         # float32 keeps the argmax as an int32 flat index into the plane (see index_t)
         raise ValueError(f"max_pool2d_backward: float32 planes of 2**31 values or more are "
@@ -888,21 +920,26 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
                     if _max_plane_backward_2x2(dy0 + blk * _ROW_PAIRS * Q,
                                                x0 + 2 * blk * _ROW_PAIRS * W,
                                                dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W,
-                                               np0, Q):
+                                               np0, Q, through_relu):
                         _max_plane_backward_plain(dy0 + blk * _ROW_PAIRS * Q,      # NaN
                                                   x0 + 2 * blk * _ROW_PAIRS * W,
                                                   dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W,
                                                   np0, Q, 2, 2, 2, 2, 0, 0, 1, 1)
+                        if through_relu:
+                            _keep_positive(x0 + 2 * blk * _ROW_PAIRS * W,
+                                           dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0 * W)
             else:
                 for nc in prange(N * C, schedule="static", num_threads=n_threads):
                     if _max_plane_backward_2x2(dy0 + nc * P * Q, x0 + nc * H * W,
-                                               dx0 + nc * H * W, H, W, P, Q):
+                                               dx0 + nc * H * W, H, W, P, Q, through_relu):
                         _max_plane_backward_plain(dy0 + nc * P * Q, x0 + nc * H * W,
                                                   dx0 + nc * H * W, H, W, P, Q,
                                                   2, 2, 2, 2, 0, 0, 1, 1)
+                        if through_relu:
+                            _keep_positive(x0 + nc * H * W, dx0 + nc * H * W, H * W)
         return dx_arr
     _max_backward_by_argmax(x, dy0, dx0, kh, kw, sh, sw, ph, pw, P, Q, n_threads)
-    return dx_arr
+    return _through_relu(dx_arr, x, n_threads) if through_relu else dx_arr
 
 
 def _argmax_scratch(int n_threads, dtype, Py_ssize_t H, Py_ssize_t W, Py_ssize_t P,

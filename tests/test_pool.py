@@ -591,3 +591,31 @@ def test_naive_max_pool_nan_rule():
     np.testing.assert_array_equal(dx.ravel(), [0, 0, 1, 0])
     y_ref = ref.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0))
     assert np.isnan(y_ref).all()
+
+
+# --------------------------------------------------------------------------- through a ReLU
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", [((4, 6, 28, 28), 2, 2, 0), ((3, 16, 10, 10), 2, 2, 0),
+                                  ((2, 3, 9, 11), 2, 2, 0), ((2, 3, 10, 10), 3, 2, 1),
+                                  ((2, 3, 7, 7), 2, 2, 1), ((1, 2, 8, 8), 3, 1, 0)], ids=str)
+@pytest.mark.parametrize("use_indices", [False, True])
+def test_max_backward_through_relu_equals_relu_backward(case, use_indices, backend, dtype,
+                                                        rng):
+    """through_relu=True is relu_backward(max_pool2d_backward(dy, x), x) bit for bit, x a
+    ReLU's output with zeros, ties, -0.0, NaN (a NaN plane takes the NaN-aware path) and
+    +Inf; on the 2x2 kernels (one pass), the argmax paths and the indices path."""
+    shape, k, s, p = case
+    z = rng.standard_normal(shape).astype(dtype)
+    z[0, 0, :2, :2] = 0.5                    # a tie
+    z[0, 1, 0, :3] = [-0.0, 0.0, np.inf]
+    z[-1, -1, 1, 1] = np.nan
+    x = F.relu(z)
+    y, idx = F.max_pool2d(x, k, s, p, return_indices=True)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    ind = {"indices": idx} if use_indices else {}
+    want = F.relu_backward(F.max_pool2d_backward(dy, x, k, s, p, backend=backend, **ind), x)
+    got = F.max_pool2d_backward(dy, x, k, s, p, backend=backend, through_relu=True, **ind)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{got.itemsize}"))
+    assert (got[x <= 0] == 0).all() and np.isnan(x).any()

@@ -3,7 +3,10 @@ joined along channels). Every model of fastconv.models is built from these three
 import numpy as np
 
 from .. import functional as F
+from .activation import ReLU
+from .conv import Conv2d
 from .module import Module
+from .pooling import MaxPool2d
 
 
 def _named(modules, owner):
@@ -28,12 +31,42 @@ def _add(a, b, *protected):
     return F.add(a, b, out=a)
 
 
+def _fusable(first, second, first_type, second_type, method):
+    """True when ``first`` and ``second`` are exactly these layer types and both run their
+    class's ``method``: none was replaced on the instance (as ``fastconv.viz`` does to
+    capture a layer's output), so running the two as one pass skips no one's code."""
+    return (type(first) is first_type and type(second) is second_type
+            and method not in first.__dict__ and method not in second.__dict__)
+
+
+def _backward_chain(layers, dy):
+    """dy through ``layers`` backwards (Sequential's backward). A ReLU followed by a
+    MaxPool2d that pooled its output runs as one pass (MaxPool2d.backward_through_relu)."""
+    i = len(layers) - 1
+    while i >= 0:
+        layer = layers[i]
+        if (i > 0 and _fusable(layers[i - 1], layer, ReLU, MaxPool2d, "backward")
+                and layer._x is layers[i - 1]._y):
+            dy = layer.backward_through_relu(dy)
+            i -= 2
+        else:
+            dy = layer.backward(dy)
+            i -= 1
+    return dy
+
+
 class Sequential(Module):
     """Layers applied one after the other; backward runs them in reverse order.
 
     ``Sequential(conv, relu, pool)`` names its layers "0", "1", "2" (as PyTorch);
     ``Sequential({"conv1": conv, "relu1": relu})`` names them, and ``seq.conv1`` works.
     Indexing (``seq[0]``, ``seq[-1]``, ``seq["conv1"]``), ``len`` and iteration work too.
+
+    Two neighbours run as one pass, with the same results as one at a time (each layer
+    keeps what its own backward needs): a Conv2d followed by a ReLU (the ReLU applied in
+    the convolution's epilogue, ``ReLU.forward_after``), and backwards, a ReLU followed by
+    a MaxPool2d (the ReLU's mask applied as the pooling gradient is written,
+    ``MaxPool2d.backward_through_relu``). Each saves a pass over a large activation.
     """
 
     def __init__(self, *layers):
@@ -82,14 +115,19 @@ class Sequential(Module):
                 Sequential(dict(zip(self._names[i:], self._layers[i:]))))
 
     def forward(self, x):
-        for layer in self._layers:
-            x = layer(x)
+        layers, i = self._layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            if i + 1 < len(layers) and _fusable(layer, layers[i + 1], Conv2d, ReLU, "forward"):
+                x = layers[i + 1].forward_after(layer, x)       # conv + ReLU in one pass
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
         return x
 
     def backward(self, dy):
-        for layer in reversed(self._layers):
-            dy = layer.backward(dy)
-        return dy
+        return _backward_chain(self._layers, dy)
 
     def backward_params(self, dy):
         """Parameter gradients only (see Module.backward_params): layers in front of the first
@@ -99,8 +137,7 @@ class Sequential(Module):
                       if any(p.requires_grad for p in layer._parameters())), None)
         if first is None:
             return
-        for layer in reversed(self._layers[first + 1:]):
-            dy = layer.backward(dy)
+        dy = _backward_chain(self._layers[first + 1:], dy)
         self._layers[first].backward_params(dy)
 
 

@@ -116,17 +116,21 @@ class Conv2d(Module):
         (top, left), (bottom, right) = self.padding_before, self._padding_after
         return (left, right, top, bottom)
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """y = conv(x), eq. (conv.fwd); ``relu=True`` returns relu(y), the ReLU applied in
+        the kernel's epilogue (``ReLU.forward_after``)."""
         # Contiguous once here, so that backward does not copy x a second time.
         self._x = x = np.ascontiguousarray(x)
         b = None if self.bias is None else self.bias.data
+        fused = {"relu": True} if relu else {}
         if self.padding_mode != "zeros":
             # as PyTorch: pad explicitly, then convolve without padding
             self._x = x = F.pad(x, self._explicit_pad(), self.padding_mode)
             return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=0,
-                            dilation=self.dilation, groups=self.groups, algo=self.algo)
+                            dilation=self.dilation, groups=self.groups, algo=self.algo,
+                            **fused)
         return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
-                        dilation=self.dilation, groups=self.groups, algo=self.algo)
+                        dilation=self.dilation, groups=self.groups, algo=self.algo, **fused)
 
     def backward(self, dy):
         """Eq. (conv.bwd): adds dw and db into the gradients and returns dx."""

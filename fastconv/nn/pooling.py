@@ -70,6 +70,14 @@ class MaxPool2d(Module):
         return F.max_pool2d_backward(dy, self._x, self.kernel_size, self.stride, self.padding,
                                      indices=self._indices, **self._args())
 
+    def backward_through_relu(self, dy):
+        """``relu.backward(self.backward(dy))`` in one pass, for the ReLU whose output this
+        layer pooled: the gradient goes to each window's maximum where that is > 0 (eq.
+        (relu.bwd)). How :class:`Sequential` runs a ReLU followed by a max-pool; the same
+        bits as the two calls."""
+        return F.max_pool2d_backward(dy, self._x, self.kernel_size, self.stride, self.padding,
+                                     indices=self._indices, through_relu=True, **self._args())
+
     def extra_repr(self):
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
         if self.dilation != (1, 1):

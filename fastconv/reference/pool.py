@@ -189,7 +189,7 @@ def _scatter_add(dy, indices, H, W, op):
 
 
 def max_pool2d_backward(dy, x, kernel_size, stride, padding, n_threads=None, indices=None,
-                        dilation=(1, 1), ceil_mode=False):
+                        dilation=(1, 1), ceil_mode=False, through_relu=False):
     """Gradient of :func:`max_pool2d_forward`: dy goes to each window's argmax (pool.max).
 
     The argmax is recomputed from x, or taken from ``indices`` (the forward's, with
@@ -203,6 +203,9 @@ def max_pool2d_backward(dy, x, kernel_size, stride, padding, n_threads=None, ind
     kernel_size, stride, padding, dilation, ceil_mode : as :func:`max_pool2d_forward`
     n_threads : ignored
     indices : ndarray (N, C, P, Q) of ints, or None
+    through_relu : bool
+        x is the output of a ReLU: return the gradient of the ReLU's input, the pooling
+        gradient where x > 0 and 0 elsewhere (eq. (relu.bwd) applied to it).
 
     Returns
     -------
@@ -215,7 +218,8 @@ def max_pool2d_backward(dy, x, kernel_size, stride, padding, n_threads=None, ind
         indices = _argmax(x, kernel_size, stride, padding, P, Q, dilation)
         inside = indices < H * W               # not so only for a window with no real cell
         dy, indices = np.where(inside, dy, 0), np.where(inside, indices, 0)
-    return _scatter_add(dy, indices, H, W, "max_pool2d_backward")
+    dx = _scatter_add(dy, indices, H, W, "max_pool2d_backward")
+    return np.where(x > 0, dx, x.dtype.type(0)) if through_relu else dx
 
 
 def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad, n_threads=None,

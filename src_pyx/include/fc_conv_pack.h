@@ -8,7 +8,8 @@
  *
  *   fc_pad_hwc_f32    x (C, H, W)  ->  xp (H + 2ph, W + 2pw, C), zero border
  *   fc_unpad_hwc_f32  dxp (H + 2ph, W + 2pw, C)  ->  dx (C, H, W), border dropped
- *   fc_unpack_yT_f32  yT (P*Q, K)  ->  y (K, P*Q), plus the bias
+ *   fc_unpack_yT_f32  yT (P*Q, K)  ->  y (K, P*Q), plus the bias (or none: a transpose)
+ *   fc_unpatch_hwc_f32  dxp += the runs of dcolT (adds: col2im on the channels-last path)
  *   fc_take_even_f32  every second value of a row (the classic im2col with stride 2; AVX2)
  *
  * Structure: each is a transpose, done by square blocks held in registers, where a
@@ -181,7 +182,7 @@ FC_AVX512 static inline void fc_unpad_hwc_f32(const float *dxp, float *dx, fc_in
     }
 }
 
-/* y (K, PQ) = yT (PQ, K) transposed, plus b[k] on row k. */
+/* y (K, PQ) = yT (PQ, K) transposed, plus b[k] on row k (b NULL: the plain transpose). */
 FC_AVX512 static inline void fc_unpack_yT_f32(const float *yT, const float *b, float *y,
                                               fc_index K, fc_index PQ, fc_index ldy)
 {   /* y[k, i] (row stride ldy) = yT[i, k] + b[k] for PQ pixels i and K channels k */
@@ -197,9 +198,35 @@ FC_AVX512 static inline void fc_unpack_yT_f32(const float *yT, const float *b, f
             FC_UNROLL for (int j = 0; j < 16; j++)
                 if (k0 + j < K)
                     _mm512_mask_storeu_ps(y + (k0 + j) * ldy + i0, imask,
-                                          _mm512_add_ps(v[j], _mm512_set1_ps(b[k0 + j])));
+                                          b == NULL ? v[j]
+                                          : _mm512_add_ps(v[j], _mm512_set1_ps(b[k0 + j])));
         }
     }
+}
+
+/* dxp (Hp, Wp, C) += every run of dcolT ((p1 - p0)*Q, R*S*C), output rows p0 <= p < p1,
+ * onto the run of the padded image it came from (the adjoint of the columns, with the
+ * window's columns next to each other: dilation 1 along the width): window (p, q), run
+ * r adds its S*C values at row p*sh + r*dh, column q*sw, as vectors of 16, the last one
+ * masked; the same single adds, in the same order, as conv_im2col.pyx's loop. */
+FC_AVX512 static inline void fc_unpatch_hwc_f32(const float *dcolT, float *dxp, fc_index C,
+                                                fc_index Wp, fc_index R, fc_index S,
+                                                fc_index Q, fc_index sh, fc_index sw,
+                                                fc_index dh, fc_index p0, fc_index p1)
+{
+    fc_index SC = S * C, CRS = R * SC;
+    for (fc_index p = p0; p < p1; p++)
+        for (fc_index q = 0; q < Q; q++)
+            for (fc_index r = 0; r < R; r++) {
+                const float *src = dcolT + ((p - p0) * Q + q) * CRS + r * SC;
+                float *dst = dxp + ((p * sh + r * dh) * Wp + q * sw) * C;
+                for (fc_index i = 0; i < SC; i += 16) {
+                    __mmask16 m = fc_mask(SC - i);
+                    _mm512_mask_storeu_ps(dst + i, m,
+                                          _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst + i),
+                                                        _mm512_maskz_loadu_ps(m, src + i)));
+                }
+            }
 }
 
 /* ---- the same three with AVX2, by 8 x 8 blocks ---- */
@@ -318,6 +345,9 @@ static void fc_unpad_hwc8_f32(const float *dxp, float *dx, fc_index C, fc_index 
 static void fc_unpack_yT8_f32(const float *yT, const float *b, float *y, fc_index K,
                               fc_index PQ, fc_index ldy) {}
 static void fc_take_even_f32(float *dst, const float *src, fc_index n) {}
+static void fc_unpatch_hwc_f32(const float *dcolT, float *dxp, fc_index C, fc_index Wp,
+                               fc_index R, fc_index S, fc_index Q, fc_index sh, fc_index sw,
+                               fc_index dh, fc_index p0, fc_index p1) {}
 #endif
 
 #endif

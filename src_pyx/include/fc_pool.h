@@ -28,12 +28,15 @@ static inline int fc_max_backward_2x2_applies(int isa)
 #include <immintrin.h>
 
 /* dx (H, W) of one plane (or of a run of planes stacked into one, H even) from dy (P, Q)
- * and x (H, W), 2x2 windows at stride 2, unpadded; cells in no window get 0. Returns 1
- * where x holds NaN (the caller then redoes the plane on its NaN-aware path). */
+ * and x (H, W), 2x2 windows at stride 2, unpadded; cells in no window get 0, and with
+ * relu every cell whose x is not > 0. Returns 1 where x holds NaN (the caller then redoes
+ * the plane on its NaN-aware path). */
 static __attribute__((target("avx512f"), noinline))
 int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize_t H,
-                            Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q)
+                            Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu)
 {
+    const __m512 zero = _mm512_setzero_ps();
+    const __mmask16 keep_all = relu ? 0 : 0xFFFF;     /* without relu, no cell is masked */
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
                                            16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
@@ -66,10 +69,14 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
             __m512 bottom = _mm512_mask_blend_ps(d_gt_c, c, d);
             __mmask16 top_wins = _mm512_cmp_ps_mask(top, bottom, _CMP_GE_OQ);
             /* without NaN, a >= b is not (b > a), and bottom > top is not (top >= bottom) */
-            __m512 ga = _mm512_maskz_mov_ps(~b_gt_a & top_wins, v);
-            __m512 gb = _mm512_maskz_mov_ps(b_gt_a & top_wins, v);
-            __m512 gc = _mm512_maskz_mov_ps(~d_gt_c & ~top_wins, v);
-            __m512 gd = _mm512_maskz_mov_ps(d_gt_c & ~top_wins, v);
+            __mmask16 pa = _mm512_cmp_ps_mask(a, zero, _CMP_GT_OQ) | keep_all;
+            __mmask16 pb = _mm512_cmp_ps_mask(b, zero, _CMP_GT_OQ) | keep_all;
+            __mmask16 pc = _mm512_cmp_ps_mask(c, zero, _CMP_GT_OQ) | keep_all;
+            __mmask16 pd = _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ) | keep_all;
+            __m512 ga = _mm512_maskz_mov_ps(~b_gt_a & top_wins & pa, v);
+            __m512 gb = _mm512_maskz_mov_ps(b_gt_a & top_wins & pb, v);
+            __m512 gc = _mm512_maskz_mov_ps(~d_gt_c & ~top_wins & pc, v);
+            __m512 gd = _mm512_maskz_mov_ps(d_gt_c & ~top_wins & pd, v);
             _mm512_mask_storeu_ps(d0 + 2 * q, m1, _mm512_permutex2var_ps(ga, lo, gb));
             _mm512_mask_storeu_ps(d0 + 2 * q + 16, m2, _mm512_permutex2var_ps(ga, hi, gb));
             _mm512_mask_storeu_ps(d1 + 2 * q, m1, _mm512_permutex2var_ps(gc, lo, gd));
@@ -86,8 +93,8 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
 }
 #else   /* no x86 SIMD: never called (fc_max_backward_2x2_applies is false) */
 static int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize_t H,
-                                   Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q)
-{ (void)dy; (void)x; (void)dx; (void)H; (void)W; (void)P; (void)Q; return 1; }
+                                   Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu)
+{ (void)dy; (void)x; (void)dx; (void)H; (void)W; (void)P; (void)Q; (void)relu; return 1; }
 #endif
 
 #endif
