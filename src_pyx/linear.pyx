@@ -55,6 +55,9 @@ cdef enum:
     # during the NumPy and Python work between layers (30-50 us on the 2-core VM, and
     # ~170 us when another process holds the second core); fc1 (3.1M) gains 35 and 70 us.
     GRAIN = 2097152
+    # The forward on the micro-kernel transposes w first: with fewer rows of x than this,
+    # the transpose costs more than BLAS's whole product (docs/performance.md)
+    MK_MIN_ROWS = 16
 
 
 cdef inline Py_ssize_t _block_rows(Py_ssize_t rows, Py_ssize_t most) noexcept nogil:
@@ -135,7 +138,7 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_
     nblk = (N + rows - 1) // rows
     n_threads = threads_for(N * I * O, n_threads, GRAIN)
     cdef float[:, ::1] wT
-    if floating is float and _use_microkernel:  # blocks of columns, each with its w^T
+    if floating is float and _use_microkernel and N >= MK_MIN_ROWS:  # column blocks
         wT = np.empty((I, O), dtype=np.float32)
         rows = O if N * I * O < GRAIN else _block_rows(O, FWD_BLOCK)
         with nogil:
