@@ -100,8 +100,12 @@ cdef extern from "<fenv.h>" nogil:
 # The float32 AVX-512 copy of _max_plane_backward_2x2 (include/fc_pool.h)
 cdef extern from "fc_pool.h" nogil:
     bint fc_max_backward_2x2_applies(int isa)
+    ctypedef struct fc_narrow_2x2:
+        pass
+    void fc_narrow_2x2_tables(Py_ssize_t W, fc_narrow_2x2* t)
     bint fc_max_backward_2x2_f32(const float* dy, const float* x, float* dx, Py_ssize_t H,
-                                 Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu)
+                                 Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu,
+                                 const fc_narrow_2x2* narrow)
 
 cdef bint _SIMD_2X2 = fc_max_backward_2x2_applies(fc_isa_level())   # fc_isa.h decides
 
@@ -580,7 +584,7 @@ cdef inline Py_ssize_t _scatter_plane(const floating* dyp, const index_t* widx, 
 
 cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, floating* dxp,
                                   Py_ssize_t H, Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q,
-                                  bint relu) noexcept nogil:
+                                  bint relu, const fc_narrow_2x2* narrow) noexcept nogil:
     """The (pool.max) gradient of one plane for the 2x2, stride 2, unpadded window, without
     branches (the other windows: _max_backward_by_argmax).
 
@@ -593,7 +597,8 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     WRITTEN once (dy at the winner, 0 at the three others) instead of zeroing the plane and
     scattering: one pass over dx, with no data-dependent address. With ``relu`` (x is a
     ReLU's output, dx the gradient of the ReLU's input: eq. (relu.bwd) in the same pass),
-    a cell also needs x > 0 to get its dy.
+    a cell also needs x > 0 to get its dy. ``narrow``: the float32 AVX-512 kernel's index
+    tables for rows of at most 16 values (fc_narrow_2x2_tables), else NULL.
     """
     cdef Py_ssize_t p, q
     cdef const floating* r0
@@ -605,7 +610,7 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     cdef int nan = 0
     cdef bint keep_all = not relu          # without relu, no cell is masked
     if floating is float and _SIMD_2X2:
-        return fc_max_backward_2x2_f32(dyp, xp, dxp, H, W, P, Q, relu)   # 16 windows at once
+        return fc_max_backward_2x2_f32(dyp, xp, dxp, H, W, P, Q, relu, narrow)  # 16 at once
     for p in range(P):
         r0 = xp + 2 * p * W
         r1 = r0 + W
@@ -908,6 +913,11 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
     cdef const floating* dy0 = &dy[0, 0, 0, 0]
     cdef floating* dx0 = &dx[0, 0, 0, 0]
     cdef Py_ssize_t n_pairs = N * C * P, blk, np0
+    cdef fc_narrow_2x2 tables               # the narrow-row kernel's, made once per call
+    cdef const fc_narrow_2x2* narrow = NULL
+    if floating is float and tile2x2 and _SIMD_2X2 and W % 2 == 0 and W <= 16:
+        fc_narrow_2x2_tables(W, &tables)
+        narrow = &tables
     if tile2x2:
         # No scratch at all: the dozen NumPy calls that set up the buffers below cost
         # more than this kernel on small layers. With even H the planes are one tall plane
@@ -920,7 +930,7 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
                     if _max_plane_backward_2x2(dy0 + blk * _ROW_PAIRS * Q,
                                                x0 + 2 * blk * _ROW_PAIRS * W,
                                                dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W,
-                                               np0, Q, through_relu):
+                                               np0, Q, through_relu, narrow):
                         _max_plane_backward_plain(dy0 + blk * _ROW_PAIRS * Q,      # NaN
                                                   x0 + 2 * blk * _ROW_PAIRS * W,
                                                   dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W,
@@ -931,7 +941,8 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
             else:
                 for nc in prange(N * C, schedule="static", num_threads=n_threads):
                     if _max_plane_backward_2x2(dy0 + nc * P * Q, x0 + nc * H * W,
-                                               dx0 + nc * H * W, H, W, P, Q, through_relu):
+                                               dx0 + nc * H * W, H, W, P, Q, through_relu,
+                                               narrow):
                         _max_plane_backward_plain(dy0 + nc * P * Q, x0 + nc * H * W,
                                                   dx0 + nc * H * W, H, W, P, Q,
                                                   2, 2, 2, 2, 0, 0, 1, 1)

@@ -619,3 +619,24 @@ def test_max_backward_through_relu_equals_relu_backward(case, use_indices, backe
     assert got.dtype == dtype
     np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{got.itemsize}"))
     assert (got[x <= 0] == 0).all() and np.isnan(x).any()
+
+
+@pytest.mark.parametrize("W", [2, 4, 6, 8, 10, 12, 14, 16, 18, 9])
+@pytest.mark.parametrize("H", [10, 7])
+@pytest.mark.parametrize("through_relu", [False, True])
+def test_max_backward_2x2_every_narrow_width(W, H, through_relu, rng):
+    """2x2 stride-2 backward on narrow rows, whose float32 AVX-512 kernel puts the windows
+    of several row pairs in one vector (W even, <= 16): every even width up to 16 (and
+    wider, and odd), planes stacked or one by one (odd H), a last step with fewer pairs
+    (N*C*P not a multiple of the pairs per step), ties, -0.0 and a NaN plane: the same
+    bits as the reference."""
+    x = rng.standard_normal((3, 7, H, W)).astype(np.float32)
+    x[0, 0, :2, :2] = 1.5                                      # a tie
+    x[1, 2, 0, :2] = [-0.0, 0.0]
+    x[2, 3, 1, 0] = np.nan
+    if through_relu:
+        x = F.relu(x)
+    dy = rng.standard_normal((3, 7, H // 2, W // 2)).astype(np.float32)
+    got = F.max_pool2d_backward(dy, x, 2, through_relu=through_relu, backend="fast")
+    want = F.max_pool2d_backward(dy, x, 2, through_relu=through_relu, backend="reference")
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

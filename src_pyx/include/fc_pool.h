@@ -24,8 +24,107 @@ static inline int fc_max_backward_2x2_applies(int isa)
     return FC_HAVE_X86_SIMD && isa >= FC_ISA_AVX512;
 }
 
+
+/* The rule below for narrow rows (W even, at most 16: Q <= 8 windows per row pair), where
+ * one row pair would leave most lanes empty: the windows of k = 16 / Q consecutive row
+ * pairs share the lanes (lane j*Q + q: pair j, window q). Their 2kW <= 64 values are
+ * contiguous, loaded as 4 vectors; index vectors pick each window's a b / c d from them
+ * (a two-source permute per half and a blend), and put the four results back in place
+ * (the same per output vector). The comparisons are the wide loop's, so the same bits.
+ * The index vectors depend on W only: fc_narrow_2x2_tables makes them once per call of
+ * the pooling (a table per block of rows cost more than the block). */
+typedef struct {
+    int from[4][16];                /* lane l of cell a, b, c, d: its value's place */
+    unsigned short from_hi[4];      /* lanes whose value is in the upper two vectors */
+    int back[4][16];                /* out: output vector o, lane l: the lane of ga..gd */
+    unsigned short back_bottom[4];  /* ... taken from gc / gd (the pair's bottom row) */
+} fc_narrow_2x2;
+
+/* The tables for rows of W values (W even, 2 <= W <= 16). */
+static void fc_narrow_2x2_tables(Py_ssize_t W, fc_narrow_2x2 *t)
+{
+    Py_ssize_t Q = W / 2, k = 16 / Q;                /* windows per pair, pairs per step */
+    memset(t, 0, sizeof *t);
+    for (int l = 0; l < 16; l++) {                   /* in: cell (a, b, c, d) of lane l */
+        Py_ssize_t j = l / Q, q = l % Q;
+        for (int cell = 0; cell < 4; cell++) {
+            Py_ssize_t f = l < k * Q ? 2 * j * W + (cell >= 2 ? W : 0) + 2 * q + (cell & 1) : 0;
+            t->from[cell][l] = (int)(f & 31);
+            if (f >= 32) t->from_hi[cell] |= (unsigned short)(1u << l);
+        }
+    }
+    for (int o = 0; o < 4; o++)                      /* out: value 16*o + l of the step */
+        for (int l = 0; l < 16; l++) {
+            Py_ssize_t f = 16 * o + l, j = f / (2 * W), rem = f % (2 * W), col = rem % W;
+            t->back[o][l] = j < k ? (int)(j * Q + col / 2 + (col % 2 ? 16 : 0)) : 0;
+            if (rem >= W) t->back_bottom[o] |= (unsigned short)(1u << l);
+        }
+}
+
 #if FC_HAVE_X86_SIMD
 #include <immintrin.h>
+
+/* The first min(n, 16) lanes (none for n <= 0). */
+static inline __mmask16 fc_pool_mask(Py_ssize_t n)
+{
+    return (__mmask16)(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1);
+}
+
+static __attribute__((target("avx512f"), noinline))
+int fc_max_backward_2x2_narrow_f32(const float *dy, const float *x, float *dx, Py_ssize_t P,
+                                   Py_ssize_t W, int relu, const fc_narrow_2x2 *t)
+{
+    const Py_ssize_t Q = W / 2, k = 16 / Q;
+    const int (*from)[16] = t->from, (*back)[16] = t->back;
+    const unsigned short *from_hi = t->from_hi, *back_bottom = t->back_bottom;
+    __m512i ia = _mm512_loadu_si512(from[0]), ib = _mm512_loadu_si512(from[1]);
+    __m512i ic = _mm512_loadu_si512(from[2]), id = _mm512_loadu_si512(from[3]);
+    __m512i out[4];
+    for (int o = 0; o < 4; o++) out[o] = _mm512_loadu_si512(back[o]);
+    const __m512 zero = _mm512_setzero_ps();
+    const __mmask16 keep_all = relu ? 0 : 0xFFFF;
+    __mmask16 nan = 0;
+    for (Py_ssize_t p0 = 0; p0 < P; p0 += k) {
+        Py_ssize_t pairs = P - p0 < k ? P - p0 : k, n = 2 * pairs * W;   /* values */
+        const float *xs = x + 2 * p0 * W;
+        float *ds = dx + 2 * p0 * W;
+        __m512 v0 = _mm512_maskz_loadu_ps(fc_pool_mask(n), xs);
+        __m512 v1 = _mm512_maskz_loadu_ps(fc_pool_mask(n - 16), xs + 16);
+        __m512 v2 = _mm512_maskz_loadu_ps(fc_pool_mask(n - 32), xs + 32);
+        __m512 v3 = _mm512_maskz_loadu_ps(fc_pool_mask(n - 48), xs + 48);
+        __m512 a = _mm512_mask_blend_ps(from_hi[0], _mm512_permutex2var_ps(v0, ia, v1),
+                                        _mm512_permutex2var_ps(v2, ia, v3));
+        __m512 b = _mm512_mask_blend_ps(from_hi[1], _mm512_permutex2var_ps(v0, ib, v1),
+                                        _mm512_permutex2var_ps(v2, ib, v3));
+        __m512 c = _mm512_mask_blend_ps(from_hi[2], _mm512_permutex2var_ps(v0, ic, v1),
+                                        _mm512_permutex2var_ps(v2, ic, v3));
+        __m512 d = _mm512_mask_blend_ps(from_hi[3], _mm512_permutex2var_ps(v0, id, v1),
+                                        _mm512_permutex2var_ps(v2, id, v3));
+        __mmask16 lanes = fc_pool_mask(pairs * Q);
+        __m512 v = _mm512_maskz_loadu_ps(lanes, dy + p0 * Q);
+        nan |= _mm512_mask_cmp_ps_mask(lanes, a, b, _CMP_UNORD_Q)
+               | _mm512_mask_cmp_ps_mask(lanes, c, d, _CMP_UNORD_Q);
+        __mmask16 b_gt_a = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ);
+        __mmask16 d_gt_c = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
+        __m512 top = _mm512_mask_blend_ps(b_gt_a, a, b);
+        __m512 bottom = _mm512_mask_blend_ps(d_gt_c, c, d);
+        __mmask16 top_wins = _mm512_cmp_ps_mask(top, bottom, _CMP_GE_OQ);
+        __mmask16 pa = _mm512_cmp_ps_mask(a, zero, _CMP_GT_OQ) | keep_all;
+        __mmask16 pb = _mm512_cmp_ps_mask(b, zero, _CMP_GT_OQ) | keep_all;
+        __mmask16 pc = _mm512_cmp_ps_mask(c, zero, _CMP_GT_OQ) | keep_all;
+        __mmask16 pd = _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ) | keep_all;
+        __m512 ga = _mm512_maskz_mov_ps(~b_gt_a & top_wins & pa, v);
+        __m512 gb = _mm512_maskz_mov_ps(b_gt_a & top_wins & pb, v);
+        __m512 gc = _mm512_maskz_mov_ps(~d_gt_c & ~top_wins & pc, v);
+        __m512 gd = _mm512_maskz_mov_ps(d_gt_c & ~top_wins & pd, v);
+        for (int o = 0; o < 4 && 16 * o < n; o++)
+            _mm512_mask_storeu_ps(ds + 16 * o, fc_pool_mask(n - 16 * o),
+                                  _mm512_mask_blend_ps(back_bottom[o],
+                                                       _mm512_permutex2var_ps(ga, out[o], gb),
+                                                       _mm512_permutex2var_ps(gc, out[o], gd)));
+    }
+    return nan != 0;
+}
 
 /* dx (H, W) of one plane (or of a run of planes stacked into one, H even) from dy (P, Q)
  * and x (H, W), 2x2 windows at stride 2, unpadded; cells in no window get 0, and with
@@ -33,7 +132,8 @@ static inline int fc_max_backward_2x2_applies(int isa)
  * the plane on its NaN-aware path). */
 static __attribute__((target("avx512f"), noinline))
 int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize_t H,
-                            Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu)
+                            Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu,
+                            const fc_narrow_2x2 *narrow)
 {
     const __m512 zero = _mm512_setzero_ps();
     const __mmask16 keep_all = relu ? 0 : 0xFFFF;     /* without relu, no cell is masked */
@@ -44,7 +144,12 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
                                          4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
     __mmask16 nan = 0;
-    for (Py_ssize_t p = 0; p < P; p++) {
+    Py_ssize_t wide = P;                     /* the row pairs of the loop below */
+    if (narrow != NULL) {                    /* narrow rows: several pairs per vector */
+        nan = (__mmask16)fc_max_backward_2x2_narrow_f32(dy, x, dx, P, W, relu, narrow);
+        wide = 0;
+    }
+    for (Py_ssize_t p = 0; p < wide; p++) {
         const float *r0 = x + 2 * p * W, *r1 = r0 + W, *g = dy + p * Q;
         float *d0 = dx + 2 * p * W, *d1 = d0 + W;
         for (Py_ssize_t q = 0; q < Q; q += 16) {
@@ -93,8 +198,13 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
 }
 #else   /* no x86 SIMD: never called (fc_max_backward_2x2_applies is false) */
 static int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize_t H,
-                                   Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu)
-{ (void)dy; (void)x; (void)dx; (void)H; (void)W; (void)P; (void)Q; (void)relu; return 1; }
+                                   Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu,
+                                   const fc_narrow_2x2 *narrow)
+{
+    (void)dy; (void)x; (void)dx; (void)H; (void)W; (void)P; (void)Q; (void)relu;
+    (void)narrow;
+    return 1;
+}
 #endif
 
 #endif
