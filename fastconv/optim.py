@@ -76,9 +76,13 @@ class Optimizer:
             g["lr"] = self._lr * g["lr_scale"]
 
     def zero_grad(self):
-        """Set the gradient of every parameter it updates to zero (before each backward)."""
-        for p in self.params:
-            p.grad.fill(0)
+        """Set the gradient of every parameter it updates to zero (before each backward):
+        one kernel call for all of them (fastconv._ext.optim.zero_many)."""
+        grads = [p.grad for p in self.params]
+        try:        # the kernel refuses arrays it cannot take (not C-contiguous, say)
+            implementation("optim", get_backend()).zero_many(grads, get_num_threads())
+        except ValueError:
+            _reference_optim.zero_many(grads)
 
     def step(self):
         """Update every trainable parameter from its gradient (call after ``model.backward``)."""
@@ -211,30 +215,47 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
         self._flat = {}
 
-    def _update(self, i, p, lr, weight_decay):
-        # One pass of the compiled kernel over p, grad and the buffer (fastconv._ext.optim);
-        # its NumPy twin, fastconv.reference.optim.sgd_update, is the same formulas written
-        # as array operations, and runs for arrays the kernel cannot take.
-        args = (lr, self.momentum, self.dampening, weight_decay, self.nesterov,
-                self.step_count == 1)
+    def step(self):
+        """Update every trainable parameter from its gradient (call after ``model.backward``):
+        one call of the compiled kernel for all of them (fastconv._ext.optim.
+        sgd_update_many: one pass over each p, grad and buffer, the blocks of all shared
+        among the threads). Its NumPy twin, fastconv.reference.optim, is the formulas
+        written as array operations; it also takes the arrays the kernel cannot (not
+        C-contiguous, say)."""
+        self.step_count += 1
         kernels = implementation("optim", get_backend())
-        flat = self._flat_views(i, p) if kernels is not _reference_optim else None
-        if flat is not None:
-            kernels.sgd_update(*flat, *args, get_num_threads())
-        else:
-            _reference_optim.sgd_update(p.data, p.grad, self.state["momentum_buffer"][i],
-                                        *args)
+        fast = ([], [], [], [], []) if kernels is not _reference_optim else None
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    flat = self._flat_views(i, p) if fast is not None else None
+                    if flat is None:
+                        self._update(i, p, group["lr"], group["weight_decay"])
+                    else:
+                        for lst, item in zip(fast, flat + (group["lr"],
+                                                           group["weight_decay"])):
+                            lst.append(item)
+                i += 1
+        if fast is not None and fast[0]:
+            kernels.sgd_update_many(*fast, self.momentum, self.dampening, self.nesterov,
+                                    self.step_count == 1, get_num_threads())
+
+    def _update(self, i, p, lr, weight_decay):
+        """One parameter by the reference (arrays the kernel cannot take, or the
+        reference backend)."""
+        _reference_optim.sgd_update(p.data, p.grad, self.state["momentum_buffer"][i], lr,
+                                    self.momentum, self.dampening, weight_decay,
+                                    self.nesterov, self.step_count == 1)
 
     def _flat_views(self, i, p):
-        """(p, grad, buffer) of parameter i as 1-D views for the kernel, or None where the
-        kernel cannot take them; kept from step to step while p.data and p.grad are the
-        same arrays (the kernel call is then all a step costs in Python)."""
+        """(p, grad, buffer) of parameter i for the kernel, or None where it cannot take
+        them; kept from step to step while p.data and p.grad are the same arrays."""
         data, grad = p.data, p.grad
         cached = self._flat.get(i)
         if cached is None or cached[0] is not data or cached[1] is not grad:
             buf = self.state["momentum_buffer"][i]
-            views = ((data.reshape(-1), grad.reshape(-1), buf.reshape(-1))
-                     if _flat_ready(data, grad, buf) else None)
+            views = (data, grad, buf) if _flat_ready(data, grad, buf) else None
             cached = self._flat[i] = (data, grad, views)
         return cached[2]
 

@@ -17,8 +17,12 @@ fc_isa_level() picks. Each value is computed alone, rounding after every operati
 reference does (setup.py compiles this module without fused multiply-adds), so the bits
 equal the reference's on any CPU and for any thread count.
 """
+import numpy as np
+
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.string cimport memset
 
 from _common cimport threads_for_values
 from _isa cimport fc_isa_level
@@ -34,6 +38,8 @@ cdef extern from "fc_optim.h":
 
 
 cdef int _ISA = fc_isa_level()      # which copy of the loop runs: fc_isa.h decides
+
+cnp.import_array()
 
 
 cdef enum:
@@ -88,3 +94,118 @@ def sgd_update(floating[::1] p, const floating[::1] grad, floating[::1] buf, dou
             i0 = blk * BLOCK
             _sgd_block(&p[i0], &grad[i0], &buf[i0], min(BLOCK, n - i0), lr_t, mom, keep, wd,
                        nesterov, first_step)
+
+
+cdef int _float_type(a, int typenum, bint writeable) except -1:
+    """1 when ``a`` is a C-contiguous, aligned (and, if asked, writeable) ndarray of
+    ``typenum``, else 0."""
+    if not cnp.PyArray_Check(a):
+        return 0
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            and cnp.PyArray_ISALIGNED(arr) and (cnp.PyArray_ISWRITEABLE(arr) or not writeable))
+
+
+def sgd_update_many(list params, list grads, list bufs, list lrs, list weight_decays,
+                    double momentum, double dampening, bint nesterov, bint first_step,
+                    int n_threads):
+    """:func:`sgd_update` of every parameter of a list, in one call: one parallel loop over
+    the blocks of all of them (a model's small parameters would each be too small to
+    share out), no Python between them.
+
+    Parameters
+    ----------
+    params, grads, bufs : lists of ndarrays, one triple per parameter (any shape, each
+        C-contiguous; all float32 or all float64; p and buf writeable, of grad's size)
+    lrs, weight_decays : lists of floats, one per parameter (its group's)
+    momentum, dampening, nesterov, first_step, n_threads : as :func:`sgd_update`
+
+    Returns
+    -------
+    None: every p and buf is written.
+    """
+    cdef Py_ssize_t n = len(params), i, t, n_tasks = 0, nblk
+    if not (len(grads) == len(bufs) == len(lrs) == len(weight_decays) == n):
+        raise ValueError("sgd_update_many: params, grads, bufs, lrs and weight_decays must "
+                         "have one entry per parameter")
+    if n == 0:
+        return
+    cdef int typenum = cnp.NPY_FLOAT32 if (cnp.PyArray_Check(params[0]) and cnp.PyArray_TYPE(
+        <cnp.ndarray>params[0]) == cnp.NPY_FLOAT32) else cnp.NPY_FLOAT64
+    cdef Py_ssize_t size
+    for i in range(n):
+        if not (_float_type(params[i], typenum, True) and _float_type(grads[i], typenum, False)
+                and _float_type(bufs[i], typenum, True)):
+            raise ValueError(f"sgd_update_many: parameter {i}: p, grad and buf must be "
+                             f"C-contiguous arrays of one float dtype (p and buf writeable)")
+        size = cnp.PyArray_SIZE(<cnp.ndarray>params[i])
+        if (cnp.PyArray_SIZE(<cnp.ndarray>grads[i]) != size
+                or cnp.PyArray_SIZE(<cnp.ndarray>bufs[i]) != size):
+            raise ValueError(f"sgd_update_many: parameter {i}: p, grad and buf sizes differ")
+        n_tasks += (size + BLOCK - 1) // BLOCK
+    # per task (a block of one parameter): its parameter and first value
+    cdef Py_ssize_t[:, ::1] task = np.empty((max(n_tasks, 1), 2), dtype=np.intp)
+    cdef double[:, ::1] coef = np.empty((n, 2), dtype=np.float64)      # lr, weight decay
+    cdef Py_ssize_t[:, ::1] where = np.empty((n, 4), dtype=np.intp)    # 3 pointers, size
+    t = 0
+    for i in range(n):
+        size = cnp.PyArray_SIZE(<cnp.ndarray>params[i])
+        where[i, 0] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>params[i])
+        where[i, 1] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>grads[i])
+        where[i, 2] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>bufs[i])
+        where[i, 3] = size
+        coef[i, 0] = lrs[i]
+        coef[i, 1] = weight_decays[i]
+        for nblk in range((size + BLOCK - 1) // BLOCK):
+            task[t, 0] = i
+            task[t, 1] = nblk * BLOCK
+            t += 1
+    cdef Py_ssize_t total = 0
+    for i in range(n):
+        total += where[i, 3]
+    if typenum == cnp.NPY_FLOAT32:
+        _sgd_tasks(<float>0, task, where, coef, n_tasks, momentum, dampening, nesterov,
+                   first_step, threads_for_values(total, n_threads))
+    else:
+        _sgd_tasks(<double>0, task, where, coef, n_tasks, momentum, dampening, nesterov,
+                   first_step, threads_for_values(total, n_threads))
+
+
+cdef void _sgd_tasks(floating kind, const Py_ssize_t[:, ::1] task,
+                     const Py_ssize_t[:, ::1] where, const double[:, ::1] coef,
+                     Py_ssize_t n_tasks, double momentum, double dampening, bint nesterov,
+                     bint first_step, int n_threads):
+    """The blocks of sgd_update_many, shared among the threads (``kind``: the dtype)."""
+    cdef Py_ssize_t t, i, i0
+    cdef floating* p
+    cdef const floating* g
+    cdef floating* b
+    cdef floating mom = <floating>momentum, keep = <floating>(1 - dampening)
+    with nogil:
+        for t in prange(n_tasks, schedule="static", num_threads=n_threads):
+            i = task[t, 0]
+            i0 = task[t, 1]
+            p = <floating*>where[i, 0]
+            g = <const floating*>where[i, 1]
+            b = <floating*>where[i, 2]
+            _sgd_block(p + i0, g + i0, b + i0, min(BLOCK, where[i, 3] - i0),
+                       <floating>coef[i, 0], mom, keep, <floating>coef[i, 1], nesterov,
+                       first_step)
+
+
+def zero_many(list arrays, int n_threads):
+    """Set every array of a list to zero (a model's gradients before a backward pass), in
+    one call; each must be a C-contiguous, writeable float32 or float64 ndarray."""
+    cdef Py_ssize_t n = len(arrays), i
+    for i in range(n):
+        if not (_float_type(arrays[i], cnp.NPY_FLOAT32, True)
+                or _float_type(arrays[i], cnp.NPY_FLOAT64, True)):
+            raise ValueError(f"zero_many: array {i} must be a C-contiguous, writeable float32 "
+                             f"or float64 ndarray")
+    cdef char* data
+    cdef Py_ssize_t nbytes
+    for i in range(n):
+        data = <char*>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+        nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
+        with nogil:
+            memset(data, 0, nbytes)

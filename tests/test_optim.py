@@ -338,3 +338,50 @@ def test_sgd_kernel_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="values"):
         load_kernels("optim").sgd_update(np.ones(3), np.ones(4), np.ones(3), 0.1, 0.9, 0.0,
                                          0.0, False, False, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_many_parameters_groups_and_zero_grad(dtype):
+    """Several parameters of many sizes (one of 0 values, one spanning blocks) in two groups
+    with their own lr and weight decay, updated in one kernel call: bitwise the reference's;
+    zero_grad zeroes every gradient, a strided one included."""
+    import fastconv
+    results = {}
+    for backend in ("fast", "reference"):
+        rng = np.random.default_rng(7)
+        ps = [Parameter(rng.standard_normal(s).astype(dtype))
+              for s in [(3, 5), (0,), (40000,), (7,), (2, 3, 4, 5)]]
+        opt = SGD([{"params": ps[:2]}, {"params": ps[2:], "lr": 0.02, "weight_decay": 0.1}],
+                  lr=0.1, momentum=0.9, nesterov=True)
+        with fastconv.use_backend(backend):
+            for _ in range(3):
+                opt.zero_grad()
+                for p in ps:
+                    p.grad += rng.standard_normal(p.grad.shape).astype(dtype)
+                opt.step()
+        results[backend] = [p.data.copy() for p in ps]
+        with fastconv.use_backend(backend):
+            ps[3].grad = np.ones((14,), dtype)[::2]                  # strided
+            opt.zero_grad()
+        assert all((p.grad == 0).all() for p in ps)
+    for a, b in zip(results["fast"], results["reference"]):
+        np.testing.assert_array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))
+
+
+def test_sgd_many_kernel_rejects_bad_arrays():
+    from fastconv._backend import load_kernels
+    k = load_kernels("optim")
+    ok = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="one entry per parameter"):
+        k.sgd_update_many([ok], [ok, ok], [ok], [0.1], [0.0], 0.9, 0.0, False, False, 1)
+    with pytest.raises(ValueError, match="parameter 0"):
+        k.sgd_update_many([ok], [np.ones(4)], [ok.copy()], [0.1], [0.0], 0.9, 0.0, False,
+                          False, 1)
+    with pytest.raises(ValueError, match="sizes differ"):
+        k.sgd_update_many([ok], [np.ones(5, np.float32)], [ok.copy()], [0.1], [0.0], 0.9,
+                          0.0, False, False, 1)
+    with pytest.raises(ValueError, match="parameter 0"):
+        k.sgd_update_many([ok[::2]], [ok[::2]], [ok[::2]], [0.1], [0.0], 0.9, 0.0, False,
+                          False, 1)
+    with pytest.raises(ValueError, match="array 1"):
+        k.zero_many([ok, np.ones(3, np.int64)], 1)

@@ -44,3 +44,21 @@ def sgd_update(p, grad, buf, lr, momentum, dampening, weight_decay, nesterov, fi
                 buf += g
         g = g + t(momentum) * buf if nesterov else buf
     p -= t(lr) * g
+
+
+def sgd_update_many(params, grads, bufs, lrs, weight_decays, momentum, dampening, nesterov,
+                    first_step, n_threads=None):
+    """:func:`sgd_update` of every parameter of a list (the compiled twin does them in one
+    call). params, grads, bufs: lists of arrays, one triple per parameter; lrs,
+    weight_decays: one float each. n_threads: ignored."""
+    if not len(params) == len(grads) == len(bufs) == len(lrs) == len(weight_decays):
+        raise ValueError("sgd_update_many: params, grads, bufs, lrs and weight_decays must "
+                         "have one entry per parameter")
+    for p, g, b, lr, wd in zip(params, grads, bufs, lrs, weight_decays):
+        sgd_update(p, g, b, lr, momentum, dampening, wd, nesterov, first_step)
+
+
+def zero_many(arrays, n_threads=None):
+    """Set every array of a list to zero. n_threads: ignored."""
+    for a in arrays:
+        a.fill(0)
