@@ -9,16 +9,20 @@ them on one thread (nn.Linear keeps it there for small products, as a multi-thre
 leaves its threads spinning on the cores the next layer's OpenMP threads need), so on
 2 cores LeNet-5's fully connected layers were a quarter of a training step that did not
 scale. Here the products are cut into fixed blocks that OpenMP threads share, each block
-one single-threaded GEMM (SciPy's BLAS, as the convolutions; call under
-``_threads.blas_single_thread()``, as fastconv.functional does):
+one single-threaded product: in float32 on AVX-512 fastconv's micro-kernel (fc_gemm_f32 in
+include/fc_conv_microkernel.h, which reads both operands in place), else a GEMM of SciPy's
+BLAS, as the convolutions (call under ``_threads.blas_single_thread()``, as
+fastconv.functional does):
 
-* forward: blocks of up to FWD_BLOCK rows of x (y's rows);
+* forward: blocks of up to FWD_BLOCK rows of x (y's rows); on the micro-kernel, from
+  MK_MIN_ROWS rows of x, blocks of up to FWD_BLOCK columns of y instead (_forward_columns:
+  each transposes its rows of w, since the micro-kernel reads its B operand by rows);
 * backward: blocks of up to BWD_BLOCK rows of dw (output features) with their db entries,
   and blocks of up to BWD_BLOCK rows of dx, all in ONE parallel region (one wake-up of the
   threads).
 
-Every output value is computed by one GEMM call whose shape depends only on the shapes of
-the arrays, never on the thread count, so any thread count gives the same bits.
+Every output value is computed by one product call whose shape depends only on the shapes
+of the arrays, never on the thread count, so any thread count gives the same bits.
 """
 import numpy as np
 
