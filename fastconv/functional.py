@@ -1374,12 +1374,12 @@ def _linear_setup(op, x, w):
     return x, w
 
 
-def linear(x, w, b=None, backend=None):
+def linear(x, w, b=None, backend=None, *, relu=False):
     """Fully connected layer, notes eq. (linear.fwd): ``y = x @ w.T + b``, as PyTorch's
     ``torch.nn.functional.linear``.
 
-    The fast kernel shares the product among the OpenMP threads (blocks of rows, each a
-    single-threaded GEMM), where NumPy's ``x @ w.T`` of a small layer runs on one thread.
+    The fast kernel shares the product among the OpenMP threads (blocks, each a
+    single-threaded product), where NumPy's ``x @ w.T`` of a small layer runs on one thread.
 
     Parameters
     ----------
@@ -1387,6 +1387,9 @@ def linear(x, w, b=None, backend=None):
     w : ndarray (out_features, in_features), same dtype
     b : ndarray (out_features,) or None
     backend : "fast", "reference" or None
+    relu : bool, keyword only
+        Return ``relu(y)``, the ReLU applied to each block as it is written (how
+        ``nn.Sequential`` runs a Linear followed by a ReLU); the same bits as ``relu(y)``.
 
     Returns
     -------
@@ -1400,12 +1403,13 @@ def linear(x, w, b=None, backend=None):
             raise ValueError(f"{op}: b must have shape ({w.shape[0]},) for w of shape "
                              f"{w.shape}, got {b.shape}")
     impl = implementation("linear", resolve_backend(backend, op))
+    extra = {"relu": True} if relu else {}          # the usual call passes no keyword
     with _threads.blas_single_thread():
         return impl.linear_forward(_kernel_ready(x), _kernel_ready(w), _kernel_ready(b),
-                                   _n_threads())
+                                   _n_threads(), **extra)
 
 
-def linear_backward(dy, x, w, backend=None, *, need_dx=True):
+def linear_backward(dy, x, w, backend=None, *, need_dx=True, through_relu=False):
     """Gradients of :func:`linear`, notes eq. (linear.bwd):
     ``dx = dy @ w``, ``dw = dy.T @ x``, ``db = dy.sum(axis=0)``.
 
@@ -1414,6 +1418,10 @@ def linear_backward(dy, x, w, backend=None, *, need_dx=True):
     dy : ndarray (N, out_features);  x, w, backend : as in :func:`linear`
     need_dx : bool, keyword only
         False skips dx, returned as None (a network's first layer).
+    through_relu : bool, keyword only
+        x is the output of a ReLU (``x = relu(z)``): dx is dL/dz instead, 0 where x <= 0,
+        i.e. ``relu_backward(dx, x)`` bit for bit, applied as dx is written (how
+        ``nn.Sequential`` runs a ReLU followed by a Linear).
 
     Returns
     -------
@@ -1424,8 +1432,10 @@ def linear_backward(dy, x, w, backend=None, *, need_dx=True):
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     _check_dy(op, dy, (x.shape[0], w.shape[0]))
     impl = implementation("linear", resolve_backend(backend, op))
+    extra = {"through_relu": True} if through_relu else {}
     with _threads.blas_single_thread():
-        return impl.linear_backward(*_contiguous(dy, x, w), _n_threads(), bool(need_dx))
+        return impl.linear_backward(*_contiguous(dy, x, w), _n_threads(), bool(need_dx),
+                                    **extra)
 
 
 # --------------------------------------------------------------------------- activation

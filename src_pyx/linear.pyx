@@ -75,10 +75,22 @@ def _check(name, cond, msg):
         raise ValueError(f"{name}: {msg}")
 
 
+cdef inline void _relu_block(floating* y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t o0,
+                             Py_ssize_t o1, Py_ssize_t O) noexcept nogil:
+    """y[n, o] = max(y[n, o], 0) for n0 <= n < n1, o0 <= o < o1 (relu.fwd: NaN stays)."""
+    cdef Py_ssize_t n, o
+    cdef floating v
+    for n in range(n0, n1):
+        for o in range(o0, o1):
+            v = y[n * O + o]
+            y[n * O + o] = 0 if v <= 0 else v
+
+
 cdef void _forward_block(const floating* x, const floating* w, const floating* b,
-                         bint has_bias, floating* y, Py_ssize_t n0, Py_ssize_t n1,
+                         bint has_bias, bint relu, floating* y, Py_ssize_t n0, Py_ssize_t n1,
                          Py_ssize_t I, Py_ssize_t O) noexcept nogil:
-    """Rows n0 <= n < n1 of (linear.fwd): y = b, then y += x @ w^T (GEMM with beta = 1)."""
+    """Rows n0 <= n < n1 of (linear.fwd): y = b, then y += x @ w^T (GEMM with beta = 1),
+    then the ReLU if asked."""
     cdef Py_ssize_t n, o
     cdef floating beta = 0
     if has_bias:
@@ -88,13 +100,16 @@ cdef void _forward_block(const floating* x, const floating* w, const floating* b
                 y[n * O + o] = b[o]
     gemm_rm(False, True, <int>(n1 - n0), <int>O, <int>I, 1, x + n0 * I, <int>I, w, <int>I,
             beta, y + n0 * O, <int>O)
+    if relu:
+        _relu_block(y, n0, n1, 0, O, O)
 
 
 cdef void _forward_columns(const float* x, const float* w, const float* b, bint has_bias,
-                           float* wT, float* y, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t N,
-                           Py_ssize_t I, Py_ssize_t O) noexcept nogil:
+                           bint relu, float* wT, float* y, Py_ssize_t o0, Py_ssize_t o1,
+                           Py_ssize_t N, Py_ssize_t I, Py_ssize_t O) noexcept nogil:
     """Columns o0 <= o < o1 of (linear.fwd) on the micro-kernel, whose B operand is read by
-    rows: those rows of w transposed into wT (I, O), then y[:, o0:o1] = b + x @ wT."""
+    rows: those rows of w transposed into wT (I, O), then y[:, o0:o1] = b + x @ wT, then
+    the ReLU if asked."""
     cdef Py_ssize_t n, o
     fc_unpack_yT_f32(w + o0 * I, NULL, wT + o0, I, o1 - o0, O)
     if has_bias:
@@ -102,10 +117,13 @@ cdef void _forward_columns(const float* x, const float* w, const float* b, bint 
             for o in range(o0, o1):
                 y[n * O + o] = b[o]
     fc_gemm_f32(N, o1 - o0, I, x, I, 1, wT + o0, O, has_bias, y + o0, O)
+    if relu:
+        _relu_block(y, 0, N, o0, o1, O)
 
 
-def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_threads):
-    """Fully connected layer, notes eq. (linear.fwd): y = x @ w^T + b.
+def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_threads,
+                   bint relu=False):
+    """Fully connected layer, notes eq. (linear.fwd): y = x @ w^T + b (relu(y) with relu).
 
     Parameters
     ----------
@@ -115,6 +133,8 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_
     n_threads : int
         OpenMP threads (BLAS limited to one thread by the caller); the result does not
         depend on it.
+    relu : bool
+        Return relu(y), applied to each block as it is written (relu.fwd).
 
     Returns
     -------
@@ -134,6 +154,8 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_
         return y_arr
     if I == 0:                                   # an empty sum: y = b
         y_arr[...] = b_arr if has_bias else 0
+        if relu:
+            y_arr[y_arr <= 0] = 0
         return y_arr
     cdef floating[:, ::1] y = y_arr
     # Below GRAIN one thread, whatever n_threads is, runs one GEMM over all the rows: the
@@ -148,12 +170,12 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_
         with nogil:
             for blk in prange((O + rows - 1) // rows, schedule="static",
                               num_threads=n_threads):
-                _forward_columns(&x[0, 0], &w[0, 0], &bv[0], has_bias, &wT[0, 0], &y[0, 0],
-                                 blk * rows, imin((blk + 1) * rows, O), N, I, O)
+                _forward_columns(&x[0, 0], &w[0, 0], &bv[0], has_bias, relu, &wT[0, 0],
+                                 &y[0, 0], blk * rows, imin((blk + 1) * rows, O), N, I, O)
         return y_arr
     with nogil:
         for blk in prange(nblk, schedule="static", num_threads=n_threads):
-            _forward_block(&x[0, 0], &w[0, 0], &bv[0], has_bias, &y[0, 0], blk * rows,
+            _forward_block(&x[0, 0], &w[0, 0], &bv[0], has_bias, relu, &y[0, 0], blk * rows,
                            imin((blk + 1) * rows, N), I, O)
     return y_arr
 
@@ -177,17 +199,24 @@ cdef void _dw_block(const floating* dy, const floating* x, floating* dw, floatin
 
 
 cdef void _dx_block(const floating* dy, const floating* w, floating* dx, Py_ssize_t n0,
-                    Py_ssize_t n1, Py_ssize_t I, Py_ssize_t O) noexcept nogil:
-    """Rows n0 <= n < n1 of dx = dy @ w, (linear.bwd)."""
+                    Py_ssize_t n1, Py_ssize_t I, Py_ssize_t O, const floating* x,
+                    bint through_relu) noexcept nogil:
+    """Rows n0 <= n < n1 of dx = dy @ w, (linear.bwd); with through_relu, then 0 where
+    x <= 0 (x a ReLU's output: (relu.bwd) in the same pass)."""
+    cdef Py_ssize_t i
     if floating is float and _use_microkernel:
         fc_gemm_f32(n1 - n0, I, O, dy + n0 * O, O, 1, w, I, 0, dx + n0 * I, I)
     else:
         gemm_rm(False, False, <int>(n1 - n0), <int>I, <int>O, 1, dy + n0 * O, <int>O, w,
                 <int>I, 0, dx + n0 * I, <int>I)
+    if through_relu:
+        for i in range(n0 * I, n1 * I):
+            dx[i] = dx[i] if x[i] > 0 else 0
 
 
 def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
-                    const floating[:, ::1] w, int n_threads, bint need_dx=True):
+                    const floating[:, ::1] w, int n_threads, bint need_dx=True,
+                    bint through_relu=False):
     """Gradients of :func:`linear_forward`, notes eq. (linear.bwd).
 
     Parameters
@@ -196,6 +225,9 @@ def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     n_threads : int (BLAS limited to one thread by the caller; the same bits for any value)
     need_dx : bool
         False skips dx (None is returned in its place): a network's first layer.
+    through_relu : bool
+        x is a ReLU's output: dx is the gradient of the ReLU's input, 0 where x <= 0
+        (relu.bwd), applied to each block of dx as it is written.
 
     Returns
     -------
@@ -234,5 +266,5 @@ def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                           imin((task + 1) * dw_rows, O), N, I, O)
             else:
                 _dx_block(&dy[0, 0], &w[0, 0], &dx[0, 0], (task - n_dw) * dx_rows,
-                          imin((task - n_dw + 1) * dx_rows, N), I, O)
+                          imin((task - n_dw + 1) * dx_rows, N), I, O, &x[0, 0], through_relu)
     return (dx_arr if need_dx else None), dw_arr, db_arr

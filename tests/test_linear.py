@@ -158,3 +158,27 @@ def test_every_instruction_set_matches_reference(isa, tmp_path):
         reduction = {"y": I, "dx": O, "dw": N, "db": N}[what]
         want = out[key.replace(f"_{what}", f"_want_{what}")]
         assert_close(out[key], want, np.float32, reduction=reduction)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("shape", [(64, 400, 120), (64, 120, 84), (3, 7, 5), (40, 9, 33)],
+                         ids=str)
+def test_relu_forward_and_backward_through_relu(shape, backend, dtype, rng):
+    """linear(relu=True) is relu(linear) and linear_backward(through_relu=True)'s dx is
+    relu_backward(dx, x), bit for bit (x a ReLU's output, with zeros, -0.0 and a NaN;
+    y with a NaN from it): the blocks of rows, and of columns on the micro-kernel."""
+    x, w, b, dy = _inputs(rng, dtype, *shape)
+    x = F.relu(x)
+    x[0, :2] = [-0.0, 0.0]
+    x[-1, -1] = np.nan
+    y = F.linear(x, w, b, backend=backend)
+    got = F.linear(x, w, b, backend=backend, relu=True)
+    np.testing.assert_array_equal(got.view(f"u{got.itemsize}"),
+                                  F.relu(y).view(f"u{got.itemsize}"))
+    dx, dw, db = F.linear_backward(dy, x, w, backend=backend)
+    gdx, gdw, gdb = F.linear_backward(dy, x, w, backend=backend, through_relu=True)
+    want = F.relu_backward(dx, x)
+    np.testing.assert_array_equal(gdx.view(f"u{gdx.itemsize}"), want.view(f"u{gdx.itemsize}"))
+    np.testing.assert_array_equal(gdw, dw)
+    np.testing.assert_array_equal(gdb, db)
+    assert np.isnan(y[-1]).all() and (gdx[x <= 0] == 0).all()

@@ -24,12 +24,12 @@ class ReLU(Module):
         self._y = y = F.relu(x, inplace=self.inplace)
         return y
 
-    def forward_after(self, conv, x):
-        """``forward(conv(x))`` for a Conv2d ``conv``, with the ReLU applied in the
-        convolution's epilogue as each block of output is written (conv.fused), instead of
-        in a second pass over memory: how :class:`Sequential` runs a Conv2d followed by a
+    def forward_after(self, layer, x):
+        """``forward(layer(x))`` for a Conv2d or Linear ``layer``, with the ReLU applied in
+        that layer's kernel as each block of output is written (conv.fused), instead of in
+        a second pass over memory: how :class:`Sequential` runs such a layer followed by a
         ReLU. The same bits as the two calls."""
-        self._y = y = conv.forward(x, relu=True)
+        self._y = y = layer.forward(x, relu=True)
         return y
 
     def forward_sum(self, a, b):

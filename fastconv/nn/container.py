@@ -5,6 +5,7 @@ import numpy as np
 from .. import functional as F
 from .activation import ReLU
 from .conv import Conv2d
+from .linear import Linear
 from .module import Module
 from .pooling import MaxPool2d
 
@@ -31,21 +32,29 @@ def _add(a, b, *protected):
     return F.add(a, b, out=a)
 
 
-def _fusable(first, second, first_type, second_type, method):
-    """True when ``first`` and ``second`` are exactly these layer types and both run their
-    class's ``method``: none was replaced on the instance (as ``fastconv.viz`` does to
-    capture a layer's output), so running the two as one pass skips no one's code."""
-    return (type(first) is first_type and type(second) is second_type
+# Layers whose kernels apply a ReLU as they write their output (forward(x, relu=True)),
+# and layers whose backward applies the ReLU's mask to the dx they write for the ReLU in
+# front of them (backward_through_relu).
+_RELU_AFTER = (Conv2d, Linear)
+_RELU_BEFORE = (MaxPool2d, Linear)
+
+
+def _fusable(first, second, first_types, second_types, method):
+    """True when ``first`` and ``second`` are exactly of these layer types and both run
+    their class's ``method``: none was replaced on the instance (as ``fastconv.viz`` does
+    to capture a layer's output), so running the two as one pass skips no one's code."""
+    return (type(first) in first_types and type(second) in second_types
             and method not in first.__dict__ and method not in second.__dict__)
 
 
 def _backward_chain(layers, dy):
     """dy through ``layers`` backwards (Sequential's backward). A ReLU followed by a
-    MaxPool2d that pooled its output runs as one pass (MaxPool2d.backward_through_relu)."""
+    MaxPool2d or a Linear that took its output runs as one pass (their
+    ``backward_through_relu``)."""
     i = len(layers) - 1
     while i >= 0:
         layer = layers[i]
-        if (i > 0 and _fusable(layers[i - 1], layer, ReLU, MaxPool2d, "backward")
+        if (i > 0 and _fusable(layers[i - 1], layer, (ReLU,), _RELU_BEFORE, "backward")
                 and layer._x is layers[i - 1]._y):
             dy = layer.backward_through_relu(dy)
             i -= 2
@@ -63,10 +72,11 @@ class Sequential(Module):
     Indexing (``seq[0]``, ``seq[-1]``, ``seq["conv1"]``), ``len`` and iteration work too.
 
     Two neighbours run as one pass, with the same results as one at a time (each layer
-    keeps what its own backward needs): a Conv2d followed by a ReLU (the ReLU applied in
-    the convolution's epilogue, ``ReLU.forward_after``), and backwards, a ReLU followed by
-    a MaxPool2d (the ReLU's mask applied as the pooling gradient is written,
-    ``MaxPool2d.backward_through_relu``). Each saves a pass over a large activation.
+    keeps what its own backward needs): a Conv2d or Linear followed by a ReLU (the ReLU
+    applied as the layer's kernel writes its output, ``ReLU.forward_after``), and
+    backwards, a ReLU followed by a MaxPool2d or a Linear (the ReLU's mask applied as that
+    layer writes its dx, ``backward_through_relu``). Each saves a pass over an activation
+    and a call.
     """
 
     def __init__(self, *layers):
@@ -118,8 +128,9 @@ class Sequential(Module):
         layers, i = self._layers, 0
         while i < len(layers):
             layer = layers[i]
-            if i + 1 < len(layers) and _fusable(layer, layers[i + 1], Conv2d, ReLU, "forward"):
-                x = layers[i + 1].forward_after(layer, x)       # conv + ReLU in one pass
+            if i + 1 < len(layers) and _fusable(layer, layers[i + 1], _RELU_AFTER, (ReLU,),
+                                                "forward"):
+                x = layers[i + 1].forward_after(layer, x)       # layer + ReLU in one pass
                 i += 2
             else:
                 x = layer(x)

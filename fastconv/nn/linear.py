@@ -46,7 +46,9 @@ class Linear(Module):
                      if bias else None)
         self._x = None
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """y = x @ weight^T + bias, eq. (linear.fwd); ``relu=True`` returns relu(y), applied
+        as each block is written (``ReLU.forward_after``)."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}): x must be "
                              f"(N, {self.in_features}), got shape {x.shape} (add a Flatten?)")
@@ -54,7 +56,8 @@ class Linear(Module):
             raise TypeError(f"Linear: x has dtype {x.dtype} but the layer is "
                             f"{self.weight.data.dtype} (convert x, or the model with .to())")
         self._x = x = np.ascontiguousarray(x)     # once here, not again in backward
-        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data,
+                        **({"relu": True} if relu else {}))
 
     def backward(self, dy):
         return self._backward(dy, need_dx=True)
@@ -63,10 +66,20 @@ class Linear(Module):
         """dweight and dbias only (no dx): see Module.backward_params."""
         self._backward(dy, need_dx=False)
 
-    def _backward(self, dy, need_dx):
+    def backward_through_relu(self, dy):
+        """``relu.backward(self.backward(dy))`` in one pass, for the ReLU whose output is this
+        layer's input: dx is 0 where that is <= 0 (eq. (relu.bwd)). How :class:`Sequential`
+        runs a ReLU followed by a Linear; the same bits as the two calls."""
+        return self._backward(dy, need_dx=True, through_relu=True)
+
+    def _backward(self, dy, need_dx, through_relu=False):
         if not _trainable(self.weight, self.bias):      # frozen: dx = dy @ weight only
-            return F.linear(dy, np.ascontiguousarray(self.weight.data.T)) if need_dx else None
-        dx, dw, db = F.linear_backward(dy, self._x, self.weight.data, need_dx=need_dx)
+            if not need_dx:
+                return None
+            dx = F.linear(dy, np.ascontiguousarray(self.weight.data.T))
+            return F.relu_backward(dx, self._x) if through_relu else dx
+        dx, dw, db = F.linear_backward(dy, self._x, self.weight.data, need_dx=need_dx,
+                                       **({"through_relu": True} if through_relu else {}))
         if self.weight.requires_grad:
             self.weight.grad += dw
         if self.bias is not None and self.bias.requires_grad:

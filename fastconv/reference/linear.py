@@ -6,15 +6,21 @@
 import numpy as np
 
 
-def linear_forward(x, w, b, n_threads=None):
-    """Eq. (linear.fwd): x (N, I), w (O, I), b (O,) or None  ->  y (N, O). n_threads: ignored."""
+def linear_forward(x, w, b, n_threads=None, relu=False):
+    """Eq. (linear.fwd): x (N, I), w (O, I), b (O,) or None  ->  y (N, O); with relu,
+    relu(y) (relu.fwd). n_threads: ignored."""
     y = x @ w.T                     # w.T is a view: BLAS reads it transposed, no copy
     if b is not None:
         y += b
+    if relu:
+        y = np.where(y <= 0, y.dtype.type(0), y)        # NaN stays, -0 gives +0
     return y
 
 
-def linear_backward(dy, x, w, n_threads=None, need_dx=True):
-    """Eq. (linear.bwd): dy (N, O), x (N, I), w (O, I)  ->  dx (N, I) or None, dw (O, I), db (O,)."""
+def linear_backward(dy, x, w, n_threads=None, need_dx=True, through_relu=False):
+    """Eq. (linear.bwd): dy (N, O), x (N, I), w (O, I)  ->  dx (N, I) or None, dw (O, I), db (O,).
+    through_relu: x is a ReLU's output, dx the gradient of its input (0 where x <= 0)."""
     dx = dy @ w if need_dx else None
+    if dx is not None and through_relu:
+        dx = np.where(x > 0, dx, dx.dtype.type(0))
     return dx, dy.T @ x, dy.sum(axis=0)
