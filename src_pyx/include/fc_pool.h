@@ -4,9 +4,11 @@
  *
  * Per 16 windows of a row pair: the two input rows are loaded as 2 + 2 vectors and split
  * into their even and odd columns (a b / c d of each window) by two-source permutes; the
- * rule's comparisons become lane masks; dy goes to the winning cell of each window, 0 to
- * the three others; the four results are interleaved back into two rows of dx by permutes
- * and stored, every dx cell of the window written once. The same comparisons as the
+ * rule's comparisons become lane masks (fc_max_2x2_route); dy goes to the winning cell of
+ * each window, 0 to the three others; the four results are interleaved back into two rows
+ * of dx by permutes and stored, every dx cell of the window written once. Rows of at most
+ * 16 values (fc_max_backward_2x2_narrow_f32) put the windows of several row pairs in one
+ * vector instead, through index tables made once per call. The same comparisons as the
  * Cython loop on every window, so the same bits. Written with intrinsics: compiled from
  * the plain loop under target("avx512f"), gcc's vector code was 10x slower than the
  * scalar loop.
@@ -70,6 +72,34 @@ static inline __mmask16 fc_pool_mask(Py_ssize_t n)
     return (__mmask16)(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1);
 }
 
+/* The first-maximum rule on 16 windows at once: cells a b / c d (vectors), v their dy.
+ * Writes g[0..3], the dy each cell gets (dy at the window's winner, 0 at the three
+ * others; with relu (keep_all 0) only where the cell is > 0), and returns the lanes
+ * among ``lanes`` whose cells hold NaN. Without NaN, a >= b is not (b > a), and
+ * bottom > top is not (top >= bottom). */
+static inline __attribute__((target("avx512f"), always_inline))
+__mmask16 fc_max_2x2_route(__m512 a, __m512 b, __m512 c, __m512 d, __m512 v,
+                           __mmask16 lanes, __mmask16 keep_all, __m512 g[4])
+{
+    const __m512 zero = _mm512_setzero_ps();
+    __mmask16 nan = _mm512_mask_cmp_ps_mask(lanes, a, b, _CMP_UNORD_Q)
+                    | _mm512_mask_cmp_ps_mask(lanes, c, d, _CMP_UNORD_Q);
+    __mmask16 b_gt_a = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ);
+    __mmask16 d_gt_c = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
+    __m512 top = _mm512_mask_blend_ps(b_gt_a, a, b);            /* b if b > a else a */
+    __m512 bottom = _mm512_mask_blend_ps(d_gt_c, c, d);
+    __mmask16 top_wins = _mm512_cmp_ps_mask(top, bottom, _CMP_GE_OQ);
+    __mmask16 pa = _mm512_cmp_ps_mask(a, zero, _CMP_GT_OQ) | keep_all;
+    __mmask16 pb = _mm512_cmp_ps_mask(b, zero, _CMP_GT_OQ) | keep_all;
+    __mmask16 pc = _mm512_cmp_ps_mask(c, zero, _CMP_GT_OQ) | keep_all;
+    __mmask16 pd = _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ) | keep_all;
+    g[0] = _mm512_maskz_mov_ps(~b_gt_a & top_wins & pa, v);
+    g[1] = _mm512_maskz_mov_ps(b_gt_a & top_wins & pb, v);
+    g[2] = _mm512_maskz_mov_ps(~d_gt_c & ~top_wins & pc, v);
+    g[3] = _mm512_maskz_mov_ps(d_gt_c & ~top_wins & pd, v);
+    return nan;
+}
+
 static __attribute__((target("avx512f"), noinline))
 int fc_max_backward_2x2_narrow_f32(const float *dy, const float *x, float *dx, Py_ssize_t P,
                                    Py_ssize_t W, int relu, const fc_narrow_2x2 *t)
@@ -81,7 +111,6 @@ int fc_max_backward_2x2_narrow_f32(const float *dy, const float *x, float *dx, P
     __m512i ic = _mm512_loadu_si512(from[2]), id = _mm512_loadu_si512(from[3]);
     __m512i out[4];
     for (int o = 0; o < 4; o++) out[o] = _mm512_loadu_si512(back[o]);
-    const __m512 zero = _mm512_setzero_ps();
     const __mmask16 keep_all = relu ? 0 : 0xFFFF;
     __mmask16 nan = 0;
     for (Py_ssize_t p0 = 0; p0 < P; p0 += k) {
@@ -101,27 +130,14 @@ int fc_max_backward_2x2_narrow_f32(const float *dy, const float *x, float *dx, P
         __m512 d = _mm512_mask_blend_ps(from_hi[3], _mm512_permutex2var_ps(v0, id, v1),
                                         _mm512_permutex2var_ps(v2, id, v3));
         __mmask16 lanes = fc_pool_mask(pairs * Q);
-        __m512 v = _mm512_maskz_loadu_ps(lanes, dy + p0 * Q);
-        nan |= _mm512_mask_cmp_ps_mask(lanes, a, b, _CMP_UNORD_Q)
-               | _mm512_mask_cmp_ps_mask(lanes, c, d, _CMP_UNORD_Q);
-        __mmask16 b_gt_a = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ);
-        __mmask16 d_gt_c = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
-        __m512 top = _mm512_mask_blend_ps(b_gt_a, a, b);
-        __m512 bottom = _mm512_mask_blend_ps(d_gt_c, c, d);
-        __mmask16 top_wins = _mm512_cmp_ps_mask(top, bottom, _CMP_GE_OQ);
-        __mmask16 pa = _mm512_cmp_ps_mask(a, zero, _CMP_GT_OQ) | keep_all;
-        __mmask16 pb = _mm512_cmp_ps_mask(b, zero, _CMP_GT_OQ) | keep_all;
-        __mmask16 pc = _mm512_cmp_ps_mask(c, zero, _CMP_GT_OQ) | keep_all;
-        __mmask16 pd = _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ) | keep_all;
-        __m512 ga = _mm512_maskz_mov_ps(~b_gt_a & top_wins & pa, v);
-        __m512 gb = _mm512_maskz_mov_ps(b_gt_a & top_wins & pb, v);
-        __m512 gc = _mm512_maskz_mov_ps(~d_gt_c & ~top_wins & pc, v);
-        __m512 gd = _mm512_maskz_mov_ps(d_gt_c & ~top_wins & pd, v);
+        __m512 g[4];                                 /* what cells a, b, c, d get */
+        nan |= fc_max_2x2_route(a, b, c, d, _mm512_maskz_loadu_ps(lanes, dy + p0 * Q), lanes,
+                                keep_all, g);
         for (int o = 0; o < 4 && 16 * o < n; o++)
             _mm512_mask_storeu_ps(ds + 16 * o, fc_pool_mask(n - 16 * o),
                                   _mm512_mask_blend_ps(back_bottom[o],
-                                                       _mm512_permutex2var_ps(ga, out[o], gb),
-                                                       _mm512_permutex2var_ps(gc, out[o], gd)));
+                                                       _mm512_permutex2var_ps(g[0], out[o], g[1]),
+                                                       _mm512_permutex2var_ps(g[2], out[o], g[3])));
     }
     return nan != 0;
 }
@@ -135,7 +151,6 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
                             Py_ssize_t W, Py_ssize_t P, Py_ssize_t Q, int relu,
                             const fc_narrow_2x2 *narrow)
 {
-    const __m512 zero = _mm512_setzero_ps();
     const __mmask16 keep_all = relu ? 0 : 0xFFFF;     /* without relu, no cell is masked */
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
                                            16, 18, 20, 22, 24, 26, 28, 30);
@@ -165,27 +180,15 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
             __m512 b = _mm512_permutex2var_ps(t0, odd, t1);
             __m512 c = _mm512_permutex2var_ps(b0, even, b1);    /* bottom row: c d c d ... */
             __m512 d = _mm512_permutex2var_ps(b0, odd, b1);
-            __m512 v = _mm512_maskz_loadu_ps(mw, g + q);
-            nan |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q)
-                   | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q);
-            __mmask16 b_gt_a = _mm512_cmp_ps_mask(b, a, _CMP_GT_OQ);
-            __mmask16 d_gt_c = _mm512_cmp_ps_mask(d, c, _CMP_GT_OQ);
-            __m512 top = _mm512_mask_blend_ps(b_gt_a, a, b);        /* b if b > a else a */
-            __m512 bottom = _mm512_mask_blend_ps(d_gt_c, c, d);
-            __mmask16 top_wins = _mm512_cmp_ps_mask(top, bottom, _CMP_GE_OQ);
-            /* without NaN, a >= b is not (b > a), and bottom > top is not (top >= bottom) */
-            __mmask16 pa = _mm512_cmp_ps_mask(a, zero, _CMP_GT_OQ) | keep_all;
-            __mmask16 pb = _mm512_cmp_ps_mask(b, zero, _CMP_GT_OQ) | keep_all;
-            __mmask16 pc = _mm512_cmp_ps_mask(c, zero, _CMP_GT_OQ) | keep_all;
-            __mmask16 pd = _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ) | keep_all;
-            __m512 ga = _mm512_maskz_mov_ps(~b_gt_a & top_wins & pa, v);
-            __m512 gb = _mm512_maskz_mov_ps(b_gt_a & top_wins & pb, v);
-            __m512 gc = _mm512_maskz_mov_ps(~d_gt_c & ~top_wins & pc, v);
-            __m512 gd = _mm512_maskz_mov_ps(d_gt_c & ~top_wins & pd, v);
-            _mm512_mask_storeu_ps(d0 + 2 * q, m1, _mm512_permutex2var_ps(ga, lo, gb));
-            _mm512_mask_storeu_ps(d0 + 2 * q + 16, m2, _mm512_permutex2var_ps(ga, hi, gb));
-            _mm512_mask_storeu_ps(d1 + 2 * q, m1, _mm512_permutex2var_ps(gc, lo, gd));
-            _mm512_mask_storeu_ps(d1 + 2 * q + 16, m2, _mm512_permutex2var_ps(gc, hi, gd));
+            __m512 gv[4];                                        /* what a, b, c, d get */
+            nan |= fc_max_2x2_route(a, b, c, d, _mm512_maskz_loadu_ps(mw, g + q), mw,
+                                    keep_all, gv);
+            _mm512_mask_storeu_ps(d0 + 2 * q, m1, _mm512_permutex2var_ps(gv[0], lo, gv[1]));
+            _mm512_mask_storeu_ps(d0 + 2 * q + 16, m2,
+                                  _mm512_permutex2var_ps(gv[0], hi, gv[1]));
+            _mm512_mask_storeu_ps(d1 + 2 * q, m1, _mm512_permutex2var_ps(gv[2], lo, gv[3]));
+            _mm512_mask_storeu_ps(d1 + 2 * q + 16, m2,
+                                  _mm512_permutex2var_ps(gv[2], hi, gv[3]));
         }
         if (W > 2 * Q) {                     /* odd W: the last column is in no window */
             d0[W - 1] = 0;
