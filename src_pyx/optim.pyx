@@ -181,15 +181,18 @@ cdef void _sgd_tasks(floating kind, const Py_ssize_t[:, ::1] task,
     cdef const floating* g
     cdef floating* b
     cdef floating mom = <floating>momentum, keep = <floating>(1 - dampening)
+    cdef const Py_ssize_t* tk = &task[0, 0]          # raw pointers: no checks in the loop
+    cdef const Py_ssize_t* wh = &where[0, 0]
+    cdef const double* cf = &coef[0, 0]
     with nogil:
         for t in prange(n_tasks, schedule="static", num_threads=n_threads):
-            i = task[t, 0]
-            i0 = task[t, 1]
-            p = <floating*>where[i, 0]
-            g = <const floating*>where[i, 1]
-            b = <floating*>where[i, 2]
-            _sgd_block(p + i0, g + i0, b + i0, min(BLOCK, where[i, 3] - i0),
-                       <floating>coef[i, 0], mom, keep, <floating>coef[i, 1], nesterov,
+            i = tk[2 * t]
+            i0 = tk[2 * t + 1]
+            p = <floating*>wh[4 * i]
+            g = <const floating*>wh[4 * i + 1]
+            b = <floating*>wh[4 * i + 2]
+            _sgd_block(p + i0, g + i0, b + i0, min(BLOCK, wh[4 * i + 3] - i0),
+                       <floating>cf[2 * i], mom, keep, <floating>cf[2 * i + 1], nesterov,
                        first_step)
 
 

@@ -650,14 +650,15 @@ cdef inline void _keep_positive(const floating* xp, floating* dxp,
 cdef _through_relu(dx_arr, const floating[:, :, :, ::1] x, int n_threads):
     """dx_arr in place as _keep_positive, in parallel over the planes; returns it."""
     cdef floating[:, :, :, ::1] dx = dx_arr
-    cdef Py_ssize_t HW = x.shape[2] * x.shape[3], nc
-    if dx.shape[0] * dx.shape[1] * HW == 0:
+    cdef Py_ssize_t HW = x.shape[2] * x.shape[3], n_planes = x.shape[0] * x.shape[1], nc
+    if n_planes * HW == 0:
         return dx_arr
+    cdef const floating* x0 = &x[0, 0, 0, 0]
+    cdef floating* dx0 = &dx[0, 0, 0, 0]
+    n_threads = threads_for_values(n_planes * HW, n_threads)
     with nogil:
-        for nc in prange(x.shape[0] * x.shape[1], schedule="static",
-                         num_threads=threads_for_values(x.shape[0] * x.shape[1] * HW,
-                                                        n_threads)):
-            _keep_positive(&x[0, 0, 0, 0] + nc * HW, &dx[0, 0, 0, 0] + nc * HW, HW)
+        for nc in prange(n_planes, schedule="static", num_threads=n_threads):
+            _keep_positive(x0 + nc * HW, dx0 + nc * HW, HW)
     return dx_arr
 
 
