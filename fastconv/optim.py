@@ -175,19 +175,6 @@ def _as_groups(owner, params, lr, weight_decay):
     return groups
 
 
-def _flat_ready(data, grad, buf):
-    """True when the compiled update can take these arrays as they are: one float dtype,
-    C-contiguous and aligned (p and buf writeable), so that ``reshape(-1)`` is a view."""
-    dtype = data.dtype
-    return (grad.dtype is dtype and buf.dtype is dtype
-            and (dtype is _FLOAT32 or dtype is _FLOAT64)
-            and data.flags.carray and buf.flags.carray
-            and grad.flags.c_contiguous and grad.flags.aligned)
-
-
-_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
-
-
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, Nesterov momentum and weight decay
     (``torch.optim.SGD``'s formulas; see the module docstring).
@@ -213,51 +200,32 @@ class SGD(Optimizer):
         super().__init__(params, lr, weight_decay)
         self.momentum, self.dampening = float(momentum), float(dampening)
         self.nesterov = bool(nesterov)
-        self._flat = {}
 
     def step(self):
         """Update every trainable parameter from its gradient (call after ``model.backward``):
         one call of the compiled kernel for all of them (fastconv._ext.optim.
         sgd_update_many: one pass over each p, grad and buffer, the blocks of all shared
         among the threads). Its NumPy twin, fastconv.reference.optim, is the formulas
-        written as array operations; it also takes the arrays the kernel cannot (not
-        C-contiguous, say)."""
+        written as array operations; it also takes the arrays the kernel refuses (not
+        C-contiguous, say), which the kernel checks before it writes anything."""
         self.step_count += 1
-        kernels = implementation("optim", get_backend())
-        fast = ([], [], [], [], []) if kernels is not _reference_optim else None
+        params, grads, bufs, lrs, decays = [], [], [], [], []
         i = 0
         for group in self.param_groups:
             for p in group["params"]:
                 if p.requires_grad:
-                    flat = self._flat_views(i, p) if fast is not None else None
-                    if flat is None:
-                        self._update(i, p, group["lr"], group["weight_decay"])
-                    else:
-                        for lst, item in zip(fast, flat + (group["lr"],
-                                                           group["weight_decay"])):
-                            lst.append(item)
+                    params.append(p.data)
+                    grads.append(p.grad)
+                    bufs.append(self.state["momentum_buffer"][i])
+                    lrs.append(group["lr"])
+                    decays.append(group["weight_decay"])
                 i += 1
-        if fast is not None and fast[0]:
-            kernels.sgd_update_many(*fast, self.momentum, self.dampening, self.nesterov,
-                                    self.step_count == 1, get_num_threads())
-
-    def _update(self, i, p, lr, weight_decay):
-        """One parameter by the reference (arrays the kernel cannot take, or the
-        reference backend)."""
-        _reference_optim.sgd_update(p.data, p.grad, self.state["momentum_buffer"][i], lr,
-                                    self.momentum, self.dampening, weight_decay,
-                                    self.nesterov, self.step_count == 1)
-
-    def _flat_views(self, i, p):
-        """(p, grad, buffer) of parameter i for the kernel, or None where it cannot take
-        them; kept from step to step while p.data and p.grad are the same arrays."""
-        data, grad = p.data, p.grad
-        cached = self._flat.get(i)
-        if cached is None or cached[0] is not data or cached[1] is not grad:
-            buf = self.state["momentum_buffer"][i]
-            views = (data, grad, buf) if _flat_ready(data, grad, buf) else None
-            cached = self._flat[i] = (data, grad, views)
-        return cached[2]
+        args = (params, grads, bufs, lrs, decays, self.momentum, self.dampening,
+                self.nesterov, self.step_count == 1)
+        try:
+            implementation("optim", get_backend()).sgd_update_many(*args, get_num_threads())
+        except ValueError:
+            _reference_optim.sgd_update_many(*args)
 
     def extra_repr(self):
         return (f"lr={self.lr}, momentum={self.momentum}, dampening={self.dampening}, "

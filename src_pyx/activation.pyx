@@ -20,6 +20,7 @@ from cython.parallel cimport prange
 
 from _common cimport threads_for_values
 from _isa cimport fc_isa_level
+from _relu cimport relu_backward_block, relu_block
 
 
 cdef enum:
@@ -27,12 +28,6 @@ cdef enum:
 
 
 cdef extern from "fc_relu.h":
-    void fc_relu_forward_float(int isa, const float* x, float* y, Py_ssize_t n) noexcept nogil
-    void fc_relu_forward_double(int isa, const double* x, double* y, Py_ssize_t n) noexcept nogil
-    void fc_relu_backward_float(int isa, const float* dy, const float* y, float* dx,
-                                Py_ssize_t n) noexcept nogil
-    void fc_relu_backward_double(int isa, const double* dy, const double* y, double* dx,
-                                 Py_ssize_t n) noexcept nogil
     void fc_add_forward_float(int isa, const float* a, const float* b, float* y, Py_ssize_t n,
                               int relu) noexcept nogil
     void fc_add_forward_double(int isa, const double* a, const double* b, double* y,
@@ -40,15 +35,6 @@ cdef extern from "fc_relu.h":
 
 
 cdef int _ISA = fc_isa_level()      # which copy of the loops runs: fc_isa.h decides
-
-
-cdef inline void _relu_forward_block(const floating* x, floating* y,
-                                     Py_ssize_t n) noexcept nogil:
-    """y[i] = max(x[i], 0) for i < n (relu.fwd); y may be x (in place)."""
-    if floating is float:
-        fc_relu_forward_float(_ISA, x, y, n)
-    else:
-        fc_relu_forward_double(_ISA, x, y, n)
 
 
 def relu_forward(const floating[::1] x, floating[::1] out, int n_threads):
@@ -74,16 +60,7 @@ def relu_forward(const floating[::1] x, floating[::1] out, int n_threads):
     with nogil:
         for blk in prange(nblk, schedule="static", num_threads=n_threads):
             i0 = blk * BLOCK
-            _relu_forward_block(&x[i0], &out[i0], min(BLOCK, n - i0))
-
-
-cdef inline void _relu_backward_block(const floating* dy, const floating* y, floating* dx,
-                                      Py_ssize_t n) noexcept nogil:
-    """dx[i] = dy[i] if y[i] > 0 else 0, for i < n (relu.bwd)."""
-    if floating is float:
-        fc_relu_backward_float(_ISA, dy, y, dx, n)
-    else:
-        fc_relu_backward_double(_ISA, dy, y, dx, n)
+            relu_block(_ISA, &x[i0], &out[i0], min(BLOCK, n - i0))
 
 
 def relu_backward(const floating[::1] dy, const floating[::1] y, int n_threads):
@@ -110,7 +87,7 @@ def relu_backward(const floating[::1] dy, const floating[::1] y, int n_threads):
     with nogil:
         for blk in prange(nblk, schedule="static", num_threads=n_threads):
             i0 = blk * BLOCK
-            _relu_backward_block(&dy[i0], &y[i0], &dx[i0], min(BLOCK, n - i0))
+            relu_backward_block(_ISA, &dy[i0], &y[i0], &dx[i0], min(BLOCK, n - i0))
     return dx_arr
 
 

@@ -32,6 +32,7 @@ from cython.parallel cimport prange
 from _blas cimport gemm_rm
 from _common cimport imin, threads_for
 from _isa cimport FC_ISA_AVX512, fc_isa_level
+from _relu cimport relu_backward_block, relu_block
 
 cdef extern from "fc_conv_pack.h":
     void fc_unpack_yT_f32(const float* yT, const float* b, float* y, Py_ssize_t K,
@@ -45,6 +46,7 @@ cdef extern from "fc_conv_microkernel.h":
 # float32 products on fastconv's AVX-512 micro-kernel (include/fc_conv_microkernel.h),
 # which reads its operands in place; elsewhere BLAS, which packs (copies) them per call
 cdef bint _use_microkernel = fc_isa_level() >= FC_ISA_AVX512
+cdef int _ISA = fc_isa_level()      # which copy of ReLU's loops runs
 
 
 cdef enum:
@@ -75,15 +77,12 @@ def _check(name, cond, msg):
         raise ValueError(f"{name}: {msg}")
 
 
-cdef inline void _relu_block(floating* y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t o0,
-                             Py_ssize_t o1, Py_ssize_t O) noexcept nogil:
-    """y[n, o] = max(y[n, o], 0) for n0 <= n < n1, o0 <= o < o1 (relu.fwd: NaN stays)."""
-    cdef Py_ssize_t n, o
-    cdef floating v
+cdef inline void _relu_rows(floating* y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t o0,
+                            Py_ssize_t o1, Py_ssize_t O) noexcept nogil:
+    """y[n, o] = max(y[n, o], 0) for n0 <= n < n1, o0 <= o < o1, in place (relu.fwd)."""
+    cdef Py_ssize_t n
     for n in range(n0, n1):
-        for o in range(o0, o1):
-            v = y[n * O + o]
-            y[n * O + o] = 0 if v <= 0 else v
+        relu_block(_ISA, y + n * O + o0, y + n * O + o0, o1 - o0)
 
 
 cdef void _forward_block(const floating* x, const floating* w, const floating* b,
@@ -101,7 +100,7 @@ cdef void _forward_block(const floating* x, const floating* w, const floating* b
     gemm_rm(False, True, <int>(n1 - n0), <int>O, <int>I, 1, x + n0 * I, <int>I, w, <int>I,
             beta, y + n0 * O, <int>O)
     if relu:
-        _relu_block(y, n0, n1, 0, O, O)
+        _relu_rows(y, n0, n1, 0, O, O)
 
 
 cdef void _forward_columns(const float* x, const float* w, const float* b, bint has_bias,
@@ -118,7 +117,7 @@ cdef void _forward_columns(const float* x, const float* w, const float* b, bint 
                 y[n * O + o] = b[o]
     fc_gemm_f32(N, o1 - o0, I, x, I, 1, wT + o0, O, has_bias, y + o0, O)
     if relu:
-        _relu_block(y, 0, N, o0, o1, O)
+        _relu_rows(y, 0, N, o0, o1, O)
 
 
 def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_threads,
@@ -203,15 +202,13 @@ cdef void _dx_block(const floating* dy, const floating* w, floating* dx, Py_ssiz
                     bint through_relu) noexcept nogil:
     """Rows n0 <= n < n1 of dx = dy @ w, (linear.bwd); with through_relu, then 0 where
     x <= 0 (x a ReLU's output: (relu.bwd) in the same pass)."""
-    cdef Py_ssize_t i
     if floating is float and _use_microkernel:
         fc_gemm_f32(n1 - n0, I, O, dy + n0 * O, O, 1, w, I, 0, dx + n0 * I, I)
     else:
         gemm_rm(False, False, <int>(n1 - n0), <int>I, <int>O, 1, dy + n0 * O, <int>O, w,
                 <int>I, 0, dx + n0 * I, <int>I)
     if through_relu:
-        for i in range(n0 * I, n1 * I):
-            dx[i] = dx[i] if x[i] > 0 else 0
+        relu_backward_block(_ISA, dx + n0 * I, x + n0 * I, dx + n0 * I, (n1 - n0) * I)
 
 
 def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,

@@ -9,9 +9,10 @@ With g = grad + weight_decay * p, as ``torch.optim.SGD``::
                 p <- p - lr * buf                               (otherwise)
                 p <- p - lr * g                                 (momentum = 0: plain SGD)
 
-Runs by default: sgd_update below, one pass over p, grad and buf where NumPy makes three to
-five (one per operation, with temporaries) and pays a call for each. It cuts the flat
-arrays into blocks of BLOCK values shared among the threads; the inner loop is in
+Runs by default: sgd_update_many below, every parameter of a step in one call, one pass
+over each p, grad and buf where NumPy makes three to five (one per operation, with
+temporaries) and pays a call for each. It cuts the arrays into blocks of BLOCK values,
+the blocks of all parameters shared among the threads; the inner loop is in
 src_pyx/include/fc_optim.h (fc_sgd_float, fc_sgd_double), compiled for the instruction set
 fc_isa_level() picks. Each value is computed alone, rounding after every operation as the
 reference does (setup.py compiles this module without fused multiply-adds), so the bits
@@ -59,43 +60,6 @@ cdef inline void _sgd_block(floating* p, const floating* grad, floating* buf, Py
                       first_step)
 
 
-def sgd_update(floating[::1] p, const floating[::1] grad, floating[::1] buf, double lr,
-               double momentum, double dampening, double weight_decay, bint nesterov,
-               bint first_step, int n_threads):
-    """One SGD step of one parameter, notes eqs. (sgd.buf), (sgd.step), in place.
-
-    Parameters
-    ----------
-    p : ndarray (n,), float32 or float64, C-contiguous (the caller flattens): updated
-    grad : ndarray (n,), p's dtype: its gradient
-    buf : ndarray (n,), p's dtype: the momentum buffer, updated (not read when momentum is 0)
-    lr, momentum, dampening, weight_decay : float, each rounded to p's dtype (as NumPy
-        does with a Python float in an operation on float32 arrays)
-    nesterov : bool (needs momentum > 0)
-    first_step : bool, the optimizer's first step: buf starts at g, not at 0
-    n_threads : int
-        OpenMP threads; the result does not depend on it.
-
-    Returns
-    -------
-    None: p and buf are written.
-    """
-    cdef Py_ssize_t n = p.shape[0], nblk = (n + BLOCK - 1) // BLOCK, blk, i0
-    if grad.shape[0] != n or buf.shape[0] != n:
-        raise ValueError(f"sgd_update: p, grad and buf have {n}, {grad.shape[0]} and "
-                         f"{buf.shape[0]} values")
-    if n == 0:
-        return
-    cdef floating lr_t = <floating>lr, mom = <floating>momentum
-    cdef floating keep = <floating>(1 - dampening), wd = <floating>weight_decay
-    n_threads = threads_for_values(n, n_threads)
-    with nogil:
-        for blk in prange(nblk, schedule="static", num_threads=n_threads):
-            i0 = blk * BLOCK
-            _sgd_block(&p[i0], &grad[i0], &buf[i0], min(BLOCK, n - i0), lr_t, mom, keep, wd,
-                       nesterov, first_step)
-
-
 cdef int _float_type(a, int typenum, bint writeable) except -1:
     """1 when ``a`` is a C-contiguous, aligned (and, if asked, writeable) ndarray of
     ``typenum``, else 0."""
@@ -109,16 +73,23 @@ cdef int _float_type(a, int typenum, bint writeable) except -1:
 def sgd_update_many(list params, list grads, list bufs, list lrs, list weight_decays,
                     double momentum, double dampening, bint nesterov, bint first_step,
                     int n_threads):
-    """:func:`sgd_update` of every parameter of a list, in one call: one parallel loop over
-    the blocks of all of them (a model's small parameters would each be too small to
-    share out), no Python between them.
+    """One SGD step of every parameter of a list, notes eqs. (sgd.buf), (sgd.step), in place,
+    in one call: one parallel loop over the blocks of all of them (a model's small
+    parameters would each be too small to share out), no Python between them. Every array
+    is checked before anything is written.
 
     Parameters
     ----------
     params, grads, bufs : lists of ndarrays, one triple per parameter (any shape, each
         C-contiguous; all float32 or all float64; p and buf writeable, of grad's size)
-    lrs, weight_decays : lists of floats, one per parameter (its group's)
-    momentum, dampening, nesterov, first_step, n_threads : as :func:`sgd_update`
+    lrs, weight_decays : lists of floats, one per parameter (its group's), each rounded to
+        the parameters' dtype (as NumPy does with a Python float in an operation on float32
+        arrays), as are momentum and 1 - dampening
+    momentum, dampening : float
+    nesterov : bool (needs momentum > 0)
+    first_step : bool, the optimizer's first step: buf starts at g, not at 0
+    n_threads : int
+        OpenMP threads; the result does not depend on it.
 
     Returns
     -------

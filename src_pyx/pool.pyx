@@ -87,6 +87,7 @@ from libc.string cimport memcpy, memset
 
 from _common cimport imax, imin, out_size, threads_for_values
 from _isa cimport fc_isa_level
+from _relu cimport relu_backward_block
 
 from fastconv.reference.pool import adaptive_ranges, pool_output_size
 
@@ -108,6 +109,7 @@ cdef extern from "fc_pool.h" nogil:
                                  const fc_narrow_2x2* narrow)
 
 cdef bint _SIMD_2X2 = fc_max_backward_2x2_applies(fc_isa_level())   # fc_isa.h decides
+cdef int _ISA = fc_isa_level()      # which copy of ReLU's loops runs (through_relu)
 
 
 cdef enum:
@@ -638,17 +640,10 @@ cdef bint _max_plane_backward_2x2(const floating* dyp, const floating* xp, float
     return nan      # True: x held NaN, the caller redoes it with _max_plane_backward_plain
 
 
-cdef inline void _keep_positive(const floating* xp, floating* dxp,
-                                Py_ssize_t n) noexcept nogil:
-    """dx[i] = dx[i] where x[i] > 0, else 0: eq. (relu.bwd) on a pooling gradient, for
-    ``through_relu`` on the paths that do not fold it into their own pass."""
-    cdef Py_ssize_t i
-    for i in range(n):
-        dxp[i] = dxp[i] if xp[i] > 0 else 0
-
-
 cdef _through_relu(dx_arr, const floating[:, :, :, ::1] x, int n_threads):
-    """dx_arr in place as _keep_positive, in parallel over the planes; returns it."""
+    """dx_arr in place: 0 where x <= 0 (eq. (relu.bwd) on a pooling gradient, for
+    ``through_relu`` on the paths that do not fold it into their own pass), in parallel
+    over the planes; returns it."""
     cdef floating[:, :, :, ::1] dx = dx_arr
     cdef Py_ssize_t HW = x.shape[2] * x.shape[3], n_planes = x.shape[0] * x.shape[1], nc
     if n_planes * HW == 0:
@@ -658,7 +653,7 @@ cdef _through_relu(dx_arr, const floating[:, :, :, ::1] x, int n_threads):
     n_threads = threads_for_values(n_planes * HW, n_threads)
     with nogil:
         for nc in prange(n_planes, schedule="static", num_threads=n_threads):
-            _keep_positive(x0 + nc * HW, dx0 + nc * HW, HW)
+            relu_backward_block(_ISA, dx0 + nc * HW, x0 + nc * HW, dx0 + nc * HW, HW)
     return dx_arr
 
 
@@ -937,8 +932,9 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
                                                   dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0, W,
                                                   np0, Q, 2, 2, 2, 2, 0, 0, 1, 1)
                         if through_relu:
-                            _keep_positive(x0 + 2 * blk * _ROW_PAIRS * W,
-                                           dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0 * W)
+                            relu_backward_block(_ISA, dx0 + 2 * blk * _ROW_PAIRS * W,
+                                                x0 + 2 * blk * _ROW_PAIRS * W,
+                                                dx0 + 2 * blk * _ROW_PAIRS * W, 2 * np0 * W)
             else:
                 for nc in prange(N * C, schedule="static", num_threads=n_threads):
                     if _max_plane_backward_2x2(dy0 + nc * P * Q, x0 + nc * H * W,
@@ -948,7 +944,8 @@ def max_pool2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :,
                                                   dx0 + nc * H * W, H, W, P, Q,
                                                   2, 2, 2, 2, 0, 0, 1, 1)
                         if through_relu:
-                            _keep_positive(x0 + nc * H * W, dx0 + nc * H * W, H * W)
+                            relu_backward_block(_ISA, dx0 + nc * H * W, x0 + nc * H * W,
+                                                dx0 + nc * H * W, H * W)
         return dx_arr
     _max_backward_by_argmax(x, dy0, dx0, kh, kw, sh, sw, ph, pw, P, Q, n_threads)
     return _through_relu(dx_arr, x, n_threads) if through_relu else dx_arr

@@ -335,9 +335,11 @@ def test_sgd_kernel_follows_replaced_arrays():
 
 def test_sgd_kernel_rejects_mismatched_sizes():
     from fastconv._backend import load_kernels
-    with pytest.raises(ValueError, match="values"):
-        load_kernels("optim").sgd_update(np.ones(3), np.ones(4), np.ones(3), 0.1, 0.9, 0.0,
-                                         0.0, False, False, 1)
+    p = np.ones(3)
+    with pytest.raises(ValueError, match="sizes differ"):
+        load_kernels("optim").sgd_update_many([p], [np.ones(4)], [np.ones(3)], [0.1], [0.0],
+                                              0.9, 0.0, False, False, 1)
+    np.testing.assert_array_equal(p, 1)          # nothing written
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -58,9 +58,7 @@ class CrossEntropyLoss(_Loss):
                                 f"{logits.dtype}")
             logits = logits.astype(np.float64)
         given = labels
-        labels = np.ascontiguousarray(labels, dtype=np.int64)
-        if given.dtype.kind == "u" and labels.size and labels.min() < 0:   # >= 2**63
-            labels = np.full(N, K, np.int64)                # an out-of-range label, below
+        labels = np.ascontiguousarray(labels, dtype=np.int64)    # uint64 >= 2**63: < 0
         # one pass per row in the kernel (fastconv._ext.loss); its NumPy twin,
         # fastconv.reference.loss, is the formula written as array operations
         kernels = implementation("loss", get_backend())

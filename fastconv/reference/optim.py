@@ -1,4 +1,5 @@
-"""The SGD update in NumPy: the readable twin of ``fastconv._ext.optim``.
+"""The SGD update in NumPy: the readable twin of ``fastconv._ext.optim`` (sgd_update_many,
+zero_many; sgd_update is one parameter's step, written out).
 
 With g = grad + weight_decay * p (the L2 penalty folded into the gradient), as
 ``torch.optim.SGD``::
@@ -48,9 +49,9 @@ def sgd_update(p, grad, buf, lr, momentum, dampening, weight_decay, nesterov, fi
 
 def sgd_update_many(params, grads, bufs, lrs, weight_decays, momentum, dampening, nesterov,
                     first_step, n_threads=None):
-    """:func:`sgd_update` of every parameter of a list (the compiled twin does them in one
-    call). params, grads, bufs: lists of arrays, one triple per parameter; lrs,
-    weight_decays: one float each. n_threads: ignored."""
+    """:func:`sgd_update` of every parameter of a list (the compiled twin of this function
+    does them in one call). params, grads, bufs: lists of arrays, one triple per parameter;
+    lrs, weight_decays: one float each. n_threads: ignored."""
     if not len(params) == len(grads) == len(bufs) == len(lrs) == len(weight_decays):
         raise ValueError("sgd_update_many: params, grads, bufs, lrs and weight_decays must "
                          "have one entry per parameter")
