@@ -72,7 +72,6 @@ of its tile (computed whole, the overhang past the plane's edge included).
 import numpy as np
 
 from cython cimport floating
-from libc.string cimport memcpy, memset
 from cython.parallel cimport prange, threadid
 
 from _blas cimport gemm_rm
@@ -96,6 +95,16 @@ cdef extern from "fc_winograd.h":
                         float* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
     void fc_wino_1d_f64(int isa, int m, int kind, const double* inp, Py_ssize_t in_step,
                         double* out, Py_ssize_t out_step, Py_ssize_t n) noexcept nogil
+    void fc_wino_filter_transform_f32(int isa, int m, const float* g, Py_ssize_t l_step,
+                                      Py_ssize_t r_step, Py_ssize_t s_step, Py_ssize_t n,
+                                      float* u, Py_ssize_t e_step) noexcept nogil
+    void fc_wino_filter_transform_f64(int isa, int m, const double* g, Py_ssize_t l_step,
+                                      Py_ssize_t r_step, Py_ssize_t s_step, Py_ssize_t n,
+                                      double* u, Py_ssize_t e_step) noexcept nogil
+    void fc_wino_filter_gradient_f32(int isa, int m, const float* mw, Py_ssize_t e_step,
+                                     Py_ssize_t n, float* g, Py_ssize_t l_step) noexcept nogil
+    void fc_wino_filter_gradient_f64(int isa, int m, const double* mw, Py_ssize_t e_step,
+                                     Py_ssize_t n, double* g, Py_ssize_t l_step) noexcept nogil
     void fc_wino_gather_f32(int isa, const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t dh,
                             const Py_ssize_t* in_off, const Py_ssize_t* in_row,
                             const Py_ssize_t* in_col, Py_ssize_t tb, int alpha, float* D,
@@ -148,88 +157,44 @@ cdef inline void _gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating*
 
 # --------------------------------------------------------------------------- filter transform
 
-cdef void _g_matrix(int m, floating Gm[6][3]) noexcept nogil:
-    """G (alpha x 3) of F(m x m, 3x3) into Gm's first alpha rows."""
-    if m == 2:
-        Gm[0][:] = [1, 0, 0]
-        Gm[1][:] = [0.5, 0.5, 0.5]
-        Gm[2][:] = [0.5, -0.5, 0.5]
-        Gm[3][:] = [0, 0, 1]
+cdef inline void _filter_transform(int m, const floating* g, Py_ssize_t l_step,
+                                   Py_ssize_t r_step, Py_ssize_t s_step, Py_ssize_t n,
+                                   floating* u, Py_ssize_t e_step) noexcept nogil:
+    """u[e*e_step + l] = (G g_l G^T)[e] for the n filters g_l[r, s] = g[l*l_step + r*r_step +
+    s*s_step] (step 1 of wino.gemm)."""
+    if floating is float:
+        fc_wino_filter_transform_f32(_ISA, m, g, l_step, r_step, s_step, n, u, e_step)
     else:
-        Gm[0][:] = [0.25, 0, 0]
-        Gm[1][:] = [-1.0 / 6, -1.0 / 6, -1.0 / 6]
-        Gm[2][:] = [-1.0 / 6, 1.0 / 6, -1.0 / 6]
-        Gm[3][:] = [1.0 / 24, 1.0 / 12, 1.0 / 6]
-        Gm[4][:] = [1.0 / 24, -1.0 / 12, 1.0 / 6]
-        Gm[5][:] = [0, 0, 1]
+        fc_wino_filter_transform_f64(_ISA, m, g, l_step, r_step, s_step, n, u, e_step)
 
 
-cdef void _filter_transform(const floating* g, Py_ssize_t r_step, Py_ssize_t s_step,
-                            int m, floating* u, Py_ssize_t e_step) noexcept nogil:
-    """u[e*e_step] = (G g G^T)[e] for one 3x3 filter g[r, s] = g[r*r_step + s*s_step]
-    (negative steps read it flipped), e = i*alpha + j. Once per (k, c): plain loops."""
-    cdef floating Gm[6][3]
-    cdef floating t[6][3]
-    cdef int alpha = m + 2, i, j, a
-    cdef floating acc
-    _g_matrix(m, Gm)
-    for i in range(alpha):                                      # t = G g  (alpha x 3)
-        for j in range(3):
-            acc = 0
-            for a in range(3):
-                if Gm[i][a] != 0:                               # a 0 times Inf is not 0
-                    acc = acc + Gm[i][a] * g[a * r_step + j * s_step]
-            t[i][j] = acc
-    for i in range(alpha):                                      # u = t G^T (alpha x alpha)
-        for j in range(alpha):
-            acc = 0
-            for a in range(3):
-                if Gm[j][a] != 0:
-                    acc = acc + t[i][a] * Gm[j][a]
-            u[(i * alpha + j) * e_step] = acc
-
-
-cdef void _filter_gradient(const floating* mw, Py_ssize_t e_step, int m,
-                           floating* g) noexcept nogil:
-    """g[r*3 + s] = (G^T Mw G)[r, s] for one transformed weight gradient Mw[e] =
-    mw[e*e_step] (alpha x alpha, e = i*alpha + j): the transpose of _filter_transform, the
-    last step of (wino.dw). Once per (k, c): plain loops."""
-    cdef floating Gm[6][3]
-    cdef floating t[3][6]
-    cdef int alpha = m + 2, i, j, a
-    cdef floating acc
-    _g_matrix(m, Gm)
-    for a in range(3):                                          # t = G^T Mw  (3 x alpha)
-        for j in range(alpha):
-            acc = 0
-            for i in range(alpha):
-                if Gm[i][a] != 0:
-                    acc = acc + Gm[i][a] * mw[(i * alpha + j) * e_step]
-            t[a][j] = acc
-    for a in range(3):                                          # g = t G  (3 x 3)
-        for i in range(3):
-            acc = 0
-            for j in range(alpha):
-                if Gm[j][i] != 0:
-                    acc = acc + t[a][j] * Gm[j][i]
-            g[a * 3 + i] = acc
+cdef inline void _filter_gradient(int m, const floating* mw, Py_ssize_t e_step, Py_ssize_t n,
+                                  floating* g, Py_ssize_t l_step) noexcept nogil:
+    """g[l*l_step + r*3 + s] = (G^T Mw_l G)[r, s] for the n transformed gradients Mw_l[e] =
+    mw[e*e_step + l] (step 4 of wino.dw): the transpose of _filter_transform."""
+    if floating is float:
+        fc_wino_filter_gradient_f32(_ISA, m, mw, e_step, n, g, l_step)
+    else:
+        fc_wino_filter_gradient_f64(_ISA, m, mw, e_step, n, g, l_step)
 
 
 def _transformed_filters(const floating[:, :, :, ::1] w, int m, bint for_dx, int nt):
     """U (alpha^2, K, C) of w (K, C, 3, 3) for the forward pass; for dx (``for_dx``),
-    U (alpha^2, C, K) of the flipped, transposed kernel w[k, c, 2 - r, 2 - s]."""
+    U (alpha^2, C, K) of the flipped, transposed kernel w[k, c, 2 - r, 2 - s]. Each row of
+    U (one k, or one c) is one call of fc_wino_filter_transform_* (src_pyx/include/
+    fc_winograd.h: G g G^T, 8 filters at a time)."""
     cdef Py_ssize_t K = w.shape[0], C = w.shape[1], k, c
     cdef Py_ssize_t alpha2 = (m + 2) * (m + 2)
     u_arr = np.empty((alpha2, C if for_dx else K, K if for_dx else C),
                      dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, :, ::1] u = u_arr
     with nogil:
-        for k in prange(K, schedule="static", num_threads=nt):
-            for c in range(C):
-                if for_dx:
-                    _filter_transform(&w[k, c, 2, 2], -3, -1, m, &u[0, c, k], C * K)
-                else:
-                    _filter_transform(&w[k, c, 0, 0], 3, 1, m, &u[0, k, c], K * C)
+        if for_dx:          # row c: the filters w[k, c, ::-1, ::-1] of every k, C * 9 apart
+            for c in prange(C, schedule="static", num_threads=nt):
+                _filter_transform(m, &w[0, c, 2, 2], C * 9, -3, -1, K, &u[0, c, 0], C * K)
+        else:               # row k: the filters w[k, c] of every c, 9 apart
+            for k in prange(K, schedule="static", num_threads=nt):
+                _filter_transform(m, &w[k, 0, 0, 0], 9, 3, 1, C, &u[0, k, 0], K * C)
     return u_arr
 
 
@@ -491,16 +456,18 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
 # --------------------------------------------------------------------------- the weight gradient
 
 cdef inline void _gemm_acc(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                           Py_ssize_t lda, const floating* B, floating* C) noexcept nogil:
-    """C (M, N) += A (M, K; ``lda`` values per row) @ B (K, N), row-major, B and C dense:
-    fastconv's register tiles in float32 (AVX-512's up to MK_MAX_ROWS rows, or AVX2's),
-    else BLAS."""
+                           Py_ssize_t lda, const floating* B, bint accumulate,
+                           floating* C) noexcept nogil:
+    """C (M, N) += A (M, K; ``lda`` values per row) @ B (K, N) (``accumulate``; else C =),
+    row-major, B and C dense: fastconv's register tiles in float32 (AVX-512's up to
+    MK_MAX_ROWS rows, or AVX2's), else BLAS."""
     if floating is float and _ISA >= FC_ISA_AVX512 and M <= MK_MAX_ROWS:
-        fc_gemm_f32(M, N, K, A, lda, 1, B, N, True, C, N)
+        fc_gemm_f32(M, N, K, A, lda, 1, B, N, accumulate, C, N)
     elif floating is float and _ISA == FC_ISA_AVX2:
-        fc_gemm8_f32(M, N, K, A, lda, 1, B, N, True, C, N)
+        fc_gemm8_f32(M, N, K, A, lda, 1, B, N, accumulate, C, N)
     else:
-        gemm_rm(False, False, <int>M, <int>N, <int>K, 1, A, <int>lda, B, <int>N, 1, C, <int>N)
+        gemm_rm(False, False, <int>M, <int>N, <int>K, 1, A, <int>lda, B, <int>N,
+                1 if accumulate else 0, C, <int>N)
 
 
 cdef void _transform_dy(const floating* dy, Py_ssize_t Kout, Py_ssize_t PQ, Py_ssize_t row_step,
@@ -540,10 +507,10 @@ cdef void _dw_block(const floating* x,                 # IN (N, Cin, H, W)
                     Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q, int m,
                     Py_ssize_t dh, Py_ssize_t dw,      # the dilation
                     Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
-                    floating* work, Py_ssize_t* where,
+                    floating* work, Py_ssize_t* where, bint accumulate,
                     floating* mw) noexcept nogil:      # IN/OUT (alpha^2, Cin, Kout)
     """The terms of tiles t0 .. t0 + tb - 1 (ordered as in ``_tile_offsets``) in eq. (wino.dw):
-    mw[e] (Cin, Kout) += V[e] (Cin, tb) @ Z[e] (tb, Kout)."""
+    mw[e] (Cin, Kout) += V[e] (Cin, tb) @ Z[e] (tb, Kout) (``accumulate``; else mw[e] =)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
     cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m    # tiles down and across a phase
     cdef Py_ssize_t tw = ((Q + dw - 1) // dw + m - 1) // m
@@ -567,7 +534,8 @@ cdef void _dw_block(const floating* x,                 # IN (N, Cin, H, W)
                       Z + t * Kout, ld * Kout)
     # the alpha^2 GEMMs, summed over the tiles: Mw[e] += V[e] @ Z[e]
     for e in range(alpha2):
-        _gemm_acc(Cin, Kout, tb, V + e * Cin * ld, ld, Z + e * ld * Kout, mw + e * Cin * Kout)
+        _gemm_acc(Cin, Kout, tb, V + e * Cin * ld, ld, Z + e * ld * Kout, accumulate,
+                  mw + e * Cin * Kout)
 
 
 def _groups(Py_ssize_t n_blocks, Py_ssize_t partial_bytes):
@@ -596,7 +564,7 @@ def _weight_gradient(const floating[:, :, :, ::1] x,    # IN (N, Cin, H, W)
     cdef Py_ssize_t ld = _block_size(n_tiles, Cin, Kout, m, itemsize)
     cdef Py_ssize_t n_blocks = (n_tiles + ld - 1) // ld
     cdef Py_ssize_t n_groups = _groups(n_blocks, alpha2 * Cin * Kout * itemsize)
-    cdef Py_ssize_t grp, blk, tid, k, c
+    cdef Py_ssize_t grp, blk, first, tid, c
     if max(Kout, Cin, ld) > _INT_MAX:
         raise ValueError(f"conv_winograd: a GEMM dimension overflows BLAS's 32-bit int")
     work_arr = np.empty(
@@ -607,28 +575,27 @@ def _weight_gradient(const floating[:, :, :, ::1] x,    # IN (N, Cin, H, W)
     cdef Py_ssize_t size = alpha2 * Cin * Kout, per_slice = _DW_SLICE
     cdef Py_ssize_t n_slices = (size + per_slice - 1) // per_slice, g, lo, hi
     cdef floating[:, ::1] partial = np.empty((n_groups, size), dtype=dtype)
-    cdef floating[:, :, ::1] mw = np.empty((alpha2, Cin, Kout), dtype=dtype)
     with nogil:
         for grp in prange(n_groups, schedule="dynamic", num_threads=nt):
             tid = threadid()
-            memset(&partial[grp, 0], 0, size * sizeof(floating))
-            for blk in range(grp * n_blocks // n_groups, (grp + 1) * n_blocks // n_groups):
+            first = grp * n_blocks // n_groups       # the group's first block sets its sum
+            for blk in range(first, (grp + 1) * n_blocks // n_groups):
                 _dw_block(&x[0, 0, 0, 0], Cin, H, W, -ph, -pw, &dy[0, 0, 0, 0], Kout, P, Q, m,
                           dh, dw, blk * ld, imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
-                          &where[tid, 0], &partial[grp, 0])
-        # Mw = the partials added in group order, each thread adding a slice of the values
+                          &where[tid, 0], blk > first, &partial[grp, 0])
+        # Mw (alpha^2, Cin, Kout) = the partials added in group order, into the first; each
+        # thread adds a slice of the values
         for g in prange(n_slices, schedule="static", num_threads=nt):
             lo = g * per_slice
             hi = imin(size, lo + per_slice)
-            memcpy(&mw[0, 0, 0] + lo, &partial[0, lo], (hi - lo) * sizeof(floating))
             for grp in range(1, n_groups):
-                _add_to(&mw[0, 0, 0] + lo, &partial[grp, lo], hi - lo)
+                _add_to(&partial[0, lo], &partial[grp, lo], hi - lo)
     dw_arr = np.empty((Kout, Cin, 3, 3), dtype=dtype)
     cdef floating[:, :, :, ::1] dW = dw_arr
-    with nogil:
-        for k in prange(Kout, schedule="static", num_threads=nt):
-            for c in range(Cin):
-                _filter_gradient(&mw[0, c, k], Cin * Kout, m, &dW[k, c, 0, 0])
+    with nogil:             # row c of Mw: dW[k, c] of every k, Cin * 9 apart
+        for c in prange(Cin, schedule="static", num_threads=nt):
+            _filter_gradient(m, &partial[0, c * Kout], Cin * Kout, Kout, &dW[0, c, 0, 0],
+                             Cin * 9)
     if check_finite and not _all_finite(&dW[0, 0, 0, 0], Kout * Cin * 9):
         return None
     return dw_arr

@@ -19,7 +19,8 @@
  *
  * and around them, fc_wino_gather_f32 and fc_wino_scatter_f32: the input tiles of one
  * plane side by side, and the output tiles back into their plane (transposes, by 8 x 8
- * blocks with AVX2: fc_transpose8.h).
+ * blocks with AVX2: fc_transpose8.h); fc_wino_filter_transform_* (G g G^T) and
+ * fc_wino_filter_gradient_* (G^T Mw G), 8 filters at a time.
  *
  * The matrices are written out (with their derivation) in fastconv/reference/conv_winograd.py.
  * Why C: the outputs are several streams of one buffer at a distance gcc cannot see, so it
@@ -154,6 +155,111 @@ ATTR static void fc_wino_dy6_##SUFFIX(const T *in, ptrdiff_t in_step, T *out,   
     }                                                                                  \
 }
 
+/* G of F(2x2, 3x3) and of F(4x4, 3x3) (alpha x 3; the reference derives them). */
+static const double fc_wino_g2[6][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+static const double fc_wino_g4[6][3] = {
+    {0.25, 0, 0}, {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+    {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+
+/* The filter transform U = G g G^T (step 1 of wino.gemm) and its transpose G^T Mw G (step 4
+ * of wino.dw), for n 3x3 filters, 8 at a time: the loops over l run across 8 filters (one
+ * vector), each lane the plain formula, the products with G's zeros skipped (0 times Inf is
+ * not 0). Filter l's tap (r, s) is g[l * l_step + r * r_step + s * s_step] (negative steps
+ * read it flipped); value e = i * alpha + j of its transform is u[e * e_step + l]. */
+#define FC_WINO_FILTERS(T, SUFFIX, ATTR)                                                \
+ATTR static inline __attribute__((always_inline)) void fc_wino_filters_m_##SUFFIX(      \
+        int m, const T *g, ptrdiff_t l_step, ptrdiff_t r_step, ptrdiff_t s_step,          \
+        ptrdiff_t n, T *u, ptrdiff_t e_step)                                              \
+{                                                                                       \
+    const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;                            \
+    int alpha = m + 2;                                                                  \
+    T x[9][8], t[6][3][8], acc[8];                                                      \
+    for (ptrdiff_t l0 = 0; l0 < n; l0 += 8) {                                           \
+        ptrdiff_t nl = n - l0 < 8 ? n - l0 : 8;                                         \
+        for (int r = 0; r < 3; r++)                                                     \
+            for (int s = 0; s < 3; s++)                                                 \
+                for (int l = 0; l < 8; l++)                                             \
+                    x[r * 3 + s][l] = l < nl ? g[(l0 + l) * l_step + r * r_step + s * s_step] : 0; \
+        for (int i = 0; i < alpha; i++)                         /* t = G g  (alpha x 3) */ \
+            for (int j = 0; j < 3; j++) {                                               \
+                for (int l = 0; l < 8; l++) acc[l] = 0;                                 \
+                for (int a = 0; a < 3; a++) {                                           \
+                    T c = (T)G[i][a];                                                   \
+                    if (c != 0)                                                         \
+                        for (int l = 0; l < 8; l++) acc[l] = acc[l] + c * x[a * 3 + j][l]; \
+                }                                                                       \
+                for (int l = 0; l < 8; l++) t[i][j][l] = acc[l];                        \
+            }                                                                           \
+        for (int i = 0; i < alpha; i++)                 /* u = t G^T  (alpha x alpha) */ \
+            for (int j = 0; j < alpha; j++) {                                           \
+                for (int l = 0; l < 8; l++) acc[l] = 0;                                 \
+                for (int a = 0; a < 3; a++) {                                           \
+                    T c = (T)G[j][a];                                                   \
+                    if (c != 0)                                                         \
+                        for (int l = 0; l < 8; l++) acc[l] = acc[l] + t[i][a][l] * c;   \
+                }                                                                       \
+                for (int l = 0; l < nl; l++) u[(i * alpha + j) * e_step + l0 + l] = acc[l]; \
+            }                                                                           \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* g[l * l_step + r * 3 + s] = (G^T Mw_l G)[r, s], Mw_l[i][j] = mw[(i * alpha + j) * e_step \
+ * + l]: the filter gradients of n transformed gradients, 8 at a time. */               \
+ATTR static inline __attribute__((always_inline)) void fc_wino_filter_grads_m_##SUFFIX( \
+        int m, const T *mw, ptrdiff_t e_step, ptrdiff_t n, T *g, ptrdiff_t l_step)         \
+{                                                                                       \
+    const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;                            \
+    int alpha = m + 2;                                                                  \
+    T x[36][8], t[3][6][8], acc[8];                                                     \
+    for (ptrdiff_t l0 = 0; l0 < n; l0 += 8) {                                           \
+        ptrdiff_t nl = n - l0 < 8 ? n - l0 : 8;                                         \
+        for (int e = 0; e < alpha * alpha; e++)                                         \
+            for (int l = 0; l < 8; l++) x[e][l] = l < nl ? mw[e * e_step + l0 + l] : 0; \
+        for (int a = 0; a < 3; a++)                             /* t = G^T Mw  (3 x alpha) */ \
+            for (int j = 0; j < alpha; j++) {                                           \
+                for (int l = 0; l < 8; l++) acc[l] = 0;                                 \
+                for (int i = 0; i < alpha; i++) {                                       \
+                    T c = (T)G[i][a];                                                   \
+                    if (c != 0)                                                         \
+                        for (int l = 0; l < 8; l++) acc[l] = acc[l] + c * x[i * alpha + j][l]; \
+                }                                                                       \
+                for (int l = 0; l < 8; l++) t[a][j][l] = acc[l];                        \
+            }                                                                           \
+        for (int a = 0; a < 3; a++)                             /* g = t G  (3 x 3) */   \
+            for (int i = 0; i < 3; i++) {                                               \
+                for (int l = 0; l < 8; l++) acc[l] = 0;                                 \
+                for (int j = 0; j < alpha; j++) {                                       \
+                    T c = (T)G[j][i];                                                   \
+                    if (c != 0)                                                         \
+                        for (int l = 0; l < 8; l++) acc[l] = acc[l] + t[a][j][l] * c;   \
+                }                                                                       \
+                for (int l = 0; l < nl; l++) g[(l0 + l) * l_step + a * 3 + i] = acc[l]; \
+            }                                                                           \
+    }                                                                                   \
+}                                                                                       \
+                                                                                        \
+/* the same, compiled for each m: constant loop bounds, unrolled */                     \
+ATTR static void fc_wino_filters_##SUFFIX(int m, const T *g, ptrdiff_t l_step,          \
+                                          ptrdiff_t r_step, ptrdiff_t s_step, ptrdiff_t n, \
+                                          T *u, ptrdiff_t e_step)                        \
+{                                                                                       \
+    if (m == 2) fc_wino_filters_m_##SUFFIX(2, g, l_step, r_step, s_step, n, u, e_step);   \
+    else fc_wino_filters_m_##SUFFIX(4, g, l_step, r_step, s_step, n, u, e_step);          \
+}                                                                                       \
+ATTR static void fc_wino_filter_grads_##SUFFIX(int m, const T *mw, ptrdiff_t e_step,    \
+                                               ptrdiff_t n, T *g, ptrdiff_t l_step)      \
+{                                                                                       \
+    if (m == 2) fc_wino_filter_grads_m_##SUFFIX(2, mw, e_step, n, g, l_step);            \
+    else fc_wino_filter_grads_m_##SUFFIX(4, mw, e_step, n, g, l_step);                   \
+}
+
+FC_WINO_FILTERS(float, f32, )
+FC_WINO_FILTERS(double, f64, )
+#if FC_HAVE_X86_SIMD
+FC_WINO_FILTERS(float, f32_avx2, __attribute__((target("avx2"))))
+FC_WINO_FILTERS(double, f64_avx2, __attribute__((target("avx2"))))
+#endif
+
 FC_WINO_TRANSFORMS(float, f32, )
 FC_WINO_TRANSFORMS(double, f64, )
 #if FC_HAVE_X86_SIMD
@@ -195,6 +301,24 @@ static inline void fc_wino_1d_##SUFFIX(int isa, int m, int kind, const T *in,   
 
 FC_WINO_DISPATCH(float, f32)
 FC_WINO_DISPATCH(double, f64)
+
+#define FC_WINO_FILTERS_DISPATCH(T, SUFFIX)                                             \
+static inline void fc_wino_filter_transform_##SUFFIX(int isa, int m, const T *g,        \
+                                                     ptrdiff_t l_step, ptrdiff_t r_step, \
+                                                     ptrdiff_t s_step, ptrdiff_t n, T *u, \
+                                                     ptrdiff_t e_step)                   \
+{                                                                                       \
+    FC_WINO_CALL(fc_wino_filters_##SUFFIX, (m, g, l_step, r_step, s_step, n, u, e_step)); \
+}                                                                                       \
+static inline void fc_wino_filter_gradient_##SUFFIX(int isa, int m, const T *mw,         \
+                                                     ptrdiff_t e_step, ptrdiff_t n, T *g, \
+                                                     ptrdiff_t l_step)                   \
+{                                                                                       \
+    FC_WINO_CALL(fc_wino_filter_grads_##SUFFIX, (m, mw, e_step, n, g, l_step));         \
+}
+
+FC_WINO_FILTERS_DISPATCH(float, f32)
+FC_WINO_FILTERS_DISPATCH(double, f64)
 
 /* The tb input tiles of the H x W plane x side by side: D[(a * alpha + b) * ld + t] = the
  * tap (in_row[t] + dh * a, in_col[t] + b) of x (columns adjacent, rows dh apart), 0 outside
