@@ -109,6 +109,8 @@ cdef extern from "fc_winograd.h":
                             const Py_ssize_t* in_off, const Py_ssize_t* in_row,
                             const Py_ssize_t* in_col, Py_ssize_t tb, int alpha, float* D,
                             Py_ssize_t ld) noexcept nogil
+    Py_ssize_t fc_wino_dy_tile_f32(int isa, const float* dy, Py_ssize_t K, Py_ssize_t PQ,
+                                   Py_ssize_t row_step, float* Dy) noexcept nogil
     bint fc_wino_scatter_f32(int isa, const float* O, Py_ssize_t ld, float* y,
                              Py_ssize_t row_step, const Py_ssize_t* out_off,
                              const Py_ssize_t* rows, const Py_ssize_t* cols, Py_ssize_t tb,
@@ -477,10 +479,12 @@ cdef void _transform_dy(const floating* dy, Py_ssize_t Kout, Py_ssize_t PQ, Py_s
     = dy[k*PQ + a*row_step + b*col_step] for a < rows, b < cols, 0 past the plane's edge.
     Vectors run over k: Dy (m*m x Kout) and T2 (alpha*m x Kout) are scratch."""
     cdef int alpha = m + 2
-    cdef Py_ssize_t a, b, k, i
+    cdef Py_ssize_t a, b, k = 0, i
     cdef const floating* src
     if m == 4 and rows == 4 and cols == 4:                     # constant bounds: unrolled
-        for k in range(Kout):
+        if floating is float and col_step == 1:                # 8 channels at a time (AVX2)
+            k = fc_wino_dy_tile_f32(_ISA, dy, Kout, PQ, row_step, Dy)
+        for k in range(k, Kout):
             src = dy + k * PQ
             for a in range(4):
                 for b in range(4):

@@ -29,6 +29,7 @@ CASES = [
     ((3, 5, 13, 11), 7, (1, 1)),     # tiles of a block span images
     ((2, 16, 8, 8), 16, (1, 1)),     # m divides the output
     ((1, 4, 18, 30), 6, (1, 0)),     # more tiles than one block holds
+    ((2, 8, 16, 16), 12, (1, 1)),    # whole tiles, 12 channels: 8 at a time and 4 one by one
     ((2, 3, 12, 12), 4, (2, 2), (2, 2)),   # dilated: 4 phases of 6x6 outputs
     ((1, 3, 13, 10), 5, (1, 3), (3, 2)),   # phases of unequal sizes, dilation > padding
     ((2, 2, 9, 17), 3, (4, 0), (4, 1)),    # a phase with no whole tile, mixed dilation

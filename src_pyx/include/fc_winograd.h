@@ -381,6 +381,47 @@ static inline void fc_wino_gather_f32(int isa, const float *x, ptrdiff_t H, ptrd
             }
 }
 
+/* A whole 4 x 4 tile of dy with adjacent columns, for dW's dy transform (step 2' of
+ * wino.dw): Dy[(a * 4 + b) * K + k] = dy[k * PQ + a * row_step + b], 8 channels k at a time
+ * with AVX2: row a of channels k and k + 4 in one vector, and 4 x 4 transposes in both
+ * halves make value b of the 8 channels one vector. Returns the channels done (a multiple
+ * of 8; none below AVX2): the caller copies the others one by one. IN dy; OUT Dy */
+#if FC_HAVE_X86_SIMD
+FC_AVX2 static ptrdiff_t fc_wino_dy_tile8_f32(const float *dy, ptrdiff_t K, ptrdiff_t PQ,
+                                              ptrdiff_t row_step, float *Dy)
+{
+    ptrdiff_t k0;
+    for (k0 = 0; k0 + 8 <= K; k0 += 8)
+        for (int a = 0; a < 4; a++) {
+            const float *src = dy + k0 * PQ + a * row_step;
+            __m256 r[4], lo01, lo23, hi01, hi23;
+            for (int j = 0; j < 4; j++)     /* r[j]: row a of channel k0 + j | of k0 + 4 + j */
+                r[j] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(src + j * PQ)),
+                                            _mm_loadu_ps(src + (4 + j) * PQ), 1);
+            lo01 = _mm256_unpacklo_ps(r[0], r[1]);
+            lo23 = _mm256_unpacklo_ps(r[2], r[3]);
+            hi01 = _mm256_unpackhi_ps(r[0], r[1]);
+            hi23 = _mm256_unpackhi_ps(r[2], r[3]);
+            float *dst = Dy + a * 4 * K + k0;
+            _mm256_storeu_ps(dst, _mm256_shuffle_ps(lo01, lo23, 0x44));            /* b = 0 */
+            _mm256_storeu_ps(dst + K, _mm256_shuffle_ps(lo01, lo23, 0xEE));        /* b = 1 */
+            _mm256_storeu_ps(dst + 2 * K, _mm256_shuffle_ps(hi01, hi23, 0x44));    /* b = 2 */
+            _mm256_storeu_ps(dst + 3 * K, _mm256_shuffle_ps(hi01, hi23, 0xEE));    /* b = 3 */
+        }
+    return k0;
+}
+#endif
+
+static inline ptrdiff_t fc_wino_dy_tile_f32(int isa, const float *dy, ptrdiff_t K, ptrdiff_t PQ,
+                                            ptrdiff_t row_step, float *Dy)
+{
+#if FC_HAVE_X86_SIMD
+    if (isa >= FC_ISA_AVX2) return fc_wino_dy_tile8_f32(dy, K, PQ, row_step, Dy);
+#endif
+    (void)isa; (void)dy; (void)K; (void)PQ; (void)row_step; (void)Dy;
+    return 0;
+}
+
 /* The inverse of the gather, for the m x m output tiles (columns adjacent), plus bias:
  * y[out_off[t] + i * row_step + j] = O[(i * m + j) * ld + t] + bias for the i < rows[t],
  * j < cols[t] outputs of tile t inside the plane. By 8 whole tiles with AVX2: row i of
