@@ -517,7 +517,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="auto",
-                    backend=None, *, need_dx=True, need_dw=True, need_db=True):
+                    backend=None, *, need_dx=True, need_dw=True, need_db=True,
+                    through_relu=False):
     """Gradients of :func:`conv2d`, notes eq. (conv.bwd).
 
     ``db[k] = sum_{n,p,q} dy[n,k,p,q]``;
@@ -539,6 +540,11 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         reduction over the batch). dx is bitwise the same as with need_dw=True.
     need_db : bool, keyword only
         False skips db, returned as None: a layer without a bias (a pass over dy saved).
+    through_relu : bool, keyword only
+        x is the output of a ReLU, and dx is returned as the gradient of that ReLU's input:
+        0 where x <= 0, i.e. ``relu_backward(dx, x)`` bit for bit. The Winograd kernel
+        applies it as it writes dx (how :class:`fastconv.nn.Sequential` runs a ReLU
+        followed by a Conv2d); the other algorithms in a pass after.
 
     Returns
     -------
@@ -551,6 +557,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
     x, w, stride, padding, dilation, y_shape, impl, (unbatched, extra), fallback, blas_limit = \
         _conv_setup(op, x, w, stride, padding, algo, backend, dilation, backward=True,
                     groups=groups)
+    # the Winograd kernel applies the ReLU's mask as it writes dx; any other, after
+    in_kernel = bool(through_relu and need_dx) and impl is implementation(
+        "conv_winograd", resolve_backend(backend, op))
+    relu_arg = {"through_relu": True} if in_kernel else {}
     dy = _as_float_array(op, "dy", dy, dtype=x.dtype)
     if unbatched:
         _check_dy(op, dy, y_shape[1:])
@@ -572,19 +582,22 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="a
         if need_dx:
             with blas_limit:
                 dx = impl.conv2d_backward(dy, x, w, stride, padding, _n_threads(), True,
-                                          False, dilation)[0]
+                                          False, dilation, **relu_arg)[0]
     else:
         args = (*_contiguous(dy, x, w), stride, padding, _n_threads(), bool(need_dx),
                 bool(need_dw), dilation)
         with blas_limit:
             if fallback is None:
-                dx, dw, db = impl.conv2d_backward(*args, **db_arg)
+                dx, dw, db = impl.conv2d_backward(*args, **db_arg, **relu_arg)
             else:
-                grads = impl.conv2d_backward(*args, check_finite=True, **db_arg)
+                grads = impl.conv2d_backward(*args, check_finite=True, **db_arg, **relu_arg)
                 if grads is None:    # non-finite values met in Winograd: im2col then
                     grads = fallback.conv2d_backward(*args, **db_arg)
+                    in_kernel = False
                 dx, dw, db = grads
     if dx is not None:
+        if through_relu and not in_kernel:
+            dx = relu_backward(dx, x, backend)
         if extra != (0, 0):                  # the gradient of the zeros "same" added: dropped
             H, W = x.shape[2] - extra[0], x.shape[3] - extra[1]
             dx = np.ascontiguousarray(dx[:, :, :H, :W])

@@ -114,7 +114,7 @@ cdef extern from "fc_winograd.h":
     bint fc_wino_scatter_f32(int isa, const float* O, Py_ssize_t ld, float* y,
                              Py_ssize_t row_step, const Py_ssize_t* out_off,
                              const Py_ssize_t* rows, const Py_ssize_t* cols, Py_ssize_t tb,
-                             int m, float bias) noexcept nogil
+                             int m, float bias, const float* mask) noexcept nogil
 
 cdef int _ISA = fc_isa_level()      # which copy of the transforms runs: fc_isa.h decides
 cdef enum:
@@ -279,32 +279,39 @@ cdef void _gather_tiles(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_
                                                if 0 <= r < H and 0 <= c < W else 0)
 
 
+cdef inline floating _masked(floating v, const floating* mask, Py_ssize_t at) noexcept nogil:
+    """v, or 0 where a mask is given and mask[at] is not > 0 (relu.bwd)."""
+    return v if mask == NULL or mask[at] > 0 else 0
+
+
 cdef bint _scatter_tiles(const floating* O, Py_ssize_t ld, floating* y, Py_ssize_t row_step,
                          Py_ssize_t col_step, const Py_ssize_t* out_off, const Py_ssize_t* rows,
                          const Py_ssize_t* cols, Py_ssize_t tb, int m, floating bias,
-                         bint check_finite) noexcept nogil:
+                         const floating* mask, bint check_finite) noexcept nogil:
     """y[out_off[t] + i*row_step + j*col_step] = O[(i*m + j)*ld + t] + bias for the
     i < rows[t], j < cols[t] outputs of each tile t (the overhang of the last tiles is
-    dropped). Returns False where ``check_finite`` finds a value of the tiles (the
-    overhang's too) not finite. float32 with adjacent outputs: fc_wino_scatter_f32
+    dropped); with a ``mask`` (laid out as y, or NULL), 0 where it is not > 0: a ReLU's
+    backward (relu.bwd) applied as dx is written, the mask being the ReLU's output.
+    Returns False where ``check_finite`` finds a value of the tiles (the overhang's too)
+    not finite. float32 with adjacent outputs: fc_wino_scatter_f32
     (include/fc_winograd.h), 8 tiles at a time with AVX2, checking as it goes."""
-    cdef Py_ssize_t t, i, j
-    cdef floating* dst
+    cdef Py_ssize_t t, i, j, at
     if floating is float and col_step == 1:
-        return (fc_wino_scatter_f32(_ISA, O, ld, y, row_step, out_off, rows, cols, tb, m, bias)
-                or not check_finite)
+        return (fc_wino_scatter_f32(_ISA, O, ld, y, row_step, out_off, rows, cols, tb, m, bias,
+                                    mask) or not check_finite)
     if check_finite and not _columns_finite(O, m * m, ld, tb):
         return False
     for t in range(tb):
-        dst = y + out_off[t]
         if m == 4 and rows[t] == 4 and cols[t] == 4:           # constant bounds: unrolled
             for i in range(4):
                 for j in range(4):
-                    dst[i * row_step + j * col_step] = O[(i * 4 + j) * ld + t] + bias
+                    at = out_off[t] + i * row_step + j * col_step
+                    y[at] = _masked(O[(i * 4 + j) * ld + t] + bias, mask, at)
         else:
             for i in range(rows[t]):
                 for j in range(cols[t]):
-                    dst[i * row_step + j * col_step] = O[(i * m + j) * ld + t] + bias
+                    at = out_off[t] + i * row_step + j * col_step
+                    y[at] = _masked(O[(i * m + j) * ld + t] + bias, mask, at)
     return True
 
 
@@ -339,14 +346,15 @@ cdef bint _winograd_block(const floating* x,                # IN (N, Cin, H, W)
                           const floating* U,                # IN (alpha^2, Kout, Cin)
                           const floating* bias,             # IN (Kout,) or NULL
                           floating* out,                    # OUT (N, Kout, P, Q)
+                          const floating* mask,             # IN (N, Kout, P, Q) or NULL
                           Py_ssize_t Kout, Py_ssize_t P, Py_ssize_t Q, int m,
                           Py_ssize_t dh, Py_ssize_t dw,         # the dilation
                           Py_ssize_t t0, Py_ssize_t tb, Py_ssize_t ld,
                           floating* work, Py_ssize_t* where, bint check_finite) noexcept nogil:
     """Tiles t0 .. t0 + tb - 1 of the whole batch (their order: ``_tile_offsets``), eq.
     (wino.gemm), steps 2-4: out[n, k, p, q] = sum_{c, r, s} U-transformed filter (k, c) *
-    x[n, c, p + oh + dh*r, q + ow + dw*s] (0 outside x) for the outputs of these tiles.
-    Returns False where ``check_finite`` found a non-finite output (the block's outputs are
+    x[n, c, p + oh + dh*r, q + ow + dw*s] (0 outside x) for the outputs of these tiles,
+    0 where a ``mask`` is given and not > 0 (_scatter_tiles). Returns False where ``check_finite`` found a non-finite output (the block's outputs are
     then unreliable)."""
     cdef int alpha = m + 2, alpha2 = alpha * alpha
     cdef Py_ssize_t th = ((P + dh - 1) // dh + m - 1) // m    # tiles down and across a phase
@@ -360,6 +368,7 @@ cdef bint _winograd_block(const floating* x,                # IN (N, Cin, H, W)
     cdef Py_ssize_t* rows = where + 4 * ld
     cdef Py_ssize_t* cols = where + 5 * ld
     cdef floating b = 0
+    cdef const floating* mask_k = NULL
     cdef bint ok = True
     _tile_offsets(t0, tb, m, th, tw, dh, dw, Cin * H * W, W, oh, ow, Kout * P * Q, P, Q, ld,
                   where)
@@ -378,8 +387,10 @@ cdef bint _winograd_block(const floating* x,                # IN (N, Cin, H, W)
         _transform_1d(FC_WINO_OUTPUT, m, D, m * ld, T1, m * ld, m * ld)
         if bias != NULL:
             b = bias[k]
+        if mask != NULL:
+            mask_k = mask + k * P * Q
         if not _scatter_tiles(T1, ld, out + k * P * Q, dh * Q, dw, out_off, rows, cols, tb, m,
-                              b, check_finite):
+                              b, mask_k, check_finite):
             ok = False
     return ok
 
@@ -411,10 +422,11 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
                const floating[:, :, ::1] u,         # IN (alpha^2, Kout, Cin): U
                bias,                                # IN (Kout,) or None
                Py_ssize_t P, Py_ssize_t Q, Py_ssize_t oh, Py_ssize_t ow, dilation, int m,
-               int nt, bint check_finite):          # returns y (N, Kout, P, Q) (OUT) or None
+               int nt, bint check_finite,
+               mask=None):                          # IN (N, Kout, P, Q) or None
     """y[n, k, p, q] = sum_{c,r,s} g_{k,c}[r, s] * inp[n, c, p + dh*r + oh, q + dw*s + ow]
     (inp = 0 outside), g the filters whose transforms are u and (dh, dw) the dilation:
-    steps 2-4 of (wino.gemm), block by block."""
+    steps 2-4 of (wino.gemm), block by block; 0 where a ``mask`` is given and not > 0."""
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = inp.shape[0], Cin = inp.shape[1], H = inp.shape[2], W = inp.shape[3]
     cdef Py_ssize_t Kout = u.shape[1], alpha2 = (m + 2) * (m + 2)
@@ -435,6 +447,11 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
     if bias is not None:
         b_view = bias
         b_ptr = &b_view[0]
+    cdef const floating[:, :, :, ::1] mask_view
+    cdef const floating* mask_ptr = NULL
+    if mask is not None:
+        mask_view = mask
+        mask_ptr = &mask_view[0, 0, 0, 0]
     work_arr = np.empty((nt, alpha2 * ld * (2 + Cin + Kout)), dtype=dtype)
     # Each thread's scratch: D, T1, V, M (see _winograd_block), uninitialised but for D: a
     # short last block fills only its first tb columns, the transforms run over all ld,
@@ -447,7 +464,7 @@ def _correlate(const floating[:, :, :, ::1] inp,   # IN (N, Cin, H, W)
         for blk in prange(n_blocks, schedule="dynamic", num_threads=nt):
             tid = threadid()
             ok[blk] = _winograd_block(&inp[0, 0, 0, 0], Cin, H, W, oh, ow, &u[0, 0, 0], b_ptr,
-                                      &y[0, 0, 0, 0], Kout, P, Q, m, dh, dw, blk * ld,
+                                      &y[0, 0, 0, 0], mask_ptr, Kout, P, Q, m, dh, dw, blk * ld,
                                       imin(ld, n_tiles - blk * ld), ld, &work[tid, 0],
                                       &where[tid, 0], check_finite)
     if check_finite and not np.all(ok):
@@ -682,14 +699,15 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
                     stride, padding, int n_threads, bint need_dx=True,
                     bint need_dw=True, dilation=(1, 1), *,
                     int tile=DEFAULT_TILE, bint check_finite=False,
-                    bint need_db=True):                 # returns dx, dw, db (OUT)
+                    bint need_db=True, bint through_relu=False):   # returns dx, dw, db (OUT)
     """Gradients of :func:`conv2d_forward`, (conv.bwd), by Winograd: dx as the 3x3 stride-1
     correlation of dy with the flipped, transposed kernel (the same dilation d) and padding
     2d - p; dw by (wino.dw) (module docstring); db as dy's sum.
 
     Parameters as :func:`conv2d_forward`; need_dx False skips dx (None in its place),
     need_dw False skips dw and db (None for both), need_db False db alone (a layer without a
-    bias).
+    bias); ``through_relu``: dx is 0 where x is not > 0, the backward of the ReLU whose
+    output x is (relu.bwd), applied as dx is written.
     ``check_finite``: None instead of the three arrays where w or a dx or dw value is not
     finite (module docstring).
 
@@ -710,7 +728,7 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
             return None
         u = _transformed_filters(w, tile, True, nt)
         dx = _correlate(dy, u, None, x.shape[2], x.shape[3], ph - 2 * dh, pw - 2 * dw, dilation,
-                        tile, nt, check_finite)
+                        tile, nt, check_finite, x if through_relu else None)
         if dx is None:
             return None
     if not need_dw:

@@ -127,6 +127,46 @@ def test_public_api_matches_direct(backend, dtype, rng):
         assert np.array_equal(no_db[0], full[0]) and np.array_equal(no_db[1], full[1])
 
 
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+@pytest.mark.parametrize("algo", ["winograd", "auto", "im2col", "direct"])
+def test_backward_through_relu_is_relu_backward_of_dx(algo, backend, dtype, rng):
+    """through_relu=True (x a ReLU's output): dx is relu_backward(dx, x) bit for bit, whether
+    the Winograd kernel applies the mask as it writes dx or another algorithm after; dw
+    and db unchanged. Whole and partial tiles, 16 channels (auto picks Winograd), a NaN
+    and an Inf in dy (auto falls back to im2col), -0.0 and NaN in x, "same" padding,
+    unbatched x, groups; with and without dw."""
+    cases = [((2, 16, 8, 8), 16, 1, 1), ((2, 3, 7, 9), 5, 1, 1), ((1, 4, 6, 6), 8, "same", 1),
+             ((2, 4, 9, 9), 6, 1, 2)]
+    for i, ((N, C, H, W), K, pad, groups) in enumerate(cases):
+        if algo == "winograd" and groups > 1:
+            continue
+        x = np.maximum(rng.standard_normal((N, C, H, W)), 0).astype(dtype)
+        x[0, 0, 0, :3] = (-0.0, np.nan, 0.0)
+        w = rng.standard_normal((K, C // groups, 3, 3)).astype(dtype)
+        dy = rng.standard_normal((N, K, H, W)).astype(dtype)
+        if i == 1:
+            dy[1, 2, 3, 4], dy[0, 1, 0, 0] = np.nan, np.inf
+        for xs, dys in ((x, dy), (x[0], dy[0])):
+            plain = F.conv2d_backward(dys, xs, w, 1, pad, groups=groups, algo=algo,
+                                      backend=backend)
+            fused = F.conv2d_backward(dys, xs, w, 1, pad, groups=groups, algo=algo,
+                                      backend=backend, through_relu=True)
+            want = F.relu_backward(plain[0], xs)
+            assert fused[0].shape == xs.shape
+            np.testing.assert_array_equal(fused[0].view(f"u{dtype().itemsize}"),
+                                          want.view(f"u{dtype().itemsize}"))
+            np.testing.assert_array_equal(fused[1], plain[1])
+            np.testing.assert_array_equal(fused[2], plain[2])
+            # dx alone (auto may then run Winograd where the NaN in x sent dW to im2col)
+            plain = F.conv2d_backward(dys, xs, w, 1, pad, groups=groups, algo=algo,
+                                      backend=backend, need_dw=False)
+            fused = F.conv2d_backward(dys, xs, w, 1, pad, groups=groups, algo=algo,
+                                      backend=backend, through_relu=True, need_dw=False)
+            np.testing.assert_array_equal(fused[0].view(f"u{dtype().itemsize}"),
+                                          F.relu_backward(plain[0], xs).view(
+                                              f"u{dtype().itemsize}"))
+
+
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_backward_matches_finite_differences(dilation, rng):
     x = rng.standard_normal((2, 2, 5, 6))
@@ -314,6 +354,25 @@ def test_explicit_winograd_confines_nan_to_the_tiles_that_read_it(tile, rng):
                 reads[:, :, i:i + m, j:j + m] = True
     assert not np.any(nan & ~reads)
     assert wino.conv2d_forward(x, w, None, (1, 1), (1, 1), 1, tile=m, check_finite=True) is None
+
+
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("case", [CASES[0], CASES[6], CASES[8], CASES[9]], ids=case_id)
+def test_kernel_through_relu_masks_dx_as_it_writes(case, tile, dtype, rng):
+    """The kernel's through_relu (its scatter applying the ReLU's mask): dx bitwise
+    relu_backward of the plain dx, both tile sizes, whole and partial tiles, dilated."""
+    (N, C, H, W), K, pad, dil = unpack(case)
+    x, w, b, dy = make(rng, dtype, case)
+    x = np.maximum(x, 0)
+    x.flat[::7] = -0.0
+    x.flat[3] = np.nan
+    for n in (1, 2):
+        plain = wino.conv2d_backward(dy, x, w, (1, 1), pad, n, True, False, dil, tile=tile)[0]
+        fused = wino.conv2d_backward(dy, x, w, (1, 1), pad, n, True, False, dil, tile=tile,
+                                     through_relu=True)[0]
+        want = F.relu_backward(plain, x)
+        assert np.array_equal(fused.view(f"u{x.itemsize}"), want.view(f"u{x.itemsize}"))
+        assert np.count_nonzero(fused) < np.count_nonzero(plain)
 
 
 def test_matches_torch(rng):

@@ -511,14 +511,17 @@ def test_conv_without_a_trainable_bias_asks_for_no_db(rng, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sequential_fused_neighbours_equal_layer_by_layer(dtype, rng):
-    """Sequential runs Conv2d + ReLU and Linear + ReLU forward, and ReLU + MaxPool2d and
-    ReLU + Linear backward, as one pass each: the output, dx and every gradient are bitwise
-    those of the layers one at a time (a NaN in the input included)."""
+    """Sequential runs Conv2d + ReLU and Linear + ReLU forward, and ReLU + MaxPool2d,
+    ReLU + Linear and ReLU + Conv2d backward, as one pass each: the output, dx and every
+    gradient are bitwise those of the layers one at a time (a NaN in the input included)."""
     def make():
         layers = [nn.Conv2d(2, 4, 3, padding=1, rng=np.random.default_rng(1), dtype=dtype),
                   nn.ReLU(), nn.MaxPool2d(2),
                   nn.Conv2d(4, 6, 3, rng=np.random.default_rng(2), dtype=dtype),
-                  nn.ReLU(inplace=True), nn.MaxPool2d(2, stride=1), nn.Flatten(),
+                  nn.ReLU(inplace=True),
+                  nn.Conv2d(6, 6, 3, padding=1, algo="winograd", rng=np.random.default_rng(5),
+                            dtype=dtype),
+                  nn.ReLU(), nn.MaxPool2d(2, stride=1), nn.Flatten(),
                   nn.Linear(6, 5, rng=np.random.default_rng(3), dtype=dtype), nn.ReLU(),
                   nn.Linear(5, 3, rng=np.random.default_rng(4), dtype=dtype)]
         return layers

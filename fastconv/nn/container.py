@@ -36,7 +36,7 @@ def _add(a, b, *protected):
 # and layers whose backward applies the ReLU's mask to the dx they write for the ReLU in
 # front of them (backward_through_relu).
 _RELU_AFTER = (Conv2d, Linear)
-_RELU_BEFORE = (MaxPool2d, Linear)
+_RELU_BEFORE = (MaxPool2d, Linear, Conv2d)
 
 
 def _fusable(first, second, first_types, second_types, method):
@@ -49,7 +49,7 @@ def _fusable(first, second, first_types, second_types, method):
 
 def _backward_chain(layers, dy):
     """dy through ``layers`` backwards (Sequential's backward). A ReLU followed by a
-    MaxPool2d or a Linear that took its output runs as one pass (their
+    MaxPool2d, a Linear or a Conv2d that took its output runs as one pass (their
     ``backward_through_relu``)."""
     i = len(layers) - 1
     while i >= 0:
@@ -74,9 +74,9 @@ class Sequential(Module):
     Two neighbours run as one pass, with the same results as one at a time (each layer
     keeps what its own backward needs): a Conv2d or Linear followed by a ReLU (the ReLU
     applied as the layer's kernel writes its output, ``ReLU.forward_after``), and
-    backwards, a ReLU followed by a MaxPool2d or a Linear (the ReLU's mask applied as that
-    layer writes its dx, ``backward_through_relu``). Each saves a pass over an activation
-    and a call.
+    backwards, a ReLU followed by a MaxPool2d, a Linear or a Conv2d (the ReLU's mask
+    applied as that layer writes its dx, ``backward_through_relu``). Each saves a pass over
+    an activation and a call.
     """
 
     def __init__(self, *layers):

@@ -140,12 +140,25 @@ class Conv2d(Module):
         """dw and db only: skips dx, about a third of the backward pass (first layer)."""
         self._backward(dy, need_dx=False)
 
-    def _backward(self, dy, need_dx):
+    def backward_through_relu(self, dy):
+        """``relu.backward(self.backward(dy))`` in one pass, for the ReLU whose output is this
+        layer's input: dx is 0 where that is <= 0 (eq. (relu.bwd)), applied as the Winograd
+        kernel writes dx. How :class:`Sequential` runs a ReLU followed by a Conv2d; the same
+        bits as the two calls."""
+        if self.padding_mode != "zeros":    # self._x is the padded input: the ReLU's after
+            dx = self._backward(dy, need_dx=True)
+            (top, left), (bottom, right) = self.padding_before, self._padding_after
+            H, W = self._x.shape[-2:]
+            return F.relu_backward(dx, self._x[..., top:H - bottom, left:W - right])
+        return self._backward(dy, need_dx=True, through_relu=True)
+
+    def _backward(self, dy, need_dx, through_relu=False):
         explicit = self.padding_mode != "zeros"
+        relu = {"through_relu": True} if through_relu else {}
         dx = _layer_backward(self, dy, need_dx, lambda need_dw, need_db: F.conv2d_backward(
             dy, self._x, self.weight.data, stride=self.stride,
             padding=0 if explicit else self.padding, dilation=self.dilation, groups=self.groups,
-            algo=self.algo, need_dx=need_dx, need_dw=need_dw, need_db=need_db))
+            algo=self.algo, need_dx=need_dx, need_dw=need_dw, need_db=need_db, **relu))
         if explicit and dx is not None:
             dx = F.pad_backward(dx, self._explicit_pad(), self.padding_mode)
         return dx

@@ -263,10 +263,11 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *,
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,
-                    dilation=(1, 1), *, tile=DEFAULT_TILE, need_db=True):
+                    dilation=(1, 1), *, tile=DEFAULT_TILE, need_db=True, through_relu=False):
     """Gradients of :func:`conv2d_forward` (conv.bwd): dx by Winograd, as the 3x3 stride-1
     convolution of dy with the flipped, transposed kernel (the same dilation d) and padding
-    2d - p; dw and db by the direct formula.
+    2d - p; dw and db by the direct formula. ``through_relu``: x is a ReLU's output, and dx
+    the gradient of that ReLU's input (0 where x is not > 0, eq. relu.bwd).
 
     Returns dx (N, C, H, W) or None (need_dx False), dw (K, C, 3, 3) and db (K,) or None
     (need_dw False; db alone with need_db False).
@@ -284,4 +285,6 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     w_flip = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, K, 3, 3)
     dx = winograd_correlate(dy, w_flip, tile, (ph - 2 * dh, pw - 2 * dw), x.shape[2:],
                             (dh, dw))
+    if through_relu:
+        dx = np.where(x > 0, dx, dx.dtype.type(0))
     return dx, dW, db

@@ -424,15 +424,17 @@ static inline ptrdiff_t fc_wino_dy_tile_f32(int isa, const float *dy, ptrdiff_t 
 
 /* The inverse of the gather, for the m x m output tiles (columns adjacent), plus bias:
  * y[out_off[t] + i * row_step + j] = O[(i * m + j) * ld + t] + bias for the i < rows[t],
- * j < cols[t] outputs of tile t inside the plane. By 8 whole tiles with AVX2: row i of
- * the 8 tiles is m vectors of O, transposed so that each tile's row is one vector, of
- * which m lanes are stored. Returns whether all m x m values of the tiles (those past the
- * plane's edge too) are finite: v - v is 0 for a finite v, NaN for NaN and Inf, and a sum
- * of them is 0 or NaN. IN O; OUT y */
+ * j < cols[t] outputs of tile t inside the plane; with a mask (not NULL, laid out as y),
+ * 0 where the mask is not > 0: the backward of a ReLU whose output the mask is (relu.bwd).
+ * By 8 whole tiles with AVX2: row i of the 8 tiles is m vectors of O, transposed so that
+ * each tile's row is one vector, of which m lanes are stored. Returns whether all m x m
+ * values of the tiles (those past the plane's edge too, before the mask) are finite: v - v
+ * is 0 for a finite v, NaN for NaN and Inf, and a sum of them is 0 or NaN. IN O, mask;
+ * OUT y */
 #if FC_HAVE_X86_SIMD
 FC_AVX2 static int fc_wino_scatter8_f32(const float *O, ptrdiff_t ld, float *y,
                                         ptrdiff_t row_step, const ptrdiff_t *out_off, int m,
-                                        float bias)
+                                        float bias, const float *mask)
 {
     __m256 v[8], b = _mm256_set1_ps(bias), sums = _mm256_setzero_ps();
     for (int i = 0; i < m; i++) {
@@ -443,9 +445,15 @@ FC_AVX2 static int fc_wino_scatter8_f32(const float *O, ptrdiff_t ld, float *y,
         }
         fc_transpose8(v);                       /* v[t]: row i of tile t, m lanes */
         FC_UNROLL for (int t = 0; t < 8; t++) {
-            float *dst = y + out_off[t] + i * row_step;
-            if (m == 4) _mm_storeu_ps(dst, _mm256_castps256_ps128(v[t]));
-            else _mm_storel_pi((__m64 *)dst, _mm256_castps256_ps128(v[t]));
+            ptrdiff_t at = out_off[t] + i * row_step;
+            __m128 row = _mm256_castps256_ps128(v[t]);
+            if (mask != NULL && m == 4)
+                row = _mm_and_ps(row, _mm_cmpgt_ps(_mm_loadu_ps(mask + at), _mm_setzero_ps()));
+            else if (mask != NULL)
+                row = _mm_and_ps(row, _mm_cmpgt_ps(
+                    _mm_castpd_ps(_mm_load_sd((const double *)(mask + at))), _mm_setzero_ps()));
+            if (m == 4) _mm_storeu_ps(y + at, row);
+            else _mm_storel_pi((__m64 *)(y + at), row);
         }
     }
     return _mm256_movemask_ps(_mm256_cmp_ps(sums, sums, _CMP_UNORD_Q)) == 0;  /* no NaN */
@@ -455,7 +463,7 @@ FC_AVX2 static int fc_wino_scatter8_f32(const float *O, ptrdiff_t ld, float *y,
 static inline int fc_wino_scatter_f32(int isa, const float *O, ptrdiff_t ld, float *y,
                                       ptrdiff_t row_step, const ptrdiff_t *out_off,
                                       const ptrdiff_t *rows, const ptrdiff_t *cols,
-                                      ptrdiff_t tb, int m, float bias)
+                                      ptrdiff_t tb, int m, float bias, const float *mask)
 {
     float sums = 0;
     int finite = 1;
@@ -464,7 +472,7 @@ static inline int fc_wino_scatter_f32(int isa, const float *O, ptrdiff_t ld, flo
         for (ptrdiff_t t = t0; t < t0 + n; t++) whole = whole && rows[t] == m && cols[t] == m;
 #if FC_HAVE_X86_SIMD
         if (whole && isa >= FC_ISA_AVX2) {
-            finite &= fc_wino_scatter8_f32(O + t0, ld, y, row_step, out_off + t0, m, bias);
+            finite &= fc_wino_scatter8_f32(O + t0, ld, y, row_step, out_off + t0, m, bias, mask);
             continue;
         }
 #endif
@@ -472,8 +480,9 @@ static inline int fc_wino_scatter_f32(int isa, const float *O, ptrdiff_t ld, flo
             for (ptrdiff_t i = 0; i < m; i++)
                 for (ptrdiff_t j = 0; j < m; j++) {
                     float v = O[(i * m + j) * ld + t] + bias;
+                    ptrdiff_t at = out_off[t] + i * row_step + j;
                     sums += v - v;
-                    if (i < rows[t] && j < cols[t]) y[out_off[t] + i * row_step + j] = v;
+                    if (i < rows[t] && j < cols[t]) y[at] = mask == NULL || mask[at] > 0 ? v : 0;
                 }
     }
     return finite && sums == 0;

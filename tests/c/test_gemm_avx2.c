@@ -128,16 +128,29 @@ static void test_wino_tiles(unsigned *seed, int m, ptrdiff_t t_first, ptrdiff_t 
             for (ptrdiff_t j = 0; j < cols[t]; j++)
                 want_y[out_off[t] + i * Q + j] = (double)(D[(i * m + j) * ld + t] + bias);
     int finite = fc_wino_scatter_f32(fc_isa_cpu(), D, ld, y, Q, out_off, rows, cols, tb, m,
-                                     bias);
+                                     bias, NULL);
     check(m == 4 ? "fc_wino_scatter_f32 (m = 4)" : "fc_wino_scatter_f32 (m = 2)", y, want_y,
           P * Q, 1);
+    /* with a ReLU's output as the mask: 0 where it is not > 0 (NaN, -0.0 and 0 included) */
+    float *mask = randoms(P * Q, seed);
+    mask[out_off[0]] = NAN;
+    mask[out_off[0] + 1] = -0.0f;
+    mask[out_off[tb - 1]] = 0.0f;
+    for (ptrdiff_t t = 0; t < tb; t++)             /* the outputs these tiles write */
+        for (ptrdiff_t i = 0; i < rows[t]; i++)
+            for (ptrdiff_t j = 0; j < cols[t]; j++)
+                if (!(mask[out_off[t] + i * Q + j] > 0)) want_y[out_off[t] + i * Q + j] = 0;
+    fc_wino_scatter_f32(fc_isa_cpu(), D, ld, y, Q, out_off, rows, cols, tb, m, bias, mask);
+    check(m == 4 ? "fc_wino_scatter_f32 masked (m = 4)" : "fc_wino_scatter_f32 masked (m = 2)",
+          y, want_y, P * Q, 1);
+    free(mask);
     /* the finiteness it reports: of every value, an overhanging tile's last one included */
     ptrdiff_t planted[2] = {(m * m - 1) * ld + 1, (m * m - 1) * ld + tb - 1};
     for (int k = 0; k < 2; k++) {
         float kept = D[planted[k]];
         D[planted[k]] = k ? NAN : INFINITY;
         if (!finite || fc_wino_scatter_f32(fc_isa_cpu(), D, ld, y, Q, out_off, rows, cols, tb,
-                                           m, bias)) {
+                                           m, bias, NULL)) {
             printf("fc_wino_scatter_f32 (m = %d): wrong finiteness (clean: %d; %s planted)\n",
                    m, finite, k ? "NaN" : "Inf");
             failures++;
