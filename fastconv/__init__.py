@@ -12,10 +12,11 @@ from ._info import info
 from ._malloc import keep_freed_memory
 from ._omp_wait import tune_openmp_waiting
 from .gradcheck import gradcheck
+from .nn.module import is_grad_enabled, no_grad
 from .summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = ["get_backend", "set_backend", "use_backend", "get_num_threads", "set_num_threads",
            "num_threads", "info", "summary", "gradcheck", "keep_freed_memory", "tune_openmp_waiting",
-           "__version__"]
+           "no_grad", "is_grad_enabled", "__version__"]

@@ -518,7 +518,8 @@ class _SyncBatchNorm:
             return super().forward(x)
         self._synced = True
         self._check(x)
-        self._x = x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        self._x = self._for_backward(x)
         self._batch_stats = True
         axes = (0,) + tuple(range(2, x.ndim))
         C = self.num_features
@@ -546,7 +547,7 @@ class _SyncBatchNorm:
     def backward(self, dy):
         if not (self._batch_stats and self._synced):
             return super().backward(dy)
-        x, C = self._x, self.num_features
+        x, C = self._cached(self._x), self.num_features
         shape = (1, C) + (1,) * (x.ndim - 2)
         axes = (0,) + tuple(range(2, x.ndim))
         invstd = 1.0 / np.sqrt(self._var + self.eps)

@@ -32,6 +32,7 @@ import numpy as np
 
 from ._files import atomic_savez, atomic_write_text
 from ._malloc import keep_freed_memory
+from .nn.module import no_grad
 
 __all__ = ["fit", "evaluate", "train_epoch", "save_checkpoint", "load_checkpoint", "read_checkpoint",
            "CheckpointError", "HISTORY_KEYS", "STEP_KEYS", "write_history", "new_run_folder",
@@ -406,7 +407,8 @@ def _default_loss():
 
 
 def evaluate(model, loader, loss_fn=None):
-    """Mean loss and accuracy of ``model`` (in eval mode) over every batch of ``loader``.
+    """Mean loss and accuracy of ``model`` (in eval mode, under :class:`fastconv.no_grad`)
+    over every batch of ``loader``.
 
     The model's train/eval mode is restored afterwards.
     """
@@ -415,11 +417,12 @@ def evaluate(model, loader, loss_fn=None):
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
     try:
-        for xb, yb in loader:
-            logits = model(xb)
-            total_loss += float(loss_fn.forward(logits, yb)) * len(yb)
-            correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
-            count += len(yb)
+        with no_grad():
+            for xb, yb in loader:
+                logits = model(xb)
+                total_loss += float(loss_fn.forward(logits, yb)) * len(yb)
+                correct += int(np.count_nonzero(np.argmax(logits, axis=1) == yb))
+                count += len(yb)
     finally:
         model.train(was_training)
     total_loss, correct, count = _sum_over_ranks(loader, total_loss, correct, count)
@@ -659,9 +662,10 @@ def precompute_features(body, loader, path=None, log=None):
     body.eval()
     feats, labels = [], []
     try:
-        for xb, yb in loader:
-            feats.append(body(xb).copy())     # copy: a layer may reuse its output buffer
-            labels.append(yb)
+        with no_grad():
+            for xb, yb in loader:
+                feats.append(body(xb).copy())     # copy: a layer may reuse its output buffer
+                labels.append(yb)
     finally:
         body.train(was_training)
     features, labels = np.concatenate(feats), np.concatenate(labels)
@@ -718,13 +722,14 @@ def evaluate_multi(model, loader, losses, metrics=None, names=None):
     was_training = model.training
     model.eval()
     try:
-        for xs, ts in loader:
-            outs = _as_tuple(model(xs))
-            n = len(ts[0])
-            for i, (o, t, lf, mf) in enumerate(zip(outs, ts, losses, metrics)):
-                sums[i, 0] += float(lf.forward(o, t)) * n
-                sums[i, 1] += (mf(o, t) if mf else math.nan) * n
-            count += n
+        with no_grad():
+            for xs, ts in loader:
+                outs = _as_tuple(model(xs))
+                n = len(ts[0])
+                for i, (o, t, lf, mf) in enumerate(zip(outs, ts, losses, metrics)):
+                    sums[i, 0] += float(lf.forward(o, t)) * n
+                    sums[i, 1] += (mf(o, t) if mf else math.nan) * n
+                count += n
     finally:
         model.train(was_training)
     return {str(name): {"loss": s[0] / max(count, 1), "metric": s[1] / max(count, 1)}

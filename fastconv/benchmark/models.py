@@ -8,6 +8,8 @@
   path, "fastconv:fused" (``nn.fuse_for_inference``: BN folded into the convolutions, bias,
   ReLU and the residual add in the conv kernel's epilogue) and "torch:jit"
   (``torch.jit.optimize_for_inference``: BN folded, oneDNN convolutions with fused ReLU).
+  Both run without what a backward pass would need: fastconv under ``fastconv.no_grad()``,
+  PyTorch under ``torch.inference_mode()``.
 
 fastconv's side uses the public layer API (``fastconv.models``,
 ``fastconv.nn.CrossEntropyLoss``, ``fastconv.optim.SGD``). PyTorch's side builds the same
@@ -72,15 +74,20 @@ def fastconv_train_step(model_name, x, labels, lr=0.01, momentum=0.9):
 
 
 def fastconv_inference(model_name, x, fused=False):
-    """(forward, n_params): ``forward()`` runs fastconv's model ``model_name`` in eval mode on
-    the images ``x`` (N, C, H, H) and returns the logits; with ``fused``, the model made by
-    ``nn.fuse_for_inference`` (n_params: the unfused model's, the architecture compared)."""
+    """(forward, n_params): ``forward()`` runs fastconv's model ``model_name`` in eval mode,
+    under ``no_grad``, on the images ``x`` (N, C, H, H) and returns the logits; with
+    ``fused``, the model made by ``nn.fuse_for_inference`` (n_params: the unfused model's,
+    the architecture compared)."""
     from .. import nn
     from ..models import get_model
     model = get_model(model_name, in_channels=x.shape[1], input_size=x.shape[2])
     model.eval()
     net = nn.fuse_for_inference(model) if fused else model
-    return (lambda: net(x)), int(sum(p.data.size for p in model.parameters()))
+
+    @nn.no_grad()          # as PyTorch's side runs under torch.inference_mode
+    def forward():
+        return net(x)
+    return forward, int(sum(p.data.size for p in model.parameters()))
 
 
 def model_cases(batch_cap=None, with_torch=True, kind="train"):

@@ -162,7 +162,8 @@ def train_step(model_name, x, labels, lr=0.01, momentum=0.9):
 
 def inference(model_name, x, fused=False):
     """(forward, n_params): ``forward()`` runs the model in eval mode on the images ``x``
-    without autograd bookkeeping (``torch.inference_mode``), as fastconv's forward keeps none;
+    without autograd bookkeeping (``torch.inference_mode``), as fastconv's runs under
+    ``fastconv.no_grad()``;
     with ``fused``, PyTorch's own inference path: the model scripted and passed through
     ``torch.jit.optimize_for_inference`` (BN folded into the convolutions, oneDNN
     convolutions with the ReLU fused)."""

@@ -23,14 +23,14 @@ from .fuse import FusedConv2d, FusedResidual, fuse_for_inference
 from .graph import Concatenate, Graph
 from .linear import Identity, Linear
 from .loss import CrossEntropyLoss, MSELoss
-from .module import Module, Parameter
+from .module import Module, Parameter, is_grad_enabled, no_grad
 from .normalization import BatchNorm1d, BatchNorm2d
 from .pooling import (AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, GlobalAvgPool2d,
                       MaxPool2d, MaxUnpool2d)
 from .shape import Flatten, ZeroPad2d
 
 __all__ = [
-    "Module", "Parameter", "init",
+    "Module", "Parameter", "init", "no_grad", "is_grad_enabled",
     "Conv2d", "ConvTranspose2d", "Linear", "Identity",
     "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "MaxUnpool2d",

@@ -21,7 +21,8 @@ class ReLU(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = y = F.relu(x, inplace=self.inplace)
+        y = F.relu(x, inplace=self.inplace)
+        self._y = self._for_backward(y)
         return y
 
     def forward_after(self, layer, x):
@@ -29,17 +30,19 @@ class ReLU(Module):
         that layer's kernel as each block of output is written (conv.fused), instead of in
         a second pass over memory: how :class:`Sequential` runs such a layer followed by a
         ReLU. The same bits as the two calls."""
-        self._y = y = layer.forward(x, relu=True)
+        y = layer.forward(x, relu=True)
+        self._y = self._for_backward(y)
         return y
 
     def forward_sum(self, a, b):
         """``forward(a + b)`` in one pass over memory (:func:`fastconv.functional.add` with
         ``relu=True``): how :class:`Residual` applies its ReLU after the add."""
-        self._y = y = F.add(a, b, relu=True)
+        y = F.add(a, b, relu=True)
+        self._y = self._for_backward(y)
         return y
 
     def backward(self, dy):
-        return F.relu_backward(dy, self._y)
+        return F.relu_backward(dy, self._cached(self._y))
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
@@ -53,11 +56,12 @@ class Sigmoid(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = y = F.sigmoid(x)
+        y = F.sigmoid(x)
+        self._y = self._for_backward(y)
         return y
 
     def backward(self, dy):
-        return F.sigmoid_backward(dy, self._y)
+        return F.sigmoid_backward(dy, self._cached(self._y))
 
 
 class Tanh(Module):
@@ -68,11 +72,12 @@ class Tanh(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = y = F.tanh(x)
+        y = F.tanh(x)
+        self._y = self._for_backward(y)
         return y
 
     def backward(self, dy):
-        return F.tanh_backward(dy, self._y)
+        return F.tanh_backward(dy, self._cached(self._y))
 
 
 class Softmax(Module):
@@ -89,11 +94,12 @@ class Softmax(Module):
         self._y = None
 
     def forward(self, x):
-        self._y = y = F.softmax(x, self.dim)
+        y = F.softmax(x, self.dim)
+        self._y = self._for_backward(y)
         return y
 
     def backward(self, dy):
-        return F.softmax_backward(dy, self._y, self.dim)
+        return F.softmax_backward(dy, self._cached(self._y), self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim}"

@@ -120,15 +120,17 @@ class Conv2d(Module):
         """y = conv(x), eq. (conv.fwd); ``relu=True`` returns relu(y), the ReLU applied in
         the kernel's epilogue (``ReLU.forward_after``)."""
         # Contiguous once here, so that backward does not copy x a second time.
-        self._x = x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
         b = None if self.bias is None else self.bias.data
         fused = {"relu": True} if relu else {}
         if self.padding_mode != "zeros":
             # as PyTorch: pad explicitly, then convolve without padding
-            self._x = x = F.pad(x, self._explicit_pad(), self.padding_mode)
+            x = F.pad(x, self._explicit_pad(), self.padding_mode)
+            self._x = self._for_backward(x)
             return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=0,
                             dilation=self.dilation, groups=self.groups, algo=self.algo,
                             **fused)
+        self._x = self._for_backward(x)
         return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
                         dilation=self.dilation, groups=self.groups, algo=self.algo, **fused)
 
@@ -153,10 +155,11 @@ class Conv2d(Module):
         return self._backward(dy, need_dx=True, through_relu=True)
 
     def _backward(self, dy, need_dx, through_relu=False):
+        x = self._cached(self._x)
         explicit = self.padding_mode != "zeros"
         relu = {"through_relu": True} if through_relu else {}
         dx = _layer_backward(self, dy, need_dx, lambda need_dw, need_db: F.conv2d_backward(
-            dy, self._x, self.weight.data, stride=self.stride,
+            dy, x, self.weight.data, stride=self.stride,
             padding=0 if explicit else self.padding, dilation=self.dilation, groups=self.groups,
             algo=self.algo, need_dx=need_dx, need_dw=need_dw, need_db=need_db, **relu))
         if explicit and dx is not None:
@@ -251,7 +254,8 @@ class ConvTranspose2d(Module):
                     groups=self.groups, dilation=self.dilation)
 
     def forward(self, x):
-        self._x = x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        self._x = self._for_backward(x)
         b = None if self.bias is None else self.bias.data
         return F.conv_transpose2d(x, self.weight.data, b, **self._options())
 
@@ -264,9 +268,10 @@ class ConvTranspose2d(Module):
         self._backward(dy, need_dx=False)
 
     def _backward(self, dy, need_dx):
+        x = self._cached(self._x)
         return _layer_backward(self, dy, need_dx,
                                lambda need_dw, need_db: F.conv_transpose2d_backward(
-                                   dy, self._x, self.weight.data, **self._options(),
+                                   dy, x, self.weight.data, **self._options(),
                                    need_dx=need_dx, need_dw=need_dw))
 
     def extra_repr(self):

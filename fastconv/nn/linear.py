@@ -55,7 +55,8 @@ class Linear(Module):
         if x.dtype != self.weight.data.dtype:
             raise TypeError(f"Linear: x has dtype {x.dtype} but the layer is "
                             f"{self.weight.data.dtype} (convert x, or the model with .to())")
-        self._x = x = np.ascontiguousarray(x)     # once here, not again in backward
+        x = np.ascontiguousarray(x)               # once here, not again in backward
+        self._x = self._for_backward(x)
         return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data,
                         **({"relu": True} if relu else {}))
 
@@ -73,12 +74,13 @@ class Linear(Module):
         return self._backward(dy, need_dx=True, through_relu=True)
 
     def _backward(self, dy, need_dx, through_relu=False):
+        x = self._cached(self._x)
         if not _trainable(self.weight, self.bias):      # frozen: dx = dy @ weight only
             if not need_dx:
                 return None
             dx = F.linear(dy, np.ascontiguousarray(self.weight.data.T))
-            return F.relu_backward(dx, self._x) if through_relu else dx
-        dx, dw, db = F.linear_backward(dy, self._x, self.weight.data, need_dx=need_dx,
+            return F.relu_backward(dx, x) if through_relu else dx
+        dx, dw, db = F.linear_backward(dy, x, self.weight.data, need_dx=need_dx,
                                        **({"through_relu": True} if through_relu else {}))
         if self.weight.requires_grad:
             self.weight.grad += dw

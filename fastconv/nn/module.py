@@ -11,10 +11,52 @@ Two rules keep the containers correct without copies: ``backward`` never changes
 (a residual block hands the same ``dy`` to two branches), and ``forward`` never changes
 ``x`` unless the layer says so (``ReLU(inplace=True)``, used by the models only where no
 other layer keeps ``x``). ``backward`` uses what the latest ``forward`` cached.
+
+Under :class:`no_grad` a forward caches nothing (PyTorch's ``torch.no_grad``): inference
+then holds one or two activations at a time instead of all of them.
 """
 import copy
+import functools
+import threading
 
 import numpy as np
+
+_grad_mode = threading.local()      # per Python thread, as PyTorch's grad mode
+
+
+def is_grad_enabled():
+    """False inside :class:`no_grad` (in this thread): layers then keep nothing for backward."""
+    return getattr(_grad_mode, "enabled", True)
+
+
+class no_grad:
+    """A forward that keeps nothing for backward, as PyTorch's ``torch.no_grad``:
+    ``with fastconv.no_grad(): logits = model(x)``, or ``@fastconv.no_grad()`` on a function.
+
+    Without it every layer keeps its input (or output) until the next forward, for its
+    backward. Inside it each activation is freed once the next layer has read it, so an
+    inference pass holds only a few activations, and the memory a layer frees is still in
+    the cache when the next layer's output takes it, which makes inference faster too
+    (docs/performance.md). A ``backward`` after such a forward raises RuntimeError.
+    Everything else is as outside: eval or training mode, BN's running statistics, the
+    same output bits. Per thread; nests.
+    """
+
+    def __enter__(self):
+        self._outer = is_grad_enabled()
+        _grad_mode.enabled = False
+        return self
+
+    def __exit__(self, *exc):
+        _grad_mode.enabled = self._outer
+        return False
+
+    def __call__(self, function):
+        @functools.wraps(function)
+        def without_grad(*args, **kwargs):
+            with no_grad():
+                return function(*args, **kwargs)
+        return without_grad
 
 
 class Parameter:
@@ -75,6 +117,19 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    @staticmethod
+    def _for_backward(value):
+        """``value`` to cache for backward in forward, or None under :class:`no_grad`."""
+        return value if is_grad_enabled() else None
+
+    def _cached(self, value):
+        """What forward cached for backward (``value``), checked: a clear error where it
+        cached nothing (no forward yet, or one under :class:`no_grad`)."""
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: no forward pass to go back "
+                               "through (call the model first, outside fastconv.no_grad())")
+        return value
+
     def __deepcopy__(self, memo):
         """Copy parameters, buffers and children, but not the arrays a forward pass cached
         for backward (private ``_name`` arrays): a copy starts with a fresh forward."""
@@ -116,7 +171,8 @@ class Module:
                              f"got shape {x.shape}")
         fused = (self if getattr(self, "fused_for_inference", False)
                  else _fused_copy(self, share_weights=True))
-        outs = [fused(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        with no_grad():
+            outs = [fused(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         if fused is self:
             _drop_caches(self)
         if isinstance(outs[0], tuple):

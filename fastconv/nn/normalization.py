@@ -52,7 +52,8 @@ class _BatchNorm(Module):
 
     def forward(self, x):
         self._check(x)
-        self._x = x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        self._x = self._for_backward(x)
         # Without running statistics PyTorch uses the batch statistics in eval mode too.
         self._batch_stats = self.training or not self.track_running_stats
         factor = 0.0            # unused unless the running statistics are updated
@@ -70,12 +71,13 @@ class _BatchNorm(Module):
     def backward(self, dy):
         """Eq. (bn.bwd) in training mode; in eval mode BN is the affine map of :meth:`affine_params`
         (:func:`fastconv.functional.batch_norm_eval_backward`)."""
+        x = self._cached(self._x)
         gamma = None if self.weight is None else self.weight.data
         if self._batch_stats:
-            dx, dgamma, dbeta = F.batch_norm_backward(dy, self._x, gamma, eps=self.eps,
+            dx, dgamma, dbeta = F.batch_norm_backward(dy, x, gamma, eps=self.eps,
                                                       mean=self._mean, var=self._var)
         else:
-            dx, dgamma, dbeta = F.batch_norm_eval_backward(dy, self._x, gamma, self.running_mean,
+            dx, dgamma, dbeta = F.batch_norm_eval_backward(dy, x, gamma, self.running_mean,
                                                            self.running_var, eps=self.eps)
         if self.weight is not None and self.weight.requires_grad:
             self.weight.grad += dgamma

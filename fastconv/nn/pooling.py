@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import functional as F
 from ..functional import _pair
-from .module import Module
+from .module import Module, is_grad_enabled
 
 
 class MaxPool2d(Module):
@@ -56,27 +56,30 @@ class MaxPool2d(Module):
         return dict(dilation=self.dilation, ceil_mode=self.ceil_mode)
 
     def forward(self, x):
-        self._x = x = np.ascontiguousarray(x)
-        if not (self.return_indices or (self.training and self._keep_indices)):
+        x = np.ascontiguousarray(x)
+        self._x = self._for_backward(x)
+        keep = self.training and self._keep_indices and is_grad_enabled()
+        if not (self.return_indices or keep):
             self._indices = None
             return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, **self._args())
         y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding,
                                   return_indices=True, **self._args())
-        self._indices = indices if self.training and self._keep_indices else None
+        self._indices = indices if keep else None
         return (y, indices) if self.return_indices else y
 
     def backward(self, dy):
         """Each dy goes to its window's maximum (the first one on ties)."""
-        return F.max_pool2d_backward(dy, self._x, self.kernel_size, self.stride, self.padding,
-                                     indices=self._indices, **self._args())
+        return F.max_pool2d_backward(dy, self._cached(self._x), self.kernel_size, self.stride,
+                                     self.padding, indices=self._indices, **self._args())
 
     def backward_through_relu(self, dy):
         """``relu.backward(self.backward(dy))`` in one pass, for the ReLU whose output this
         layer pooled: the gradient goes to each window's maximum where that is > 0 (eq.
         (relu.bwd)). How :class:`Sequential` runs a ReLU followed by a max-pool; the same
         bits as the two calls."""
-        return F.max_pool2d_backward(dy, self._x, self.kernel_size, self.stride, self.padding,
-                                     indices=self._indices, through_relu=True, **self._args())
+        return F.max_pool2d_backward(dy, self._cached(self._x), self.kernel_size, self.stride,
+                                     self.padding, indices=self._indices, through_relu=True,
+                                     **self._args())
 
     def extra_repr(self):
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -131,14 +134,15 @@ class AvgPool2d(Module):
         return dict(ceil_mode=self.ceil_mode, divisor_override=self.divisor_override)
 
     def forward(self, x):
-        self._x = x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        self._x = self._for_backward(x)
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
                             self.count_include_pad, **self._args())
 
     def backward(self, dy):
         """Each dy spreads evenly over its window."""
-        return F.avg_pool2d_backward(dy, self._x, self.kernel_size, self.stride, self.padding,
-                                     self.count_include_pad, **self._args())
+        return F.avg_pool2d_backward(dy, self._cached(self._x), self.kernel_size, self.stride,
+                                     self.padding, self.count_include_pad, **self._args())
 
     def extra_repr(self):
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -167,11 +171,13 @@ class GlobalAvgPool2d(Module):
         self._x = None
 
     def forward(self, x):
-        self._x = x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        self._x = self._for_backward(x)
         return F.avg_pool2d(x, x.shape[-2:])
 
     def backward(self, dy):
-        return F.avg_pool2d_backward(dy, self._x, self._x.shape[-2:])
+        x = self._cached(self._x)
+        return F.avg_pool2d_backward(dy, x, x.shape[-2:])
 
 
 class AdaptiveAvgPool2d(Module):
@@ -189,11 +195,12 @@ class AdaptiveAvgPool2d(Module):
         self._x = None
 
     def forward(self, x):
-        self._x = x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        self._x = self._for_backward(x)
         return F.adaptive_avg_pool2d(x, self.output_size)
 
     def backward(self, dy):
-        return F.adaptive_avg_pool2d_backward(dy, self._x, self.output_size)
+        return F.adaptive_avg_pool2d_backward(dy, self._cached(self._x), self.output_size)
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -213,13 +220,14 @@ class AdaptiveMaxPool2d(Module):
         self._x = self._indices = None
 
     def forward(self, x):
-        self._x = x = np.ascontiguousarray(x)
+        x = np.ascontiguousarray(x)
+        self._x = self._for_backward(x)
         y, self._indices = F.adaptive_max_pool2d(x, self.output_size, return_indices=True)
         return (y, self._indices) if self.return_indices else y
 
     def backward(self, dy):
         """Each dy goes to its window's maximum."""
-        return F.adaptive_max_pool2d_backward(dy, self._x, self.output_size,
+        return F.adaptive_max_pool2d_backward(dy, self._cached(self._x), self.output_size,
                                               indices=self._indices)
 
     def extra_repr(self):

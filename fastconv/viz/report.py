@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ..nn import BatchNorm2d, Conv2d, ReLU, Sigmoid, Tanh
+from ..nn import BatchNorm2d, Conv2d, ReLU, Sigmoid, Tanh, no_grad
 from . import _mpl
 from .figures import (confusion_matrix, layer_names, plot_boxes, plot_confusion_matrix,
                       plot_feature_maps, plot_filters, plot_history, plot_lr_find,
@@ -131,9 +131,10 @@ def _predict(model, x, normalize, batch_size=500):
     model.eval()
     try:
         preds = []
-        for i in range(0, len(x), batch_size):
-            xb = _to_input(x[i:i + batch_size], normalize, dtype)
-            preds.append(np.argmax(model(xb), axis=1))
+        with no_grad():
+            for i in range(0, len(x), batch_size):
+                xb = _to_input(x[i:i + batch_size], normalize, dtype)
+                preds.append(np.argmax(model(xb), axis=1))
     finally:
         for m, mode in modes:
             m.training = mode
@@ -335,7 +336,9 @@ def write_box_report(model, out, inputs, images, labels, boxes, classes=None, hi
     was_training = model.training
     model.eval()
     try:
-        outs = [model(tuple(a[i:i + batch_size] for a in inputs)) for i in range(0, n, batch_size)]
+        with no_grad():
+            outs = [model(tuple(a[i:i + batch_size] for a in inputs))
+                    for i in range(0, n, batch_size)]
     finally:
         model.train(was_training)
     predicted = np.concatenate([np.argmax(logits, axis=1) for logits, _ in outs])
