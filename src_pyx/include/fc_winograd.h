@@ -167,9 +167,9 @@ static const double fc_wino_g4[6][3] = {
  * not 0). Filter l's tap (r, s) is g[l * l_step + r * r_step + s * s_step] (negative steps
  * read it flipped); value e = i * alpha + j of its transform is u[e * e_step + l]. */
 #define FC_WINO_FILTERS(T, SUFFIX, ATTR)                                                \
-ATTR static inline __attribute__((always_inline)) void fc_wino_filters_m_##SUFFIX(      \
-        int m, const T *g, ptrdiff_t l_step, ptrdiff_t r_step, ptrdiff_t s_step,          \
-        ptrdiff_t n, T *u, ptrdiff_t e_step)                                              \
+ATTR static void fc_wino_filters_##SUFFIX(int m, const T *g, ptrdiff_t l_step,          \
+                                          ptrdiff_t r_step, ptrdiff_t s_step, ptrdiff_t n, \
+                                          T *u, ptrdiff_t e_step)                        \
 {                                                                                       \
     const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;                            \
     int alpha = m + 2;                                                                  \
@@ -205,8 +205,8 @@ ATTR static inline __attribute__((always_inline)) void fc_wino_filters_m_##SUFFI
                                                                                         \
 /* g[l * l_step + r * 3 + s] = (G^T Mw_l G)[r, s], Mw_l[i][j] = mw[(i * alpha + j) * e_step \
  * + l]: the filter gradients of n transformed gradients, 8 at a time. */               \
-ATTR static inline __attribute__((always_inline)) void fc_wino_filter_grads_m_##SUFFIX( \
-        int m, const T *mw, ptrdiff_t e_step, ptrdiff_t n, T *g, ptrdiff_t l_step)         \
+ATTR static void fc_wino_filter_grads_##SUFFIX(int m, const T *mw, ptrdiff_t e_step,    \
+                                               ptrdiff_t n, T *g, ptrdiff_t l_step)      \
 {                                                                                       \
     const double (*G)[3] = m == 2 ? fc_wino_g2 : fc_wino_g4;                            \
     int alpha = m + 2;                                                                  \
@@ -236,21 +236,6 @@ ATTR static inline __attribute__((always_inline)) void fc_wino_filter_grads_m_##
                 for (int l = 0; l < nl; l++) g[(l0 + l) * l_step + a * 3 + i] = acc[l]; \
             }                                                                           \
     }                                                                                   \
-}                                                                                       \
-                                                                                        \
-/* the same, compiled for each m: constant loop bounds, unrolled */                     \
-ATTR static void fc_wino_filters_##SUFFIX(int m, const T *g, ptrdiff_t l_step,          \
-                                          ptrdiff_t r_step, ptrdiff_t s_step, ptrdiff_t n, \
-                                          T *u, ptrdiff_t e_step)                        \
-{                                                                                       \
-    if (m == 2) fc_wino_filters_m_##SUFFIX(2, g, l_step, r_step, s_step, n, u, e_step);   \
-    else fc_wino_filters_m_##SUFFIX(4, g, l_step, r_step, s_step, n, u, e_step);          \
-}                                                                                       \
-ATTR static void fc_wino_filter_grads_##SUFFIX(int m, const T *mw, ptrdiff_t e_step,    \
-                                               ptrdiff_t n, T *g, ptrdiff_t l_step)      \
-{                                                                                       \
-    if (m == 2) fc_wino_filter_grads_m_##SUFFIX(2, mw, e_step, n, g, l_step);            \
-    else fc_wino_filter_grads_m_##SUFFIX(4, mw, e_step, n, g, l_step);                   \
 }
 
 FC_WINO_FILTERS(float, f32, )
