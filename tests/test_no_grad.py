@@ -84,6 +84,20 @@ def test_every_layer_refuses_backward_without_a_kept_forward(make, shape, rng):
         layer.backward(np.ones_like(y))
 
 
+def test_losses_refuse_too(rng):
+    logits = rng.standard_normal((4, 3))
+    for loss, target in ((nn.CrossEntropyLoss(), np.array([0, 2, 1, 1])),
+                         (nn.MSELoss(), rng.standard_normal((4, 3)))):
+        value = loss(logits, target)
+        want = loss.backward()
+        with fastconv.no_grad():
+            assert loss(logits, target) == value
+        with pytest.raises(RuntimeError, match=f"{type(loss).__name__}.backward: no forward"):
+            loss.backward()
+        loss(logits, target)
+        np.testing.assert_array_equal(loss.backward(), want)
+
+
 def test_fused_neighbours_refuse_too(rng):
     """A ReLU followed by a layer that fuses its backward (whose caches are both None)."""
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),

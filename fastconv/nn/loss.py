@@ -63,17 +63,16 @@ class CrossEntropyLoss(_Loss):
         # fastconv.reference.loss, is the formula written as array operations
         kernels = implementation("loss", get_backend())
         try:
-            loss, self._probs = kernels.cross_entropy_forward(np.ascontiguousarray(logits),
-                                                              labels)
+            loss, probs = kernels.cross_entropy_forward(np.ascontiguousarray(logits), labels)
         except ValueError:          # the kernels check the labels' range first
             raise ValueError(f"CrossEntropyLoss: labels must be in [0, {K}), got values in "
                              f"[{given.min()}, {given.max()}]") from None
-        self._labels = labels
+        self._probs, self._labels = self._for_backward(probs), labels
         return loss
 
     def backward(self, dy=None):
-        return implementation("loss", get_backend()).cross_entropy_backward(self._probs,
-                                                                           self._labels)
+        return implementation("loss", get_backend()).cross_entropy_backward(
+            self._cached(self._probs), self._labels)
 
 
 class MSELoss(_Loss):
@@ -88,8 +87,10 @@ class MSELoss(_Loss):
         input, target = np.asarray(input), np.asarray(target)
         if input.shape != target.shape:
             raise ValueError(f"MSELoss: input {input.shape} and target {target.shape} differ")
-        self._diff = diff = input - target.astype(input.dtype, copy=False)
+        diff = input - target.astype(input.dtype, copy=False)
+        self._diff = self._for_backward(diff)
         return float(np.mean(np.square(diff), dtype=np.float64))
 
     def backward(self, dy=None):
-        return self._diff * (2.0 / self._diff.size)
+        diff = self._cached(self._diff)
+        return diff * (2.0 / diff.size)
