@@ -103,8 +103,10 @@ def sgd_update_many(list params, list grads, list bufs, list lrs, list weight_de
         return
     cdef int typenum = cnp.NPY_FLOAT32 if (cnp.PyArray_Check(params[0]) and cnp.PyArray_TYPE(
         <cnp.ndarray>params[0]) == cnp.NPY_FLOAT32) else cnp.NPY_FLOAT64
-    cdef Py_ssize_t size
-    for i in range(n):
+    cdef Py_ssize_t size, total = 0
+    cdef double[:, ::1] coef = np.empty((n, 2), dtype=np.float64)      # lr, weight decay
+    cdef Py_ssize_t[:, ::1] where = np.empty((n, 4), dtype=np.intp)    # 3 pointers, size
+    for i in range(n):          # every array checked before anything is written
         if not (_float_type(params[i], typenum, True) and _float_type(grads[i], typenum, False)
                 and _float_type(bufs[i], typenum, True)):
             raise ValueError(f"sgd_update_many: parameter {i}: p, grad and buf must be "
@@ -113,27 +115,22 @@ def sgd_update_many(list params, list grads, list bufs, list lrs, list weight_de
         if (cnp.PyArray_SIZE(<cnp.ndarray>grads[i]) != size
                 or cnp.PyArray_SIZE(<cnp.ndarray>bufs[i]) != size):
             raise ValueError(f"sgd_update_many: parameter {i}: p, grad and buf sizes differ")
-        n_tasks += (size + BLOCK - 1) // BLOCK
-    # per task (a block of one parameter): its parameter and first value
-    cdef Py_ssize_t[:, ::1] task = np.empty((max(n_tasks, 1), 2), dtype=np.intp)
-    cdef double[:, ::1] coef = np.empty((n, 2), dtype=np.float64)      # lr, weight decay
-    cdef Py_ssize_t[:, ::1] where = np.empty((n, 4), dtype=np.intp)    # 3 pointers, size
-    t = 0
-    for i in range(n):
-        size = cnp.PyArray_SIZE(<cnp.ndarray>params[i])
         where[i, 0] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>params[i])
         where[i, 1] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>grads[i])
         where[i, 2] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>bufs[i])
         where[i, 3] = size
         coef[i, 0] = lrs[i]
         coef[i, 1] = weight_decays[i]
-        for nblk in range((size + BLOCK - 1) // BLOCK):
+        n_tasks += (size + BLOCK - 1) // BLOCK
+        total += size
+    # per task (a block of one parameter): its parameter and first value
+    cdef Py_ssize_t[:, ::1] task = np.empty((max(n_tasks, 1), 2), dtype=np.intp)
+    t = 0
+    for i in range(n):
+        for nblk in range((where[i, 3] + BLOCK - 1) // BLOCK):
             task[t, 0] = i
             task[t, 1] = nblk * BLOCK
             t += 1
-    cdef Py_ssize_t total = 0
-    for i in range(n):
-        total += where[i, 3]
     if typenum == cnp.NPY_FLOAT32:
         _sgd_tasks(<float>0, task, where, coef, n_tasks, momentum, dampening, nesterov,
                    first_step, threads_for_values(total, n_threads))

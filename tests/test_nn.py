@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 
-from fastconv import nn
+from fastconv import functional as F, nn
 from fastconv.gradcheck import GradcheckError, gradcheck
 
 
@@ -482,7 +482,6 @@ def test_repr_is_readable():
 def test_conv_without_a_trainable_bias_asks_for_no_db(rng, monkeypatch):
     """A Conv2d without a bias (or with its bias frozen) asks the op for no db (need_db=False,
     one pass over dy fewer); with a bias it does, and the gradients are the same either way."""
-    from fastconv import functional as F
     asked, real = [], F.conv2d_backward
 
     def recorder(*args, **kwargs):
@@ -507,6 +506,24 @@ def test_conv_without_a_trainable_bias_asks_for_no_db(rng, monkeypatch):
     assert not np.any(with_bias.bias.grad)
     np.testing.assert_array_equal(grads[0][0], grads[1][0])
     np.testing.assert_array_equal(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+def test_conv_backward_through_relu_is_relu_backward(mode, rng):
+    """Conv2d.backward_through_relu is relu_backward of backward, against the layer's input
+    (not its padded copy, which a padding mode other than zeros keeps), and the same
+    parameter gradients."""
+    x = np.maximum(rng.standard_normal((2, 16, 6, 7)), 0).astype(np.float32)
+    dy = rng.standard_normal((2, 16, 6, 7)).astype(np.float32)
+    convs = [nn.Conv2d(16, 16, 3, padding=1, padding_mode=mode, bias=True,
+                       rng=np.random.default_rng(0)) for _ in range(2)]
+    for conv in convs:
+        conv(x)
+    want = F.relu_backward(convs[0].backward(dy), x)
+    got = convs[1].backward_through_relu(dy)
+    np.testing.assert_array_equal(got, want)
+    for p, q in zip(convs[0].parameters(), convs[1].parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

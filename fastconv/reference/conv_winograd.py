@@ -102,6 +102,7 @@ happen; an explicit ``algo="winograd"`` computes as described here.
 """
 import numpy as np
 
+from .activation import relu_backward
 from .conv_direct import conv_epilogue
 
 __all__ = ["conv2d_forward", "conv2d_backward", "transform_matrices", "TILES"]
@@ -286,5 +287,5 @@ def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, nee
     dx = winograd_correlate(dy, w_flip, tile, (ph - 2 * dh, pw - 2 * dw), x.shape[2:],
                             (dh, dw))
     if through_relu:
-        dx = np.where(x > 0, dx, dx.dtype.type(0))
+        dx = relu_backward(dx, x)
     return dx, dW, db

@@ -5,6 +5,8 @@
 """
 import numpy as np
 
+from .activation import relu_backward, relu_forward
+
 
 def linear_forward(x, w, b, n_threads=None, relu=False):
     """Eq. (linear.fwd): x (N, I), w (O, I), b (O,) or None  ->  y (N, O); with relu,
@@ -13,7 +15,7 @@ def linear_forward(x, w, b, n_threads=None, relu=False):
     if b is not None:
         y += b
     if relu:
-        y = np.where(y <= 0, y.dtype.type(0), y)        # NaN stays, -0 gives +0
+        relu_forward(y, y)
     return y
 
 
@@ -22,5 +24,5 @@ def linear_backward(dy, x, w, n_threads=None, need_dx=True, through_relu=False):
     through_relu: x is a ReLU's output, dx the gradient of its input (0 where x <= 0)."""
     dx = dy @ w if need_dx else None
     if dx is not None and through_relu:
-        dx = np.where(x > 0, dx, dx.dtype.type(0))
+        dx = relu_backward(dx, x)
     return dx, dy.T @ x, dy.sum(axis=0)

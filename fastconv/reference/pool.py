@@ -36,6 +36,8 @@ holds at least one real cell: -inf never wins a max and D is never 0.
 """
 import numpy as np
 
+from .activation import relu_backward
+
 __all__ = ["max_pool2d_forward", "max_pool2d_backward",
            "avg_pool2d_forward", "avg_pool2d_backward",
            "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
@@ -219,7 +221,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride, padding, n_threads=None, ind
         inside = indices < H * W               # not so only for a window with no real cell
         dy, indices = np.where(inside, dy, 0), np.where(inside, indices, 0)
     dx = _scatter_add(dy, indices, H, W, "max_pool2d_backward")
-    return np.where(x > 0, dx, x.dtype.type(0)) if through_relu else dx
+    return relu_backward(dx, x) if through_relu else dx
 
 
 def avg_pool2d_forward(x, kernel_size, stride, padding, count_include_pad, n_threads=None,
