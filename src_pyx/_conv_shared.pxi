@@ -88,6 +88,11 @@ cdef bint _all_finite(const floating* a, Py_ssize_t size) noexcept nogil:
 
 # --------------------------------------------------------------------------- fused epilogue
 
+from _isa cimport fc_isa_level as _fc_isa_level
+from _relu cimport add_block, relu_block
+
+cdef int _EPILOGUE_ISA = _fc_isa_level()     # which copy of ReLU's and the add's loops runs
+
 def _residual_view(residual, y_shape):
     """``residual`` checked against the output's shape (O(1); fastconv.functional checks
     dtype and layout): None or an (N, K, P, Q) array."""
@@ -108,17 +113,11 @@ cdef void _epilogue(floating* y, const floating* res, Py_ssize_t start, Py_ssize
     then ReLU). The same operations as ``relu(conv2d(...) + residual)``, in the same order,
     so the same bits; ``v <= 0`` is false for NaN, which stays NaN, as in F.relu.
     """
-    cdef Py_ssize_t r, i
-    cdef floating v
+    cdef Py_ssize_t r
     cdef floating* y_row
-    cdef const floating* res_row
     for r in range(rows):
         y_row = y + start + r * ld
         if res != NULL:
-            res_row = res + start + r * ld
-            for i in range(cols):
-                y_row[i] = y_row[i] + res_row[i]
-        if relu:
-            for i in range(cols):
-                v = y_row[i]
-                y_row[i] = 0 if v <= 0 else v
+            add_block(_EPILOGUE_ISA, y_row, res + start + r * ld, y_row, cols, relu)
+        elif relu:
+            relu_block(_EPILOGUE_ISA, y_row, y_row, cols)

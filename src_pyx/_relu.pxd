@@ -12,6 +12,10 @@ cdef extern from "fc_relu.h":
                                 Py_ssize_t n) noexcept nogil
     void fc_relu_backward_double(int isa, const double* dy, const double* y, double* dx,
                                  Py_ssize_t n) noexcept nogil
+    void fc_add_forward_float(int isa, const float* a, const float* b, float* y,
+                              Py_ssize_t n, int relu) noexcept nogil
+    void fc_add_forward_double(int isa, const double* a, const double* b, double* y,
+                               Py_ssize_t n, int relu) noexcept nogil
 
 
 cdef inline void relu_block(int isa, const floating* x, floating* y,
@@ -30,3 +34,12 @@ cdef inline void relu_backward_block(int isa, const floating* dy, const floating
         fc_relu_backward_float(isa, dy, y, dx, n)
     else:
         fc_relu_backward_double(isa, dy, y, dx, n)
+
+
+cdef inline void add_block(int isa, const floating* a, const floating* b, floating* y,
+                           Py_ssize_t n, bint relu) noexcept nogil:
+    """y[i] = a[i] + b[i], then max(., 0) with relu (add.fwd), for i < n; y may be a."""
+    if floating is float:
+        fc_add_forward_float(isa, a, b, y, n, relu)
+    else:
+        fc_add_forward_double(isa, a, b, y, n, relu)

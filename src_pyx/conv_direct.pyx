@@ -137,7 +137,8 @@ cdef extern from "fc_conv_direct.h":
     Py_ssize_t fastconv_row_max_kt(int isa, Py_ssize_t Q) noexcept nogil
     void fastconv_row_f32(int isa, const float* x, const Py_ssize_t* tap, Py_ssize_t T,
                           const float* wT, Py_ssize_t K, const float* b, float* y,
-                          Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step) noexcept nogil
+                          Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step,
+                          bint relu) noexcept nogil
 
 cdef enum:
     KB = 4      # output channels per register tile (the C tile above is written for 4)
@@ -273,14 +274,14 @@ cdef void _conv_block_simd(const float* xs, const Py_ssize_t* tap, const float* 
                            bint relu) noexcept nogil:
     """Output channels k0 <= k < k1 of one image on AVX2 or AVX-512, row by row
     (fastconv_row_f32: tiles of those channels x 1 or 2 vectors of columns) over the image xs
-    split into column phases (_phase_plane); then the fused epilogue on those channels'
-    planes, where asked."""
+    split into column phases (_phase_plane). A ReLU alone goes through the tiles' stores;
+    with a residual, the fused epilogue runs on those channels' planes after."""
     cdef Py_ssize_t p
     for p in range(P):
         fastconv_row_f32(_ISA, xs + p * sh * row, tap, T, wT + k0, K,
-                           NULL if b == NULL else b + k0, y + k0 * P * Q + p * Q, k1 - k0, Q,
-                           P * Q)
-    if res != NULL or relu:
+                         NULL if b == NULL else b + k0, y + k0 * P * Q + p * Q, k1 - k0, Q,
+                         P * Q, relu and res == NULL)
+    if res != NULL:
         _epilogue(y, res, k0 * P * Q, k1 - k0, P * Q, P * Q, relu)
 
 
@@ -417,11 +418,23 @@ cdef extern from "fc_conv_direct.h":
     # AVX-512, float32, stride 1 along the row: up to 4 channels x all R x S taps
     enum: FC_DW_ROWS_MAX_KB
     bint fastconv_dw_rows_applies(int isa, Py_ssize_t S) noexcept nogil
+    ctypedef struct fc_dw_padding:
+        float* plane
+        Py_ssize_t H, W, ph, pw
     void fastconv_dw_rows_f32(const float* x, const float* dy, float* dw, float* db,
-                              float* sums, Py_ssize_t kb, Py_ssize_t N, Py_ssize_t P,
-                              Py_ssize_t Q, Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n,
-                              Py_ssize_t x_p, Py_ssize_t x_r, Py_ssize_t dy_n,
-                              Py_ssize_t dy_k, Py_ssize_t dw_k) noexcept nogil
+                              float* sums, fc_dw_padding pad, Py_ssize_t kb, Py_ssize_t N,
+                              Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R, Py_ssize_t S,
+                              Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t x_r,
+                              Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t dw_k) noexcept nogil
+
+
+cdef inline fc_dw_padding _dw_padding(float* plane, bint padded, Py_ssize_t H, Py_ssize_t W,
+                                      Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """fastconv_dw_rows_f32's padding: the thread's scratch plane, or none (NULL)."""
+    cdef fc_dw_padding pad
+    pad.plane = plane if padded else NULL
+    pad.H, pad.W, pad.ph, pad.pw = H, W, ph, pw
+    return pad
 
 
 cdef void _dw_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] xp,
@@ -629,25 +642,29 @@ def conv2d_backward(const floating[:, :, :, ::1] dy,    # IN (N, K, P, Q): dLoss
     cdef Py_ssize_t n_kb = (K + KB - 1) // KB, k0, k1
     cdef float[:, ::1] sums
     cdef bint db_done = False                    # db computed with dw (the AVX-512 tiles)
+    cdef float[:, ::1] planes
+    cdef bint padded = ph > 0 or pw > 0
     if floating is float and sw == 1 and dwd == 1 and fastconv_dw_rows_applies(_ISA, S):
         # AVX-512: one task per (input channel, block of at most 4 output channels), all
-        # taps at once, image by image (fastconv_dw_rows_f32); blocks of K // n_kb or one
-        # more; the tasks of input channel 0 sum db too
+        # taps at once, image by image (fastconv_dw_rows_f32), each image's plane padded
+        # into the thread's scratch first; blocks of K // n_kb or one more; the tasks of
+        # input channel 0 sum db too
         n_kb = (K + FC_DW_ROWS_MAX_KB - 1) // FC_DW_ROWS_MAX_KB
-        xp = x
-        if ph > 0 or pw > 0:
-            xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)
         sums = np.empty((nt, R * FC_DW_ROWS_MAX_KB * S * 16), dtype=np.float32)
+        planes = np.empty((nt, (H + 2 * ph) * (W + 2 * pw) if padded else 1),
+                          dtype=np.float32)
         with nogil:
             for i in prange(n_kb * C, schedule="dynamic", num_threads=nt):
                 k0 = (i // C) * K // n_kb
                 k1 = (i // C + 1) * K // n_kb
-                fastconv_dw_rows_f32(&xp[0, i % C, 0, 0], &dy[0, k0, 0, 0],
+                fastconv_dw_rows_f32(&x[0, i % C, 0, 0], &dy[0, k0, 0, 0],
                                      &dw[k0, i % C, 0, 0],
                                      &db[k0] if need_db and i % C == 0 else NULL,
-                                     &sums[threadid(), 0], k1 - k0, N, P, Q, R, S,
-                                     C * xp.shape[2] * xp.shape[3], sh * xp.shape[3],
-                                     dh * xp.shape[3], K * P * Q, P * Q, C * R * S)
+                                     &sums[threadid(), 0],
+                                     _dw_padding(&planes[threadid(), 0], padded, H, W, ph,
+                                                 pw), k1 - k0, N, P, Q, R, S,
+                                     C * H * W, sh * (W + 2 * pw), dh * (W + 2 * pw),
+                                     K * P * Q, P * Q, C * R * S)
         db_done = True
     elif K >= KB:
         # dw in register tiles over the padded input, one (block of 4 k, c) pair per task

@@ -61,6 +61,42 @@ def test_conv2d_epilogue_is_thread_invariant_and_keeps_nan(algo, rng):
     assert np.isnan(outs[0]).sum() == 1
 
 
+_RELU_RUN = """
+import sys
+import numpy as np
+import fastconv.functional as F
+rng = np.random.default_rng(0)
+out = {}
+for C, K, H, R, stride, pad in [(1, 6, 28, 5, 1, 2), (3, 13, 11, 3, 2, 1), (2, 17, 9, 3, 1, 0)]:
+    x = rng.standard_normal((2, C, H, H)).astype(np.float32)
+    x[1, 0, 3, 4] = np.nan
+    x[0, -1, 1, 2] = -np.inf
+    w = rng.standard_normal((K, C, R, R)).astype(np.float32)
+    b = rng.standard_normal(K).astype(np.float32)
+    key = f"{C}_{K}_{H}_{R}_{stride}_{pad}"
+    out[key] = F.conv2d(x, w, b, stride, pad, algo="direct", relu=True)
+    out[key + "_want"] = F.relu(F.conv2d(x, w, b, stride, pad, algo="direct"))
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_direct_relu_in_the_tiles_equals_relu_after_bit_for_bit(isa, tmp_path):
+    """A first layer's direct forward applies ReLU as its register tiles are stored (AVX2
+    and AVX-512 copies), the other paths in a pass after: each, in a fresh process with
+    FASTCONV_ISA, equals F.relu of the plain output bit for bit, NaN and -inf included."""
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "out.npz"
+    subprocess.run([sys.executable, "-c", _RELU_RUN, str(path)], check=True, cwd=tmp_path,
+                   env=dict(os.environ, FASTCONV_ISA=isa))
+    out = np.load(path)
+    for key in (k for k in out.files if not k.endswith("_want")):
+        np.testing.assert_array_equal(out[key], out[key + "_want"])
+        assert np.isnan(out[key]).any() and (out[key] == 0).any()
+
+
 def test_conv2d_epilogue_bad_arguments(rng):
     x = rng.standard_normal((2, 3, 8, 8))
     w = rng.standard_normal((4, 3, 3, 3))

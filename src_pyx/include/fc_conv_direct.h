@@ -39,6 +39,13 @@
 
 #include "fc_isa.h"
 
+/* fastconv_dw_rows_f32's padding: where a thread builds one zero-padded input plane */
+typedef struct {
+    float *plane;                 /* (H + 2*ph) x (W + 2*pw) floats, or NULL: no padding */
+    Py_ssize_t H, W, ph, pw;      /* the input plane's size and its zero border */
+} fc_dw_padding;
+
+
 #define FC_DIRECT_TILE(T, NAME)                                                        \
 static inline void NAME(const T *x, const T *w, const T *b, T *y, Py_ssize_t C,       \
                         Py_ssize_t R, Py_ssize_t S, Py_ssize_t Hp, Py_ssize_t Wp,     \
@@ -135,6 +142,12 @@ FC_DIRECT_DW_TILE(double, fastconv_dw_tile_f64)
 #if FC_HAVE_X86_SIMD
 #include <immintrin.h>
 
+/* AVX-512's mask of the first n of 16 lanes */
+static inline __attribute__((always_inline)) __mmask16 fc_lanes16(Py_ssize_t n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
+
 /* dw[k0 + j, c, r, s] = sum_{n,p,q} dy[n, k0 + j, p, q] * x[n, c, p*sh + r, q + s] for
  * j < 2 and s < S, by lanes along q: x points at (n = 0, c, row r), rows x_p apart;
  * out[j * S + s] gets the sums. The last Q % 8 columns of a row are read through a mask
@@ -206,30 +219,49 @@ void fc_dw_row5(const float *x, const float *dy, float *out, Py_ssize_t N, Py_ss
  * vectors of dy and S of x feed KB * S fused multiply-adds. Each lane sums over n, p,
  * then q in order, and the 16 lanes are added in order at the end: the order depends on
  * the shapes only.
- * x points at (n = 0, c, row 0) of the padded input: row p*sh + r*dh of image n is at
- * x + n*x_n + p*x_p + r*x_r. dy points at (n = 0, k0, 0, 0), its channels dy_k apart;
+ * x points at plane c of image 0, images x_n apart. Without padding (pad->plane NULL),
+ * row p*sh + r*dh of image n is at x + n*x_n + p*x_p + r*x_r. With padding, each image's
+ * plane is first copied into pad->plane (the thread's scratch, in L1: its zero border is
+ * written once), and the rows are read there, x_p and x_r counting its padded rows.
+ * dy points at (n = 0, k0, 0, 0), its channels dy_k apart;
  * dw[j * dw_k + r * S + s] gets the sums. Unless db is NULL, each image's dy is also
  * summed (in double, lane by lane, while it is in L1) into db[j] = sum over (n, p, q). */
 static inline __attribute__((always_inline, target("avx512f,fma")))
 void fc_dw_rows_body(const float *x, const float *dy, float *dw, float *db, float *sums,
-                     Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R, Py_ssize_t x_n,
-                     Py_ssize_t x_p, Py_ssize_t x_r, Py_ssize_t dy_n, Py_ssize_t dy_k,
-                     Py_ssize_t dw_k, const int KB, const int S)
+                     const fc_dw_padding *pad, Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q,
+                     Py_ssize_t R, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t x_r,
+                     Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t dw_k, const int KB,
+                     const int S)
 {
     __m512 acc[4][FC_DW_ROW_MAX_S], d[4], xv;
     __m512d dsum[4][2];
     const Py_ssize_t full = Q - Q % 16;
     const __mmask16 tail = (__mmask16)((1u << (Q % 16)) - 1);
+    const Py_ssize_t Wp = pad->W + 2 * pad->pw;
     for (Py_ssize_t i = 0; i < R * KB * S * 16; i++) sums[i] = 0;
+    if (pad->plane != NULL)
+        memset(pad->plane, 0, (size_t)((pad->H + 2 * pad->ph) * Wp) * sizeof(float));
     FC_UNROLL for (int j = 0; j < KB; j++) dsum[j][0] = dsum[j][1] = _mm512_setzero_pd();
     for (Py_ssize_t n = 0; n < N; n++) {
+        const float *image = x + n * x_n;
+        if (pad->plane != NULL) {          /* the plane inside its zero border */
+            for (Py_ssize_t h = 0; h < pad->H; h++) {
+                const float *src = image + h * pad->W;
+                float *dst = pad->plane + (h + pad->ph) * Wp + pad->pw;
+                for (Py_ssize_t w = 0; w < pad->W; w += 16) {
+                    const __mmask16 m = fc_lanes16(pad->W - w);
+                    _mm512_mask_storeu_ps(dst + w, m, _mm512_maskz_loadu_ps(m, src + w));
+                }
+            }
+            image = pad->plane;
+        }
         for (Py_ssize_t r = 0; r < R; r++) {
             float *row_sums = sums + r * KB * S * 16;
             FC_UNROLL for (int j = 0; j < KB; j++)
                 FC_UNROLL for (int s = 0; s < S; s++)
                     acc[j][s] = _mm512_loadu_ps(row_sums + (j * S + s) * 16);
             for (Py_ssize_t p = 0; p < P; p++) {
-                const float *x_row = x + n * x_n + p * x_p + r * x_r;
+                const float *x_row = image + p * x_p + r * x_r;
                 const float *dy_row = dy + n * dy_n + p * Q;
                 for (Py_ssize_t q = 0; q < Q; q += 16) {
                     const __mmask16 m = q < full ? (__mmask16)0xFFFF : tail;
@@ -284,15 +316,18 @@ void fc_dw_rows_body(const float *x, const float *dy, float *dw, float *db, floa
 #define FC_DW_ROWS(KB, S)                                                                 \
 static __attribute__((target("avx512f,fma"), noinline))                                   \
 void fc_dw_rows_##KB##_##S(const float *x, const float *dy, float *dw, float *db,        \
-                           float *sums, Py_ssize_t N, Py_ssize_t P, Py_ssize_t Q,         \
-                           Py_ssize_t R, Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t x_r,  \
-                           Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t dw_k)             \
-{ fc_dw_rows_body(x, dy, dw, db, sums, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k, dw_k, KB, S); }
+                           float *sums, const fc_dw_padding *pad, Py_ssize_t N,           \
+                           Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R, Py_ssize_t x_n,      \
+                           Py_ssize_t x_p, Py_ssize_t x_r, Py_ssize_t dy_n,               \
+                           Py_ssize_t dy_k, Py_ssize_t dw_k)                              \
+{ fc_dw_rows_body(x, dy, dw, db, sums, pad, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k, dw_k,  \
+                  KB, S); }
 FC_DW_ROWS(1, 3) FC_DW_ROWS(2, 3) FC_DW_ROWS(3, 3) FC_DW_ROWS(4, 3)
 FC_DW_ROWS(1, 5) FC_DW_ROWS(2, 5) FC_DW_ROWS(3, 5) FC_DW_ROWS(4, 5)
 typedef void (*fc_dw_rows_fn)(const float *, const float *, float *, float *, float *,
+                              const fc_dw_padding *, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                               Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
-                              Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t);
+                              Py_ssize_t, Py_ssize_t);
 static const fc_dw_rows_fn fc_dw_rows[2][4] = {
     {fc_dw_rows_1_3, fc_dw_rows_2_3, fc_dw_rows_3_3, fc_dw_rows_4_3},
     {fc_dw_rows_1_5, fc_dw_rows_2_5, fc_dw_rows_3_5, fc_dw_rows_4_5}};
@@ -306,11 +341,6 @@ static inline __attribute__((always_inline, target("avx2"))) __m256i fc_lanes8(P
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* AVX-512's mask of the first n of 16 lanes */
-static inline __attribute__((always_inline)) __mmask16 fc_lanes16(Py_ssize_t n)
-{
-    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
-}
 /* AVX-512 forward: y[k0 + j, p, q0 + i] for j < KT output channels and NV vectors of 16
  * columns i (i < ncols: masks cut the row's end), as a sum over the T = C*R*S taps
  * t = (c, r, s):
@@ -320,11 +350,12 @@ static inline __attribute__((always_inline)) __mmask16 fc_lanes16(Py_ssize_t n)
  * one padded image (split into column phases, see fastconv_row_f32), so tap t of every
  * output column is tap[t] further on; wT (T, K) is the weights transposed, pointing at
  * wT[0, k0]; y at y[k0, p, q0], channels y_step apart; b at b[k0] or NULL. Each output
- * sums the bias, then the taps in order. */
+ * sums the bias, then the taps in order. With relu, each accumulator goes through
+ * (relu.fwd), v <= 0 ? 0 : v, on its way out: the same bits as a ReLU pass after. */
 static inline __attribute__((always_inline, target("avx512f,fma")))
 void fc_tile16_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const float *wT,
                     Py_ssize_t K, const float *b, float *y, Py_ssize_t y_step,
-                    Py_ssize_t ncols, const int KT, const int NV)
+                    Py_ssize_t ncols, int relu, const int KT, const int NV)
 {
     __m512 acc[16][2], xv[2];
     __mmask16 m[2];
@@ -342,8 +373,13 @@ void fc_tile16_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const f
         }
     }
     FC_UNROLL for (int j = 0; j < KT; j++)
-        FC_UNROLL for (int v = 0; v < NV; v++)
-            _mm512_mask_storeu_ps(y + j * y_step + 16 * v, m[v], acc[j][v]);
+        FC_UNROLL for (int v = 0; v < NV; v++) {
+            __m512 out = acc[j][v];
+            if (relu)        /* lanes <= 0 (not NaN: the compare is ordered) become +0 */
+                out = _mm512_maskz_mov_ps(
+                    ~_mm512_cmp_ps_mask(out, _mm512_setzero_ps(), _CMP_LE_OQ), out);
+            _mm512_mask_storeu_ps(y + j * y_step + 16 * v, m[v], out);
+        }
 }
 
 /* One copy of fc_tile<L>_body per (KT, NV), so that the accumulators are registers,
@@ -352,10 +388,11 @@ void fc_tile16_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const f
 static __attribute__((target(TARGET), noinline))                                          \
 void fc_tile##L##_##KT##_##NV(const float *x, const Py_ssize_t *tap, Py_ssize_t T,        \
                               const float *wT, Py_ssize_t K, const float *b, float *y,     \
-                              Py_ssize_t y_step, Py_ssize_t ncols)                         \
-{ fc_tile##L##_body(x, tap, T, wT, K, b, y, y_step, ncols, KT, NV); }
+                              Py_ssize_t y_step, Py_ssize_t ncols, int relu)               \
+{ fc_tile##L##_body(x, tap, T, wT, K, b, y, y_step, ncols, relu, KT, NV); }
 typedef void (*fc_row_tile_fn)(const float *, const Py_ssize_t *, Py_ssize_t, const float *,
-                               Py_ssize_t, const float *, float *, Py_ssize_t, Py_ssize_t);
+                               Py_ssize_t, const float *, float *, Py_ssize_t, Py_ssize_t,
+                               int);
 
 /* AVX-512: NV = 2 vectors (32 columns) of up to 8 channels, or one vector of up to 16 */
 #define FC_TILE16(KT, NV) FC_ROW_TILE(16, KT, NV, "avx512f,fma")
@@ -381,7 +418,7 @@ static const fc_row_tile_fn fc_tiles16_1[16] = {
 static inline __attribute__((always_inline, target("avx2,fma")))
 void fc_tile8_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const float *wT,
                    Py_ssize_t K, const float *b, float *y, Py_ssize_t y_step,
-                   Py_ssize_t ncols, const int KT, const int NV)
+                   Py_ssize_t ncols, int relu, const int KT, const int NV)
 {
     __m256 acc[12][2], xv[2];
     __m256i m[2];
@@ -404,11 +441,16 @@ void fc_tile8_body(const float *x, const Py_ssize_t *tap, Py_ssize_t T, const fl
         }
     }
     FC_UNROLL for (int j = 0; j < KT; j++)
-        FC_UNROLL for (int v = 0; v < NV; v++)
+        FC_UNROLL for (int v = 0; v < NV; v++) {
+            __m256 out = acc[j][v];
+            if (relu)        /* lanes <= 0 (not NaN: the compare is ordered) become +0 */
+                out = _mm256_andnot_ps(
+                    _mm256_cmp_ps(out, _mm256_setzero_ps(), _CMP_LE_OQ), out);
             if (full[v])
-                _mm256_storeu_ps(y + j * y_step + 8 * v, acc[j][v]);
+                _mm256_storeu_ps(y + j * y_step + 8 * v, out);
             else
-                _mm256_maskstore_ps(y + j * y_step + 8 * v, m[v], acc[j][v]);
+                _mm256_maskstore_ps(y + j * y_step + 8 * v, m[v], out);
+        }
 }
 
 /* AVX2: 2 vectors (16 columns) of up to 6 channels, or one vector of up to 12 */
@@ -449,7 +491,7 @@ static inline Py_ssize_t fastconv_row_max_kt(int isa, Py_ssize_t Q)
  * still reads contiguous columns. */
 static void fastconv_row_f32(int isa, const float *x, const Py_ssize_t *tap, Py_ssize_t T,
                              const float *wT, Py_ssize_t K, const float *b, float *y,
-                             Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step)
+                             Py_ssize_t kt, Py_ssize_t Q, Py_ssize_t y_step, int relu)
 {
 #if FC_HAVE_X86_SIMD
     const Py_ssize_t L = isa >= FC_ISA_AVX512 ? 16 : 8;      /* lanes */
@@ -457,15 +499,15 @@ static void fastconv_row_f32(int isa, const float *x, const Py_ssize_t *tap, Py_
         Py_ssize_t rem = Q - q0;
         if (L == 16) {
             fc_row_tile_fn tile = rem > 16 ? fc_tiles16_2[kt - 1] : fc_tiles16_1[kt - 1];
-            tile(x + q0, tap, T, wT, K, b, y + q0, y_step, rem);
+            tile(x + q0, tap, T, wT, K, b, y + q0, y_step, rem, relu);
         } else {
             fc_row_tile_fn tile = rem > 8 ? fc_tiles8_2[kt - 1] : fc_tiles8_1[kt - 1];
-            tile(x + q0, tap, T, wT, K, b, y + q0, y_step, rem);
+            tile(x + q0, tap, T, wT, K, b, y + q0, y_step, rem, relu);
         }
     }
 #else
     (void)isa; (void)x; (void)tap; (void)T; (void)wT; (void)K; (void)b; (void)y; (void)kt;
-    (void)Q; (void)y_step;
+    (void)Q; (void)y_step; (void)relu;
 #endif
 }
 
@@ -479,19 +521,20 @@ static int fastconv_dw_rows_applies(int isa, Py_ssize_t S)
 
 /* The call conv_direct.pyx makes where fastconv_dw_rows_applies, for kb <= 4 channels;
  * db (kb values, or NULL: not wanted) gets dy summed over (n, p, q), by lanes in double;
- * sums: a scratch of R * kb * S * 16 floats. */
+ * sums: a scratch of R * kb * S * 16 floats; pad: see fc_dw_rows_body. */
 static void fastconv_dw_rows_f32(const float *x, const float *dy, float *dw, float *db,
-                                 float *sums, Py_ssize_t kb, Py_ssize_t N, Py_ssize_t P,
-                                 Py_ssize_t Q, Py_ssize_t R, Py_ssize_t S, Py_ssize_t x_n,
-                                 Py_ssize_t x_p, Py_ssize_t x_r, Py_ssize_t dy_n,
-                                 Py_ssize_t dy_k, Py_ssize_t dw_k)
+                                 float *sums, fc_dw_padding pad, Py_ssize_t kb, Py_ssize_t N,
+                                 Py_ssize_t P, Py_ssize_t Q, Py_ssize_t R, Py_ssize_t S,
+                                 Py_ssize_t x_n, Py_ssize_t x_p, Py_ssize_t x_r,
+                                 Py_ssize_t dy_n, Py_ssize_t dy_k, Py_ssize_t dw_k)
 {
 #if FC_HAVE_X86_SIMD
-    fc_dw_rows[S == 5][kb - 1](x, dy, dw, db, sums, N, P, Q, R, x_n, x_p, x_r, dy_n, dy_k,
-                                dw_k);
+    fc_dw_rows[S == 5][kb - 1](x, dy, dw, db, sums, &pad, N, P, Q, R, x_n, x_p, x_r, dy_n,
+                                dy_k, dw_k);
 #else
-    (void)x; (void)dy; (void)dw; (void)db; (void)sums; (void)kb; (void)N; (void)P; (void)Q;
-    (void)R; (void)S; (void)x_n; (void)x_p; (void)x_r; (void)dy_n; (void)dy_k; (void)dw_k;
+    (void)x; (void)dy; (void)dw; (void)db; (void)sums; (void)pad; (void)kb; (void)N;
+    (void)P; (void)Q; (void)R; (void)S; (void)x_n; (void)x_p; (void)x_r; (void)dy_n;
+    (void)dy_k; (void)dw_k;
 #endif
 }
 
