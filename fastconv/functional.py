@@ -1387,6 +1387,16 @@ def _linear_setup(op, x, w):
     return x, w
 
 
+def _linear_blas_limit(impl, dtype, rows, forward):
+    """BLAS on one thread around the fast kernel's call where its products run on BLAS
+    (the reference's NumPy products too); nothing to do where they run on fastconv's own
+    micro-kernel."""
+    calls_blas = getattr(impl, "calls_blas", None)
+    if calls_blas is not None and not calls_blas(dtype, rows, forward):
+        return _threads.NO_LIMIT
+    return _threads.blas_single_thread()
+
+
 def linear(x, w, b=None, backend=None, *, relu=False):
     """Fully connected layer, notes eq. (linear.fwd): ``y = x @ w.T + b``, as PyTorch's
     ``torch.nn.functional.linear``.
@@ -1417,7 +1427,7 @@ def linear(x, w, b=None, backend=None, *, relu=False):
                              f"{w.shape}, got {b.shape}")
     impl = implementation("linear", resolve_backend(backend, op))
     extra = {"relu": True} if relu else {}          # the usual call passes no keyword
-    with _threads.blas_single_thread():
+    with _linear_blas_limit(impl, x.dtype, x.shape[0], forward=True):
         return impl.linear_forward(_kernel_ready(x), _kernel_ready(w), _kernel_ready(b),
                                    _n_threads(), **extra)
 
@@ -1446,7 +1456,7 @@ def linear_backward(dy, x, w, backend=None, *, need_dx=True, through_relu=False)
     _check_dy(op, dy, (x.shape[0], w.shape[0]))
     impl = implementation("linear", resolve_backend(backend, op))
     extra = {"through_relu": True} if through_relu else {}
-    with _threads.blas_single_thread():
+    with _linear_blas_limit(impl, x.dtype, x.shape[0], forward=False):
         return impl.linear_backward(*_contiguous(dy, x, w), _n_threads(), bool(need_dx),
                                     **extra)
 

@@ -55,15 +55,23 @@ cdef enum:
     # the measurements are in docs/performance.md ("Fully connected layers").
     FWD_BLOCK = 64      # rows of y (forward)
     BWD_BLOCK = 64      # rows of dw and of dx (backward)
-    # Products of fewer multiply-adds than this run on one thread. A second thread saves
-    # only 5-10 us on LeNet-5's fc2 (64 x 120 -> 84: 26 -> 21 us forward, 37 -> 28 us
-    # backward, float32), less than it costs to wake an OpenMP thread that went to sleep
-    # during the NumPy and Python work between layers (30-50 us on the 2-core VM, and
-    # ~170 us when another process holds the second core); fc1 (3.1M) gains 35 and 70 us.
-    GRAIN = 2097152
+    # Products of fewer multiply-adds than this run on one thread. LeNet-5's fc2 (64 x
+    # 120 -> 84, 645K forward) runs on two: an awake second thread saves it 5-10 us, and
+    # one asleep after the Python between layers is woken there, its wake-up overlapping
+    # fc2's work, instead of in the larger layer next (docs/performance.md, "Fully
+    # connected layers").
+    GRAIN = 524288
     # The forward on the micro-kernel transposes w first: with fewer rows of x than this,
     # the transpose costs more than BLAS's whole product (docs/performance.md)
     MK_MIN_ROWS = 16
+
+
+def calls_blas(dtype, Py_ssize_t rows, bint forward):
+    """Whether the products of a call with ``rows`` rows of x (the batch) and this dtype
+    run on SciPy's BLAS, which the caller then keeps on one thread: not float32 on the
+    AVX-512 micro-kernel (the forward from MK_MIN_ROWS rows, the backward always)."""
+    return not (dtype == np.float32 and _use_microkernel
+                and (rows >= MK_MIN_ROWS or not forward))
 
 
 cdef inline Py_ssize_t _block_rows(Py_ssize_t rows, Py_ssize_t most) noexcept nogil:
@@ -72,9 +80,10 @@ cdef inline Py_ssize_t _block_rows(Py_ssize_t rows, Py_ssize_t most) noexcept no
     return imin(most, (rows + 1) // 2)
 
 
-def _check(name, cond, msg):
-    if not cond:
-        raise ValueError(f"{name}: {msg}")
+cdef int _check_sizes(str name, Py_ssize_t N, Py_ssize_t I, Py_ssize_t O) except -1:
+    if N >= 2**31 or I >= 2**31 or O >= 2**31:
+        raise ValueError(f"{name}: sizes overflow BLAS's 32-bit int")
+    return 0
 
 
 cdef inline void _relu_rows(floating* y, Py_ssize_t n0, Py_ssize_t n1, Py_ssize_t o0,
@@ -140,13 +149,14 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] w, b, int n_
     y : ndarray (N, O), x's dtype.
     """
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = w.shape[0], blk, nblk
-    _check("linear_forward", w.shape[1] == I, f"w has {w.shape[1]} inputs, x has {I}")
+    if w.shape[1] != I:
+        raise ValueError(f"linear_forward: w has {w.shape[1]} inputs, x has {I}")
     dtype = np.float32 if floating is float else np.float64
     cdef bint has_bias = b is not None
     b_arr = np.zeros(1, dtype=dtype) if b is None else np.asarray(b)
-    _check("linear_forward", not has_bias or b_arr.shape == (O,),
-           f"b must have shape ({O},), got {b_arr.shape}")
-    _check("linear_forward", max(N, I, O) < 2**31, "sizes overflow BLAS's 32-bit int")
+    if has_bias and b_arr.shape != (O,):
+        raise ValueError(f"linear_forward: b must have shape ({O},), got {b_arr.shape}")
+    _check_sizes("linear_forward", N, I, O)
     cdef const floating[::1] bv = b_arr
     y_arr = np.empty((N, O), dtype=dtype)
     if N == 0 or O == 0:
@@ -231,10 +241,12 @@ def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     dx : (N, I) or None, dw : (O, I), db : (O,), all of x's dtype.
     """
     cdef Py_ssize_t N = x.shape[0], I = x.shape[1], O = w.shape[0], task, n_dw, n_dx
-    _check("linear_backward", w.shape[1] == I, f"w has {w.shape[1]} inputs, x has {I}")
-    _check("linear_backward", dy.shape[0] == N and dy.shape[1] == O,
-           f"dy must have shape ({N}, {O}), got ({dy.shape[0]}, {dy.shape[1]})")
-    _check("linear_backward", max(N, I, O) < 2**31, "sizes overflow BLAS's 32-bit int")
+    if w.shape[1] != I:
+        raise ValueError(f"linear_backward: w has {w.shape[1]} inputs, x has {I}")
+    if dy.shape[0] != N or dy.shape[1] != O:
+        raise ValueError(f"linear_backward: dy must have shape ({N}, {O}), got "
+                         f"({dy.shape[0]}, {dy.shape[1]})")
+    _check_sizes("linear_backward", N, I, O)
     dtype = np.float32 if floating is float else np.float64
     # without need_dx, a one-element placeholder that is never read
     dx_arr = np.empty((N if need_dx else 1, I if need_dx else 1), dtype=dtype)

@@ -101,6 +101,28 @@ def test_kernel_called_directly_rejects_bad_shapes():
         k.linear_forward(np.ones((2, 3)), np.ones((4, 5)), None, 1)
     with pytest.raises(ValueError, match="linear_backward"):
         k.linear_backward(np.ones((2, 3)), np.ones((2, 5)), np.ones((4, 5)), 1)
+    with pytest.raises(ValueError, match=r"linear_forward: w has 5 inputs, x has 3"):
+        k.linear_forward(np.ones((2, 3)), np.ones((4, 5)), None, 1)
+    with pytest.raises(ValueError, match=r"linear_forward: b must have shape \(4,\)"):
+        k.linear_forward(np.ones((2, 5)), np.ones((4, 5)), np.ones(3), 1)
+    with pytest.raises(ValueError, match=r"linear_backward: dy must have shape \(2, 4\), "
+                                         r"got \(2, 3\)"):
+        k.linear_backward(np.ones((2, 3)), np.ones((2, 5)), np.ones((4, 5)), 1)
+
+
+def test_calls_blas_follows_the_instruction_set():
+    """calls_blas, which decides whether F.linear keeps BLAS on one thread around the
+    kernel, says BLAS exactly where the kernel's products run on it: float64 always;
+    float32 unless the AVX-512 micro-kernel runs them (a forward of fewer than 16 rows
+    runs on BLAS there too)."""
+    from fastconv._backend import load_kernels
+    k = load_kernels("linear")
+    avx512 = load_kernels("_openmp").simd_isa()[0] == "avx512"
+    assert k.calls_blas(np.dtype(np.float64), 64, True)
+    assert k.calls_blas(np.dtype(np.float64), 64, False)
+    assert k.calls_blas(np.dtype(np.float32), 64, True) != avx512
+    assert k.calls_blas(np.dtype(np.float32), 1, False) != avx512
+    assert k.calls_blas(np.dtype(np.float32), 15, True)
 
 
 @pytest.mark.parametrize("backend", ["reference", "fast"])
