@@ -22,7 +22,8 @@ from .reference.pool import pool_output_size
 from .reference.conv_direct import conv_epilogue, per_group_backward, per_group_forward
 
 __all__ = [
-    "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
+    "conv2d", "conv2d_max_pool", "conv2d_backward",
+    "conv_transpose2d", "conv_transpose2d_backward",
     "conv_transpose_output_size", "pad", "pad_backward",
     "max_pool2d", "max_pool2d_backward",
     "avg_pool2d", "avg_pool2d_backward",
@@ -487,7 +488,42 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
     y : ndarray (N, K, P, Q), P = floor((H + 2*ph - dh*(R - 1) - 1) / sh) + 1 (conv.out),
         likewise Q; (K, P, Q) for an unbatched x.
     """
-    op = "conv2d"
+    return _conv2d("conv2d", x, w, b, stride, padding, dilation, groups, algo, backend, relu,
+                   residual, pool=False)
+
+
+def conv2d_max_pool(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
+                    backend=None, *, relu=False, residual=None):
+    """A convolution and the 2x2 stride-2 max pooling of its output, in one pass over it:
+    ``y = conv2d(x, w, b, ..., relu=relu, residual=residual)`` and
+    ``pooled = max_pool2d(y, 2)``, both returned, the same bits as the two calls, notes
+    eq. (conv.pool).
+
+    The kernels pool each image's output as soon as they have written it, while it is
+    still in cache, instead of reading the whole of y again in a second call: how
+    ``nn.Sequential`` runs the classic block Conv2d -> ReLU -> MaxPool2d(2) (LeNet-5, VGG).
+    y is returned too, as training keeps it for the backward of the ReLU and the pooling.
+    An odd last row or column of y is in no window (floor mode, as ``max_pool2d``).
+
+    Parameters
+    ----------
+    x, w, b, stride, padding, dilation, groups, algo, backend, relu, residual :
+        as in :func:`conv2d`
+
+    Returns
+    -------
+    y : ndarray (N, K, P, Q), as :func:`conv2d` returns it
+    pooled : ndarray (N, K, P // 2, Q // 2)
+        (unbatched x: both without the N axis)
+    """
+    return _conv2d("conv2d_max_pool", x, w, b, stride, padding, dilation, groups, algo,
+                   backend, relu, residual, pool=True)
+
+
+def _conv2d(op, x, w, b, stride, padding, dilation, groups, algo, backend, relu, residual,
+            pool):
+    """conv2d's body; with ``pool``, (y, its 2x2 max pooling): in the kernel where it
+    takes ``pool_out`` (direct, im2col, Winograd), else by max_pool2d after."""
     x, w, stride, padding, dilation, y_shape, impl, (unbatched, _), fallback, blas_limit = \
         _conv_setup(op, x, w, stride, padding, algo, backend, dilation, groups=groups)
     if b is not None:
@@ -495,8 +531,6 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
         if b.shape != (w.shape[0],):
             raise ValueError(f"{op}: b must have shape ({w.shape[0]},) for w of shape {w.shape}, "
                              f"got {b.shape}")
-    if y_shape[0] == 0:                      # an empty batch: an empty output, as PyTorch
-        return np.zeros(y_shape[1:] if unbatched else y_shape, dtype=x.dtype)
     fused = {}
     if relu or residual is not None:
         if residual is not None:
@@ -504,16 +538,30 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto",
             _check_dy(op, residual, y_shape[1:] if unbatched else y_shape, "residual")
             residual = _kernel_ready(residual[None] if unbatched else residual)
         fused = {"relu": bool(relu), "residual": residual}
-    args = (_kernel_ready(x), _kernel_ready(w), _kernel_ready(b), stride, padding,
-            _n_threads(), dilation)
-    with blas_limit:
-        if fallback is None:
-            y = impl.conv2d_forward(*args, **fused)
-        else:
-            y = impl.conv2d_forward(*args, check_finite=True, **fused)
-            if y is None:
-                y = fallback.conv2d_forward(*args, **fused)
-    return y[0] if unbatched else y
+    pooled = None
+    if pool:
+        N, K, P, Q = y_shape
+        pooled = np.empty((N, K, P // 2, Q // 2), dtype=x.dtype)
+        if not isinstance(impl, (_Depthwise, _PerGroup)):
+            fused["pool_out"] = pooled
+    if y_shape[0] == 0:                      # an empty batch: an empty output, as PyTorch
+        y = np.zeros(y_shape, dtype=x.dtype)
+    else:
+        args = (_kernel_ready(x), _kernel_ready(w), _kernel_ready(b), stride, padding,
+                _n_threads(), dilation)
+        with blas_limit:
+            if fallback is None:
+                y = impl.conv2d_forward(*args, **fused)
+            else:
+                y = impl.conv2d_forward(*args, check_finite=True, **fused)
+                if y is None:
+                    y = fallback.conv2d_forward(*args, **fused)
+        if pool and "pool_out" not in fused:
+            pooled[...] = max_pool2d(y, 2, backend=backend)
+    if unbatched:
+        y = y[0]
+        pooled = None if pooled is None else pooled[0]
+    return (y, pooled) if pool else y
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, algo="auto",

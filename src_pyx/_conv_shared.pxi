@@ -91,7 +91,13 @@ cdef bint _all_finite(const floating* a, Py_ssize_t size) noexcept nogil:
 from _isa cimport fc_isa_level as _fc_isa_level
 from _relu cimport add_block, relu_block
 
-cdef int _EPILOGUE_ISA = _fc_isa_level()     # which copy of ReLU's and the add's loops runs
+cdef int _EPILOGUE_ISA = _fc_isa_level()     # which copy of the epilogue's loops runs
+
+cdef extern from "fc_pool.h":
+    void fc_max_pool_2x2_float(int isa, const float* y, float* out, Py_ssize_t planes,
+                               Py_ssize_t P, Py_ssize_t Q) noexcept nogil
+    void fc_max_pool_2x2_double(int isa, const double* y, double* out, Py_ssize_t planes,
+                                Py_ssize_t P, Py_ssize_t Q) noexcept nogil
 
 def _residual_view(residual, y_shape):
     """``residual`` checked against the output's shape (O(1); fastconv.functional checks
@@ -100,6 +106,36 @@ def _residual_view(residual, y_shape):
         raise ValueError(f"conv2d_forward: residual must have the output's shape "
                          f"{tuple(y_shape)}, got {tuple(residual.shape)}")
     return residual
+
+
+def _pool_view(pool_out, y_shape):
+    """``pool_out`` checked against the pooled output's shape (O(1); fastconv.functional
+    checks dtype and layout): None or an (N, K, P // 2, Q // 2) array."""
+    N, K, P, Q = y_shape
+    if pool_out is not None and tuple(pool_out.shape) != (N, K, P // 2, Q // 2):
+        raise ValueError(f"conv2d_forward: pool_out must have shape {(N, K, P // 2, Q // 2)}, "
+                         f"got {tuple(pool_out.shape)}")
+    return pool_out
+
+
+cdef inline void _pool_image(const floating* y_n, floating* out_n, Py_ssize_t K, Py_ssize_t P,
+                             Py_ssize_t Q) noexcept nogil:
+    """The fused pooling (conv.pool): out_n (K, P/2, Q/2) = the 2x2 stride-2 max pooling
+    of one image's output y_n (K, P, Q), which the task has just written (still in cache):
+    fc_max_pool_2x2_float / _double in include/fc_pool.h, PyTorch's rule, the same bits as
+    F.max_pool2d."""
+    if floating is float:
+        fc_max_pool_2x2_float(_EPILOGUE_ISA, y_n, out_n, K, P, Q)
+    else:
+        fc_max_pool_2x2_double(_EPILOGUE_ISA, y_n, out_n, K, P, Q)
+
+
+cdef void _pool_images(floating[:, :, :, ::1] y, floating[:, :, :, ::1] out,
+                       int nt) noexcept nogil:
+    """_pool_image for every image, for the paths whose tasks are not whole images."""
+    cdef Py_ssize_t n, K = y.shape[1], P = y.shape[2], Q = y.shape[3]
+    for n in prange(y.shape[0], schedule="static", num_threads=nt):
+        _pool_image(&y[n, 0, 0, 0], &out[n, 0, 0, 0], K, P, Q)
 
 
 cdef void _epilogue(floating* y, const floating* res, Py_ssize_t start, Py_ssize_t rows,

@@ -37,8 +37,10 @@ How the loops are laid out, and why
   to 16 channels per tile, the weights transposed to (C*R*S, K) so that a tap's weights
   for the tile's channels are adjacent, and the padded image split into column phases
   so that strided rows read contiguous columns too.
-* Fused inference (conv.fused): with ``relu=`` or ``residual=``, each task ends with
-  ``_epilogue`` (src_pyx/_conv_shared.pxi) on its channels' planes, still in cache.
+* Fused epilogue (conv.fused): a ReLU alone is applied by the SIMD tiles as they store
+  their accumulators; with ``residual=`` (or on the other paths), each task ends with
+  ``_epilogue`` (src_pyx/_conv_shared.pxi) on its channels' planes, still in cache. With
+  ``pool_out=``, each image's task then pools its output 2x2 (conv.pool, ``_pool_image``).
 * dx with stride 1 is itself a convolution (of dy, zero-padded, with the kernel flipped and
   its channel axes swapped), so it reuses the forward's tiles. With a larger stride, each
   input plane dx[n, c] gathers its windows' contributions as row updates along q; padding
@@ -48,7 +50,8 @@ How the loops are laid out, and why
   channels share each input vector (``fastconv_dw_tile_*``), and the lanes are added up
   once at the end in a fixed order. On AVX2 in float32 with stride 1, a whole row of taps
   at once: 2 channels x S taps share the vectors of dy and x (``fastconv_dw_row_f32``);
-  on AVX-512, all taps of up to 4 channels, one image at a time (``fastconv_dw_rows_f32``).
+  on AVX-512, all taps of up to 4 channels, one image at a time (``fastconv_dw_rows_f32``;
+  with padding, each image's plane is first padded into the thread's scratch, in L1).
   With K < 4, each tap accumulates a row of partial sums along q instead (``_dw_slice``).
 * Parallel axes need no locks and give the same bits for any thread count: forward over
   (image, block of 4 channels), dx over (image, block of channels) or over the N*C input
@@ -288,14 +291,14 @@ cdef void _conv_block_simd(const float* xs, const Py_ssize_t* tap, const float* 
 cdef object _forward_simd(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
                           const float* b, const float* res, Py_ssize_t sh, Py_ssize_t sw,
                           Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
-                          Py_ssize_t P, Py_ssize_t Q, int nt, bint relu):
+                          Py_ssize_t P, Py_ssize_t Q, int nt, bint relu, float* pooled):
     """conv2d_forward in float32 on AVX2 or AVX-512, as a sum over the C*R*S taps
     (fc_tile16_body, fc_tile8_body). One task per image: the image zero-padded into the
     thread's scratch and split into sw column phases (_phase_plane), so that tap
     t = (c, r, s) of output column q reads tap[t] + q from the start of its output row:
     (c*Hp + r*dh) rows down, in phase (s*dw) % sw, (s*dw) // sw columns in; the weights
     transposed to wT (C*R*S, K); then the output channels in blocks of K // n_kb or one
-    more (as many as a tile holds)."""
+    more (as many as a tile holds); then, unless pooled is NULL, the image's pooling."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3], t, c, r, s, n
     cdef Py_ssize_t Hp = H + 2 * ph, Wph = (W + 2 * pw + sw - 1) // sw, row = sw * Wph
@@ -323,6 +326,8 @@ cdef object _forward_simd(const float[:, :, :, ::1] x, const float[:, :, :, ::1]
                 _conv_block_simd(xs_t, &tap[0], &wT[0, 0], b, &y[n, 0, 0, 0], K, T, row, sh,
                                  P, Q, t * K // n_kb, (t + 1) * K // n_kb,
                                  NULL if res == NULL else res + n * K * P * Q, relu)
+            if pooled != NULL:
+                _pool_image(&y[n, 0, 0, 0], pooled + n * K * (P // 2) * (Q // 2), K, P, Q)
     return y_arr
 
 
@@ -331,12 +336,14 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    b,                                  # IN (K,) or None
                    stride, padding, int n_threads,
                    dilation=(1, 1), *, bint relu=False,  # returns y, OUT (N, K, P, Q)
-                   residual=None):                     # IN (N, K, P, Q) or None
+                   residual=None,                      # IN (N, K, P, Q) or None
+                   pool_out=None):                     # OUT (N, K, P//2, Q//2) or None
     """Direct convolution (cross-correlation, as PyTorch), eq. (conv.fwd).
 
     The input is zero-padded once (one copy of x, so the hot loop has no bounds tests);
     then each task computes KB output channels of one image in register tiles, and, where
-    asked, applies the fused epilogue (conv.fused) ``y = relu(y + residual)`` to them.
+    asked, applies the fused epilogue (conv.fused) ``y = relu(y + residual)`` to them, and
+    pools each image's output into pool_out (conv.pool).
 
     Parameters
     ----------
@@ -353,6 +360,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
         Apply ReLU to the output (after the residual).
     residual : ndarray (N, K, P, Q) of x's dtype, C-contiguous, or None; keyword only
         Added to the output (a ResNet block's shortcut).
+    pool_out : ndarray (N, K, P // 2, Q // 2) of x's dtype, C-contiguous, or None; keyword
+        only. Gets the 2x2 stride-2 max pooling of the output (after the epilogue), each
+        image's as soon as it is written (conv.pool).
 
     Returns
     -------
@@ -379,8 +389,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     if _residual_view(residual, (N, K, P, Q)) is not None:
         res = residual
         res_ptr = &res[0, 0, 0, 0]
+    cdef floating[:, :, :, ::1] pooled
+    if _pool_view(pool_out, (N, K, P, Q)) is not None:
+        pooled = pool_out
     if floating is float and fastconv_row_applies(_ISA):
-        return _forward_simd(x, w, b_ptr, res_ptr, sh, sw, ph, pw, dh, dw, P, Q, nt, relu)
+        return _forward_simd(x, w, b_ptr, res_ptr, sh, sw, ph, pw, dh, dw, P, Q, nt, relu,
+                             NULL if pool_out is None else &pooled[0, 0, 0, 0])
     cdef const floating[:, :, :, ::1] xp = x
     if ph > 0 or pw > 0:
         xp = _padded(x, H + 2 * ph, W + 2 * pw, ph, pw, nt)         # x with its zero border
@@ -393,6 +407,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
             _conv_block(&xp[t // n_kb, 0, 0, 0], &w[0, 0, 0, 0], b_ptr, &y[t // n_kb, 0, 0, 0],
                         K, C, Hp, Wp, R, S, sh, sw, dh, dw, P, Q, t % n_kb,
                         NULL if res_ptr == NULL else res_ptr + (t // n_kb) * K * P * Q, relu)
+        if pool_out is not None:
+            _pool_images(y, pooled, nt)
     return y_arr
 
 

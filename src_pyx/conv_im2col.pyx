@@ -32,9 +32,10 @@ Read it in this order:
    side (K channels) in registers; with the AVX-512 micro-kernel colT is never built (the
    kernel reads each window in the padded image through an offset per output pixel).
 
-Fused inference (conv.fused): ``conv2d_forward(..., relu=, residual=)`` hands each block of
+Fused epilogue (conv.fused): ``conv2d_forward(..., relu=, residual=)`` hands each block of
 output, right after it is written, to ``_epilogue`` (src_pyx/_conv_shared.pxi), which adds
-the residual and applies the ReLU while the block is in cache.
+the residual and applies the ReLU while the block is in cache; with ``pool_out=``, each
+image's task then pools its output 2x2 (conv.pool, ``_pool_image``).
 
 Threads and determinism. Forward: one image per task. Backward: dW is summed over fixed
 batch chunks in a fixed order (see "dW: fixed batch chunks" below), so every result is
@@ -568,10 +569,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    b,                                  # IN (K,) or None
                    stride, padding, int n_threads,
                    dilation=(1, 1), *, bint relu=False,  # returns y, OUT (N, K, P, Q)
-                   residual=None):                     # IN (N, K, P, Q) or None
+                   residual=None,                      # IN (N, K, P, Q) or None
+                   pool_out=None):                     # OUT (N, K, P//2, Q//2) or None
     """Convolution (cross-correlation, as PyTorch) by im2col + GEMM, eqs. (im2col), (conv.fwd),
     with the optional fused epilogue (conv.fused) ``y = relu(y + residual)`` applied to each
-    image's output as it is written.
+    image's output as it is written, and its 2x2 max pooling (conv.pool) after.
 
     Parameters
     ----------
@@ -588,6 +590,9 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
         Apply ReLU to the output (after the residual).
     residual : ndarray (N, K, P, Q) of x's dtype, C-contiguous, or None; keyword only
         Added to the output (a ResNet block's shortcut).
+    pool_out : ndarray (N, K, P // 2, Q // 2) of x's dtype, C-contiguous, or None; keyword
+        only. Gets the 2x2 stride-2 max pooling of the output (after the epilogue), each
+        image's by the task that computed it.
 
     Returns
     -------
@@ -596,7 +601,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = w.shape[0], R = w.shape[2], S = w.shape[3]
-    cdef Py_ssize_t sh, sw, ph, pw, P, Q, n, work_size
+    cdef Py_ssize_t sh, sw, ph, pw, P, Q, n, work_size, pooled_size
     cdef Py_ssize_t dh = dilation[0], dw = dilation[1]
     cdef int nt = 1
     sh, sw, ph, pw, P, Q, nt = _conv_geometry((N, C, H, W), (K, w.shape[1], R, S), stride,
@@ -617,6 +622,12 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     if _residual_view(residual, (N, K, P, Q)) is not None:
         res = residual
         res_ptr = &res[0, 0, 0, 0]
+    cdef floating[:, :, :, ::1] pool_view
+    cdef floating* pooled = NULL
+    if _pool_view(pool_out, (N, K, P, Q)) is not None:
+        pool_view = pool_out
+        pooled = &pool_view[0, 0, 0, 0]
+    pooled_size = (P // 2) * (Q // 2)                     # values per pooled plane
     y_arr = np.empty((N, K, P, Q), dtype=dtype)
     # per-thread scratch, within one image's columns (the memory bound) beside Wr^T's share:
     # channels-last, the padded image and a block of rows of Y_n^T (and of colT for BLAS);
@@ -650,11 +661,15 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                 _forward_sample_hwc(x, wrT, bv, offs, y, &col[threadid(), 0], n, R, S, sh, sw,
                                     ph, pw, dh, dw, rows, skip_zero_taps,
                                     NULL if res_ptr == NULL else res_ptr + n * K * P * Q, relu)
+                if pooled != NULL:
+                    _pool_image(&y[n, 0, 0, 0], pooled + n * K * pooled_size, K, P, Q)
         else:
             for n in prange(N, schedule="dynamic", num_threads=nt):
                 _forward_sample(x, w, bv, y, &col[threadid(), 0], n, is_1x1, has_bias,
                                 sh, sw, ph, pw, dh, dw, rows,
                                 NULL if res_ptr == NULL else res_ptr + n * K * P * Q, relu)
+                if pooled != NULL:
+                    _pool_image(&y[n, 0, 0, 0], pooled + n * K * pooled_size, K, P, Q)
     return y_arr
 
 

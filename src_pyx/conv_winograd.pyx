@@ -642,7 +642,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    const floating[::1] b,              # IN (K,) or None
                    stride, padding, int n_threads, dilation=(1, 1), *,
                    bint relu=False, residual=None,     # IN (N, K, P, Q) or None
-                   int tile=DEFAULT_TILE, bint check_finite=False):   # returns y (OUT)
+                   int tile=DEFAULT_TILE, bint check_finite=False,   # returns y (OUT)
+                   pool_out=None):                     # OUT (N, K, P//2, Q//2) or None
     """(conv.fwd) for a 3x3 kernel, stride 1, any dilation, by F(tile x tile, 3x3), eq.
     (wino.gemm).
 
@@ -655,6 +656,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
     dilation : (dh, dw): a tile's taps, and its outputs, dh rows and dw columns apart
     relu, residual : keyword only, the fused epilogue (conv.fused) ``y = relu(y + residual)``,
         applied to the whole output once it is computed
+    pool_out : ndarray (N, K, P // 2, Q // 2) or None, keyword only: gets the 2x2 stride-2
+        max pooling of y (conv.pool), image by image, after the epilogue
     check_finite : bool
         True: return None where w or an output is NaN or Inf (see the module docstring), so
         that the caller can compute the formula's answer another way.
@@ -676,6 +679,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
                    nt, check_finite)
     if y is not None and (relu or residual is not None):
         _fused_epilogue(y, residual, relu)
+    cdef floating[:, :, :, ::1] y_view, pooled
+    if y is not None and _pool_view(pool_out, y.shape) is not None:
+        y_view, pooled = y, pool_out
+        _pool_images(y_view, pooled, nt)
     return y
 
 

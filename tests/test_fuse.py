@@ -97,6 +97,104 @@ def test_direct_relu_in_the_tiles_equals_relu_after_bit_for_bit(isa, tmp_path):
         assert np.isnan(out[key]).any() and (out[key] == 0).any()
 
 
+# ------------------------------------------------------------------ conv + 2x2 max pool
+
+def _specials(dtype):
+    """(1, 1, 6, 7) planes whose 2x2 windows hold NaN in each cell, +-inf and equal
+    maxima; an odd last column (in no window)."""
+    x = np.array([[0.0, 2.0, 2.0, 0.0, 1.0, 1.0, 5.0],
+                  [2.0, -0.0, 0.0, 2.0, 1.0, 1.0, 5.0],
+                  [np.nan, 1.0, 2.0, np.nan, -np.inf, -np.inf, 5.0],
+                  [3.0, 4.0, -1.0, 9.0, -np.inf, np.inf, 5.0],
+                  [-1.0, -2.0, 7.0, 7.0, 3.0, 2.0, 5.0],
+                  [-3.0, np.nan, 7.0, 7.0, 2.0, np.nan, 5.0]], dtype=dtype)
+    return x[None, None]
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_conv2d_max_pool_keeps_max_pool2d_rule_on_nan_and_infinity(backend, dtype):
+    """With a 1x1 identity kernel the pooling sees the input's values: NaN wins wherever it
+    is in the window, -inf loses to everything, +inf wins; the bits of max_pool2d's answer,
+    on the direct and the im2col kernels."""
+    x = _specials(dtype)
+    w = np.ones((1, 1, 1, 1), dtype)
+    for algo in ("direct", "im2col"):
+        y, pooled = F.conv2d_max_pool(x, w, algo=algo, backend=backend)
+        want = F.max_pool2d(y, 2, backend=backend)
+        np.testing.assert_array_equal(pooled.view(f"u{pooled.itemsize}"),
+                                      want.view(f"u{want.itemsize}"))
+        assert np.isnan(pooled[0, 0, 1, :2]).all() and np.isnan(pooled[0, 0, 2, ::2]).all()
+        assert pooled[0, 0, 1, 2] == np.inf and pooled[0, 0, 2, 1] == 7
+
+
+def test_conv2d_max_pool_shapes_and_groups(rng):
+    """Unbatched input, an empty batch, grouped and depthwise convolutions (pooled after
+    the call) and a single-row output (nothing to pool)."""
+    x = rng.standard_normal((2, 4, 10, 10)).astype(np.float32)
+    for w, groups in [(rng.standard_normal((4, 1, 3, 3)), 4), (rng.standard_normal((6, 2, 3, 3)), 2)]:
+        w = w.astype(np.float32)
+        y, pooled = F.conv2d_max_pool(x, w, None, 1, 1, groups=groups, relu=True)
+        np.testing.assert_array_equal(y, F.conv2d(x, w, None, 1, 1, groups=groups, relu=True))
+        np.testing.assert_array_equal(pooled, F.max_pool2d(y, 2))
+    y, pooled = F.conv2d_max_pool(x[0], w, None, 1, 1, groups=2)
+    assert y.shape == (6, 10, 10) and pooled.shape == (6, 5, 5)
+    np.testing.assert_array_equal(pooled, F.max_pool2d(y, 2))
+    y, pooled = F.conv2d_max_pool(x[:0], w, None, 1, 1, groups=2)
+    assert y.shape == (0, 6, 10, 10) and pooled.shape == (0, 6, 5, 5)
+    y, pooled = F.conv2d_max_pool(x, rng.standard_normal((3, 4, 10, 3)).astype(np.float32))
+    assert y.shape == (2, 3, 1, 8) and pooled.shape == (2, 3, 0, 4)
+
+
+_POOL_RUN = """
+import sys
+import numpy as np
+import fastconv.functional as F
+rng = np.random.default_rng(0)
+out = {}
+for C, K, H, R, pad, algo in [(1, 6, 28, 5, 2, "direct"), (6, 16, 14, 5, 0, "im2col"),
+                              (3, 5, 13, 3, 1, "direct"), (16, 16, 9, 3, 1, "winograd"),
+                              (4, 7, 35, 3, 0, "im2col")]:
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((2, C, H, H)).astype(dtype)
+        x[1, 0, 3, 4] = np.nan
+        w = rng.standard_normal((K, C, R, R)).astype(dtype)
+        key = f"{C}_{K}_{H}_{R}_{pad}_{algo}_{np.dtype(dtype).name}"
+        y, out[key] = F.conv2d_max_pool(x, w, None, 1, pad, algo=algo, relu=True)
+        out[key + "_want"] = F.max_pool2d(y, 2)
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_conv2d_max_pool_on_every_instruction_set(isa, tmp_path):
+    """The pooling's AVX-512 loop (16 windows at a time, a NaN-free fast path) and its plain
+    loop, each in a fresh process with FASTCONV_ISA, equal max_pool2d bit for bit."""
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / "out.npz"
+    subprocess.run([sys.executable, "-c", _POOL_RUN, str(path)], check=True, cwd=tmp_path,
+                   env=dict(os.environ, FASTCONV_ISA=isa))
+    out = np.load(path)
+    for key in (k for k in out.files if not k.endswith("_want")):
+        np.testing.assert_array_equal(out[key], out[key + "_want"])
+        assert np.isnan(out[key]).any()
+
+
+def test_conv2d_max_pool_bad_arguments(rng):
+    from fastconv._backend import load_kernels
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"conv2d_max_pool: b must have shape \(4,\)"):
+        F.conv2d_max_pool(x, w, np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="conv2d_max_pool"):
+        F.conv2d_max_pool(x, w.astype(np.float64))
+    for name in ("conv_direct", "conv_im2col"):
+        with pytest.raises(ValueError, match=r"pool_out must have shape \(2, 4, 3, 3\)"):
+            load_kernels(name).conv2d_forward(x, w, None, (1, 1), (0, 0), 1,
+                                              pool_out=np.empty((2, 4, 3, 2), np.float32))
+
+
 def test_conv2d_epilogue_bad_arguments(rng):
     x = rng.standard_normal((2, 3, 8, 8))
     w = rng.standard_normal((4, 3, 3, 3))

@@ -5,7 +5,7 @@ import copy
 import numpy as np
 import pytest
 
-from fastconv import functional as F, nn
+from fastconv import functional as F, nn, no_grad
 from fastconv.gradcheck import GradcheckError, gradcheck
 
 
@@ -526,11 +526,59 @@ def test_conv_backward_through_relu_is_relu_backward(mode, rng):
         np.testing.assert_array_equal(p.grad, q.grad)
 
 
+@pytest.mark.parametrize("algo", ["direct", "im2col", "winograd"])
+def test_sequential_conv_relu_pool_is_one_kernel_call(algo, dtype, rng, monkeypatch):
+    """Conv2d -> ReLU -> MaxPool2d(2) runs as one F.conv2d_max_pool call (the kernel pools
+    each image as it writes it), in training and under no_grad; output, dx and gradients
+    are bitwise those of the layers one at a time. Pools that are not plain 2x2 stride 2
+    (stride 1, padding, ceil_mode, returned indices) and a layer whose forward was replaced
+    run as before."""
+    calls = []
+    conv2d_max_pool = F.conv2d_max_pool
+    monkeypatch.setattr(F, "conv2d_max_pool",
+                        lambda *a, **k: calls.append(1) or conv2d_max_pool(*a, **k))
+
+    def make(pool):
+        return [nn.Conv2d(3, 16, 3, padding=1, algo=algo, rng=np.random.default_rng(1),
+                          dtype=dtype), nn.ReLU(), pool]
+    x = rng.standard_normal((2, 3, 9, 9)).astype(dtype)
+    x[1, 0, 4, 4] = np.nan
+    for pool, fused in [(nn.MaxPool2d(2), 1), (nn.MaxPool2d(2, stride=1), 0),
+                        (nn.MaxPool2d(2, padding=1), 0), (nn.MaxPool2d(2, ceil_mode=True), 0)]:
+        calls.clear()
+        seq = nn.Sequential(*make(pool))
+        y = seq(x)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        dx = seq.backward(g)
+        assert len(calls) == fused
+        layers = make(type(pool)(pool.kernel_size, pool.stride, pool.padding,
+                                 ceil_mode=pool.ceil_mode))
+        want_y = x
+        for layer in layers:
+            want_y = layer.forward(want_y)
+        want_dx = g
+        for layer in reversed(layers):
+            want_dx = layer.backward(want_dx)
+        for got, want in [(y, want_y), (dx, want_dx), (seq[0].weight.grad, layers[0].weight.grad),
+                          (seq[0].bias.grad, layers[0].bias.grad)]:
+            np.testing.assert_array_equal(got.view(f"u{got.itemsize}"),
+                                          want.view(f"u{want.itemsize}"))
+        with no_grad():
+            np.testing.assert_array_equal(seq(x), want_y)
+    seq = nn.Sequential(*make(nn.MaxPool2d(2)))
+    seq[2].forward = lambda a: F.max_pool2d(a, 2)         # as fastconv.viz does
+    calls.clear()
+    np.testing.assert_array_equal(seq(x), F.max_pool2d(
+        F.relu(F.conv2d(x, seq[0].weight.data, seq[0].bias.data, 1, 1, algo=algo)), 2))
+    assert calls == []
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sequential_fused_neighbours_equal_layer_by_layer(dtype, rng):
-    """Sequential runs Conv2d + ReLU and Linear + ReLU forward, and ReLU + MaxPool2d,
-    ReLU + Linear and ReLU + Conv2d backward, as one pass each: the output, dx and every
-    gradient are bitwise those of the layers one at a time (a NaN in the input included)."""
+    """Sequential runs Conv2d + ReLU + MaxPool2d(2), Conv2d + ReLU and Linear + ReLU
+    forward, and ReLU + MaxPool2d, ReLU + Linear and ReLU + Conv2d backward, as one pass
+    each: the output, dx and every gradient are bitwise those of the layers one at a time
+    (a NaN in the input included)."""
     def make():
         layers = [nn.Conv2d(2, 4, 3, padding=1, rng=np.random.default_rng(1), dtype=dtype),
                   nn.ReLU(), nn.MaxPool2d(2),

@@ -47,6 +47,15 @@ def _fusable(first, second, first_types, second_types, method):
             and method not in first.__dict__ and method not in second.__dict__)
 
 
+def _conv_relu_pool(layers, i):
+    """True when layers i, i+1, i+2 are a Conv2d, a ReLU and a plain 2x2 MaxPool2d that
+    can run as one kernel call (``MaxPool2d.forward_after``)."""
+    return (i + 2 < len(layers) and _fusable(layers[i], layers[i + 1], (Conv2d,), (ReLU,),
+                                             "forward")
+            and _fusable(layers[i + 1], layers[i + 2], (ReLU,), (MaxPool2d,), "forward")
+            and layers[i + 2].pools_2x2())
+
+
 def _backward_chain(layers, dy):
     """dy through ``layers`` backwards (Sequential's backward). A ReLU followed by a
     MaxPool2d, a Linear or a Conv2d that took its output runs as one pass (their
@@ -71,12 +80,13 @@ class Sequential(Module):
     ``Sequential({"conv1": conv, "relu1": relu})`` names them, and ``seq.conv1`` works.
     Indexing (``seq[0]``, ``seq[-1]``, ``seq["conv1"]``), ``len`` and iteration work too.
 
-    Two neighbours run as one pass, with the same results as one at a time (each layer
-    keeps what its own backward needs): a Conv2d or Linear followed by a ReLU (the ReLU
-    applied as the layer's kernel writes its output, ``ReLU.forward_after``), and
-    backwards, a ReLU followed by a MaxPool2d, a Linear or a Conv2d (the ReLU's mask
-    applied as that layer writes its dx, ``backward_through_relu``). Each saves a pass over
-    an activation and a call.
+    Neighbours run as one pass, with the same results as one at a time (each layer keeps
+    what its own backward needs): a Conv2d or Linear followed by a ReLU (the ReLU applied
+    as the layer's kernel writes its output, ``ReLU.forward_after``), and a Conv2d, a ReLU
+    and a 2x2 MaxPool2d (each image pooled as the kernel finishes it,
+    ``MaxPool2d.forward_after``); backwards, a ReLU followed by a MaxPool2d, a Linear or a
+    Conv2d (the ReLU's mask applied as that layer writes its dx,
+    ``backward_through_relu``). Each saves a pass over an activation and a call.
     """
 
     def __init__(self, *layers):
@@ -128,8 +138,11 @@ class Sequential(Module):
         layers, i = self._layers, 0
         while i < len(layers):
             layer = layers[i]
-            if i + 1 < len(layers) and _fusable(layer, layers[i + 1], _RELU_AFTER, (ReLU,),
-                                                "forward"):
+            if _conv_relu_pool(layers, i):                      # conv + ReLU + pool in one
+                x = layers[i + 2].forward_after(layers[i + 1], layer, x)
+                i += 3
+            elif i + 1 < len(layers) and _fusable(layer, layers[i + 1], _RELU_AFTER, (ReLU,),
+                                                  "forward"):
                 x = layers[i + 1].forward_after(layer, x)       # layer + ReLU in one pass
                 i += 2
             else:

@@ -116,23 +116,23 @@ class Conv2d(Module):
         (top, left), (bottom, right) = self.padding_before, self._padding_after
         return (left, right, top, bottom)
 
-    def forward(self, x, relu=False):
+    def forward(self, x, relu=False, max_pool=False):
         """y = conv(x), eq. (conv.fwd); ``relu=True`` returns relu(y), the ReLU applied in
-        the kernel's epilogue (``ReLU.forward_after``)."""
+        the kernel's epilogue (``ReLU.forward_after``); ``max_pool=True`` returns (y, its
+        2x2 stride-2 max pooling), pooled by the kernel too (``MaxPool2d.forward_after``)."""
         # Contiguous once here, so that backward does not copy x a second time.
         x = np.ascontiguousarray(x)
         b = None if self.bias is None else self.bias.data
         fused = {"relu": True} if relu else {}
+        conv = F.conv2d_max_pool if max_pool else F.conv2d
+        padding = self.padding
         if self.padding_mode != "zeros":
             # as PyTorch: pad explicitly, then convolve without padding
             x = F.pad(x, self._explicit_pad(), self.padding_mode)
-            self._x = self._for_backward(x)
-            return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=0,
-                            dilation=self.dilation, groups=self.groups, algo=self.algo,
-                            **fused)
+            padding = 0
         self._x = self._for_backward(x)
-        return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
-                        dilation=self.dilation, groups=self.groups, algo=self.algo, **fused)
+        return conv(x, self.weight.data, b, stride=self.stride, padding=padding,
+                    dilation=self.dilation, groups=self.groups, algo=self.algo, **fused)
 
     def backward(self, dy):
         """Eq. (conv.bwd): adds dw and db into the gradients and returns dx."""

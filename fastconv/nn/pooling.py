@@ -67,6 +67,25 @@ class MaxPool2d(Module):
         self._indices = indices if keep else None
         return (y, indices) if self.return_indices else y
 
+    def pools_2x2(self):
+        """True for plain 2x2 stride-2 pooling (no padding, dilation, ceil_mode or
+        indices returned): what a convolution's kernel can do as it writes its output
+        (:meth:`forward_after`)."""
+        return (self.kernel_size == self.stride == (2, 2) and self.padding == (0, 0)
+                and self.dilation == (1, 1) and not self.ceil_mode and not self.return_indices)
+
+    def forward_after(self, relu, conv, x):
+        """``forward(relu(conv(x)))`` in one call of the convolution's kernel, which applies
+        the ReLU and pools each image as it writes its output (``F.conv2d_max_pool``, eq.
+        (conv.pool)): how :class:`Sequential` runs a Conv2d, a ReLU and this layer (when
+        :meth:`pools_2x2`). The same bits as the three calls; the ReLU and this layer keep
+        the convolution's output for their backward, as they would have."""
+        y, pooled = conv.forward(x, relu=True, max_pool=True)
+        relu._y = relu._for_backward(y)
+        self._x = self._for_backward(y)
+        self._indices = None
+        return pooled
+
     def backward(self, dy):
         """Each dy goes to its window's maximum (the first one on ties)."""
         return F.max_pool2d_backward(dy, self._cached(self._x), self.kernel_size, self.stride,

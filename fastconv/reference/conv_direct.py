@@ -22,6 +22,7 @@ hold for each group on its own slice of channels, which is how they are computed
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from .pool import max_pool2d_forward
 
 __all__ = ["conv2d_forward", "conv2d_backward"]
 
@@ -45,10 +46,12 @@ def _windows(xp, R, S, stride, P, Q, dilation=(1, 1)):
     return win[:, :, ::sh, ::sw][:, :, :P, :Q, ::dh, ::dw]
 
 
-def conv_epilogue(y, relu=False, residual=None):
+def conv_epilogue(y, relu=False, residual=None, pool_out=None):
     """The fused epilogue of a convolution, eq. (conv.fused): ``relu(y + residual)``, each
-    part optional (y is changed in place and returned). The fast kernels apply it to each
-    block of output as they write it; here it is one NumPy pass per part."""
+    part optional (y is changed in place and returned); then, into ``pool_out`` where
+    given, y's 2x2 stride-2 max pooling, eq. (conv.pool). The fast kernels apply it to
+    each block (and pool each image) of output as they write it; here it is one NumPy pass
+    per part."""
     if residual is not None:
         if residual.shape != y.shape:
             raise ValueError(f"conv2d_forward: residual must have the output's shape "
@@ -56,6 +59,12 @@ def conv_epilogue(y, relu=False, residual=None):
         y += residual
     if relu:
         np.copyto(y, y.dtype.type(0), where=y <= 0)      # NaN is kept (NaN <= 0 is False)
+    if pool_out is not None:
+        N, K, P, Q = y.shape
+        if pool_out.shape != (N, K, P // 2, Q // 2):
+            raise ValueError(f"conv2d_forward: pool_out must have shape "
+                             f"{(N, K, P // 2, Q // 2)}, got {pool_out.shape}")
+        pool_out[...] = max_pool2d_forward(y, (2, 2), (2, 2), (0, 0))
     return y
 
 
@@ -88,9 +97,10 @@ def per_group_backward(backward, dy, x, w, groups, need_dx, need_dw, *args, **kw
 
 
 def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), groups=1, *,
-                   relu=False, residual=None):
+                   relu=False, residual=None, pool_out=None):
     """Cross-correlation ``y = w * x + b``, eq. (conv.fwd), then ``relu(y + residual)``
-    where asked (eq. (conv.fused), :func:`conv_epilogue`).
+    where asked (eq. (conv.fused), :func:`conv_epilogue`), and y's 2x2 max pooling into
+    ``pool_out`` (eq. (conv.pool)).
 
     Parameters
     ----------
@@ -104,6 +114,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), gr
         (dh, dw): the spacing of the kernel's taps.
     groups : int dividing C and K (w is then (K, C/groups, R, S))
     relu : bool;  residual : ndarray (N, K, P, Q) or None (keyword only)
+    pool_out : ndarray (N, K, P // 2, Q // 2) or None (keyword only), written
 
     Returns
     -------
@@ -112,7 +123,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), gr
     if groups > 1:
         y = per_group_forward(conv2d_forward, x, w, b, groups, stride, padding, n_threads,
                               dilation)
-        return conv_epilogue(y, relu, residual)
+        return conv_epilogue(y, relu, residual, pool_out)
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     (dh, dw) = dilation
@@ -124,7 +135,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), gr
     y = y.transpose(0, 3, 1, 2)                                          # (N, K, P, Q)
     if b is not None:
         y = y + b[None, :, None, None]
-    return conv_epilogue(np.ascontiguousarray(y, dtype=x.dtype), relu, residual)
+    return conv_epilogue(np.ascontiguousarray(y, dtype=x.dtype), relu, residual, pool_out)
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,

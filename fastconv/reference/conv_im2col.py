@@ -65,9 +65,10 @@ def col2im(col, x_shape, R, S, stride, padding, P, Q, dilation=(1, 1)):
 
 
 def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), groups=1, *,
-                   relu=False, residual=None):
+                   relu=False, residual=None, pool_out=None):
     """Cross-correlation by im2col + GEMM, eqs. (im2col), (conv.fwd), then
-    ``relu(y + residual)`` where asked (eq. (conv.fused), ``conv_direct.conv_epilogue``).
+    ``relu(y + residual)`` where asked (eq. (conv.fused), ``conv_direct.conv_epilogue``),
+    and y's 2x2 max pooling into ``pool_out`` (eq. (conv.pool)).
 
     Parameters
     ----------
@@ -80,6 +81,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), gr
         (dh, dw): the spacing of the kernel's taps.
     groups : int dividing C and K: one product per group (conv.groups), w (K, C/groups, R, S)
     relu : bool;  residual : ndarray (N, K, P, Q) or None (keyword only)
+    pool_out : ndarray (N, K, P // 2, Q // 2) or None (keyword only), written
 
     Returns
     -------
@@ -88,7 +90,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), gr
     if groups > 1:
         y = per_group_forward(conv2d_forward, x, w, b, groups, stride, padding, n_threads,
                               dilation)
-        return conv_epilogue(y, relu, residual)
+        return conv_epilogue(y, relu, residual, pool_out)
     N = x.shape[0]
     K, C, R, S = w.shape
     P, Q = _out_size(x.shape, w.shape, stride, padding, dilation)
@@ -96,7 +98,8 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), gr
     y = np.matmul(w.reshape(K, C * R * S), col)                      # Y_n = W @ col_n: (N, K, PQ)
     if b is not None:
         y += b[:, None]
-    return conv_epilogue(y.reshape(N, K, P, Q).astype(x.dtype, copy=False), relu, residual)
+    return conv_epilogue(y.reshape(N, K, P, Q).astype(x.dtype, copy=False), relu, residual,
+                         pool_out)
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,

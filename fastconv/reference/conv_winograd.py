@@ -246,13 +246,13 @@ def winograd_weight_gradient(x, dy, m, offset, dilation=(1, 1)):
 
 
 def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *, relu=False,
-                   residual=None, tile=DEFAULT_TILE):
+                   residual=None, tile=DEFAULT_TILE, pool_out=None):
     """(conv.fwd) for a 3x3 kernel, stride 1, by F(tile x tile, 3x3).
 
     x (N, C, H, W), w (K, C, 3, 3), b (K,) or None, stride (1, 1), padding (ph, pw),
     n_threads ignored, dilation (dh, dw), tile 2 or 4  ->
     y (N, K, H + 2ph - 2dh, W + 2pw - 2dw), x's dtype; then ``relu(y + residual)`` where
-    asked (conv.fused).
+    asked (conv.fused), and y's 2x2 max pooling into ``pool_out`` (conv.pool).
     """
     _check(w.shape, stride, tile)
     (ph, pw), (dh, dw) = padding, dilation
@@ -260,7 +260,7 @@ def conv2d_forward(x, w, b, stride, padding, n_threads=None, dilation=(1, 1), *,
     y = winograd_correlate(x, w, tile, (-ph, -pw), (P, Q), (dh, dw))
     if b is not None:
         y += b[None, :, None, None]
-    return conv_epilogue(y, relu, residual)
+    return conv_epilogue(y, relu, residual, pool_out)
 
 
 def conv2d_backward(dy, x, w, stride, padding, n_threads=None, need_dx=True, need_dw=True,

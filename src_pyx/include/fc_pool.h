@@ -1,6 +1,8 @@
 /* fc_pool.h: the float32 AVX-512 copy of max pooling's 2x2, stride 2 backward, for
  * pool.pyx (_max_plane_backward_2x2: its docstring states the rule, and float64 and other
- * CPUs run it).
+ * CPUs run it); and, at the end, the 2x2 stride-2 max pooling that the convolution
+ * kernels apply to each image's output as they finish it (fc_max_pool_2x2_float/_double,
+ * F.conv2d_max_pool).
  *
  * Per 16 windows of a row pair: the two input rows are loaded as 2 + 2 vectors and split
  * into their even and odd columns (a b / c d of each window) by two-source permutes; the
@@ -209,5 +211,96 @@ static int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, P
     return 1;
 }
 #endif
+
+/* ---- 2x2 stride-2 max pooling of a convolution's output, image by image ----
+ *
+ * out (planes, P/2, Q/2) = the 2x2 stride-2 max pooling of y (planes, P, Q), an odd last
+ * row or column left out (floor mode), by PyTorch's rule: a window's four cells a b / c d
+ * in row-major order, each replacing the running maximum when it is greater or NaN. Only
+ * comparisons and selections, so the same bits as F.max_pool2d on any path: the plain
+ * loop for any dtype and CPU, and on AVX-512 16 windows at a time (each input row's even
+ * and odd columns split by two-source permutes, as in the backward above). */
+#define FC_MAX_POOL_2X2(T, NAME)                                                           \
+static inline void NAME(const T *y, T *out, Py_ssize_t planes, Py_ssize_t P, Py_ssize_t Q) \
+{                                                                                          \
+    const Py_ssize_t P2 = P / 2, Q2 = Q / 2;                                               \
+    for (Py_ssize_t plane = 0; plane < planes; plane++)                                    \
+    for (Py_ssize_t p = 0; p < P2; p++) {                                                  \
+        const T *r0 = y + (plane * P + 2 * p) * Q, *r1 = r0 + Q;                           \
+        T *o = out + (plane * P2 + p) * Q2;                                                \
+        for (Py_ssize_t q = 0; q < Q2; q++) {                                              \
+            T m = r0[2 * q], b = r0[2 * q + 1], c = r1[2 * q], d = r1[2 * q + 1];          \
+            if (b > m || b != b) m = b;                                                    \
+            if (c > m || c != c) m = c;                                                    \
+            if (d > m || d != d) m = d;                                                    \
+            o[q] = m;                                                                      \
+        }                                                                                  \
+    }                                                                                      \
+}
+FC_MAX_POOL_2X2(float, fc_max_pool_2x2_plain_f32)
+FC_MAX_POOL_2X2(double, fc_max_pool_2x2_plain_f64)
+
+#if FC_HAVE_X86_SIMD
+/* the rule for one cell: m where v does not replace it, else v (v > m, or v is NaN) */
+static inline __attribute__((always_inline, target("avx512f")))
+__m512 fc_pool_take(__m512 m, __m512 v)
+{
+    __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    return _mm512_mask_mov_ps(m, take, v);
+}
+
+/* Without NaN the rule is a maximum that keeps the earlier of equal cells: vmaxps(v, m)
+ * gives v only where v > m. Pairs (a, b) and (c, d) first, then the two: the same cell
+ * as one after the other (a later cell still wins only when strictly greater). A vector
+ * of windows holding a NaN takes the rule cell by cell (fc_pool_take). */
+static __attribute__((target("avx512f"))) void fc_max_pool_2x2_avx512_f32(
+    const float *y, float *out, Py_ssize_t planes, Py_ssize_t P, Py_ssize_t Q)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                           16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const Py_ssize_t P2 = P / 2, Q2 = Q / 2;
+    for (Py_ssize_t plane = 0; plane < planes; plane++)
+    for (Py_ssize_t p = 0; p < P2; p++) {
+        const float *r0 = y + (plane * P + 2 * p) * Q, *r1 = r0 + Q;
+        float *o = out + (plane * P2 + p) * Q2;
+        for (Py_ssize_t q = 0; q < Q2; q += 16) {         /* windows q .. q + 15 */
+            Py_ssize_t n = Q2 - q < 16 ? Q2 - q : 16;
+            __mmask16 lo = (__mmask16)(2 * n >= 16 ? 0xFFFF : (1u << (2 * n)) - 1);
+            __mmask16 hi = (__mmask16)(2 * n <= 16 ? 0 : (1u << (2 * n - 16)) - 1);
+            __m512 t0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * q);
+            __m512 t1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * q + 16);
+            __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * q);
+            __m512 b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * q + 16);
+            __m512 a = _mm512_permutex2var_ps(t0, even, t1), b = _mm512_permutex2var_ps(t0, odd, t1);
+            __m512 c = _mm512_permutex2var_ps(b0, even, b1), d = _mm512_permutex2var_ps(b0, odd, b1);
+            __m512 m;
+            if (_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q))
+                m = fc_pool_take(fc_pool_take(fc_pool_take(a, b), c), d);
+            else
+                m = _mm512_max_ps(_mm512_max_ps(d, c), _mm512_max_ps(b, a));
+            _mm512_mask_storeu_ps(o + q, (__mmask16)((1u << n) - 1), m);
+        }
+    }
+}
+#endif
+
+/* The pooling for each dtype; isa from fc_isa_level() */
+static void fc_max_pool_2x2_float(int isa, const float *y, float *out, Py_ssize_t planes,
+                                  Py_ssize_t P, Py_ssize_t Q)
+{
+#if FC_HAVE_X86_SIMD
+    if (isa >= FC_ISA_AVX512) { fc_max_pool_2x2_avx512_f32(y, out, planes, P, Q); return; }
+#endif
+    (void)isa;
+    fc_max_pool_2x2_plain_f32(y, out, planes, P, Q);
+}
+
+static void fc_max_pool_2x2_double(int isa, const double *y, double *out, Py_ssize_t planes,
+                                   Py_ssize_t P, Py_ssize_t Q)
+{
+    (void)isa;
+    fc_max_pool_2x2_plain_f64(y, out, planes, P, Q);
+}
 
 #endif
