@@ -36,6 +36,7 @@ import copy
 
 import numpy as np
 
+from .functional import conv_output_size
 from .nn import (AvgPool2d, BatchNorm1d, BatchNorm2d, Concat, Conv2d, ConvTranspose2d,
                  Flatten, GlobalAvgPool2d, Linear, MaxPool2d, Module, Residual, Sequential,
                  ZeroPad2d)
@@ -119,6 +120,9 @@ def _leaf_macs(module, x, y):
     if isinstance(module, Conv2d):
         K, C, R, S = module.weight.shape
         N, _, P, Q = y.shape
+        if getattr(module, "pool", False):     # a FusedConv2d that pools: y is the pooling's
+            P, Q = (conv_output_size(size, k, st, pad) for size, k, st, pad in
+                    zip(x.shape[2:], (R, S), module.stride, module.padding))
         return N * K * C * R * S * P * Q
     if isinstance(module, ConvTranspose2d):
         C_in, C_out, R, S = module.weight.shape
@@ -147,7 +151,10 @@ def _leaf_rf(module, x, y, rf):
         ph, pw = getattr(module, "padding_before", module.padding)
         dh, dw = _pair_of(getattr(module, "dilation", 1))
         # a dilated window's extent: d*(k - 1) + 1 input pixels (conv.out)
-        return h.window(dh * (kh - 1) + 1, sh, ph), w.window(dw * (kw - 1) + 1, sw, pw)
+        h, w = h.window(dh * (kh - 1) + 1, sh, ph), w.window(dw * (kw - 1) + 1, sw, pw)
+        if getattr(module, "pool", False):     # a FusedConv2d's 2x2 stride-2 pooling
+            h, w = h.window(2, 2, 0), w.window(2, 2, 0)
+        return h, w
     if isinstance(module, ConvTranspose2d):      # ceil(k / s) inputs, s outputs per input
         dil = _pair_of(getattr(module, "dilation", 1))
         return tuple(_RF(f.r + (-(-k // s) - 1) * f.j, f.j // s if f.j % s == 0 else f.j / s,

@@ -225,18 +225,19 @@ def _trained_looking(model, rng):
 
 
 # (name, kwargs, fused convs with ReLU, fused residual blocks)
+# (name, kwargs, fused convs with ReLU, of them pooling too, fused residual blocks)
 MODELS = [
-    ("lenet5", {}, 2, 0),
-    ("lenet5", dict(batch_norm=True), 2, 0),
-    ("resnet20", {}, 19 - 9, 9),                 # conv + the first conv of each block
-    ("vgg11", dict(batch_norm=True, input_size=32), 8, 0),
+    ("lenet5", {}, 2, 2, 0),
+    ("lenet5", dict(batch_norm=True), 2, 2, 0),
+    ("resnet20", {}, 19 - 9, 0, 9),              # conv + the first conv of each block
+    ("vgg11", dict(batch_norm=True, input_size=32), 8, 5, 0),
 ]
 
 
-@pytest.mark.parametrize("name,kwargs,n_relu,n_res", MODELS,
+@pytest.mark.parametrize("name,kwargs,n_relu,n_pool,n_res", MODELS,
                          ids=["lenet5", "lenet5_bn", "resnet20", "vgg11_bn"])
-def test_fuse_for_inference_equals_the_eval_model(name, kwargs, n_relu, n_res, dtype, rng,
-                                                  layer_test_backend):
+def test_fuse_for_inference_equals_the_eval_model(name, kwargs, n_relu, n_pool, n_res, dtype,
+                                                  rng, layer_test_backend):
     model = _trained_looking(get_model(name, dtype=dtype, seed=0, **kwargs), rng)
     size = kwargs.get("input_size", 28)
     x = rng.standard_normal((3, 1, size, size)).astype(dtype)
@@ -248,6 +249,8 @@ def test_fuse_for_inference_equals_the_eval_model(name, kwargs, n_relu, n_res, d
     layers = fused.modules()
     assert not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)) for m in layers)
     assert sum(isinstance(m, nn.FusedConv2d) and m.relu for m in layers) == n_relu
+    assert sum(isinstance(m, nn.FusedConv2d) and m.pool for m in layers) == n_pool
+    assert not any(isinstance(m, nn.MaxPool2d) and m.pools_2x2() for m in layers)
     assert sum(isinstance(m, nn.FusedResidual) for m in layers) == n_res
     assert fused.fused_for_inference and not fused.training
     want = model.eval()(x)
@@ -294,7 +297,7 @@ def test_predict_bad_arguments(layer_test_backend):
             model.predict(x, batch_size=bad)
     with pytest.raises(ValueError, match="predict: x must hold at least one input"):
         model.predict(x[:0])
-    with pytest.raises(ValueError, match="conv2d: w has 1 input channels"):
+    with pytest.raises(ValueError, match=r"conv2d(_max_pool)?: w has 1 input channels"):
         model.predict(np.zeros((2, 3, 28, 28), np.float32))
 
 
@@ -308,13 +311,16 @@ def test_fused_layers_are_inference_only(rng, layer_test_backend):
     assert "FusedConv2d(1, 16, kernel_size=(3, 3)" in repr(fused) and "relu=True" in repr(fused)
 
 
-def test_summary_of_a_fused_model(layer_test_backend):
-    """summary sees through the fused blocks: same receptive field, the convs' multiply-adds."""
+@pytest.mark.parametrize("name", ["resnet20", "lenet5"])
+def test_summary_of_a_fused_model(name, layer_test_backend):
+    """summary sees through the fused blocks (a conv that pools too included): same
+    receptive field and output, the convs' multiply-adds."""
     from fastconv.summary import summary
-    model = get_model("resnet20", seed=0)
+    model = get_model(name, seed=0, **({"batch_norm": True} if name == "lenet5" else {}))
     fused = nn.fuse_for_inference(model)
     plain, folded = (summary(m, (1, 28, 28), print_fn=None) for m in (model, fused))
     assert folded.receptive_field == plain.receptive_field
+    assert folded.rows[-1]["output_shape"] == plain.rows[-1]["output_shape"]
     bn_macs = sum(r["macs"] for r in plain.rows if "BatchNorm" in r["type"])
     assert folded.total_macs == plain.total_macs - bn_macs
 

@@ -6,7 +6,8 @@ Three rewrites, each exact up to rounding (eq. (conv.fused) of docs/formulas.md)
    (:func:`~fastconv.nn.fold_batchnorm`: in eval mode BN is an affine map per channel);
 2. a Conv2d followed by a ReLU becomes one :class:`FusedConv2d`, whose kernel applies the
    ReLU in its epilogue, to each block of output as it is written
-   (``F.conv2d(..., relu=True)``);
+   (``F.conv2d(..., relu=True)``), and pools each image 2x2 when a plain
+   ``MaxPool2d(2)`` comes next (``F.conv2d_max_pool``, eq. (conv.pool));
 3. a residual block ``relu(body(x) + shortcut(x))`` whose body ends in a convolution
    becomes a :class:`FusedResidual`: the shortcut is computed first and the body's last
    convolution adds it and applies the ReLU in its epilogue
@@ -37,6 +38,7 @@ from .dropout import Dropout
 from .fold import fold_batchnorm_in_place
 from .linear import Identity
 from .module import Module
+from .pooling import MaxPool2d
 
 __all__ = ["fuse_for_inference", "FusedConv2d", "FusedResidual"]
 
@@ -51,28 +53,33 @@ class FusedConv2d(Conv2d):
     """A Conv2d (with any BatchNorm after it already folded in) and, with ``relu``, the ReLU
     after it: ``y = relu(conv2d(x, weight, bias) + residual)``, the ReLU and the optional
     residual applied in the convolution kernel's epilogue (``F.conv2d(..., relu=,
-    residual=)``). Inference only: it keeps nothing for a backward pass.
+    residual=)``); with ``pool``, the 2x2 stride-2 max pooling after those, each image
+    pooled by the kernel as it finishes it (``F.conv2d_max_pool``). Inference only: it keeps
+    nothing for a backward pass.
 
     Made by :func:`fuse_for_inference` from a Conv2d (sharing its parameters); shapes as
     :class:`Conv2d`, and ``residual``, when given, has the output's shape.
     """
 
     @classmethod
-    def from_conv(cls, conv, relu):
-        """The FusedConv2d of ``conv`` (its parameters, not copies), with or without ReLU."""
+    def from_conv(cls, conv, relu, pool=False):
+        """The FusedConv2d of ``conv`` (its parameters, not copies), with or without ReLU
+        and pooling."""
         fused = cls.__new__(cls)
         fused.__dict__.update(conv.__dict__)
         fused._x = None
         fused.relu = bool(relu)
+        fused.pool = bool(pool)
         return fused
 
     def forward(self, x, residual=None, relu=None):
         """conv2d + bias, + ``residual`` (None: nothing), then ReLU when ``relu`` (None:
-        this layer's ``relu``), in one kernel call."""
+        this layer's ``relu``), then the pooling when ``pool``, in one kernel call."""
         b = None if self.bias is None else self.bias.data
-        return F.conv2d(x, self.weight.data, b, stride=self.stride, padding=self.padding,
-                        algo=self.algo, relu=self.relu if relu is None else relu,
-                        residual=residual)
+        conv = F.conv2d_max_pool if self.pool else F.conv2d
+        y = conv(x, self.weight.data, b, stride=self.stride, padding=self.padding,
+                 algo=self.algo, relu=self.relu if relu is None else relu, residual=residual)
+        return y[1] if self.pool else y
 
     def backward(self, dy):
         _inference_only(self)
@@ -81,7 +88,8 @@ class FusedConv2d(Conv2d):
         _inference_only(self)
 
     def extra_repr(self):
-        return super().extra_repr() + (", relu=True" if self.relu else "")
+        return (super().extra_repr() + (", relu=True" if self.relu else "")
+                + (", max_pool=2" if self.pool else ""))
 
 
 class FusedResidual(Residual):
@@ -125,7 +133,8 @@ def _takes_relu(layer):
 
 def _fuse_sequence(named):
     """The (name, layer) pairs of a Sequential, fused: each layer fused inside, the no-ops
-    dropped, each Conv2d + ReLU one FusedConv2d (under the conv's name)."""
+    dropped, each Conv2d + ReLU one FusedConv2d (under the conv's name), with a plain 2x2
+    MaxPool2d after them too."""
     out = []
     for name, layer in named:
         layer = _fuse(layer)
@@ -133,6 +142,11 @@ def _fuse_sequence(named):
             continue
         if type(layer) is ReLU and out and _takes_relu(out[-1][1]):
             out[-1] = (out[-1][0], FusedConv2d.from_conv(out[-1][1], relu=True))
+            continue
+        last = out[-1][1] if out else None
+        if (type(layer) is MaxPool2d and layer.pools_2x2() and type(last) is FusedConv2d
+                and last.relu and not last.pool):
+            out[-1] = (out[-1][0], FusedConv2d.from_conv(last, relu=True, pool=True))
             continue
         out.append((name, layer))
     return out
