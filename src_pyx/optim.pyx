@@ -166,17 +166,32 @@ cdef void _sgd_tasks(floating kind, const Py_ssize_t[:, ::1] task,
 
 def zero_many(list arrays, int n_threads):
     """Set every array of a list to zero (a model's gradients before a backward pass), in
-    one call; each must be a C-contiguous, writeable float32 or float64 ndarray."""
-    cdef Py_ssize_t n = len(arrays), i
+    one call; each must be a C-contiguous, writeable float32 or float64 ndarray.
+
+    Cut into the blocks of BLOCK values that sgd_update_many shares among the threads, and
+    shared the same way: each thread zeroes the gradients it read in the last step, still
+    in its own cache (one thread writing them all waited for the other core's copies)."""
+    cdef Py_ssize_t n = len(arrays), i, t, n_tasks = 0, total = 0, blk
     for i in range(n):
         if not (_float_type(arrays[i], cnp.NPY_FLOAT32, True)
                 or _float_type(arrays[i], cnp.NPY_FLOAT64, True)):
             raise ValueError(f"zero_many: array {i} must be a C-contiguous, writeable float32 "
                              f"or float64 ndarray")
-    cdef char* data
-    cdef Py_ssize_t nbytes
+        n_tasks += (cnp.PyArray_SIZE(<cnp.ndarray>arrays[i]) + BLOCK - 1) // BLOCK
+        total += cnp.PyArray_SIZE(<cnp.ndarray>arrays[i])
+    # per task (a block of one array): its first byte and its length in bytes
+    cdef Py_ssize_t[:, ::1] task = np.empty((max(n_tasks, 1), 2), dtype=np.intp)
+    cdef Py_ssize_t nbytes, itemsize
+    t = 0
     for i in range(n):
-        data = <char*>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
         nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
-        with nogil:
-            memset(data, 0, nbytes)
+        itemsize = cnp.PyArray_ITEMSIZE(<cnp.ndarray>arrays[i])
+        for blk in range(0, nbytes, BLOCK * itemsize):
+            task[t, 0] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[i]) + blk
+            task[t, 1] = min(BLOCK * itemsize, nbytes - blk)
+            t += 1
+    cdef const Py_ssize_t* tk = &task[0, 0]
+    with nogil:
+        for t in prange(n_tasks, schedule="static",
+                        num_threads=threads_for_values(total, n_threads)):
+            memset(<char*>tk[2 * t], 0, tk[2 * t + 1])

@@ -370,6 +370,23 @@ def test_sgd_many_parameters_groups_and_zero_grad(dtype):
         np.testing.assert_array_equal(a.view(f"u{a.itemsize}"), b.view(f"u{b.itemsize}"))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_zero_many_zeroes_every_block_and_nothing_else(threads):
+    """zero_many cuts the arrays into blocks of 16384 values shared among the threads:
+    arrays of several blocks and a partial one, both dtypes, an empty array, and views
+    inside larger buffers (whose values around them must stay)."""
+    from fastconv._backend import load_kernels
+    k = load_kernels("optim")
+    buf32 = np.full(50000, 7, np.float32)
+    buf64 = np.full(40000, 7, np.float64)
+    arrays = [buf32[3:40003], buf64[1:16386].reshape(5, 3277), np.full((2, 3), 5, np.float32),
+              np.empty(0, np.float32), np.full(16384, 1, np.float64)]
+    k.zero_many(arrays, threads)
+    assert all((a == 0).all() for a in arrays)
+    assert (buf32[:3] == 7).all() and (buf32[40003:] == 7).all()
+    assert buf64[0] == 7 and (buf64[16386:] == 7).all()
+
+
 def test_sgd_many_kernel_rejects_bad_arrays():
     from fastconv._backend import load_kernels
     k = load_kernels("optim")
