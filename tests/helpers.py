@@ -56,6 +56,19 @@ def run_python(args, timeout=120, **kwargs):
                           timeout=timeout, **kwargs)
 
 
+def outputs_with_isa(script, isa, tmp_path):
+    """The arrays that ``python -c script OUT.npz`` saves, run in a fresh process with
+    FASTCONV_ISA=isa (which copies of the SIMD loops the kernels pick, decided at import),
+    from tmp_path, so that the process imports the installed fastconv under test."""
+    import os
+    import subprocess
+    import sys
+    path = tmp_path / f"{isa}.npz"
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True, cwd=tmp_path,
+                   env=dict(os.environ, FASTCONV_ISA=isa))
+    return np.load(path)
+
+
 def assert_close_nonfinite(got, want, dtype=None, reduction=1, err_msg="", same_kind=True):
     """assert_close for arrays that may hold NaN and Inf: NaN exactly where want has NaN,
     the same infinities, and the finite values close (scaled by the finite ones only).

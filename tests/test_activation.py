@@ -7,6 +7,7 @@ import pytest
 
 import fastconv.functional as F
 from fastconv.reference import activation as ref
+from helpers import outputs_with_isa
 
 BACKENDS = ["reference", "fast"]
 # sizes around the kernel's block of 16384 values, and a 4-D layer output
@@ -141,17 +142,8 @@ np.savez(sys.argv[1], **out)
 def test_every_instruction_set_gives_the_same_bits(tmp_path):
     """The baseline, AVX2 and AVX-512 copies of the loops (whichever this CPU has), chosen by
     FASTCONV_ISA in a fresh process, give identical outputs."""
-    import os
-    import subprocess
-    import sys
-    results = {}
-    for isa in ("baseline", "avx2", "avx512"):
-        path = tmp_path / f"{isa}.npz"
-        env = dict(os.environ, FASTCONV_ISA=isa)
-        # run outside the checkout, so that the process imports the fastconv under test
-        subprocess.run([sys.executable, "-c", _RELU_RUN, str(path)], env=env, check=True,
-                       cwd=tmp_path)
-        results[isa] = np.load(path)
+    results = {isa: outputs_with_isa(_RELU_RUN, isa, tmp_path)
+               for isa in ("baseline", "avx2", "avx512")}
     for isa in ("avx2", "avx512"):
         for key in results["baseline"].files:
             a, b = results[isa][key], results["baseline"][key]

@@ -14,7 +14,7 @@ import fastconv.functional as F
 from fastconv._backend import load_kernels
 from fastconv.reference import conv_direct as ref_direct
 from fastconv.reference import conv_winograd as ref_wino
-from helpers import assert_close, assert_close_nonfinite, assert_grad_matches
+from helpers import assert_close, assert_close_nonfinite, assert_grad_matches, outputs_with_isa
 
 wino = load_kernels("conv_winograd")
 TILES = [2, 4]
@@ -413,15 +413,7 @@ def test_every_instruction_set_gives_the_same_answer(tmp_path):
     do the same operations in the same order: in float64, where the products run on BLAS
     either way, the same bits. In float32 the AVX2 level also multiplies with its own
     kernel (fused multiply-adds) instead of BLAS: the same answer to float32 rounding."""
-    import os
-    import subprocess
-    import sys
-    results = {}
-    for isa in ("baseline", "avx2"):
-        path = tmp_path / f"{isa}.npz"
-        subprocess.run([sys.executable, "-c", _ISA_RUN, str(path)], check=True, cwd=tmp_path,
-                       env=dict(os.environ, FASTCONV_ISA=isa))
-        results[isa] = np.load(path)
+    results = {isa: outputs_with_isa(_ISA_RUN, isa, tmp_path) for isa in ("baseline", "avx2")}
     for key in results["baseline"].files:
         if key.endswith("float64"):
             assert np.array_equal(results["avx2"][key], results["baseline"][key]), key

@@ -2,7 +2,7 @@
 Module.predict, against the unfused ops and the unfused eval model."""
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, outputs_with_isa
 
 import fastconv
 import fastconv.functional as F
@@ -85,13 +85,7 @@ def test_direct_relu_in_the_tiles_equals_relu_after_bit_for_bit(isa, tmp_path):
     """A first layer's direct forward applies ReLU as its register tiles are stored (AVX2
     and AVX-512 copies), the other paths in a pass after: each, in a fresh process with
     FASTCONV_ISA, equals F.relu of the plain output bit for bit, NaN and -inf included."""
-    import os
-    import subprocess
-    import sys
-    path = tmp_path / "out.npz"
-    subprocess.run([sys.executable, "-c", _RELU_RUN, str(path)], check=True, cwd=tmp_path,
-                   env=dict(os.environ, FASTCONV_ISA=isa))
-    out = np.load(path)
+    out = outputs_with_isa(_RELU_RUN, isa, tmp_path)
     for key in (k for k in out.files if not k.endswith("_want")):
         np.testing.assert_array_equal(out[key], out[key + "_want"])
         assert np.isnan(out[key]).any() and (out[key] == 0).any()
@@ -131,8 +125,8 @@ def test_conv2d_max_pool_shapes_and_groups(rng):
     """Unbatched input, an empty batch, grouped and depthwise convolutions (pooled after
     the call) and a single-row output (nothing to pool)."""
     x = rng.standard_normal((2, 4, 10, 10)).astype(np.float32)
-    for w, groups in [(rng.standard_normal((4, 1, 3, 3)), 4), (rng.standard_normal((6, 2, 3, 3)), 2)]:
-        w = w.astype(np.float32)
+    for w_shape, groups in [((4, 1, 3, 3), 4), ((6, 2, 3, 3), 2)]:
+        w = rng.standard_normal(w_shape).astype(np.float32)
         y, pooled = F.conv2d_max_pool(x, w, None, 1, 1, groups=groups, relu=True)
         np.testing.assert_array_equal(y, F.conv2d(x, w, None, 1, 1, groups=groups, relu=True))
         np.testing.assert_array_equal(pooled, F.max_pool2d(y, 2))
@@ -169,13 +163,7 @@ np.savez(sys.argv[1], **out)
 def test_conv2d_max_pool_on_every_instruction_set(isa, tmp_path):
     """The pooling's AVX-512 loop (16 windows at a time, a NaN-free fast path) and its plain
     loop, each in a fresh process with FASTCONV_ISA, equal max_pool2d bit for bit."""
-    import os
-    import subprocess
-    import sys
-    path = tmp_path / "out.npz"
-    subprocess.run([sys.executable, "-c", _POOL_RUN, str(path)], check=True, cwd=tmp_path,
-                   env=dict(os.environ, FASTCONV_ISA=isa))
-    out = np.load(path)
+    out = outputs_with_isa(_POOL_RUN, isa, tmp_path)
     for key in (k for k in out.files if not k.endswith("_want")):
         np.testing.assert_array_equal(out[key], out[key + "_want"])
         assert np.isnan(out[key]).any()

@@ -8,7 +8,7 @@ import pytest
 
 import fastconv
 import fastconv.functional as F
-from helpers import assert_close, assert_grad_matches
+from helpers import assert_close, assert_grad_matches, outputs_with_isa
 
 # (N, in, out): LeNet-5's three layers, sizes around the kernels' blocks of 16 and 32 rows,
 # single rows and columns
@@ -165,13 +165,7 @@ def test_every_instruction_set_matches_reference(isa, tmp_path):
     """float32 products run on the AVX-512 micro-kernel where the CPU has it and on BLAS
     elsewhere (FASTCONV_ISA lowers the level, in a fresh process): each against the
     reference."""
-    import os
-    import subprocess
-    import sys
-    path = tmp_path / "out.npz"
-    subprocess.run([sys.executable, "-c", _LINEAR_RUN, str(path)], check=True, cwd=tmp_path,
-                   env=dict(os.environ, FASTCONV_ISA=isa))
-    out = np.load(path)
+    out = outputs_with_isa(_LINEAR_RUN, isa, tmp_path)
     for key in out.files:
         if "_want_" in key:
             continue

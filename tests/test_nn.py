@@ -526,6 +526,15 @@ def test_conv_backward_through_relu_is_relu_backward(mode, rng):
         np.testing.assert_array_equal(p.grad, q.grad)
 
 
+def _layer_by_layer(layers, x, g):
+    """(output, dx): x through each layer's own forward, g back through each backward."""
+    for layer in layers:
+        x = layer.forward(x)
+    for layer in reversed(layers):
+        g = layer.backward(g)
+    return x, g
+
+
 @pytest.mark.parametrize("algo", ["direct", "im2col", "winograd"])
 def test_sequential_conv_relu_pool_is_one_kernel_call(algo, dtype, rng, monkeypatch):
     """Conv2d -> ReLU -> MaxPool2d(2) runs as one F.conv2d_max_pool call (the kernel pools
@@ -553,12 +562,7 @@ def test_sequential_conv_relu_pool_is_one_kernel_call(algo, dtype, rng, monkeypa
         assert len(calls) == fused
         layers = make(type(pool)(pool.kernel_size, pool.stride, pool.padding,
                                  ceil_mode=pool.ceil_mode))
-        want_y = x
-        for layer in layers:
-            want_y = layer.forward(want_y)
-        want_dx = g
-        for layer in reversed(layers):
-            want_dx = layer.backward(want_dx)
+        want_y, want_dx = _layer_by_layer(layers, x, g)
         for got, want in [(y, want_y), (dx, want_dx), (seq[0].weight.grad, layers[0].weight.grad),
                           (seq[0].bias.grad, layers[0].bias.grad)]:
             np.testing.assert_array_equal(got.view(f"u{got.itemsize}"),
@@ -597,12 +601,7 @@ def test_sequential_fused_neighbours_equal_layer_by_layer(dtype, rng):
     y = seq(x)
     dx = seq.backward(g)
     layers = make()
-    want_y = x
-    for layer in layers:
-        want_y = layer.forward(want_y)
-    want_dx = g
-    for layer in reversed(layers):
-        want_dx = layer.backward(want_dx)
+    want_y, want_dx = _layer_by_layer(layers, x, g)
     for got, want in [(y, want_y), (dx, want_dx)] + [
             (p.grad, q.grad) for p, q in zip(seq.parameters(),
                                              [p for m in layers for p in m.parameters()])]:
