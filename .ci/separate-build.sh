@@ -8,7 +8,7 @@
 KERNEL_TESTS=(tests/test_conv.py tests/test_pool.py tests/test_batchnorm.py
               tests/test_activation.py tests/test_linear.py tests/test_functional.py
               tests/test_reliability.py tests/test_fuzz.py tests/test_optim.py
-              tests/test_loss.py tests/test_conv_winograd.py)
+              tests/test_loss.py tests/test_conv_winograd.py tests/test_fuse.py)
 
 # A gcc with extra flags that compiles at -O1 where setup.py asks for -O3: the checks find the
 # same errors, and the large generated C files build several times faster.

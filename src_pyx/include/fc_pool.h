@@ -245,7 +245,8 @@ FC_MAX_POOL_2X2(double, fc_max_pool_2x2_plain_f64)
 static inline __attribute__((always_inline, target("avx512f")))
 __m512 fc_pool_take(__m512 m, __m512 v)
 {
-    __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ)
+                     | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     return _mm512_mask_mov_ps(m, take, v);
 }
 
@@ -272,10 +273,13 @@ static __attribute__((target("avx512f"))) void fc_max_pool_2x2_avx512_f32(
             __m512 t1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * q + 16);
             __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * q);
             __m512 b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * q + 16);
-            __m512 a = _mm512_permutex2var_ps(t0, even, t1), b = _mm512_permutex2var_ps(t0, odd, t1);
-            __m512 c = _mm512_permutex2var_ps(b0, even, b1), d = _mm512_permutex2var_ps(b0, odd, b1);
+            __m512 a = _mm512_permutex2var_ps(t0, even, t1);   /* the window's cells */
+            __m512 b = _mm512_permutex2var_ps(t0, odd, t1);
+            __m512 c = _mm512_permutex2var_ps(b0, even, b1);
+            __m512 d = _mm512_permutex2var_ps(b0, odd, b1);
             __m512 m;
-            if (_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q))
+            if (_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q)
+                | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q))         /* a NaN among them */
                 m = fc_pool_take(fc_pool_take(fc_pool_take(a, b), c), d);
             else
                 m = _mm512_max_ps(_mm512_max_ps(d, c), _mm512_max_ps(b, a));
