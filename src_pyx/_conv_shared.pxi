@@ -110,12 +110,15 @@ def _residual_view(residual, y_shape):
 
 def _pool_view(pool_out, y_shape):
     """``pool_out`` checked against the pooled output's shape (O(1); fastconv.functional
-    checks dtype and layout): None or an (N, K, P // 2, Q // 2) array."""
+    checks dtype and layout): an (N, K, P // 2, Q // 2) array, or None when there is
+    nothing to pool into (none given, or an empty one: a single output row or column)."""
     N, K, P, Q = y_shape
-    if pool_out is not None and tuple(pool_out.shape) != (N, K, P // 2, Q // 2):
+    if pool_out is None:
+        return None
+    if tuple(pool_out.shape) != (N, K, P // 2, Q // 2):
         raise ValueError(f"conv2d_forward: pool_out must have shape {(N, K, P // 2, Q // 2)}, "
                          f"got {tuple(pool_out.shape)}")
-    return pool_out
+    return pool_out if pool_out.size else None
 
 
 cdef inline void _pool_image(const floating* y_n, floating* out_n, Py_ssize_t K, Py_ssize_t P,

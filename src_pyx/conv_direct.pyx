@@ -390,7 +390,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,     # IN (N, C, H, W)
         res = residual
         res_ptr = &res[0, 0, 0, 0]
     cdef floating[:, :, :, ::1] pooled
-    if _pool_view(pool_out, (N, K, P, Q)) is not None:
+    pool_out = _pool_view(pool_out, (N, K, P, Q))
+    if pool_out is not None:
         pooled = pool_out
     if floating is float and fastconv_row_applies(_ISA):
         return _forward_simd(x, w, b_ptr, res_ptr, sh, sw, ph, pw, dh, dw, P, Q, nt, relu,
