@@ -70,6 +70,23 @@ cdef int _float_type(a, int typenum, bint writeable) except -1:
             and cnp.PyArray_ISALIGNED(arr) and (cnp.PyArray_ISWRITEABLE(arr) or not writeable))
 
 
+cdef Py_ssize_t[:, ::1] _blocks(const Py_ssize_t[:, ::1] where, Py_ssize_t size_column):
+    """The work units of a list of arrays, array i holding where[i, size_column] values:
+    blocks of up to BLOCK values of one array each, as rows (i, first value), in order.
+    sgd_update_many and zero_many cut a model's parameters alike, so that with the same
+    static schedule each thread zeroes the gradients it read in the last step."""
+    cdef Py_ssize_t n_tasks = 0, i, first, t = 0
+    for i in range(where.shape[0]):
+        n_tasks += (where[i, size_column] + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t[:, ::1] task = np.empty((n_tasks, 2), dtype=np.intp)
+    for i in range(where.shape[0]):
+        for first in range(0, where[i, size_column], BLOCK):
+            task[t, 0] = i
+            task[t, 1] = first
+            t += 1
+    return task
+
+
 def sgd_update_many(list params, list grads, list bufs, list lrs, list weight_decays,
                     double momentum, double dampening, bint nesterov, bint first_step,
                     int n_threads):
@@ -95,7 +112,7 @@ def sgd_update_many(list params, list grads, list bufs, list lrs, list weight_de
     -------
     None: every p and buf is written.
     """
-    cdef Py_ssize_t n = len(params), i, t, n_tasks = 0, nblk
+    cdef Py_ssize_t n = len(params), i, n_tasks
     if not (len(grads) == len(bufs) == len(lrs) == len(weight_decays) == n):
         raise ValueError("sgd_update_many: params, grads, bufs, lrs and weight_decays must "
                          "have one entry per parameter")
@@ -121,16 +138,9 @@ def sgd_update_many(list params, list grads, list bufs, list lrs, list weight_de
         where[i, 3] = size
         coef[i, 0] = lrs[i]
         coef[i, 1] = weight_decays[i]
-        n_tasks += (size + BLOCK - 1) // BLOCK
         total += size
-    # per task (a block of one parameter): its parameter and first value
-    cdef Py_ssize_t[:, ::1] task = np.empty((max(n_tasks, 1), 2), dtype=np.intp)
-    t = 0
-    for i in range(n):
-        for nblk in range((where[i, 3] + BLOCK - 1) // BLOCK):
-            task[t, 0] = i
-            task[t, 1] = nblk * BLOCK
-            t += 1
+    cdef Py_ssize_t[:, ::1] task = _blocks(where, 3)
+    n_tasks = task.shape[0]
     if typenum == cnp.NPY_FLOAT32:
         _sgd_tasks(<float>0, task, where, coef, n_tasks, momentum, dampening, nesterov,
                    first_step, threads_for_values(total, n_threads))
@@ -149,6 +159,8 @@ cdef void _sgd_tasks(floating kind, const Py_ssize_t[:, ::1] task,
     cdef const floating* g
     cdef floating* b
     cdef floating mom = <floating>momentum, keep = <floating>(1 - dampening)
+    if n_tasks == 0:                                 # only empty parameters
+        return
     cdef const Py_ssize_t* tk = &task[0, 0]          # raw pointers: no checks in the loop
     cdef const Py_ssize_t* wh = &where[0, 0]
     cdef const double* cf = &coef[0, 0]
@@ -168,30 +180,25 @@ def zero_many(list arrays, int n_threads):
     """Set every array of a list to zero (a model's gradients before a backward pass), in
     one call; each must be a C-contiguous, writeable float32 or float64 ndarray.
 
-    Cut into the blocks of BLOCK values that sgd_update_many shares among the threads, and
-    shared the same way: each thread zeroes the gradients it read in the last step, still
-    in its own cache (one thread writing them all waited for the other core's copies)."""
-    cdef Py_ssize_t n = len(arrays), i, t, n_tasks = 0, total = 0, blk
+    Cut into sgd_update_many's blocks (_blocks) and shared the same way: each thread
+    zeroes the gradients it read in the last step, still in its own cache (one thread
+    writing them all waited for the other core's copies)."""
+    cdef Py_ssize_t n = len(arrays), i, t, i0, total = 0
+    cdef Py_ssize_t[:, ::1] where = np.empty((n, 3), dtype=np.intp)    # pointer, size, itemsize
     for i in range(n):
         if not (_float_type(arrays[i], cnp.NPY_FLOAT32, True)
                 or _float_type(arrays[i], cnp.NPY_FLOAT64, True)):
             raise ValueError(f"zero_many: array {i} must be a C-contiguous, writeable float32 "
                              f"or float64 ndarray")
-        n_tasks += (cnp.PyArray_SIZE(<cnp.ndarray>arrays[i]) + BLOCK - 1) // BLOCK
-        total += cnp.PyArray_SIZE(<cnp.ndarray>arrays[i])
-    # per task (a block of one array): its first byte and its length in bytes
-    cdef Py_ssize_t[:, ::1] task = np.empty((max(n_tasks, 1), 2), dtype=np.intp)
-    cdef Py_ssize_t nbytes, itemsize
-    t = 0
-    for i in range(n):
-        nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>arrays[i])
-        itemsize = cnp.PyArray_ITEMSIZE(<cnp.ndarray>arrays[i])
-        for blk in range(0, nbytes, BLOCK * itemsize):
-            task[t, 0] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[i]) + blk
-            task[t, 1] = min(BLOCK * itemsize, nbytes - blk)
-            t += 1
-    cdef const Py_ssize_t* tk = &task[0, 0]
+        where[i, 0] = <Py_ssize_t>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+        where[i, 1] = cnp.PyArray_SIZE(<cnp.ndarray>arrays[i])
+        where[i, 2] = cnp.PyArray_ITEMSIZE(<cnp.ndarray>arrays[i])
+        total += where[i, 1]
+    cdef Py_ssize_t[:, ::1] task = _blocks(where, 1)
     with nogil:
-        for t in prange(n_tasks, schedule="static",
+        for t in prange(task.shape[0], schedule="static",
                         num_threads=threads_for_values(total, n_threads)):
-            memset(<char*>tk[2 * t], 0, tk[2 * t + 1])
+            i = task[t, 0]
+            i0 = task[t, 1]
+            memset(<char*>where[i, 0] + i0 * where[i, 2], 0,
+                   min(BLOCK, where[i, 1] - i0) * where[i, 2])

@@ -74,6 +74,27 @@ static inline __mmask16 fc_pool_mask(Py_ssize_t n)
     return (__mmask16)(n >= 16 ? 0xFFFF : n <= 0 ? 0 : (1u << n) - 1);
 }
 
+/* The cells a b / c d of the 2x2 windows q .. q + n - 1 (n <= 16, lane i: window q + i)
+ * of the row pair r0 (top), r1 (bottom): each row's 2n values as 2 masked vector loads,
+ * split into its even (a, c) and odd (b, d) columns by two-source permutes. */
+static inline __attribute__((target("avx512f"), always_inline))
+void fc_2x2_cells(const float *r0, const float *r1, Py_ssize_t q, Py_ssize_t n,
+                  __m512 cell[4])
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                           16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __mmask16 m1 = fc_pool_mask(2 * n), m2 = fc_pool_mask(2 * n - 16);
+    __m512 t0 = _mm512_maskz_loadu_ps(m1, r0 + 2 * q);
+    __m512 t1 = _mm512_maskz_loadu_ps(m2, r0 + 2 * q + 16);
+    __m512 b0 = _mm512_maskz_loadu_ps(m1, r1 + 2 * q);
+    __m512 b1 = _mm512_maskz_loadu_ps(m2, r1 + 2 * q + 16);
+    cell[0] = _mm512_permutex2var_ps(t0, even, t1);             /* top row: a b a b ... */
+    cell[1] = _mm512_permutex2var_ps(t0, odd, t1);
+    cell[2] = _mm512_permutex2var_ps(b0, even, b1);             /* bottom row: c d c d ... */
+    cell[3] = _mm512_permutex2var_ps(b0, odd, b1);
+}
+
 /* The first-maximum rule on 16 windows at once: cells a b / c d (vectors), v their dy.
  * Writes g[0..3], the dy each cell gets (dy at the window's winner, 0 at the three
  * others; with relu (keep_all 0) only where the cell is > 0), and returns the lanes
@@ -154,9 +175,6 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
                             const fc_narrow_2x2 *narrow)
 {
     const __mmask16 keep_all = relu ? 0 : 0xFFFF;     /* without relu, no cell is masked */
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
-                                           16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19,
                                          4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
@@ -171,20 +189,12 @@ int fc_max_backward_2x2_f32(const float *dy, const float *x, float *dx, Py_ssize
         float *d0 = dx + 2 * p * W, *d1 = d0 + W;
         for (Py_ssize_t q = 0; q < Q; q += 16) {
             Py_ssize_t n = Q - q < 16 ? Q - q : 16;            /* windows in this step */
-            __mmask16 mw = (__mmask16)((1u << n) - 1);          /* their lanes */
-            __mmask16 m1 = (__mmask16)(n >= 8 ? 0xFFFF : (1u << (2 * n)) - 1);
-            __mmask16 m2 = (__mmask16)(n <= 8 ? 0 : (1u << (2 * n - 16)) - 1);
-            __m512 t0 = _mm512_maskz_loadu_ps(m1, r0 + 2 * q);
-            __m512 t1 = _mm512_maskz_loadu_ps(m2, r0 + 2 * q + 16);
-            __m512 b0 = _mm512_maskz_loadu_ps(m1, r1 + 2 * q);
-            __m512 b1 = _mm512_maskz_loadu_ps(m2, r1 + 2 * q + 16);
-            __m512 a = _mm512_permutex2var_ps(t0, even, t1);    /* top row: a b a b ... */
-            __m512 b = _mm512_permutex2var_ps(t0, odd, t1);
-            __m512 c = _mm512_permutex2var_ps(b0, even, b1);    /* bottom row: c d c d ... */
-            __m512 d = _mm512_permutex2var_ps(b0, odd, b1);
-            __m512 gv[4];                                        /* what a, b, c, d get */
-            nan |= fc_max_2x2_route(a, b, c, d, _mm512_maskz_loadu_ps(mw, g + q), mw,
-                                    keep_all, gv);
+            __mmask16 mw = fc_pool_mask(n);                     /* their lanes */
+            __mmask16 m1 = fc_pool_mask(2 * n), m2 = fc_pool_mask(2 * n - 16);
+            __m512 cell[4], gv[4];                     /* a, b, c, d; what each gets */
+            fc_2x2_cells(r0, r1, q, n, cell);
+            nan |= fc_max_2x2_route(cell[0], cell[1], cell[2], cell[3],
+                                    _mm512_maskz_loadu_ps(mw, g + q), mw, keep_all, gv);
             _mm512_mask_storeu_ps(d0 + 2 * q, m1, _mm512_permutex2var_ps(gv[0], lo, gv[1]));
             _mm512_mask_storeu_ps(d0 + 2 * q + 16, m2,
                                   _mm512_permutex2var_ps(gv[0], hi, gv[1]));
@@ -257,9 +267,6 @@ __m512 fc_pool_take(__m512 m, __m512 v)
 static __attribute__((target("avx512f"))) void fc_max_pool_2x2_avx512_f32(
     const float *y, float *out, Py_ssize_t planes, Py_ssize_t P, Py_ssize_t Q)
 {
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
-                                           16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const Py_ssize_t P2 = P / 2, Q2 = Q / 2;
     for (Py_ssize_t plane = 0; plane < planes; plane++)
     for (Py_ssize_t p = 0; p < P2; p++) {
@@ -267,23 +274,14 @@ static __attribute__((target("avx512f"))) void fc_max_pool_2x2_avx512_f32(
         float *o = out + (plane * P2 + p) * Q2;
         for (Py_ssize_t q = 0; q < Q2; q += 16) {         /* windows q .. q + 15 */
             Py_ssize_t n = Q2 - q < 16 ? Q2 - q : 16;
-            __mmask16 lo = (__mmask16)(2 * n >= 16 ? 0xFFFF : (1u << (2 * n)) - 1);
-            __mmask16 hi = (__mmask16)(2 * n <= 16 ? 0 : (1u << (2 * n - 16)) - 1);
-            __m512 t0 = _mm512_maskz_loadu_ps(lo, r0 + 2 * q);
-            __m512 t1 = _mm512_maskz_loadu_ps(hi, r0 + 2 * q + 16);
-            __m512 b0 = _mm512_maskz_loadu_ps(lo, r1 + 2 * q);
-            __m512 b1 = _mm512_maskz_loadu_ps(hi, r1 + 2 * q + 16);
-            __m512 a = _mm512_permutex2var_ps(t0, even, t1);   /* the window's cells */
-            __m512 b = _mm512_permutex2var_ps(t0, odd, t1);
-            __m512 c = _mm512_permutex2var_ps(b0, even, b1);
-            __m512 d = _mm512_permutex2var_ps(b0, odd, b1);
-            __m512 m;
-            if (_mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q)
-                | _mm512_cmp_ps_mask(c, d, _CMP_UNORD_Q))         /* a NaN among them */
-                m = fc_pool_take(fc_pool_take(fc_pool_take(a, b), c), d);
+            __m512 c[4], m;                               /* the windows' cells a b / c d */
+            fc_2x2_cells(r0, r1, q, n, c);
+            if (_mm512_cmp_ps_mask(c[0], c[1], _CMP_UNORD_Q)
+                | _mm512_cmp_ps_mask(c[2], c[3], _CMP_UNORD_Q))   /* a NaN among them */
+                m = fc_pool_take(fc_pool_take(fc_pool_take(c[0], c[1]), c[2]), c[3]);
             else
-                m = _mm512_max_ps(_mm512_max_ps(d, c), _mm512_max_ps(b, a));
-            _mm512_mask_storeu_ps(o + q, (__mmask16)((1u << n) - 1), m);
+                m = _mm512_max_ps(_mm512_max_ps(c[3], c[2]), _mm512_max_ps(c[1], c[0]));
+            _mm512_mask_storeu_ps(o + q, fc_pool_mask(n), m);
         }
     }
 }
